@@ -1,0 +1,20 @@
+//! Types and pure logic shared by the connmirror eBPF programs and userspace.
+//!
+//! Everything that crosses the kernel/user boundary is defined here exactly once:
+//! the ring-buffer [`record`] layout, the keys and values of the BPF [`map`]s,
+//! the per-CPU [`counter`] indices, and the packet [`parse`]r itself, which runs
+//! unchanged inside the kernel (over `bpf_xdp_load_bytes` / `bpf_skb_load_bytes`)
+//! and in userspace tests (over a byte slice).
+#![no_std]
+
+#[cfg(any(test, feature = "std"))]
+extern crate std;
+
+pub mod counter;
+pub mod map;
+pub mod parse;
+pub mod record;
+
+pub use counter::{Counter, Malformed};
+pub use map::{FlowKey, FlowValue, ServiceKey};
+pub use record::{Direction, Hook, RecordHeader, RingFullPolicy};

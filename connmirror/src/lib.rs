@@ -1,0 +1,2 @@
+//! connmirror: capture, reassembly and (later) restore of TCP connections.
+pub mod stream;
