@@ -39,15 +39,15 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of the `FLOWS` LRU map, updated with atomic adds from every CPU.
+/// Value of the `FLOWS` LRU map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
-    /// Tracked segments seen for this flow.
-    pub packets: u64,
-    /// Payload bytes seen for this flow.
-    pub bytes: u64,
-    /// Segments forwarded uncaptured (`pass` policy): a nonzero value means a gap.
+    /// `bpf_ktime_get_ns()` when the flow was first seen.
+    pub first_seen_ns: u64,
+    /// Segments forwarded uncaptured (`pass` policy): nonzero means the flow has a
+    /// gap. The BPF target has no atomic read-modify-write in `core`, so two CPUs
+    /// bumping it at once may count one: treat the value as a lower bound.
     pub gaps: u32,
     /// Service id from the `SERVICES` map.
     pub service_id: u32,

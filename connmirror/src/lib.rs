@@ -1,2 +1,12 @@
-//! connmirror: capture, reassembly and (later) restore of TCP connections.
+//! connmirror keeps TCP connections alive when the host that owns them dies.
+//!
+//! This crate is the userspace side: it loads the capture programs
+//! ([`capture`]), reassembles each connection's two byte streams ([`stream`],
+//! [`flow`]) and runs the roles (`mirror` today; standby and takeover follow).
+//! Types shared with the kernel side live in `connmirror-common`.
+
+pub mod capture;
+pub mod flow;
+pub mod mirror;
+pub mod service;
 pub mod stream;

@@ -1,0 +1,272 @@
+//! The per-packet path shared by every hook, and the maps it uses.
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use connmirror_common::{
+    Counter, Direction, FlowKey, FlowValue, Hook, RecordHeader, RingFullPolicy, ServiceKey,
+    counter::COUNTER_SLOTS,
+    parse::{self, Parsed, Segment, copy_options},
+    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS},
+};
+
+use crate::packet::{Kernel, LoadInto};
+
+/// Ring buffer of records. Userspace sets the size at load time (`--ring-size`).
+#[map]
+static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+
+/// Protected services: (address, port) → service id. Updated at runtime by userspace.
+#[map]
+static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Tracked connections, least recently used evicted first.
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-CPU counters, indexed by [`Counter`] and [`connmirror_common::Malformed`].
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Per-CPU staging area: one record is assembled here, then copied into the ring
+/// with `bpf_ringbuf_output`, whose size may vary (a reservation's may not).
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`RingFullPolicy`] as a byte; set by userspace at load time.
+#[unsafe(no_mangle)]
+static RING_FULL_POLICY: u8 = RingFullPolicy::Drop as u8;
+
+/// Force a reader wakeup once this many bytes wait in the ring; set at load time.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+/// One record being assembled.
+#[repr(C)]
+pub struct Scratch {
+    header: RecordHeader,
+    data: [u8; CHUNK_SIZE],
+}
+
+/// What to do with the packet.
+pub enum Verdict {
+    /// Forward it.
+    Pass,
+    /// Drop it (backpressure: the ring is full and the policy is `drop`).
+    Drop,
+}
+
+/// Runs the capture path for one packet.
+#[inline(always)]
+pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdict {
+    count(Counter::PacketsSeen.index(), 1);
+    let seg = match parse::parse(pkt) {
+        Ok(Parsed::Tcp(seg)) => seg,
+        Ok(Parsed::NotTcp) => return counted(Counter::NotTcp),
+        Ok(Parsed::Fragment) => return counted(Counter::Fragments),
+        Err(reason) => {
+            count(reason.index(), 1);
+            return Verdict::Pass;
+        }
+    };
+    let Some((direction, service_id)) = classify(&seg) else {
+        return Verdict::Pass;
+    };
+    count(Counter::PacketsTracked.index(), 1);
+    let flow = track(&seg, direction, service_id);
+    match copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
+        Ok(()) => Verdict::Pass,
+        Err(()) => ring_full(flow),
+    }
+}
+
+#[inline(always)]
+fn counted(counter: Counter) -> Verdict {
+    count(counter.index(), 1);
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn count(slot: u32, n: u64) {
+    if let Some(c) = COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *c += n };
+    }
+}
+
+/// Finds the service a segment belongs to and which way it travels.
+#[inline(always)]
+fn classify(seg: &Segment) -> Option<(Direction, u32)> {
+    let key = |addr: [u8; 16], port: u16| ServiceKey {
+        addr,
+        port,
+        family: seg.family,
+        _pad: 0,
+    };
+    // SAFETY: lookups copy the value out immediately.
+    if let Some(id) = unsafe { SERVICES.get(&key(seg.dst_addr, seg.dst_port)) } {
+        return Some((Direction::ClientToServer, *id));
+    }
+    if let Some(id) = unsafe { SERVICES.get(&key(seg.src_addr, seg.src_port)) } {
+        return Some((Direction::ServerToClient, *id));
+    }
+    None
+}
+
+/// Looks the flow up in the LRU map, inserting it on first sight.
+#[inline(always)]
+fn track(seg: &Segment, direction: Direction, service_id: u32) -> Option<*mut FlowValue> {
+    let (server, client) = match direction {
+        Direction::ClientToServer => ((seg.dst_addr, seg.dst_port), (seg.src_addr, seg.src_port)),
+        Direction::ServerToClient => ((seg.src_addr, seg.src_port), (seg.dst_addr, seg.dst_port)),
+    };
+    let key = FlowKey {
+        server_addr: server.0,
+        client_addr: client.0,
+        server_port: server.1,
+        client_port: client.1,
+        family: seg.family,
+        _pad: [0; 3],
+    };
+    FLOWS.get_ptr_mut(&key).or_else(|| {
+        let fresh = FlowValue {
+            // SAFETY: no preconditions.
+            first_seen_ns: unsafe { bpf_ktime_get_ns() },
+            gaps: 0,
+            service_id,
+        };
+        // Another CPU may insert first: BPF_NOEXIST keeps its entry, and the second
+        // lookup finds whichever won.
+        let _ = FLOWS.insert(&key, &fresh, BPF_NOEXIST as u64);
+        FLOWS.get_ptr_mut(&key)
+    })
+}
+
+/// Under `drop` the segment is dropped so TCP retransmits it; under `pass` it is
+/// forwarded and its flow marked as gapped.
+#[inline(always)]
+fn ring_full(flow: Option<*mut FlowValue>) -> Verdict {
+    count(Counter::RingFull.index(), 1);
+    // SAFETY: a global written only by the loader.
+    let policy = unsafe { core::ptr::read_volatile(&RING_FULL_POLICY) };
+    if policy == RingFullPolicy::Pass as u8 {
+        count(Counter::GapsMarked.index(), 1);
+        if let Some(flow) = flow {
+            // SAFETY: `flow` points into a map value that stays valid for this run.
+            unsafe { (*flow).gaps = (*flow).gaps.saturating_add(1) };
+        }
+        Verdict::Pass
+    } else {
+        count(Counter::BackpressureDrops.index(), 1);
+        Verdict::Drop
+    }
+}
+
+/// Writes the segment into the ring as one record per [`CHUNK_SIZE`] bytes of
+/// payload (one header-only record when it has none). `Err` means not every
+/// record made it.
+#[inline(always)]
+fn copy<S: LoadInto>(
+    pkt: &Kernel<S>,
+    seg: &Segment,
+    hook: Hook,
+    ifindex: u32,
+    direction: Direction,
+    service_id: u32,
+    flow: Option<*mut FlowValue>,
+) -> Result<(), ()> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: the per-CPU scratch value is ours for the whole run.
+    let scratch = unsafe { &mut *scratch };
+    let header = &mut scratch.header;
+    header.ts_ns = unsafe { bpf_ktime_get_ns() };
+    header.src_addr = seg.src_addr;
+    header.dst_addr = seg.dst_addr;
+    header.ifindex = ifindex;
+    header.service_id = service_id;
+    header.seq = seg.seq;
+    header.ack = seg.ack;
+    header.payload_len = seg.payload_len as u32;
+    // SAFETY: as in `ring_full`.
+    header.flow_gaps = flow.map_or(0, |f| unsafe { (*f).gaps });
+    header.src_port = seg.src_port;
+    header.dst_port = seg.dst_port;
+    header.window = seg.window;
+    header.tcp_flags = seg.flags;
+    header.family = seg.family;
+    header.direction = direction as u8;
+    header.hook = hook as u8;
+    header.options_len = copy_options(pkt, seg, &mut header.options) as u8;
+    if seg.payload_len == 0 {
+        header.chunk_offset = 0;
+        header.chunk_len = 0;
+        return output(scratch, 0);
+    }
+    if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
+        count(Counter::Oversize.index(), 1);
+        return Err(());
+    }
+    for i in 0..MAX_CHUNKS {
+        let offset = i * CHUNK_SIZE;
+        if offset >= seg.payload_len {
+            break;
+        }
+        copy_chunk(pkt, seg, scratch, offset)?;
+    }
+    Ok(())
+}
+
+/// Copies the chunk at `offset` of the payload into the scratch record and emits it.
+#[inline(always)]
+fn copy_chunk<S: LoadInto>(
+    pkt: &Kernel<S>,
+    seg: &Segment,
+    scratch: &mut Scratch,
+    offset: usize,
+) -> Result<(), ()> {
+    let mut len = (seg.payload_len - offset) as u64;
+    if len > CHUNK_SIZE as u64 {
+        len = CHUNK_SIZE as u64;
+    }
+    // The verifier must see `len` in [1, CHUNK_SIZE]; keeping the two checks apart
+    // stops LLVM from folding them into a form it cannot follow (DESIGN.md).
+    let len = core::hint::black_box(len);
+    if len == 0 || len > CHUNK_SIZE as u64 {
+        return Err(());
+    }
+    scratch.header.chunk_offset = offset as u32;
+    scratch.header.chunk_len = len as u32;
+    // SAFETY: `data` holds CHUNK_SIZE >= len bytes.
+    let loaded = unsafe {
+        pkt.0
+            .load_into(seg.payload_offset + offset, scratch.data.as_mut_ptr(), len as u32)
+    };
+    if !loaded {
+        return Err(());
+    }
+    output(scratch, len)
+}
+
+/// Copies the scratch record (header + `len` payload bytes) into the ring.
+#[inline(always)]
+fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
+    let size = HEADER_SIZE as u64 + len;
+    // SAFETY: `Scratch` is repr(C) with the header first and `len <= CHUNK_SIZE`,
+    // so the slice stays inside the per-CPU value.
+    let bytes =
+        unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size as usize) };
+    // SAFETY: a global written only by the loader.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    let flags = if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    RECORDS.output::<[u8]>(bytes, flags as u64).map_err(|_| ())?;
+    count(Counter::Records.index(), 1);
+    count(Counter::BytesCaptured.index(), len);
+    Ok(())
+}

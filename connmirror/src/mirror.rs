@@ -1,0 +1,268 @@
+//! The `mirror` role: attach capture to interfaces, drain the ring buffer into the
+//! flow table, and on SIGINT/SIGTERM detach, drain what is left and report.
+//!
+//! The reader drains continuously, record by record, rather than collecting a
+//! batch: the kernel's adaptive wakeups alone woke a reader only 20–100 times a
+//! second under load (DESIGN.md), so the programs force a wakeup once an eighth of
+//! the ring is waiting, and a short timer drains whatever sits below that.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use connmirror_common::{Counter, Malformed, RecordHeader, RingFullPolicy};
+use serde::Serialize;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
+    flow::{FlowReport, FlowTable},
+    service::{Service, ServiceAddr},
+    stream::StreamLimits,
+};
+
+/// Command-line arguments of `connmirror mirror`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MirrorArgs {
+    /// Interface to capture on (repeat for several; a gateway names both of its links).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    pub ifaces: Vec<String>,
+    /// Protected service as IP:PORT or [IPv6]:PORT (repeat for several).
+    #[arg(long = "service", value_name = "IP:PORT", required = true)]
+    pub services: Vec<ServiceAddr>,
+    /// Ingress attach point: `xdp` uses native XDP where the driver supports it,
+    /// else generic XDP; `xdp-native` and `xdp-generic` force one; `tc` uses TCX.
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub ingress: IngressHook,
+    /// Egress attach point.
+    #[arg(long, value_enum, default_value = "tc")]
+    pub egress: EgressHook,
+    /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    pub ring_size: u32,
+    /// When the ring is full: `drop` the segment so TCP retransmits it (no hole,
+    /// for path deployments), or `pass` it and mark its flow as gapped.
+    #[arg(long, value_enum, default_value = "drop")]
+    pub on_ring_full: RingFull,
+    /// Write each direction of each flow to a file here, and report.json on exit.
+    #[arg(long, value_name = "DIR")]
+    pub dump_dir: Option<PathBuf>,
+}
+
+/// `--on-ring-full` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RingFull {
+    /// Drop the segment (backpressure).
+    Drop,
+    /// Forward the segment and mark the flow as gapped.
+    Pass,
+}
+
+impl From<RingFull> for RingFullPolicy {
+    fn from(value: RingFull) -> Self {
+        match value {
+            RingFull::Drop => RingFullPolicy::Drop,
+            RingFull::Pass => RingFullPolicy::Pass,
+        }
+    }
+}
+
+/// Records decoded by userspace.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ReaderStats {
+    /// Records read from the ring.
+    pub records: u64,
+    /// Records rejected by [`RecordHeader::decode`].
+    pub decode_errors: u64,
+}
+
+/// Everything `report.json` holds.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Kernel counters by name, summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    /// Malformed frames by reason.
+    pub malformed: BTreeMap<&'static str, u64>,
+    /// Userspace reader counts.
+    pub userspace: ReaderStats,
+    /// Every flow seen.
+    pub flows: Vec<FlowReport>,
+}
+
+/// Runs the mirror until SIGINT or SIGTERM.
+pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
+    let MirrorArgs {
+        ifaces,
+        services,
+        ingress,
+        egress,
+        ring_size,
+        on_ring_full,
+        dump_dir,
+    } = args;
+    if let Some(dir) = &dump_dir {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut capture = Capture::load(&CaptureConfig {
+        ring_size,
+        on_ring_full: on_ring_full.into(),
+    })?;
+    for (id, ServiceAddr(addr)) in services.into_iter().enumerate() {
+        let service = Service {
+            id: id as u32,
+            addr,
+        };
+        capture.track(&service)?;
+        tracing::info!(%service, "tracking");
+    }
+    for iface in &ifaces {
+        let mode = capture.attach(iface, ingress, egress)?;
+        tracing::info!(iface, ingress = mode, egress = ?egress, "attached");
+    }
+    let ring = capture.take_ring()?;
+    // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it is
+    // dropped; it is only dropped after `into_inner` takes it back out.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("registering the ring buffer with the reactor")?;
+    let mut table = FlowTable::new(StreamLimits::default(), dump_dir.clone());
+    let mut stats = ReaderStats::default();
+    announce_ready()?;
+    let mut ring = read_until_signal(ring, &mut table, &mut stats).await?;
+    capture.detach()?;
+    drain(&mut ring, &mut table, &mut stats)?;
+    let report = report(&capture, &mut table, stats)?;
+    log_summary(&report);
+    if let Some(dir) = &dump_dir {
+        write_report(dir, &report)?;
+    }
+    Ok(())
+}
+
+/// Tells scripts the programs are attached: the line `ready` on stdout.
+fn announce_ready() -> anyhow::Result<()> {
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "ready")
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
+}
+
+async fn read_until_signal(
+    mut ring: AsyncFd<RingBuf<MapData>>,
+    table: &mut FlowTable,
+    stats: &mut ReaderStats,
+) -> anyhow::Result<RingBuf<MapData>> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("polling the ring buffer")?;
+                drain(guard.get_inner_mut(), table, stats)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(ring.get_mut(), table, stats)?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    tracing::info!("signal received: detaching");
+    Ok(ring.into_inner())
+}
+
+/// Applies every record waiting in the ring.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    table: &mut FlowTable,
+    stats: &mut ReaderStats,
+) -> anyhow::Result<()> {
+    while let Some(item) = ring.next() {
+        stats.records += 1;
+        match RecordHeader::decode(&item) {
+            Ok((header, chunk)) => table
+                .record(&header, chunk)
+                .context("writing a dump file")?,
+            Err(err) => {
+                stats.decode_errors += 1;
+                if stats.decode_errors.is_power_of_two() {
+                    tracing::warn!(%err, count = stats.decode_errors, "undecodable record");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn report(
+    capture: &Capture,
+    table: &mut FlowTable,
+    userspace: ReaderStats,
+) -> anyhow::Result<Report> {
+    let counters = capture.counters()?;
+    for (key, gaps) in capture.flow_gaps()? {
+        table.kernel_gaps(&key, gaps);
+    }
+    let flows = table.report().context("flushing dump files")?;
+    Ok(Report {
+        counters: named_counters(&counters),
+        malformed: Malformed::ALL
+            .iter()
+            .map(|reason| (reason.name(), counters.malformed(*reason)))
+            .collect(),
+        userspace,
+        flows,
+    })
+}
+
+fn named_counters(counters: &Counters) -> BTreeMap<&'static str, u64> {
+    Counter::ALL
+        .iter()
+        .map(|counter| (counter.name(), counters.get(*counter)))
+        .collect()
+}
+
+fn log_summary(report: &Report) {
+    let Report {
+        counters,
+        malformed,
+        userspace,
+        flows,
+    } = report;
+    tracing::info!(?counters, "kernel counters");
+    tracing::info!(?malformed, "malformed frames");
+    tracing::info!(records = userspace.records, decode_errors = userspace.decode_errors, "reader");
+    for flow in flows {
+        tracing::info!(
+            server = %flow.server,
+            client = %flow.client,
+            status = ?flow.status,
+            c2s = flow.c2s.delivered,
+            s2c = flow.s2c.delivered,
+            "flow"
+        );
+    }
+}
+
+/// Writes `report.json` atomically (temporary file, fsync, rename).
+fn write_report(dir: &Path, report: &Report) -> anyhow::Result<()> {
+    let path = dir.join("report.json");
+    let tmp = dir.join("report.json.tmp");
+    let json = serde_json::to_vec_pretty(report).context("serialising the report")?;
+    let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(&json)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    tracing::info!(path = %path.display(), "report written");
+    Ok(())
+}
