@@ -6,9 +6,12 @@
 //! puts it at sequence number `seq + chunk_offset` (plus one when SYN is set).
 
 /// Largest payload carried by one record.
-pub const CHUNK_SIZE: usize = 4096;
-/// Largest segment payload one program run can copy (`MAX_CHUNKS * CHUNK_SIZE`).
-pub const MAX_CHUNKS: usize = 48;
+pub const CHUNK_SIZE: usize = 8192;
+/// Most records one segment is split into. `MAX_CHUNKS * CHUNK_SIZE` (72 KiB)
+/// covers the largest IPv4/IPv6 packet a GSO skb carries without BIG TCP; a
+/// larger payload is counted as oversize and handled like a full ring. The
+/// verifier walks the chunk loop once per iteration, so this bounds its work too.
+pub const MAX_CHUNKS: usize = 9;
 /// Largest TCP option block.
 pub const MAX_OPTIONS: usize = 40;
 /// Size of [`RecordHeader`] in bytes.

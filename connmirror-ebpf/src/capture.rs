@@ -216,6 +216,7 @@ fn copy<S: LoadInto>(
         }
         copy_chunk(pkt, seg, scratch, offset)?;
     }
+    count(Counter::BytesCaptured.index(), seg.payload_len as u64);
     Ok(())
 }
 
@@ -267,6 +268,5 @@ fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
     };
     RECORDS.output::<[u8]>(bytes, flags as u64).map_err(|_| ())?;
     count(Counter::Records.index(), 1);
-    count(Counter::BytesCaptured.index(), len);
     Ok(())
 }

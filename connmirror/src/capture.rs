@@ -14,10 +14,13 @@ use std::{collections::HashMap as StdHashMap, ffi::CString, fmt, str::FromStr};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
+    },
 };
 use connmirror_common::{
-    Counter, FlowKey, FlowValue, Malformed, RingFullPolicy, ServiceKey, counter::COUNTER_SLOTS,
+    Counter, FlowKey, FlowValue, Hook, Malformed, RingFullPolicy, ServiceKey,
+    counter::COUNTER_SLOTS,
 };
 use thiserror::Error;
 
@@ -290,6 +293,33 @@ impl Capture {
             })?;
         }
         Ok(())
+    }
+
+    /// Runs the program for `hook` once on `frame` with `BPF_PROG_TEST_RUN`
+    /// (kernel ≥ 4.12; no interface needed) and returns its verdict: the XDP
+    /// action, or the TC return code as `i32`. For tests and diagnostics.
+    pub fn test_run(&mut self, hook: Hook, frame: &[u8]) -> Result<i32, CaptureError> {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        let (name, result) = match hook {
+            Hook::Xdp => (XDP, self.program::<Xdp>(XDP)?.test_run(options)),
+            Hook::TcIngress => (
+                TC_INGRESS,
+                self.program::<SchedClassifier>(TC_INGRESS)?.test_run(options),
+            ),
+            Hook::TcEgress => (
+                TC_EGRESS,
+                self.program::<SchedClassifier>(TC_EGRESS)?.test_run(options),
+            ),
+        };
+        result
+            .map(|run| run.return_value as i32)
+            .map_err(|source| CaptureError::Program {
+                program: name,
+                source,
+            })
     }
 
     /// Takes the ring buffer out of the object, for the reader.
