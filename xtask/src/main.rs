@@ -1,1 +1,164 @@
-fn main() {}
+//! `cargo xtask`: bootstrap, build, test, demo, bench and lint connmirror.
+//!
+//! Every task prints each command it runs (`==> cargo build --release -p connmirror`)
+//! and stops at the first failing step with an error that says what failed and how
+//! to fix it. The tasks that load eBPF programs (`test`, `demo`, `bench`) need root.
+//!
+//! This crate must build with nothing but a stable toolchain: it depends only on
+//! `anyhow` and `clap`, and installs everything else (`setup`).
+
+mod apt;
+mod bpf_linker;
+mod build_env;
+mod host;
+mod run;
+mod rustup;
+mod setup;
+mod tasks;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Developer tasks for connmirror: eBPF capture of TCP connections so a standby
+/// host can restore them.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    after_help = "On a fresh machine, as root: `cargo xtask demo`, then `cargo xtask test`; \
+                  both install what they need first. `cargo xtask help <COMMAND>` explains a \
+                  command and its flags."
+)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// One `cargo xtask` subcommand.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need; safe to run again.
+    ///
+    /// Ensures, in order: the nightly toolchain and its rust-src component (the
+    /// eBPF crate is built with `-Z build-std=core`), bpf-linker 0.13.0 built
+    /// against nightly's own LLVM, and the Debian packages the end-to-end tests use
+    /// (iperf3 socat tcpdump ethtool iproute2 procps util-linux, through apt-get,
+    /// which needs root). Prints "already present" or what it installed per item.
+    Setup,
+    /// Build the connmirror daemon (with its eBPF programs) and print its path.
+    ///
+    /// Installs the build prerequisites first when a cheap check finds one
+    /// missing (nightly rust-src, bpf-linker). The Debian packages are left to
+    /// `setup`, `test`, `demo` and `bench`, so building never needs root.
+    Build {
+        /// Build the debug profile instead of the default, release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run all tests: unit and property tests, then the end-to-end tests (needs root).
+    ///
+    /// Runs setup, builds the release daemon, mounts bpffs at /sys/fs/bpf when it
+    /// is not mounted, then runs
+    /// `cargo test --release -p connmirror-common --features std -p connmirror`
+    /// and `cargo test --release -p connmirror-tests -- --test-threads=1` with
+    /// CONNMIRROR_BIN set to the daemon. Needs root: the end-to-end tests create
+    /// network namespaces and load eBPF programs (try: sudo -E cargo xtask test).
+    Test {
+        /// Extra arguments for both `cargo test` runs, after `--`: cargo options
+        /// or a test-name filter, then optionally `--` and test-harness options
+        /// (e.g. `cargo xtask test -- capture -- --nocapture`). Default: none.
+        #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
+        args: Vec<String>,
+    },
+    /// Run the demo over network namespaces and print what happened (needs root).
+    ///
+    /// Runs setup, builds the release daemon, mounts bpffs when needed, then runs
+    /// `cargo run --release -p connmirror-tests --bin connmirror-demo` with
+    /// CONNMIRROR_BIN set to the daemon.
+    Demo,
+    /// Run benchmarks and print their results (needs root).
+    ///
+    /// Runs setup, builds the release daemon, mounts bpffs when needed, then runs
+    /// `cargo run --release -p connmirror-tests --bin connmirror-bench -- AREA`
+    /// with CONNMIRROR_BIN set to the daemon. Record results in bench/RESULTS.md.
+    Bench {
+        /// Which benchmarks to run.
+        #[arg(value_enum, default_value_t = Area::All)]
+        area: Area,
+    },
+    /// Check formatting and clippy lints of the whole workspace.
+    ///
+    /// Runs `cargo fmt --all --check` and, with AYA_BUILD_SKIP=1 so no eBPF build
+    /// is needed, `cargo clippy --workspace --exclude connmirror-ebpf
+    /// --all-targets -- -D warnings`. connmirror-ebpf is skipped: it only builds
+    /// for the bpf target, which clippy cannot check on the host.
+    Lint,
+}
+
+/// A group of benchmarks run by `connmirror-bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Area {
+    /// Every benchmark.
+    All,
+    /// Capture throughput per attach point (XDP native/generic, TC).
+    Capture,
+}
+
+impl Area {
+    /// The name `connmirror-bench` takes on its command line.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Area::All => "all",
+            Area::Capture => "capture",
+        }
+    }
+}
+
+/// Parses the command line, runs the chosen task and prints its error, if any,
+/// as one line of causes (no backtrace: the message says what to do).
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the task `cli` names.
+fn run(Cli { task }: Cli) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::ensure(setup::Scope::Full).map(drop),
+        Task::Build { debug } => tasks::build(workspace::Profile::from_debug(debug)).map(drop),
+        Task::Test { args } => tasks::test(&args),
+        Task::Demo => tasks::demo(),
+        Task::Bench { area } => tasks::bench(area),
+        Task::Lint => tasks::lint(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The clap definition is consistent (no conflicting names or bad defaults).
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    /// Arguments after `--`, including a second `--`, reach `test` untouched.
+    #[test]
+    fn test_passes_everything_after_double_dash() {
+        let cli = Cli::parse_from(["xtask", "test", "--", "filter", "--", "--nocapture"]);
+        let Task::Test { args } = cli.task else {
+            panic!("parsed {cli:?}");
+        };
+        assert_eq!(args, ["filter", "--", "--nocapture"]);
+    }
+}

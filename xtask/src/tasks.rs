@@ -1,0 +1,182 @@
+//! The tasks behind `build`, `test`, `demo`, `bench` and `lint`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::build_env::BuildEnv;
+use crate::run::step;
+use crate::setup::{self, Scope};
+use crate::workspace::{self, Profile};
+use crate::{Area, host};
+
+/// `cargo xtask build`: ensures the build prerequisites, builds the daemon and
+/// returns (and prints) the path of its binary.
+pub fn build(profile: Profile) -> Result<PathBuf> {
+    let env = setup::ensure(Scope::Build)?;
+    build_daemon(&env, profile)
+}
+
+/// `cargo xtask test`: unit and property tests, then the end-to-end tests.
+///
+/// `extra` is split at its first `--`: what comes before goes to both `cargo
+/// test` runs, what comes after goes to the test harness.
+pub fn test(extra: &[String]) -> Result<()> {
+    let (env, bin) = prepare_root_run(
+        "test",
+        "the end-to-end tests create network namespaces and load eBPF programs",
+    )?;
+    let (cargo_args, harness_args) = split_at_double_dash(extra);
+    let mut unit = workspace::cargo();
+    unit.args([
+        "test",
+        "--release",
+        "-p",
+        "connmirror-common",
+        "--features",
+        "std",
+    ])
+    .args(["-p", "connmirror"])
+    .args(cargo_args);
+    if !harness_args.is_empty() {
+        unit.arg("--").args(harness_args);
+    }
+    step(env.apply(&mut unit)?).context("unit/property tests failed; see the test output above")?;
+    let mut e2e = workspace::cargo();
+    e2e.args(["test", "--release", "-p", "connmirror-tests"])
+        .args(cargo_args)
+        .args(["--", "--test-threads=1"])
+        .args(harness_args)
+        .env("CONNMIRROR_BIN", &bin);
+    step(env.apply(&mut e2e)?).context("end-to-end tests failed; see the test output above")
+}
+
+/// `cargo xtask demo`: runs `connmirror-demo` against the release daemon.
+pub fn demo() -> Result<()> {
+    let (env, bin) = prepare_root_run(
+        "demo",
+        "the demo creates network namespaces and loads eBPF programs",
+    )?;
+    let mut cmd = workspace::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "connmirror-tests",
+        "--bin",
+        "connmirror-demo",
+    ])
+    .env("CONNMIRROR_BIN", &bin);
+    step(env.apply(&mut cmd)?).context("the demo failed; see its output above")
+}
+
+/// `cargo xtask bench`: runs `connmirror-bench` for `area` against the release daemon.
+pub fn bench(area: Area) -> Result<()> {
+    let (env, bin) = prepare_root_run(
+        "bench",
+        "the benchmarks create network namespaces and load eBPF programs",
+    )?;
+    let mut cmd = workspace::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "connmirror-tests",
+        "--bin",
+        "connmirror-bench",
+    ])
+    .args(["--", area.as_arg()])
+    .env("CONNMIRROR_BIN", &bin);
+    step(env.apply(&mut cmd)?).context("the benchmark failed; see its output above")
+}
+
+/// `cargo xtask lint`: rustfmt and clippy over the host-side crates; runs both
+/// and reports every failure.
+pub fn lint() -> Result<()> {
+    let fmt = step(workspace::cargo().args(["fmt", "--all", "--check"])).context(
+        "formatting differs: run `cargo fmt --all` (needs `rustup component add rustfmt`)",
+    );
+    let mut clippy = workspace::cargo();
+    clippy
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "connmirror-ebpf",
+            "--all-targets",
+        ])
+        .args(["--", "-D", "warnings"])
+        .env("AYA_BUILD_SKIP", "1");
+    let clippy = step(&mut clippy).context(
+        "clippy found problems (needs `rustup component add clippy`); fix the warnings above",
+    );
+    println!(
+        "note: connmirror-ebpf is not linted: it builds only for the bpf target, \
+         which clippy cannot check on the host"
+    );
+    let failures: Vec<String> = [fmt, clippy]
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    if !failures.is_empty() {
+        bail!("lint failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Builds the daemon with `profile` in `env` and returns its binary's path.
+fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<PathBuf> {
+    env.announce();
+    let mut cmd = workspace::cargo();
+    cmd.arg("build")
+        .args(profile.cargo_args())
+        .args(["-p", "connmirror"]);
+    step(env.apply(&mut cmd)?).context(
+        "building connmirror failed; if the eBPF part failed, check that bpf-linker and \
+         nightly rust-src work (`cargo xtask setup`)",
+    )?;
+    let bin = workspace::daemon_binary(profile);
+    ensure!(
+        bin.is_file(),
+        "cargo build succeeded but {} is missing; is build.target-dir set in a cargo config?",
+        bin.display()
+    );
+    println!("connmirror binary: {}", bin.display());
+    Ok(bin)
+}
+
+/// What `test`, `demo` and `bench` share: root, full setup, a release build and
+/// bpffs. Returns the build environment and the daemon binary.
+fn prepare_root_run(task: &str, why: &str) -> Result<(BuildEnv, PathBuf)> {
+    host::require_root(task, why)?;
+    let env = setup::ensure(Scope::Full)?;
+    let bin = build_daemon(&env, Profile::Release)?;
+    host::ensure_bpffs()?;
+    Ok((env, bin))
+}
+
+/// Splits `args` at the first `--` into (before, after), dropping the `--`.
+fn split_at_double_dash(args: &[String]) -> (&[String], &[String]) {
+    match args.iter().position(|arg| arg == "--") {
+        Some(at) => (&args[..at], &args[at + 1..]),
+        None => (args, &[]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cargo arguments come before the first `--`, harness arguments after it.
+    #[test]
+    fn extra_test_args_split_at_first_double_dash() {
+        let args: Vec<String> = ["capture", "--", "--nocapture", "--"]
+            .map(String::from)
+            .into();
+        let (cargo, harness) = split_at_double_dash(&args);
+        assert_eq!(cargo, ["capture"]);
+        assert_eq!(harness, ["--nocapture", "--"]);
+        assert_eq!(split_at_double_dash(&args[..1]), (&args[..1], &[][..]));
+    }
+}
