@@ -11,6 +11,8 @@
 extern crate std;
 
 pub mod counter;
+#[cfg(any(test, feature = "std"))]
+pub mod frame;
 pub mod map;
 pub mod parse;
 pub mod record;

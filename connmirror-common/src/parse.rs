@@ -282,3 +282,6 @@ fn parse_tcp<P: Packet + ?Sized>(pkt: &P, ip: &Ip) -> Result<Segment, Malformed>
         payload_len: ip.end - (ip.l4 + doff),
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -263,12 +263,18 @@ impl core::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             DecodeError::Short { len } => {
-                write!(f, "record of {len} bytes is shorter than its {HEADER_SIZE}-byte header")
+                write!(
+                    f,
+                    "record of {len} bytes is shorter than its {HEADER_SIZE}-byte header"
+                )
             }
             DecodeError::ChunkLength {
                 chunk_len,
                 available,
-            } => write!(f, "chunk_len {chunk_len} exceeds the {available} bytes present"),
+            } => write!(
+                f,
+                "chunk_len {chunk_len} exceeds the {available} bytes present"
+            ),
             DecodeError::ChunkPastPayload { end, payload_len } => {
                 write!(f, "chunk ends at {end}, past payload_len {payload_len}")
             }

@@ -242,8 +242,11 @@ fn copy_chunk<S: LoadInto>(
     scratch.header.chunk_len = len as u32;
     // SAFETY: `data` holds CHUNK_SIZE >= len bytes.
     let loaded = unsafe {
-        pkt.0
-            .load_into(seg.payload_offset + offset, scratch.data.as_mut_ptr(), len as u32)
+        pkt.0.load_into(
+            seg.payload_offset + offset,
+            scratch.data.as_mut_ptr(),
+            len as u32,
+        )
     };
     if !loaded {
         return Err(());
@@ -257,8 +260,9 @@ fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
     let size = HEADER_SIZE as u64 + len;
     // SAFETY: `Scratch` is repr(C) with the header first and `len <= CHUNK_SIZE`,
     // so the slice stays inside the per-CPU value.
-    let bytes =
-        unsafe { core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size as usize) };
+    let bytes = unsafe {
+        core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size as usize)
+    };
     // SAFETY: a global written only by the loader.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let flags = if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
@@ -266,7 +270,9 @@ fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    RECORDS.output::<[u8]>(bytes, flags as u64).map_err(|_| ())?;
+    RECORDS
+        .output::<[u8]>(bytes, flags as u64)
+        .map_err(|_| ())?;
     count(Counter::Records.index(), 1);
     Ok(())
 }

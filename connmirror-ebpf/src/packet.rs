@@ -71,7 +71,6 @@ impl LoadInto for XdpPacket<'_> {
     }
 }
 
-
 /// A socket buffer seen by TC, including the paged part of a GSO skb.
 pub struct SkbPacket<'a> {
     ctx: &'a TcContext,

@@ -88,7 +88,7 @@ pub enum CaptureError {
     },
     /// Loading the object (maps, BTF, relocations) failed.
     #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// The verifier or the kernel rejected a program; the error carries the log.
     #[error("loading program {program} failed")]
     Program {
@@ -96,7 +96,7 @@ pub enum CaptureError {
         program: &'static str,
         /// The kernel's answer, with the verifier log when there is one.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Attaching a program to an interface failed.
     #[error("attaching {program} to {iface} ({mode}) failed")]
@@ -109,7 +109,7 @@ pub enum CaptureError {
         mode: &'static str,
         /// The kernel's answer.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// A program is missing from the object.
     #[error("program {0} is missing from the eBPF object")]
@@ -124,7 +124,7 @@ pub enum CaptureError {
         map: &'static str,
         /// The kernel's answer.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -166,7 +166,7 @@ impl Capture {
             .override_global("RING_FULL_POLICY", &(*on_ring_full as u8), true)
             .override_global("WAKEUP_BYTES", &wakeup, true)
             .load(OBJECT)
-            .map_err(CaptureError::Load)?;
+            .map_err(|err| CaptureError::Load(Box::new(err)))?;
         Ok(Self { ebpf })
     }
 
@@ -174,10 +174,7 @@ impl Capture {
     pub fn track(&mut self, service: &Service) -> Result<(), CaptureError> {
         let mut map: HashMap<_, ServiceKey, u32> = self.map_mut("SERVICES")?;
         map.insert(service.key(), service.id, 0)
-            .map_err(|source| CaptureError::Map {
-                map: "SERVICES",
-                source,
-            })
+            .map_err(map_error("SERVICES"))
     }
 
     /// Attaches the programs to `iface` as asked; returns how ingress was attached.
@@ -225,7 +222,7 @@ impl Capture {
                 program: XDP,
                 iface: iface.to_owned(),
                 mode: name,
-                source,
+                source: Box::new(source),
             })?;
         Ok(name)
     }
@@ -246,7 +243,7 @@ impl Capture {
                 program: name,
                 iface: iface.to_owned(),
                 mode,
-                source,
+                source: Box::new(source),
             })?;
         Ok(mode)
     }
@@ -261,18 +258,8 @@ impl Capture {
             .ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?;
-        let program: &mut P = program
-            .try_into()
-            .map_err(|source| CaptureError::Program {
-                program: name,
-                source,
-            })?;
-        program
-            .load_once()
-            .map_err(|source| CaptureError::Program {
-                program: name,
-                source,
-            })?;
+        let program: &mut P = program.try_into().map_err(program_error(name))?;
+        program.load_once().map_err(program_error(name))?;
         Ok(program)
     }
 
@@ -287,10 +274,7 @@ impl Capture {
                 aya::programs::Program::SchedClassifier(p) if p.fd().is_ok() => p.unload(),
                 _ => Ok(()),
             };
-            result.map_err(|source| CaptureError::Program {
-                program: name,
-                source,
-            })?;
+            result.map_err(program_error(name))?;
         }
         Ok(())
     }
@@ -307,19 +291,18 @@ impl Capture {
             Hook::Xdp => (XDP, self.program::<Xdp>(XDP)?.test_run(options)),
             Hook::TcIngress => (
                 TC_INGRESS,
-                self.program::<SchedClassifier>(TC_INGRESS)?.test_run(options),
+                self.program::<SchedClassifier>(TC_INGRESS)?
+                    .test_run(options),
             ),
             Hook::TcEgress => (
                 TC_EGRESS,
-                self.program::<SchedClassifier>(TC_EGRESS)?.test_run(options),
+                self.program::<SchedClassifier>(TC_EGRESS)?
+                    .test_run(options),
             ),
         };
         result
             .map(|run| run.return_value as i32)
-            .map_err(|source| CaptureError::Program {
-                program: name,
-                source,
-            })
+            .map_err(program_error(name))
     }
 
     /// Takes the ring buffer out of the object, for the reader.
@@ -328,10 +311,7 @@ impl Capture {
             .ebpf
             .take_map("RECORDS")
             .ok_or(CaptureError::MissingMap("RECORDS"))?;
-        RingBuf::try_from(map).map_err(|source| CaptureError::Map {
-            map: "RECORDS",
-            source,
-        })
+        RingBuf::try_from(map).map_err(map_error("RECORDS"))
     }
 
     /// The kernel counters, summed over CPUs.
@@ -339,12 +319,7 @@ impl Capture {
         let map: PerCpuArray<_, u64> = self.map("COUNTERS")?;
         let mut slots = vec![0u64; COUNTER_SLOTS as usize];
         for (slot, total) in slots.iter_mut().enumerate() {
-            let values = map
-                .get(&(slot as u32), 0)
-                .map_err(|source| CaptureError::Map {
-                    map: "COUNTERS",
-                    source,
-                })?;
+            let values = map.get(&(slot as u32), 0).map_err(map_error("COUNTERS"))?;
             *total = values.iter().sum();
         }
         Ok(Counters { slots })
@@ -356,10 +331,7 @@ impl Capture {
         map.iter()
             .map(|entry| entry.map(|(key, value)| (key, value.gaps)))
             .collect::<Result<_, _>>()
-            .map_err(|source| CaptureError::Map {
-                map: "FLOWS",
-                source,
-            })
+            .map_err(map_error("FLOWS"))
     }
 
     fn map<'a, M>(&'a self, name: &'static str) -> Result<M, CaptureError>
@@ -367,7 +339,7 @@ impl Capture {
         M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
         let map = self.ebpf.map(name).ok_or(CaptureError::MissingMap(name))?;
-        M::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+        M::try_from(map).map_err(map_error(name))
     }
 
     fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, CaptureError>
@@ -378,7 +350,23 @@ impl Capture {
             .ebpf
             .map_mut(name)
             .ok_or(CaptureError::MissingMap(name))?;
-        M::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+        M::try_from(map).map_err(map_error(name))
+    }
+}
+
+/// Wraps a map failure with the map's name.
+fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> CaptureError {
+    move |source| CaptureError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
+/// Wraps a program failure (including a verifier rejection and its log) with the program's name.
+fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> CaptureError {
+    move |source| CaptureError::Program {
+        program,
+        source: Box::new(source),
     }
 }
 
@@ -389,13 +377,21 @@ trait Loadable {
 
 impl Loadable for Xdp {
     fn load_once(&mut self) -> Result<(), ProgramError> {
-        if self.fd().is_ok() { Ok(()) } else { self.load() }
+        if self.fd().is_ok() {
+            Ok(())
+        } else {
+            self.load()
+        }
     }
 }
 
 impl Loadable for SchedClassifier {
     fn load_once(&mut self) -> Result<(), ProgramError> {
-        if self.fd().is_ok() { Ok(()) } else { self.load() }
+        if self.fd().is_ok() {
+            Ok(())
+        } else {
+            self.load()
+        }
     }
 }
 
@@ -408,12 +404,18 @@ pub struct Counters {
 impl Counters {
     /// The value of `counter`.
     pub fn get(&self, counter: Counter) -> u64 {
-        self.slots.get(counter.index() as usize).copied().unwrap_or(0)
+        self.slots
+            .get(counter.index() as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The malformed-packet count for `reason`.
     pub fn malformed(&self, reason: Malformed) -> u64 {
-        self.slots.get(reason.index() as usize).copied().unwrap_or(0)
+        self.slots
+            .get(reason.index() as usize)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -470,7 +472,10 @@ mod tests {
         assert_eq!(parse_size("64K"), Ok(65536));
         assert_eq!(parse_size("16m"), Ok(16 << 20));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("4G"), Err("4G is larger than 4 GiB - 1".to_owned()));
+        assert_eq!(
+            parse_size("4G"),
+            Err("4G is larger than 4 GiB - 1".to_owned())
+        );
         assert_eq!(parse_size("x"), Err("\"x\" is not a size".to_owned()));
     }
 }

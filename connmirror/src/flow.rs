@@ -124,7 +124,12 @@ impl FlowTable {
         let flow = match self.flows.entry(key) {
             std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::btree_map::Entry::Vacant(entry) => {
-                let flow = open_flow(&key, header.service_id, self.limits, self.dump_dir.as_deref())?;
+                let flow = open_flow(
+                    &key,
+                    header.service_id,
+                    self.limits,
+                    self.dump_dir.as_deref(),
+                )?;
                 tracing::info!(flow = %flow_name(&key), "new flow");
                 entry.insert(flow)
             }

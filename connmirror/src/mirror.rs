@@ -240,7 +240,11 @@ fn log_summary(report: &Report) {
     } = report;
     tracing::info!(?counters, "kernel counters");
     tracing::info!(?malformed, "malformed frames");
-    tracing::info!(records = userspace.records, decode_errors = userspace.decode_errors, "reader");
+    tracing::info!(
+        records = userspace.records,
+        decode_errors = userspace.decode_errors,
+        "reader"
+    );
     for flow in flows {
         tracing::info!(
             server = %flow.server,

@@ -43,9 +43,8 @@ impl FromStr for ServiceAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let addr = SocketAddr::from_str(text).map_err(|_| {
-            format!("{text:?} is not IP:PORT (write IPv6 services as [ADDR]:PORT)")
-        })?;
+        let addr = SocketAddr::from_str(text)
+            .map_err(|_| format!("{text:?} is not IP:PORT (write IPv6 services as [ADDR]:PORT)"))?;
         if addr.port() == 0 {
             return Err(format!("{text:?} has port 0"));
         }
