@@ -17,17 +17,43 @@ use serde::Serialize;
 
 use crate::{
     service::socket_addr,
-    stream::{Stream, StreamLimits},
+    stream::{Chunk, Stream, StreamLimits},
 };
+
+/// Where one direction is written. After a gap the file stops growing, so it is
+/// always an exact prefix of the stream, never bytes glued across a hole.
+struct Dump {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Stream offset where writing stopped because of a gap.
+    stopped_at: Option<u64>,
+    written: u64,
+}
+
+impl Dump {
+    fn write(&mut self, chunk: Chunk<'_>) -> io::Result<()> {
+        match (chunk, self.stopped_at) {
+            (_, Some(_)) => Ok(()),
+            (Chunk::Bytes(bytes), None) => {
+                self.written += bytes.len() as u64;
+                self.file.write_all(bytes)
+            }
+            (Chunk::Gap(_), None) => {
+                self.stopped_at = Some(self.written);
+                Ok(())
+            }
+        }
+    }
+}
 
 /// One direction of a flow: its reassembled stream and where it is written.
 struct Side {
     stream: Stream,
-    dump: Option<(PathBuf, BufWriter<File>)>,
+    dump: Option<Dump>,
 }
 
 impl Side {
-    fn new(limits: StreamLimits, dump: Option<(PathBuf, BufWriter<File>)>) -> Self {
+    fn new(limits: StreamLimits, dump: Option<Dump>) -> Self {
         Self {
             stream: Stream::new(limits),
             dump,
@@ -46,9 +72,9 @@ impl Side {
         if !chunk.is_empty() {
             let mut result = Ok(());
             let seq = data_seq.wrapping_add(header.chunk_offset);
-            stream.data(seq, chunk, &mut |bytes| {
-                if let (Ok(()), Some((_, file))) = (&result, dump.as_mut()) {
-                    result = file.write_all(bytes);
+            stream.data_with_gaps(seq, chunk, &mut |piece| {
+                if let (Ok(()), Some(dump)) = (&result, dump.as_mut()) {
+                    result = dump.write(piece);
                 }
             });
             result?;
@@ -61,16 +87,17 @@ impl Side {
     }
 
     fn report(&mut self) -> io::Result<SideReport> {
-        let file = match self.dump.as_mut() {
-            Some((path, file)) => {
-                file.flush()?;
-                Some(path.clone())
+        let (file, dump_stopped_at) = match self.dump.as_mut() {
+            Some(dump) => {
+                dump.file.flush()?;
+                (Some(dump.path.clone()), dump.stopped_at)
             }
-            None => None,
+            None => (None, None),
         };
         let stats = self.stream.stats();
         Ok(SideReport {
             file,
+            dump_stopped_at,
             delivered: stats.delivered,
             complete: self.stream.is_complete(),
             holes: self.stream.holes(),
@@ -206,7 +233,12 @@ fn open_flow(
                 let file = File::create(&path).map_err(|err| {
                     io::Error::new(err.kind(), format!("creating {}: {err}", path.display()))
                 })?;
-                Some((path, BufWriter::with_capacity(1 << 20, file)))
+                Some(Dump {
+                    path,
+                    file: BufWriter::with_capacity(1 << 20, file),
+                    stopped_at: None,
+                    written: 0,
+                })
             }
             None => None,
         };
@@ -291,6 +323,9 @@ pub struct FlowReport {
 pub struct SideReport {
     /// Dump file, with `--dump-dir`.
     pub file: Option<PathBuf>,
+    /// Where the dump file stops because a hole was given up (it is an exact
+    /// prefix of the stream up to there).
+    pub dump_stopped_at: Option<u64>,
     /// Bytes reassembled in order.
     pub delivered: u64,
     /// FIN seen and every byte before it present.
@@ -303,4 +338,110 @@ pub struct SideReport {
     pub duplicate_bytes: u64,
     /// Retransmitted bytes too old to compare.
     pub unverified_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use connmirror_common::{
+        map::FAMILY_V4,
+        record::tcp_flags::{ACK, FIN, SYN},
+    };
+
+    use super::*;
+
+    fn header(direction: Direction, seq: u32, flags: u8, payload: &[u8]) -> RecordHeader {
+        let mut h = RecordHeader::zeroed();
+        let (server, client) = ([198, 18, 1, 2], [198, 18, 0, 2]);
+        let ((src, sport), (dst, dport)) = match direction {
+            Direction::ClientToServer => ((client, 40000), (server, 7000)),
+            Direction::ServerToClient => ((server, 7000), (client, 40000)),
+        };
+        h.src_addr[..4].copy_from_slice(&src);
+        h.dst_addr[..4].copy_from_slice(&dst);
+        (h.src_port, h.dst_port) = (sport, dport);
+        h.family = FAMILY_V4;
+        h.direction = direction as u8;
+        h.seq = seq;
+        h.tcp_flags = flags;
+        h.payload_len = payload.len() as u32;
+        h.chunk_len = payload.len() as u32;
+        h
+    }
+
+    fn feed(table: &mut FlowTable, direction: Direction, seq: u32, flags: u8, payload: &[u8]) {
+        table
+            .record(&header(direction, seq, flags, payload), payload)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_flow_with_both_handshakes_and_fins_is_complete() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 2,
+            SYN,
+            b"",
+        );
+        feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 1,
+            ACK,
+            b"abcd",
+        );
+        feed(&mut table, Direction::ServerToClient, 101, ACK | FIN, b"xy");
+        feed(&mut table, Direction::ClientToServer, 2, ACK | FIN, b"");
+
+        let report = table.report().unwrap();
+
+        assert_eq!(report.len(), 1);
+        let flow = &report[0];
+        assert_eq!(flow.status, FlowStatus::Complete);
+        assert!(flow.handshake);
+        assert_eq!((flow.c2s.delivered, flow.s2c.delivered), (4, 2));
+        assert_eq!(flow.server, "198.18.1.2:7000".parse().unwrap());
+        assert_eq!(flow.client, "198.18.0.2:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn a_kernel_gap_makes_the_flow_gapped_even_when_every_seen_byte_is_present() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 10, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 20, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 11, ACK | FIN, b"");
+        feed(&mut table, Direction::ServerToClient, 21, ACK | FIN, b"");
+        let key = table.flows.keys().next().copied().unwrap();
+
+        table.kernel_gaps(&key, 3);
+
+        let report = table.report().unwrap();
+        assert_eq!(report[0].status, FlowStatus::Gapped);
+        assert_eq!(report[0].kernel_gaps, 3);
+    }
+
+    #[test]
+    fn the_dump_stops_at_an_abandoned_hole_and_stays_an_exact_prefix() {
+        let dir = std::env::temp_dir().join(format!("connmirror-flow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits {
+            max_pending: 4,
+            keep_delivered: 16,
+        };
+        let mut table = FlowTable::new(limits, Some(dir.clone()));
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ClientToServer, 1, ACK, b"ab");
+        // Bytes 2..4 never arrive; 8 bytes after them overflow the pending bound.
+        feed(&mut table, Direction::ClientToServer, 5, ACK, b"efghijkl");
+
+        let report = table.report().unwrap();
+
+        let c2s = &report[0].c2s;
+        assert_eq!(report[0].status, FlowStatus::Gapped);
+        assert_eq!(c2s.dump_stopped_at, Some(2));
+        assert_eq!(std::fs::read(c2s.file.as_ref().unwrap()).unwrap(), b"ab");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
