@@ -91,10 +91,11 @@ enum Task {
     },
     /// Check formatting and clippy lints of the whole workspace.
     ///
-    /// Runs `cargo fmt --all --check` and, with AYA_BUILD_SKIP=1 so no eBPF build
-    /// is needed, `cargo clippy --workspace --exclude connmirror-ebpf
-    /// --all-targets -- -D warnings`. connmirror-ebpf is skipped: it only builds
-    /// for the bpf target, which clippy cannot check on the host.
+    /// Runs `cargo fmt --all --check` and `cargo clippy --workspace --exclude
+    /// connmirror-ebpf --all-targets -- -D warnings` (which builds the eBPF object,
+    /// so the build prerequisites are ensured first). connmirror-ebpf itself is
+    /// skipped: it only builds for the bpf target, which clippy cannot check on
+    /// the host.
     Lint,
 }
 

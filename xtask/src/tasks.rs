@@ -91,8 +91,10 @@ pub fn bench(area: Area) -> Result<()> {
 }
 
 /// `cargo xtask lint`: rustfmt and clippy over the host-side crates; runs both
-/// and reports every failure.
+/// and reports every failure. Clippy compiles `connmirror`, whose build script
+/// builds and embeds the eBPF object, so the build prerequisites come first.
 pub fn lint() -> Result<()> {
+    let env = setup::ensure(Scope::Build)?;
     let fmt = step(workspace::cargo().args(["fmt", "--all", "--check"])).context(
         "formatting differs: run `cargo fmt --all` (needs `rustup component add rustfmt`)",
     );
@@ -105,9 +107,8 @@ pub fn lint() -> Result<()> {
             "connmirror-ebpf",
             "--all-targets",
         ])
-        .args(["--", "-D", "warnings"])
-        .env("AYA_BUILD_SKIP", "1");
-    let clippy = step(&mut clippy).context(
+        .args(["--", "-D", "warnings"]);
+    let clippy = step(env.apply(&mut clippy)?).context(
         "clippy found problems (needs `rustup component add clippy`); fix the warnings above",
     );
     println!(
