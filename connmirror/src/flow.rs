@@ -11,7 +11,7 @@ use std::{
 
 use connmirror_common::{
     Direction, FlowKey, RecordHeader,
-    record::tcp_flags::{FIN, RST, SYN},
+    record::tcp_flags::{ACK, FIN, RST, SYN},
 };
 use serde::Serialize;
 
@@ -101,6 +101,8 @@ impl Side {
             delivered: stats.delivered,
             complete: self.stream.is_complete(),
             holes: self.stream.holes(),
+            missing: self.stream.missing(),
+            acked: self.stream.acked(),
             conflicting_bytes: stats.conflicting_bytes,
             duplicate_bytes: stats.duplicate_bytes,
             unverified_bytes: stats.unverified_bytes,
@@ -163,10 +165,14 @@ impl FlowTable {
         };
         flow.kernel_gaps = flow.kernel_gaps.max(header.flow_gaps);
         flow.rst |= header.tcp_flags & RST != 0;
-        match direction {
-            Direction::ClientToServer => flow.c2s.record(header, chunk),
-            Direction::ServerToClient => flow.s2c.record(header, chunk),
+        let (this, other) = match direction {
+            Direction::ClientToServer => (&mut flow.c2s, &mut flow.s2c),
+            Direction::ServerToClient => (&mut flow.s2c, &mut flow.c2s),
+        };
+        if header.tcp_flags & ACK != 0 {
+            other.stream.ack(header.ack);
         }
+        this.record(header, chunk)
     }
 
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
@@ -257,16 +263,13 @@ fn flow_report(key: &FlowKey, flow: &mut Flow) -> io::Result<FlowReport> {
     let (server, client) = endpoints(key);
     let c2s = flow.c2s.report()?;
     let s2c = flow.s2c.report()?;
-    // Bytes given up on, or still waiting behind a hole that never filled.
-    let missing = |side: &Side| {
-        let stats = side.stream.stats();
-        stats.abandoned_bytes > 0 || stats.pending > 0
-    };
-    let gapped = flow.kernel_gaps > 0 || missing(&flow.c2s) || missing(&flow.s2c);
+    let gapped = flow.kernel_gaps > 0 || !c2s.missing.is_empty() || !s2c.missing.is_empty();
     let status = if gapped {
         FlowStatus::Gapped
     } else if c2s.complete && s2c.complete {
         FlowStatus::Complete
+    } else if flow.rst {
+        FlowStatus::Reset
     } else {
         FlowStatus::Open
     };
@@ -291,7 +294,10 @@ pub enum FlowStatus {
     Complete,
     /// Still open (or closed without a FIN seen): no known gap so far.
     Open,
-    /// Bytes are missing: the kernel forwarded a segment uncaptured, or a hole was given up.
+    /// Ended by a RST; every byte the receivers acknowledged is present.
+    Reset,
+    /// Bytes are missing: the kernel forwarded a segment uncaptured, or a
+    /// receiver acknowledged bytes the capture lacks.
     Gapped,
 }
 
@@ -330,8 +336,14 @@ pub struct SideReport {
     pub delivered: u64,
     /// FIN seen and every byte before it present.
     pub complete: bool,
-    /// Missing ranges, as stream offsets `[start, end)`.
+    /// Ranges not captured, as stream offsets `[start, end)`, including bytes
+    /// still in flight.
     pub holes: Vec<(u64, u64)>,
+    /// The part of `holes` the receiver acknowledged: bytes it has that the
+    /// capture lacks. Nonempty means the flow is gapped.
+    pub missing: Vec<(u64, u64)>,
+    /// Highest stream offset the receiver acknowledged.
+    pub acked: u64,
     /// Overlapping bytes that differed from the first copy.
     pub conflicting_bytes: u64,
     /// Bytes seen more than once, identical.
@@ -344,7 +356,7 @@ pub struct SideReport {
 mod tests {
     use connmirror_common::{
         map::FAMILY_V4,
-        record::tcp_flags::{ACK, FIN, SYN},
+        record::tcp_flags::{ACK, FIN, RST, SYN},
     };
 
     use super::*;
@@ -423,6 +435,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_flow_missing_only_unacknowledged_bytes_is_reset_not_gapped() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 500, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 1, ACK, b"abcd");
+        // Bytes 5..9 were dropped for backpressure; the server acknowledged up to 5.
+        feed(&mut table, Direction::ClientToServer, 9, ACK, b"ijkl");
+        let mut rst = header(Direction::ServerToClient, 501, RST | ACK, b"");
+        rst.ack = 5;
+        table.record(&rst, b"").unwrap();
+
+        let report = table.report().unwrap();
+
+        assert_eq!(report[0].status, FlowStatus::Reset);
+        assert_eq!(report[0].c2s.holes, vec![(4, 8)]);
+        assert_eq!(report[0].c2s.missing, Vec::<(u64, u64)>::new());
+        assert_eq!(report[0].c2s.acked, 4);
+    }
+
+    #[test]
     fn the_dump_stops_at_an_abandoned_hole_and_stays_an_exact_prefix() {
         let dir = std::env::temp_dir().join(format!("connmirror-flow-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -435,12 +467,17 @@ mod tests {
         feed(&mut table, Direction::ClientToServer, 1, ACK, b"ab");
         // Bytes 2..4 never arrive; 8 bytes after them overflow the pending bound.
         feed(&mut table, Direction::ClientToServer, 5, ACK, b"efghijkl");
+        // The server acknowledges them all: the capture lacks bytes it has.
+        let mut ack = header(Direction::ServerToClient, 50, ACK, b"");
+        ack.ack = 13;
+        table.record(&ack, b"").unwrap();
 
         let report = table.report().unwrap();
 
         let c2s = &report[0].c2s;
         assert_eq!(report[0].status, FlowStatus::Gapped);
         assert_eq!(c2s.dump_stopped_at, Some(2));
+        assert_eq!(c2s.missing, vec![(2, 4)]);
         assert_eq!(std::fs::read(c2s.file.as_ref().unwrap()).unwrap(), b"ab");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -125,6 +125,8 @@ pub struct Stream {
     fin: Option<u64>,
     /// Holes given up on, as offsets `[start, end)`, in order, all below `next`.
     abandoned: Vec<(u64, u64)>,
+    /// Highest offset the receiver acknowledged.
+    acked: u64,
     stats: StreamStats,
 }
 
@@ -142,6 +144,7 @@ impl Stream {
             recent: VecDeque::new(),
             fin: None,
             abandoned: Vec::new(),
+            acked: 0,
             stats: StreamStats::default(),
         }
     }
@@ -256,6 +259,32 @@ impl Stream {
             holes.push((cursor, fin));
         }
         holes
+    }
+
+    /// The receiver acknowledged every byte before `seq` (an acknowledgment number
+    /// seen in the other direction). Keeps the highest, as a stream offset;
+    /// ignored until the origin is known.
+    pub fn ack(&mut self, seq: u32) {
+        if let Some(origin) = self.origin {
+            let offset = self.offset(origin, seq).max(0) as u64;
+            self.acked = self.acked.max(offset);
+        }
+    }
+
+    /// Highest acknowledged stream offset (see [`ack`](Self::ack)).
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// The parts of [`holes`](Self::holes) below the highest acknowledgment: bytes
+    /// the receiver has but the capture lacks. Holes above it are bytes in flight,
+    /// which the sender still holds and will resend (or, after a RST, never will).
+    pub fn missing(&self) -> Vec<(u64, u64)> {
+        self.holes()
+            .into_iter()
+            .filter(|(start, _)| *start < self.acked)
+            .map(|(start, end)| (start, end.min(self.acked)))
+            .collect()
     }
 
     /// Next expected sequence number, once an origin is known.
@@ -869,6 +898,24 @@ mod tests {
                 ..StreamStats::default()
             }
         );
+    }
+
+    #[test]
+    fn only_holes_below_the_highest_ack_are_missing() {
+        let mut s = stream();
+        let mut out = Vec::new();
+        s.syn(99);
+        feed(&mut s, 100, b"abcd", &mut out);
+        feed(&mut s, 110, b"klmn", &mut out);
+        assert_eq!(s.holes(), vec![(4, 10)]);
+
+        s.ack(104);
+        assert_eq!(s.missing(), Vec::<(u64, u64)>::new());
+
+        s.ack(107);
+        s.ack(105); // an older ACK does not lower the mark
+        assert_eq!(s.acked(), 7);
+        assert_eq!(s.missing(), vec![(4, 7)]);
     }
 
     #[test]
