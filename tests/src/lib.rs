@@ -1,1 +1,86 @@
-//! End-to-end test fixtures.
+//! End-to-end test fixtures for connmirror.
+//!
+//! The tests build a small network out of Linux network namespaces joined by veth
+//! pairs (see `ip-netns(8)`, `veth(4)`), run the `connmirror` binary in the gateway
+//! namespace, push exact data through it and compare what the mirror dumped with
+//! what was sent.
+//!
+//! The pieces, one module per concept:
+//! - [`netns`]: [`Netns`], a namespace that is deleted (its processes killed first)
+//!   when the guard drops, even while a test panics.
+//! - [`topology`]: [`Topology`], client ↔ gateway ↔ server, IPv4 and IPv6, with an
+//!   optional 802.1Q tag on the client link.
+//! - [`mirror`]: [`Mirror`], the `connmirror mirror` process under test, and the
+//!   [`Report`] it writes on shutdown.
+//! - [`traffic`]: [`bidirectional`], exact-data streams both ways at once.
+//! - [`vlan`]: 802.1Q tagging of a link by TC programs (the test kernel has no
+//!   VLAN driver).
+//! - [`digest`]: [`Digest`], a SHA-256 with a readable `Debug`.
+//!
+//! Every test needs root (namespaces, eBPF) and fails, never skips, without it:
+//! call [`require_root`] first. Tests that run the binary find it through
+//! [`connmirror_bin`] (`CONNMIRROR_BIN`, set by `cargo xtask test`).
+//!
+//! Nothing here talks to an address outside 198.18.0.0/15 or fd00::/8, and those
+//! addresses exist only inside namespaces the fixtures create.
+
+pub mod digest;
+pub mod inject;
+pub mod live;
+pub mod mirror;
+pub mod netns;
+pub mod process;
+pub mod repair;
+pub mod topology;
+pub mod traffic;
+pub mod vlan;
+pub mod workdir;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub use digest::Digest;
+pub use mirror::{Mirror, MirrorCommand, MirrorExit, Report};
+pub use netns::Netns;
+pub use topology::{Family, Topology};
+pub use traffic::{Exchange, Peer, bidirectional};
+pub use workdir::WorkDir;
+
+/// The message every end-to-end test fails with when it is not run as root.
+pub const NEED_ROOT: &str = "end-to-end tests need root (network namespaces, eBPF); run them through: sudo -E cargo xtask test";
+
+/// Panics with [`NEED_ROOT`] unless the effective uid is 0.
+///
+/// End-to-end tests must fail, not skip, when they cannot run: a skipped test
+/// looks like a passing one in a summary.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "{NEED_ROOT}");
+}
+
+/// The `connmirror` binary under test, from `CONNMIRROR_BIN`.
+///
+/// Panics if the variable is unset or does not name a file.
+pub fn connmirror_bin() -> PathBuf {
+    let Some(bin) = std::env::var_os("CONNMIRROR_BIN") else {
+        panic!("CONNMIRROR_BIN is not set: run the end-to-end tests through cargo xtask test");
+    };
+    let bin = PathBuf::from(bin);
+    assert!(
+        bin.is_file(),
+        "CONNMIRROR_BIN={} is not a file: run the end-to-end tests through cargo xtask test",
+        bin.display()
+    );
+    bin
+}
+
+/// A name unique to this process and call: `cm-<pid>-<counter>-<role>`.
+///
+/// Used for namespaces and scratch directories, so that concurrent test
+/// processes (and tests within one process) never collide.
+pub fn unique_name(role: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("cm-{}-{n}-{role}", std::process::id())
+}

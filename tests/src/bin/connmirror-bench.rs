@@ -1,0 +1,844 @@
+//! `cargo xtask bench [AREA]`: benchmarks over network namespaces.
+//!
+//! Usage: `connmirror-bench [AREA]`, AREA one of [`AREAS`] (no argument: `all`).
+//!
+//! # capture
+//! One iperf3 stream (client → server) through the gateway of a
+//! [`Topology`], for [`IPERF_SECONDS`] s, measured without a mirror (the baseline)
+//! and with `connmirror mirror` on both gateway links in each attach configuration
+//! DESIGN.md asks to report ("Attach point matters more than the copy"): native XDP,
+//! generic XDP and TC on ingress alone, and the default (XDP ingress + TC egress,
+//! which on a gateway captures each forwarded segment twice: once as it enters,
+//! once as it leaves). Every run gets a fresh topology, so no run inherits another's
+//! interface state (a native XDP program on a veth changes its peer's offloads).
+//! Baseline and configurations are interleaved, [`REPEATS`] rounds when time
+//! allows, and the medians are reported.
+//!
+//! For each mirrored run: throughput, the ratio of the medians to the baseline's,
+//! `ring_full` and `backpressure_drops` from `report.json`, gapped flows, and the
+//! mirror's CPU use: `utime + stime` of the `connmirror` process
+//! (`/proc/PID/stat`) over the iperf3 run, divided by its wall time, in % of one
+//! core. That is the userspace daemon (reader, reassembly, dump writes) including
+//! its syscalls; the eBPF programs run in the softirq of the forwarding path and
+//! are not in it. The mirror needs `--dump-dir` to write `report.json`, so it dumps
+//! every stream; the dumps go to tmpfs (`TMPDIR=/dev/shm`), which costs CPU but no
+//! disk I/O.
+//!
+//! The table is printed and a section is added to `bench/RESULTS.md` (newest first,
+//! below its header).
+
+use std::fmt::Write as _;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use connmirror_common::Counter;
+use connmirror_tests::live::{self, Interrupted};
+use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology};
+
+/// How to run this program, for messages.
+const VIA: &str = "cargo xtask bench";
+/// The areas this program knows, in the order `all` runs them.
+const AREAS: &[&str] = &["capture"];
+/// Length of each iperf3 run.
+const IPERF_SECONDS: u64 = 10;
+/// The iperf3 server's port, the tracked service.
+const IPERF_PORT: u16 = 5201;
+/// Rounds of (baseline, every configuration).
+const REPEATS: usize = 2;
+/// A further round starts only if the whole benchmark is expected to stay within this.
+const TIME_BUDGET: Duration = Duration::from_secs(180);
+/// How long an iperf3 client may run beyond `-t` before it is killed.
+const IPERF_GRACE: Duration = Duration::from_secs(20);
+
+fn main() -> ExitCode {
+    let pid = std::process::id();
+    let outcome = catch_unwind(AssertUnwindSafe(run));
+    let leftovers = namespaces_of(pid);
+    let code = match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) if err.is::<Interrupted>() => {
+            eprintln!(
+                "\ninterrupted: stopped early; the namespaces were removed, nothing was recorded"
+            );
+            ExitCode::from(130)
+        }
+        Ok(Err(err)) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("\nerror: the benchmark failed (the message is above)");
+            ExitCode::FAILURE
+        }
+    };
+    if !leftovers.is_empty() {
+        eprintln!(
+            "error: namespaces left behind: {leftovers:?}; remove them with `ip netns del NAME`"
+        );
+        return ExitCode::FAILURE;
+    }
+    code
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let areas: Vec<&str> = match args.as_slice() {
+        [] => AREAS.to_vec(),
+        [a] if a == "all" => AREAS.to_vec(),
+        [a] if AREAS.contains(&a.as_str()) => vec![a.as_str()],
+        [a] => bail!(
+            "unknown benchmark area {a:?}; valid areas: all, {}",
+            AREAS.join(", ")
+        ),
+        _ => bail!(
+            "expected at most one argument, the area (all, {}); got {args:?}",
+            AREAS.join(", ")
+        ),
+    };
+    let command = match args.first() {
+        Some(a) if a != "all" => format!("{VIA} {a}"),
+        _ => VIA.to_owned(),
+    };
+    // `cargo run` (what xtask uses) sets CARGO; without it the binary was started
+    // by hand, and the record says so.
+    let command = if std::env::var_os("CARGO").is_some() {
+        format!("`{command}`")
+    } else {
+        format!(
+            "`connmirror-bench {}` started directly (the program `{command}` runs after building)",
+            args.join(" ")
+        )
+    };
+    live::require_root("connmirror-bench", VIA)?;
+    live::require_connmirror_bin(VIA)?;
+    live::install_interrupt_handler()?;
+    use_tmpfs_for_dumps();
+    for area in areas {
+        match area {
+            "capture" => capture(&command)?,
+            other => unreachable!("area {other} is listed but not implemented"),
+        }
+    }
+    Ok(())
+}
+
+/// Points `TMPDIR` (where [`connmirror_tests::WorkDir`] puts the mirror's dumps) at
+/// `/dev/shm` when that is a directory.
+fn use_tmpfs_for_dumps() {
+    if Path::new("/dev/shm").is_dir() && std::env::var_os("TMPDIR").is_none() {
+        // SAFETY: called from `run` before any thread of this process is started,
+        // so nothing reads the environment concurrently.
+        unsafe { std::env::set_var("TMPDIR", "/dev/shm") };
+    }
+}
+
+/// An attach configuration of the capture benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Config {
+    /// Name in the table.
+    name: &'static str,
+    /// `--ingress` and `--egress`, or `None` for no mirror.
+    hooks: Option<(&'static str, &'static str)>,
+    note: &'static str,
+}
+
+const CONFIGS: [Config; 5] = [
+    Config {
+        name: "baseline (no mirror)",
+        hooks: None,
+        note: "",
+    },
+    Config {
+        name: "xdp-native in",
+        hooks: Some(("xdp-native", "none")),
+        note: "native XDP on a veth turns TSO off on its peer",
+    },
+    Config {
+        name: "xdp-generic in",
+        hooks: Some(("xdp-generic", "none")),
+        note: "",
+    },
+    Config {
+        name: "tc in",
+        hooks: Some(("tc", "none")),
+        note: "",
+    },
+    Config {
+        name: "default: xdp in + tc out",
+        hooks: Some(("xdp", "tc")),
+        note: "each forwarded segment captured twice (in on one link, out on the other)",
+    },
+];
+
+/// One iperf3 run.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    gbps: f64,
+    retransmits: u64,
+    /// Share of all CPUs' time not idle during the run, in %.
+    host_busy: f64,
+    /// Only for mirrored runs.
+    mirror: Option<MirrorSample>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MirrorSample {
+    ring_full: u64,
+    drops: u64,
+    gapped_flows: usize,
+    /// Of those, the ones that ended with a RST.
+    gapped_reset: usize,
+    flows: usize,
+    cpu_percent: f64,
+    /// One line per gapped flow, for the log.
+    gapped: Vec<String>,
+    /// `ingress=` values the mirror logged when it attached (native or generic).
+    attach: String,
+}
+
+fn capture(command: &str) -> Result<()> {
+    ensure_iperf3()?;
+    let started = Instant::now();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CONFIGS.len()];
+    println!(
+        "capture benchmark: one iperf3 stream (client -> server through the gateway) for {IPERF_SECONDS} s, \
+         without a mirror and with each attach configuration, up to {REPEATS} interleaved rounds \
+         (about {} s per round).\n",
+        CONFIGS.len() as u64 * (IPERF_SECONDS + 4)
+    );
+    let mut round_time = Duration::ZERO;
+    let mut rounds = 0;
+    for round in 1..=REPEATS {
+        if round > 1 && started.elapsed() + round_time > TIME_BUDGET {
+            println!(
+                "skipping round {round}: another {:.0} s would exceed the {} s budget",
+                round_time.as_secs_f64(),
+                TIME_BUDGET.as_secs()
+            );
+            break;
+        }
+        let round_start = Instant::now();
+        for (i, config) in CONFIGS.iter().enumerate() {
+            live::interrupt_point()?;
+            print!("[round {round}/{REPEATS}] {:<26} ", config.name);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let sample = capture_run(config)?;
+            print!(
+                "{:6.2} Gbit/s  retransmits {:>5}  host CPU {:3.0} %",
+                sample.gbps, sample.retransmits, sample.host_busy
+            );
+            if let Some(m) = &sample.mirror {
+                print!(
+                    "  ring_full {:>6}  drops {:>6}  gapped {}/{}  mirror CPU {:5.1} %",
+                    m.ring_full, m.drops, m.gapped_flows, m.flows, m.cpu_percent
+                );
+            }
+            println!();
+            for line in sample.mirror.iter().flat_map(|m| &m.gapped) {
+                println!("    {line}");
+            }
+            samples[i].push(sample);
+        }
+        round_time = round_start.elapsed();
+        rounds = round;
+    }
+
+    let table = capture_table(&samples);
+    println!("\n{table}");
+    let section = capture_section(command, rounds, &table)?;
+    let results = results_path();
+    insert_section(&results, &section)?;
+    println!(
+        "recorded in {} ({:.0} s in all)",
+        results.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// One run of one configuration on a fresh topology.
+fn capture_run(config: &Config) -> Result<Sample> {
+    live::wait_for_host(
+        "(waiting for another connmirror test or benchmark to release the host...)",
+    )?;
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, IPERF_PORT);
+    let mirror = match config.hooks {
+        None => None,
+        Some((ingress, egress)) => {
+            let command = MirrorCommand::new()
+                .ifaces(topo.gateway_ifaces())
+                .service(service)
+                .ingress(ingress)
+                .egress(egress);
+            let mirror = Mirror::start(&topo.gateway, &command);
+            let pid = mirror_pid(&topo.gateway)?;
+            Some((mirror, pid))
+        }
+    };
+    live::interrupt_point()?;
+
+    let mut server = topo
+        .server
+        .command("iperf3")
+        .args(["-s", "-1", "-B"])
+        .arg(service.ip().to_string())
+        .args(["-p", &IPERF_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn iperf3 server")?;
+    let result = (|| {
+        wait_listening(&topo.server, IPERF_PORT)?;
+        let cpu_before = match &mirror {
+            Some((_, pid)) => live::process_cpu_seconds(*pid)?,
+            None => 0.0,
+        };
+        let host_before = host_cpu()?;
+        let t0 = Instant::now();
+        let json = iperf3_client(&topo.client, service.ip().to_string())?;
+        let wall = t0.elapsed().as_secs_f64();
+        let host_busy = host_before.busy_percent(&host_cpu()?);
+        let cpu_after = match &mirror {
+            Some((_, pid)) => live::process_cpu_seconds(*pid)?,
+            None => 0.0,
+        };
+        let (gbps, retransmits) = parse_iperf3(&json)?;
+        let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
+        Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
+    })();
+    // Let the server end on its own (`-1`) and both ends of both connections close,
+    // so the mirror sees every segment up to the last FIN or RST: the client's kernel
+    // still sends and retransmits after iperf3 exits, and a segment dropped for
+    // backpressure but not yet retransmitted would look like a hole.
+    let quiet = result.is_ok()
+        && wait_child(&mut server, Duration::from_secs(5), "iperf3 server").is_ok()
+        && wait_closed(
+            &[&topo.client, &topo.server],
+            IPERF_PORT,
+            Duration::from_secs(10),
+        )?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let (gbps, retransmits, cpu_percent, host_busy) = result?;
+    if !quiet {
+        eprintln!("\n  note: the iperf3 connections did not close within 10 s of the test's end");
+    }
+
+    let mirror = match mirror {
+        None => None,
+        Some((mirror, _)) => {
+            let attach = attach_modes(&mirror.stderr());
+            let (report, _dir) = mirror.stop();
+            let gapped: Vec<String> = report
+                .flows
+                .iter()
+                .filter(|f| f.status == FlowStatus::Gapped)
+                .map(|f| {
+                    format!(
+                        "gapped flow {} -> {}: kernel_gaps {}, rst {}; c2s delivered {} holes {:?}; \
+                         s2c delivered {} holes {:?}",
+                        f.client,
+                        f.server,
+                        f.kernel_gaps,
+                        f.rst,
+                        f.c2s.delivered,
+                        f.c2s.holes,
+                        f.s2c.delivered,
+                        f.s2c.holes
+                    )
+                })
+                .collect();
+            Some(MirrorSample {
+                ring_full: report.counter(Counter::RingFull),
+                drops: report.counter(Counter::BackpressureDrops),
+                gapped_flows: report
+                    .flows
+                    .iter()
+                    .filter(|f| f.status == FlowStatus::Gapped)
+                    .count(),
+                gapped_reset: report
+                    .flows
+                    .iter()
+                    .filter(|f| f.status == FlowStatus::Gapped && f.rst)
+                    .count(),
+                flows: report.flows.len(),
+                gapped,
+                cpu_percent,
+                attach,
+            })
+        }
+    };
+    Ok(Sample {
+        gbps,
+        retransmits,
+        host_busy,
+        mirror,
+    })
+}
+
+/// The pid of the one `connmirror` process in `ns`.
+///
+/// `ip netns exec` execs the program, so this is also the pid the fixture spawned
+/// (which [`Mirror`] does not expose).
+fn mirror_pid(ns: &Netns) -> Result<i32> {
+    let pids: Vec<i32> = ns
+        .pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "connmirror")
+        })
+        .collect();
+    match pids[..] {
+        [pid] => Ok(pid),
+        _ => bail!(
+            "expected one connmirror process in {}, found {pids:?}",
+            ns.name()
+        ),
+    }
+}
+
+/// The `ingress=` values from the mirror's "attached" log lines, e.g. `xdp-native`.
+fn attach_modes(stderr: &str) -> String {
+    let mut modes: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains("attached"))
+        .filter_map(|l| {
+            let at = l.find("ingress=")?;
+            let value = l[at + "ingress=".len()..].split_whitespace().next()?;
+            Some(value.trim_matches('"').to_owned())
+        })
+        .collect();
+    modes.dedup();
+    modes.join(",")
+}
+
+/// Waits until something listens on TCP `port` in `ns` (IPv4 or IPv6).
+fn wait_listening(ns: &Netns, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // /proc/net/tcp{,6}: "sl local_address rem_address st ...", the address as
+    // HEX:PORTHEX, the state 0A for LISTEN (include/net/tcp_states.h).
+    let needle = format!(":{port:04X}");
+    loop {
+        let listening = ns.run(|| {
+            ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .any(|text| {
+                    text.lines().skip(1).any(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 3 && f[1].ends_with(&needle) && f[3] == "0A"
+                    })
+                })
+        });
+        if listening {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "iperf3 server in {} did not listen on port {port} within 10 s",
+                ns.name()
+            );
+        }
+        live::sleep(Duration::from_millis(20))?;
+    }
+}
+
+/// TCP sockets on `port` (either end) in `ns` that are still open: not LISTEN,
+/// TIME_WAIT or CLOSE.
+fn open_connections(ns: &Netns, port: u16) -> usize {
+    let needle = format!(":{port:04X}");
+    ns.run(|| {
+        ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .map(|text| {
+                text.lines()
+                    .skip(1)
+                    .filter(|l| {
+                        let f: Vec<&str> = l.split_whitespace().collect();
+                        f.len() > 3
+                            && (f[1].ends_with(&needle) || f[2].ends_with(&needle))
+                            && !matches!(f[3], "06" | "07" | "0A")
+                    })
+                    .count()
+            })
+            .sum()
+    })
+}
+
+/// Waits until no connection on `port` is open in any of `namespaces`. `Ok(false)`
+/// after `limit`.
+fn wait_closed(namespaces: &[&Netns], port: u16, limit: Duration) -> Result<bool> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if namespaces.iter().all(|ns| open_connections(ns, port) == 0) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        live::sleep(Duration::from_millis(20))?;
+    }
+}
+
+/// The first line of `/proc/stat`: time every CPU spent, by state, in ticks.
+#[derive(Clone, Copy, Debug)]
+struct HostCpu {
+    total: u64,
+    idle: u64,
+}
+
+impl HostCpu {
+    /// The share of the time between `self` and `later` that was not idle, in %.
+    fn busy_percent(&self, later: &HostCpu) -> f64 {
+        let total = later.total.saturating_sub(self.total) as f64;
+        let idle = later.idle.saturating_sub(self.idle) as f64;
+        if total > 0.0 {
+            (total - idle) / total * 100.0
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Reads the `cpu` line of `/proc/stat` (`proc_stat(5)`): user nice system idle
+/// iowait irq softirq steal ...; idle and iowait count as idle. guest time is
+/// already included in user, so only the first eight fields are summed.
+fn host_cpu() -> Result<HostCpu> {
+    let text = std::fs::read_to_string("/proc/stat").context("read /proc/stat")?;
+    let line = text.lines().next().unwrap_or("");
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    ensure!(f.len() == 8, "/proc/stat: unexpected first line {line:?}");
+    Ok(HostCpu {
+        total: f.iter().sum(),
+        idle: f[3] + f[4],
+    })
+}
+
+/// Runs the iperf3 client in `ns` and returns its JSON output.
+fn iperf3_client(ns: &Netns, server: String) -> Result<String> {
+    let mut child = ns
+        .command("iperf3")
+        .args(["-c", &server, "-p", &IPERF_PORT.to_string()])
+        .args([
+            "-t",
+            &IPERF_SECONDS.to_string(),
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawn iperf3 client")?;
+    let stdout = read_in_background(child.stdout.take().expect("piped"));
+    let stderr = read_in_background(child.stderr.take().expect("piped"));
+    let limit = Duration::from_secs(IPERF_SECONDS) + IPERF_GRACE;
+    let status = wait_child(&mut child, limit, "iperf3 client")?;
+    let stdout = stdout.join().expect("reader thread");
+    let stderr = stderr.join().expect("reader thread");
+    if !status.success() {
+        bail!(
+            "iperf3 client exited with {status}: {}{}",
+            stderr.trim(),
+            stdout.trim()
+        );
+    }
+    Ok(stdout)
+}
+
+fn read_in_background(
+    mut pipe: impl std::io::Read + Send + 'static,
+) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = pipe.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Waits for `child`, at most `limit`; kills it on interrupt or timeout.
+fn wait_child(child: &mut Child, limit: Duration, what: &str) -> Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .with_context(|| format!("waitpid({what})"))?
+        {
+            return Ok(status);
+        }
+        let timed_out = Instant::now() >= deadline;
+        if timed_out || live::interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            live::interrupt_point()?;
+            bail!("{what} did not finish within {limit:?}; killed it");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Receiver throughput in Gbit/s and the sender's retransmissions.
+fn parse_iperf3(json: &str) -> Result<(f64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(json)
+        .with_context(|| format!("iperf3 -J output is not JSON: {json:.200}"))?;
+    if let Some(err) = v.get("error") {
+        bail!("iperf3: {err}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| {
+            format!("iperf3 output lacks end.sum_received.bits_per_second: {json:.300}")
+        })?;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+    Ok((bps / 1e9, retransmits))
+}
+
+fn ensure_iperf3() -> Result<()> {
+    let ok = Command::new("iperf3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ensure!(
+        ok,
+        "iperf3 is not installed; `cargo xtask setup` installs it"
+    );
+    Ok(())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn median_u64(values: impl Iterator<Item = u64>) -> f64 {
+    let mut v: Vec<f64> = values.map(|x| x as f64).collect();
+    median(&mut v)
+}
+
+/// The Markdown table: one row per configuration, medians over the rounds.
+fn capture_table(samples: &[Vec<Sample>]) -> String {
+    let mut baseline: Vec<f64> = samples[0].iter().map(|s| s.gbps).collect();
+    let baseline = median(&mut baseline);
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| config | Gbit/s | ratio | ring_full | drops | gapped flows | mirror CPU % | notes |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (config, runs) in CONFIGS.iter().zip(samples) {
+        let mut gbps: Vec<f64> = runs.iter().map(|s| s.gbps).collect();
+        let per_run = gbps
+            .iter()
+            .map(|g| format!("{g:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let gbps = median(&mut gbps);
+        let retrans = median_u64(runs.iter().map(|s| s.retransmits));
+        let mut busy: Vec<f64> = runs.iter().map(|s| s.host_busy).collect();
+        let busy = median(&mut busy);
+        let mirrored: Vec<&MirrorSample> = runs.iter().filter_map(|s| s.mirror.as_ref()).collect();
+        let mut notes = vec![
+            format!("runs: {per_run} Gbit/s"),
+            format!("retransmits {retrans:.0}"),
+            format!("host CPU busy {busy:.0} %"),
+        ];
+        if mirrored.is_empty() {
+            let _ = writeln!(
+                t,
+                "| {} | {gbps:.2} | 1.00 | – | – | – | – | {} |",
+                config.name,
+                notes.join("; ")
+            );
+            continue;
+        }
+        let ring_full = median_u64(mirrored.iter().map(|m| m.ring_full));
+        let drops = median_u64(mirrored.iter().map(|m| m.drops));
+        let gapped: usize = mirrored.iter().map(|m| m.gapped_flows).sum();
+        let gapped_reset: usize = mirrored.iter().map(|m| m.gapped_reset).sum();
+        let flows: usize = mirrored.iter().map(|m| m.flows).sum();
+        let mut cpu: Vec<f64> = mirrored.iter().map(|m| m.cpu_percent).collect();
+        let cpu = median(&mut cpu);
+        let attach = &mirrored[0].attach;
+        if !attach.is_empty() {
+            notes.push(format!("attached as {attach}"));
+        }
+        if gapped > 0 {
+            notes.push(format!(
+                "{gapped_reset} of the {gapped} gapped flows ended with a RST \
+                 (iperf3's server resets its data connection)"
+            ));
+        }
+        if !config.note.is_empty() {
+            notes.push(config.note.to_owned());
+        }
+        notes.push(
+            "dumps every byte to tmpfs (needed for report.json; costs mirror CPU)".to_owned(),
+        );
+        let _ = writeln!(
+            t,
+            "| {} | {gbps:.2} | {:.2} | {ring_full:.0} | {drops:.0} | {gapped} of {flows} | {cpu:.0} | {} |",
+            config.name,
+            gbps / baseline,
+            notes.join("; ")
+        );
+    }
+    t
+}
+
+/// The RESULTS.md section: heading, how it was run, on what, the table.
+fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> {
+    let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?;
+    let kernel = output("uname", &["-r"])?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("read /proc/cpuinfo")?;
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let iperf = output("iperf3", &["--version"])?;
+    let iperf = iperf.lines().next().unwrap_or("").to_owned();
+    let root = workspace_root();
+    let commit = output(
+        "git",
+        &[
+            "-C",
+            &root.display().to_string(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    )
+    .unwrap_or_else(|_| "unknown".to_owned());
+    let dirty = output(
+        "git",
+        &["-C", &root.display().to_string(), "status", "--porcelain"],
+    )
+    .map(|s| !s.trim().is_empty())
+    .unwrap_or(false);
+    let mut s = String::new();
+    let _ = writeln!(s, "## {date}: capture");
+    let _ = writeln!(s);
+    let _ = writeln!(s, "- command: {command}");
+    let _ = writeln!(
+        s,
+        "- commit: {commit}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- machine: {cpu}, {cores} cores; links: veth pairs between network namespaces"
+    );
+    let _ = writeln!(s, "- kernel: {kernel}");
+    let _ = writeln!(
+        s,
+        "- method: one {iperf} stream (`-t {IPERF_SECONDS}`, client -> server through the gateway, \
+         receiver's rate), each run on a fresh client/gateway/server topology; \
+         baseline and configurations interleaved, {rounds} round(s); Gbit/s, ring_full, drops and \
+         CPU are medians over the rounds, gapped flows are summed over them, ratio = median / \
+         baseline median. Mirror defaults otherwise (16 MiB ring, `--on-ring-full drop`). \
+         Mirror CPU = utime+stime of the connmirror process over the iperf3 run / wall time \
+         (100 % = one core); it excludes the eBPF programs, which run in the forwarding softirq. \
+         Host CPU busy = share of all cores' time not idle during the iperf3 run (/proc/stat)."
+    );
+    let _ = writeln!(s);
+    s.push_str(table);
+    Ok(s)
+}
+
+/// The workspace root (this crate is `tests/` in it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+fn results_path() -> PathBuf {
+    workspace_root().join("bench").join("RESULTS.md")
+}
+
+/// Inserts `section` into the results file below its header (before the first
+/// `## ` entry: the file lists the newest first), creating the file if needed.
+fn insert_section(path: &Path, section: &str) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmark results\n".to_owned(),
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    };
+    let at = text
+        .match_indices("\n## ")
+        .next()
+        .map_or(text.len(), |(i, _)| i + 1);
+    let (head, tail) = text.split_at(at);
+    let mut out = head.trim_end().to_owned();
+    out.push_str("\n\n");
+    out.push_str(section.trim_end());
+    out.push('\n');
+    if !tail.is_empty() {
+        out.push('\n');
+        out.push_str(tail);
+    }
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, &out).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+/// The trimmed stdout of a short command; fails unless it exits 0.
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Namespaces whose names this process's fixtures made (`cm-PID-...`).
+fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("cm-{pid}-");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}

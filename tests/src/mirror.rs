@@ -1,0 +1,366 @@
+//! The `connmirror mirror` process under test, and the report it writes.
+//!
+//! The mirror runs in the gateway namespace (`ip netns exec NS connmirror mirror
+//! ...`), prints `ready` on stdout once every program is attached, and on SIGINT
+//! detaches, drains its ring buffer, writes `DIR/report.json` and exits 0.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use connmirror_common::{Counter, Malformed};
+use serde::Deserialize;
+
+use crate::digest::Digest;
+use crate::netns::Netns;
+use crate::process::{describe, output_with_timeout, try_wait_for, wait_with_timeout};
+use crate::workdir::WorkDir;
+
+/// How long the mirror may take to load and attach its programs.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the mirror may take, after SIGINT, to drain and write its report.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The arguments of `connmirror mirror`, minus `--dump-dir` (the fixtures own it).
+#[derive(Clone, Debug, Default)]
+pub struct MirrorCommand {
+    args: Vec<String>,
+}
+
+impl MirrorCommand {
+    pub fn new() -> MirrorCommand {
+        MirrorCommand::default()
+    }
+
+    /// `--iface IF`.
+    pub fn iface(self, name: &str) -> MirrorCommand {
+        self.arg("--iface").arg(name)
+    }
+
+    /// `--iface IF` for each of `names`.
+    pub fn ifaces<'a>(self, names: impl IntoIterator<Item = &'a str>) -> MirrorCommand {
+        names.into_iter().fold(self, MirrorCommand::iface)
+    }
+
+    /// `--service IP:PORT` (IPv6 as `[addr]:port`).
+    pub fn service(self, service: SocketAddr) -> MirrorCommand {
+        self.arg("--service").arg(&service.to_string())
+    }
+
+    /// `--ingress xdp|xdp-native|xdp-generic|tc|none`.
+    pub fn ingress(self, mode: &str) -> MirrorCommand {
+        self.arg("--ingress").arg(mode)
+    }
+
+    /// `--egress tc|none`.
+    pub fn egress(self, mode: &str) -> MirrorCommand {
+        self.arg("--egress").arg(mode)
+    }
+
+    /// `--ring-size BYTES` (accepts K/M suffixes).
+    pub fn ring_size(self, size: &str) -> MirrorCommand {
+        self.arg("--ring-size").arg(size)
+    }
+
+    /// `--on-ring-full drop|pass`.
+    pub fn on_ring_full(self, policy: &str) -> MirrorCommand {
+        self.arg("--on-ring-full").arg(policy)
+    }
+
+    /// Any other argument.
+    pub fn arg(mut self, arg: &str) -> MirrorCommand {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// `mirror <args> --dump-dir DIR`.
+    fn argv(&self, dump_dir: &Path) -> Vec<String> {
+        let mut argv = vec!["mirror".to_owned()];
+        argv.extend(self.args.iter().cloned());
+        argv.push("--dump-dir".to_owned());
+        argv.push(dump_dir.display().to_string());
+        argv
+    }
+}
+
+/// A running mirror. Stop it with [`Mirror::stop`]; dropping it instead kills it
+/// (SIGKILL), as happens when a test panics.
+#[derive(Debug)]
+pub struct Mirror {
+    child: Option<Child>,
+    what: String,
+    /// `None` only after [`Mirror::stop`] handed it out.
+    dir: Option<WorkDir>,
+}
+
+impl Mirror {
+    /// Starts `connmirror` ([`crate::connmirror_bin`]) inside `ns` and waits until it
+    /// prints `ready`. Panics with its stderr if it exits first or takes longer than
+    /// [`READY_TIMEOUT`].
+    pub fn start(ns: &Netns, command: &MirrorCommand) -> Mirror {
+        let bin = crate::connmirror_bin();
+        let dir = WorkDir::new("mirror");
+        let dump_dir = dir.path().join("dump");
+        std::fs::create_dir(&dump_dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", dump_dir.display()));
+        let stderr_path = dir.path().join("mirror.stderr");
+        let stderr = File::create(&stderr_path)
+            .unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
+        let mut cmd = ns.command(&bin);
+        cmd.args(command.argv(&dump_dir));
+        let what = describe(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
+
+        // Read stdout for the whole life of the process, so the mirror never blocks
+        // on a full pipe; report `ready` (or EOF) through a channel.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.trim() == "ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let mut mirror = Mirror {
+            child: Some(child),
+            what,
+            dir: Some(dir),
+        };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(()) => mirror,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!(
+                    "`{}` did not print `ready` within {READY_TIMEOUT:?}; stderr:\n{}",
+                    mirror.what,
+                    mirror.stderr()
+                )
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let child = mirror.child.as_mut().expect("running");
+                let status = try_wait_for(child, Duration::from_secs(5));
+                panic!(
+                    "`{}` closed stdout without printing `ready` (exit: {status:?}); stderr:\n{}",
+                    mirror.what,
+                    mirror.stderr()
+                )
+            }
+        }
+    }
+
+    /// The directory passed as `--dump-dir`.
+    pub fn dump_dir(&self) -> PathBuf {
+        self.dir().join("dump")
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("scratch dir").path()
+    }
+
+    /// Everything the mirror wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir().join("mirror.stderr")).unwrap_or_default()
+    }
+
+    /// Sends SIGINT, waits (at most [`STOP_TIMEOUT`]) for exit status 0, and parses
+    /// `report.json`. Returns the report and the mirror's scratch directory, which
+    /// holds the dump files the report names (they are deleted when it drops).
+    pub fn stop(mut self) -> (Report, WorkDir) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child,
+        // not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = wait_with_timeout(&mut child, STOP_TIMEOUT, &self.what);
+        assert!(
+            status.success(),
+            "`{}` exited with {status} after SIGINT; stderr:\n{}",
+            self.what,
+            self.stderr()
+        );
+        let path = self.dump_dir().join("report.json");
+        let report = Report::read(&path)
+            .unwrap_or_else(|e| panic!("{e}; mirror stderr:\n{}", self.stderr()));
+        (report, self.dir.take().expect("scratch dir"))
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+            if thread::panicking() {
+                eprintln!("mirror stderr:\n{}", self.stderr());
+            }
+        }
+    }
+}
+
+/// How a mirror that was expected to fail ended.
+#[derive(Debug)]
+pub struct MirrorExit {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl MirrorExit {
+    /// Runs `[wrapper...] connmirror <command> --dump-dir DIR` inside `ns` to
+    /// completion (at most `timeout`). `wrapper` is a program and its arguments
+    /// that take the command line to run (e.g. `setpriv ...`); empty for none.
+    /// `dump_dir` is passed as `--dump-dir`.
+    pub fn run(
+        ns: &Netns,
+        wrapper: &[&str],
+        command: &MirrorCommand,
+        dump_dir: &Path,
+        timeout: Duration,
+    ) -> MirrorExit {
+        let bin = crate::connmirror_bin();
+        let mut cmd: Command = match wrapper.split_first() {
+            None => ns.command(&bin),
+            Some((program, rest)) => {
+                let mut cmd = ns.command(program);
+                cmd.args(rest).arg(&bin);
+                cmd
+            }
+        };
+        cmd.args(command.argv(dump_dir));
+        let out = output_with_timeout(&mut cmd, timeout);
+        MirrorExit {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The lines of stderr that start with `error: `.
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("error: "))
+            .collect()
+    }
+}
+
+/// `report.json`, as the mirror writes it on shutdown.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Report {
+    /// Kernel counters summed over CPUs, by [`Counter::name`].
+    pub counters: BTreeMap<String, u64>,
+    /// Malformed-frame counters, by [`Malformed::name`].
+    pub malformed: BTreeMap<String, u64>,
+    pub userspace: Userspace,
+    pub flows: Vec<Flow>,
+}
+
+/// What userspace counted while reading the ring.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct Userspace {
+    pub records: u64,
+    pub decode_errors: u64,
+}
+
+/// One TCP connection the mirror saw.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Flow {
+    pub server: SocketAddr,
+    pub client: SocketAddr,
+    pub service_id: u32,
+    pub status: FlowStatus,
+    pub handshake: bool,
+    pub rst: bool,
+    pub kernel_gaps: u64,
+    pub c2s: DirectionDump,
+    pub s2c: DirectionDump,
+}
+
+/// A flow's state when the mirror stopped.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowStatus {
+    /// FIN seen and every byte delivered both ways with no gap.
+    Complete,
+    /// Still open, nothing missing so far.
+    Open,
+    /// Ended by a RST; every byte the receivers acknowledged is present.
+    Reset,
+    /// The kernel forwarded a segment uncaptured, or a hole was given up.
+    Gapped,
+}
+
+/// One direction of a flow, as dumped.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DirectionDump {
+    /// Absolute path of the file holding the reassembled bytes.
+    pub file: PathBuf,
+    pub delivered: u64,
+    pub complete: bool,
+    pub holes: Vec<[u64; 2]>,
+    pub conflicting_bytes: u64,
+}
+
+impl DirectionDump {
+    /// SHA-256 of the dump file.
+    pub fn sha256(&self) -> Digest {
+        Digest::of_file(&self.file)
+    }
+}
+
+impl Report {
+    /// Reads and parses `path`, checking that every [`Counter::ALL`] and
+    /// [`Malformed::ALL`] name is present.
+    pub fn read(path: &Path) -> Result<Report, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Report::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses report JSON; see [`Report::read`].
+    pub fn parse(text: &str) -> Result<Report, String> {
+        let report: Report = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let missing: Vec<&str> = Counter::ALL
+            .iter()
+            .map(|c| c.name())
+            .filter(|name| !report.counters.contains_key(*name))
+            .chain(
+                Malformed::ALL
+                    .iter()
+                    .map(|m| m.name())
+                    .filter(|name| !report.malformed.contains_key(*name)),
+            )
+            .collect();
+        if missing.is_empty() {
+            Ok(report)
+        } else {
+            Err(format!("report lacks counters {missing:?}"))
+        }
+    }
+
+    /// A kernel counter, summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        self.counters[counter.name()]
+    }
+
+    /// A malformed-frame counter, summed over CPUs.
+    pub fn malformed(&self, reason: Malformed) -> u64 {
+        self.malformed[reason.name()]
+    }
+
+    /// The sum of all malformed-frame counters.
+    pub fn malformed_total(&self) -> u64 {
+        Malformed::ALL.iter().map(|&m| self.malformed(m)).sum()
+    }
+}

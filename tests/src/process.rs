@@ -1,0 +1,91 @@
+//! Running helper commands with a deadline.
+//!
+//! Every wait in these fixtures is bounded: a command that hangs is killed and
+//! the test panics naming the command, instead of the test run hanging.
+
+use std::fmt::Write as _;
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a plain setup command (`ip`, `ethtool`, `sysctl`) may take.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often bounded waits poll.
+const POLL: Duration = Duration::from_millis(10);
+
+/// `program arg arg ...`, for messages.
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let _ = write!(s, " {}", arg.to_string_lossy());
+    }
+    s
+}
+
+/// Runs `cmd` to completion, capturing stdout and stderr; kills it and panics if it
+/// runs longer than `timeout`. A non-zero exit is returned, not a panic.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_with_timeout(&mut child, timeout, &what);
+    Output {
+        status,
+        stdout: stdout.join().expect("stdout reader panicked"),
+        stderr: stderr.join().expect("stderr reader panicked"),
+    }
+}
+
+/// Runs `cmd` and panics with its stderr unless it exits 0. Returns stdout.
+pub fn run_checked(cmd: &mut Command) -> String {
+    let what = describe(cmd);
+    let out = output_with_timeout(cmd, SETUP_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "`{what}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `child` to exit; after `timeout` kills it (SIGKILL) and panics.
+pub fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    match try_wait_for(child, timeout) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("`{what}` did not exit within {timeout:?}; killed it");
+        }
+    }
+}
+
+/// Polls `child` until it exits or `timeout` passes. `None` means still running.
+pub fn try_wait_for(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => thread::sleep(POLL),
+            Err(e) => panic!("waitpid({}): {e}", child.id()),
+        }
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.read_to_end(&mut buf);
+        buf
+    })
+}

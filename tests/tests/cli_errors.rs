@@ -1,0 +1,72 @@
+//! `connmirror mirror` fails clearly: exit code 1 and one `error: ...` line that
+//! names the problem.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use connmirror_tests::{MirrorCommand, MirrorExit, Netns, WorkDir, connmirror_bin, require_root};
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+const SERVICE: &str = "198.18.1.2:7000";
+
+#[test]
+fn mirror_names_a_missing_interface() {
+    require_root();
+    connmirror_bin();
+    let ns = Netns::new("cli");
+    let dir = WorkDir::new("cli");
+
+    let exit = MirrorExit::run(
+        &ns,
+        &[],
+        &MirrorCommand::new()
+            .iface("nosuch0")
+            .service(SERVICE.parse().unwrap()),
+        dir.path(),
+        EXIT_TIMEOUT,
+    );
+
+    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
+    assert_eq!(
+        exit.error_lines(),
+        [r#"error: interface "nosuch0" does not exist"#],
+        "{exit:#?}"
+    );
+    assert_eq!(exit.stdout, "", "must not claim to be ready");
+}
+
+#[test]
+fn mirror_without_privilege_fails_clearly() {
+    require_root();
+    connmirror_bin();
+    let ns = Netns::new("cli");
+    // The dump directory and the interface are fine, so privilege is the only
+    // thing wrong.
+    let dir = WorkDir::new("cli");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod dump dir");
+
+    let exit = MirrorExit::run(
+        &ns,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+        &MirrorCommand::new()
+            .iface("lo")
+            .service(SERVICE.parse().unwrap()),
+        dir.path(),
+        EXIT_TIMEOUT,
+    );
+
+    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
+    assert_eq!(
+        exit.error_lines(),
+        ["error: connmirror mirror needs CAP_BPF and CAP_NET_ADMIN (run as root)"],
+        "{exit:#?}"
+    );
+    assert_eq!(exit.stdout, "", "must not claim to be ready");
+}
