@@ -170,11 +170,20 @@ impl Capture {
         Ok(Self { ebpf })
     }
 
-    /// Adds `service` to the services map so its segments are captured.
+    /// Adds `service` to the services map so its segments are captured, from the
+    /// next packet on: the map is shared with the running programs, so services
+    /// can be added and removed while capture runs.
     pub fn track(&mut self, service: &Service) -> Result<(), CaptureError> {
         let mut map: HashMap<_, ServiceKey, u32> = self.map_mut("SERVICES")?;
         map.insert(service.key(), service.id, 0)
             .map_err(map_error("SERVICES"))
+    }
+
+    /// Removes `service` from the services map: its segments pass uncaptured from
+    /// the next packet on. Flows already in the kernel's flow map age out (LRU).
+    pub fn untrack(&mut self, service: &Service) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, ServiceKey, u32> = self.map_mut("SERVICES")?;
+        map.remove(&service.key()).map_err(map_error("SERVICES"))
     }
 
     /// Attaches the programs to `iface` as asked; returns how ingress was attached.

@@ -173,6 +173,31 @@ fn untracked_ports_produce_no_record() {
 }
 
 #[test]
+fn services_added_and_removed_at_runtime_take_effect_on_the_next_packet() {
+    let mut capture = load(1 << 20, RingFullPolicy::Drop, server());
+    let mut ring = capture.take_ring().unwrap();
+    let other = Service {
+        id: 9,
+        addr: "198.18.1.2:7001".parse().unwrap(),
+    };
+    let frame = TcpFrame::new(client(), other.addr).build();
+
+    capture.test_run(Hook::Xdp, &frame).unwrap();
+    assert_eq!(records(&mut ring).len(), 0);
+
+    capture.track(&other).unwrap();
+    capture.test_run(Hook::Xdp, &frame).unwrap();
+    let seen = records(&mut ring);
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0.service_id, 9);
+
+    capture.untrack(&other).unwrap();
+    capture.test_run(Hook::Xdp, &frame).unwrap();
+    assert_eq!(records(&mut ring).len(), 0);
+    assert_eq!(capture.counters().unwrap().get(Counter::PacketsTracked), 1);
+}
+
+#[test]
 fn malformed_frames_are_counted_by_reason_and_passed() {
     let mut capture = load(1 << 20, RingFullPolicy::Drop, server());
     let mut ring = capture.take_ring().unwrap();
