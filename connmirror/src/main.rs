@@ -20,8 +20,8 @@ enum Command {
     /// reassemble each connection's byte streams.
     ///
     /// Prints `ready` on stdout once every program is attached. SIGINT or SIGTERM
-    /// detaches the programs, drains the ring buffer and, with --dump-dir, writes
-    /// DIR/report.json. Logs go to stderr (RUST_LOG=debug for more).
+    /// detaches the programs, drains the ring buffer and writes the report
+    /// (--report, or DIR/report.json with --dump-dir). Logs go to stderr (RUST_LOG=debug for more).
     Mirror(MirrorArgs),
 }
 

@@ -53,9 +53,14 @@ pub struct MirrorArgs {
     /// for path deployments), or `pass` it and mark its flow as gapped.
     #[arg(long, value_enum, default_value = "drop")]
     pub on_ring_full: RingFull,
-    /// Write each direction of each flow to a file here, and report.json on exit.
+    /// Write each direction of each flow to a file here (for verification; it
+    /// costs a copy of every byte), and report.json on exit.
     #[arg(long, value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
+    /// Write the exit report (counters and flows, JSON) to this file
+    /// [default: DIR/report.json with --dump-dir, else none].
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// `--on-ring-full` values.
@@ -108,7 +113,9 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         ring_size,
         on_ring_full,
         dump_dir,
+        report: report_path,
     } = args;
+    let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
     if let Some(dir) = &dump_dir {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -142,8 +149,8 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     drain(&mut ring, &mut table, &mut stats)?;
     let report = report(&capture, &mut table, stats)?;
     log_summary(&report);
-    if let Some(dir) = &dump_dir {
-        write_report(dir, &report)?;
+    if let Some(path) = &report_path {
+        write_report(path, &report)?;
     }
     Ok(())
 }
@@ -257,16 +264,17 @@ fn log_summary(report: &Report) {
     }
 }
 
-/// Writes `report.json` atomically (temporary file, fsync, rename).
-fn write_report(dir: &Path, report: &Report) -> anyhow::Result<()> {
-    let path = dir.join("report.json");
-    let tmp = dir.join("report.json.tmp");
+/// Writes the report atomically (temporary file beside it, fsync, rename).
+fn write_report(path: &Path, report: &Report) -> anyhow::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let json = serde_json::to_vec_pretty(report).context("serialising the report")?;
     let mut file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     file.write_all(&json)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     tracing::info!(path = %path.display(), "report written");
     Ok(())
 }

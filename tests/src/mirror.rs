@@ -27,10 +27,13 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the mirror may take, after SIGINT, to drain and write its report.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The arguments of `connmirror mirror`, minus `--dump-dir` (the fixtures own it).
+/// The arguments of `connmirror mirror`, minus `--dump-dir` and `--report` (the
+/// fixtures own them).
 #[derive(Clone, Debug, Default)]
 pub struct MirrorCommand {
     args: Vec<String>,
+    /// Pass `--report` only, so the mirror writes no stream files.
+    no_dumps: bool,
 }
 
 impl MirrorCommand {
@@ -73,18 +76,31 @@ impl MirrorCommand {
         self.arg("--on-ring-full").arg(policy)
     }
 
+    /// Only `--report`, no `--dump-dir`: the mirror reassembles but writes no
+    /// stream files (benchmarks, where the dump's copy would be measured too).
+    pub fn without_dumps(mut self) -> MirrorCommand {
+        self.no_dumps = true;
+        self
+    }
+
     /// Any other argument.
     pub fn arg(mut self, arg: &str) -> MirrorCommand {
         self.args.push(arg.to_owned());
         self
     }
 
-    /// `mirror <args> --dump-dir DIR`.
+    /// `mirror <args> --dump-dir DIR`, or `--report DIR/report.json` without dumps:
+    /// the report lands in the same place either way.
     fn argv(&self, dump_dir: &Path) -> Vec<String> {
         let mut argv = vec!["mirror".to_owned()];
         argv.extend(self.args.iter().cloned());
-        argv.push("--dump-dir".to_owned());
-        argv.push(dump_dir.display().to_string());
+        if self.no_dumps {
+            argv.push("--report".to_owned());
+            argv.push(dump_dir.join("report.json").display().to_string());
+        } else {
+            argv.push("--dump-dir".to_owned());
+            argv.push(dump_dir.display().to_string());
+        }
         argv
     }
 }
