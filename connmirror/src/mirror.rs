@@ -39,8 +39,9 @@ pub struct MirrorArgs {
     /// Protected service as IP:PORT or [IPv6]:PORT (repeat for several).
     #[arg(long = "service", value_name = "IP:PORT", required = true)]
     pub services: Vec<ServiceAddr>,
-    /// Ingress attach point: `xdp` uses native XDP where the driver supports it,
-    /// else generic XDP; `xdp-native` and `xdp-generic` force one; `tc` uses TCX.
+    /// Ingress attach point: `xdp` picks per interface (generic XDP on virtual
+    /// links such as veth, native XDP on NICs whose driver supports it);
+    /// `xdp-native` and `xdp-generic` force one; `tc` uses TCX.
     #[arg(long, value_enum, default_value = "xdp")]
     pub ingress: IngressHook,
     /// Egress attach point.

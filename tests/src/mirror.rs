@@ -320,8 +320,9 @@ pub enum FlowStatus {
 /// One direction of a flow, as dumped.
 #[derive(Clone, Debug, Deserialize)]
 pub struct DirectionDump {
-    /// Absolute path of the file holding the reassembled bytes.
-    pub file: PathBuf,
+    /// Absolute path of the file holding the reassembled bytes (`None` when the
+    /// mirror ran without `--dump-dir`).
+    pub file: Option<PathBuf>,
     pub delivered: u64,
     pub complete: bool,
     pub holes: Vec<[u64; 2]>,
@@ -329,9 +330,12 @@ pub struct DirectionDump {
 }
 
 impl DirectionDump {
-    /// SHA-256 of the dump file.
+    /// SHA-256 of the dump file; panics when the mirror wrote none.
     pub fn sha256(&self) -> Digest {
-        Digest::of_file(&self.file)
+        let file = self.file.as_ref().unwrap_or_else(|| {
+            panic!("no dump file in the report (mirror ran without --dump-dir): {self:?}")
+        });
+        Digest::of_file(file)
     }
 }
 

@@ -28,15 +28,20 @@ fn preconditions() {
     connmirror_bin();
 }
 
-/// 200 MB each way through a mirror with default settings: one complete flow whose
-/// two dumps hash to exactly what each side sent.
-fn large_streams_dump_byte_exact(topo: &Topology, family: Family) {
+/// 200 MB each way through a mirror attached with `ingress` / `egress`: one
+/// complete flow whose two dumps hash to exactly what each side sent. The three
+/// callers cover every program and mode between them: native XDP with TC egress
+/// (each segment captured twice), TC ingress alone, and the default (generic XDP
+/// on these veths, with TC egress).
+fn large_streams_dump_byte_exact(topo: &Topology, family: Family, ingress: &str, egress: &str) {
     let service = topo.service(family, SERVICE_PORT);
     let mirror = Mirror::start(
         &topo.gateway,
         &MirrorCommand::new()
             .ifaces(topo.gateway_ifaces())
-            .service(service),
+            .service(service)
+            .ingress(ingress)
+            .egress(egress),
     );
 
     let x = bidirectional(
@@ -68,7 +73,7 @@ fn large_streams_dump_byte_exact(topo: &Topology, family: Family) {
         assert!(dump.complete, "{dump:#?}");
         assert_eq!(dump.holes, [] as [[u64; 2]; 0]);
         assert_eq!(dump.conflicting_bytes, 0);
-        assert_eq!(dump.sha256(), sender.sent, "{}", dump.file.display());
+        assert_eq!(dump.sha256(), sender.sent, "{:?}", dump.file);
     }
     // A 16 MiB ring rarely fills here, but a busy 2-core host can starve the
     // reader; under the drop policy every full-ring event must then be a
@@ -90,21 +95,22 @@ fn large_streams_dump_byte_exact(topo: &Topology, family: Family) {
 fn bidirectional_200mb_streams_dump_byte_exact_v4() {
     preconditions();
     let topo = Topology::new();
-    large_streams_dump_byte_exact(&topo, Family::V4);
+    large_streams_dump_byte_exact(&topo, Family::V4, "xdp-native", "tc");
 }
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_v6() {
     preconditions();
     let topo = Topology::new();
-    large_streams_dump_byte_exact(&topo, Family::V6);
+    large_streams_dump_byte_exact(&topo, Family::V6, "tc", "none");
 }
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_vlan_v4() {
     preconditions();
     let topo = Topology::with_vlan(100);
-    large_streams_dump_byte_exact(&topo, Family::V4);
+    // XDP runs before the fixture's TCX tag-popping program, so it sees the tag.
+    large_streams_dump_byte_exact(&topo, Family::V4, "xdp", "tc");
 }
 
 /// A 64 KiB ring (the minimum) with segmentation offloads off, so every skb is one
@@ -152,7 +158,7 @@ fn tiny_ring_drop_policy_stays_byte_exact() {
     for (dump, sender) in [(&flow.c2s, &x.client), (&flow.s2c, &x.server)] {
         assert_eq!(dump.delivered, TINY_RING_STREAM, "{dump:#?}");
         assert_eq!(dump.conflicting_bytes, 0);
-        assert_eq!(dump.sha256(), sender.sent, "{}", dump.file.display());
+        assert_eq!(dump.sha256(), sender.sent, "{:?}", dump.file);
     }
     assert!(
         report.counter(Counter::RingFull) > 0,
