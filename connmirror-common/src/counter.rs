@@ -29,11 +29,14 @@ pub enum Counter {
     Fragments = 8,
     /// Tracked segments whose payload exceeds what one pass can copy.
     Oversize = 9,
+    /// Tracked segments whose payload the kernel refused to copy (a helper
+    /// failed); not expected for a frame the parser accepted.
+    CopyFailed = 10,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 11] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -44,6 +47,7 @@ impl Counter {
         Counter::NotTcp,
         Counter::Fragments,
         Counter::Oversize,
+        Counter::CopyFailed,
     ];
 
     /// The slot index in the counter array.
@@ -64,6 +68,7 @@ impl Counter {
             Counter::NotTcp => "not_tcp",
             Counter::Fragments => "fragments",
             Counter::Oversize => "oversize",
+            Counter::CopyFailed => "copy_failed",
         }
     }
 }

@@ -79,7 +79,7 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
     let flow = track(&seg, direction, service_id);
     match copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
         Ok(()) => Verdict::Pass,
-        Err(()) => ring_full(flow),
+        Err(reason) => uncaptured(reason, flow),
     }
 }
 
@@ -145,11 +145,12 @@ fn track(seg: &Segment, direction: Direction, service_id: u32) -> Option<*mut Fl
     })
 }
 
-/// Under `drop` the segment is dropped so TCP retransmits it; under `pass` it is
-/// forwarded and its flow marked as gapped.
+/// A tracked segment could not be captured whole (`reason`: the ring was full,
+/// the payload is oversize, or a copy failed). Under `drop` it is dropped so TCP retransmits
+/// it; under `pass` it is forwarded and its flow marked as gapped.
 #[inline(always)]
-fn ring_full(flow: Option<*mut FlowValue>) -> Verdict {
-    count(Counter::RingFull.index(), 1);
+fn uncaptured(reason: Counter, flow: Option<*mut FlowValue>) -> Verdict {
+    count(reason.index(), 1);
     // SAFETY: a global written only by the loader.
     let policy = unsafe { core::ptr::read_volatile(&RING_FULL_POLICY) };
     if policy == RingFullPolicy::Pass as u8 {
@@ -166,7 +167,7 @@ fn ring_full(flow: Option<*mut FlowValue>) -> Verdict {
 }
 
 /// Writes the segment into the ring as one record per [`CHUNK_SIZE`] bytes of
-/// payload (one header-only record when it has none). `Err` means not every
+/// payload (one header-only record when it has none). `Err` says why not every
 /// record made it.
 #[inline(always)]
 fn copy<S: LoadInto>(
@@ -177,8 +178,8 @@ fn copy<S: LoadInto>(
     direction: Direction,
     service_id: u32,
     flow: Option<*mut FlowValue>,
-) -> Result<(), ()> {
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(())?;
+) -> Result<(), Counter> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::CopyFailed)?;
     // SAFETY: the per-CPU scratch value is ours for the whole run.
     let scratch = unsafe { &mut *scratch };
     let header = &mut scratch.header;
@@ -206,8 +207,7 @@ fn copy<S: LoadInto>(
         return output(scratch, 0);
     }
     if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
-        count(Counter::Oversize.index(), 1);
-        return Err(());
+        return Err(Counter::Oversize);
     }
     for i in 0..MAX_CHUNKS {
         let offset = i * CHUNK_SIZE;
@@ -227,7 +227,7 @@ fn copy_chunk<S: LoadInto>(
     seg: &Segment,
     scratch: &mut Scratch,
     offset: usize,
-) -> Result<(), ()> {
+) -> Result<(), Counter> {
     let mut len = (seg.payload_len - offset) as u64;
     if len > CHUNK_SIZE as u64 {
         len = CHUNK_SIZE as u64;
@@ -236,7 +236,7 @@ fn copy_chunk<S: LoadInto>(
     // stops LLVM from folding them into a form it cannot follow (DESIGN.md).
     let len = core::hint::black_box(len);
     if len == 0 || len > CHUNK_SIZE as u64 {
-        return Err(());
+        return Err(Counter::CopyFailed);
     }
     scratch.header.chunk_offset = offset as u32;
     scratch.header.chunk_len = len as u32;
@@ -249,14 +249,14 @@ fn copy_chunk<S: LoadInto>(
         )
     };
     if !loaded {
-        return Err(());
+        return Err(Counter::CopyFailed);
     }
     output(scratch, len)
 }
 
 /// Copies the scratch record (header + `len` payload bytes) into the ring.
 #[inline(always)]
-fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
+fn output(scratch: &mut Scratch, len: u64) -> Result<(), Counter> {
     let size = HEADER_SIZE as u64 + len;
     // SAFETY: `Scratch` is repr(C) with the header first and `len <= CHUNK_SIZE`,
     // so the slice stays inside the per-CPU value.
@@ -272,7 +272,7 @@ fn output(scratch: &mut Scratch, len: u64) -> Result<(), ()> {
     };
     RECORDS
         .output::<[u8]>(bytes, flags as u64)
-        .map_err(|_| ())?;
+        .map_err(|_| Counter::RingFull)?;
     count(Counter::Records.index(), 1);
     Ok(())
 }
