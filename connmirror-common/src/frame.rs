@@ -30,15 +30,14 @@ use std::{
     vec::Vec,
 };
 
-use crate::{Malformed, parse::MAX_IPV6_EXT, record::tcp_flags};
+use crate::{
+    Malformed,
+    parse::{ETHERTYPE_IPV4, ETHERTYPE_IPV6, ETHERTYPE_VLAN, IPPROTO_TCP, MAX_IPV6_EXT, TCP_HLEN},
+    record::tcp_flags,
+};
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const IPPROTO_TCP: u8 = 6;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
-const TCP_HLEN: usize = 20;
 /// Most option bytes an IPv4 or TCP header can hold (a 4-bit length in words).
 const MAX_HEADER_OPTIONS: usize = 40;
 
@@ -395,17 +394,19 @@ fn fix_ipv4_checksum(frame: &mut [u8], l3: usize) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn v4() -> TcpFrame {
+    /// A bare IPv4 ACK, shared with the parser's tests.
+    pub(crate) fn v4() -> TcpFrame {
         TcpFrame::new(
             "198.18.0.1:40312".parse().unwrap(),
             "198.18.1.2:7000".parse().unwrap(),
         )
     }
 
-    fn v6() -> TcpFrame {
+    /// A bare IPv6 ACK, shared with the parser's tests.
+    pub(crate) fn v6() -> TcpFrame {
         TcpFrame::new(
             "[2001:db8::1]:40312".parse().unwrap(),
             "[2001:db8::2]:7000".parse().unwrap(),

@@ -18,13 +18,20 @@ pub const MAX_VLAN_TAGS: usize = 2;
 /// Most IPv6 extension headers walked before TCP.
 pub const MAX_IPV6_EXT: usize = 8;
 
-const ETH_HLEN: usize = 14;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_QINQ: u16 = 0x88a8;
-const IPPROTO_TCP: u8 = 6;
-const TCP_HLEN: usize = 20;
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
+/// EtherType of IPv4.
+pub const ETHERTYPE_IPV4: u16 = 0x0800;
+/// EtherType of IPv6.
+pub const ETHERTYPE_IPV6: u16 = 0x86dd;
+/// TPID of an 802.1Q tag.
+pub const ETHERTYPE_VLAN: u16 = 0x8100;
+/// TPID of an 802.1ad (QinQ) service tag.
+pub const ETHERTYPE_QINQ: u16 = 0x88a8;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// Length of a TCP header without options.
+pub const TCP_HLEN: usize = 20;
 
 /// Bytes of a frame, readable at any offset in fixed-size pieces.
 pub trait Packet {

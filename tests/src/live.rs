@@ -23,6 +23,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -562,4 +563,19 @@ pub fn process_cpu_seconds(pid: i32) -> Result<f64> {
         bail!("sysconf(_SC_CLK_TCK) returned {hz}");
     }
     Ok(ticks as f64 / hz as f64)
+}
+
+/// Namespaces whose names this process's fixtures made (`cm-PID-...`).
+pub fn namespaces_of(pid: u32) -> Vec<String> {
+    let prefix = format!("cm-{pid}-");
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
 }

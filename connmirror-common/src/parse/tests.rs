@@ -10,19 +10,7 @@ use crate::{
     record::tcp_flags,
 };
 
-fn v4() -> TcpFrame {
-    TcpFrame::new(
-        "198.18.0.1:40312".parse().unwrap(),
-        "198.18.1.2:7000".parse().unwrap(),
-    )
-}
-
-fn v6() -> TcpFrame {
-    TcpFrame::new(
-        "[2001:db8::1]:40312".parse().unwrap(),
-        "[2001:db8::2]:7000".parse().unwrap(),
-    )
-}
+use crate::frame::tests::{v4, v6};
 
 fn segment(bytes: &[u8]) -> Segment {
     match parse(bytes) {

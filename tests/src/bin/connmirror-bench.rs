@@ -57,7 +57,7 @@ const IPERF_GRACE: Duration = Duration::from_secs(20);
 fn main() -> ExitCode {
     let pid = std::process::id();
     let outcome = catch_unwind(AssertUnwindSafe(run));
-    let leftovers = namespaces_of(pid);
+    let leftovers = live::namespaces_of(pid);
     let code = match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(err)) if err.is::<Interrupted>() => {
@@ -813,19 +813,4 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
         out.status
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// Namespaces whose names this process's fixtures made (`cm-PID-...`).
-fn namespaces_of(pid: u32) -> Vec<String> {
-    let prefix = format!("cm-{pid}-");
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| name.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
 }

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io::{IsTerminal as _, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let pid = std::process::id();
     let outcome = catch_unwind(AssertUnwindSafe(run));
     // Every guard has dropped by now, on every path: check that it worked.
-    let leftovers = namespaces_of(pid);
+    let leftovers = live::namespaces_of(pid);
     let code = match outcome {
         Ok(Ok(true)) => {
             println!(
@@ -255,7 +255,7 @@ fn run() -> Result<bool> {
 
     step(5, "Removing the namespaces");
     drop(topo);
-    let left = namespaces_of(std::process::id());
+    let left = live::namespaces_of(std::process::id());
     if left.is_empty() {
         println!(
             "      done: `ip netns list` no longer shows {}",
@@ -328,21 +328,6 @@ fn watch(stream: &LiveStream, mirror: &Mirror) -> Result<()> {
 
 fn step(n: u32, what: &str) {
     println!("[{n}/5] {what}");
-}
-
-/// Namespaces whose names this process's fixtures made (`cm-PID-...`).
-fn namespaces_of(pid: u32) -> Vec<String> {
-    let prefix = format!("cm-{pid}-");
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|name| name.starts_with(&prefix))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// `1.23 GB`.
