@@ -26,13 +26,7 @@ fn mirror_names_a_missing_interface() {
         EXIT_TIMEOUT,
     );
 
-    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
-    assert_eq!(
-        exit.error_lines(),
-        [r#"error: interface "nosuch0" does not exist"#],
-        "{exit:#?}"
-    );
-    assert_eq!(exit.stdout, "", "must not claim to be ready");
+    assert_fails_with(&exit, r#"error: interface "nosuch0" does not exist"#);
 }
 
 #[test]
@@ -62,11 +56,16 @@ fn mirror_without_privilege_fails_clearly() {
         EXIT_TIMEOUT,
     );
 
-    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
-    assert_eq!(
-        exit.error_lines(),
-        ["error: connmirror mirror needs CAP_BPF and CAP_NET_ADMIN (run as root)"],
-        "{exit:#?}"
+    assert_fails_with(
+        &exit,
+        "error: connmirror mirror needs CAP_BPF and CAP_NET_ADMIN (run as root)",
     );
+}
+
+/// Exit code 1, exactly one `error:` line reading `line`, and nothing on stdout
+/// (the mirror must not claim to be ready).
+fn assert_fails_with(exit: &MirrorExit, line: &str) {
+    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
+    assert_eq!(exit.error_lines(), [line], "{exit:#?}");
     assert_eq!(exit.stdout, "", "must not claim to be ready");
 }
