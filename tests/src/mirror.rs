@@ -303,6 +303,21 @@ pub struct Flow {
     pub s2c: DirectionDump,
 }
 
+impl Flow {
+    /// Asserts the capture of this flow is exactly what the peers of `x` sent:
+    /// both dumps hash to the sent data, every byte delivered, no hole, no
+    /// conflicting byte, both directions complete (FIN reached).
+    pub fn assert_byte_exact(&self, x: &crate::Exchange) {
+        for (name, dump, sender) in [("c2s", &self.c2s, &x.client), ("s2c", &self.s2c, &x.server)] {
+            assert_eq!(dump.delivered, sender.sent_bytes, "{name}: {self:#?}");
+            assert!(dump.holes.is_empty(), "{name}: {self:#?}");
+            assert_eq!(dump.conflicting_bytes, 0, "{name}: {self:#?}");
+            assert!(dump.complete, "{name}: {self:#?}");
+            assert_eq!(dump.sha256(), sender.sent, "{name} dump {:?}", dump.file);
+        }
+    }
+}
+
 /// A flow's state when the mirror stopped.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
