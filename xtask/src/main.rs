@@ -62,7 +62,7 @@ enum Task {
     ///
     /// Runs setup, builds the release daemon, mounts bpffs at /sys/fs/bpf when it
     /// is not mounted, then runs
-    /// `cargo test --release -p connmirror-common --features std -p connmirror`
+    /// `cargo test --release -p connmirror-common --features connmirror-common/std -p connmirror -p xtask`
     /// and `cargo test --release -p connmirror-tests -- --test-threads=1` with
     /// CONNMIRROR_BIN set to the daemon. Needs root: the end-to-end tests create
     /// network namespaces and load eBPF programs (try: sudo -E cargo xtask test).

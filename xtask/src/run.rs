@@ -26,6 +26,61 @@ pub fn step(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Test counts summed over `cargo test` summaries (`test result: ok. N passed; M failed; ...`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Tests that passed.
+    pub passed: u64,
+    /// Tests that failed.
+    pub failed: u64,
+}
+
+impl Tally {
+    /// Adds the counts of one `test result:` line; other lines add nothing.
+    pub fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Like [`step`] for `cargo test`: echoes its stdout line by line while adding the
+/// summaries to `tally`, so the caller can print one closing count for all runs.
+pub fn test_step(cmd: &mut Command, tally: &mut Tally) -> Result<()> {
+    use std::io::BufRead as _;
+    let shown = describe(cmd);
+    println!("==> {shown}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start `{shown}`: is it installed and on PATH?"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.with_context(|| format!("reading the output of `{shown}`"))?;
+        println!("{line}");
+        tally.add_line(&line);
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed ({status}); see its output above");
+    }
+    Ok(())
+}
+
 /// Runs `cmd` quietly and returns its stdout, or `None` if it could not start
 /// or exited non-zero: the answer "no" to a check.
 pub fn check(cmd: &mut Command) -> Option<String> {
@@ -104,5 +159,28 @@ mod tests {
     #[test]
     fn check_of_missing_program_is_none() {
         assert_eq!(check(&mut Command::new("/nonexistent/xtask-probe")), None);
+    }
+}
+
+#[cfg(test)]
+mod tally_tests {
+    use super::Tally;
+
+    #[test]
+    fn tally_adds_cargo_test_summaries_and_ignores_other_lines() {
+        let mut tally = Tally::default();
+        tally.add_line("test result: ok. 28 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.06s");
+        tally.add_line(
+            "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out",
+        );
+        tally.add_line("test foo ... ok");
+        tally.add_line("running 3 tests");
+        assert_eq!(
+            tally,
+            Tally {
+                passed: 31,
+                failed: 2
+            }
+        );
     }
 }

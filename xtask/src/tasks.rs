@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail, ensure};
 
 use crate::build_env::BuildEnv;
-use crate::run::step;
+use crate::run::{Tally, step, test_step};
 use crate::setup::{self, Scope};
 use crate::workspace::{self, Profile};
 use crate::{Area, host};
@@ -34,21 +34,33 @@ pub fn test(extra: &[String]) -> Result<()> {
         "-p",
         "connmirror-common",
         "--features",
-        "std",
+        "connmirror-common/std",
     ])
-    .args(["-p", "connmirror"])
+    .args(["-p", "connmirror", "-p", "xtask"])
     .args(cargo_args);
     if !harness_args.is_empty() {
         unit.arg("--").args(harness_args);
     }
-    step(env.apply(&mut unit)?).context("unit/property tests failed; see the test output above")?;
+    let mut tally = Tally::default();
+    let unit = test_step(env.apply(&mut unit)?, &mut tally)
+        .context("unit/property tests failed; see the test output above");
     let mut e2e = workspace::cargo();
     e2e.args(["test", "--release", "-p", "connmirror-tests"])
         .args(cargo_args)
         .args(["--", "--test-threads=1"])
         .args(harness_args)
         .env("CONNMIRROR_BIN", &bin);
-    step(env.apply(&mut e2e)?).context("end-to-end tests failed; see the test output above")
+    let e2e = unit.and_then(|()| {
+        test_step(env.apply(&mut e2e)?, &mut tally)
+            .context("end-to-end tests failed; see the test output above")
+    });
+    // One closing line for every test run above, so a reader (or CI) need not
+    // add up the per-binary summaries.
+    println!(
+        "cargo xtask test: {} passed, {} failed",
+        tally.passed, tally.failed
+    );
+    e2e
 }
 
 /// `cargo xtask demo`: runs `connmirror-demo` against the release daemon.
