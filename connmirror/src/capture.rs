@@ -36,10 +36,10 @@ pub const MIN_RING_SIZE: u32 = 64 << 10;
 /// How capture hooks ingress on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IngressHook {
-    /// XDP, choosing per interface: generic mode on virtual links (no backing
-    /// device, e.g. veth, where native XDP turns TSO off on the peer and costs
-    /// ~80 % of the throughput, see bench/RESULTS.md); native mode on NICs whose
-    /// driver supports it; generic mode otherwise.
+    /// XDP in driver (native) mode where the driver supports it, else generic
+    /// mode. On a virtual link (veth) native XDP turns TSO off on the peer and
+    /// costs ~80 % of the throughput (bench/RESULTS.md): a warning says so, and
+    /// `xdp-generic` or `tc` is the better choice there.
     Xdp,
     /// XDP in driver mode only; fails where the driver lacks it.
     XdpNative,
@@ -213,11 +213,18 @@ impl Capture {
     }
 
     fn attach_xdp_auto(&mut self, iface: &str) -> Result<&'static str, CaptureError> {
-        if is_virtual(iface) {
-            return self.attach_xdp(iface, XdpMode::Skb);
-        }
         match self.attach_xdp(iface, XdpMode::Driver) {
-            Ok(mode) => Ok(mode),
+            Ok(mode) => {
+                if is_virtual(iface) {
+                    tracing::warn!(
+                        iface,
+                        "native XDP on a virtual link turns TSO off on its peer and \
+                         costs most of the throughput; prefer --iface {iface}:xdp-generic \
+                         or --iface {iface}:tc"
+                    );
+                }
+                Ok(mode)
+            }
             Err(err) => {
                 tracing::warn!(iface, error = %err, "native XDP unavailable, using generic XDP");
                 self.attach_xdp(iface, XdpMode::Skb)

@@ -11,11 +11,13 @@ use std::{
     fs,
     io::{self, Write as _},
     path::{Path, PathBuf},
+    str::FromStr,
     time::Duration,
 };
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use clap::ValueEnum as _;
 use connmirror_common::{Counter, Malformed, RecordHeader, RingFullPolicy};
 use serde::Serialize;
 use tokio::{
@@ -33,15 +35,18 @@ use crate::{
 /// Command-line arguments of `connmirror mirror`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MirrorArgs {
-    /// Interface to capture on (repeat for several; a gateway names both of its links).
-    #[arg(long = "iface", value_name = "IF", required = true)]
-    pub ifaces: Vec<String>,
+    /// Interface to capture on, optionally with its own ingress attach point
+    /// (`IF:xdp-generic`, `IF:tc`, ...; default: --ingress). Repeat for several; a
+    /// gateway names both of its links.
+    #[arg(long = "iface", value_name = "IF[:INGRESS]", required = true)]
+    pub ifaces: Vec<IfaceSpec>,
     /// Protected service as IP:PORT or [IPv6]:PORT (repeat for several).
     #[arg(long = "service", value_name = "IP:PORT", required = true)]
     pub services: Vec<ServiceAddr>,
-    /// Ingress attach point: `xdp` picks per interface (generic XDP on virtual
-    /// links such as veth, native XDP on NICs whose driver supports it);
-    /// `xdp-native` and `xdp-generic` force one; `tc` uses TCX.
+    /// Ingress attach point for interfaces that do not name their own: `xdp` is
+    /// native XDP where the driver supports it, else generic XDP; `xdp-native`
+    /// and `xdp-generic` force one; `tc` uses TCX. On virtual links (veth)
+    /// generic XDP or TC is much faster than native XDP.
     #[arg(long, value_enum, default_value = "xdp")]
     pub ingress: IngressHook,
     /// Egress attach point.
@@ -62,6 +67,41 @@ pub struct MirrorArgs {
     /// [default: DIR/report.json with --dump-dir, else none].
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+}
+
+/// An `--iface` value: an interface name, optionally `:INGRESS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSpec {
+    /// Interface name.
+    pub name: String,
+    /// Ingress attach point for this interface, overriding `--ingress`.
+    pub ingress: Option<IngressHook>,
+}
+
+impl FromStr for IfaceSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (name, ingress) = match text.split_once(':') {
+            Some((name, hook)) => {
+                let hook = IngressHook::from_str(hook, false).map_err(|_| {
+                    format!(
+                        "{hook:?} is not an ingress attach point \
+                         (xdp, xdp-native, xdp-generic, tc, none)"
+                    )
+                })?;
+                (name, Some(hook))
+            }
+            None => (text, None),
+        };
+        if name.is_empty() {
+            return Err(format!("{text:?} names no interface"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            ingress,
+        })
+    }
 }
 
 /// `--on-ring-full` values.
@@ -132,9 +172,9 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         capture.track(&service)?;
         tracing::info!(%service, "tracking");
     }
-    for iface in &ifaces {
-        let mode = capture.attach(iface, ingress, egress)?;
-        tracing::info!(iface, ingress = mode, egress = ?egress, "attached");
+    for IfaceSpec { name, ingress: own } in &ifaces {
+        let mode = capture.attach(name, own.unwrap_or(ingress), egress)?;
+        tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
     }
     let ring = capture.take_ring()?;
     // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it is
@@ -278,4 +318,38 @@ fn write_report(path: &Path, report: &Report) -> anyhow::Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     tracing::info!(path = %path.display(), "report written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iface_specs_take_an_optional_ingress_attach_point() {
+        assert_eq!(
+            "gw-c".parse(),
+            Ok(IfaceSpec {
+                name: "gw-c".to_owned(),
+                ingress: None
+            })
+        );
+        assert_eq!(
+            "gw-s:xdp-generic".parse(),
+            Ok(IfaceSpec {
+                name: "gw-s".to_owned(),
+                ingress: Some(IngressHook::XdpGeneric)
+            })
+        );
+        assert_eq!(
+            "gw-s:fast".parse::<IfaceSpec>(),
+            Err(
+                "\"fast\" is not an ingress attach point (xdp, xdp-native, xdp-generic, tc, none)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            ":tc".parse::<IfaceSpec>(),
+            Err("\":tc\" names no interface".to_owned())
+        );
+    }
 }

@@ -29,21 +29,19 @@ fn preconditions() {
     connmirror_bin();
 }
 
-/// 200 MB each way through a mirror attached with `ingress` / `egress`: one
-/// complete flow whose two dumps hash to exactly what each side sent. The three
-/// callers cover every program and mode between them: native XDP with TC egress
-/// (each segment captured twice), TC ingress alone, and the default (generic XDP
-/// on these veths, with TC egress).
-fn large_streams_dump_byte_exact(topo: &Topology, family: Family, ingress: &str, egress: &str) {
+/// 200 MB each way through a mirror attached with `hooks` (the attach flags; the
+/// interfaces and service are added here): one complete flow whose two dumps hash
+/// to exactly what each side sent. The three callers cover every program and
+/// mode between them: native XDP with TC egress (each segment captured twice), TC
+/// ingress alone, and generic XDP on one link with TC on the other, chosen per
+/// interface.
+fn large_streams_dump_byte_exact(topo: &Topology, family: Family, hooks: &[&str]) {
     let service = topo.service(family, SERVICE_PORT);
-    let mirror = Mirror::start(
-        &topo.gateway,
-        &MirrorCommand::new()
-            .ifaces(topo.gateway_ifaces())
-            .service(service)
-            .ingress(ingress)
-            .egress(egress),
-    );
+    let command = hooks
+        .iter()
+        .fold(MirrorCommand::new(), |command, arg| command.arg(arg))
+        .service(service);
+    let mirror = Mirror::start(&topo.gateway, &command);
 
     let x = bidirectional(
         &topo.client,
@@ -92,14 +90,38 @@ fn large_streams_dump_byte_exact(topo: &Topology, family: Family, ingress: &str,
 fn bidirectional_200mb_streams_dump_byte_exact_v4() {
     preconditions();
     let topo = Topology::new();
-    large_streams_dump_byte_exact(&topo, Family::V4, "xdp-native", "tc");
+    large_streams_dump_byte_exact(
+        &topo,
+        Family::V4,
+        &[
+            "--iface",
+            "gw-c",
+            "--iface",
+            "gw-s",
+            "--ingress",
+            "xdp-native",
+        ],
+    );
 }
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_v6() {
     preconditions();
     let topo = Topology::new();
-    large_streams_dump_byte_exact(&topo, Family::V6, "tc", "none");
+    large_streams_dump_byte_exact(
+        &topo,
+        Family::V6,
+        &[
+            "--iface",
+            "gw-c",
+            "--iface",
+            "gw-s",
+            "--ingress",
+            "tc",
+            "--egress",
+            "none",
+        ],
+    );
 }
 
 #[test]
@@ -107,7 +129,11 @@ fn bidirectional_200mb_streams_dump_byte_exact_vlan_v4() {
     preconditions();
     let topo = Topology::with_vlan(100);
     // XDP runs before the fixture's TCX tag-popping program, so it sees the tag.
-    large_streams_dump_byte_exact(&topo, Family::V4, "xdp", "tc");
+    large_streams_dump_byte_exact(
+        &topo,
+        Family::V4,
+        &["--iface", "gw-c:xdp-generic", "--iface", "gw-s:tc"],
+    );
 }
 
 /// Streams [`TINY_RING_STREAM`] bytes each way through a mirror with a 64 KiB ring
