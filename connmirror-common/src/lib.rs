@@ -14,6 +14,7 @@ pub mod counter;
 #[cfg(any(test, feature = "std"))]
 pub mod frame;
 pub mod map;
+pub mod options;
 pub mod parse;
 pub mod record;
 

@@ -461,6 +461,7 @@ mod tests {
         let limits = StreamLimits {
             max_pending: 4,
             keep_delivered: 16,
+            ..StreamLimits::default()
         };
         let mut table = FlowTable::new(limits, Some(dir.clone()));
         feed(&mut table, Direction::ClientToServer, 0, SYN, b"");

@@ -9,4 +9,5 @@ pub mod capture;
 pub mod flow;
 pub mod mirror;
 pub mod service;
+pub mod state;
 pub mod stream;

@@ -42,18 +42,37 @@ use std::collections::{BTreeMap, VecDeque};
 pub struct StreamLimits {
     /// Most out-of-order bytes buffered ahead of a hole before the stream gives up on the hole.
     pub max_pending: usize,
-    /// Delivered bytes kept to compare retransmissions against (overlap conflict detection).
+    /// Delivered bytes kept at least, whatever the retention, to compare
+    /// retransmissions against (overlap conflict detection).
     pub keep_delivered: usize,
+    /// Which delivered bytes are retained (for a restore or a replay).
+    pub retention: Retention,
 }
 
 impl Default for StreamLimits {
-    /// 16 MiB pending, 1 MiB kept.
+    /// 16 MiB pending, 1 MiB kept, unacknowledged bytes retained.
     fn default() -> Self {
         Self {
             max_pending: 16 << 20,
             keep_delivered: 1 << 20,
+            retention: Retention::Unacked,
         }
     }
+}
+
+/// Which delivered bytes a stream retains, per service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Bytes the receiver has not acknowledged yet: what a restored sender must
+    /// still be able to send.
+    Unacked,
+    /// The whole history from the first byte, for replay, up to `cap` bytes;
+    /// past the cap the stream becomes *handoff-only* and falls back to
+    /// `Unacked` (never silently truncated: [`Stream::is_handoff_only`] says so).
+    Full {
+        /// Most bytes of history kept.
+        cap: u64,
+    },
 }
 
 /// What a stream hands its sink, in stream order.
@@ -119,8 +138,11 @@ pub struct Stream {
     pending: BTreeMap<u64, Vec<u8>>,
     /// Sum of the lengths in `pending`.
     pending_bytes: usize,
-    /// The last delivered bytes: offsets `[next - recent.len(), next)`.
+    /// Retained delivered bytes: offsets `[next - recent.len(), next)` (see
+    /// [`Retention`]; at least the last `keep_delivered`).
     recent: VecDeque<u8>,
+    /// Full retention went over its cap: only unacknowledged bytes are kept.
+    handoff_only: bool,
     /// Offset of the FIN, once seen.
     fin: Option<u64>,
     /// Holes given up on, as offsets `[start, end)`, in order, all below `next`.
@@ -142,6 +164,7 @@ impl Stream {
             pending: BTreeMap::new(),
             pending_bytes: 0,
             recent: VecDeque::new(),
+            handoff_only: false,
             fin: None,
             abandoned: Vec::new(),
             acked: 0,
@@ -268,6 +291,50 @@ impl Stream {
         if let Some(origin) = self.origin {
             let offset = self.offset(origin, seq).max(0) as u64;
             self.acked = self.acked.max(offset);
+            self.trim();
+        }
+    }
+
+    /// The retained delivered bytes and the stream offset of the first of them.
+    pub fn retained(&self) -> (u64, impl Iterator<Item = &[u8]>) {
+        let (a, b) = self.recent.as_slices();
+        (self.next - self.recent.len() as u64, [a, b].into_iter())
+    }
+
+    /// Bytes of payload this stream holds: retained plus out-of-order.
+    pub fn held_bytes(&self) -> usize {
+        self.recent.len() + self.pending_bytes
+    }
+
+    /// Full retention exceeded its cap: the history is no longer complete, so
+    /// the flow can be handed off but not replayed.
+    pub fn is_handoff_only(&self) -> bool {
+        self.handoff_only
+    }
+
+    /// Drops retained bytes the retention no longer needs.
+    fn trim(&mut self) {
+        let next = self.next;
+        let policy_from = match self.limits.retention {
+            Retention::Full { cap } if !self.handoff_only => {
+                if next > cap {
+                    self.handoff_only = true;
+                    self.acked
+                } else {
+                    0
+                }
+            }
+            _ => self.acked,
+        };
+        let keep_from = policy_from
+            .min(next)
+            .min(next.saturating_sub(self.limits.keep_delivered as u64));
+        let kept_from = next - self.recent.len() as u64;
+        if keep_from > kept_from {
+            self.recent.drain(..(keep_from - kept_from) as usize);
+            if self.recent.is_empty() {
+                self.recent.shrink_to_fit();
+            }
         }
     }
 
@@ -470,13 +537,10 @@ impl Stream {
         self.remember(bytes);
     }
 
-    /// Keeps the last `keep_delivered` delivered bytes.
+    /// Retains delivered `bytes` (just below `next`), then trims per the retention.
     fn remember(&mut self, bytes: &[u8]) {
-        let keep = self.limits.keep_delivered;
-        let bytes = &bytes[bytes.len().saturating_sub(keep)..];
-        let excess = (self.recent.len() + bytes.len()).saturating_sub(keep);
-        self.recent.drain(..excess);
         self.recent.extend(bytes);
+        self.trim();
     }
 }
 
@@ -715,6 +779,8 @@ mod tests {
         let chunks = (1 << 32) / CHUNK + 1;
         for i in 0..chunks {
             s.data(origin.wrapping_add((i * CHUNK) as u32), &chunk, &mut count);
+            // The receiver acknowledges as it goes, so only keep_delivered is retained.
+            s.ack(origin.wrapping_add(((i + 1) * CHUNK) as u32));
         }
         let end = chunks * CHUNK;
         // Past the 4 GiB mark: a segment beyond a 10-byte hole, then the hole.
@@ -725,6 +791,7 @@ mod tests {
         );
         assert_eq!(s.holes(), vec![(end, end + 10)]);
         s.data(origin.wrapping_add(end as u32), &chunk[..10], &mut count);
+        s.ack(origin.wrapping_add((end + 16) as u32));
         // A retransmission of the last 20 delivered bytes: 16 still kept.
         s.data(
             origin.wrapping_add(end as u32 - 4),
@@ -849,6 +916,7 @@ mod tests {
         let mut out = Vec::new();
         s.syn(0);
         feed(&mut s, 1, b"abcdefgh", &mut out);
+        s.ack(9); // all acknowledged: only keep_delivered (4) is retained
         feed(&mut s, 1, b"abcdefgX", &mut out);
 
         assert_eq!(out, b"abcdefgh");
@@ -916,6 +984,51 @@ mod tests {
         s.ack(105); // an older ACK does not lower the mark
         assert_eq!(s.acked(), 7);
         assert_eq!(s.missing(), vec![(4, 7)]);
+    }
+
+    #[test]
+    fn unacked_retention_keeps_exactly_the_unacknowledged_bytes() {
+        let mut s = Stream::new(StreamLimits {
+            keep_delivered: 0,
+            ..StreamLimits::default()
+        });
+        let mut out = Vec::new();
+        s.syn(0);
+        feed(&mut s, 1, b"abcdefgh", &mut out);
+        assert_eq!(retained(&s), (0, b"abcdefgh".to_vec()));
+
+        s.ack(6);
+
+        assert_eq!(retained(&s), (5, b"fgh".to_vec()));
+        assert_eq!(s.held_bytes(), 3);
+        s.ack(9);
+        assert_eq!(retained(&s), (8, Vec::new()));
+        assert!(!s.is_handoff_only());
+    }
+
+    #[test]
+    fn full_retention_keeps_history_until_its_cap_then_becomes_handoff_only() {
+        let mut s = Stream::new(StreamLimits {
+            keep_delivered: 0,
+            retention: Retention::Full { cap: 10 },
+            ..StreamLimits::default()
+        });
+        let mut out = Vec::new();
+        s.syn(0);
+        feed(&mut s, 1, b"abcdefgh", &mut out);
+        s.ack(9);
+        assert_eq!(retained(&s), (0, b"abcdefgh".to_vec()));
+        assert!(!s.is_handoff_only());
+
+        feed(&mut s, 9, b"ijkl", &mut out);
+
+        assert!(s.is_handoff_only());
+        assert_eq!(retained(&s), (8, b"ijkl".to_vec()));
+    }
+
+    fn retained(s: &Stream) -> (u64, Vec<u8>) {
+        let (start, pieces) = s.retained();
+        (start, pieces.flat_map(|p| p.iter().copied()).collect())
     }
 
     #[test]
