@@ -1,5 +1,11 @@
 //! The flow table: every tracked connection, its two reassembled byte streams,
-//! and (with `--dump-dir`) the files each stream is written to.
+//! its restorable state and readiness, and (with `--dump-dir`) the files each
+//! stream is written to. With a journal, every change also becomes a journal
+//! [`Record`], collected for the writer by [`FlowTable::take_records`].
+//!
+//! Memory is bounded by a global cap: past it, the flows idle longest are
+//! evicted (counted, logged, and journaled as closed by eviction) — never an
+//! out-of-memory kill.
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +22,12 @@ use connmirror_common::{
 use serde::Serialize;
 
 use crate::{
+    journal::{
+        Replayed, ReplayedFlow, ReplayedSide,
+        record::{CloseReason, FlowSnapshot, Record, SideSnapshot},
+    },
     service::socket_addr,
+    state::{MissingRange, Readiness, SideState},
     stream::{Chunk, Stream, StreamLimits},
 };
 
@@ -46,23 +57,48 @@ impl Dump {
     }
 }
 
-/// One direction of a flow: its reassembled stream and where it is written.
+/// One direction of a flow: its reassembled stream, the state of the segments
+/// its sender sent, and where it is written.
 struct Side {
     stream: Stream,
+    state: SideState,
     dump: Option<Dump>,
+}
+
+/// Where a side's delivered bytes go besides the stream: the journal, as
+/// [`Record::Data`] of flow `id` in direction `dir`.
+struct Journaling<'a> {
+    id: u64,
+    dir: Direction,
+    records: &'a mut Vec<Record>,
 }
 
 impl Side {
     fn new(limits: StreamLimits, dump: Option<Dump>) -> Self {
         Self {
             stream: Stream::new(limits),
+            state: SideState::default(),
             dump,
         }
     }
 
-    /// Feeds one record's worth of this direction into the stream.
-    fn record(&mut self, header: &RecordHeader, chunk: &[u8]) -> io::Result<()> {
-        let Self { stream, dump } = self;
+    /// Feeds one record's worth of this direction into the stream and the state.
+    /// `peer_scales`: the other side announced window scaling.
+    fn record(
+        &mut self,
+        header: &RecordHeader,
+        chunk: &[u8],
+        peer_scales: bool,
+        mut journal: Option<Journaling<'_>>,
+    ) -> io::Result<()> {
+        let Self {
+            stream,
+            state,
+            dump,
+        } = self;
+        if header.chunk_offset == 0 {
+            state.segment(header, peer_scales);
+        }
         let syn = header.tcp_flags & SYN != 0;
         if syn && header.chunk_offset == 0 {
             stream.syn(header.seq);
@@ -72,9 +108,23 @@ impl Side {
         if !chunk.is_empty() {
             let mut result = Ok(());
             let seq = data_seq.wrapping_add(header.chunk_offset);
+            let mut offset = stream.next_offset();
             stream.data_with_gaps(seq, chunk, &mut |piece| {
                 if let (Ok(()), Some(dump)) = (&result, dump.as_mut()) {
                     result = dump.write(piece);
+                }
+                match (piece, journal.as_mut()) {
+                    (Chunk::Bytes(bytes), Some(j)) => {
+                        j.records.push(Record::Data {
+                            id: j.id,
+                            dir: j.dir,
+                            offset,
+                            bytes: bytes.to_vec(),
+                        });
+                        offset += bytes.len() as u64;
+                    }
+                    (Chunk::Bytes(bytes), None) => offset += bytes.len() as u64,
+                    (Chunk::Gap(len), _) => offset += len,
                 }
             });
             result?;
@@ -96,6 +146,9 @@ impl Side {
         };
         let stats = self.stream.stats();
         Ok(SideReport {
+            state: self.state,
+            handoff_only: self.stream.is_handoff_only(),
+            retained: self.stream.held_bytes() as u64,
             file,
             dump_stopped_at,
             delivered: stats.delivered,
@@ -112,18 +165,92 @@ impl Side {
 
 /// One TCP connection of a service.
 struct Flow {
+    /// Journal-wide id, in the order flows were first seen.
+    id: u64,
     service_id: u32,
     c2s: Side,
     s2c: Side,
     kernel_gaps: u32,
     rst: bool,
+    /// Record count when the flow last saw a segment: the idle order for eviction.
+    last_seen: u64,
+    /// The journal has been told the flow is closed.
+    closed: bool,
+    /// State changed since the last [`Record::Update`].
+    dirty: bool,
 }
+
+impl Flow {
+    /// Bytes this flow holds, with a fixed allowance for its own structures.
+    fn held(&self) -> usize {
+        FLOW_OVERHEAD + self.c2s.stream.held_bytes() + self.s2c.stream.held_bytes()
+    }
+
+    /// Both FINs, or a RST.
+    fn is_closed(&self) -> bool {
+        self.rst || (self.c2s.state.fin && self.s2c.state.fin)
+    }
+
+    /// Whether a restore could rebuild this flow now (see [`Readiness`]).
+    fn readiness(&self) -> Readiness {
+        if self.is_closed() {
+            return Readiness::Closed;
+        }
+        // Client bytes the server acknowledged, and every server byte not yet
+        // delivered in order (the server's send queue), must be present.
+        let ranges: Vec<MissingRange> = (self.c2s.stream.missing().into_iter())
+            .map(|(start, end)| MissingRange {
+                dir: "c2s",
+                start,
+                end,
+            })
+            .chain(
+                self.s2c
+                    .stream
+                    .holes()
+                    .into_iter()
+                    .map(|(start, end)| MissingRange {
+                        dir: "s2c",
+                        start,
+                        end,
+                    }),
+            )
+            .collect();
+        if !ranges.is_empty() || self.kernel_gaps > 0 {
+            return Readiness::MissingBytes(ranges);
+        }
+        if self.c2s.state.syn.is_none() || self.s2c.state.syn.is_none() {
+            return Readiness::NoHandshake;
+        }
+        Readiness::Ready
+    }
+
+    fn side_snapshot(side: &Side) -> SideSnapshot {
+        SideSnapshot {
+            marks: side.stream.marks(),
+            side: side.state,
+        }
+    }
+}
+
+/// Allowance per flow for its table entry, streams and state (measured by the
+/// memory benchmark; keeps the cap honest for many idle flows).
+const FLOW_OVERHEAD: usize = 1024;
 
 /// Every flow seen, keyed by 4-tuple.
 pub struct FlowTable {
     flows: BTreeMap<FlowKey, Flow>,
     limits: StreamLimits,
     dump_dir: Option<PathBuf>,
+    /// Journal records not yet taken, when journaling.
+    records: Option<Vec<Record>>,
+    next_id: u64,
+    /// Records applied so far (the clock for idleness).
+    applied: u64,
+    memory_cap: Option<usize>,
+    /// Sum of [`Flow::held`].
+    held: usize,
+    evicted: u64,
 }
 
 impl FlowTable {
@@ -133,7 +260,25 @@ impl FlowTable {
             flows: BTreeMap::new(),
             limits,
             dump_dir,
+            records: None,
+            next_id: 1,
+            applied: 0,
+            memory_cap: None,
+            held: 0,
+            evicted: 0,
         }
+    }
+
+    /// Collects journal records from now on (see [`take_records`](Self::take_records)).
+    pub fn journal(mut self) -> Self {
+        self.records = Some(Vec::new());
+        self
+    }
+
+    /// Bounds the memory the flows hold; past it, the flows idle longest are evicted.
+    pub fn memory_cap(mut self, bytes: usize) -> Self {
+        self.memory_cap = Some(bytes);
+        self
     }
 
     /// Number of flows tracked.
@@ -146,25 +291,36 @@ impl FlowTable {
         self.flows.is_empty()
     }
 
+    /// Bytes the flows hold, as counted against the memory cap.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Flows evicted under the memory cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
     /// Applies one decoded record. Fails only when a dump file cannot be written.
     pub fn record(&mut self, header: &RecordHeader, chunk: &[u8]) -> io::Result<()> {
         let direction = Direction::from_u8(header.direction).unwrap_or(Direction::ClientToServer);
         let key = flow_key(header, direction);
-        let flow = match self.flows.entry(key) {
-            std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::btree_map::Entry::Vacant(entry) => {
-                let flow = open_flow(
-                    &key,
-                    header.service_id,
-                    self.limits,
-                    self.dump_dir.as_deref(),
-                )?;
-                tracing::info!(flow = %flow_name(&key), "new flow");
-                entry.insert(flow)
-            }
-        };
+        self.applied += 1;
+        self.open_if_new(key, header.service_id)?;
+        let Self {
+            flows,
+            records,
+            applied,
+            held,
+            ..
+        } = self;
+        let flow = flows.get_mut(&key).expect("open_if_new inserted it");
+        let before = flow.held();
+        flow.last_seen = *applied;
+        flow.dirty = true;
         flow.kernel_gaps = flow.kernel_gaps.max(header.flow_gaps);
         flow.rst |= header.tcp_flags & RST != 0;
+        let id = flow.id;
         let (this, other) = match direction {
             Direction::ClientToServer => (&mut flow.c2s, &mut flow.s2c),
             Direction::ServerToClient => (&mut flow.s2c, &mut flow.c2s),
@@ -172,13 +328,188 @@ impl FlowTable {
         if header.tcp_flags & ACK != 0 {
             other.stream.ack(header.ack);
         }
-        this.record(header, chunk)
+        let journal = records.as_mut().map(|records| Journaling {
+            id,
+            dir: direction,
+            records,
+        });
+        let result = this.record(header, chunk, other.state.scales(), journal);
+        *held = *held + flow.held() - before;
+        self.enforce_memory_cap(&key);
+        result
+    }
+
+    /// Opens (and journals) the flow for `key` on first sight.
+    fn open_if_new(&mut self, key: FlowKey, service_id: u32) -> io::Result<()> {
+        if !self.flows.contains_key(&key) {
+            let id = self.next_id;
+            self.next_id += 1;
+            let flow = open_flow(id, &key, service_id, self.limits, self.dump_dir.as_deref())?;
+            tracing::info!(flow = %flow_name(&key), id, "new flow");
+            if let Some(records) = self.records.as_mut() {
+                records.push(Record::Open {
+                    id,
+                    key,
+                    service_id,
+                });
+            }
+            self.held += flow.held();
+            self.flows.insert(key, flow);
+        }
+        Ok(())
+    }
+
+    /// Evicts the flows idle longest (never `current`) until the held bytes are
+    /// under 90 % of the cap, so eviction runs in batches rather than per record.
+    fn enforce_memory_cap(&mut self, current: &FlowKey) {
+        let Some(cap) = self.memory_cap else {
+            return;
+        };
+        if self.held <= cap {
+            return;
+        }
+        let mut idle: Vec<(u64, FlowKey)> = self
+            .flows
+            .iter()
+            .filter(|(key, _)| *key != current)
+            .map(|(key, flow)| (flow.last_seen, *key))
+            .collect();
+        idle.sort_unstable();
+        let target = cap / 10 * 9;
+        let mut evicted = 0u64;
+        for (_, key) in idle {
+            if self.held <= target {
+                break;
+            }
+            if let Some(flow) = self.flows.remove(&key) {
+                self.held -= flow.held();
+                if let Some(records) = self.records.as_mut() {
+                    records.push(Record::Close {
+                        id: flow.id,
+                        reason: CloseReason::Evicted,
+                    });
+                }
+                evicted += 1;
+            }
+        }
+        self.evicted += evicted;
+        tracing::warn!(
+            evicted,
+            total = self.evicted,
+            held = self.held,
+            cap,
+            "memory cap reached: evicted the flows idle longest"
+        );
+    }
+
+    /// The journal records collected since the last call, ending with an
+    /// [`Record::Update`] per direction of every flow that changed (and a
+    /// [`Record::Close`] for flows that closed). Empty unless journaling.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        let Some(records) = self.records.as_mut() else {
+            return Vec::new();
+        };
+        for flow in self.flows.values_mut().filter(|flow| flow.dirty) {
+            flow.dirty = false;
+            for (dir, side) in [
+                (Direction::ClientToServer, &flow.c2s),
+                (Direction::ServerToClient, &flow.s2c),
+            ] {
+                records.push(Record::Update {
+                    id: flow.id,
+                    dir,
+                    kernel_gaps: flow.kernel_gaps,
+                    snapshot: Flow::side_snapshot(side),
+                });
+            }
+            if flow.is_closed() && !flow.closed {
+                flow.closed = true;
+                records.push(Record::Close {
+                    id: flow.id,
+                    reason: CloseReason::Closed,
+                });
+            }
+        }
+        std::mem::take(records)
+    }
+
+    /// Rebuilds the table from a replayed journal: every flow not closed, its
+    /// streams restored from their marks and retained bytes (out-of-order bytes
+    /// are not journaled: a hole pending at the crash stays a hole).
+    pub fn restore(&mut self, replayed: Replayed) {
+        self.restore_flows(replayed, false);
+    }
+
+    /// Like [`restore`](Self::restore), keeping closed and evicted flows too
+    /// (for `connmirror journal inspect`).
+    pub fn restore_all(&mut self, replayed: Replayed) {
+        self.restore_flows(replayed, true);
+    }
+
+    fn restore_flows(&mut self, replayed: Replayed, closed_too: bool) {
+        self.next_id = self.next_id.max(replayed.next_id);
+        for flow in (replayed.flows.into_values()).filter(|f| closed_too || f.closed.is_none()) {
+            let ReplayedFlow {
+                id,
+                key,
+                service_id,
+                kernel_gaps,
+                c2s,
+                s2c,
+                ..
+            } = flow;
+            let side = |replayed: ReplayedSide| Side {
+                stream: restore_stream(self.limits, &replayed),
+                state: replayed.snapshot.side,
+                dump: None,
+            };
+            let flow = Flow {
+                id,
+                service_id,
+                c2s: side(c2s),
+                s2c: side(s2c),
+                kernel_gaps,
+                rst: false,
+                last_seen: 0,
+                closed: false,
+                dirty: false,
+            };
+            self.held += flow.held();
+            self.flows.insert(key, flow);
+        }
+    }
+
+    /// A checkpoint of every flow not yet closed, with its retained bytes: all
+    /// recovery needs, so the segments before it can be deleted.
+    pub fn checkpoint(&self) -> Record {
+        let side = |side: &Side| {
+            let (start, pieces) = side.stream.retained();
+            let bytes: Vec<u8> = pieces.flat_map(|p| p.iter().copied()).collect();
+            (Flow::side_snapshot(side), start, bytes)
+        };
+        Record::Checkpoint {
+            next_id: self.next_id,
+            flows: self
+                .flows
+                .iter()
+                .filter(|(_, flow)| !flow.closed)
+                .map(|(key, flow)| FlowSnapshot {
+                    id: flow.id,
+                    key: *key,
+                    service_id: flow.service_id,
+                    kernel_gaps: flow.kernel_gaps,
+                    c2s: side(&flow.c2s),
+                    s2c: side(&flow.s2c),
+                })
+                .collect(),
+        }
     }
 
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
     pub fn kernel_gaps(&mut self, key: &FlowKey, gaps: u32) {
         if let Some(flow) = self.flows.get_mut(key) {
             flow.kernel_gaps = flow.kernel_gaps.max(gaps);
+            flow.dirty = true;
         }
     }
 
@@ -189,6 +520,20 @@ impl FlowTable {
             .map(|(key, flow)| flow_report(key, flow))
             .collect()
     }
+}
+
+/// A stream rebuilt from journaled marks and bytes. Data journaled after the
+/// last state update moves the delivery point forward: the bytes are the truth.
+fn restore_stream(limits: StreamLimits, side: &ReplayedSide) -> Stream {
+    let mut marks = side.snapshot.marks;
+    let end = side.start + side.bytes.len() as u64;
+    marks.next = marks.next.max(end);
+    let usable = if end == marks.next {
+        &side.bytes[..]
+    } else {
+        &[][..]
+    };
+    Stream::restore(limits, marks, usable)
 }
 
 fn flow_key(header: &RecordHeader, direction: Direction) -> FlowKey {
@@ -227,6 +572,7 @@ fn flow_name(key: &FlowKey) -> String {
 }
 
 fn open_flow(
+    id: u64,
     key: &FlowKey,
     service_id: u32,
     limits: StreamLimits,
@@ -251,11 +597,15 @@ fn open_flow(
         Ok(Side::new(limits, dump))
     };
     Ok(Flow {
+        id,
         service_id,
         c2s: side(Direction::ClientToServer)?,
         s2c: side(Direction::ServerToClient)?,
         kernel_gaps: 0,
         rst: false,
+        last_seen: 0,
+        closed: false,
+        dirty: true,
     })
 }
 
@@ -274,6 +624,8 @@ fn flow_report(key: &FlowKey, flow: &mut Flow) -> io::Result<FlowReport> {
         FlowStatus::Open
     };
     Ok(FlowReport {
+        id: flow.id,
+        readiness: flow.readiness(),
         server,
         client,
         service_id: flow.service_id,
@@ -304,6 +656,11 @@ pub enum FlowStatus {
 /// A flow as reported in `report.json`.
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowReport {
+    /// Journal-wide id.
+    pub id: u64,
+    /// Whether a restore could rebuild it now.
+    #[serde(flatten)]
+    pub readiness: Readiness,
     /// Service address.
     pub server: SocketAddr,
     /// Client address.
@@ -342,6 +699,12 @@ pub struct SideReport {
     /// The part of `holes` the receiver acknowledged: bytes it has that the
     /// capture lacks. Nonempty means the flow is gapped.
     pub missing: Vec<(u64, u64)>,
+    /// Sequence, ACK, window and timestamp marks of the segments this side sent.
+    pub state: SideState,
+    /// Full retention exceeded its cap: the history is incomplete (handoff only).
+    pub handoff_only: bool,
+    /// Payload bytes held in memory (retained plus out of order).
+    pub retained: u64,
     /// Highest stream offset the receiver acknowledged.
     pub acked: u64,
     /// Overlapping bytes that differed from the first copy.

@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod flow;
+pub mod journal;
 pub mod mirror;
 pub mod service;
 pub mod state;

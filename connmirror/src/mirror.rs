@@ -28,8 +28,12 @@ use tokio::{
 use crate::{
     capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
     flow::{FlowReport, FlowTable},
+    journal::{
+        Journal,
+        storage::{FsyncPolicy, JournalConfig, ReadMode},
+    },
     service::{Service, ServiceAddr},
-    stream::StreamLimits,
+    stream::{Retention, StreamLimits},
 };
 
 /// Command-line arguments of `connmirror mirror`.
@@ -67,6 +71,87 @@ pub struct MirrorArgs {
     /// [default: DIR/report.json with --dump-dir, else none].
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Which bytes each flow keeps: `unacked` (what the receiver has not
+    /// acknowledged: enough to restore) or `full` (the whole history up to
+    /// --history-cap per direction, for replay; past it a flow is marked
+    /// handoff-only, never truncated silently).
+    #[arg(long, value_enum, default_value = "unacked")]
+    pub retention: RetentionArg,
+    /// Most history bytes per direction under `--retention full` (suffixes K, M, G).
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub history_cap: u32,
+    /// Most bytes all flows may hold together; past it the flows idle longest
+    /// are evicted (counted and logged) rather than the process growing.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub memory_cap: u32,
+    /// Journal settings.
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+/// `--retention` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RetentionArg {
+    /// Keep bytes until the receiver acknowledges them.
+    Unacked,
+    /// Keep the whole history (up to --history-cap).
+    Full,
+}
+
+/// Journal flags of `connmirror mirror`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct JournalArgs {
+    /// Keep a durable journal of every flow in this directory (append-only
+    /// segment files, length + CRC32C framed); recovered on start. Read it with
+    /// `connmirror journal inspect DIR`.
+    #[arg(long = "journal", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// When journal records reach the disk. `never`: the kernel decides (a host
+    /// crash loses what the page cache held; a daemon crash loses nothing
+    /// written). `interval`: group commit, fdatasync every --fsync-interval or
+    /// --fsync-bytes (a host crash loses at most that window). `always`:
+    /// fdatasync per record (nothing acknowledged is lost; slowest).
+    #[arg(long, default_value = "interval", value_parser = ["never", "interval", "always"])]
+    pub fsync: String,
+    /// Group-commit interval in milliseconds for `--fsync interval`.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pub fsync_interval: u64,
+    /// Group-commit byte count for `--fsync interval` (suffixes K, M, G).
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub fsync_bytes: u32,
+    /// At recovery, skip (and count) damaged records in sealed segments instead
+    /// of stopping with an error that names the file and offset.
+    #[arg(long)]
+    pub salvage: bool,
+    /// Write a checkpoint and delete the older segments after this many
+    /// journal bytes (suffixes K, M, G).
+    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    pub checkpoint_bytes: u32,
+}
+
+impl JournalArgs {
+    /// The storage configuration, when a journal directory was given.
+    fn config(&self) -> Option<JournalConfig> {
+        let dir = self.dir.as_ref()?;
+        let fsync = match self.fsync.as_str() {
+            "never" => FsyncPolicy::Never,
+            "always" => FsyncPolicy::Always,
+            _ => FsyncPolicy::Interval {
+                every: Duration::from_millis(self.fsync_interval),
+                bytes: u64::from(self.fsync_bytes),
+            },
+        };
+        let read_mode = if self.salvage {
+            ReadMode::Salvage
+        } else {
+            ReadMode::Strict
+        };
+        Some(JournalConfig {
+            fsync,
+            read_mode,
+            ..JournalConfig::new(dir)
+        })
+    }
 }
 
 /// An `--iface` value: an interface name, optionally `:INGRESS`.
@@ -129,6 +214,8 @@ pub struct ReaderStats {
     pub records: u64,
     /// Records rejected by [`RecordHeader::decode`].
     pub decode_errors: u64,
+    /// Flows evicted under the memory cap.
+    pub evicted: u64,
 }
 
 /// Everything `report.json` holds.
@@ -155,6 +242,10 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         on_ring_full,
         dump_dir,
         report: report_path,
+        retention,
+        history_cap,
+        memory_cap,
+        journal: journal_args,
     } = args;
     let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
     if let Some(dir) = &dump_dir {
@@ -182,12 +273,43 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(io::Error::from)
         .context("registering the ring buffer with the reactor")?;
-    let mut table = FlowTable::new(StreamLimits::default(), dump_dir.clone());
-    let mut stats = ReaderStats::default();
+    let limits = StreamLimits {
+        keep_delivered: 0,
+        retention: match retention {
+            RetentionArg::Unacked => Retention::Unacked,
+            RetentionArg::Full => Retention::Full {
+                cap: u64::from(history_cap),
+            },
+        },
+        ..StreamLimits::default()
+    };
+    let mut table = FlowTable::new(limits, dump_dir.clone()).memory_cap(memory_cap as usize);
+    let journal = match journal_args.config() {
+        Some(config) => {
+            table = table.journal();
+            let checkpoint = u64::from(journal_args.checkpoint_bytes);
+            Some(Journal::open(config, checkpoint, &mut table).context("opening the journal")?)
+        }
+        None => None,
+    };
+    let mut reader = Reader {
+        table,
+        stats: ReaderStats::default(),
+        journal,
+    };
     announce_ready()?;
-    let mut ring = read_until_signal(ring, &mut table, &mut stats).await?;
+    let mut ring = reader.run_until_signal(ring).await?;
     capture.detach()?;
-    drain(&mut ring, &mut table, &mut stats)?;
+    reader.drain(&mut ring)?;
+    let Reader {
+        mut table,
+        mut stats,
+        journal,
+    } = reader;
+    stats.evicted = table.evicted();
+    if let Some(journal) = journal {
+        journal.close(&mut table).context("closing the journal")?;
+    }
     let report = report(&capture, &mut table, stats)?;
     log_summary(&report);
     if let Some(path) = &report_path {
@@ -204,51 +326,66 @@ fn announce_ready() -> anyhow::Result<()> {
         .context("writing to stdout")
 }
 
-async fn read_until_signal(
-    mut ring: AsyncFd<RingBuf<MapData>>,
-    table: &mut FlowTable,
-    stats: &mut ReaderStats,
-) -> anyhow::Result<RingBuf<MapData>> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("polling the ring buffer")?;
-                drain(guard.get_inner_mut(), table, stats)?;
-                guard.clear_ready();
-            }
-            _ = tick.tick() => drain(ring.get_mut(), table, stats)?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    tracing::info!("signal received: detaching");
-    Ok(ring.into_inner())
+/// What the ring feeds: the flow table, the reader's counts and the journal.
+struct Reader {
+    table: FlowTable,
+    stats: ReaderStats,
+    journal: Option<Journal>,
 }
 
-/// Applies every record waiting in the ring.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    table: &mut FlowTable,
-    stats: &mut ReaderStats,
-) -> anyhow::Result<()> {
-    while let Some(item) = ring.next() {
-        stats.records += 1;
-        match RecordHeader::decode(&item) {
-            Ok((header, chunk)) => table
-                .record(&header, chunk)
-                .context("writing a dump file")?,
-            Err(err) => {
-                stats.decode_errors += 1;
-                if stats.decode_errors.is_power_of_two() {
-                    tracing::warn!(%err, count = stats.decode_errors, "undecodable record");
+impl Reader {
+    /// Drains the ring whenever it signals or the timer ticks, until SIGINT or
+    /// SIGTERM; returns the ring for the last drain after detaching.
+    async fn run_until_signal(
+        &mut self,
+        mut ring: AsyncFd<RingBuf<MapData>>,
+    ) -> anyhow::Result<RingBuf<MapData>> {
+        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("polling the ring buffer")?;
+                    self.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => self.drain(ring.get_mut())?,
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        tracing::info!("signal received: detaching");
+        Ok(ring.into_inner())
+    }
+
+    /// Applies every record waiting in the ring, then hands the changes to the
+    /// journal (group commit happens there).
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        let Self {
+            table,
+            stats,
+            journal,
+        } = self;
+        while let Some(item) = ring.next() {
+            stats.records += 1;
+            match RecordHeader::decode(&item) {
+                Ok((header, chunk)) => table
+                    .record(&header, chunk)
+                    .context("writing a dump file")?,
+                Err(err) => {
+                    stats.decode_errors += 1;
+                    if stats.decode_errors.is_power_of_two() {
+                        tracing::warn!(%err, count = stats.decode_errors, "undecodable record");
+                    }
                 }
             }
         }
+        if let Some(journal) = journal {
+            journal.sync(table).context("writing the journal")?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn report(

@@ -60,6 +60,23 @@ impl Default for StreamLimits {
     }
 }
 
+/// A stream's position, as journaled (see [`Stream::marks`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamMarks {
+    /// Sequence number of offset 0, once known.
+    pub origin: Option<u32>,
+    /// Whether a SYN fixed the origin.
+    pub handshake: bool,
+    /// Offset of the next byte to deliver.
+    pub next: u64,
+    /// Highest offset the receiver acknowledged.
+    pub acked: u64,
+    /// Offset of the FIN, once seen.
+    pub fin: Option<u64>,
+    /// Full retention went over its cap.
+    pub handoff_only: bool,
+}
+
 /// Which delivered bytes a stream retains, per service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retention {
@@ -293,6 +310,50 @@ impl Stream {
             self.acked = self.acked.max(offset);
             self.trim();
         }
+    }
+
+    /// Offset of the next byte to deliver: the bytes delivered so far, plus any
+    /// abandoned holes.
+    pub fn next_offset(&self) -> u64 {
+        self.next
+    }
+
+    /// The marks a journal needs to rebuild this stream with [`restore`](Self::restore).
+    pub fn marks(&self) -> StreamMarks {
+        StreamMarks {
+            origin: self.origin,
+            handshake: self.handshake,
+            next: self.next,
+            acked: self.acked,
+            fin: self.fin,
+            handoff_only: self.handoff_only,
+        }
+    }
+
+    /// Rebuilds a stream from journaled `marks` and its retained bytes, which
+    /// end at `marks.next`. Out-of-order bytes are not journaled: a hole that was
+    /// pending at the crash stays a hole.
+    pub fn restore(limits: StreamLimits, marks: StreamMarks, retained: &[u8]) -> Self {
+        let mut stream = Self::new(limits);
+        let StreamMarks {
+            origin,
+            handshake,
+            next,
+            acked,
+            fin,
+            handoff_only,
+        } = marks;
+        stream.origin = origin;
+        stream.handshake = handshake;
+        stream.next = next;
+        stream.acked = acked;
+        stream.fin = fin;
+        stream.handoff_only = handoff_only;
+        let keep = retained.len().min(next as usize);
+        stream.recent.extend(&retained[retained.len() - keep..]);
+        stream.stats.delivered = next;
+        stream.trim();
+        stream
     }
 
     /// The retained delivered bytes and the stream offset of the first of them.

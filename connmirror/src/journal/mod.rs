@@ -1,0 +1,304 @@
+//! The durable journal: every tracked flow's opening, delivered bytes, state
+//! changes and closing, so a standby (or a restarted daemon) can rebuild the
+//! flow table. [`storage`] frames, checksums, syncs and recovers the segment
+//! files; [`record`] says what each record means; this module replays a
+//! journal into flows ([`replay`]).
+//!
+//! Compaction: a [`record::Record::Checkpoint`] holds every live flow with its
+//! retained bytes, written first in a fresh segment; every older segment is
+//! then deleted. Closed flows are simply not in the checkpoint.
+
+pub mod inspect;
+pub mod record;
+pub mod storage;
+
+use std::collections::BTreeMap;
+
+use connmirror_common::{Direction, FlowKey};
+
+use self::{
+    record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot},
+    storage::{JournalError, StoredRecord},
+};
+
+/// One direction of a replayed flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayedSide {
+    /// The latest state journaled.
+    pub snapshot: SideSnapshot,
+    /// Stream offset of `bytes[0]`.
+    pub start: u64,
+    /// The contiguous bytes journaled for this direction since `start` (a
+    /// given-up hole restarts them at the offset after it).
+    pub bytes: Vec<u8>,
+}
+
+impl ReplayedSide {
+    fn data(&mut self, offset: u64, bytes: &[u8]) {
+        if offset != self.start + self.bytes.len() as u64 {
+            self.start = offset;
+            self.bytes.clear();
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+/// A flow rebuilt from the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedFlow {
+    /// Journal-wide id.
+    pub id: u64,
+    /// 4-tuple.
+    pub key: FlowKey,
+    /// Service id.
+    pub service_id: u32,
+    /// Segments the kernel passed uncaptured.
+    pub kernel_gaps: u32,
+    /// Client → server.
+    pub c2s: ReplayedSide,
+    /// Server → client.
+    pub s2c: ReplayedSide,
+    /// Set once the flow left the table.
+    pub closed: Option<CloseReason>,
+}
+
+impl ReplayedFlow {
+    fn side(&mut self, dir: Direction) -> &mut ReplayedSide {
+        match dir {
+            Direction::ClientToServer => &mut self.c2s,
+            Direction::ServerToClient => &mut self.s2c,
+        }
+    }
+
+    fn from_snapshot(snapshot: FlowSnapshot) -> Self {
+        let FlowSnapshot {
+            id,
+            key,
+            service_id,
+            kernel_gaps,
+            c2s,
+            s2c,
+        } = snapshot;
+        let side = |(snapshot, start, bytes): (SideSnapshot, u64, Vec<u8>)| ReplayedSide {
+            snapshot,
+            start,
+            bytes,
+        };
+        Self {
+            id,
+            key,
+            service_id,
+            kernel_gaps,
+            c2s: side(c2s),
+            s2c: side(s2c),
+            closed: None,
+        }
+    }
+}
+
+/// The flows a journal describes, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The next id to hand out.
+    pub next_id: u64,
+    /// Every flow opened (closed ones included, with `closed` set).
+    pub flows: BTreeMap<u64, ReplayedFlow>,
+    /// Records that named a flow the journal never opened (counted, not fatal).
+    pub orphans: u64,
+}
+
+/// Why a journal could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Reading the segments failed (I/O, or corruption in strict mode).
+    #[error(transparent)]
+    Storage(#[from] JournalError),
+    /// A record passed its checksum but its payload does not decode.
+    #[error("journal record in segment {segment} at byte offset {offset}: {source}")]
+    Record {
+        /// Segment sequence number.
+        segment: u64,
+        /// Byte offset in the segment.
+        offset: u64,
+        /// What was wrong with its payload.
+        #[source]
+        source: RecordError,
+    },
+}
+
+/// Rebuilds the flows from journal records in order: the state of the last
+/// checkpoint, then every record after it.
+pub fn replay(
+    records: impl IntoIterator<Item = Result<StoredRecord, JournalError>>,
+) -> Result<Replayed, ReplayError> {
+    let mut replayed = Replayed {
+        next_id: 1,
+        ..Replayed::default()
+    };
+    for stored in records {
+        let StoredRecord {
+            position,
+            kind,
+            payload,
+        } = stored?;
+        let record = Record::decode(kind, &payload).map_err(|source| ReplayError::Record {
+            segment: position.segment,
+            offset: position.offset,
+            source,
+        })?;
+        apply(&mut replayed, record);
+    }
+    Ok(replayed)
+}
+
+fn apply(replayed: &mut Replayed, record: Record) {
+    let Replayed {
+        next_id,
+        flows,
+        orphans,
+    } = replayed;
+    match record {
+        Record::Checkpoint {
+            next_id: id,
+            flows: snapshot,
+        } => {
+            *next_id = id;
+            *flows = snapshot
+                .into_iter()
+                .map(|f| (f.id, ReplayedFlow::from_snapshot(f)))
+                .collect();
+        }
+        Record::Open {
+            id,
+            key,
+            service_id,
+        } => {
+            *next_id = (*next_id).max(id + 1);
+            flows.insert(
+                id,
+                ReplayedFlow::from_snapshot(FlowSnapshot {
+                    id,
+                    key,
+                    service_id,
+                    kernel_gaps: 0,
+                    c2s: Default::default(),
+                    s2c: Default::default(),
+                }),
+            );
+        }
+        Record::Data {
+            id,
+            dir,
+            offset,
+            bytes,
+        } => match flows.get_mut(&id) {
+            Some(flow) => flow.side(dir).data(offset, &bytes),
+            None => *orphans += 1,
+        },
+        Record::Update {
+            id,
+            dir,
+            kernel_gaps,
+            snapshot,
+        } => match flows.get_mut(&id) {
+            Some(flow) => {
+                flow.kernel_gaps = kernel_gaps;
+                flow.side(dir).snapshot = snapshot;
+            }
+            None => *orphans += 1,
+        },
+        Record::Close { id, reason } => match flows.get_mut(&id) {
+            Some(flow) => flow.closed = Some(reason),
+            None => *orphans += 1,
+        },
+    }
+}
+
+/// The journal as the mirror uses it: the flow table's records appended and
+/// group-committed, and a checkpoint (with compaction) every so many bytes.
+pub struct Journal {
+    writer: storage::JournalWriter,
+    checkpoint_bytes: u64,
+    /// `bytes_appended` at the last checkpoint.
+    checkpointed_at: u64,
+    buf: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens (recovering) the journal described by `config`, restores its flows
+    /// into `table`, and starts with a checkpoint so older segments can go.
+    pub fn open(
+        config: storage::JournalConfig,
+        checkpoint_bytes: u64,
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<Self, ReplayError> {
+        let (writer, recovery) = storage::JournalWriter::open(config)?;
+        if let Some((file, bytes)) = &recovery.truncated_tail {
+            tracing::warn!(file = %file.display(), bytes, "journal: truncated a torn tail");
+        }
+        if recovery.salvaged > 0 {
+            tracing::warn!(
+                skipped = recovery.salvaged,
+                "journal: salvage skipped damaged records"
+            );
+        }
+        let replayed = replay(recovery.records.into_iter().map(Ok))?;
+        tracing::info!(flows = replayed.flows.len(), "journal recovered");
+        table.restore(replayed);
+        let mut journal = Self {
+            writer,
+            checkpoint_bytes,
+            checkpointed_at: 0,
+            buf: Vec::new(),
+        };
+        journal.checkpoint(table)?;
+        Ok(journal)
+    }
+
+    /// Appends the table's pending records, commits per the fsync policy, and
+    /// checkpoints when enough bytes went by.
+    pub fn sync(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+        for record in table.take_records() {
+            self.append(&record)?;
+        }
+        self.writer.commit_due()?;
+        if self.writer.stats().bytes_appended - self.checkpointed_at >= self.checkpoint_bytes {
+            self.checkpoint(table)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a fresh segment with a checkpoint of `table`, syncs it, and deletes
+    /// every older segment (the compaction: closed flows are not carried over).
+    pub fn checkpoint(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+        for record in table.take_records() {
+            self.append(&record)?;
+        }
+        let segment = self.writer.rotate()?;
+        self.append(&table.checkpoint())?;
+        self.writer.flush_and_sync()?;
+        let removed = self.writer.remove_segments_before(segment)?;
+        self.checkpointed_at = self.writer.stats().bytes_appended;
+        tracing::debug!(segment, removed = removed.len(), "journal checkpoint");
+        Ok(())
+    }
+
+    /// Appends what is left, syncs, and closes the journal.
+    pub fn close(mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+        for record in table.take_records() {
+            self.append(&record)?;
+        }
+        self.writer.close().map(drop)
+    }
+
+    /// The writer's counters (bytes, fsyncs and their latency).
+    pub fn stats(&self) -> &storage::JournalStats {
+        self.writer.stats()
+    }
+
+    fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        self.buf.clear();
+        record.encode(&mut self.buf);
+        self.writer.append(record.kind() as u8, &self.buf).map(drop)
+    }
+}

@@ -1,0 +1,735 @@
+//! Appending: recovery on open, buffering, group commit, rotation, compaction.
+
+use std::{
+    collections::BTreeSet,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::{Duration, Instant},
+};
+
+use super::{
+    JournalError,
+    format::{
+        MAX_RECORD_BYTES, SEGMENT_HEADER_LEN, encode_record_header, encode_segment_header,
+        is_segment_tmp_name, segment_path, segment_tmp_path,
+    },
+    io_error,
+    reader::{JournalReader, Position, ReadMode, StoredRecord},
+};
+
+/// When appended records are made durable with `fdatasync`. The module docs
+/// list what a crash can lose under each policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Never sync records. [`JournalWriter::commit_due`] writes the buffer to
+    /// the kernel and the kernel decides when it reaches the disk.
+    Never,
+    /// Group commit. [`JournalWriter::commit_due`] flushes and syncs once
+    /// `every` has passed since the last sync, or once `bytes` have been
+    /// appended since it, whichever comes first.
+    Interval {
+        /// Longest time between syncs while records are pending (default 10 ms).
+        every: Duration,
+        /// Most bytes appended between syncs (default 4 MiB).
+        bytes: u64,
+    },
+    /// Flush and sync on every append. Nothing acknowledged is ever lost, and
+    /// each append costs one `fdatasync`.
+    Always,
+}
+
+impl FsyncPolicy {
+    /// `Interval` with the defaults: 10 ms, 4 MiB.
+    pub const INTERVAL: Self = Self::Interval {
+        every: Duration::from_millis(10),
+        bytes: 4 << 20,
+    };
+}
+
+impl Default for FsyncPolicy {
+    /// [`FsyncPolicy::INTERVAL`].
+    fn default() -> Self {
+        Self::INTERVAL
+    }
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    /// `never`, `interval` (with the default interval and byte count) or
+    /// `always`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "never" => Ok(Self::Never),
+            "interval" => Ok(Self::INTERVAL),
+            "always" => Ok(Self::Always),
+            other => Err(format!(
+                "unknown fsync policy {other:?} (expected never, interval or always)"
+            )),
+        }
+    }
+}
+
+/// How to open a journal for writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// The data directory. It is created if missing.
+    pub dir: PathBuf,
+    /// When appended records are synced.
+    pub fsync: FsyncPolicy,
+    /// The next append starts a new segment once the active one holds this
+    /// many bytes (default 64 MiB). A segment can therefore exceed it by up to
+    /// one record.
+    pub segment_bytes: u64,
+    /// Size of the userspace write buffer (default 1 MiB). Records larger than
+    /// this bypass it.
+    pub buffer_bytes: usize,
+    /// How recovery treats damage in sealed segments.
+    pub read_mode: ReadMode,
+}
+
+impl JournalConfig {
+    /// Defaults for `dir`: interval fsync (10 ms / 4 MiB), 64 MiB segments,
+    /// a 1 MiB buffer, strict recovery.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            fsync: FsyncPolicy::default(),
+            segment_bytes: 64 << 20,
+            buffer_bytes: 1 << 20,
+            read_mode: ReadMode::Strict,
+        }
+    }
+}
+
+/// What [`JournalWriter::open`] found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Every intact record, in order. It stays empty for
+    /// [`JournalWriter::open_with`], which hands the records to its visitor.
+    pub records: Vec<StoredRecord>,
+    /// The torn tail cut from the newest segment, as the file and the bytes
+    /// cut. A torn header removes the whole file.
+    pub truncated_tail: Option<(PathBuf, u64)>,
+    /// Damaged records or regions skipped ([`ReadMode::Salvage`] only).
+    pub salvaged: u64,
+    /// The segments left after repair, ascending. The new active segment is
+    /// not included.
+    pub segments: Vec<u64>,
+    /// The segment that appends now go to.
+    pub active_segment: u64,
+}
+
+/// Upper bounds of the [`FsyncHistogram`] buckets. A last, unbounded bucket
+/// follows them.
+pub const FSYNC_BUCKETS: [Duration; 15] = [
+    Duration::from_micros(50),
+    Duration::from_micros(100),
+    Duration::from_micros(250),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_micros(2500),
+    Duration::from_millis(5),
+    Duration::from_millis(10),
+    Duration::from_millis(25),
+    Duration::from_millis(50),
+    Duration::from_millis(100),
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_micros(2_500_000),
+];
+
+/// `fdatasync` latencies counted in the fixed buckets [`FSYNC_BUCKETS`], in
+/// the shape of a Prometheus histogram.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FsyncHistogram {
+    /// `counts[i]` counts the latencies in `(FSYNC_BUCKETS[i-1], FSYNC_BUCKETS[i]]`.
+    /// The last entry, `counts[FSYNC_BUCKETS.len()]`, counts those above the
+    /// last bound. The buckets are not cumulative.
+    pub counts: [u64; FSYNC_BUCKETS.len() + 1],
+    /// Sum of all latencies.
+    pub sum: Duration,
+}
+
+impl FsyncHistogram {
+    fn observe(&mut self, latency: Duration) {
+        let bucket = FSYNC_BUCKETS.partition_point(|&bound| bound < latency);
+        self.counts[bucket] += 1;
+        self.sum += latency;
+    }
+
+    /// Cumulative counts as Prometheus wants them: `(le, count of latencies
+    /// ≤ le)` for each bound, then `(None, total)` for `+Inf`.
+    pub fn cumulative(&self) -> impl Iterator<Item = (Option<Duration>, u64)> + '_ {
+        let bounds = FSYNC_BUCKETS.iter().copied().map(Some).chain([None]);
+        bounds
+            .zip(self.counts.iter())
+            .scan(0u64, |total, (bound, &count)| {
+                *total += count;
+                Some((bound, *total))
+            })
+    }
+
+    /// How many latencies were observed.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Counters of a [`JournalWriter`], for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Records appended since open.
+    pub records: u64,
+    /// Bytes appended since open, framing included (9 bytes per record).
+    pub bytes_appended: u64,
+    /// `fdatasync` calls on segment files. This counts commits, the sync of a
+    /// segment before it is sealed, each new segment's header, and the sync
+    /// of the recovered segment on open.
+    pub fsyncs: u64,
+    /// `fsync` calls on the data directory (segment created or removed).
+    pub dir_fsyncs: u64,
+    /// Latency of the latest `fdatasync`.
+    pub last_fsync: Option<Duration>,
+    /// Highest `fdatasync` latency.
+    pub max_fsync: Duration,
+    /// All `fdatasync` latencies.
+    pub fsync_latency: FsyncHistogram,
+    /// Segment files created since open, the first active one included.
+    pub segments_created: u64,
+    /// Segment files removed by [`JournalWriter::remove_segments_before`].
+    pub segments_removed: u64,
+}
+
+impl JournalStats {
+    fn observe_fsync(&mut self, latency: Duration) {
+        self.fsyncs += 1;
+        self.last_fsync = Some(latency);
+        self.max_fsync = self.max_fsync.max(latency);
+        self.fsync_latency.observe(latency);
+    }
+}
+
+/// The segment appends go to.
+#[derive(Debug)]
+struct Active {
+    seq: u64,
+    path: PathBuf,
+    file: File,
+    /// Logical length: header plus every appended record, buffered or not.
+    len: u64,
+}
+
+/// Appends records to a journal directory. See the module docs for the format
+/// and the durability of each [`FsyncPolicy`].
+///
+/// One writer per directory: [`open`](Self::open) takes an exclusive `flock`
+/// on `journal.lock`, held until the writer is dropped. Dropping the writer
+/// writes its buffer to the kernel without syncing it; [`close`](Self::close)
+/// syncs.
+#[derive(Debug)]
+pub struct JournalWriter {
+    dir: PathBuf,
+    fsync: FsyncPolicy,
+    segment_bytes: u64,
+    buffer_bytes: usize,
+    active: Active,
+    sealed: BTreeSet<u64>,
+    buf: Vec<u8>,
+    /// Bytes appended since the last `fdatasync` of the active segment.
+    unsynced: u64,
+    pub(super) last_sync: Instant,
+    stats: JournalStats,
+    failed: Option<(&'static str, PathBuf)>,
+    /// Released (closed) when the writer is dropped.
+    _lock: File,
+}
+
+impl JournalWriter {
+    /// Recovers the directory and opens a new segment for appending.
+    ///
+    /// Recovery reads every segment as [`super::read_journal`] does, with
+    /// [`JournalConfig::read_mode`]. It cuts the newest segment's torn tail and
+    /// logs a warning with the file and byte count. It syncs the surviving
+    /// newest segment, which is now sealed. Appends then go to a new segment
+    /// numbered one above the last, or `1` in an empty directory. A sealed
+    /// segment is never reopened.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Busy`] when another writer holds the directory,
+    /// [`JournalError::Corrupt`] for damage in a sealed segment in strict mode,
+    /// and [`JournalError::Io`].
+    pub fn open(config: JournalConfig) -> Result<(Self, Recovery), JournalError> {
+        let mut records = Vec::new();
+        let (writer, mut recovery) = Self::open_with(config, |record| records.push(record))?;
+        recovery.records = records;
+        Ok((writer, recovery))
+    }
+
+    /// [`open`](Self::open), but each recovered record goes to `visit` as it
+    /// is read, so that only one segment is held in memory at a time.
+    /// [`Recovery::records`] stays empty.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub fn open_with(
+        config: JournalConfig,
+        mut visit: impl FnMut(StoredRecord),
+    ) -> Result<(Self, Recovery), JournalError> {
+        let JournalConfig {
+            dir,
+            fsync,
+            segment_bytes,
+            buffer_bytes,
+            read_mode,
+        } = config;
+        fs::create_dir_all(&dir).map_err(io_error("create_dir", &dir))?;
+        let lock = lock_dir(&dir)?;
+        let mut stats = JournalStats::default();
+        remove_stale_tmp_files(&dir)?;
+
+        let mut reader = JournalReader::open(&dir, read_mode)?;
+        for record in reader.by_ref() {
+            visit(record?);
+        }
+        let mut segments = reader.segments().to_vec();
+        let torn = reader.torn_tail().cloned();
+        let salvaged = reader.salvaged();
+
+        let mut next_seq = segments.last().map_or(1, |&seq| seq.saturating_add(1));
+        if let Some(torn) = &torn {
+            if torn.whole_file {
+                fs::remove_file(&torn.path).map_err(io_error("remove", &torn.path))?;
+                segments.retain(|&seq| seq != torn.seq);
+                // Reuse the number so the sequence stays contiguous.
+                next_seq = torn.seq;
+            } else {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(&torn.path)
+                    .map_err(io_error("open", &torn.path))?;
+                file.set_len(torn.valid_len)
+                    .map_err(io_error("ftruncate", &torn.path))?;
+            }
+            sync_dir(&dir, &mut stats)?;
+            tracing::warn!(
+                "journal recovery: cut a torn tail of {} bytes from {} ({})",
+                torn.bytes,
+                torn.path.display(),
+                if torn.whole_file {
+                    "torn segment header: file removed".to_string()
+                } else {
+                    format!("kept {} bytes", torn.valid_len)
+                },
+            );
+        }
+        // The newest surviving segment becomes sealed. Its bytes may still sit
+        // only in the page cache (a killed process under `Never` or
+        // `Interval`), and a sealed segment must never hold a crash artefact.
+        if let Some(&newest) = segments.last() {
+            let path = segment_path(&dir, newest);
+            let file = File::open(&path).map_err(io_error("open", &path))?;
+            timed_sync(&file, &path, &mut stats)?;
+        }
+        if next_seq == u64::MAX {
+            return Err(JournalError::Corrupt {
+                file: segment_path(&dir, next_seq),
+                offset: 0,
+                reason: "segment sequence numbers exhausted".to_string(),
+            });
+        }
+        let active = create_segment(&dir, next_seq, &mut stats)?;
+        let recovery = Recovery {
+            records: Vec::new(),
+            truncated_tail: torn.map(|t| (t.path, t.bytes)),
+            salvaged,
+            segments: segments.clone(),
+            active_segment: next_seq,
+        };
+        let writer = Self {
+            dir,
+            fsync,
+            segment_bytes,
+            buffer_bytes,
+            active,
+            sealed: segments.into_iter().collect(),
+            buf: Vec::with_capacity(buffer_bytes),
+            unsynced: 0,
+            last_sync: Instant::now(),
+            stats,
+            failed: None,
+            _lock: lock,
+        };
+        Ok((writer, recovery))
+    }
+
+    /// Appends one record and returns where it starts. Under
+    /// [`FsyncPolicy::Always`] the record is synced before this returns.
+    /// Otherwise it is buffered; see [`commit_due`](Self::commit_due).
+    ///
+    /// If the active segment has reached [`JournalConfig::segment_bytes`],
+    /// the record starts a new segment.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::TooLarge`] for a payload over [`MAX_RECORD_BYTES`]; the
+    /// writer is unchanged. [`JournalError::Io`] when a write or sync fails,
+    /// after which the writer is stopped ([`JournalError::Failed`]).
+    pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, JournalError> {
+        self.check_failed()?;
+        if payload.len() > MAX_RECORD_BYTES as usize {
+            return Err(JournalError::TooLarge {
+                len: payload.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        if self.active.len >= self.segment_bytes && self.active.len > SEGMENT_HEADER_LEN {
+            self.rotate()?;
+        }
+        let position = Position {
+            segment: self.active.seq,
+            offset: self.active.len,
+        };
+        let header = encode_record_header(kind, payload);
+        let frame = header.len() + payload.len();
+        if self.buf.len() + frame > self.buffer_bytes {
+            self.write_out()?;
+        }
+        self.buf.extend_from_slice(&header);
+        if frame > self.buffer_bytes {
+            self.write_out()?;
+            let Self { active, .. } = self;
+            if let Err(source) = active.file.write_all(payload) {
+                return Err(self.fail("write", source));
+            }
+        } else {
+            self.buf.extend_from_slice(payload);
+        }
+        let frame = frame as u64;
+        self.active.len += frame;
+        self.unsynced += frame;
+        self.stats.records += 1;
+        self.stats.bytes_appended += frame;
+        if self.fsync == FsyncPolicy::Always {
+            self.flush_and_sync()?;
+        }
+        Ok(position)
+    }
+
+    /// Group commit: call this often, for example after each batch of
+    /// appends, or at [`commit_deadline`](Self::commit_deadline).
+    ///
+    /// * `Interval`: flushes and syncs when records are pending and `every`
+    ///   has passed since the last sync or `bytes` were appended since it.
+    /// * `Never`: writes the buffer to the kernel, without syncing.
+    /// * `Always`: nothing to do.
+    ///
+    /// Returns whether it wrote or synced anything.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`] when the write or sync fails; the writer is then
+    /// stopped.
+    pub fn commit_due(&mut self) -> Result<bool, JournalError> {
+        self.commit_due_at(Instant::now())
+    }
+
+    pub(super) fn commit_due_at(&mut self, now: Instant) -> Result<bool, JournalError> {
+        self.check_failed()?;
+        match self.fsync {
+            FsyncPolicy::Never => {
+                let pending = !self.buf.is_empty();
+                self.write_out()?;
+                Ok(pending)
+            }
+            FsyncPolicy::Interval { every, bytes } => {
+                let due = self.unsynced > 0
+                    && (now.saturating_duration_since(self.last_sync) >= every
+                        || self.unsynced >= bytes);
+                if due {
+                    self.flush_and_sync()?;
+                }
+                Ok(due)
+            }
+            FsyncPolicy::Always => Ok(false),
+        }
+    }
+
+    /// When [`commit_due`](Self::commit_due) will next sync under
+    /// `Interval`, if records are pending. `None` otherwise, and always for
+    /// the other policies.
+    pub fn commit_deadline(&self) -> Option<Instant> {
+        match self.fsync {
+            FsyncPolicy::Interval { every, .. } if self.unsynced > 0 => {
+                Some(self.last_sync + every)
+            }
+            _ => None,
+        }
+    }
+
+    /// Writes the buffer to the kernel, without syncing.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`]; the writer is then stopped.
+    pub fn flush(&mut self) -> Result<(), JournalError> {
+        self.check_failed()?;
+        self.write_out()
+    }
+
+    /// Writes the buffer and `fdatasync`s the active segment, whatever the
+    /// policy. Every record appended so far is durable once this returns `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`]; the writer is then stopped.
+    pub fn flush_and_sync(&mut self) -> Result<(), JournalError> {
+        self.check_failed()?;
+        self.write_out()?;
+        if self.unsynced > 0 {
+            let Self { active, stats, .. } = self;
+            if let Err(error) = timed_sync(&active.file, &active.path, stats) {
+                self.failed = Some(("fdatasync", self.active.path.clone()));
+                return Err(error);
+            }
+            self.unsynced = 0;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment (flush and `fdatasync`) and starts a new one,
+    /// returning its sequence number. Write a checkpoint as its first record
+    /// and then call [`remove_segments_before`](Self::remove_segments_before)
+    /// to compact.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`]; the writer is then stopped.
+    pub fn rotate(&mut self) -> Result<u64, JournalError> {
+        self.flush_and_sync()?;
+        let seq = self.active.seq + 1;
+        let new = match create_segment(&self.dir, seq, &mut self.stats) {
+            Ok(new) => new,
+            Err(error) => {
+                self.failed = Some(("create segment", segment_path(&self.dir, seq)));
+                return Err(error);
+            }
+        };
+        let old = std::mem::replace(&mut self.active, new);
+        self.sealed.insert(old.seq);
+        self.unsynced = 0;
+        self.last_sync = Instant::now();
+        Ok(seq)
+    }
+
+    /// Deletes the sealed segments numbered below `seq`, oldest first, and
+    /// `fsync`s the directory. The active segment is never removed. Returns the
+    /// numbers removed.
+    ///
+    /// Pending records are synced first, so the checkpoint that makes the old
+    /// segments redundant is durable before they go.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`] when the sync, a removal or the directory sync
+    /// fails. Segments removed before the failure stay removed.
+    pub fn remove_segments_before(&mut self, seq: u64) -> Result<Vec<u64>, JournalError> {
+        self.flush_and_sync()?;
+        let doomed: Vec<u64> = self.sealed.range(..seq).copied().collect();
+        for &old in &doomed {
+            let path = segment_path(&self.dir, old);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(JournalError::Io {
+                        op: "remove",
+                        path,
+                        source,
+                    });
+                }
+            }
+            self.sealed.remove(&old);
+            self.stats.segments_removed += 1;
+        }
+        if !doomed.is_empty() {
+            sync_dir(&self.dir, &mut self.stats)?;
+        }
+        Ok(doomed)
+    }
+
+    /// Sequence numbers of the segments in the journal, the active one last.
+    pub fn segments(&self) -> Vec<u64> {
+        self.sealed
+            .iter()
+            .copied()
+            .chain([self.active.seq])
+            .collect()
+    }
+
+    /// Sequence number of the segment appends go to.
+    pub fn active_segment(&self) -> u64 {
+        self.active.seq
+    }
+
+    /// Where the next record will start, unless it rotates first.
+    pub fn end_position(&self) -> Position {
+        Position {
+            segment: self.active.seq,
+            offset: self.active.len,
+        }
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> &JournalStats {
+        &self.stats
+    }
+
+    /// Flushes, syncs and closes the journal, returning the final counters.
+    ///
+    /// # Errors
+    ///
+    /// As [`flush_and_sync`](Self::flush_and_sync).
+    pub fn close(mut self) -> Result<JournalStats, JournalError> {
+        self.flush_and_sync()?;
+        Ok(self.stats.clone())
+    }
+
+    fn check_failed(&self) -> Result<(), JournalError> {
+        match &self.failed {
+            None => Ok(()),
+            Some((op, path)) => Err(JournalError::Failed {
+                op,
+                path: path.clone(),
+            }),
+        }
+    }
+
+    /// Stops the writer after a failed write on the active segment.
+    fn fail(&mut self, op: &'static str, source: std::io::Error) -> JournalError {
+        let path = self.active.path.clone();
+        self.failed = Some((op, path.clone()));
+        JournalError::Io { op, path, source }
+    }
+
+    /// Hands the buffer to the kernel.
+    fn write_out(&mut self) -> Result<(), JournalError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let Self { active, buf, .. } = self;
+        if let Err(source) = active.file.write_all(buf) {
+            return Err(self.fail("write", source));
+        }
+        buf.clear();
+        Ok(())
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        if self.failed.is_none()
+            && let Err(error) = self.write_out()
+        {
+            tracing::warn!("journal: records buffered at drop were lost: {error}");
+        }
+    }
+}
+
+/// Takes the directory's exclusive writer lock.
+fn lock_dir(dir: &Path) -> Result<File, JournalError> {
+    let path = dir.join("journal.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error("open", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::Busy {
+            dir: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(source)) => Err(JournalError::Io {
+            op: "flock",
+            path,
+            source,
+        }),
+    }
+}
+
+/// Removes `seg-….cmj.tmp` files left by a crash during segment creation.
+fn remove_stale_tmp_files(dir: &Path) -> Result<(), JournalError> {
+    for entry in fs::read_dir(dir).map_err(io_error("read_dir", dir))? {
+        let entry = entry.map_err(io_error("read_dir", dir))?;
+        if entry.file_name().to_str().is_some_and(is_segment_tmp_name) {
+            let path = entry.path();
+            tracing::debug!("journal: removing leftover {}", path.display());
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates segment `seq`. It writes and syncs the header under a temporary
+/// name, renames the file into place and syncs the directory, so a segment
+/// file either has a valid header or does not exist.
+fn create_segment(dir: &Path, seq: u64, stats: &mut JournalStats) -> Result<Active, JournalError> {
+    let path = segment_path(dir, seq);
+    let tmp = segment_tmp_path(dir, seq);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_error("create", &tmp))?;
+    file.write_all(&encode_segment_header(seq))
+        .map_err(io_error("write", &tmp))?;
+    timed_sync(&file, &tmp, stats)?;
+    // rename(2) replaces an existing file; the directory lock rules out a
+    // second writer, and this catches a bug.
+    if fs::symlink_metadata(&path).is_ok() {
+        return Err(JournalError::Io {
+            op: "create",
+            path,
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
+    sync_dir(dir, stats)?;
+    stats.segments_created += 1;
+    Ok(Active {
+        seq,
+        path,
+        file,
+        len: SEGMENT_HEADER_LEN,
+    })
+}
+
+/// `fdatasync` (`File::sync_data` on Linux), timed into `stats`.
+fn timed_sync(file: &File, path: &Path, stats: &mut JournalStats) -> Result<(), JournalError> {
+    let start = Instant::now();
+    file.sync_data().map_err(io_error("fdatasync", path))?;
+    stats.observe_fsync(start.elapsed());
+    Ok(())
+}
+
+/// `fsync` on the directory, so that created, renamed and removed entries are
+/// durable (ext4 and XFS need this for a new file's name to survive a crash).
+fn sync_dir(dir: &Path, stats: &mut JournalStats) -> Result<(), JournalError> {
+    let handle = File::open(dir).map_err(io_error("open", dir))?;
+    handle.sync_all().map_err(io_error("fsync", dir))?;
+    stats.dir_fsyncs += 1;
+    Ok(())
+}
