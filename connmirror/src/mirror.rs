@@ -127,6 +127,9 @@ pub struct JournalArgs {
     /// journal bytes (suffixes K, M, G).
     #[arg(long, value_parser = parse_size, default_value = "256M")]
     pub checkpoint_bytes: u32,
+    /// Start a new segment file once the active one holds this many bytes.
+    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    pub segment_bytes: u32,
 }
 
 impl JournalArgs {
@@ -149,6 +152,7 @@ impl JournalArgs {
         Some(JournalConfig {
             fsync,
             read_mode,
+            segment_bytes: u64::from(self.segment_bytes),
             ..JournalConfig::new(dir)
         })
     }
