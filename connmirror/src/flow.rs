@@ -62,7 +62,7 @@ impl Dump {
 struct Side {
     stream: Stream,
     state: SideState,
-    dump: Option<Dump>,
+    dump: Option<Box<Dump>>,
 }
 
 /// Where a side's delivered bytes go besides the stream: the journal, as
@@ -74,7 +74,7 @@ struct Journaling<'a> {
 }
 
 impl Side {
-    fn new(limits: StreamLimits, dump: Option<Dump>) -> Self {
+    fn new(limits: StreamLimits, dump: Option<Box<Dump>>) -> Self {
         Self {
             stream: Stream::new(limits),
             state: SideState::default(),
@@ -233,9 +233,11 @@ impl Flow {
     }
 }
 
-/// Allowance per flow for its table entry, streams and state (measured by the
-/// memory benchmark; keeps the cap honest for many idle flows).
-const FLOW_OVERHEAD: usize = 1024;
+/// What one flow costs before any payload: its struct (streams and state
+/// inline), its key, and the B-tree's per-entry share (node headers and slack,
+/// about a third again of the entry). Counting it keeps the cap honest for many
+/// idle flows.
+const FLOW_OVERHEAD: usize = (std::mem::size_of::<Flow>() + std::mem::size_of::<FlowKey>()) * 4 / 3;
 
 /// Every flow seen, keyed by 4-tuple.
 pub struct FlowTable {
@@ -585,12 +587,12 @@ fn open_flow(
                 let file = File::create(&path).map_err(|err| {
                     io::Error::new(err.kind(), format!("creating {}: {err}", path.display()))
                 })?;
-                Some(Dump {
+                Some(Box::new(Dump {
                     path,
                     file: BufWriter::with_capacity(1 << 20, file),
                     stopped_at: None,
                     written: 0,
-                })
+                }))
             }
             None => None,
         };
@@ -723,6 +725,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::stream::Retention;
 
     fn header(direction: Direction, seq: u32, flags: u8, payload: &[u8]) -> RecordHeader {
         let mut h = RecordHeader::zeroed();
@@ -844,5 +847,157 @@ mod tests {
         assert_eq!(c2s.missing, vec![(2, 4)]);
         assert_eq!(std::fs::read(c2s.file.as_ref().unwrap()).unwrap(), b"ab");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A client SYN from port `port` (one idle flow per port).
+    fn syn_from(table: &mut FlowTable, port: u16) {
+        let mut h = header(Direction::ClientToServer, 1000, SYN, b"");
+        h.src_port = port;
+        table.record(&h, b"").unwrap();
+    }
+
+    #[test]
+    fn an_idle_flow_costs_less_than_a_kibibyte() {
+        println!("idle flow: {FLOW_OVERHEAD} bytes");
+        assert!(FLOW_OVERHEAD < 1024, "{FLOW_OVERHEAD}");
+    }
+
+    #[test]
+    fn ten_thousand_idle_flows_stay_under_the_memory_cap_with_exact_eviction_counts() {
+        let cap = 2000 * FLOW_OVERHEAD;
+        let mut table = FlowTable::new(StreamLimits::default(), None)
+            .memory_cap(cap)
+            .journal();
+
+        for port in 0..10_000u16 {
+            syn_from(&mut table, 20_000 + port);
+            assert!(
+                table.held_bytes() <= cap,
+                "held {} > cap {cap}",
+                table.held_bytes()
+            );
+        }
+
+        let evicted_records = table
+            .take_records()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Record::Close {
+                        reason: CloseReason::Evicted,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        assert_eq!(table.evicted(), 10_000 - table.len() as u64);
+        assert_eq!(evicted_records, table.evicted());
+        assert_eq!(table.held_bytes(), table.len() * FLOW_OVERHEAD);
+        // The newest flows survive: eviction takes the idle longest first.
+        let ports: Vec<u16> = table.flows.keys().map(|k| k.client_port).collect();
+        assert_eq!(ports.iter().min(), Some(&(30_000 - table.len() as u16)));
+    }
+
+    #[test]
+    fn a_journaled_table_replays_to_the_same_flows() {
+        use crate::journal::{
+            replay,
+            storage::{Position, StoredRecord},
+        };
+        let limits = StreamLimits {
+            retention: Retention::Full { cap: 1 << 20 },
+            ..StreamLimits::default()
+        };
+        let mut table = FlowTable::new(limits, None).journal();
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 2,
+            SYN,
+            b"",
+        );
+        feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 1,
+            ACK,
+            b"wrapping",
+        );
+        feed(&mut table, Direction::ServerToClient, 101, ACK, b"reply");
+        let stored: Vec<_> = table
+            .take_records()
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let mut payload = Vec::new();
+                record.encode(&mut payload);
+                Ok(StoredRecord {
+                    position: Position {
+                        segment: 1,
+                        offset: i as u64,
+                    },
+                    kind: record.kind() as u8,
+                    payload,
+                })
+            })
+            .collect();
+
+        let mut restored = FlowTable::new(limits, None);
+        restored.restore(replay(stored).unwrap());
+
+        let (a, b) = (&table.report().unwrap()[0], &restored.report().unwrap()[0]);
+        assert_eq!((b.id, b.server, b.client), (a.id, a.server, a.client));
+        assert_eq!(b.readiness, Readiness::Ready);
+        assert_eq!(b.readiness, a.readiness);
+        assert_eq!((b.c2s.delivered, b.s2c.delivered), (8, 5));
+        assert_eq!((b.c2s.state, b.s2c.state), (a.c2s.state, a.s2c.state));
+        let bytes = |t: &FlowTable, dir: Direction| {
+            let flow = t.flows.values().next().unwrap();
+            let side = if dir == Direction::ClientToServer {
+                &flow.c2s
+            } else {
+                &flow.s2c
+            };
+            let (start, pieces) = side.stream.retained();
+            (
+                start,
+                pieces.flat_map(|p| p.iter().copied()).collect::<Vec<u8>>(),
+            )
+        };
+        assert_eq!(
+            bytes(&restored, Direction::ClientToServer),
+            (0, b"wrapping".to_vec())
+        );
+        assert_eq!(
+            bytes(&restored, Direction::ServerToClient),
+            (0, b"reply".to_vec())
+        );
+    }
+
+    #[test]
+    fn readiness_follows_handshake_holes_and_close() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 10, ACK, b"mid");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::NoHandshake);
+
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 50, SYN | ACK, b"");
+        feed(&mut table, Direction::ServerToClient, 51, ACK, b"ab");
+        feed(&mut table, Direction::ServerToClient, 55, ACK, b"ef"); // 53..55 missing
+        assert_eq!(
+            table.report().unwrap()[0].readiness,
+            Readiness::MissingBytes(vec![MissingRange {
+                dir: "s2c",
+                start: 2,
+                end: 4
+            }])
+        );
+        feed(&mut table, Direction::ServerToClient, 53, ACK, b"cd");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::Ready);
+        feed(&mut table, Direction::ClientToServer, 1, ACK | RST, b"");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::Closed);
     }
 }
