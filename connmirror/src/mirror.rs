@@ -30,7 +30,7 @@ use crate::{
     flow::{FlowReport, FlowTable},
     journal::{
         Journal,
-        storage::{FsyncPolicy, JournalConfig, ReadMode},
+        storage::{FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     },
     service::{Service, ServiceAddr},
     stream::{Retention, StreamLimits},
@@ -233,6 +233,32 @@ pub struct Report {
     pub userspace: ReaderStats,
     /// Every flow seen.
     pub flows: Vec<FlowReport>,
+    /// Journal counters, with `--journal`.
+    pub journal: Option<JournalSummary>,
+}
+
+/// What the journal wrote during the run.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct JournalSummary {
+    /// Records appended.
+    pub records: u64,
+    /// Bytes appended, framing included.
+    pub bytes: u64,
+    /// `fdatasync` calls on segment files.
+    pub fsyncs: u64,
+    /// Slowest `fdatasync`, in microseconds.
+    pub max_fsync_us: u64,
+}
+
+impl From<&JournalStats> for JournalSummary {
+    fn from(stats: &JournalStats) -> Self {
+        Self {
+            records: stats.records,
+            bytes: stats.bytes_appended,
+            fsyncs: stats.fsyncs,
+            max_fsync_us: stats.max_fsync.as_micros() as u64,
+        }
+    }
 }
 
 /// Runs the mirror until SIGINT or SIGTERM.
@@ -311,10 +337,12 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         journal,
     } = reader;
     stats.evicted = table.evicted();
-    if let Some(journal) = journal {
-        journal.close(&mut table).context("closing the journal")?;
-    }
-    let report = report(&capture, &mut table, stats)?;
+    let journal = match journal {
+        Some(journal) => Some(journal.close(&mut table).context("closing the journal")?),
+        None => None,
+    };
+    let mut report = report(&capture, &mut table, stats)?;
+    report.journal = journal.as_ref().map(JournalSummary::from);
     log_summary(&report);
     if let Some(path) = &report_path {
         write_report(path, &report)?;
@@ -410,6 +438,7 @@ fn report(
             .collect(),
         userspace,
         flows,
+        journal: None,
     })
 }
 
@@ -426,8 +455,12 @@ fn log_summary(report: &Report) {
         malformed,
         userspace,
         flows,
+        journal,
     } = report;
     tracing::info!(?counters, "kernel counters");
+    if let Some(journal) = journal {
+        tracing::info!(?journal, "journal");
+    }
     tracing::info!(?malformed, "malformed frames");
     tracing::info!(
         records = userspace.records,

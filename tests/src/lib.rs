@@ -24,6 +24,7 @@
 //! Nothing here talks to an address outside 198.18.0.0/15 or fd00::/8, and those
 //! addresses exist only inside namespaces the fixtures create.
 
+pub mod bench;
 pub mod digest;
 pub mod inject;
 pub mod live;

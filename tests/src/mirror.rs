@@ -280,6 +280,18 @@ pub struct Report {
     pub malformed: BTreeMap<String, u64>,
     pub userspace: Userspace,
     pub flows: Vec<Flow>,
+    /// Journal counters, when the mirror ran with `--journal`.
+    #[serde(default)]
+    pub journal: Option<JournalSummary>,
+}
+
+/// What the mirror's journal wrote (report.json `journal`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct JournalSummary {
+    pub records: u64,
+    pub bytes: u64,
+    pub fsyncs: u64,
+    pub max_fsync_us: u64,
 }
 
 /// What userspace counted while reading the ring.

@@ -106,6 +106,9 @@ pub enum Area {
     All,
     /// Capture throughput per attach point (XDP native/generic, TC).
     Capture,
+    /// Journal append rate against the disk, recovery time, idle-flow memory,
+    /// and mirrored throughput with every byte journaled.
+    Journal,
 }
 
 impl Area {
@@ -114,6 +117,7 @@ impl Area {
         match self {
             Area::All => "all",
             Area::Capture => "capture",
+            Area::Journal => "journal",
         }
     }
 }

@@ -283,12 +283,15 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends what is left, syncs, and closes the journal.
-    pub fn close(mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+    /// Appends what is left, syncs, and closes the journal; returns its counters.
+    pub fn close(
+        mut self,
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<storage::JournalStats, JournalError> {
         for record in table.take_records() {
             self.append(&record)?;
         }
-        self.writer.close().map(drop)
+        self.writer.close()
     }
 
     /// The writer's counters (bytes, fsyncs and their latency).

@@ -37,12 +37,12 @@ use anyhow::{Context as _, Result, bail, ensure};
 use connmirror_common::Counter;
 use connmirror_tests::live::{self, Interrupted};
 use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology};
+use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 
 /// How to run this program, for messages.
 const VIA: &str = "cargo xtask bench";
 /// The areas this program knows, in the order `all` runs them.
-const AREAS: &[&str] = &["capture"];
+const AREAS: &[&str] = &["capture", "journal"];
 /// Length of each iperf3 run.
 const IPERF_SECONDS: u64 = 10;
 /// The iperf3 server's port, the tracked service.
@@ -119,6 +119,7 @@ fn run() -> Result<()> {
     for area in areas {
         match area {
             "capture" => capture(&command)?,
+            "journal" => journal(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -133,6 +134,8 @@ struct Config {
     /// `--ingress` and `--egress`, or `None` for no mirror.
     hooks: Option<(&'static str, &'static str)>,
     note: &'static str,
+    /// Run the mirror with `--journal` (fresh directory) and `--retention full`.
+    journal: bool,
 }
 
 const CONFIGS: [Config; 5] = [
@@ -140,26 +143,31 @@ const CONFIGS: [Config; 5] = [
         name: "baseline (no mirror)",
         hooks: None,
         note: "",
+        journal: false,
     },
     Config {
         name: "xdp-native in",
         hooks: Some(("xdp-native", "none")),
         note: "native XDP on a veth turns TSO off on its peer",
+        journal: false,
     },
     Config {
         name: "xdp-generic in",
         hooks: Some(("xdp-generic", "none")),
         note: "",
+        journal: false,
     },
     Config {
         name: "tc in",
         hooks: Some(("tc", "none")),
         note: "",
+        journal: false,
     },
     Config {
         name: "default: xdp in + tc out",
         hooks: Some(("xdp", "tc")),
         note: "each forwarded segment captured twice (in on one link, out on the other)",
+        journal: false,
     },
 ];
 
@@ -183,6 +191,8 @@ struct MirrorSample {
     gapped_reset: usize,
     flows: usize,
     cpu_percent: f64,
+    /// Journal bytes written, with `--journal`.
+    journal_bytes: u64,
     /// One line per gapped flow, for the log.
     gapped: Vec<String>,
     /// `ingress=` values the mirror logged when it attached (native or generic).
@@ -259,12 +269,21 @@ fn capture_run(config: &Config) -> Result<Sample> {
     let mirror = match config.hooks {
         None => None,
         Some((ingress, egress)) => {
-            let command = MirrorCommand::new()
+            let mut command = MirrorCommand::new()
                 .ifaces(topo.gateway_ifaces())
                 .service(service)
                 .ingress(ingress)
                 .egress(egress)
                 .without_dumps();
+            if config.journal {
+                let dir = journal_dir().join("mirror");
+                let _ = std::fs::remove_dir_all(&dir);
+                command = command
+                    .arg("--journal")
+                    .arg(&dir.display().to_string())
+                    .arg("--retention")
+                    .arg("full");
+            }
             let mirror = Mirror::start(&topo.gateway, &command);
             let pid = mirror_pid(&topo.gateway)?;
             Some((mirror, pid))
@@ -360,6 +379,7 @@ fn capture_run(config: &Config) -> Result<Sample> {
                 flows: report.flows.len(),
                 gapped,
                 cpu_percent,
+                journal_bytes: report.journal.map_or(0, |j| j.bytes),
                 attach,
             })
         }
@@ -813,4 +833,151 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
         out.status
     );
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Where the journal benchmark writes: on the workspace's disk, not tmpfs.
+fn journal_dir() -> PathBuf {
+    workspace_root().join("target").join("bench-journal")
+}
+
+/// Bytes the journal append and recovery measurements write.
+const JOURNAL_BYTES: u64 = 1 << 30;
+
+/// The mirrored configurations of the journal benchmark (the baseline first).
+const JOURNAL_CONFIGS: [Config; 2] = [
+    Config {
+        name: "baseline (no mirror)",
+        hooks: None,
+        note: "",
+        journal: false,
+    },
+    Config {
+        name: "tc in, journal, full retention",
+        hooks: Some(("tc", "none")),
+        note: "",
+        journal: true,
+    },
+];
+
+/// `cargo xtask bench journal`: disk and journal rates, recovery time, idle-flow
+/// memory, and mirrored throughput with every byte journaled.
+fn journal(command: &str) -> Result<()> {
+    ensure_iperf3()?;
+    let dir = journal_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let gib = JOURNAL_BYTES as f64 / f64::from(1 << 30);
+    println!(
+        "journal benchmark: disk rate, journal append rate and recovery on {}\n",
+        dir.display()
+    );
+    bench::progress(&format!("dd {gib:.0} GiB conv=fdatasync ... "));
+    let disk = bench::disk_write_rate(&dir, JOURNAL_BYTES)?;
+    println!("{:.0} MB/s", disk / 1e6);
+    bench::progress(&format!(
+        "journal append {gib:.0} GiB (interval fsync) ... "
+    ));
+    let append = bench::journal_append_rate(&dir.join("append"), JOURNAL_BYTES)?;
+    println!("{:.0} MB/s ({:.2} of dd)", append / 1e6, append / disk);
+    bench::progress("journal recovery (read + replay) ... ");
+    let (recovery, replayed) = bench::journal_recovery_time(&dir.join("append"))?;
+    println!(
+        "{:.2} s for {:.2} GB",
+        recovery.as_secs_f64(),
+        replayed as f64 / 1e9
+    );
+    let _ = std::fs::remove_dir_all(dir.join("append"));
+    bench::progress("memory per idle flow (100,000 flows, RSS) ... ");
+    let idle = bench::idle_flow_bytes(100_000)?;
+    println!("{idle:.0} bytes");
+
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); JOURNAL_CONFIGS.len()];
+    for round in 1..=REPEATS {
+        for (i, config) in JOURNAL_CONFIGS.iter().enumerate() {
+            live::interrupt_point()?;
+            bench::progress(&format!("[round {round}/{REPEATS}] {:<32} ", config.name));
+            let sample = capture_run(config)?;
+            println!("{:6.2} Gbit/s", sample.gbps);
+            samples[i].push(sample);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let table = journal_table(disk, append, recovery, replayed, idle, &samples);
+    println!("\n{table}");
+    let section = capture_section(command, REPEATS, &table)?.replacen(": capture", ": journal", 1);
+    insert_section(&results_path(), &section)?;
+    println!("recorded in {}", results_path().display());
+    Ok(())
+}
+
+fn journal_table(
+    disk: f64,
+    append: f64,
+    recovery: Duration,
+    replayed: u64,
+    idle: f64,
+    samples: &[Vec<Sample>],
+) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| measurement | value | ratio / notes |");
+    let _ = writeln!(t, "| --- | ---: | --- |");
+    let _ = writeln!(
+        t,
+        "| disk: `dd bs=1M conv=fdatasync`, 1 GiB | {:.0} MB/s | baseline |",
+        disk / 1e6
+    );
+    let _ = writeln!(
+        t,
+        "| journal append, 1 GiB of 64 KiB records, `--fsync interval` | {:.0} MB/s | {:.2} of dd (target ≥ 0.90) |",
+        append / 1e6,
+        append / disk
+    );
+    let _ = writeln!(
+        t,
+        "| recovery of that journal (read + replay) | {:.2} s | {:.0} MB/s over {:.2} GB |",
+        recovery.as_secs_f64(),
+        replayed as f64 / 1e6 / recovery.as_secs_f64(),
+        replayed as f64 / 1e9
+    );
+    let _ = writeln!(
+        t,
+        "| memory per idle tracked flow (100,000 flows, RSS growth) | {idle:.0} bytes | target < 1024 |"
+    );
+    let mut base: Vec<f64> = samples[0].iter().map(|s| s.gbps).collect();
+    let base = median(&mut base);
+    let _ = writeln!(
+        t,
+        "| iperf3, no mirror | {base:.2} Gbit/s | runs: {:?} |",
+        gbps_list(&samples[0])
+    );
+    let mut mirrored: Vec<f64> = samples[1].iter().map(|s| s.gbps).collect();
+    let mirrored = median(&mut mirrored);
+    let journal_rate = samples[1]
+        .iter()
+        .filter_map(|s| s.mirror.as_ref())
+        .map(|m| m.journal_bytes as f64 / IPERF_SECONDS as f64)
+        .fold(0.0, f64::max);
+    let gapped: usize = samples[1]
+        .iter()
+        .filter_map(|s| s.mirror.as_ref())
+        .map(|m| m.gapped_flows)
+        .sum();
+    let ring_full: u64 = samples[1]
+        .iter()
+        .filter_map(|s| s.mirror.as_ref())
+        .map(|m| m.ring_full)
+        .sum();
+    let _ = writeln!(
+        t,
+        "| iperf3 mirrored (tc ingress), every byte journaled, full retention | {mirrored:.2} Gbit/s | {:.2} of no mirror; journal ~{:.0} MB/s = {:.2} of the disk's rate; gapped flows {gapped}; ring_full {ring_full} (backpressure); runs: {:?} |",
+        mirrored / base,
+        journal_rate / 1e6,
+        journal_rate / disk,
+        gbps_list(&samples[1])
+    );
+    t
+}
+
+fn gbps_list(samples: &[Sample]) -> Vec<String> {
+    samples.iter().map(|s| format!("{:.2}", s.gbps)).collect()
 }
