@@ -28,7 +28,7 @@ use crate::{
     },
     service::socket_addr,
     state::{MissingRange, Readiness, SideState},
-    stream::{Chunk, Stream, StreamLimits},
+    stream::{Chunk, Retention, Stream, StreamLimits},
 };
 
 /// Where one direction is written. After a gap the file stops growing, so it is
@@ -233,16 +233,25 @@ impl Flow {
     }
 }
 
+/// Largest data record a checkpoint writes (records must stay far below the
+/// storage layer's 64 MiB limit however much a flow retains).
+pub const CHECKPOINT_CHUNK: usize = 1 << 20;
+
 /// What one flow costs before any payload: its struct (streams and state
 /// inline), its key, and the B-tree's per-entry share (node headers and slack,
 /// about a third again of the entry). Counting it keeps the cap honest for many
 /// idle flows.
 const FLOW_OVERHEAD: usize = (std::mem::size_of::<Flow>() + std::mem::size_of::<FlowKey>()) * 4 / 3;
 
+// The journal issue's target: an idle tracked connection costs under 1 KiB.
+const _: () = assert!(FLOW_OVERHEAD < 1024);
+
 /// Every flow seen, keyed by 4-tuple.
 pub struct FlowTable {
     flows: BTreeMap<FlowKey, Flow>,
     limits: StreamLimits,
+    /// Retention per service id, where it differs from `limits.retention`.
+    retention: BTreeMap<u32, Retention>,
     dump_dir: Option<PathBuf>,
     /// Journal records not yet taken, when journaling.
     records: Option<Vec<Record>>,
@@ -261,6 +270,7 @@ impl FlowTable {
         Self {
             flows: BTreeMap::new(),
             limits,
+            retention: BTreeMap::new(),
             dump_dir,
             records: None,
             next_id: 1,
@@ -268,6 +278,24 @@ impl FlowTable {
             memory_cap: None,
             held: 0,
             evicted: 0,
+        }
+    }
+
+    /// Gives the flows of service `service_id` their own retention policy.
+    pub fn service_retention(mut self, service_id: u32, retention: Retention) -> Self {
+        self.retention.insert(service_id, retention);
+        self
+    }
+
+    /// The stream limits for flows of `service_id`.
+    fn limits_for(&self, service_id: u32) -> StreamLimits {
+        StreamLimits {
+            retention: self
+                .retention
+                .get(&service_id)
+                .copied()
+                .unwrap_or(self.limits.retention),
+            ..self.limits
         }
     }
 
@@ -346,7 +374,8 @@ impl FlowTable {
         if !self.flows.contains_key(&key) {
             let id = self.next_id;
             self.next_id += 1;
-            let flow = open_flow(id, &key, service_id, self.limits, self.dump_dir.as_deref())?;
+            let limits = self.limits_for(service_id);
+            let flow = open_flow(id, &key, service_id, limits, self.dump_dir.as_deref())?;
             tracing::info!(flow = %flow_name(&key), id, "new flow");
             if let Some(records) = self.records.as_mut() {
                 records.push(Record::Open {
@@ -460,8 +489,9 @@ impl FlowTable {
                 s2c,
                 ..
             } = flow;
+            let limits = self.limits_for(service_id);
             let side = |replayed: ReplayedSide| Side {
-                stream: restore_stream(self.limits, &replayed),
+                stream: restore_stream(limits, &replayed),
                 state: replayed.snapshot.side,
                 dump: None,
             };
@@ -481,30 +511,41 @@ impl FlowTable {
         }
     }
 
-    /// A checkpoint of every flow not yet closed, with its retained bytes: all
-    /// recovery needs, so the segments before it can be deleted.
-    pub fn checkpoint(&self) -> Record {
-        let side = |side: &Side| {
-            let (start, pieces) = side.stream.retained();
-            let bytes: Vec<u8> = pieces.flat_map(|p| p.iter().copied()).collect();
-            (Flow::side_snapshot(side), start, bytes)
-        };
-        Record::Checkpoint {
+    /// Emits a checkpoint of every flow not yet closed, with its retained bytes
+    /// as data records of at most [`CHECKPOINT_CHUNK`] bytes: all recovery needs,
+    /// so the segments before it can be deleted.
+    pub fn checkpoint<E>(&self, mut emit: impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        emit(Record::CheckpointBegin {
             next_id: self.next_id,
-            flows: self
-                .flows
-                .iter()
-                .filter(|(_, flow)| !flow.closed)
-                .map(|(key, flow)| FlowSnapshot {
-                    id: flow.id,
-                    key: *key,
-                    service_id: flow.service_id,
-                    kernel_gaps: flow.kernel_gaps,
-                    c2s: side(&flow.c2s),
-                    s2c: side(&flow.s2c),
-                })
-                .collect(),
+        })?;
+        for (key, flow) in self.flows.iter().filter(|(_, flow)| !flow.closed) {
+            emit(Record::CheckpointFlow(FlowSnapshot {
+                id: flow.id,
+                key: *key,
+                service_id: flow.service_id,
+                kernel_gaps: flow.kernel_gaps,
+                c2s: Flow::side_snapshot(&flow.c2s),
+                s2c: Flow::side_snapshot(&flow.s2c),
+            }))?;
+            for (dir, side) in [
+                (Direction::ClientToServer, &flow.c2s),
+                (Direction::ServerToClient, &flow.s2c),
+            ] {
+                let (mut offset, pieces) = side.stream.retained();
+                for piece in pieces {
+                    for bytes in piece.chunks(CHECKPOINT_CHUNK) {
+                        emit(Record::Data {
+                            id: flow.id,
+                            dir,
+                            offset,
+                            bytes: bytes.to_vec(),
+                        })?;
+                        offset += bytes.len() as u64;
+                    }
+                }
+            }
         }
+        emit(Record::CheckpointEnd)
     }
 
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
@@ -725,7 +766,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::stream::Retention;
 
     fn header(direction: Direction, seq: u32, flags: u8, payload: &[u8]) -> RecordHeader {
         let mut h = RecordHeader::zeroed();
@@ -993,5 +1033,39 @@ mod tests {
         assert_eq!(table.report().unwrap()[0].readiness, Readiness::Ready);
         feed(&mut table, Direction::ClientToServer, 1, ACK | RST, b"");
         assert_eq!(table.report().unwrap()[0].readiness, Readiness::Closed);
+    }
+
+    #[test]
+    fn each_service_keeps_its_own_retention() {
+        let mut table = FlowTable::new(
+            StreamLimits {
+                keep_delivered: 0,
+                ..StreamLimits::default()
+            },
+            None,
+        )
+        .service_retention(1, Retention::Full { cap: 1 << 20 });
+        for service_id in [0, 1] {
+            let mut syn = header(Direction::ClientToServer, 0, SYN, b"");
+            syn.service_id = service_id;
+            syn.src_port = 40000 + service_id as u16;
+            table.record(&syn, b"").unwrap();
+            let mut data = header(Direction::ClientToServer, 1, ACK, b"abcd");
+            data.service_id = service_id;
+            data.src_port = syn.src_port;
+            table.record(&data, b"abcd").unwrap();
+            let mut ack = header(Direction::ServerToClient, 0, ACK, b"");
+            ack.ack = 5;
+            ack.dst_port = syn.src_port;
+            table.record(&ack, b"").unwrap();
+        }
+
+        let retained: Vec<(u32, u64)> = table
+            .report()
+            .unwrap()
+            .iter()
+            .map(|f| (f.service_id, f.c2s.retained))
+            .collect();
+        assert_eq!(retained, vec![(0, 0), (1, 4)]);
     }
 }

@@ -32,7 +32,7 @@ use crate::{
         Journal,
         storage::{FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     },
-    service::{Service, ServiceAddr},
+    service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
 };
 
@@ -44,8 +44,10 @@ pub struct MirrorArgs {
     /// gateway names both of its links.
     #[arg(long = "iface", value_name = "IF[:INGRESS]", required = true)]
     pub ifaces: Vec<IfaceSpec>,
-    /// Protected service as IP:PORT or [IPv6]:PORT (repeat for several).
-    #[arg(long = "service", value_name = "IP:PORT", required = true)]
+    /// Protected service as IP:PORT or [IPv6]:PORT, optionally with its own
+    /// retention (`IP:PORT=full`, `IP:PORT=unacked`; default: --retention).
+    /// Repeat for several.
+    #[arg(long = "service", value_name = "IP:PORT[=RETENTION]", required = true)]
     pub services: Vec<ServiceAddr>,
     /// Ingress attach point for interfaces that do not name their own: `xdp` is
     /// native XDP where the driver supports it, else generic XDP; `xdp-native`
@@ -285,12 +287,32 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         ring_size,
         on_ring_full: on_ring_full.into(),
     })?;
-    for (id, ServiceAddr(addr)) in services.into_iter().enumerate() {
+    let history = Retention::Full {
+        cap: u64::from(history_cap),
+    };
+    let mut table = FlowTable::new(
+        StreamLimits {
+            keep_delivered: 0,
+            retention: match retention {
+                RetentionArg::Unacked => Retention::Unacked,
+                RetentionArg::Full => history,
+            },
+            ..StreamLimits::default()
+        },
+        dump_dir.clone(),
+    )
+    .memory_cap(memory_cap as usize);
+    for (id, ServiceAddr(addr, own)) in services.into_iter().enumerate() {
         let service = Service {
             id: id as u32,
             addr,
         };
         capture.track(&service)?;
+        table = match own {
+            Some(RetentionName::Full) => table.service_retention(service.id, history),
+            Some(RetentionName::Unacked) => table.service_retention(service.id, Retention::Unacked),
+            None => table,
+        };
         tracing::info!(%service, "tracking");
     }
     for IfaceSpec { name, ingress: own } in &ifaces {
@@ -303,17 +325,6 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(io::Error::from)
         .context("registering the ring buffer with the reactor")?;
-    let limits = StreamLimits {
-        keep_delivered: 0,
-        retention: match retention {
-            RetentionArg::Unacked => Retention::Unacked,
-            RetentionArg::Full => Retention::Full {
-                cap: u64::from(history_cap),
-            },
-        },
-        ..StreamLimits::default()
-    };
-    let mut table = FlowTable::new(limits, dump_dir.clone()).memory_cap(memory_cap as usize);
     let journal = match journal_args.config() {
         Some(config) => {
             table = table.journal();
@@ -327,8 +338,11 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
         stats: ReaderStats::default(),
         journal,
     };
+    // Handlers first: a SIGINT sent the moment `ready` appears must already
+    // detach cleanly rather than kill the process.
+    let signals = Signals::install()?;
     announce_ready()?;
-    let mut ring = reader.run_until_signal(ring).await?;
+    let mut ring = reader.run_until_signal(ring, signals).await?;
     capture.detach()?;
     reader.drain(&mut ring)?;
     let Reader {
@@ -358,6 +372,21 @@ fn announce_ready() -> anyhow::Result<()> {
         .context("writing to stdout")
 }
 
+/// The signals that stop the mirror.
+struct Signals {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+        })
+    }
+}
+
 /// What the ring feeds: the flow table, the reader's counts and the journal.
 struct Reader {
     table: FlowTable,
@@ -371,9 +400,12 @@ impl Reader {
     async fn run_until_signal(
         &mut self,
         mut ring: AsyncFd<RingBuf<MapData>>,
+        signals: Signals,
     ) -> anyhow::Result<RingBuf<MapData>> {
-        let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let Signals {
+            mut sigint,
+            mut sigterm,
+        } = signals;
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         loop {
             tokio::select! {

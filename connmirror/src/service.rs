@@ -35,20 +35,40 @@ impl fmt::Display for Service {
     }
 }
 
-/// A service address as given on the command line: `IP:PORT` or `[IPv6]:PORT`.
+/// A service as given on the command line: `IP:PORT` or `[IPv6]:PORT`,
+/// optionally `=unacked` or `=full` for its own retention policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ServiceAddr(pub SocketAddr);
+pub struct ServiceAddr(pub SocketAddr, pub Option<RetentionName>);
+
+/// A retention policy named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetentionName {
+    /// Keep bytes until acknowledged.
+    Unacked,
+    /// Keep the whole history (up to the history cap).
+    Full,
+}
 
 impl FromStr for ServiceAddr {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let addr = SocketAddr::from_str(text)
+        let (addr, retention) = match text.split_once('=') {
+            Some((addr, "unacked")) => (addr, Some(RetentionName::Unacked)),
+            Some((addr, "full")) => (addr, Some(RetentionName::Full)),
+            Some((_, other)) => {
+                return Err(format!(
+                    "{text:?}: unknown retention {other:?} (expected unacked or full)"
+                ));
+            }
+            None => (text, None),
+        };
+        let addr = SocketAddr::from_str(addr)
             .map_err(|_| format!("{text:?} is not IP:PORT (write IPv6 services as [ADDR]:PORT)"))?;
         if addr.port() == 0 {
             return Err(format!("{text:?} has port 0"));
         }
-        Ok(Self(addr))
+        Ok(Self(addr, retention))
     }
 }
 
@@ -80,10 +100,28 @@ mod tests {
     #[test]
     fn service_addresses_round_trip_through_map_form() {
         for text in ["198.18.1.2:7000", "[fd00:0:0:2::2]:7000"] {
-            let ServiceAddr(addr) = text.parse().unwrap();
+            let ServiceAddr(addr, _) = text.parse().unwrap();
             let (bytes, family) = addr_bytes(&addr);
             assert_eq!(socket_addr(bytes, family, addr.port()), addr);
         }
+    }
+
+    #[test]
+    fn services_may_name_their_retention() {
+        assert_eq!(
+            "[fd00::2]:7000=full".parse::<ServiceAddr>(),
+            Ok(ServiceAddr(
+                "[fd00::2]:7000".parse().unwrap(),
+                Some(RetentionName::Full)
+            ))
+        );
+        assert_eq!(
+            "198.18.1.2:7000=all".parse::<ServiceAddr>(),
+            Err(
+                "\"198.18.1.2:7000=all\": unknown retention \"all\" (expected unacked or full)"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]

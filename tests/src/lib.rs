@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod digest;
 pub mod inject;
+pub mod journal;
 pub mod live;
 pub mod mirror;
 pub mod netns;

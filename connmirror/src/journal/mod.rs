@@ -79,10 +79,10 @@ impl ReplayedFlow {
             c2s,
             s2c,
         } = snapshot;
-        let side = |(snapshot, start, bytes): (SideSnapshot, u64, Vec<u8>)| ReplayedSide {
+        let side = |snapshot: SideSnapshot| ReplayedSide {
             snapshot,
-            start,
-            bytes,
+            start: 0,
+            bytes: Vec::new(),
         };
         Self {
             id,
@@ -105,6 +105,10 @@ pub struct Replayed {
     pub flows: BTreeMap<u64, ReplayedFlow>,
     /// Records that named a flow the journal never opened (counted, not fatal).
     pub orphans: u64,
+    /// A checkpoint being read: it replaces the state above only once its end
+    /// record arrives (a crash in the middle of writing one leaves the older
+    /// segments, which it never deleted, in charge).
+    pending: Option<Box<Replayed>>,
 }
 
 /// Why a journal could not be replayed.
@@ -152,21 +156,44 @@ pub fn replay(
 }
 
 fn apply(replayed: &mut Replayed, record: Record) {
+    match record {
+        Record::CheckpointBegin { next_id } => {
+            replayed.pending = Some(Box::new(Replayed {
+                next_id,
+                ..Replayed::default()
+            }));
+            return;
+        }
+        Record::CheckpointEnd => {
+            if let Some(checkpoint) = replayed.pending.take() {
+                let orphans = replayed.orphans;
+                *replayed = *checkpoint;
+                replayed.orphans += orphans;
+            }
+            return;
+        }
+        _ => {}
+    }
+    let target = match replayed.pending.as_deref_mut() {
+        Some(checkpoint) => checkpoint,
+        None => replayed,
+    };
+    apply_to(target, record);
+}
+
+/// Applies a flow record to `replayed` (a checkpoint being read, or the state).
+fn apply_to(replayed: &mut Replayed, record: Record) {
     let Replayed {
         next_id,
         flows,
         orphans,
+        ..
     } = replayed;
     match record {
-        Record::Checkpoint {
-            next_id: id,
-            flows: snapshot,
-        } => {
-            *next_id = id;
-            *flows = snapshot
-                .into_iter()
-                .map(|f| (f.id, ReplayedFlow::from_snapshot(f)))
-                .collect();
+        Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
+        Record::CheckpointFlow(flow) => {
+            *next_id = (*next_id).max(flow.id + 1);
+            flows.insert(flow.id, ReplayedFlow::from_snapshot(flow));
         }
         Record::Open {
             id,
@@ -181,8 +208,8 @@ fn apply(replayed: &mut Replayed, record: Record) {
                     key,
                     service_id,
                     kernel_gaps: 0,
-                    c2s: Default::default(),
-                    s2c: Default::default(),
+                    c2s: SideSnapshot::default(),
+                    s2c: SideSnapshot::default(),
                 }),
             );
         }
@@ -275,7 +302,7 @@ impl Journal {
             self.append(&record)?;
         }
         let segment = self.writer.rotate()?;
-        self.append(&table.checkpoint())?;
+        table.checkpoint(|record| self.append(&record))?;
         self.writer.flush_and_sync()?;
         let removed = self.writer.remove_segments_before(segment)?;
         self.checkpointed_at = self.writer.stats().bytes_appended;
@@ -303,5 +330,99 @@ impl Journal {
         self.buf.clear();
         record.encode(&mut self.buf);
         self.writer.append(record.kind() as u8, &self.buf).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::storage::Position;
+
+    fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let mut payload = Vec::new();
+                record.encode(&mut payload);
+                Ok(StoredRecord {
+                    position: Position {
+                        segment: 1,
+                        offset: i as u64,
+                    },
+                    kind: record.kind() as u8,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    fn open(id: u64) -> Record {
+        Record::Open {
+            id,
+            key: FlowKey {
+                server_addr: [0; 16],
+                client_addr: [0; 16],
+                server_port: 7000,
+                client_port: id as u16,
+                family: 4,
+                _pad: [0; 3],
+            },
+            service_id: 0,
+        }
+    }
+
+    fn data(id: u64, offset: u64, bytes: &[u8]) -> Record {
+        Record::Data {
+            id,
+            dir: Direction::ClientToServer,
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_complete_checkpoint_replaces_the_state_and_carries_retained_bytes() {
+        let Record::Open { key, .. } = open(2) else {
+            unreachable!()
+        };
+        let records = [
+            open(1),
+            data(1, 0, b"old"),
+            Record::CheckpointBegin { next_id: 3 },
+            Record::CheckpointFlow(FlowSnapshot {
+                id: 2,
+                key,
+                service_id: 0,
+                kernel_gaps: 0,
+                c2s: SideSnapshot::default(),
+                s2c: SideSnapshot::default(),
+            }),
+            data(2, 10, b"kept"),
+            Record::CheckpointEnd,
+            data(2, 14, b"+new"),
+        ];
+
+        let replayed = replay(stored(&records)).unwrap();
+
+        assert_eq!(replayed.next_id, 3);
+        assert_eq!(replayed.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
+        let c2s = &replayed.flows[&2].c2s;
+        assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
+    }
+
+    #[test]
+    fn a_checkpoint_cut_short_by_a_crash_leaves_the_earlier_state_in_charge() {
+        let records = [
+            open(1),
+            data(1, 0, b"abc"),
+            Record::CheckpointBegin { next_id: 2 },
+            data(1, 0, b"abc"),
+        ];
+
+        let replayed = replay(stored(&records)).unwrap();
+
+        assert_eq!(replayed.flows.len(), 1);
+        assert_eq!(replayed.flows[&1].c2s.bytes, b"abc");
     }
 }

@@ -26,8 +26,12 @@ pub enum Kind {
     Update = 3,
     /// [`Record::Close`].
     Close = 4,
-    /// [`Record::Checkpoint`].
-    Checkpoint = 5,
+    /// [`Record::CheckpointBegin`].
+    CheckpointBegin = 5,
+    /// [`Record::CheckpointFlow`].
+    CheckpointFlow = 6,
+    /// [`Record::CheckpointEnd`].
+    CheckpointEnd = 7,
 }
 
 /// Why a flow left the table.
@@ -49,7 +53,8 @@ pub struct SideSnapshot {
     pub side: SideState,
 }
 
-/// One flow in a checkpoint: its state and its retained bytes.
+/// One flow in a checkpoint: its state. Its retained bytes follow as
+/// [`Record::Data`] records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowSnapshot {
     /// Journal-wide flow id.
@@ -60,10 +65,10 @@ pub struct FlowSnapshot {
     pub service_id: u32,
     /// Segments the kernel passed uncaptured.
     pub kernel_gaps: u32,
-    /// Client → server: state, and retained bytes starting at `.1`.
-    pub c2s: (SideSnapshot, u64, Vec<u8>),
-    /// Server → client: state, and retained bytes starting at `.1`.
-    pub s2c: (SideSnapshot, u64, Vec<u8>),
+    /// Client → server.
+    pub c2s: SideSnapshot,
+    /// Server → client.
+    pub s2c: SideSnapshot,
 }
 
 /// One journal record.
@@ -107,13 +112,18 @@ pub enum Record {
         /// Why.
         reason: CloseReason,
     },
-    /// Every live flow, so recovery can start here.
-    Checkpoint {
+    /// A checkpoint starts: recovery can start here once its
+    /// [`Record::CheckpointEnd`] follows. In between come one
+    /// [`Record::CheckpointFlow`] per live flow, each followed by its retained
+    /// bytes as [`Record::Data`] (so no record grows with the flows it holds).
+    CheckpointBegin {
         /// The next flow id to hand out.
         next_id: u64,
-        /// The flows.
-        flows: Vec<FlowSnapshot>,
     },
+    /// One live flow of the checkpoint.
+    CheckpointFlow(FlowSnapshot),
+    /// The checkpoint is complete.
+    CheckpointEnd,
 }
 
 /// Why a record payload could not be decoded.
@@ -146,7 +156,9 @@ impl Record {
             Record::Data { .. } => Kind::Data,
             Record::Update { .. } => Kind::Update,
             Record::Close { .. } => Kind::Close,
-            Record::Checkpoint { .. } => Kind::Checkpoint,
+            Record::CheckpointBegin { .. } => Kind::CheckpointBegin,
+            Record::CheckpointFlow(_) => Kind::CheckpointFlow,
+            Record::CheckpointEnd => Kind::CheckpointEnd,
         }
     }
 
@@ -189,13 +201,9 @@ impl Record {
                 w.u64(*id);
                 w.u8(*reason as u8);
             }
-            Record::Checkpoint { next_id, flows } => {
-                w.u64(*next_id);
-                w.u32(flows.len() as u32);
-                for flow in flows {
-                    w.flow_snapshot(flow);
-                }
-            }
+            Record::CheckpointBegin { next_id } => w.u64(*next_id),
+            Record::CheckpointFlow(flow) => w.flow_snapshot(flow),
+            Record::CheckpointEnd => {}
         }
     }
 
@@ -231,15 +239,9 @@ impl Record {
                     v => return Err(invalid("close reason", v)),
                 },
             },
-            5 => {
-                let next_id = r.u64()?;
-                let n = r.u32()?;
-                let mut flows = Vec::new();
-                for _ in 0..n {
-                    flows.push(r.flow_snapshot()?);
-                }
-                Record::Checkpoint { next_id, flows }
-            }
+            5 => Record::CheckpointBegin { next_id: r.u64()? },
+            6 => Record::CheckpointFlow(r.flow_snapshot()?),
+            7 => Record::CheckpointEnd,
             other => return Err(RecordError::Kind(other)),
         };
         match payload.len() - r.at {
@@ -324,11 +326,8 @@ impl Writer<'_> {
         self.key(&f.key);
         self.u32(f.service_id);
         self.u32(f.kernel_gaps);
-        for (snapshot, start, bytes) in [&f.c2s, &f.s2c] {
-            self.side_snapshot(snapshot);
-            self.u64(*start);
-            self.bytes(bytes);
-        }
+        self.side_snapshot(&f.c2s);
+        self.side_snapshot(&f.s2c);
     }
 }
 
@@ -440,11 +439,8 @@ impl<'a> Reader<'a> {
         let key = self.key()?;
         let service_id = self.u32()?;
         let kernel_gaps = self.u32()?;
-        let mut side = || -> Result<(SideSnapshot, u64, Vec<u8>), RecordError> {
-            Ok((self.side_snapshot()?, self.u64()?, self.bytes()?.to_vec()))
-        };
-        let c2s = side()?;
-        let s2c = side()?;
+        let c2s = self.side_snapshot()?;
+        let s2c = self.side_snapshot()?;
         Ok(FlowSnapshot {
             id,
             key,
@@ -556,14 +552,13 @@ mod tests {
     }
 
     fn record() -> impl Strategy<Value = Record> {
-        let retained = || (snapshot(), any::<u64>(), vec(any::<u8>(), 0..64));
         let flow = (
             any::<u64>(),
             key(),
             any::<u32>(),
             any::<u32>(),
-            retained(),
-            retained(),
+            snapshot(),
+            snapshot(),
         )
             .prop_map(
                 |(id, key, service_id, kernel_gaps, c2s, s2c)| FlowSnapshot {
@@ -602,8 +597,9 @@ mod tests {
                 prop_oneof![Just(CloseReason::Closed), Just(CloseReason::Evicted)]
             )
                 .prop_map(|(id, reason)| Record::Close { id, reason }),
-            (any::<u64>(), vec(flow, 0..3))
-                .prop_map(|(next_id, flows)| Record::Checkpoint { next_id, flows }),
+            any::<u64>().prop_map(|next_id| Record::CheckpointBegin { next_id }),
+            flow.prop_map(Record::CheckpointFlow),
+            Just(Record::CheckpointEnd),
         ]
     }
 
@@ -616,7 +612,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_payloads_never_panic(kind in 0u8..8, payload in vec(any::<u8>(), 0..512)) {
+        fn arbitrary_payloads_never_panic(kind in 0u8..10, payload in vec(any::<u8>(), 0..512)) {
             let _ = Record::decode(kind, &payload);
         }
 

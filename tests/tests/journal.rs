@@ -1,0 +1,809 @@
+//! The durable journal (`connmirror mirror --journal DIR`) end to end: what a
+//! crash, a torn tail or a damaged sealed segment leaves is exactly what was sent
+//! (a prefix of it), the daemon recovers it, and `journal inspect` / `journal
+//! dump` describe it; the flow state says why a flow could not be restored
+//! (`no-handshake`, `missing-bytes` with the range).
+//!
+//! Run through `sudo -E cargo xtask test` (root, and `CONNMIRROR_BIN`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use connmirror_tests::journal::{
+    self, FlowState, HeldConnection, Inspection, Readiness, StateReport, Way, kind,
+};
+use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::repair::repaired_pair;
+use connmirror_tests::traffic::SplitMix64;
+use connmirror_tests::{
+    Family, Mirror, MirrorCommand, Topology, WorkDir, bidirectional, connmirror_bin, require_root,
+};
+
+const PORT: u16 = 7000;
+/// The client's port for the `TCP_REPAIR` pair (the namespaces are fresh).
+const REPAIR_CLIENT_PORT: u16 = 41000;
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time for the last ACKs to cross the gateway and reach the journal before the
+/// mirror stops (a held connection is otherwise idle).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Root and the binary are checked first, so a misconfigured run fails with the
+/// reason rather than somewhere in the setup.
+fn preconditions() {
+    require_root();
+    connmirror_bin();
+}
+
+/// `mirror --iface gw-c --iface gw-s --service SERVICE --journal DIR` plus `extra`.
+fn journaled(topo: &Topology, service: SocketAddr, dir: &Path, extra: &[&str]) -> MirrorCommand {
+    extra.iter().fold(
+        MirrorCommand::new()
+            .ifaces(topo.gateway_ifaces())
+            .service(service)
+            .arg("--journal")
+            .arg(&dir.display().to_string()),
+        |command, arg| command.arg(arg),
+    )
+}
+
+/// Asserts the restarted mirror's log says it recovered the journal.
+fn assert_recovered(mirror: &Mirror) {
+    let log = mirror.stderr();
+    assert!(
+        log.contains("journal recovered"),
+        "the restarted mirror's stderr does not mention `journal recovered`:\n{log}"
+    );
+}
+
+/// Dumps both directions of `flow` from `dir` into `scratch` and asserts each is
+/// exactly the first `side.delivered` bytes of what was sent that way, starting
+/// at stream offset 0 (no note about released bytes). Returns (c2s, s2c) lengths.
+fn assert_dumps_are_exact_prefixes(
+    dir: &Path,
+    flow: &FlowState,
+    scratch: &Path,
+    what: &str,
+) -> (u64, u64) {
+    let mut lens = [0u64; 2];
+    for (i, way) in Way::BOTH.into_iter().enumerate() {
+        let out = scratch.join(format!("flow{}-{}.bin", flow.id, way.name()));
+        let note = journal::dump_to(dir, flow.id, way, &out);
+        assert_eq!(
+            note,
+            "",
+            "{what}: {} dump of flow {} starts after offset 0",
+            way.name(),
+            flow.id
+        );
+        let what = format!("{what}: {} of flow {}", way.name(), flow.id);
+        let len = journal::assert_stream_piece(&out, way.seed(), 0, &what);
+        assert_eq!(
+            len,
+            flow.side(way).delivered,
+            "{what}: dump length vs inspect's delivered: {flow:#?}"
+        );
+        std::fs::remove_file(&out).ok();
+        lens[i] = len;
+    }
+    (lens[0], lens[1])
+}
+
+// ---------------------------------------------------------------------------
+// 1. Crash loop
+// ---------------------------------------------------------------------------
+
+const CRASH_ROUNDS: usize = 20;
+const CRASH_STREAM: u64 = 200_000_000;
+/// SIGKILL comes this long after the exchange starts: a random point during it.
+const KILL_AFTER_MS: std::ops::Range<u64> = 100..1500;
+/// Set to replay a failing run's kill points.
+const CRASH_SEED_ENV: &str = "CONNMIRROR_CRASH_SEED";
+
+/// What one crash round left in the journal.
+#[derive(Debug)]
+struct CrashRound {
+    kill_after: Duration,
+    /// How long the whole exchange took (the mirror died part-way).
+    exchange: Duration,
+    /// Bytes the crash left torn at the end of the newest segment.
+    torn_tail: Option<u64>,
+    c2s: u64,
+    s2c: u64,
+    readiness: Option<Readiness>,
+}
+
+#[test]
+fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
+    preconditions();
+    let seed = std::env::var(CRASH_SEED_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos() as u64
+        });
+    println!("crash loop: kill points from seed {seed} (set {CRASH_SEED_ENV}={seed} to replay)");
+    let mut rng = SplitMix64::new(seed);
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    let started = Instant::now();
+
+    let mut rounds = Vec::new();
+    let mut failed = Vec::new();
+    for round in 0..CRASH_ROUNDS {
+        let span = KILL_AFTER_MS.end - KILL_AFTER_MS.start;
+        let kill_after = Duration::from_millis(KILL_AFTER_MS.start + rng.next_u64() % span);
+        // A failing round is reported and the loop goes on, so one run shows
+        // how often (and at which kill points) the journal fails.
+        match catch_unwind(AssertUnwindSafe(|| {
+            crash_round(&topo, service, round, kill_after)
+        })) {
+            Ok(r) => {
+                println!(
+                    "round {round:2}: SIGKILL after {:>4} ms of a {:.2?} exchange: torn tail {:?}, \
+                     journaled c2s {:>10} s2c {:>10} bytes, readiness {:?}",
+                    r.kill_after.as_millis(),
+                    r.exchange,
+                    r.torn_tail,
+                    r.c2s,
+                    r.s2c,
+                    r.readiness
+                );
+                rounds.push(r);
+            }
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                let first = msg.lines().next().unwrap_or_default().to_owned();
+                println!(
+                    "round {round:2}: SIGKILL after {:>4} ms: FAILED: {first}",
+                    kill_after.as_millis()
+                );
+                failed.push((round, kill_after, msg));
+            }
+        }
+    }
+
+    let nonempty = rounds.iter().filter(|r| r.c2s > 0 && r.s2c > 0).count();
+    let mut readiness: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &rounds {
+        *readiness.entry(format!("{:?}", r.readiness)).or_default() += 1;
+    }
+    let mut c2s: Vec<u64> = rounds.iter().map(|r| r.c2s).collect();
+    c2s.sort_unstable();
+    println!(
+        "crash loop: {CRASH_ROUNDS} rounds in {:.1?}: {} failed; {nonempty} journaled bytes both \
+         ways; c2s journaled min {:?} median {:?} max {:?}; readiness {readiness:?}",
+        started.elapsed(),
+        failed.len(),
+        c2s.first(),
+        c2s.get(c2s.len() / 2),
+        c2s.last(),
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {CRASH_ROUNDS} rounds failed (seed {seed}):\n{}",
+        failed.len(),
+        failed
+            .iter()
+            .map(|(round, kill, msg)| format!("round {round} (SIGKILL after {kill:?}): {msg}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        nonempty > CRASH_ROUNDS / 2,
+        "only {nonempty} of {CRASH_ROUNDS} rounds journaled bytes both ways: {rounds:#?}"
+    );
+}
+
+/// One round: a journaling mirror is SIGKILLed `kill_after` into a 200 MB
+/// exchange; the exchange finishes uncaptured; a new mirror recovers the journal
+/// and stops; whatever the journal then holds must be an exact prefix of each
+/// direction.
+fn crash_round(
+    topo: &Topology,
+    service: SocketAddr,
+    round: usize,
+    kill_after: Duration,
+) -> CrashRound {
+    let dir = WorkDir::new("journal");
+    let command = journaled(
+        topo,
+        service,
+        dir.path(),
+        &["--retention", "full", "--history-cap", "512M"],
+    )
+    .without_dumps();
+    let mirror = Mirror::start(&topo.gateway, &command);
+
+    let (x, killed_mid_transfer) = thread::scope(|s| {
+        let traffic = s.spawn(|| {
+            bidirectional(
+                &topo.client,
+                &topo.server,
+                service,
+                CRASH_STREAM,
+                TRAFFIC_TIMEOUT,
+            )
+        });
+        thread::sleep(kill_after);
+        let mid = !traffic.is_finished();
+        drop(mirror); // SIGKILL, no chance to flush or close anything
+        match traffic.join() {
+            Ok(x) => (x, mid),
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    });
+    assert!(
+        killed_mid_transfer,
+        "round {round}: the exchange ({:.2?}) ended before the SIGKILL at {kill_after:?}",
+        x.elapsed
+    );
+    assert_eq!(x.server.received, x.client.sent, "round {round}");
+    assert_eq!(x.client.received, x.server.sent, "round {round}");
+
+    // What the crash left, read-only: recovery must keep all of it.
+    let crashed = journal::inspect(dir.path());
+
+    let restarted = Mirror::start(&topo.gateway, &command);
+    assert_recovered(&restarted);
+    let (_report, mirror_dir) = restarted.stop();
+    let report = StateReport::read(mirror_dir.path());
+
+    let inspection = journal::inspect(dir.path());
+    let counts = |i: &Inspection| -> Vec<(u64, u64, u64)> {
+        i.flows
+            .iter()
+            .map(|f| (f.id, f.c2s.delivered, f.s2c.delivered))
+            .collect()
+    };
+    assert_eq!(
+        counts(&inspection),
+        counts(&crashed),
+        "round {round}: flows after recovery vs the crashed journal (torn tail {:?})",
+        crashed.truncated_tail
+    );
+    assert_eq!(
+        inspection.truncated_tail, None,
+        "round {round}: recovery left a torn tail"
+    );
+    assert!(
+        inspection.flows.len() <= 1,
+        "round {round}: one connection, flows: {:#?}",
+        inspection.flows
+    );
+    let Some(flow) = inspection.flows.first() else {
+        return CrashRound {
+            kill_after,
+            exchange: x.elapsed,
+            torn_tail: crashed.truncated_tail.map(|(_, n)| n),
+            c2s: 0,
+            s2c: 0,
+            readiness: None,
+        };
+    };
+    assert_eq!(
+        (flow.server, flow.client),
+        (service, x.client.addr),
+        "round {round}"
+    );
+    // The restarted mirror holds the flow it recovered, byte for byte.
+    let held: Vec<_> = report.flows.iter().filter(|f| f.id == flow.id).collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "round {round}: the restarted mirror's report lacks flow {}: {:#?}",
+        flow.id,
+        report.flows
+    );
+    assert_eq!(
+        (held[0].c2s.delivered, held[0].s2c.delivered),
+        (flow.c2s.delivered, flow.s2c.delivered),
+        "round {round}: restarted mirror vs journal"
+    );
+
+    let scratch = WorkDir::new("crash-dumps");
+    let (c2s, s2c) = assert_dumps_are_exact_prefixes(
+        dir.path(),
+        flow,
+        scratch.path(),
+        &format!("round {round}"),
+    );
+    assert!(c2s <= CRASH_STREAM && s2c <= CRASH_STREAM);
+    CrashRound {
+        kill_after,
+        exchange: x.elapsed,
+        torn_tail: crashed.truncated_tail.map(|(_, n)| n),
+        c2s,
+        s2c,
+        readiness: Some(flow.readiness),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 2. Torn tail
+// ---------------------------------------------------------------------------
+
+const SMALL_STREAM: u64 = 2_000_000;
+/// Cuts checked with `journal inspect` are every offset of the last record when
+/// it is at most this long, else this many spread over it.
+const MAX_INSPECTED_CUTS: u64 = 4096;
+
+#[test]
+fn a_torn_journal_tail_is_reported_and_recovery_keeps_the_records_before_it() {
+    preconditions();
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    let dir = WorkDir::new("journal");
+    let command = journaled(&topo, service, dir.path(), &["--retention", "full"]).without_dumps();
+    let mirror = Mirror::start(&topo.gateway, &command);
+    let mut conn = HeldConnection::open(&topo.client, &topo.server, service);
+    conn.exchange(SMALL_STREAM, TRAFFIC_TIMEOUT);
+    thread::sleep(SETTLE);
+    // Stopped while the connection is open: the flow stays live in the journal,
+    // so a restarted mirror carries it over.
+    let _ = mirror.stop();
+
+    let intact = journal::inspect(dir.path());
+    assert_eq!(intact.truncated_tail, None);
+    assert_eq!(intact.flows.len(), 1, "{:#?}", intact.flows);
+    assert_eq!(
+        (intact.flows[0].c2s.delivered, intact.flows[0].s2c.delivered),
+        (SMALL_STREAM, SMALL_STREAM),
+        "{:#?}",
+        intact.flows[0]
+    );
+    let scratch = WorkDir::new("torn");
+    assert_dumps_are_exact_prefixes(dir.path(), &intact.flows[0], scratch.path(), "intact");
+
+    let newest = journal::segment_files(dir.path())
+        .pop()
+        .expect("a segment file");
+    let name = newest.file_name().expect("file name").to_owned();
+    let frames = journal::records(&newest);
+    let last = *frames.last().expect("records in the newest segment");
+    let file_len = std::fs::metadata(&newest).expect("stat").len();
+    assert_eq!(last.end(), file_len);
+    println!(
+        "newest segment {}: {} records, the last one kind {} at {} ({} payload bytes)",
+        newest.display(),
+        frames.len(),
+        last.kind,
+        last.offset,
+        last.len
+    );
+
+    // The journal as it stood before its last record: what recovery must keep.
+    let before = scratch.path().join("before-last");
+    journal::copy_dir(dir.path(), &before);
+    truncate(&before.join(&name), last.offset);
+    let (reference, out) = journal::inspect_with(&before, &[]);
+    assert_eq!(reference.truncated_tail, None);
+    let reference_flows = flows_json(&out.stdout);
+
+    // Keep `kept` bytes of the last record: recovery would cut exactly those.
+    let record_len = last.end() - last.offset;
+    let cuts: Vec<u64> = if record_len - 1 <= MAX_INSPECTED_CUTS {
+        (1..record_len).collect()
+    } else {
+        let step = record_len / MAX_INSPECTED_CUTS;
+        (1..journal::RECORD_HEADER_LEN + 1)
+            .chain((journal::RECORD_HEADER_LEN + 1..record_len).step_by(step as usize))
+            .chain([record_len - 1])
+            .collect()
+    };
+    let torn = scratch.path().join("torn");
+    for &kept in &cuts {
+        std::fs::remove_dir_all(&torn).ok();
+        journal::copy_dir(dir.path(), &torn);
+        let file = torn.join(&name);
+        truncate(&file, last.offset + kept);
+
+        let table = journal::run(&["inspect", &torn.display().to_string()]);
+        let stdout = String::from_utf8_lossy(&table.stdout);
+        assert!(
+            table.status.success(),
+            "inspect with {kept} bytes of the last record: {}; stderr:\n{}",
+            table.status,
+            String::from_utf8_lossy(&table.stderr)
+        );
+        let line = format!(
+            "torn tail: recovery would cut {kept} bytes from {}",
+            file.display()
+        );
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "inspect with {kept} bytes of the last record: no line `{line}` in:\n{stdout}"
+        );
+        let (inspection, out) = journal::inspect_with(&torn, &[]);
+        assert_eq!(
+            inspection.truncated_tail,
+            Some((file.clone(), kept)),
+            "{kept} bytes of the last record kept"
+        );
+        assert_eq!(
+            flows_json(&out.stdout),
+            reference_flows,
+            "with {kept} bytes of the last record the flows differ from the journal before it"
+        );
+    }
+    println!("inspect checked {} cuts of the last record", cuts.len());
+
+    // A mirror recovers a torn copy: it cuts the tail, and keeps the flow.
+    for kept in [1, journal::RECORD_HEADER_LEN, record_len - 1] {
+        std::fs::remove_dir_all(&torn).ok();
+        journal::copy_dir(dir.path(), &torn);
+        let file = torn.join(&name);
+        truncate(&file, last.offset + kept);
+        let command = journaled(&topo, service, &torn, &["--retention", "full"]).without_dumps();
+        let mirror = Mirror::start(&topo.gateway, &command);
+        let log = mirror.stderr();
+        let bytes = format!("bytes={kept}");
+        let warning = log.lines().find(|l| {
+            l.contains("truncated a torn tail")
+                && l.contains(&file.display().to_string())
+                && l.split_whitespace().any(|w| w == bytes)
+        });
+        assert!(
+            warning.is_some(),
+            "recovering with {kept} bytes of the last record: no warning naming {} and \
+             `{bytes}` in the log:\n{log}",
+            file.display()
+        );
+        assert_recovered(&mirror);
+        let _ = mirror.stop();
+
+        let recovered = journal::inspect(&torn);
+        assert_eq!(recovered.truncated_tail, None, "{kept}: torn tail left");
+        assert_eq!(recovered.flows.len(), 1, "{kept}: {:#?}", recovered.flows);
+        let flow = &recovered.flows[0];
+        assert_eq!(
+            (flow.id, flow.c2s.delivered, flow.s2c.delivered),
+            (
+                reference.flows[0].id,
+                reference.flows[0].c2s.delivered,
+                reference.flows[0].s2c.delivered
+            ),
+            "{kept} bytes of the last record kept: the recovered flow vs the journal before it"
+        );
+        assert_eq!(
+            (flow.c2s.state, flow.s2c.state),
+            (reference.flows[0].c2s.state, reference.flows[0].s2c.state),
+            "{kept}"
+        );
+        assert_dumps_are_exact_prefixes(
+            &torn,
+            flow,
+            scratch.path(),
+            &format!("recovered with {kept} bytes of the last record"),
+        );
+    }
+    drop(conn);
+}
+
+fn truncate(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("truncate {} to {len}: {e}", path.display()));
+}
+
+/// The `flows` of `journal inspect --json` output, as JSON.
+fn flows_json(stdout: &[u8]) -> serde_json::Value {
+    let mut value: serde_json::Value = serde_json::from_slice(stdout).expect("inspect JSON");
+    value["flows"].take()
+}
+
+// ---------------------------------------------------------------------------
+// 3. Corruption in a sealed segment
+// ---------------------------------------------------------------------------
+
+const SEGMENTED_STREAM: u64 = 4_000_000;
+
+#[test]
+fn a_flipped_byte_in_a_sealed_segment_names_file_and_offset_and_salvage_skips_it() {
+    preconditions();
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    let dir = WorkDir::new("journal");
+    // All traffic in one run: a restart would checkpoint and drop older segments.
+    let mirror = Mirror::start(
+        &topo.gateway,
+        &journaled(&topo, service, dir.path(), &["--segment-bytes", "1M"]).without_dumps(),
+    );
+    let x = bidirectional(
+        &topo.client,
+        &topo.server,
+        service,
+        SEGMENTED_STREAM,
+        TRAFFIC_TIMEOUT,
+    );
+    assert_eq!(x.server.received, x.client.sent);
+    let _ = mirror.stop();
+
+    let segments = journal::segment_files(dir.path());
+    assert!(
+        segments.len() >= 2,
+        "{SEGMENTED_STREAM} bytes each way with --segment-bytes 1M made {segments:?}"
+    );
+    let pristine = journal::inspect(dir.path());
+    assert_eq!(pristine.salvaged, 0);
+    assert_eq!(pristine.segments.len(), segments.len());
+
+    let sealed = &segments[0];
+    let data = journal::records(sealed)
+        .into_iter()
+        .find(|f| f.kind == kind::DATA && f.len > 0)
+        .unwrap_or_else(|| panic!("no data record in {}", sealed.display()));
+    let at = data.offset + journal::RECORD_HEADER_LEN + u64::from(data.len / 2);
+    let mut bytes = std::fs::read(sealed).expect("read sealed segment");
+    bytes[at as usize] ^= 0x5a;
+    std::fs::write(sealed, &bytes).expect("write sealed segment");
+    println!(
+        "flipped byte {at} of {} (payload of the data record at {}, {} bytes)",
+        sealed.display(),
+        data.offset,
+        data.len
+    );
+
+    let out = journal::run(&["inspect", &dir.path().display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let expected = format!(
+        "error: corrupt journal record in {} at byte offset {}: checksum mismatch",
+        sealed.display(),
+        data.offset
+    );
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{stderr}");
+    assert_eq!(errors, [expected.as_str()], "stderr:\n{stderr}");
+
+    let (salvaged, _) = journal::inspect_with(dir.path(), &["--salvage"]);
+    assert_eq!(salvaged.salvaged, 1, "{salvaged:#?}");
+    assert_eq!(salvaged.segments, pristine.segments);
+    assert_eq!(salvaged.flows.len(), 1, "{:#?}", salvaged.flows);
+}
+
+// ---------------------------------------------------------------------------
+// 4. No handshake
+// ---------------------------------------------------------------------------
+
+const BEFORE_MIRROR: u64 = 1_000_000;
+const WITH_MIRROR: u64 = 1_000_000;
+
+#[test]
+fn a_flow_started_before_the_mirror_is_reported_no_handshake() {
+    preconditions();
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    let mut conn = HeldConnection::open(&topo.client, &topo.server, service);
+    conn.exchange(BEFORE_MIRROR, TRAFFIC_TIMEOUT);
+    thread::sleep(SETTLE);
+
+    let mirror = Mirror::start(
+        &topo.gateway,
+        &MirrorCommand::new()
+            .ifaces(topo.gateway_ifaces())
+            .service(service),
+    );
+    conn.exchange(WITH_MIRROR, TRAFFIC_TIMEOUT);
+    thread::sleep(SETTLE);
+    let (_report, mirror_dir) = mirror.stop();
+    let report = StateReport::read(mirror_dir.path());
+
+    assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
+    let flow = &report.flows[0];
+    assert_eq!((flow.server, flow.client), (service, conn.client_addr()));
+    assert_eq!(flow.readiness, Readiness::NoHandshake, "{flow:#?}");
+    assert!(!flow.handshake, "{flow:#?}");
+    assert_eq!(flow.status, FlowStatus::Open, "{flow:#?}");
+    assert_eq!((flow.c2s.state.syn, flow.s2c.state.syn), (None, None));
+    // Captured from the first segment the mirror saw: exactly the bytes sent
+    // while it ran.
+    for way in Way::BOTH {
+        let side = flow.side(way);
+        let file = side.file.as_ref().expect("dump file");
+        let len = journal::assert_stream_piece(file, way.seed(), BEFORE_MIRROR, way.name());
+        assert_eq!(len, WITH_MIRROR, "{}: {flow:#?}", way.name());
+        assert_eq!(side.delivered, WITH_MIRROR, "{}: {flow:#?}", way.name());
+    }
+    drop(conn);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Pass-policy gap
+// ---------------------------------------------------------------------------
+
+const TINY_RING_STREAM: u64 = 20_000_000;
+/// After the ring-full events, this many small exchanges with pauses, so the
+/// ring drains and later bytes are captured: the gap is then inside the stream.
+const TRAILING_EXCHANGES: usize = 20;
+const TRAILING_BYTES: u64 = 8192;
+
+#[test]
+fn a_pass_policy_gap_is_reported_as_missing_bytes_with_its_range() {
+    preconditions();
+    let topo = Topology::new();
+    topo.disable_segmentation_offloads();
+    let service = topo.service(Family::V4, PORT);
+    let mirror = Mirror::start(
+        &topo.gateway,
+        &MirrorCommand::new()
+            .ifaces(topo.gateway_ifaces())
+            .service(service)
+            .ring_size("64K")
+            .on_ring_full("pass"),
+    );
+    let mut conn = HeldConnection::open(&topo.client, &topo.server, service);
+    conn.exchange(TINY_RING_STREAM, TRAFFIC_TIMEOUT);
+    for _ in 0..TRAILING_EXCHANGES {
+        thread::sleep(Duration::from_millis(50));
+        conn.exchange(TRAILING_BYTES, TRAFFIC_TIMEOUT);
+    }
+    thread::sleep(SETTLE);
+    let (fixture_report, mirror_dir) = mirror.stop();
+    let report = StateReport::read(mirror_dir.path());
+
+    assert!(
+        fixture_report.counter(connmirror_common::Counter::RingFull) > 0,
+        "{:?}",
+        fixture_report.counters
+    );
+    assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
+    let flow = &report.flows[0];
+    println!(
+        "{} missing ranges (c2s {}, s2c {}), first {:?}, last {:?}; kernel gaps {}",
+        flow.ranges.len(),
+        flow.ranges_of(Way::C2s).len(),
+        flow.ranges_of(Way::S2c).len(),
+        flow.ranges.first(),
+        flow.ranges.last(),
+        flow.kernel_gaps
+    );
+    assert_eq!(flow.readiness, Readiness::MissingBytes, "{flow:#?}");
+    assert!(!flow.ranges.is_empty(), "{flow:#?}");
+    assert!(flow.kernel_gaps > 0, "{flow:#?}");
+    let sent = |way: Way| match way {
+        Way::C2s => conn.c2s_bytes,
+        Way::S2c => conn.s2c_bytes,
+    };
+    for r in &flow.ranges {
+        assert!(r.dir == "c2s" || r.dir == "s2c", "{r:?}");
+    }
+    for way in Way::BOTH {
+        let ranges = flow.ranges_of(way);
+        let Some(first) = ranges.first() else {
+            continue;
+        };
+        for pair in ranges.windows(2) {
+            assert!(pair[0].end <= pair[1].start, "{}: {ranges:?}", way.name());
+        }
+        for r in &ranges {
+            assert!(r.start < r.end, "{r:?}");
+            assert!(
+                r.end <= sent(way),
+                "{r:?} past the {} bytes sent",
+                sent(way)
+            );
+        }
+        let side = flow.side(way);
+        let file = side.file.as_ref().expect("dump file");
+        let len = journal::assert_stream_piece(file, way.seed(), 0, way.name());
+        assert_eq!(
+            len,
+            first.start,
+            "{}: the dump must stop exactly where the first missing range starts: {flow:#?}",
+            way.name()
+        );
+        if let Some(stopped) = side.dump_stopped_at {
+            assert_eq!(stopped, first.start, "{}: {flow:#?}", way.name());
+        }
+    }
+    drop(conn);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Wraparound through the journal
+// ---------------------------------------------------------------------------
+
+const WRAP_STREAM: u64 = 8_000_000;
+/// Sequence number of the first client → server byte: the wrap comes about
+/// 1 MiB into the stream.
+const CLIENT_SEQ: u32 = 0xfff0_1234;
+/// Sequence number of the first server → client byte: the wrap comes 32 KiB in.
+const SERVER_SEQ: u32 = 0xffff_8000;
+
+const _: () = assert!(CLIENT_SEQ as u64 + WRAP_STREAM > 1 << 32);
+const _: () = assert!(SERVER_SEQ as u64 + WRAP_STREAM > 1 << 32);
+
+#[test]
+fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
+    preconditions();
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    let client = SocketAddr::new(topo.client_addr(Family::V4), REPAIR_CLIENT_PORT);
+    let dir = WorkDir::new("journal");
+    let command = journaled(&topo, service, dir.path(), &["--retention", "full"]).without_dumps();
+    let mirror = Mirror::start(&topo.gateway, &command);
+    let (c, s) = repaired_pair(
+        &topo.client,
+        &topo.server,
+        client,
+        service,
+        CLIENT_SEQ,
+        SERVER_SEQ,
+    );
+    let mut conn = HeldConnection::from_streams(c, s);
+    conn.exchange(WRAP_STREAM, TRAFFIC_TIMEOUT);
+    thread::sleep(SETTLE);
+    // Stopped with the connection open, so recovery carries the flow over.
+    let _ = mirror.stop();
+
+    let first = journal::inspect(dir.path());
+    let flow = assert_wrapped_flow(&first, service, client, &dir, "journal");
+
+    let restarted = Mirror::start(&topo.gateway, &command);
+    assert_recovered(&restarted);
+    let (_report, mirror_dir) = restarted.stop();
+    let report = StateReport::read(mirror_dir.path());
+    assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
+    assert_eq!(
+        (report.flows[0].c2s.delivered, report.flows[0].s2c.delivered),
+        (WRAP_STREAM, WRAP_STREAM)
+    );
+
+    let second = journal::inspect(dir.path());
+    let recovered = assert_wrapped_flow(&second, service, client, &dir, "after recovery");
+    assert_eq!(recovered.id, flow.id);
+    assert_eq!(
+        (recovered.c2s.state, recovered.s2c.state),
+        (flow.c2s.state, flow.s2c.state)
+    );
+    drop(conn);
+}
+
+/// The one flow of a wrapped exchange: both streams exactly as sent, and the
+/// sequence and ACK marks past the wrap.
+fn assert_wrapped_flow(
+    inspection: &Inspection,
+    service: SocketAddr,
+    client: SocketAddr,
+    dir: &WorkDir,
+    what: &str,
+) -> FlowState {
+    assert_eq!(inspection.truncated_tail, None, "{what}");
+    assert_eq!(inspection.flows.len(), 1, "{what}: {:#?}", inspection.flows);
+    let flow = inspection.flows[0].clone();
+    assert_eq!((flow.server, flow.client), (service, client), "{what}");
+    assert_eq!(flow.readiness, Readiness::NoHandshake, "{what}: {flow:#?}");
+    for way in Way::BOTH {
+        let bytes = journal::dump(dir.path(), flow.id, way);
+        assert_eq!(bytes.len() as u64, WRAP_STREAM, "{what}: {}", way.name());
+        journal::assert_bytes_piece(&bytes, way.seed(), 0, &format!("{what}: {}", way.name()));
+    }
+    let c2s_end = CLIENT_SEQ.wrapping_add(WRAP_STREAM as u32);
+    let s2c_end = SERVER_SEQ.wrapping_add(WRAP_STREAM as u32);
+    assert_eq!(
+        (flow.c2s.state.next_seq, flow.s2c.state.ack),
+        (Some(c2s_end), Some(c2s_end)),
+        "{what}: client → server marks past the wrap: {flow:#?}"
+    );
+    assert_eq!(
+        (flow.s2c.state.next_seq, flow.c2s.state.ack),
+        (Some(s2c_end), Some(s2c_end)),
+        "{what}: server → client marks past the wrap: {flow:#?}"
+    );
+    flow
+}
