@@ -27,7 +27,7 @@ use crate::{
         record::{CloseReason, FlowSnapshot, Record, SideSnapshot},
     },
     service::socket_addr,
-    state::{MissingRange, Readiness, SideState},
+    state::{MissingRange, Readiness, SideState, after},
     stream::{Chunk, Retention, Stream, StreamLimits},
 };
 
@@ -490,10 +490,14 @@ impl FlowTable {
                 ..
             } = flow;
             let limits = self.limits_for(service_id);
-            let side = |replayed: ReplayedSide| Side {
-                stream: restore_stream(limits, &replayed),
-                state: replayed.snapshot.side,
-                dump: None,
+            let side = |replayed: ReplayedSide| {
+                let stream = restore_stream(limits, &replayed);
+                let state = caught_up(replayed.snapshot.side, &stream);
+                Side {
+                    stream,
+                    state,
+                    dump: None,
+                }
             };
             let flow = Flow {
                 id,
@@ -563,6 +567,20 @@ impl FlowTable {
             .map(|(key, flow)| flow_report(key, flow))
             .collect()
     }
+}
+
+/// `state` with its sequence mark moved up to the journaled bytes: the state
+/// update of a batch follows its data records, so a crash between them leaves
+/// data the last update does not cover, and the sender has certainly sent what
+/// was delivered.
+fn caught_up(mut state: SideState, stream: &Stream) -> SideState {
+    if let Some(origin) = stream.marks().origin {
+        let delivered_end = origin.wrapping_add(stream.next_offset() as u32);
+        if state.next_seq.is_none_or(|n| after(delivered_end, n)) {
+            state.next_seq = Some(delivered_end);
+        }
+    }
+    state
 }
 
 /// A stream rebuilt from journaled marks and bytes. Data journaled after the
@@ -792,24 +810,17 @@ mod tests {
             .unwrap();
     }
 
+    /// Both SYNs (client ISN just below 2^32, so its data wraps), then `c2s`.
+    fn handshake_then(table: &mut FlowTable, c2s: &[u8]) {
+        feed(table, Direction::ClientToServer, u32::MAX - 2, SYN, b"");
+        feed(table, Direction::ServerToClient, 100, SYN | ACK, b"");
+        feed(table, Direction::ClientToServer, u32::MAX - 1, ACK, c2s);
+    }
+
     #[test]
     fn a_flow_with_both_handshakes_and_fins_is_complete() {
         let mut table = FlowTable::new(StreamLimits::default(), None);
-        feed(
-            &mut table,
-            Direction::ClientToServer,
-            u32::MAX - 2,
-            SYN,
-            b"",
-        );
-        feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
-        feed(
-            &mut table,
-            Direction::ClientToServer,
-            u32::MAX - 1,
-            ACK,
-            b"abcd",
-        );
+        handshake_then(&mut table, b"abcd");
         feed(&mut table, Direction::ServerToClient, 101, ACK | FIN, b"xy");
         feed(&mut table, Direction::ClientToServer, 2, ACK | FIN, b"");
 
@@ -935,48 +946,15 @@ mod tests {
 
     #[test]
     fn a_journaled_table_replays_to_the_same_flows() {
-        use crate::journal::{
-            replay,
-            storage::{Position, StoredRecord},
-        };
+        use crate::journal::replay;
         let limits = StreamLimits {
             retention: Retention::Full { cap: 1 << 20 },
             ..StreamLimits::default()
         };
         let mut table = FlowTable::new(limits, None).journal();
-        feed(
-            &mut table,
-            Direction::ClientToServer,
-            u32::MAX - 2,
-            SYN,
-            b"",
-        );
-        feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
-        feed(
-            &mut table,
-            Direction::ClientToServer,
-            u32::MAX - 1,
-            ACK,
-            b"wrapping",
-        );
+        handshake_then(&mut table, b"wrapping");
         feed(&mut table, Direction::ServerToClient, 101, ACK, b"reply");
-        let stored: Vec<_> = table
-            .take_records()
-            .into_iter()
-            .enumerate()
-            .map(|(i, record)| {
-                let mut payload = Vec::new();
-                record.encode(&mut payload);
-                Ok(StoredRecord {
-                    position: Position {
-                        segment: 1,
-                        offset: i as u64,
-                    },
-                    kind: record.kind() as u8,
-                    payload,
-                })
-            })
-            .collect();
+        let stored = crate::journal::tests::stored(&table.take_records());
 
         let mut restored = FlowTable::new(limits, None);
         restored.restore(replay(stored).unwrap());
@@ -1067,5 +1045,33 @@ mod tests {
             .map(|f| (f.service_id, f.c2s.retained))
             .collect();
         assert_eq!(retained, vec![(0, 0), (1, 4)]);
+    }
+
+    #[test]
+    fn data_journaled_after_the_last_state_update_moves_the_sequence_mark_on_recovery() {
+        let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+        handshake_then(&mut table, b"");
+        let mut records = table.take_records();
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 1,
+            ACK,
+            b"wrapping",
+        );
+        // A crash cut the batch after its data, before its state updates.
+        records.extend(
+            table
+                .take_records()
+                .into_iter()
+                .filter(|r| matches!(r, Record::Data { .. })),
+        );
+
+        let mut restored = FlowTable::new(StreamLimits::default(), None);
+        restored.restore(crate::journal::replay(crate::journal::tests::stored(&records)).unwrap());
+
+        let c2s = &restored.report().unwrap()[0].c2s;
+        assert_eq!(c2s.delivered, 8);
+        assert_eq!(c2s.state.next_seq, Some((u32::MAX - 1).wrapping_add(8)));
     }
 }

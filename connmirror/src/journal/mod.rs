@@ -334,11 +334,12 @@ impl Journal {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::journal::storage::Position;
 
-    fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
+    /// `records` as the storage layer would hand them back, for `replay`.
+    pub(crate) fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
         records
             .iter()
             .enumerate()
