@@ -49,7 +49,11 @@ pub mod kind {
     pub const DATA: u8 = 2;
     pub const UPDATE: u8 = 3;
     pub const CLOSE: u8 = 4;
-    pub const CHECKPOINT: u8 = 5;
+    /// A checkpoint is a begin record, a flow record per live flow (each
+    /// followed by that flow's retained bytes as data records), and an end.
+    pub const CHECKPOINT_BEGIN: u8 = 5;
+    pub const CHECKPOINT_FLOW: u8 = 6;
+    pub const CHECKPOINT_END: u8 = 7;
 }
 
 /// How long one `connmirror journal ...` command may take (a dump of a 200 MB
@@ -71,6 +75,14 @@ impl Way {
         match self {
             Way::C2s => "c2s",
             Way::S2c => "s2c",
+        }
+    }
+
+    /// The opposite direction (the receiver of this one's bytes).
+    pub fn reverse(self) -> Way {
+        match self {
+            Way::C2s => Way::S2c,
+            Way::S2c => Way::C2s,
         }
     }
 
@@ -210,6 +222,28 @@ pub struct TcpState {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub struct SynState {
     pub isn: u32,
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    pub timestamps: bool,
+}
+
+impl SynState {
+    /// The options alone: what the same kernels over the same topology announce
+    /// on every connection (the ISN is random per connection).
+    pub fn options(&self) -> SynOptions {
+        SynOptions {
+            mss: self.mss,
+            window_scale: self.window_scale,
+            sack_permitted: self.sack_permitted,
+            timestamps: self.timestamps,
+        }
+    }
+}
+
+/// The options of a [`SynState`], without its ISN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SynOptions {
     pub mss: Option<u16>,
     pub window_scale: Option<u8>,
     pub sack_permitted: bool,

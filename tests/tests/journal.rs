@@ -1,7 +1,8 @@
 //! The durable journal (`connmirror mirror --journal DIR`) end to end: what a
 //! crash, a torn tail or a damaged sealed segment leaves is exactly what was sent
-//! (a prefix of it), the daemon recovers it, and `journal inspect` / `journal
-//! dump` describe it; the flow state says why a flow could not be restored
+//! (a prefix of it), with the state a run without a crash reports for that
+//! prefix; the daemon recovers it, and `journal inspect` / `journal dump`
+//! describe it; the flow state says why a flow could not be restored
 //! (`no-handshake`, `missing-bytes` with the range).
 //!
 //! Run through `sudo -E cargo xtask test` (root, and `CONNMIRROR_BIN`).
@@ -14,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror_tests::journal::{
-    self, FlowState, HeldConnection, Inspection, Readiness, StateReport, Way, kind,
+    self, FlowState, HeldConnection, Inspection, Readiness, StateReport, SynOptions, Way, kind,
 };
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::repair::repaired_pair;
@@ -102,6 +103,23 @@ const CRASH_STREAM: u64 = 200_000_000;
 const KILL_AFTER_MS: std::ops::Range<u64> = 100..1500;
 /// Set to replay a failing run's kill points.
 const CRASH_SEED_ENV: &str = "CONNMIRROR_CRASH_SEED";
+/// How far a sender's `next_seq` may run ahead of the bytes journaled that way:
+/// bytes in flight, sent but not yet captured when the mirror died.
+const MAX_IN_FLIGHT: u64 = 16 << 20;
+
+/// The crash mirror's flags (besides interfaces, service and journal).
+const CRASH_FLAGS: [&str; 4] = ["--retention", "full", "--history-cap", "512M"];
+
+/// What a run without a crash reports for the exchange, as `journal inspect`
+/// shows its journal: the reference for the state of every crash round.
+#[derive(Debug)]
+struct CrashFree {
+    /// Each side's SYN options, indexed like [`Way::BOTH`] (the ISNs are left
+    /// out: they are random per connection).
+    syn: [SynOptions; 2],
+    /// The readiness of the flow once both FINs are in the journal.
+    closed_readiness: Readiness,
+}
 
 /// What one crash round left in the journal.
 #[derive(Debug)]
@@ -114,6 +132,9 @@ struct CrashRound {
     c2s: u64,
     s2c: u64,
     readiness: Option<Readiness>,
+    /// Per direction, how far the sender's `next_seq` ran past the journaled
+    /// bytes (in flight at the kill, FIN included).
+    in_flight: [u64; 2],
 }
 
 #[test]
@@ -134,6 +155,15 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
     let service = topo.service(Family::V4, PORT);
     let started = Instant::now();
 
+    let crash_free = crash_free_round(&topo, service);
+    println!(
+        "crash-free run in {:.1?}: c2s SYN {:?}, s2c SYN {:?}, readiness at the end {:?}",
+        started.elapsed(),
+        crash_free.syn[0],
+        crash_free.syn[1],
+        crash_free.closed_readiness
+    );
+
     let mut rounds = Vec::new();
     let mut failed = Vec::new();
     for round in 0..CRASH_ROUNDS {
@@ -142,18 +172,19 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
         // A failing round is reported and the loop goes on, so one run shows
         // how often (and at which kill points) the journal fails.
         match catch_unwind(AssertUnwindSafe(|| {
-            crash_round(&topo, service, round, kill_after)
+            crash_round(&topo, service, &crash_free, round, kill_after)
         })) {
             Ok(r) => {
                 println!(
                     "round {round:2}: SIGKILL after {:>4} ms of a {:.2?} exchange: torn tail {:?}, \
-                     journaled c2s {:>10} s2c {:>10} bytes, readiness {:?}",
+                     journaled c2s {:>10} s2c {:>10} bytes, readiness {:?}, in flight {:?}",
                     r.kill_after.as_millis(),
                     r.exchange,
                     r.torn_tail,
                     r.c2s,
                     r.s2c,
-                    r.readiness
+                    r.readiness,
+                    r.in_flight
                 );
                 rounds.push(r);
             }
@@ -205,24 +236,230 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
     );
 }
 
+/// The reference run: the same mirror journals the whole 200 MB exchange and is
+/// stopped with SIGINT after it. Its journal holds the flow, closed, with every
+/// byte; the SYN options it recorded are what each crash round must show.
+fn crash_free_round(topo: &Topology, service: SocketAddr) -> CrashFree {
+    let dir = WorkDir::new("journal");
+    let command = journaled(topo, service, dir.path(), &CRASH_FLAGS).without_dumps();
+    let mirror = Mirror::start(&topo.gateway, &command);
+    let x = bidirectional(
+        &topo.client,
+        &topo.server,
+        service,
+        CRASH_STREAM,
+        TRAFFIC_TIMEOUT,
+    );
+    assert_eq!(x.server.received, x.client.sent, "crash-free run");
+    assert_eq!(x.client.received, x.server.sent, "crash-free run");
+    thread::sleep(SETTLE);
+    let _ = mirror.stop();
+
+    let inspection = journal::inspect(dir.path());
+    assert_eq!(inspection.truncated_tail, None, "crash-free run");
+    assert_eq!(
+        inspection.flows.len(),
+        1,
+        "crash-free run: {:#?}",
+        inspection.flows
+    );
+    let flow = &inspection.flows[0];
+    assert_eq!(
+        (flow.server, flow.client),
+        (service, x.client.addr),
+        "crash-free run"
+    );
+    assert_eq!(
+        (flow.c2s.delivered, flow.s2c.delivered),
+        (CRASH_STREAM, CRASH_STREAM),
+        "crash-free run: {flow:#?}"
+    );
+    assert!(
+        flow.handshake && flow.c2s.state.fin && flow.s2c.state.fin && !flow.rst,
+        "crash-free run: a handshake, both FINs, no RST: {flow:#?}"
+    );
+    let syn = Way::BOTH.map(|way| {
+        flow.side(way)
+            .state
+            .syn
+            .unwrap_or_else(|| panic!("crash-free run: no {} SYN: {flow:#?}", way.name()))
+            .options()
+    });
+    // The sequence checks of the crash rounds hold here too, at their tightest:
+    // everything sent was captured, FIN included.
+    let violations = sequence_violations(flow);
+    assert!(
+        violations.is_empty(),
+        "crash-free run:\n{}\n{flow:#?}",
+        violations.join("\n")
+    );
+    assert_eq!(
+        flow.readiness,
+        Readiness::Closed,
+        "crash-free run: the exchange ended with both FINs: {flow:#?}"
+    );
+    CrashFree {
+        syn,
+        closed_readiness: flow.readiness,
+    }
+}
+
+/// Per direction, the sender's sequence marks against the bytes journaled that
+/// way (the journal is a prefix, so every mark is a stream offset from the
+/// sender's ISN + 1, modulo 2^32): the sender's `next_seq` is at or past the
+/// journaled bytes, by at most [`MAX_IN_FLIGHT`]; the receiver's `ack` never
+/// passes them (one more for the FIN), so no byte the receiver holds is missing
+/// from the journal. Returns the violations, empty when all hold.
+fn sequence_violations(flow: &FlowState) -> Vec<String> {
+    let mut violations = Vec::new();
+    for way in Way::BOTH {
+        let sender = &flow.side(way).state;
+        let receiver = &flow.side(way.reverse()).state;
+        let delivered = flow.side(way).delivered;
+        let Some(syn) = sender.syn else {
+            violations.push(format!("{}: no SYN from the sender", way.name()));
+            continue;
+        };
+        let base = syn.isn.wrapping_add(1);
+        match sender.next_seq {
+            None => violations.push(format!("{}: no next_seq", way.name())),
+            Some(next) => {
+                let sent = u64::from(next.wrapping_sub(base));
+                if sent < delivered || sent > delivered + MAX_IN_FLIGHT {
+                    violations.push(format!(
+                        "{}: sender's next_seq {next} is stream offset {sent} (isn {}), \
+                         outside [delivered {delivered}, delivered + {MAX_IN_FLIGHT}]",
+                        way.name(),
+                        syn.isn
+                    ));
+                }
+            }
+        }
+        match receiver.ack {
+            None => violations.push(format!("{}: the receiver sent no ACK", way.name())),
+            Some(ack) => {
+                let acked = u64::from(ack.wrapping_sub(base));
+                if acked > delivered + 1 {
+                    violations.push(format!(
+                        "{}: receiver's ack {ack} is stream offset {acked} (sender isn {}), \
+                         past delivered {delivered} + 1: acknowledged bytes the journal lacks",
+                        way.name(),
+                        syn.isn
+                    ));
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// Asserts the recovered `flow` has the state a crash-free run reports for the
+/// same prefix: the SYN options of [`CrashFree`], `ready` while the flow was
+/// open at the kill (`closed` once both FINs are journaled), and sequence marks
+/// consistent with the journaled bytes ([`sequence_violations`]). Returns, per
+/// direction, how far the sender's `next_seq` runs past the journaled bytes.
+fn assert_state_as_without_a_crash(
+    flow: &FlowState,
+    crash_free: &CrashFree,
+    round: usize,
+    crashed_tail: &str,
+) -> [u64; 2] {
+    if flow.readiness == Readiness::MissingBytes {
+        panic!(
+            "round {round}: readiness missing-bytes, ranges {:?}; a crash-free run of the same \
+             prefix reports ready; the crashed journal ended with {crashed_tail}\n\
+             state:\n{flow:#?}",
+            flow.ranges
+        );
+    }
+    let mut violations = Vec::new();
+    for (i, way) in Way::BOTH.into_iter().enumerate() {
+        let syn = flow.side(way).state.syn.map(|s| s.options());
+        if syn != Some(crash_free.syn[i]) {
+            violations.push(format!(
+                "{}: SYN options {syn:?}, the crash-free run's {:?}",
+                way.name(),
+                crash_free.syn[i]
+            ));
+        }
+    }
+    let both_fins = flow.c2s.state.fin && flow.s2c.state.fin;
+    let expected = if both_fins {
+        crash_free.closed_readiness
+    } else {
+        Readiness::Ready
+    };
+    if flow.readiness != expected {
+        violations.push(format!(
+            "readiness {:?} (ranges {:?}), a crash-free run reports {expected:?} \
+             (FINs journaled: c2s {}, s2c {})",
+            flow.readiness, flow.ranges, flow.c2s.state.fin, flow.s2c.state.fin
+        ));
+    }
+    violations.extend(sequence_violations(flow));
+    assert!(
+        violations.is_empty(),
+        "round {round}: the recovered state differs from a crash-free run's:\n{}\n\
+         the crashed journal ended with {crashed_tail}\nstate:\n{flow:#?}",
+        violations.join("\n")
+    );
+    Way::BOTH.map(|way| {
+        let side = flow.side(way);
+        let base = side.state.syn.expect("checked").isn.wrapping_add(1);
+        let sent = u64::from(side.state.next_seq.expect("checked").wrapping_sub(base));
+        sent - side.delivered
+    })
+}
+
+/// How many records [`journal_tail`] describes.
+const TAIL_RECORDS: usize = 12;
+
+/// The kinds of the last records of the newest segment in `dir`, oldest first
+/// (`DATA(len)`, `UPDATE`, ...): with a failure, where the crash cut the
+/// journal relative to the state updates.
+fn journal_tail(dir: &Path, torn: bool) -> String {
+    if torn {
+        return "a torn tail (records not listed)".to_owned();
+    }
+    let Some(newest) = journal::segment_files(dir).pop() else {
+        return "no segment".to_owned();
+    };
+    let frames = journal::records(&newest);
+    let tail: Vec<String> = frames[frames.len().saturating_sub(TAIL_RECORDS)..]
+        .iter()
+        .map(|f| match f.kind {
+            kind::OPEN => "OPEN".to_owned(),
+            kind::DATA => format!("DATA({})", f.len),
+            kind::UPDATE => "UPDATE".to_owned(),
+            kind::CLOSE => "CLOSE".to_owned(),
+            kind::CHECKPOINT_BEGIN => "CHECKPOINT-BEGIN".to_owned(),
+            kind::CHECKPOINT_FLOW => "CHECKPOINT-FLOW".to_owned(),
+            kind::CHECKPOINT_END => "CHECKPOINT-END".to_owned(),
+            other => format!("kind {other}"),
+        })
+        .collect();
+    format!(
+        "these {} of its {} records in {}: {}",
+        tail.len(),
+        frames.len(),
+        newest.display(),
+        tail.join(" ")
+    )
+}
+
 /// One round: a journaling mirror is SIGKILLed `kill_after` into a 200 MB
 /// exchange; the exchange finishes uncaptured; a new mirror recovers the journal
 /// and stops; whatever the journal then holds must be an exact prefix of each
-/// direction.
+/// direction, with the state a crash-free run reports for that prefix.
 fn crash_round(
     topo: &Topology,
     service: SocketAddr,
+    crash_free: &CrashFree,
     round: usize,
     kill_after: Duration,
 ) -> CrashRound {
     let dir = WorkDir::new("journal");
-    let command = journaled(
-        topo,
-        service,
-        dir.path(),
-        &["--retention", "full", "--history-cap", "512M"],
-    )
-    .without_dumps();
+    let command = journaled(topo, service, dir.path(), &CRASH_FLAGS).without_dumps();
     let mirror = Mirror::start(&topo.gateway, &command);
 
     let (x, killed_mid_transfer) = thread::scope(|s| {
@@ -253,6 +490,7 @@ fn crash_round(
 
     // What the crash left, read-only: recovery must keep all of it.
     let crashed = journal::inspect(dir.path());
+    let crashed_tail = journal_tail(dir.path(), crashed.truncated_tail.is_some());
 
     let restarted = Mirror::start(&topo.gateway, &command);
     assert_recovered(&restarted);
@@ -289,6 +527,7 @@ fn crash_round(
             c2s: 0,
             s2c: 0,
             readiness: None,
+            in_flight: [0, 0],
         };
     };
     assert_eq!(
@@ -319,6 +558,7 @@ fn crash_round(
         &format!("round {round}"),
     );
     assert!(c2s <= CRASH_STREAM && s2c <= CRASH_STREAM);
+    let in_flight = assert_state_as_without_a_crash(flow, crash_free, round, &crashed_tail);
     CrashRound {
         kill_after,
         exchange: x.elapsed,
@@ -326,6 +566,7 @@ fn crash_round(
         c2s,
         s2c,
         readiness: Some(flow.readiness),
+        in_flight,
     }
 }
 
