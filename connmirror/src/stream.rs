@@ -1178,6 +1178,50 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever the arrival order and the acknowledgments seen in between,
+        /// a stream retains exactly the bytes its policy asks for: under
+        /// `unacked` the delivered bytes from the highest ACK on, under `full`
+        /// everything delivered (until the cap, then it is handoff-only and
+        /// keeps only the unacknowledged bytes).
+        #[test]
+        fn retention_keeps_exactly_what_its_policy_asks_for(
+            c in capture(),
+            acks in vec(0usize..=65_536, 0..16),
+            full in any::<bool>(),
+            cap in prop_oneof![Just(u64::MAX), 0u64..70_000],
+        ) {
+            let retention = if full { Retention::Full { cap } } else { Retention::Unacked };
+            let mut s = Stream::new(StreamLimits {
+                keep_delivered: 0,
+                retention,
+                ..StreamLimits::default()
+            });
+            s.syn(c.isn);
+            let mut acked = 0usize;
+            for (i, &(a, b)) in c.segments.iter().enumerate() {
+                s.data(seq_of(c.isn, a), &c.data[a..b], &mut |_| {});
+                if let Some(&ack) = acks.get(i) {
+                    // A receiver only acknowledges what it has: at most what
+                    // the stream delivered so far.
+                    let ack = ack.min(s.next_offset() as usize);
+                    s.ack(seq_of(c.isn, ack));
+                    acked = acked.max(ack);
+                }
+            }
+            let next = s.next_offset() as usize;
+            prop_assert_eq!(next, c.data.len());
+            let keep_from = match retention {
+                Retention::Full { cap } if next as u64 <= cap => 0,
+                _ => acked,
+            };
+            let (start, pieces) = s.retained();
+            let kept: Vec<u8> = pieces.flat_map(|p| p.iter().copied()).collect();
+            prop_assert_eq!(start as usize, keep_from);
+            prop_assert_eq!(&kept[..], &c.data[keep_from..next]);
+            prop_assert_eq!(s.is_handoff_only(), full && next as u64 > cap);
+            prop_assert_eq!(s.held_bytes(), next - keep_from);
+        }
+
         #[test]
         fn any_capture_of_a_stream_reassembles_it_exactly(
             c in capture(),
