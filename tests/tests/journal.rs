@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use connmirror_tests::journal::{
     self, FlowState, HeldConnection, Inspection, Readiness, StateReport, SynOptions, Way, kind,
 };
-use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::mirror::{FlowStatus, READY_TIMEOUT};
 use connmirror_tests::repair::repaired_pair;
 use connmirror_tests::traffic::SplitMix64;
 use connmirror_tests::{
-    Family, Mirror, MirrorCommand, Topology, WorkDir, bidirectional, connmirror_bin, require_root,
+    Digest, Family, Mirror, MirrorCommand, MirrorExit, Topology, WorkDir, bidirectional,
+    connmirror_bin, require_root,
 };
 
 const PORT: u16 = 7000;
@@ -815,6 +816,78 @@ fn a_flipped_byte_in_a_sealed_segment_names_file_and_offset_and_salvage_skips_it
     assert_eq!(salvaged.salvaged, 1, "{salvaged:#?}");
     assert_eq!(salvaged.segments, pristine.segments);
     assert_eq!(salvaged.flows.len(), 1, "{:#?}", salvaged.flows);
+
+    // The daemon refuses the damaged journal: exit 1, never `ready`, one error
+    // naming the file and the record's offset, and the journal left as it was.
+    let before = journal_files(dir.path());
+    let scratch = WorkDir::new("mirror-exit");
+    let exit = MirrorExit::run(
+        &topo.gateway,
+        &[],
+        &journaled(&topo, service, dir.path(), &["--segment-bytes", "1M"]).without_dumps(),
+        scratch.path(),
+        READY_TIMEOUT,
+    );
+    let expected = format!(
+        "error: opening the journal: corrupt journal record in {} at byte offset {}: \
+         checksum mismatch",
+        sealed.display(),
+        data.offset
+    );
+    assert_eq!(exit.status.code(), Some(1), "{exit:#?}");
+    assert!(
+        !exit.stdout.lines().any(|l| l.trim() == "ready"),
+        "the mirror claimed to be ready on a damaged journal: {exit:#?}"
+    );
+    assert_eq!(exit.error_lines(), [expected.as_str()], "{exit:#?}");
+    assert_eq!(
+        journal_files(dir.path()),
+        before,
+        "the failed start changed the journal directory"
+    );
+
+    // With --salvage it skips the damaged record, says how many, and runs.
+    let mirror = Mirror::start(
+        &topo.gateway,
+        &journaled(
+            &topo,
+            service,
+            dir.path(),
+            &["--segment-bytes", "1M", "--salvage"],
+        )
+        .without_dumps(),
+    );
+    let log = mirror.stderr();
+    assert!(
+        log.lines().any(|l| l.contains(" WARN ")
+            && l.contains("journal: salvage skipped damaged records")
+            && l.split_whitespace().any(|t| t == "skipped=1")),
+        "no `journal: salvage skipped damaged records skipped=1` warning in stderr:\n{log}"
+    );
+    // SIGINT; `stop` asserts exit status 0.
+    let _ = mirror.stop();
+}
+
+/// Every file in a journal directory: name → (size, contents).
+fn journal_files(dir: &Path) -> BTreeMap<String, (u64, Digest)> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|entry| {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            let len = entry
+                .metadata()
+                .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+                .len();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let digest = if path.is_file() {
+                Digest::of_file(&path)
+            } else {
+                Digest::of(b"")
+            };
+            (name, (len, digest))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
