@@ -65,41 +65,37 @@ pub fn test(extra: &[String]) -> Result<()> {
 
 /// `cargo xtask demo`: runs `connmirror-demo` against the release daemon.
 pub fn demo() -> Result<()> {
-    let (env, bin) = prepare_root_run(
+    run_tests_binary(
         "demo",
         "the demo creates network namespaces and loads eBPF programs",
-    )?;
-    let mut cmd = workspace::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "connmirror-tests",
-        "--bin",
         "connmirror-demo",
-    ])
-    .env("CONNMIRROR_BIN", &bin);
-    step(env.apply(&mut cmd)?).context("the demo failed; see its output above")
+        &[],
+    )
+    .context("the demo failed; see its output above")
 }
 
 /// `cargo xtask bench`: runs `connmirror-bench` for `area` against the release daemon.
 pub fn bench(area: Area) -> Result<()> {
-    let (env, bin) = prepare_root_run(
+    run_tests_binary(
         "bench",
         "the benchmarks create network namespaces and load eBPF programs",
-    )?;
-    let mut cmd = workspace::cargo();
-    cmd.args([
-        "run",
-        "--release",
-        "-p",
-        "connmirror-tests",
-        "--bin",
         "connmirror-bench",
-    ])
-    .args(["--", area.as_arg()])
-    .env("CONNMIRROR_BIN", &bin);
-    step(env.apply(&mut cmd)?).context("the benchmark failed; see its output above")
+        &[area.as_arg()],
+    )
+    .context("the benchmark failed; see its output above")
+}
+
+/// Runs the `connmirror-tests` binary `bin` with `args` against the release
+/// daemon, after the root check and setup that task `task` (which needs root
+/// because `why`) requires.
+fn run_tests_binary(task: &str, why: &str, bin: &str, args: &[&str]) -> Result<()> {
+    let (env, daemon) = prepare_root_run(task, why)?;
+    let mut cmd = workspace::cargo();
+    cmd.args(["run", "--release", "-p", "connmirror-tests", "--bin", bin])
+        .arg("--")
+        .args(args)
+        .env("CONNMIRROR_BIN", &daemon);
+    step(env.apply(&mut cmd)?)
 }
 
 /// `cargo xtask lint`: rustfmt and clippy over the host-side crates; runs both
