@@ -395,6 +395,17 @@ impl Report {
             Err(format!("report lacks counters {missing:?}"))
         }
     }
+    /// Asserts what the `drop` policy guarantees: every full-ring event was a
+    /// backpressure drop (TCP resends the segment), none a gap.
+    pub fn assert_drop_policy_held(&self) {
+        assert_eq!(
+            self.counter(Counter::BackpressureDrops),
+            self.counter(Counter::RingFull),
+            "{:?}",
+            self.counters
+        );
+        assert_eq!(self.counter(Counter::GapsMarked), 0, "{:?}", self.counters);
+    }
 
     /// A kernel counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> u64 {
