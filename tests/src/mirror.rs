@@ -395,6 +395,7 @@ impl Report {
             Err(format!("report lacks counters {missing:?}"))
         }
     }
+
     /// Asserts what the `drop` policy guarantees: every full-ring event was a
     /// backpressure drop (TCP resends the segment), none a gap.
     pub fn assert_drop_policy_held(&self) {
