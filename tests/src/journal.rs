@@ -11,9 +11,9 @@
 //!
 //! # Flow state
 //! `journal inspect --json` and `report.json` describe each flow with the same
-//! object: [`FlowState`] reads the fields the journal tests check (id,
-//! readiness and its missing ranges, per-side TCP state, byte counts). The
-//! leaner [`crate::mirror::Flow`] is left as it is for the capture tests.
+//! object, so both are read into [`crate::mirror::Flow`] (id, readiness and its
+//! missing ranges, per-side TCP state, byte counts); this module adds the
+//! per-direction accessors the journal tests use.
 //!
 //! # Held connections
 //! A journal keeps a flow only while it is live: the checkpoint a restarted
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use crate::mirror::FlowStatus;
+pub use crate::mirror::{DirectionDump, Flow, MissingRange, Readiness, SynState, TcpState};
 use crate::netns::Netns;
 use crate::process::{describe, output_with_timeout, wait_with_timeout};
 use crate::traffic::{C2S_SEED, S2C_SEED, SplitMix64, stream_bytes};
@@ -108,67 +108,12 @@ pub struct Inspection {
     pub truncated_tail: Option<(PathBuf, u64)>,
     /// Damaged records skipped (`--salvage`).
     pub salvaged: u64,
-    pub flows: Vec<FlowState>,
+    pub flows: Vec<Flow>,
 }
 
-/// `report.json`, only the flows (with every field [`FlowState`] reads).
-#[derive(Clone, Debug, Deserialize)]
-pub struct StateReport {
-    pub flows: Vec<FlowState>,
-}
-
-impl StateReport {
-    /// Reads `dir/report.json` (the scratch directory [`crate::Mirror::stop`]
-    /// hands back).
-    pub fn read(mirror_dir: &Path) -> StateReport {
-        let path = mirror_dir.join("dump").join("report.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()))
-    }
-}
-
-/// Whether a restore could rebuild a flow now.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Readiness {
-    Ready,
-    MissingBytes,
-    NoHandshake,
-    Closed,
-}
-
-/// One missing range (`readiness: missing-bytes`), as stream offsets.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-pub struct MissingRange {
-    /// `c2s` or `s2c`.
-    pub dir: String,
-    pub start: u64,
-    pub end: u64,
-}
-
-/// One flow, as `journal inspect --json` and `report.json` describe it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct FlowState {
-    pub id: u64,
-    pub readiness: Readiness,
-    /// Present with `missing-bytes` only.
-    #[serde(default)]
-    pub ranges: Vec<MissingRange>,
-    pub server: SocketAddr,
-    pub client: SocketAddr,
-    pub service_id: u32,
-    pub status: FlowStatus,
-    pub handshake: bool,
-    pub rst: bool,
-    pub kernel_gaps: u64,
-    pub c2s: SideState,
-    pub s2c: SideState,
-}
-
-impl FlowState {
+impl Flow {
     /// One direction.
-    pub fn side(&self, way: Way) -> &SideState {
+    pub fn side(&self, way: Way) -> &DirectionDump {
         match way {
             Way::C2s => &self.c2s,
             Way::S2c => &self.s2c,
@@ -183,49 +128,6 @@ impl FlowState {
             .cloned()
             .collect()
     }
-}
-
-/// One direction of a flow.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SideState {
-    /// Dump file (report.json with `--dump-dir`; always `None` in inspect).
-    pub file: Option<PathBuf>,
-    /// Where the dump file stops because a hole was given up.
-    pub dump_stopped_at: Option<u64>,
-    pub delivered: u64,
-    pub complete: bool,
-    pub holes: Vec<[u64; 2]>,
-    pub missing: Vec<[u64; 2]>,
-    /// Marks of the segments this side sent.
-    pub state: TcpState,
-    pub handoff_only: bool,
-    pub retained: u64,
-    pub acked: u64,
-    pub conflicting_bytes: u64,
-}
-
-/// The TCP marks of the segments one side sent.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct TcpState {
-    pub syn: Option<SynState>,
-    pub next_seq: Option<u32>,
-    pub ack: Option<u32>,
-    pub window: u16,
-    pub window_scaled: u32,
-    pub tsval: Option<u32>,
-    pub tsecr: Option<u32>,
-    pub fin: bool,
-    pub rst: bool,
-}
-
-/// What one side announced in its SYN.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct SynState {
-    pub isn: u32,
-    pub mss: Option<u16>,
-    pub window_scale: Option<u8>,
-    pub sack_permitted: bool,
-    pub timestamps: bool,
 }
 
 impl SynState {

@@ -304,6 +304,11 @@ pub struct Userspace {
 /// One TCP connection the mirror saw.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Flow {
+    pub id: u64,
+    pub readiness: Readiness,
+    /// Present with `missing-bytes` only.
+    #[serde(default)]
+    pub ranges: Vec<MissingRange>,
     pub server: SocketAddr,
     pub client: SocketAddr,
     pub service_id: u32,
@@ -348,11 +353,19 @@ pub enum FlowStatus {
 #[derive(Clone, Debug, Deserialize)]
 pub struct DirectionDump {
     /// Absolute path of the file holding the reassembled bytes (`None` when the
-    /// mirror ran without `--dump-dir`).
+    /// mirror ran without `--dump-dir`, and always in `journal inspect`).
     pub file: Option<PathBuf>,
+    /// Where the dump file stops because a hole was given up.
+    pub dump_stopped_at: Option<u64>,
     pub delivered: u64,
     pub complete: bool,
     pub holes: Vec<[u64; 2]>,
+    pub missing: Vec<[u64; 2]>,
+    /// Marks of the segments this side sent.
+    pub state: TcpState,
+    pub handoff_only: bool,
+    pub retained: u64,
+    pub acked: u64,
     pub conflicting_bytes: u64,
 }
 
@@ -422,4 +435,47 @@ impl Report {
     pub fn malformed_total(&self) -> u64 {
         Malformed::ALL.iter().map(|&m| self.malformed(m)).sum()
     }
+}
+
+/// Whether a restore could rebuild a flow now.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    Ready,
+    MissingBytes,
+    NoHandshake,
+    Closed,
+}
+
+/// One missing range (`readiness: missing-bytes`), as stream offsets.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct MissingRange {
+    /// `c2s` or `s2c`.
+    pub dir: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// The TCP marks of the segments one side sent.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct TcpState {
+    pub syn: Option<SynState>,
+    pub next_seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub window: u16,
+    pub window_scaled: u32,
+    pub tsval: Option<u32>,
+    pub tsecr: Option<u32>,
+    pub fin: bool,
+    pub rst: bool,
+}
+
+/// What one side announced in its SYN.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct SynState {
+    pub isn: u32,
+    pub mss: Option<u16>,
+    pub window_scale: Option<u8>,
+    pub sack_permitted: bool,
+    pub timestamps: bool,
 }

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror_tests::journal::{
-    self, FlowState, HeldConnection, Inspection, Readiness, StateReport, SynOptions, Way, kind,
+    self, Flow, HeldConnection, Inspection, Readiness, SynOptions, Way, kind,
 };
 use connmirror_tests::mirror::{FlowStatus, READY_TIMEOUT};
 use connmirror_tests::repair::repaired_pair;
@@ -66,7 +66,7 @@ fn assert_recovered(mirror: &Mirror) {
 /// at stream offset 0 (no note about released bytes). Returns (c2s, s2c) lengths.
 fn assert_dumps_are_exact_prefixes(
     dir: &Path,
-    flow: &FlowState,
+    flow: &Flow,
     scratch: &Path,
     what: &str,
 ) -> (u64, u64) {
@@ -311,7 +311,7 @@ fn crash_free_round(topo: &Topology, service: SocketAddr) -> CrashFree {
 /// journaled bytes, by at most [`MAX_IN_FLIGHT`]; the receiver's `ack` never
 /// passes them (one more for the FIN), so no byte the receiver holds is missing
 /// from the journal. Returns the violations, empty when all hold.
-fn sequence_violations(flow: &FlowState) -> Vec<String> {
+fn sequence_violations(flow: &Flow) -> Vec<String> {
     let mut violations = Vec::new();
     for way in Way::BOTH {
         let sender = &flow.side(way).state;
@@ -360,7 +360,7 @@ fn sequence_violations(flow: &FlowState) -> Vec<String> {
 /// consistent with the journaled bytes ([`sequence_violations`]). Returns, per
 /// direction, how far the sender's `next_seq` runs past the journaled bytes.
 fn assert_state_as_without_a_crash(
-    flow: &FlowState,
+    flow: &Flow,
     crash_free: &CrashFree,
     round: usize,
     crashed_tail: &str,
@@ -495,8 +495,7 @@ fn crash_round(
 
     let restarted = Mirror::start(&topo.gateway, &command);
     assert_recovered(&restarted);
-    let (_report, mirror_dir) = restarted.stop();
-    let report = StateReport::read(mirror_dir.path());
+    let (report, _mirror_dir) = restarted.stop();
 
     let inspection = journal::inspect(dir.path());
     let counts = |i: &Inspection| -> Vec<(u64, u64, u64)> {
@@ -914,8 +913,7 @@ fn a_flow_started_before_the_mirror_is_reported_no_handshake() {
     );
     conn.exchange(WITH_MIRROR, TRAFFIC_TIMEOUT);
     thread::sleep(SETTLE);
-    let (_report, mirror_dir) = mirror.stop();
-    let report = StateReport::read(mirror_dir.path());
+    let (report, _mirror_dir) = mirror.stop();
 
     assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
     let flow = &report.flows[0];
@@ -967,13 +965,12 @@ fn a_pass_policy_gap_is_reported_as_missing_bytes_with_its_range() {
         conn.exchange(TRAILING_BYTES, TRAFFIC_TIMEOUT);
     }
     thread::sleep(SETTLE);
-    let (fixture_report, mirror_dir) = mirror.stop();
-    let report = StateReport::read(mirror_dir.path());
+    let (report, _mirror_dir) = mirror.stop();
 
     assert!(
-        fixture_report.counter(connmirror_common::Counter::RingFull) > 0,
+        report.counter(connmirror_common::Counter::RingFull) > 0,
         "{:?}",
-        fixture_report.counters
+        report.counters
     );
     assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
     let flow = &report.flows[0];
@@ -1070,8 +1067,7 @@ fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
 
     let restarted = Mirror::start(&topo.gateway, &command);
     assert_recovered(&restarted);
-    let (_report, mirror_dir) = restarted.stop();
-    let report = StateReport::read(mirror_dir.path());
+    let (report, _mirror_dir) = restarted.stop();
     assert_eq!(report.flows.len(), 1, "{:#?}", report.flows);
     assert_eq!(
         (report.flows[0].c2s.delivered, report.flows[0].s2c.delivered),
@@ -1096,7 +1092,7 @@ fn assert_wrapped_flow(
     client: SocketAddr,
     dir: &WorkDir,
     what: &str,
-) -> FlowState {
+) -> Flow {
     assert_eq!(inspection.truncated_tail, None, "{what}");
     assert_eq!(inspection.flows.len(), 1, "{what}: {:#?}", inspection.flows);
     let flow = inspection.flows[0].clone();
