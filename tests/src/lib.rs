@@ -26,6 +26,7 @@
 
 pub mod bench;
 pub mod digest;
+pub mod echo;
 pub mod inject;
 pub mod journal;
 pub mod live;
@@ -36,6 +37,7 @@ pub mod repair;
 pub mod topology;
 pub mod traffic;
 pub mod vlan;
+pub mod wire;
 pub mod workdir;
 
 use std::path::PathBuf;
