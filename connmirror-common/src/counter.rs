@@ -32,11 +32,15 @@ pub enum Counter {
     /// Tracked segments whose payload the kernel refused to copy (a helper
     /// failed); not expected for a frame the parser accepted.
     CopyFailed = 10,
+    /// Client segments dropped while their service was quiesced for a takeover.
+    QuiesceDrops = 11,
+    /// Segments from a fenced (taken-over) primary, dropped.
+    FenceDrops = 12,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 11] = [
+    pub const ALL: [Counter; 13] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -48,6 +52,8 @@ impl Counter {
         Counter::Fragments,
         Counter::Oversize,
         Counter::CopyFailed,
+        Counter::QuiesceDrops,
+        Counter::FenceDrops,
     ];
 
     /// The slot index in the counter array.
@@ -69,6 +75,8 @@ impl Counter {
             Counter::Fragments => "fragments",
             Counter::Oversize => "oversize",
             Counter::CopyFailed => "copy_failed",
+            Counter::QuiesceDrops => "quiesce_drops",
+            Counter::FenceDrops => "fence_drops",
         }
     }
 }

@@ -21,6 +21,35 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
+/// Value of the `SERVICES` hash map: the service's id and what the programs
+/// do with its segments (a [`ServiceMode`] bit set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Service id, carried by every record.
+    pub id: u32,
+    /// [`ServiceMode`] bits; zero means "capture".
+    pub mode: u32,
+}
+
+/// What the programs do with a service's segments, as bits of
+/// [`ServiceValue::mode`]. A takeover moves a service through
+/// `QUIESCED | FENCED` (while its sockets are rebuilt) to `FENCED | OWNED`.
+pub struct ServiceMode;
+
+impl ServiceMode {
+    /// Drop client → service segments at ingress, uncaptured: while the
+    /// standby rebuilds the sockets, a client segment must not reach a kernel
+    /// with no socket for it (it would answer with a RST); the client
+    /// retransmits it later.
+    pub const QUIESCED: u32 = 1;
+    /// Drop service → client segments at ingress: the old primary is fenced off,
+    /// so a primary that comes back cannot reach (and reset) the clients.
+    pub const FENCED: u32 = 2;
+    /// This host serves the address now: segments pass uncaptured.
+    pub const OWNED: u32 = 4;
+}
+
 /// Key of the `FLOWS` LRU map: one TCP connection of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +87,7 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding holes left
     // uninitialised by construction (explicit `_pad` fields).
     unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
 }

@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use connmirror_common::{
     Counter, Direction, FlowKey, FlowValue, Hook, RecordHeader, RingFullPolicy, ServiceKey,
+    ServiceMode, ServiceValue,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
     record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS},
@@ -19,9 +20,9 @@ use crate::packet::{Kernel, LoadInto};
 #[map]
 static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 
-/// Protected services: (address, port) → service id. Updated at runtime by userspace.
+/// Protected services: (address, port) → id and mode. Updated at runtime by userspace.
 #[map]
-static SERVICES: HashMap<ServiceKey, u32> = HashMap::with_max_entries(1024, 0);
+static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1024, 0);
 
 /// Tracked connections, least recently used evicted first.
 #[map]
@@ -72,9 +73,13 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
             return Verdict::Pass;
         }
     };
-    let Some((direction, service_id)) = classify(&seg) else {
+    let Some((direction, service)) = classify(&seg) else {
         return Verdict::Pass;
     };
+    if service.mode != 0 {
+        return takeover(direction, service.mode, hook);
+    }
+    let service_id = service.id;
     count(Counter::PacketsTracked.index(), 1);
     let flow = track(&seg, direction, service_id);
     match copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
@@ -97,9 +102,29 @@ fn count(slot: u32, n: u64) {
     }
 }
 
+/// The verdict for a segment of a service being (or already) taken over.
+/// Only ingress hooks drop: at egress the segments are the restored sockets' own.
+#[inline(always)]
+fn takeover(direction: Direction, mode: u32, hook: Hook) -> Verdict {
+    if matches!(hook, Hook::TcEgress) {
+        return Verdict::Pass;
+    }
+    match direction {
+        Direction::ClientToServer if mode & ServiceMode::QUIESCED != 0 => {
+            count(Counter::QuiesceDrops.index(), 1);
+            Verdict::Drop
+        }
+        Direction::ServerToClient if mode & ServiceMode::FENCED != 0 => {
+            count(Counter::FenceDrops.index(), 1);
+            Verdict::Drop
+        }
+        _ => Verdict::Pass,
+    }
+}
+
 /// Finds the service a segment belongs to and which way it travels.
 #[inline(always)]
-fn classify(seg: &Segment) -> Option<(Direction, u32)> {
+fn classify(seg: &Segment) -> Option<(Direction, ServiceValue)> {
     let key = |addr: [u8; 16], port: u16| ServiceKey {
         addr,
         port,
@@ -107,11 +132,11 @@ fn classify(seg: &Segment) -> Option<(Direction, u32)> {
         _pad: 0,
     };
     // SAFETY: lookups copy the value out immediately.
-    if let Some(id) = unsafe { SERVICES.get(&key(seg.dst_addr, seg.dst_port)) } {
-        return Some((Direction::ClientToServer, *id));
+    if let Some(value) = unsafe { SERVICES.get(&key(seg.dst_addr, seg.dst_port)) } {
+        return Some((Direction::ClientToServer, *value));
     }
-    if let Some(id) = unsafe { SERVICES.get(&key(seg.src_addr, seg.src_port)) } {
-        return Some((Direction::ServerToClient, *id));
+    if let Some(value) = unsafe { SERVICES.get(&key(seg.src_addr, seg.src_port)) } {
+        return Some((Direction::ServerToClient, *value));
     }
     None
 }

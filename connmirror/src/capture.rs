@@ -19,7 +19,7 @@ use aya::{
     },
 };
 use connmirror_common::{
-    Counter, FlowKey, FlowValue, Hook, Malformed, RingFullPolicy, ServiceKey,
+    Counter, FlowKey, FlowValue, Hook, Malformed, RingFullPolicy, ServiceKey, ServiceValue,
     counter::COUNTER_SLOTS,
 };
 use thiserror::Error;
@@ -177,15 +177,26 @@ impl Capture {
     /// next packet on: the map is shared with the running programs, so services
     /// can be added and removed while capture runs.
     pub fn track(&mut self, service: &Service) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, ServiceKey, u32> = self.map_mut("SERVICES")?;
-        map.insert(service.key(), service.id, 0)
+        self.set_mode(service, 0)
+    }
+
+    /// Sets `service`'s [`ServiceMode`](connmirror_common::ServiceMode) bits (zero: capture). The programs read
+    /// the map on every packet, so the next segment already sees the new mode:
+    /// this is how a takeover quiesces clients and fences the old primary.
+    pub fn set_mode(&mut self, service: &Service, mode: u32) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
+        let value = ServiceValue {
+            id: service.id,
+            mode,
+        };
+        map.insert(service.key(), value, 0)
             .map_err(map_error("SERVICES"))
     }
 
     /// Removes `service` from the services map: its segments pass uncaptured from
     /// the next packet on. Flows already in the kernel's flow map age out (LRU).
     pub fn untrack(&mut self, service: &Service) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, ServiceKey, u32> = self.map_mut("SERVICES")?;
+        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
         map.remove(&service.key()).map_err(map_error("SERVICES"))
     }
 

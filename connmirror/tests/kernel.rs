@@ -10,7 +10,7 @@ use connmirror::{
     service::Service,
 };
 use connmirror_common::{
-    Counter, Direction, Hook, Malformed, RecordHeader, RingFullPolicy,
+    Counter, Direction, Hook, Malformed, RecordHeader, RingFullPolicy, ServiceMode,
     frame::{TcpFrame, malformed},
     record::tcp_flags::{ACK, PSH},
 };
@@ -268,4 +268,59 @@ fn full_ring_passes_and_marks_the_flow_gapped_under_the_pass_policy() {
     assert_eq!(counters.get(Counter::Records) + full, 40);
     let gaps: Vec<u32> = capture.flow_gaps().unwrap().into_values().collect();
     assert_eq!(gaps, vec![full as u32]);
+}
+
+/// Verdicts for one client → service and one service → client segment at each hook.
+fn both_ways(capture: &mut Capture) -> Vec<(Hook, i32, i32)> {
+    let to_server = TcpFrame::new(client(), server()).build();
+    let to_client = TcpFrame::new(server(), client()).build();
+    [Hook::Xdp, Hook::TcIngress, Hook::TcEgress]
+        .into_iter()
+        .map(|hook| {
+            let c2s = capture.test_run(hook, &to_server).unwrap();
+            let s2c = capture.test_run(hook, &to_client).unwrap();
+            (hook, c2s, s2c)
+        })
+        .collect()
+}
+
+#[test]
+fn takeover_modes_drop_at_ingress_only_and_stop_capture() {
+    let mut capture = load(1 << 20, RingFullPolicy::Drop, server());
+    let mut ring = capture.take_ring().unwrap();
+    let service = Service {
+        id: 7,
+        addr: server(),
+    };
+
+    capture
+        .set_mode(&service, ServiceMode::QUIESCED | ServiceMode::FENCED)
+        .unwrap();
+    let quiesced = both_ways(&mut capture);
+    capture
+        .set_mode(&service, ServiceMode::FENCED | ServiceMode::OWNED)
+        .unwrap();
+    let owned = both_ways(&mut capture);
+
+    assert_eq!(
+        quiesced,
+        vec![
+            (Hook::Xdp, XDP_DROP, XDP_DROP),
+            (Hook::TcIngress, TC_ACT_SHOT, TC_ACT_SHOT),
+            (Hook::TcEgress, TC_ACT_UNSPEC, TC_ACT_UNSPEC),
+        ]
+    );
+    assert_eq!(
+        owned,
+        vec![
+            (Hook::Xdp, XDP_PASS, XDP_DROP),
+            (Hook::TcIngress, TC_ACT_UNSPEC, TC_ACT_SHOT),
+            (Hook::TcEgress, TC_ACT_UNSPEC, TC_ACT_UNSPEC),
+        ]
+    );
+    assert!(records(&mut ring).is_empty(), "a taken-over service is not captured");
+    let counters = capture.counters().unwrap();
+    assert_eq!(counters.get(Counter::QuiesceDrops), 2);
+    assert_eq!(counters.get(Counter::FenceDrops), 4);
+    assert_eq!(counters.get(Counter::PacketsTracked), 0);
 }
