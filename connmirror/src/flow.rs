@@ -28,7 +28,7 @@ use crate::{
     },
     service::socket_addr,
     state::{MissingRange, Readiness, SideState, after},
-    stream::{Chunk, Retention, Stream, StreamLimits},
+    stream::{Chunk, Retention, Stream, StreamLimits, StreamMarks},
 };
 
 /// Where one direction is written. After a gap the file stops growing, so it is
@@ -552,6 +552,23 @@ impl FlowTable {
         emit(Record::CheckpointEnd)
     }
 
+    /// Everything a takeover needs of each flow of `service_id`: readiness,
+    /// state, stream marks and retained bytes, copied out so the table can keep
+    /// running while sockets are rebuilt.
+    pub fn takeover(&self, service_id: u32) -> Vec<TakeoverFlow> {
+        self.flows
+            .iter()
+            .filter(|(_, flow)| flow.service_id == service_id && !flow.closed)
+            .map(|(key, flow)| TakeoverFlow {
+                id: flow.id,
+                key: *key,
+                readiness: flow.readiness(),
+                c2s: TakeoverSide::of(&flow.c2s),
+                s2c: TakeoverSide::of(&flow.s2c),
+            })
+            .collect()
+    }
+
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
     pub fn kernel_gaps(&mut self, key: &FlowKey, gaps: u32) {
         if let Some(flow) = self.flows.get_mut(key) {
@@ -697,6 +714,64 @@ fn flow_report(key: &FlowKey, flow: &mut Flow) -> io::Result<FlowReport> {
         c2s,
         s2c,
     })
+}
+
+/// One flow as a takeover sees it (see [`FlowTable::takeover`]).
+#[derive(Clone, Debug)]
+pub struct TakeoverFlow {
+    /// Journal-wide id.
+    pub id: u64,
+    /// The 4-tuple.
+    pub key: FlowKey,
+    /// Whether it can be restored.
+    pub readiness: Readiness,
+    /// Client → server.
+    pub c2s: TakeoverSide,
+    /// Server → client.
+    pub s2c: TakeoverSide,
+}
+
+impl TakeoverFlow {
+    /// (server, client) socket addresses.
+    pub fn endpoints(&self) -> (SocketAddr, SocketAddr) {
+        endpoints(&self.key)
+    }
+}
+
+/// One direction of a [`TakeoverFlow`].
+#[derive(Clone, Debug)]
+pub struct TakeoverSide {
+    /// State of the segments the sender sent.
+    pub state: SideState,
+    /// Stream position (origin, delivered end, highest acknowledgment).
+    pub marks: StreamMarks,
+    /// Stream offset of `retained[0]`.
+    pub retained_start: u64,
+    /// Delivered bytes still held: offsets `[retained_start, marks.next)`.
+    pub retained: Vec<u8>,
+}
+
+impl TakeoverSide {
+    fn of(side: &Side) -> Self {
+        let (retained_start, pieces) = side.stream.retained();
+        Self {
+            state: side.state,
+            marks: side.stream.marks(),
+            retained_start,
+            retained: pieces.flatten().copied().collect(),
+        }
+    }
+
+    /// Sequence number of stream offset `offset`, once the origin is known.
+    pub fn seq_at(&self, offset: u64) -> Option<u32> {
+        self.marks.origin.map(|o| o.wrapping_add(offset as u32))
+    }
+
+    /// The retained bytes from stream offset `from` on, if they are all held.
+    pub fn bytes_from(&self, from: u64) -> Option<&[u8]> {
+        let skip = from.checked_sub(self.retained_start)?;
+        self.retained.get(usize::try_from(skip).ok()?..)
+    }
 }
 
 /// Where a flow's capture stands.

@@ -2,17 +2,23 @@
 //!
 //! This crate is the userspace side: it loads the capture programs
 //! ([`capture`]), reassembles each connection's two byte streams ([`stream`],
-//! [`flow`]) and runs the roles (`mirror` today; standby and takeover follow).
+//! [`flow`]), journals them ([`journal`]) and runs the roles: `mirror`, and
+//! `standby`, which takes connections over with `TCP_REPAIR` ([`takeover`],
+//! [`restore`]) and resumes them ([`handoff`], [`replay`]).
 //! Types shared with the kernel side live in `connmirror-common`.
 
 pub mod address;
 pub mod announce;
 pub mod capture;
+pub mod control;
 pub mod flow;
 pub mod handoff;
 pub mod journal;
 pub mod mirror;
+pub mod replay;
 pub mod restore;
 pub mod service;
+pub mod standby;
 pub mod state;
 pub mod stream;
+pub mod takeover;

@@ -8,8 +8,11 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use connmirror::{
+    control::{self, DEFAULT_CONTROL, Request, Response},
     journal::inspect,
     mirror::{self, MirrorArgs},
+    standby::{self, StandbyArgs},
+    takeover::TakeoverReport,
 };
 use connmirror_common::Direction;
 use tracing_subscriber::EnvFilter;
@@ -31,6 +34,32 @@ enum Command {
     /// detaches the programs, drains the ring buffer and writes the report
     /// (--report, or DIR/report.json with --dump-dir). Logs go to stderr (RUST_LOG=debug for more).
     Mirror(MirrorArgs),
+    /// Run as the inline standby: mirror the services on both links and wait
+    /// for a takeover (`connmirror takeover`).
+    ///
+    /// On takeover the standby quiesces the clients' segments and fences the
+    /// old primary (XDP/TC drops), makes the service address local, rebuilds
+    /// every restorable connection with TCP_REPAIR, resets and counts the
+    /// others, and resumes each connection by handoff or replay (--resume).
+    /// Prints `ready` on stdout once attached; SIGINT/SIGTERM stop it and write
+    /// the report, takeovers included.
+    Standby(Box<StandbyArgs>),
+    /// Ask a running standby to take services over now.
+    ///
+    /// Prints what the takeover did: each step with its duration, flows
+    /// restored, reset and unrecoverable by reason. Exits 1 if the standby
+    /// refused or could not be reached.
+    Takeover {
+        /// Only this service (repeat for several) [default: every service].
+        #[arg(long = "service", value_name = "IP:PORT")]
+        services: Vec<std::net::SocketAddr>,
+        /// The standby's control socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a journal apart without a running daemon.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -108,6 +137,55 @@ fn journal(command: JournalCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn takeover(
+    services: Vec<std::net::SocketAddr>,
+    control: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = Request::Takeover {
+        services: (!services.is_empty()).then_some(services),
+    };
+    let report = match control::request(control, &request)? {
+        Response::Takeover(report) => report,
+        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
+    };
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &report)?;
+        writeln!(stdout)?;
+    } else {
+        print_takeover(&report, &mut stdout)?;
+    }
+    Ok(())
+}
+
+fn print_takeover(report: &TakeoverReport, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
+    writeln!(
+        out,
+        "takeover of {}: {} restored ({} handed off, {} replayed), {} divergent, \
+         {} unrecoverable, {} reset, {} closed",
+        services.join(", "),
+        report.restored,
+        report.handed_off,
+        report.replayed,
+        report.divergent,
+        report.unrecoverable_total(),
+        report.reset,
+        report.closed,
+    )?;
+    for (reason, n) in &report.unrecoverable {
+        writeln!(out, "  unrecoverable {reason}: {n}")?;
+    }
+    for step in &report.steps {
+        writeln!(out, "  {:<10} {:>10.3} ms", step.name, step.micros as f64 / 1e3)?;
+    }
+    for error in &report.errors {
+        writeln!(out, "  error: {error}")?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -125,6 +203,12 @@ fn main() -> ExitCode {
             runtime.block_on(async {
                 match cli.command {
                     Command::Mirror(args) => mirror::run(args).await,
+                    Command::Standby(args) => standby::run(*args).await,
+                    Command::Takeover {
+                        services,
+                        control,
+                        json,
+                    } => takeover(services, &control, json),
                     Command::Journal(command) => journal(command),
                 }
             })

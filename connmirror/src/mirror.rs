@@ -34,6 +34,7 @@ use crate::{
     },
     service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
+    takeover::TakeoverReport,
 };
 
 /// Command-line arguments of `connmirror mirror`.
@@ -237,6 +238,9 @@ pub struct Report {
     pub flows: Vec<FlowReport>,
     /// Journal counters, with `--journal`.
     pub journal: Option<JournalSummary>,
+    /// Takeovers run by a standby, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub takeovers: Vec<TakeoverReport>,
 }
 
 /// What the journal wrote during the run.
@@ -265,107 +269,215 @@ impl From<&JournalStats> for JournalSummary {
 
 /// Runs the mirror until SIGINT or SIGTERM.
 pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
-    let MirrorArgs {
-        ifaces,
-        services,
-        ingress,
-        egress,
-        ring_size,
-        on_ring_full,
-        dump_dir,
-        report: report_path,
-        retention,
-        history_cap,
-        memory_cap,
-        journal: journal_args,
-    } = args;
-    let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
-    if let Some(dir) = &dump_dir {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut capture = Capture::load(&CaptureConfig {
-        ring_size,
-        on_ring_full: on_ring_full.into(),
-    })?;
-    let history = Retention::Full {
-        cap: u64::from(history_cap),
-    };
-    let mut table = FlowTable::new(
-        StreamLimits {
-            keep_delivered: 0,
-            retention: match retention {
-                RetentionArg::Unacked => Retention::Unacked,
-                RetentionArg::Full => history,
-            },
-            ..StreamLimits::default()
-        },
-        dump_dir.clone(),
-    )
-    .memory_cap(memory_cap as usize);
-    for (id, ServiceAddr(addr, own)) in services.into_iter().enumerate() {
-        let service = Service {
-            id: id as u32,
-            addr,
-        };
-        capture.track(&service)?;
-        table = match own {
-            Some(RetentionName::Full) => table.service_retention(service.id, history),
-            Some(RetentionName::Unacked) => table.service_retention(service.id, Retention::Unacked),
-            None => table,
-        };
-        tracing::info!(%service, "tracking");
-    }
-    for IfaceSpec { name, ingress: own } in &ifaces {
-        let mode = capture.attach(name, own.unwrap_or(ingress), egress)?;
-        tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
-    }
-    let ring = capture.take_ring()?;
-    // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it is
-    // dropped; it is only dropped after `into_inner` takes it back out.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(io::Error::from)
-        .context("registering the ring buffer with the reactor")?;
-    let journal = match journal_args.config() {
-        Some(config) => {
-            table = table.journal();
-            let checkpoint = u64::from(journal_args.checkpoint_bytes);
-            Some(Journal::open(config, checkpoint, &mut table).context("opening the journal")?)
-        }
-        None => None,
-    };
-    let mut reader = Reader {
-        table,
-        stats: ReaderStats::default(),
-        journal,
-    };
+    let mut mirror = Mirror::start(args)?;
     // Handlers first: a SIGINT sent the moment `ready` appears must already
     // detach cleanly rather than kill the process.
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
     announce_ready()?;
-    let mut ring = reader.run_until_signal(ring, signals).await?;
-    capture.detach()?;
-    reader.drain(&mut ring)?;
-    let Reader {
-        mut table,
-        mut stats,
-        journal,
-    } = reader;
-    stats.evicted = table.evicted();
-    let journal = match journal {
-        Some(journal) => Some(journal.close(&mut table).context("closing the journal")?),
-        None => None,
-    };
-    let mut report = report(&capture, &mut table, stats)?;
-    report.journal = journal.as_ref().map(JournalSummary::from);
-    log_summary(&report);
-    if let Some(path) = &report_path {
-        write_report(path, &report)?;
-    }
+    mirror.next_event(&mut signals, None::<&mut Never>).await?;
+    mirror.finish(Vec::new())?;
     Ok(())
 }
 
+/// A running capture: the programs attached, the ring registered with the
+/// reactor, the table (and journal) fed by the [`Reader`].
+pub(crate) struct Mirror {
+    pub(crate) capture: Capture,
+    pub(crate) reader: Reader,
+    ring: AsyncFd<RingBuf<MapData>>,
+    report_path: Option<PathBuf>,
+    /// Services by id, as tracked.
+    pub(crate) services: Vec<Service>,
+}
+
+/// What stopped [`Mirror::next_event`].
+pub(crate) enum Event<T> {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// A message from the extra source (the standby's control socket).
+    Message(T),
+}
+
+/// An event source that never yields (plain `mirror` has none).
+pub(crate) enum Never {}
+
+/// A source of events besides the ring and the signals.
+pub(crate) trait EventSource<T> {
+    /// The next event; pending forever once the source is closed.
+    fn next(&mut self) -> impl Future<Output = T>;
+}
+
+impl EventSource<Never> for Never {
+    async fn next(&mut self) -> Never {
+        std::future::pending().await
+    }
+}
+
+impl Mirror {
+    /// Loads the programs, tracks the services, attaches to every interface and
+    /// opens (and recovers) the journal.
+    pub(crate) fn start(args: MirrorArgs) -> anyhow::Result<Self> {
+        let MirrorArgs {
+            ifaces,
+            services,
+            ingress,
+            egress,
+            ring_size,
+            on_ring_full,
+            dump_dir,
+            report: report_path,
+            retention,
+            history_cap,
+            memory_cap,
+            journal: journal_args,
+        } = args;
+        let report_path =
+            report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
+        if let Some(dir) = &dump_dir {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut capture = Capture::load(&CaptureConfig {
+            ring_size,
+            on_ring_full: on_ring_full.into(),
+        })?;
+        let history = Retention::Full {
+            cap: u64::from(history_cap),
+        };
+        let mut table = FlowTable::new(
+            StreamLimits {
+                keep_delivered: 0,
+                retention: match retention {
+                    RetentionArg::Unacked => Retention::Unacked,
+                    RetentionArg::Full => history,
+                },
+                ..StreamLimits::default()
+            },
+            dump_dir.clone(),
+        )
+        .memory_cap(memory_cap as usize);
+        let mut tracked = Vec::new();
+        for (id, ServiceAddr(addr, own)) in services.into_iter().enumerate() {
+            let service = Service {
+                id: id as u32,
+                addr,
+            };
+            capture.track(&service)?;
+            table = match own {
+                Some(RetentionName::Full) => table.service_retention(service.id, history),
+                Some(RetentionName::Unacked) => {
+                    table.service_retention(service.id, Retention::Unacked)
+                }
+                None => table,
+            };
+            tracing::info!(%service, "tracking");
+            tracked.push(service);
+        }
+        for IfaceSpec { name, ingress: own } in &ifaces {
+            let mode = capture.attach(name, own.unwrap_or(ingress), egress)?;
+            tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
+        }
+        let ring = capture.take_ring()?;
+        // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it
+        // is dropped; it is only dropped after `into_inner` takes it back out.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(io::Error::from)
+            .context("registering the ring buffer with the reactor")?;
+        let journal = match journal_args.config() {
+            Some(config) => {
+                table = table.journal();
+                let checkpoint = u64::from(journal_args.checkpoint_bytes);
+                Some(Journal::open(config, checkpoint, &mut table).context("opening the journal")?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            capture,
+            reader: Reader {
+                table,
+                stats: ReaderStats::default(),
+                journal,
+            },
+            ring,
+            report_path,
+            services: tracked,
+        })
+    }
+
+    /// Drains the ring whenever it signals or a 5 ms timer ticks, until a signal
+    /// or a message from `source` arrives.
+    pub(crate) async fn next_event<T, S: EventSource<T>>(
+        &mut self,
+        signals: &mut Signals,
+        mut source: Option<&mut S>,
+    ) -> anyhow::Result<Event<T>> {
+        let Self { reader, ring, .. } = self;
+        let Signals { sigint, sigterm } = signals;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let message = async {
+            match source.as_mut() {
+                Some(source) => source.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(message);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.context("polling the ring buffer")?;
+                    reader.drain(guard.get_inner_mut())?;
+                    guard.clear_ready();
+                }
+                _ = tick.tick() => reader.drain(ring.get_mut())?,
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+                message = &mut message => return Ok(Event::Message(message)),
+            }
+        }
+        tracing::info!("signal received: detaching");
+        Ok(Event::Stop)
+    }
+
+    /// Applies every record already in the ring.
+    pub(crate) fn drain(&mut self) -> anyhow::Result<()> {
+        let Self { reader, ring, .. } = self;
+        reader.drain(ring.get_mut())
+    }
+
+    /// Detaches, drains what is left, closes the journal and writes the report.
+    pub(crate) fn finish(self, takeovers: Vec<TakeoverReport>) -> anyhow::Result<Report> {
+        let Self {
+            mut capture,
+            mut reader,
+            ring,
+            report_path,
+            ..
+        } = self;
+        let mut ring = ring.into_inner();
+        capture.detach()?;
+        reader.drain(&mut ring)?;
+        let Reader {
+            mut table,
+            mut stats,
+            journal,
+        } = reader;
+        stats.evicted = table.evicted();
+        let journal = match journal {
+            Some(journal) => Some(journal.close(&mut table).context("closing the journal")?),
+            None => None,
+        };
+        let mut report = report(&capture, &mut table, stats)?;
+        report.journal = journal.as_ref().map(JournalSummary::from);
+        report.takeovers = takeovers;
+        log_summary(&report);
+        if let Some(path) = &report_path {
+            write_report(path, &report)?;
+        }
+        Ok(report)
+    }
+}
+
 /// Tells scripts the programs are attached: the line `ready` on stdout.
-fn announce_ready() -> anyhow::Result<()> {
+pub(crate) fn announce_ready() -> anyhow::Result<()> {
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "ready")
         .and_then(|()| stdout.flush())
@@ -373,13 +485,14 @@ fn announce_ready() -> anyhow::Result<()> {
 }
 
 /// The signals that stop the mirror.
-struct Signals {
+pub(crate) struct Signals {
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Self> {
+    /// Installs the SIGINT and SIGTERM handlers.
+    pub(crate) fn install() -> anyhow::Result<Self> {
         Ok(Self {
             sigint: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             sigterm: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
@@ -388,44 +501,16 @@ impl Signals {
 }
 
 /// What the ring feeds: the flow table, the reader's counts and the journal.
-struct Reader {
-    table: FlowTable,
+pub(crate) struct Reader {
+    pub(crate) table: FlowTable,
     stats: ReaderStats,
     journal: Option<Journal>,
 }
 
 impl Reader {
-    /// Drains the ring whenever it signals or the timer ticks, until SIGINT or
-    /// SIGTERM; returns the ring for the last drain after detaching.
-    async fn run_until_signal(
-        &mut self,
-        mut ring: AsyncFd<RingBuf<MapData>>,
-        signals: Signals,
-    ) -> anyhow::Result<RingBuf<MapData>> {
-        let Signals {
-            mut sigint,
-            mut sigterm,
-        } = signals;
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        loop {
-            tokio::select! {
-                guard = ring.readable_mut() => {
-                    let mut guard = guard.context("polling the ring buffer")?;
-                    self.drain(guard.get_inner_mut())?;
-                    guard.clear_ready();
-                }
-                _ = tick.tick() => self.drain(ring.get_mut())?,
-                _ = sigint.recv() => break,
-                _ = sigterm.recv() => break,
-            }
-        }
-        tracing::info!("signal received: detaching");
-        Ok(ring.into_inner())
-    }
-
     /// Applies every record waiting in the ring, then hands the changes to the
     /// journal (group commit happens there).
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+    pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
         let Self {
             table,
             stats,
@@ -471,6 +556,7 @@ fn report(
         userspace,
         flows,
         journal: None,
+        takeovers: Vec::new(),
     })
 }
 
@@ -488,6 +574,7 @@ fn log_summary(report: &Report) {
         userspace,
         flows,
         journal,
+        ..
     } = report;
     tracing::info!(?counters, "kernel counters");
     if let Some(journal) = journal {

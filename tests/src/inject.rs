@@ -26,7 +26,7 @@
 //! frame [`connmirror_common::frame::malformed`] builds is at least 14 bytes.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -48,46 +48,8 @@ impl FrameInjector {
     /// failing call.
     pub fn open(ns: &Netns, ifname: &str) -> FrameInjector {
         let what = format!("{}/{ifname}", ns.name());
-        let fd = ns.run(|| {
-            let name = std::ffi::CString::new(ifname).expect("interface name without NUL");
-            // SAFETY: `name` is a valid NUL-terminated string.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert!(
-                ifindex != 0,
-                "if_nametoindex({what}): {}",
-                io::Error::last_os_error()
-            );
-            // Protocol 0: the socket is not hooked into receive, it only sends.
-            // SAFETY: plain socket(2) call.
-            let raw =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-            assert!(
-                raw >= 0,
-                "socket(AF_PACKET, SOCK_RAW) in {}: {}",
-                ns.name(),
-                io::Error::last_os_error()
-            );
-            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            // SAFETY: `addr` is a valid sockaddr_ll of the length passed.
-            let rc = unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            assert!(
-                rc == 0,
-                "bind(AF_PACKET) to {what}: {}",
-                io::Error::last_os_error()
-            );
-            fd
-        });
+        // Protocol 0: the socket is not hooked into receive, it only sends.
+        let fd = crate::wire::packet_socket(ns, ifname, 0);
         FrameInjector { fd, what }
     }
 

@@ -27,6 +27,7 @@
 pub mod bench;
 pub mod digest;
 pub mod echo;
+pub mod failover;
 pub mod inject;
 pub mod journal;
 pub mod live;

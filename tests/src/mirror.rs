@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use connmirror::takeover::TakeoverReport;
 use connmirror_common::{Counter, Malformed};
 use serde::Deserialize;
 
@@ -27,10 +28,17 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the mirror may take, after SIGINT, to drain and write its report.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// File name of a standby's control socket in its scratch directory.
+const CONTROL_SOCKET: &str = "control.sock";
+/// File name of a standby's handoff socket in its scratch directory.
+const HANDOFF_SOCKET: &str = "handoff.sock";
+
 /// The arguments of `connmirror mirror`, minus `--dump-dir` and `--report` (the
 /// fixtures own them).
 #[derive(Clone, Debug, Default)]
 pub struct MirrorCommand {
+    /// `standby` instead of `mirror`.
+    standby: bool,
     args: Vec<String>,
     /// Pass `--report` only, so the mirror writes no stream files.
     no_dumps: bool,
@@ -39,6 +47,15 @@ pub struct MirrorCommand {
 impl MirrorCommand {
     pub fn new() -> MirrorCommand {
         MirrorCommand::default()
+    }
+
+    /// `connmirror standby` instead of `mirror`, with its control and handoff
+    /// sockets in the scratch directory (see [`Mirror::control_socket`]).
+    pub fn standby() -> MirrorCommand {
+        MirrorCommand {
+            standby: true,
+            ..MirrorCommand::default()
+        }
     }
 
     /// `--iface IF`.
@@ -92,8 +109,15 @@ impl MirrorCommand {
     /// `mirror <args> --dump-dir DIR`, or `--report DIR/report.json` without dumps:
     /// the report lands in the same place either way.
     fn argv(&self, dump_dir: &Path) -> Vec<String> {
-        let mut argv = vec!["mirror".to_owned()];
+        let mut argv = vec![if self.standby { "standby" } else { "mirror" }.to_owned()];
         argv.extend(self.args.iter().cloned());
+        if self.standby {
+            let dir = dump_dir.parent().expect("dump dir inside the scratch dir");
+            for (flag, name) in [("--control", CONTROL_SOCKET), ("--handoff", HANDOFF_SOCKET)] {
+                argv.push(flag.to_owned());
+                argv.push(dir.join(name).display().to_string());
+            }
+        }
         if self.no_dumps {
             argv.push("--report".to_owned());
             argv.push(dump_dir.join("report.json").display().to_string());
@@ -174,6 +198,16 @@ impl Mirror {
                 )
             }
         }
+    }
+
+    /// The standby's `--control` socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir().join(CONTROL_SOCKET)
+    }
+
+    /// The standby's `--handoff` socket.
+    pub fn handoff_socket(&self) -> PathBuf {
+        self.dir().join(HANDOFF_SOCKET)
     }
 
     /// The directory passed as `--dump-dir`.
@@ -283,6 +317,9 @@ pub struct Report {
     /// Journal counters, when the mirror ran with `--journal`.
     #[serde(default)]
     pub journal: Option<JournalSummary>,
+    /// Takeovers a standby ran.
+    #[serde(default)]
+    pub takeovers: Vec<TakeoverReport>,
 }
 
 /// What the mirror's journal wrote (report.json `journal`).

@@ -8,10 +8,11 @@ use crate::host;
 use crate::run::{check, step};
 use crate::setup::Outcome;
 
-/// Traffic generators, capture and link tools, `ip netns`, `sysctl`/`pkill`,
+/// Traffic generators, capture and link tools, a real server for replay tests, `ip netns`, `sysctl`/`pkill`,
 /// `mount`/`nsenter`.
-pub const PACKAGES: [&str; 7] = [
+pub const PACKAGES: [&str; 8] = [
     "iperf3",
+    "redis-server",
     "socat",
     "tcpdump",
     "ethtool",

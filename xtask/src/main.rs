@@ -45,7 +45,7 @@ enum Task {
     /// Ensures, in order: the nightly toolchain and its rust-src component (the
     /// eBPF crate is built with `-Z build-std=core`), bpf-linker 0.13.0 built
     /// against nightly's own LLVM, and the Debian packages the end-to-end tests use
-    /// (iperf3 socat tcpdump ethtool iproute2 procps util-linux, through apt-get,
+    /// (iperf3 redis-server socat tcpdump ethtool iproute2 procps util-linux, through apt-get,
     /// which needs root). Prints "already present" or what it installed per item.
     Setup,
     /// Build the connmirror daemon (with its eBPF programs) and print its path.
@@ -64,7 +64,8 @@ enum Task {
     /// is not mounted, then runs
     /// `cargo test --release -p connmirror-common --features connmirror-common/std -p connmirror -p xtask`
     /// and `cargo test --release -p connmirror-tests -- --test-threads=1` with
-    /// CONNMIRROR_BIN set to the daemon. Needs root: the end-to-end tests create
+    /// CONNMIRROR_BIN set to the daemon (and CONNMIRROR_ECHO_EXAMPLE to the echo
+    /// example). Needs root: the end-to-end tests create
     /// network namespaces and load eBPF programs (try: sudo -E cargo xtask test).
     Test {
         /// Extra arguments for both `cargo test` runs, after `--`: cargo options

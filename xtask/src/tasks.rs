@@ -14,7 +14,22 @@ use crate::{Area, host};
 /// returns (and prints) the path of its binary.
 pub fn build(profile: Profile) -> Result<PathBuf> {
     let env = setup::ensure(Scope::Build)?;
-    build_daemon(&env, profile)
+    build_daemon(&env, profile).map(|built| built.daemon)
+}
+
+/// What [`build_daemon`] built: the daemon and the example application the
+/// failover tests resume connections into.
+struct Built {
+    daemon: PathBuf,
+    echo: PathBuf,
+}
+
+impl Built {
+    /// Tells a tests binary where both are (`CONNMIRROR_BIN`, `CONNMIRROR_ECHO_EXAMPLE`).
+    fn apply(&self, cmd: &mut std::process::Command) {
+        cmd.env("CONNMIRROR_BIN", &self.daemon)
+            .env("CONNMIRROR_ECHO_EXAMPLE", &self.echo);
+    }
 }
 
 /// `cargo xtask test`: unit and property tests, then the end-to-end tests.
@@ -48,8 +63,8 @@ pub fn test(extra: &[String]) -> Result<()> {
     e2e.args(["test", "--release", "-p", "connmirror-tests"])
         .args(cargo_args)
         .args(["--", "--test-threads=1"])
-        .args(harness_args)
-        .env("CONNMIRROR_BIN", &bin);
+        .args(harness_args);
+    bin.apply(&mut e2e);
     let e2e = unit.and_then(|()| {
         test_step(env.apply(&mut e2e)?, &mut tally)
             .context("end-to-end tests failed; see the test output above")
@@ -93,8 +108,8 @@ fn run_tests_binary(task: &str, why: &str, bin: &str, args: &[&str]) -> Result<(
     let mut cmd = workspace::cargo();
     cmd.args(["run", "--release", "-p", "connmirror-tests", "--bin", bin])
         .arg("--")
-        .args(args)
-        .env("CONNMIRROR_BIN", &daemon);
+        .args(args);
+    daemon.apply(&mut cmd);
     step(env.apply(&mut cmd)?)
 }
 
@@ -134,13 +149,13 @@ pub fn lint() -> Result<()> {
     Ok(())
 }
 
-/// Builds the daemon with `profile` in `env` and returns its binary's path.
-fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<PathBuf> {
+/// Builds the daemon and the echo example with `profile` in `env`.
+fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<Built> {
     env.announce();
     let mut cmd = workspace::cargo();
     cmd.arg("build")
         .args(profile.cargo_args())
-        .args(["-p", "connmirror"]);
+        .args(["-p", "connmirror", "--bins", "--example", "echo"]);
     step(env.apply(&mut cmd)?).context(
         "building connmirror failed; if the eBPF part failed, check that bpf-linker and \
          nightly rust-src work (`cargo xtask setup`)",
@@ -152,12 +167,15 @@ fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<PathBuf> {
         bin.display()
     );
     println!("connmirror binary: {}", bin.display());
-    Ok(bin)
+    Ok(Built {
+        daemon: bin,
+        echo: workspace::echo_example(profile),
+    })
 }
 
 /// What `test`, `demo` and `bench` share: root, full setup, a release build and
-/// bpffs. Returns the build environment and the daemon binary.
-fn prepare_root_run(task: &str, why: &str) -> Result<(BuildEnv, PathBuf)> {
+/// bpffs. Returns the build environment and what was built.
+fn prepare_root_run(task: &str, why: &str) -> Result<(BuildEnv, Built)> {
     host::require_root(task, why)?;
     let env = setup::ensure(Scope::Full)?;
     let bin = build_daemon(&env, Profile::Release)?;

@@ -62,8 +62,17 @@ impl Profile {
 /// Honours `CARGO_TARGET_DIR`; a relative one is taken from the workspace root,
 /// where every cargo command of xtask runs.
 pub fn daemon_binary(profile: Profile) -> PathBuf {
+    target_dir(profile).join("connmirror")
+}
+
+/// The echo example application (`connmirror/examples/echo.rs`) built with `profile`.
+pub fn echo_example(profile: Profile) -> PathBuf {
+    target_dir(profile).join("examples").join("echo")
+}
+
+fn target_dir(profile: Profile) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(|dir| root().join(dir))
         .unwrap_or_else(|| root().join("target"));
-    target.join(profile.dir_name()).join("connmirror")
+    target.join(profile.dir_name())
 }

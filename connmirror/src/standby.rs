@@ -1,0 +1,279 @@
+//! The `standby` role (inline mode): the mirror on both of the standby's
+//! interfaces, plus a control socket that triggers a takeover of the services
+//! ([`crate::takeover`]) and a handoff socket that applications register on
+//! ([`crate::handoff`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{
+    control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
+    handoff::{self, HandoffServer},
+    mirror::{Event, Mirror, MirrorArgs, Signals, announce_ready},
+    restore::QueueMode,
+    service::Service,
+    takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport},
+};
+
+/// Command-line arguments of `connmirror standby`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StandbyArgs {
+    /// Capture settings (the standby mirrors both of its links; with ingress
+    /// capture on both, `--egress none` avoids seeing each segment twice).
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+    /// Control socket (created mode 0600) that `connmirror takeover` talks to.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+    pub control: PathBuf,
+    /// Handoff socket (created mode 0600) that applications register on to
+    /// receive restored connections (see the `connmirror::handoff` API).
+    #[arg(long, value_name = "PATH", default_value = handoff::DEFAULT_SOCKET)]
+    pub handoff: PathBuf,
+    /// How a service's restored connections continue: `IP:PORT=handoff` (to an
+    /// application on the handoff socket; the default) or
+    /// `IP:PORT=replay:APP_IP:APP_PORT` (replay the recorded client bytes into a
+    /// standby instance of an unmodified, deterministic server listening there,
+    /// verify its output, then splice; needs `--service IP:PORT=full`).
+    #[arg(long = "resume", value_name = "IP:PORT=handoff|replay:ADDR")]
+    pub resume: Vec<ResumeSpec>,
+    /// Flows first seen mid-stream (no handshake captured): `reset` them, or
+    /// `restore` them with conservative options (MSS 536, no window scaling, no SACK).
+    #[arg(long, value_enum, default_value = "reset")]
+    pub mid_stream: MidStream,
+    /// Interface the service addresses are added to at takeover (as /32 or /128).
+    #[arg(long, value_name = "IF", default_value = "lo")]
+    pub address_iface: String,
+    /// Send gratuitous ARP (IPv4) / unsolicited neighbour advertisements (IPv6)
+    /// for the service addresses on this interface after a takeover. Repeat for
+    /// several; for L2 topologies.
+    #[arg(long = "announce", value_name = "IF")]
+    pub announce: Vec<String>,
+    /// Announcements per address and interface, 100 ms apart.
+    #[arg(long, default_value_t = 3)]
+    pub announce_count: u32,
+    /// Threads that rebuild sockets in parallel [default: the number of CPUs].
+    #[arg(long)]
+    pub restore_workers: Option<usize>,
+    /// How bytes the client has not acknowledged go back into the restored send
+    /// queue: `sent` (queued in repair mode, retransmitted on the socket's
+    /// retransmission timer) or `unsent` (written after repair, sent at once).
+    #[arg(long, value_enum, default_value = "sent")]
+    pub send_queue: QueueArg,
+    /// Milliseconds a restored socket waits for an application to take it on
+    /// the handoff socket before it is reset.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub handoff_wait: u64,
+    /// Milliseconds a replay may take to reproduce the recorded output.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub replay_timeout: u64,
+}
+
+/// `--send-queue` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueArg {
+    /// Queued in repair mode: counted as sent.
+    Sent,
+    /// Written after leaving repair mode: sent at once.
+    Unsent,
+}
+
+/// A `--resume` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeSpec(pub SocketAddr, pub Resume);
+
+impl FromStr for ResumeSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (service, how) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?} is not IP:PORT=handoff or IP:PORT=replay:ADDR"))?;
+        let service: SocketAddr = service
+            .parse()
+            .map_err(|_| format!("{service:?} is not an IP:PORT service address"))?;
+        let resume = match how.split_once(':') {
+            None if how == "handoff" => Resume::Handoff,
+            Some(("replay", app)) => Resume::Replay(
+                app.parse()
+                    .map_err(|_| format!("{app:?} is not an IP:PORT application address"))?,
+            ),
+            _ => return Err(format!("{how:?} is not `handoff` or `replay:IP:PORT`")),
+        };
+        Ok(Self(service, resume))
+    }
+}
+
+impl StandbyArgs {
+    fn takeover_config(&self) -> TakeoverConfig {
+        let workers = self.restore_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+        });
+        TakeoverConfig {
+            address_iface: self.address_iface.clone(),
+            announce: self.announce.clone(),
+            announce_count: self.announce_count,
+            workers: workers.max(1),
+            mid_stream: self.mid_stream,
+            queue: match self.send_queue {
+                QueueArg::Sent => QueueMode::Sent,
+                QueueArg::Unsent => QueueMode::Unsent,
+            },
+            resume: self.resume.iter().map(|ResumeSpec(s, r)| (*s, *r)).collect(),
+            handoff_wait: Duration::from_millis(self.handoff_wait),
+            replay_timeout: Duration::from_millis(self.replay_timeout),
+        }
+    }
+
+    /// Every `--resume` must name a `--service`.
+    fn check(&self) -> anyhow::Result<()> {
+        let services: BTreeSet<SocketAddr> = self.mirror.services.iter().map(|s| s.0).collect();
+        for ResumeSpec(service, _) in &self.resume {
+            anyhow::ensure!(
+                services.contains(service),
+                "--resume names {service}, which is not a --service"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the standby until SIGINT or SIGTERM.
+pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
+    args.check()?;
+    let config = args.takeover_config();
+    let needs_handoff = args.mirror.services.iter().any(|s| {
+        !matches!(config.resume.get(&s.0), Some(Resume::Replay(_)))
+    });
+    let mut mirror = Mirror::start(args.mirror)?;
+    let handoff = match needs_handoff {
+        true => Some(Arc::new(
+            HandoffServer::bind(&args.handoff).context("opening the handoff socket")?,
+        )),
+        false => None,
+    };
+    let mut control = ControlServer::bind(&args.control).context("opening the control socket")?;
+    let mut signals = Signals::install()?;
+    announce_ready()?;
+    let mut standby = Standby {
+        config,
+        handoff,
+        taken: BTreeMap::new(),
+        reports: Vec::new(),
+    };
+    while let Event::Message(pending) = mirror.next_event(&mut signals, Some(&mut control)).await? {
+        standby.serve(&mut mirror, pending).await;
+    }
+    mirror.finish(standby.reports)?;
+    Ok(())
+}
+
+/// The standby's takeover state.
+struct Standby {
+    config: TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    /// Services already taken over, with the takeover's index in `reports`.
+    taken: BTreeMap<SocketAddr, usize>,
+    reports: Vec<TakeoverReport>,
+}
+
+impl Standby {
+    async fn serve(&mut self, mirror: &mut Mirror, pending: Pending) {
+        let Pending { request, reply } = pending;
+        let response = match request {
+            Request::Takeover { services } => match self.takeover(mirror, services).await {
+                Ok(report) => Response::Takeover(report),
+                Err(err) => {
+                    tracing::error!("takeover failed: {err:#}");
+                    Response::Error(format!("{err:#}"))
+                }
+            },
+        };
+        // The requester may have gone; the takeover stands either way.
+        let _ = reply.send(response);
+    }
+
+    async fn takeover(
+        &mut self,
+        mirror: &mut Mirror,
+        asked: Option<Vec<SocketAddr>>,
+    ) -> anyhow::Result<TakeoverReport> {
+        let services = self.select(&mirror.services, asked)?;
+        tracing::info!(services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(), "takeover");
+        let report = takeover::run(mirror, &self.config, self.handoff.clone(), &services).await?;
+        for service in &services {
+            self.taken.insert(service.addr, self.reports.len());
+        }
+        self.reports.push(report.clone());
+        Ok(report)
+    }
+
+    /// The services a request names (all not yet taken over when it names none).
+    fn select(
+        &self,
+        tracked: &[Service],
+        asked: Option<Vec<SocketAddr>>,
+    ) -> anyhow::Result<Vec<Service>> {
+        let Some(asked) = asked else {
+            let left: Vec<Service> = (tracked.iter())
+                .filter(|s| !self.taken.contains_key(&s.addr))
+                .copied()
+                .collect();
+            anyhow::ensure!(!left.is_empty(), "every service was already taken over");
+            return Ok(left);
+        };
+        asked
+            .into_iter()
+            .map(|addr| {
+                anyhow::ensure!(
+                    !self.taken.contains_key(&addr),
+                    "service {addr} was already taken over"
+                );
+                tracked
+                    .iter()
+                    .find(|s| s.addr == addr)
+                    .copied()
+                    .with_context(|| format!("service {addr} is not protected by this standby"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_specs_name_a_service_and_a_mode() {
+        assert_eq!(
+            "198.18.1.2:7000=handoff".parse(),
+            Ok(ResumeSpec("198.18.1.2:7000".parse().unwrap(), Resume::Handoff))
+        );
+        assert_eq!(
+            "[fd00::2]:7000=replay:[::1]:7001".parse(),
+            Ok(ResumeSpec(
+                "[fd00::2]:7000".parse().unwrap(),
+                Resume::Replay("[::1]:7001".parse().unwrap())
+            ))
+        );
+        assert_eq!(
+            "198.18.1.2:7000=copy".parse::<ResumeSpec>(),
+            Err("\"copy\" is not `handoff` or `replay:IP:PORT`".to_owned())
+        );
+        assert_eq!(
+            "198.18.1.2:7000=replay:nowhere".parse::<ResumeSpec>(),
+            Err("\"nowhere\" is not an IP:PORT application address".to_owned())
+        );
+        assert_eq!(
+            "7000=handoff".parse::<ResumeSpec>(),
+            Err("\"7000\" is not an IP:PORT service address".to_owned())
+        );
+    }
+}

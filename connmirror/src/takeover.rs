@@ -1,0 +1,641 @@
+//! The takeover sequence: how a standby becomes the server of a service's
+//! connections (DESIGN.md, "Restore order", "Resumption").
+//!
+//! 1. **quiesce**: the capture programs drop client → service segments at
+//!    ingress ([`ServiceMode::QUIESCED`]), so no client segment reaches this
+//!    kernel while it has no socket for it (it would answer with a RST); clients
+//!    retransmit them later.
+//! 2. **fence**: they also drop the old primary's segments for the service
+//!    ([`ServiceMode::FENCED`]).
+//! 3. **drain**: every record already in the ring reaches the flow table, which
+//!    is then final for these flows.
+//! 4. **address**: the service address becomes local (RTM_NEWADDR, see
+//!    [`crate::address`]).
+//! 5. **restore**: every `ready` flow is rebuilt with `TCP_REPAIR` in parallel
+//!    batches ([`crate::restore`]); flows that cannot be restored are reset with
+//!    the sequence numbers the client expects, and counted by reason.
+//! 6. **unquiesce**: the service becomes [`ServiceMode::OWNED`] (still fenced),
+//!    so client segments reach the restored sockets.
+//! 7. **announce**: gratuitous ARP / unsolicited neighbour advertisements on the
+//!    configured L2 interfaces, in the background.
+//! 8. **resume**: each socket goes to the application: handed off over the
+//!    handoff socket, or spliced to a standby instance after a verified replay.
+//!
+//! Every step is logged with its duration and listed in the [`TakeoverReport`].
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use connmirror_common::ServiceMode;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    address::LocalAddress,
+    announce,
+    flow::{TakeoverFlow, TakeoverSide},
+    handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
+    mirror::Mirror,
+    replay,
+    restore::{
+        self, QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
+    },
+    service::Service,
+    state::{Readiness, after},
+};
+
+/// How a service's restored connections continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Pass each socket to an application registered on the handoff socket.
+    Handoff,
+    /// Replay the recorded client bytes into a standby instance of the
+    /// application at this address, verify its output, then splice.
+    Replay(SocketAddr),
+}
+
+/// What to do with a flow first seen mid-stream (no handshake captured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MidStream {
+    /// Reset it and count it: its options (MSS, window scale, SACK) are unknown.
+    Reset,
+    /// Restore it with conservative options: MSS 536, no window scaling, no
+    /// SACK; timestamps only if its segments carried them.
+    Restore,
+}
+
+/// Takeover settings of a standby.
+#[derive(Debug)]
+pub struct TakeoverConfig {
+    /// Interface the service addresses are added to.
+    pub address_iface: String,
+    /// Interfaces to send gratuitous ARP / neighbour advertisements on.
+    pub announce: Vec<String>,
+    /// How many announcements per address and interface, 100 ms apart.
+    pub announce_count: u32,
+    /// Threads that rebuild sockets in parallel.
+    pub workers: usize,
+    /// Policy for flows first seen mid-stream.
+    pub mid_stream: MidStream,
+    /// How the send queue is refilled.
+    pub queue: QueueMode,
+    /// Resumption per service address; services not listed use handoff.
+    pub resume: BTreeMap<SocketAddr, Resume>,
+    /// How long a restored socket waits for an application on the handoff socket.
+    pub handoff_wait: Duration,
+    /// How long a replay may take to reproduce the recorded output.
+    pub replay_timeout: Duration,
+}
+
+/// Why a flow was not restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unrecoverable {
+    /// Bytes a restore needs are missing (a capture gap).
+    Gapped,
+    /// First seen mid-stream, and the policy is `reset`.
+    NoHandshake,
+    /// One side had already sent its FIN: half-closed connections are not rebuilt.
+    Closing,
+    /// Replay needs the whole history, and it went over the history cap.
+    OverCap,
+    /// No application took the handed-off socket in time.
+    NoApplication,
+    /// A replay failed for a reason other than divergence (timeout, I/O).
+    ReplayFailed,
+    /// A restore system call failed.
+    RestoreFailed,
+}
+
+impl Unrecoverable {
+    /// The reason's name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unrecoverable::Gapped => "gapped",
+            Unrecoverable::NoHandshake => "no-handshake",
+            Unrecoverable::Closing => "closing",
+            Unrecoverable::OverCap => "over-cap",
+            Unrecoverable::NoApplication => "no-application",
+            Unrecoverable::ReplayFailed => "replay-failed",
+            Unrecoverable::RestoreFailed => "restore-failed",
+        }
+    }
+}
+
+/// One timed step of a takeover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// `quiesce`, `fence`, `drain`, `address`, `restore`, `reset`, `unquiesce`,
+    /// `announce`, `resume`.
+    pub name: String,
+    /// How long it took, in microseconds.
+    pub micros: u64,
+}
+
+/// What a takeover did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverReport {
+    /// Services taken over.
+    pub services: Vec<SocketAddr>,
+    /// Steps in order, with durations.
+    pub steps: Vec<Step>,
+    /// Flows rebuilt and resumed.
+    pub restored: u64,
+    /// Flows handed to an application.
+    pub handed_off: u64,
+    /// Flows resumed by a verified replay.
+    pub replayed: u64,
+    /// Replays whose output differed from the recorded bytes (those flows are reset).
+    pub divergent: u64,
+    /// Flows not restored, by reason (divergent replays are counted separately).
+    pub unrecoverable: BTreeMap<String, u64>,
+    /// RSTs sent for flows that could not be restored.
+    pub reset: u64,
+    /// Closed flows skipped (nothing to restore).
+    pub closed: u64,
+    /// Error messages for flows that failed (restore, handoff, replay).
+    pub errors: Vec<String>,
+}
+
+impl TakeoverReport {
+    fn unrecoverable(&mut self, reason: Unrecoverable) {
+        *self
+            .unrecoverable
+            .entry(reason.name().to_owned())
+            .or_default() += 1;
+    }
+
+    /// Total flows not restored.
+    pub fn unrecoverable_total(&self) -> u64 {
+        self.unrecoverable.values().sum()
+    }
+}
+
+/// Times steps and logs each one.
+struct Steps {
+    steps: Vec<Step>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.record(name, start);
+        out
+    }
+
+    fn record(&mut self, name: &str, start: Instant) {
+        let elapsed = start.elapsed();
+        tracing::info!(step = name, ms = elapsed.as_secs_f64() * 1e3, "takeover");
+        self.steps.push(Step {
+            name: name.to_owned(),
+            micros: elapsed.as_micros() as u64,
+        });
+    }
+}
+
+/// A flow rebuilt, waiting to be resumed.
+struct Rebuilt {
+    flow: TakeoverFlow,
+    service: SocketAddr,
+    stream: TcpStream,
+}
+
+/// Runs the whole takeover of `services`.
+pub(crate) async fn run(
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    services: &[Service],
+) -> anyhow::Result<TakeoverReport> {
+    let mut report = TakeoverReport {
+        services: services.iter().map(|s| s.addr).collect(),
+        ..TakeoverReport::default()
+    };
+    let mut steps = Steps { steps: Vec::new() };
+    let quiesced = ServiceMode::QUIESCED;
+    steps.run("quiesce", || set_modes(mirror, services, quiesced))?;
+    let fenced = quiesced | ServiceMode::FENCED;
+    steps.run("fence", || set_modes(mirror, services, fenced))?;
+    steps.run("drain", || mirror.drain())?;
+    steps.run("address", || add_addresses(config, services))?;
+    let flows: Vec<(SocketAddr, TakeoverFlow)> = services
+        .iter()
+        .flat_map(|s| {
+            let table = &mirror.reader.table;
+            table.takeover(s.id).into_iter().map(|f| (s.addr, f))
+        })
+        .collect();
+    let rebuilt = steps.run("restore", || restore_flows(config, flows, &mut report));
+    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
+    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
+    let start = Instant::now();
+    announce_in_background(config, services);
+    steps.record("announce", start);
+    let start = Instant::now();
+    resume(config, handoff, rebuilt, &mut report).await;
+    steps.record("resume", start);
+    report.steps = steps.steps;
+    Ok(report)
+}
+
+fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
+    for service in services {
+        mirror
+            .capture
+            .set_mode(service, mode)
+            .with_context(|| format!("setting the mode of {service}"))?;
+    }
+    Ok(())
+}
+
+fn addresses(services: &[Service]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = services.iter().map(|s| s.addr.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Makes every service address local. The addresses stay after the takeover:
+/// this host serves them now.
+fn add_addresses(config: &TakeoverConfig, services: &[Service]) -> anyhow::Result<()> {
+    for ip in addresses(services) {
+        let local = LocalAddress::add(&config.address_iface, ip)?;
+        tracing::info!(%ip, iface = config.address_iface, added = local.added(), "address local");
+    }
+    Ok(())
+}
+
+fn announce_in_background(config: &TakeoverConfig, services: &[Service]) {
+    if config.announce.is_empty() || config.announce_count == 0 {
+        return;
+    }
+    let ifaces = config.announce.clone();
+    let count = config.announce_count;
+    let ips = addresses(services);
+    tokio::spawn(async move {
+        for round in 0..count {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for iface in &ifaces {
+                for ip in &ips {
+                    if let Err(err) = announce::announce(iface, *ip) {
+                        tracing::warn!(%ip, iface, %err, "announcing the address");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Plans every flow, rebuilds the restorable ones in parallel and resets the
+/// others.
+fn restore_flows(
+    config: &TakeoverConfig,
+    flows: Vec<(SocketAddr, TakeoverFlow)>,
+    report: &mut TakeoverReport,
+) -> Vec<Rebuilt> {
+    let mut plans = Vec::new();
+    let mut planned = Vec::new();
+    let mut resets = Vec::new();
+    for (service, flow) in flows {
+        let resume = resume_of(config, service);
+        match plan(&flow, resume, config) {
+            Ok(plan) => {
+                plans.push(plan);
+                planned.push((service, flow));
+            }
+            Err(None) => report.closed += 1,
+            Err(Some(reason)) => {
+                report.unrecoverable(reason);
+                resets.extend(reset_plan(&flow));
+            }
+        }
+    }
+    let built = restore::build_all(&plans, config.workers);
+    let mut sockets = Vec::new();
+    let mut kept = Vec::new();
+    for (result, flow) in built.into_iter().zip(planned) {
+        match result {
+            Ok(socket) => {
+                sockets.push(socket);
+                kept.push(flow);
+            }
+            Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
+        }
+    }
+    let left = restore::leave_all(sockets, config.workers);
+    let mut rebuilt = Vec::new();
+    for (result, (service, flow)) in left.into_iter().zip(kept) {
+        match result {
+            Ok(stream) => rebuilt.push(Rebuilt {
+                flow,
+                service,
+                stream,
+            }),
+            Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
+        }
+    }
+    reset_all(config, &resets, report);
+    rebuilt
+}
+
+fn fail(report: &mut TakeoverReport, reason: Unrecoverable, error: String) {
+    tracing::warn!(reason = reason.name(), error, "flow not restored");
+    report.unrecoverable(reason);
+    report.errors.push(error);
+}
+
+/// Sends one RST to the client of each flow in `plans` (see [`reset_plan`]).
+fn reset_all(config: &TakeoverConfig, plans: &[RestorePlan], report: &mut TakeoverReport) {
+    for result in restore::build_all(plans, config.workers) {
+        match result.and_then(RepairedSocket::reset) {
+            Ok(()) => report.reset += 1,
+            Err(err) => {
+                tracing::warn!(%err, "resetting an unrecoverable flow");
+                report.errors.push(err.to_string());
+            }
+        }
+    }
+}
+
+fn resume_of(config: &TakeoverConfig, service: SocketAddr) -> Resume {
+    config
+        .resume
+        .get(&service)
+        .copied()
+        .unwrap_or(Resume::Handoff)
+}
+
+/// MSS assumed when the peer's is unknown (RFC 9293 §3.7.1 default).
+const DEFAULT_MSS: u16 = 536;
+
+/// The restore plan of one flow, or why there is none (`None`: closed, nothing
+/// to do).
+fn plan(
+    flow: &TakeoverFlow,
+    resume: Resume,
+    config: &TakeoverConfig,
+) -> Result<RestorePlan, Option<Unrecoverable>> {
+    let TakeoverFlow { c2s, s2c, .. } = flow;
+    match flow.readiness {
+        Readiness::Closed => return Err(None),
+        Readiness::MissingBytes(_) => return Err(Some(Unrecoverable::Gapped)),
+        Readiness::NoHandshake if config.mid_stream == MidStream::Reset => {
+            return Err(Some(Unrecoverable::NoHandshake));
+        }
+        Readiness::NoHandshake | Readiness::Ready => {}
+    }
+    if c2s.state.fin || s2c.state.fin {
+        return Err(Some(Unrecoverable::Closing));
+    }
+    let replay = matches!(resume, Resume::Replay(_));
+    if replay && !(has_history(c2s) && has_history(s2c)) {
+        return Err(Some(Unrecoverable::OverCap));
+    }
+    let no_handshake = Some(Unrecoverable::NoHandshake);
+    let recv_seq = c2s.seq_at(c2s.marks.next).ok_or(no_handshake)?;
+    // The client's last acknowledgment is the restored socket's `snd_una`.
+    let acked = s2c.marks.acked;
+    let send_seq = s2c.seq_at(acked).ok_or(no_handshake)?;
+    let send_queue = s2c
+        .bytes_from(acked)
+        .ok_or(Some(Unrecoverable::Gapped))?
+        .to_vec();
+    let options = options(flow);
+    Ok(RestorePlan {
+        server: flow.endpoints().0,
+        client: flow.endpoints().1,
+        send_seq,
+        recv_seq,
+        send_queue,
+        options,
+        window: window(c2s, s2c, recv_seq),
+        timestamp: timestamp(options, s2c),
+        queue: config.queue,
+    })
+}
+
+/// The whole history from offset 0 is held (what replay needs).
+fn has_history(side: &TakeoverSide) -> bool {
+    side.retained_start == 0 && !side.marks.handoff_only
+}
+
+/// The options both SYNs agreed on; conservative defaults without a handshake.
+fn options(flow: &TakeoverFlow) -> RestoreOptions {
+    let (Some(client), Some(server)) = (flow.c2s.state.syn, flow.s2c.state.syn) else {
+        return RestoreOptions {
+            mss: DEFAULT_MSS,
+            window_scale: None,
+            sack: false,
+            timestamps: flow.c2s.state.tsval.is_some() && flow.s2c.state.tsval.is_some(),
+        };
+    };
+    RestoreOptions {
+        mss: client.mss.unwrap_or(DEFAULT_MSS),
+        window_scale: client
+            .window_scale
+            .zip(server.window_scale)
+            .map(|(send, receive)| WindowScale { send, receive }),
+        sack: client.sack_permitted && server.sack_permitted,
+        timestamps: client.timestamps && server.timestamps,
+    }
+}
+
+/// The windows as last advertised: the client's is our send window, the
+/// primary's our receive window, whose right edge stays where the primary put
+/// it (`rcv_wup` = the primary's last acknowledgment).
+fn window(c2s: &TakeoverSide, s2c: &TakeoverSide, recv_seq: u32) -> RestoreWindow {
+    let snd_wnd = c2s.state.window_scaled.max(1);
+    let rcv_wup = match s2c.state.ack {
+        Some(ack) if !after(ack, recv_seq) => ack,
+        _ => recv_seq,
+    };
+    RestoreWindow {
+        snd_wl1: recv_seq,
+        snd_wnd,
+        max_window: snd_wnd,
+        rcv_wnd: s2c.state.window_scaled.max(u32::from(DEFAULT_MSS)),
+        rcv_wup,
+    }
+}
+
+/// `TCP_TIMESTAMP` for the restored socket: the primary's latest TSval plus a
+/// little, so the client's PAWS check (RFC 7323 §5) never sees time go back.
+/// Bit 0 stays clear: on kernel ≥ 6.7 it would select a microsecond clock
+/// (DESIGN.md, "Implementation notes"); the primary's clock is assumed to be
+/// Linux's default millisecond one.
+fn timestamp(options: RestoreOptions, s2c: &TakeoverSide) -> Option<u32> {
+    if !options.timestamps {
+        return None;
+    }
+    s2c.state.tsval.map(|tsval| tsval.wrapping_add(2) & !1)
+}
+
+/// A plan whose only purpose is a RST the client accepts: its sequence number
+/// is the client's last acknowledgment (RFC 5961 §3.2: an exact match resets,
+/// anything else in the window only draws a challenge ACK).
+fn reset_plan(flow: &TakeoverFlow) -> Option<RestorePlan> {
+    let send_seq = flow.c2s.state.ack?;
+    let recv_seq = flow.c2s.state.next_seq?;
+    let window = u32::from(u16::MAX);
+    Some(RestorePlan {
+        server: flow.endpoints().0,
+        client: flow.endpoints().1,
+        send_seq,
+        recv_seq,
+        send_queue: Vec::new(),
+        options: RestoreOptions {
+            mss: DEFAULT_MSS,
+            window_scale: None,
+            sack: false,
+            timestamps: false,
+        },
+        window: RestoreWindow {
+            snd_wl1: recv_seq,
+            snd_wnd: window,
+            max_window: window,
+            rcv_wnd: window,
+            rcv_wup: recv_seq,
+        },
+        timestamp: None,
+        queue: QueueMode::Sent,
+    })
+}
+
+/// Hands each rebuilt socket to its application, or replays into it; flows
+/// that cannot continue are reset and counted.
+async fn resume(
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    rebuilt: Vec<Rebuilt>,
+    report: &mut TakeoverReport,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for Rebuilt {
+        flow,
+        service,
+        stream,
+    } in rebuilt
+    {
+        match resume_of(config, service) {
+            Resume::Handoff => {
+                let server = handoff.clone();
+                let wait = config.handoff_wait;
+                tasks.spawn_blocking(move || hand_off(server.as_deref(), flow, service, stream, wait));
+            }
+            Resume::Replay(app) => {
+                let timeout = config.replay_timeout;
+                tasks.spawn(async move { replay::resume(stream, &flow, app, timeout).await });
+            }
+        }
+    }
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome {
+            Ok(Outcome::HandedOff) => {
+                report.restored += 1;
+                report.handed_off += 1;
+            }
+            Ok(Outcome::Replayed) => {
+                report.restored += 1;
+                report.replayed += 1;
+            }
+            Ok(Outcome::Divergent(error)) => {
+                tracing::warn!(error, "replay diverged: connection reset");
+                report.divergent += 1;
+                report.errors.push(error);
+            }
+            Ok(Outcome::Failed(reason, error)) => fail(report, reason, error),
+            Err(err) => report.errors.push(format!("resume task: {err}")),
+        }
+    }
+}
+
+/// How one flow's resumption ended.
+pub(crate) enum Outcome {
+    /// An application took the socket.
+    HandedOff,
+    /// The replay matched and the socket is spliced to the application.
+    Replayed,
+    /// The replayed output differed; the connection was reset.
+    Divergent(String),
+    /// The flow could not continue; the connection was reset.
+    Failed(Unrecoverable, String),
+}
+
+fn hand_off(
+    server: Option<&HandoffServer>,
+    flow: TakeoverFlow,
+    service: SocketAddr,
+    stream: TcpStream,
+    wait: Duration,
+) -> Outcome {
+    let Some(server) = server else {
+        abort(stream);
+        return Outcome::Failed(
+            Unrecoverable::NoApplication,
+            format!("{service}: no handoff socket configured"),
+        );
+    };
+    let handoff = handoff_of(flow, service, stream);
+    match server.deliver(handoff, wait) {
+        Ok(()) => Outcome::HandedOff,
+        Err((handoff, err)) => {
+            let Handoff { stream, meta, .. } = *handoff;
+            abort(stream);
+            Outcome::Failed(
+                Unrecoverable::NoApplication,
+                format!("{} ↔ {}: {err}", meta.server, meta.client),
+            )
+        }
+    }
+}
+
+fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Handoff {
+    let (server, client) = flow.endpoints();
+    let recorded = |side: &TakeoverSide| Recorded {
+        start: side.retained_start,
+        end: side.marks.next,
+        acked: side.marks.acked,
+    };
+    Handoff {
+        stream,
+        meta: FlowMeta {
+            id: flow.id,
+            service,
+            server,
+            client,
+            c2s: recorded(&flow.c2s),
+            s2c: recorded(&flow.s2c),
+        },
+        c2s: flow.c2s.retained,
+        s2c: flow.s2c.retained,
+    }
+}
+
+/// Closes `stream` with a RST (`SO_LINGER` of zero: `tcp_close()` in
+/// net/ipv4/tcp.c then sends an active reset instead of a FIN).
+pub(crate) fn abort(stream: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `linger` is a valid `struct linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!(err = %std::io::Error::last_os_error(), "setsockopt(SO_LINGER)");
+    }
+}

@@ -1,0 +1,171 @@
+//! Failover fixtures: programs run inside a namespace (the primary's server,
+//! the standby's application), the primary's death, and `connmirror takeover`.
+//!
+//! The primary "dies" the way a host does: its link goes down first, then its
+//! server process is killed. Killing the process first would let its kernel
+//! send FINs (or RSTs) to the clients, which no real host crash does.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use connmirror::takeover::TakeoverReport;
+
+use crate::netns::Netns;
+use crate::process::{describe, output_with_timeout};
+use crate::topology::{SERVER_IF, Topology};
+use crate::workdir::WorkDir;
+
+/// How long a program may take to print its ready line.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `connmirror takeover` may take.
+pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The echo example (`connmirror/examples/echo.rs`), from `CONNMIRROR_ECHO_EXAMPLE`.
+pub fn echo_example() -> PathBuf {
+    let Some(path) = std::env::var_os("CONNMIRROR_ECHO_EXAMPLE") else {
+        panic!(
+            "CONNMIRROR_ECHO_EXAMPLE is not set: run the end-to-end tests through cargo xtask test"
+        );
+    };
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "CONNMIRROR_ECHO_EXAMPLE={} is not a file: run the end-to-end tests through cargo xtask test",
+        path.display()
+    );
+    path
+}
+
+/// A program running inside a namespace; killed (SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Program {
+    child: Option<Child>,
+    what: String,
+    dir: WorkDir,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Program {
+    /// Starts `program args...` in `ns` and waits until it prints a line that
+    /// starts with `ready`. Panics with its stderr otherwise.
+    pub fn start<I, S>(ns: &Netns, program: impl AsRef<OsStr>, args: I, ready: &str) -> Program
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let dir = WorkDir::new("program");
+        let stderr = File::create(dir.path().join("stderr")).expect("create stderr file");
+        let mut cmd = ns.command(program);
+        cmd.args(args);
+        let what = describe(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let program = Program {
+            child: Some(child),
+            what,
+            dir,
+            lines,
+        };
+        program.wait_line(ready, START_TIMEOUT);
+        program
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns it.
+    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+        loop {
+            match self.lines.recv_timeout(timeout) {
+                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!(
+                    "`{}` printed no line starting with {prefix:?} ({e}); stderr:\n{}",
+                    self.what,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    /// Every stdout line printed since the last call (or the ready line).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
+    /// What the program wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Kills the program (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let running = self.child.is_some();
+        self.kill();
+        if running && thread::panicking() {
+            eprintln!("`{}` stderr:\n{}", self.what, self.stderr());
+        }
+    }
+}
+
+/// The primary dies: its link goes down (no segment of its ever reaches the
+/// standby again), then its server process is killed.
+pub fn kill_primary(topo: &Topology, server: &mut Program) {
+    topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
+    server.kill();
+}
+
+/// Runs `connmirror takeover --control PATH --json ARGS...` in `ns` and parses
+/// its report. Panics with its stderr unless it exits 0.
+pub fn takeover(ns: &Netns, control: &Path, args: &[&str]) -> TakeoverReport {
+    let (status, stdout, stderr) = run_takeover(ns, control, args);
+    assert!(
+        status,
+        "connmirror takeover failed; stderr:\n{stderr}\nstdout:\n{stdout}"
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("takeover report: {e}; stdout:\n{stdout}"))
+}
+
+/// Runs `connmirror takeover --control PATH --json ARGS...` in `ns`: (exit 0,
+/// stdout, stderr).
+pub fn run_takeover(ns: &Netns, control: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = ns.command(crate::connmirror_bin());
+    cmd.arg("takeover")
+        .arg("--control")
+        .arg(control)
+        .arg("--json")
+        .args(args);
+    let out = output_with_timeout(&mut cmd, TAKEOVER_TIMEOUT);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
