@@ -22,6 +22,14 @@
 //! RFC 5227 §2.3 suggests two announcements two seconds apart; [`announce`] sends
 //! one and leaves repetition to the caller.
 //!
+//! ```no_run
+//! use connmirror::announce::announce;
+//!
+//! announce("eth0", "198.18.1.2".parse()?)?;
+//! announce("eth0", "fd00::1:2".parse()?)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Minimum kernel version
 //!
 //! `AF_PACKET` raw sockets and `SIOCGIFHWADDR` predate every kernel connmirror

@@ -60,9 +60,9 @@ pub struct SideState {
     /// Last advertised window, scaled by this side's shift when both sides
     /// negotiated window scaling.
     pub window_scaled: u32,
-    /// Latest TSval sent.
+    /// Highest TSval sent (in sequence-space order).
     pub tsval: Option<u32>,
-    /// Latest TSecr sent.
+    /// TSecr of the segment that carried [`tsval`](Self::tsval).
     pub tsecr: Option<u32>,
     /// A FIN was sent.
     pub fin: bool,
@@ -97,7 +97,12 @@ impl SideState {
             _ => 0,
         };
         self.window_scaled = u32::from(header.window) << shift;
-        if let Some((tsval, tsecr)) = options.timestamps {
+        // The highest TSval, not the last one applied: records of one flow from
+        // two CPUs can reach the table out of order, and a restored socket whose
+        // TSval is below what the peer last saw is dropped by its PAWS check.
+        if let Some((tsval, tsecr)) = options.timestamps
+            && self.tsval.is_none_or(|t| !after(t, tsval))
+        {
             self.tsval = Some(tsval);
             self.tsecr = Some(tsecr);
         }
@@ -186,6 +191,8 @@ mod tests {
         side.segment(&segment(u32::MAX - 1, 0, SYN, 0, &syn_opts), false);
         side.segment(&segment(u32::MAX, 500, ACK, 10, &ts), true);
         side.segment(&segment(4, 510, ACK, 0, &ts), true); // older data: marks stay
+        let older_ts = [1, 1, 8, 10, 0, 0, 0, 19, 0, 0, 0, 29];
+        side.segment(&segment(4, 510, ACK, 0, &older_ts), true); // reordered: TSval stays
 
         assert_eq!(
             side.syn,

@@ -464,16 +464,24 @@ fn window(c2s: &TakeoverSide, s2c: &TakeoverSide, recv_seq: u32) -> RestoreWindo
     }
 }
 
-/// `TCP_TIMESTAMP` for the restored socket: the primary's latest TSval plus a
-/// little, so the client's PAWS check (RFC 7323 §5) never sees time go back.
-/// Bit 0 stays clear: on kernel ≥ 6.7 it would select a microsecond clock
-/// (DESIGN.md, "Implementation notes"); the primary's clock is assumed to be
-/// Linux's default millisecond one.
+/// How far past the primary's highest captured TSval the restored socket's
+/// clock starts: the primary kept ticking between its last captured segment
+/// and its death. A jump forward is harmless (the client only updates its
+/// `ts_recent`); a step back gets every segment dropped by PAWS.
+const TIMESTAMP_MARGIN: u32 = 1000;
+
+/// `TCP_TIMESTAMP` for the restored socket: the primary's highest TSval plus
+/// [`TIMESTAMP_MARGIN`], so the client's PAWS check (RFC 7323 §5) never sees
+/// time go back. Bit 0 stays clear: on kernel ≥ 6.7 it would select a
+/// microsecond clock (DESIGN.md, "Implementation notes"); the primary's clock
+/// is assumed to be Linux's default millisecond one.
 fn timestamp(options: RestoreOptions, s2c: &TakeoverSide) -> Option<u32> {
     if !options.timestamps {
         return None;
     }
-    s2c.state.tsval.map(|tsval| tsval.wrapping_add(2) & !1)
+    s2c.state
+        .tsval
+        .map(|tsval| tsval.wrapping_add(TIMESTAMP_MARGIN) & !1)
 }
 
 /// A plan whose only purpose is a RST the client accepts: its sequence number

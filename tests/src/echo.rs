@@ -147,13 +147,18 @@ impl EchoClients {
         let sockets: Vec<TcpSocket> =
             ns.run(|| (0..n).map(|i| new_socket(i, server, opts.mss)).collect());
         let (stop, _) = watch::channel(false);
+        // All connect first, then all stream: connections already streaming
+        // would compete with the handshakes still to come.
         let conns = runtime.block_on(async {
-            let mut conns = Vec::with_capacity(n);
+            let mut streams = Vec::with_capacity(n);
             for (index, socket) in sockets.into_iter().enumerate() {
-                let stream = connect(index, socket, server, opts.connect_timeout).await;
-                conns.push(Conn::spawn(index, stream, opts, stop.subscribe()));
+                streams.push(connect(index, socket, server, opts.connect_timeout).await);
             }
-            conns
+            streams
+                .into_iter()
+                .enumerate()
+                .map(|(index, stream)| Conn::spawn(index, stream, opts, stop.subscribe()))
+                .collect()
         });
         EchoClients {
             runtime,
@@ -463,7 +468,12 @@ async fn verify_stream(
         let got = &buf[..n];
         lock(&progress.received_hash).update(got);
         pattern.fill(&mut want[..n]);
-        if let Some(i) = got.iter().zip(&want).position(|(g, w)| g != w) {
+        let want = &want[..n];
+        // Slice equality is one memcmp; find the offset only on a mismatch.
+        if let Some(i) = (got != want)
+            .then(|| got.iter().zip(want).position(|(g, w)| g != w))
+            .flatten()
+        {
             progress.fail(format!(
                 "mismatch at offset {}: expected {:#04x}, got {:#04x}",
                 verified + i as u64,

@@ -135,6 +135,7 @@ fn failover(run: Run) {
             "resume"
         ]
     );
+    assert_eq!(seen.dropped, 0, "the watcher saw every frame");
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
     let mac = link_mac(&topo.gateway, GATEWAY_CLIENT_IF);
     match service {
@@ -144,8 +145,15 @@ fn failover(run: Run) {
         }
     }
     let resumed = app.lines();
-    let resumed: Vec<&String> = resumed.iter().filter(|l| l.starts_with("resumed ")).collect();
-    assert_eq!(resumed.len(), run.conns, "one `resumed` line per handoff: {resumed:?}");
+    let resumed: Vec<&String> = resumed
+        .iter()
+        .filter(|l| l.starts_with("resumed "))
+        .collect();
+    assert_eq!(
+        resumed.len(),
+        run.conns,
+        "one `resumed` line per handoff: {resumed:?}"
+    );
     assert_eq!(final_report.takeovers, vec![report]);
 }
 

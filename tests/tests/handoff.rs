@@ -310,13 +310,13 @@ fn echo_example_echoes_20_streaming_connections_byte_exact() {
     let service: SocketAddr = "198.18.0.1:7000".parse().unwrap();
     let mut server = start_echo_server(&ns, service);
     let opts = EchoOptions {
-        rate: 64 << 10,
+        rate: 32 << 10,
         ..EchoOptions::default()
     };
 
     let clients = EchoClients::start(&ns, service, 1000, opts);
     clients
-        .wait_progress(64 << 10, WAIT)
+        .wait_progress(16 << 10, WAIT)
         .expect("traffic flows");
     thread::sleep(Duration::from_secs(2));
     let results = clients.finish(WAIT);

@@ -151,6 +151,8 @@ fn restored_socket_continues_a_live_connection(family: Family, queue: QueueMode)
     service_address(&topo, family, "add");
     let start = Instant::now();
     let restored = repaired.leave_repair().unwrap_or_else(|e| panic!("{e}"));
+    // Read before any data is acknowledged, while it is still `tcp_connect_init()`'s.
+    let restored_mss = tcp_info(&restored).tcpi_snd_mss;
 
     let mut missing = vec![0u8; UNACKED_BYTES];
     (&client)
@@ -161,11 +163,8 @@ fn restored_socket_continues_a_live_connection(family: Family, queue: QueueMode)
         start.elapsed()
     );
     assert_eq!(Digest::of(&missing), Digest::of(&unacked));
-    assert_eq!(tcp_info(&restored).tcpi_snd_mss, original.tcpi_snd_mss);
-    assert_eq!(
-        tcp_info(&restored).tcpi_snd_mss,
-        u32::from(mss) - TIMESTAMP_OPTION
-    );
+    assert_eq!(restored_mss, original.tcpi_snd_mss);
+    assert_eq!(restored_mss, u32::from(mss) - TIMESTAMP_OPTION);
 
     let x = exchange(client, restored, AFTER_BYTES, TIMEOUT);
     assert_eq!(
@@ -523,4 +522,47 @@ fn tsval(fd: impl AsFd) -> u32 {
         std::io::Error::last_os_error()
     );
     value
+}
+
+/// A connection that negotiated no window scaling: the restored socket must
+/// advertise its window unshifted. (Without `TCPOPT_WINDOW` 0 in
+/// `TCP_REPAIR_OPTIONS` the kernel kept the shift `tcp_connect_init()` chose, and
+/// the peer saw a 63-byte window instead of 64,064.)
+#[test]
+fn unscaled_connection_advertises_unscaled_windows() {
+    const WINDOW: u32 = 60_000;
+    require_root();
+    let topo = Topology::new();
+    let server = topo.service(Family::V4, PORT);
+    let client = SocketAddr::new(topo.client_addr(Family::V4), 40312);
+    let unscaled = |local, peer, send_seq: u32, recv_seq: u32| {
+        let mut plan = synthetic_plan(local, peer, send_seq);
+        plan.recv_seq = recv_seq;
+        plan.options.window_scale = None;
+        plan.window = RestoreWindow {
+            snd_wl1: recv_seq,
+            snd_wnd: WINDOW,
+            max_window: WINDOW,
+            rcv_wnd: WINDOW,
+            rcv_wup: recv_seq,
+        };
+        plan.timestamp = None;
+        plan.options.timestamps = false;
+        plan
+    };
+    let c = build_in(&topo.client, &unscaled(client, server, 1000, 5000));
+    let s = build_in(&topo.server, &unscaled(server, client, 5000, 1000));
+    let s = s.leave_repair().unwrap_or_else(|e| panic!("{e}"));
+    let c = c.leave_repair().unwrap_or_else(|e| panic!("{e}"));
+
+    // One byte each way: each side's ACK carries its current window.
+    assert_eq!(transfer(&c, &s, b"x"), b"x");
+    assert_eq!(transfer(&s, &c, b"y"), b"y");
+    thread::sleep(Duration::from_millis(50));
+
+    let seen_by_client = tcp_info(&c).tcpi_snd_wnd;
+    assert!(
+        (WINDOW..=65_535).contains(&seen_by_client),
+        "the client sees a {seen_by_client}-byte window"
+    );
 }
