@@ -376,7 +376,7 @@ impl FlowTable {
             self.next_id += 1;
             let limits = self.limits_for(service_id);
             let flow = open_flow(id, &key, service_id, limits, self.dump_dir.as_deref())?;
-            tracing::info!(flow = %flow_name(&key), id, "new flow");
+            tracing::debug!(flow = %flow_name(&key), id, "new flow");
             if let Some(records) = self.records.as_mut() {
                 records.push(Record::Open {
                     id,

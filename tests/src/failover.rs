@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use connmirror::takeover::TakeoverReport;
 
+use crate::mirror::MirrorCommand;
 use crate::netns::Netns;
 use crate::process::{describe, output_with_timeout};
 use crate::topology::{SERVER_IF, Topology};
@@ -53,7 +54,7 @@ pub struct Program {
 
 impl Program {
     /// Starts `program args...` in `ns` and waits until it prints a line that
-    /// starts with `ready`. Panics with its stderr otherwise.
+    /// contains `ready`. Panics with its stderr otherwise.
     pub fn start<I, S>(ns: &Netns, program: impl AsRef<OsStr>, args: I, ready: &str) -> Program
     where
         I: IntoIterator<Item = S>,
@@ -90,14 +91,14 @@ impl Program {
         program
     }
 
-    /// Waits for a stdout line starting with `prefix`; returns it.
-    pub fn wait_line(&self, prefix: &str, timeout: Duration) -> String {
+    /// Waits for a stdout line that contains `text`; returns it.
+    pub fn wait_line(&self, text: &str, timeout: Duration) -> String {
         loop {
             match self.lines.recv_timeout(timeout) {
-                Ok(line) if line.starts_with(prefix) => return line,
+                Ok(line) if line.contains(text) => return line,
                 Ok(_) => continue,
                 Err(e) => panic!(
-                    "`{}` printed no line starting with {prefix:?} ({e}); stderr:\n{}",
+                    "`{}` printed no line containing {text:?} ({e}); stderr:\n{}",
                     self.what,
                     self.stderr()
                 ),
@@ -132,6 +133,17 @@ impl Drop for Program {
             eprintln!("`{}` stderr:\n{}", self.what, self.stderr());
         }
     }
+}
+
+/// The standby for `service` (`IP:PORT=RETENTION` as `--service` takes it):
+/// TC ingress capture on both links (no egress: every segment is seen once).
+pub fn standby_command(topo: &Topology, service: &str) -> MirrorCommand {
+    MirrorCommand::standby()
+        .ifaces(topo.gateway_ifaces())
+        .arg("--service")
+        .arg(service)
+        .ingress("tc")
+        .egress("none")
 }
 
 /// The primary dies: its link goes down (no segment of its ever reaches the

@@ -34,6 +34,7 @@ pub mod live;
 pub mod mirror;
 pub mod netns;
 pub mod process;
+pub mod redis;
 pub mod repair;
 pub mod topology;
 pub mod traffic;

@@ -9,9 +9,11 @@ use std::thread;
 use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
-use connmirror_tests::failover::{Program, echo_example, kill_primary, takeover};
+use connmirror_tests::failover::{
+    Program, echo_example, kill_primary, standby_command, takeover,
+};
 use connmirror_tests::inject::link_mac;
-use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, GATEWAY_CLIENT_IF, Topology};
 use connmirror_tests::wire::WireWatch;
 
@@ -49,12 +51,7 @@ impl Run {
 /// retention (the echo app needs the client bytes the primary had not echoed
 /// yet), announcements on the client link.
 fn standby(topo: &Topology, service: SocketAddr) -> Mirror {
-    let command = MirrorCommand::standby()
-        .ifaces(topo.gateway_ifaces())
-        .arg("--service")
-        .arg(&format!("{service}=full"))
-        .ingress("tc")
-        .egress("none")
+    let command = standby_command(topo, &format!("{service}=full"))
         .without_dumps()
         .arg("--announce")
         .arg(GATEWAY_CLIENT_IF)
