@@ -72,7 +72,7 @@ pub enum Response {
 #[derive(Debug, Error)]
 pub enum ControlError {
     /// A socket call failed.
-    #[error("{call} {path}: {source}")]
+    #[error("{call} {path}")]
     Io {
         /// What was attempted.
         call: &'static str,

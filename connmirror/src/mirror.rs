@@ -241,6 +241,18 @@ pub struct Report {
     /// Takeovers run by a standby, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub takeovers: Vec<TakeoverReport>,
+    /// What a standby's sockets rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<StandbySummary>,
+}
+
+/// Messages a standby refused, per socket.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StandbySummary {
+    /// Control requests rejected (malformed, oversize, another user's).
+    pub control_rejected: u64,
+    /// Handoff registrations rejected.
+    pub handoff_rejected: u64,
 }
 
 /// What the journal wrote during the run.
@@ -275,7 +287,7 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     announce_ready()?;
     mirror.next_event(&mut signals, None::<&mut Never>).await?;
-    mirror.finish(Vec::new())?;
+    mirror.finish(Vec::new(), None)?;
     Ok(())
 }
 
@@ -444,7 +456,11 @@ impl Mirror {
     }
 
     /// Detaches, drains what is left, closes the journal and writes the report.
-    pub(crate) fn finish(self, takeovers: Vec<TakeoverReport>) -> anyhow::Result<Report> {
+    pub(crate) fn finish(
+        self,
+        takeovers: Vec<TakeoverReport>,
+        standby: Option<StandbySummary>,
+    ) -> anyhow::Result<Report> {
         let Self {
             mut capture,
             mut reader,
@@ -468,6 +484,7 @@ impl Mirror {
         let mut report = report(&capture, &mut table, stats)?;
         report.journal = journal.as_ref().map(JournalSummary::from);
         report.takeovers = takeovers;
+        report.standby = standby;
         log_summary(&report);
         if let Some(path) = &report_path {
             write_report(path, &report)?;
@@ -557,6 +574,7 @@ fn report(
         flows,
         journal: None,
         takeovers: Vec::new(),
+        standby: None,
     })
 }
 

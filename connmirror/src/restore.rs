@@ -115,6 +115,28 @@
 //! Sequence numbers are `u32` throughout and go to `setsockopt()` as unsigned
 //! 32-bit values, including those above 2^31.
 //!
+//! # Example
+//!
+//! ```no_run
+//! use std::net::TcpStream;
+//!
+//! use connmirror::restore::{RestoreError, RestorePlan, build_all, leave_all};
+//!
+//! /// Runs on a thread inside the standby's network namespace.
+//! fn take_over(plans: &[RestorePlan]) -> Vec<Result<TcpStream, RestoreError>> {
+//!     // The service address is not local yet, and nothing is sent.
+//!     let mut sockets = Vec::new();
+//!     for built in build_all(plans, 2) {
+//!         match built {
+//!             Ok(socket) => sockets.push(socket),
+//!             Err(err) => eprintln!("not restored: {err}"),
+//!         }
+//!     }
+//!     // Make the service address local here, then:
+//!     leave_all(sockets, 2)
+//! }
+//! ```
+//!
 //! # Minimum kernel version
 //!
 //! `TCP_REPAIR`, `TCP_REPAIR_QUEUE`, `TCP_QUEUE_SEQ`, `TCP_REPAIR_OPTIONS`: 3.5.
@@ -513,7 +535,9 @@ impl RepairedSocket {
     /// `CAP_NET_ADMIN`) when `len` bytes would not fit. The kernel doubles the
     /// value for its bookkeeping overhead (`sock_setsockopt()`, net/core/sock.c),
     /// and charges each skb's truesize; `len` plus 64 KiB covers the per-skb
-    /// overhead of 64 KiB skbs with room to spare.
+    /// overhead of 64 KiB skbs with room to spare. A forced size also locks it
+    /// (`SOCK_SNDBUF_LOCK`): the kernel no longer tunes this socket's send
+    /// buffer, which stays large enough for the queue it restored.
     fn make_room(&self, len: usize) -> Result<(), RestoreError> {
         const SLACK: usize = 64 * 1024;
         let current = self.get_int(libc::SOL_SOCKET, libc::SO_SNDBUF, "getsockopt(SO_SNDBUF)")?;

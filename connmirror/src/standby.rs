@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use crate::{
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     handoff::{self, HandoffServer},
-    mirror::{Event, Mirror, MirrorArgs, Signals, announce_ready},
+    mirror::{Event, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
     restore::QueueMode,
     service::Service,
     takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport},
@@ -171,7 +171,11 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     while let Event::Message(pending) = mirror.next_event(&mut signals, Some(&mut control)).await? {
         standby.serve(&mut mirror, pending).await;
     }
-    mirror.finish(standby.reports)?;
+    let summary = StandbySummary {
+        control_rejected: control.rejected(),
+        handoff_rejected: standby.handoff.as_ref().map_or(0, |h| h.rejected()),
+    };
+    mirror.finish(standby.reports, Some(summary))?;
     Ok(())
 }
 

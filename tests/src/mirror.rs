@@ -320,6 +320,16 @@ pub struct Report {
     /// Takeovers a standby ran.
     #[serde(default)]
     pub takeovers: Vec<TakeoverReport>,
+    /// What a standby's sockets rejected.
+    #[serde(default)]
+    pub standby: Option<StandbySummary>,
+}
+
+/// report.json `standby`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct StandbySummary {
+    pub control_rejected: u64,
+    pub handoff_rejected: u64,
 }
 
 /// What the mirror's journal wrote (report.json `journal`).
