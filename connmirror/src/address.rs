@@ -79,13 +79,13 @@ pub enum AddressError {
         iface: String,
     },
     /// The netlink socket could not be opened.
-    #[error("socket(AF_NETLINK, NETLINK_ROUTE): {source}")]
+    #[error("socket(AF_NETLINK, NETLINK_ROUTE): {error}")]
     Socket {
         /// What `socket`, `bind` or `connect` returned.
-        source: io::Error,
+        error: io::Error,
     },
     /// The kernel refused a request, or its reply could not be read.
-    #[error("netlink {call} {addr}/{prefix} on {iface}: {source}")]
+    #[error("netlink {call} {addr}/{prefix} on {iface}: {error}")]
     Netlink {
         /// `RTM_NEWADDR`, `RTM_DELADDR` or `RTM_GETADDR`.
         call: &'static str,
@@ -96,7 +96,7 @@ pub enum AddressError {
         /// The interface.
         iface: String,
         /// The errno the kernel answered with, or what went wrong reading it.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -214,7 +214,7 @@ fn netlink_error(call: &'static str, iface: &str, addr: IpAddr, source: io::Erro
         addr,
         prefix: host_prefix(addr),
         iface: iface.to_owned(),
-        source,
+        error: source,
     }
 }
 
@@ -267,7 +267,7 @@ impl Rtnl {
             socket.connect(&SocketAddr::new(0, 0))?;
             Ok(socket)
         })()
-        .map_err(|source| AddressError::Socket { source })?;
+        .map_err(|source| AddressError::Socket { error: source })?;
         Ok(Rtnl { socket })
     }
 

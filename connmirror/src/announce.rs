@@ -78,14 +78,14 @@ pub enum AnnounceError {
     #[error(transparent)]
     Interface(#[from] AddressError),
     /// A system call failed.
-    #[error("{call} on {iface}: {source}")]
+    #[error("{call} on {iface}: {error}")]
     Syscall {
         /// The call, e.g. `ioctl(SIOCGIFHWADDR)`.
         call: &'static str,
         /// The interface.
         iface: String,
         /// What it returned.
-        source: io::Error,
+        error: io::Error,
     },
     /// The interface has no Ethernet address (loopback, tunnels, ...).
     #[error("{iface} is not an Ethernet interface (ARPHRD {hw_type})")]
@@ -232,7 +232,7 @@ fn syscall_error(call: &'static str, iface: &str, source: io::Error) -> Announce
     AnnounceError::Syscall {
         call,
         iface: iface.to_owned(),
-        source,
+        error: source,
     }
 }
 

@@ -242,12 +242,11 @@ fn check_len(dir: &str, range: Recorded, len: usize) -> Result<(), String> {
 #[derive(Debug, Error)]
 pub enum HandoffError {
     /// A system call on the handoff socket (or its directory) failed.
-    #[error("{call} {}: {source}", .path.display())]
+    #[error("{call} {}: {error}", .path.display())]
     Syscall {
         call: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// Something other than a socket is in the way of the handoff socket.
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
@@ -272,20 +271,19 @@ pub enum HandoffError {
     },
     /// Sending to the last application registered for the service failed, and no
     /// other registered in time.
-    #[error("handing flow {id} to the application registered for {service} on {}: {source}", .path.display())]
+    #[error("handing flow {id} to the application registered for {service} on {}: {error}", .path.display())]
     Send {
         id: u64,
         service: SocketAddr,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 /// `map_err` helper: a failed `call` on `path`.
 fn syscall(call: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HandoffError {
     let path = path.to_path_buf();
-    move |source| HandoffError::Syscall { call, path, source }
+    move |error| HandoffError::Syscall { call, path, error }
 }
 
 /// The body of a hello.
@@ -417,7 +415,7 @@ impl HandoffServer {
                 id,
                 service,
                 path: shared.path.clone(),
-                source,
+                error: source,
             },
             None => HandoffError::NoApplication {
                 service,

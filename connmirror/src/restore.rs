@@ -264,7 +264,7 @@ pub enum QueueMode {
 
 /// A failed call while restoring one connection.
 #[derive(Debug, Error)]
-#[error("{call} on {server} ↔ {client}: {source}")]
+#[error("{call} on {server} ↔ {client}: {error}")]
 pub struct RestoreError {
     /// The call that failed, e.g. `setsockopt(TCP_REPAIR_WINDOW)`.
     pub call: String,
@@ -273,8 +273,7 @@ pub struct RestoreError {
     /// The peer.
     pub client: SocketAddr,
     /// What the kernel said.
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// `struct tcp_repair_opt` (include/uapi/linux/tcp.h).
@@ -846,7 +845,7 @@ fn restore_error(
         call: call.into(),
         server,
         client,
-        source,
+        error: source,
     }
 }
 

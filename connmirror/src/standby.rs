@@ -63,9 +63,11 @@ pub struct StandbyArgs {
     #[arg(long)]
     pub restore_workers: Option<usize>,
     /// How bytes the client has not acknowledged go back into the restored send
-    /// queue: `sent` (queued in repair mode, retransmitted on the socket's
-    /// retransmission timer) or `unsent` (written after repair, sent at once).
-    #[arg(long, value_enum, default_value = "sent")]
+    /// queue: `unsent` (written right after repair mode, while the clients are
+    /// still quiesced, so they go out at once) or `sent` (queued in repair mode
+    /// as already sent: they wait for the restored socket's retransmission
+    /// timer, which has no RTT sample yet; seconds, measured).
+    #[arg(long, value_enum, default_value = "unsent")]
     pub send_queue: QueueArg,
     /// Milliseconds a restored socket waits for an application to take it on
     /// the handoff socket before it is reset.

@@ -122,6 +122,7 @@ impl WireWatch {
             filter: program.as_ptr().cast_mut(),
         };
         set_option(&fd, SO_ATTACH_FILTER, &fprog, &what);
+        forget_unfiltered(&fd, &what);
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let reader = {
             let stop = Arc::clone(&stop.0);
@@ -209,6 +210,29 @@ const FILTER: [(u16, u8, u8, u32); 16] = [
     (0x06, 0, 0, 0x40000), // 14: accept (up to 256 KiB)
     (0x06, 0, 0, 0),       // 15: reject
 ];
+
+/// Drops what the socket queued before its filter was attached, and zeroes
+/// its drop counter (reading `PACKET_STATISTICS` resets it, packet(7)): on a
+/// busy link the unfiltered frames of those first microseconds can overflow
+/// the queue, and those drops say nothing about what the watch sees.
+fn forget_unfiltered(fd: &OwnedFd, what: &str) {
+    let mut buf = vec![0u8; 64];
+    loop {
+        // SAFETY: `buf` is valid for its length.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        };
+        if n < 0 {
+            break;
+        }
+    }
+    statistics(fd, what);
+}
 
 /// Reads one frame (cut to `buf`'s length) and its `sll_pkttype`.
 fn receive(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, u8)> {
