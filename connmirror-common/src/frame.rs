@@ -117,7 +117,7 @@ impl TcpFrame {
                 frame
             }
             Addrs::V6(src, dst) => {
-                let tcp = self.tcp(&pseudo_v6(src, dst, self.tcp_len()));
+                let tcp = self.tcp(&pseudo_v6(src, dst, self.tcp_len(), IPPROTO_TCP));
                 let mut frame = self.ethernet(ETHERTYPE_IPV6);
                 frame.extend(self.ipv6(src, dst, tcp.len()));
                 frame.extend(tcp);
@@ -260,18 +260,20 @@ fn pseudo_v4(src: Ipv4Addr, dst: Ipv4Addr, tcp_len: usize) -> Vec<u8> {
     p
 }
 
-fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, tcp_len: usize) -> Vec<u8> {
+/// The IPv6 pseudo-header (RFC 8200 §8.1) of an upper-layer message of `len`
+/// bytes and protocol `next_header`, for its checksum.
+pub fn pseudo_v6(src: Ipv6Addr, dst: Ipv6Addr, len: usize, next_header: u8) -> Vec<u8> {
     let mut p = Vec::with_capacity(40);
     p.extend(src.octets());
     p.extend(dst.octets());
-    p.extend((tcp_len as u32).to_be_bytes());
-    p.extend([0, 0, 0, IPPROTO_TCP]);
+    p.extend((len as u32).to_be_bytes());
+    p.extend([0, 0, 0, next_header]);
     p
 }
 
 /// The Internet checksum (RFC 1071) of the concatenation of `parts`; every part
 /// but the last must have an even length.
-fn checksum(parts: &[&[u8]]) -> u16 {
+pub fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u64 = 0;
     for part in parts {
         for pair in part.chunks(2) {
@@ -419,7 +421,7 @@ pub(crate) mod tests {
         let tcp = &bytes[l4..];
         let pseudo = match frame.addrs() {
             Addrs::V4(s, d) => pseudo_v4(s, d, tcp.len()),
-            Addrs::V6(s, d) => pseudo_v6(s, d, tcp.len()),
+            Addrs::V6(s, d) => pseudo_v6(s, d, tcp.len(), IPPROTO_TCP),
         };
         checksum(&[&pseudo, tcp]) == 0
     }

@@ -61,6 +61,8 @@ enum Mode {
 }
 
 fn main() -> anyhow::Result<()> {
+    // One descriptor per connection: thousands after a takeover.
+    connmirror::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     match Cli::parse().mode {
         Mode::Listen { addr } => listen(addr),
         Mode::Handoff { socket, services } => take_handoffs(&socket, &services),

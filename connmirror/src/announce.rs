@@ -46,6 +46,7 @@ use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use connmirror_common::frame::{checksum, pseudo_v6};
 use thiserror::Error;
 
 use crate::address::{AddressError, ifindex};
@@ -268,7 +269,8 @@ fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> Vec<u8> {
     icmp.extend(addr.octets());
     icmp.extend([ND_OPT_TARGET_LL_ADDR, 1]); // length in units of 8 bytes
     icmp.extend(mac);
-    let sum = checksum(&[&pseudo_header(addr, ALL_NODES, icmp.len()), &icmp]);
+    let pseudo = pseudo_v6(addr, ALL_NODES, icmp.len(), IPPROTO_ICMPV6);
+    let sum = checksum(&[&pseudo, &icmp]);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
 
     let mut frame = ethernet(ALL_NODES_MAC, mac, ETHERTYPE_IPV6);
@@ -280,30 +282,6 @@ fn unsolicited_na(mac: [u8; 6], addr: Ipv6Addr) -> Vec<u8> {
     frame.extend(ALL_NODES.octets());
     frame.extend(icmp);
     frame
-}
-
-/// The IPv6 pseudo-header for an ICMPv6 message (RFC 8200 §8.1).
-fn pseudo_header(src: Ipv6Addr, dst: Ipv6Addr, len: usize) -> Vec<u8> {
-    let mut p = Vec::with_capacity(40);
-    p.extend(src.octets());
-    p.extend(dst.octets());
-    p.extend((len as u32).to_be_bytes());
-    p.extend([0, 0, 0, IPPROTO_ICMPV6]);
-    p
-}
-
-/// The Internet checksum (RFC 1071) of the concatenation of `parts`; every part
-/// but the last must have an even length.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = parts
-        .iter()
-        .flat_map(|part| part.chunks(2))
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]

@@ -167,7 +167,9 @@ pub fn bind_private(path: &Path) -> Result<std::os::unix::net::UnixListener, Con
     // SAFETY: plain socket(2) call.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(io_error("socket(AF_UNIX) for", path)(io::Error::last_os_error()));
+        return Err(io_error("socket(AF_UNIX) for", path)(
+            io::Error::last_os_error(),
+        ));
     }
     // SAFETY: `raw` is a fresh descriptor nobody else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };

@@ -18,6 +18,7 @@ pub mod mirror;
 pub mod replay;
 pub mod restore;
 pub mod service;
+pub mod sockopt;
 pub mod standby;
 pub mod state;
 pub mod stream;

@@ -178,7 +178,12 @@ fn print_takeover(report: &TakeoverReport, out: &mut impl std::io::Write) -> std
         writeln!(out, "  unrecoverable {reason}: {n}")?;
     }
     for step in &report.steps {
-        writeln!(out, "  {:<10} {:>10.3} ms", step.name, step.micros as f64 / 1e3)?;
+        writeln!(
+            out,
+            "  {:<10} {:>10.3} ms",
+            step.name,
+            step.micros as f64 / 1e3
+        )?;
     }
     for error in &report.errors {
         writeln!(out, "  error: {error}")?;

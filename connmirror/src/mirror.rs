@@ -343,8 +343,7 @@ impl Mirror {
             memory_cap,
             journal: journal_args,
         } = args;
-        let report_path =
-            report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
+        let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
         if let Some(dir) = &dump_dir {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }

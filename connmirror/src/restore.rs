@@ -163,6 +163,8 @@ use std::thread::{self, ScopedJoinHandle};
 use libc::c_int;
 use thiserror::Error;
 
+use crate::sockopt;
+
 /// `TCP_REPAIR` values (include/uapi/linux/tcp.h).
 const TCP_REPAIR_ON: c_int = 1;
 const TCP_REPAIR_OFF: c_int = 0;
@@ -372,16 +374,8 @@ impl RepairedSocket {
             "setsockopt(TCP_REPAIR)",
             TCP_REPAIR_OFF_NO_WP,
         )?;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        self.set(
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            "setsockopt(SO_LINGER)",
-            &linger,
-        )?;
+        sockopt::linger_zero(self.fd.as_fd())
+            .map_err(|error| self.error("setsockopt(SO_LINGER)", error))?;
         // close(2) of a TCP socket does not fail; the RST is sent from inside it.
         drop(self);
         Ok(())
@@ -581,18 +575,10 @@ impl RepairedSocket {
         call: &'static str,
         value: &T,
     ) -> Result<(), RestoreError> {
-        // SAFETY: `value` is a valid buffer of the length passed; every T used here
-        // is plain old data with the layout the kernel expects.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                option,
-                (value as *const T).cast(),
-                size_of_val(value) as libc::socklen_t,
-            )
-        };
-        self.check(rc, call)
+        // SAFETY: every T passed here is plain old data with the layout the
+        // kernel expects for its option (ints, tcp_repair_opt, tcp_repair_window).
+        unsafe { sockopt::set(self.fd.as_fd(), level, option, value) }
+            .map_err(|error| self.error(call, error))
     }
 
     fn get_int(
@@ -601,19 +587,7 @@ impl RepairedSocket {
         option: c_int,
         call: &'static str,
     ) -> Result<c_int, RestoreError> {
-        let mut value: c_int = 0;
-        let mut len = size_of::<c_int>() as libc::socklen_t;
-        // SAFETY: `value` and `len` are valid for writing and `len` is its size.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                option,
-                (&raw mut value).cast(),
-                &mut len,
-            )
-        };
-        self.check(rc, call).map(|()| value)
+        sockopt::get_int(self.fd.as_fd(), level, option).map_err(|error| self.error(call, error))
     }
 
     /// `bind` or `connect` to `addr`.
@@ -916,6 +890,27 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) to its hard limit
+/// and returns the new soft limit. Every restored connection is a file
+/// descriptor, and the usual soft limit (1,024) is far below the thousands of
+/// connections a takeover rebuilds; see getrlimit(2).
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: `limit` is a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(limit.rlim_cur)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::{
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     handoff::{self, HandoffServer},
     mirror::{Event, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
-    restore::QueueMode,
+    restore::{self, QueueMode},
     service::Service,
     takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport},
 };
@@ -128,7 +128,11 @@ impl StandbyArgs {
                 QueueArg::Sent => QueueMode::Sent,
                 QueueArg::Unsent => QueueMode::Unsent,
             },
-            resume: self.resume.iter().map(|ResumeSpec(s, r)| (*s, *r)).collect(),
+            resume: self
+                .resume
+                .iter()
+                .map(|ResumeSpec(s, r)| (*s, *r))
+                .collect(),
             handoff_wait: Duration::from_millis(self.handoff_wait),
             replay_timeout: Duration::from_millis(self.replay_timeout),
         }
@@ -150,10 +154,16 @@ impl StandbyArgs {
 /// Runs the standby until SIGINT or SIGTERM.
 pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     args.check()?;
+    match restore::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "raising the open-file limit"),
+    }
     let config = args.takeover_config();
-    let needs_handoff = args.mirror.services.iter().any(|s| {
-        !matches!(config.resume.get(&s.0), Some(Resume::Replay(_)))
-    });
+    let needs_handoff = args
+        .mirror
+        .services
+        .iter()
+        .any(|s| !matches!(config.resume.get(&s.0), Some(Resume::Replay(_))));
     let mut mirror = Mirror::start(args.mirror)?;
     let handoff = match needs_handoff {
         true => Some(Arc::new(
@@ -260,7 +270,10 @@ mod tests {
     fn resume_specs_name_a_service_and_a_mode() {
         assert_eq!(
             "198.18.1.2:7000=handoff".parse(),
-            Ok(ResumeSpec("198.18.1.2:7000".parse().unwrap(), Resume::Handoff))
+            Ok(ResumeSpec(
+                "198.18.1.2:7000".parse().unwrap(),
+                Resume::Handoff
+            ))
         );
         assert_eq!(
             "[fd00::2]:7000=replay:[::1]:7001".parse(),

@@ -45,6 +45,7 @@ use crate::{
         self, QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
     },
     service::Service,
+    sockopt,
     state::{Readiness, after},
 };
 
@@ -534,7 +535,9 @@ async fn resume(
             Resume::Handoff => {
                 let server = handoff.clone();
                 let wait = config.handoff_wait;
-                tasks.spawn_blocking(move || hand_off(server.as_deref(), flow, service, stream, wait));
+                tasks.spawn_blocking(move || {
+                    hand_off(server.as_deref(), flow, service, stream, wait)
+                });
             }
             Resume::Replay(app) => {
                 let timeout = config.replay_timeout;
@@ -625,25 +628,10 @@ fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Han
     }
 }
 
-/// Closes `stream` with a RST (`SO_LINGER` of zero: `tcp_close()` in
-/// net/ipv4/tcp.c then sends an active reset instead of a FIN).
+/// Closes `stream` with a RST (see [`sockopt::linger_zero`]).
 pub(crate) fn abort(stream: TcpStream) {
-    use std::os::fd::AsRawFd as _;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `linger` is a valid `struct linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::warn!(err = %std::io::Error::last_os_error(), "setsockopt(SO_LINGER)");
+    use std::os::fd::AsFd as _;
+    if let Err(err) = sockopt::linger_zero(stream.as_fd()) {
+        tracing::warn!(%err, "setsockopt(SO_LINGER)");
     }
 }

@@ -318,7 +318,10 @@ fn takeover_modes_drop_at_ingress_only_and_stop_capture() {
             (Hook::TcEgress, TC_ACT_UNSPEC, TC_ACT_UNSPEC),
         ]
     );
-    assert!(records(&mut ring).is_empty(), "a taken-over service is not captured");
+    assert!(
+        records(&mut ring).is_empty(),
+        "a taken-over service is not captured"
+    );
     let counters = capture.counters().unwrap();
     assert_eq!(counters.get(Counter::QuiesceDrops), 2);
     assert_eq!(counters.get(Counter::FenceDrops), 4);

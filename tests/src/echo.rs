@@ -12,11 +12,12 @@
 //! threads, and a writer stuck on a full window never stops its reader.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use connmirror::sockopt;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -237,23 +238,13 @@ fn new_socket(index: usize, server: SocketAddr, mss: Option<u32>) -> TcpSocket {
     }
     .unwrap_or_else(|e| panic!("echo client {index}: socket(): {e}"));
     if let Some(mss) = mss {
-        let value = mss as libc::c_int;
-        // SAFETY: `value` is an int and the length is its size, as TCP_MAXSEG
-        // expects; the descriptor belongs to `socket`.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_TCP,
-                libc::TCP_MAXSEG,
-                (&raw const value).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        assert!(
-            rc == 0,
-            "echo client {index}: setsockopt(TCP_MAXSEG, {mss}): {}",
-            std::io::Error::last_os_error()
-        );
+        sockopt::set_int(
+            socket.as_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            mss as i32,
+        )
+        .unwrap_or_else(|e| panic!("echo client {index}: setsockopt(TCP_MAXSEG, {mss}): {e}"));
     }
     socket
 }

@@ -7,7 +7,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use connmirror::takeover::TakeoverReport;
 
-use crate::mirror::MirrorCommand;
+use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
-use crate::process::{describe, output_with_timeout};
+use crate::process::{describe, output_with_timeout, stdout_lines, wait_for_line};
 use crate::topology::{SERVER_IF, Topology};
 use crate::workdir::WorkDir;
 
@@ -29,18 +29,7 @@ pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The echo example (`connmirror/examples/echo.rs`), from `CONNMIRROR_ECHO_EXAMPLE`.
 pub fn echo_example() -> PathBuf {
-    let Some(path) = std::env::var_os("CONNMIRROR_ECHO_EXAMPLE") else {
-        panic!(
-            "CONNMIRROR_ECHO_EXAMPLE is not set: run the end-to-end tests through cargo xtask test"
-        );
-    };
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "CONNMIRROR_ECHO_EXAMPLE={} is not a file: run the end-to-end tests through cargo xtask test",
-        path.display()
-    );
-    path
+    crate::binary_from_env("CONNMIRROR_ECHO_EXAMPLE")
 }
 
 /// A program running inside a namespace; killed (SIGKILL) on drop.
@@ -71,16 +60,7 @@ impl Program {
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         let program = Program {
             child: Some(child),
             what,
@@ -93,17 +73,13 @@ impl Program {
 
     /// Waits for a stdout line that contains `text`; returns it.
     pub fn wait_line(&self, text: &str, timeout: Duration) -> String {
-        loop {
-            match self.lines.recv_timeout(timeout) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => continue,
-                Err(e) => panic!(
-                    "`{}` printed no line containing {text:?} ({e}); stderr:\n{}",
-                    self.what,
-                    self.stderr()
-                ),
-            }
-        }
+        wait_for_line(&self.lines, timeout, |line| line.contains(text)).unwrap_or_else(|e| {
+            panic!(
+                "`{}` printed no line containing {text:?} ({e}); stderr:\n{}",
+                self.what,
+                self.stderr()
+            )
+        })
     }
 
     /// Every stdout line printed since the last call (or the ready line).
@@ -133,6 +109,25 @@ impl Drop for Program {
             eprintln!("`{}` stderr:\n{}", self.what, self.stderr());
         }
     }
+}
+
+/// The echo example serving `service` in the primary's namespace.
+pub fn echo_primary(topo: &Topology, service: SocketAddr) -> Program {
+    let args = ["listen".to_owned(), service.to_string()];
+    Program::start(&topo.server, echo_example(), args, "listening")
+}
+
+/// The echo example registered on `standby`'s handoff socket for `service`,
+/// in the standby's namespace.
+pub fn handoff_app(topo: &Topology, standby: &Mirror, service: SocketAddr) -> Program {
+    let args = [
+        "handoff".to_owned(),
+        "--socket".to_owned(),
+        standby.handoff_socket().display().to_string(),
+        "--service".to_owned(),
+        service.to_string(),
+    ];
+    Program::start(&topo.gateway, echo_example(), args, "registered")
 }
 
 /// The standby for `service` (`IP:PORT=RETENTION` as `--service` takes it):

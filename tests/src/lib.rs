@@ -69,13 +69,20 @@ pub fn require_root() {
 ///
 /// Panics if the variable is unset or does not name a file.
 pub fn connmirror_bin() -> PathBuf {
-    let Some(bin) = std::env::var_os("CONNMIRROR_BIN") else {
-        panic!("CONNMIRROR_BIN is not set: run the end-to-end tests through cargo xtask test");
+    binary_from_env("CONNMIRROR_BIN")
+}
+
+/// The file that environment variable `var` names (cargo xtask sets it).
+///
+/// Panics if the variable is unset or does not name a file.
+pub fn binary_from_env(var: &str) -> PathBuf {
+    let Some(bin) = std::env::var_os(var) else {
+        panic!("{var} is not set: run the end-to-end tests through cargo xtask test");
     };
     let bin = PathBuf::from(bin);
     assert!(
         bin.is_file(),
-        "CONNMIRROR_BIN={} is not a file: run the end-to-end tests through cargo xtask test",
+        "{var}={} is not a file: run the end-to-end tests through cargo xtask test",
         bin.display()
     );
     bin

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -20,7 +19,9 @@ use serde::Deserialize;
 
 use crate::digest::Digest;
 use crate::netns::Netns;
-use crate::process::{describe, output_with_timeout, try_wait_for, wait_with_timeout};
+use crate::process::{
+    describe, output_with_timeout, stdout_lines, try_wait_for, wait_for_line, wait_with_timeout,
+};
 use crate::workdir::WorkDir;
 
 /// How long the mirror may take to load and attach its programs.
@@ -164,23 +165,14 @@ impl Mirror {
 
         // Read stdout for the whole life of the process, so the mirror never blocks
         // on a full pipe; report `ready` (or EOF) through a channel.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.trim() == "ready" {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        let lines = stdout_lines(&mut child);
         let mut mirror = Mirror {
             child: Some(child),
             what,
             dir: Some(dir),
         };
-        match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(()) => mirror,
+        match wait_for_line(&lines, READY_TIMEOUT, |line| line.trim() == "ready") {
+            Ok(_) => mirror,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 panic!(
                     "`{}` did not print `ready` within {READY_TIMEOUT:?}; stderr:\n{}",

@@ -4,8 +4,9 @@
 //! the test panics naming the command, instead of the test run hanging.
 
 use std::fmt::Write as _;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,40 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(10);
+
+/// The lines `child` prints on its (piped) stdout, read on a thread for the
+/// child's whole life, so that it never blocks on a full pipe. The channel
+/// closes at EOF.
+pub fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits, at most `timeout` in all, for a line of `lines` that `wanted`
+/// accepts; returns it. `Disconnected` means EOF came first.
+pub fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<String, mpsc::RecvTimeoutError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left)?;
+        if wanted(&line) {
+            return Ok(line);
+        }
+    }
+}
 
 /// `program arg arg ...`, for messages.
 pub fn describe(cmd: &Command) -> String {

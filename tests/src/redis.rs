@@ -65,7 +65,8 @@ impl Counter {
         let sent = Arc::new(AtomicU64::new(0));
         let replies = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (stream, stop, sent) = (stream.try_clone().expect("dup"), stop.clone(), sent.clone());
+            let (stream, stop, sent) =
+                (stream.try_clone().expect("dup"), stop.clone(), sent.clone());
             let command = format!("INCR {key}\r\n");
             thread::spawn(move || write_commands(stream, &command, &stop, &sent))
         };

@@ -26,6 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use connmirror::restore::{
     QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
 };
+use connmirror::sockopt;
 
 use crate::netns::Netns;
 
@@ -205,21 +206,8 @@ fn get_tcp<T: Copy>(fd: BorrowedFd<'_>, option: libc::c_int) -> T {
 }
 
 fn set_tcp(fd: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) {
-    // SAFETY: `value` is a valid c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            option,
-            (&raw const value).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    assert!(
-        rc == 0,
-        "setsockopt(IPPROTO_TCP, {option}, {value}): {}",
-        io::Error::last_os_error()
-    );
+    sockopt::set_int(fd, libc::IPPROTO_TCP, option, value)
+        .unwrap_or_else(|e| panic!("setsockopt(IPPROTO_TCP, {option}, {value}): {e}"));
 }
 
 /// A byte count from `ioctl(request)`.

@@ -32,13 +32,14 @@
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use connmirror::announce::{ND_NEIGHBOR_ADVERT, ND_OPT_TARGET_LL_ADDR};
+use connmirror::sockopt;
 use connmirror_common::map::FAMILY_V4;
 use connmirror_common::parse::{ETHERTYPE_IPV6, Parsed, Segment, parse};
 use connmirror_common::record::tcp_flags;
@@ -344,22 +345,12 @@ const SO_RCVTIMEO: Opt = (libc::SOL_SOCKET, libc::SO_RCVTIMEO, "SO_RCVTIMEO");
 const SO_ATTACH_FILTER: Opt = (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, "SO_ATTACH_FILTER");
 
 /// `setsockopt(level, name, value)`; panics naming the option and `what`.
+/// `T` is one of the plain-old-data types these options read (an int, a
+/// `timeval`, a `sock_fprog`).
 fn set_option<T>(fd: &OwnedFd, (level, name, call): Opt, value: &T, what: &str) {
-    // SAFETY: `value` is a valid T of the length passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    assert!(
-        rc == 0,
-        "setsockopt({call}) on {what}: {}",
-        io::Error::last_os_error()
-    );
+    // SAFETY: the callers pass the type each option reads.
+    unsafe { sockopt::set(fd.as_fd(), level, name, value) }
+        .unwrap_or_else(|e| panic!("setsockopt({call}) on {what}: {e}"));
 }
 
 /// `getsockopt(SOL_PACKET, PACKET_STATISTICS)`: frames queued and dropped since

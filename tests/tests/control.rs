@@ -42,7 +42,10 @@ fn control_socket_refuses_forged_requests_and_counts_them() {
 
     let answers = [
         send_raw(&control, b"take over please\n"),
-        send_raw(&control, b"{\"command\":\"takeover\",\"services\":null,\"epoch\":9}\n"),
+        send_raw(
+            &control,
+            b"{\"command\":\"takeover\",\"services\":null,\"epoch\":9}\n",
+        ),
         send_raw(&control, b"{\"command\":\"detach\"}\n"),
         send_raw(&control, &[b'{'; 70_000]),
     ];

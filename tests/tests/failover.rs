@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
 use connmirror_tests::failover::{
-    Program, echo_example, kill_primary, standby_command, takeover,
+    echo_primary, handoff_app, kill_primary, standby_command, takeover,
 };
 use connmirror_tests::inject::link_mac;
 use connmirror_tests::mirror::Mirror;
@@ -78,18 +78,9 @@ fn failover(run: Run) {
         topo.client.sysctl("net.ipv4.tcp_timestamps", "0");
     }
     let service = topo.service(run.family, PORT);
-    let echo = echo_example();
-    let listen = ["listen".to_owned(), service.to_string()];
-    let mut primary = Program::start(&topo.server, &echo, listen, "listening");
+    let mut primary = echo_primary(&topo, service);
     let standby = standby(&topo, service);
-    let app_args = [
-        "handoff".to_owned(),
-        "--socket".to_owned(),
-        standby.handoff_socket().display().to_string(),
-        "--service".to_owned(),
-        service.to_string(),
-    ];
-    let app = Program::start(&topo.gateway, &echo, app_args, "registered");
+    let app = handoff_app(&topo, &standby, service);
     let options = EchoOptions {
         rate: run.rate,
         mss: run.mss,

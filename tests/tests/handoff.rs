@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use connmirror::handoff::{Application, FlowMeta, Handoff, HandoffServer, Recorded};
 use connmirror_tests::echo::{EchoClients, EchoOptions, echo_seed};
+use connmirror_tests::failover::echo_example;
 use connmirror_tests::traffic::stream_bytes;
 use connmirror_tests::{Digest, Netns, WorkDir, require_root};
 
@@ -276,23 +277,6 @@ fn deliver_without_application_returns_the_handoff_with_the_reason() {
     assert_eq!(back.meta, meta);
     assert_eq!(back.c2s, stream_bytes(C2S_SEED ^ 9, 5));
     assert_same_connection(&mut back.stream, &mut client);
-}
-
-/// The echo example binary, from `CONNMIRROR_ECHO_EXAMPLE`.
-fn echo_example() -> PathBuf {
-    let Some(bin) = std::env::var_os("CONNMIRROR_ECHO_EXAMPLE") else {
-        panic!(
-            "CONNMIRROR_ECHO_EXAMPLE is not set: build the example with `cargo build -p connmirror --example echo` \
-             and point the variable at target/debug/examples/echo (cargo xtask test does both)"
-        );
-    };
-    let bin = PathBuf::from(bin);
-    assert!(
-        bin.is_file(),
-        "CONNMIRROR_ECHO_EXAMPLE={} is not a file",
-        bin.display()
-    );
-    bin
 }
 
 /// Starts `echo listen addr` in `ns` and waits for its `listening` line.

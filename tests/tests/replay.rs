@@ -65,7 +65,10 @@ fn replay(family: Family) {
     };
     let mut primary = redis(&topo.server, service);
     let _standby_redis = redis(&topo.gateway, app);
-    assert_eq!(command(&topo.gateway, app, "SET diverges 1000\r\n"), "+OK\r\n");
+    assert_eq!(
+        command(&topo.gateway, app, "SET diverges 1000\r\n"),
+        "+OK\r\n"
+    );
     let command = standby_command(&topo, &format!("{service}=full"))
         .without_dumps()
         .arg("--resume")
@@ -107,7 +110,11 @@ fn replay(family: Family) {
     assert_eq!(good.read_error, None);
     assert_eq!(good.replies, good.sent, "every command answered, in order");
     assert_eq!(bad.read_error, Some(ReadFailure::Reset));
-    assert_eq!(seen.rsts_received.len(), 1, "only the divergent connection is reset");
+    assert_eq!(
+        seen.rsts_received.len(),
+        1,
+        "only the divergent connection is reset"
+    );
     assert_eq!(seen.rsts_received[0].0, service);
     assert_eq!(final_report.takeovers, vec![report]);
 }

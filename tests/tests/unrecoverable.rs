@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
-use connmirror_tests::failover::{Program, echo_example, kill_primary, standby_command, takeover};
+use connmirror_tests::failover::{echo_primary, kill_primary, standby_command, takeover};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::netns::Netns;
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
@@ -41,8 +41,7 @@ fn unrecoverable(family: Family) {
     let topo = Topology::new();
     topo.disable_segmentation_offloads();
     let service = topo.service(family, PORT);
-    let listen = ["listen".to_owned(), service.to_string()];
-    let mut primary = Program::start(&topo.server, echo_example(), listen, "listening");
+    let mut primary = echo_primary(&topo, service);
     let mut mid_stream = connect(&topo.client, service);
     echo_round(&mut mid_stream, &stream_bytes(1, 1000));
 

@@ -110,6 +110,9 @@ pub enum Area {
     /// Journal append rate against the disk, recovery time, idle-flow memory,
     /// and mirrored throughput with every byte journaled.
     Journal,
+    /// Restore time against the number of connections, and takeover trigger
+    /// to first byte (p50/p99).
+    Failover,
 }
 
 impl Area {
@@ -119,6 +122,7 @@ impl Area {
             Area::All => "all",
             Area::Capture => "capture",
             Area::Journal => "journal",
+            Area::Failover => "failover",
         }
     }
 }

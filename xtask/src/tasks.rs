@@ -153,9 +153,13 @@ pub fn lint() -> Result<()> {
 fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<Built> {
     env.announce();
     let mut cmd = workspace::cargo();
-    cmd.arg("build")
-        .args(profile.cargo_args())
-        .args(["-p", "connmirror", "--bins", "--example", "echo"]);
+    cmd.arg("build").args(profile.cargo_args()).args([
+        "-p",
+        "connmirror",
+        "--bins",
+        "--example",
+        "echo",
+    ]);
     step(env.apply(&mut cmd)?).context(
         "building connmirror failed; if the eBPF part failed, check that bpf-linker and \
          nightly rust-src work (`cargo xtask setup`)",

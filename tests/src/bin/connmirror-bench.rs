@@ -24,8 +24,15 @@
 //! is a verification aid whose copy would dominate the measurement (a profile
 //! showed 57 % of the mirror's time in the kernel's page-cache copy).
 //!
-//! The table is printed and a section is added to `bench/RESULTS.md` (newest first,
-//! below its header).
+//! # failover
+//! Restore time for 1, 100, 1,000 and 10,000 idle connections (the takeover
+//! report's `restore` step, and the whole takeover), and the time from
+//! spawning `connmirror takeover` to the first echoed byte a streaming client
+//! verifies again, [`FIRST_BYTE_RUNS`] runs for each send-queue refill mode
+//! (DESIGN.md asks to measure both), as p50, p99 and max.
+//!
+//! Each area prints its table and adds a section to `bench/RESULTS.md` (newest
+//! first, below its header).
 
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -35,6 +42,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use connmirror_common::Counter;
+use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::failover::{
+    Program, echo_primary, handoff_app, kill_primary, standby_command, takeover,
+};
 use connmirror_tests::live::{self, Interrupted};
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
@@ -42,7 +53,7 @@ use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 /// How to run this program, for messages.
 const VIA: &str = "cargo xtask bench";
 /// The areas this program knows, in the order `all` runs them.
-const AREAS: &[&str] = &["capture", "journal"];
+const AREAS: &[&str] = &["capture", "journal", "failover"];
 /// Length of each iperf3 run.
 const IPERF_SECONDS: u64 = 10;
 /// The iperf3 server's port, the tracked service.
@@ -120,6 +131,7 @@ fn run() -> Result<()> {
         match area {
             "capture" => capture(&command)?,
             "journal" => journal(&command)?,
+            "failover" => failover(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -715,6 +727,28 @@ fn capture_table(samples: &[Vec<Sample>]) -> String {
 
 /// The RESULTS.md section: heading, how it was run, on what, the table.
 fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> {
+    let iperf = output("iperf3", &["--version"])?;
+    let iperf = iperf.lines().next().unwrap_or("").to_owned();
+    let mut s = section_header(command, "capture")?;
+    let _ = writeln!(
+        s,
+        "- method: one {iperf} stream (`-t {IPERF_SECONDS}`, client -> server through the gateway, \
+         receiver's rate), each run on a fresh client/gateway/server topology; \
+         baseline and configurations interleaved, {rounds} round(s); Gbit/s, ring_full, drops and \
+         CPU are medians over the rounds, gapped flows are summed over them, ratio = median / \
+         baseline median. Mirror defaults otherwise (16 MiB ring, `--on-ring-full drop`). \
+         Mirror CPU = utime+stime of the connmirror process over the iperf3 run / wall time \
+         (100 % = one core); it excludes the eBPF programs, which run in the forwarding softirq. \
+         Host CPU busy = share of all cores' time not idle during the iperf3 run (/proc/stat)."
+    );
+    let _ = writeln!(s);
+    s.push_str(table);
+    Ok(s)
+}
+
+/// The start of a results section for `area`: title, command, commit,
+/// machine and kernel.
+fn section_header(command: &str, area: &str) -> Result<String> {
     let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?;
     let kernel = output("uname", &["-r"])?;
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("read /proc/cpuinfo")?;
@@ -727,8 +761,6 @@ fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> 
         })
         .unwrap_or_else(|| "unknown".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let iperf = output("iperf3", &["--version"])?;
-    let iperf = iperf.lines().next().unwrap_or("").to_owned();
     let root = workspace_root();
     let commit = output(
         "git",
@@ -748,7 +780,7 @@ fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> 
     .map(|s| !s.trim().is_empty())
     .unwrap_or(false);
     let mut s = String::new();
-    let _ = writeln!(s, "## {date}: capture");
+    let _ = writeln!(s, "## {date}: {area}");
     let _ = writeln!(s);
     let _ = writeln!(s, "- command: {command}");
     let _ = writeln!(
@@ -765,19 +797,6 @@ fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> 
         "- machine: {cpu}, {cores} cores; links: veth pairs between network namespaces"
     );
     let _ = writeln!(s, "- kernel: {kernel}");
-    let _ = writeln!(
-        s,
-        "- method: one {iperf} stream (`-t {IPERF_SECONDS}`, client -> server through the gateway, \
-         receiver's rate), each run on a fresh client/gateway/server topology; \
-         baseline and configurations interleaved, {rounds} round(s); Gbit/s, ring_full, drops and \
-         CPU are medians over the rounds, gapped flows are summed over them, ratio = median / \
-         baseline median. Mirror defaults otherwise (16 MiB ring, `--on-ring-full drop`). \
-         Mirror CPU = utime+stime of the connmirror process over the iperf3 run / wall time \
-         (100 % = one core); it excludes the eBPF programs, which run in the forwarding softirq. \
-         Host CPU busy = share of all cores' time not idle during the iperf3 run (/proc/stat)."
-    );
-    let _ = writeln!(s);
-    s.push_str(table);
     Ok(s)
 }
 
@@ -980,4 +999,199 @@ fn journal_table(
 
 fn gbps_list(samples: &[Sample]) -> Vec<String> {
     samples.iter().map(|s| format!("{:.2}", s.gbps)).collect()
+}
+
+/// Connection counts of the restore-time benchmark.
+const RESTORE_COUNTS: [usize; 4] = [1, 100, 1_000, 10_000];
+/// Runs of the trigger-to-first-byte benchmark, per send-queue refill mode.
+const FIRST_BYTE_RUNS: usize = 30;
+/// The protected port of the failover benchmarks.
+const FAILOVER_PORT: u16 = 7000;
+
+/// `cargo xtask bench failover`: restore time against the number of
+/// connections, and the time from the takeover trigger to the first byte the
+/// client receives again.
+fn failover(command: &str) -> Result<()> {
+    let limit = connmirror::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    // This process holds the client ends; every other process its own share.
+    let needed = RESTORE_COUNTS[3] as u64 + 1024;
+    ensure!(
+        limit >= needed,
+        "the open-file hard limit is {limit}; the benchmark needs {needed}"
+    );
+    println!("failover benchmark: restore time, and takeover trigger to first byte\n");
+    let mut restores = Vec::new();
+    for n in RESTORE_COUNTS {
+        live::interrupt_point()?;
+        bench::progress(&format!("restore {n:>6} idle connections ... "));
+        let sample = restore_run(n)?;
+        println!(
+            "restore step {:8.1} ms, whole takeover {:8.1} ms",
+            sample.restore_ms, sample.takeover_ms
+        );
+        restores.push((n, sample));
+    }
+    let mut first_bytes = Vec::new();
+    for mode in ["unsent", "sent"] {
+        let mut times = Vec::new();
+        for run in 1..=FIRST_BYTE_RUNS {
+            live::interrupt_point()?;
+            bench::progress(&format!(
+                "[{mode} {run:>2}/{FIRST_BYTE_RUNS}] trigger to first byte ... "
+            ));
+            let ms = first_byte_run(mode)?;
+            println!("{ms:8.1} ms");
+            times.push(ms);
+        }
+        first_bytes.push((mode, times));
+    }
+    let table = failover_table(&restores, &first_bytes);
+    println!("\n{table}");
+    let method = "- method: IPv4, a fresh client/standby/primary topology per run; the primary \
+                  runs the echo example, the standby `connmirror standby` (TC ingress on both \
+                  links) with the echo example registered for handoff. The primary dies (link \
+                  down, then SIGKILL) and `connmirror takeover` is run 300 ms later. Restore = \
+                  the takeover report's `restore` step (plan, build every socket in repair mode \
+                  on all cores, leave repair); takeover = all steps, handoff included. First \
+                  byte = from spawning `connmirror takeover` to the first echoed byte the \
+                  streaming client (1 MiB/s each way) verifies, polled every 0.2 ms.";
+    let section = section_header(command, "failover")? + method + "\n\n" + &table;
+    insert_section(&results_path(), &section)?;
+    println!("recorded in {}", results_path().display());
+    Ok(())
+}
+
+/// One restore-time run.
+struct RestoreSample {
+    restore_ms: f64,
+    takeover_ms: f64,
+}
+
+/// The primary, the standby (with `extra` flags) and the handoff app, up.
+fn failover_setup(topo: &Topology, extra: &[&str]) -> (Program, Mirror, Program) {
+    let service = topo.service(Family::V4, FAILOVER_PORT);
+    let primary = echo_primary(topo, service);
+    let command = extra.iter().fold(
+        standby_command(topo, &format!("{service}=full")).without_dumps(),
+        |command, arg| command.arg(arg),
+    );
+    let standby = Mirror::start(&topo.gateway, &command);
+    let app = handoff_app(topo, &standby, service);
+    (primary, standby, app)
+}
+
+fn restore_run(n: usize) -> Result<RestoreSample> {
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, FAILOVER_PORT);
+    let (mut primary, standby, _app) = failover_setup(&topo, &[]);
+    let conns = topo.client.run(|| {
+        (0..n)
+            .map(|_| std::net::TcpStream::connect(service))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    let conns = conns.with_context(|| format!("opening {n} connections"))?;
+    // Every handshake must have reached the standby's table.
+    live::sleep(Duration::from_millis(500 + n as u64 / 10))?;
+    kill_primary(&topo, &mut primary);
+    let report = takeover(&topo.gateway, &standby.control_socket(), &[]);
+    drop(conns);
+    let _ = standby.stop();
+    ensure!(
+        report.restored == n as u64,
+        "{} of {n} connections restored: {report:?}",
+        report.restored
+    );
+    let step = |name: &str| {
+        report
+            .steps
+            .iter()
+            .filter(|s| name.is_empty() || s.name == name)
+            .map(|s| s.micros as f64 / 1e3)
+            .sum::<f64>()
+    };
+    Ok(RestoreSample {
+        restore_ms: step("restore"),
+        takeover_ms: step(""),
+    })
+}
+
+/// Milliseconds from spawning `connmirror takeover` to the first new byte
+/// the client verifies.
+fn first_byte_run(mode: &str) -> Result<f64> {
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, FAILOVER_PORT);
+    let (mut primary, standby, _app) = failover_setup(&topo, &["--send-queue", mode]);
+    let options = EchoOptions {
+        rate: 1 << 20,
+        ..EchoOptions::default()
+    };
+    let clients = EchoClients::start(&topo.client, service, 1, options);
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .map_err(anyhow::Error::msg)?;
+    kill_primary(&topo, &mut primary);
+    live::sleep(Duration::from_millis(300))?;
+    let before = clients.verified();
+    let control = standby.control_socket();
+    let elapsed = std::thread::scope(|s| {
+        let start = Instant::now();
+        let trigger = s.spawn(|| takeover(&topo.gateway, &control, &[]));
+        while clients.verified() == before && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let elapsed = start.elapsed();
+        let report = trigger.join().expect("takeover thread");
+        (report.restored == 1).then_some(elapsed)
+    });
+    let results = clients.finish(Duration::from_secs(30));
+    let _ = standby.stop();
+    let elapsed = elapsed.context("the takeover did not restore the connection")?;
+    ensure!(
+        elapsed < Duration::from_secs(60),
+        "no byte reached the client within 60 s of the takeover"
+    );
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
+    ensure!(failed.is_empty(), "the stream broke: {failed:?}");
+    Ok(elapsed.as_secs_f64() * 1e3)
+}
+
+/// The value at quantile `q` (nearest rank) of `values`.
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn failover_table(restores: &[(usize, RestoreSample)], first_bytes: &[(&str, Vec<f64>)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| connections | restore step (ms) | whole takeover (ms) |"
+    );
+    let _ = writeln!(s, "| ---: | ---: | ---: |");
+    for (n, sample) in restores {
+        let _ = writeln!(
+            s,
+            "| {n} | {:.1} | {:.1} |",
+            sample.restore_ms, sample.takeover_ms
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| send-queue refill | runs | trigger → first byte p50 (ms) | p99 (ms) | max (ms) |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
+    for (mode, times) in first_bytes {
+        let _ = writeln!(
+            s,
+            "| `--send-queue {mode}` | {} | {:.1} | {:.1} | {:.1} |",
+            times.len(),
+            quantile(times, 0.5),
+            quantile(times, 0.99),
+            quantile(times, 1.0)
+        );
+    }
+    s
 }
