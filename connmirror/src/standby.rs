@@ -45,7 +45,10 @@ pub struct StandbyArgs {
     #[arg(long = "resume", value_name = "IP:PORT=handoff|replay:ADDR")]
     pub resume: Vec<ResumeSpec>,
     /// Flows first seen mid-stream (no handshake captured): `reset` them, or
-    /// `restore` them with conservative options (MSS 536, no window scaling, no SACK).
+    /// `restore` them with conservative options (MSS 536, no window scaling, no
+    /// SACK). Neither side's window-scale shift is known then, so the restored
+    /// ends misread each other's windows: fine for small exchanges, while bulk
+    /// transfers crawl through drops and retransmissions.
     #[arg(long, value_enum, default_value = "reset")]
     pub mid_stream: MidStream,
     /// Interface the service addresses are added to at takeover (as /32 or /128).
