@@ -8,13 +8,16 @@
 //! Types shared with the kernel side live in `connmirror-common`.
 
 pub mod address;
+pub mod agent;
 pub mod announce;
 pub mod capture;
 pub mod control;
 pub mod flow;
 pub mod handoff;
+pub mod heartbeat;
 pub mod journal;
 pub mod mirror;
+pub mod ownership;
 pub mod replay;
 pub mod restore;
 pub mod service;

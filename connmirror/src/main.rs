@@ -8,6 +8,7 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use connmirror::{
+    agent::{self, AgentArgs},
     control::{self, DEFAULT_CONTROL, Request, Response},
     journal::inspect,
     mirror::{self, MirrorArgs},
@@ -44,6 +45,10 @@ enum Command {
     /// Prints `ready` on stdout once attached; SIGINT/SIGTERM stop it and write
     /// the report, takeovers included.
     Standby(Box<StandbyArgs>),
+    /// Run on the primary: send authenticated heartbeats (HMAC-SHA256 under the
+    /// shared key, a counter that only grows) with this node's ownership to the
+    /// standby every --interval ms. Prints `ready` after the first one.
+    Agent(AgentArgs),
     /// Ask a running standby to take services over now.
     ///
     /// Prints what the takeover did: each step with its duration, flows
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
+                    Command::Agent(args) => agent::run(args).await,
                     Command::Takeover {
                         services,
                         control,

@@ -28,6 +28,7 @@ use tokio::{
 use crate::{
     capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
     flow::{FlowReport, FlowTable},
+    heartbeat::HeartbeatStats,
     journal::{
         Journal,
         storage::{FsyncPolicy, JournalConfig, JournalStats, ReadMode},
@@ -247,12 +248,15 @@ pub struct Report {
 }
 
 /// Messages a standby refused, per socket.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct StandbySummary {
     /// Control requests rejected (malformed, oversize, another user's).
     pub control_rejected: u64,
     /// Handoff registrations rejected.
     pub handoff_rejected: u64,
+    /// Heartbeats received, by outcome (with `--heartbeat-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeats: Option<HeartbeatStats>,
 }
 
 /// What the journal wrote during the run.
@@ -502,8 +506,8 @@ pub(crate) fn announce_ready() -> anyhow::Result<()> {
 
 /// The signals that stop the mirror.
 pub(crate) struct Signals {
-    sigint: tokio::signal::unix::Signal,
-    sigterm: tokio::signal::unix::Signal,
+    pub(crate) sigint: tokio::signal::unix::Signal,
+    pub(crate) sigterm: tokio::signal::unix::Signal,
 }
 
 impl Signals {

@@ -17,10 +17,12 @@ use anyhow::Context as _;
 use crate::{
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     handoff::{self, HandoffServer},
-    mirror::{Event, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
+    heartbeat::{Key, Ownership},
+    mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
+    ownership::{Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
     service::Service,
-    takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport},
+    takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
 };
 
 /// Command-line arguments of `connmirror standby`.
@@ -79,6 +81,51 @@ pub struct StandbyArgs {
     /// Milliseconds a replay may take to reproduce the recorded output.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub replay_timeout: u64,
+    /// Failure detection.
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+}
+
+/// Failure-detection flags of `connmirror standby`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DetectionArgs {
+    /// Listen for the primary agent's heartbeats on this UDP address (e.g.
+    /// `0.0.0.0:7400`). Without it the standby only takes over by hand.
+    #[arg(long, value_name = "IP:PORT", requires = "key")]
+    pub heartbeat_listen: Option<SocketAddr>,
+    /// Shared key file (mode 0600, at least 16 bytes), the agent's `--key`.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The cluster's id; heartbeats of other clusters are dropped.
+    #[arg(long, value_name = "ID", default_value = "connmirror")]
+    pub cluster_id: String,
+    /// The agent's heartbeat interval, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub heartbeat_interval: u64,
+    /// Heartbeats missed in a row before the primary is declared lost.
+    #[arg(long, default_value_t = 3)]
+    pub missed: u32,
+    /// On a lost primary: `auto` takes over at once, `manual` only logs it.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub failover: Policy,
+}
+
+impl DetectionArgs {
+    /// The detector's settings, or `None` without `--heartbeat-listen`.
+    fn config(&self) -> anyhow::Result<Option<DetectorConfig>> {
+        let (Some(listen), Some(key)) = (self.heartbeat_listen, &self.key) else {
+            return Ok(None);
+        };
+        anyhow::ensure!(self.missed > 0, "--missed must be at least 1");
+        Ok(Some(DetectorConfig {
+            listen,
+            key: Key::load(key)?,
+            cluster_id: self.cluster_id.clone(),
+            interval: Duration::from_millis(self.heartbeat_interval.max(1)),
+            missed: self.missed,
+            policy: self.failover,
+        }))
+    }
 }
 
 /// `--send-queue` values.
@@ -162,6 +209,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(%err, "raising the open-file limit"),
     }
     let config = args.takeover_config();
+    let detection = args.detection.config()?;
     let needs_handoff = args
         .mirror
         .services
@@ -174,7 +222,16 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         )),
         false => None,
     };
-    let mut control = ControlServer::bind(&args.control).context("opening the control socket")?;
+    let control = ControlServer::bind(&args.control).context("opening the control socket")?;
+    let detector = match detection {
+        Some(config) => Some(
+            Detector::start(config)
+                .await
+                .context("binding the heartbeat socket")?,
+        ),
+        None => None,
+    };
+    let mut sources = Sources { control, detector };
     let mut signals = Signals::install()?;
     announce_ready()?;
     let mut standby = Standby {
@@ -182,16 +239,53 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         handoff,
         taken: BTreeMap::new(),
         reports: Vec::new(),
+        epoch: 0,
     };
-    while let Event::Message(pending) = mirror.next_event(&mut signals, Some(&mut control)).await? {
-        standby.serve(&mut mirror, pending).await;
+    while let Event::Message(event) = mirror.next_event(&mut signals, Some(&mut sources)).await? {
+        match event {
+            StandbyEvent::Control(pending) => standby.serve(&mut mirror, pending).await,
+            StandbyEvent::PrimaryLost(ownership) => {
+                standby.primary_lost(&mut mirror, ownership).await
+            }
+        }
     }
     let summary = StandbySummary {
-        control_rejected: control.rejected(),
+        control_rejected: sources.control.rejected(),
         handoff_rejected: standby.handoff.as_ref().map_or(0, |h| h.rejected()),
+        heartbeats: sources.detector.as_ref().map(Detector::stats),
     };
     mirror.finish(standby.reports, Some(summary))?;
     Ok(())
+}
+
+/// What wakes the standby besides the ring and the signals.
+enum StandbyEvent {
+    /// A request on the control socket.
+    Control(Pending),
+    /// The failure detector lost the primary (policy `auto`).
+    PrimaryLost(Ownership),
+}
+
+/// The control socket and, with `--heartbeat-listen`, the failure detector.
+struct Sources {
+    control: ControlServer,
+    detector: Option<Detector>,
+}
+
+impl EventSource<StandbyEvent> for Sources {
+    async fn next(&mut self) -> StandbyEvent {
+        let Self { control, detector } = self;
+        let lost = async {
+            match detector.as_mut() {
+                Some(detector) => detector.lost().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            pending = control.next() => StandbyEvent::Control(pending),
+            ownership = lost => StandbyEvent::PrimaryLost(ownership),
+        }
+    }
 }
 
 /// The standby's takeover state.
@@ -201,32 +295,75 @@ struct Standby {
     /// Services already taken over, with the takeover's index in `reports`.
     taken: BTreeMap<SocketAddr, usize>,
     reports: Vec<TakeoverReport>,
+    /// The highest ownership epoch seen or held.
+    epoch: u64,
 }
 
 impl Standby {
     async fn serve(&mut self, mirror: &mut Mirror, pending: Pending) {
         let Pending { request, reply } = pending;
+        let trigger = Trigger {
+            name: "manual",
+            epoch: self.epoch + 1,
+        };
         let response = match request {
-            Request::Takeover { services } => match self.takeover(mirror, services).await {
-                Ok(report) => Response::Takeover(report),
-                Err(err) => {
-                    tracing::error!("takeover failed: {err:#}");
-                    Response::Error(format!("{err:#}"))
+            Request::Takeover { services } => {
+                match self.takeover(mirror, services, trigger).await {
+                    Ok(report) => Response::Takeover(report),
+                    Err(err) => {
+                        tracing::error!("takeover failed: {err:#}");
+                        Response::Error(format!("{err:#}"))
+                    }
                 }
-            },
+            }
         };
         // The requester may have gone; the takeover stands either way.
         let _ = reply.send(response);
+    }
+
+    /// The detector lost the primary: take over every service it owned that
+    /// this standby protects, under the next epoch.
+    async fn primary_lost(&mut self, mirror: &mut Mirror, ownership: Ownership) {
+        self.epoch = self.epoch.max(ownership.epoch);
+        let trigger = Trigger {
+            name: "heartbeats-missed",
+            epoch: self.epoch + 1,
+        };
+        let owned: Vec<SocketAddr> = (ownership.services.iter())
+            .filter(|s| {
+                mirror.services.iter().any(|t| t.addr == **s) && !self.taken.contains_key(s)
+            })
+            .copied()
+            .collect();
+        if owned.is_empty() {
+            tracing::warn!(
+                node = ownership.node_id,
+                "primary lost, but none of its services is left to take over"
+            );
+            return;
+        }
+        if let Err(err) = self.takeover(mirror, Some(owned), trigger).await {
+            tracing::error!("automatic takeover failed: {err:#}");
+        }
     }
 
     async fn takeover(
         &mut self,
         mirror: &mut Mirror,
         asked: Option<Vec<SocketAddr>>,
+        trigger: Trigger,
     ) -> anyhow::Result<TakeoverReport> {
         let services = self.select(&mirror.services, asked)?;
-        tracing::info!(services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(), "takeover");
-        let report = takeover::run(mirror, &self.config, self.handoff.clone(), &services).await?;
+        tracing::info!(services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(), trigger = trigger.name, "takeover");
+        let report = takeover::run(
+            mirror,
+            &self.config,
+            self.handoff.clone(),
+            &services,
+            trigger,
+        )
+        .await?;
+        self.epoch = trigger.epoch;
         for service in &services {
             self.taken.insert(service.addr, self.reports.len());
         }

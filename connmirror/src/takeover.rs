@@ -139,6 +139,13 @@ pub struct Step {
 /// What a takeover did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TakeoverReport {
+    /// What started it: `manual` (`connmirror takeover`) or `heartbeats-missed`.
+    #[serde(default)]
+    pub trigger: String,
+    /// The ownership epoch this standby holds after it (0 when the primary's
+    /// epoch was never heard).
+    #[serde(default)]
+    pub epoch: u64,
     /// Services taken over.
     pub services: Vec<SocketAddr>,
     /// Steps in order, with durations.
@@ -198,6 +205,15 @@ impl Steps {
     }
 }
 
+/// What started a takeover, for its report.
+#[derive(Clone, Copy, Debug)]
+pub struct Trigger {
+    /// `manual` or `heartbeats-missed`.
+    pub name: &'static str,
+    /// The epoch the standby holds afterwards.
+    pub epoch: u64,
+}
+
 /// A flow rebuilt, waiting to be resumed.
 struct Rebuilt {
     flow: TakeoverFlow,
@@ -211,8 +227,11 @@ pub(crate) async fn run(
     config: &TakeoverConfig,
     handoff: Option<Arc<HandoffServer>>,
     services: &[Service],
+    trigger: Trigger,
 ) -> anyhow::Result<TakeoverReport> {
     let mut report = TakeoverReport {
+        trigger: trigger.name.to_owned(),
+        epoch: trigger.epoch,
         services: services.iter().map(|s| s.addr).collect(),
         ..TakeoverReport::default()
     };

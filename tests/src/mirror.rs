@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use connmirror::mirror::StandbySummary;
 use connmirror::takeover::TakeoverReport;
 use connmirror_common::{Counter, Malformed};
 use serde::Deserialize;
@@ -315,13 +316,6 @@ pub struct Report {
     /// What a standby's sockets rejected.
     #[serde(default)]
     pub standby: Option<StandbySummary>,
-}
-
-/// report.json `standby`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-pub struct StandbySummary {
-    pub control_rejected: u64,
-    pub handoff_rejected: u64,
 }
 
 /// What the mirror's journal wrote (report.json `journal`).

@@ -28,13 +28,13 @@ pub struct Counter {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     replies: Arc<AtomicU64>,
-    writer: JoinHandle<Result<(), String>>,
-    reader: JoinHandle<Result<(), ReadFailure>>,
+    writer: JoinHandle<Result<(), Failure>>,
+    reader: JoinHandle<Result<(), Failure>>,
 }
 
-/// How the reader stopped early.
+/// How the reader or the writer stopped early.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReadFailure {
+pub enum Failure {
     /// The connection was reset (ECONNRESET).
     Reset,
     /// Anything else, described.
@@ -49,9 +49,20 @@ pub struct CounterResult {
     /// Replies read, each the expected number.
     pub replies: u64,
     /// The writer's error, if any.
-    pub write_error: Option<String>,
+    pub write_error: Option<Failure>,
     /// The reader's, if any.
-    pub read_error: Option<ReadFailure>,
+    pub read_error: Option<Failure>,
+}
+
+impl CounterResult {
+    /// Whether the connection was reset. The kernel reports a RST's error to
+    /// one system call only (`sk_err` is cleared when read), so either the
+    /// writer or the reader sees ECONNRESET, and the other a broken pipe or EOF.
+    pub fn was_reset(&self) -> bool {
+        [&self.write_error, &self.read_error]
+            .iter()
+            .any(|e| **e == Some(Failure::Reset))
+    }
 }
 
 impl Counter {
@@ -156,12 +167,18 @@ fn write_commands(
     command: &str,
     stop: &AtomicBool,
     sent: &AtomicU64,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let batch = command.repeat(BATCH as usize);
     while !stop.load(Ordering::Relaxed) {
         stream
             .write_all(batch.as_bytes())
-            .map_err(|e| format!("write after {} commands: {e}", sent.load(Ordering::Relaxed)))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionReset => Failure::Reset,
+                _ => Failure::Other(format!(
+                    "write after {} commands: {e}",
+                    sent.load(Ordering::Relaxed)
+                )),
+            })?;
         sent.fetch_add(BATCH, Ordering::Relaxed);
         thread::sleep(PAUSE);
     }
@@ -170,7 +187,7 @@ fn write_commands(
     Ok(())
 }
 
-fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), ReadFailure> {
+fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), Failure> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     loop {
@@ -179,13 +196,13 @@ fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), ReadFailur
             Ok(0) => return Ok(()),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Err(ReadFailure::Reset);
+                return Err(Failure::Reset);
             }
-            Err(e) => return Err(ReadFailure::Other(format!("read: {e}"))),
+            Err(e) => return Err(Failure::Other(format!("read: {e}"))),
         }
         let n = replies.load(Ordering::Relaxed) + 1;
         if line != format!(":{n}\r\n") {
-            return Err(ReadFailure::Other(format!(
+            return Err(Failure::Other(format!(
                 "reply {n} is {line:?}, expected \":{n}\\r\\n\""
             )));
         }

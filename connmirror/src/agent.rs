@@ -1,0 +1,109 @@
+//! The `agent` role on the primary: sends authenticated heartbeats carrying
+//! its ownership information to the standby ([`crate::heartbeat`]), every
+//! `--interval`, and answers a standby's solicitation at once.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::UdpSocket;
+
+use crate::{
+    heartbeat::{self, Key, Kind, Ownership, Verifier},
+    mirror::{Signals, announce_ready},
+    ownership::Policy,
+};
+
+/// Command-line arguments of `connmirror agent`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Where the standby listens for heartbeats (its `--heartbeat-listen`).
+    #[arg(long, value_name = "IP:PORT")]
+    pub standby: SocketAddr,
+    /// Shared key file (mode 0600, at least 16 bytes), the same on both hosts.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// This node's id.
+    #[arg(long, value_name = "ID")]
+    pub node_id: String,
+    /// The cluster's id (the standby ignores other clusters).
+    #[arg(long, value_name = "ID", default_value = "connmirror")]
+    pub cluster_id: String,
+    /// A service this node owns. Repeat for several.
+    #[arg(long = "service", value_name = "IP:PORT", required = true)]
+    pub services: Vec<SocketAddr>,
+    /// MAC address to announce (repeatable).
+    #[arg(long = "mac", value_name = "MAC")]
+    pub macs: Vec<String>,
+    /// Application serving the services (repeatable).
+    #[arg(long = "application", value_name = "NAME")]
+    pub applications: Vec<String>,
+    /// Ownership epoch this node holds.
+    #[arg(long, default_value_t = 1)]
+    pub epoch: u64,
+    /// Failover policy announced to the standby.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub policy: Policy,
+    /// Milliseconds between heartbeats.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub interval: u64,
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let key = Key::load(&args.key)?;
+    let ownership = Ownership {
+        node_id: args.node_id.clone(),
+        cluster_id: args.cluster_id.clone(),
+        epoch: args.epoch,
+        services: args.services.clone(),
+        macs: args.macs.clone(),
+        policy: match args.policy {
+            Policy::Auto => "auto".into(),
+            Policy::Manual => "manual".into(),
+        },
+        applications: args.applications.clone(),
+    };
+    let any: SocketAddr = match args.standby {
+        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("address"),
+        SocketAddr::V6(_) => "[::]:0".parse().expect("address"),
+    };
+    let socket = UdpSocket::bind(any)
+        .await
+        .context("binding the heartbeat socket")?;
+    let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
+    let mut counter = heartbeat::initial_counter();
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval.max(1)));
+    let Signals {
+        mut sigint,
+        mut sigterm,
+    } = Signals::install()?;
+    let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
+    let mut ready = false;
+    tracing::info!(standby = %args.standby, node = args.node_id, "sending heartbeats");
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                match verifier.accept(&buf[..n]) {
+                    Ok(message) if message.kind == Kind::Solicit => {
+                        tracing::info!(%from, "solicited by the standby");
+                    }
+                    _ => continue,
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        counter += 1;
+        let datagram = heartbeat::seal(&key, Kind::Heartbeat, counter, &ownership);
+        if let Err(err) = socket.send_to(&datagram, args.standby).await {
+            tracing::warn!(%err, standby = %args.standby, "sending a heartbeat");
+        }
+        if !ready {
+            announce_ready()?;
+            ready = true;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,148 @@
+//! Failure detection on the standby: it listens for the primary's
+//! authenticated heartbeats ([`crate::heartbeat`]), arms itself once it has
+//! the primary's ownership information, and declares the primary lost after
+//! a number of missed heartbeats (DESIGN.md, "Ownership and failure
+//! detection"). Forged, replayed or malformed datagrams are dropped and
+//! counted; they neither keep a dead primary alive nor trigger anything.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{net::UdpSocket, sync::mpsc};
+
+use crate::heartbeat::{HeartbeatStats, Key, Kind, Ownership, Verifier};
+
+/// How the standby reacts to a lost primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Take over at once.
+    Auto,
+    /// Log it; a person runs `connmirror takeover`.
+    Manual,
+}
+
+/// Detector settings.
+#[derive(Clone, Debug)]
+pub struct DetectorConfig {
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// The shared key.
+    pub key: Key,
+    /// Our cluster id.
+    pub cluster_id: String,
+    /// The primary's heartbeat interval.
+    pub interval: Duration,
+    /// Heartbeats missed before the primary is declared lost.
+    pub missed: u32,
+    /// What to do then.
+    pub policy: Policy,
+}
+
+/// The running detector: yields the last ownership of each primary it
+/// declares lost (under [`Policy::Auto`]).
+#[derive(Debug)]
+pub struct Detector {
+    lost: mpsc::Receiver<Ownership>,
+    stats: Arc<Mutex<HeartbeatStats>>,
+}
+
+impl Detector {
+    /// Binds the UDP socket and starts listening.
+    pub async fn start(config: DetectorConfig) -> std::io::Result<Detector> {
+        let socket = UdpSocket::bind(config.listen).await?;
+        tracing::info!(listen = %config.listen, "listening for heartbeats");
+        let (tx, lost) = mpsc::channel(1);
+        let stats = Arc::new(Mutex::new(HeartbeatStats::default()));
+        tokio::spawn(watch(socket, config, tx, stats.clone()));
+        Ok(Detector { lost, stats })
+    }
+
+    /// The next lost primary's ownership; pending while there is none.
+    pub async fn lost(&mut self) -> Ownership {
+        match self.lost.recv().await {
+            Some(ownership) => ownership,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Heartbeats received so far, by outcome.
+    pub fn stats(&self) -> HeartbeatStats {
+        *self.stats.lock().expect("stats lock")
+    }
+}
+
+/// The primary as last heard from.
+struct Heard {
+    at: Instant,
+    ownership: Ownership,
+}
+
+async fn watch(
+    socket: UdpSocket,
+    config: DetectorConfig,
+    lost: mpsc::Sender<Ownership>,
+    stats: Arc<Mutex<HeartbeatStats>>,
+) {
+    let mut verifier = Verifier::new(config.key.clone(), &config.cluster_id);
+    let deadline = config.interval * config.missed;
+    let mut tick = tokio::time::interval(config.interval / 2);
+    let mut heard: Option<Heard> = None;
+    let mut buf = vec![0u8; crate::heartbeat::MAX_MESSAGE + 1];
+    loop {
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = received else { continue };
+                receive(&mut verifier, &buf[..n], from, &mut heard);
+                *stats.lock().expect("stats lock") = verifier.stats;
+            }
+            _ = tick.tick() => {
+                let Some(last) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
+                declare_lost(&config, last.ownership, &lost).await;
+            }
+        }
+    }
+}
+
+fn receive(verifier: &mut Verifier, datagram: &[u8], from: SocketAddr, heard: &mut Option<Heard>) {
+    match verifier.accept(datagram) {
+        Ok(message) if message.kind == Kind::Heartbeat => {
+            if heard.is_none() {
+                let own = &message.ownership;
+                tracing::info!(node = own.node_id, epoch = own.epoch, %from, "armed: primary heard");
+            }
+            *heard = Some(Heard {
+                at: Instant::now(),
+                ownership: message.ownership,
+            });
+        }
+        Ok(_) => {}
+        Err(err) => {
+            let rejected = verifier.stats.rejected();
+            // Rate-limited: 1, 2, 4, 8, ... so a flood cannot flood the log.
+            if rejected.is_power_of_two() {
+                tracing::warn!(%from, %err, rejected, "heartbeat dropped");
+            }
+        }
+    }
+}
+
+async fn declare_lost(
+    config: &DetectorConfig,
+    ownership: Ownership,
+    lost: &mpsc::Sender<Ownership>,
+) {
+    tracing::warn!(
+        node = ownership.node_id,
+        missed = config.missed,
+        "primary lost: no valid heartbeat for {:?}",
+        config.interval * config.missed
+    );
+    if config.policy == Policy::Auto {
+        let _ = lost.send(ownership).await;
+    } else {
+        tracing::warn!("failover policy is manual: run `connmirror takeover`");
+    }
+}

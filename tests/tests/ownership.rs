@@ -1,0 +1,224 @@
+//! Automatic failure detection: the primary's `connmirror agent` sends
+//! authenticated heartbeats; the standby takes over by itself once they stop,
+//! and forged, unauthenticated or replayed heartbeats are counted and change
+//! nothing.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use connmirror::heartbeat::{self, Key, Kind, Ownership};
+use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::failover::{
+    Program, echo_primary, handoff_app, kill_primary, standby_command,
+};
+use connmirror_tests::mirror::Mirror;
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::wire::WireWatch;
+use connmirror_tests::workdir::WorkDir;
+
+const PORT: u16 = 7000;
+const HEARTBEAT_PORT: u16 = 7400;
+const KEY: &[u8] = b"a shared key of 32 bytes exactly";
+const CLUSTER: &str = "connmirror";
+
+/// The standby's address on the primary's link and on the clients' link.
+fn gateway_addrs(family: Family) -> (IpAddr, IpAddr) {
+    match family {
+        Family::V4 => (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        ),
+        Family::V6 => (
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 1)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1)),
+        ),
+    }
+}
+
+fn key_file(dir: &WorkDir) -> PathBuf {
+    let path = dir.path().join("key");
+    std::fs::write(&path, KEY).expect("write the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// The standby with failure detection on, listening on every address.
+fn standby(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Mirror {
+    let listen = match family {
+        Family::V4 => format!("0.0.0.0:{HEARTBEAT_PORT}"),
+        Family::V6 => format!("[::]:{HEARTBEAT_PORT}"),
+    };
+    let command = standby_command(topo, &format!("{service}=full"))
+        .without_dumps()
+        .arg("--heartbeat-listen")
+        .arg(&listen)
+        .arg("--key")
+        .arg(&key.display().to_string());
+    Mirror::start(&topo.gateway, &command)
+}
+
+/// `connmirror agent` in the primary's namespace.
+fn agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
+    let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
+    let args = [
+        "agent".to_owned(),
+        "--standby".to_owned(),
+        standby.to_string(),
+        "--key".to_owned(),
+        key.display().to_string(),
+        "--node-id".to_owned(),
+        "primary".to_owned(),
+        "--service".to_owned(),
+        service.to_string(),
+    ];
+    Program::start(
+        &topo.server,
+        connmirror_tests::connmirror_bin(),
+        args,
+        "ready",
+    )
+}
+
+/// Waits until the standby's log says `text`.
+fn wait_log(standby: &Mirror, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !standby.stderr().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never logged {text:?}; stderr:\n{}",
+            standby.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn automatic_failover(family: Family) {
+    connmirror_tests::require_root();
+    let dir = WorkDir::new("ownership");
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, PORT);
+    let mut primary = echo_primary(&topo, service);
+    let standby = standby(&topo, family, service, &key);
+    let _app = handoff_app(&topo, &standby, service);
+    let mut agent = agent(&topo, family, service, &key);
+    wait_log(&standby, "armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("streams flow before the failure");
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+
+    kill_primary(&topo, &mut primary);
+    agent.kill();
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(60))
+        .expect("every stream continues with no manual trigger");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    for r in &results {
+        assert_eq!(r.error, None, "connection {}", r.local);
+        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "heartbeats-missed");
+    assert_eq!(takeover.epoch, 2, "the primary held epoch 1");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.unrecoverable_total(), 0);
+    let heartbeats = report.standby.expect("standby summary").heartbeats;
+    let heartbeats = heartbeats.expect("heartbeat stats");
+    assert!(heartbeats.accepted > 0);
+    assert_eq!(heartbeats.rejected(), 0);
+}
+
+#[test]
+fn standby_takes_over_when_heartbeats_stop_v4() {
+    automatic_failover(Family::V4);
+}
+
+#[test]
+fn standby_takes_over_when_heartbeats_stop_v6() {
+    automatic_failover(Family::V6);
+}
+
+/// Sends `count` copies of `datagram` from the clients' namespace to `to`.
+fn send_from(topo: &Topology, to: SocketAddr, datagrams: &[Vec<u8>]) {
+    topo.client.run(|| {
+        let any: SocketAddr = match to {
+            SocketAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+            SocketAddr::V6(_) => "[::]:0".parse().unwrap(),
+        };
+        let socket = UdpSocket::bind(any).expect("bind");
+        for datagram in datagrams {
+            socket.send_to(datagram, to).expect("send");
+            thread::sleep(Duration::from_millis(2));
+        }
+    });
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
+    connmirror_tests::require_root();
+    let family = Family::V4;
+    let dir = WorkDir::new("ownership");
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, PORT);
+    let mut primary = echo_primary(&topo, service);
+    let standby = standby(&topo, family, service, &key);
+    let mut agent = agent(&topo, family, service, &key);
+    wait_log(&standby, "armed: primary heard");
+    let target = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);
+    // What a forger would send: the primary's ownership, under a higher epoch.
+    let claim = Ownership {
+        node_id: "primary".into(),
+        cluster_id: CLUSTER.into(),
+        epoch: 99,
+        services: vec![service],
+        ..Ownership::default()
+    };
+    let wrong_key = Key::from_bytes(b"not the shared key, but 32 bytes");
+    let forged: Vec<Vec<u8>> = (0..20)
+        .map(|i| heartbeat::seal(&wrong_key, Kind::Heartbeat, u64::MAX - i, &claim))
+        .chain((0..10).map(|i| vec![i as u8; 64]))
+        .collect();
+    // Authentic bytes with a counter the agent has long passed: a replay.
+    let right_key = Key::from_bytes(KEY);
+    let replayed: Vec<Vec<u8>> = (1..=10)
+        .map(|i| heartbeat::seal(&right_key, Kind::Heartbeat, i, &claim))
+        .collect();
+
+    send_from(&topo, target, &forged);
+    send_from(&topo, target, &replayed);
+    thread::sleep(Duration::from_millis(300));
+    let lost_while_alive = standby.stderr().contains("primary lost");
+    kill_primary(&topo, &mut primary);
+    agent.kill();
+    // Forgeries keep coming while the primary is dead: they must not keep it alive.
+    send_from(&topo, target, &forged);
+    send_from(&topo, target, &replayed);
+    wait_log(&standby, "takeover");
+    let (report, _dir) = standby.stop();
+
+    assert!(
+        !lost_while_alive,
+        "forgeries made the standby lose a live primary"
+    );
+    assert_eq!(report.takeovers.len(), 1);
+    assert_eq!(report.takeovers[0].trigger, "heartbeats-missed");
+    assert_eq!(
+        report.takeovers[0].epoch, 2,
+        "the forged epoch 99 was never believed"
+    );
+    let heartbeats = report.standby.expect("summary").heartbeats.expect("stats");
+    assert_eq!(heartbeats.forged, 2 * 30, "{heartbeats:?}");
+    assert_eq!(heartbeats.replayed, 2 * 10, "{heartbeats:?}");
+    assert_eq!(heartbeats.malformed, 0, "{heartbeats:?}");
+}
