@@ -36,7 +36,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{mirror::EventSource, takeover::TakeoverReport};
+use crate::{mirror::EventSource, status::StatusReport, takeover::TakeoverReport};
 
 /// Where the standby listens unless told otherwise.
 pub const DEFAULT_CONTROL: &str = "/run/connmirror/control.sock";
@@ -56,6 +56,8 @@ pub enum Request {
         /// Service addresses.
         services: Option<Vec<SocketAddr>>,
     },
+    /// Report the node's status.
+    Status,
 }
 
 /// The answer to a [`Request`].
@@ -64,6 +66,8 @@ pub enum Request {
 pub enum Response {
     /// The takeover ran.
     Takeover(TakeoverReport),
+    /// The node's status.
+    Status(Box<StatusReport>),
     /// The request was refused or failed.
     Error(String),
 }

@@ -569,6 +569,17 @@ impl FlowTable {
             .collect()
     }
 
+    /// How many flows each [`Readiness`] holds, by name (`ready`,
+    /// `missing-bytes`, `no-handshake`, `closed`), evicted and journal-closed
+    /// flows left out.
+    pub fn readiness_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::new();
+        for flow in self.flows.values().filter(|flow| !flow.closed) {
+            *counts.entry(flow.readiness().name()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
     pub fn kernel_gaps(&mut self, key: &FlowKey, gaps: u32) {
         if let Some(flow) = self.flows.get_mut(key) {

@@ -24,5 +24,6 @@ pub mod service;
 pub mod sockopt;
 pub mod standby;
 pub mod state;
+pub mod status;
 pub mod stream;
 pub mod takeover;

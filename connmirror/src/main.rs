@@ -65,6 +65,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a running standby's status: role, epoch, the primary it hears
+    /// (last heartbeat), services, flows by readiness, replication lag.
+    Status {
+        /// The standby's control socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a journal apart without a running daemon.
     #[command(subcommand)]
     Journal(JournalCommand),
@@ -153,6 +163,7 @@ fn takeover(
     let report = match control::request(control, &request)? {
         Response::Takeover(report) => report,
         Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
+        Response::Status(_) => anyhow::bail!("the standby answered a takeover with a status"),
     };
     let mut stdout = std::io::stdout().lock();
     if json {
@@ -160,6 +171,24 @@ fn takeover(
         writeln!(stdout)?;
     } else {
         print_takeover(&report, &mut stdout)?;
+    }
+    Ok(())
+}
+
+fn status(control: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let status = match control::request(control, &Request::Status)? {
+        Response::Status(status) => status,
+        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
+        Response::Takeover(_) => {
+            anyhow::bail!("the standby answered a status request with a takeover")
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &status)?;
+        writeln!(stdout)?;
+    } else {
+        status.print(&mut stdout)?;
     }
     Ok(())
 }
@@ -215,6 +244,7 @@ fn main() -> ExitCode {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
                     Command::Agent(args) => agent::run(args).await,
+                    Command::Status { control, json } => status(&control, json),
                     Command::Takeover {
                         services,
                         control,

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::{net::UdpSocket, sync::mpsc};
 
 use crate::heartbeat::{HeartbeatStats, Key, Kind, Ownership, Verifier};
@@ -46,7 +47,27 @@ pub struct DetectorConfig {
 #[derive(Debug)]
 pub struct Detector {
     lost: mpsc::Receiver<Ownership>,
-    stats: Arc<Mutex<HeartbeatStats>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+/// What the watcher task shares with the standby.
+#[derive(Debug, Default)]
+struct Shared {
+    stats: HeartbeatStats,
+    peer: Option<Peer>,
+}
+
+/// The primary as last heard from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its ownership information, as its last valid heartbeat had it.
+    pub ownership: Ownership,
+    /// Where that heartbeat came from.
+    pub address: SocketAddr,
+    /// Milliseconds since it arrived (when the status was taken).
+    pub last_heartbeat_ms: u64,
+    /// Whether the detector still counts it alive.
+    pub alive: bool,
 }
 
 impl Detector {
@@ -55,9 +76,9 @@ impl Detector {
         let socket = UdpSocket::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, "listening for heartbeats");
         let (tx, lost) = mpsc::channel(1);
-        let stats = Arc::new(Mutex::new(HeartbeatStats::default()));
-        tokio::spawn(watch(socket, config, tx, stats.clone()));
-        Ok(Detector { lost, stats })
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        tokio::spawn(watch(socket, config, tx, shared.clone()));
+        Ok(Detector { lost, shared })
     }
 
     /// The next lost primary's ownership; pending while there is none.
@@ -70,11 +91,16 @@ impl Detector {
 
     /// Heartbeats received so far, by outcome.
     pub fn stats(&self) -> HeartbeatStats {
-        *self.stats.lock().expect("stats lock")
+        self.shared.lock().expect("detector lock").stats
+    }
+
+    /// The primary as last heard from, if ever.
+    pub fn peer(&self) -> Option<Peer> {
+        self.shared.lock().expect("detector lock").peer.clone()
     }
 }
 
-/// The primary as last heard from.
+/// The primary as last heard from, while it counts as alive.
 struct Heard {
     at: Instant,
     ownership: Ownership,
@@ -84,29 +110,61 @@ async fn watch(
     socket: UdpSocket,
     config: DetectorConfig,
     lost: mpsc::Sender<Ownership>,
-    stats: Arc<Mutex<HeartbeatStats>>,
+    shared: Arc<Mutex<Shared>>,
 ) {
     let mut verifier = Verifier::new(config.key.clone(), &config.cluster_id);
     let deadline = config.interval * config.missed;
     let mut tick = tokio::time::interval(config.interval / 2);
     let mut heard: Option<Heard> = None;
+    let mut last: Option<(Instant, SocketAddr)> = None;
     let mut buf = vec![0u8; crate::heartbeat::MAX_MESSAGE + 1];
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                receive(&mut verifier, &buf[..n], from, &mut heard);
-                *stats.lock().expect("stats lock") = verifier.stats;
+                if receive(&mut verifier, &buf[..n], from, &mut heard) {
+                    last = Some((Instant::now(), from));
+                }
+                publish(&shared, &verifier, heard.as_ref(), last);
             }
             _ = tick.tick() => {
-                let Some(last) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
-                declare_lost(&config, last.ownership, &lost).await;
+                publish(&shared, &verifier, heard.as_ref(), last);
+                let Some(gone) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
+                declare_lost(&config, gone.ownership, &lost).await;
             }
         }
     }
 }
 
-fn receive(verifier: &mut Verifier, datagram: &[u8], from: SocketAddr, heard: &mut Option<Heard>) {
+/// Updates what the standby can read: counts and the peer.
+fn publish(
+    shared: &Mutex<Shared>,
+    verifier: &Verifier,
+    heard: Option<&Heard>,
+    last: Option<(Instant, SocketAddr)>,
+) {
+    let mut shared = shared.lock().expect("detector lock");
+    shared.stats = verifier.stats;
+    if let (Some(heard), Some((at, address))) = (heard, last) {
+        shared.peer = Some(Peer {
+            ownership: heard.ownership.clone(),
+            address,
+            last_heartbeat_ms: at.elapsed().as_millis() as u64,
+            alive: true,
+        });
+    } else if let (Some(peer), Some((at, _))) = (shared.peer.as_mut(), last) {
+        peer.last_heartbeat_ms = at.elapsed().as_millis() as u64;
+        peer.alive = false;
+    }
+}
+
+/// Verifies one datagram; true if it was a valid heartbeat.
+fn receive(
+    verifier: &mut Verifier,
+    datagram: &[u8],
+    from: SocketAddr,
+    heard: &mut Option<Heard>,
+) -> bool {
     match verifier.accept(datagram) {
         Ok(message) if message.kind == Kind::Heartbeat => {
             if heard.is_none() {
@@ -117,14 +175,16 @@ fn receive(verifier: &mut Verifier, datagram: &[u8], from: SocketAddr, heard: &m
                 at: Instant::now(),
                 ownership: message.ownership,
             });
+            true
         }
-        Ok(_) => {}
+        Ok(_) => false,
         Err(err) => {
             let rejected = verifier.stats.rejected();
             // Rate-limited: 1, 2, 4, 8, ... so a flood cannot flood the log.
             if rejected.is_power_of_two() {
                 tracing::warn!(%from, %err, rejected, "heartbeat dropped");
             }
+            false
         }
     }
 }

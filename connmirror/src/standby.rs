@@ -22,6 +22,7 @@ use crate::{
     ownership::{Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
     service::Service,
+    status::{ServiceStatus, StatusReport},
     takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
 };
 
@@ -243,7 +244,11 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     };
     while let Event::Message(event) = mirror.next_event(&mut signals, Some(&mut sources)).await? {
         match event {
-            StandbyEvent::Control(pending) => standby.serve(&mut mirror, pending).await,
+            StandbyEvent::Control(pending) => {
+                standby
+                    .serve(&mut mirror, sources.detector.as_ref(), pending)
+                    .await
+            }
             StandbyEvent::PrimaryLost(ownership) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
@@ -300,13 +305,14 @@ struct Standby {
 }
 
 impl Standby {
-    async fn serve(&mut self, mirror: &mut Mirror, pending: Pending) {
+    async fn serve(&mut self, mirror: &mut Mirror, detector: Option<&Detector>, pending: Pending) {
         let Pending { request, reply } = pending;
         let trigger = Trigger {
             name: "manual",
             epoch: self.epoch + 1,
         };
         let response = match request {
+            Request::Status => Response::Status(Box::new(self.status(mirror, detector))),
             Request::Takeover { services } => {
                 match self.takeover(mirror, services, trigger).await {
                     Ok(report) => Response::Takeover(report),
@@ -369,6 +375,40 @@ impl Standby {
         }
         self.reports.push(report.clone());
         Ok(report)
+    }
+
+    /// The node's status for `connmirror status`.
+    fn status(&self, mirror: &Mirror, detector: Option<&Detector>) -> StatusReport {
+        let services = (mirror.services.iter())
+            .map(|s| ServiceStatus {
+                addr: s.addr,
+                state: match self.taken.contains_key(&s.addr) {
+                    true => "taken-over".into(),
+                    false => "protected".into(),
+                },
+            })
+            .collect();
+        let flows = (mirror.reader.table.readiness_counts().into_iter())
+            .map(|(readiness, n)| (readiness.to_owned(), n))
+            .collect();
+        let peer = detector.and_then(Detector::peer);
+        StatusReport {
+            role: if self.taken.is_empty() {
+                "standby"
+            } else {
+                "owner"
+            }
+            .into(),
+            epoch: self
+                .epoch
+                .max(peer.as_ref().map_or(0, |p| p.ownership.epoch)),
+            peer,
+            heartbeats: detector.map(Detector::stats),
+            services,
+            flows,
+            replication_lag: None,
+            takeovers: self.reports.len(),
+        }
     }
 
     /// The services a request names (all not yet taken over when it names none).

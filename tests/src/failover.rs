@@ -160,6 +160,20 @@ pub fn takeover(ns: &Netns, control: &Path, args: &[&str]) -> TakeoverReport {
         .unwrap_or_else(|e| panic!("takeover report: {e}; stdout:\n{stdout}"))
 }
 
+/// Runs `connmirror status --control PATH [--json]` in `ns`; returns stdout.
+/// Panics with its stderr unless it exits 0.
+pub fn status(ns: &Netns, control: &Path, json: bool) -> String {
+    let mut cmd = ns.command(crate::connmirror_bin());
+    cmd.arg("status").arg("--control").arg(control);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = output_with_timeout(&mut cmd, TAKEOVER_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "connmirror status failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `connmirror takeover --control PATH --json ARGS...` in `ns`: (exit 0,
 /// stdout, stderr).
 pub fn run_takeover(ns: &Netns, control: &Path, args: &[&str]) -> (bool, String, String) {

@@ -63,7 +63,7 @@ fn control_socket_refuses_forged_requests_and_counts_them() {
             "{\"error\":\"malformed control request: unknown field `epoch`, expected \
              `services`\"}\n",
             "{\"error\":\"malformed control request: unknown variant `detach`, expected \
-             `takeover` at line 1 column 19\"}\n",
+             `takeover` or `status` at line 1 column 19\"}\n",
             "{\"error\":\"request longer than 65536 bytes\"}\n",
         ]
     );

@@ -10,9 +10,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror::heartbeat::{self, Key, Kind, Ownership};
+use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    Program, echo_primary, handoff_app, kill_primary, standby_command,
+    Program, echo_primary, handoff_app, kill_primary, standby_command, status,
 };
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
@@ -82,6 +83,12 @@ fn agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Pr
     )
 }
 
+/// `connmirror status --json` of `standby`, parsed.
+fn status_of(topo: &Topology, standby: &Mirror) -> StatusReport {
+    let json = status(&topo.gateway, &standby.control_socket(), true);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status JSON: {e}\n{json}"))
+}
+
 /// Waits until the standby's log says `text`.
 fn wait_log(standby: &Mirror, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -110,6 +117,7 @@ fn automatic_failover(family: Family) {
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
         .expect("streams flow before the failure");
+    let before = status_of(&topo, &standby);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
     kill_primary(&topo, &mut primary);
@@ -119,7 +127,27 @@ fn automatic_failover(family: Family) {
         .expect("every stream continues with no manual trigger");
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
+    let after = status_of(&topo, &standby);
+    let table = status(&topo.gateway, &standby.control_socket(), false);
     let (report, _dir) = standby.stop();
+
+    assert_eq!((before.role.as_str(), before.epoch), ("standby", 1));
+    let peer = before.peer.expect("the primary is heard");
+    assert_eq!(
+        (peer.ownership.node_id.as_str(), peer.alive),
+        ("primary", true)
+    );
+    assert_eq!(peer.ownership.services, vec![service]);
+    assert_eq!(before.services[0].state, "protected");
+    assert_eq!(before.flows.get("ready"), Some(&4));
+    assert_eq!((after.role.as_str(), after.epoch), ("owner", 2));
+    assert_eq!(after.services[0].state, "taken-over");
+    assert!(!after.peer.expect("last heard").alive);
+    assert_eq!(after.takeovers, 1);
+    assert!(
+        table.starts_with("role      owner\nepoch     2\npeer      primary at "),
+        "{table}"
+    );
 
     for r in &results {
         assert_eq!(r.error, None, "connection {}", r.local);
