@@ -175,6 +175,24 @@ impl LocalAddress {
     }
 }
 
+/// Deletes `addr` from every interface that has it, whatever its prefix
+/// length (`RTM_DELADDR` of each dumped entry), and returns how many entries
+/// went: a node that steps down stops serving the address.
+pub fn release(addr: IpAddr) -> Result<usize, AddressError> {
+    let rtnl = Rtnl::open()?;
+    let err = |call, source| netlink_error(call, "any interface", addr, source);
+    let found: Vec<AddressMessage> = (rtnl.addresses(family(addr)))
+        .map_err(|e| err("RTM_GETADDR", e))?
+        .into_iter()
+        .filter(|msg| local_of(msg) == Some(addr))
+        .collect();
+    for msg in &found {
+        (rtnl.request(RouteNetlinkMessage::DelAddress(msg.clone()), 0))
+            .map_err(|e| err("RTM_DELADDR", e))?;
+    }
+    Ok(found.len())
+}
+
 /// Index of `iface` in the calling thread's network namespace, or
 /// [`AddressError::NoSuchInterface`].
 pub fn ifindex(iface: &str) -> Result<u32, AddressError> {

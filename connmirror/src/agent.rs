@@ -2,12 +2,13 @@
 //! its ownership information to the standby ([`crate::heartbeat`]), every
 //! `--interval`, and answers a standby's solicitation at once.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
 
 use crate::{
+    address,
     heartbeat::{self, Key, Kind, Ownership, Verifier},
     mirror::{Signals, announce_ready},
     ownership::Policy,
@@ -46,6 +47,42 @@ pub struct AgentArgs {
     /// Milliseconds between heartbeats.
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub interval: u64,
+    /// Source address for heartbeats: the host's own (management) address.
+    /// The standby answers there once it owns the services, so it must not be
+    /// a service address, which the standby then serves itself [default: the
+    /// kernel's choice].
+    #[arg(long, value_name = "IP")]
+    pub bind: Option<std::net::IpAddr>,
+}
+
+/// Whether `theirs` holds one of our services under a higher epoch.
+fn outranks(theirs: &Ownership, ours: &Ownership) -> bool {
+    theirs.epoch > ours.epoch && theirs.services.iter().any(|s| ours.services.contains(s))
+}
+
+/// Another node owns our services under a higher epoch: stop serving their
+/// addresses (so two hosts never answer for them) and stop claiming them.
+fn step_down(theirs: &Ownership, ours: &Ownership) -> anyhow::Result<()> {
+    let mut ips: Vec<_> = ours.services.iter().map(|s| s.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    for ip in ips {
+        let removed = address::release(ip)?;
+        tracing::warn!(%ip, removed, "service address released");
+    }
+    tracing::warn!(
+        owner = theirs.node_id,
+        epoch = theirs.epoch,
+        "stepped down: a higher epoch owns the services"
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "stepped down: {} holds epoch {}",
+        theirs.node_id, theirs.epoch
+    )
+    .and_then(|()| stdout.flush())
+    .context("writing to stdout")
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -63,13 +100,13 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         },
         applications: args.applications.clone(),
     };
-    let any: SocketAddr = match args.standby {
-        SocketAddr::V4(_) => "0.0.0.0:0".parse().expect("address"),
-        SocketAddr::V6(_) => "[::]:0".parse().expect("address"),
+    let local = match (args.bind, args.standby) {
+        (Some(ip), _) => SocketAddr::new(ip, 0),
+        (None, SocketAddr::V4(_)) => "0.0.0.0:0".parse().expect("address"),
+        (None, SocketAddr::V6(_)) => "[::]:0".parse().expect("address"),
     };
-    let socket = UdpSocket::bind(any)
-        .await
-        .context("binding the heartbeat socket")?;
+    let socket = (UdpSocket::bind(local).await)
+        .with_context(|| format!("binding the heartbeat socket to {local}"))?;
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
     let mut counter = heartbeat::initial_counter();
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval.max(1)));
@@ -79,6 +116,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     } = Signals::install()?;
     let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
     let mut ready = false;
+    let mut stepped_down = false;
     tracing::info!(standby = %args.standby, node = args.node_id, "sending heartbeats");
     loop {
         tokio::select! {
@@ -89,11 +127,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     Ok(message) if message.kind == Kind::Solicit => {
                         tracing::info!(%from, "solicited by the standby");
                     }
+                    Ok(message) if !stepped_down && outranks(&message.ownership, &ownership) => {
+                        step_down(&message.ownership, &ownership)?;
+                        stepped_down = true;
+                        continue;
+                    }
                     _ => continue,
                 }
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+        }
+        if stepped_down {
+            continue;
         }
         counter += 1;
         let datagram = heartbeat::seal(&key, Kind::Heartbeat, counter, &ownership);

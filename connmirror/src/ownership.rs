@@ -12,9 +12,12 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, watch},
+};
 
-use crate::heartbeat::{HeartbeatStats, Key, Kind, Ownership, Verifier};
+use crate::heartbeat::{self, HeartbeatStats, Key, Kind, Ownership, Verifier};
 
 /// How the standby reacts to a lost primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -48,6 +51,7 @@ pub struct DetectorConfig {
 pub struct Detector {
     lost: mpsc::Receiver<Ownership>,
     shared: Arc<Mutex<Shared>>,
+    owner: watch::Sender<Option<Ownership>>,
 }
 
 /// What the watcher task shares with the standby.
@@ -77,8 +81,13 @@ impl Detector {
         tracing::info!(listen = %config.listen, "listening for heartbeats");
         let (tx, lost) = mpsc::channel(1);
         let shared = Arc::new(Mutex::new(Shared::default()));
-        tokio::spawn(watch(socket, config, tx, shared.clone()));
-        Ok(Detector { lost, shared })
+        let (owner, owned) = watch::channel(None);
+        tokio::spawn(listen(socket, config, tx, shared.clone(), owned));
+        Ok(Detector {
+            lost,
+            shared,
+            owner,
+        })
     }
 
     /// The next lost primary's ownership; pending while there is none.
@@ -87,6 +96,13 @@ impl Detector {
             Some(ownership) => ownership,
             None => std::future::pending().await,
         }
+    }
+
+    /// From now on, send `ownership` as heartbeats to the primary last heard
+    /// from, every interval: a primary that comes back learns the higher epoch
+    /// and steps down.
+    pub fn announce(&self, ownership: Ownership) {
+        self.owner.send_replace(Some(ownership));
     }
 
     /// Heartbeats received so far, by outcome.
@@ -106,12 +122,14 @@ struct Heard {
     ownership: Ownership,
 }
 
-async fn watch(
+async fn listen(
     socket: UdpSocket,
     config: DetectorConfig,
     lost: mpsc::Sender<Ownership>,
     shared: Arc<Mutex<Shared>>,
+    owned: watch::Receiver<Option<Ownership>>,
 ) {
+    let mut counter = heartbeat::initial_counter();
     let mut verifier = Verifier::new(config.key.clone(), &config.cluster_id);
     let deadline = config.interval * config.missed;
     let mut tick = tokio::time::interval(config.interval / 2);
@@ -129,6 +147,11 @@ async fn watch(
             }
             _ = tick.tick() => {
                 publish(&shared, &verifier, heard.as_ref(), last);
+                if let (Some(own), Some((_, to))) = (owned.borrow().as_ref(), last) {
+                    counter += 1;
+                    let datagram = heartbeat::seal(&config.key, Kind::Heartbeat, counter, own);
+                    let _ = socket.try_send_to(&datagram, to);
+                }
                 let Some(gone) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
                 declare_lost(&config, gone.ownership, &lost).await;
             }

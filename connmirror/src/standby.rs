@@ -100,6 +100,9 @@ pub struct DetectionArgs {
     /// The cluster's id; heartbeats of other clusters are dropped.
     #[arg(long, value_name = "ID", default_value = "connmirror")]
     pub cluster_id: String,
+    /// This node's id, in the heartbeats it sends once it owns services.
+    #[arg(long, value_name = "ID", default_value = "standby")]
+    pub node_id: String,
     /// The agent's heartbeat interval, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 50)]
     pub heartbeat_interval: u64,
@@ -241,6 +244,8 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         taken: BTreeMap::new(),
         reports: Vec::new(),
         epoch: 0,
+        node_id: args.detection.node_id.clone(),
+        cluster_id: args.detection.cluster_id.clone(),
     };
     while let Event::Message(event) = mirror.next_event(&mut signals, Some(&mut sources)).await? {
         match event {
@@ -252,6 +257,9 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
             StandbyEvent::PrimaryLost(ownership) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
+        }
+        if let (Some(detector), Some(owned)) = (&sources.detector, standby.ownership()) {
+            detector.announce(owned);
         }
     }
     let summary = StandbySummary {
@@ -302,6 +310,9 @@ struct Standby {
     reports: Vec<TakeoverReport>,
     /// The highest ownership epoch seen or held.
     epoch: u64,
+    /// Ours, for the heartbeats we send once we own services.
+    node_id: String,
+    cluster_id: String,
 }
 
 impl Standby {
@@ -375,6 +386,20 @@ impl Standby {
         }
         self.reports.push(report.clone());
         Ok(report)
+    }
+
+    /// What this node owns, once it took services over: announced to the
+    /// old primary so that it steps down.
+    fn ownership(&self) -> Option<Ownership> {
+        (!self.taken.is_empty()).then(|| Ownership {
+            node_id: self.node_id.clone(),
+            cluster_id: self.cluster_id.clone(),
+            epoch: self.epoch,
+            services: self.taken.keys().copied().collect(),
+            macs: Vec::new(),
+            policy: "auto".into(),
+            applications: Vec::new(),
+        })
     }
 
     /// The node's status for `connmirror status`.

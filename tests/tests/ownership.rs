@@ -1,7 +1,8 @@
-//! Automatic failure detection: the primary's `connmirror agent` sends
+//! Automatic failure detection and fencing: the primary's `connmirror agent` sends
 //! authenticated heartbeats; the standby takes over by itself once they stop,
 //! and forged, unauthenticated or replayed heartbeats are counted and change
-//! nothing.
+//! nothing. A primary that comes back hears the standby's higher epoch and
+//! steps down (releases the service address), with no RST reaching a client.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt as _;
@@ -16,7 +17,7 @@ use connmirror_tests::failover::{
     Program, echo_primary, handoff_app, kill_primary, standby_command, status,
 };
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
@@ -61,11 +62,39 @@ fn standby(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> 
     Mirror::start(&topo.gateway, &command)
 }
 
-/// `connmirror agent` in the primary's namespace.
-fn agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
+/// The primary's own (management) address, besides the service address.
+fn management_addr(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 3)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 3)),
+    }
+}
+
+/// Puts the primary's addresses (back) on its link: the service address (a
+/// link going down drops IPv6 addresses) and its management address.
+fn configure_primary(topo: &Topology, family: Family, service: SocketAddr) {
+    let prefix = match family {
+        Family::V4 => "24",
+        Family::V6 => "64",
+    };
+    for ip in [service.ip(), management_addr(family)] {
+        let addr = format!("{ip}/{prefix}");
+        let mut args = vec!["addr", "replace", &addr, "dev", SERVER_IF];
+        if family == Family::V6 {
+            args.push("nodad");
+        }
+        topo.server.ip(args);
+    }
+}
+
+/// `connmirror agent` in the primary's namespace, sending from its
+/// management address.
+fn start_agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
     let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
     let args = [
         "agent".to_owned(),
+        "--bind".to_owned(),
+        management_addr(family).to_string(),
         "--standby".to_owned(),
         standby.to_string(),
         "--key".to_owned(),
@@ -108,10 +137,11 @@ fn automatic_failover(family: Family) {
     let key = key_file(&dir);
     let topo = Topology::new();
     let service = topo.service(family, PORT);
+    configure_primary(&topo, family, service);
     let mut primary = echo_primary(&topo, service);
     let standby = standby(&topo, family, service, &key);
     let _app = handoff_app(&topo, &standby, service);
-    let mut agent = agent(&topo, family, service, &key);
+    let mut agent = start_agent(&topo, family, service, &key);
     wait_log(&standby, "armed: primary heard");
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     clients
@@ -125,6 +155,17 @@ fn automatic_failover(family: Family) {
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
         .expect("every stream continues with no manual trigger");
+    // The old primary comes back: link up, server and agent restarted under
+    // its old epoch. The standby's heartbeats carry the higher epoch.
+    topo.server.ip(["link", "set", "dev", SERVER_IF, "up"]);
+    configure_primary(&topo, family, service);
+    let _primary_again = echo_primary(&topo, service);
+    let returned = start_agent(&topo, family, service, &key);
+    let stepped = returned.wait_line("stepped down", Duration::from_secs(20));
+    let addresses = topo.server.ip(["addr", "show", "dev", SERVER_IF]);
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("streams go on while the old primary is back");
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
     let after = status_of(&topo, &standby);
@@ -148,6 +189,11 @@ fn automatic_failover(family: Family) {
         table.starts_with("role      owner\nepoch     2\npeer      primary at "),
         "{table}"
     );
+    assert_eq!(stepped, "stepped down: standby holds epoch 2");
+    assert!(
+        !addresses.contains(&format!(" {}/", service.ip())),
+        "the old primary still has the service address:\n{addresses}"
+    );
 
     for r in &results {
         assert_eq!(r.error, None, "connection {}", r.local);
@@ -167,12 +213,12 @@ fn automatic_failover(family: Family) {
 }
 
 #[test]
-fn standby_takes_over_when_heartbeats_stop_v4() {
+fn standby_takes_over_when_heartbeats_stop_and_the_returning_primary_steps_down_v4() {
     automatic_failover(Family::V4);
 }
 
 #[test]
-fn standby_takes_over_when_heartbeats_stop_v6() {
+fn standby_takes_over_when_heartbeats_stop_and_the_returning_primary_steps_down_v6() {
     automatic_failover(Family::V6);
 }
 
@@ -199,9 +245,10 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     let key = key_file(&dir);
     let topo = Topology::new();
     let service = topo.service(family, PORT);
+    configure_primary(&topo, family, service);
     let mut primary = echo_primary(&topo, service);
     let standby = standby(&topo, family, service, &key);
-    let mut agent = agent(&topo, family, service, &key);
+    let mut agent = start_agent(&topo, family, service, &key);
     wait_log(&standby, "armed: primary heard");
     let target = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);
     // What a forger would send: the primary's ownership, under a higher epoch.
