@@ -6,10 +6,9 @@
 //! send FINs (or RSTs) to the clients, which no real host crash does.
 
 use std::ffi::OsStr;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -18,7 +17,7 @@ use connmirror::takeover::TakeoverReport;
 
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
-use crate::process::{describe, output_with_timeout, stdout_lines, wait_for_line};
+use crate::process::{output_with_timeout, spawn_logged, wait_for_line};
 use crate::topology::{SERVER_IF, Topology};
 use crate::workdir::WorkDir;
 
@@ -50,17 +49,9 @@ impl Program {
         S: AsRef<OsStr>,
     {
         let dir = WorkDir::new("program");
-        let stderr = File::create(dir.path().join("stderr")).expect("create stderr file");
         let mut cmd = ns.command(program);
         cmd.args(args);
-        let what = describe(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
-        let lines = stdout_lines(&mut child);
+        let (child, what, lines) = spawn_logged(&mut cmd, &dir.path().join("stderr"));
         let program = Program {
             child: Some(child),
             what,

@@ -5,10 +5,9 @@
 //! detaches, drains its ring buffer, writes `DIR/report.json` and exits 0.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -21,7 +20,7 @@ use serde::Deserialize;
 use crate::digest::Digest;
 use crate::netns::Netns;
 use crate::process::{
-    describe, output_with_timeout, stdout_lines, try_wait_for, wait_for_line, wait_with_timeout,
+    output_with_timeout, spawn_logged, try_wait_for, wait_for_line, wait_with_timeout,
 };
 use crate::workdir::WorkDir;
 
@@ -152,21 +151,9 @@ impl Mirror {
         std::fs::create_dir(&dump_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", dump_dir.display()));
         let stderr_path = dir.path().join("mirror.stderr");
-        let stderr = File::create(&stderr_path)
-            .unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
         let mut cmd = ns.command(&bin);
         cmd.args(command.argv(&dump_dir));
-        let what = describe(&cmd);
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
-
-        // Read stdout for the whole life of the process, so the mirror never blocks
-        // on a full pipe; report `ready` (or EOF) through a channel.
-        let lines = stdout_lines(&mut child);
+        let (child, what, lines) = spawn_logged(&mut cmd, &stderr_path);
         let mut mirror = Mirror {
             child: Some(child),
             what,

@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -15,6 +16,26 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(10);
+
+/// Spawns `cmd` with stdin closed, stderr written to `stderr_path`, and
+/// stdout read line by line ([`stdout_lines`]). Returns the child, `cmd` for
+/// messages, and its lines. Panics naming the command if it cannot start.
+pub fn spawn_logged(
+    cmd: &mut Command,
+    stderr_path: &Path,
+) -> (Child, String, mpsc::Receiver<String>) {
+    let stderr = std::fs::File::create(stderr_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", stderr_path.display()));
+    let what = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn `{what}`: {e}"));
+    let lines = stdout_lines(&mut child);
+    (child, what, lines)
+}
 
 /// The lines `child` prints on its (piped) stdout, read on a thread for the
 /// child's whole life, so that it never blocks on a full pipe. The channel

@@ -131,14 +131,41 @@ fn wait_log(standby: &Mirror, text: &str) {
     }
 }
 
-fn automatic_failover(family: Family) {
+/// A topology whose primary serves the echo example, its addresses in
+/// place, and the shared key file.
+struct Setup {
+    _dir: WorkDir,
+    key: PathBuf,
+    topo: Topology,
+    service: SocketAddr,
+    primary: Program,
+}
+
+fn setup(family: Family) -> Setup {
     connmirror_tests::require_root();
     let dir = WorkDir::new("ownership");
     let key = key_file(&dir);
     let topo = Topology::new();
     let service = topo.service(family, PORT);
     configure_primary(&topo, family, service);
-    let mut primary = echo_primary(&topo, service);
+    let primary = echo_primary(&topo, service);
+    Setup {
+        _dir: dir,
+        key,
+        topo,
+        service,
+        primary,
+    }
+}
+
+fn automatic_failover(family: Family) {
+    let Setup {
+        _dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = setup(family);
     let standby = standby(&topo, family, service, &key);
     let _app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
@@ -239,14 +266,14 @@ fn send_from(topo: &Topology, to: SocketAddr, datagrams: &[Vec<u8>]) {
 
 #[test]
 fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
-    connmirror_tests::require_root();
     let family = Family::V4;
-    let dir = WorkDir::new("ownership");
-    let key = key_file(&dir);
-    let topo = Topology::new();
-    let service = topo.service(family, PORT);
-    configure_primary(&topo, family, service);
-    let mut primary = echo_primary(&topo, service);
+    let Setup {
+        _dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = setup(family);
     let standby = standby(&topo, family, service, &key);
     let mut agent = start_agent(&topo, family, service, &key);
     wait_log(&standby, "armed: primary heard");
