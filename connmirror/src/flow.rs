@@ -552,21 +552,26 @@ impl FlowTable {
         emit(Record::CheckpointEnd)
     }
 
-    /// Everything a takeover needs of each flow of `service_id`: readiness,
-    /// state, stream marks and retained bytes, copied out so the table can keep
-    /// running while sockets are rebuilt.
+    /// What a takeover needs to rebuild each flow of `service_id`: readiness,
+    /// state, stream marks, and only the bytes each receiver has not
+    /// acknowledged (the restored send queue), copied out while the clients
+    /// are quiesced. The whole history waits for [`takeover_history`](Self::takeover_history).
     pub fn takeover(&self, service_id: u32) -> Vec<TakeoverFlow> {
         self.flows
             .iter()
             .filter(|(_, flow)| flow.service_id == service_id && !flow.closed)
-            .map(|(key, flow)| TakeoverFlow {
-                id: flow.id,
-                key: *key,
-                readiness: flow.readiness(),
-                c2s: TakeoverSide::of(&flow.c2s),
-                s2c: TakeoverSide::of(&flow.s2c),
-            })
+            .map(|(key, flow)| TakeoverFlow::of(key, flow, false))
             .collect()
+    }
+
+    /// Like [`takeover`](Self::takeover) for one flow, with every retained
+    /// byte: what handoff and replay resume from. Copying a long history
+    /// takes time, so a takeover asks for it only after the clients are let
+    /// through again.
+    pub fn takeover_history(&self, key: &FlowKey) -> Option<TakeoverFlow> {
+        self.flows
+            .get(key)
+            .map(|flow| TakeoverFlow::of(key, flow, true))
     }
 
     /// How many flows each [`Readiness`] holds, by name (`ready`,
@@ -743,6 +748,16 @@ pub struct TakeoverFlow {
 }
 
 impl TakeoverFlow {
+    fn of(key: &FlowKey, flow: &Flow, history: bool) -> Self {
+        TakeoverFlow {
+            id: flow.id,
+            key: *key,
+            readiness: flow.readiness(),
+            c2s: TakeoverSide::of(&flow.c2s, history),
+            s2c: TakeoverSide::of(&flow.s2c, history),
+        }
+    }
+
     /// (server, client) socket addresses.
     pub fn endpoints(&self) -> (SocketAddr, SocketAddr) {
         endpoints(&self.key)
@@ -756,20 +771,36 @@ pub struct TakeoverSide {
     pub state: SideState,
     /// Stream position (origin, delivered end, highest acknowledgment).
     pub marks: StreamMarks,
-    /// Stream offset of `retained[0]`.
+    /// First delivered offset the table still holds.
     pub retained_start: u64,
-    /// Delivered bytes still held: offsets `[retained_start, marks.next)`.
-    pub retained: Vec<u8>,
+    /// Stream offset of `bytes[0]`.
+    pub bytes_start: u64,
+    /// Delivered bytes `[bytes_start, marks.next)`: from `retained_start`
+    /// with the history, else from the receiver's acknowledgment.
+    pub bytes: Vec<u8>,
 }
 
 impl TakeoverSide {
-    fn of(side: &Side) -> Self {
+    fn of(side: &Side, history: bool) -> Self {
+        let marks = side.stream.marks();
         let (retained_start, pieces) = side.stream.retained();
+        let bytes_start = match history {
+            true => retained_start,
+            false => marks.acked.clamp(retained_start, marks.next),
+        };
+        let mut skip = (bytes_start - retained_start) as usize;
+        let mut bytes = Vec::with_capacity((marks.next - bytes_start) as usize);
+        for piece in pieces {
+            let take = skip.min(piece.len());
+            bytes.extend_from_slice(&piece[take..]);
+            skip -= take;
+        }
         Self {
             state: side.state,
-            marks: side.stream.marks(),
+            marks,
             retained_start,
-            retained: pieces.flatten().copied().collect(),
+            bytes_start,
+            bytes,
         }
     }
 
@@ -778,10 +809,10 @@ impl TakeoverSide {
         self.marks.origin.map(|o| o.wrapping_add(offset as u32))
     }
 
-    /// The retained bytes from stream offset `from` on, if they are all held.
+    /// The copied bytes from stream offset `from` on, if they are all there.
     pub fn bytes_from(&self, from: u64) -> Option<&[u8]> {
-        let skip = from.checked_sub(self.retained_start)?;
-        self.retained.get(usize::try_from(skip).ok()?..)
+        let skip = from.checked_sub(self.bytes_start)?;
+        self.bytes.get(usize::try_from(skip).ok()?..)
     }
 }
 

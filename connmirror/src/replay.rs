@@ -103,13 +103,13 @@ async fn verify(flow: &TakeoverFlow, app: SocketAddr) -> Result<(TcpStream, Vec<
     let conn = TcpStream::connect(app).await.map_err(io("connect to"))?;
     conn.set_nodelay(true).map_err(io("connect to"))?;
     let (mut reader, mut writer) = conn.into_split();
-    let input = &flow.c2s.retained;
+    let input = &flow.c2s.bytes;
     let write = async {
         writer.write_all(input).await.map_err(io("write to"))?;
         Ok(writer)
     };
     let read = async {
-        let extra = compare(&mut reader, &flow.s2c.retained)
+        let extra = compare(&mut reader, &flow.s2c.bytes)
             .await
             .map_err(|err| match err {
                 Compared::Io(source) => io("read from")(source),

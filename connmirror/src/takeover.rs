@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     address::LocalAddress,
     announce,
-    flow::{TakeoverFlow, TakeoverSide},
+    flow::{FlowTable, TakeoverFlow, TakeoverSide},
     handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
     mirror::Mirror,
     replay,
@@ -256,7 +256,7 @@ pub(crate) async fn run(
     announce_in_background(config, services);
     steps.record("announce", start);
     let start = Instant::now();
-    resume(config, handoff, rebuilt, &mut report).await;
+    resume(config, handoff, &mirror.reader.table, rebuilt, &mut report).await;
     steps.record("resume", start);
     report.steps = steps.steps;
     Ok(report)
@@ -540,6 +540,7 @@ fn reset_plan(flow: &TakeoverFlow) -> Option<RestorePlan> {
 async fn resume(
     config: &TakeoverConfig,
     handoff: Option<Arc<HandoffServer>>,
+    table: &FlowTable,
     rebuilt: Vec<Rebuilt>,
     report: &mut TakeoverReport,
 ) {
@@ -550,6 +551,9 @@ async fn resume(
         stream,
     } in rebuilt
     {
+        // The service is no longer captured, so its flows in the table are
+        // final: their histories can be copied now, with the clients running.
+        let flow = table.takeover_history(&flow.key).unwrap_or(flow);
         match resume_of(config, service) {
             Resume::Handoff => {
                 let server = handoff.clone();
@@ -628,7 +632,7 @@ fn hand_off(
 fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Handoff {
     let (server, client) = flow.endpoints();
     let recorded = |side: &TakeoverSide| Recorded {
-        start: side.retained_start,
+        start: side.bytes_start,
         end: side.marks.next,
         acked: side.marks.acked,
     };
@@ -642,8 +646,8 @@ fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Han
             c2s: recorded(&flow.c2s),
             s2c: recorded(&flow.s2c),
         },
-        c2s: flow.c2s.retained,
-        s2c: flow.s2c.retained,
+        c2s: flow.c2s.bytes,
+        s2c: flow.s2c.bytes,
     }
 }
 
@@ -717,7 +721,8 @@ mod tests {
                 handoff_only: false,
             },
             retained_start: start,
-            retained: (start..sent).map(|i| i as u8).collect(),
+            bytes_start: start,
+            bytes: (start..sent).map(|i| i as u8).collect(),
         }
     }
 

@@ -6,19 +6,21 @@
 //! send FINs (or RSTs) to the clients, which no real host crash does.
 
 use std::ffi::OsStr;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use connmirror::status::StatusReport;
 use connmirror::takeover::TakeoverReport;
 
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::process::{output_with_timeout, spawn_logged, wait_for_line};
-use crate::topology::{SERVER_IF, Topology};
+use crate::topology::{Family, SERVER_IF, Topology};
 use crate::workdir::WorkDir;
 
 /// How long a program may take to print its ready line.
@@ -180,4 +182,103 @@ pub fn run_takeover(ns: &Netns, control: &Path, args: &[&str]) -> (bool, String,
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The heartbeat port the standby listens on in these fixtures.
+pub const HEARTBEAT_PORT: u16 = 7400;
+/// The shared key of these fixtures (32 bytes).
+pub const KEY: &[u8] = b"a shared key of 32 bytes exactly";
+
+/// The standby's address on the primary's link and on the clients' link.
+pub fn gateway_addrs(family: Family) -> (IpAddr, IpAddr) {
+    match family {
+        Family::V4 => (
+            IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+        ),
+        Family::V6 => (
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 1)),
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1)),
+        ),
+    }
+}
+
+/// A key file (mode 0600) holding [`KEY`], in `dir`.
+pub fn key_file(dir: &WorkDir) -> PathBuf {
+    let path = dir.path().join("key");
+    std::fs::write(&path, KEY).expect("write the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// The standby for `service` (full retention) with failure detection on,
+/// listening for heartbeats on every address.
+pub fn detecting_standby(
+    topo: &Topology,
+    family: Family,
+    service: SocketAddr,
+    key: &Path,
+) -> Mirror {
+    let listen = match family {
+        Family::V4 => format!("0.0.0.0:{HEARTBEAT_PORT}"),
+        Family::V6 => format!("[::]:{HEARTBEAT_PORT}"),
+    };
+    let command = standby_command(topo, &format!("{service}=full"))
+        .without_dumps()
+        .arg("--heartbeat-listen")
+        .arg(&listen)
+        .arg("--key")
+        .arg(&key.display().to_string());
+    Mirror::start(&topo.gateway, &command)
+}
+
+/// The primary's own (management) address, besides the service address.
+pub fn management_addr(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 3)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 3)),
+    }
+}
+
+/// Puts the primary's addresses (back) on its link: the service address (a
+/// link going down drops IPv6 addresses) and its management address.
+pub fn configure_primary(topo: &Topology, family: Family, service: SocketAddr) {
+    let prefix = match family {
+        Family::V4 => "24",
+        Family::V6 => "64",
+    };
+    for ip in [service.ip(), management_addr(family)] {
+        let addr = format!("{ip}/{prefix}");
+        let mut args = vec!["addr", "replace", &addr, "dev", SERVER_IF];
+        if family == Family::V6 {
+            args.push("nodad");
+        }
+        topo.server.ip(args);
+    }
+}
+
+/// `connmirror agent` in the primary's namespace, sending from its
+/// management address.
+pub fn start_agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
+    let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
+    let args = [
+        "agent".to_owned(),
+        "--bind".to_owned(),
+        management_addr(family).to_string(),
+        "--standby".to_owned(),
+        standby.to_string(),
+        "--key".to_owned(),
+        key.display().to_string(),
+        "--node-id".to_owned(),
+        "primary".to_owned(),
+        "--service".to_owned(),
+        service.to_string(),
+    ];
+    Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
+}
+
+/// `connmirror status --json` of `standby`, parsed.
+pub fn status_of(topo: &Topology, standby: &Mirror) -> StatusReport {
+    let json = status(&topo.gateway, &standby.control_socket(), true);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status JSON: {e}\n{json}"))
 }

@@ -4,17 +4,16 @@
 //! nothing. A primary that comes back hears the standby's higher epoch and
 //! steps down (releases the service address), with no RST reaching a client.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror::heartbeat::{self, Key, Kind, Ownership};
-use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    Program, echo_primary, handoff_app, kill_primary, standby_command, status,
+    HEARTBEAT_PORT, KEY, Program, configure_primary, detecting_standby, echo_primary,
+    gateway_addrs, handoff_app, key_file, kill_primary, start_agent, status, status_of,
 };
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
@@ -22,101 +21,7 @@ use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
-const HEARTBEAT_PORT: u16 = 7400;
-const KEY: &[u8] = b"a shared key of 32 bytes exactly";
 const CLUSTER: &str = "connmirror";
-
-/// The standby's address on the primary's link and on the clients' link.
-fn gateway_addrs(family: Family) -> (IpAddr, IpAddr) {
-    match family {
-        Family::V4 => (
-            IpAddr::V4(Ipv4Addr::new(198, 18, 1, 1)),
-            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
-        ),
-        Family::V6 => (
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 1)),
-            IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 1, 0, 0, 0, 1)),
-        ),
-    }
-}
-
-fn key_file(dir: &WorkDir) -> PathBuf {
-    let path = dir.path().join("key");
-    std::fs::write(&path, KEY).expect("write the key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
-
-/// The standby with failure detection on, listening on every address.
-fn standby(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Mirror {
-    let listen = match family {
-        Family::V4 => format!("0.0.0.0:{HEARTBEAT_PORT}"),
-        Family::V6 => format!("[::]:{HEARTBEAT_PORT}"),
-    };
-    let command = standby_command(topo, &format!("{service}=full"))
-        .without_dumps()
-        .arg("--heartbeat-listen")
-        .arg(&listen)
-        .arg("--key")
-        .arg(&key.display().to_string());
-    Mirror::start(&topo.gateway, &command)
-}
-
-/// The primary's own (management) address, besides the service address.
-fn management_addr(family: Family) -> IpAddr {
-    match family {
-        Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 1, 3)),
-        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 2, 0, 0, 0, 3)),
-    }
-}
-
-/// Puts the primary's addresses (back) on its link: the service address (a
-/// link going down drops IPv6 addresses) and its management address.
-fn configure_primary(topo: &Topology, family: Family, service: SocketAddr) {
-    let prefix = match family {
-        Family::V4 => "24",
-        Family::V6 => "64",
-    };
-    for ip in [service.ip(), management_addr(family)] {
-        let addr = format!("{ip}/{prefix}");
-        let mut args = vec!["addr", "replace", &addr, "dev", SERVER_IF];
-        if family == Family::V6 {
-            args.push("nodad");
-        }
-        topo.server.ip(args);
-    }
-}
-
-/// `connmirror agent` in the primary's namespace, sending from its
-/// management address.
-fn start_agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
-    let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
-    let args = [
-        "agent".to_owned(),
-        "--bind".to_owned(),
-        management_addr(family).to_string(),
-        "--standby".to_owned(),
-        standby.to_string(),
-        "--key".to_owned(),
-        key.display().to_string(),
-        "--node-id".to_owned(),
-        "primary".to_owned(),
-        "--service".to_owned(),
-        service.to_string(),
-    ];
-    Program::start(
-        &topo.server,
-        connmirror_tests::connmirror_bin(),
-        args,
-        "ready",
-    )
-}
-
-/// `connmirror status --json` of `standby`, parsed.
-fn status_of(topo: &Topology, standby: &Mirror) -> StatusReport {
-    let json = status(&topo.gateway, &standby.control_socket(), true);
-    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status JSON: {e}\n{json}"))
-}
 
 /// Waits until the standby's log says `text`.
 fn wait_log(standby: &Mirror, text: &str) {
@@ -166,7 +71,7 @@ fn automatic_failover(family: Family) {
         service,
         mut primary,
     } = setup(family);
-    let standby = standby(&topo, family, service, &key);
+    let standby = detecting_standby(&topo, family, service, &key);
     let _app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
     wait_log(&standby, "armed: primary heard");
@@ -274,7 +179,7 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
         service,
         mut primary,
     } = setup(family);
-    let standby = standby(&topo, family, service, &key);
+    let standby = detecting_standby(&topo, family, service, &key);
     let mut agent = start_agent(&topo, family, service, &key);
     wait_log(&standby, "armed: primary heard");
     let target = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);

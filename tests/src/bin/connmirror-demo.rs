@@ -1,69 +1,73 @@
-//! `cargo xtask demo`: live capture of a TCP stream by a gateway, checked byte for byte.
+//! `cargo xtask demo`: the whole story in about twenty seconds.
 //!
-//! Builds client ↔ gateway ↔ server out of network namespaces, starts
-//! `connmirror mirror` on both gateway links (ingress capture on each, the inline
-//! deployment of DESIGN.md), streams random data both ways for about ten seconds
-//! while a live line shows the progress, then stops the mirror and compares the
-//! SHA-256 of what each side sent with the mirror's dump of that direction.
+//! Builds client ↔ standby ↔ primary out of network namespaces. The primary
+//! runs an echo server (`connmirror/examples/echo.rs`) and `connmirror agent`
+//! (authenticated heartbeats every 50 ms); the standby runs `connmirror
+//! standby` (capture on both links, failure detection) and the same echo
+//! program registered for handoff. Four clients stream random data through the
+//! echo server and verify every byte that comes back, while a live line shows
+//! the bytes, the rate and who serves them. Midway the primary dies (its link
+//! goes down, its server and agent are killed); the standby notices the missing
+//! heartbeats, takes every connection over with `TCP_REPAIR`, and the same
+//! client sockets go on. A summary gives the bytes verified, the failover time
+//! and the takeover's steps and counters.
 //!
-//! Exits 0 when both directions match and the flow is complete, 1 on any mismatch
-//! or failure, 130 when interrupted (SIGINT/SIGTERM). The namespaces are removed in
-//! every case.
+//! Exits 0 when every byte was verified with no error, 1 otherwise, 130 when
+//! interrupted (SIGINT/SIGTERM). The namespaces are removed in every case.
 //!
-//! Needs root and `CONNMIRROR_BIN` (set by `cargo xtask demo`).
+//! Needs root, `CONNMIRROR_BIN` and `CONNMIRROR_ECHO_EXAMPLE` (set by
+//! `cargo xtask demo`).
 
-use std::collections::VecDeque;
 use std::io::{IsTerminal as _, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
-use connmirror_common::Counter;
-use connmirror_tests::live::{self, Bounds, Interrupted, LiveStream};
-use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::{Digest, Family, Mirror, MirrorCommand, Topology};
+use anyhow::{Context as _, Result, bail};
+use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
+use connmirror_tests::failover::{
+    configure_primary, detecting_standby, echo_primary, handoff_app, key_file, kill_primary,
+    start_agent, status_of,
+};
+use connmirror_tests::live::{self, Interrupted};
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::wire::WireWatch;
+use connmirror_tests::workdir::WorkDir;
 
 /// How to run this program, for error messages.
 const VIA: &str = "cargo xtask demo";
-/// The service the server listens on and the mirror tracks.
+/// The protected service's port.
 const PORT: u16 = 7000;
-/// How long the stream runs.
-const STREAM_TIME: Duration = Duration::from_secs(10);
-/// Cap on each direction, so a fast machine cannot fill the disk with dumps.
-const MAX_BYTES_EACH_WAY: u64 = 4_000_000_000;
-/// How long the stream may take to drain after the senders stop.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-/// Ingress capture on both gateway links, nothing on egress: the inline mode. TC
-/// rather than XDP because native XDP on a veth turns TSO off on its peer
-/// (DESIGN.md, "Attach point matters more than the copy").
-const INGRESS: &str = "tc";
-const EGRESS: &str = "none";
+/// Streaming connections.
+const CONNECTIONS: usize = 4;
+/// Bytes per second each connection writes.
+const RATE: u64 = 4 << 20;
+/// When the primary dies, after the stream starts.
+const KILL_AT: Duration = Duration::from_secs(5);
+/// How long the stream runs in all.
+const STREAM_TIME: Duration = Duration::from_secs(12);
+/// How long the standby may take to bring the streams back.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let started = Instant::now();
     let pid = std::process::id();
     let outcome = catch_unwind(AssertUnwindSafe(run));
-    // Every guard has dropped by now, on every path: check that it worked.
     let leftovers = live::namespaces_of(pid);
     let code = match outcome {
-        Ok(Ok(true)) => {
+        Ok(Ok(())) => {
             println!(
-                "\nResult: OK. The mirror's copy of both directions is byte-exact ({:.0} s in all).",
+                "\nResult: OK. Every byte verified across the primary's death ({:.0} s in all).",
                 started.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS
-        }
-        Ok(Ok(false)) => {
-            println!("\nResult: MISMATCH (see the table above).");
-            ExitCode::FAILURE
         }
         Ok(Err(err)) if err.is::<Interrupted>() => {
             eprintln!("\ninterrupted: stopped early; the namespaces were removed");
             ExitCode::from(130)
         }
         Ok(Err(err)) => {
-            eprintln!("error: {err:#}");
+            eprintln!("\nerror: {err:#}");
             ExitCode::FAILURE
         }
         Err(_) => {
@@ -80,279 +84,243 @@ fn main() -> ExitCode {
     code
 }
 
-/// The whole demo. `Ok(true)` when every check passed.
-fn run() -> Result<bool> {
+fn run() -> Result<()> {
     live::require_root("connmirror-demo", VIA)?;
     live::require_connmirror_bin(VIA)?;
     live::install_interrupt_handler()?;
-
     println!(
-        "connmirror demo: a gateway between two network namespaces mirrors a live TCP stream \
-         for {} s, then checks its copy byte for byte.\n",
-        STREAM_TIME.as_secs()
+        "connmirror demo: {CONNECTIONS} clients stream through an echo server; the server's \
+         host dies after {} s; the standby takes the connections over.\n",
+        KILL_AT.as_secs()
     );
-
     live::wait_for_host(
         "      (waiting for another connmirror test or benchmark to release the host...)",
     )?;
-    step(1, "Creating namespaces client <-> gateway <-> server");
+    step(1, "Creating namespaces client <-> standby <-> primary");
     let topo = Topology::new();
-    let names = topo.namespace_names();
-    println!("      {}", names.join(", "));
-    let service = topo.service(Family::V4, PORT);
+    println!("      {}", topo.namespace_names().join(", "));
+    let family = Family::V4;
+    let service = topo.service(family, PORT);
+    let dir = WorkDir::new("demo");
+    let key = key_file(&dir);
+    configure_primary(&topo, family, service);
     live::interrupt_point()?;
 
-    let checks = {
-        let [if_c, if_s] = topo.gateway_ifaces();
-        step(
-            2,
-            &format!(
-                "Starting the mirror in the gateway: connmirror mirror --iface {if_c} --iface {if_s} \
-                 --service {service} --ingress {INGRESS} --egress {EGRESS}"
-            ),
-        );
-        let command = MirrorCommand::new()
-            .ifaces(topo.gateway_ifaces())
-            .service(service)
-            .ingress(INGRESS)
-            .egress(EGRESS);
-        let t = Instant::now();
-        let mirror = Mirror::start(&topo.gateway, &command);
-        println!(
-            "      ready in {:.1} s: capture programs attached to {if_c} and {if_s}",
-            t.elapsed().as_secs_f64()
-        );
-        live::interrupt_point()?;
+    step(
+        2,
+        &format!("Starting the primary: echo server on {service}"),
+    );
+    let mut primary = echo_primary(&topo, service);
+    step(
+        3,
+        "Starting the standby: connmirror standby (capture, heartbeats) + echo app",
+    );
+    let standby = detecting_standby(&topo, family, service, &key);
+    let _app = handoff_app(&topo, &standby, service);
+    let mut agent = start_agent(&topo, family, service, &key);
+    println!("      connmirror agent on the primary sends authenticated heartbeats every 50 ms");
+    live::interrupt_point()?;
 
-        step(
-            3,
-            &format!(
-                "Streaming random data both ways, client {} <-> server {service}, for {} s",
-                topo.client_addr(Family::V4),
-                STREAM_TIME.as_secs()
-            ),
-        );
-        let stream = LiveStream::start(
-            &topo.client,
-            &topo.server,
-            service,
-            Bounds {
-                duration: STREAM_TIME,
-                max_bytes_each_way: MAX_BYTES_EACH_WAY,
-            },
-        )?;
-        watch(&stream, &mirror)?;
-        let exchange = stream.finish(DRAIN_TIMEOUT)?;
-        println!(
-            "      done: {} client -> server, {} server -> client in {:.1} s ({:.2} Gbit/s both ways together)",
-            gb(exchange.client.sent_bytes),
-            gb(exchange.server.sent_bytes),
-            exchange.elapsed.as_secs_f64(),
-            exchange.throughput_bytes_per_sec() * 8.0 / 1e9
-        );
-
-        step(
-            4,
-            "Stopping the mirror (SIGINT) and reading its report.json",
-        );
-        let t = Instant::now();
-        let (report, dir) = mirror.stop();
-        println!("      stopped in {:.1} s", t.elapsed().as_secs_f64());
-        let flows: Vec<_> = report
-            .flows
-            .iter()
-            .filter(|f| f.client == exchange.client.addr && f.server == service)
-            .collect();
-        let [flow] = flows[..] else {
-            bail!(
-                "report.json lists {} flows for {} -> {service} (expected 1); all flows: {:?}",
-                flows.len(),
-                exchange.client.addr,
-                report.flows
-            );
-        };
-
-        println!();
-        println!(
-            "      {:<16} {:>15}  {:<18} {:<18} {:<18} match",
-            "direction", "bytes sent", "sha256 sent", "sha256 received", "sha256 mirror"
-        );
-        let mut all_ok = true;
-        for (name, sender, receiver, dump) in [
-            (
-                "client -> server",
-                &exchange.client,
-                &exchange.server,
-                &flow.c2s,
-            ),
-            (
-                "server -> client",
-                &exchange.server,
-                &exchange.client,
-                &flow.s2c,
-            ),
-        ] {
-            let mirrored = dump.sha256();
-            let ok = mirrored == sender.sent
-                && receiver.received == sender.sent
-                && dump.delivered == sender.sent_bytes;
-            all_ok &= ok;
-            println!(
-                "      {name:<16} {:>15}  {:<18} {:<18} {:<18} {}",
-                thousands(sender.sent_bytes),
-                short(sender.sent),
-                short(receiver.received),
-                short(mirrored),
-                if ok { "OK" } else { "MISMATCH" }
-            );
-            if dump.delivered != sender.sent_bytes || !dump.holes.is_empty() {
-                println!(
-                    "      {name}: the mirror reassembled {} bytes; holes {:?}; conflicting bytes {}",
-                    thousands(dump.delivered),
-                    dump.holes,
-                    dump.conflicting_bytes
-                );
-            }
-        }
-        let status = match flow.status {
-            FlowStatus::Complete => "complete (every byte up to both FINs, no gap)",
-            FlowStatus::Open => "open (no FIN seen both ways, nothing missing)",
-            FlowStatus::Reset => "reset (a RST ended it; nothing acknowledged is missing)",
-            FlowStatus::Gapped => "GAPPED (acknowledged bytes are missing from the capture)",
-        };
-        all_ok &= flow.status == FlowStatus::Complete;
-        println!(
-            "\n      flow {} -> {}: {status}; handshake seen: {}; reset: {}",
-            flow.client,
-            flow.server,
-            yes(flow.handshake),
-            yes(flow.rst)
-        );
-        println!(
-            "      kernel counters: packets_tracked {}, records {}, bytes_captured {}, \
-             ring_full {}, backpressure_drops {}",
-            thousands(report.counter(Counter::PacketsTracked)),
-            thousands(report.counter(Counter::Records)),
-            thousands(report.counter(Counter::BytesCaptured)),
-            thousands(report.counter(Counter::RingFull)),
-            thousands(report.counter(Counter::BackpressureDrops)),
-        );
-        if report.counter(Counter::BackpressureDrops) > 0 {
-            println!(
-                "      (backpressure: while the ring buffer was full the gateway dropped those \
-                 segments instead of forwarding them uncaptured; TCP resent them and the \
-                 copies were captured, so nothing is missing)"
-            );
-        }
-        println!(
-            "      userspace read {} records ({} undecodable)",
-            thousands(report.userspace.records),
-            report.userspace.decode_errors
-        );
-        drop(dir); // the dump files
-        all_ok
+    step(
+        4,
+        &format!("Streaming: {CONNECTIONS} connections, each byte echoed and verified"),
+    );
+    let options = EchoOptions {
+        rate: RATE,
+        ..EchoOptions::default()
     };
+    let clients = EchoClients::start(&topo.client, service, CONNECTIONS, options);
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    let failover = stream(&topo, &standby, &clients, &mut primary, &mut agent)?;
 
-    step(5, "Removing the namespaces");
-    drop(topo);
-    let left = live::namespaces_of(std::process::id());
-    if left.is_empty() {
-        println!(
-            "      done: `ip netns list` no longer shows {}",
-            names.join(", ")
-        );
-    } else {
-        bail!("namespaces left behind: {left:?}");
-    }
-    Ok(checks)
+    step(6, "Stopping the clients and checking every byte");
+    let results = clients.finish(Duration::from_secs(30));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+    let takeover = report
+        .takeovers
+        .first()
+        .context("the standby ran no takeover")?;
+    summary(
+        &results,
+        failover,
+        takeover,
+        seen.rsts_received.len(),
+        &report,
+    )
 }
 
-/// Prints the live line until the stream ends (or the signal flag is set).
-///
-/// On a terminal the line is redrawn in place four times a second (`\r` on
-/// stderr); otherwise one line is printed every two seconds.
-fn watch(stream: &LiveStream, mirror: &Mirror) -> Result<()> {
-    let tty = std::io::stderr().is_terminal();
-    let period = if tty {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(2)
-    };
-    let dump_dir = mirror.dump_dir();
-    // (time, bytes delivered both ways) over the last second, for the rate.
-    let mut window: VecDeque<(Instant, u64)> = VecDeque::new();
-    let mut last = Instant::now() - period;
-    let deadline = Instant::now() + STREAM_TIME + DRAIN_TIMEOUT;
-    loop {
+/// Streams for [`STREAM_TIME`] with a live line, killing the primary at
+/// [`KILL_AT`]. Returns the failover time as the clients lived it: the
+/// longest stretch after the kill with no new verified byte.
+fn stream(
+    topo: &Topology,
+    standby: &connmirror_tests::mirror::Mirror,
+    clients: &EchoClients,
+    primary: &mut connmirror_tests::failover::Program,
+    agent: &mut connmirror_tests::failover::Program,
+) -> Result<Duration> {
+    let start = Instant::now();
+    let mut line = Line::new();
+    let mut killed: Option<Instant> = None;
+    let mut resumed = false;
+    let mut progress = (clients.verified(), Instant::now());
+    let mut outage = Duration::ZERO;
+    let mut server = "primary".to_owned();
+    while start.elapsed() < STREAM_TIME || (killed.is_some() && !resumed) {
         live::interrupt_point()?;
-        let done = stream.is_finished() || Instant::now() >= deadline;
-        if done || last.elapsed() >= period {
-            last = Instant::now();
-            let p = stream.progress();
-            let total = p.c2s_received + p.s2c_received;
-            window.push_back((last, total));
-            while window.len() > 2 && last.duration_since(window[0].0) > Duration::from_secs(1) {
-                window.pop_front();
+        let verified = clients.verified();
+        if verified != progress.0 {
+            if killed.is_some() {
+                outage = outage.max(progress.1.elapsed());
             }
-            let (t0, b0) = window[0];
-            let secs = last.duration_since(t0).as_secs_f64();
-            let rate = if secs > 0.0 {
-                (total - b0) as f64 * 8.0 / secs / 1e9
-            } else {
-                0.0
-            };
-            let line = format!(
-                "      {:>4.1} s  client -> server {}  server -> client {}  {rate:5.2} Gbit/s  mirror has {}",
-                stream.elapsed().as_secs_f64().min(99.9),
-                gb(p.c2s_received),
-                gb(p.s2c_received),
-                gb(live::dir_bytes(&dump_dir)),
+            progress = (verified, Instant::now());
+        }
+        if killed.is_none() && start.elapsed() >= KILL_AT {
+            line.finish();
+            step(
+                5,
+                "Killing the primary: link down, echo server and agent SIGKILLed",
             );
-            let mut err = std::io::stderr().lock();
-            if tty {
-                let _ = write!(err, "\r{line}\x1b[K");
-                if done {
-                    let _ = writeln!(err);
-                }
-            } else {
-                let _ = writeln!(err, "{line}");
+            kill_primary(topo, primary);
+            agent.kill();
+            killed = Some(Instant::now());
+            server = "nobody (primary dead)".into();
+        }
+        if let Some(at) = killed
+            && !resumed
+        {
+            if progress.1 > at + Duration::from_millis(50) {
+                resumed = true;
+                let status = status_of(topo, standby);
+                server = format!("standby (role {}, epoch {})", status.role, status.epoch);
+            } else if at.elapsed() > FAILOVER_LIMIT {
+                bail!("no byte came back within {FAILOVER_LIMIT:?} of the primary's death");
             }
-            let _ = err.flush();
         }
-        if done {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        line.show(start.elapsed(), verified, &server);
+        std::thread::sleep(Duration::from_millis(2));
     }
+    line.finish();
+    Ok(outage)
+}
+
+/// The live progress line: redrawn in place on a terminal, every 2 s otherwise.
+struct Line {
+    tty: bool,
+    last: Instant,
+    last_bytes: u64,
+    drawn: bool,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line {
+            tty: std::io::stderr().is_terminal(),
+            last: Instant::now(),
+            last_bytes: 0,
+            drawn: false,
+        }
+    }
+
+    fn show(&mut self, elapsed: Duration, verified: u64, server: &str) {
+        let period = if self.tty {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_secs(2)
+        };
+        if self.last.elapsed() < period {
+            return;
+        }
+        let secs = self.last.elapsed().as_secs_f64();
+        let rate = (verified - self.last_bytes) as f64 * 8.0 / secs / 1e6;
+        self.last = Instant::now();
+        self.last_bytes = verified;
+        let text = format!(
+            "      {:>4.1} s  echoed and verified {:>8.2} MB  {rate:>7.1} Mbit/s  server: {server}",
+            elapsed.as_secs_f64(),
+            verified as f64 / 1e6
+        );
+        let mut err = std::io::stderr().lock();
+        let _ = match self.tty {
+            true => write!(err, "\r{text}\x1b[K"),
+            false => writeln!(err, "{text}"),
+        };
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    fn finish(&mut self) {
+        if self.tty && self.drawn {
+            eprintln!();
+        }
+        self.drawn = false;
+    }
+}
+
+fn summary(
+    results: &[EchoResult],
+    failover: Duration,
+    takeover: &connmirror::takeover::TakeoverReport,
+    rsts: usize,
+    report: &connmirror_tests::mirror::Report,
+) -> Result<()> {
+    let sent: u64 = results.iter().map(|r| r.sent).sum();
+    let verified: u64 = results.iter().map(|r| r.verified).sum();
+    let exact = results
+        .iter()
+        .filter(|r| r.error.is_none() && r.sent == r.verified && r.sent_sha256 == r.received_sha256)
+        .count();
+    println!("\nSummary");
+    println!(
+        "  bytes: {:.2} MB sent, {:.2} MB echoed back and verified; {exact} of {} connections \
+         byte-exact (sha256 both ways), same sockets throughout",
+        sent as f64 / 1e6,
+        verified as f64 / 1e6,
+        results.len()
+    );
+    println!(
+        "  failover: the clients went {:.0} ms without a new byte (trigger: {}, epoch {})",
+        failover.as_secs_f64() * 1e3,
+        takeover.trigger,
+        takeover.epoch
+    );
+    let steps: Vec<String> = (takeover.steps.iter())
+        .map(|s| format!("{} {:.1} ms", s.name, s.micros as f64 / 1e3))
+        .collect();
+    println!("  takeover steps: {}", steps.join(", "));
+    println!(
+        "  restored {} (handed off {}), unrecoverable {}, RSTs seen by the clients: {rsts}",
+        takeover.restored,
+        takeover.handed_off,
+        takeover.unrecoverable_total()
+    );
+    if let Some(hb) = report.standby.and_then(|s| s.heartbeats) {
+        println!(
+            "  heartbeats: {} accepted, {} rejected; kernel: {} packets tracked, {} client \
+             segments held back while quiesced",
+            hb.accepted,
+            hb.rejected(),
+            report.counters.get("packets_tracked").copied().unwrap_or(0),
+            report.counters.get("quiesce_drops").copied().unwrap_or(0)
+        );
+    }
+    for r in results.iter().filter(|r| r.error.is_some()) {
+        println!(
+            "  connection {}: {}",
+            r.local,
+            r.error.as_deref().unwrap_or("")
+        );
+    }
+    if exact != results.len() || rsts != 0 {
+        bail!(
+            "{} connection(s) broke or a RST reached a client",
+            results.len() - exact
+        );
+    }
+    Ok(())
 }
 
 fn step(n: u32, what: &str) {
-    println!("[{n}/5] {what}");
-}
-
-/// `1.23 GB`.
-fn gb(bytes: u64) -> String {
-    format!("{:6.2} GB", bytes as f64 / 1e9)
-}
-
-/// `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The first 16 hex digits of a digest.
-fn short(d: Digest) -> String {
-    d.to_string()[..16].to_owned()
-}
-
-fn yes(b: bool) -> &'static str {
-    if b { "yes" } else { "no" }
+    println!("[{n}/6] {what}");
 }
