@@ -904,16 +904,21 @@ impl Application {
         hello.extend_from_slice(&VERSION.to_be_bytes());
         hello.extend_from_slice(&(body.len() as u32).to_be_bytes());
         hello.extend_from_slice(&body);
-        send_all(stream.as_fd(), &hello).map_err(syscall("send hello to", path))?;
+        // A daemon that refuses this user answers before reading the hello and
+        // closes, so the hello's send may fail (EPIPE) while the refusal already
+        // waits in our receive queue: read it either way, and report it first.
+        let sent = send_all(stream.as_fd(), &hello);
         stream
             .set_read_timeout(Some(HELLO_TIMEOUT))
             .map_err(syscall("setsockopt(SO_RCVTIMEO) on", path))?;
         let mut first = [0u8; 1];
-        stream
-            .read_exact(&mut first)
-            .map_err(syscall("read hello reply from", path))?;
-        if first[0] != REGISTERED {
-            return Err(refusal(path, first[0], &mut stream));
+        match (stream.read_exact(&mut first), sent) {
+            (Ok(()), _) if first[0] != REGISTERED => {
+                return Err(refusal(path, first[0], &mut stream));
+            }
+            (_, Err(e)) => return Err(syscall("send hello to", path)(e)),
+            (Err(e), Ok(())) => return Err(syscall("read hello reply from", path)(e)),
+            (Ok(()), Ok(())) => {}
         }
         stream
             .set_read_timeout(None)
