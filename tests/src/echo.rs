@@ -205,6 +205,37 @@ impl EchoClients {
         }
     }
 
+    /// Runs `event` (a failure), then measures the longest stretch with no new
+    /// verified byte, until `bytes` more have been verified (polling every
+    /// 0.2 ms). `Err` if that takes longer than `timeout`.
+    pub fn outage_after(
+        &self,
+        event: impl FnOnce(),
+        bytes: u64,
+        timeout: Duration,
+    ) -> Result<Duration, String> {
+        let mut progress = (self.verified(), Instant::now());
+        event();
+        let start = Instant::now();
+        let target = progress.0 + bytes;
+        let mut outage = Duration::ZERO;
+        while progress.0 < target {
+            if start.elapsed() > timeout {
+                return Err(format!(
+                    "{} of {bytes} bytes verified within {timeout:?} of the failure",
+                    progress.0 + bytes - target
+                ));
+            }
+            let verified = self.verified();
+            if verified != progress.0 {
+                outage = outage.max(progress.1.elapsed());
+                progress = (verified, Instant::now());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(outage)
+    }
+
     /// Stops writing, waits until every byte written has been echoed back and
     /// verified (or `timeout`), closes every connection and returns what each did,
     /// in connection order.

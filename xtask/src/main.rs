@@ -113,6 +113,8 @@ pub enum Area {
     /// Restore time against the number of connections, and takeover trigger
     /// to first byte (p50/p99).
     Failover,
+    /// Automatic failover: primary death to the first resumed byte (p50/p99/max).
+    Ownership,
 }
 
 impl Area {
@@ -123,6 +125,7 @@ impl Area {
             Area::Capture => "capture",
             Area::Journal => "journal",
             Area::Failover => "failover",
+            Area::Ownership => "ownership",
         }
     }
 }
