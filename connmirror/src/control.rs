@@ -2,24 +2,17 @@
 //! standby to take services over.
 //!
 //! A Unix stream socket (`unix(7)`), mode 0600, set before `listen(2)` so no
-//! other user can ever connect; each accepted peer's credentials
+//! other user can ever connect (made like the handoff socket,
+//! [`crate::handoff::bind_private`]); each accepted peer's credentials
 //! (`SO_PEERCRED`) must also be root or the daemon's own user. One request
 //! per connection: a JSON [`Request`] on one line (at most
 //! [`MAX_MESSAGE`] bytes), answered with one JSON [`Response`] line. Anything
 //! else is rejected with an error response, counted and logged (rate-limited).
 
 use std::{
-    ffi::CString,
     io::{self, BufRead as _, BufReader, Write as _},
     net::SocketAddr,
-    os::{
-        fd::{FromRawFd as _, OwnedFd},
-        unix::{
-            ffi::OsStrExt as _,
-            fs::{DirBuilderExt as _, PermissionsExt as _},
-            net::UnixStream as StdUnixStream,
-        },
-    },
+    os::unix::net::UnixStream as StdUnixStream,
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -36,7 +29,9 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{mirror::EventSource, status::StatusReport, takeover::TakeoverReport};
+use crate::{
+    handoff::HandoffError, mirror::EventSource, status::StatusReport, takeover::TakeoverReport,
+};
 
 /// Where the standby listens unless told otherwise.
 pub const DEFAULT_CONTROL: &str = "/run/connmirror/control.sock";
@@ -86,6 +81,9 @@ pub enum ControlError {
         #[source]
         source: io::Error,
     },
+    /// The socket could not be created (shared with the handoff socket).
+    #[error(transparent)]
+    Bind(#[from] HandoffError),
     /// The standby answered with something that is not a [`Response`].
     #[error("unreadable answer from the standby at {path}: {reason}")]
     Answer {
@@ -115,7 +113,7 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` with mode 0600 and starts accepting requests.
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
-        let listener = bind_private(path)?;
+        let listener = crate::handoff::bind_private(path)?;
         listener
             .set_nonblocking(true)
             .and_then(|()| UnixListener::from_std(listener))
@@ -147,67 +145,6 @@ impl EventSource<Pending> for ControlServer {
 fn io_error(call: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ControlError {
     let path = path.to_owned();
     move |source| ControlError::Io { call, path, source }
-}
-
-/// A Unix listener at `path` that only its owner can connect to: the socket
-/// file is made 0600 between `bind(2)` and `listen(2)`, while connecting to it
-/// still fails with ECONNREFUSED, so there is no moment when it is both
-/// reachable and open to others. The parent directory is created (0700) if
-/// missing, and a stale socket file from an earlier run is replaced.
-pub fn bind_private(path: &Path) -> Result<std::os::unix::net::UnixListener, ControlError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_error("creating the directory of", path))?;
-    }
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != io::ErrorKind::NotFound => {
-            return Err(io_error("removing the stale socket", path)(err));
-        }
-        _ => {}
-    }
-    // SAFETY: plain socket(2) call.
-    let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io_error("socket(AF_UNIX) for", path)(
-            io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (addr, len) = sockaddr_un(path).map_err(io_error("bind", path))?;
-    // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-    if unsafe { libc::bind(raw, (&raw const addr).cast(), len) } != 0 {
-        return Err(io_error("bind", path)(io::Error::last_os_error()));
-    }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_error("chmod 0600", path))?;
-    // SAFETY: `raw` is a bound socket.
-    if unsafe { libc::listen(raw, 128) } != 0 {
-        return Err(io_error("listen", path)(io::Error::last_os_error()));
-    }
-    Ok(std::os::unix::net::UnixListener::from(fd))
-}
-
-fn sockaddr_un(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: all-zero is a valid sockaddr_un.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = CString::new(path.as_os_str().as_bytes())?;
-    let bytes = bytes.as_bytes_with_nul();
-    if bytes.len() > addr.sun_path.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "path longer than sun_path (108 bytes)",
-        ));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len();
-    Ok((addr, len as libc::socklen_t))
 }
 
 async fn accept_loop(listener: UnixListener, tx: mpsc::Sender<Pending>, rejected: Arc<AtomicU64>) {

@@ -252,7 +252,7 @@ pub enum HandoffError {
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
     NotASocket(PathBuf),
     /// The path does not fit `sockaddr_un.sun_path`.
-    #[error("handoff socket path {} is longer than the {max} bytes sun_path holds", .path.display())]
+    #[error("socket path {} is longer than the {max} bytes sun_path holds", .path.display())]
     PathTooLong { path: PathBuf, max: usize },
     /// The daemon refused the application's hello.
     #[error("the daemon at {} refused registration: {reason}", .path.display())]
@@ -353,8 +353,7 @@ impl HandoffServer {
     /// replaced, the socket file chmod 0600 before `listen(2)` so no other user
     /// can connect) and starts a thread accepting applications.
     pub fn bind(path: &Path) -> Result<HandoffServer, HandoffError> {
-        prepare_path(path)?;
-        let listener = listen_private(path)?;
+        let listener = bind_private(path)?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             // SAFETY: geteuid has no preconditions and cannot fail.
@@ -460,6 +459,16 @@ impl Drop for HandoffServer {
         }
         let _ = fs::remove_file(&shared.path);
     }
+}
+
+/// A listening Unix socket at `path` that only root and its owner can reach:
+/// the parent directory is created (0700) if missing, a stale socket file is
+/// replaced (anything else at `path` is refused), and the file is made 0600
+/// before `listen(2)`. The handoff socket and the standby's control socket
+/// are both made this way.
+pub(crate) fn bind_private(path: &Path) -> Result<UnixListener, HandoffError> {
+    prepare_path(path)?;
+    listen_private(path)
 }
 
 /// Creates the parent directory (0700) if missing and removes a stale socket.
