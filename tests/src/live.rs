@@ -52,6 +52,42 @@ const HOST_LOCK: &str = "/tmp/connmirror-tests.lock";
 extern "C" fn on_signal(_signal: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
+/// Runs `body` as the `main` of a program built on these fixtures (the demo,
+/// the benchmarks): a panic is caught (its message is already printed), the
+/// outcome becomes the exit code (0; 1 on error; 130 when SIGINT/SIGTERM
+/// stopped it, printing `interrupted`), and namespaces this process left
+/// behind make it fail, naming them.
+pub fn main_with_cleanup(
+    program: &str,
+    interrupted: &str,
+    body: impl FnOnce() -> Result<()>,
+) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    let leftovers = namespaces_of(std::process::id());
+    let code = match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) if err.is::<Interrupted>() => {
+            eprintln!("\ninterrupted: {interrupted}");
+            ExitCode::from(130)
+        }
+        Ok(Err(err)) => {
+            eprintln!("\nerror: {err:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("\nerror: {program} failed (the message is above)");
+            ExitCode::FAILURE
+        }
+    };
+    if !leftovers.is_empty() {
+        eprintln!(
+            "error: namespaces left behind: {leftovers:?}; remove them with `ip netns del NAME`"
+        );
+        return ExitCode::FAILURE;
+    }
+    code
+}
 
 /// Makes SIGINT and SIGTERM set the flag [`interrupted`] reads instead of ending
 /// the process.
