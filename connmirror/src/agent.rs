@@ -10,6 +10,7 @@ use tokio::net::UdpSocket;
 use crate::{
     address,
     heartbeat::{self, Key, Kind, Ownership, Verifier},
+    metrics::{Family, MetricsArgs},
     mirror::{Signals, announce_ready},
     ownership::Policy,
 };
@@ -53,6 +54,9 @@ pub struct AgentArgs {
     /// kernel's choice].
     #[arg(long, value_name = "IP")]
     pub bind: Option<std::net::IpAddr>,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Whether `theirs` holds one of our services under a higher epoch.
@@ -85,6 +89,30 @@ fn step_down(theirs: &Ownership, ours: &Ownership) -> anyhow::Result<()> {
     .context("writing to stdout")
 }
 
+/// The agent's metrics: heartbeats sent, the standby's messages received, and
+/// the ownership it claims.
+fn families(
+    sent: u64,
+    verifier: &Verifier,
+    ownership: &Ownership,
+    stepped_down: bool,
+) -> Vec<Family> {
+    let mut families = vec![
+        Family::counter("heartbeats_sent", "Heartbeats sent to the standby.", None)
+            .count(Vec::new(), sent),
+        Family::gauge("epoch", "The ownership epoch this node claims.", None)
+            .set(Vec::new(), ownership.epoch as f64),
+        Family::gauge(
+            "stepped_down",
+            "1 once a higher epoch took the services and this node stopped serving them.",
+            None,
+        )
+        .set(Vec::new(), f64::from(u8::from(stepped_down))),
+    ];
+    families.extend(verifier.stats.families());
+    families
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
@@ -114,6 +142,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         mut sigint,
         mut sigterm,
     } = Signals::install()?;
+    let mut exporter = args.metrics.start()?;
+    let mut sent = 0u64;
     let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
     let mut ready = false;
     let mut stepped_down = false;
@@ -135,6 +165,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     _ => continue,
                 }
             }
+            scrape = exporter.next() => {
+                scrape.answer(families(sent, &verifier, &ownership, stepped_down));
+                continue;
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -143,8 +177,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
         counter += 1;
         let datagram = heartbeat::seal(&key, Kind::Heartbeat, counter, &ownership);
-        if let Err(err) = socket.send_to(&datagram, args.standby).await {
-            tracing::warn!(%err, standby = %args.standby, "sending a heartbeat");
+        match socket.send_to(&datagram, args.standby).await {
+            Ok(_) => sent += 1,
+            Err(err) => tracing::warn!(%err, standby = %args.standby, "sending a heartbeat"),
         }
         if !ready {
             announce_ready()?;

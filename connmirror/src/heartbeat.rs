@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use thiserror::Error;
 
+use crate::metrics::Family;
+
 /// First bytes of every message.
 pub const MAGIC: [u8; 4] = *b"CMHB";
 /// Protocol version.
@@ -257,6 +259,31 @@ pub struct HeartbeatStats {
 }
 
 impl HeartbeatStats {
+    /// Metrics of the messages received: accepted, and rejected by reason.
+    pub fn families(&self) -> [Family; 2] {
+        let mut rejected = Family::counter(
+            "heartbeats_rejected",
+            "Ownership messages dropped, by reason: forged (MAC did not verify), replayed (counter not fresh), malformed (not this protocol or another cluster).",
+            None,
+        );
+        for (reason, n) in [
+            ("forged", self.forged),
+            ("replayed", self.replayed),
+            ("malformed", self.malformed),
+        ] {
+            rejected = rejected.count(vec![("reason", reason.into())], n);
+        }
+        [
+            Family::counter(
+                "heartbeats_received",
+                "Ownership messages received and verified.",
+                None,
+            )
+            .count(Vec::new(), self.accepted),
+            rejected,
+        ]
+    }
+
     /// Every rejected message.
     pub fn rejected(&self) -> u64 {
         self.forged + self.replayed + self.malformed

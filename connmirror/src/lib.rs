@@ -10,12 +10,14 @@
 pub mod address;
 pub mod agent;
 pub mod announce;
+pub mod backlog;
 pub mod capture;
 pub mod control;
 pub mod flow;
 pub mod handoff;
 pub mod heartbeat;
 pub mod journal;
+pub mod metrics;
 pub mod mirror;
 pub mod ownership;
 pub mod replay;

@@ -18,7 +18,8 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use clap::ValueEnum as _;
-use connmirror_common::{Counter, Malformed, RecordHeader, RingFullPolicy};
+use connmirror_common::{Counter, Hook, Malformed, RecordHeader, RingFullPolicy};
+use prometheus_client::registry::Unit;
 use serde::Serialize;
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -26,13 +27,15 @@ use tokio::{
 };
 
 use crate::{
+    backlog::Backlog,
     capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
     flow::{FlowReport, FlowTable},
     heartbeat::HeartbeatStats,
     journal::{
         Journal,
-        storage::{FsyncPolicy, JournalConfig, JournalStats, ReadMode},
+        storage::{FSYNC_BUCKETS, FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     },
+    metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
     service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
     takeover::TakeoverReport,
@@ -91,6 +94,9 @@ pub struct MirrorArgs {
     /// Journal settings.
     #[command(flatten)]
     pub journal: JournalArgs,
+    /// Metrics endpoint.
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `--retention` values.
@@ -290,7 +296,9 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     // detach cleanly rather than kill the process.
     let mut signals = Signals::install()?;
     announce_ready()?;
-    mirror.next_event(&mut signals, None::<&mut Never>).await?;
+    while let Event::Scrape(scrape) = mirror.next_event(&mut signals, None::<&mut Never>).await? {
+        scrape.answer(mirror.families());
+    }
     mirror.finish(Vec::new(), None)?;
     Ok(())
 }
@@ -301,6 +309,8 @@ pub(crate) struct Mirror {
     pub(crate) capture: Capture,
     pub(crate) reader: Reader,
     ring: AsyncFd<RingBuf<MapData>>,
+    backlog: Backlog,
+    exporter: Exporter,
     report_path: Option<PathBuf>,
     /// Services by id, as tracked.
     pub(crate) services: Vec<Service>,
@@ -312,6 +322,8 @@ pub(crate) enum Event<T> {
     Stop,
     /// A message from the extra source (the standby's control socket).
     Message(T),
+    /// A metrics scrape, to answer with [`Mirror::families`] and the caller's own.
+    Scrape(Scrape),
 }
 
 /// An event source that never yields (plain `mirror` has none).
@@ -346,7 +358,9 @@ impl Mirror {
             history_cap,
             memory_cap,
             journal: journal_args,
+            metrics,
         } = args;
+        let exporter = metrics.start()?;
         let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
         if let Some(dir) = &dump_dir {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -392,6 +406,7 @@ impl Mirror {
             tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
         }
         let ring = capture.take_ring()?;
+        let backlog = Backlog::map(&ring).context("watching the ring buffer's backlog")?;
         // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it
         // is dropped; it is only dropped after `into_inner` takes it back out.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -411,8 +426,12 @@ impl Mirror {
                 table,
                 stats: ReaderStats::default(),
                 journal,
+                captured: BTreeMap::new(),
+                newest_ns: 0,
             },
             ring,
+            backlog,
+            exporter,
             report_path,
             services: tracked,
         })
@@ -425,7 +444,12 @@ impl Mirror {
         signals: &mut Signals,
         mut source: Option<&mut S>,
     ) -> anyhow::Result<Event<T>> {
-        let Self { reader, ring, .. } = self;
+        let Self {
+            reader,
+            ring,
+            exporter,
+            ..
+        } = self;
         let Signals { sigint, sigterm } = signals;
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         let message = async {
@@ -446,6 +470,7 @@ impl Mirror {
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 message = &mut message => return Ok(Event::Message(message)),
+                scrape = exporter.next() => return Ok(Event::Scrape(scrape)),
             }
         }
         tracing::info!("signal received: detaching");
@@ -468,9 +493,11 @@ impl Mirror {
             mut capture,
             mut reader,
             ring,
+            backlog,
             report_path,
             ..
         } = self;
+        drop(backlog);
         let mut ring = ring.into_inner();
         capture.detach()?;
         reader.drain(&mut ring)?;
@@ -478,6 +505,7 @@ impl Mirror {
             mut table,
             mut stats,
             journal,
+            ..
         } = reader;
         stats.evicted = table.evicted();
         let journal = match journal {
@@ -525,6 +553,17 @@ pub(crate) struct Reader {
     pub(crate) table: FlowTable,
     stats: ReaderStats,
     journal: Option<Journal>,
+    /// Segments and payload bytes by interface index and direction.
+    captured: BTreeMap<(u32, &'static str), Captured>,
+    /// `ts_ns` of the newest record applied.
+    newest_ns: u64,
+}
+
+/// Segments and payload bytes captured on one interface in one direction.
+#[derive(Clone, Copy, Debug, Default)]
+struct Captured {
+    packets: u64,
+    bytes: u64,
 }
 
 impl Reader {
@@ -535,13 +574,19 @@ impl Reader {
             table,
             stats,
             journal,
+            captured,
+            newest_ns,
         } = self;
         while let Some(item) = ring.next() {
             stats.records += 1;
             match RecordHeader::decode(&item) {
-                Ok((header, chunk)) => table
-                    .record(&header, chunk)
-                    .context("writing a dump file")?,
+                Ok((header, chunk)) => {
+                    count_capture(captured, &header);
+                    *newest_ns = (*newest_ns).max(header.ts_ns);
+                    table
+                        .record(&header, chunk)
+                        .context("writing a dump file")?
+                }
                 Err(err) => {
                     stats.decode_errors += 1;
                     if stats.decode_errors.is_power_of_two() {
@@ -555,6 +600,229 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Counts one record in its interface's and direction's totals: a segment at
+/// its first chunk, and every chunk's payload.
+fn count_capture(captured: &mut BTreeMap<(u32, &'static str), Captured>, header: &RecordHeader) {
+    let direction = match Hook::from_u8(header.hook) {
+        Some(Hook::TcEgress) => "egress",
+        _ => "ingress",
+    };
+    let entry = captured.entry((header.ifindex, direction)).or_default();
+    entry.packets += u64::from(header.chunk_offset == 0);
+    entry.bytes += u64::from(header.chunk_len);
+}
+
+impl Mirror {
+    /// The capture's metrics at this instant: kernel counters, what the reader
+    /// applied by interface, flows by readiness, the journal and the backlog.
+    pub(crate) fn families(&self) -> Vec<Family> {
+        let Self {
+            capture,
+            reader,
+            backlog,
+            ..
+        } = self;
+        let mut families = reader.families(backlog);
+        match capture.counters() {
+            Ok(counters) => families.extend(kernel_families(&counters)),
+            Err(err) => tracing::warn!("reading the kernel counters for metrics: {err}"),
+        }
+        families
+    }
+}
+
+impl Reader {
+    fn families(&self, backlog: &Backlog) -> Vec<Family> {
+        let Self {
+            table,
+            stats,
+            journal,
+            captured,
+            newest_ns,
+        } = self;
+        let mut packets = Family::counter(
+            "captured_packets",
+            "Segments of protected services applied from the ring, by interface and direction.",
+            None,
+        );
+        let mut bytes = Family::counter(
+            "captured",
+            "Payload bytes of protected services applied from the ring, by interface and direction.",
+            Some(Unit::Bytes),
+        );
+        for ((ifindex, direction), n) in captured {
+            let labels = || {
+                vec![
+                    ("iface", iface_name(*ifindex)),
+                    ("direction", (*direction).into()),
+                ]
+            };
+            packets = packets.count(labels(), n.packets);
+            bytes = bytes.count(labels(), n.bytes);
+        }
+        let mut flows = Family::gauge("flows", "Open flows tracked, by readiness.", None);
+        for (readiness, n) in table.readiness_counts() {
+            flows = flows.set(vec![("readiness", readiness.into())], n as f64);
+        }
+        let lag = backlog.bytes();
+        let lag_seconds = match lag {
+            0 => 0.0,
+            _ => monotonic_ns().saturating_sub(*newest_ns) as f64 / 1e9,
+        };
+        let mut families = vec![
+            packets,
+            bytes,
+            flows,
+            Family::counter("ring_records", "Records read from the ring buffer.", None)
+                .count(Vec::new(), stats.records),
+            Family::counter("ring_decode_errors", "Ring records that did not decode.", None)
+                .count(Vec::new(), stats.decode_errors),
+            Family::counter("flows_evicted", "Flows evicted under the memory cap.", None)
+                .count(Vec::new(), table.evicted()),
+            Family::gauge(
+                "replication_lag",
+                "Bytes the kernel wrote into the ring that the daemon has not applied (and journaled) yet.",
+                Some(Unit::Bytes),
+            )
+            .set(Vec::new(), lag as f64),
+            Family::gauge(
+                "replication_lag",
+                "Age of the newest applied record while records wait in the ring; 0 when caught up.",
+                Some(Unit::Seconds),
+            )
+            .set(Vec::new(), lag_seconds),
+        ];
+        if let Some(journal) = journal {
+            families.extend(journal_families(journal.stats()));
+        }
+        families
+    }
+}
+
+fn journal_families(stats: &JournalStats) -> [Family; 3] {
+    let latency = &stats.fsync_latency;
+    let bounds = FSYNC_BUCKETS.iter().map(Duration::as_secs_f64);
+    let histogram = Histogram {
+        buckets: bounds.chain([f64::INFINITY]).zip(latency.counts).collect(),
+        sum: latency.sum.as_secs_f64(),
+        count: latency.count(),
+    };
+    [
+        Family::counter("journal_records", "Records appended to the journal.", None)
+            .count(Vec::new(), stats.records),
+        Family::counter(
+            "journal_written",
+            "Bytes appended to the journal, framing included.",
+            Some(Unit::Bytes),
+        )
+        .count(Vec::new(), stats.bytes_appended),
+        Family::histogram(
+            "journal_fsync",
+            "Latency of fdatasync on journal segments.",
+            Some(Unit::Seconds),
+        )
+        .observe(Vec::new(), histogram),
+    ]
+}
+
+/// The eBPF programs' per-CPU counters, summed, one family each, and the
+/// malformed frames by reason.
+fn kernel_families(counters: &Counters) -> Vec<Family> {
+    let mut families: Vec<Family> = (Counter::ALL.iter())
+        .map(|&counter| {
+            let (name, unit) = match counter {
+                Counter::BytesCaptured => ("ebpf_captured", Some(Unit::Bytes)),
+                other => (kernel_name(other), None),
+            };
+            Family::counter(name, counter_help(counter), unit)
+                .count(Vec::new(), counters.get(counter))
+        })
+        .collect();
+    let mut malformed = Family::counter(
+        "malformed_packets",
+        "Frames the eBPF parser refused (passed untouched), by reason.",
+        None,
+    );
+    for reason in Malformed::ALL {
+        malformed = malformed.count(
+            vec![("reason", reason.name().into())],
+            counters.malformed(reason),
+        );
+    }
+    families.push(malformed);
+    families
+}
+
+/// `ebpf_` and the counter's name, as a `'static` metric name.
+fn kernel_name(counter: Counter) -> &'static str {
+    match counter {
+        Counter::PacketsSeen => "ebpf_packets_seen",
+        Counter::PacketsTracked => "ebpf_packets_tracked",
+        Counter::BytesCaptured => "ebpf_captured",
+        Counter::Records => "ebpf_records",
+        Counter::RingFull => "ebpf_ring_full",
+        Counter::BackpressureDrops => "ebpf_backpressure_drops",
+        Counter::GapsMarked => "ebpf_gaps_marked",
+        Counter::NotTcp => "ebpf_not_tcp",
+        Counter::Fragments => "ebpf_fragments",
+        Counter::Oversize => "ebpf_oversize",
+        Counter::CopyFailed => "ebpf_copy_failed",
+        Counter::QuiesceDrops => "ebpf_quiesce_drops",
+        Counter::FenceDrops => "ebpf_fence_drops",
+    }
+}
+
+fn counter_help(counter: Counter) -> &'static str {
+    match counter {
+        Counter::PacketsSeen => "Frames the capture programs ran on.",
+        Counter::PacketsTracked => "TCP segments of a protected service.",
+        Counter::BytesCaptured => "Payload bytes written into the ring buffer.",
+        Counter::Records => "Records written into the ring buffer.",
+        Counter::RingFull => {
+            "Ring-full events: reservations that failed because the ring was full."
+        }
+        Counter::BackpressureDrops => {
+            "Segments dropped under --on-ring-full drop (TCP retransmits them)."
+        }
+        Counter::GapsMarked => {
+            "Segments passed uncaptured under --on-ring-full pass (their flow is gapped)."
+        }
+        Counter::NotTcp => "Frames that are not TCP over IPv4/IPv6, passed untouched.",
+        Counter::Fragments => "IP fragments, passed untouched.",
+        Counter::Oversize => "Tracked segments too large to copy in one pass.",
+        Counter::CopyFailed => "Tracked segments whose payload the kernel refused to copy.",
+        Counter::QuiesceDrops => {
+            "Client segments dropped while their service was quiesced for a takeover."
+        }
+        Counter::FenceDrops => "Segments from a fenced (taken-over) primary, dropped.",
+    }
+}
+
+/// The interface's name, or `if<index>` once it is gone.
+fn iface_name(ifindex: u32) -> String {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return format!("if{ifindex}");
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn report(

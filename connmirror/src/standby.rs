@@ -18,6 +18,7 @@ use crate::{
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     handoff::{self, HandoffServer},
     heartbeat::{Key, Ownership},
+    metrics::Family,
     mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
     ownership::{Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
@@ -247,14 +248,16 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         node_id: args.detection.node_id.clone(),
         cluster_id: args.detection.cluster_id.clone(),
     };
-    while let Event::Message(event) = mirror.next_event(&mut signals, Some(&mut sources)).await? {
-        match event {
-            StandbyEvent::Control(pending) => {
+    loop {
+        match mirror.next_event(&mut signals, Some(&mut sources)).await? {
+            Event::Stop => break,
+            Event::Scrape(scrape) => scrape.answer(standby.families(&mirror, &sources)),
+            Event::Message(StandbyEvent::Control(pending)) => {
                 standby
                     .serve(&mut mirror, sources.detector.as_ref(), pending)
                     .await
             }
-            StandbyEvent::PrimaryLost(ownership) => {
+            Event::Message(StandbyEvent::PrimaryLost(ownership)) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
         }
@@ -400,6 +403,30 @@ impl Standby {
             policy: "auto".into(),
             applications: Vec::new(),
         })
+    }
+
+    /// The standby's metrics: the mirror's, heartbeats, rejected requests,
+    /// takeovers and the epoch.
+    fn families(&self, mirror: &Mirror, sources: &Sources) -> Vec<Family> {
+        let mut families = mirror.families();
+        if let Some(detector) = &sources.detector {
+            families.extend(detector.stats().families());
+        }
+        let handoff_rejected = self.handoff.as_ref().map_or(0, |h| h.rejected());
+        families.extend([
+            Family::counter(
+                "control_rejected",
+                "Control requests refused (malformed, oversize, another user's).",
+                None,
+            )
+            .count(Vec::new(), sources.control.rejected()),
+            Family::counter("handoff_rejected", "Handoff registrations refused.", None)
+                .count(Vec::new(), handoff_rejected),
+            Family::gauge("epoch", "The highest ownership epoch held or seen.", None)
+                .set(Vec::new(), self.epoch as f64),
+        ]);
+        families.extend(takeover::families(&self.reports));
+        families
     }
 
     /// The node's status for `connmirror status`.

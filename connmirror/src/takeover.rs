@@ -32,6 +32,7 @@ use std::{
 
 use anyhow::Context as _;
 use connmirror_common::ServiceMode;
+use prometheus_client::registry::Unit;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -39,6 +40,7 @@ use crate::{
     announce,
     flow::{FlowTable, TakeoverFlow, TakeoverSide},
     handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
+    metrics::{Family, Histogram},
     mirror::Mirror,
     replay,
     restore::{
@@ -112,6 +114,17 @@ pub enum Unrecoverable {
 }
 
 impl Unrecoverable {
+    /// Every reason.
+    pub const ALL: [Unrecoverable; 7] = [
+        Unrecoverable::Gapped,
+        Unrecoverable::NoHandshake,
+        Unrecoverable::Closing,
+        Unrecoverable::OverCap,
+        Unrecoverable::NoApplication,
+        Unrecoverable::ReplayFailed,
+        Unrecoverable::RestoreFailed,
+    ];
+
     /// The reason's name in reports and metrics.
     pub fn name(self) -> &'static str {
         match self {
@@ -180,6 +193,73 @@ impl TakeoverReport {
     pub fn unrecoverable_total(&self) -> u64 {
         self.unrecoverable.values().sum()
     }
+}
+
+/// Upper bounds (seconds) of the restore-latency histogram buckets.
+const RESTORE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Metrics of the takeovers run so far.
+pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
+    let total = |f: fn(&TakeoverReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let mut failovers = Family::counter("failovers", "Takeovers run, by trigger.", None);
+    for trigger in ["manual", "heartbeats-missed"] {
+        let n = reports.iter().filter(|r| r.trigger == trigger).count();
+        failovers = failovers.count(vec![("trigger", trigger.into())], n as u64);
+    }
+    let mut unrecoverable = Family::counter(
+        "unrecoverable_flows",
+        "Flows a takeover could not restore, by reason (each one reset).",
+        None,
+    );
+    for reason in Unrecoverable::ALL.map(Unrecoverable::name) {
+        let n = reports
+            .iter()
+            .filter_map(|r| r.unrecoverable.get(reason))
+            .sum();
+        unrecoverable = unrecoverable.count(vec![("reason", reason.into())], n);
+    }
+    let restore_times = (reports.iter())
+        .flat_map(|r| &r.steps)
+        .filter(|step| step.name == "restore")
+        .map(|step| step.micros as f64 / 1e6);
+    let counter = |name, help, value| Family::counter(name, help, None).count(Vec::new(), value);
+    vec![
+        failovers,
+        counter(
+            "restored_connections",
+            "Connections rebuilt with TCP_REPAIR and resumed.",
+            total(|r| r.restored),
+        ),
+        counter(
+            "handed_off_connections",
+            "Restored connections handed to an application.",
+            total(|r| r.handed_off),
+        ),
+        counter(
+            "replayed_connections",
+            "Restored connections resumed by a verified replay.",
+            total(|r| r.replayed),
+        ),
+        counter(
+            "divergent_replays",
+            "Replays whose output differed from the recorded bytes (those connections are reset).",
+            total(|r| r.divergent),
+        ),
+        counter(
+            "reset_connections",
+            "RSTs sent for connections that could not be restored.",
+            total(|r| r.reset),
+        ),
+        unrecoverable,
+        Family::histogram(
+            "restore",
+            "Duration of each takeover's restore step (every connection rebuilt).",
+            Some(Unit::Seconds),
+        )
+        .observe(Vec::new(), Histogram::of(&RESTORE_BUCKETS, restore_times)),
+    ]
 }
 
 /// Times steps and logs each one.

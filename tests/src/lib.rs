@@ -31,6 +31,7 @@ pub mod failover;
 pub mod inject;
 pub mod journal;
 pub mod live;
+pub mod metrics;
 pub mod mirror;
 pub mod netns;
 pub mod process;

@@ -15,6 +15,7 @@ use connmirror_tests::failover::{
     HEARTBEAT_PORT, KEY, Program, configure_primary, detecting_standby, echo_primary,
     gateway_addrs, handoff_app, key_file, kill_primary, start_agent, status, status_of,
 };
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::wire::WireWatch;
@@ -206,6 +207,8 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     send_from(&topo, target, &replayed);
     thread::sleep(Duration::from_millis(300));
     let lost_while_alive = standby.stderr().contains("primary lost");
+    let standby_metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let agent_metrics = scrape(&topo.server, DEFAULT_ENDPOINT);
     kill_primary(&topo, &mut primary);
     agent.kill();
     // Forgeries keep coming while the primary is dead: they must not keep it alive.
@@ -228,4 +231,17 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     assert_eq!(heartbeats.forged, 2 * 30, "{heartbeats:?}");
     assert_eq!(heartbeats.replayed, 2 * 10, "{heartbeats:?}");
     assert_eq!(heartbeats.malformed, 0, "{heartbeats:?}");
+    let rejected =
+        |reason: &str| format!("connmirror_heartbeats_rejected_total{{reason=\"{reason}\"}}");
+    assert_eq!(standby_metrics.count(&rejected("forged")), 30);
+    assert_eq!(standby_metrics.count(&rejected("replayed")), 10);
+    assert_eq!(standby_metrics.count(&rejected("malformed")), 0);
+    let received = standby_metrics.count("connmirror_heartbeats_received_total");
+    let sent = agent_metrics.count("connmirror_heartbeats_sent_total");
+    assert!(
+        received > 0 && received <= sent,
+        "the standby verified {received} of the agent's {sent} heartbeats"
+    );
+    assert_eq!(agent_metrics.get("connmirror_epoch"), 1.0);
+    assert_eq!(agent_metrics.get("connmirror_stepped_down"), 0.0);
 }

@@ -10,8 +10,9 @@ use crate::setup::Outcome;
 
 /// Traffic generators, capture and link tools, a real server for replay tests, `ip netns`, `sysctl`/`pkill`,
 /// `mount`/`nsenter`.
-pub const PACKAGES: [&str; 8] = [
+pub const PACKAGES: [&str; 9] = [
     "iperf3",
+    "prometheus",
     "redis-server",
     "socat",
     "tcpdump",

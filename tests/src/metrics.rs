@@ -1,0 +1,140 @@
+//! Scraping a daemon's Prometheus endpoint from inside its namespace, and
+//! checking the exposition with `promtool check metrics` (Debian's
+//! `prometheus` package).
+
+use std::collections::BTreeMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::netns::Netns;
+
+/// Where the daemons serve metrics by default.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:9464";
+
+/// One scrape: the raw text, and every sample by its series
+/// (`name{labels}` exactly as exposed).
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    /// The response body.
+    pub text: String,
+    /// Sample values by series.
+    pub samples: BTreeMap<String, f64>,
+}
+
+impl Scrape {
+    /// The value of `series`; panics, listing what there is, when absent.
+    pub fn get(&self, series: &str) -> f64 {
+        *self
+            .samples
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{}", self.text))
+    }
+
+    /// The value of `series` as a counter.
+    pub fn count(&self, series: &str) -> u64 {
+        let value = self.get(series);
+        assert!(
+            value >= 0.0 && value.fract() == 0.0,
+            "{series} = {value} is not a count"
+        );
+        value as u64
+    }
+
+    /// How much `series` grew since `before` (where a label set not yet
+    /// exposed counts as 0).
+    pub fn delta(&self, before: &Scrape, series: &str) -> u64 {
+        let earlier = before
+            .samples
+            .get(series)
+            .map_or(0, |_| before.count(series));
+        self.count(series) - earlier
+    }
+
+    /// The sum of every series of `name` (all label sets).
+    pub fn sum(&self, name: &str) -> u64 {
+        let prefix = format!("{name}{{");
+        (self.samples.iter())
+            .filter(|(series, _)| series.as_str() == name || series.starts_with(&prefix))
+            .map(|(_, value)| *value as u64)
+            .sum()
+    }
+}
+
+/// `GET /metrics` at `endpoint` inside `ns`: returns the status line and the body.
+pub fn get(ns: &Netns, endpoint: &str, path: &str) -> (String, String) {
+    let endpoint: SocketAddr = endpoint.parse().expect("endpoint");
+    ns.run(|| {
+        let mut stream = TcpStream::connect_timeout(&endpoint, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to the metrics endpoint {endpoint}: {e}"));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {endpoint}\r\n\r\n").expect("request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("no header end in {response:?}"));
+        let status = head.lines().next().unwrap_or_default().to_owned();
+        (status, body.to_owned())
+    })
+}
+
+/// Scrapes `endpoint` inside `ns`, asserting `200 OK` and that `promtool
+/// check metrics` accepts the text.
+pub fn scrape(ns: &Netns, endpoint: &str) -> Scrape {
+    let (status, text) = get(ns, endpoint, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK", "body: {text}");
+    promtool_check(&text);
+    Scrape {
+        samples: parse(&text),
+        text,
+    }
+}
+
+/// Runs `promtool check metrics` over `text`; panics with its complaints.
+pub fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("running promtool (Debian package `prometheus`; `cargo xtask test` installs it): {e}")
+        });
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\non:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Samples by series from the text format.
+fn parse(text: &str) -> BTreeMap<String, f64> {
+    (text.lines())
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("unparsable sample line {line:?}"));
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v
+                    .parse()
+                    .unwrap_or_else(|e| panic!("value in {line:?}: {e}")),
+            };
+            (series.to_owned(), value)
+        })
+        .collect()
+}
