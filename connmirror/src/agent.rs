@@ -54,10 +54,17 @@ pub struct AgentArgs {
     /// kernel's choice].
     #[arg(long, value_name = "IP")]
     pub bind: Option<std::net::IpAddr>,
+    /// UDP port the heartbeats leave from and a standby's solicitations
+    /// arrive at (the standby's `--primary` names it).
+    #[arg(long, default_value_t = DEFAULT_PORT)]
+    pub port: u16,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
+
+/// The agent's default UDP port.
+pub const DEFAULT_PORT: u16 = 7401;
 
 /// Whether `theirs` holds one of our services under a higher epoch.
 fn outranks(theirs: &Ownership, ours: &Ownership) -> bool {
@@ -129,9 +136,9 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         applications: args.applications.clone(),
     };
     let local = match (args.bind, args.standby) {
-        (Some(ip), _) => SocketAddr::new(ip, 0),
-        (None, SocketAddr::V4(_)) => "0.0.0.0:0".parse().expect("address"),
-        (None, SocketAddr::V6(_)) => "[::]:0".parse().expect("address"),
+        (Some(ip), _) => SocketAddr::new(ip, args.port),
+        (None, SocketAddr::V4(_)) => SocketAddr::from(([0u8; 4], args.port)),
+        (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], args.port)),
     };
     let socket = (UdpSocket::bind(local).await)
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;

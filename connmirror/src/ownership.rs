@@ -43,6 +43,11 @@ pub struct DetectorConfig {
     pub missed: u32,
     /// What to do then.
     pub policy: Policy,
+    /// The primary agent's address, to solicit its ownership from until the
+    /// first heartbeat arrives (a standby that starts or restarts arms at once).
+    pub solicit: Option<SocketAddr>,
+    /// Our node id, in solicitations and in the heartbeats we send as owner.
+    pub node_id: String,
 }
 
 /// The running detector: yields the last ownership of each primary it
@@ -147,6 +152,10 @@ async fn listen(
             }
             _ = tick.tick() => {
                 publish(&shared, &verifier, heard.as_ref(), last);
+                if let (None, None, Some(agent)) = (&heard, last, config.solicit) {
+                    counter += 1;
+                    solicit(&socket, &config, counter, agent);
+                }
                 if let (Some(own), Some((_, to))) = (owned.borrow().as_ref(), last) {
                     counter += 1;
                     let datagram = heartbeat::seal(&config.key, Kind::Heartbeat, counter, own);
@@ -156,6 +165,21 @@ async fn listen(
                 declare_lost(&config, gone.ownership, &lost).await;
             }
         }
+    }
+}
+
+/// Asks the agent at `agent` for its ownership: it answers with a heartbeat
+/// at once. Sent every half interval until the first heartbeat arrives.
+fn solicit(socket: &UdpSocket, config: &DetectorConfig, counter: u64, agent: SocketAddr) {
+    let asking = Ownership {
+        node_id: config.node_id.clone(),
+        cluster_id: config.cluster_id.clone(),
+        ..Ownership::default()
+    };
+    let datagram = heartbeat::seal(&config.key, Kind::Solicit, counter, &asking);
+    match socket.try_send_to(&datagram, agent) {
+        Ok(_) => tracing::debug!(%agent, "soliciting the primary's ownership"),
+        Err(err) => tracing::debug!(%agent, %err, "soliciting the primary's ownership"),
     }
 }
 

@@ -113,6 +113,12 @@ pub struct DetectionArgs {
     /// On a lost primary: `auto` takes over at once, `manual` only logs it.
     #[arg(long, value_enum, default_value = "auto")]
     pub failover: Policy,
+    /// The primary agent's UDP address (its host and `--port`). The standby
+    /// solicits the agent's ownership there when it starts, and arms as soon
+    /// as the answer arrives instead of at the next heartbeat [default: wait
+    /// for the heartbeats].
+    #[arg(long, value_name = "IP:PORT", requires = "heartbeat_listen")]
+    pub primary: Option<SocketAddr>,
 }
 
 impl DetectionArgs {
@@ -129,6 +135,8 @@ impl DetectionArgs {
             interval: Duration::from_millis(self.heartbeat_interval.max(1)),
             missed: self.missed,
             policy: self.failover,
+            solicit: self.primary,
+            node_id: self.node_id.clone(),
         }))
     }
 }

@@ -173,6 +173,10 @@ pub struct TakeoverReport {
     pub divergent: u64,
     /// Flows not restored, by reason (divergent replays are counted separately).
     pub unrecoverable: BTreeMap<String, u64>,
+    /// Flows first seen mid-stream that were rebuilt anyway (`--mid-stream
+    /// restore`, with conservative options); included in `restored` once resumed.
+    #[serde(default)]
+    pub mid_stream: u64,
     /// RSTs sent for flows that could not be restored.
     pub reset: u64,
     /// Closed flows skipped (nothing to restore).
@@ -241,6 +245,11 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
             "replayed_connections",
             "Restored connections resumed by a verified replay.",
             total(|r| r.replayed),
+        ),
+        counter(
+            "mid_stream_restored_connections",
+            "Connections first seen mid-stream that were rebuilt anyway (--mid-stream restore).",
+            total(|r| r.mid_stream),
         ),
         counter(
             "divergent_replays",
@@ -432,11 +441,14 @@ fn restore_flows(
     let mut rebuilt = Vec::new();
     for (result, (service, flow)) in left.into_iter().zip(kept) {
         match result {
-            Ok(stream) => rebuilt.push(Rebuilt {
-                flow,
-                service,
-                stream,
-            }),
+            Ok(stream) => {
+                report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
+                rebuilt.push(Rebuilt {
+                    flow,
+                    service,
+                    stream,
+                })
+            }
             Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
         }
     }

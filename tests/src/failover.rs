@@ -19,7 +19,7 @@ use connmirror::takeover::TakeoverReport;
 
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
-use crate::process::{output_with_timeout, spawn_logged, wait_for_line};
+use crate::process::{output_with_timeout, spawn_logged, wait_for_line, wait_for_text};
 use crate::topology::{Family, SERVER_IF, Topology};
 use crate::workdir::WorkDir;
 
@@ -73,6 +73,13 @@ impl Program {
                 self.stderr()
             )
         })
+    }
+
+    /// Waits until stderr contains `text`.
+    pub fn wait_stderr(&self, text: &str, timeout: Duration) {
+        if let Err(stderr) = wait_for_text(|| self.stderr(), text, timeout) {
+            panic!("`{}` never logged {text:?}; stderr:\n{stderr}", self.what);
+        }
     }
 
     /// Every stdout line printed since the last call (or the ready line).
@@ -219,17 +226,33 @@ pub fn detecting_standby(
     service: SocketAddr,
     key: &Path,
 ) -> Mirror {
+    let command = detecting_standby_command(topo, family, service, key);
+    Mirror::start(&topo.gateway, &command)
+}
+
+/// The command [`detecting_standby`] runs, for tests that add flags.
+pub fn detecting_standby_command(
+    topo: &Topology,
+    family: Family,
+    service: SocketAddr,
+    key: &Path,
+) -> MirrorCommand {
     let listen = match family {
         Family::V4 => format!("0.0.0.0:{HEARTBEAT_PORT}"),
         Family::V6 => format!("[::]:{HEARTBEAT_PORT}"),
     };
-    let command = standby_command(topo, &format!("{service}=full"))
+    standby_command(topo, &format!("{service}=full"))
         .without_dumps()
         .arg("--heartbeat-listen")
         .arg(&listen)
         .arg("--key")
-        .arg(&key.display().to_string());
-    Mirror::start(&topo.gateway, &command)
+        .arg(&key.display().to_string())
+}
+
+/// Where the primary's agent ([`start_agent`]) sends from and listens for
+/// solicitations: its management address and the default agent port.
+pub fn agent_addr(family: Family) -> SocketAddr {
+    SocketAddr::new(management_addr(family), connmirror::agent::DEFAULT_PORT)
 }
 
 /// The primary's own (management) address, besides the service address.

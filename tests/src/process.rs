@@ -20,6 +20,26 @@ const POLL: Duration = Duration::from_millis(10);
 /// Spawns `cmd` with stdin closed, stderr written to `stderr_path`, and
 /// stdout read line by line ([`stdout_lines`]). Returns the child, `cmd` for
 /// messages, and its lines. Panics naming the command if it cannot start.
+/// Polls `read` every 20 ms until what it returns contains `text`; `Err` with
+/// the last text read once `timeout` passes.
+pub fn wait_for_text(
+    read: impl Fn() -> String,
+    text: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = read();
+        if now.contains(text) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(now);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn spawn_logged(
     cmd: &mut Command,
     stderr_path: &Path,

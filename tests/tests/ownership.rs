@@ -4,20 +4,26 @@
 //! nothing. A primary that comes back hears the standby's higher epoch and
 //! steps down (releases the service address), with no RST reaching a client.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror::heartbeat::{self, Key, Kind, Ownership};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, KEY, Program, configure_primary, detecting_standby, echo_primary,
-    gateway_addrs, handoff_app, key_file, kill_primary, start_agent, status, status_of,
+    HEARTBEAT_PORT, KEY, Program, agent_addr, configure_primary, detecting_standby,
+    detecting_standby_command, echo_primary, gateway_addrs, handoff_app, key_file, kill_primary,
+    start_agent, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
+use connmirror_tests::process::wait_for_text;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
+use connmirror_tests::traffic::SplitMix64;
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
@@ -26,14 +32,8 @@ const CLUSTER: &str = "connmirror";
 
 /// Waits until the standby's log says `text`.
 fn wait_log(standby: &Mirror, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !standby.stderr().contains(text) {
-        assert!(
-            Instant::now() < deadline,
-            "the standby never logged {text:?}; stderr:\n{}",
-            standby.stderr()
-        );
-        thread::sleep(Duration::from_millis(20));
+    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(20)) {
+        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
     }
 }
 
@@ -153,6 +153,182 @@ fn standby_takes_over_when_heartbeats_stop_and_the_returning_primary_steps_down_
 #[test]
 fn standby_takes_over_when_heartbeats_stop_and_the_returning_primary_steps_down_v6() {
     automatic_failover(Family::V6);
+}
+
+/// Clients that each send a message, wait for its echo and check it, over
+/// and over: between two round trips a connection is idle, so a standby
+/// that starts while they are paused first sees each direction at the same
+/// point of the echo.
+struct PingPong {
+    paused: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    rounds: Arc<AtomicU64>,
+    idle: Arc<AtomicU64>,
+    threads: Vec<thread::JoinHandle<Result<u64, String>>>,
+}
+
+impl PingPong {
+    fn start(topo: &Topology, service: SocketAddr, n: usize) -> PingPong {
+        let paused = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicU64::new(0));
+        let idle = Arc::new(AtomicU64::new(0));
+        let threads = (0..n)
+            .map(|i| {
+                let stream = topo.client.run(|| {
+                    TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect")
+                });
+                let (paused, stop) = (paused.clone(), stop.clone());
+                let (rounds, idle) = (rounds.clone(), idle.clone());
+                thread::spawn(move || ping_pong(stream, i as u64, &paused, &stop, &rounds, &idle))
+            })
+            .collect();
+        PingPong {
+            paused,
+            stop,
+            rounds,
+            idle,
+            threads,
+        }
+    }
+
+    /// Waits until `more` round trips past the current count are done.
+    fn wait_rounds(&self, more: u64, timeout: Duration) {
+        let target = self.rounds.load(Ordering::SeqCst) + more;
+        let deadline = Instant::now() + timeout;
+        while self.rounds.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "round trips stalled at {target}");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Pauses every client between two round trips.
+    fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.idle.load(Ordering::SeqCst) < self.threads.len() as u64 {
+            assert!(Instant::now() < deadline, "clients did not pause");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops the clients; each one's round trips, or its error.
+    fn finish(self) -> Vec<Result<u64, String>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.resume();
+        (self.threads.into_iter())
+            .map(|t| t.join().expect("client thread"))
+            .collect()
+    }
+}
+
+/// One client: messages of 8 to 256 bytes from its own seed, each echo
+/// compared byte for byte. Small, because a connection restored without its
+/// handshake does not know the window scaling (see `--mid-stream`).
+fn ping_pong(
+    mut stream: TcpStream,
+    seed: u64,
+    paused: &AtomicBool,
+    stop: &AtomicBool,
+    rounds: &AtomicU64,
+    idle: &AtomicU64,
+) -> Result<u64, String> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    let mut random = SplitMix64::new(seed + 1);
+    let mut done = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        if paused.load(Ordering::SeqCst) {
+            idle.fetch_add(1, Ordering::SeqCst);
+            while paused.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(5));
+            }
+            idle.fetch_sub(1, Ordering::SeqCst);
+            continue;
+        }
+        let mut message = vec![0u8; 8 * (1 + (random.next_u64() % 32) as usize)];
+        random.fill(&mut message);
+        let mut echo = vec![0u8; message.len()];
+        (stream.write_all(&message))
+            .and_then(|()| stream.read_exact(&mut echo))
+            .map_err(|e| format!("round trip {done}: {e}"))?;
+        if echo != message {
+            return Err(format!("round trip {done}: the echo differs"));
+        }
+        done += 1;
+        rounds.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(done)
+}
+
+/// A standby started after the connections began: it solicits the agent's
+/// ownership (the agent logs it), arms, and on the primary's death restores
+/// the connections it only ever saw mid-stream (`--mid-stream restore`),
+/// flagged as such, with every round trip exact before and after.
+fn late_standby(family: Family) {
+    let Setup {
+        _dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = setup(family);
+    let mut agent = start_agent(&topo, family, service, &key);
+    let clients = PingPong::start(&topo, service, 4);
+    clients.wait_rounds(40, Duration::from_secs(20));
+    clients.pause();
+    let command = detecting_standby_command(&topo, family, service, &key)
+        .arg("--primary")
+        .arg(&agent_addr(family).to_string())
+        .arg("--mid-stream")
+        .arg("restore");
+    let standby = Mirror::start(&topo.gateway, &command);
+    let _app = handoff_app(&topo, &standby, service);
+    wait_log(&standby, "armed: primary heard");
+    agent.wait_stderr("solicited by the standby", Duration::from_secs(10));
+    clients.resume();
+    clients.wait_rounds(40, Duration::from_secs(20));
+    let before = status_of(&topo, &standby);
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+
+    kill_primary(&topo, &mut primary);
+    agent.kill();
+    wait_log(&standby, "step=\"resume\"");
+    clients.wait_rounds(20, Duration::from_secs(60));
+    let results = clients.finish();
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    assert_eq!(before.flows.get("no-handshake"), Some(&4), "{before:#?}");
+    for result in &results {
+        assert!(matches!(result, Ok(n) if *n > 0), "{results:?}");
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "heartbeats-missed");
+    assert_eq!(
+        (takeover.restored, takeover.handed_off, takeover.mid_stream),
+        (4, 4, 4),
+        "{takeover:#?}"
+    );
+    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
+}
+
+#[test]
+fn a_late_standby_solicits_ownership_and_restores_connections_seen_mid_stream_v4() {
+    late_standby(Family::V4);
+}
+
+#[test]
+fn a_late_standby_solicits_ownership_and_restores_connections_seen_mid_stream_v6() {
+    late_standby(Family::V6);
 }
 
 /// Sends `count` copies of `datagram` from the clients' namespace to `to`.
