@@ -11,6 +11,7 @@ pub mod address;
 pub mod agent;
 pub mod announce;
 pub mod capture;
+pub mod config;
 pub mod control;
 pub mod flow;
 pub mod handoff;
