@@ -831,7 +831,7 @@ control = "/run/cm/control.sock"
             ),
             (
                 "[standby]\niface = [\"a\"\n",
-                "/etc/cm.toml:3: unclosed array, expected `]`",
+                "/etc/cm.toml:2: unclosed array, expected `]`",
             ),
         ];
         for (text, expected) in cases {
