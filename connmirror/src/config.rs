@@ -782,6 +782,12 @@ control = "/run/cm/control.sock"
                 r#"/etc/cm.toml:3: key "standby.ring_size": invalid value "16Q": "16Q" is not a size"#,
             ),
             (
+                "[standby]\nring_size = \"12K\"\n",
+                "/etc/cm.toml:2: key \"standby.ring_size\": invalid value \"12K\": ring size 12288 is \
+                 invalid: it must be a power of two of at least 65536 bytes (a smaller ring cannot \
+                 hold a burst, so backpressure would stall every flow)",
+            ),
+            (
                 "[standby]\negress = \"tcp\"\n",
                 r#"/etc/cm.toml:2: key "standby.egress": invalid value "tcp": expected one of tc, none"#,
             ),

@@ -317,3 +317,15 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line, `--config` included, is consistent (no conflicting
+    /// names or bad defaults).
+    #[test]
+    fn cli_definition_is_valid() {
+        cli_command().debug_assert();
+    }
+}

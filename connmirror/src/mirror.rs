@@ -26,7 +26,9 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
+    capture::{
+        Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size, parse_size,
+    },
     flow::{FlowReport, FlowTable},
     heartbeat::HeartbeatStats,
     journal::{
@@ -61,7 +63,7 @@ pub struct MirrorArgs {
     #[arg(long, value_enum, default_value = "tc")]
     pub egress: EgressHook,
     /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "16M")]
     pub ring_size: u32,
     /// When the ring is full: `drop` the segment so TCP retransmits it (no hole,
     /// for path deployments), or `pass` it and mark its flow as gapped.
