@@ -33,16 +33,20 @@ pub struct AgentArgs {
     /// A service this node owns. Repeat for several.
     #[arg(long = "service", value_name = "IP:PORT", required = true)]
     pub services: Vec<SocketAddr>,
-    /// MAC address to announce (repeatable).
+    /// MAC address of this node, sent in its heartbeats' ownership record
+    /// (repeatable) [default: none].
     #[arg(long = "mac", value_name = "MAC")]
     pub macs: Vec<String>,
-    /// Application serving the services (repeatable).
+    /// Name of an application serving the services, sent in the heartbeats'
+    /// ownership record (repeatable) [default: none].
     #[arg(long = "application", value_name = "NAME")]
     pub applications: Vec<String>,
-    /// Ownership epoch this node holds.
+    /// Ownership epoch this node holds; the standby takes over under a higher
+    /// one, and the agent steps down when it hears a higher one.
     #[arg(long, default_value_t = 1)]
     pub epoch: u64,
-    /// Failover policy announced to the standby.
+    /// Failover policy announced to the standby: `auto` (take over when the
+    /// heartbeats stop) or `manual` (only log it).
     #[arg(long, value_enum, default_value = "auto")]
     pub policy: Policy,
     /// Milliseconds between heartbeats.

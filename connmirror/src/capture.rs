@@ -156,12 +156,7 @@ impl Capture {
             ring_size,
             on_ring_full,
         } = config;
-        if !ring_size.is_power_of_two() || *ring_size < MIN_RING_SIZE {
-            return Err(CaptureError::RingSize {
-                size: *ring_size,
-                min: MIN_RING_SIZE,
-            });
-        }
+        check_ring_size(*ring_size)?;
         // Wake the reader once an eighth of the ring waits; a timer drains the rest.
         let wakeup = u64::from(*ring_size / 8);
         let ebpf = EbpfLoader::new()
@@ -489,6 +484,27 @@ fn has_bpf_privilege() -> bool {
     has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
 }
 
+/// A ring size the kernel accepts (a power of two) and that holds a burst
+/// (at least [`MIN_RING_SIZE`]).
+fn check_ring_size(size: u32) -> Result<(), CaptureError> {
+    if !size.is_power_of_two() || size < MIN_RING_SIZE {
+        return Err(CaptureError::RingSize {
+            size,
+            min: MIN_RING_SIZE,
+        });
+    }
+    Ok(())
+}
+
+/// Parses a ring size ([`parse_size`]) and checks it as [`Capture::load`]
+/// does, so that `--ring-size` and its configuration key reject a bad size
+/// before anything starts.
+pub fn parse_ring_size(text: &str) -> Result<u32, String> {
+    let size = parse_size(text)?;
+    check_ring_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
 /// Parses sizes such as `65536`, `64K`, `16M` or `1G` (powers of 1024).
 pub fn parse_size(text: &str) -> Result<u32, String> {
     let text = text.trim();
@@ -519,5 +535,19 @@ mod tests {
             Err("4G is larger than 4 GiB - 1".to_owned())
         );
         assert_eq!(parse_size("x"), Err("\"x\" is not a size".to_owned()));
+    }
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_of_at_least_64k() {
+        assert_eq!(parse_ring_size("64K"), Ok(65536));
+        assert_eq!(
+            parse_ring_size("12K"),
+            Err(
+                "ring size 12288 is invalid: it must be a power of two of at least 65536 bytes \
+                 (a smaller ring cannot hold a burst, so backpressure would stall every flow)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(parse_ring_size("32K").map_err(|_| ()), Err(()));
     }
 }

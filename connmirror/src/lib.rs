@@ -12,6 +12,7 @@ pub mod agent;
 pub mod announce;
 pub mod backlog;
 pub mod capture;
+pub mod config;
 pub mod control;
 pub mod flow;
 pub mod handoff;

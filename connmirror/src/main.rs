@@ -6,9 +6,10 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use connmirror::{
     agent::{self, AgentArgs},
+    config::{self, Config, Layout},
     control::{self, DEFAULT_CONTROL, Request, Response},
     journal::inspect,
     mirror::{self, MirrorArgs},
@@ -78,6 +79,29 @@ enum Command {
     /// Take a journal apart without a running daemon.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Check configuration files (`--config FILE`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// What a configuration file configures: a table per subcommand, and the
+/// client commands take the standby's control socket unless they set theirs.
+const LAYOUT: Layout<'static> = Layout {
+    tables: &["mirror", "standby", "agent", "takeover", "status"],
+    inherit: &[("control", "standby")],
+};
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file without starting anything, and print each of
+    /// its tables as the settings it gives (file values, then defaults, as
+    /// TOML). Exits 1 with `error: FILE:LINE: ...` at the first problem: TOML
+    /// syntax, an unknown key, a value of the wrong type or one the flag's
+    /// parser rejects, a table that lacks a required key.
+    Check {
+        /// The configuration file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,6 +174,30 @@ fn journal(command: JournalCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn config(command: ConfigCommand) -> anyhow::Result<()> {
+    let ConfigCommand::Check { file } = command;
+    let cmd = cli_command();
+    let effective = Config::read(&file, &cmd, &LAYOUT)?.effective(&cmd)?;
+    print!("{effective}");
+    Ok(())
+}
+
+/// The command line's definition, with `--config` on the subcommands a file
+/// configures.
+fn cli_command() -> clap::Command {
+    config::with_config_flag(Cli::command(), &LAYOUT)
+}
+
+/// Parses the command line, merged with the `--config` file it names. A bad
+/// file is an `error:` line and exit 1; a bad command line is clap's usage
+/// error (exit 2).
+fn parse_cli() -> Result<Cli, config::ConfigError> {
+    let cmd = cli_command();
+    let argv = config::apply(&cmd, &LAYOUT, std::env::args_os().collect())?;
+    let matches = cmd.get_matches_from(argv);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 fn takeover(
@@ -234,7 +282,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let cli = Cli::parse();
+    let cli = match parse_cli() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("error: {:#}", anyhow::Error::from(err));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -252,6 +306,7 @@ fn main() -> ExitCode {
                         json,
                     } => takeover(services, &control, json),
                     Command::Journal(command) => journal(command),
+                    Command::Config(command) => config(command),
                 }
             })
         });
@@ -261,5 +316,17 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The command line, `--config` included, is consistent (no conflicting
+    /// names or bad defaults).
+    #[test]
+    fn cli_definition_is_valid() {
+        cli_command().debug_assert();
     }
 }

@@ -28,7 +28,9 @@ use tokio::{
 
 use crate::{
     backlog::Backlog,
-    capture::{Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_size},
+    capture::{
+        Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size, parse_size,
+    },
     flow::{FlowReport, FlowTable},
     heartbeat::HeartbeatStats,
     journal::{
@@ -64,14 +66,14 @@ pub struct MirrorArgs {
     #[arg(long, value_enum, default_value = "tc")]
     pub egress: EgressHook,
     /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
-    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "16M")]
     pub ring_size: u32,
     /// When the ring is full: `drop` the segment so TCP retransmits it (no hole,
     /// for path deployments), or `pass` it and mark its flow as gapped.
     #[arg(long, value_enum, default_value = "drop")]
     pub on_ring_full: RingFull,
     /// Write each direction of each flow to a file here (for verification; it
-    /// costs a copy of every byte), and report.json on exit.
+    /// costs a copy of every byte), and report.json on exit [default: none].
     #[arg(long, value_name = "DIR")]
     pub dump_dir: Option<PathBuf>,
     /// Write the exit report (counters and flows, JSON) to this file
@@ -85,11 +87,11 @@ pub struct MirrorArgs {
     #[arg(long, value_enum, default_value = "unacked")]
     pub retention: RetentionArg,
     /// Most history bytes per direction under `--retention full` (suffixes K, M, G).
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
     pub history_cap: u32,
     /// Most bytes all flows may hold together; past it the flows idle longest
     /// are evicted (counted and logged) rather than the process growing.
-    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1G")]
     pub memory_cap: u32,
     /// Journal settings.
     #[command(flatten)]
@@ -127,7 +129,7 @@ pub struct JournalArgs {
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pub fsync_interval: u64,
     /// Group-commit byte count for `--fsync interval` (suffixes K, M, G).
-    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4M")]
     pub fsync_bytes: u32,
     /// At recovery, skip (and count) damaged records in sealed segments instead
     /// of stopping with an error that names the file and offset.
@@ -135,10 +137,10 @@ pub struct JournalArgs {
     pub salvage: bool,
     /// Write a checkpoint and delete the older segments after this many
     /// journal bytes (suffixes K, M, G).
-    #[arg(long, value_parser = parse_size, default_value = "256M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "256M")]
     pub checkpoint_bytes: u32,
     /// Start a new segment file once the active one holds this many bytes.
-    #[arg(long, value_parser = parse_size, default_value = "64M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
     pub segment_bytes: u32,
 }
 

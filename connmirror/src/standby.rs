@@ -95,7 +95,8 @@ pub struct DetectionArgs {
     /// `0.0.0.0:7400`). Without it the standby only takes over by hand.
     #[arg(long, value_name = "IP:PORT", requires = "key")]
     pub heartbeat_listen: Option<SocketAddr>,
-    /// Shared key file (mode 0600, at least 16 bytes), the agent's `--key`.
+    /// Shared key file (mode 0600, at least 16 bytes), the agent's `--key`;
+    /// required with --heartbeat-listen.
     #[arg(long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// The cluster's id; heartbeats of other clusters are dropped.
