@@ -62,6 +62,27 @@ impl Scrape {
     }
 }
 
+impl Scrape {
+    /// A scrape of `text` (the Prometheus text format).
+    pub fn parse(text: String) -> Scrape {
+        Scrape {
+            samples: parse(&text),
+            text,
+        }
+    }
+
+    /// The sample lines of the families named in `names`, as exposed.
+    pub fn lines_of(&self, names: &[&str]) -> Vec<&str> {
+        (self.text.lines())
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                names.contains(&name)
+            })
+            .collect()
+    }
+}
+
 /// `GET /metrics` at `endpoint` inside `ns`: returns the status line and the body.
 pub fn get(ns: &Netns, endpoint: &str, path: &str) -> (String, String) {
     let endpoint: SocketAddr = endpoint.parse().expect("endpoint");
@@ -88,10 +109,7 @@ pub fn scrape(ns: &Netns, endpoint: &str) -> Scrape {
     let (status, text) = get(ns, endpoint, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK", "body: {text}");
     promtool_check(&text);
-    Scrape {
-        samples: parse(&text),
-        text,
-    }
+    Scrape::parse(text)
 }
 
 /// Runs `promtool check metrics` over `text`; panics with its complaints.

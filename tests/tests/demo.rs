@@ -1,6 +1,7 @@
 //! `cargo xtask demo`, the README's first command, works and cleans up: the
-//! demo program exits 0 with every byte verified across the failover, and no
-//! namespace of its own is left behind.
+//! demo program exits 0 with every byte verified across the failover, prints
+//! the standby's key metrics, and leaves no namespace of its own and no link
+//! behind.
 
 use std::process::Command;
 use std::time::Duration;
@@ -11,8 +12,10 @@ use connmirror_tests::process::output_with_timeout;
 fn the_demo_verifies_every_byte_across_the_failover_and_leaves_nothing_behind() {
     connmirror_tests::require_root();
     let mut demo = Command::new(env!("CARGO_BIN_EXE_connmirror-demo"));
+    let links_before = root_links();
 
     let out = output_with_timeout(&mut demo, Duration::from_secs(120));
+    let links_after = root_links();
     let pid = out_pid(&out.stdout);
     let namespaces = String::from_utf8_lossy(
         &Command::new("ip")
@@ -35,10 +38,36 @@ fn the_demo_verifies_every_byte_across_the_failover_and_leaves_nothing_behind() 
         "{stdout}"
     );
     assert!(stdout.contains("RSTs seen by the clients: 0"), "{stdout}");
+    for metric in [
+        "connmirror_failovers_total{trigger=\"heartbeats-missed\"} 1\n",
+        "connmirror_restored_connections_total 4\n",
+        "connmirror_replication_lag_bytes ",
+    ] {
+        assert!(stdout.contains(metric), "no {metric:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        links_after, links_before,
+        "the demo changed the host namespace's links"
+    );
     assert!(
         !namespaces.contains(&format!("cm-{pid}-")),
         "the demo left namespaces behind:\n{namespaces}"
     );
+}
+
+/// The names of the links in the host (test) namespace.
+fn root_links() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut names: Vec<String> = (text.lines())
+        .filter_map(|line| line.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The demo's pid, from the namespace names it prints (`cm-PID-0-client, ...`).

@@ -29,6 +29,7 @@ use connmirror_tests::failover::{
     start_agent, status_of,
 };
 use connmirror_tests::live;
+use connmirror_tests::metrics::{self, Scrape};
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
@@ -109,6 +110,12 @@ fn run() -> Result<()> {
     step(6, "Stopping the clients and checking every byte");
     let results = clients.finish(Duration::from_secs(30));
     let seen = watch.stop();
+    let (status, text) = metrics::get(&topo.gateway, metrics::DEFAULT_ENDPOINT, "/metrics");
+    anyhow::ensure!(
+        status == "HTTP/1.1 200 OK",
+        "the standby's /metrics said {status}"
+    );
+    let scrape = Scrape::parse(text);
     let (report, _dir) = standby.stop();
     let takeover = report
         .takeovers
@@ -121,6 +128,7 @@ fn run() -> Result<()> {
         seen.rsts_received.len(),
         &report,
     )?;
+    print_metrics(&scrape);
     println!(
         "\nResult: OK. Every byte verified across the primary's death ({:.0} s in all).",
         started.elapsed().as_secs_f64()
@@ -290,6 +298,28 @@ fn summary(
         );
     }
     Ok(())
+}
+
+/// Key lines of the standby's `/metrics`, scraped just before it stopped.
+fn print_metrics(scrape: &Scrape) {
+    println!(
+        "  metrics (the standby's http://{}/metrics, as Prometheus scrapes them):",
+        metrics::DEFAULT_ENDPOINT
+    );
+    let key = [
+        "connmirror_failovers_total",
+        "connmirror_restored_connections_total",
+        "connmirror_restore_seconds_sum",
+        "connmirror_captured_bytes_total",
+        "connmirror_heartbeats_received_total",
+        "connmirror_heartbeats_rejected_total",
+        "connmirror_ebpf_ring_full_total",
+        "connmirror_ebpf_quiesce_drops_total",
+        "connmirror_replication_lag_bytes",
+    ];
+    for line in scrape.lines_of(&key) {
+        println!("    {line}");
+    }
 }
 
 fn step(n: u32, what: &str) {
