@@ -9,8 +9,8 @@ use crate::run::{check, step};
 use crate::setup::Outcome;
 
 /// Traffic generators, capture and link tools, a real server for replay tests, `ip netns`, `sysctl`/`pkill`,
-/// `mount`/`nsenter`.
-pub const PACKAGES: [&str; 8] = [
+/// `mount`/`nsenter`, and the font the benchmark plots are labelled with.
+pub const PACKAGES: [&str; 9] = [
     "iperf3",
     "redis-server",
     "socat",
@@ -19,6 +19,7 @@ pub const PACKAGES: [&str; 8] = [
     "iproute2",
     "procps",
     "util-linux",
+    "fonts-dejavu-core",
 ];
 
 /// Installs whichever of [`PACKAGES`] are missing; never calls apt when none is.
