@@ -21,7 +21,7 @@ use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::results::{
-    CaptureResults, Capturer, FailoverResults, OwnershipResults, RestoreSample, Results,
+    CaptureResults, Capturer, FailoverResults, OwnershipResults, RestoreSample, Results, median,
 };
 
 /// The font file `fonts-dejavu-core` installs.
@@ -106,8 +106,10 @@ pub fn throughput(r: &CaptureResults, path: &Path) -> Result<()> {
     let mut chart = ChartBuilder::on(&root)
         .caption(
             format!(
-                "iperf3 through the gateway: mirrored vs unmirrored ({}, {} rounds)",
-                r.info.date, r.rounds
+                "iperf3 through the gateway: mirrored vs unmirrored ({}, {} round{})",
+                r.info.date,
+                r.rounds,
+                if r.rounds == 1 { "" } else { "s" }
             ),
             (FONT, 20),
         )
@@ -171,6 +173,20 @@ pub fn throughput(r: &CaptureResults, path: &Path) -> Result<()> {
             (SegmentValue::CenterOf(i), highest + top * 0.02),
             (FONT, 17).into_font().color(&BLACK).pos(above),
         )
+    }))?;
+    // tcpdump keeps its rate by dropping packets: say how many, inside the bar.
+    let inside = Pos::new(HPos::Center, VPos::Top);
+    chart.draw_series((0..n).zip(&r.configs).filter_map(|(i, c)| {
+        let t: Vec<_> = c.runs.iter().filter_map(|s| s.tcpdump.as_ref()).collect();
+        let dropped = median(&t.iter().map(|t| t.dropped as f64).collect::<Vec<_>>());
+        let captured = median(&t.iter().map(|t| t.captured as f64).collect::<Vec<_>>());
+        (!t.is_empty()).then(|| {
+            Text::new(
+                format!("{:.0} % dropped", dropped / (dropped + captured) * 100.0),
+                (SegmentValue::CenterOf(i), c.median_gbps() - top * 0.045),
+                (FONT, 15).into_font().color(&WHITE).pos(inside),
+            )
+        })
     }))?;
     chart
         .configure_series_labels()
