@@ -212,6 +212,9 @@ pub fn cdf_steps(values: &[f64]) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// The top of the CDF's y axis: room for the legend above 1.0.
+const LEGEND_HEADROOM: f64 = 1.3;
+
 /// `failover-cdf.png`: the CDF of the ownership area's death → first byte
 /// samples and of the failover area's trigger → first byte samples, log x.
 pub fn failover_cdf(
@@ -223,9 +226,8 @@ pub fn failover_cdf(
     if let Some(o) = ownership {
         series.push((
             format!(
-                "primary death → first resumed byte, automatic failover ({} runs, {})",
-                o.ms.len(),
-                o.info.date
+                "primary death → first resumed byte, automatic failover ({} runs)",
+                o.ms.len()
             ),
             &o.ms,
             RGBColor(200, 40, 40),
@@ -235,10 +237,9 @@ pub fn failover_cdf(
     for (first, colour) in failover.iter().flat_map(|f| &f.first_byte).zip(palette) {
         series.push((
             format!(
-                "takeover trigger → first byte, send queue {} ({} runs, {})",
+                "takeover trigger → first byte, send queue {} ({} runs)",
                 first.mode,
-                first.ms.len(),
-                failover.map_or("", |f| f.info.date.as_str())
+                first.ms.len()
             ),
             &first.ms,
             colour,
@@ -257,12 +258,20 @@ pub fn failover_cdf(
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(55)
-        .build_cartesian_2d((low..high).log_scale(), 0.0..1.0)?;
+        // Headroom above 1.0 keeps the legend off the curves.
+        .build_cartesian_2d((low..high).log_scale(), 0.0..LEGEND_HEADROOM)?;
     chart
         .configure_mesh()
         .x_labels(15)
         .x_desc("milliseconds (log scale)")
         .y_desc("share of runs at or below")
+        .y_label_formatter(&|v| {
+            if *v <= 1.0 {
+                format!("{v:.1}")
+            } else {
+                String::new()
+            }
+        })
         .x_label_formatter(&|v| short_number(*v))
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))

@@ -381,9 +381,10 @@ area's latest run; running one area keeps the others), with the plots beside thi
 Do not edit it by hand: `cargo run -p connmirror-tests --bin connmirror-bench -- report`
 rewrites it, and the plots, from the data.
 
-Absolute numbers are noisy: the machine is a shared 2-core VM, and other builds ran on it
-during these runs. Compare ratios within one run (mirrored against unmirrored throughput,
-measured interleaved in the same run), not absolute rates across runs.
+Absolute numbers are noisy: the benchmarks run on a 2-core VM shared with other engineers'
+builds and tests, which run at the same time (see host CPU busy). Speed is therefore given
+as ratios within one run (mirrored against unmirrored throughput, measured interleaved in
+the same run); compare those, not absolute rates across runs or machines.
 ";
 
 fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
