@@ -16,6 +16,9 @@
 //! - [`vlan`]: 802.1Q tagging of a link by TC programs (the test kernel has no
 //!   VLAN driver).
 //! - [`digest`]: [`Digest`], a SHA-256 with a readable `Debug`.
+//! - For `connmirror-bench`: [`tcpdump`] (`tcpdump -w` as the everyday
+//!   alternative), [`results`] (each area's results as JSON and the
+//!   `bench/RESULTS.md` page) and [`plots`] (its PNG plots).
 //!
 //! Every test needs root (namespaces, eBPF) and fails, never skips, without it:
 //! call [`require_root`] first. Tests that run the binary find it through
@@ -34,9 +37,12 @@ pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod netns;
+pub mod plots;
 pub mod process;
 pub mod redis;
 pub mod repair;
+pub mod results;
+pub mod tcpdump;
 pub mod topology;
 pub mod traffic;
 pub mod vlan;

@@ -9,8 +9,9 @@ use crate::run::{check, step};
 use crate::setup::Outcome;
 
 /// Traffic generators, capture and link tools, a real server for replay tests, `ip netns`, `sysctl`/`pkill`,
-/// `mount`/`nsenter`.
-pub const PACKAGES: [&str; 9] = [
+/// `mount`/`nsenter`, `promtool` (in `prometheus`) for the metrics tests, and the font the
+/// benchmark plots are labelled with.
+pub const PACKAGES: [&str; 10] = [
     "iperf3",
     "prometheus",
     "redis-server",
@@ -20,6 +21,7 @@ pub const PACKAGES: [&str; 9] = [
     "iproute2",
     "procps",
     "util-linux",
+    "fonts-dejavu-core",
 ];
 
 /// Installs whichever of [`PACKAGES`] are missing; never calls apt when none is.

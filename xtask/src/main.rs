@@ -44,9 +44,10 @@ enum Task {
     ///
     /// Ensures, in order: the nightly toolchain and its rust-src component (the
     /// eBPF crate is built with `-Z build-std=core`), bpf-linker 0.13.0 built
-    /// against nightly's own LLVM, and the Debian packages the end-to-end tests use
-    /// (iperf3 redis-server socat tcpdump ethtool iproute2 procps util-linux, through apt-get,
-    /// which needs root). Prints "already present" or what it installed per item.
+    /// against nightly's own LLVM, and the Debian packages the end-to-end tests and
+    /// benchmarks use (iperf3 redis-server socat tcpdump ethtool iproute2 procps
+    /// util-linux fonts-dejavu-core, through apt-get, which needs root). Prints
+    /// "already present" or what it installed per item.
     Setup,
     /// Build the connmirror daemon (with its eBPF programs) and print its path.
     ///
@@ -80,11 +81,13 @@ enum Task {
     /// `cargo run --release -p connmirror-tests --bin connmirror-demo` with
     /// CONNMIRROR_BIN set to the daemon.
     Demo,
-    /// Run benchmarks and print their results (needs root).
+    /// Run benchmarks, print their results and record them (needs root).
     ///
     /// Runs setup, builds the release daemon, mounts bpffs when needed, then runs
     /// `cargo run --release -p connmirror-tests --bin connmirror-bench -- AREA`
-    /// with CONNMIRROR_BIN set to the daemon. Record results in bench/RESULTS.md.
+    /// with CONNMIRROR_BIN set to the daemon. Each area run replaces its result in
+    /// bench/data/AREA.json; bench/RESULTS.md (one table per area) and the plots
+    /// bench/*.png are then rewritten from every area's latest result.
     Bench {
         /// Which benchmarks to run.
         #[arg(value_enum, default_value_t = Area::All)]

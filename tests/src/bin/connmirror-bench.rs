@@ -1,6 +1,7 @@
 //! `cargo xtask bench [AREA]`: benchmarks over network namespaces.
 //!
-//! Usage: `connmirror-bench [AREA]`, AREA one of [`AREAS`] (no argument: `all`).
+//! Usage: `connmirror-bench [AREA]`, AREA one of [`AREAS`] (no argument: `all`),
+//! or `connmirror-bench report` (see [Results](#results)).
 //!
 //! # capture
 //! One iperf3 stream (client → server) through the gateway of a
@@ -9,10 +10,12 @@
 //! DESIGN.md asks to report ("Attach point matters more than the copy"): native XDP,
 //! generic XDP and TC on ingress alone, and the default (XDP ingress + TC egress,
 //! which on a gateway captures each forwarded segment twice: once as it enters,
-//! once as it leaves). Every run gets a fresh topology, so no run inherits another's
-//! interface state (a native XDP program on a veth changes its peer's offloads).
-//! Baseline and configurations are interleaved, [`REPEATS`] rounds when time
-//! allows, and the medians are reported.
+//! once as it leaves), and, as the everyday alternative, `tcpdump -w FILE`
+//! capturing the same stream on the same gateway ([`Tcpdump`]). Every run gets a
+//! fresh topology, so no run inherits another's interface state (a native XDP
+//! program on a veth changes its peer's offloads). Baseline and configurations
+//! are interleaved, [`REPEATS`] rounds when time allows, and the medians are
+//! reported: speed is a ratio to the baseline of the same run.
 //!
 //! For each mirrored run: throughput, the ratio of the medians to the baseline's,
 //! `ring_full` and `backpressure_drops` from `report.json`, gapped flows, and the
@@ -23,6 +26,10 @@
 //! not in it. The mirror runs with `--report` only: dumping every stream to files
 //! is a verification aid whose copy would dominate the measurement (a profile
 //! showed 57 % of the mirror's time in the kernel's page-cache copy).
+//! tcpdump runs as `tcpdump -i gw-c -n -w FILE tcp port 5201`: the client-side
+//! link carries both directions, so every packet is written once, to a scratch
+//! file on the workspace's disk that is deleted after the run; for it the table
+//! gives the packets it reports as dropped by kernel, and its own CPU use.
 //!
 //! # failover
 //! Restore time for 1, 100, 1,000 and 10,000 idle connections (the takeover
@@ -37,10 +44,13 @@
 //! against the issue's targets (p50 < 150 ms, p99 < 250 ms with 50 ms
 //! heartbeats).
 //!
-//! Each area prints its table and adds a section to `bench/RESULTS.md` (newest
-//! first, below its header).
+//! # Results
+//! Each area prints its table, stores its result as JSON in
+//! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
+//! `bench/RESULTS.md` (one table per area) and the plots `bench/*.png` from every
+//! stored area ([`Results`], [`plots`]). `connmirror-bench report` only does the
+//! rewriting, from the stored data, and needs neither root nor the daemon.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -54,6 +64,13 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::live;
 use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::plots;
+use connmirror_tests::results::{
+    CaptureResults, Capturer, ConfigRuns, FailoverResults, FirstByte, JournalResults, MirrorSample,
+    OwnershipResults, RestoreSample, Results, RunInfo, Sample, TcpdumpSample, output,
+    write_atomically,
+};
+use connmirror_tests::tcpdump::Tcpdump;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 
 /// How to run this program, for messages.
@@ -66,8 +83,11 @@ const IPERF_SECONDS: u64 = 10;
 const IPERF_PORT: u16 = 5201;
 /// Rounds of (baseline, every configuration).
 const REPEATS: usize = 2;
-/// A further round starts only if the whole benchmark is expected to stay within this.
-const TIME_BUDGET: Duration = Duration::from_secs(180);
+/// A further round starts only if the benchmark's own runs (not the time spent
+/// waiting for other tests to release the host) are expected to stay within this.
+const TIME_BUDGET: Duration = Duration::from_secs(240);
+/// Printed while another test run holds the host.
+const HOST_BUSY: &str = "(waiting for another connmirror test or benchmark to release the host...)";
 /// How long an iperf3 client may run beyond `-t` before it is killed.
 const IPERF_GRACE: Duration = Duration::from_secs(20);
 
@@ -81,12 +101,20 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "report") {
+        ensure!(
+            args.len() == 1,
+            "`report` takes no further arguments; got {args:?}"
+        );
+        return publish(&Results::load(&data_dir())?);
+    }
     let areas: Vec<&str> = match args.as_slice() {
         [] => AREAS.to_vec(),
         [a] if a == "all" => AREAS.to_vec(),
         [a] if AREAS.contains(&a.as_str()) => vec![a.as_str()],
         [a] => bail!(
-            "unknown benchmark area {a:?}; valid areas: all, {}",
+            "unknown benchmark area {a:?}; valid areas: all, {} (or `report`: rewrite \
+             RESULTS.md and the plots from bench/data)",
             AREAS.join(", ")
         ),
         _ => bail!(
@@ -123,93 +151,104 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// An attach configuration of the capture benchmark.
+/// A configuration of the capture benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Config {
     /// Name in the table.
     name: &'static str,
-    /// `--ingress` and `--egress`, or `None` for no mirror.
-    hooks: Option<(&'static str, &'static str)>,
+    /// Name under its bar in the plot.
+    short: &'static str,
+    /// What captures.
+    capture: Capture,
     note: &'static str,
     /// Run the mirror with `--journal` (fresh directory) and `--retention full`.
     journal: bool,
 }
 
-const CONFIGS: [Config; 5] = [
+/// What captures the stream in a [`Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    /// Nothing: the baseline.
+    None,
+    /// `connmirror mirror` with this `--ingress` and `--egress`.
+    Mirror(&'static str, &'static str),
+    /// `tcpdump -w FILE`, the everyday alternative.
+    Tcpdump,
+}
+
+impl Capture {
+    fn capturer(self) -> Capturer {
+        match self {
+            Capture::None => Capturer::None,
+            Capture::Mirror(..) => Capturer::Mirror,
+            Capture::Tcpdump => Capturer::Tcpdump,
+        }
+    }
+}
+
+const CONFIGS: [Config; 6] = [
     Config {
         name: "baseline (no mirror)",
-        hooks: None,
+        short: "no capture",
+        capture: Capture::None,
         note: "",
         journal: false,
     },
     Config {
         name: "xdp-native in",
-        hooks: Some(("xdp-native", "none")),
+        short: "xdp-native in",
+        capture: Capture::Mirror("xdp-native", "none"),
         note: "native XDP on a veth turns TSO off on its peer",
         journal: false,
     },
     Config {
         name: "xdp-generic in",
-        hooks: Some(("xdp-generic", "none")),
+        short: "xdp-generic in",
+        capture: Capture::Mirror("xdp-generic", "none"),
         note: "",
         journal: false,
     },
     Config {
         name: "tc in",
-        hooks: Some(("tc", "none")),
+        short: "tc in",
+        capture: Capture::Mirror("tc", "none"),
         note: "",
         journal: false,
     },
     Config {
         name: "default: xdp in + tc out",
-        hooks: Some(("xdp", "tc")),
+        short: "xdp in + tc out",
+        capture: Capture::Mirror("xdp", "tc"),
         note: "each forwarded segment captured twice (in on one link, out on the other)",
+        journal: false,
+    },
+    Config {
+        name: "`tcpdump -w` (no mirror)",
+        short: "tcpdump -w",
+        capture: Capture::Tcpdump,
+        // The table states its drops from the run itself; no fixed claim here.
+        note: "",
         journal: false,
     },
 ];
 
-/// One iperf3 run.
-#[derive(Clone, Debug, Default)]
-struct Sample {
-    gbps: f64,
-    retransmits: u64,
-    /// Share of all CPUs' time not idle during the run, in %.
-    host_busy: f64,
-    /// Only for mirrored runs.
-    mirror: Option<MirrorSample>,
-}
-
-#[derive(Clone, Debug, Default)]
-struct MirrorSample {
-    ring_full: u64,
-    drops: u64,
-    gapped_flows: usize,
-    /// Of those, the ones that ended with a RST.
-    gapped_reset: usize,
-    flows: usize,
-    cpu_percent: f64,
-    /// Journal bytes written, with `--journal`.
-    journal_bytes: u64,
-    /// One line per gapped flow, for the log.
-    gapped: Vec<String>,
-    /// `ingress=` values the mirror logged when it attached (native or generic).
-    attach: String,
-}
-
 fn capture(command: &str) -> Result<()> {
     ensure_iperf3()?;
+    let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CONFIGS.len()];
     println!(
         "capture benchmark: one iperf3 stream (client -> server through the gateway) for {IPERF_SECONDS} s, \
-         without a mirror and with each attach configuration, up to {REPEATS} interleaved rounds \
+         without a mirror, with each attach configuration and under tcpdump -w, up to {REPEATS} \
+         interleaved rounds \
          (about {} s per round).\n",
         CONFIGS.len() as u64 * (IPERF_SECONDS + 4)
     );
     let mut round_time = Duration::ZERO;
+    let mut measuring = Duration::ZERO;
     let mut rounds = 0;
     for round in 1..=REPEATS {
-        if round > 1 && started.elapsed() + round_time > TIME_BUDGET {
+        if round > 1 && measuring + round_time > TIME_BUDGET {
             println!(
                 "skipping round {round}: another {:.0} s would exceed the {} s budget",
                 round_time.as_secs_f64(),
@@ -217,12 +256,16 @@ fn capture(command: &str) -> Result<()> {
             );
             break;
         }
-        let round_start = Instant::now();
+        round_time = Duration::ZERO;
         for (i, config) in CONFIGS.iter().enumerate() {
             live::interrupt_point()?;
             print!("[round {round}/{REPEATS}] {:<26} ", config.name);
             let _ = std::io::Write::flush(&mut std::io::stdout());
+            // Wait here, so that the budget counts only the run itself.
+            live::wait_for_host(HOST_BUSY)?;
+            let run_start = Instant::now();
             let sample = capture_run(config)?;
+            round_time += run_start.elapsed();
             print!(
                 "{:6.2} Gbit/s  retransmits {:>5}  host CPU {:3.0} %",
                 sample.gbps, sample.retransmits, sample.host_busy
@@ -233,59 +276,55 @@ fn capture(command: &str) -> Result<()> {
                     m.ring_full, m.drops, m.gapped_flows, m.flows, m.cpu_percent
                 );
             }
+            if let Some(t) = &sample.tcpdump {
+                print!(
+                    "  written {:>8}  dropped by kernel {:>8}  tcpdump CPU {:5.1} %",
+                    t.captured, t.dropped, t.cpu_percent
+                );
+            }
             println!();
             for line in sample.mirror.iter().flat_map(|m| &m.gapped) {
                 println!("    {line}");
             }
             samples[i].push(sample);
         }
-        round_time = round_start.elapsed();
+        measuring += round_time;
         rounds = round;
     }
 
-    let table = capture_table(&samples);
-    println!("\n{table}");
-    let section = capture_section(command, rounds, &table)?;
-    let results = results_path();
-    insert_section(&results, &section)?;
-    println!(
-        "recorded in {} ({:.0} s in all)",
-        results.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let configs = CONFIGS
+        .iter()
+        .zip(samples)
+        .map(|(config, runs)| ConfigRuns {
+            name: config.name.to_owned(),
+            short: config.short.to_owned(),
+            capturer: config.capture.capturer(),
+            note: config.note.to_owned(),
+            runs,
+        })
+        .collect();
+    let capture = CaptureResults {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        iperf: iperf_version()?,
+        iperf_seconds: IPERF_SECONDS,
+        rounds,
+        configs,
+    };
+    record(Results {
+        capture: Some(capture),
+        ..Results::default()
+    })
 }
 
 /// One run of one configuration on a fresh topology.
 fn capture_run(config: &Config) -> Result<Sample> {
-    live::wait_for_host(
-        "(waiting for another connmirror test or benchmark to release the host...)",
-    )?;
+    live::wait_for_host(HOST_BUSY)?;
     let topo = Topology::new();
     let service = topo.service(Family::V4, IPERF_PORT);
-    let mirror = match config.hooks {
-        None => None,
-        Some((ingress, egress)) => {
-            let mut command = MirrorCommand::new()
-                .ifaces(topo.gateway_ifaces())
-                .service(service)
-                .ingress(ingress)
-                .egress(egress)
-                .without_dumps();
-            if config.journal {
-                let dir = journal_dir().join("mirror");
-                let _ = std::fs::remove_dir_all(&dir);
-                command = command
-                    .arg("--journal")
-                    .arg(&dir.display().to_string())
-                    .arg("--retention")
-                    .arg("full");
-            }
-            let mirror = Mirror::start(&topo.gateway, &command);
-            let pid = mirror_pid(&topo.gateway)?;
-            Some((mirror, pid))
-        }
-    };
+    let capturer = Running::start(config, &topo, service)?;
     live::interrupt_point()?;
 
     let mut server = topo
@@ -301,19 +340,13 @@ fn capture_run(config: &Config) -> Result<Sample> {
         .context("spawn iperf3 server")?;
     let result = (|| {
         wait_listening(&topo.server, IPERF_PORT)?;
-        let cpu_before = match &mirror {
-            Some((_, pid)) => live::process_cpu_seconds(*pid)?,
-            None => 0.0,
-        };
+        let cpu_before = capturer.cpu_seconds()?;
         let host_before = host_cpu()?;
         let t0 = Instant::now();
         let json = iperf3_client(&topo.client, service.ip().to_string())?;
         let wall = t0.elapsed().as_secs_f64();
         let host_busy = host_before.busy_percent(&host_cpu()?);
-        let cpu_after = match &mirror {
-            Some((_, pid)) => live::process_cpu_seconds(*pid)?,
-            None => 0.0,
-        };
+        let cpu_after = capturer.cpu_seconds()?;
         let (gbps, retransmits) = parse_iperf3(&json)?;
         let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
         Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
@@ -335,58 +368,135 @@ fn capture_run(config: &Config) -> Result<Sample> {
     if !quiet {
         eprintln!("\n  note: the iperf3 connections did not close within 10 s of the test's end");
     }
-
-    let mirror = match mirror {
-        None => None,
-        Some((mirror, _)) => {
-            let attach = attach_modes(&mirror.stderr());
-            let (report, _dir) = mirror.stop();
-            let gapped: Vec<String> = report
-                .flows
-                .iter()
-                .filter(|f| f.status == FlowStatus::Gapped)
-                .map(|f| {
-                    format!(
-                        "gapped flow {} -> {}: kernel_gaps {}, rst {}; c2s delivered {} holes {:?}; \
-                         s2c delivered {} holes {:?}",
-                        f.client,
-                        f.server,
-                        f.kernel_gaps,
-                        f.rst,
-                        f.c2s.delivered,
-                        f.c2s.holes,
-                        f.s2c.delivered,
-                        f.s2c.holes
-                    )
-                })
-                .collect();
-            Some(MirrorSample {
-                ring_full: report.counter(Counter::RingFull),
-                drops: report.counter(Counter::BackpressureDrops),
-                gapped_flows: report
-                    .flows
-                    .iter()
-                    .filter(|f| f.status == FlowStatus::Gapped)
-                    .count(),
-                gapped_reset: report
-                    .flows
-                    .iter()
-                    .filter(|f| f.status == FlowStatus::Gapped && f.rst)
-                    .count(),
-                flows: report.flows.len(),
-                gapped,
-                cpu_percent,
-                journal_bytes: report.journal.map_or(0, |j| j.bytes),
-                attach,
-            })
-        }
-    };
-    Ok(Sample {
+    let mut sample = Sample {
         gbps,
         retransmits,
         host_busy,
-        mirror,
-    })
+        ..Sample::default()
+    };
+    capturer.finish(&mut sample, cpu_percent)?;
+    Ok(sample)
+}
+
+/// What captures a run of the capture benchmark, running.
+enum Running {
+    None,
+    /// The mirror and its pid.
+    Mirror(Mirror, i32),
+    /// tcpdump, writing to a scratch file.
+    Tcpdump(Tcpdump),
+}
+
+impl Running {
+    /// Starts what `config` captures with on the gateway of `topo`, tracking `service`.
+    fn start(config: &Config, topo: &Topology, service: std::net::SocketAddr) -> Result<Running> {
+        match config.capture {
+            Capture::None => Ok(Running::None),
+            Capture::Mirror(ingress, egress) => {
+                let mut command = MirrorCommand::new()
+                    .ifaces(topo.gateway_ifaces())
+                    .service(service)
+                    .ingress(ingress)
+                    .egress(egress)
+                    .without_dumps();
+                if config.journal {
+                    let dir = journal_dir().join("mirror");
+                    let _ = std::fs::remove_dir_all(&dir);
+                    command = command
+                        .arg("--journal")
+                        .arg(&dir.display().to_string())
+                        .arg("--retention")
+                        .arg("full");
+                }
+                let mirror = Mirror::start(&topo.gateway, &command);
+                let pid = mirror_pid(&topo.gateway)?;
+                Ok(Running::Mirror(mirror, pid))
+            }
+            Capture::Tcpdump => {
+                let dir = scratch_dir("bench-tcpdump")?;
+                // The client-side link carries both directions of the stream:
+                // every packet is written once.
+                let dev = topo.gateway_ifaces()[0];
+                let port = IPERF_PORT.to_string();
+                let tcpdump = Tcpdump::start(
+                    &topo.gateway,
+                    dev,
+                    &dir.join("capture.pcap"),
+                    &["tcp", "port", &port],
+                )?;
+                Ok(Running::Tcpdump(tcpdump))
+            }
+        }
+    }
+
+    /// utime+stime of the capturing process so far (0 without one).
+    fn cpu_seconds(&self) -> Result<f64> {
+        match self {
+            Running::None => Ok(0.0),
+            Running::Mirror(_, pid) => live::process_cpu_seconds(*pid),
+            Running::Tcpdump(tcpdump) => live::process_cpu_seconds(tcpdump.pid()),
+        }
+    }
+
+    /// Stops the capturing process and adds what it reported to `sample`.
+    fn finish(self, sample: &mut Sample, cpu_percent: f64) -> Result<()> {
+        match self {
+            Running::None => {}
+            Running::Mirror(mirror, _) => {
+                sample.mirror = Some(mirror_sample(mirror, cpu_percent));
+            }
+            Running::Tcpdump(tcpdump) => {
+                let stats = tcpdump.stop()?;
+                sample.tcpdump = Some(TcpdumpSample {
+                    captured: stats.captured,
+                    dropped: stats.dropped,
+                    file_bytes: stats.file_bytes,
+                    cpu_percent,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops `mirror` and reads its report.
+fn mirror_sample(mirror: Mirror, cpu_percent: f64) -> MirrorSample {
+    let attach = attach_modes(&mirror.stderr());
+    let (report, _dir) = mirror.stop();
+    let gapped: Vec<String> = report
+        .flows
+        .iter()
+        .filter(|f| f.status == FlowStatus::Gapped)
+        .map(|f| {
+            format!(
+                "gapped flow {} -> {}: kernel_gaps {}, rst {}; c2s delivered {} holes {:?}; \
+                 s2c delivered {} holes {:?}",
+                f.client,
+                f.server,
+                f.kernel_gaps,
+                f.rst,
+                f.c2s.delivered,
+                f.c2s.holes,
+                f.s2c.delivered,
+                f.s2c.holes
+            )
+        })
+        .collect();
+    MirrorSample {
+        ring_full: report.counter(Counter::RingFull),
+        drops: report.counter(Counter::BackpressureDrops),
+        gapped_flows: gapped.len(),
+        gapped_reset: report
+            .flows
+            .iter()
+            .filter(|f| f.status == FlowStatus::Gapped && f.rst)
+            .count(),
+        flows: report.flows.len(),
+        gapped,
+        cpu_percent,
+        journal_bytes: report.journal.map_or(0, |j| j.bytes),
+        attach,
+    }
 }
 
 /// The pid of the one `connmirror` process in `ns`.
@@ -628,163 +738,6 @@ fn ensure_iperf3() -> Result<()> {
     Ok(())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    match n {
-        0 => f64::NAN,
-        _ if n % 2 == 1 => values[n / 2],
-        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-fn median_u64(values: impl Iterator<Item = u64>) -> f64 {
-    let mut v: Vec<f64> = values.map(|x| x as f64).collect();
-    median(&mut v)
-}
-
-/// The Markdown table: one row per configuration, medians over the rounds.
-fn capture_table(samples: &[Vec<Sample>]) -> String {
-    let mut baseline: Vec<f64> = samples[0].iter().map(|s| s.gbps).collect();
-    let baseline = median(&mut baseline);
-    let mut t = String::new();
-    let _ = writeln!(
-        t,
-        "| config | Gbit/s | ratio | ring_full | drops | gapped flows | mirror CPU % | notes |"
-    );
-    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
-    for (config, runs) in CONFIGS.iter().zip(samples) {
-        let mut gbps: Vec<f64> = runs.iter().map(|s| s.gbps).collect();
-        let per_run = gbps
-            .iter()
-            .map(|g| format!("{g:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let gbps = median(&mut gbps);
-        let retrans = median_u64(runs.iter().map(|s| s.retransmits));
-        let mut busy: Vec<f64> = runs.iter().map(|s| s.host_busy).collect();
-        let busy = median(&mut busy);
-        let mirrored: Vec<&MirrorSample> = runs.iter().filter_map(|s| s.mirror.as_ref()).collect();
-        let mut notes = vec![
-            format!("runs: {per_run} Gbit/s"),
-            format!("retransmits {retrans:.0}"),
-            format!("host CPU busy {busy:.0} %"),
-        ];
-        if mirrored.is_empty() {
-            let _ = writeln!(
-                t,
-                "| {} | {gbps:.2} | 1.00 | – | – | – | – | {} |",
-                config.name,
-                notes.join("; ")
-            );
-            continue;
-        }
-        let ring_full = median_u64(mirrored.iter().map(|m| m.ring_full));
-        let drops = median_u64(mirrored.iter().map(|m| m.drops));
-        let gapped: usize = mirrored.iter().map(|m| m.gapped_flows).sum();
-        let gapped_reset: usize = mirrored.iter().map(|m| m.gapped_reset).sum();
-        let flows: usize = mirrored.iter().map(|m| m.flows).sum();
-        let mut cpu: Vec<f64> = mirrored.iter().map(|m| m.cpu_percent).collect();
-        let cpu = median(&mut cpu);
-        let attach = &mirrored[0].attach;
-        if !attach.is_empty() {
-            notes.push(format!("attached as {attach}"));
-        }
-        if gapped > 0 {
-            notes.push(format!(
-                "{gapped_reset} of the {gapped} gapped flows ended with a RST \
-                 (iperf3's server resets its data connection)"
-            ));
-        }
-        if !config.note.is_empty() {
-            notes.push(config.note.to_owned());
-        }
-        let _ = writeln!(
-            t,
-            "| {} | {gbps:.2} | {:.2} | {ring_full:.0} | {drops:.0} | {gapped} of {flows} | {cpu:.0} | {} |",
-            config.name,
-            gbps / baseline,
-            notes.join("; ")
-        );
-    }
-    t
-}
-
-/// The RESULTS.md section: heading, how it was run, on what, the table.
-fn capture_section(command: &str, rounds: usize, table: &str) -> Result<String> {
-    let iperf = output("iperf3", &["--version"])?;
-    let iperf = iperf.lines().next().unwrap_or("").to_owned();
-    let mut s = section_header(command, "capture")?;
-    let _ = writeln!(
-        s,
-        "- method: one {iperf} stream (`-t {IPERF_SECONDS}`, client -> server through the gateway, \
-         receiver's rate), each run on a fresh client/gateway/server topology; \
-         baseline and configurations interleaved, {rounds} round(s); Gbit/s, ring_full, drops and \
-         CPU are medians over the rounds, gapped flows are summed over them, ratio = median / \
-         baseline median. Mirror defaults otherwise (16 MiB ring, `--on-ring-full drop`). \
-         Mirror CPU = utime+stime of the connmirror process over the iperf3 run / wall time \
-         (100 % = one core); it excludes the eBPF programs, which run in the forwarding softirq. \
-         Host CPU busy = share of all cores' time not idle during the iperf3 run (/proc/stat)."
-    );
-    let _ = writeln!(s);
-    s.push_str(table);
-    Ok(s)
-}
-
-/// The start of a results section for `area`: title, command, commit,
-/// machine and kernel.
-fn section_header(command: &str, area: &str) -> Result<String> {
-    let date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?;
-    let kernel = output("uname", &["-r"])?;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("read /proc/cpuinfo")?;
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let root = workspace_root();
-    let commit = output(
-        "git",
-        &[
-            "-C",
-            &root.display().to_string(),
-            "rev-parse",
-            "--short",
-            "HEAD",
-        ],
-    )
-    .unwrap_or_else(|_| "unknown".to_owned());
-    let dirty = output(
-        "git",
-        &["-C", &root.display().to_string(), "status", "--porcelain"],
-    )
-    .map(|s| !s.trim().is_empty())
-    .unwrap_or(false);
-    let mut s = String::new();
-    let _ = writeln!(s, "## {date}: {area}");
-    let _ = writeln!(s);
-    let _ = writeln!(s, "- command: {command}");
-    let _ = writeln!(
-        s,
-        "- commit: {commit}{}",
-        if dirty {
-            " (with uncommitted changes)"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        s,
-        "- machine: {cpu}, {cores} cores; links: veth pairs between network namespaces"
-    );
-    let _ = writeln!(s, "- kernel: {kernel}");
-    Ok(s)
-}
-
 /// The workspace root (this crate is `tests/` in it).
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -793,50 +746,52 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-fn results_path() -> PathBuf {
-    workspace_root().join("bench").join("RESULTS.md")
+/// `bench/` in the workspace: RESULTS.md and the plots.
+fn bench_dir() -> PathBuf {
+    workspace_root().join("bench")
 }
 
-/// Inserts `section` into the results file below its header (before the first
-/// `## ` entry: the file lists the newest first), creating the file if needed.
-fn insert_section(path: &Path, section: &str) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "# Benchmark results\n".to_owned(),
-        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-    };
-    let at = text
-        .match_indices("\n## ")
-        .next()
-        .map_or(text.len(), |(i, _)| i + 1);
-    let (head, tail) = text.split_at(at);
-    let mut out = head.trim_end().to_owned();
-    out.push_str("\n\n");
-    out.push_str(section.trim_end());
-    out.push('\n');
-    if !tail.is_empty() {
-        out.push('\n');
-        out.push_str(tail);
-    }
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, &out).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+/// `bench/data/`: each area's latest result.
+fn data_dir() -> PathBuf {
+    bench_dir().join("data")
+}
+
+/// Stores the areas `newer` holds in [`data_dir`], prints their tables, and
+/// rewrites RESULTS.md and the plots from every stored area.
+fn record(newer: Results) -> Result<()> {
+    println!("\n{}", newer.sections());
+    let mut results = Results::load(&data_dir())?;
+    newer.save(&data_dir())?;
+    results.update(newer);
+    publish(&results)
+}
+
+/// Writes `bench/RESULTS.md` and the plots from `results`.
+fn publish(results: &Results) -> Result<()> {
+    let page = bench_dir().join("RESULTS.md");
+    write_atomically(&page, results.render().as_bytes())?;
+    let plots = plots::draw_all(results, &bench_dir())?;
+    println!(
+        "wrote {} and {} in {}",
+        page.display(),
+        plots.join(", "),
+        bench_dir().display()
+    );
     Ok(())
 }
 
-/// The trimmed stdout of a short command; fails unless it exits 0.
-fn output(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run {program}"))?;
-    ensure!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        out.status
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+/// A fresh, empty `target/NAME` on the workspace's disk (not tmpfs).
+fn scratch_dir(name: &str) -> Result<PathBuf> {
+    let dir = workspace_root().join("target").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// The first line of `iperf3 --version`.
+fn iperf_version() -> Result<String> {
+    let version = output("iperf3", &["--version"])?;
+    Ok(version.lines().next().unwrap_or("").to_owned())
 }
 
 /// Where the journal benchmark writes: on the workspace's disk, not tmpfs.
@@ -846,18 +801,22 @@ fn journal_dir() -> PathBuf {
 
 /// Bytes the journal append and recovery measurements write.
 const JOURNAL_BYTES: u64 = 1 << 30;
+/// Flows of the idle-flow memory measurement.
+const IDLE_FLOWS: u32 = 100_000;
 
 /// The mirrored configurations of the journal benchmark (the baseline first).
 const JOURNAL_CONFIGS: [Config; 2] = [
     Config {
         name: "baseline (no mirror)",
-        hooks: None,
+        short: "no capture",
+        capture: Capture::None,
         note: "",
         journal: false,
     },
     Config {
         name: "tc in, journal, full retention",
-        hooks: Some(("tc", "none")),
+        short: "tc in + journal",
+        capture: Capture::Mirror("tc", "none"),
         note: "",
         journal: true,
     },
@@ -867,6 +826,8 @@ const JOURNAL_CONFIGS: [Config; 2] = [
 /// memory, and mirrored throughput with every byte journaled.
 fn journal(command: &str) -> Result<()> {
     ensure_iperf3()?;
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
     let dir = journal_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -892,7 +853,7 @@ fn journal(command: &str) -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(dir.join("append"));
     bench::progress("memory per idle flow (100,000 flows, RSS) ... ");
-    let idle = bench::idle_flow_bytes(100_000)?;
+    let idle = bench::idle_flow_bytes(IDLE_FLOWS)?;
     println!("{idle:.0} bytes");
 
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); JOURNAL_CONFIGS.len()];
@@ -906,84 +867,29 @@ fn journal(command: &str) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    let table = journal_table(disk, append, recovery, replayed, idle, &samples);
-    println!("\n{table}");
-    let section = capture_section(command, REPEATS, &table)?.replacen(": capture", ": journal", 1);
-    insert_section(&results_path(), &section)?;
-    println!("recorded in {}", results_path().display());
-    Ok(())
-}
-
-fn journal_table(
-    disk: f64,
-    append: f64,
-    recovery: Duration,
-    replayed: u64,
-    idle: f64,
-    samples: &[Vec<Sample>],
-) -> String {
-    let mut t = String::new();
-    let _ = writeln!(t, "| measurement | value | ratio / notes |");
-    let _ = writeln!(t, "| --- | ---: | --- |");
-    let _ = writeln!(
-        t,
-        "| disk: `dd bs=1M conv=fdatasync`, 1 GiB | {:.0} MB/s | baseline |",
-        disk / 1e6
-    );
-    let _ = writeln!(
-        t,
-        "| journal append, 1 GiB of 64 KiB records, `--fsync interval` | {:.0} MB/s | {:.2} of dd (target ≥ 0.90) |",
-        append / 1e6,
-        append / disk
-    );
-    let _ = writeln!(
-        t,
-        "| recovery of that journal (read + replay) | {:.2} s | {:.0} MB/s over {:.2} GB |",
-        recovery.as_secs_f64(),
-        replayed as f64 / 1e6 / recovery.as_secs_f64(),
-        replayed as f64 / 1e9
-    );
-    let _ = writeln!(
-        t,
-        "| memory per idle tracked flow (100,000 flows, RSS growth) | {idle:.0} bytes | target < 1024 |"
-    );
-    let mut base: Vec<f64> = samples[0].iter().map(|s| s.gbps).collect();
-    let base = median(&mut base);
-    let _ = writeln!(
-        t,
-        "| iperf3, no mirror | {base:.2} Gbit/s | runs: {:?} |",
-        gbps_list(&samples[0])
-    );
-    let mut mirrored: Vec<f64> = samples[1].iter().map(|s| s.gbps).collect();
-    let mirrored = median(&mut mirrored);
-    let journal_rate = samples[1]
-        .iter()
-        .filter_map(|s| s.mirror.as_ref())
-        .map(|m| m.journal_bytes as f64 / IPERF_SECONDS as f64)
-        .fold(0.0, f64::max);
-    let gapped: usize = samples[1]
-        .iter()
-        .filter_map(|s| s.mirror.as_ref())
-        .map(|m| m.gapped_flows)
-        .sum();
-    let ring_full: u64 = samples[1]
-        .iter()
-        .filter_map(|s| s.mirror.as_ref())
-        .map(|m| m.ring_full)
-        .sum();
-    let _ = writeln!(
-        t,
-        "| iperf3 mirrored (tc ingress), every byte journaled, full retention | {mirrored:.2} Gbit/s | {:.2} of no mirror; journal ~{:.0} MB/s = {:.2} of the disk's rate; gapped flows {gapped}; ring_full {ring_full} (backpressure); runs: {:?} |",
-        mirrored / base,
-        journal_rate / 1e6,
-        journal_rate / disk,
-        gbps_list(&samples[1])
-    );
-    t
-}
-
-fn gbps_list(samples: &[Sample]) -> Vec<String> {
-    samples.iter().map(|s| format!("{:.2}", s.gbps)).collect()
+    let [baseline, journaled] = <[Vec<Sample>; 2]>::try_from(samples).expect("two configs");
+    let journal = JournalResults {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        iperf: iperf_version()?,
+        iperf_seconds: IPERF_SECONDS,
+        rounds: REPEATS,
+        bytes: JOURNAL_BYTES,
+        disk_bps: disk,
+        append_bps: append,
+        recovery_seconds: recovery.as_secs_f64(),
+        replayed_bytes: replayed,
+        idle_flows: IDLE_FLOWS,
+        idle_flow_bytes: idle,
+        baseline,
+        journaled,
+    };
+    record(Results {
+        journal: Some(journal),
+        ..Results::default()
+    })
 }
 
 /// Connection counts of the restore-time benchmark.
@@ -1004,6 +910,8 @@ fn failover(command: &str) -> Result<()> {
         limit >= needed,
         "the open-file hard limit is {limit}; the benchmark needs {needed}"
     );
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
     println!("failover benchmark: restore time, and takeover trigger to first byte\n");
     let mut restores = Vec::new();
     for n in RESTORE_COUNTS {
@@ -1014,9 +922,9 @@ fn failover(command: &str) -> Result<()> {
             "restore step {:8.1} ms, whole takeover {:8.1} ms",
             sample.restore_ms, sample.takeover_ms
         );
-        restores.push((n, sample));
+        restores.push(sample);
     }
-    let mut first_bytes = Vec::new();
+    let mut first_byte = Vec::new();
     for mode in ["unsent", "sent"] {
         let mut times = Vec::new();
         for run in 1..=FIRST_BYTE_RUNS {
@@ -1028,28 +936,23 @@ fn failover(command: &str) -> Result<()> {
             println!("{ms:8.1} ms");
             times.push(ms);
         }
-        first_bytes.push((mode, times));
+        first_byte.push(FirstByte {
+            mode: mode.to_owned(),
+            ms: times,
+        });
     }
-    let table = failover_table(&restores, &first_bytes);
-    println!("\n{table}");
-    let method = "- method: IPv4, a fresh client/standby/primary topology per run; the primary \
-                  runs the echo example, the standby `connmirror standby` (TC ingress on both \
-                  links) with the echo example registered for handoff. The primary dies (link \
-                  down, then SIGKILL) and `connmirror takeover` is run 300 ms later. Restore = \
-                  the takeover report's `restore` step (plan, build every socket in repair mode \
-                  on all cores, leave repair); takeover = all steps, handoff included. First \
-                  byte = from spawning `connmirror takeover` to the first echoed byte the \
-                  streaming client (1 MiB/s each way) verifies, polled every 0.2 ms.";
-    let section = section_header(command, "failover")? + method + "\n\n" + &table;
-    insert_section(&results_path(), &section)?;
-    println!("recorded in {}", results_path().display());
-    Ok(())
-}
-
-/// One restore-time run.
-struct RestoreSample {
-    restore_ms: f64,
-    takeover_ms: f64,
+    let failover = FailoverResults {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        restores,
+        first_byte,
+    };
+    record(Results {
+        failover: Some(failover),
+        ..Results::default()
+    })
 }
 
 /// The primary, the standby (with `extra` flags) and the handoff app, up.
@@ -1095,6 +998,7 @@ fn restore_run(n: usize) -> Result<RestoreSample> {
             .sum::<f64>()
     };
     Ok(RestoreSample {
+        connections: n,
         restore_ms: step("restore"),
         takeover_ms: step(""),
     })
@@ -1140,47 +1044,6 @@ fn first_byte_run(mode: &str) -> Result<f64> {
     Ok(elapsed.as_secs_f64() * 1e3)
 }
 
-/// The value at quantile `q` (nearest rank) of `values`.
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn failover_table(restores: &[(usize, RestoreSample)], first_bytes: &[(&str, Vec<f64>)]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "| connections | restore step (ms) | whole takeover (ms) |"
-    );
-    let _ = writeln!(s, "| ---: | ---: | ---: |");
-    for (n, sample) in restores {
-        let _ = writeln!(
-            s,
-            "| {n} | {:.1} | {:.1} |",
-            sample.restore_ms, sample.takeover_ms
-        );
-    }
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "| send-queue refill | runs | trigger → first byte p50 (ms) | p99 (ms) | max (ms) |"
-    );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
-    for (mode, times) in first_bytes {
-        let _ = writeln!(
-            s,
-            "| `--send-queue {mode}` | {} | {:.1} | {:.1} | {:.1} |",
-            times.len(),
-            quantile(times, 0.5),
-            quantile(times, 0.99),
-            quantile(times, 1.0)
-        );
-    }
-    s
-}
-
 /// Runs of the automatic-failover benchmark.
 const OWNERSHIP_RUNS: usize = 50;
 
@@ -1188,6 +1051,8 @@ const OWNERSHIP_RUNS: usize = 50;
 /// the client receives from the standby, with automatic failure detection
 /// (50 ms heartbeats, 3 missed), over [`OWNERSHIP_RUNS`] runs.
 fn ownership(command: &str) -> Result<()> {
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
     println!("ownership benchmark: primary death to resumed stream, automatic failover\n");
     let mut times = Vec::new();
     for run in 1..=OWNERSHIP_RUNS {
@@ -1199,31 +1064,17 @@ fn ownership(command: &str) -> Result<()> {
         println!("{ms:8.1} ms");
         times.push(ms);
     }
-    let mut table = String::new();
-    let _ = writeln!(table, "| runs | p50 (ms) | p99 (ms) | max (ms) | target |");
-    let _ = writeln!(table, "| ---: | ---: | ---: | ---: | --- |");
-    let _ = writeln!(
-        table,
-        "| {} | {:.1} | {:.1} | {:.1} | p50 < 150, p99 < 250 |",
-        times.len(),
-        quantile(&times, 0.5),
-        quantile(&times, 0.99),
-        quantile(&times, 1.0)
-    );
-    println!("\n{table}");
-    let method = "- method: IPv4, a fresh client/standby/primary topology per run: the primary \
-                  runs the echo example and `connmirror agent` (heartbeats every 50 ms), the \
-                  standby `connmirror standby --heartbeat-listen` (3 missed heartbeats, \
-                  `--failover auto`) with the echo example registered for handoff. One client \
-                  streams 1 MiB/s each way and verifies every byte. The primary dies (link \
-                  down, server and agent SIGKILLed); the time is the longest stretch after \
-                  that with no new verified byte at the client over the 3 s after the death \
-                  (polled every 0.2 ms), i.e. from the last byte the primary delivered to \
-                  the first the standby did.";
-    let section = section_header(command, "ownership")? + method + "\n\n" + &table;
-    insert_section(&results_path(), &section)?;
-    println!("recorded in {}", results_path().display());
-    Ok(())
+    let ownership = OwnershipResults {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        ms: times,
+    };
+    record(Results {
+        ownership: Some(ownership),
+        ..Results::default()
+    })
 }
 
 fn ownership_run() -> Result<f64> {

@@ -1,0 +1,928 @@
+//! Benchmark results as data, and the `bench/RESULTS.md` page made from them.
+//!
+//! `connmirror-bench` stores each area's latest run as JSON in
+//! `bench/data/AREA.json` ([`Results::save`]), then rewrites `bench/RESULTS.md`
+//! from every stored area ([`Results::render`]): one table per area, each stating
+//! its command, date, commit, kernel and CPU. Running one area therefore keeps the
+//! other areas' latest results. The plots beside the page come from the same data
+//! ([`crate::plots`]).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, Result, ensure};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Where and how one area was run: what every table states.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The command, as typed (`cargo xtask bench`, or a note that the binary ran directly).
+    pub command: String,
+    /// When the area started, `YYYY-MM-DD HH:MM UTC`.
+    pub date: String,
+    /// `git rev-parse --short HEAD` of the workspace.
+    pub commit: String,
+    /// Whether files outside `bench/` had uncommitted changes.
+    pub dirty: bool,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The first `model name` of `/proc/cpuinfo`.
+    pub cpu: String,
+    /// Cores this process could use.
+    pub cores: usize,
+    /// How long the area took.
+    pub seconds: f64,
+}
+
+impl RunInfo {
+    /// The facts of a run of `command` starting now in the workspace at `root`
+    /// (`seconds` is filled in when it ends).
+    pub fn collect(command: &str, root: &Path) -> Result<RunInfo> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("read /proc/cpuinfo")?;
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let root = root.display().to_string();
+        let commit = output("git", &["-C", &root, "rev-parse", "--short", "HEAD"])
+            .unwrap_or_else(|_| "unknown".to_owned());
+        // bench/ itself changes as the areas of one run are recorded.
+        let dirty = output(
+            "git",
+            &["-C", &root, "status", "--porcelain", "--", ".", ":!bench"],
+        )
+        .is_ok_and(|s| !s.is_empty());
+        Ok(RunInfo {
+            command: command.to_owned(),
+            date: output("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?,
+            commit,
+            dirty,
+            kernel: output("uname", &["-r"])?,
+            cpu,
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            seconds: 0.0,
+        })
+    }
+
+    /// The bullet list under an area's heading, `method` last.
+    fn render(&self, method: &str) -> String {
+        let RunInfo {
+            command,
+            date,
+            commit,
+            dirty,
+            kernel,
+            cpu,
+            cores,
+            seconds,
+        } = self;
+        let dirty = if *dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        };
+        let mut s = String::new();
+        let _ = writeln!(s, "- command: {command}");
+        let _ = writeln!(s, "- date: {date} (the area took {seconds:.0} s)");
+        let _ = writeln!(s, "- commit: {commit}{dirty}");
+        let _ = writeln!(s, "- kernel: {kernel}");
+        let _ = writeln!(
+            s,
+            "- CPU: {cpu}, {cores} cores; links: veth pairs between network namespaces"
+        );
+        let _ = writeln!(s, "- method: {method}");
+        s
+    }
+}
+
+/// The trimmed stdout of a short command; fails unless it exits 0.
+pub fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {program}"))?;
+    ensure!(
+        out.status.success(),
+        "{program} {args:?} failed: {}",
+        out.status
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What captured the traffic in one configuration of the capture benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capturer {
+    /// Nothing: the unmirrored baseline.
+    None,
+    /// `connmirror mirror`.
+    Mirror,
+    /// `tcpdump -w FILE`.
+    Tcpdump,
+}
+
+/// One iperf3 run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// The receiver's rate.
+    pub gbps: f64,
+    /// The sender's retransmissions.
+    pub retransmits: u64,
+    /// Share of all CPUs' time not idle during the run, in %.
+    pub host_busy: f64,
+    /// Only for mirrored runs.
+    pub mirror: Option<MirrorSample>,
+    /// Only for runs under tcpdump.
+    pub tcpdump: Option<TcpdumpSample>,
+}
+
+/// What the mirror reported for one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MirrorSample {
+    /// The `ring_full` counter.
+    pub ring_full: u64,
+    /// The `backpressure_drops` counter.
+    pub drops: u64,
+    /// Flows `report.json` classifies as gapped.
+    pub gapped_flows: usize,
+    /// Of those, the ones that ended with a RST.
+    pub gapped_reset: usize,
+    /// Flows in `report.json`.
+    pub flows: usize,
+    /// utime+stime of the mirror over the iperf3 run / wall time, in % of one core.
+    pub cpu_percent: f64,
+    /// Journal bytes written, with `--journal`.
+    pub journal_bytes: u64,
+    /// One line per gapped flow, for the log.
+    pub gapped: Vec<String>,
+    /// `ingress=` values the mirror logged when it attached (native or generic).
+    pub attach: String,
+}
+
+/// What tcpdump reported for one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TcpdumpSample {
+    /// Packets written to the file.
+    pub captured: u64,
+    /// Packets the kernel dropped before tcpdump read them.
+    pub dropped: u64,
+    /// Size of the pcap file (deleted after the run).
+    pub file_bytes: u64,
+    /// utime+stime of tcpdump over the iperf3 run / wall time, in % of one core.
+    pub cpu_percent: f64,
+}
+
+/// One configuration of the capture benchmark and its runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConfigRuns {
+    /// Name in the table.
+    pub name: String,
+    /// Name under its bar in the plot.
+    pub short: String,
+    /// What captured.
+    pub capturer: Capturer,
+    /// Printed in the notes column.
+    pub note: String,
+    /// One per round.
+    pub runs: Vec<Sample>,
+}
+
+impl ConfigRuns {
+    /// The median throughput over the rounds.
+    pub fn median_gbps(&self) -> f64 {
+        median(&self.runs.iter().map(|s| s.gbps).collect::<Vec<_>>())
+    }
+}
+
+/// `cargo xtask bench capture`: throughput per attach point and under tcpdump.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaptureResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// `iperf3 --version`, first line.
+    pub iperf: String,
+    /// `iperf3 -t`.
+    pub iperf_seconds: u64,
+    /// Rounds run (each runs every configuration once).
+    pub rounds: usize,
+    /// The baseline first.
+    pub configs: Vec<ConfigRuns>,
+}
+
+impl CaptureResults {
+    /// The median throughput of the unmirrored baseline.
+    pub fn baseline_gbps(&self) -> f64 {
+        self.configs
+            .iter()
+            .find(|c| c.capturer == Capturer::None)
+            .map_or(f64::NAN, ConfigRuns::median_gbps)
+    }
+}
+
+/// `cargo xtask bench journal`: the journal against the disk, and journaled
+/// mirroring against none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// `iperf3 --version`, first line.
+    pub iperf: String,
+    /// `iperf3 -t`.
+    pub iperf_seconds: u64,
+    /// Rounds of (baseline, journaled).
+    pub rounds: usize,
+    /// Bytes `dd` and the journal append wrote.
+    pub bytes: u64,
+    /// `dd bs=1M conv=fdatasync`, bytes per second.
+    pub disk_bps: f64,
+    /// Journal append, bytes per second.
+    pub append_bps: f64,
+    /// Reading and replaying that journal.
+    pub recovery_seconds: f64,
+    /// Payload bytes recovery replayed.
+    pub replayed_bytes: u64,
+    /// Idle flows in the memory measurement.
+    pub idle_flows: u32,
+    /// Resident memory per idle flow.
+    pub idle_flow_bytes: f64,
+    /// iperf3 without a mirror.
+    pub baseline: Vec<Sample>,
+    /// iperf3 mirrored with every byte journaled.
+    pub journaled: Vec<Sample>,
+}
+
+/// One restore-time run.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestoreSample {
+    /// Idle connections restored.
+    pub connections: usize,
+    /// The takeover report's `restore` step.
+    pub restore_ms: f64,
+    /// Every step of the takeover.
+    pub takeover_ms: f64,
+}
+
+/// Takeover trigger to first byte, for one send-queue refill mode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FirstByte {
+    /// `--send-queue` value.
+    pub mode: String,
+    /// One per run, in milliseconds.
+    pub ms: Vec<f64>,
+}
+
+/// `cargo xtask bench failover`: restore time and takeover to first byte.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailoverResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// One per connection count, ascending.
+    pub restores: Vec<RestoreSample>,
+    /// One per send-queue refill mode.
+    pub first_byte: Vec<FirstByte>,
+}
+
+/// `cargo xtask bench ownership`: primary death to the first resumed byte.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OwnershipResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// One per run, in milliseconds.
+    pub ms: Vec<f64>,
+}
+
+/// The latest result of every area that has one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Results {
+    /// `bench/data/capture.json`.
+    pub capture: Option<CaptureResults>,
+    /// `bench/data/journal.json`.
+    pub journal: Option<JournalResults>,
+    /// `bench/data/failover.json`.
+    pub failover: Option<FailoverResults>,
+    /// `bench/data/ownership.json`.
+    pub ownership: Option<OwnershipResults>,
+}
+
+impl Results {
+    /// Reads every `AREA.json` in `dir`; a missing file is an area not run yet.
+    pub fn load(dir: &Path) -> Result<Results> {
+        Ok(Results {
+            capture: load(&dir.join("capture.json"))?,
+            journal: load(&dir.join("journal.json"))?,
+            failover: load(&dir.join("failover.json"))?,
+            ownership: load(&dir.join("ownership.json"))?,
+        })
+    }
+
+    /// Writes every area this holds to `dir/AREA.json`, replacing what was there.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let Results {
+            capture,
+            journal,
+            failover,
+            ownership,
+        } = self;
+        save(&dir.join("capture.json"), capture)?;
+        save(&dir.join("journal.json"), journal)?;
+        save(&dir.join("failover.json"), failover)?;
+        save(&dir.join("ownership.json"), ownership)
+    }
+
+    /// Takes the areas `newer` holds, keeping the others.
+    pub fn update(&mut self, newer: Results) {
+        let Results {
+            capture,
+            journal,
+            failover,
+            ownership,
+        } = newer;
+        self.capture = capture.or(self.capture.take());
+        self.journal = journal.or(self.journal.take());
+        self.failover = failover.or(self.failover.take());
+        self.ownership = ownership.or(self.ownership.take());
+    }
+
+    /// The whole `RESULTS.md`: a header, then one section per area with a table
+    /// and, where there is one, its plot.
+    pub fn render(&self) -> String {
+        String::from(HEADER) + &self.sections()
+    }
+
+    /// The sections of the areas this holds, without the page's header.
+    pub fn sections(&self) -> String {
+        let mut s = String::new();
+        let sections = [
+            self.capture.as_ref().map(render_capture),
+            self.journal.as_ref().map(render_journal),
+            self.failover.as_ref().map(render_failover),
+            self.ownership.as_ref().map(render_ownership),
+        ];
+        for section in sections.into_iter().flatten() {
+            s.push('\n');
+            s.push_str(&section);
+        }
+        s
+    }
+}
+
+/// The top of `RESULTS.md`.
+const HEADER: &str = "# Benchmark results
+
+Written by `cargo xtask bench [AREA]` from the data it stores in [data/](data/) (each
+area's latest run; running one area keeps the others), with the plots beside this page.
+Do not edit it by hand: `cargo run -p connmirror-tests --bin connmirror-bench -- report`
+rewrites it, and the plots, from the data.
+
+Absolute numbers are noisy: the benchmarks run on a 2-core VM shared with other engineers'
+builds and tests, which run at the same time (see host CPU busy). Speed is therefore given
+as ratios within one run (mirrored against unmirrored throughput, measured interleaved in
+the same run); compare those, not absolute rates across runs or machines.
+";
+
+fn load<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("parse {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn save<T: Serialize>(path: &Path, value: &Option<T>) -> Result<()> {
+    let Some(value) = value else { return Ok(()) };
+    let text = serde_json::to_string_pretty(value).context("encode results as JSON")?;
+    write_atomically(path, format!("{text}\n").as_bytes())
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader
+/// never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = PathBuf::from(path);
+    tmp.as_mut_os_string().push(".tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => sorted[n / 2],
+        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The value at quantile `q` (nearest rank) of `values`.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn median_of<T>(items: &[T], value: impl Fn(&T) -> f64) -> f64 {
+    median(&items.iter().map(value).collect::<Vec<_>>())
+}
+
+/// The iperf3 method shared by the capture and journal areas.
+fn iperf_method(iperf: &str, seconds: u64, rounds: usize) -> String {
+    format!(
+        "one {iperf} stream (`-t {seconds}`, client -> server through the gateway, receiver's \
+         rate), each run on a fresh client/gateway/server topology; baseline and configurations \
+         interleaved, {rounds} round(s); Gbit/s, ring_full, drops and CPU are medians over the \
+         rounds, gapped flows are summed over them, ratio = median / baseline median of the \
+         same run. Mirror defaults otherwise (16 MiB ring, `--on-ring-full drop`, `--report` \
+         only, no stream dumps). Mirror CPU = utime+stime of the connmirror process over the \
+         iperf3 run / wall time (100 % = one core); it excludes the eBPF programs, which run in \
+         the forwarding softirq. Host CPU busy = share of all cores' time not idle during the \
+         iperf3 run (/proc/stat)."
+    )
+}
+
+fn render_capture(r: &CaptureResults) -> String {
+    let method = iperf_method(&r.iperf, r.iperf_seconds, r.rounds)
+        + " `tcpdump -w` is `tcpdump -i gw-c -n -w FILE tcp port 5201` in the gateway \
+           (the client-side link carries both directions of the stream, so every packet is \
+           written once), default snap length and buffer, writing to a scratch file on the \
+           workspace's disk that is deleted after the run; its drops are the packets it reports \
+           as dropped by kernel, its CPU is tcpdump's utime+stime.";
+    let mut s = String::from("## Capture: throughput per attach point, and tcpdump\n\n");
+    s.push_str(&r.info.render(&method));
+    s.push('\n');
+    s.push_str(&capture_table(r));
+    s.push_str("\n![Throughput per configuration](throughput.png)\n");
+    s
+}
+
+/// One row per configuration, medians over the rounds.
+fn capture_table(r: &CaptureResults) -> String {
+    let baseline = r.baseline_gbps();
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| config | Gbit/s | ratio | ring_full | drops | gapped flows | capturer CPU % | notes |"
+    );
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+    for config in &r.configs {
+        let runs = &config.runs;
+        let gbps = config.median_gbps();
+        let per_run: Vec<String> = runs.iter().map(|s| format!("{:.2}", s.gbps)).collect();
+        let mut notes = vec![
+            format!("runs: {} Gbit/s", per_run.join(", ")),
+            format!(
+                "retransmits {:.0}",
+                median_of(runs, |s| s.retransmits as f64)
+            ),
+            format!("host CPU busy {:.0} %", median_of(runs, |s| s.host_busy)),
+        ];
+        let cells = match config.capturer {
+            Capturer::None => "– | – | – | –".to_owned(),
+            Capturer::Mirror => mirror_cells(runs, &mut notes),
+            Capturer::Tcpdump => tcpdump_cells(runs, &mut notes),
+        };
+        if !config.note.is_empty() {
+            notes.push(config.note.clone());
+        }
+        let _ = writeln!(
+            t,
+            "| {} | {gbps:.2} | {:.2} | {cells} | {} |",
+            config.name,
+            gbps / baseline,
+            notes.join("; ")
+        );
+    }
+    t
+}
+
+/// ring_full, drops, gapped flows and CPU of mirrored runs.
+fn mirror_cells(runs: &[Sample], notes: &mut Vec<String>) -> String {
+    let m: Vec<&MirrorSample> = runs.iter().filter_map(|s| s.mirror.as_ref()).collect();
+    let gapped: usize = m.iter().map(|m| m.gapped_flows).sum();
+    let gapped_reset: usize = m.iter().map(|m| m.gapped_reset).sum();
+    let flows: usize = m.iter().map(|m| m.flows).sum();
+    if let Some(first) = m.first().filter(|m| !m.attach.is_empty()) {
+        notes.push(format!("attached as {}", first.attach));
+    }
+    if gapped > 0 {
+        notes.push(format!(
+            "{gapped_reset} of the {gapped} gapped flows ended with a RST \
+             (iperf3's server resets its data connection)"
+        ));
+    }
+    format!(
+        "{:.0} | {:.0} | {gapped} of {flows} | {:.0}",
+        median_of(&m, |m| m.ring_full as f64),
+        median_of(&m, |m| m.drops as f64),
+        median_of(&m, |m| m.cpu_percent)
+    )
+}
+
+/// Drops and CPU of runs under tcpdump (it has no ring_full or flows).
+fn tcpdump_cells(runs: &[Sample], notes: &mut Vec<String>) -> String {
+    let t: Vec<&TcpdumpSample> = runs.iter().filter_map(|s| s.tcpdump.as_ref()).collect();
+    let dropped = median_of(&t, |t| t.dropped as f64);
+    let captured = median_of(&t, |t| t.captured as f64);
+    notes.push(format!(
+        "{captured:.0} packets written, {:.1} % dropped by kernel, {:.2} GB file",
+        dropped / (dropped + captured) * 100.0,
+        median_of(&t, |t| t.file_bytes as f64) / 1e9
+    ));
+    format!(
+        "– | {dropped:.0} | – | {:.0}",
+        median_of(&t, |t| t.cpu_percent)
+    )
+}
+
+fn render_journal(r: &JournalResults) -> String {
+    let method = format!(
+        "dd, the journal append and recovery write and read {:.0} GiB in `target/` on the \
+         workspace's disk; the mirrored rows are {}",
+        r.bytes as f64 / f64::from(1 << 30),
+        iperf_method(&r.iperf, r.iperf_seconds, r.rounds)
+    );
+    let mut s = String::from("## Journal: append rate, recovery, memory, journaled throughput\n\n");
+    s.push_str(&r.info.render(&method));
+    s.push('\n');
+    s.push_str(&journal_table(r));
+    s
+}
+
+fn journal_table(r: &JournalResults) -> String {
+    let gib = r.bytes as f64 / f64::from(1 << 30);
+    let mut t = String::new();
+    let _ = writeln!(t, "| measurement | value | ratio / notes |");
+    let _ = writeln!(t, "| --- | ---: | --- |");
+    let _ = writeln!(
+        t,
+        "| disk: `dd bs=1M conv=fdatasync`, {gib:.0} GiB | {:.0} MB/s | baseline |",
+        r.disk_bps / 1e6
+    );
+    let _ = writeln!(
+        t,
+        "| journal append, {gib:.0} GiB of 64 KiB records, `--fsync interval` | {:.0} MB/s | {:.2} of dd (target ≥ 0.90) |",
+        r.append_bps / 1e6,
+        r.append_bps / r.disk_bps
+    );
+    let _ = writeln!(
+        t,
+        "| recovery of that journal (read + replay) | {:.2} s | {:.0} MB/s over {:.2} GB |",
+        r.recovery_seconds,
+        r.replayed_bytes as f64 / 1e6 / r.recovery_seconds,
+        r.replayed_bytes as f64 / 1e9
+    );
+    let _ = writeln!(
+        t,
+        "| memory per idle tracked flow ({} flows, RSS growth) | {:.0} bytes | target < 1024 |",
+        thousands(r.idle_flows as usize),
+        r.idle_flow_bytes
+    );
+    let base = median_of(&r.baseline, |s| s.gbps);
+    let _ = writeln!(
+        t,
+        "| iperf3, no mirror | {base:.2} Gbit/s | runs: {} Gbit/s |",
+        gbps_list(&r.baseline)
+    );
+    let mirrored = median_of(&r.journaled, |s| s.gbps);
+    let m: Vec<&MirrorSample> = r
+        .journaled
+        .iter()
+        .filter_map(|s| s.mirror.as_ref())
+        .collect();
+    let journal_rate = m
+        .iter()
+        .map(|m| m.journal_bytes as f64 / r.iperf_seconds as f64)
+        .fold(0.0, f64::max);
+    let gapped: usize = m.iter().map(|m| m.gapped_flows).sum();
+    let ring_full: u64 = m.iter().map(|m| m.ring_full).sum();
+    let _ = writeln!(
+        t,
+        "| iperf3 mirrored (tc ingress), every byte journaled, full retention | {mirrored:.2} Gbit/s | {:.2} of no mirror; journal ~{:.0} MB/s = {:.2} of the disk's rate; gapped flows {gapped}; ring_full {ring_full} (backpressure); runs: {} Gbit/s |",
+        mirrored / base,
+        journal_rate / 1e6,
+        journal_rate / r.disk_bps,
+        gbps_list(&r.journaled)
+    );
+    t
+}
+
+fn gbps_list(samples: &[Sample]) -> String {
+    let runs: Vec<String> = samples.iter().map(|s| format!("{:.2}", s.gbps)).collect();
+    runs.join(", ")
+}
+
+/// `n` with a comma every three digits (10,000).
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn render_failover(r: &FailoverResults) -> String {
+    let method = "IPv4, a fresh client/standby/primary topology per run; the primary runs the \
+                  echo example, the standby `connmirror standby` (TC ingress on both links) with \
+                  the echo example registered for handoff. The primary dies (link down, then \
+                  SIGKILL) and `connmirror takeover` is run 300 ms later. Restore = the takeover \
+                  report's `restore` step (plan, build every socket in repair mode on all cores, \
+                  leave repair); takeover = all steps, handoff included; one run per connection \
+                  count. First byte = from spawning `connmirror takeover` to the first echoed \
+                  byte the streaming client (1 MiB/s each way) verifies, polled every 0.2 ms.";
+    let mut s = String::from("## Failover: restore time and takeover to first byte\n\n");
+    s.push_str(&r.info.render(method));
+    s.push('\n');
+    s.push_str(&failover_table(r));
+    s.push_str("\n![Restore time against connections](restore.png)\n");
+    s
+}
+
+/// Restores and first-byte times in one table: each row one measurement,
+/// p50/p99/max over its runs (one run: the value in every column).
+fn failover_table(r: &FailoverResults) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "| measurement | runs | p50 (ms) | p99 (ms) | max (ms) |");
+    let _ = writeln!(t, "| --- | ---: | ---: | ---: | ---: |");
+    for sample in &r.restores {
+        let n = thousands(sample.connections);
+        let plural = if sample.connections == 1 { "" } else { "s" };
+        let _ = writeln!(
+            t,
+            "| restore step, {n} idle connection{plural} | 1 | {:.1} | – | – |",
+            sample.restore_ms
+        );
+        let _ = writeln!(
+            t,
+            "| whole takeover, {n} idle connection{plural} | 1 | {:.1} | – | – |",
+            sample.takeover_ms
+        );
+    }
+    for first in &r.first_byte {
+        let _ = writeln!(
+            t,
+            "| trigger → first byte, `--send-queue {}` | {} | {:.1} | {:.1} | {:.1} |",
+            first.mode,
+            first.ms.len(),
+            quantile(&first.ms, 0.5),
+            quantile(&first.ms, 0.99),
+            quantile(&first.ms, 1.0)
+        );
+    }
+    t
+}
+
+fn render_ownership(r: &OwnershipResults) -> String {
+    let method = "IPv4, a fresh client/standby/primary topology per run: the primary runs the \
+                  echo example and `connmirror agent` (heartbeats every 50 ms), the standby \
+                  `connmirror standby --heartbeat-listen` (3 missed heartbeats, `--failover \
+                  auto`) with the echo example registered for handoff. One client streams 1 MiB/s \
+                  each way and verifies every byte. The primary dies (link down, server and agent \
+                  SIGKILLed); the time is the longest stretch after that with no new verified \
+                  byte at the client over the 3 s after the death (polled every 0.2 ms), i.e. \
+                  from the last byte the primary delivered to the first the standby did.";
+    let mut s =
+        String::from("## Ownership: automatic failover, primary death to resumed stream\n\n");
+    s.push_str(&r.info.render(method));
+    s.push('\n');
+    let _ = writeln!(s, "| runs | p50 (ms) | p99 (ms) | max (ms) | target |");
+    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        s,
+        "| {} | {:.1} | {:.1} | {:.1} | p50 < 150, p99 < 250 |",
+        r.ms.len(),
+        quantile(&r.ms, 0.5),
+        quantile(&r.ms, 0.99),
+        quantile(&r.ms, 1.0)
+    );
+    s.push_str(
+        "\n![Failover latency CDF](failover-cdf.png)\n\nThe plot also shows the failover \
+         area's takeover trigger → first byte samples (a manual `connmirror takeover`, no \
+         failure detection).\n",
+    );
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A run's facts with fixed values.
+    pub(crate) fn info() -> RunInfo {
+        RunInfo {
+            command: "`cargo xtask bench`".into(),
+            date: "2026-11-26 04:00 UTC".into(),
+            commit: "abc1234".into(),
+            dirty: false,
+            kernel: "6.18.44".into(),
+            cpu: "AMD EPYC".into(),
+            cores: 2,
+            seconds: 61.4,
+        }
+    }
+
+    fn run(gbps: f64) -> Sample {
+        Sample {
+            gbps,
+            retransmits: 10,
+            host_busy: 70.0,
+            ..Sample::default()
+        }
+    }
+
+    /// A capture result: baseline 8 and 6 Gbit/s, tc 4 and 2, tcpdump 7.
+    pub(crate) fn capture() -> CaptureResults {
+        let mirrored = |gbps| Sample {
+            mirror: Some(MirrorSample {
+                flows: 2,
+                cpu_percent: 12.0,
+                attach: "tc-ingress".into(),
+                ..MirrorSample::default()
+            }),
+            ..run(gbps)
+        };
+        let dumped = Sample {
+            tcpdump: Some(TcpdumpSample {
+                captured: 900,
+                dropped: 100,
+                file_bytes: 2_500_000_000,
+                cpu_percent: 40.0,
+            }),
+            ..run(7.0)
+        };
+        let config = |name: &str, capturer, runs| ConfigRuns {
+            name: name.into(),
+            short: name.into(),
+            capturer,
+            note: String::new(),
+            runs,
+        };
+        CaptureResults {
+            info: info(),
+            iperf: "iperf 3.12".into(),
+            iperf_seconds: 10,
+            rounds: 2,
+            configs: vec![
+                config("baseline", Capturer::None, vec![run(8.0), run(6.0)]),
+                config(
+                    "tc in",
+                    Capturer::Mirror,
+                    vec![mirrored(4.0), mirrored(2.0)],
+                ),
+                config("tcpdump -w", Capturer::Tcpdump, vec![dumped]),
+            ],
+        }
+    }
+
+    /// A failover result over 1 and 10,000 connections.
+    pub(crate) fn failover() -> FailoverResults {
+        FailoverResults {
+            info: info(),
+            restores: vec![
+                RestoreSample {
+                    connections: 1,
+                    restore_ms: 0.1,
+                    takeover_ms: 0.4,
+                },
+                RestoreSample {
+                    connections: 10_000,
+                    restore_ms: 220.0,
+                    takeover_ms: 1222.0,
+                },
+            ],
+            first_byte: vec![FirstByte {
+                mode: "unsent".into(),
+                ms: vec![8.0, 9.0, 30.0],
+            }],
+        }
+    }
+
+    /// An ownership result of 1..=100 ms.
+    pub(crate) fn ownership() -> OwnershipResults {
+        OwnershipResults {
+            info: info(),
+            ms: (1..=100).map(f64::from).collect(),
+        }
+    }
+
+    /// Nearest-rank quantiles and the median, exactly.
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), 50.0);
+        assert_eq!(quantile(&v, 0.99), 99.0);
+        assert_eq!(quantile(&v, 1.0), 100.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    /// Each row of the capture table: the median, the ratio to the baseline's
+    /// median, and the capturer's own columns.
+    #[test]
+    fn capture_table_has_ratios_to_the_baseline() {
+        let table = capture_table(&capture());
+        let rows: Vec<&str> = table.lines().collect();
+        assert_eq!(rows.len(), 5, "{table}");
+        assert_eq!(
+            rows[2],
+            "| baseline | 7.00 | 1.00 | – | – | – | – | runs: 8.00, 6.00 Gbit/s; retransmits 10; host CPU busy 70 % |"
+        );
+        assert_eq!(
+            rows[3],
+            "| tc in | 3.00 | 0.43 | 0 | 0 | 0 of 4 | 12 | runs: 4.00, 2.00 Gbit/s; retransmits 10; host CPU busy 70 %; attached as tc-ingress |"
+        );
+        assert_eq!(
+            rows[4],
+            "| tcpdump -w | 7.00 | 1.00 | – | 100 | – | 40 | runs: 7.00 Gbit/s; retransmits 10; host CPU busy 70 %; 900 packets written, 10.0 % dropped by kernel, 2.50 GB file |"
+        );
+    }
+
+    /// The failover table: one row per restore measurement and per refill mode.
+    #[test]
+    fn failover_table_lists_restores_and_quantiles() {
+        let table = failover_table(&failover());
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows,
+            [
+                "| restore step, 1 idle connection | 1 | 0.1 | – | – |",
+                "| whole takeover, 1 idle connection | 1 | 0.4 | – | – |",
+                "| restore step, 10,000 idle connections | 1 | 220.0 | – | – |",
+                "| whole takeover, 10,000 idle connections | 1 | 1222.0 | – | – |",
+                "| trigger → first byte, `--send-queue unsent` | 3 | 9.0 | 30.0 | 30.0 |",
+            ]
+        );
+    }
+
+    /// Every section states the command, date, commit, kernel and CPU, and the
+    /// areas without data are left out.
+    #[test]
+    fn page_states_how_each_area_ran() {
+        let results = Results {
+            ownership: Some(ownership()),
+            ..Results::default()
+        };
+        let page = results.render();
+        assert!(page.starts_with("# Benchmark results\n"));
+        assert!(!page.contains("## Capture"));
+        let section = &page[page.find("## Ownership").expect("ownership section")..];
+        for line in [
+            "- command: `cargo xtask bench`",
+            "- date: 2026-11-26 04:00 UTC (the area took 61 s)",
+            "- commit: abc1234",
+            "- kernel: 6.18.44",
+            "- CPU: AMD EPYC, 2 cores; links: veth pairs between network namespaces",
+            "| 100 | 50.0 | 99.0 | 100.0 | p50 < 150, p99 < 250 |",
+            "![Failover latency CDF](failover-cdf.png)",
+        ] {
+            assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+    }
+
+    /// Saved areas load back equal; a newer result replaces only its own area.
+    #[test]
+    fn areas_round_trip_and_update_separately() {
+        let dir = std::env::temp_dir().join(format!("cm-results-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut stored = Results {
+            capture: Some(capture()),
+            ownership: Some(ownership()),
+            ..Results::default()
+        };
+        stored.save(&dir).unwrap();
+        assert_eq!(Results::load(&dir).unwrap(), stored);
+        let mut newer = ownership();
+        newer.ms = vec![5.0];
+        stored.update(Results {
+            ownership: Some(newer.clone()),
+            ..Results::default()
+        });
+        assert_eq!(stored.capture, Some(capture()));
+        assert_eq!(stored.ownership, Some(newer));
+        std::fs::write(dir.join("journal.json"), "{").unwrap();
+        let err = Results::load(&dir).unwrap_err();
+        assert_eq!(
+            format!("{err}"),
+            format!("parse {}", dir.join("journal.json").display())
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
