@@ -18,6 +18,7 @@ pub mod heartbeat;
 pub mod journal;
 pub mod mirror;
 pub mod ownership;
+pub mod pinning;
 pub mod replay;
 pub mod restore;
 pub mod service;

@@ -33,6 +33,7 @@ pub mod journal;
 pub mod live;
 pub mod mirror;
 pub mod netns;
+pub mod pinning;
 pub mod process;
 pub mod redis;
 pub mod repair;
