@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     ffi::CString,
     fmt,
-    path::Path,
+    path::{Path, PathBuf},
     str::FromStr,
 };
 
@@ -445,10 +445,16 @@ impl Capture {
         let pinning = self.pins.is_some();
         let program: &mut Xdp = self.program(XDP)?;
         let id = match pinned {
-            Some(link) => {
+            Some((link, path)) => {
                 let link =
                     XdpLink::try_from(link).map_err(link_error(iface, name, "taking over"))?;
-                program.attach_to_link(link)
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, name)?;
+                        program.attach(iface, mode)
+                    }
+                    result => result,
+                }
             }
             None => program.attach(iface, mode),
         }
@@ -476,13 +482,19 @@ impl Capture {
         let pinning = self.pins.is_some();
         let program: &mut SchedClassifier = self.program(name)?;
         let id = match pinned {
-            Some(link) => {
+            Some((link, path)) => {
                 let link = SchedClassifierLink::try_from(link).map_err(link_error(
                     iface,
                     mode,
                     "taking over",
                 ))?;
-                program.attach_to_link(link)
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, mode)?;
+                        program.attach(iface, attach_type)
+                    }
+                    result => result,
+                }
             }
             None => program.attach(iface, attach_type),
         }
@@ -497,12 +509,13 @@ impl Capture {
         Ok(mode)
     }
 
-    /// The link pinned for `hook` on `iface`, when pinning and there is one.
+    /// The link pinned for `hook` on `iface` and its pin path, when pinning and
+    /// there is one.
     fn open_pinned_link(
         &self,
         iface: &str,
         hook: &'static str,
-    ) -> Result<Option<FdLink>, CaptureError> {
+    ) -> Result<Option<(FdLink, PathBuf)>, CaptureError> {
         let Some(Pins { instance, .. }) = &self.pins else {
             return Ok(None);
         };
@@ -512,7 +525,7 @@ impl Capture {
         }
         let link = PinnedLink::from_pin(&path).map_err(link_error(iface, hook, "opening"))?;
         tracing::info!(iface, hook, path = %path.display(), "taking over the pinned link");
-        Ok(Some(FdLink::from(link)))
+        Ok(Some((FdLink::from(link), path)))
     }
 
     /// Holds `link` for as long as this capture lives, pinning it first unless
@@ -682,6 +695,25 @@ fn attach_error(
         mode,
         source: Box::new(source),
     }
+}
+
+/// Whether a link update failed because the link is severed: its interface
+/// was deleted, and the kernel detached it (`ENOLINK` from `BPF_LINK_UPDATE`,
+/// see `tcx_link_update` and `bpf_xdp_link_update` in the kernel).
+fn severed(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOLINK))
+}
+
+/// Removes the pin of a severed link, so a fresh link is attached and pinned
+/// in its place. Segments on the interface between its deletion and now were
+/// not captured: the connections through it broke with it.
+fn unpin_severed(path: &Path, iface: &str, hook: &'static str) -> Result<(), CaptureError> {
+    tracing::warn!(
+        iface,
+        hook,
+        "the pinned link is severed (its interface was deleted); attaching a new one"
+    );
+    std::fs::remove_file(path).map_err(link_error(iface, hook, "unpinning"))
 }
 
 /// Wraps a failure to open, take over or pin a link.

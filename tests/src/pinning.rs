@@ -58,6 +58,20 @@ impl PinnedInstance {
         files
     }
 
+    /// The kernel ids of the programs pinned under the instance.
+    pub fn program_ids(&self) -> BTreeSet<u32> {
+        self.files()
+            .iter()
+            .filter(|file| file.starts_with("prog_"))
+            .map(|file| {
+                let path = self.dir().join(file);
+                aya::programs::ProgramInfo::from_pin(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+                    .id()
+            })
+            .collect()
+    }
+
     /// Runs `connmirror mirror --detach-all --pin NAME` (bpffs is global, so no
     /// namespace is needed).
     pub fn detach_all(&self) -> Output {
@@ -95,6 +109,17 @@ pub fn pinned_instances() -> BTreeSet<String> {
                 .to_string_lossy()
                 .into_owned()
         })
+        .collect()
+}
+
+/// The ids of the BPF links on the host that run one of `programs` (kernel
+/// program ids, e.g. from [`PinnedInstance::program_ids`]). Unlike
+/// [`connmirror_links`] this sees only one instance's links, whatever else runs.
+pub fn links_running(programs: &BTreeSet<u32>) -> BTreeSet<u32> {
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| programs.contains(&link.program_id()))
+        .map(|link| link.id())
         .collect()
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use connmirror_common::Counter;
 use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::pinning::{PinnedInstance, connmirror_links};
+use connmirror_tests::pinning::{PinnedInstance, links_running};
 use connmirror_tests::{
     Family, Mirror, MirrorCommand, MirrorExit, Topology, WorkDir, bidirectional, connmirror_bin,
     require_root,
@@ -208,18 +208,29 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
     assert_eq!(flow.s2c.dump_stopped_at, None, "{flow:#?}");
     flow.assert_byte_exact(&x);
 
-    // Capture is still attached through the pins until --detach-all.
+    // Capture is still attached through the pins until --detach-all: the
+    // kernel holds the four links with no daemon running.
     assert_eq!(pin.files(), expected_pins());
+    let programs = pin.program_ids();
+    assert_eq!(programs.len(), 2, "{:?}", pin.files());
+    let links = links_running(&programs);
+    assert_eq!(
+        links.len(),
+        4,
+        "links running the pinned programs: {links:?}"
+    );
     let out = pin.detach_all();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), removed_line(&pin));
     assert!(!pin.dir().exists(), "{:?}", pin.files());
-    let links = connmirror_links();
-    assert!(
-        links.is_empty(),
-        "connmirror links left after --detach-all (another test running at the same \
-         time also shows here: run with --test-threads=1): {links:?}"
-    );
+    // The kernel frees an unpinned link from a workqueue (`bpf_link_put`), so
+    // give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !links_running(&programs).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let links = links_running(&programs);
+    assert!(links.is_empty(), "links left after --detach-all: {links:?}");
     let out = pin.detach_all();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
