@@ -335,6 +335,11 @@ impl Instance {
 /// `connmirror mirror --detach-all [--pin NAME]`: removes one instance, or every
 /// instance, and writes one line per instance saying what went.
 pub fn detach_all(name: Option<&str>, out: &mut impl io::Write) -> anyhow::Result<()> {
+    // Under `ip netns exec` the host's pins are out of sight: say so rather
+    // than report that nothing is pinned.
+    if !is_bpffs() && !in_host_mount_namespace() {
+        return Err(PinningError::PrivateMounts.into());
+    }
     let instances = match name {
         Some(name) => vec![Instance::new(name)?],
         None => Instance::all()?,
@@ -381,17 +386,13 @@ fn describe_removed(instance: &Instance, removed: &Removed) -> String {
 /// is a new, empty instance, so this is only done in the host's mount
 /// namespace (PID 1's), where the mount, and the pins, outlive this process.
 fn mount_bpffs() -> Result<(), PinningError> {
-    let path = CString::new(BPFFS).expect("no NUL in BPFFS");
-    // SAFETY: `stat` is a plain out-parameter, `path` a valid C string.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    {
+    if is_bpffs() {
         return Ok(());
     }
-    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    if namespace("self") != namespace("1") {
+    if !in_host_mount_namespace() {
         return Err(PinningError::PrivateMounts);
     }
+    let path = CString::new(BPFFS).expect("no NUL in BPFFS");
     let source = CString::new("bpf").expect("no NUL");
     // SAFETY: every pointer is a valid C string or null (no mount data).
     let rc = unsafe {
@@ -408,6 +409,20 @@ fn mount_bpffs() -> Result<(), PinningError> {
     }
     tracing::info!(path = BPFFS, "mounted the BPF filesystem");
     Ok(())
+}
+
+/// Whether a BPF filesystem is mounted at [`BPFFS`].
+fn is_bpffs() -> bool {
+    let path = CString::new(BPFFS).expect("no NUL in BPFFS");
+    // SAFETY: `stat` is a plain out-parameter, `path` a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(path.as_ptr(), &mut stat) }) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Whether this process shares PID 1's mount namespace.
+fn in_host_mount_namespace() -> bool {
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    namespace("self") == namespace("1")
 }
 
 fn io_error(op: &'static str, path: &Path, source: io::Error) -> PinningError {

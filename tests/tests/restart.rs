@@ -5,7 +5,8 @@
 //! flow state and the links over, recovers the flow from the journal, and
 //! continues the dump files: the stream ends byte-exact. `--detach-all` then
 //! leaves nothing pinned and no link behind; a restart with other settings is
-//! refused with the reason.
+//! refused with the reason; a link severed by deleting its interface is
+//! replaced.
 //!
 //! Run through `sudo -E cargo xtask test` (root, and `CONNMIRROR_BIN`).
 
@@ -17,8 +18,8 @@ use connmirror_common::Counter;
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::pinning::{PinnedInstance, links_running};
 use connmirror_tests::{
-    Family, Mirror, MirrorCommand, MirrorExit, Topology, WorkDir, bidirectional, connmirror_bin,
-    require_root,
+    Family, Mirror, MirrorCommand, MirrorExit, Netns, Topology, WorkDir, bidirectional,
+    connmirror_bin, require_root,
 };
 
 const PORT: u16 = 7000;
@@ -341,4 +342,56 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), removed_line(&pin));
     assert!(!pin.dir().exists(), "{:?}", pin.files());
+}
+
+/// Creates the veth pair `d0`/`d1` in `ns`, both up.
+fn veth_pair(ns: &Netns) {
+    ns.ip(["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+    ns.ip(["link", "set", "d0", "up"]);
+    ns.ip(["link", "set", "d1", "up"]);
+}
+
+#[test]
+fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
+    preconditions();
+    let ns = Netns::new("severed");
+    veth_pair(&ns);
+    let pin = PinnedInstance::new("severed");
+    let command = MirrorCommand::new()
+        .pin(pin.name())
+        .iface("d0")
+        .ingress("tc")
+        .service("198.18.1.2:7000".parse().unwrap());
+    let _ = Mirror::start(&ns, &command).stop();
+    ns.ip(["link", "del", "d0"]);
+    veth_pair(&ns);
+
+    let mirror = Mirror::start(&ns, &command);
+    let log = mirror.stderr();
+    let _ = mirror.stop();
+
+    for hook in ["tc-ingress", "tc-egress"] {
+        assert!(
+            log.contains(&format!(
+                "the pinned link is severed (its interface was deleted); attaching a new one \
+                 iface=\"d0\" hook=\"{hook}\""
+            )),
+            "{log}"
+        );
+    }
+    let links = links_running(&pin.program_ids());
+    assert_eq!(
+        links.len(),
+        2,
+        "links running the pinned programs: {links:?}"
+    );
+    let out = pin.detach_all();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
+            pin.dir().display()
+        )
+    );
 }
