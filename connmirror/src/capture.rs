@@ -158,7 +158,7 @@ pub enum CaptureError {
         /// Program name.
         program: &'static str,
         /// The pin path.
-        path: std::path::PathBuf,
+        path: PathBuf,
         /// aya's error.
         #[source]
         source: Box<PinError>,
@@ -186,10 +186,12 @@ pub struct Capture {
     pins: Option<Pins>,
 }
 
-/// A pinned instance and the links taken from it or pinned into it.
+/// A pinned instance, held locked, and the links taken from it or pinned into it.
 struct Pins {
     instance: Instance,
     links: Vec<FdLink>,
+    /// The instance directory, `flock`ed while this process uses it.
+    _lock: std::fs::File,
 }
 
 impl fmt::Debug for Capture {
@@ -227,10 +229,15 @@ impl Capture {
                 min: MIN_RING_SIZE,
             });
         }
-        if let Some(instance) = &instance {
-            instance.prepare()?;
-            check_pinned_maps(instance, *ring_size)?;
-        }
+        let lock = match &instance {
+            Some(instance) => {
+                instance.prepare()?;
+                let lock = instance.lock()?;
+                check_pinned_maps(instance, *ring_size)?;
+                Some(lock)
+            }
+            None => None,
+        };
         // Wake the reader once an eighth of the ring waits; a timer drains the rest.
         let wakeup = u64::from(*ring_size / 8);
         let policy = *on_ring_full as u8;
@@ -247,9 +254,10 @@ impl Capture {
         let ebpf = loader
             .load(OBJECT)
             .map_err(|err| CaptureError::Load(Box::new(err)))?;
-        let pins = instance.map(|instance| Pins {
+        let pins = instance.zip(lock).map(|(instance, lock)| Pins {
             instance,
             links: Vec::new(),
+            _lock: lock,
         });
         Ok(Self { ebpf, pins })
     }
@@ -536,7 +544,10 @@ impl Capture {
         hook: &'static str,
         link: FdLink,
     ) -> Result<(), CaptureError> {
-        let Some(Pins { instance, links }) = &mut self.pins else {
+        let Some(Pins {
+            instance, links, ..
+        }) = &mut self.pins
+        else {
             return Ok(());
         };
         let path = instance.link_path(iface, hook);

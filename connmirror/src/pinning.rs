@@ -32,6 +32,7 @@
 use std::{
     ffi::CString,
     fmt, fs, io,
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
 };
 
@@ -91,6 +92,12 @@ pub enum PinningError {
         #[source]
         source: io::Error,
     },
+    /// Another running daemon holds the instance.
+    #[error(
+        "pinned instance {0} is in use by another running connmirror (one daemon per \
+         instance: stop it first, or pick another --pin name)"
+    )]
+    InUse(String),
     /// A pinned map was made by a binary whose map layout differs from ours.
     #[error(
         "pinned map {map} of instance {name} has {field} {pinned} but this binary \
@@ -270,6 +277,24 @@ impl Instance {
     pub fn prepare(&self) -> Result<(), PinningError> {
         mount_bpffs()?;
         fs::create_dir_all(&self.dir).map_err(|source| io_error("creating", &self.dir, source))
+    }
+
+    /// Locks the instance for this process (`flock` on its directory), so two
+    /// daemons never share one ring. The lock goes when the returned file closes,
+    /// and with the process. `--detach-all` does not take it: removing the pins
+    /// of a running daemon is how it is stopped for good.
+    pub fn lock(&self) -> Result<fs::File, PinningError> {
+        let dir =
+            fs::File::open(&self.dir).map_err(|source| io_error("opening", &self.dir, source))?;
+        // SAFETY: flock on an open descriptor has no memory-safety preconditions.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(dir);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(PinningError::InUse(self.name.clone()));
+        }
+        Err(io_error("locking", &self.dir, err))
     }
 
     /// The pinned links, sorted.

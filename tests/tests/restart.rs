@@ -140,8 +140,19 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
             "{first_log}"
         );
         assert_eq!(pin.files(), expected_pins());
+        let first_programs = pin.program_ids();
+        assert_eq!(
+            links_running(&first_programs).len(),
+            4,
+            "{first_programs:?}"
+        );
         thread::sleep(GAP);
         let second = Mirror::start(&topo.gateway, &command);
+        // The new daemon's programs replaced the old ones on the same links.
+        let second_programs = pin.program_ids();
+        assert!(first_programs.is_disjoint(&second_programs));
+        assert_eq!(links_running(&second_programs).len(), 4);
+        assert_eq!(links_running(&first_programs).len(), 0);
         let x = stream.join().expect("the stream thread panicked");
         thread::sleep(SETTLE);
         let log = second.stderr();
@@ -240,8 +251,7 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
     );
 }
 
-/// Runs the pinned mirror command with `change` applied to it and expects it to
-/// fail at once with `error`.
+/// Runs `command` and expects it to fail at once with `error`.
 fn refused(topo: &Topology, command: MirrorCommand, error: &str) {
     let dir = WorkDir::new("refused");
     let exit = MirrorExit::run(
@@ -266,6 +276,16 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
     let mirror = Mirror::start(
         &topo.gateway,
         &pinned_mirror(&topo, &pin, journal.path(), dumps.path()),
+    );
+    let other_journal = WorkDir::new("journal");
+    refused(
+        &topo,
+        pinned_mirror(&topo, &pin, other_journal.path(), dumps.path()),
+        &format!(
+            "error: pinned instance {} is in use by another running connmirror (one daemon \
+             per instance: stop it first, or pick another --pin name)",
+            pin.name()
+        ),
     );
     let _ = mirror.stop();
     let (name, hint) = (
