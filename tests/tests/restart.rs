@@ -6,7 +6,7 @@
 //! continues the dump files: the stream ends byte-exact. `--detach-all` then
 //! leaves nothing pinned and no link behind; a restart with other settings is
 //! refused with the reason; a link severed by deleting its interface is
-//! replaced.
+//! replaced; `--detach-all` on a running daemon makes it detach when it stops.
 //!
 //! Run through `sudo -E cargo xtask test` (root, and `CONNMIRROR_BIN`).
 
@@ -235,14 +235,7 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), removed_line(&pin));
     assert!(!pin.dir().exists(), "{:?}", pin.files());
-    // The kernel frees an unpinned link from a workqueue (`bpf_link_put`), so
-    // give it a moment.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !links_running(&programs).is_empty() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    let links = links_running(&programs);
-    assert!(links.is_empty(), "links left after --detach-all: {links:?}");
+    wait_for_no_links(&programs);
     let out = pin.detach_all();
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -414,4 +407,51 @@ fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
             pin.dir().display()
         )
     );
+}
+
+/// Waits (bounded) until no link runs one of `programs`: the kernel frees an
+/// unpinned, closed link from a workqueue (`bpf_link_put`).
+fn wait_for_no_links(programs: &std::collections::BTreeSet<u32>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !links_running(programs).is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let links = links_running(programs);
+    assert!(links.is_empty(), "links still running: {links:?}");
+}
+
+#[test]
+fn detach_all_on_a_running_daemon_makes_it_detach_when_it_stops() {
+    preconditions();
+    let ns = Netns::new("stop-for-good");
+    veth_pair(&ns);
+    let pin = PinnedInstance::new("stop-for-good");
+    let mirror = Mirror::start(
+        &ns,
+        &MirrorCommand::new()
+            .pin(pin.name())
+            .iface("d0")
+            .ingress("tc")
+            .service("198.18.1.2:7000".parse().unwrap()),
+    );
+    let programs = pin.program_ids();
+
+    let out = pin.detach_all();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
+            pin.dir().display()
+        )
+    );
+    // The running daemon still holds the links: capture goes on until it stops.
+    assert_eq!(links_running(&programs).len(), 2);
+    let log = mirror.stderr();
+    let (_report, dir) = mirror.stop();
+    let log = log + &std::fs::read_to_string(dir.path().join("mirror.stderr")).unwrap();
+
+    assert!(!log.contains("capture stays attached"), "{log}");
+    wait_for_no_links(&programs);
+    assert!(!pin.dir().exists());
 }
