@@ -6,16 +6,29 @@
 //! `Documentation/networking/tcx` in the kernel tree). Records arrive in a
 //! `BPF_MAP_TYPE_RINGBUF` map (kernel ≥ 5.8); see [`crate::mirror`] for the reader.
 //!
+//! With [`Capture::load_pinned`] the maps, programs and links are pinned in the
+//! BPF filesystem and outlive the process; see [`crate::pinning`].
+//!
 //! # Minimum kernel version
 //! 6.6 (TCX and `bpf_xdp_load_bytes`); developed on 6.18.
 
-use std::{collections::HashMap as StdHashMap, ffi::CString, fmt, str::FromStr};
+use std::{
+    collections::{BTreeMap, HashMap as StdHashMap},
+    ffi::CString,
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, MapInfo, PerCpuArray, RingBuf},
+    pin::PinError,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
     },
 };
 use connmirror_common::{
@@ -24,7 +37,10 @@ use connmirror_common::{
 };
 use thiserror::Error;
 
-use crate::service::Service;
+use crate::{
+    pinning::{Instance, PINNED_MAPS, PinningError},
+    service::{Service, socket_addr},
+};
 
 /// The eBPF object, built by `build.rs` through aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/connmirror"));
@@ -120,6 +136,33 @@ pub enum CaptureError {
     /// A map the programs need is missing from the object.
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    /// The pinned instance cannot be used (see [`PinningError`]).
+    #[error(transparent)]
+    Pinning(#[from] PinningError),
+    /// A pinned link could not be opened, taken over or pinned.
+    #[error("{what} the pinned {hook} link of {iface} failed")]
+    Link {
+        /// Interface name.
+        iface: String,
+        /// Attach point.
+        hook: &'static str,
+        /// `opening`, `taking over`, `pinning`.
+        what: &'static str,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A program could not be pinned.
+    #[error("pinning program {program} at {} failed", .path.display())]
+    ProgramPin {
+        /// Program name.
+        program: &'static str,
+        /// The pin path.
+        path: PathBuf,
+        /// aya's error.
+        #[source]
+        source: Box<PinError>,
+    },
     /// Reading or writing a map failed.
     #[error("map {map} operation failed")]
     Map {
@@ -135,9 +178,20 @@ const XDP: &str = "connmirror_xdp";
 const TC_INGRESS: &str = "connmirror_tc_ingress";
 const TC_EGRESS: &str = "connmirror_tc_egress";
 
-/// Loaded capture programs and their maps. Dropping it detaches every program.
+/// Loaded capture programs and their maps. Dropping it detaches every program,
+/// unless they are pinned ([`Capture::load_pinned`]).
 pub struct Capture {
     ebpf: Ebpf,
+    /// With pins: the instance, and the links this process holds (pinned too).
+    pins: Option<Pins>,
+}
+
+/// A pinned instance, held locked, and the links taken from it or pinned into it.
+struct Pins {
+    instance: Instance,
+    links: Vec<FdLink>,
+    /// The instance directory, `flock`ed while this process uses it.
+    _lock: std::fs::File,
 }
 
 impl fmt::Debug for Capture {
@@ -149,6 +203,19 @@ impl fmt::Debug for Capture {
 impl Capture {
     /// Checks privileges and the ring size, then loads the object with `config`.
     pub fn load(config: &CaptureConfig) -> Result<Self, CaptureError> {
+        Self::load_with(config, None)
+    }
+
+    /// Like [`load`](Self::load), with the maps pinned under `instance`: maps
+    /// already pinned there (by an earlier daemon) are opened, after checking
+    /// that their layout and ring size fit, instead of created. Programs and
+    /// links are pinned as they are attached ([`attach`](Self::attach)).
+    /// Mounts bpffs at `/sys/fs/bpf` if needed.
+    pub fn load_pinned(config: &CaptureConfig, instance: Instance) -> Result<Self, CaptureError> {
+        Self::load_with(config, Some(instance))
+    }
+
+    fn load_with(config: &CaptureConfig, instance: Option<Instance>) -> Result<Self, CaptureError> {
         if !has_bpf_privilege() {
             return Err(CaptureError::Privilege);
         }
@@ -157,15 +224,132 @@ impl Capture {
             on_ring_full,
         } = config;
         check_ring_size(*ring_size)?;
+        let lock = match &instance {
+            Some(instance) => {
+                instance.prepare()?;
+                let lock = instance.lock()?;
+                check_pinned_maps(instance, *ring_size)?;
+                Some(lock)
+            }
+            None => None,
+        };
         // Wake the reader once an eighth of the ring waits; a timer drains the rest.
         let wakeup = u64::from(*ring_size / 8);
-        let ebpf = EbpfLoader::new()
+        let policy = *on_ring_full as u8;
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("RECORDS", *ring_size)
-            .override_global("RING_FULL_POLICY", &(*on_ring_full as u8), true)
-            .override_global("WAKEUP_BYTES", &wakeup, true)
+            .override_global("RING_FULL_POLICY", &policy, true)
+            .override_global("WAKEUP_BYTES", &wakeup, true);
+        if let Some(instance) = &instance {
+            for map in PINNED_MAPS {
+                loader.map_pin_path(map, instance.map_path(map));
+            }
+        }
+        let ebpf = loader
             .load(OBJECT)
             .map_err(|err| CaptureError::Load(Box::new(err)))?;
-        Ok(Self { ebpf })
+        let pins = instance.zip(lock).map(|(instance, lock)| Pins {
+            instance,
+            links: Vec::new(),
+            _lock: lock,
+        });
+        Ok(Self { ebpf, pins })
+    }
+
+    /// The pinned instance, with [`load_pinned`](Self::load_pinned).
+    pub fn pinned(&self) -> Option<&Instance> {
+        self.pins.as_ref().map(|pins| &pins.instance)
+    }
+
+    /// Fails when the pinned services map already holds other services than
+    /// `services` (ids included): a restarted daemon must track what its
+    /// predecessor tracked, or the kernel's flows and the journal would disagree.
+    pub fn check_pinned_services(&self, services: &[Service]) -> Result<(), CaptureError> {
+        let Some(Pins { instance, .. }) = &self.pins else {
+            return Ok(());
+        };
+        let map: HashMap<_, ServiceKey, ServiceValue> = self.map("SERVICES")?;
+        let mut pinned = map
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, value)| Service {
+                    id: value.id,
+                    addr: socket_addr(key.addr, key.family, key.port),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error("SERVICES"))?;
+        if pinned.is_empty() {
+            return Ok(());
+        }
+        pinned.sort_by_key(|service| service.id);
+        let mut asked = services.to_vec();
+        asked.sort_by_key(|service| service.id);
+        if pinned == asked {
+            return Ok(());
+        }
+        let describe = |services: &[Service]| {
+            let names: Vec<String> = services.iter().map(ToString::to_string).collect();
+            names.join(", ")
+        };
+        Err(PinningError::Services {
+            name: instance.name().to_owned(),
+            pinned: describe(&pinned),
+            asked: describe(&asked),
+        }
+        .into())
+    }
+
+    /// Fails when links are pinned and they attach other interfaces or hooks
+    /// than `asked` (interface, ingress, egress) would. `xdp` (native where
+    /// possible) accepts a pinned native or generic XDP link.
+    pub fn check_pinned_links(
+        &self,
+        asked: &[(&str, IngressHook, EgressHook)],
+    ) -> Result<(), CaptureError> {
+        let Some(Pins { instance, .. }) = &self.pins else {
+            return Ok(());
+        };
+        let links = instance.links()?;
+        if links.is_empty() {
+            return Ok(());
+        }
+        let mut pinned: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for link in &links {
+            pinned.entry(&link.iface).or_default().push(link.hook);
+        }
+        let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (iface, ingress, egress) in asked {
+            let hooks = ingress_hook_name(*ingress)
+                .into_iter()
+                .chain((*egress == EgressHook::Tc).then_some("tc-egress"));
+            wanted.entry(iface).or_default().extend(hooks);
+        }
+        wanted.retain(|_, hooks| !hooks.is_empty());
+        for hooks in pinned.values_mut().chain(wanted.values_mut()) {
+            hooks.sort_unstable();
+            hooks.dedup();
+        }
+        // Sorted, `tc-egress` comes before any ingress hook name, so the hooks pair up.
+        let fits = pinned.len() == wanted.len()
+            && wanted.iter().all(|(iface, hooks)| {
+                pinned.get(iface).is_some_and(|have| {
+                    have.len() == hooks.len()
+                        && hooks.iter().zip(have).all(|(want, have)| {
+                            want == have || (*want == "xdp" && have.starts_with("xdp-"))
+                        })
+                })
+            });
+        if fits {
+            return Ok(());
+        }
+        Err(PinningError::Interfaces {
+            name: instance.name().to_owned(),
+            pinned: describe_hooks(&pinned),
+            asked: describe_hooks(&wanted),
+        }
+        .into())
     }
 
     /// Adds `service` to the services map so its segments are captured, from the
@@ -206,7 +390,10 @@ impl Capture {
             return Err(CaptureError::NoInterface(iface.to_owned()));
         }
         let ingress_mode = match ingress {
-            IngressHook::Xdp => self.attach_xdp_auto(iface)?,
+            IngressHook::Xdp => match self.pinned_xdp_mode(iface) {
+                Some(mode) => self.attach_xdp(iface, mode)?,
+                None => self.attach_xdp_auto(iface)?,
+            },
             IngressHook::XdpNative => self.attach_xdp(iface, XdpMode::Driver)?,
             IngressHook::XdpGeneric => self.attach_xdp(iface, XdpMode::Skb)?,
             IngressHook::Tc => self.attach_tc(iface, TcAttachType::Ingress)?,
@@ -238,20 +425,50 @@ impl Capture {
         }
     }
 
+    /// The mode of an XDP link pinned for `iface`, if there is one.
+    fn pinned_xdp_mode(&self, iface: &str) -> Option<XdpMode> {
+        let Pins { instance, .. } = self.pins.as_ref()?;
+        [
+            ("xdp-native", XdpMode::Driver),
+            ("xdp-generic", XdpMode::Skb),
+        ]
+        .into_iter()
+        .find(|(hook, _)| instance.link_path(iface, hook).exists())
+        .map(|(_, mode)| mode)
+    }
+
+    /// Attaches XDP to `iface`, or with pins, takes over the pinned link (the
+    /// program is swapped in atomically) or pins the new one.
     fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<&'static str, CaptureError> {
         let name = match mode {
             XdpMode::Skb => "xdp-generic",
             _ => "xdp-native",
         };
+        let pinned = self.open_pinned_link(iface, name)?;
+        let pinning = self.pins.is_some();
         let program: &mut Xdp = self.program(XDP)?;
-        program
-            .attach(iface, mode)
-            .map_err(|source| CaptureError::Attach {
-                program: XDP,
-                iface: iface.to_owned(),
-                mode: name,
-                source: Box::new(source),
-            })?;
+        let id = match pinned {
+            Some((link, path)) => {
+                let link =
+                    XdpLink::try_from(link).map_err(link_error(iface, name, "taking over"))?;
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, name)?;
+                        program.attach(iface, mode)
+                    }
+                    result => result,
+                }
+            }
+            None => program.attach(iface, mode),
+        }
+        .map_err(attach_error(XDP, iface, name))?;
+        if pinning {
+            let link = program
+                .take_link(id)
+                .map_err(attach_error(XDP, iface, name))?;
+            let link = FdLink::try_from(link).map_err(link_error(iface, name, "pinning"))?;
+            self.keep_link(iface, name, link)?;
+        }
         Ok(name)
     }
 
@@ -264,35 +481,108 @@ impl Capture {
             TcAttachType::Egress => (TC_EGRESS, "tc-egress"),
             _ => (TC_INGRESS, "tc-ingress"),
         };
+        let pinned = self.open_pinned_link(iface, mode)?;
+        let pinning = self.pins.is_some();
         let program: &mut SchedClassifier = self.program(name)?;
-        program
-            .attach(iface, attach_type)
-            .map_err(|source| CaptureError::Attach {
-                program: name,
-                iface: iface.to_owned(),
-                mode,
-                source: Box::new(source),
-            })?;
+        let id = match pinned {
+            Some((link, path)) => {
+                let link = SchedClassifierLink::try_from(link).map_err(link_error(
+                    iface,
+                    mode,
+                    "taking over",
+                ))?;
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, mode)?;
+                        program.attach(iface, attach_type)
+                    }
+                    result => result,
+                }
+            }
+            None => program.attach(iface, attach_type),
+        }
+        .map_err(attach_error(name, iface, mode))?;
+        if pinning {
+            let link = program
+                .take_link(id)
+                .map_err(attach_error(name, iface, mode))?;
+            let link = FdLink::try_from(link).map_err(link_error(iface, mode, "pinning"))?;
+            self.keep_link(iface, mode, link)?;
+        }
         Ok(mode)
     }
 
-    /// The program `name`, loaded into the kernel on first use.
+    /// The link pinned for `hook` on `iface` and its pin path, when pinning and
+    /// there is one.
+    fn open_pinned_link(
+        &self,
+        iface: &str,
+        hook: &'static str,
+    ) -> Result<Option<(FdLink, PathBuf)>, CaptureError> {
+        let Some(Pins { instance, .. }) = &self.pins else {
+            return Ok(None);
+        };
+        let path = instance.link_path(iface, hook);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let link = PinnedLink::from_pin(&path).map_err(link_error(iface, hook, "opening"))?;
+        tracing::info!(iface, hook, path = %path.display(), "taking over the pinned link");
+        Ok(Some((FdLink::from(link), path)))
+    }
+
+    /// Holds `link` for as long as this capture lives, pinning it first unless
+    /// it came from its pin.
+    fn keep_link(
+        &mut self,
+        iface: &str,
+        hook: &'static str,
+        link: FdLink,
+    ) -> Result<(), CaptureError> {
+        let Some(Pins {
+            instance, links, ..
+        }) = &mut self.pins
+        else {
+            return Ok(());
+        };
+        let path = instance.link_path(iface, hook);
+        let link = if path.exists() {
+            link
+        } else {
+            link.pin(&path)
+                .map_err(link_error(iface, hook, "pinning"))?
+                .into()
+        };
+        links.push(link);
+        Ok(())
+    }
+
+    /// The program `name`, loaded into the kernel on first use (and with pins,
+    /// pinned, replacing the pin of an earlier daemon's program).
     fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, CaptureError>
     where
         &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
         P: Loadable + 'a,
     {
-        let program = self
-            .ebpf
+        let Self { ebpf, pins } = self;
+        let program = ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?;
         let program: &mut P = program.try_into().map_err(program_error(name))?;
-        program.load_once().map_err(program_error(name))?;
+        let loaded = program.load_once().map_err(program_error(name))?;
+        if let (true, Some(Pins { instance, .. })) = (loaded, pins) {
+            pin_program(program, name, &instance.program_path(name))?;
+        }
         Ok(program)
     }
 
     /// Detaches every program from every interface (the maps stay readable).
+    /// With pins, only links whose pins are gone detach: the others stay
+    /// attached through their pins.
     pub fn detach(&mut self) -> Result<(), CaptureError> {
+        if let Some(Pins { links, .. }) = &mut self.pins {
+            links.clear();
+        }
         for name in [XDP, TC_INGRESS, TC_EGRESS] {
             let Some(program) = self.ebpf.program_mut(name) else {
                 continue;
@@ -398,28 +688,192 @@ fn program_error(program: &'static str) -> impl FnOnce(ProgramError) -> CaptureE
     }
 }
 
+/// Wraps an attach failure with the program, interface and mode.
+fn attach_error(
+    program: &'static str,
+    iface: &str,
+    mode: &'static str,
+) -> impl FnOnce(ProgramError) -> CaptureError {
+    let iface = iface.to_owned();
+    move |source| CaptureError::Attach {
+        program,
+        iface,
+        mode,
+        source: Box::new(source),
+    }
+}
+
+/// Whether a link update failed because the link is severed: its interface
+/// was deleted, and the kernel detached it (`ENOLINK` from `BPF_LINK_UPDATE`,
+/// see `tcx_link_update` and `bpf_xdp_link_update` in the kernel).
+fn severed(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOLINK))
+}
+
+/// Removes the pin of a severed link, so a fresh link is attached and pinned
+/// in its place. Segments on the interface between its deletion and now were
+/// not captured: the connections through it broke with it.
+fn unpin_severed(path: &Path, iface: &str, hook: &'static str) -> Result<(), CaptureError> {
+    tracing::warn!(
+        iface,
+        hook,
+        "the pinned link is severed (its interface was deleted); attaching a new one"
+    );
+    std::fs::remove_file(path).map_err(link_error(iface, hook, "unpinning"))
+}
+
+/// Wraps a failure to open, take over or pin a link.
+fn link_error<E: std::error::Error + Send + Sync + 'static>(
+    iface: &str,
+    hook: &'static str,
+    what: &'static str,
+) -> impl FnOnce(E) -> CaptureError {
+    let iface = iface.to_owned();
+    move |source| CaptureError::Link {
+        iface,
+        hook,
+        what,
+        source: Box::new(source),
+    }
+}
+
+/// Pins `program` at `path`, replacing an earlier daemon's pin there. The
+/// links keep the earlier program until they are updated, so this is no gap.
+fn pin_program<P: Loadable>(
+    program: &mut P,
+    name: &'static str,
+    path: &Path,
+) -> Result<(), CaptureError> {
+    let pin_error = |source| CaptureError::ProgramPin {
+        program: name,
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(pin_error(PinError::SyscallError(aya::sys::SyscallError {
+                call: "unlink",
+                io_error: err,
+            })));
+        }
+    }
+    program.pin_at(path).map_err(pin_error)
+}
+
+/// The ingress hook name a link pin would carry; `xdp` for XDP in either mode.
+fn ingress_hook_name(hook: IngressHook) -> Option<&'static str> {
+    match hook {
+        IngressHook::Xdp => Some("xdp"),
+        IngressHook::XdpNative => Some("xdp-native"),
+        IngressHook::XdpGeneric => Some("xdp-generic"),
+        IngressHook::Tc => Some("tc-ingress"),
+        IngressHook::None => None,
+    }
+}
+
+/// `gw-c (tc-egress, tc-ingress), gw-s (...)`, or `nothing`.
+fn describe_hooks(hooks: &BTreeMap<&str, Vec<&str>>) -> String {
+    if hooks.is_empty() {
+        return "nothing".to_owned();
+    }
+    let parts: Vec<String> = hooks
+        .iter()
+        .map(|(iface, hooks)| format!("{iface} ({})", hooks.join(", ")))
+        .collect();
+    parts.join(", ")
+}
+
+/// Fails when a map pinned under `instance` does not fit this binary's
+/// programs: other key or value sizes (another connmirror version pinned it),
+/// or a ring of another size than `ring_size`.
+fn check_pinned_maps(instance: &Instance, ring_size: u32) -> Result<(), CaptureError> {
+    let size = |n: usize| n as u32;
+    // (map, key size, value size, max entries); 0: not checked.
+    let expected: [(&'static str, u32, u32, u32); 4] = [
+        ("RECORDS", 0, 0, 0),
+        (
+            "FLOWS",
+            size(size_of::<FlowKey>()),
+            size(size_of::<FlowValue>()),
+            0,
+        ),
+        (
+            "SERVICES",
+            size(size_of::<ServiceKey>()),
+            size(size_of::<ServiceValue>()),
+            0,
+        ),
+        ("COUNTERS", 4, 8, COUNTER_SLOTS),
+    ];
+    for (map, key, value, entries) in expected {
+        let path = instance.map_path(map);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(map_error(map))?;
+        let layout = |field, pinned, expected| {
+            if pinned == expected || expected == 0 && field == "max entries" {
+                Ok(())
+            } else {
+                Err(PinningError::MapLayout {
+                    name: instance.name().to_owned(),
+                    map,
+                    field,
+                    pinned,
+                    expected,
+                })
+            }
+        };
+        layout("key size", info.key_size(), key)?;
+        layout("value size", info.value_size(), value)?;
+        layout("max entries", info.max_entries(), entries)?;
+        if map == "RECORDS" && info.max_entries() != ring_size {
+            return Err(PinningError::RingSize {
+                name: instance.name().to_owned(),
+                pinned: info.max_entries(),
+                asked: ring_size,
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Programs that are loaded into the kernel once, then attached many times.
 trait Loadable {
-    fn load_once(&mut self) -> Result<(), ProgramError>;
+    /// Loads the program unless it is loaded; true when it was loaded now.
+    fn load_once(&mut self) -> Result<bool, ProgramError>;
+    /// Pins the program at `path`.
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError>;
 }
 
 impl Loadable for Xdp {
-    fn load_once(&mut self) -> Result<(), ProgramError> {
+    fn load_once(&mut self) -> Result<bool, ProgramError> {
         if self.fd().is_ok() {
-            Ok(())
+            Ok(false)
         } else {
-            self.load()
+            self.load().map(|()| true)
         }
+    }
+
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
+        self.pin(path)
     }
 }
 
 impl Loadable for SchedClassifier {
-    fn load_once(&mut self) -> Result<(), ProgramError> {
+    fn load_once(&mut self) -> Result<bool, ProgramError> {
         if self.fd().is_ok() {
-            Ok(())
+            Ok(false)
         } else {
-            self.load()
+            self.load().map(|()| true)
         }
+    }
+
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
+        self.pin(path)
     }
 }
 

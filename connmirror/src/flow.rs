@@ -9,8 +9,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{self, BufWriter, Write},
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Seek, SeekFrom, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
 };
@@ -42,6 +42,42 @@ struct Dump {
 }
 
 impl Dump {
+    /// Continues the dump file at `path` for a stream recovered at offset
+    /// `next` (a restarted daemon, `--journal` and `--dump-dir` the same): the
+    /// file is cut to `next` bytes (bytes past it come again and are the same)
+    /// and appended to. A file shorter than `next` lacks bytes nobody can
+    /// supply, so it stays as it is, an exact prefix, and is not written.
+    /// `None` when there is no file: a dump starts only with its stream.
+    fn continue_at(path: PathBuf, next: u64) -> io::Result<Option<Box<Self>>> {
+        let context = |op: &str, err: io::Error| {
+            io::Error::new(err.kind(), format!("{op} {}: {err}", path.display()))
+        };
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(context("opening", err)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| context("reading the size of", e))?
+            .len();
+        let stopped_at = if len >= next {
+            file.set_len(next).map_err(|e| context("truncating", e))?;
+            None
+        } else {
+            Some(len)
+        };
+        let mut file = BufWriter::with_capacity(1 << 20, file);
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| context("seeking in", e))?;
+        Ok(Some(Box::new(Self {
+            path,
+            file,
+            stopped_at,
+            written: len.min(next),
+        })))
+    }
+
     fn write(&mut self, chunk: Chunk<'_>) -> io::Result<()> {
         match (chunk, self.stopped_at) {
             (_, Some(_)) => Ok(()),
@@ -515,6 +551,27 @@ impl FlowTable {
         }
     }
 
+    /// Reopens the dump files of flows recovered from the journal (with
+    /// `--dump-dir`), so a restarted daemon continues them where the stream
+    /// stands instead of leaving them behind; see [`Dump::continue_at`].
+    pub fn continue_dumps(&mut self) -> io::Result<()> {
+        let Some(dir) = self.dump_dir.as_deref() else {
+            return Ok(());
+        };
+        for (key, flow) in &mut self.flows {
+            for (direction, side) in [
+                (Direction::ClientToServer, &mut flow.c2s),
+                (Direction::ServerToClient, &mut flow.s2c),
+            ] {
+                if side.dump.is_none() {
+                    let path = dump_path(dir, key, direction);
+                    side.dump = Dump::continue_at(path, side.stream.next_offset())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Emits a checkpoint of every flow not yet closed, with its retained bytes
     /// as data records of at most [`CHECKPOINT_CHUNK`] bytes: all recovery needs,
     /// so the segments before it can be deleted.
@@ -665,6 +722,11 @@ fn flow_name(key: &FlowKey) -> String {
     format!("{}-{}", part(server), part(client))
 }
 
+/// The dump file of one direction of a flow.
+fn dump_path(dir: &Path, key: &FlowKey, direction: Direction) -> PathBuf {
+    dir.join(format!("{}.{}", flow_name(key), direction.name()))
+}
+
 fn open_flow(
     id: u64,
     key: &FlowKey,
@@ -675,7 +737,7 @@ fn open_flow(
     let side = |direction: Direction| -> io::Result<Side> {
         let dump = match dump_dir {
             Some(dir) => {
-                let path = dir.join(format!("{}.{}", flow_name(key), direction.name()));
+                let path = dump_path(dir, key, direction);
                 let file = File::create(&path).map_err(|err| {
                     io::Error::new(err.kind(), format!("creating {}: {err}", path.display()))
                 })?;
@@ -1059,6 +1121,72 @@ mod tests {
         // The newest flows survive: eviction takes the idle longest first.
         let ports: Vec<u16> = table.flows.keys().map(|k| k.client_port).collect();
         assert_eq!(ports.iter().min(), Some(&(30_000 - table.len() as u16)));
+    }
+
+    #[test]
+    fn a_restarted_table_continues_its_dump_files_and_cuts_bytes_that_come_again() {
+        use crate::journal::replay;
+        let dir = std::env::temp_dir().join(format!("connmirror-dumps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits::default();
+        let mut table = FlowTable::new(limits, Some(dir.clone())).journal();
+        handshake_then(&mut table, b"before");
+        feed(&mut table, Direction::ServerToClient, 101, ACK, b"reply");
+        let stored = crate::journal::tests::stored(&table.take_records());
+        table.report().unwrap();
+        // Bytes the first table dumped but the journal never got: they come again.
+        let c2s_path = table.report().unwrap()[0].c2s.file.clone().unwrap();
+        feed(&mut table, Direction::ClientToServer, 4, ACK, b"-lost");
+        table.report().unwrap();
+        assert_eq!(std::fs::read(&c2s_path).unwrap(), b"before-lost");
+
+        let mut restored = FlowTable::new(limits, Some(dir.clone()));
+        restored.restore(replay(stored).unwrap());
+        restored.continue_dumps().unwrap();
+        feed(&mut restored, Direction::ClientToServer, 4, ACK, b"-after");
+        feed(&mut restored, Direction::ServerToClient, 106, ACK, b"!");
+
+        let report = restored.report().unwrap();
+        let flow = &report[0];
+        assert_eq!((flow.c2s.delivered, flow.s2c.delivered), (12, 6));
+        assert_eq!(
+            (flow.c2s.dump_stopped_at, flow.s2c.dump_stopped_at),
+            (None, None)
+        );
+        assert_eq!(
+            std::fs::read(flow.c2s.file.as_ref().unwrap()).unwrap(),
+            b"before-after"
+        );
+        assert_eq!(
+            std::fs::read(flow.s2c.file.as_ref().unwrap()).unwrap(),
+            b"reply!"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dump_file_shorter_than_the_recovered_stream_stays_an_exact_prefix() {
+        use crate::journal::replay;
+        let dir = std::env::temp_dir().join(format!("connmirror-short-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits::default();
+        let mut table = FlowTable::new(limits, Some(dir.clone())).journal();
+        handshake_then(&mut table, b"abcdef");
+        let stored = crate::journal::tests::stored(&table.take_records());
+        let path = table.report().unwrap()[0].c2s.file.clone().unwrap();
+        // A crash lost the buffered tail of the dump; the journal has it.
+        std::fs::write(&path, b"abc").unwrap();
+
+        let mut restored = FlowTable::new(limits, Some(dir.clone()));
+        restored.restore(replay(stored).unwrap());
+        restored.continue_dumps().unwrap();
+        feed(&mut restored, Direction::ClientToServer, 4, ACK, b"gh");
+
+        let report = restored.report().unwrap();
+        assert_eq!(report[0].c2s.delivered, 8);
+        assert_eq!(report[0].c2s.dump_stopped_at, Some(3));
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

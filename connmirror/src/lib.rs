@@ -21,6 +21,7 @@ pub mod journal;
 pub mod metrics;
 pub mod mirror;
 pub mod ownership;
+pub mod pinning;
 pub mod replay;
 pub mod restore;
 pub mod service;

@@ -1,6 +1,11 @@
 //! The `mirror` role: attach capture to interfaces, drain the ring buffer into the
 //! flow table, and on SIGINT/SIGTERM detach, drain what is left and report.
 //!
+//! With `--pin NAME` capture is pinned ([`crate::pinning`]): SIGINT/SIGTERM leave
+//! it attached with the unread records in the ring, and the next daemon started
+//! with the same name takes the ring, the kernel's flow state and the links over
+//! (hot restart). `--detach-all` removes what is pinned.
+//!
 //! The reader drains continuously, record by record, rather than collecting a
 //! batch: the kernel's adaptive wakeups alone woke a reader only 20–100 times a
 //! second under load (DESIGN.md), so the programs force a wakeup once an eighth of
@@ -38,6 +43,7 @@ use crate::{
         storage::{FSYNC_BUCKETS, FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     },
     metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
+    pinning::{self, Instance},
     service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
     takeover::TakeoverReport,
@@ -49,12 +55,20 @@ pub struct MirrorArgs {
     /// Interface to capture on, optionally with its own ingress attach point
     /// (`IF:xdp-generic`, `IF:tc`, ...; default: --ingress). Repeat for several; a
     /// gateway names both of its links.
-    #[arg(long = "iface", value_name = "IF[:INGRESS]", required = true)]
+    #[arg(
+        long = "iface",
+        value_name = "IF[:INGRESS]",
+        required_unless_present = "detach_all"
+    )]
     pub ifaces: Vec<IfaceSpec>,
     /// Protected service as IP:PORT or [IPv6]:PORT, optionally with its own
     /// retention (`IP:PORT=full`, `IP:PORT=unacked`; default: --retention).
     /// Repeat for several.
-    #[arg(long = "service", value_name = "IP:PORT[=RETENTION]", required = true)]
+    #[arg(
+        long = "service",
+        value_name = "IP:PORT[=RETENTION]",
+        required_unless_present = "detach_all"
+    )]
     pub services: Vec<ServiceAddr>,
     /// Ingress attach point for interfaces that do not name their own: `xdp` is
     /// native XDP where the driver supports it, else generic XDP; `xdp-native`
@@ -93,6 +107,17 @@ pub struct MirrorArgs {
     /// are evicted (counted and logged) rather than the process growing.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1G")]
     pub memory_cap: u32,
+    /// Pin programs, links and maps under /sys/fs/bpf/connmirror/NAME so capture
+    /// outlives the daemon: SIGINT/SIGTERM leave it attached, and a daemon started
+    /// again with the same NAME (and the same --iface, --service and --ring-size)
+    /// takes it over without missing a segment. Use a name per instance: bpffs is
+    /// shared by every network namespace.
+    #[arg(long, value_name = "NAME")]
+    pub pin: Option<String>,
+    /// Detach and remove everything pinned (the instance --pin NAME, or every
+    /// instance under /sys/fs/bpf/connmirror), print what went, and exit.
+    #[arg(long, conflicts_with_all = ["ifaces", "services"])]
+    pub detach_all: bool,
     /// Journal settings.
     #[command(flatten)]
     pub journal: JournalArgs,
@@ -291,8 +316,12 @@ impl From<&JournalStats> for JournalSummary {
     }
 }
 
-/// Runs the mirror until SIGINT or SIGTERM.
+/// Runs the mirror until SIGINT or SIGTERM (or with `--detach-all`, removes
+/// what is pinned).
 pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
+    if args.detach_all {
+        return detach_pinned(&args);
+    }
     let mut mirror = Mirror::start(args)?;
     // Handlers first: a SIGINT sent the moment `ready` appears must already
     // detach cleanly rather than kill the process.
@@ -359,6 +388,8 @@ impl Mirror {
             retention,
             history_cap,
             memory_cap,
+            pin,
+            detach_all: _,
             journal: journal_args,
             metrics,
         } = args;
@@ -367,10 +398,11 @@ impl Mirror {
         if let Some(dir) = &dump_dir {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut capture = Capture::load(&CaptureConfig {
+        let config = CaptureConfig {
             ring_size,
             on_ring_full: on_ring_full.into(),
-        })?;
+        };
+        let mut capture = load_capture(&config, pin.as_deref(), journal_args.dir.is_some())?;
         let history = Retention::Full {
             cap: u64::from(history_cap),
         };
@@ -386,13 +418,18 @@ impl Mirror {
             dump_dir.clone(),
         )
         .memory_cap(memory_cap as usize);
-        let mut tracked = Vec::new();
-        for (id, ServiceAddr(addr, own)) in services.into_iter().enumerate() {
-            let service = Service {
-                id: id as u32,
-                addr,
-            };
-            capture.track(&service)?;
+        let tracked: Vec<Service> = (0u32..)
+            .zip(&services)
+            .map(|(id, ServiceAddr(addr, _))| Service { id, addr: *addr })
+            .collect();
+        capture.check_pinned_services(&tracked)?;
+        let asked: Vec<_> = ifaces
+            .iter()
+            .map(|spec| (spec.name.as_str(), spec.ingress.unwrap_or(ingress), egress))
+            .collect();
+        capture.check_pinned_links(&asked)?;
+        for (service, ServiceAddr(_, own)) in tracked.iter().zip(services) {
+            capture.track(service)?;
             table = match own {
                 Some(RetentionName::Full) => table.service_retention(service.id, history),
                 Some(RetentionName::Unacked) => {
@@ -401,10 +438,9 @@ impl Mirror {
                 None => table,
             };
             tracing::info!(%service, "tracking");
-            tracked.push(service);
         }
-        for IfaceSpec { name, ingress: own } in &ifaces {
-            let mode = capture.attach(name, own.unwrap_or(ingress), egress)?;
+        for (name, ingress, egress) in asked {
+            let mode = capture.attach(name, ingress, egress)?;
             tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
         }
         let ring = capture.take_ring()?;
@@ -418,7 +454,12 @@ impl Mirror {
             Some(config) => {
                 table = table.journal();
                 let checkpoint = u64::from(journal_args.checkpoint_bytes);
-                Some(Journal::open(config, checkpoint, &mut table).context("opening the journal")?)
+                let journal =
+                    Journal::open(config, checkpoint, &mut table).context("opening the journal")?;
+                table
+                    .continue_dumps()
+                    .context("reopening the recovered flows' dump files")?;
+                Some(journal)
             }
             None => None,
         };
@@ -475,7 +516,7 @@ impl Mirror {
                 scrape = exporter.next() => return Ok(Event::Scrape(scrape)),
             }
         }
-        tracing::info!("signal received: detaching");
+        tracing::info!("signal received: stopping");
         Ok(Event::Stop)
     }
 
@@ -501,8 +542,28 @@ impl Mirror {
         } = self;
         drop(backlog);
         let mut ring = ring.into_inner();
-        capture.detach()?;
-        reader.drain(&mut ring)?;
+        // A pinned instance stays attached; its unread records wait in the ring
+        // for the next daemon. If its pins were removed meanwhile (`--detach-all`
+        // while running), this daemon holds the last links: detach and drain.
+        let kept = capture
+            .pinned()
+            .filter(|instance| instance.exists())
+            .map(|instance| {
+                (
+                    instance.dir().display().to_string(),
+                    instance.name().to_owned(),
+                )
+            });
+        match kept {
+            Some((dir, name)) => tracing::info!(
+                "capture stays attached (pinned at {dir}); \
+                 `connmirror mirror --detach-all --pin {name}` removes it"
+            ),
+            None => {
+                capture.detach()?;
+                reader.drain(&mut ring)?;
+            }
+        }
         let Reader {
             mut table,
             mut stats,
@@ -524,6 +585,38 @@ impl Mirror {
         }
         Ok(report)
     }
+}
+
+/// `--detach-all`: removes the pinned instance `--pin NAME`, or every instance.
+pub(crate) fn detach_pinned(args: &MirrorArgs) -> anyhow::Result<()> {
+    pinning::detach_all(args.pin.as_deref(), &mut io::stdout().lock())
+}
+
+/// Loads capture, pinned under `pin` when given. Logs whether a pinned
+/// instance is taken over, and warns when a restart would lose the flows.
+fn load_capture(
+    config: &CaptureConfig,
+    pin: Option<&str>,
+    journal: bool,
+) -> anyhow::Result<Capture> {
+    let Some(name) = pin else {
+        return Ok(Capture::load(config)?);
+    };
+    let instance = Instance::new(name)?;
+    if !journal {
+        tracing::warn!(
+            "--pin without --journal: a restarted daemon keeps capture running but \
+             knows nothing of the open flows, so it sees them as first seen mid-stream"
+        );
+    }
+    if instance.map_path("RECORDS").exists() {
+        tracing::info!(
+            dir = %instance.dir().display(),
+            "taking over the pinned instance: its ring, flows, services and counters; \
+             the programs are replaced on the pinned links"
+        );
+    }
+    Ok(Capture::load_pinned(config, instance)?)
 }
 
 /// Tells scripts the programs are attached: the line `ready` on stdout.

@@ -19,7 +19,10 @@ use crate::{
     handoff::{self, HandoffServer},
     heartbeat::{Key, Ownership},
     metrics::Family,
-    mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
+    mirror::{
+        Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready,
+        detach_pinned,
+    },
     ownership::{Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
     service::Service,
@@ -217,6 +220,9 @@ impl StandbyArgs {
 
 /// Runs the standby until SIGINT or SIGTERM.
 pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
+    if args.mirror.detach_all {
+        return detach_pinned(&args.mirror);
+    }
     args.check()?;
     match restore::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),

@@ -43,6 +43,11 @@ pub struct MirrorCommand {
     args: Vec<String>,
     /// Pass `--report` only, so the mirror writes no stream files.
     no_dumps: bool,
+    /// `--dump-dir` chosen by the test (kept across mirrors), instead of one in
+    /// the mirror's own scratch directory.
+    dump_dir: Option<PathBuf>,
+    /// Run in the host's mount namespace ([`Netns::command_host_mounts`]).
+    host_mounts: bool,
 }
 
 impl MirrorCommand {
@@ -101,6 +106,35 @@ impl MirrorCommand {
         self
     }
 
+    /// `--dump-dir DIR` with a directory the test owns, so consecutive mirrors
+    /// (a restart) write the same dump files. The report lands there too.
+    pub fn dump_dir(mut self, dir: &Path) -> MirrorCommand {
+        self.dump_dir = Some(dir.to_owned());
+        self
+    }
+
+    /// `--pin NAME`, run in the host's mount namespace so the pins land in the
+    /// host's bpffs and outlive the mirror (see [`Netns::command_host_mounts`]).
+    pub fn pin(mut self, name: &str) -> MirrorCommand {
+        self.host_mounts = true;
+        self.arg("--pin").arg(name)
+    }
+
+    /// `--pin NAME` under `ip netns exec`, whose private mount namespace has no
+    /// bpffs (for the test of the error this gives).
+    pub fn pin_in_private_mounts(self, name: &str) -> MirrorCommand {
+        self.arg("--pin").arg(name)
+    }
+
+    /// The command that runs `program` inside `ns` as this mirror should run.
+    fn command_in(&self, ns: &Netns, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        if self.host_mounts {
+            ns.command_host_mounts(program)
+        } else {
+            ns.command(program)
+        }
+    }
+
     /// Any other argument.
     pub fn arg(mut self, arg: &str) -> MirrorCommand {
         self.args.push(arg.to_owned());
@@ -108,8 +142,10 @@ impl MirrorCommand {
     }
 
     /// `mirror <args> --dump-dir DIR`, or `--report DIR/report.json` without dumps:
-    /// the report lands in the same place either way.
+    /// the report lands in the same place either way. [`dump_dir`](Self::dump_dir)
+    /// replaces `dump_dir`.
     fn argv(&self, dump_dir: &Path) -> Vec<String> {
+        let dump_dir = self.dump_dir.as_deref().unwrap_or(dump_dir);
         let mut argv = vec![if self.standby { "standby" } else { "mirror" }.to_owned()];
         argv.extend(self.args.iter().cloned());
         if self.standby {
@@ -138,6 +174,8 @@ pub struct Mirror {
     what: String,
     /// `None` only after [`Mirror::stop`] handed it out.
     dir: Option<WorkDir>,
+    /// The `--dump-dir` the command chose, if it chose one.
+    dump_dir: Option<PathBuf>,
 }
 
 impl Mirror {
@@ -151,13 +189,14 @@ impl Mirror {
         std::fs::create_dir(&dump_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", dump_dir.display()));
         let stderr_path = dir.path().join("mirror.stderr");
-        let mut cmd = ns.command(&bin);
+        let mut cmd = command.command_in(ns, &bin);
         cmd.args(command.argv(&dump_dir));
         let (child, what, lines) = spawn_logged(&mut cmd, &stderr_path);
         let mut mirror = Mirror {
             child: Some(child),
             what,
             dir: Some(dir),
+            dump_dir: command.dump_dir.clone(),
         };
         match wait_for_line(&lines, READY_TIMEOUT, |line| line.trim() == "ready") {
             Ok(_) => mirror,
@@ -192,7 +231,10 @@ impl Mirror {
 
     /// The directory passed as `--dump-dir`.
     pub fn dump_dir(&self) -> PathBuf {
-        self.dir().join("dump")
+        match &self.dump_dir {
+            Some(dir) => dir.clone(),
+            None => self.dir().join("dump"),
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -260,7 +302,7 @@ impl MirrorExit {
     ) -> MirrorExit {
         let bin = crate::connmirror_bin();
         let mut cmd: Command = match wrapper.split_first() {
-            None => ns.command(&bin),
+            None => command.command_in(ns, &bin),
             Some((program, rest)) => {
                 let mut cmd = ns.command(program);
                 cmd.args(rest).arg(&bin);

@@ -69,6 +69,18 @@ impl Netns {
         cmd
     }
 
+    /// A command that runs `program` inside the namespace's network namespace
+    /// only (`nsenter --net`), keeping the host's mount namespace: its `/sys` is
+    /// the host's, and so is the BPF filesystem at `/sys/fs/bpf`, where pins
+    /// outlive the program (under `ip netns exec` they would not).
+    pub fn command_host_mounts(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     /// Runs `args[0] args[1..]` inside the namespace; panics with its stderr unless
     /// it exits 0 within the setup timeout. Returns stdout.
     pub fn exec<I, S>(&self, args: I) -> String
