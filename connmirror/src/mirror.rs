@@ -393,7 +393,6 @@ impl Mirror {
             journal: journal_args,
             metrics,
         } = args;
-        let exporter = metrics.start()?;
         let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
         if let Some(dir) = &dump_dir {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -445,6 +444,8 @@ impl Mirror {
         }
         let ring = capture.take_ring()?;
         let backlog = Backlog::map(&ring).context("watching the ring buffer's backlog")?;
+        // After the capture: a pinned instance in use is the clearer error.
+        let exporter = metrics.start()?;
         // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it
         // is dropped; it is only dropped after `into_inner` takes it back out.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }

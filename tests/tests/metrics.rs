@@ -184,9 +184,12 @@ fn a_taken_metrics_port_is_a_clear_error_and_off_serves_nothing() {
     require_root();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
+    // TC only (TCX takes several programs per hook), so that the second
+    // mirror's capture attaches and the metrics port is what it trips on.
     let command = MirrorCommand::new()
         .ifaces(topo.gateway_ifaces())
         .service(service)
+        .ingress("tc")
         .without_dumps();
     let first = Mirror::start(&topo.gateway, &command);
     let dir = WorkDir::new("metrics-second");
