@@ -261,6 +261,24 @@ impl Flow {
         Readiness::Ready
     }
 
+    /// Emits both directions' out-of-order bytes as [`Record::OutOfOrder`].
+    fn out_of_order<E>(&self, emit: &mut impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        for (dir, side) in [
+            (Direction::ClientToServer, &self.c2s),
+            (Direction::ServerToClient, &self.s2c),
+        ] {
+            for (offset, bytes) in side.stream.out_of_order() {
+                emit(Record::OutOfOrder {
+                    id: self.id,
+                    dir,
+                    offset,
+                    bytes: bytes.to_vec(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn side_snapshot(side: &Side) -> SideSnapshot {
         SideSnapshot {
             marks: side.stream.marks(),
@@ -501,8 +519,9 @@ impl FlowTable {
     }
 
     /// Rebuilds the table from a replayed journal: every flow not closed, its
-    /// streams restored from their marks and retained bytes (out-of-order bytes
-    /// are not journaled: a hole pending at the crash stays a hole).
+    /// streams restored from their marks, retained bytes and journaled
+    /// out-of-order bytes (those pending at a crash are lost: a hole then stays
+    /// a hole).
     pub fn restore(&mut self, replayed: Replayed) {
         self.restore_flows(replayed, false);
     }
@@ -527,7 +546,10 @@ impl FlowTable {
             } = flow;
             let limits = self.limits_for(service_id);
             let side = |replayed: ReplayedSide| {
-                let stream = restore_stream(limits, &replayed);
+                let mut stream = restore_stream(limits, &replayed);
+                for (offset, bytes) in &replayed.out_of_order {
+                    stream.restore_out_of_order(*offset, bytes);
+                }
                 let state = caught_up(replayed.snapshot.side, &stream);
                 Side {
                     stream,
@@ -588,6 +610,7 @@ impl FlowTable {
                 c2s: Flow::side_snapshot(&flow.c2s),
                 s2c: Flow::side_snapshot(&flow.s2c),
             }))?;
+            flow.out_of_order(&mut emit)?;
             for (dir, side) in [
                 (Direction::ClientToServer, &flow.c2s),
                 (Direction::ServerToClient, &flow.s2c),
@@ -607,6 +630,14 @@ impl FlowTable {
             }
         }
         emit(Record::CheckpointEnd)
+    }
+
+    /// Emits every open flow's out-of-order bytes as [`Record::OutOfOrder`]
+    /// (the journal writes them when it closes).
+    pub fn out_of_order<E>(&self, mut emit: impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        (self.flows.values())
+            .filter(|flow| !flow.closed)
+            .try_for_each(|flow| flow.out_of_order(&mut emit))
     }
 
     /// What a takeover needs to rebuild each flow of `service_id`: readiness,
@@ -1012,6 +1043,45 @@ mod tests {
         assert_eq!((flow.c2s.delivered, flow.s2c.delivered), (4, 2));
         assert_eq!(flow.server, "198.18.1.2:7000".parse().unwrap());
         assert_eq!(flow.client, "198.18.0.2:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn out_of_order_bytes_journaled_at_a_clean_stop_fill_in_once_the_hole_arrives() {
+        use crate::journal::replay;
+        let limits = StreamLimits {
+            retention: Retention::Full { cap: 1 << 20 },
+            ..StreamLimits::default()
+        };
+        let mut table = FlowTable::new(limits, None).journal();
+        feed(&mut table, Direction::ClientToServer, 10, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 20, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 11, ACK, b"abc");
+        // "def" is missing; "ghi" arrives early and waits behind the hole.
+        feed(&mut table, Direction::ClientToServer, 17, ACK, b"ghi");
+        let mut records = table.take_records();
+        table
+            .out_of_order(|record| {
+                records.push(record);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(records.contains(&Record::OutOfOrder {
+            id: 1,
+            dir: Direction::ClientToServer,
+            offset: 6,
+            bytes: b"ghi".to_vec(),
+        }));
+
+        let mut restored = FlowTable::new(limits, None).journal();
+        restored.restore(replay(crate::journal::tests::stored(&records)).unwrap());
+        // The retransmitted hole is all TCP sends again after the restart.
+        feed(&mut restored, Direction::ClientToServer, 14, ACK, b"def");
+
+        let flow = restored.flows.values().next().unwrap();
+        let (start, pieces) = flow.c2s.stream.retained();
+        let bytes: Vec<u8> = pieces.flat_map(|p| p.iter().copied()).collect();
+        assert_eq!((start, bytes), (0, b"abcdefghi".to_vec()));
+        assert_eq!(flow.c2s.stream.holes(), vec![]);
     }
 
     #[test]

@@ -331,8 +331,9 @@ impl Stream {
     }
 
     /// Rebuilds a stream from journaled `marks` and its retained bytes, which
-    /// end at `marks.next`. Out-of-order bytes are not journaled: a hole that was
-    /// pending at the crash stays a hole.
+    /// end at `marks.next`. Out-of-order bytes come back through
+    /// [`restore_out_of_order`](Self::restore_out_of_order) when they were
+    /// journaled (a clean stop, a checkpoint); after a crash they are lost.
     pub fn restore(limits: StreamLimits, marks: StreamMarks, retained: &[u8]) -> Self {
         let mut stream = Self::new(limits);
         let StreamMarks {
@@ -354,6 +355,20 @@ impl Stream {
         stream.stats.delivered = next;
         stream.trim();
         stream
+    }
+
+    /// The bytes buffered out of order, by stream offset.
+    pub fn out_of_order(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.pending.iter().map(|(at, bytes)| (*at, &bytes[..]))
+    }
+
+    /// Buffers journaled out-of-order bytes again after [`restore`](Self::restore);
+    /// whatever lies below the next offset is already delivered and dropped.
+    pub fn restore_out_of_order(&mut self, offset: u64, bytes: &[u8]) {
+        let skip = self.next.saturating_sub(offset).min(bytes.len() as u64) as usize;
+        if skip < bytes.len() {
+            self.buffer(offset + skip as u64, &bytes[skip..]);
+        }
     }
 
     /// The retained delivered bytes and the stream offset of the first of them.

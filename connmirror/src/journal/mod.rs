@@ -31,6 +31,8 @@ pub struct ReplayedSide {
     /// The contiguous bytes journaled for this direction since `start` (a
     /// given-up hole restarts them at the offset after it).
     pub bytes: Vec<u8>,
+    /// Out-of-order pieces journaled at a clean stop or a checkpoint, by offset.
+    pub out_of_order: Vec<(u64, Vec<u8>)>,
 }
 
 impl ReplayedSide {
@@ -81,8 +83,7 @@ impl ReplayedFlow {
         } = snapshot;
         let side = |snapshot: SideSnapshot| ReplayedSide {
             snapshot,
-            start: 0,
-            bytes: Vec::new(),
+            ..ReplayedSide::default()
         };
         Self {
             id,
@@ -222,6 +223,15 @@ fn apply_to(replayed: &mut Replayed, record: Record) {
             Some(flow) => flow.side(dir).data(offset, &bytes),
             None => *orphans += 1,
         },
+        Record::OutOfOrder {
+            id,
+            dir,
+            offset,
+            bytes,
+        } => match flows.get_mut(&id) {
+            Some(flow) => flow.side(dir).out_of_order.push((offset, bytes)),
+            None => *orphans += 1,
+        },
         Record::Update {
             id,
             dir,
@@ -310,7 +320,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends what is left, syncs, and closes the journal; returns its counters.
+    /// Appends what is left, including the bytes buffered out of order (see
+    /// [`Record::OutOfOrder`]), syncs, and closes the journal; returns its counters.
     pub fn close(
         mut self,
         table: &mut crate::flow::FlowTable,
@@ -318,6 +329,7 @@ impl Journal {
         for record in table.take_records() {
             self.append(&record)?;
         }
+        table.out_of_order(|record| self.append(&record))?;
         self.writer.close()
     }
 

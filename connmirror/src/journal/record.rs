@@ -32,6 +32,8 @@ pub enum Kind {
     CheckpointFlow = 6,
     /// [`Record::CheckpointEnd`].
     CheckpointEnd = 7,
+    /// [`Record::OutOfOrder`].
+    OutOfOrder = 8,
 }
 
 /// Why a flow left the table.
@@ -85,6 +87,21 @@ pub enum Record {
     },
     /// Bytes of one direction, delivered in order at stream offset `offset`.
     Data {
+        /// Flow id.
+        id: u64,
+        /// Direction.
+        dir: Direction,
+        /// Stream offset of the first byte.
+        offset: u64,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Bytes of one direction buffered out of order (beyond a hole) at
+    /// stream offset `offset`. Written when the mirror stops cleanly and in
+    /// checkpoints: a daemon that restarts (hot restart, `--pin`) still has
+    /// them when the hole's bytes arrive, since TCP never resends bytes the
+    /// receiver already has. A crash still loses them (they were only in memory).
+    OutOfOrder {
         /// Flow id.
         id: u64,
         /// Direction.
@@ -154,6 +171,7 @@ impl Record {
         match self {
             Record::Open { .. } => Kind::Open,
             Record::Data { .. } => Kind::Data,
+            Record::OutOfOrder { .. } => Kind::OutOfOrder,
             Record::Update { .. } => Kind::Update,
             Record::Close { .. } => Kind::Close,
             Record::CheckpointBegin { .. } => Kind::CheckpointBegin,
@@ -176,6 +194,12 @@ impl Record {
                 w.u32(*service_id);
             }
             Record::Data {
+                id,
+                dir,
+                offset,
+                bytes,
+            }
+            | Record::OutOfOrder {
                 id,
                 dir,
                 offset,
@@ -242,6 +266,12 @@ impl Record {
             5 => Record::CheckpointBegin { next_id: r.u64()? },
             6 => Record::CheckpointFlow(r.flow_snapshot()?),
             7 => Record::CheckpointEnd,
+            8 => Record::OutOfOrder {
+                id: r.u64()?,
+                dir: r.dir()?,
+                offset: r.u64()?,
+                bytes: r.bytes()?.to_vec(),
+            },
             other => return Err(RecordError::Kind(other)),
         };
         match payload.len() - r.at {
