@@ -38,6 +38,7 @@ use crate::{
         storage::{FSYNC_BUCKETS, FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     },
     metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
+    replication::Outbox,
     service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
     takeover::TakeoverReport,
@@ -430,6 +431,7 @@ impl Mirror {
                 journal,
                 captured: BTreeMap::new(),
                 newest_ns: 0,
+                outbox: None,
             },
             ring,
             backlog,
@@ -477,6 +479,11 @@ impl Mirror {
         }
         tracing::info!("signal received: detaching");
         Ok(Event::Stop)
+    }
+
+    /// Bytes waiting in the ring buffer now.
+    pub(crate) fn ring_backlog(&self) -> u64 {
+        self.backlog.bytes()
     }
 
     /// Applies every record already in the ring.
@@ -559,6 +566,8 @@ pub(crate) struct Reader {
     captured: BTreeMap<(u32, &'static str), Captured>,
     /// `ts_ns` of the newest record applied.
     newest_ns: u64,
+    /// On-host mode: where the journal records also go (to the standby).
+    pub(crate) outbox: Option<Outbox>,
 }
 
 /// Segments and payload bytes captured on one interface in one direction.
@@ -578,6 +587,7 @@ impl Reader {
             journal,
             captured,
             newest_ns,
+            outbox,
         } = self;
         while let Some(item) = ring.next() {
             stats.records += 1;
@@ -597,8 +607,13 @@ impl Reader {
                 }
             }
         }
+        let records = table.take_records();
+        if let Some(outbox) = outbox {
+            // The ring was just drained: nothing of it waits any more.
+            outbox.ship(&records, 0);
+        }
         if let Some(journal) = journal {
-            journal.sync(table).context("writing the journal")?;
+            (journal.write(&records, table)).context("writing the journal")?;
         }
         Ok(())
     }
@@ -643,6 +658,7 @@ impl Reader {
             journal,
             captured,
             newest_ns,
+            ..
         } = self;
         let mut packets = Family::counter(
             "captured_packets",
@@ -773,6 +789,7 @@ fn kernel_name(counter: Counter) -> &'static str {
         Counter::CopyFailed => "ebpf_copy_failed",
         Counter::QuiesceDrops => "ebpf_quiesce_drops",
         Counter::FenceDrops => "ebpf_fence_drops",
+        Counter::SyncHeld => "ebpf_sync_held",
     }
 }
 
@@ -799,6 +816,9 @@ fn counter_help(counter: Counter) -> &'static str {
             "Client segments dropped while their service was quiesced for a takeover."
         }
         Counter::FenceDrops => "Segments from a fenced (taken-over) primary, dropped.",
+        Counter::SyncHeld => {
+            "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync)."
+        }
     }
 }
 

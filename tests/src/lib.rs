@@ -34,6 +34,7 @@ pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod netns;
+pub mod onhost;
 pub mod process;
 pub mod redis;
 pub mod repair;
