@@ -60,7 +60,7 @@ fn a_config_file_with_an_unknown_key_or_bad_syntax_names_the_line() {
     let unknown = write(
         &dir,
         "unknown.toml",
-        "[agent]\nnode_id = \"p\"\nring_size = 4\n",
+        "[agent]\nnode_id = \"p\"\nmissed = 4\n",
     );
     let syntax = write(&dir, "syntax.toml", "[mirror]\niface = [\"eth0\"\n");
     let (unknown, syntax) = (unknown.to_str().unwrap(), syntax.to_str().unwrap());
@@ -72,8 +72,8 @@ fn a_config_file_with_an_unknown_key_or_bad_syntax_names_the_line() {
     assert_eq!(
         text(&unknown_out.stderr),
         format!(
-            "error: {unknown}:3: key \"agent.ring_size\": unknown key: `connmirror agent` \
-             has no flag --ring-size\n"
+            "error: {unknown}:3: key \"agent.missed\": unknown key: `connmirror agent` \
+             has no flag --missed\n"
         )
     );
     assert_eq!(syntax_out.status.code(), Some(1));
