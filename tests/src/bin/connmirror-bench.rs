@@ -37,6 +37,12 @@
 //! against the issue's targets (p50 < 150 ms, p99 < 250 ms with 50 ms
 //! heartbeats).
 //!
+//! Then on-host mode ([`ONHOST_ROUNDS`] rounds): one iperf3 stream's
+//! throughput and [`PING_PONGS`] request/echo round trips with no mirror,
+//! with the agent replicating asynchronously, and with `--sync`, the
+//! throughputs as ratios to no mirror measured in the same run
+//! (`connmirror-bench onhost` runs this part alone).
+//!
 //! Each area prints its table and adds a section to `bench/RESULTS.md` (newest
 //! first, below its header).
 
@@ -54,6 +60,7 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::live;
 use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::onhost::{onhost_standby, start_onhost_agent};
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 
 /// How to run this program, for messages.
@@ -85,6 +92,8 @@ fn run() -> Result<()> {
         [] => AREAS.to_vec(),
         [a] if a == "all" => AREAS.to_vec(),
         [a] if AREAS.contains(&a.as_str()) => vec![a.as_str()],
+        // The on-host part of `ownership` alone.
+        [a] if a == "onhost" => vec!["onhost"],
         [a] => bail!(
             "unknown benchmark area {a:?}; valid areas: all, {}",
             AREAS.join(", ")
@@ -116,7 +125,11 @@ fn run() -> Result<()> {
             "capture" => capture(&command)?,
             "journal" => journal(&command)?,
             "failover" => failover(&command)?,
-            "ownership" => ownership(&command)?,
+            "ownership" => {
+                ownership(&command)?;
+                onhost(&command)?;
+            }
+            "onhost" => onhost(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -1258,4 +1271,178 @@ fn ownership_run() -> Result<f64> {
     let failed: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
     ensure!(failed.is_empty(), "the stream broke: {failed:?}");
     Ok(outage.as_secs_f64() * 1e3)
+}
+
+/// The on-host measurement's configurations: the agent's extra flags, or
+/// `None` for no mirror at all (the baseline).
+const ONHOST_MODES: [(&str, Option<&[&str]>); 3] = [
+    ("no mirror", None),
+    ("on-host, async replication", Some(&[])),
+    ("on-host, `--sync`", Some(&["--sync"])),
+];
+/// Rounds of (every on-host configuration).
+const ONHOST_ROUNDS: usize = 2;
+/// Request/response round trips timed per run.
+const PING_PONGS: usize = 200;
+
+/// One on-host run: iperf3 throughput, request/response round trips, and
+/// the segments `--sync` held.
+struct OnHostSample {
+    gbps: f64,
+    rtts_ms: Vec<f64>,
+    held: u64,
+}
+
+/// Part of `cargo xtask bench ownership`: throughput (client → primary, one
+/// iperf3 stream) and request/response latency with the primary protected in
+/// on-host mode, async and `--sync`, as ratios to no mirror in the same run.
+fn onhost(command: &str) -> Result<()> {
+    println!("\non-host benchmark: throughput and latency, no mirror vs async vs --sync\n");
+    let mut samples: Vec<Vec<OnHostSample>> = ONHOST_MODES.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ONHOST_ROUNDS {
+        for (i, (name, flags)) in ONHOST_MODES.iter().enumerate() {
+            live::interrupt_point()?;
+            bench::progress(&format!("[{round}/{ONHOST_ROUNDS}] {name} ... "));
+            let sample = onhost_run(*flags)?;
+            println!(
+                "{:.2} Gbit/s, RTT p50 {:.2} ms, held {}",
+                sample.gbps,
+                quantile(&sample.rtts_ms, 0.5),
+                sample.held
+            );
+            samples[i].push(sample);
+        }
+    }
+    let table = onhost_table(&samples);
+    println!("\n{table}");
+    let method = format!(
+        "- method: IPv4, a fresh client/gateway/primary topology per run, {ONHOST_ROUNDS} \
+         rounds of the three configurations interleaved, medians reported. On-host: the \
+         primary runs `connmirror agent --iface eth0:xdp-generic --retention full \
+         --replicate-to GATEWAY:7402` (generic XDP ingress, TC egress) and the gateway \
+         `connmirror standby --replication-listen` with no capture of its own. Throughput: \
+         one iperf3 stream client → primary for {IPERF_SECONDS} s. Latency: {PING_PONGS} \
+         sequential 64-byte request/echo round trips to the echo example on the primary, \
+         timed at the client. `held`: `ebpf_sync_held` on the primary after both (segments \
+         the TC egress program dropped until the standby acknowledged the journal up to \
+         them; TCP resent each). Debug/release: the release daemon."
+    );
+    let section = section_header(command, "ownership (on-host mode)")? + &method + "\n\n" + &table;
+    insert_section(&results_path(), &section)?;
+    println!("recorded in {}", results_path().display());
+    Ok(())
+}
+
+fn onhost_table(samples: &[Vec<OnHostSample>]) -> String {
+    let gbps = |s: &[OnHostSample]| median(&mut s.iter().map(|s| s.gbps).collect::<Vec<_>>());
+    let baseline = gbps(&samples[0]);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| configuration | Gbit/s (runs) | ratio to no mirror | RTT p50 (ms) | RTT p99 (ms) | segments held |"
+    );
+    let _ = writeln!(table, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    for ((name, _), runs) in ONHOST_MODES.iter().zip(samples) {
+        let rtts: Vec<f64> = runs
+            .iter()
+            .flat_map(|s| s.rtts_ms.iter().copied())
+            .collect();
+        let list: Vec<String> = runs.iter().map(|s| format!("{:.2}", s.gbps)).collect();
+        let _ = writeln!(
+            table,
+            "| {name} | {:.2} ({}) | {:.3} | {:.3} | {:.3} | {} |",
+            gbps(runs),
+            list.join(", "),
+            gbps(runs) / baseline,
+            quantile(&rtts, 0.5),
+            quantile(&rtts, 0.99),
+            median_u64(runs.iter().map(|s| s.held)),
+        );
+    }
+    table
+}
+
+fn onhost_run(flags: Option<&[&str]>) -> Result<OnHostSample> {
+    live::wait_for_host(
+        "(waiting for another connmirror test or benchmark to release the host...)",
+    )?;
+    let topo = Topology::new();
+    let family = Family::V4;
+    let service = topo.service(family, IPERF_PORT);
+    let dir = connmirror_tests::workdir::WorkDir::new("bench-onhost");
+    let key = key_file(&dir);
+    configure_primary(&topo, family, service);
+    let replication = match flags {
+        Some(extra) => {
+            let standby = onhost_standby(&topo, family, service, &key);
+            let agent = start_onhost_agent(&topo, family, service, &key, extra);
+            let text = "replication channel established";
+            connmirror_tests::process::wait_for_text(
+                || standby.stderr(),
+                text,
+                Duration::from_secs(20),
+            )
+            .map_err(|stderr| anyhow::anyhow!("the standby never logged {text:?}:\n{stderr}"))?;
+            Some((standby, agent))
+        }
+        None => None,
+    };
+    let mut server = topo
+        .server
+        .command("iperf3")
+        .args(["-s", "-1", "-B"])
+        .arg(service.ip().to_string())
+        .args(["-p", &IPERF_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn iperf3 server")?;
+    wait_listening(&topo.server, IPERF_PORT)?;
+    let json = iperf3_client(&topo.client, service.ip().to_string());
+    let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
+    let (gbps, _) = parse_iperf3(&json?)?;
+    let _echo = echo_primary(&topo, service);
+    let rtts_ms = ping_pong(&topo.client, service, PING_PONGS)?;
+    let held = match &replication {
+        Some(_) => {
+            let metrics = connmirror_tests::metrics::scrape(
+                &topo.server,
+                connmirror_tests::metrics::DEFAULT_ENDPOINT,
+            );
+            metrics.count("connmirror_ebpf_sync_held_total")
+        }
+        None => 0,
+    };
+    drop(replication);
+    Ok(OnHostSample {
+        gbps,
+        rtts_ms,
+        held,
+    })
+}
+
+/// `n` sequential 64-byte writes to an echo server, each timed until its echo
+/// is read back whole; milliseconds.
+fn ping_pong(ns: &Netns, server: std::net::SocketAddr, n: usize) -> Result<Vec<f64>> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = ns.run(|| {
+        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(10))
+            .with_context(|| format!("connect to the echo server {server}"))
+    })?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("read timeout")?;
+    let request = [0x5au8; 64];
+    let mut reply = [0u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        stream.write_all(&request).context("send a request")?;
+        stream.read_exact(&mut reply).context("read its echo")?;
+        rtts.push(t0.elapsed().as_secs_f64() * 1e3);
+        ensure!(reply == request, "the echo differs from the request");
+    }
+    Ok(rtts)
 }
