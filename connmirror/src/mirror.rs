@@ -224,6 +224,9 @@ impl From<RingFull> for RingFullPolicy {
     }
 }
 
+/// Most records the event loop applies before it looks at its other events.
+const DRAIN_SLICE: usize = 4096;
+
 /// Records decoded by userspace.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ReaderStats {
@@ -467,10 +470,15 @@ impl Mirror {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
-                    reader.drain(guard.get_inner_mut())?;
-                    guard.clear_ready();
+                    // Cut short: stay ready, so the loop comes back at once
+                    // after whatever else is due.
+                    if !reader.drain_up_to(guard.get_inner_mut(), DRAIN_SLICE)? {
+                        guard.clear_ready();
+                    }
                 }
-                _ = tick.tick() => reader.drain(ring.get_mut())?,
+                _ = tick.tick() => {
+                    reader.drain_up_to(ring.get_mut(), DRAIN_SLICE)?;
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 message = &mut message => return Ok(Event::Message(message)),
@@ -581,6 +589,19 @@ impl Reader {
     /// Applies every record waiting in the ring, then hands the changes to the
     /// journal (group commit happens there).
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        self.drain_up_to(ring, usize::MAX).map(drop)
+    }
+
+    /// Like [`drain`](Self::drain), stopping after `limit` records; returns
+    /// whether it stopped there (records may still wait). The event loop
+    /// drains in such slices so that a ring refilled as fast as it is read
+    /// never starves the loop's other work (acknowledgments, scrapes), and
+    /// the changes reach the journal (and the standby) slice by slice.
+    pub(crate) fn drain_up_to(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        limit: usize,
+    ) -> anyhow::Result<bool> {
         let Self {
             table,
             stats,
@@ -589,7 +610,10 @@ impl Reader {
             newest_ns,
             outbox,
         } = self;
-        while let Some(item) = ring.next() {
+        let mut left = limit;
+        while left > 0 {
+            let Some(item) = ring.next() else { break };
+            left -= 1;
             stats.records += 1;
             match RecordHeader::decode(&item) {
                 Ok((header, chunk)) => {
@@ -615,7 +639,7 @@ impl Reader {
         if let Some(journal) = journal {
             (journal.write(&records, table)).context("writing the journal")?;
         }
-        Ok(())
+        Ok(left == 0)
     }
 }
 

@@ -120,10 +120,44 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         keepalive,
     };
     tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
-    let heartbeats = agent::run_with(args, Some(Metrics(requests)));
-    let result = tokio::try_join!(heartbeats, replicate(mirror, source, stats));
+    let heartbeats = heartbeat_thread(args, Metrics(requests))?;
+    let replication = replicate(mirror, source, stats);
+    tokio::pin!(replication);
+    let result = tokio::select! {
+        result = &mut replication => result,
+        ended = heartbeats => match ended {
+            // Stopped by the signal that stops the capture too: let it detach
+            // and write its report.
+            Ok(Ok(())) => replication.await,
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(anyhow::anyhow!("the heartbeat thread panicked")),
+        },
+    };
     link.abort();
-    result.map(drop)
+    result
+}
+
+/// Runs the heartbeats on a thread (and runtime) of their own: a ring that
+/// refills as fast as it is read keeps the capture loop busy, and the
+/// standby must not mistake a busy primary for a dead one. The heartbeats
+/// stop with the same signals; the answer says how they ended.
+fn heartbeat_thread(
+    args: AgentArgs,
+    metrics: Metrics,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (done, ended) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("heartbeats".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the heartbeat thread's runtime")
+                .and_then(|runtime| runtime.block_on(agent::run_with(args, Some(metrics))));
+            let _ = done.send(result);
+        })
+        .context("spawning the heartbeat thread")?;
+    Ok(ended)
 }
 
 /// The mirror's settings: the agent's services on the on-host interfaces,

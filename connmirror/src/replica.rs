@@ -54,14 +54,12 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Listens on `listen` for the agent, under the shared `key`.
-    pub async fn start(
-        listen: SocketAddr,
-        key: Key,
-        full: BTreeSet<SocketAddr>,
-    ) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(listen)
-            .await
+    /// Listens on `listen` for the agent, under the shared `key`. The channel
+    /// is served on a thread (and runtime) of its own: applying a fast stream
+    /// of records must not delay the failure detector's heartbeats.
+    pub fn start(listen: SocketAddr, key: Key, full: BTreeSet<SocketAddr>) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .with_context(|| format!("binding the replication listener to {listen}"))?;
         let replica = Self {
             state: Arc::new(Mutex::new(State {
@@ -71,7 +69,22 @@ impl Replica {
             full: Arc::new(full),
         };
         tracing::info!(%listen, "listening for the agent's replication channel");
-        tokio::spawn(replica.clone().accept(listener, key));
+        let serving = replica.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the replication thread's runtime")?;
+        std::thread::Builder::new()
+            .name("replica".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serving.accept(listener, key).await,
+                        Err(err) => tracing::error!(%err, "registering the replication listener"),
+                    }
+                })
+            })
+            .context("spawning the replication thread")?;
         Ok(replica)
     }
 
@@ -151,7 +164,7 @@ impl Replica {
         let release = match &record {
             Record::Update {
                 id, dir, snapshot, ..
-            } if live => Some((*id, *dir, snapshot.marks.acked)),
+            } if live => Some((*id, *dir, snapshot.marks.acked, snapshot.marks.handoff_only)),
             _ => None,
         };
         let closed = match &record {
@@ -162,14 +175,16 @@ impl Replica {
         if let Some(id) = closed {
             flows.flows.remove(&id);
         }
-        let Some((id, dir, acked)) = release else {
+        let Some((id, dir, acked, past_cap)) = release else {
             return;
         };
         let Some(flow) = flows.flows.get_mut(&id) else {
             return;
         };
         let server = socket_addr(flow.key.server_addr, flow.key.family, flow.key.server_port);
-        if self.full.contains(&server) {
+        // Full history is kept until the agent's stream went past its cap
+        // (handoff-only): then the agent keeps only unacknowledged bytes too.
+        if self.full.contains(&server) && !past_cap {
             return;
         }
         match dir {

@@ -64,6 +64,9 @@ const MAX_NOISE: usize = 65_535;
 const MAX_PLAIN: usize = MAX_NOISE - 16;
 /// Largest application message accepted (a batch of records).
 const MAX_MESSAGE: usize = 64 << 20;
+/// A standby further behind than this many bytes is dropped (it reconnects
+/// and starts again from a checkpoint) instead of the agent buffering more.
+const MAX_BACKLOG: u64 = 256 << 20;
 /// A handshake that takes longer than this fails.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -536,11 +539,16 @@ impl Outbox {
         let changes = self.limit_changes(records);
         self.position += bytes.len() as u64;
         self.produced += bytes.len() as u64;
-        self.unacked.push_back(Pending {
-            end: self.position,
-            at: Instant::now(),
-            changes,
-        });
+        match (&self.link, self.unacked.back_mut()) {
+            // With no standby only the age of the oldest unshipped batch
+            // matters (a reconnect starts over from a checkpoint).
+            (None, Some(pending)) => pending.end = self.position,
+            _ => self.unacked.push_back(Pending {
+                end: self.position,
+                at: Instant::now(),
+                changes,
+            }),
+        }
         self.send(bytes, ring_backlog);
     }
 
@@ -554,6 +562,14 @@ impl Outbox {
         let Some(link) = &self.link else {
             return;
         };
+        if self.position - self.acked > MAX_BACKLOG {
+            tracing::warn!(
+                behind = self.position - self.acked,
+                "the standby fell more than {MAX_BACKLOG} bytes behind: dropping its channel"
+            );
+            self.link = None;
+            return;
+        }
         let batch = Batch {
             end: self.position,
             lag,

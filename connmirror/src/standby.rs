@@ -242,7 +242,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     let replica = match (args.replication_listen, &args.detection.key) {
         (Some(listen), Some(key)) => {
             let full = full_retention(&args.mirror);
-            Some(Replica::start(listen, Key::load(key)?, full).await?)
+            Some(Replica::start(listen, Key::load(key)?, full)?)
         }
         _ => None,
     };

@@ -31,13 +31,14 @@ fn any(family: Family, port: u16) -> String {
 /// The on-host standby: the clients' gateway still (so the takeover's
 /// address step works as inline), but capturing nothing (`--ingress none
 /// --egress none`): every flow it restores comes from the agent's journal.
-/// Full retention (the echo handoff resumes from the history), heartbeat
+/// `service` as `--service` takes it (`IP:PORT=full` keeps the history the
+/// echo handoff resumes from: give the agent `--retention full` too), heartbeat
 /// detection and the replication listener on every address.
-pub fn onhost_standby_command(family: Family, service: SocketAddr, key: &Path) -> MirrorCommand {
+pub fn onhost_standby_command(family: Family, service: &str, key: &Path) -> MirrorCommand {
     MirrorCommand::standby()
         .iface(GATEWAY_CLIENT_IF)
         .arg("--service")
-        .arg(&format!("{service}=full"))
+        .arg(service)
         .ingress("none")
         .egress("none")
         .without_dumps()
@@ -50,14 +51,14 @@ pub fn onhost_standby_command(family: Family, service: SocketAddr, key: &Path) -
 }
 
 /// Starts [`onhost_standby_command`] in the gateway namespace.
-pub fn onhost_standby(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Mirror {
+pub fn onhost_standby(topo: &Topology, family: Family, service: &str, key: &Path) -> Mirror {
     Mirror::start(&topo.gateway, &onhost_standby_command(family, service, key))
 }
 
 /// `connmirror agent` in on-host mode in the primary's namespace: heartbeats
 /// from its management address, generic XDP ingress and TC egress capture
-/// on its link, full retention, the journal replicated to the standby;
-/// `extra` adds flags (`--sync`).
+/// on its link, the journal replicated to the standby; `extra` adds flags
+/// (`--sync`, `--retention full`).
 pub fn start_onhost_agent(
     topo: &Topology,
     family: Family,
@@ -80,8 +81,6 @@ pub fn start_onhost_agent(
         &service.to_string(),
         "--iface",
         &format!("{SERVER_IF}:xdp-generic"),
-        "--retention",
-        "full",
         "--replicate-to",
         &SocketAddr::new(gateway, REPLICATION_PORT).to_string(),
     ]

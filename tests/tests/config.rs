@@ -185,6 +185,8 @@ fn every_example_config_passes_the_check() {
         [
             "capture-mirror.toml",
             "inline-standby.toml",
+            "onhost-primary.toml",
+            "onhost-standby.toml",
             "primary-agent.toml"
         ]
     );
@@ -207,7 +209,10 @@ fn every_example_config_passes_the_check() {
         })
         .collect();
 
-    assert_eq!(tables, ["[mirror]", "[standby]", "[agent]"]);
+    assert_eq!(
+        tables,
+        ["[mirror]", "[standby]", "[agent]", "[standby]", "[agent]"]
+    );
 }
 
 /// `--help` shows `--config` and the defaults, on each daemon.

@@ -25,6 +25,12 @@ use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
+/// The echo handoff resumes from the history: both ends keep all of it.
+const FULL: [&str; 2] = ["--retention", "full"];
+
+fn full(service: SocketAddr) -> String {
+    format!("{service}=full")
+}
 
 /// Waits until the standby's log says `text`.
 fn wait_log(standby: &Mirror, text: &str) {
@@ -72,9 +78,9 @@ fn sync_failover_from_a_late_standby_loses_no_byte_v4() {
         service,
         mut primary,
     } = setup(family);
-    let mut agent = start_onhost_agent(&topo, family, service, &key, &["--sync"]);
+    let mut agent = start_onhost_agent(&topo, family, service, &key, &["--sync", FULL[0], FULL[1]]);
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    let standby = onhost_standby(&topo, family, service, &key);
+    let standby = onhost_standby(&topo, family, &full(service), &key);
     let _app = handoff_app(&topo, &standby, service);
     wait_log(&standby, "replication channel established");
     wait_log(&standby, "armed: primary heard");
@@ -152,13 +158,14 @@ fn async_failover_loses_at_most_the_reported_lag_v4() {
         service,
         mut primary,
     } = setup(family);
-    let standby = onhost_standby(&topo, family, service, &key);
+    let standby = onhost_standby(&topo, family, &full(service), &key);
     let _app = handoff_app(&topo, &standby, service);
-    let mut agent = start_onhost_agent(&topo, family, service, &key, &[]);
+    let mut agent = start_onhost_agent(&topo, family, service, &key, &FULL);
     wait_log(&standby, "replication channel established");
     wait_log(&standby, "armed: primary heard");
     let mut probe = Probe::start(&topo.client, service, 512 << 10);
     wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
+    let before = status_of(&topo, &standby);
     let pid = standby.pid() as i32;
     // SAFETY: kill has no memory-safety preconditions; the pid is our child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -187,6 +194,9 @@ fn async_failover_loses_at_most_the_reported_lag_v4() {
          standby holds c2s {} s2c {}; lost {lost_c2s} + {lost_s2c}",
         client.sent, client.acked, client.received, flow.c2s.delivered, flow.s2c.delivered
     );
+    assert_eq!(before.takeovers, 0, "no takeover before the failure");
+    assert_eq!(report.takeovers.len(), 1);
+    assert_eq!(report.takeovers[0].trigger, "heartbeats-missed");
     assert!(lag > 0, "the paused standby let no lag build up");
     assert!(
         lost_c2s + lost_s2c <= lag,
@@ -209,10 +219,10 @@ fn replication_under_a_wrong_key_is_refused_and_counted() {
     } = setup(family);
     let standby = Mirror::start(
         &topo.gateway,
-        &onhost_standby_command(family, service, &key),
+        &onhost_standby_command(family, &full(service), &key),
     );
     let wrong = wrong_key(dir.path());
-    let agent = start_onhost_agent(&topo, family, service, &wrong, &[]);
+    let agent = start_onhost_agent(&topo, family, service, &wrong, &FULL);
     let gateway = gateway_addrs(family).0;
     wait_log(&standby, "failed authentication under the shared key");
     agent.wait_stderr(
