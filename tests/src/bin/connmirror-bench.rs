@@ -1344,7 +1344,7 @@ fn onhost(command: &str) -> Result<()> {
     println!("\n{table}");
     let method = format!(
         "- method: IPv4, a fresh client/gateway/primary topology per run, {ONHOST_ROUNDS} \
-         rounds of the three configurations interleaved, medians reported. On-host: the \
+         rounds of the {} configurations interleaved, medians reported. On-host: the \
          primary runs `connmirror agent --iface eth0:xdp-generic --replicate-to \
          GATEWAY:7402` (generic XDP ingress, TC egress, `unacked` retention) and the gateway \
          `connmirror standby --replication-listen` with no capture of its own. Throughput: \
@@ -1357,7 +1357,8 @@ fn onhost(command: &str) -> Result<()> {
          net.ipv4.tcp_rto_min_us=5000`, default 200000): a held segment goes again only \
          when a retransmission timer fires. Lowering it on the primary alone changed \
          nothing measurable (204 ms round trips): the exchange waited for the client's \
-         timer."
+         timer.",
+        ONHOST_MODES.len()
     );
     let section = section_header(command, "ownership (on-host mode)")? + &method + "\n\n" + &table;
     insert_section(&results_path(), &section)?;
