@@ -959,3 +959,80 @@ mod tests {
         assert_eq!(outbox.lag(0).seconds, 0.0);
     }
 }
+
+#[cfg(test)]
+mod channel_tests {
+    use super::*;
+
+    async fn pair(
+        agent_key: &[u8],
+        standby_key: &[u8],
+    ) -> (Result<Channel, ChannelError>, Result<Channel, ChannelError>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let standby_key = Key::from_bytes(standby_key);
+        let accept = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            Channel::accept(stream, &standby_key).await
+        };
+        let agent_key = Key::from_bytes(agent_key);
+        tokio::join!(Channel::connect(addr, &agent_key), accept)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn messages_of_any_size_cross_the_channel_in_order() {
+        runtime().block_on(async {
+            let (agent, standby) = pair(b"0123456789abcdef0123", b"0123456789abcdef0123").await;
+            let (mut agent, mut standby) = (agent.unwrap(), standby.unwrap());
+            let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+            agent.writer.send(b"first").await.unwrap();
+            agent.writer.send(&big).await.unwrap();
+            agent.writer.send(&[]).await.unwrap();
+            assert_eq!(standby.reader.next().await.unwrap().unwrap(), b"first");
+            assert_eq!(standby.reader.next().await.unwrap().unwrap(), big);
+            assert_eq!(standby.reader.next().await.unwrap().unwrap(), b"");
+            standby.writer.send(&encode_ack(7)).await.unwrap();
+            let ack = agent.reader.next().await.unwrap().unwrap();
+            assert_eq!(decode_ack(&ack), Ok(7));
+            drop(agent);
+            assert!(
+                standby.reader.next().await.unwrap().is_none(),
+                "a clean close"
+            );
+        });
+    }
+
+    #[test]
+    fn a_wrong_key_fails_the_first_handshake_message_on_both_ends() {
+        runtime().block_on(async {
+            let (agent, standby) = pair(b"0123456789abcdef0123", b"another key of 20 b.").await;
+            let standby = standby.err().expect("the standby refuses").to_string();
+            assert!(
+                standby.starts_with("replication handshake with 127.0.0.1:"),
+                "{standby}"
+            );
+            assert!(
+                standby.ends_with(
+                    " refused: its first handshake message failed authentication under the \
+                     shared key (the two hosts' --key files differ?)"
+                ),
+                "{standby}"
+            );
+            let agent = agent.err().expect("the agent fails").to_string();
+            assert!(
+                agent.ends_with(
+                    " refused: the standby closed the connection (the two hosts' --key files \
+                     differ?)"
+                ),
+                "{agent}"
+            );
+        });
+    }
+}

@@ -70,7 +70,15 @@ fn setup(family: Family) -> Setup {
 /// byte-exact, with no RST.
 #[test]
 fn sync_failover_from_a_late_standby_loses_no_byte_v4() {
-    let family = Family::V4;
+    sync_failover_from_a_late_standby(Family::V4);
+}
+
+#[test]
+fn sync_failover_from_a_late_standby_loses_no_byte_v6() {
+    sync_failover_from_a_late_standby(Family::V6);
+}
+
+fn sync_failover_from_a_late_standby(family: Family) {
     let Setup {
         dir: _dir,
         key,
