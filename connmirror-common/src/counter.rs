@@ -36,11 +36,15 @@ pub enum Counter {
     QuiesceDrops = 11,
     /// Segments from a fenced (taken-over) primary, dropped.
     FenceDrops = 12,
+    /// Outgoing segments of a `--sync` on-host primary held back (dropped, so
+    /// TCP sends them again) because the standby had not acknowledged the
+    /// journal up to them yet.
+    SyncHeld = 13,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 14] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -54,6 +58,7 @@ impl Counter {
         Counter::CopyFailed,
         Counter::QuiesceDrops,
         Counter::FenceDrops,
+        Counter::SyncHeld,
     ];
 
     /// The slot index in the counter array.
@@ -77,6 +82,7 @@ impl Counter {
             Counter::CopyFailed => "copy_failed",
             Counter::QuiesceDrops => "quiesce_drops",
             Counter::FenceDrops => "fence_drops",
+            Counter::SyncHeld => "sync_held",
         }
     }
 }

@@ -19,5 +19,5 @@ pub mod parse;
 pub mod record;
 
 pub use counter::{Counter, Malformed};
-pub use map::{FlowKey, FlowValue, ServiceKey, ServiceMode, ServiceValue};
+pub use map::{FlowKey, FlowValue, ServiceKey, ServiceMode, ServiceValue, SyncLimit};
 pub use record::{Direction, Hook, RecordHeader, RingFullPolicy};

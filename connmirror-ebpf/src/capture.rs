@@ -8,10 +8,10 @@ use aya_ebpf::{
 };
 use connmirror_common::{
     Counter, Direction, FlowKey, FlowValue, Hook, RecordHeader, RingFullPolicy, ServiceKey,
-    ServiceMode, ServiceValue,
+    ServiceMode, ServiceValue, SyncLimit,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
-    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS},
+    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS, tcp_flags},
 };
 
 use crate::packet::{Kernel, LoadInto};
@@ -27,6 +27,11 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1
 /// Tracked connections, least recently used evicted first.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+
+/// On-host `--sync`: per flow, how far the standby has acknowledged the
+/// journal ([`SyncLimit`]). Written by the agent; read at TC egress only.
+#[map]
+static SYNC_LIMITS: HashMap<FlowKey, SyncLimit> = HashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by [`Counter`] and [`connmirror_common::Malformed`].
 #[map]
@@ -76,15 +81,41 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
     let Some((direction, service)) = classify(&seg) else {
         return Verdict::Pass;
     };
-    if service.mode != 0 {
+    if service.mode & !ServiceMode::SYNC != 0 {
         return takeover(direction, service.mode, hook);
     }
     let service_id = service.id;
     count(Counter::PacketsTracked.index(), 1);
-    let flow = track(&seg, direction, service_id);
-    match copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
-        Ok(()) => Verdict::Pass,
-        Err(reason) => uncaptured(reason, flow),
+    let key = flow_key(&seg, direction);
+    let flow = track(&key, service_id);
+    if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
+        return uncaptured(reason, flow);
+    }
+    if service.mode & ServiceMode::SYNC != 0 && matches!(hook, Hook::TcEgress) {
+        return synced(&seg, &key);
+    }
+    Verdict::Pass
+}
+
+/// On-host `--sync`, for a segment the primary sends (already captured): pass
+/// it only when the standby holds the journal up to its data and its ACK.
+/// SYN and RST segments carry neither and pass; a flow the standby does not
+/// know yet has no limit, and its data and ACKs wait.
+#[inline(always)]
+fn synced(seg: &Segment, key: &FlowKey) -> Verdict {
+    if seg.flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
+        return Verdict::Pass;
+    }
+    // SAFETY: the lookup copies the value out immediately.
+    let covered = unsafe { SYNC_LIMITS.get(key) }.is_some_and(|limit| {
+        let end = seg.seq.wrapping_add(seg.payload_len as u32);
+        limit.covers(end, seg.flags & tcp_flags::ACK != 0, seg.ack)
+    });
+    if covered {
+        Verdict::Pass
+    } else {
+        count(Counter::SyncHeld.index(), 1);
+        Verdict::Drop
     }
 }
 
@@ -141,22 +172,27 @@ fn classify(seg: &Segment) -> Option<(Direction, ServiceValue)> {
     None
 }
 
-/// Looks the flow up in the LRU map, inserting it on first sight.
+/// The flow a segment belongs to.
 #[inline(always)]
-fn track(seg: &Segment, direction: Direction, service_id: u32) -> Option<*mut FlowValue> {
+fn flow_key(seg: &Segment, direction: Direction) -> FlowKey {
     let (server, client) = match direction {
         Direction::ClientToServer => ((seg.dst_addr, seg.dst_port), (seg.src_addr, seg.src_port)),
         Direction::ServerToClient => ((seg.src_addr, seg.src_port), (seg.dst_addr, seg.dst_port)),
     };
-    let key = FlowKey {
+    FlowKey {
         server_addr: server.0,
         client_addr: client.0,
         server_port: server.1,
         client_port: client.1,
         family: seg.family,
         _pad: [0; 3],
-    };
-    FLOWS.get_ptr_mut(&key).or_else(|| {
+    }
+}
+
+/// Looks the flow up in the LRU map, inserting it on first sight.
+#[inline(always)]
+fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
+    FLOWS.get_ptr_mut(key).or_else(|| {
         let fresh = FlowValue {
             // SAFETY: no preconditions.
             first_seen_ns: unsafe { bpf_ktime_get_ns() },
@@ -165,8 +201,8 @@ fn track(seg: &Segment, direction: Direction, service_id: u32) -> Option<*mut Fl
         };
         // Another CPU may insert first: BPF_NOEXIST keeps its entry, and the second
         // lookup finds whichever won.
-        let _ = FLOWS.insert(&key, &fresh, BPF_NOEXIST as u64);
-        FLOWS.get_ptr_mut(&key)
+        let _ = FLOWS.insert(key, &fresh, BPF_NOEXIST as u64);
+        FLOWS.get_ptr_mut(key)
     })
 }
 

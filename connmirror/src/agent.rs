@@ -12,6 +12,7 @@ use crate::{
     heartbeat::{self, Key, Kind, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
     mirror::{Signals, announce_ready},
+    onhost::{self, OnHostArgs},
     ownership::Policy,
 };
 
@@ -65,6 +66,9 @@ pub struct AgentArgs {
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// On-host mode (capture here, replicate the journal to the standby).
+    #[command(flatten)]
+    pub onhost: OnHostArgs,
 }
 
 /// The agent's default UDP port.
@@ -126,6 +130,12 @@ fn families(
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    run_with(args, None).await
+}
+
+/// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
+/// `onhost`'s families (the on-host mirror and its replication).
+pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
     let ownership = Ownership {
         node_id: args.node_id.clone(),
@@ -177,7 +187,11 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }
             scrape = exporter.next() => {
-                scrape.answer(families(sent, &verifier, &ownership, stepped_down));
+                let mut families = families(sent, &verifier, &ownership, stepped_down);
+                if let Some(onhost) = &onhost {
+                    families.extend(onhost.families().await);
+                }
+                scrape.answer(families);
                 continue;
             }
             _ = sigint.recv() => break,

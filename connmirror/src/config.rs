@@ -812,8 +812,8 @@ control = "/run/cm/control.sock"
                 r#"/etc/cm.toml:2: key "standby.missed": invalid value "-1": -1 is not in 0..=4294967295"#,
             ),
             (
-                "[agent]\nnode_id = \"p\"\nring_size = \"1M\"\n",
-                r#"/etc/cm.toml:3: key "agent.ring_size": unknown key: `connmirror agent` has no flag --ring-size"#,
+                "[agent]\nnode_id = \"p\"\nmissed = 4\n",
+                r#"/etc/cm.toml:3: key "agent.missed": unknown key: `connmirror agent` has no flag --missed"#,
             ),
             (
                 "[standby]\nconfig = \"/etc/other.toml\"\n",
@@ -873,7 +873,14 @@ control = "/run/cm/control.sock"
              interval = 20\n\
              # bind: not set\n\
              port = 7401  # default\n\
-             metrics = \"127.0.0.1:9464\"  # default\n\n"
+             metrics = \"127.0.0.1:9464\"  # default\n\
+             iface = []\n\
+             # replicate_to: not set\n\
+             sync = false  # default\n\
+             ingress = \"xdp\"  # default\n\
+             egress = \"tc\"  # default\n\
+             ring_size = \"16M\"  # default\n\
+             retention = \"unacked\"  # default\n\n"
         );
         // What it prints reads back as the same settings.
         let again = parse(&effective).unwrap().effective(&cli()).unwrap();

@@ -359,6 +359,12 @@ impl FlowTable {
         self
     }
 
+    /// Like [`journal`](Self::journal) on a table already in use: collects
+    /// journal records from now on (the on-host agent replicates them).
+    pub fn collect_records(&mut self) {
+        self.records.get_or_insert_with(Vec::new);
+    }
+
     /// Bounds the memory the flows hold; past it, the flows idle longest are evicted.
     pub fn memory_cap(mut self, bytes: usize) -> Self {
         self.memory_cap = Some(bytes);

@@ -117,6 +117,15 @@ impl Key {
         Key(bytes.to_vec())
     }
 
+    /// A 32-byte key for another use of the shared secret (the replication
+    /// channel's pre-shared key): HMAC-SHA256 of `label` under this key, so the
+    /// derived key reveals nothing about the file's bytes.
+    pub fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = self.mac();
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }

@@ -8,11 +8,12 @@ use std::{
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use connmirror::{
-    agent::{self, AgentArgs},
+    agent::AgentArgs,
     config::{self, Config, Layout},
     control::{self, DEFAULT_CONTROL, Request, Response},
     journal::inspect,
     mirror::{self, MirrorArgs},
+    onhost,
     standby::{self, StandbyArgs},
     takeover::TakeoverReport,
 };
@@ -49,6 +50,11 @@ enum Command {
     /// Run on the primary: send authenticated heartbeats (HMAC-SHA256 under the
     /// shared key, a counter that only grows) with this node's ownership to the
     /// standby every --interval ms. Prints `ready` after the first one.
+    ///
+    /// With --iface and --replicate-to (on-host mode) it also captures the
+    /// services on this host's interfaces and streams the journal to the
+    /// standby over an encrypted, authenticated channel (Noise, keyed by
+    /// --key); --sync holds outgoing segments until the standby has them.
     Agent(AgentArgs),
     /// Ask a running standby to take services over now.
     ///
@@ -298,7 +304,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
-                    Command::Agent(args) => agent::run(args).await,
+                    Command::Agent(args) => onhost::agent(args).await,
                     Command::Status { control, json } => status(&control, json),
                     Command::Takeover {
                         services,

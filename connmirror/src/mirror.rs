@@ -44,6 +44,7 @@ use crate::{
     },
     metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
     pinning::{self, Instance},
+    replication::Outbox,
     service::{RetentionName, Service, ServiceAddr},
     stream::{Retention, StreamLimits},
     takeover::TakeoverReport,
@@ -247,6 +248,9 @@ impl From<RingFull> for RingFullPolicy {
         }
     }
 }
+
+/// Most records the event loop applies before it looks at its other events.
+const DRAIN_SLICE: usize = 4096;
 
 /// Records decoded by userspace.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -472,6 +476,7 @@ impl Mirror {
                 journal,
                 captured: BTreeMap::new(),
                 newest_ns: 0,
+                outbox: None,
             },
             ring,
             backlog,
@@ -507,10 +512,15 @@ impl Mirror {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
-                    reader.drain(guard.get_inner_mut())?;
-                    guard.clear_ready();
+                    // Cut short: stay ready, so the loop comes back at once
+                    // after whatever else is due.
+                    if !reader.drain_up_to(guard.get_inner_mut(), DRAIN_SLICE)? {
+                        guard.clear_ready();
+                    }
                 }
-                _ = tick.tick() => reader.drain(ring.get_mut())?,
+                _ = tick.tick() => {
+                    reader.drain_up_to(ring.get_mut(), DRAIN_SLICE)?;
+                }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 message = &mut message => return Ok(Event::Message(message)),
@@ -519,6 +529,11 @@ impl Mirror {
         }
         tracing::info!("signal received: stopping");
         Ok(Event::Stop)
+    }
+
+    /// Bytes waiting in the ring buffer now.
+    pub(crate) fn ring_backlog(&self) -> u64 {
+        self.backlog.bytes()
     }
 
     /// Applies every record already in the ring.
@@ -653,6 +668,8 @@ pub(crate) struct Reader {
     captured: BTreeMap<(u32, &'static str), Captured>,
     /// `ts_ns` of the newest record applied.
     newest_ns: u64,
+    /// On-host mode: where the journal records also go (to the standby).
+    pub(crate) outbox: Option<Outbox>,
 }
 
 /// Segments and payload bytes captured on one interface in one direction.
@@ -666,14 +683,31 @@ impl Reader {
     /// Applies every record waiting in the ring, then hands the changes to the
     /// journal (group commit happens there).
     pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        self.drain_up_to(ring, usize::MAX).map(drop)
+    }
+
+    /// Like [`drain`](Self::drain), stopping after `limit` records; returns
+    /// whether it stopped there (records may still wait). The event loop
+    /// drains in such slices so that a ring refilled as fast as it is read
+    /// never starves the loop's other work (acknowledgments, scrapes), and
+    /// the changes reach the journal (and the standby) slice by slice.
+    pub(crate) fn drain_up_to(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        limit: usize,
+    ) -> anyhow::Result<bool> {
         let Self {
             table,
             stats,
             journal,
             captured,
             newest_ns,
+            outbox,
         } = self;
-        while let Some(item) = ring.next() {
+        let mut left = limit;
+        while left > 0 {
+            let Some(item) = ring.next() else { break };
+            left -= 1;
             stats.records += 1;
             match RecordHeader::decode(&item) {
                 Ok((header, chunk)) => {
@@ -691,10 +725,15 @@ impl Reader {
                 }
             }
         }
-        if let Some(journal) = journal {
-            journal.sync(table).context("writing the journal")?;
+        let records = table.take_records();
+        if let Some(outbox) = outbox {
+            // The ring was just drained: nothing of it waits any more.
+            outbox.ship(&records, 0);
         }
-        Ok(())
+        if let Some(journal) = journal {
+            (journal.write(&records, table)).context("writing the journal")?;
+        }
+        Ok(left == 0)
     }
 }
 
@@ -737,6 +776,7 @@ impl Reader {
             journal,
             captured,
             newest_ns,
+            ..
         } = self;
         let mut packets = Family::counter(
             "captured_packets",
@@ -867,6 +907,7 @@ fn kernel_name(counter: Counter) -> &'static str {
         Counter::CopyFailed => "ebpf_copy_failed",
         Counter::QuiesceDrops => "ebpf_quiesce_drops",
         Counter::FenceDrops => "ebpf_fence_drops",
+        Counter::SyncHeld => "ebpf_sync_held",
     }
 }
 
@@ -893,6 +934,9 @@ fn counter_help(counter: Counter) -> &'static str {
             "Client segments dropped while their service was quiesced for a takeover."
         }
         Counter::FenceDrops => "Segments from a fenced (taken-over) primary, dropped.",
+        Counter::SyncHeld => {
+            "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync)."
+        }
     }
 }
 

@@ -20,12 +20,13 @@ use crate::{
     heartbeat::{Key, Ownership},
     metrics::Family,
     mirror::{
-        Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready,
-        detach_pinned,
+        Event, EventSource, Mirror, MirrorArgs, RetentionArg, Signals, StandbySummary,
+        announce_ready, detach_pinned,
     },
     ownership::{Detector, DetectorConfig, Policy},
+    replica::Replica,
     restore::{self, QueueMode},
-    service::Service,
+    service::{RetentionName, Service},
     status::{ServiceStatus, StatusReport},
     takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
 };
@@ -89,6 +90,12 @@ pub struct StandbyArgs {
     /// Failure detection.
     #[command(flatten)]
     pub detection: DetectionArgs,
+    /// On-host mode: accept the primary agent's replication channel on this
+    /// TCP address (the agent's `--replicate-to`), authenticated with
+    /// `--key`, and take over from the journal it streams. The standby then
+    /// needs no capture of its own (`--ingress none --egress none`).
+    #[arg(long, value_name = "IP:PORT", requires = "key")]
+    pub replication_listen: Option<SocketAddr>,
 }
 
 /// Failure-detection flags of `connmirror standby`.
@@ -235,6 +242,13 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .services
         .iter()
         .any(|s| !matches!(config.resume.get(&s.0), Some(Resume::Replay(_))));
+    let replica = match (args.replication_listen, &args.detection.key) {
+        (Some(listen), Some(key)) => {
+            let full = full_retention(&args.mirror);
+            Some(Replica::start(listen, Key::load(key)?, full)?)
+        }
+        _ => None,
+    };
     let mut mirror = Mirror::start(args.mirror)?;
     let handoff = match needs_handoff {
         true => Some(Arc::new(
@@ -262,6 +276,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         epoch: 0,
         node_id: args.detection.node_id.clone(),
         cluster_id: args.detection.cluster_id.clone(),
+        replica,
     };
     loop {
         match mirror.next_event(&mut signals, Some(&mut sources)).await? {
@@ -287,6 +302,18 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     };
     mirror.finish(standby.reports, Some(summary))?;
     Ok(())
+}
+
+/// The service addresses whose flows keep their whole history (a replica
+/// never releases their bytes).
+fn full_retention(mirror: &MirrorArgs) -> BTreeSet<SocketAddr> {
+    (mirror.services.iter())
+        .filter(|s| match s.1 {
+            Some(retention) => retention == RetentionName::Full,
+            None => mirror.retention == RetentionArg::Full,
+        })
+        .map(|s| s.0)
+        .collect()
 }
 
 /// What wakes the standby besides the ring and the signals.
@@ -331,6 +358,8 @@ struct Standby {
     /// Ours, for the heartbeats we send once we own services.
     node_id: String,
     cluster_id: String,
+    /// On-host mode: the flows the agent replicates.
+    replica: Option<Replica>,
 }
 
 impl Standby {
@@ -389,6 +418,10 @@ impl Standby {
         trigger: Trigger,
     ) -> anyhow::Result<TakeoverReport> {
         let services = self.select(&mirror.services, asked)?;
+        if let Some(replica) = &self.replica {
+            let flows = replica.restore_into(&mut mirror.reader.table, &services);
+            tracing::info!(flows, "replicated flows put in the table for the takeover");
+        }
         tracing::info!(services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(), trigger = trigger.name, "takeover");
         let report = takeover::run(
             mirror,
@@ -441,6 +474,9 @@ impl Standby {
                 .set(Vec::new(), self.epoch as f64),
         ]);
         families.extend(takeover::families(&self.reports));
+        if let Some(replica) = &self.replica {
+            families.extend(replica.families());
+        }
         families
     }
 
@@ -455,7 +491,11 @@ impl Standby {
                 },
             })
             .collect();
-        let flows = (mirror.reader.table.readiness_counts().into_iter())
+        let counts = match &self.replica {
+            Some(replica) if self.taken.is_empty() => replica.readiness_counts(),
+            _ => mirror.reader.table.readiness_counts(),
+        };
+        let flows = (counts.into_iter())
             .map(|(readiness, n)| (readiness.to_owned(), n))
             .collect();
         let peer = detector.and_then(Detector::peer);
@@ -473,7 +513,7 @@ impl Standby {
             heartbeats: detector.map(Detector::stats),
             services,
             flows,
-            replication_lag: None,
+            replication_lag: self.replica.as_ref().and_then(Replica::lag),
             takeovers: self.reports.len(),
         }
     }

@@ -37,6 +37,7 @@ pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod netns;
+pub mod onhost;
 pub mod pinning;
 pub mod plots;
 pub mod process;

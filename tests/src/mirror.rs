@@ -219,6 +219,11 @@ impl Mirror {
         }
     }
 
+    /// The daemon's process id (for tests that pause it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// The standby's `--control` socket.
     pub fn control_socket(&self) -> PathBuf {
         self.dir().join(CONTROL_SOCKET)

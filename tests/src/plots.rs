@@ -401,6 +401,7 @@ mod tests {
             journal: None,
             failover: Some(failover()),
             ownership: Some(ownership()),
+            onhost: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

@@ -297,6 +297,33 @@ pub struct OwnershipResults {
     pub ms: Vec<f64>,
 }
 
+/// `cargo xtask bench ownership`, on-host part: throughput and round trips
+/// with no mirror, with asynchronous replication and with `--sync`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnHostResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// Rounds of every configuration, interleaved.
+    pub rounds: usize,
+    /// Request/echo round trips timed per run.
+    pub ping_pongs: usize,
+    /// One per configuration, the baseline (no mirror) first.
+    pub modes: Vec<OnHostRuns>,
+}
+
+/// The runs of one on-host configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnHostRuns {
+    /// The configuration.
+    pub name: String,
+    /// iperf3 throughput per run, Gbit/s.
+    pub gbps: Vec<f64>,
+    /// Every round trip of every run, in milliseconds.
+    pub rtts_ms: Vec<f64>,
+    /// Segments `--sync` held (dropped until acknowledged), per run.
+    pub held: Vec<u64>,
+}
+
 /// The latest result of every area that has one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Results {
@@ -308,6 +335,8 @@ pub struct Results {
     pub failover: Option<FailoverResults>,
     /// `bench/data/ownership.json`.
     pub ownership: Option<OwnershipResults>,
+    /// `bench/data/onhost.json`.
+    pub onhost: Option<OnHostResults>,
 }
 
 impl Results {
@@ -318,6 +347,7 @@ impl Results {
             journal: load(&dir.join("journal.json"))?,
             failover: load(&dir.join("failover.json"))?,
             ownership: load(&dir.join("ownership.json"))?,
+            onhost: load(&dir.join("onhost.json"))?,
         })
     }
 
@@ -329,11 +359,13 @@ impl Results {
             journal,
             failover,
             ownership,
+            onhost,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
         save(&dir.join("failover.json"), failover)?;
-        save(&dir.join("ownership.json"), ownership)
+        save(&dir.join("ownership.json"), ownership)?;
+        save(&dir.join("onhost.json"), onhost)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -343,11 +375,13 @@ impl Results {
             journal,
             failover,
             ownership,
+            onhost,
         } = newer;
         self.capture = capture.or(self.capture.take());
         self.journal = journal.or(self.journal.take());
         self.failover = failover.or(self.failover.take());
         self.ownership = ownership.or(self.ownership.take());
+        self.onhost = onhost.or(self.onhost.take());
     }
 
     /// The whole `RESULTS.md`: a header, then one section per area with a table
@@ -364,6 +398,7 @@ impl Results {
             self.journal.as_ref().map(render_journal),
             self.failover.as_ref().map(render_failover),
             self.ownership.as_ref().map(render_ownership),
+            self.onhost.as_ref().map(render_onhost),
         ];
         for section in sections.into_iter().flatten() {
             s.push('\n');
@@ -717,6 +752,57 @@ fn render_ownership(r: &OwnershipResults) -> String {
          area's takeover trigger → first byte samples (a manual `connmirror takeover`, no \
          failure detection).\n",
     );
+    s
+}
+
+fn render_onhost(r: &OnHostResults) -> String {
+    let method = format!(
+        "IPv4, a fresh client/gateway/primary topology per run, {} rounds of the {} \
+         configurations interleaved, medians reported. On-host: the primary runs `connmirror \
+         agent --iface eth0:xdp-generic --replicate-to GATEWAY:7402` (generic XDP ingress, TC \
+         egress, `unacked` retention) and the gateway `connmirror standby \
+         --replication-listen` with no capture of its own. Throughput: one iperf3 stream \
+         client → primary. Latency: {} sequential 64-byte request/echo round trips to the echo \
+         example on the primary, timed at the client. Held: `ebpf_sync_held` on the primary \
+         (segments the TC egress program dropped until the standby acknowledged the journal \
+         up to them; TCP resent each). The last configuration lowers the minimum \
+         retransmission timeout in the primary's and the client's namespaces (`sysctl \
+         net.ipv4.tcp_rto_min_us=5000`, default 200000): a held segment goes again only when \
+         a retransmission timer fires.",
+        r.rounds,
+        r.modes.len(),
+        r.ping_pongs
+    );
+    let mut s =
+        String::from("## Ownership, on-host mode: throughput and latency with replication\n\n");
+    s.push_str(&r.info.render(&method));
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "| configuration | Mbit/s (runs) | ratio to no mirror | RTT p50 (ms) | RTT p99 (ms) | segments held |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let baseline = r.modes.first().map_or(f64::NAN, |m| median(&m.gbps));
+    for mode in &r.modes {
+        let runs: Vec<String> = mode
+            .gbps
+            .iter()
+            .map(|g| format!("{:.1}", g * 1e3))
+            .collect();
+        let mut held = mode.held.clone();
+        held.sort_unstable();
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} ({}) | {:.4} | {:.3} | {:.3} | {} |",
+            mode.name,
+            median(&mode.gbps) * 1e3,
+            runs.join(", "),
+            median(&mode.gbps) / baseline,
+            quantile(&mode.rtts_ms, 0.5),
+            quantile(&mode.rtts_ms, 0.99),
+            held.get(held.len() / 2).copied().unwrap_or(0),
+        );
+    }
     s
 }
 

@@ -60,7 +60,7 @@ fn a_config_file_with_an_unknown_key_or_bad_syntax_names_the_line() {
     let unknown = write(
         &dir,
         "unknown.toml",
-        "[agent]\nnode_id = \"p\"\nring_size = 4\n",
+        "[agent]\nnode_id = \"p\"\nmissed = 4\n",
     );
     let syntax = write(&dir, "syntax.toml", "[mirror]\niface = [\"eth0\"\n");
     let (unknown, syntax) = (unknown.to_str().unwrap(), syntax.to_str().unwrap());
@@ -72,8 +72,8 @@ fn a_config_file_with_an_unknown_key_or_bad_syntax_names_the_line() {
     assert_eq!(
         text(&unknown_out.stderr),
         format!(
-            "error: {unknown}:3: key \"agent.ring_size\": unknown key: `connmirror agent` \
-             has no flag --ring-size\n"
+            "error: {unknown}:3: key \"agent.missed\": unknown key: `connmirror agent` \
+             has no flag --missed\n"
         )
     );
     assert_eq!(syntax_out.status.code(), Some(1));
@@ -185,6 +185,8 @@ fn every_example_config_passes_the_check() {
         [
             "capture-mirror.toml",
             "inline-standby.toml",
+            "onhost-primary.toml",
+            "onhost-standby.toml",
             "primary-agent.toml"
         ]
     );
@@ -207,7 +209,10 @@ fn every_example_config_passes_the_check() {
         })
         .collect();
 
-    assert_eq!(tables, ["[mirror]", "[standby]", "[agent]"]);
+    assert_eq!(
+        tables,
+        ["[mirror]", "[standby]", "[agent]", "[standby]", "[agent]"]
+    );
 }
 
 /// `--help` shows `--config` and the defaults, on each daemon.

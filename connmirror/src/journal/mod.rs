@@ -36,6 +36,15 @@ pub struct ReplayedSide {
 }
 
 impl ReplayedSide {
+    /// Forgets the bytes before stream offset `offset` (the receiver has them),
+    /// so a replica that follows a long stream holds only what a restore needs.
+    pub fn release_before(&mut self, offset: u64) {
+        let end = self.start + self.bytes.len() as u64;
+        let cut = offset.clamp(self.start, end);
+        self.bytes.drain(..(cut - self.start) as usize);
+        self.start = cut;
+    }
+
     fn data(&mut self, offset: u64, bytes: &[u8]) {
         if offset != self.start + self.bytes.len() as u64 {
             self.start = offset;
@@ -112,6 +121,27 @@ pub struct Replayed {
     pending: Option<Box<Replayed>>,
 }
 
+impl Replayed {
+    /// An empty state, ready for records (a stream that starts with a
+    /// checkpoint, as replication does).
+    pub fn new() -> Self {
+        Self {
+            next_id: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Applies one record, in journal order.
+    pub fn apply(&mut self, record: Record) {
+        apply(self, record);
+    }
+
+    /// Whether a checkpoint is being read (its state takes over at its end).
+    pub fn in_checkpoint(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
 /// Why a journal could not be replayed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
@@ -136,10 +166,7 @@ pub enum ReplayError {
 pub fn replay(
     records: impl IntoIterator<Item = Result<StoredRecord, JournalError>>,
 ) -> Result<Replayed, ReplayError> {
-    let mut replayed = Replayed {
-        next_id: 1,
-        ..Replayed::default()
-    };
+    let mut replayed = Replayed::new();
     for stored in records {
         let StoredRecord {
             position,
@@ -295,8 +322,19 @@ impl Journal {
     /// Appends the table's pending records, commits per the fsync policy, and
     /// checkpoints when enough bytes went by.
     pub fn sync(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
-        for record in table.take_records() {
-            self.append(&record)?;
+        let records = table.take_records();
+        self.write(&records, table)
+    }
+
+    /// Like [`sync`](Self::sync), with the records already taken from `table`
+    /// (the on-host agent also ships them to the standby).
+    pub fn write(
+        &mut self,
+        records: &[Record],
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<(), JournalError> {
+        for record in records {
+            self.append(record)?;
         }
         self.writer.commit_due()?;
         if self.writer.stats().bytes_appended - self.checkpointed_at >= self.checkpoint_bytes {

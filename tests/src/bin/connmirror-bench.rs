@@ -44,6 +44,12 @@
 //! against the issue's targets (p50 < 150 ms, p99 < 250 ms with 50 ms
 //! heartbeats).
 //!
+//! Then on-host mode ([`ONHOST_ROUNDS`] rounds): one iperf3 stream's
+//! throughput and [`PING_PONGS`] request/echo round trips with no mirror,
+//! with the agent replicating asynchronously, and with `--sync`, the
+//! throughputs as ratios to no mirror measured in the same run
+//! (`connmirror-bench onhost` runs this part alone).
+//!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
 //! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
@@ -64,11 +70,12 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::live;
 use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::onhost::{onhost_standby, start_onhost_agent};
 use connmirror_tests::plots;
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, FailoverResults, FirstByte, JournalResults, MirrorSample,
-    OwnershipResults, RestoreSample, Results, RunInfo, Sample, TcpdumpSample, output,
-    write_atomically,
+    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, RunInfo, Sample,
+    TcpdumpSample, output, quantile, write_atomically,
 };
 use connmirror_tests::tcpdump::Tcpdump;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
@@ -112,6 +119,8 @@ fn run() -> Result<()> {
         [] => AREAS.to_vec(),
         [a] if a == "all" => AREAS.to_vec(),
         [a] if AREAS.contains(&a.as_str()) => vec![a.as_str()],
+        // The on-host part of `ownership` alone.
+        [a] if a == "onhost" => vec!["onhost"],
         [a] => bail!(
             "unknown benchmark area {a:?}; valid areas: all, {} (or `report`: rewrite \
              RESULTS.md and the plots from bench/data)",
@@ -144,7 +153,11 @@ fn run() -> Result<()> {
             "capture" => capture(&command)?,
             "journal" => journal(&command)?,
             "failover" => failover(&command)?,
-            "ownership" => ownership(&command)?,
+            "ownership" => {
+                ownership(&command)?;
+                onhost(&command)?;
+            }
+            "onhost" => onhost(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -1109,4 +1122,189 @@ fn ownership_run() -> Result<f64> {
     let failed: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
     ensure!(failed.is_empty(), "the stream broke: {failed:?}");
     Ok(outage.as_secs_f64() * 1e3)
+}
+
+/// One configuration of the on-host measurement.
+struct OnHostMode {
+    name: &'static str,
+    /// The agent's extra flags, or `None` for no mirror at all (the baseline).
+    flags: Option<&'static [&'static str]>,
+    /// `net.ipv4.tcp_rto_min_us` on the primary and the client: a segment
+    /// `--sync` holds goes again only when a retransmission timer fires, and
+    /// with one segment in flight those wait at least this long.
+    rto_min: Option<&'static str>,
+}
+
+/// The on-host measurement's configurations, the baseline first.
+const ONHOST_MODES: [OnHostMode; 4] = [
+    OnHostMode {
+        name: "no mirror",
+        flags: None,
+        rto_min: None,
+    },
+    OnHostMode {
+        name: "on-host, async replication",
+        flags: Some(&[]),
+        rto_min: None,
+    },
+    OnHostMode {
+        name: "on-host, `--sync`",
+        flags: Some(&["--sync"]),
+        rto_min: None,
+    },
+    OnHostMode {
+        name: "on-host, `--sync`, `tcp_rto_min_us` 5000 on primary and client",
+        flags: Some(&["--sync"]),
+        rto_min: Some("5000"),
+    },
+];
+/// Rounds of (every on-host configuration).
+const ONHOST_ROUNDS: usize = 2;
+/// Request/response round trips timed per run.
+const PING_PONGS: usize = 100;
+
+/// One on-host run: iperf3 throughput, request/response round trips, and
+/// the segments `--sync` held.
+struct OnHostSample {
+    gbps: f64,
+    rtts_ms: Vec<f64>,
+    held: u64,
+}
+
+/// Part of `cargo xtask bench ownership`: throughput (client → primary, one
+/// iperf3 stream) and request/response latency with the primary protected in
+/// on-host mode, async and `--sync`, as ratios to no mirror in the same run.
+fn onhost(command: &str) -> Result<()> {
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    println!("\non-host benchmark: throughput and latency, no mirror vs async vs --sync\n");
+    let mut samples: Vec<Vec<OnHostSample>> = ONHOST_MODES.iter().map(|_| Vec::new()).collect();
+    for round in 1..=ONHOST_ROUNDS {
+        for (i, mode) in ONHOST_MODES.iter().enumerate() {
+            live::interrupt_point()?;
+            bench::progress(&format!("[{round}/{ONHOST_ROUNDS}] {} ... ", mode.name));
+            let sample = onhost_run(mode)?;
+            println!(
+                "{:.2} Mbit/s, RTT p50 {:.2} ms, held {}",
+                sample.gbps * 1e3,
+                quantile(&sample.rtts_ms, 0.5),
+                sample.held
+            );
+            samples[i].push(sample);
+        }
+    }
+    let modes = ONHOST_MODES
+        .iter()
+        .zip(samples)
+        .map(|(mode, runs)| OnHostRuns {
+            name: mode.name.to_owned(),
+            gbps: runs.iter().map(|s| s.gbps).collect(),
+            rtts_ms: runs
+                .iter()
+                .flat_map(|s| s.rtts_ms.iter().copied())
+                .collect(),
+            held: runs.iter().map(|s| s.held).collect(),
+        })
+        .collect();
+    record(Results {
+        onhost: Some(OnHostResults {
+            info: RunInfo {
+                seconds: started.elapsed().as_secs_f64(),
+                ..info
+            },
+            rounds: ONHOST_ROUNDS,
+            ping_pongs: PING_PONGS,
+            modes,
+        }),
+        ..Results::default()
+    })
+}
+
+fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
+    live::wait_for_host(
+        "(waiting for another connmirror test or benchmark to release the host...)",
+    )?;
+    let topo = Topology::new();
+    let family = Family::V4;
+    let service = topo.service(family, IPERF_PORT);
+    let dir = connmirror_tests::workdir::WorkDir::new("bench-onhost");
+    let key = key_file(&dir);
+    configure_primary(&topo, family, service);
+    if let Some(rto) = mode.rto_min {
+        topo.server.sysctl("net.ipv4.tcp_rto_min_us", rto);
+        topo.client.sysctl("net.ipv4.tcp_rto_min_us", rto);
+    }
+    let replication = match mode.flags {
+        Some(extra) => {
+            let standby = onhost_standby(&topo, family, &service.to_string(), &key);
+            let agent = start_onhost_agent(&topo, family, service, &key, extra);
+            let text = "replication channel established";
+            connmirror_tests::process::wait_for_text(
+                || standby.stderr(),
+                text,
+                Duration::from_secs(20),
+            )
+            .map_err(|stderr| anyhow::anyhow!("the standby never logged {text:?}:\n{stderr}"))?;
+            Some((standby, agent))
+        }
+        None => None,
+    };
+    let mut server = topo
+        .server
+        .command("iperf3")
+        .args(["-s", "-1", "-B"])
+        .arg(service.ip().to_string())
+        .args(["-p", &IPERF_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn iperf3 server")?;
+    wait_listening(&topo.server, IPERF_PORT)?;
+    let json = iperf3_client(&topo.client, service.ip().to_string());
+    let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
+    let (gbps, _) = parse_iperf3(&json?)?;
+    let _echo = echo_primary(&topo, service);
+    let rtts_ms = ping_pong(&topo.client, service, PING_PONGS)?;
+    let held = match &replication {
+        Some(_) => {
+            let metrics = connmirror_tests::metrics::scrape(
+                &topo.server,
+                connmirror_tests::metrics::DEFAULT_ENDPOINT,
+            );
+            metrics.count("connmirror_ebpf_sync_held_total")
+        }
+        None => 0,
+    };
+    drop(replication);
+    Ok(OnHostSample {
+        gbps,
+        rtts_ms,
+        held,
+    })
+}
+
+/// `n` sequential 64-byte writes to an echo server, each timed until its echo
+/// is read back whole; milliseconds.
+fn ping_pong(ns: &Netns, server: std::net::SocketAddr, n: usize) -> Result<Vec<f64>> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = ns.run(|| {
+        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(10))
+            .with_context(|| format!("connect to the echo server {server}"))
+    })?;
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("read timeout")?;
+    let request = [0x5au8; 64];
+    let mut reply = [0u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        stream.write_all(&request).context("send a request")?;
+        stream.read_exact(&mut reply).context("read its echo")?;
+        rtts.push(t0.elapsed().as_secs_f64() * 1e3);
+        ensure!(reply == request, "the echo differs from the request");
+    }
+    Ok(rtts)
 }

@@ -1,0 +1,221 @@
+//! On-host mode fixtures: an agent that captures on the primary's own link
+//! and replicates its journal to a standby that captures nothing, and a
+//! probing client whose kernel says how much of its stream the primary
+//! acknowledged (to measure what a failover loses).
+
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crate::failover::{HEARTBEAT_PORT, Program, gateway_addrs, management_addr};
+use crate::mirror::{Mirror, MirrorCommand};
+use crate::netns::Netns;
+use crate::topology::{Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
+use crate::traffic::SplitMix64;
+
+/// The standby's replication port in these fixtures.
+pub const REPLICATION_PORT: u16 = connmirror::replication::DEFAULT_PORT;
+
+fn any(family: Family, port: u16) -> String {
+    match family {
+        Family::V4 => format!("0.0.0.0:{port}"),
+        Family::V6 => format!("[::]:{port}"),
+    }
+}
+
+/// The on-host standby: the clients' gateway still (so the takeover's
+/// address step works as inline), but capturing nothing (`--ingress none
+/// --egress none`): every flow it restores comes from the agent's journal.
+/// `service` as `--service` takes it (`IP:PORT=full` keeps the history the
+/// echo handoff resumes from: give the agent `--retention full` too), heartbeat
+/// detection and the replication listener on every address.
+pub fn onhost_standby_command(family: Family, service: &str, key: &Path) -> MirrorCommand {
+    MirrorCommand::standby()
+        .iface(GATEWAY_CLIENT_IF)
+        .arg("--service")
+        .arg(service)
+        .ingress("none")
+        .egress("none")
+        .without_dumps()
+        .arg("--heartbeat-listen")
+        .arg(&any(family, HEARTBEAT_PORT))
+        .arg("--key")
+        .arg(&key.display().to_string())
+        .arg("--replication-listen")
+        .arg(&any(family, REPLICATION_PORT))
+}
+
+/// Starts [`onhost_standby_command`] in the gateway namespace.
+pub fn onhost_standby(topo: &Topology, family: Family, service: &str, key: &Path) -> Mirror {
+    Mirror::start(&topo.gateway, &onhost_standby_command(family, service, key))
+}
+
+/// `connmirror agent` in on-host mode in the primary's namespace: heartbeats
+/// from its management address, generic XDP ingress and TC egress capture
+/// on its link, the journal replicated to the standby; `extra` adds flags
+/// (`--sync`, `--retention full`).
+pub fn start_onhost_agent(
+    topo: &Topology,
+    family: Family,
+    service: SocketAddr,
+    key: &Path,
+    extra: &[&str],
+) -> Program {
+    let gateway = gateway_addrs(family).0;
+    let mut args: Vec<String> = [
+        "agent",
+        "--bind",
+        &management_addr(family).to_string(),
+        "--standby",
+        &SocketAddr::new(gateway, HEARTBEAT_PORT).to_string(),
+        "--key",
+        &key.display().to_string(),
+        "--node-id",
+        "primary",
+        "--service",
+        &service.to_string(),
+        "--iface",
+        &format!("{SERVER_IF}:xdp-generic"),
+        "--replicate-to",
+        &SocketAddr::new(gateway, REPLICATION_PORT).to_string(),
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(extra.iter().map(ToString::to_string));
+    Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
+}
+
+/// One connection that streams deterministic bytes to an echo server and
+/// counts what comes back, and can tell how many of its bytes the peer
+/// acknowledged (`SIOCOUTQ`).
+pub struct Probe {
+    stream: TcpStream,
+    local: SocketAddr,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    received: Arc<AtomicU64>,
+    writer: Option<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+/// What a [`Probe`] had done when its writer stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeState {
+    /// Bytes written.
+    pub sent: u64,
+    /// Bytes written that the peer acknowledged (written minus `SIOCOUTQ`).
+    pub acked: u64,
+    /// Bytes read back.
+    pub received: u64,
+}
+
+impl Probe {
+    /// Connects from `ns` to `server` and streams `rate` bytes a second in
+    /// 1 KiB writes.
+    pub fn start(ns: &Netns, server: SocketAddr, rate: u64) -> Probe {
+        let stream = ns.run(|| {
+            TcpStream::connect_timeout(&server, Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("probe connect to {server}: {e}"))
+        });
+        let local = stream.local_addr().expect("probe local address");
+        stream
+            .set_write_timeout(Some(Duration::from_millis(50)))
+            .expect("write timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let received = Arc::new(AtomicU64::new(0));
+        let writer = {
+            let mut stream = stream.try_clone().expect("clone the probe socket");
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || {
+                let mut rng = SplitMix64::new(0x0510_57ed);
+                let mut chunk = [0u8; 1024];
+                let pause = Duration::from_secs_f64(chunk.len() as f64 / rate as f64);
+                while !stop.load(Ordering::Relaxed) {
+                    rng.fill(&mut chunk);
+                    match stream.write(&chunk) {
+                        Ok(n) => {
+                            sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => continue,
+                        Err(_) => break,
+                    }
+                    thread::sleep(pause);
+                }
+            })
+        };
+        let reader = {
+            let mut stream = stream.try_clone().expect("clone the probe socket");
+            let received = received.clone();
+            thread::spawn(move || {
+                let mut buf = [0u8; 16 << 10];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            })
+        };
+        Probe {
+            stream,
+            local,
+            stop,
+            sent,
+            received,
+            writer: Some(writer),
+            reader: Some(reader),
+        }
+    }
+
+    /// The probe's local address (the flow's client end).
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Bytes read back so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Stops writing (at most one write timeout later) and reports what was
+    /// written, acknowledged and read.
+    pub fn freeze(&mut self) -> ProbeState {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(writer) = self.writer.take() {
+            writer.join().expect("probe writer");
+        }
+        let mut outq: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int through the pointer; the fd is open.
+        let rc = unsafe { libc::ioctl(self.stream.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+        assert_eq!(
+            rc,
+            0,
+            "ioctl(SIOCOUTQ): {}",
+            std::io::Error::last_os_error()
+        );
+        let sent = self.sent.load(Ordering::Relaxed);
+        ProbeState {
+            sent,
+            acked: sent - outq as u64,
+            received: self.received(),
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.stream.shutdown(Shutdown::Both);
+        for handle in [self.writer.take(), self.reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = handle.join();
+        }
+    }
+}

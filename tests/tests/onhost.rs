@@ -1,0 +1,296 @@
+//! On-host mode: the agent captures on the primary's own link (generic XDP
+//! ingress, TC egress) and replicates the journal over the encrypted,
+//! authenticated channel to a standby that captures nothing. With `--sync`
+//! a failover loses no byte; without it, what is lost is at most the
+//! replication lag the agent reported; a wrong key is refused and counted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use connmirror_common::Counter;
+use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::failover::{
+    Program, configure_primary, echo_primary, gateway_addrs, handoff_app, key_file, kill_primary,
+    status, status_of,
+};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
+use connmirror_tests::mirror::Mirror;
+use connmirror_tests::onhost::{
+    Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
+};
+use connmirror_tests::process::wait_for_text;
+use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
+use connmirror_tests::wire::WireWatch;
+use connmirror_tests::workdir::WorkDir;
+
+const PORT: u16 = 7000;
+/// The echo handoff resumes from the history: both ends keep all of it.
+const FULL: [&str; 2] = ["--retention", "full"];
+
+fn full(service: SocketAddr) -> String {
+    format!("{service}=full")
+}
+
+/// Waits until the standby's log says `text`.
+fn wait_log(standby: &Mirror, text: &str) {
+    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(30)) {
+        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
+    }
+}
+
+struct Setup {
+    dir: WorkDir,
+    key: PathBuf,
+    topo: Topology,
+    service: SocketAddr,
+    primary: Program,
+}
+
+fn setup(family: Family) -> Setup {
+    connmirror_tests::require_root();
+    let dir = WorkDir::new("onhost");
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, PORT);
+    configure_primary(&topo, family, service);
+    let primary = echo_primary(&topo, service);
+    Setup {
+        dir,
+        key,
+        topo,
+        service,
+        primary,
+    }
+}
+
+/// `--sync`, and a standby that boots after the connections began: the
+/// agent's checkpoint gives it every flow, the primary's segments wait for
+/// its acknowledgments, and after the primary dies every echo stream goes on
+/// byte-exact, with no RST.
+#[test]
+fn sync_failover_from_a_late_standby_loses_no_byte_v4() {
+    sync_failover_from_a_late_standby(Family::V4);
+}
+
+#[test]
+fn sync_failover_from_a_late_standby_loses_no_byte_v6() {
+    sync_failover_from_a_late_standby(Family::V6);
+}
+
+fn sync_failover_from_a_late_standby(family: Family) {
+    let Setup {
+        dir: _dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = setup(family);
+    let mut agent = start_onhost_agent(&topo, family, service, &key, &["--sync", FULL[0], FULL[1]]);
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    let standby = onhost_standby(&topo, family, &full(service), &key);
+    let _app = handoff_app(&topo, &standby, service);
+    wait_log(&standby, "replication channel established");
+    wait_log(&standby, "armed: primary heard");
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("streams flow under --sync once the standby holds them");
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let before = status_of(&topo, &standby);
+    let table = status(&topo.gateway, &standby.control_socket(), false);
+    let standby_scrape = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+
+    kill_primary(&topo, &mut primary);
+    agent.kill();
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    promtool_check(&agent_scrape.text);
+    promtool_check(&standby_scrape.text);
+    assert!(agent_scrape.count("connmirror_ebpf_sync_held_total") > 0);
+    assert_eq!(agent_scrape.count("connmirror_replication_connected"), 1);
+    assert_eq!(
+        agent_scrape.count("connmirror_replication_connects_total"),
+        1
+    );
+    assert!(agent_scrape.get("connmirror_replica_lag_bytes") >= 0.0);
+    assert_eq!(standby_scrape.count("connmirror_replication_connected"), 1);
+    assert!(standby_scrape.count("connmirror_replication_applied_bytes_total") > 0);
+    assert_eq!(
+        standby_scrape.count("connmirror_replication_refused_total"),
+        0
+    );
+    assert_eq!(before.flows.get("ready"), Some(&4), "{before:?}");
+    assert!(before.replication_lag.is_some(), "{before:?}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("lag       ") && l.ends_with(" s")),
+        "{table}"
+    );
+    for r in &results {
+        assert_eq!(r.error, None, "connection {}", r.local);
+        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "heartbeats-missed");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.unrecoverable_total(), 0);
+    assert_eq!(
+        report.counter(Counter::PacketsTracked),
+        0,
+        "the standby captured nothing"
+    );
+}
+
+/// Without `--sync`: the standby is paused so replication falls behind, the
+/// primary's link goes down (the failure), and the agent's reported lag is
+/// read right then. "Lost" is what the client's kernel holds as delivered
+/// that the standby's copy lacks: client bytes the primary acknowledged past
+/// the standby's client stream, plus echoed bytes the client received past
+/// the standby's server stream. It is at most the reported lag.
+#[test]
+fn async_failover_loses_at_most_the_reported_lag_v4() {
+    let family = Family::V4;
+    let Setup {
+        dir: _dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = setup(family);
+    let standby = onhost_standby(&topo, family, &full(service), &key);
+    let _app = handoff_app(&topo, &standby, service);
+    let mut agent = start_onhost_agent(&topo, family, service, &key, &FULL);
+    wait_log(&standby, "replication channel established");
+    wait_log(&standby, "armed: primary heard");
+    let mut probe = Probe::start(&topo.client, service, 512 << 10);
+    wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
+    let before = status_of(&topo, &standby);
+    let pid = standby.pid() as i32;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(1500));
+
+    topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
+    let lag = scrape(&topo.server, DEFAULT_ENDPOINT).get("connmirror_replica_lag_bytes") as u64;
+    let client = probe.freeze();
+    agent.kill();
+    primary.kill();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    wait_until(
+        || status_of(&topo, &standby).takeovers == 1,
+        "the standby takes over",
+    );
+    let (report, _dir) = standby.stop();
+
+    let flow = (report.flows.iter())
+        .find(|f| f.client == probe.local())
+        .unwrap_or_else(|| panic!("the probe's flow is not in {:#?}", report.flows));
+    let lost_c2s = client.acked.saturating_sub(flow.c2s.delivered);
+    let lost_s2c = client.received.saturating_sub(flow.s2c.delivered);
+    eprintln!(
+        "reported lag {lag} bytes; client sent {}, primary acked {}, client received {}; \
+         standby holds c2s {} s2c {}; lost {lost_c2s} + {lost_s2c}",
+        client.sent, client.acked, client.received, flow.c2s.delivered, flow.s2c.delivered
+    );
+    assert_eq!(before.takeovers, 0, "no takeover before the failure");
+    assert_eq!(report.takeovers.len(), 1);
+    assert_eq!(report.takeovers[0].trigger, "heartbeats-missed");
+    assert!(lag > 0, "the paused standby let no lag build up");
+    assert!(
+        lost_c2s + lost_s2c <= lag,
+        "lost {lost_c2s} + {lost_s2c} bytes, more than the {lag} reported"
+    );
+}
+
+/// An agent whose key file differs from the standby's: the standby refuses
+/// the handshake (exact error, counted), the agent says why and counts it,
+/// and nothing is replicated.
+#[test]
+fn replication_under_a_wrong_key_is_refused_and_counted() {
+    let family = Family::V4;
+    let Setup {
+        dir,
+        key,
+        topo,
+        service,
+        primary: _primary,
+    } = setup(family);
+    let standby = Mirror::start(
+        &topo.gateway,
+        &onhost_standby_command(family, &full(service), &key),
+    );
+    let wrong = wrong_key(dir.path());
+    let agent = start_onhost_agent(&topo, family, service, &wrong, &FULL);
+    let gateway = gateway_addrs(family).0;
+    wait_log(&standby, "failed authentication under the shared key");
+    agent.wait_stderr(
+        &format!(
+            "replication handshake with {gateway}:{REPLICATION_PORT} refused: the standby \
+             closed the connection (the two hosts' --key files differ?)"
+        ),
+        Duration::from_secs(20),
+    );
+    let standby_scrape = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let stderr = standby.stderr();
+    let (report, _dir) = standby.stop();
+
+    let refused = stderr
+        .lines()
+        .find(|l| l.contains("replication handshake with"))
+        .expect("a refusal line");
+    assert!(
+        refused.ends_with(
+            "refused: its first handshake message failed authentication under the shared key \
+             (the two hosts' --key files differ?)"
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("replication handshake with 198.18.1."),
+        "the peer is the primary, on the gateway's server link: {refused}"
+    );
+    assert!(standby_scrape.count("connmirror_replication_refused_total") >= 1);
+    assert_eq!(
+        standby_scrape.count("connmirror_replication_accepted_total"),
+        0
+    );
+    assert_eq!(
+        standby_scrape.count("connmirror_replication_applied_bytes_total"),
+        0
+    );
+    assert!(agent_scrape.count("connmirror_replication_handshake_failures_total") >= 1);
+    assert_eq!(
+        agent_scrape.count("connmirror_replication_connects_total"),
+        0
+    );
+    assert_eq!(agent_scrape.count("connmirror_replication_connected"), 0);
+    assert_eq!(report.takeovers.len(), 0);
+}
+
+/// A second key file, of the right mode and length but other bytes.
+fn wrong_key(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("wrong-key");
+    std::fs::write(&path, b"another key, also 32 bytes long!").expect("write the key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
