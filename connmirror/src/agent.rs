@@ -1,6 +1,13 @@
 //! The `agent` role on the primary: sends authenticated heartbeats carrying
 //! its ownership information to the standby ([`crate::heartbeat`]), every
 //! `--interval`, and answers a standby's solicitation at once.
+//!
+//! A primary that returns after a failover starts its agent with
+//! `--recovering`: it then sends `Recovering` messages instead of heartbeats,
+//! claims nothing, and does not step down on hearing the standby's higher
+//! epoch. The standby hands the services back under its `--failback` policy
+//! and answers with `Yield` (carrying its epoch); the agent then claims the
+//! next epoch and sends ordinary heartbeats again.
 
 use std::{io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -9,7 +16,7 @@ use tokio::net::UdpSocket;
 
 use crate::{
     address,
-    heartbeat::{self, Key, Kind, Ownership, Verifier},
+    heartbeat::{self, Key, Kind, Message, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
     mirror::{Signals, announce_ready},
     ownership::Policy,
@@ -62,6 +69,11 @@ pub struct AgentArgs {
     /// arrive at (the standby's `--primary` names it).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// This node returns after a failover: announce it as recovering and
+    /// claim the services (under the standby's epoch + 1) only once the
+    /// standby yields them, instead of stepping down.
+    #[arg(long)]
+    pub recovering: bool,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -73,6 +85,30 @@ pub const DEFAULT_PORT: u16 = 7401;
 /// Whether `theirs` holds one of our services under a higher epoch.
 fn outranks(theirs: &Ownership, ours: &Ownership) -> bool {
     theirs.epoch > ours.epoch && theirs.services.iter().any(|s| ours.services.contains(s))
+}
+
+/// Whether `theirs` yields one of our services back to us.
+fn yields(message: &Message, ours: &Ownership) -> bool {
+    message.kind == Kind::Yield
+        && (message.ownership.services.iter()).any(|s| ours.services.contains(s))
+}
+
+/// The standby yielded the services: claim them under the next epoch.
+fn reclaim(theirs: &Ownership, ours: &mut Ownership) -> anyhow::Result<()> {
+    ours.epoch = ours.epoch.max(theirs.epoch) + 1;
+    tracing::info!(
+        from = theirs.node_id,
+        epoch = ours.epoch,
+        "failback: the services are ours again"
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "owner again at epoch {} (yielded by {})",
+        ours.epoch, theirs.node_id
+    )
+    .and_then(|()| stdout.flush())
+    .context("writing to stdout")
 }
 
 /// Another node owns our services under a higher epoch: stop serving their
@@ -107,6 +143,7 @@ fn families(
     verifier: &Verifier,
     ownership: &Ownership,
     stepped_down: bool,
+    recovering: bool,
 ) -> Vec<Family> {
     let mut families = vec![
         Family::counter("heartbeats_sent", "Heartbeats sent to the standby.", None)
@@ -119,6 +156,12 @@ fn families(
             None,
         )
         .set(Vec::new(), f64::from(u8::from(stepped_down))),
+        Family::gauge(
+            "recovering",
+            "1 while this node waits for the owner to yield its services back (--recovering).",
+            None,
+        )
+        .set(Vec::new(), f64::from(u8::from(recovering))),
     ];
     families.extend(verifier.stats.families());
     families
@@ -127,7 +170,7 @@ fn families(
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
-    let ownership = Ownership {
+    let mut ownership = Ownership {
         node_id: args.node_id.clone(),
         cluster_id: args.cluster_id.clone(),
         epoch: args.epoch,
@@ -158,7 +201,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
     let mut ready = false;
     let mut stepped_down = false;
-    tracing::info!(standby = %args.standby, node = args.node_id, "sending heartbeats");
+    let mut recovering = args.recovering;
+    tracing::info!(standby = %args.standby, node = args.node_id, recovering, "sending heartbeats");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -167,6 +211,14 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 match verifier.accept(&buf[..n]) {
                     Ok(message) if message.kind == Kind::Solicit => {
                         tracing::info!(%from, "solicited by the standby");
+                    }
+                    Ok(message) if recovering && yields(&message, &ownership) => {
+                        reclaim(&message.ownership, &mut ownership)?;
+                        recovering = false;
+                    }
+                    Ok(message) if recovering && outranks(&message.ownership, &ownership) => {
+                        tracing::debug!(owner = message.ownership.node_id, "recovering: waiting for the owner to yield");
+                        continue;
                     }
                     Ok(message) if !stepped_down && outranks(&message.ownership, &ownership) => {
                         step_down(&message.ownership, &ownership)?;
@@ -177,7 +229,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 }
             }
             scrape = exporter.next() => {
-                scrape.answer(families(sent, &verifier, &ownership, stepped_down));
+                scrape.answer(families(sent, &verifier, &ownership, stepped_down, recovering));
                 continue;
             }
             _ = sigint.recv() => break,
@@ -187,7 +239,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
             continue;
         }
         counter += 1;
-        let datagram = heartbeat::seal(&key, Kind::Heartbeat, counter, &ownership);
+        let kind = if recovering {
+            Kind::Recovering
+        } else {
+            Kind::Heartbeat
+        };
+        let datagram = heartbeat::seal(&key, kind, counter, &ownership);
         match socket.send_to(&datagram, args.standby).await {
             Ok(_) => sent += 1,
             Err(err) => tracing::warn!(%err, standby = %args.standby, "sending a heartbeat"),

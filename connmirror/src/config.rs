@@ -873,6 +873,7 @@ control = "/run/cm/control.sock"
              interval = 20\n\
              # bind: not set\n\
              port = 7401  # default\n\
+             recovering = false  # default\n\
              metrics = \"127.0.0.1:9464\"  # default\n\n"
         );
         // What it prints reads back as the same settings.

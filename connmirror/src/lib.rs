@@ -14,6 +14,7 @@ pub mod backlog;
 pub mod capture;
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod flow;
 pub mod handoff;
 pub mod heartbeat;

@@ -2,6 +2,21 @@
 //! interfaces, plus a control socket that triggers a takeover of the services
 //! ([`crate::takeover`]) and a handoff socket that applications register on
 //! ([`crate::handoff`]).
+//!
+//! After a takeover the standby owns the services under a higher epoch.
+//! Two things end that ownership:
+//!
+//! - **step-down** (fencing): a verified heartbeat claims one of its services
+//!   under a still higher epoch. The standby stops serving at once: it
+//!   releases the service addresses, puts the services back to capture
+//!   (unfenced) and protects them again. Lower epochs are ignored (their
+//!   sender steps down instead, [`crate::agent`]).
+//! - **failback**: the old primary's agent announces itself `Recovering`. Under
+//!   `--failback drain` the standby keeps serving the connections it restored
+//!   until they close, with per-flow policy routes ([`crate::drain`]), releases
+//!   the addresses so new connections reach the primary, protects the
+//!   services again, and sends `Yield` until the primary claims the next
+//!   epoch. Under `--failback manual` it only logs the return.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -15,12 +30,14 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
+    address,
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
+    drain::{self, Drain},
     handoff::{self, HandoffServer},
-    heartbeat::{Key, Ownership},
+    heartbeat::{Key, Kind, Message, Ownership},
     metrics::Family,
     mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
-    ownership::{Detector, DetectorConfig, Policy},
+    ownership::{Detected, Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
     service::Service,
     status::{ServiceStatus, StatusReport},
@@ -86,6 +103,25 @@ pub struct StandbyArgs {
     /// Failure detection.
     #[command(flatten)]
     pub detection: DetectionArgs,
+    /// What to do when the old primary returns and announces itself
+    /// recovering: `drain` (keep the restored connections here until they
+    /// close, send new ones to the primary, yield ownership) or `manual`
+    /// (log it and keep serving).
+    #[arg(long, value_enum, default_value = "manual")]
+    pub failback: Failback,
+    /// Routing table for the drained connections' local routes (`--failback
+    /// drain`; see `connmirror::drain`).
+    #[arg(long, value_name = "ID", default_value_t = drain::DEFAULT_TABLE)]
+    pub drain_table: u32,
+}
+
+/// `--failback` values: how services go back to a returning primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Failback {
+    /// Restored connections stay until they close; new ones go to the primary.
+    Drain,
+    /// Log the return; ownership stays here.
+    Manual,
 }
 
 /// Failure-detection flags of `connmirror standby`.
@@ -229,6 +265,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .services
         .iter()
         .any(|s| !matches!(config.resume.get(&s.0), Some(Resume::Replay(_))));
+    let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror = Mirror::start(args.mirror)?;
     let handoff = match needs_handoff {
         true => Some(Arc::new(
@@ -245,7 +282,12 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut sources = Sources { control, detector };
+    let prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut sources = Sources {
+        control,
+        detector,
+        prune,
+    };
     let mut signals = Signals::install()?;
     announce_ready()?;
     let mut standby = Standby {
@@ -256,6 +298,14 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         epoch: 0,
         node_id: args.detection.node_id.clone(),
         cluster_id: args.detection.cluster_id.clone(),
+        failback: args.failback,
+        drain_table: args.drain_table,
+        ifaces,
+        drains: Vec::new(),
+        handed_back: None,
+        failbacks: 0,
+        step_downs: 0,
+        recovering_seen: false,
     };
     loop {
         match mirror.next_event(&mut signals, Some(&mut sources)).await? {
@@ -269,9 +319,16 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
             Event::Message(StandbyEvent::PrimaryLost(ownership)) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
+            Event::Message(StandbyEvent::Claim(message)) => standby.claimed(&mut mirror, message),
+            Event::Message(StandbyEvent::Prune) => standby.prune(),
         }
-        if let (Some(detector), Some(owned)) = (&sources.detector, standby.ownership()) {
-            detector.announce(owned);
+        if let Some(detector) = &sources.detector {
+            standby.publish(detector);
+        }
+    }
+    for drain in &mut standby.drains {
+        if let Err(err) = drain.clear() {
+            tracing::warn!("removing the drain routes: {err:#}");
         }
     }
     let summary = StandbySummary {
@@ -289,26 +346,40 @@ enum StandbyEvent {
     Control(Pending),
     /// The failure detector lost the primary (policy `auto`).
     PrimaryLost(Ownership),
+    /// A verified message concerning what this node owns (see
+    /// [`Detector::claim`]).
+    Claim(Message),
+    /// Time to drop the routes of drained connections that closed.
+    Prune,
 }
+
+/// How often drained connections are checked for having closed.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The control socket and, with `--heartbeat-listen`, the failure detector.
 struct Sources {
     control: ControlServer,
     detector: Option<Detector>,
+    prune: tokio::time::Interval,
 }
 
 impl EventSource<StandbyEvent> for Sources {
     async fn next(&mut self) -> StandbyEvent {
-        let Self { control, detector } = self;
-        let lost = async {
-            match detector.as_mut() {
-                Some(detector) => detector.lost().await,
-                None => std::future::pending().await,
-            }
+        let Self {
+            control,
+            detector,
+            prune,
+        } = self;
+        let Some(detector) = detector.as_mut() else {
+            return StandbyEvent::Control(control.next().await);
         };
         tokio::select! {
             pending = control.next() => StandbyEvent::Control(pending),
-            ownership = lost => StandbyEvent::PrimaryLost(ownership),
+            detected = detector.next() => match detected {
+                Detected::Lost(ownership) => StandbyEvent::PrimaryLost(ownership),
+                Detected::Claim(message) => StandbyEvent::Claim(message),
+            },
+            _ = prune.tick() => StandbyEvent::Prune,
         }
     }
 }
@@ -325,6 +396,22 @@ struct Standby {
     /// Ours, for the heartbeats we send once we own services.
     node_id: String,
     cluster_id: String,
+    /// The `--failback` policy.
+    failback: Failback,
+    /// Routing table for drained connections.
+    drain_table: u32,
+    /// The capture interfaces: drained connections are fenced on them.
+    ifaces: Vec<String>,
+    /// Connections still served here after a `drain` failback.
+    drains: Vec<Drain>,
+    /// Services handed back, announced with `Yield` until the primary claims
+    /// a higher epoch.
+    handed_back: Option<Ownership>,
+    /// Failbacks run and step-downs, for the metrics.
+    failbacks: u64,
+    step_downs: u64,
+    /// Whether a `Recovering` primary was already logged under `manual`.
+    recovering_seen: bool,
 }
 
 impl Standby {
@@ -404,14 +491,162 @@ impl Standby {
     /// old primary so that it steps down.
     fn ownership(&self) -> Option<Ownership> {
         (!self.taken.is_empty()).then(|| Ownership {
+            services: self.taken.keys().copied().collect(),
+            ..self.ownership_record()
+        })
+    }
+
+    /// Our ownership record, with no services.
+    fn ownership_record(&self) -> Ownership {
+        Ownership {
             node_id: self.node_id.clone(),
             cluster_id: self.cluster_id.clone(),
             epoch: self.epoch,
-            services: self.taken.keys().copied().collect(),
+            services: Vec::new(),
             macs: Vec::new(),
             policy: "auto".into(),
             applications: Vec::new(),
-        })
+        }
+    }
+
+    /// Tells the detector what to send the primary: our ownership while we
+    /// own services, `Yield` while handing them back, else nothing.
+    fn publish(&self, detector: &Detector) {
+        match (self.ownership(), &self.handed_back) {
+            (Some(owned), _) => detector.announce(owned),
+            (None, Some(yielded)) => detector.hand_back(yielded.clone()),
+            (None, None) => detector.withdraw(),
+        }
+    }
+
+    /// A verified message about services we own or hand back.
+    fn claimed(&mut self, mirror: &mut Mirror, message: Message) {
+        let theirs = &message.ownership;
+        match message.kind {
+            Kind::Heartbeat if self.taken.is_empty() && self.handed_back.is_some() => {
+                self.epoch = self.epoch.max(theirs.epoch);
+                self.handed_back = None;
+                tracing::info!(
+                    owner = theirs.node_id,
+                    epoch = theirs.epoch,
+                    "failback complete: the primary owns the services again"
+                );
+            }
+            Kind::Heartbeat => self.step_down(mirror, theirs),
+            Kind::Recovering => self.recovering(mirror, theirs),
+            Kind::Solicit | Kind::Yield => {}
+        }
+    }
+
+    /// The services of ours that `theirs` names.
+    fn ours_in(&self, mirror: &Mirror, theirs: &Ownership) -> Vec<Service> {
+        (mirror.services.iter())
+            .filter(|s| self.taken.contains_key(&s.addr) && theirs.services.contains(&s.addr))
+            .copied()
+            .collect()
+    }
+
+    /// A higher epoch claims services we serve: stop serving them at once
+    /// (two hosts never serve one address) and protect them again.
+    fn step_down(&mut self, mirror: &mut Mirror, theirs: &Ownership) {
+        let services = self.ours_in(mirror, theirs);
+        if services.is_empty() || theirs.epoch <= self.epoch {
+            return;
+        }
+        self.epoch = theirs.epoch;
+        self.step_downs += 1;
+        if let Err(err) = self.release(mirror, &services) {
+            tracing::error!("stepping down: {err:#}");
+        }
+        tracing::warn!(
+            owner = theirs.node_id,
+            epoch = theirs.epoch,
+            services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(),
+            "stepped down: a higher epoch owns the services"
+        );
+    }
+
+    /// Stops serving `services`: their addresses leave this host, their
+    /// segments are captured again (unfenced), and they count as protected.
+    fn release(&mut self, mirror: &mut Mirror, services: &[Service]) -> anyhow::Result<()> {
+        let mut ips: Vec<_> = services.iter().map(|s| s.addr.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            let removed = address::release(ip)?;
+            tracing::info!(%ip, removed, "service address released");
+        }
+        for service in services {
+            self.taken.remove(&service.addr);
+            mirror
+                .capture
+                .set_mode(service, 0)
+                .with_context(|| format!("protecting {service} again"))?;
+        }
+        Ok(())
+    }
+
+    /// The old primary announced itself recovering: hand its services back
+    /// under the `--failback` policy.
+    fn recovering(&mut self, mirror: &mut Mirror, theirs: &Ownership) {
+        let services = self.ours_in(mirror, theirs);
+        if services.is_empty() {
+            return;
+        }
+        if self.failback == Failback::Manual {
+            if !std::mem::replace(&mut self.recovering_seen, true) {
+                tracing::warn!(
+                    node = theirs.node_id,
+                    "the primary is recovering; failback policy is manual: ownership stays here"
+                );
+            }
+            return;
+        }
+        match self.drain_back(mirror, &services) {
+            Ok(flows) => tracing::info!(
+                node = theirs.node_id,
+                epoch = self.epoch,
+                flows,
+                "failback (drain): restored connections stay here until they close; new ones go to the primary"
+            ),
+            Err(err) => tracing::error!("failback (drain) failed: {err:#}"),
+        }
+    }
+
+    /// `--failback drain`: keep delivering the restored connections of
+    /// `services` here, then release them and yield ownership.
+    fn drain_back(&mut self, mirror: &mut Mirror, services: &[Service]) -> anyhow::Result<usize> {
+        let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+        let flows: Vec<drain::FlowEnds> = (self.reports.iter())
+            .flat_map(|r| &r.flows)
+            .filter(|(server, _)| addrs.contains(server))
+            .copied()
+            .collect();
+        let drain = Drain::install(&flows, self.drain_table, &self.ifaces)
+            .context("routing the drained connections")?;
+        self.drains.push(drain);
+        self.release(mirror, services)?;
+        self.failbacks += 1;
+        self.handed_back = Some(Ownership {
+            services: addrs,
+            ..self.ownership_record()
+        });
+        Ok(flows.len())
+    }
+
+    /// Drops the routes of drained connections that closed.
+    fn prune(&mut self) {
+        for drain in &mut self.drains {
+            if let Err(err) = drain.prune() {
+                tracing::warn!("pruning drained connections: {err:#}");
+            }
+        }
+        self.drains.retain(|d| !d.is_done());
+    }
+
+    /// Connections still served here after a drain.
+    fn draining(&self) -> usize {
+        self.drains.iter().map(Drain::remaining).sum()
     }
 
     /// The standby's metrics: the mirror's, heartbeats, rejected requests,
@@ -433,6 +668,24 @@ impl Standby {
                 .count(Vec::new(), handoff_rejected),
             Family::gauge("epoch", "The highest ownership epoch held or seen.", None)
                 .set(Vec::new(), self.epoch as f64),
+            Family::counter(
+                "failbacks",
+                "Services handed back to a recovering primary, by policy.",
+                None,
+            )
+            .count(vec![("policy", "drain".into())], self.failbacks),
+            Family::counter(
+                "step_downs",
+                "Times this node stopped serving because a higher epoch claimed its services.",
+                None,
+            )
+            .count(Vec::new(), self.step_downs),
+            Family::gauge(
+                "draining_connections",
+                "Restored connections still served here after a drain failback.",
+                None,
+            )
+            .set(Vec::new(), self.draining() as f64),
         ]);
         families.extend(takeover::families(&self.reports));
         families
@@ -443,9 +696,12 @@ impl Standby {
         let services = (mirror.services.iter())
             .map(|s| ServiceStatus {
                 addr: s.addr,
-                state: match self.taken.contains_key(&s.addr) {
-                    true => "taken-over".into(),
-                    false => "protected".into(),
+                state: if self.taken.contains_key(&s.addr) {
+                    "taken-over".into()
+                } else if self.drains.iter().any(|d| d.serves(s.addr)) {
+                    "draining".into()
+                } else {
+                    "protected".into()
                 },
             })
             .collect();

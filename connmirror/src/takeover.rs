@@ -183,6 +183,10 @@ pub struct TakeoverReport {
     pub closed: u64,
     /// Error messages for flows that failed (restore, handoff, replay).
     pub errors: Vec<String>,
+    /// Every connection rebuilt, as (service end, client end): what a
+    /// `drain` failback keeps serving here ([`crate::drain`]).
+    #[serde(default)]
+    pub flows: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl TakeoverReport {
@@ -339,6 +343,7 @@ pub(crate) async fn run(
         })
         .collect();
     let rebuilt = steps.run("restore", || restore_flows(config, flows, &mut report));
+    report.flows = rebuilt.iter().map(|r| r.flow.endpoints()).collect();
     let owned = ServiceMode::FENCED | ServiceMode::OWNED;
     steps.run("unquiesce", || set_modes(mirror, services, owned))?;
     let start = Instant::now();
