@@ -15,6 +15,7 @@ pub mod capture;
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod dump;
 pub mod flow;
 pub mod handoff;
 pub mod heartbeat;
