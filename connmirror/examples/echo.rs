@@ -79,7 +79,9 @@ fn listen(addr: SocketAddr) -> anyhow::Result<()> {
         let peer = stream
             .peer_addr()
             .with_context(|| format!("peer of a connection on {addr}"))?;
-        say(&format!("accepted {peer}"))?;
+        // Informational: a supervisor that stopped reading stdout (EPIPE) must
+        // not stop the server.
+        let _ = say(&format!("accepted {peer}"));
         spawn_echo(stream, None);
     }
     Ok(())
