@@ -9,15 +9,23 @@
 //! and answers with `Yield` (carrying its epoch); the agent then claims the
 //! next epoch and sends ordinary heartbeats again.
 
-use std::{io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
 
 use crate::{
     address,
+    handoff::HandoffServer,
     heartbeat::{self, Key, Kind, Message, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
+    migrate,
     mirror::{Signals, announce_ready},
     ownership::Policy,
 };
@@ -74,6 +82,16 @@ pub struct AgentArgs {
     /// standby yields them, instead of stepping down.
     #[arg(long)]
     pub recovering: bool,
+    /// Handoff socket (created mode 0600) that applications register on: with
+    /// it the agent also accepts a standby's live connections on TCP at its
+    /// `--bind` address and `--port` (failback by migration, see
+    /// `connmirror::migrate`) and hands each one over.
+    #[arg(long, value_name = "PATH")]
+    pub handoff: Option<std::path::PathBuf>,
+    /// Milliseconds a migrated connection waits for an application to take it
+    /// on the handoff socket before it is reset.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub handoff_wait: u64,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -167,6 +185,74 @@ fn families(
     families
 }
 
+/// Where migrated connections arrive and go (`--handoff`).
+struct Migrations {
+    listener: tokio::net::TcpListener,
+    handoff: Arc<HandoffServer>,
+    key: Key,
+    /// The highest batch counter accepted.
+    last: Arc<Mutex<u64>>,
+    wait: Duration,
+}
+
+impl Migrations {
+    async fn open(
+        path: &Path,
+        local: SocketAddr,
+        key: &Key,
+        wait_ms: u64,
+    ) -> anyhow::Result<Migrations> {
+        let handoff = HandoffServer::bind(path).context("opening the handoff socket")?;
+        let listener = (tokio::net::TcpListener::bind(local).await)
+            .with_context(|| format!("listening for migrations on {local}"))?;
+        Ok(Migrations {
+            listener,
+            handoff: Arc::new(handoff),
+            key: key.clone(),
+            last: Arc::new(Mutex::new(0)),
+            wait: Duration::from_millis(wait_ms),
+        })
+    }
+
+    /// Takes one standby's connections, on a blocking thread.
+    fn serve(&self, stream: tokio::net::TcpStream, from: SocketAddr) {
+        let (handoff, key, last, wait) = (
+            self.handoff.clone(),
+            self.key.clone(),
+            self.last.clone(),
+            self.wait,
+        );
+        tokio::task::spawn_blocking(move || {
+            let stream = stream
+                .into_std()
+                .and_then(|s| s.set_nonblocking(false).map(|()| s));
+            let outcome = stream.map_err(anyhow::Error::from).and_then(|stream| {
+                let mut last = last.lock().expect("migration counter");
+                migrate::receive(stream, &key, &mut last, &handoff, wait)
+            });
+            match outcome {
+                Ok(receipt) => tracing::info!(
+                    %from,
+                    restored = receipt.restored,
+                    failed = receipt.errors.len(),
+                    "migration: connections taken over"
+                ),
+                Err(err) => tracing::warn!(%from, "migration refused: {err:#}"),
+            }
+        });
+    }
+}
+
+/// The next migration connection; pending without `--handoff`.
+async fn accept(
+    migrations: Option<&Migrations>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match migrations {
+        Some(m) => m.listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
@@ -189,6 +275,10 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     let socket = (UdpSocket::bind(local).await)
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;
+    let migrations = match &args.handoff {
+        Some(path) => Some(Migrations::open(path, local, &key, args.handoff_wait).await?),
+        None => None,
+    };
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
     let mut counter = heartbeat::initial_counter();
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval.max(1)));
@@ -227,6 +317,12 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     }
                     _ => continue,
                 }
+            }
+            accepted = accept(migrations.as_ref()) => {
+                if let (Some(migrations), Ok((stream, from))) = (&migrations, accepted) {
+                    migrations.serve(stream, from);
+                }
+                continue;
             }
             scrape = exporter.next() => {
                 scrape.answer(families(sent, &verifier, &ownership, stepped_down, recovering));

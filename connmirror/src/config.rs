@@ -874,6 +874,8 @@ control = "/run/cm/control.sock"
              # bind: not set\n\
              port = 7401  # default\n\
              recovering = false  # default\n\
+             # handoff: not set\n\
+             handoff_wait = 10000  # default\n\
              metrics = \"127.0.0.1:9464\"  # default\n\n"
         );
         // What it prints reads back as the same settings.

@@ -117,6 +117,20 @@ impl Key {
         Key(bytes.to_vec())
     }
 
+    /// HMAC-SHA256 of `bytes` under this key (RFC 2104).
+    pub fn sign(&self, bytes: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = self.mac();
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the HMAC of `bytes` under this key (constant time).
+    pub fn verify(&self, bytes: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.mac();
+        mac.update(bytes);
+        mac.verify_slice(tag).is_ok()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }

@@ -21,6 +21,7 @@ pub mod handoff;
 pub mod heartbeat;
 pub mod journal;
 pub mod metrics;
+pub mod migrate;
 pub mod mirror;
 pub mod ownership;
 pub mod replay;

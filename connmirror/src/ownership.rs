@@ -63,7 +63,7 @@ pub struct DetectorConfig {
 #[derive(Debug)]
 pub struct Detector {
     lost: mpsc::Receiver<Ownership>,
-    claims: mpsc::Receiver<Message>,
+    claims: mpsc::Receiver<(Message, SocketAddr)>,
     shared: Arc<Mutex<Shared>>,
     owner: watch::Sender<Option<(Kind, Ownership)>>,
 }
@@ -139,7 +139,7 @@ impl Detector {
         let Self { lost, claims, .. } = self;
         tokio::select! {
             Some(ownership) = lost.recv() => Detected::Lost(ownership),
-            Some(message) = claims.recv() => Detected::Claim(message),
+            Some((message, from)) = claims.recv() => Detected::Claim(message, from),
             else => std::future::pending().await,
         }
     }
@@ -147,7 +147,7 @@ impl Detector {
     /// The next verified message that concerns what this node owns or hands
     /// back: a heartbeat claiming one of its services under a higher epoch,
     /// or a `Recovering` message for one of them. Pending while there is none.
-    pub async fn claim(&mut self) -> Message {
+    pub async fn claim(&mut self) -> (Message, SocketAddr) {
         match self.claims.recv().await {
             Some(message) => message,
             None => std::future::pending().await,
@@ -170,8 +170,8 @@ impl Detector {
 pub enum Detected {
     /// The primary was lost (policy `auto`): its last ownership.
     Lost(Ownership),
-    /// A message about what this node owns or hands back.
-    Claim(Message),
+    /// A message about what this node owns or hands back, and its sender.
+    Claim(Message, SocketAddr),
 }
 
 /// The primary as last heard from, while it counts as alive.
@@ -183,7 +183,7 @@ struct Heard {
 /// Where the watcher task sends what the standby must act on.
 struct Outbox {
     lost: mpsc::Sender<Ownership>,
-    claimed: mpsc::Sender<Message>,
+    claimed: mpsc::Sender<(Message, SocketAddr)>,
 }
 
 /// Whether `message` concerns `own` (what this node owns or hands back): a
@@ -223,7 +223,7 @@ async fn listen(
                     last = Some((Instant::now(), from));
                     let concerned = matches!(owned.borrow().as_ref(), Some((_, own)) if concerns(&message, own));
                     if concerned {
-                        let _ = outbox.claimed.try_send(message);
+                        let _ = outbox.claimed.try_send((message, from));
                     }
                 }
                 publish(&shared, &verifier, heard.as_ref(), last);

@@ -20,7 +20,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     str::FromStr,
     sync::Arc,
@@ -28,20 +28,23 @@ use std::{
 };
 
 use anyhow::Context as _;
+use connmirror_common::ServiceMode;
 
 use crate::{
     address,
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     drain::{self, Drain},
+    dump,
     handoff::{self, HandoffServer},
-    heartbeat::{Key, Kind, Message, Ownership},
+    heartbeat::{self, Key, Kind, Message, Ownership},
     metrics::Family,
+    migrate::{self, Batch, Receipt},
     mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
     ownership::{Detected, Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
     service::Service,
     status::{ServiceStatus, StatusReport},
-    takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
+    takeover::{self, Kept, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
 };
 
 /// Command-line arguments of `connmirror standby`.
@@ -105,8 +108,10 @@ pub struct StandbyArgs {
     pub detection: DetectionArgs,
     /// What to do when the old primary returns and announces itself
     /// recovering: `drain` (keep the restored connections here until they
-    /// close, send new ones to the primary, yield ownership) or `manual`
-    /// (log it and keep serving).
+    /// close, send new ones to the primary, yield ownership), `migrate` (move
+    /// them to the primary live, then yield; applications must `shutdown()`
+    /// before `close()`, see `connmirror::migrate`) or `manual` (log it and
+    /// keep serving).
     #[arg(long, value_enum, default_value = "manual")]
     pub failback: Failback,
     /// Routing table for the drained connections' local routes (`--failback
@@ -120,6 +125,9 @@ pub struct StandbyArgs {
 pub enum Failback {
     /// Restored connections stay until they close; new ones go to the primary.
     Drain,
+    /// Restored connections move to the primary live (`TCP_REPAIR` dump and
+    /// restore; the primary's agent needs `--handoff`).
+    Migrate,
     /// Log the return; ownership stays here.
     Manual,
 }
@@ -235,6 +243,7 @@ impl StandbyArgs {
                 .collect(),
             handoff_wait: Duration::from_millis(self.handoff_wait),
             replay_timeout: Duration::from_millis(self.replay_timeout),
+            keep: (self.failback == Failback::Migrate).then(Kept::default),
         }
     }
 
@@ -260,6 +269,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     }
     let config = args.takeover_config();
     let detection = args.detection.config()?;
+    let key = detection.as_ref().map(|d| d.key.clone());
     let needs_handoff = args
         .mirror
         .services
@@ -304,6 +314,8 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         drains: Vec::new(),
         handed_back: None,
         failbacks: 0,
+        migrations: 0,
+        key,
         step_downs: 0,
         recovering_seen: false,
     };
@@ -319,7 +331,9 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
             Event::Message(StandbyEvent::PrimaryLost(ownership)) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
-            Event::Message(StandbyEvent::Claim(message)) => standby.claimed(&mut mirror, message),
+            Event::Message(StandbyEvent::Claim(message, from)) => {
+                standby.claimed(&mut mirror, message, from).await
+            }
             Event::Message(StandbyEvent::Prune) => standby.prune(),
         }
         if let Some(detector) = &sources.detector {
@@ -347,8 +361,8 @@ enum StandbyEvent {
     /// The failure detector lost the primary (policy `auto`).
     PrimaryLost(Ownership),
     /// A verified message concerning what this node owns (see
-    /// [`Detector::claim`]).
-    Claim(Message),
+    /// [`Detector::claim`]), and where it came from.
+    Claim(Message, SocketAddr),
     /// Time to drop the routes of drained connections that closed.
     Prune,
 }
@@ -377,7 +391,7 @@ impl EventSource<StandbyEvent> for Sources {
             pending = control.next() => StandbyEvent::Control(pending),
             detected = detector.next() => match detected {
                 Detected::Lost(ownership) => StandbyEvent::PrimaryLost(ownership),
-                Detected::Claim(message) => StandbyEvent::Claim(message),
+                Detected::Claim(message, from) => StandbyEvent::Claim(message, from),
             },
             _ = prune.tick() => StandbyEvent::Prune,
         }
@@ -407,8 +421,11 @@ struct Standby {
     /// Services handed back, announced with `Yield` until the primary claims
     /// a higher epoch.
     handed_back: Option<Ownership>,
-    /// Failbacks run and step-downs, for the metrics.
+    /// Failbacks run (drain, migrate) and step-downs, for the metrics.
     failbacks: u64,
+    migrations: u64,
+    /// The shared key (with `--heartbeat-listen`): migrations are signed with it.
+    key: Option<Key>,
     step_downs: u64,
     /// Whether a `Recovering` primary was already logged under `manual`.
     recovering_seen: bool,
@@ -519,8 +536,8 @@ impl Standby {
         }
     }
 
-    /// A verified message about services we own or hand back.
-    fn claimed(&mut self, mirror: &mut Mirror, message: Message) {
+    /// A verified message about services we own or hand back, from `from`.
+    async fn claimed(&mut self, mirror: &mut Mirror, message: Message, from: SocketAddr) {
         let theirs = &message.ownership;
         match message.kind {
             Kind::Heartbeat if self.taken.is_empty() && self.handed_back.is_some() => {
@@ -533,7 +550,7 @@ impl Standby {
                 );
             }
             Kind::Heartbeat => self.step_down(mirror, theirs),
-            Kind::Recovering => self.recovering(mirror, theirs),
+            Kind::Recovering => self.recovering(mirror, theirs, from).await,
             Kind::Solicit | Kind::Yield => {}
         }
     }
@@ -586,9 +603,9 @@ impl Standby {
         Ok(())
     }
 
-    /// The old primary announced itself recovering: hand its services back
-    /// under the `--failback` policy.
-    fn recovering(&mut self, mirror: &mut Mirror, theirs: &Ownership) {
+    /// The old primary announced itself recovering (its agent at `from`):
+    /// hand its services back under the `--failback` policy.
+    async fn recovering(&mut self, mirror: &mut Mirror, theirs: &Ownership, from: SocketAddr) {
         let services = self.ours_in(mirror, theirs);
         if services.is_empty() {
             return;
@@ -602,6 +619,18 @@ impl Standby {
             }
             return;
         }
+        if self.failback == Failback::Migrate {
+            match self.migrate_back(mirror, &services, from).await {
+                Ok(moved) => tracing::info!(
+                    node = theirs.node_id,
+                    epoch = self.epoch,
+                    moved,
+                    "failback (migrate): connections moved to the primary"
+                ),
+                Err(err) => tracing::error!("failback (migrate) failed: {err:#}"),
+            }
+            return;
+        }
         match self.drain_back(mirror, &services) {
             Ok(flows) => tracing::info!(
                 node = theirs.node_id,
@@ -611,6 +640,61 @@ impl Standby {
             ),
             Err(err) => tracing::error!("failback (drain) failed: {err:#}"),
         }
+    }
+
+    /// `--failback migrate`: quiesce `services`, dump their restored
+    /// connections and send them to the agent at `agent` ([`migrate`]); once
+    /// it took them, let ours go silently, release the services and yield.
+    /// On failure every connection stays here, served as before.
+    async fn migrate_back(
+        &mut self,
+        mirror: &mut Mirror,
+        services: &[Service],
+        agent: SocketAddr,
+    ) -> anyhow::Result<u64> {
+        let (Some(kept), Some(key)) = (self.config.keep.clone(), self.key.clone()) else {
+            anyhow::bail!("no connections were kept for migration");
+        };
+        let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+        let sockets = take_kept(&kept, &addrs);
+        let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
+        set_modes(mirror, services, quiesced)?;
+        let (node_id, epoch) = (self.node_id.clone(), self.epoch);
+        let (sockets, sent) = tokio::task::spawn_blocking(move || {
+            let sent = ship(&sockets, node_id, epoch, agent, &key);
+            (sockets, sent)
+        })
+        .await
+        .context("the migration task")?;
+        let receipt = match sent {
+            Ok(receipt) => receipt,
+            Err(err) => {
+                for socket in &sockets {
+                    if let Err(err) = migrate::resume_here(socket) {
+                        tracing::warn!(%err, "resuming a connection after a failed migration");
+                    }
+                }
+                kept.lock().expect("kept sockets").extend(sockets);
+                set_modes(mirror, services, ServiceMode::FENCED | ServiceMode::OWNED)?;
+                return Err(err);
+            }
+        };
+        for socket in &sockets {
+            if let Err(err) = migrate::let_go(socket) {
+                tracing::warn!(%err, "letting a migrated connection go");
+            }
+        }
+        drop(sockets);
+        for error in &receipt.errors {
+            tracing::warn!(error, "the primary could not take a connection");
+        }
+        self.release(mirror, services)?;
+        self.migrations += 1;
+        self.handed_back = Some(Ownership {
+            services: addrs,
+            ..self.ownership_record()
+        });
+        Ok(receipt.restored)
     }
 
     /// `--failback drain`: keep delivering the restored connections of
@@ -673,7 +757,8 @@ impl Standby {
                 "Services handed back to a recovering primary, by policy.",
                 None,
             )
-            .count(vec![("policy", "drain".into())], self.failbacks),
+            .count(vec![("policy", "drain".into())], self.failbacks)
+            .count(vec![("policy", "migrate".into())], self.migrations),
             Family::counter(
                 "step_downs",
                 "Times this node stopped serving because a higher epoch claimed its services.",
@@ -757,6 +842,53 @@ impl Standby {
             })
             .collect()
     }
+}
+
+/// Takes the kept sockets of `services` that are still established; the
+/// others (their connections ended) are dropped.
+fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
+    let mut all = kept.lock().expect("kept sockets");
+    let (ours, others): (Vec<TcpStream>, Vec<TcpStream>) = std::mem::take(&mut *all)
+        .into_iter()
+        .partition(|s| s.local_addr().is_ok_and(|a| services.contains(&a)));
+    *all = others;
+    ours.into_iter()
+        .filter(|s| dump::tcp_info(s).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED))
+        .collect()
+}
+
+/// `TCP_ESTABLISHED` in `tcpi_state` (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Settles, dumps and sends `sockets` to the agent at `agent` (blocking).
+/// Dumped sockets stay in repair mode whatever the outcome.
+fn ship(
+    sockets: &[TcpStream],
+    node_id: String,
+    epoch: u64,
+    agent: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<Receipt> {
+    migrate::settle(sockets);
+    let plans = (sockets.iter())
+        .map(|s| dump::dump(s, restore::QueueMode::Unsent))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = Batch {
+        node_id,
+        counter: heartbeat::initial_counter(),
+        epoch,
+        plans,
+    };
+    migrate::send(agent, key, &batch)
+}
+
+/// Sets the capture mode of every service in `services`.
+fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
+    for service in services {
+        (mirror.capture.set_mode(service, mode))
+            .with_context(|| format!("setting the mode of {service}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
 use connmirror_tests::failover::{
-    Program, configure_primary, detecting_standby_command, echo_primary, handoff_app, key_file,
-    kill_primary, start_agent, start_agent_with, status_of,
+    Program, configure_primary, detecting_standby_command, echo_example, echo_primary, handoff_app,
+    key_file, kill_primary, start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -208,6 +208,87 @@ fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_
 #[test]
 fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_primary_v6() {
     drain_failback(Family::V6);
+}
+
+fn migrate_failback(family: Family) {
+    let Failed {
+        _dir,
+        key,
+        topo,
+        service,
+        standby,
+        _app,
+        clients,
+        watch,
+    } = failed_over(family, "migrate");
+    let before = clients.verified();
+
+    // The primary rebooted: no stale sockets on the 4-tuples it takes back.
+    forget_tcp_state(&topo);
+    let _listener = primary_returns(&topo, family, service);
+    let socket = _dir.path().join("agent-handoff.sock");
+    let socket_arg = socket.display().to_string();
+    let agent = start_agent_with(
+        &topo,
+        family,
+        service,
+        &key,
+        &["--recovering", "--handoff", &socket_arg],
+    );
+    let args = [
+        "handoff".to_owned(),
+        "--socket".to_owned(),
+        socket_arg.clone(),
+        "--service".to_owned(),
+        service.to_string(),
+    ];
+    let app = Program::start(&topo.server, echo_example(), args, "registered");
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed: Vec<String> = (0..4)
+        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
+        .collect();
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let after = status_of(&topo, &standby);
+    let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
+    let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let (_report, _dir2) = standby.stop();
+
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_exact(&results);
+    let moved: u64 = results.iter().map(|r| r.verified).sum();
+    assert!(
+        moved > before + (1 << 20),
+        "{before} then {moved} bytes verified"
+    );
+    for r in &results {
+        let line = format!("resumed {} c2s=0 s2c=0", r.local);
+        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!((after.role.as_str(), after.epoch), ("standby", 3));
+    assert_eq!(after.services[0].state, "protected");
+    assert!(
+        !lo.contains(&format!(" {}/", service.ip())),
+        "the standby still has the service address:\n{lo}"
+    );
+    assert_eq!(
+        metrics.count("connmirror_failbacks_total{policy=\"migrate\"}"),
+        1
+    );
+}
+
+#[test]
+fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v4() {
+    migrate_failback(Family::V4);
+}
+
+#[test]
+fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
+    migrate_failback(Family::V6);
 }
 
 fn step_down(family: Family) {
