@@ -87,6 +87,23 @@ pub struct Receipt {
     pub errors: Vec<String>,
 }
 
+/// What a migration did (`connmirror migrate --to NODE`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateReport {
+    /// The node the connections went to.
+    pub to: String,
+    /// Its agent's address.
+    pub agent: SocketAddr,
+    /// The services handed over.
+    pub services: Vec<SocketAddr>,
+    /// Connections the node rebuilt and handed to its application.
+    pub moved: u64,
+    /// One message per connection it could not take.
+    pub errors: Vec<String>,
+    /// The epoch this standby held; the node claims the next one.
+    pub epoch: u64,
+}
+
 /// Writes `value` as one authenticated frame.
 pub fn write_frame(stream: &mut TcpStream, key: &Key, value: &impl Serialize) -> io::Result<()> {
     let json = serde_json::to_vec(value).map_err(io::Error::other)?;

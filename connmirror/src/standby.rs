@@ -38,7 +38,7 @@ use crate::{
     handoff::{self, HandoffServer},
     heartbeat::{self, Key, Kind, Message, Ownership},
     metrics::Family,
-    migrate::{self, Batch, Receipt},
+    migrate::{self, Batch, MigrateReport, Receipt},
     mirror::{Event, EventSource, Mirror, MirrorArgs, Signals, StandbySummary, announce_ready},
     ownership::{Detected, Detector, DetectorConfig, Policy},
     restore::{self, QueueMode},
@@ -114,6 +114,12 @@ pub struct StandbyArgs {
     /// keep serving).
     #[arg(long, value_enum, default_value = "manual")]
     pub failback: Failback,
+    /// Keep a duplicate of each socket handed to an application, so that
+    /// `connmirror migrate --to NODE` can move it later (implied by
+    /// `--failback migrate`). Applications must then `shutdown()` before
+    /// `close()`: closing one descriptor no longer ends the connection.
+    #[arg(long)]
+    pub keep_sockets: bool,
     /// Routing table for the drained connections' local routes (`--failback
     /// drain`; see `connmirror::drain`).
     #[arg(long, value_name = "ID", default_value_t = drain::DEFAULT_TABLE)]
@@ -243,7 +249,7 @@ impl StandbyArgs {
                 .collect(),
             handoff_wait: Duration::from_millis(self.handoff_wait),
             replay_timeout: Duration::from_millis(self.replay_timeout),
-            keep: (self.failback == Failback::Migrate).then(Kept::default),
+            keep: (self.failback == Failback::Migrate || self.keep_sockets).then(Kept::default),
         }
     }
 
@@ -318,6 +324,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         key,
         step_downs: 0,
         recovering_seen: false,
+        recovering_at: BTreeMap::new(),
     };
     loop {
         match mirror.next_event(&mut signals, Some(&mut sources)).await? {
@@ -429,6 +436,8 @@ struct Standby {
     step_downs: u64,
     /// Whether a `Recovering` primary was already logged under `manual`.
     recovering_seen: bool,
+    /// Where each recovering node's agent was last heard from.
+    recovering_at: BTreeMap<String, SocketAddr>,
 }
 
 impl Standby {
@@ -440,6 +449,15 @@ impl Standby {
         };
         let response = match request {
             Request::Status => Response::Status(Box::new(self.status(mirror, detector))),
+            Request::Migrate { to, services } => {
+                match self.migrate_to(mirror, detector, &to, services).await {
+                    Ok(report) => Response::Migrate(report),
+                    Err(err) => {
+                        tracing::error!("migration failed: {err:#}");
+                        Response::Error(format!("{err:#}"))
+                    }
+                }
+            }
             Request::Takeover { services } => {
                 match self.takeover(mirror, services, trigger).await {
                     Ok(report) => Response::Takeover(report),
@@ -606,6 +624,7 @@ impl Standby {
     /// The old primary announced itself recovering (its agent at `from`):
     /// hand its services back under the `--failback` policy.
     async fn recovering(&mut self, mirror: &mut Mirror, theirs: &Ownership, from: SocketAddr) {
+        self.recovering_at.insert(theirs.node_id.clone(), from);
         let services = self.ours_in(mirror, theirs);
         if services.is_empty() {
             return;
@@ -621,10 +640,10 @@ impl Standby {
         }
         if self.failback == Failback::Migrate {
             match self.migrate_back(mirror, &services, from).await {
-                Ok(moved) => tracing::info!(
+                Ok(receipt) => tracing::info!(
                     node = theirs.node_id,
                     epoch = self.epoch,
-                    moved,
+                    moved = receipt.restored,
                     "failback (migrate): connections moved to the primary"
                 ),
                 Err(err) => tracing::error!("failback (migrate) failed: {err:#}"),
@@ -642,6 +661,54 @@ impl Standby {
         }
     }
 
+    /// `connmirror migrate --to NODE`: moves the connections of `asked` (every
+    /// service taken over when `None`) to the agent of `to`, heard recovering
+    /// or as the primary, whatever the `--failback` policy.
+    async fn migrate_to(
+        &mut self,
+        mirror: &mut Mirror,
+        detector: Option<&Detector>,
+        to: &str,
+        asked: Option<Vec<SocketAddr>>,
+    ) -> anyhow::Result<MigrateReport> {
+        let peer = detector.and_then(Detector::peer);
+        let agent = (self.recovering_at.get(to).copied())
+            .or_else(|| {
+                peer.filter(|p| p.ownership.node_id == to)
+                    .map(|p| p.address)
+            })
+            .with_context(|| {
+                format!("node {to:?} was never heard from: its agent must run (with --handoff)")
+            })?;
+        let addrs = asked.unwrap_or_else(|| self.taken.keys().copied().collect());
+        anyhow::ensure!(!addrs.is_empty(), "no service is taken over here");
+        let services: Vec<Service> = (addrs.iter())
+            .map(|addr| {
+                anyhow::ensure!(
+                    self.taken.contains_key(addr),
+                    "service {addr} is not taken over here"
+                );
+                mirror
+                    .services
+                    .iter()
+                    .find(|s| s.addr == *addr)
+                    .copied()
+                    .with_context(|| format!("service {addr} is not protected by this standby"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let epoch = self.epoch;
+        let receipt = self.migrate_back(mirror, &services, agent).await?;
+        tracing::info!(to, %agent, moved = receipt.restored, "migrated on request");
+        Ok(MigrateReport {
+            to: to.to_owned(),
+            agent,
+            services: addrs,
+            moved: receipt.restored,
+            errors: receipt.errors,
+            epoch,
+        })
+    }
+
     /// `--failback migrate`: quiesce `services`, dump their restored
     /// connections and send them to the agent at `agent` ([`migrate`]); once
     /// it took them, let ours go silently, release the services and yield.
@@ -651,9 +718,11 @@ impl Standby {
         mirror: &mut Mirror,
         services: &[Service],
         agent: SocketAddr,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<Receipt> {
         let (Some(kept), Some(key)) = (self.config.keep.clone(), self.key.clone()) else {
-            anyhow::bail!("no connections were kept for migration");
+            anyhow::bail!(
+                "this standby keeps no sockets to migrate: start it with --failback migrate or --keep-sockets"
+            );
         };
         let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
         let sockets = take_kept(&kept, &addrs);
@@ -694,7 +763,7 @@ impl Standby {
             services: addrs,
             ..self.ownership_record()
         });
-        Ok(receipt.restored)
+        Ok(receipt)
     }
 
     /// `--failback drain`: keep delivering the restored connections of

@@ -5,6 +5,11 @@
 //!   the restored connections stay on the standby, byte-exact, until they
 //!   close; a new connection reaches the primary; the primary owns the
 //!   services again under the next epoch; no RST reaches a client;
+//! - announcing itself recovering to a standby with `--failback migrate`, or
+//!   with `manual` and an operator running `connmirror migrate --to primary`:
+//!   the live connections move to the primary (`TCP_REPAIR` dump on the
+//!   standby, restore by the agent, handoff to the primary's echo app),
+//!   every stream byte-exact, no RST;
 //! - claiming a higher epoch outright (after the restored connections closed,
 //!   and having rebooted): the standby steps down (releases the service
 //!   address, protects the service again) and new connections reach the
@@ -18,6 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
 use connmirror_tests::failover::{
@@ -26,9 +32,9 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::process::wait_for_text;
+use connmirror_tests::process::{output_with_timeout, wait_for_text};
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
-use connmirror_tests::wire::WireWatch;
+use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
@@ -54,6 +60,11 @@ struct Failed {
 }
 
 fn failed_over(family: Family, failback: &str) -> Failed {
+    failed_over_with(family, &["--failback", failback])
+}
+
+/// [`failed_over`] with these standby flags.
+fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
     connmirror_tests::require_root();
     let dir = WorkDir::new("failback");
     let key = key_file(&dir);
@@ -61,9 +72,10 @@ fn failed_over(family: Family, failback: &str) -> Failed {
     let service = topo.service(family, PORT);
     configure_primary(&topo, family, service);
     let mut primary = echo_primary(&topo, service);
-    let command = detecting_standby_command(&topo, family, service, &key)
-        .arg("--failback")
-        .arg(failback);
+    let command = (flags.iter()).fold(
+        detecting_standby_command(&topo, family, service, &key),
+        |command, flag| command.arg(flag),
+    );
     let standby = Mirror::start(&topo.gateway, &command);
     let app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
@@ -210,39 +222,64 @@ fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_
     drain_failback(Family::V6);
 }
 
-fn migrate_failback(family: Family) {
+/// The primary comes back rebooted (no stale sockets on the 4-tuples it
+/// takes back): its link, addresses, echo listener, its agent announcing
+/// itself recovering with a handoff socket, and the echo example registered
+/// there. Returns (agent, handoff application, listener).
+fn recovering_primary(failed: &Failed, family: Family) -> (Program, Program, Program) {
     let Failed {
         _dir,
         key,
         topo,
         service,
+        ..
+    } = failed;
+    forget_tcp_state(topo);
+    let listener = primary_returns(topo, family, *service);
+    let socket = _dir.path().join("agent-handoff.sock").display().to_string();
+    let flags = ["--recovering", "--handoff", &socket];
+    let agent = start_agent_with(topo, family, *service, key, &flags);
+    let args = [
+        "handoff",
+        "--socket",
+        &socket,
+        "--service",
+        &service.to_string(),
+    ]
+    .map(String::from);
+    let app = Program::start(&topo.server, echo_example(), args, "registered");
+    (agent, app, listener)
+}
+
+/// Checks a migration's outcome: every stream exact and longer than before,
+/// each connection resumed by the primary's application, no RST.
+fn assert_migrated(results: &[EchoResult], before: u64, resumed: &[String], seen: &WireSeen) {
+    assert_exact(results);
+    let moved: u64 = results.iter().map(|r| r.verified).sum();
+    assert!(
+        moved > before + (1 << 20),
+        "{before} then {moved} bytes verified"
+    );
+    for r in results {
+        let line = format!("resumed {} c2s=0 s2c=0", r.local);
+        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+}
+
+fn migrate_failback(family: Family) {
+    let failed = failed_over(family, "migrate");
+    let before = failed.clients.verified();
+    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let Failed {
+        _dir,
+        topo,
+        service,
         standby,
-        _app,
         clients,
         watch,
-    } = failed_over(family, "migrate");
-    let before = clients.verified();
-
-    // The primary rebooted: no stale sockets on the 4-tuples it takes back.
-    forget_tcp_state(&topo);
-    let _listener = primary_returns(&topo, family, service);
-    let socket = _dir.path().join("agent-handoff.sock");
-    let socket_arg = socket.display().to_string();
-    let agent = start_agent_with(
-        &topo,
-        family,
-        service,
-        &key,
-        &["--recovering", "--handoff", &socket_arg],
-    );
-    let args = [
-        "handoff".to_owned(),
-        "--socket".to_owned(),
-        socket_arg.clone(),
-        "--service".to_owned(),
-        service.to_string(),
-    ];
-    let app = Program::start(&topo.server, echo_example(), args, "registered");
+        ..
+    } = failed;
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
     let resumed: Vec<String> = (0..4)
         .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
@@ -258,17 +295,7 @@ fn migrate_failback(family: Family) {
     let (_report, _dir2) = standby.stop();
 
     assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
-    assert_exact(&results);
-    let moved: u64 = results.iter().map(|r| r.verified).sum();
-    assert!(
-        moved > before + (1 << 20),
-        "{before} then {moved} bytes verified"
-    );
-    for r in &results {
-        let line = format!("resumed {} c2s=0 s2c=0", r.local);
-        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
-    }
-    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_migrated(&results, before, &resumed, &seen);
     assert_eq!((after.role.as_str(), after.epoch), ("standby", 3));
     assert_eq!(after.services[0].state, "protected");
     assert!(
@@ -289,6 +316,91 @@ fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v4() {
 #[test]
 fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
     migrate_failback(Family::V6);
+}
+
+/// `connmirror migrate --to primary`, by hand: the standby's policy is
+/// `manual` (with `--keep-sockets`), so the recovering primary waits until
+/// the operator moves the connections.
+fn migrate_to(family: Family) {
+    let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"]);
+    let before = failed.clients.verified();
+    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let Failed {
+        _dir,
+        topo,
+        service,
+        standby,
+        clients,
+        watch,
+        ..
+    } = failed;
+    wait_log(
+        &standby,
+        "the primary is recovering; failback policy is manual",
+    );
+    let waiting = status_of(&topo, &standby);
+    let report = run_migrate(&topo, &standby, &["--to", "primary", "--json"]);
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed: Vec<String> = (0..4)
+        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
+        .collect();
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (unknown_ok, _, unknown_err) = migrate_cli(&topo, &standby, &["--to", "nobody"]);
+    let (_report, _dir2) = standby.stop();
+
+    assert_eq!((waiting.role.as_str(), waiting.epoch), ("owner", 2));
+    let report: MigrateReport = serde_json::from_str(&report).expect("migrate report");
+    assert_eq!(
+        (report.to.as_str(), report.moved, report.epoch),
+        ("primary", 4, 2),
+        "{report:?}"
+    );
+    assert_eq!(report.services, vec![service]);
+    assert_eq!(report.errors, Vec::<String>::new());
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&results, before, &resumed, &seen);
+    assert!(!unknown_ok);
+    assert_eq!(
+        unknown_err.trim(),
+        "error: the standby refused: node \"nobody\" was never heard from: its agent must run (with --handoff)"
+    );
+}
+
+/// Runs `connmirror migrate --control SOCKET ARGS...` in the standby's
+/// namespace: (exit 0, stdout, stderr).
+fn migrate_cli(topo: &Topology, standby: &Mirror, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = topo.gateway.command(connmirror_tests::connmirror_bin());
+    cmd.arg("migrate")
+        .arg("--control")
+        .arg(standby.control_socket())
+        .args(args);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`migrate_cli`] that must succeed; its stdout.
+fn run_migrate(topo: &Topology, standby: &Mirror, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = migrate_cli(topo, standby, args);
+    assert!(ok, "connmirror migrate failed:\n{stderr}\n{stdout}");
+    stdout
+}
+
+#[test]
+fn migrate_to_moves_live_connections_on_request_v4() {
+    migrate_to(Family::V4);
+}
+
+#[test]
+fn migrate_to_moves_live_connections_on_request_v6() {
+    migrate_to(Family::V6);
 }
 
 fn step_down(family: Family) {
