@@ -1,8 +1,8 @@
 //! Reading a live TCP socket's state with `TCP_REPAIR`: the checkpoint half of
 //! what [`crate::restore`] rebuilds, as CRIU's libsoccr does it
-//! (`libsoccr_save()` in soccr/soccr.c). It is the building block of moving a
-//! connection between hosts (failback by migration, `connmirror migrate`; not
-//! implemented yet) and what the tests use to cut live connections.
+//! (`libsoccr_save()` in soccr/soccr.c). It is how a connection moves between
+//! hosts (failback by migration, [`crate::migrate`]) and what the tests use to
+//! cut live connections.
 //!
 //! [`dump`] puts the socket in repair mode and reads, in this order:
 //!

@@ -16,7 +16,10 @@
 //!   until they close, with per-flow policy routes ([`crate::drain`]), releases
 //!   the addresses so new connections reach the primary, protects the
 //!   services again, and sends `Yield` until the primary claims the next
-//!   epoch. Under `--failback manual` it only logs the return.
+//!   epoch. Under `--failback migrate` it moves the live connections to the
+//!   primary's agent first ([`crate::migrate`]), then yields the same way.
+//!   Under `--failback manual` it only logs the return; `connmirror migrate
+//!   --to NODE` (a control request) runs the migration by hand.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
