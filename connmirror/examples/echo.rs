@@ -7,6 +7,8 @@
 //! cargo run -p connmirror --example echo -- listen 198.18.0.1:7000
 //! ```
 //!
+//! It prints `listening <addr>`, then `accepted <client>` for each connection.
+//!
 //! The standby runs the same program registered with its connmirror daemon for the
 //! service (the daemon's service must be in `handoff` mode):
 //!
@@ -74,6 +76,12 @@ fn listen(addr: SocketAddr) -> anyhow::Result<()> {
     say(&format!("listening {addr}"))?;
     for stream in listener.incoming() {
         let stream = stream.with_context(|| format!("accept on {addr}"))?;
+        let peer = stream
+            .peer_addr()
+            .with_context(|| format!("peer of a connection on {addr}"))?;
+        // Informational: a supervisor that stopped reading stdout (EPIPE) must
+        // not stop the server.
+        let _ = say(&format!("accepted {peer}"));
         spawn_echo(stream, None);
     }
     Ok(())

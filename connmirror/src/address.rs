@@ -212,14 +212,14 @@ pub fn ifindex(iface: &str) -> Result<u32, AddressError> {
 const CREATE: u16 = NLM_F_CREATE | NLM_F_EXCL;
 
 /// The host prefix length of `addr`'s family.
-fn host_prefix(addr: IpAddr) -> u8 {
+pub(crate) fn host_prefix(addr: IpAddr) -> u8 {
     match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
     }
 }
 
-fn family(addr: IpAddr) -> AddressFamily {
+pub(crate) fn family(addr: IpAddr) -> AddressFamily {
     match addr {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
@@ -273,12 +273,12 @@ fn local_of(msg: &AddressMessage) -> Option<IpAddr> {
 }
 
 /// A `NETLINK_ROUTE` socket connected to the kernel.
-struct Rtnl {
+pub(crate) struct Rtnl {
     socket: Socket,
 }
 
 impl Rtnl {
-    fn open() -> Result<Rtnl, AddressError> {
+    pub(crate) fn open() -> Result<Rtnl, AddressError> {
         let socket = (|| {
             let mut socket = Socket::new(NETLINK_ROUTE)?;
             socket.bind_auto()?;
@@ -291,7 +291,7 @@ impl Rtnl {
 
     /// Sends `msg` with `NLM_F_REQUEST | NLM_F_ACK | flags` and waits for the
     /// kernel's acknowledgement; its error code becomes the `io::Error`.
-    fn request(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
+    pub(crate) fn request(&self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.send(msg, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         self.receive(|_| {})
     }

@@ -1,16 +1,31 @@
 //! The `agent` role on the primary: sends authenticated heartbeats carrying
 //! its ownership information to the standby ([`crate::heartbeat`]), every
 //! `--interval`, and answers a standby's solicitation at once.
+//!
+//! A primary that returns after a failover starts its agent with
+//! `--recovering`: it then sends `Recovering` messages instead of heartbeats,
+//! claims nothing, and does not step down on hearing the standby's higher
+//! epoch. The standby hands the services back under its `--failback` policy
+//! and answers with `Yield` (carrying its epoch); the agent then claims the
+//! next epoch and sends ordinary heartbeats again.
 
-use std::{io::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
 
 use crate::{
     address,
-    heartbeat::{self, Key, Kind, Ownership, Verifier},
+    handoff::HandoffServer,
+    heartbeat::{self, Key, Kind, Message, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
+    migrate,
     mirror::{Signals, announce_ready},
     onhost::{self, OnHostArgs},
     ownership::Policy,
@@ -63,6 +78,21 @@ pub struct AgentArgs {
     /// arrive at (the standby's `--primary` names it).
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
+    /// This node returns after a failover: announce it as recovering and
+    /// claim the services (under the standby's epoch + 1) only once the
+    /// standby yields them, instead of stepping down.
+    #[arg(long)]
+    pub recovering: bool,
+    /// Handoff socket (created mode 0600) that applications register on: with
+    /// it the agent also accepts a standby's live connections on TCP at its
+    /// `--bind` address and `--port` (failback by migration, see
+    /// `connmirror::migrate`) and hands each one over.
+    #[arg(long, value_name = "PATH")]
+    pub handoff: Option<std::path::PathBuf>,
+    /// Milliseconds a migrated connection waits for an application to take it
+    /// on the handoff socket before it is reset.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub handoff_wait: u64,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -77,6 +107,30 @@ pub const DEFAULT_PORT: u16 = 7401;
 /// Whether `theirs` holds one of our services under a higher epoch.
 fn outranks(theirs: &Ownership, ours: &Ownership) -> bool {
     theirs.epoch > ours.epoch && theirs.services.iter().any(|s| ours.services.contains(s))
+}
+
+/// Whether `theirs` yields one of our services back to us.
+fn yields(message: &Message, ours: &Ownership) -> bool {
+    message.kind == Kind::Yield
+        && (message.ownership.services.iter()).any(|s| ours.services.contains(s))
+}
+
+/// The standby yielded the services: claim them under the next epoch.
+fn reclaim(theirs: &Ownership, ours: &mut Ownership) -> anyhow::Result<()> {
+    ours.epoch = ours.epoch.max(theirs.epoch) + 1;
+    tracing::info!(
+        from = theirs.node_id,
+        epoch = ours.epoch,
+        "failback: the services are ours again"
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
+        "owner again at epoch {} (yielded by {})",
+        ours.epoch, theirs.node_id
+    )
+    .and_then(|()| stdout.flush())
+    .context("writing to stdout")
 }
 
 /// Another node owns our services under a higher epoch: stop serving their
@@ -111,6 +165,7 @@ fn families(
     verifier: &Verifier,
     ownership: &Ownership,
     stepped_down: bool,
+    recovering: bool,
 ) -> Vec<Family> {
     let mut families = vec![
         Family::counter("heartbeats_sent", "Heartbeats sent to the standby.", None)
@@ -123,9 +178,83 @@ fn families(
             None,
         )
         .set(Vec::new(), f64::from(u8::from(stepped_down))),
+        Family::gauge(
+            "recovering",
+            "1 while this node waits for the owner to yield its services back (--recovering).",
+            None,
+        )
+        .set(Vec::new(), f64::from(u8::from(recovering))),
     ];
     families.extend(verifier.stats.families());
     families
+}
+
+/// Where migrated connections arrive and go (`--handoff`).
+struct Migrations {
+    listener: tokio::net::TcpListener,
+    handoff: Arc<HandoffServer>,
+    key: Key,
+    /// The highest batch counter accepted.
+    last: Arc<Mutex<u64>>,
+    wait: Duration,
+}
+
+impl Migrations {
+    async fn open(
+        path: &Path,
+        local: SocketAddr,
+        key: &Key,
+        wait_ms: u64,
+    ) -> anyhow::Result<Migrations> {
+        let handoff = HandoffServer::bind(path).context("opening the handoff socket")?;
+        let listener = (tokio::net::TcpListener::bind(local).await)
+            .with_context(|| format!("listening for migrations on {local}"))?;
+        Ok(Migrations {
+            listener,
+            handoff: Arc::new(handoff),
+            key: key.clone(),
+            last: Arc::new(Mutex::new(0)),
+            wait: Duration::from_millis(wait_ms),
+        })
+    }
+
+    /// Takes one standby's connections, on a blocking thread.
+    fn serve(&self, stream: tokio::net::TcpStream, from: SocketAddr) {
+        let (handoff, key, last, wait) = (
+            self.handoff.clone(),
+            self.key.clone(),
+            self.last.clone(),
+            self.wait,
+        );
+        tokio::task::spawn_blocking(move || {
+            let stream = stream
+                .into_std()
+                .and_then(|s| s.set_nonblocking(false).map(|()| s));
+            let outcome = stream.map_err(anyhow::Error::from).and_then(|stream| {
+                let mut last = last.lock().expect("migration counter");
+                migrate::receive(stream, &key, &mut last, &handoff, wait)
+            });
+            match outcome {
+                Ok(receipt) => tracing::info!(
+                    %from,
+                    restored = receipt.restored,
+                    failed = receipt.errors.len(),
+                    "migration: connections taken over"
+                ),
+                Err(err) => tracing::warn!(%from, "migration refused: {err:#}"),
+            }
+        });
+    }
+}
+
+/// The next migration connection; pending without `--handoff`.
+async fn accept(
+    migrations: Option<&Migrations>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match migrations {
+        Some(m) => m.listener.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -137,7 +266,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// `onhost`'s families (the on-host mirror and its replication).
 pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
-    let ownership = Ownership {
+    let mut ownership = Ownership {
         node_id: args.node_id.clone(),
         cluster_id: args.cluster_id.clone(),
         epoch: args.epoch,
@@ -156,6 +285,10 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
     };
     let socket = (UdpSocket::bind(local).await)
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;
+    let migrations = match &args.handoff {
+        Some(path) => Some(Migrations::open(path, local, &key, args.handoff_wait).await?),
+        None => None,
+    };
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
     let mut counter = heartbeat::initial_counter();
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval.max(1)));
@@ -168,7 +301,8 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
     let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
     let mut ready = false;
     let mut stepped_down = false;
-    tracing::info!(standby = %args.standby, node = args.node_id, "sending heartbeats");
+    let mut recovering = args.recovering;
+    tracing::info!(standby = %args.standby, node = args.node_id, recovering, "sending heartbeats");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -178,6 +312,14 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
                     Ok(message) if message.kind == Kind::Solicit => {
                         tracing::info!(%from, "solicited by the standby");
                     }
+                    Ok(message) if recovering && yields(&message, &ownership) => {
+                        reclaim(&message.ownership, &mut ownership)?;
+                        recovering = false;
+                    }
+                    Ok(message) if recovering && outranks(&message.ownership, &ownership) => {
+                        tracing::debug!(owner = message.ownership.node_id, "recovering: waiting for the owner to yield");
+                        continue;
+                    }
                     Ok(message) if !stepped_down && outranks(&message.ownership, &ownership) => {
                         step_down(&message.ownership, &ownership)?;
                         stepped_down = true;
@@ -186,8 +328,15 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
                     _ => continue,
                 }
             }
+            accepted = accept(migrations.as_ref()) => {
+                if let (Some(migrations), Ok((stream, from))) = (&migrations, accepted) {
+                    migrations.serve(stream, from);
+                }
+                continue;
+            }
             scrape = exporter.next() => {
-                let mut families = families(sent, &verifier, &ownership, stepped_down);
+                let mut families =
+                    families(sent, &verifier, &ownership, stepped_down, recovering);
                 if let Some(onhost) = &onhost {
                     families.extend(onhost.families().await);
                 }
@@ -201,7 +350,12 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
             continue;
         }
         counter += 1;
-        let datagram = heartbeat::seal(&key, Kind::Heartbeat, counter, &ownership);
+        let kind = if recovering {
+            Kind::Recovering
+        } else {
+            Kind::Heartbeat
+        };
+        let datagram = heartbeat::seal(&key, kind, counter, &ownership);
         match socket.send_to(&datagram, args.standby).await {
             Ok(_) => sent += 1,
             Err(err) => tracing::warn!(%err, standby = %args.standby, "sending a heartbeat"),

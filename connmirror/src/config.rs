@@ -873,6 +873,9 @@ control = "/run/cm/control.sock"
              interval = 20\n\
              # bind: not set\n\
              port = 7401  # default\n\
+             recovering = false  # default\n\
+             # handoff: not set\n\
+             handoff_wait = 10000  # default\n\
              metrics = \"127.0.0.1:9464\"  # default\n\
              iface = []\n\
              # replicate_to: not set\n\

@@ -30,7 +30,8 @@ use tokio::{
 };
 
 use crate::{
-    handoff::HandoffError, mirror::EventSource, status::StatusReport, takeover::TakeoverReport,
+    handoff::HandoffError, migrate::MigrateReport, mirror::EventSource, status::StatusReport,
+    takeover::TakeoverReport,
 };
 
 /// Where the standby listens unless told otherwise.
@@ -53,6 +54,15 @@ pub enum Request {
     },
     /// Report the node's status.
     Status,
+    /// Move the live connections of these services (every service taken
+    /// over when `None`) to the node `to`, whose agent runs with `--handoff`
+    /// ([`crate::migrate`]), and yield the services to it.
+    Migrate {
+        /// The node id.
+        to: String,
+        /// Service addresses.
+        services: Option<Vec<SocketAddr>>,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -63,6 +73,8 @@ pub enum Response {
     Takeover(TakeoverReport),
     /// The node's status.
     Status(Box<StatusReport>),
+    /// The migration ran.
+    Migrate(MigrateReport),
     /// The request was refused or failed.
     Error(String),
 }

@@ -126,6 +126,20 @@ impl Key {
         mac.finalize().into_bytes().into()
     }
 
+    /// HMAC-SHA256 of `bytes` under this key (RFC 2104).
+    pub fn sign(&self, bytes: &[u8]) -> [u8; MAC_LEN] {
+        let mut mac = self.mac();
+        mac.update(bytes);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the HMAC of `bytes` under this key (constant time).
+    pub fn verify(&self, bytes: &[u8], tag: &[u8]) -> bool {
+        let mut mac = self.mac();
+        mac.update(bytes);
+        mac.verify_slice(tag).is_ok()
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }
@@ -158,6 +172,13 @@ pub enum Kind {
     Heartbeat = 1,
     /// "Tell me who owns what now" (a standby that starts).
     Solicit = 2,
+    /// "I am back and want these services again" (an agent started with
+    /// `--recovering`): the owner hands them back under its failback policy.
+    /// Carries the sender's services; it claims nothing yet.
+    Recovering = 3,
+    /// "These services are yours again" (the owner, after a failback): carries
+    /// the epoch it held; the recovering node claims the next one.
+    Yield = 4,
 }
 
 /// A verified message.
@@ -230,6 +251,8 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Message, Rejected> {
     let kind = match body[5] {
         1 => Kind::Heartbeat,
         2 => Kind::Solicit,
+        3 => Kind::Recovering,
+        4 => Kind::Yield,
         _ => return Err(malformed("unknown kind")),
     };
     let counter = u64::from_be_bytes(body[6..14].try_into().expect("8 bytes"));

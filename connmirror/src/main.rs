@@ -72,6 +72,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Ask a running standby to move the live connections it serves to NODE
+    /// (planned maintenance, or failback by hand) and yield the services.
+    ///
+    /// NODE's agent must be heard (recovering, or as the primary) and run
+    /// with `--handoff`; the standby must keep its sockets (`--failback
+    /// migrate` or `--keep-sockets`). Prints what moved; exits 1 if the
+    /// standby refused or the migration failed (the connections then stay).
+    Migrate {
+        /// The node id to move the connections to.
+        #[arg(long, value_name = "NODE")]
+        to: String,
+        /// Only this service (repeat for several) [default: every service taken over].
+        #[arg(long = "service", value_name = "IP:PORT")]
+        services: Vec<std::net::SocketAddr>,
+        /// The standby's control socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
+        control: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a running standby's status: role, epoch, the primary it hears
     /// (last heartbeat), services, flows by readiness, replication lag.
     Status {
@@ -93,7 +114,9 @@ enum Command {
 /// What a configuration file configures: a table per subcommand, and the
 /// client commands take the standby's control socket unless they set theirs.
 const LAYOUT: Layout<'static> = Layout {
-    tables: &["mirror", "standby", "agent", "takeover", "status"],
+    tables: &[
+        "mirror", "standby", "agent", "takeover", "status", "migrate",
+    ],
     inherit: &[("control", "standby")],
 };
 
@@ -217,7 +240,9 @@ fn takeover(
     let report = match control::request(control, &request)? {
         Response::Takeover(report) => report,
         Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
-        Response::Status(_) => anyhow::bail!("the standby answered a takeover with a status"),
+        Response::Status(_) | Response::Migrate(_) => {
+            anyhow::bail!("the standby answered a takeover with something else")
+        }
     };
     let mut stdout = std::io::stdout().lock();
     if json {
@@ -233,8 +258,8 @@ fn status(control: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let status = match control::request(control, &Request::Status)? {
         Response::Status(status) => status,
         Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
-        Response::Takeover(_) => {
-            anyhow::bail!("the standby answered a status request with a takeover")
+        Response::Takeover(_) | Response::Migrate(_) => {
+            anyhow::bail!("the standby answered a status request with something else")
         }
     };
     let mut stdout = std::io::stdout().lock();
@@ -243,6 +268,43 @@ fn status(control: &std::path::Path, json: bool) -> anyhow::Result<()> {
         writeln!(stdout)?;
     } else {
         status.print(&mut stdout)?;
+    }
+    Ok(())
+}
+
+fn migrate(
+    to: String,
+    services: Vec<std::net::SocketAddr>,
+    control: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let request = Request::Migrate {
+        to,
+        services: (!services.is_empty()).then_some(services),
+    };
+    let report = match control::request(control, &request)? {
+        Response::Migrate(report) => report,
+        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
+        Response::Status(_) | Response::Takeover(_) => {
+            anyhow::bail!("the standby answered a migration with something else")
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &report)?;
+        writeln!(stdout)?;
+    } else {
+        let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
+        writeln!(
+            stdout,
+            "migrated {} connections of {} to {} (agent {}); {} could not be taken; it claims epoch {}",
+            report.moved,
+            services.join(", "),
+            report.to,
+            report.agent,
+            report.errors.len(),
+            report.epoch + 1
+        )?;
     }
     Ok(())
 }
@@ -311,6 +373,12 @@ fn main() -> ExitCode {
                         control,
                         json,
                     } => takeover(services, &control, json),
+                    Command::Migrate {
+                        to,
+                        services,
+                        control,
+                        json,
+                    } => migrate(to, services, &control, json),
                     Command::Journal(command) => journal(command),
                     Command::Config(command) => config(command),
                 }

@@ -4,6 +4,14 @@
 //! a number of missed heartbeats (DESIGN.md, "Ownership and failure
 //! detection"). Forged, replayed or malformed datagrams are dropped and
 //! counted; they neither keep a dead primary alive nor trigger anything.
+//!
+//! Once the standby owns services it announces them, under its epoch, to the
+//! primary as last heard from ([`Detector::announce`]), and the detector
+//! passes on the verified messages that concern what it owns
+//! ([`Detector::claim`]): a heartbeat claiming one of its services under a
+//! higher epoch (the standby steps down) and a returning primary's
+//! `Recovering` message (failback). After a failback it sends `Yield` instead
+//! ([`Detector::hand_back`]) until the primary claims the next epoch.
 
 use std::{
     net::SocketAddr,
@@ -17,7 +25,7 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use crate::heartbeat::{self, HeartbeatStats, Key, Kind, Ownership, Verifier};
+use crate::heartbeat::{self, HeartbeatStats, Key, Kind, Message, Ownership, Verifier};
 
 /// How the standby reacts to a lost primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -55,8 +63,9 @@ pub struct DetectorConfig {
 #[derive(Debug)]
 pub struct Detector {
     lost: mpsc::Receiver<Ownership>,
+    claims: mpsc::Receiver<(Message, SocketAddr)>,
     shared: Arc<Mutex<Shared>>,
-    owner: watch::Sender<Option<Ownership>>,
+    owner: watch::Sender<Option<(Kind, Ownership)>>,
 }
 
 /// What the watcher task shares with the standby.
@@ -85,11 +94,14 @@ impl Detector {
         let socket = UdpSocket::bind(config.listen).await?;
         tracing::info!(listen = %config.listen, "listening for heartbeats");
         let (tx, lost) = mpsc::channel(1);
+        let (claimed, claims) = mpsc::channel(16);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let (owner, owned) = watch::channel(None);
-        tokio::spawn(listen(socket, config, tx, shared.clone(), owned));
+        let outbox = Outbox { lost: tx, claimed };
+        tokio::spawn(listen(socket, config, outbox, shared.clone(), owned));
         Ok(Detector {
             lost,
+            claims,
             shared,
             owner,
         })
@@ -107,7 +119,39 @@ impl Detector {
     /// from, every interval: a primary that comes back learns the higher epoch
     /// and steps down.
     pub fn announce(&self, ownership: Ownership) {
-        self.owner.send_replace(Some(ownership));
+        self.owner.send_replace(Some((Kind::Heartbeat, ownership)));
+    }
+
+    /// From now on, send `ownership` as `Yield` messages instead: the
+    /// services are the primary's again, and it claims the next epoch.
+    pub fn hand_back(&self, ownership: Ownership) {
+        self.owner.send_replace(Some((Kind::Yield, ownership)));
+    }
+
+    /// Stop sending ownership messages (nothing is owned or handed back).
+    pub fn withdraw(&self) {
+        self.owner.send_replace(None);
+    }
+
+    /// The next lost primary or claim ([`Detector::lost`], [`Detector::claim`]),
+    /// whichever comes first.
+    pub async fn next(&mut self) -> Detected {
+        let Self { lost, claims, .. } = self;
+        tokio::select! {
+            Some(ownership) = lost.recv() => Detected::Lost(ownership),
+            Some((message, from)) = claims.recv() => Detected::Claim(message, from),
+            else => std::future::pending().await,
+        }
+    }
+
+    /// The next verified message that concerns what this node owns or hands
+    /// back: a heartbeat claiming one of its services under a higher epoch,
+    /// or a `Recovering` message for one of them. Pending while there is none.
+    pub async fn claim(&mut self) -> (Message, SocketAddr) {
+        match self.claims.recv().await {
+            Some(message) => message,
+            None => std::future::pending().await,
+        }
     }
 
     /// Heartbeats received so far, by outcome.
@@ -121,18 +165,48 @@ impl Detector {
     }
 }
 
+/// What [`Detector::next`] yields.
+#[derive(Debug)]
+pub enum Detected {
+    /// The primary was lost (policy `auto`): its last ownership.
+    Lost(Ownership),
+    /// A message about what this node owns or hands back, and its sender.
+    Claim(Message, SocketAddr),
+}
+
 /// The primary as last heard from, while it counts as alive.
 struct Heard {
     at: Instant,
     ownership: Ownership,
 }
 
+/// Where the watcher task sends what the standby must act on.
+struct Outbox {
+    lost: mpsc::Sender<Ownership>,
+    claimed: mpsc::Sender<(Message, SocketAddr)>,
+}
+
+/// Whether `message` concerns `own` (what this node owns or hands back): a
+/// heartbeat under a higher epoch, or a returning primary, for one of its
+/// services.
+fn concerns(message: &Message, own: &Ownership) -> bool {
+    let theirs = &message.ownership;
+    let shared = theirs.services.iter().any(|s| own.services.contains(s));
+    shared
+        && theirs.node_id != own.node_id
+        && match message.kind {
+            Kind::Heartbeat => theirs.epoch > own.epoch,
+            Kind::Recovering => true,
+            Kind::Solicit | Kind::Yield => false,
+        }
+}
+
 async fn listen(
     socket: UdpSocket,
     config: DetectorConfig,
-    lost: mpsc::Sender<Ownership>,
+    outbox: Outbox,
     shared: Arc<Mutex<Shared>>,
-    owned: watch::Receiver<Option<Ownership>>,
+    owned: watch::Receiver<Option<(Kind, Ownership)>>,
 ) {
     let mut counter = heartbeat::initial_counter();
     let mut verifier = Verifier::new(config.key.clone(), &config.cluster_id);
@@ -145,8 +219,12 @@ async fn listen(
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                if receive(&mut verifier, &buf[..n], from, &mut heard) {
+                if let Some(message) = receive(&mut verifier, &buf[..n], from, &mut heard) {
                     last = Some((Instant::now(), from));
+                    let concerned = matches!(owned.borrow().as_ref(), Some((_, own)) if concerns(&message, own));
+                    if concerned {
+                        let _ = outbox.claimed.try_send((message, from));
+                    }
                 }
                 publish(&shared, &verifier, heard.as_ref(), last);
             }
@@ -156,13 +234,13 @@ async fn listen(
                     counter += 1;
                     solicit(&socket, &config, counter, agent);
                 }
-                if let (Some(own), Some((_, to))) = (owned.borrow().as_ref(), last) {
+                if let (Some((kind, own)), Some((_, to))) = (owned.borrow().as_ref(), last) {
                     counter += 1;
-                    let datagram = heartbeat::seal(&config.key, Kind::Heartbeat, counter, own);
+                    let datagram = heartbeat::seal(&config.key, *kind, counter, own);
                     let _ = socket.try_send_to(&datagram, to);
                 }
                 let Some(gone) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
-                declare_lost(&config, gone.ownership, &lost).await;
+                declare_lost(&config, gone.ownership, &outbox.lost).await;
             }
         }
     }
@@ -205,13 +283,14 @@ fn publish(
     }
 }
 
-/// Verifies one datagram; true if it was a valid heartbeat.
+/// Verifies one datagram; the message if it was a valid heartbeat (which
+/// arms the detector) or a returning primary's `Recovering` message.
 fn receive(
     verifier: &mut Verifier,
     datagram: &[u8],
     from: SocketAddr,
     heard: &mut Option<Heard>,
-) -> bool {
+) -> Option<Message> {
     match verifier.accept(datagram) {
         Ok(message) if message.kind == Kind::Heartbeat => {
             if heard.is_none() {
@@ -220,18 +299,19 @@ fn receive(
             }
             *heard = Some(Heard {
                 at: Instant::now(),
-                ownership: message.ownership,
+                ownership: message.ownership.clone(),
             });
-            true
+            Some(message)
         }
-        Ok(_) => false,
+        Ok(message) if message.kind == Kind::Recovering => Some(message),
+        Ok(_) => None,
         Err(err) => {
             let rejected = verifier.stats.rejected();
             // Rate-limited: 1, 2, 4, 8, ... so a flood cannot flood the log.
             if rejected.is_power_of_two() {
                 tracing::warn!(%from, %err, rejected, "heartbeat dropped");
             }
-            false
+            None
         }
     }
 }

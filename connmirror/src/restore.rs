@@ -161,6 +161,7 @@ use std::sync::mpsc;
 use std::thread::{self, ScopedJoinHandle};
 
 use libc::c_int;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::sockopt;
@@ -188,7 +189,7 @@ const TCP_TIMESTAMP_USEC: u32 = 1;
 const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Everything needed to rebuild the server end of one connection.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RestorePlan {
     /// The local end: the service address and port.
     pub server: SocketAddr,
@@ -212,7 +213,7 @@ pub struct RestorePlan {
 }
 
 /// Options negotiated in the SYN / SYN-ACK.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreOptions {
     /// The peer's (client's) MSS.
     pub mss: u16,
@@ -225,7 +226,7 @@ pub struct RestoreOptions {
 }
 
 /// Window-scale shifts of a connection that negotiated scaling.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowScale {
     /// The shift the client applies to its windows (`snd_wscale`).
     pub send: u8,
@@ -236,7 +237,7 @@ pub struct WindowScale {
 /// `struct tcp_repair_window` (include/uapi/linux/tcp.h, Linux ≥ 4.8), field for
 /// field, so it can be passed to (and read from) `TCP_REPAIR_WINDOW` directly.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RestoreWindow {
     /// Sequence number of the segment that last updated the send window.
     pub snd_wl1: u32,
@@ -251,7 +252,7 @@ pub struct RestoreWindow {
 }
 
 /// How the unacknowledged send-queue bytes are put back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum QueueMode {
     /// Queued in repair mode: they count as sent, and the kernel retransmits them
     /// when its timers fire (seconds after the restore; see the module docs,

@@ -2,10 +2,28 @@
 //! interfaces, plus a control socket that triggers a takeover of the services
 //! ([`crate::takeover`]) and a handoff socket that applications register on
 //! ([`crate::handoff`]).
+//!
+//! After a takeover the standby owns the services under a higher epoch.
+//! Two things end that ownership:
+//!
+//! - **step-down** (fencing): a verified heartbeat claims one of its services
+//!   under a still higher epoch. The standby stops serving at once: it
+//!   releases the service addresses, puts the services back to capture
+//!   (unfenced) and protects them again. Lower epochs are ignored (their
+//!   sender steps down instead, [`crate::agent`]).
+//! - **failback**: the old primary's agent announces itself `Recovering`. Under
+//!   `--failback drain` the standby keeps serving the connections it restored
+//!   until they close, with per-flow policy routes ([`crate::drain`]), releases
+//!   the addresses so new connections reach the primary, protects the
+//!   services again, and sends `Yield` until the primary claims the next
+//!   epoch. Under `--failback migrate` it moves the live connections to the
+//!   primary's agent first ([`crate::migrate`]), then yields the same way.
+//!   Under `--failback manual` it only logs the return; `connmirror migrate
+//!   --to NODE` (a control request) runs the migration by hand.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{SocketAddr, TcpStream},
     path::PathBuf,
     str::FromStr,
     sync::Arc,
@@ -13,22 +31,27 @@ use std::{
 };
 
 use anyhow::Context as _;
+use connmirror_common::ServiceMode;
 
 use crate::{
+    address,
     control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
+    drain::{self, Drain},
+    dump,
     handoff::{self, HandoffServer},
-    heartbeat::{Key, Ownership},
+    heartbeat::{self, Key, Kind, Message, Ownership},
     metrics::Family,
+    migrate::{self, Batch, MigrateReport, Receipt},
     mirror::{
         Event, EventSource, Mirror, MirrorArgs, RetentionArg, Signals, StandbySummary,
         announce_ready, detach_pinned,
     },
-    ownership::{Detector, DetectorConfig, Policy},
+    ownership::{Detected, Detector, DetectorConfig, Policy},
     replica::Replica,
     restore::{self, QueueMode},
     service::{RetentionName, Service},
     status::{ServiceStatus, StatusReport},
-    takeover::{self, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
+    takeover::{self, Kept, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
 };
 
 /// Command-line arguments of `connmirror standby`.
@@ -96,6 +119,36 @@ pub struct StandbyArgs {
     /// needs no capture of its own (`--ingress none --egress none`).
     #[arg(long, value_name = "IP:PORT", requires = "key")]
     pub replication_listen: Option<SocketAddr>,
+    /// What to do when the old primary returns and announces itself
+    /// recovering: `drain` (keep the restored connections here until they
+    /// close, send new ones to the primary, yield ownership), `migrate` (move
+    /// them to the primary live, then yield; applications must `shutdown()`
+    /// before `close()`, see `connmirror::migrate`) or `manual` (log it and
+    /// keep serving).
+    #[arg(long, value_enum, default_value = "manual")]
+    pub failback: Failback,
+    /// Keep a duplicate of each socket handed to an application, so that
+    /// `connmirror migrate --to NODE` can move it later (implied by
+    /// `--failback migrate`). Applications must then `shutdown()` before
+    /// `close()`: closing one descriptor no longer ends the connection.
+    #[arg(long)]
+    pub keep_sockets: bool,
+    /// Routing table for the drained connections' local routes (`--failback
+    /// drain`; see `connmirror::drain`).
+    #[arg(long, value_name = "ID", default_value_t = drain::DEFAULT_TABLE)]
+    pub drain_table: u32,
+}
+
+/// `--failback` values: how services go back to a returning primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Failback {
+    /// Restored connections stay until they close; new ones go to the primary.
+    Drain,
+    /// Restored connections move to the primary live (`TCP_REPAIR` dump and
+    /// restore; the primary's agent needs `--handoff`).
+    Migrate,
+    /// Log the return; ownership stays here.
+    Manual,
 }
 
 /// Failure-detection flags of `connmirror standby`.
@@ -209,6 +262,7 @@ impl StandbyArgs {
                 .collect(),
             handoff_wait: Duration::from_millis(self.handoff_wait),
             replay_timeout: Duration::from_millis(self.replay_timeout),
+            keep: (self.failback == Failback::Migrate || self.keep_sockets).then(Kept::default),
         }
     }
 
@@ -237,6 +291,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     }
     let config = args.takeover_config();
     let detection = args.detection.config()?;
+    let key = detection.as_ref().map(|d| d.key.clone());
     let needs_handoff = args
         .mirror
         .services
@@ -249,6 +304,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror = Mirror::start(args.mirror)?;
     let handoff = match needs_handoff {
         true => Some(Arc::new(
@@ -265,7 +321,12 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let mut sources = Sources { control, detector };
+    let prune = tokio::time::interval(PRUNE_INTERVAL);
+    let mut sources = Sources {
+        control,
+        detector,
+        prune,
+    };
     let mut signals = Signals::install()?;
     announce_ready()?;
     let mut standby = Standby {
@@ -277,6 +338,17 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         node_id: args.detection.node_id.clone(),
         cluster_id: args.detection.cluster_id.clone(),
         replica,
+        failback: args.failback,
+        drain_table: args.drain_table,
+        ifaces,
+        drains: Vec::new(),
+        handed_back: None,
+        failbacks: 0,
+        migrations: 0,
+        key,
+        step_downs: 0,
+        recovering_seen: false,
+        recovering_at: BTreeMap::new(),
     };
     loop {
         match mirror.next_event(&mut signals, Some(&mut sources)).await? {
@@ -290,9 +362,18 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
             Event::Message(StandbyEvent::PrimaryLost(ownership)) => {
                 standby.primary_lost(&mut mirror, ownership).await
             }
+            Event::Message(StandbyEvent::Claim(message, from)) => {
+                standby.claimed(&mut mirror, message, from).await
+            }
+            Event::Message(StandbyEvent::Prune) => standby.prune(),
         }
-        if let (Some(detector), Some(owned)) = (&sources.detector, standby.ownership()) {
-            detector.announce(owned);
+        if let Some(detector) = &sources.detector {
+            standby.publish(detector);
+        }
+    }
+    for drain in &mut standby.drains {
+        if let Err(err) = drain.clear() {
+            tracing::warn!("removing the drain routes: {err:#}");
         }
     }
     let summary = StandbySummary {
@@ -322,26 +403,40 @@ enum StandbyEvent {
     Control(Pending),
     /// The failure detector lost the primary (policy `auto`).
     PrimaryLost(Ownership),
+    /// A verified message concerning what this node owns (see
+    /// [`Detector::claim`]), and where it came from.
+    Claim(Message, SocketAddr),
+    /// Time to drop the routes of drained connections that closed.
+    Prune,
 }
+
+/// How often drained connections are checked for having closed.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The control socket and, with `--heartbeat-listen`, the failure detector.
 struct Sources {
     control: ControlServer,
     detector: Option<Detector>,
+    prune: tokio::time::Interval,
 }
 
 impl EventSource<StandbyEvent> for Sources {
     async fn next(&mut self) -> StandbyEvent {
-        let Self { control, detector } = self;
-        let lost = async {
-            match detector.as_mut() {
-                Some(detector) => detector.lost().await,
-                None => std::future::pending().await,
-            }
+        let Self {
+            control,
+            detector,
+            prune,
+        } = self;
+        let Some(detector) = detector.as_mut() else {
+            return StandbyEvent::Control(control.next().await);
         };
         tokio::select! {
             pending = control.next() => StandbyEvent::Control(pending),
-            ownership = lost => StandbyEvent::PrimaryLost(ownership),
+            detected = detector.next() => match detected {
+                Detected::Lost(ownership) => StandbyEvent::PrimaryLost(ownership),
+                Detected::Claim(message, from) => StandbyEvent::Claim(message, from),
+            },
+            _ = prune.tick() => StandbyEvent::Prune,
         }
     }
 }
@@ -360,6 +455,27 @@ struct Standby {
     cluster_id: String,
     /// On-host mode: the flows the agent replicates.
     replica: Option<Replica>,
+    /// The `--failback` policy.
+    failback: Failback,
+    /// Routing table for drained connections.
+    drain_table: u32,
+    /// The capture interfaces: drained connections are fenced on them.
+    ifaces: Vec<String>,
+    /// Connections still served here after a `drain` failback.
+    drains: Vec<Drain>,
+    /// Services handed back, announced with `Yield` until the primary claims
+    /// a higher epoch.
+    handed_back: Option<Ownership>,
+    /// Failbacks run (drain, migrate) and step-downs, for the metrics.
+    failbacks: u64,
+    migrations: u64,
+    /// The shared key (with `--heartbeat-listen`): migrations are signed with it.
+    key: Option<Key>,
+    step_downs: u64,
+    /// Whether a `Recovering` primary was already logged under `manual`.
+    recovering_seen: bool,
+    /// Where each recovering node's agent was last heard from.
+    recovering_at: BTreeMap<String, SocketAddr>,
 }
 
 impl Standby {
@@ -371,6 +487,15 @@ impl Standby {
         };
         let response = match request {
             Request::Status => Response::Status(Box::new(self.status(mirror, detector))),
+            Request::Migrate { to, services } => {
+                match self.migrate_to(mirror, detector, &to, services).await {
+                    Ok(report) => Response::Migrate(report),
+                    Err(err) => {
+                        tracing::error!("migration failed: {err:#}");
+                        Response::Error(format!("{err:#}"))
+                    }
+                }
+            }
             Request::Takeover { services } => {
                 match self.takeover(mirror, services, trigger).await {
                     Ok(report) => Response::Takeover(report),
@@ -443,14 +568,280 @@ impl Standby {
     /// old primary so that it steps down.
     fn ownership(&self) -> Option<Ownership> {
         (!self.taken.is_empty()).then(|| Ownership {
+            services: self.taken.keys().copied().collect(),
+            ..self.ownership_record()
+        })
+    }
+
+    /// Our ownership record, with no services.
+    fn ownership_record(&self) -> Ownership {
+        Ownership {
             node_id: self.node_id.clone(),
             cluster_id: self.cluster_id.clone(),
             epoch: self.epoch,
-            services: self.taken.keys().copied().collect(),
+            services: Vec::new(),
             macs: Vec::new(),
             policy: "auto".into(),
             applications: Vec::new(),
+        }
+    }
+
+    /// Tells the detector what to send the primary: our ownership while we
+    /// own services, `Yield` while handing them back, else nothing.
+    fn publish(&self, detector: &Detector) {
+        match (self.ownership(), &self.handed_back) {
+            (Some(owned), _) => detector.announce(owned),
+            (None, Some(yielded)) => detector.hand_back(yielded.clone()),
+            (None, None) => detector.withdraw(),
+        }
+    }
+
+    /// A verified message about services we own or hand back, from `from`.
+    async fn claimed(&mut self, mirror: &mut Mirror, message: Message, from: SocketAddr) {
+        let theirs = &message.ownership;
+        match message.kind {
+            Kind::Heartbeat if self.taken.is_empty() && self.handed_back.is_some() => {
+                self.epoch = self.epoch.max(theirs.epoch);
+                self.handed_back = None;
+                tracing::info!(
+                    owner = theirs.node_id,
+                    epoch = theirs.epoch,
+                    "failback complete: the primary owns the services again"
+                );
+            }
+            Kind::Heartbeat => self.step_down(mirror, theirs),
+            Kind::Recovering => self.recovering(mirror, theirs, from).await,
+            Kind::Solicit | Kind::Yield => {}
+        }
+    }
+
+    /// The services of ours that `theirs` names.
+    fn ours_in(&self, mirror: &Mirror, theirs: &Ownership) -> Vec<Service> {
+        (mirror.services.iter())
+            .filter(|s| self.taken.contains_key(&s.addr) && theirs.services.contains(&s.addr))
+            .copied()
+            .collect()
+    }
+
+    /// A higher epoch claims services we serve: stop serving them at once
+    /// (two hosts never serve one address) and protect them again.
+    fn step_down(&mut self, mirror: &mut Mirror, theirs: &Ownership) {
+        let services = self.ours_in(mirror, theirs);
+        if services.is_empty() || theirs.epoch <= self.epoch {
+            return;
+        }
+        self.epoch = theirs.epoch;
+        self.step_downs += 1;
+        if let Err(err) = self.release(mirror, &services) {
+            tracing::error!("stepping down: {err:#}");
+        }
+        tracing::warn!(
+            owner = theirs.node_id,
+            epoch = theirs.epoch,
+            services = ?services.iter().map(|s| s.addr).collect::<Vec<_>>(),
+            "stepped down: a higher epoch owns the services"
+        );
+    }
+
+    /// Stops serving `services`: their addresses leave this host, their
+    /// segments are captured again (unfenced), and they count as protected.
+    fn release(&mut self, mirror: &mut Mirror, services: &[Service]) -> anyhow::Result<()> {
+        let mut ips: Vec<_> = services.iter().map(|s| s.addr.ip()).collect();
+        ips.sort();
+        ips.dedup();
+        for ip in ips {
+            let removed = address::release(ip)?;
+            tracing::info!(%ip, removed, "service address released");
+        }
+        for service in services {
+            self.taken.remove(&service.addr);
+            mirror
+                .capture
+                .set_mode(service, 0)
+                .with_context(|| format!("protecting {service} again"))?;
+        }
+        Ok(())
+    }
+
+    /// The old primary announced itself recovering (its agent at `from`):
+    /// hand its services back under the `--failback` policy.
+    async fn recovering(&mut self, mirror: &mut Mirror, theirs: &Ownership, from: SocketAddr) {
+        self.recovering_at.insert(theirs.node_id.clone(), from);
+        let services = self.ours_in(mirror, theirs);
+        if services.is_empty() {
+            return;
+        }
+        if self.failback == Failback::Manual {
+            if !std::mem::replace(&mut self.recovering_seen, true) {
+                tracing::warn!(
+                    node = theirs.node_id,
+                    "the primary is recovering; failback policy is manual: ownership stays here"
+                );
+            }
+            return;
+        }
+        if self.failback == Failback::Migrate {
+            match self.migrate_back(mirror, &services, from).await {
+                Ok(receipt) => tracing::info!(
+                    node = theirs.node_id,
+                    epoch = self.epoch,
+                    moved = receipt.restored,
+                    "failback (migrate): connections moved to the primary"
+                ),
+                Err(err) => tracing::error!("failback (migrate) failed: {err:#}"),
+            }
+            return;
+        }
+        match self.drain_back(mirror, &services) {
+            Ok(flows) => tracing::info!(
+                node = theirs.node_id,
+                epoch = self.epoch,
+                flows,
+                "failback (drain): restored connections stay here until they close; new ones go to the primary"
+            ),
+            Err(err) => tracing::error!("failback (drain) failed: {err:#}"),
+        }
+    }
+
+    /// `connmirror migrate --to NODE`: moves the connections of `asked` (every
+    /// service taken over when `None`) to the agent of `to`, heard recovering
+    /// or as the primary, whatever the `--failback` policy.
+    async fn migrate_to(
+        &mut self,
+        mirror: &mut Mirror,
+        detector: Option<&Detector>,
+        to: &str,
+        asked: Option<Vec<SocketAddr>>,
+    ) -> anyhow::Result<MigrateReport> {
+        let peer = detector.and_then(Detector::peer);
+        let agent = (self.recovering_at.get(to).copied())
+            .or_else(|| {
+                peer.filter(|p| p.ownership.node_id == to)
+                    .map(|p| p.address)
+            })
+            .with_context(|| {
+                format!("node {to:?} was never heard from: its agent must run (with --handoff)")
+            })?;
+        let addrs = asked.unwrap_or_else(|| self.taken.keys().copied().collect());
+        anyhow::ensure!(!addrs.is_empty(), "no service is taken over here");
+        let services: Vec<Service> = (addrs.iter())
+            .map(|addr| {
+                anyhow::ensure!(
+                    self.taken.contains_key(addr),
+                    "service {addr} is not taken over here"
+                );
+                mirror
+                    .services
+                    .iter()
+                    .find(|s| s.addr == *addr)
+                    .copied()
+                    .with_context(|| format!("service {addr} is not protected by this standby"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let epoch = self.epoch;
+        let receipt = self.migrate_back(mirror, &services, agent).await?;
+        tracing::info!(to, %agent, moved = receipt.restored, "migrated on request");
+        Ok(MigrateReport {
+            to: to.to_owned(),
+            agent,
+            services: addrs,
+            moved: receipt.restored,
+            errors: receipt.errors,
+            epoch,
         })
+    }
+
+    /// `--failback migrate`: quiesce `services`, dump their restored
+    /// connections and send them to the agent at `agent` ([`migrate`]); once
+    /// it took them, let ours go silently, release the services and yield.
+    /// On failure every connection stays here, served as before.
+    async fn migrate_back(
+        &mut self,
+        mirror: &mut Mirror,
+        services: &[Service],
+        agent: SocketAddr,
+    ) -> anyhow::Result<Receipt> {
+        let (Some(kept), Some(key)) = (self.config.keep.clone(), self.key.clone()) else {
+            anyhow::bail!(
+                "this standby keeps no sockets to migrate: start it with --failback migrate or --keep-sockets"
+            );
+        };
+        let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+        let sockets = take_kept(&kept, &addrs);
+        let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
+        set_modes(mirror, services, quiesced)?;
+        let (node_id, epoch) = (self.node_id.clone(), self.epoch);
+        let (sockets, sent) = tokio::task::spawn_blocking(move || {
+            let sent = ship(&sockets, node_id, epoch, agent, &key);
+            (sockets, sent)
+        })
+        .await
+        .context("the migration task")?;
+        let receipt = match sent {
+            Ok(receipt) => receipt,
+            Err(err) => {
+                for socket in &sockets {
+                    if let Err(err) = migrate::resume_here(socket) {
+                        tracing::warn!(%err, "resuming a connection after a failed migration");
+                    }
+                }
+                kept.lock().expect("kept sockets").extend(sockets);
+                set_modes(mirror, services, ServiceMode::FENCED | ServiceMode::OWNED)?;
+                return Err(err);
+            }
+        };
+        for socket in &sockets {
+            if let Err(err) = migrate::let_go(socket) {
+                tracing::warn!(%err, "letting a migrated connection go");
+            }
+        }
+        drop(sockets);
+        for error in &receipt.errors {
+            tracing::warn!(error, "the primary could not take a connection");
+        }
+        self.release(mirror, services)?;
+        self.migrations += 1;
+        self.handed_back = Some(Ownership {
+            services: addrs,
+            ..self.ownership_record()
+        });
+        Ok(receipt)
+    }
+
+    /// `--failback drain`: keep delivering the restored connections of
+    /// `services` here, then release them and yield ownership.
+    fn drain_back(&mut self, mirror: &mut Mirror, services: &[Service]) -> anyhow::Result<usize> {
+        let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+        let flows: Vec<drain::FlowEnds> = (self.reports.iter())
+            .flat_map(|r| &r.flows)
+            .filter(|(server, _)| addrs.contains(server))
+            .copied()
+            .collect();
+        let drain = Drain::install(&flows, self.drain_table, &self.ifaces)
+            .context("routing the drained connections")?;
+        self.drains.push(drain);
+        self.release(mirror, services)?;
+        self.failbacks += 1;
+        self.handed_back = Some(Ownership {
+            services: addrs,
+            ..self.ownership_record()
+        });
+        Ok(flows.len())
+    }
+
+    /// Drops the routes of drained connections that closed.
+    fn prune(&mut self) {
+        for drain in &mut self.drains {
+            if let Err(err) = drain.prune() {
+                tracing::warn!("pruning drained connections: {err:#}");
+            }
+        }
+        self.drains.retain(|d| !d.is_done());
+    }
+
+    /// Connections still served here after a drain.
+    fn draining(&self) -> usize {
+        self.drains.iter().map(Drain::remaining).sum()
     }
 
     /// The standby's metrics: the mirror's, heartbeats, rejected requests,
@@ -472,6 +863,25 @@ impl Standby {
                 .count(Vec::new(), handoff_rejected),
             Family::gauge("epoch", "The highest ownership epoch held or seen.", None)
                 .set(Vec::new(), self.epoch as f64),
+            Family::counter(
+                "failbacks",
+                "Services handed back to a recovering primary, by policy.",
+                None,
+            )
+            .count(vec![("policy", "drain".into())], self.failbacks)
+            .count(vec![("policy", "migrate".into())], self.migrations),
+            Family::counter(
+                "step_downs",
+                "Times this node stopped serving because a higher epoch claimed its services.",
+                None,
+            )
+            .count(Vec::new(), self.step_downs),
+            Family::gauge(
+                "draining_connections",
+                "Restored connections still served here after a drain failback.",
+                None,
+            )
+            .set(Vec::new(), self.draining() as f64),
         ]);
         families.extend(takeover::families(&self.reports));
         if let Some(replica) = &self.replica {
@@ -485,9 +895,12 @@ impl Standby {
         let services = (mirror.services.iter())
             .map(|s| ServiceStatus {
                 addr: s.addr,
-                state: match self.taken.contains_key(&s.addr) {
-                    true => "taken-over".into(),
-                    false => "protected".into(),
+                state: if self.taken.contains_key(&s.addr) {
+                    "taken-over".into()
+                } else if self.drains.iter().any(|d| d.serves(s.addr)) {
+                    "draining".into()
+                } else {
+                    "protected".into()
                 },
             })
             .collect();
@@ -547,6 +960,53 @@ impl Standby {
             })
             .collect()
     }
+}
+
+/// Takes the kept sockets of `services` that are still established; the
+/// others (their connections ended) are dropped.
+fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
+    let mut all = kept.lock().expect("kept sockets");
+    let (ours, others): (Vec<TcpStream>, Vec<TcpStream>) = std::mem::take(&mut *all)
+        .into_iter()
+        .partition(|s| s.local_addr().is_ok_and(|a| services.contains(&a)));
+    *all = others;
+    ours.into_iter()
+        .filter(|s| dump::tcp_info(s).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED))
+        .collect()
+}
+
+/// `TCP_ESTABLISHED` in `tcpi_state` (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Settles, dumps and sends `sockets` to the agent at `agent` (blocking).
+/// Dumped sockets stay in repair mode whatever the outcome.
+fn ship(
+    sockets: &[TcpStream],
+    node_id: String,
+    epoch: u64,
+    agent: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<Receipt> {
+    migrate::settle(sockets);
+    let plans = (sockets.iter())
+        .map(|s| dump::dump(s, restore::QueueMode::Unsent))
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch = Batch {
+        node_id,
+        counter: heartbeat::initial_counter(),
+        epoch,
+        plans,
+    };
+    migrate::send(agent, key, &batch)
+}
+
+/// Sets the capture mode of every service in `services`.
+fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
+    for service in services {
+        (mirror.capture.set_mode(service, mode))
+            .with_context(|| format!("setting the mode of {service}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -92,7 +92,14 @@ pub struct TakeoverConfig {
     pub handoff_wait: Duration,
     /// How long a replay may take to reproduce the recorded output.
     pub replay_timeout: Duration,
+    /// Where to keep a duplicate of every socket handed to an application,
+    /// for a later migration ([`crate::migrate`]); `None` keeps none.
+    pub keep: Option<Kept>,
 }
+
+/// Duplicates of the sockets handed to applications (see
+/// [`TakeoverConfig::keep`]).
+pub type Kept = Arc<std::sync::Mutex<Vec<TcpStream>>>;
 
 /// Why a flow was not restored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -183,6 +190,10 @@ pub struct TakeoverReport {
     pub closed: u64,
     /// Error messages for flows that failed (restore, handoff, replay).
     pub errors: Vec<String>,
+    /// Every connection rebuilt, as (service end, client end): what a
+    /// `drain` failback keeps serving here ([`crate::drain`]).
+    #[serde(default)]
+    pub flows: Vec<(SocketAddr, SocketAddr)>,
 }
 
 impl TakeoverReport {
@@ -339,6 +350,7 @@ pub(crate) async fn run(
         })
         .collect();
     let rebuilt = steps.run("restore", || restore_flows(config, flows, &mut report));
+    report.flows = rebuilt.iter().map(|r| r.flow.endpoints()).collect();
     let owned = ServiceMode::FENCED | ServiceMode::OWNED;
     steps.run("unquiesce", || set_modes(mirror, services, owned))?;
     let start = Instant::now();
@@ -650,8 +662,14 @@ async fn resume(
             Resume::Handoff => {
                 let server = handoff.clone();
                 let wait = config.handoff_wait;
+                let keep = config.keep.clone();
                 tasks.spawn_blocking(move || {
-                    hand_off(server.as_deref(), flow, service, stream, wait)
+                    let dup = keep.as_ref().and_then(|_| stream.try_clone().ok());
+                    let outcome = hand_off(server.as_deref(), flow, service, stream, wait);
+                    if let (Outcome::HandedOff, Some(keep), Some(dup)) = (&outcome, keep, dup) {
+                        keep.lock().expect("kept sockets").push(dup);
+                    }
+                    outcome
                 });
             }
             Resume::Replay(app) => {
@@ -775,6 +793,7 @@ mod tests {
             resume: BTreeMap::new(),
             handoff_wait: Duration::ZERO,
             replay_timeout: Duration::ZERO,
+            keep: None,
         }
     }
 

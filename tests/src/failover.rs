@@ -264,11 +264,12 @@ pub fn management_addr(family: Family) -> IpAddr {
 }
 
 /// Puts the primary's addresses (back) on its link: the service address (a
-/// link going down drops IPv6 addresses) and its management address.
+/// link going down drops IPv6 addresses) and its management address; and its
+/// route to the clients through the gateway (a link going down drops it).
 pub fn configure_primary(topo: &Topology, family: Family, service: SocketAddr) {
-    let prefix = match family {
-        Family::V4 => "24",
-        Family::V6 => "64",
+    let (prefix, clients) = match family {
+        Family::V4 => ("24", "198.18.0.0/24"),
+        Family::V6 => ("64", "fd00:0:0:1::/64"),
     };
     for ip in [service.ip(), management_addr(family)] {
         let addr = format!("{ip}/{prefix}");
@@ -278,13 +279,26 @@ pub fn configure_primary(topo: &Topology, family: Family, service: SocketAddr) {
         }
         topo.server.ip(args);
     }
+    let via = gateway_addrs(family).0.to_string();
+    topo.server.ip(["route", "replace", clients, "via", &via]);
 }
 
 /// `connmirror agent` in the primary's namespace, sending from its
 /// management address.
 pub fn start_agent(topo: &Topology, family: Family, service: SocketAddr, key: &Path) -> Program {
+    start_agent_with(topo, family, service, key, &[])
+}
+
+/// [`start_agent`] with more flags (`--recovering`, `--epoch N`).
+pub fn start_agent_with(
+    topo: &Topology,
+    family: Family,
+    service: SocketAddr,
+    key: &Path,
+    extra: &[&str],
+) -> Program {
     let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
-    let args = [
+    let mut args = [
         "agent".to_owned(),
         "--bind".to_owned(),
         management_addr(family).to_string(),
@@ -296,7 +310,9 @@ pub fn start_agent(topo: &Topology, family: Family, service: SocketAddr, key: &P
         "primary".to_owned(),
         "--service".to_owned(),
         service.to_string(),
-    ];
+    ]
+    .to_vec();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
 }
 

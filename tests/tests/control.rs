@@ -62,8 +62,8 @@ fn control_socket_refuses_forged_requests_and_counts_them() {
             "{\"error\":\"malformed control request: expected ident at line 1 column 2\"}\n",
             "{\"error\":\"malformed control request: unknown field `epoch`, expected \
              `services`\"}\n",
-            "{\"error\":\"malformed control request: unknown variant `detach`, expected \
-             `takeover` or `status` at line 1 column 19\"}\n",
+            "{\"error\":\"malformed control request: unknown variant `detach`, expected one \
+             of `takeover`, `status`, `migrate` at line 1 column 19\"}\n",
             "{\"error\":\"request longer than 65536 bytes\"}\n",
         ]
     );

@@ -358,6 +358,30 @@ fn invalid_window_is_refused_naming_the_call_and_the_flow() {
 }
 
 #[test]
+fn a_dump_with_unread_client_bytes_is_refused_naming_them() {
+    require_root();
+    let topo = Topology::new();
+    service_address(&topo, Family::V4, "add");
+    let service = topo.service(Family::V4, PORT);
+    let (mut client, server) = connect(&topo, service);
+    client.write_all(&[7u8; 100]).expect("write");
+    let deadline = Instant::now() + TIMEOUT;
+    let mut peeked = [0u8; 100];
+    while server.peek(&mut peeked).expect("peek") < 100 {
+        assert!(Instant::now() < deadline, "the 100 bytes never arrived");
+        thread::sleep(Duration::from_millis(5));
+    }
+    let client_end = client.local_addr().expect("local_addr");
+
+    let err = connmirror::dump::dump(&server, QueueMode::Sent).expect_err("unread bytes");
+
+    assert_eq!(
+        err.to_string(),
+        format!("ioctl(SIOCINQ) on {service} ↔ {client_end}: 100 received bytes are not read yet")
+    );
+}
+
+#[test]
 fn a_flow_restored_twice_is_refused_at_connect_v6() {
     require_root();
     let topo = Topology::new();

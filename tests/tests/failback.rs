@@ -1,0 +1,467 @@
+//! Failback and fencing on the standby's side. After an automatic failover
+//! the old primary comes back:
+//!
+//! - announcing itself `--recovering`, to a standby with `--failback drain`:
+//!   the restored connections stay on the standby, byte-exact, until they
+//!   close; a new connection reaches the primary; the primary owns the
+//!   services again under the next epoch; no RST reaches a client;
+//! - announcing itself recovering to a standby with `--failback migrate`, or
+//!   with `manual` and an operator running `connmirror migrate --to primary`:
+//!   the live connections move to the primary (`TCP_REPAIR` dump on the
+//!   standby, restore by the agent, handoff to the primary's echo app),
+//!   every stream byte-exact, no RST;
+//! - claiming a higher epoch outright (after the restored connections closed,
+//!   and having rebooted): the standby steps down (releases the service
+//!   address, protects the service again) and new connections reach the
+//!   primary.
+//!
+//! In the drain tests the returning primary's namespace keeps its stale TCP
+//! sockets (a host that did not reboot): its retransmissions on the drained
+//! connections must be fenced per flow, or they would draw RSTs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use connmirror::migrate::MigrateReport;
+use connmirror::status::StatusReport;
+use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
+use connmirror_tests::failover::{
+    Program, configure_primary, detecting_standby_command, echo_example, echo_primary, handoff_app,
+    key_file, kill_primary, start_agent, start_agent_with, status_of,
+};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
+use connmirror_tests::mirror::Mirror;
+use connmirror_tests::process::{output_with_timeout, wait_for_text};
+use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
+use connmirror_tests::wire::{WireSeen, WireWatch};
+use connmirror_tests::workdir::WorkDir;
+
+const PORT: u16 = 7000;
+
+/// Waits until the standby's log says `text`.
+fn wait_log(standby: &Mirror, text: &str) {
+    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(20)) {
+        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
+    }
+}
+
+/// A standby that took the service over from a dead primary, serving four
+/// restored echo streams through its handoff application.
+struct Failed {
+    _dir: WorkDir,
+    key: PathBuf,
+    topo: Topology,
+    service: SocketAddr,
+    standby: Mirror,
+    _app: Program,
+    clients: EchoClients,
+    watch: WireWatch,
+}
+
+fn failed_over(family: Family, failback: &str) -> Failed {
+    failed_over_with(family, &["--failback", failback])
+}
+
+/// [`failed_over`] with these standby flags.
+fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
+    connmirror_tests::require_root();
+    let dir = WorkDir::new("failback");
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, PORT);
+    configure_primary(&topo, family, service);
+    let mut primary = echo_primary(&topo, service);
+    let command = (flags.iter()).fold(
+        detecting_standby_command(&topo, family, service, &key),
+        |command, flag| command.arg(flag),
+    );
+    let standby = Mirror::start(&topo.gateway, &command);
+    let app = handoff_app(&topo, &standby, service);
+    let mut agent = start_agent(&topo, family, service, &key);
+    wait_log(&standby, "armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("streams flow before the failure");
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    kill_primary(&topo, &mut primary);
+    agent.kill();
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(60))
+        .expect("every stream continues on the standby");
+    Failed {
+        _dir: dir,
+        key,
+        topo,
+        service,
+        standby,
+        _app: app,
+        clients,
+        watch,
+    }
+}
+
+/// The old primary's link and addresses come back, with its echo server.
+fn primary_returns(topo: &Topology, family: Family, service: SocketAddr) -> Program {
+    topo.server.ip(["link", "set", "dev", SERVER_IF, "up"]);
+    configure_primary(topo, family, service);
+    echo_primary(topo, service)
+}
+
+/// Destroys every TCP socket of the primary's namespace (`ss -K`), as the
+/// reboot of a crashed host would, while its link is still down.
+fn forget_tcp_state(topo: &Topology) {
+    let out = topo
+        .server
+        .command("ss")
+        .args(["-K", "-tan"])
+        .output()
+        .expect("run ss -K");
+    assert!(
+        out.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One new echo connection, run until it moved 64 KiB both ways.
+fn fresh_connection(topo: &Topology, service: SocketAddr) -> EchoResult {
+    let fresh = EchoClients::start(&topo.client, service, 1, EchoOptions::default());
+    fresh
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("a new connection flows");
+    let mut results = fresh.finish(Duration::from_secs(30));
+    results.pop().expect("one result")
+}
+
+fn assert_exact(results: &[EchoResult]) {
+    for r in results {
+        assert_eq!(r.error, None, "connection {}", r.local);
+        assert!(r.verified > 0, "connection {}", r.local);
+        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
+    }
+}
+
+/// Polls the standby's status until `done` holds (at most 10 s).
+fn wait_status(
+    topo: &Topology,
+    standby: &Mirror,
+    done: impl Fn(&StatusReport) -> bool,
+) -> StatusReport {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = status_of(topo, standby);
+        if done(&status) || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn drain_failback(family: Family) {
+    let Failed {
+        _dir,
+        key,
+        topo,
+        service,
+        standby,
+        _app,
+        clients,
+        watch,
+    } = failed_over(family, "drain");
+
+    let primary = primary_returns(&topo, family, service);
+    let agent = start_agent_with(&topo, family, service, &key, &["--recovering"]);
+    let owner = agent.wait_line("owner again", Duration::from_secs(20));
+    wait_log(&standby, "failback complete");
+    let draining = status_of(&topo, &standby);
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("the restored streams go on at the standby");
+    let fresh = fresh_connection(&topo, service);
+    let accepted = primary.wait_line("accepted", Duration::from_secs(10));
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let drained = wait_status(&topo, &standby, |s| s.services[0].state == "protected");
+    let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let (report, _dir) = standby.stop();
+
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_eq!((draining.role.as_str(), draining.epoch), ("standby", 3));
+    assert_eq!(draining.services[0].state, "draining");
+    assert_exact(&results);
+    assert_exact(std::slice::from_ref(&fresh));
+    assert_eq!(
+        accepted,
+        format!("accepted {}", fresh.local),
+        "the primary served the new connection"
+    );
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(drained.services[0].state, "protected", "{drained:#?}");
+    assert!(drained.peer.expect("the primary is heard").alive);
+    assert_eq!(
+        metrics.count("connmirror_failbacks_total{policy=\"drain\"}"),
+        1
+    );
+    assert_eq!(metrics.get("connmirror_draining_connections"), 0.0);
+    assert_eq!(metrics.get("connmirror_epoch"), 3.0);
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.flows.len(), 4);
+}
+
+#[test]
+fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_primary_v4() {
+    drain_failback(Family::V4);
+}
+
+#[test]
+fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_primary_v6() {
+    drain_failback(Family::V6);
+}
+
+/// The primary comes back rebooted (no stale sockets on the 4-tuples it
+/// takes back): its link, addresses, echo listener, its agent announcing
+/// itself recovering with a handoff socket, and the echo example registered
+/// there. Returns (agent, handoff application, listener).
+fn recovering_primary(failed: &Failed, family: Family) -> (Program, Program, Program) {
+    let Failed {
+        _dir,
+        key,
+        topo,
+        service,
+        ..
+    } = failed;
+    forget_tcp_state(topo);
+    let listener = primary_returns(topo, family, *service);
+    let socket = _dir.path().join("agent-handoff.sock").display().to_string();
+    let flags = ["--recovering", "--handoff", &socket];
+    let agent = start_agent_with(topo, family, *service, key, &flags);
+    let args = [
+        "handoff",
+        "--socket",
+        &socket,
+        "--service",
+        &service.to_string(),
+    ]
+    .map(String::from);
+    let app = Program::start(&topo.server, echo_example(), args, "registered");
+    (agent, app, listener)
+}
+
+/// Checks a migration's outcome: every stream exact and longer than before,
+/// each connection resumed by the primary's application, no RST.
+fn assert_migrated(results: &[EchoResult], before: u64, resumed: &[String], seen: &WireSeen) {
+    assert_exact(results);
+    let moved: u64 = results.iter().map(|r| r.verified).sum();
+    assert!(
+        moved > before + (1 << 20),
+        "{before} then {moved} bytes verified"
+    );
+    for r in results {
+        let line = format!("resumed {} c2s=0 s2c=0", r.local);
+        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+}
+
+fn migrate_failback(family: Family) {
+    let failed = failed_over(family, "migrate");
+    let before = failed.clients.verified();
+    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let Failed {
+        _dir,
+        topo,
+        service,
+        standby,
+        clients,
+        watch,
+        ..
+    } = failed;
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed: Vec<String> = (0..4)
+        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
+        .collect();
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let after = status_of(&topo, &standby);
+    let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
+    let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let (_report, _dir2) = standby.stop();
+
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&results, before, &resumed, &seen);
+    assert_eq!((after.role.as_str(), after.epoch), ("standby", 3));
+    assert_eq!(after.services[0].state, "protected");
+    assert!(
+        !lo.contains(&format!(" {}/", service.ip())),
+        "the standby still has the service address:\n{lo}"
+    );
+    assert_eq!(
+        metrics.count("connmirror_failbacks_total{policy=\"migrate\"}"),
+        1
+    );
+}
+
+#[test]
+fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v4() {
+    migrate_failback(Family::V4);
+}
+
+#[test]
+fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
+    migrate_failback(Family::V6);
+}
+
+/// `connmirror migrate --to primary`, by hand: the standby's policy is
+/// `manual` (with `--keep-sockets`), so the recovering primary waits until
+/// the operator moves the connections.
+fn migrate_to(family: Family) {
+    let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"]);
+    let before = failed.clients.verified();
+    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let Failed {
+        _dir,
+        topo,
+        service,
+        standby,
+        clients,
+        watch,
+        ..
+    } = failed;
+    wait_log(
+        &standby,
+        "the primary is recovering; failback policy is manual",
+    );
+    let waiting = status_of(&topo, &standby);
+    let report = run_migrate(&topo, &standby, &["--to", "primary", "--json"]);
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed: Vec<String> = (0..4)
+        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
+        .collect();
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (unknown_ok, _, unknown_err) = migrate_cli(&topo, &standby, &["--to", "nobody"]);
+    let (_report, _dir2) = standby.stop();
+
+    assert_eq!((waiting.role.as_str(), waiting.epoch), ("owner", 2));
+    let report: MigrateReport = serde_json::from_str(&report).expect("migrate report");
+    assert_eq!(
+        (report.to.as_str(), report.moved, report.epoch),
+        ("primary", 4, 2),
+        "{report:?}"
+    );
+    assert_eq!(report.services, vec![service]);
+    assert_eq!(report.errors, Vec::<String>::new());
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&results, before, &resumed, &seen);
+    assert!(!unknown_ok);
+    assert_eq!(
+        unknown_err.trim(),
+        "error: the standby refused: node \"nobody\" was never heard from: its agent must run (with --handoff)"
+    );
+}
+
+/// Runs `connmirror migrate --control SOCKET ARGS...` in the standby's
+/// namespace: (exit 0, stdout, stderr).
+fn migrate_cli(topo: &Topology, standby: &Mirror, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = topo.gateway.command(connmirror_tests::connmirror_bin());
+    cmd.arg("migrate")
+        .arg("--control")
+        .arg(standby.control_socket())
+        .args(args);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// [`migrate_cli`] that must succeed; its stdout.
+fn run_migrate(topo: &Topology, standby: &Mirror, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = migrate_cli(topo, standby, args);
+    assert!(ok, "connmirror migrate failed:\n{stderr}\n{stdout}");
+    stdout
+}
+
+#[test]
+fn migrate_to_moves_live_connections_on_request_v4() {
+    migrate_to(Family::V4);
+}
+
+#[test]
+fn migrate_to_moves_live_connections_on_request_v6() {
+    migrate_to(Family::V6);
+}
+
+fn step_down(family: Family) {
+    let Failed {
+        _dir,
+        key,
+        topo,
+        service,
+        standby,
+        _app,
+        clients,
+        watch,
+    } = failed_over(family, "manual");
+    let results = clients.finish(Duration::from_secs(60));
+    let owning = status_of(&topo, &standby);
+
+    // A crashed host reboots with no TCP state; the namespace kept its
+    // kernel, whose orphaned sockets would retransmit to the clients.
+    forget_tcp_state(&topo);
+    let primary = primary_returns(&topo, family, service);
+    // Client segments forwarded while the primary was down reach it as soon as
+    // its link is up; having no sockets, it answers each with a RST. The
+    // standby still owns the service and fences them; once it has stepped
+    // down it no longer would, so the higher epoch comes after they passed.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent = start_agent_with(&topo, family, service, &key, &["--epoch", "5"]);
+    wait_log(&standby, "stepped down: a higher epoch owns the services");
+    let after = status_of(&topo, &standby);
+    let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
+    let fresh = fresh_connection(&topo, service);
+    let accepted = primary.wait_line("accepted", Duration::from_secs(10));
+    let seen = watch.stop();
+    let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let (_report, _dir) = standby.stop();
+
+    assert_exact(&results);
+    assert_eq!((owning.role.as_str(), owning.epoch), ("owner", 2));
+    assert_eq!((after.role.as_str(), after.epoch), ("standby", 5));
+    assert_eq!(after.services[0].state, "protected");
+    assert!(
+        !lo.contains(&format!(" {}/", service.ip())),
+        "the standby still has the service address:\n{lo}"
+    );
+    assert_exact(std::slice::from_ref(&fresh));
+    assert_eq!(accepted, format!("accepted {}", fresh.local));
+    assert!(
+        !agent.stderr().contains("stepped down"),
+        "the higher epoch must not step down:\n{}",
+        agent.stderr()
+    );
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(metrics.count("connmirror_step_downs_total"), 1);
+    assert_eq!(metrics.get("connmirror_epoch"), 5.0);
+}
+
+#[test]
+fn the_standby_steps_down_when_a_higher_epoch_claims_its_services_v4() {
+    step_down(Family::V4);
+}
+
+#[test]
+fn the_standby_steps_down_when_a_higher_epoch_claims_its_services_v6() {
+    step_down(Family::V6);
+}
