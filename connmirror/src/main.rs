@@ -237,39 +237,26 @@ fn takeover(
     let request = Request::Takeover {
         services: (!services.is_empty()).then_some(services),
     };
-    let report = match control::request(control, &request)? {
-        Response::Takeover(report) => report,
-        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
-        Response::Status(_) | Response::Migrate(_) => {
-            anyhow::bail!("the standby answered a takeover with something else")
-        }
+    let pick = |response| match response {
+        Response::Takeover(report) => Some(report),
+        _ => None,
     };
-    let mut stdout = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut stdout, &report)?;
-        writeln!(stdout)?;
-    } else {
-        print_takeover(&report, &mut stdout)?;
-    }
-    Ok(())
+    ask(control, &request, "a takeover", pick, json, print_takeover)
 }
 
 fn status(control: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    let status = match control::request(control, &Request::Status)? {
-        Response::Status(status) => status,
-        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
-        Response::Takeover(_) | Response::Migrate(_) => {
-            anyhow::bail!("the standby answered a status request with something else")
-        }
+    let pick = |response| match response {
+        Response::Status(status) => Some(status),
+        _ => None,
     };
-    let mut stdout = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut stdout, &status)?;
-        writeln!(stdout)?;
-    } else {
-        status.print(&mut stdout)?;
-    }
-    Ok(())
+    ask(
+        control,
+        &Request::Status,
+        "a status request",
+        pick,
+        json,
+        |status, out| status.print(out),
+    )
 }
 
 fn migrate(
@@ -282,29 +269,56 @@ fn migrate(
         to,
         services: (!services.is_empty()).then_some(services),
     };
-    let report = match control::request(control, &request)? {
-        Response::Migrate(report) => report,
+    let pick = |response| match response {
+        Response::Migrate(report) => Some(report),
+        _ => None,
+    };
+    ask(
+        control,
+        &request,
+        "a migration",
+        pick,
+        json,
+        |report, out| {
+            let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "migrated {} connections of {} to {} (agent {}); {} could not be taken; it claims epoch {}",
+                report.moved,
+                services.join(", "),
+                report.to,
+                report.agent,
+                report.errors.len(),
+                report.epoch + 1
+            )
+        },
+    )
+}
+
+/// Sends `request` to the standby's control socket and prints the answer
+/// `pick` accepts: as JSON with `json`, else with `human`. A refusal or
+/// another kind of answer is an error naming `what` was asked.
+fn ask<T: serde::Serialize>(
+    control: &std::path::Path,
+    request: &Request,
+    what: &str,
+    pick: impl FnOnce(Response) -> Option<T>,
+    json: bool,
+    human: impl FnOnce(&T, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let answer = match control::request(control, request)? {
         Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
-        Response::Status(_) | Response::Takeover(_) => {
-            anyhow::bail!("the standby answered a migration with something else")
-        }
+        other => match pick(other) {
+            Some(answer) => answer,
+            None => anyhow::bail!("the standby answered {what} with something else"),
+        },
     };
     let mut stdout = std::io::stdout().lock();
     if json {
-        serde_json::to_writer_pretty(&mut stdout, &report)?;
+        serde_json::to_writer_pretty(&mut stdout, &answer)?;
         writeln!(stdout)?;
     } else {
-        let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
-        writeln!(
-            stdout,
-            "migrated {} connections of {} to {} (agent {}); {} could not be taken; it claims epoch {}",
-            report.moved,
-            services.join(", "),
-            report.to,
-            report.agent,
-            report.errors.len(),
-            report.epoch + 1
-        )?;
+        human(&answer, &mut stdout)?;
     }
     Ok(())
 }

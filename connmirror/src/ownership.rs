@@ -215,6 +215,12 @@ async fn listen(
     let mut heard: Option<Heard> = None;
     let mut last: Option<(Instant, SocketAddr)> = None;
     let mut buf = vec![0u8; crate::heartbeat::MAX_MESSAGE + 1];
+    // Before reading anything: a heartbeat already queued must not make the
+    // standby skip asking (then ask again every tick until one arrives).
+    if let Some(agent) = config.solicit {
+        counter += 1;
+        solicit(&socket, &config, counter, agent);
+    }
     loop {
         tokio::select! {
             received = socket.recv_from(&mut buf) => {

@@ -316,6 +316,40 @@ pub fn start_agent_with(
     Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
 }
 
+/// A primary ready to be protected: the shared key, the topology, the
+/// primary's addresses in place and its echo server running.
+pub struct PrimarySetup {
+    /// Holds the key file.
+    pub dir: WorkDir,
+    /// The shared key file.
+    pub key: PathBuf,
+    /// client ↔ gateway (standby) ↔ server (primary).
+    pub topo: Topology,
+    /// The protected service.
+    pub service: SocketAddr,
+    /// The primary's echo server.
+    pub primary: Program,
+}
+
+/// Sets up a [`PrimarySetup`] serving `port` over `family`; `role` names the
+/// scratch directory.
+pub fn primary_setup(family: Family, port: u16, role: &str) -> PrimarySetup {
+    crate::require_root();
+    let dir = WorkDir::new(role);
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, port);
+    configure_primary(&topo, family, service);
+    let primary = echo_primary(&topo, service);
+    PrimarySetup {
+        dir,
+        key,
+        topo,
+        service,
+        primary,
+    }
+}
+
 /// `connmirror status --json` of `standby`, parsed.
 pub fn status_of(topo: &Topology, standby: &Mirror) -> StatusReport {
     let json = status(&topo.gateway, &standby.control_socket(), true);

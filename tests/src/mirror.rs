@@ -246,6 +246,15 @@ impl Mirror {
         self.dir.as_ref().expect("scratch dir").path()
     }
 
+    /// Waits (at most 30 s) until the daemon's log says `text`; panics with
+    /// the log otherwise.
+    pub fn wait_log(&self, text: &str) {
+        let timeout = Duration::from_secs(30);
+        if let Err(stderr) = crate::process::wait_for_text(|| self.stderr(), text, timeout) {
+            panic!("`{}` never logged {text:?}; stderr:\n{stderr}", self.what);
+        }
+    }
+
     /// Everything the mirror wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir().join("mirror.stderr")).unwrap_or_default()

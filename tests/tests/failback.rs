@@ -27,24 +27,18 @@ use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
 use connmirror_tests::failover::{
-    Program, configure_primary, detecting_standby_command, echo_example, echo_primary, handoff_app,
-    key_file, kill_primary, start_agent, start_agent_with, status_of,
+    PrimarySetup, Program, configure_primary, detecting_standby_command, echo_example,
+    echo_primary, handoff_app, kill_primary, primary_setup, start_agent, start_agent_with,
+    status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::process::{output_with_timeout, wait_for_text};
+use connmirror_tests::process::output_with_timeout;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
-
-/// Waits until the standby's log says `text`.
-fn wait_log(standby: &Mirror, text: &str) {
-    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(20)) {
-        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
-    }
-}
 
 /// A standby that took the service over from a dead primary, serving four
 /// restored echo streams through its handoff application.
@@ -65,13 +59,13 @@ fn failed_over(family: Family, failback: &str) -> Failed {
 
 /// [`failed_over`] with these standby flags.
 fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
-    connmirror_tests::require_root();
-    let dir = WorkDir::new("failback");
-    let key = key_file(&dir);
-    let topo = Topology::new();
-    let service = topo.service(family, PORT);
-    configure_primary(&topo, family, service);
-    let mut primary = echo_primary(&topo, service);
+    let PrimarySetup {
+        dir,
+        key,
+        topo,
+        service,
+        mut primary,
+    } = primary_setup(family, PORT, "failback");
     let command = (flags.iter()).fold(
         detecting_standby_command(&topo, family, service, &key),
         |command, flag| command.arg(flag),
@@ -79,7 +73,7 @@ fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
     let standby = Mirror::start(&topo.gateway, &command);
     let app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("armed: primary heard");
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
@@ -174,7 +168,7 @@ fn drain_failback(family: Family) {
     let primary = primary_returns(&topo, family, service);
     let agent = start_agent_with(&topo, family, service, &key, &["--recovering"]);
     let owner = agent.wait_line("owner again", Duration::from_secs(20));
-    wait_log(&standby, "failback complete");
+    standby.wait_log("failback complete");
     let draining = status_of(&topo, &standby);
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
@@ -334,10 +328,7 @@ fn migrate_to(family: Family) {
         watch,
         ..
     } = failed;
-    wait_log(
-        &standby,
-        "the primary is recovering; failback policy is manual",
-    );
+    standby.wait_log("the primary is recovering; failback policy is manual");
     let waiting = status_of(&topo, &standby);
     let report = run_migrate(&topo, &standby, &["--to", "primary", "--json"]);
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
@@ -427,7 +418,7 @@ fn step_down(family: Family) {
     // down it no longer would, so the higher epoch comes after they passed.
     std::thread::sleep(Duration::from_secs(1));
     let agent = start_agent_with(&topo, family, service, &key, &["--epoch", "5"]);
-    wait_log(&standby, "stepped down: a higher epoch owns the services");
+    standby.wait_log("stepped down: a higher epoch owns the services");
     let after = status_of(&topo, &standby);
     let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
     let fresh = fresh_connection(&topo, service);

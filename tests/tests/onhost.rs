@@ -11,18 +11,15 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    Program, configure_primary, echo_primary, gateway_addrs, handoff_app, key_file, kill_primary,
-    status, status_of,
+    PrimarySetup, gateway_addrs, handoff_app, kill_primary, primary_setup, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::onhost::{
     Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
 };
-use connmirror_tests::process::wait_for_text;
-use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
+use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF};
 use connmirror_tests::wire::WireWatch;
-use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
 /// The echo handoff resumes from the history: both ends keep all of it.
@@ -30,38 +27,6 @@ const FULL: [&str; 2] = ["--retention", "full"];
 
 fn full(service: SocketAddr) -> String {
     format!("{service}=full")
-}
-
-/// Waits until the standby's log says `text`.
-fn wait_log(standby: &Mirror, text: &str) {
-    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(30)) {
-        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
-    }
-}
-
-struct Setup {
-    dir: WorkDir,
-    key: PathBuf,
-    topo: Topology,
-    service: SocketAddr,
-    primary: Program,
-}
-
-fn setup(family: Family) -> Setup {
-    connmirror_tests::require_root();
-    let dir = WorkDir::new("onhost");
-    let key = key_file(&dir);
-    let topo = Topology::new();
-    let service = topo.service(family, PORT);
-    configure_primary(&topo, family, service);
-    let primary = echo_primary(&topo, service);
-    Setup {
-        dir,
-        key,
-        topo,
-        service,
-        primary,
-    }
 }
 
 /// `--sync`, and a standby that boots after the connections began: the
@@ -79,19 +44,19 @@ fn sync_failover_from_a_late_standby_loses_no_byte_v6() {
 }
 
 fn sync_failover_from_a_late_standby(family: Family) {
-    let Setup {
+    let PrimarySetup {
         dir: _dir,
         key,
         topo,
         service,
         mut primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "onhost");
     let mut agent = start_onhost_agent(&topo, family, service, &key, &["--sync", FULL[0], FULL[1]]);
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     let standby = onhost_standby(&topo, family, &full(service), &key);
     let _app = handoff_app(&topo, &standby, service);
-    wait_log(&standby, "replication channel established");
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("replication channel established");
+    standby.wait_log("armed: primary heard");
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
         .expect("streams flow under --sync once the standby holds them");
@@ -159,18 +124,18 @@ fn sync_failover_from_a_late_standby(family: Family) {
 #[test]
 fn async_failover_loses_at_most_the_reported_lag_v4() {
     let family = Family::V4;
-    let Setup {
+    let PrimarySetup {
         dir: _dir,
         key,
         topo,
         service,
         mut primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "onhost");
     let standby = onhost_standby(&topo, family, &full(service), &key);
     let _app = handoff_app(&topo, &standby, service);
     let mut agent = start_onhost_agent(&topo, family, service, &key, &FULL);
-    wait_log(&standby, "replication channel established");
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("replication channel established");
+    standby.wait_log("armed: primary heard");
     let mut probe = Probe::start(&topo.client, service, 512 << 10);
     wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
     let before = status_of(&topo, &standby);
@@ -218,13 +183,13 @@ fn async_failover_loses_at_most_the_reported_lag_v4() {
 #[test]
 fn replication_under_a_wrong_key_is_refused_and_counted() {
     let family = Family::V4;
-    let Setup {
+    let PrimarySetup {
         dir,
         key,
         topo,
         service,
         primary: _primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "onhost");
     let standby = Mirror::start(
         &topo.gateway,
         &onhost_standby_command(family, &full(service), &key),
@@ -232,7 +197,7 @@ fn replication_under_a_wrong_key_is_refused_and_counted() {
     let wrong = wrong_key(dir.path());
     let agent = start_onhost_agent(&topo, family, service, &wrong, &FULL);
     let gateway = gateway_addrs(family).0;
-    wait_log(&standby, "failed authentication under the shared key");
+    standby.wait_log("failed authentication under the shared key");
     agent.wait_stderr(
         &format!(
             "replication handshake with {gateway}:{REPLICATION_PORT} refused: the standby \

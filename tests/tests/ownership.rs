@@ -6,7 +6,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
@@ -15,67 +14,31 @@ use std::time::{Duration, Instant};
 use connmirror::heartbeat::{self, Key, Kind, Ownership};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, KEY, Program, agent_addr, configure_primary, detecting_standby,
-    detecting_standby_command, echo_primary, gateway_addrs, handoff_app, key_file, kill_primary,
-    start_agent, status, status_of,
+    HEARTBEAT_PORT, KEY, PrimarySetup, agent_addr, configure_primary, detecting_standby,
+    detecting_standby_command, echo_primary, gateway_addrs, handoff_app, kill_primary,
+    primary_setup, start_agent, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::process::wait_for_text;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::traffic::SplitMix64;
 use connmirror_tests::wire::WireWatch;
-use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
 const CLUSTER: &str = "connmirror";
 
-/// Waits until the standby's log says `text`.
-fn wait_log(standby: &Mirror, text: &str) {
-    if let Err(stderr) = wait_for_text(|| standby.stderr(), text, Duration::from_secs(20)) {
-        panic!("the standby never logged {text:?}; stderr:\n{stderr}");
-    }
-}
-
-/// A topology whose primary serves the echo example, its addresses in
-/// place, and the shared key file.
-struct Setup {
-    _dir: WorkDir,
-    key: PathBuf,
-    topo: Topology,
-    service: SocketAddr,
-    primary: Program,
-}
-
-fn setup(family: Family) -> Setup {
-    connmirror_tests::require_root();
-    let dir = WorkDir::new("ownership");
-    let key = key_file(&dir);
-    let topo = Topology::new();
-    let service = topo.service(family, PORT);
-    configure_primary(&topo, family, service);
-    let primary = echo_primary(&topo, service);
-    Setup {
-        _dir: dir,
-        key,
-        topo,
-        service,
-        primary,
-    }
-}
-
 fn automatic_failover(family: Family) {
-    let Setup {
-        _dir,
+    let PrimarySetup {
+        dir: _dir,
         key,
         topo,
         service,
         mut primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "ownership");
     let standby = detecting_standby(&topo, family, service, &key);
     let _app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("armed: primary heard");
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
@@ -272,13 +235,13 @@ fn ping_pong(
 /// the connections it only ever saw mid-stream (`--mid-stream restore`),
 /// flagged as such, with every round trip exact before and after.
 fn late_standby(family: Family) {
-    let Setup {
-        _dir,
+    let PrimarySetup {
+        dir: _dir,
         key,
         topo,
         service,
         mut primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "ownership");
     let mut agent = start_agent(&topo, family, service, &key);
     let clients = PingPong::start(&topo, service, 4);
     clients.wait_rounds(40, Duration::from_secs(20));
@@ -290,7 +253,7 @@ fn late_standby(family: Family) {
         .arg("restore");
     let standby = Mirror::start(&topo.gateway, &command);
     let _app = handoff_app(&topo, &standby, service);
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("armed: primary heard");
     agent.wait_stderr("solicited by the standby", Duration::from_secs(10));
     clients.resume();
     clients.wait_rounds(40, Duration::from_secs(20));
@@ -299,7 +262,7 @@ fn late_standby(family: Family) {
 
     kill_primary(&topo, &mut primary);
     agent.kill();
-    wait_log(&standby, "step=\"resume\"");
+    standby.wait_log("step=\"resume\"");
     clients.wait_rounds(20, Duration::from_secs(60));
     let results = clients.finish();
     let seen = watch.stop();
@@ -349,16 +312,16 @@ fn send_from(topo: &Topology, to: SocketAddr, datagrams: &[Vec<u8>]) {
 #[test]
 fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     let family = Family::V4;
-    let Setup {
-        _dir,
+    let PrimarySetup {
+        dir: _dir,
         key,
         topo,
         service,
         mut primary,
-    } = setup(family);
+    } = primary_setup(family, PORT, "ownership");
     let standby = detecting_standby(&topo, family, service, &key);
     let mut agent = start_agent(&topo, family, service, &key);
-    wait_log(&standby, "armed: primary heard");
+    standby.wait_log("armed: primary heard");
     let target = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);
     // What a forger would send: the primary's ownership, under a higher epoch.
     let claim = Ownership {
@@ -390,7 +353,7 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     // Forgeries keep coming while the primary is dead: they must not keep it alive.
     send_from(&topo, target, &forged);
     send_from(&topo, target, &replayed);
-    wait_log(&standby, "takeover");
+    standby.wait_log("takeover");
     let (report, _dir) = standby.stop();
 
     assert!(
