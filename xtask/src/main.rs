@@ -116,8 +116,12 @@ pub enum Area {
     /// Restore time against the number of connections, and takeover trigger
     /// to first byte (p50/p99).
     Failover,
-    /// Automatic failover: primary death to the first resumed byte (p50/p99/max).
+    /// Automatic failover: primary death to the first resumed byte (p50/p99/max),
+    /// then the on-host part.
     Ownership,
+    /// On-host mode alone: throughput and request/echo latency with no mirror,
+    /// asynchronous replication and `--sync`, as ratios in the same run.
+    Onhost,
 }
 
 impl Area {
@@ -129,6 +133,7 @@ impl Area {
             Area::Journal => "journal",
             Area::Failover => "failover",
             Area::Ownership => "ownership",
+            Area::Onhost => "onhost",
         }
     }
 }
