@@ -89,6 +89,17 @@ pub struct EchoResult {
     pub local: SocketAddr,
 }
 
+/// Asserts that every connection in `results` ended cleanly, sent something,
+/// and got back exactly what it sent (every byte verified, equal sha256).
+pub fn assert_exact(results: &[EchoResult]) {
+    for r in results {
+        assert_eq!(r.error, None, "connection {}; all: {results:#?}", r.local);
+        assert!(r.sent > 0, "connection {} sent nothing", r.local);
+        assert_eq!(r.verified, r.sent, "connection {}", r.local);
+        assert_eq!(r.received_sha256, r.sent_sha256, "connection {}", r.local);
+    }
+}
+
 /// `n` streaming connections to one echo server; see the module docs.
 pub struct EchoClients {
     runtime: Runtime,

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
-use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
+use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     PrimarySetup, Program, configure_primary, detecting_standby_command, echo_example,
     echo_primary, handoff_app, kill_primary, primary_setup, start_agent, start_agent_with,
@@ -127,14 +127,6 @@ fn fresh_connection(topo: &Topology, service: SocketAddr) -> EchoResult {
         .expect("a new connection flows");
     let mut results = fresh.finish(Duration::from_secs(30));
     results.pop().expect("one result")
-}
-
-fn assert_exact(results: &[EchoResult]) {
-    for r in results {
-        assert_eq!(r.error, None, "connection {}", r.local);
-        assert!(r.verified > 0, "connection {}", r.local);
-        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
-    }
 }
 
 /// Polls the standby's status until `done` holds (at most 10 s).

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
+use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     echo_primary, handoff_app, kill_primary, standby_command, takeover,
 };
@@ -62,12 +62,7 @@ fn standby(topo: &Topology, service: SocketAddr) -> Mirror {
 
 fn assert_streams_exact(results: &[EchoResult], conns: usize) {
     assert_eq!(results.len(), conns);
-    for r in results {
-        assert_eq!(r.error, None, "connection {}; all: {results:#?}", r.local);
-        assert!(r.sent > 0, "connection {} sent nothing", r.local);
-        assert_eq!(r.verified, r.sent, "connection {}", r.local);
-        assert_eq!(r.received_sha256, r.sent_sha256, "connection {}", r.local);
-    }
+    assert_exact(results);
 }
 
 /// The whole story: stream, kill the primary, take over, stream on, check.

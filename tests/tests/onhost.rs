@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use connmirror_common::Counter;
-use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
     PrimarySetup, gateway_addrs, handoff_app, kill_primary, primary_setup, status, status_of,
 };
@@ -98,10 +98,7 @@ fn sync_failover_from_a_late_standby(family: Family) {
             .any(|l| l.starts_with("lag       ") && l.ends_with(" s")),
         "{table}"
     );
-    for r in &results {
-        assert_eq!(r.error, None, "connection {}", r.local);
-        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
-    }
+    assert_exact(&results);
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
     assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
     let takeover = &report.takeovers[0];

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use connmirror::heartbeat::{self, Key, Kind, Ownership};
-use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, KEY, PrimarySetup, agent_addr, configure_primary, detecting_standby,
     detecting_standby_command, echo_primary, gateway_addrs, handoff_app, kill_primary,
@@ -91,10 +91,7 @@ fn automatic_failover(family: Family) {
         "the old primary still has the service address:\n{addresses}"
     );
 
-    for r in &results {
-        assert_eq!(r.error, None, "connection {}", r.local);
-        assert_eq!((r.verified, r.received_sha256), (r.sent, r.sent_sha256));
-    }
+    assert_exact(&results);
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
     assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
     let takeover = &report.takeovers[0];

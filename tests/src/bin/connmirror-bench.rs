@@ -340,17 +340,7 @@ fn capture_run(config: &Config) -> Result<Sample> {
     let capturer = Running::start(config, &topo, service)?;
     live::interrupt_point()?;
 
-    let mut server = topo
-        .server
-        .command("iperf3")
-        .args(["-s", "-1", "-B"])
-        .arg(service.ip().to_string())
-        .args(["-p", &IPERF_PORT.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawn iperf3 server")?;
+    let mut server = iperf3_server(&topo, service)?;
     let result = (|| {
         wait_listening(&topo.server, IPERF_PORT)?;
         let cpu_before = capturer.cpu_seconds()?;
@@ -547,6 +537,20 @@ fn attach_modes(stderr: &str) -> String {
         .collect();
     modes.dedup();
     modes.join(",")
+}
+
+/// A one-shot iperf3 server on `service` in the topology's server namespace.
+fn iperf3_server(topo: &Topology, service: std::net::SocketAddr) -> Result<std::process::Child> {
+    topo.server
+        .command("iperf3")
+        .args(["-s", "-1", "-B"])
+        .arg(service.ip().to_string())
+        .args(["-p", &IPERF_PORT.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("spawn iperf3 server")
 }
 
 /// Waits until something listens on TCP `port` in `ns` (IPv4 or IPv6).
@@ -1249,17 +1253,7 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
         }
         None => None,
     };
-    let mut server = topo
-        .server
-        .command("iperf3")
-        .args(["-s", "-1", "-B"])
-        .arg(service.ip().to_string())
-        .args(["-p", &IPERF_PORT.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("spawn iperf3 server")?;
+    let mut server = iperf3_server(&topo, service)?;
     wait_listening(&topo.server, IPERF_PORT)?;
     let json = iperf3_client(&topo.client, service.ip().to_string());
     let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
