@@ -22,11 +22,12 @@ use tokio::net::UdpSocket;
 
 use crate::{
     address,
+    control::{ControlServer, Pending, Request, Response},
     handoff::HandoffServer,
     heartbeat::{self, Key, Kind, Message, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
-    migrate,
-    mirror::{Signals, announce_ready},
+    migrate::{self, Prepare},
+    mirror::{EventSource as _, Signals, announce_ready},
     onhost::{self, OnHostArgs},
     ownership::Policy,
 };
@@ -89,6 +90,11 @@ pub struct AgentArgs {
     /// `connmirror::migrate`) and hands each one over.
     #[arg(long, value_name = "PATH")]
     pub handoff: Option<std::path::PathBuf>,
+    /// Control socket (created mode 0600) for `connmirror migrate --to
+    /// STANDBY --control PATH`: planned maintenance, the live connections of
+    /// the services move to the standby, which then owns them [default: none].
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
     /// Milliseconds a migrated connection waits for an application to take it
     /// on the handoff socket before it is reset.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
@@ -219,21 +225,19 @@ impl Migrations {
     }
 
     /// Takes one standby's connections, on a blocking thread.
-    fn serve(&self, stream: tokio::net::TcpStream, from: SocketAddr) {
+    fn serve(&self, stream: std::net::TcpStream, from: SocketAddr, node_id: &str) {
         let (handoff, key, last, wait) = (
             self.handoff.clone(),
             self.key.clone(),
             self.last.clone(),
             self.wait,
         );
+        let node_id = node_id.to_owned();
         tokio::task::spawn_blocking(move || {
-            let stream = stream
-                .into_std()
-                .and_then(|s| s.set_nonblocking(false).map(|()| s));
-            let outcome = stream.map_err(anyhow::Error::from).and_then(|stream| {
+            let outcome = {
                 let mut last = last.lock().expect("migration counter");
-                migrate::receive(stream, &key, &mut last, &handoff, wait)
-            });
+                migrate::receive(stream, &key, &node_id, &mut last, &handoff, wait)
+            };
             match outcome {
                 Ok(receipt) => tracing::info!(
                     %from,
@@ -247,12 +251,93 @@ impl Migrations {
     }
 }
 
-/// The next migration connection; pending without `--handoff`.
-async fn accept(
-    migrations: Option<&Migrations>,
-) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
-    match migrations {
-        Some(m) => m.listener.accept().await,
+/// What a control request may act on.
+struct Node<'a> {
+    args: &'a AgentArgs,
+    key: &'a Key,
+    ownership: &'a Ownership,
+    stepped_down: bool,
+    recovering: bool,
+}
+
+impl Node<'_> {
+    /// Answers one control request; a migration runs in the background and
+    /// answers when it is done, while the heartbeats go on.
+    fn serve(&self, pending: Pending) {
+        let Pending { request, reply } = pending;
+        let prepare = match request {
+            Request::Migrate { to, services } => self.prepare(to, services),
+            Request::Takeover { .. } | Request::Status => Err(
+                "this is an agent: it answers `connmirror migrate` only; ask the standby's control socket".into(),
+            ),
+        };
+        let prepare = match prepare {
+            Ok(prepare) => prepare,
+            Err(err) => {
+                let _ = reply.send(Response::Error(err));
+                return;
+            }
+        };
+        let (standby, bind, key) = (self.args.standby, self.args.bind, self.key.clone());
+        tokio::spawn(async move {
+            let to = prepare.to.clone();
+            let outcome = match migrate::connect_from(standby, bind).await {
+                Ok(stream) => {
+                    tokio::task::spawn_blocking(move || migrate::hand_over(stream, &key, prepare))
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the migration task: {e}")))
+                }
+                Err(err) => Err(err),
+            };
+            let response = match outcome {
+                Ok(report) => {
+                    tracing::info!(
+                        to,
+                        moved = report.moved,
+                        failed = report.errors.len(),
+                        "planned migration: connections moved"
+                    );
+                    Response::Migrate(report)
+                }
+                Err(err) => {
+                    tracing::error!(to, "planned migration failed: {err:#}");
+                    Response::Error(format!("{err:#}"))
+                }
+            };
+            let _ = reply.send(response);
+        });
+    }
+
+    /// The first frame of a planned migration of `asked` (every service when
+    /// `None`) to `to`, or why there is none.
+    fn prepare(&self, to: String, asked: Option<Vec<SocketAddr>>) -> Result<Prepare, String> {
+        if self.stepped_down || self.recovering {
+            return Err(
+                "this node does not serve its services now (it stepped down or is recovering)"
+                    .into(),
+            );
+        }
+        let services = asked.unwrap_or_else(|| self.ownership.services.clone());
+        if let Some(other) = services
+            .iter()
+            .find(|s| !self.ownership.services.contains(s))
+        {
+            return Err(format!("{other} is not a --service of this agent"));
+        }
+        Ok(Prepare {
+            node_id: self.ownership.node_id.clone(),
+            to,
+            counter: heartbeat::initial_counter(),
+            epoch: self.ownership.epoch,
+            services,
+        })
+    }
+}
+
+/// The next control request; pending without `--control`.
+async fn next_request(control: Option<&mut ControlServer>) -> Pending {
+    match control {
+        Some(control) => control.next().await,
         None => std::future::pending().await,
     }
 }
@@ -287,6 +372,10 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;
     let migrations = match &args.handoff {
         Some(path) => Some(Migrations::open(path, local, &key, args.handoff_wait).await?),
+        None => None,
+    };
+    let mut control = match &args.control {
+        Some(path) => Some(ControlServer::bind(path).context("opening the control socket")?),
         None => None,
     };
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
@@ -328,10 +417,21 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
                     _ => continue,
                 }
             }
-            accepted = accept(migrations.as_ref()) => {
+            accepted = migrate::accept(migrations.as_ref().map(|m| &m.listener)) => {
                 if let (Some(migrations), Ok((stream, from))) = (&migrations, accepted) {
-                    migrations.serve(stream, from);
+                    migrations.serve(stream, from, &args.node_id);
                 }
+                continue;
+            }
+            pending = next_request(control.as_mut()) => {
+                let node = Node {
+                    args: &args,
+                    key: &key,
+                    ownership: &ownership,
+                    stepped_down,
+                    recovering,
+                };
+                node.serve(pending);
                 continue;
             }
             scrape = exporter.next() => {

@@ -44,7 +44,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
@@ -59,6 +59,7 @@ use netlink_packet_route::{
 use thiserror::Error;
 
 use crate::address::{self, AddressError, Rtnl};
+use crate::sockets;
 
 /// Routing table that holds the drained services' `local` routes unless
 /// configured otherwise.
@@ -296,83 +297,18 @@ fn local_route(ip: IpAddr, lo: u32, table: u32) -> RouteMessage {
     msg
 }
 
-/// `TCP_TIME_WAIT` and `TCP_CLOSE` in `/proc/net/tcp*`'s `st` column.
-const GONE_STATES: [&str; 2] = ["06", "07"];
-
 /// Every TCP socket of this network namespace that is neither closed nor in
 /// `TIME-WAIT`, as (local, remote).
 fn live_flows() -> BTreeSet<FlowEnds> {
-    let mut live = BTreeSet::new();
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        live.extend(text.lines().skip(1).filter_map(proc_line));
-    }
-    live
-}
-
-/// (local, remote) of one `/proc/net/tcp*` line, unless its socket is gone.
-fn proc_line(line: &str) -> Option<FlowEnds> {
-    let mut fields = line.split_whitespace().skip(1);
-    let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
-    if GONE_STATES.contains(&state) {
-        return None;
-    }
-    Some((proc_addr(local)?, proc_addr(remote)?))
-}
-
-/// `ADDR:PORT` as `/proc/net/tcp*` prints it: the address as 32-bit words in
-/// hex, each the raw network-order word read as a host integer
-/// (`seq_printf("%08X")` in `tcp4_seq_show()` / `tcp6_seq_show()`), the port
-/// in hex.
-fn proc_addr(text: &str) -> Option<SocketAddr> {
-    let (addr, port) = text.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        let hex = addr.get(8 * i..8 * i + 8)?;
-        u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes)
-    };
-    let ip = match addr.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
+    (sockets::entries().into_iter())
+        .filter(sockets::Entry::is_live)
+        .map(|e| (e.local, e.remote))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_net_tcp_lines_parse_and_gone_sockets_are_skipped() {
-        let v4 = "   0: 020112C6:1B58 020012C6:9D78 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 30 10 -1";
-        let closed = "   1: 020112C6:1B58 020012C6:9D79 07 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 30 10 -1";
-        let v6 = "   0: 000000FD020000000000000002000000:1B58 000000FD010000000000000002000000:9D78 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 20 4 30 10 -1";
-
-        assert_eq!(
-            proc_line(v4),
-            Some((
-                "198.18.1.2:7000".parse().unwrap(),
-                "198.18.0.2:40312".parse().unwrap()
-            ))
-        );
-        assert_eq!(proc_line(closed), None);
-        assert_eq!(
-            proc_line(v6),
-            Some((
-                "[fd00:0:0:2::2]:7000".parse().unwrap(),
-                "[fd00:0:0:1::2]:40312".parse().unwrap()
-            ))
-        );
-    }
 
     #[test]
     fn a_flow_rule_selects_exactly_its_four_tuple() {

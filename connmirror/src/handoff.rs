@@ -430,6 +430,11 @@ impl HandoffServer {
         self.shared.rejected.load(Ordering::Relaxed)
     }
 
+    /// Whether an application is registered for `service` now.
+    pub fn serves(&self, service: SocketAddr) -> bool {
+        self.shared.serves(service)
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.shared.path
@@ -642,6 +647,14 @@ impl Shared {
         drop(registry);
         tracing::info!(pid, services = ?hello.services, "application registered");
         self.registered.notify_all();
+    }
+
+    /// Whether an application is registered for `service` now.
+    fn serves(&self, service: SocketAddr) -> bool {
+        self.lock()
+            .by_service
+            .get(&service)
+            .is_some_and(|apps| !apps.is_empty())
     }
 
     /// The next application for `service` (rotating), waiting until `deadline`.

@@ -31,6 +31,7 @@ pub mod replica;
 pub mod replication;
 pub mod restore;
 pub mod service;
+pub mod sockets;
 pub mod sockopt;
 pub mod standby;
 pub mod state;

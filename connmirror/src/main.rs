@@ -72,21 +72,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Ask a running standby to move the live connections it serves to NODE
-    /// (planned maintenance, or failback by hand) and yield the services.
+    /// Move the live connections of a node's services to NODE, which then
+    /// owns them: planned maintenance, or failback by hand.
     ///
-    /// NODE's agent must be heard (recovering, or as the primary) and run
-    /// with `--handoff`; the standby must keep its sockets (`--failback
-    /// migrate` or `--keep-sockets`). Prints what moved; exits 1 if the
-    /// standby refused or the migration failed (the connections then stay).
+    /// Ask the node that serves the connections now, on its control socket:
+    ///
+    /// - the primary's agent (`agent --control PATH`), with no failure at
+    ///   all: NODE is the inline standby (its `--node-id`), which quiesces the
+    ///   services, takes the server's sockets as the agent dumps them
+    ///   (`TCP_REPAIR`, taken from the server process with `pidfd_getfd`) and
+    ///   hands them to its application on the handoff socket; the agent then
+    ///   steps down. The server's own sockets are let go without a segment.
+    /// - a standby that took services over: NODE's agent must be heard
+    ///   (recovering, or as the primary) and run with `--handoff`; the
+    ///   standby must keep its sockets (`--failback migrate` or
+    ///   `--keep-sockets`).
+    ///
+    /// Prints what moved; exits 1 if the node refused or the migration failed
+    /// (the connections then stay where they were).
     Migrate {
         /// The node id to move the connections to.
         #[arg(long, value_name = "NODE")]
         to: String,
-        /// Only this service (repeat for several) [default: every service taken over].
+        /// Only this service (repeat for several) [default: every service it serves].
         #[arg(long = "service", value_name = "IP:PORT")]
         services: Vec<std::net::SocketAddr>,
-        /// The standby's control socket.
+        /// The control socket of the node serving the connections (the
+        /// standby's, or the agent's `--control`).
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
         control: PathBuf,
         /// Print the report as JSON.
@@ -283,11 +295,11 @@ fn migrate(
             let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
             writeln!(
                 out,
-                "migrated {} connections of {} to {} (agent {}); {} could not be taken; it claims epoch {}",
+                "migrated {} connections of {} to {} (at {}); {} could not be taken; it claims epoch {}",
                 report.moved,
                 services.join(", "),
                 report.to,
-                report.agent,
+                report.peer,
                 report.errors.len(),
                 report.epoch + 1
             )
@@ -307,10 +319,10 @@ fn ask<T: serde::Serialize>(
     human: impl FnOnce(&T, &mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
     let answer = match control::request(control, request)? {
-        Response::Error(err) => anyhow::bail!("the standby refused: {err}"),
+        Response::Error(err) => anyhow::bail!("the node refused: {err}"),
         other => match pick(other) {
             Some(answer) => answer,
-            None => anyhow::bail!("the standby answered {what} with something else"),
+            None => anyhow::bail!("the node answered {what} with something else"),
         },
     };
     let mut stdout = std::io::stdout().lock();

@@ -41,32 +41,37 @@
 //! [`SETTLE`]; bytes an application holds in its own memory are not moved.
 
 use std::io::{self, Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::dump;
 use crate::handoff::{FlowMeta, Handoff, HandoffServer, Recorded};
 use crate::heartbeat::Key;
-use crate::restore::{RepairedSocket, RestorePlan};
-use crate::sockopt;
+use crate::restore::{QueueMode, RepairedSocket, RestorePlan};
+use crate::{sockets, sockopt};
 
 /// Largest frame accepted, in bytes.
 pub const MAX_FRAME: usize = 256 << 20;
 /// How long [`settle`] waits at most.
 pub const SETTLE: Duration = Duration::from_secs(2);
-/// How long the standby waits for the agent's receipt.
+/// How long a connection to the peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long either side waits for the other's next frame.
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAC_LEN: usize = 32;
 
-/// Standby → agent: the connections to take.
+/// The connections to take, from the node that serves them to `to`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Batch {
     /// The sender's node id.
     pub node_id: String,
+    /// The receiver's node id: a node refuses a batch meant for another.
+    pub to: String,
     /// Must grow from batch to batch (see the module docs).
     pub counter: u64,
     /// The sender's epoch.
@@ -75,7 +80,36 @@ pub struct Batch {
     pub plans: Vec<RestorePlan>,
 }
 
-/// Agent → standby: what became of a [`Batch`].
+/// Primary → standby, first frame of a planned migration: quiesce these
+/// services and get ready to take their connections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepare {
+    /// The sender's node id.
+    pub node_id: String,
+    /// The receiver's node id.
+    pub to: String,
+    /// Must grow from migration to migration; the [`Batch`] that follows
+    /// carries the same one.
+    pub counter: u64,
+    /// The sender's epoch; the receiver claims the next one.
+    pub epoch: u64,
+    /// The services whose connections follow.
+    pub services: Vec<SocketAddr>,
+}
+
+/// Standby → primary: the answer to a [`Prepare`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prepared {
+    /// The [`Prepare`]'s counter.
+    pub counter: u64,
+    /// Why the receiver will not take the connections; `None` when the
+    /// services are quiesced and it waits for the [`Batch`].
+    pub refused: Option<String>,
+}
+
+/// What became of a [`Batch`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
@@ -92,15 +126,16 @@ pub struct Receipt {
 pub struct MigrateReport {
     /// The node the connections went to.
     pub to: String,
-    /// Its agent's address.
-    pub agent: SocketAddr,
+    /// Where it took them: its agent's address (a failback), or the
+    /// standby's heartbeat address (a planned migration from the primary).
+    pub peer: SocketAddr,
     /// The services handed over.
     pub services: Vec<SocketAddr>,
     /// Connections the node rebuilt and handed to its application.
     pub moved: u64,
     /// One message per connection it could not take.
     pub errors: Vec<String>,
-    /// The epoch this standby held; the node claims the next one.
+    /// The epoch this node held; the node `to` claims the next one.
     pub epoch: u64,
 }
 
@@ -178,24 +213,153 @@ fn queues(sockets: &[TcpStream]) -> Vec<(i32, i32)> {
         .collect()
 }
 
-/// Sends `batch` to the agent at `agent` and returns its receipt.
-pub fn send(agent: SocketAddr, key: &Key, batch: &Batch) -> anyhow::Result<Receipt> {
-    let mut stream = TcpStream::connect_timeout(&agent, Duration::from_secs(5))
-        .with_context(|| format!("connecting to the agent at {agent}"))?;
+/// The next migration connection on `listener`, as a blocking stream with
+/// [`RECEIPT_TIMEOUT`] on reads; pending without a listener.
+pub async fn accept(
+    listener: Option<&tokio::net::TcpListener>,
+) -> io::Result<(TcpStream, SocketAddr)> {
+    let Some(listener) = listener else {
+        return std::future::pending().await;
+    };
+    let (stream, from) = listener.accept().await?;
+    Ok((blocking(stream)?, from))
+}
+
+/// Connects to `peer` from `bind` (the host's own address: a service
+/// address moves during the migration), as a blocking stream with
+/// [`RECEIPT_TIMEOUT`] on reads.
+pub async fn connect_from(peer: SocketAddr, bind: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let socket = match peer {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("socket(SOCK_STREAM)")?;
+    if let Some(ip) = bind {
+        (socket.bind(SocketAddr::new(ip, 0))).with_context(|| format!("binding to {ip}"))?;
+    }
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(peer))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {peer}: no answer within {CONNECT_TIMEOUT:?}"))?
+        .with_context(|| format!("connecting to {peer}"))?;
+    blocking(stream).context("setting up the migration connection")
+}
+
+/// `stream` as a blocking std stream with [`RECEIPT_TIMEOUT`] on reads.
+fn blocking(stream: tokio::net::TcpStream) -> io::Result<TcpStream> {
+    let stream = stream.into_std()?;
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(RECEIPT_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// Connects to `peer` for a migration, with [`RECEIPT_TIMEOUT`] on reads.
+fn connect(peer: SocketAddr) -> anyhow::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&peer, CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {peer}"))?;
     stream
         .set_read_timeout(Some(RECEIPT_TIMEOUT))
         .context("SO_RCVTIMEO")?;
-    write_frame(&mut stream, key, batch)
-        .with_context(|| format!("sending the batch to {agent}"))?;
-    let receipt: Receipt = read_frame(&mut stream, key)
-        .with_context(|| format!("reading the receipt from {agent}"))?;
+    Ok(stream)
+}
+
+/// Failback side (the standby): connects to the agent at `agent` and
+/// [`ship`]s `sockets` in `batch`.
+pub fn send(
+    agent: SocketAddr,
+    key: &Key,
+    sockets: &[TcpStream],
+    batch: Batch,
+) -> anyhow::Result<Receipt> {
+    let mut stream = connect(agent)?;
+    ship(&mut stream, key, sockets, batch).with_context(|| format!("migrating to {agent}"))
+}
+
+/// Settles `sockets`, dumps each into `batch` and sends it on `stream`;
+/// returns the receipt. Once the receiver took them, each socket is let go
+/// silently ([`let_go`]); if anything fails before that, each leaves repair
+/// mode and the connection goes on here ([`resume_here`]).
+pub fn ship(
+    stream: &mut TcpStream,
+    key: &Key,
+    sockets: &[TcpStream],
+    mut batch: Batch,
+) -> anyhow::Result<Receipt> {
+    settle(sockets);
+    let outcome = (|| {
+        batch.plans = (sockets.iter())
+            .map(|s| dump::dump(s, QueueMode::Unsent))
+            .collect::<Result<_, _>>()?;
+        write_frame(stream, key, &batch).context("sending the batch")?;
+        let receipt: Receipt = read_frame(stream, key).context("reading the receipt")?;
+        anyhow::ensure!(
+            receipt.counter == batch.counter,
+            "the receiver answered batch {} instead of {}",
+            receipt.counter,
+            batch.counter
+        );
+        Ok(receipt)
+    })();
+    for socket in sockets {
+        let done = match outcome {
+            Ok(_) => let_go(socket).map_err(|e| ("letting a migrated connection go", e)),
+            Err(_) => resume_here(socket)
+                .map_err(|e| ("resuming a connection after a failed migration", e)),
+        };
+        if let Err((what, err)) = done {
+            tracing::warn!(%err, "{what}");
+        }
+    }
+    outcome
+}
+
+/// Primary side of a planned migration (`connmirror migrate --to STANDBY`
+/// on the agent), on `stream` to the standby ([`connect_from`]): asks it to
+/// quiesce the services of
+/// `prepare`, takes the server's established connections from it
+/// ([`crate::sockets::take_established`]), ships them and lets them go here.
+/// If the standby refuses, nothing is touched; if anything fails later, the
+/// connections go on here and the standby resumes the services when the
+/// channel closes.
+pub fn hand_over(
+    mut stream: TcpStream,
+    key: &Key,
+    prepare: Prepare,
+) -> anyhow::Result<MigrateReport> {
+    let standby = stream.peer_addr().context("getpeername")?;
+    write_frame(&mut stream, key, &prepare)
+        .with_context(|| format!("asking {standby} to prepare"))?;
+    let prepared: Prepared =
+        read_frame(&mut stream, key).with_context(|| format!("reading the answer of {standby}"))?;
     anyhow::ensure!(
-        receipt.counter == batch.counter,
-        "the agent answered batch {} instead of {}",
-        receipt.counter,
-        batch.counter
+        prepared.counter == prepare.counter,
+        "{standby} answered migration {} instead of {}",
+        prepared.counter,
+        prepare.counter
     );
-    Ok(receipt)
+    if let Some(reason) = prepared.refused {
+        anyhow::bail!("the standby at {standby} will not take them: {reason}");
+    }
+    let taken = sockets::take_established(&prepare.services)
+        .context("finding the services' connections")?;
+    let batch = Batch {
+        node_id: prepare.node_id,
+        to: prepare.to.clone(),
+        counter: prepare.counter,
+        epoch: prepare.epoch,
+        plans: Vec::new(),
+    };
+    let receipt = ship(&mut stream, key, &taken.sockets, batch)
+        .with_context(|| format!("migrating to {standby}"))?;
+    let mut errors = taken.errors;
+    errors.extend(receipt.errors);
+    Ok(MigrateReport {
+        to: prepare.to,
+        peer: standby,
+        services: prepare.services,
+        moved: receipt.restored,
+        errors,
+        epoch: prepare.epoch,
+    })
 }
 
 /// Drops a dumped socket's connection without a segment: `connect(AF_UNSPEC)`
@@ -218,29 +382,43 @@ pub fn resume_here(socket: &TcpStream) -> io::Result<()> {
     sockopt::set_int(socket.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 0)
 }
 
-/// Agent side: serves one migration connection. Rebuilds every plan, hands
-/// the sockets to the application on `handoff` (waiting at most `wait` for
-/// one), and answers with the receipt. `last` is the highest batch counter
-/// accepted so far.
+/// Checks a frame's addressee and counter: it must name `node_id` and carry
+/// a counter above `last` (then `last` moves up to it).
+pub fn check_frame(
+    to: &str,
+    from: &str,
+    counter: u64,
+    node_id: &str,
+    last: &mut u64,
+) -> Result<(), String> {
+    if to != node_id {
+        return Err(format!("this is node {node_id:?}, not {to:?}"));
+    }
+    if counter <= *last {
+        return Err(format!(
+            "replayed migration from {from}: counter {counter} is not above {}",
+            *last
+        ));
+    }
+    *last = counter;
+    Ok(())
+}
+
+/// Failback side (the agent): serves one migration connection. Rebuilds
+/// every plan, hands the sockets to the application on `handoff` (waiting at
+/// most `wait` for one), and answers with the receipt. `last` is the highest
+/// batch counter accepted so far; the batch must be meant for `node_id`.
 pub fn receive(
     mut stream: TcpStream,
     key: &Key,
+    node_id: &str,
     last: &mut u64,
     handoff: &HandoffServer,
     wait: Duration,
 ) -> anyhow::Result<Receipt> {
-    stream
-        .set_read_timeout(Some(RECEIPT_TIMEOUT))
-        .context("SO_RCVTIMEO")?;
     let batch: Batch = read_frame(&mut stream, key).context("reading a migration batch")?;
-    anyhow::ensure!(
-        batch.counter > *last,
-        "replayed migration batch from {}: counter {} is not above {}",
-        batch.node_id,
-        batch.counter,
-        *last
-    );
-    *last = batch.counter;
+    check_frame(&batch.to, &batch.node_id, batch.counter, node_id, last)
+        .map_err(anyhow::Error::msg)?;
     let mut receipt = Receipt {
         counter: batch.counter,
         restored: 0,
@@ -264,26 +442,136 @@ fn adopt(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let stream = RepairedSocket::build(plan)?.leave_repair()?;
+    let handoff_of = handoff_here(stream, id, plan.server, plan.client);
+    handoff.deliver(handoff_of, wait).map_err(|(handoff, err)| {
+        crate::takeover::abort(handoff.stream);
+        anyhow::anyhow!("{} ↔ {}: {err}", plan.server, plan.client)
+    })
+}
+
+/// A migrated connection as an application receives it: no recorded bytes,
+/// since it continues exactly where the socket stands.
+pub(crate) fn handoff_here(
+    stream: TcpStream,
+    id: u64,
+    server: SocketAddr,
+    client: SocketAddr,
+) -> Handoff {
     let here = Recorded {
         start: 0,
         end: 0,
         acked: 0,
     };
-    let handoff_of = Handoff {
+    Handoff {
         stream,
         meta: FlowMeta {
             id,
-            service: plan.server,
-            server: plan.server,
-            client: plan.client,
+            service: server,
+            server,
+            client,
             c2s: here,
             s2c: here,
         },
         c2s: Vec::new(),
         s2c: Vec::new(),
-    };
-    handoff.deliver(handoff_of, wait).map_err(|(handoff, err)| {
-        crate::takeover::abort(handoff.stream);
-        anyhow::anyhow!("{} ↔ {}: {err}", plan.server, plan.client)
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A connected loopback pair: (client, server).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn prepare(counter: u64) -> Prepare {
+        Prepare {
+            node_id: "primary".into(),
+            to: "standby".into(),
+            counter,
+            epoch: 1,
+            services: vec!["198.18.1.2:7000".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn a_signed_frame_reads_back_and_a_forged_one_is_refused() {
+        let key = Key::from_bytes(b"0123456789abcdef");
+        let other = Key::from_bytes(b"fedcba9876543210");
+        let (mut client, mut server) = pair();
+
+        write_frame(&mut client, &key, &prepare(7)).unwrap();
+        write_frame(&mut client, &other, &prepare(8)).unwrap();
+        let first: Prepare = read_frame(&mut server, &key).unwrap();
+        let forged = read_frame::<Prepare>(&mut server, &key).unwrap_err();
+
+        assert_eq!((first.counter, first.to.as_str()), (7, "standby"));
+        assert_eq!(
+            forged.to_string(),
+            "frame with a MAC that does not verify (wrong key or forged)"
+        );
+    }
+
+    #[test]
+    fn an_oversize_or_malformed_frame_is_refused() {
+        let key = Key::from_bytes(b"0123456789abcdef");
+        let (mut client, mut server) = pair();
+        client
+            .write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
+            .unwrap();
+        let oversize = read_frame::<Prepare>(&mut server, &key).unwrap_err();
+        let (mut client, mut server) = pair();
+        write_frame(
+            &mut client,
+            &key,
+            &Receipt {
+                counter: 1,
+                restored: 0,
+                errors: Vec::new(),
+            },
+        )
+        .unwrap();
+        let malformed = read_frame::<Prepare>(&mut server, &key).unwrap_err();
+
+        assert_eq!(
+            oversize.to_string(),
+            format!("frame of {} bytes, over {MAX_FRAME}", MAX_FRAME + 1)
+        );
+        assert_eq!(
+            malformed.to_string(),
+            "malformed frame: unknown field `restored`, expected one of `node_id`, `to`, \
+             `counter`, `epoch`, `services` at line 1 column 23"
+        );
+    }
+
+    #[test]
+    fn a_frame_for_another_node_or_with_an_old_counter_is_refused() {
+        let mut last = 10;
+
+        let elsewhere = check_frame("nobody", "primary", 11, "standby", &mut last);
+        let replayed = check_frame("standby", "primary", 10, "standby", &mut last);
+        let fresh = check_frame("standby", "primary", 11, "standby", &mut last);
+        let again = check_frame("standby", "primary", 11, "standby", &mut last);
+
+        assert_eq!(
+            elsewhere,
+            Err("this is node \"standby\", not \"nobody\"".into())
+        );
+        assert_eq!(
+            replayed,
+            Err("replayed migration from primary: counter 10 is not above 10".into())
+        );
+        assert_eq!((fresh, last), (Ok(()), 11));
+        assert_eq!(
+            again,
+            Err("replayed migration from primary: counter 11 is not above 11".into())
+        );
+    }
 }

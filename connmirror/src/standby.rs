@@ -41,7 +41,7 @@ use crate::{
     handoff::{self, HandoffServer},
     heartbeat::{self, Key, Kind, Message, Ownership},
     metrics::Family,
-    migrate::{self, Batch, MigrateReport, Receipt},
+    migrate::{self, Batch, MigrateReport, Prepare, Prepared, Receipt},
     mirror::{
         Event, EventSource, Mirror, MirrorArgs, RetentionArg, Signals, StandbySummary,
         announce_ready, detach_pinned,
@@ -322,10 +322,18 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         None => None,
     };
     let prune = tokio::time::interval(PRUNE_INTERVAL);
+    let migrations = match args.detection.heartbeat_listen {
+        Some(listen) => Some(
+            (tokio::net::TcpListener::bind(listen).await)
+                .with_context(|| format!("listening for planned migrations on TCP {listen}"))?,
+        ),
+        None => None,
+    };
     let mut sources = Sources {
         control,
         detector,
         prune,
+        migrations,
     };
     let mut signals = Signals::install()?;
     announce_ready()?;
@@ -349,6 +357,9 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         step_downs: 0,
         recovering_seen: false,
         recovering_at: BTreeMap::new(),
+        migration_counter: 0,
+        migrations_in: 0,
+        migrations_refused: 0,
     };
     loop {
         match mirror.next_event(&mut signals, Some(&mut sources)).await? {
@@ -366,6 +377,9 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
                 standby.claimed(&mut mirror, message, from).await
             }
             Event::Message(StandbyEvent::Prune) => standby.prune(),
+            Event::Message(StandbyEvent::Migration(stream, from)) => {
+                standby.migrated_in(&mut mirror, stream, from).await
+            }
         }
         if let Some(detector) = &sources.detector {
             standby.publish(detector);
@@ -408,6 +422,8 @@ enum StandbyEvent {
     Claim(Message, SocketAddr),
     /// Time to drop the routes of drained connections that closed.
     Prune,
+    /// The primary opened a planned migration ([`crate::migrate`]).
+    Migration(std::net::TcpStream, SocketAddr),
 }
 
 /// How often drained connections are checked for having closed.
@@ -418,6 +434,8 @@ struct Sources {
     control: ControlServer,
     detector: Option<Detector>,
     prune: tokio::time::Interval,
+    /// Planned migrations from the primary, on TCP at the heartbeat address.
+    migrations: Option<tokio::net::TcpListener>,
 }
 
 impl EventSource<StandbyEvent> for Sources {
@@ -426,6 +444,7 @@ impl EventSource<StandbyEvent> for Sources {
             control,
             detector,
             prune,
+            migrations,
         } = self;
         let Some(detector) = detector.as_mut() else {
             return StandbyEvent::Control(control.next().await);
@@ -437,6 +456,13 @@ impl EventSource<StandbyEvent> for Sources {
                 Detected::Claim(message, from) => StandbyEvent::Claim(message, from),
             },
             _ = prune.tick() => StandbyEvent::Prune,
+            accepted = migrate::accept(migrations.as_ref()) => match accepted {
+                Ok((stream, from)) => StandbyEvent::Migration(stream, from),
+                Err(err) => {
+                    tracing::warn!(%err, "accepting a migration");
+                    StandbyEvent::Prune
+                }
+            },
         }
     }
 }
@@ -476,6 +502,11 @@ struct Standby {
     recovering_seen: bool,
     /// Where each recovering node's agent was last heard from.
     recovering_at: BTreeMap<String, SocketAddr>,
+    /// The highest planned-migration counter accepted.
+    migration_counter: u64,
+    /// Planned migrations taken in, and refused.
+    migrations_in: u64,
+    migrations_refused: u64,
 }
 
 impl Standby {
@@ -556,12 +587,18 @@ impl Standby {
             trigger,
         )
         .await?;
-        self.epoch = trigger.epoch;
-        for service in &services {
+        self.taken_over(&services, &report);
+        Ok(report)
+    }
+
+    /// Records a takeover (or an adopted migration) of `services`: they are
+    /// served here under the report's epoch.
+    fn taken_over(&mut self, services: &[Service], report: &TakeoverReport) {
+        self.epoch = report.epoch;
+        for service in services {
             self.taken.insert(service.addr, self.reports.len());
         }
         self.reports.push(report.clone());
-        Ok(report)
     }
 
     /// What this node owns, once it took services over: announced to the
@@ -681,7 +718,10 @@ impl Standby {
             return;
         }
         if self.failback == Failback::Migrate {
-            match self.migrate_back(mirror, &services, from).await {
+            match self
+                .migrate_back(mirror, &services, from, &theirs.node_id)
+                .await
+            {
                 Ok(receipt) => tracing::info!(
                     node = theirs.node_id,
                     epoch = self.epoch,
@@ -739,11 +779,11 @@ impl Standby {
             })
             .collect::<anyhow::Result<_>>()?;
         let epoch = self.epoch;
-        let receipt = self.migrate_back(mirror, &services, agent).await?;
+        let receipt = self.migrate_back(mirror, &services, agent, to).await?;
         tracing::info!(to, %agent, moved = receipt.restored, "migrated on request");
         Ok(MigrateReport {
             to: to.to_owned(),
-            agent,
+            peer: agent,
             services: addrs,
             moved: receipt.restored,
             errors: receipt.errors,
@@ -760,6 +800,7 @@ impl Standby {
         mirror: &mut Mirror,
         services: &[Service],
         agent: SocketAddr,
+        to: &str,
     ) -> anyhow::Result<Receipt> {
         let (Some(kept), Some(key)) = (self.config.keep.clone(), self.key.clone()) else {
             anyhow::bail!(
@@ -770,9 +811,15 @@ impl Standby {
         let sockets = take_kept(&kept, &addrs);
         let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
         set_modes(mirror, services, quiesced)?;
-        let (node_id, epoch) = (self.node_id.clone(), self.epoch);
+        let batch = Batch {
+            node_id: self.node_id.clone(),
+            to: to.to_owned(),
+            counter: heartbeat::initial_counter(),
+            epoch: self.epoch,
+            plans: Vec::new(),
+        };
         let (sockets, sent) = tokio::task::spawn_blocking(move || {
-            let sent = ship(&sockets, node_id, epoch, agent, &key);
+            let sent = migrate::send(agent, &key, &sockets, batch);
             (sockets, sent)
         })
         .await
@@ -780,21 +827,11 @@ impl Standby {
         let receipt = match sent {
             Ok(receipt) => receipt,
             Err(err) => {
-                for socket in &sockets {
-                    if let Err(err) = migrate::resume_here(socket) {
-                        tracing::warn!(%err, "resuming a connection after a failed migration");
-                    }
-                }
                 kept.lock().expect("kept sockets").extend(sockets);
                 set_modes(mirror, services, ServiceMode::FENCED | ServiceMode::OWNED)?;
                 return Err(err);
             }
         };
-        for socket in &sockets {
-            if let Err(err) = migrate::let_go(socket) {
-                tracing::warn!(%err, "letting a migrated connection go");
-            }
-        }
         drop(sockets);
         for error in &receipt.errors {
             tracing::warn!(error, "the primary could not take a connection");
@@ -806,6 +843,173 @@ impl Standby {
             ..self.ownership_record()
         });
         Ok(receipt)
+    }
+
+    /// A planned migration from the primary at `from`: logs and counts it.
+    async fn migrated_in(&mut self, mirror: &mut Mirror, stream: TcpStream, from: SocketAddr) {
+        match self.take_migration(mirror, stream).await {
+            Ok(report) => {
+                self.migrations_in += 1;
+                tracing::info!(
+                    %from,
+                    restored = report.restored,
+                    failed = report.errors.len(),
+                    epoch = report.epoch,
+                    "planned migration: the primary's connections are served here"
+                );
+            }
+            Err(err) => {
+                self.migrations_refused += 1;
+                tracing::warn!(%from, "planned migration refused: {err:#}");
+            }
+        }
+    }
+
+    /// Serves one planned migration ([`crate::migrate`]): checks its
+    /// [`Prepare`], quiesces and fences the services, answers, takes the
+    /// [`Batch`]'s connections over ([`takeover::adopt`]) and sends the
+    /// receipt. If the primary goes away before its batch, the services are
+    /// protected again and nothing changed.
+    async fn take_migration(
+        &mut self,
+        mirror: &mut Mirror,
+        stream: TcpStream,
+    ) -> anyhow::Result<TakeoverReport> {
+        let key = self.key.clone().context("no key")?;
+        let k = key.clone();
+        let (stream, prepare) = on_stream(stream, move |s| {
+            migrate::read_frame::<Prepare>(s, &k).context("reading a migration request")
+        })
+        .await?;
+        let counter = prepare.counter;
+        let services = match self.check_prepare(mirror, &prepare) {
+            Ok(services) => services,
+            Err(reason) => {
+                let refused = Prepared {
+                    counter,
+                    refused: Some(reason.clone()),
+                };
+                let k = key.clone();
+                let _ =
+                    on_stream(stream, move |s| Ok(migrate::write_frame(s, &k, &refused)?)).await;
+                anyhow::bail!(reason);
+            }
+        };
+        set_modes(
+            mirror,
+            &services,
+            ServiceMode::QUIESCED | ServiceMode::FENCED,
+        )?;
+        let k = key.clone();
+        let exchanged = on_stream(stream, move |s| {
+            let ready = Prepared {
+                counter,
+                refused: None,
+            };
+            migrate::write_frame(s, &k, &ready).context("answering the migration request")?;
+            let batch: Batch = migrate::read_frame(s, &k).context("reading the batch")?;
+            anyhow::ensure!(
+                batch.counter == counter,
+                "batch {} in migration {counter}",
+                batch.counter
+            );
+            Ok(batch)
+        })
+        .await
+        .and_then(|(stream, batch)| {
+            let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+            match batch.plans.iter().find(|p| !addrs.contains(&p.server)) {
+                Some(p) => anyhow::bail!(
+                    "the batch has a connection of {}, not a service it named",
+                    p.server
+                ),
+                None => Ok((stream, batch)),
+            }
+        });
+        let (stream, batch) = match exchanged {
+            Ok(exchanged) => exchanged,
+            Err(err) => {
+                set_modes(mirror, &services, 0)?;
+                return Err(err);
+            }
+        };
+        let trigger = Trigger {
+            name: "migration",
+            epoch: self.epoch.max(prepare.epoch) + 1,
+        };
+        let handoff = self.handoff.clone();
+        let report = takeover::adopt(
+            mirror,
+            &self.config,
+            handoff,
+            &services,
+            batch.plans,
+            trigger,
+        )
+        .await?;
+        self.taken_over(&services, &report);
+        let receipt = Receipt {
+            counter,
+            restored: report.restored,
+            errors: report.errors.clone(),
+        };
+        if let Err(err) = on_stream(stream, move |s| {
+            Ok(migrate::write_frame(s, &key, &receipt)?)
+        })
+        .await
+        {
+            tracing::warn!(
+                "sending the migration receipt (the primary's copies stay behind the fence): {err:#}"
+            );
+        }
+        Ok(report)
+    }
+
+    /// The services of a planned migration's [`Prepare`], or why not.
+    fn check_prepare(
+        &mut self,
+        mirror: &Mirror,
+        prepare: &Prepare,
+    ) -> Result<Vec<Service>, String> {
+        let (to, from) = (&prepare.to, &prepare.node_id);
+        migrate::check_frame(
+            to,
+            from,
+            prepare.counter,
+            &self.node_id,
+            &mut self.migration_counter,
+        )?;
+        if self.replica.is_some() {
+            return Err(
+                "this standby is on-host mode's replica, not on the connections' path: \
+                        a planned migration needs an inline standby to quiesce them"
+                    .into(),
+            );
+        }
+        if prepare.services.is_empty() {
+            return Err("the request names no service".into());
+        }
+        (prepare.services.iter())
+            .map(|addr| {
+                let service = (mirror.services.iter())
+                    .find(|s| s.addr == *addr)
+                    .ok_or_else(|| format!("service {addr} is not protected here"))?;
+                if self.taken.contains_key(addr) {
+                    return Err(format!("service {addr} is already served here"));
+                }
+                if let Some(Resume::Replay(_)) = self.config.resume.get(addr) {
+                    return Err(format!(
+                        "service {addr} resumes by replay here: migrated connections need an application on the handoff socket"
+                    ));
+                }
+                if !self.handoff.as_ref().is_some_and(|h| h.serves(*addr)) {
+                    return Err(format!(
+                        "no application is registered on the handoff socket for {addr}"
+                    ));
+                }
+                Ok(*service)
+            })
+            .collect()
     }
 
     /// `--failback drain`: keep delivering the restored connections of
@@ -870,6 +1074,13 @@ impl Standby {
             )
             .count(vec![("policy", "drain".into())], self.failbacks)
             .count(vec![("policy", "migrate".into())], self.migrations),
+            Family::counter(
+                "planned_migrations",
+                "Planned migrations from the primary (connmirror migrate on its agent), by outcome.",
+                None,
+            )
+            .count(vec![("outcome", "taken".into())], self.migrations_in)
+            .count(vec![("outcome", "refused".into())], self.migrations_refused),
             Family::counter(
                 "step_downs",
                 "Times this node stopped serving because a higher epoch claimed its services.",
@@ -962,6 +1173,17 @@ impl Standby {
     }
 }
 
+/// Runs `f` on `stream` on a blocking thread and gives the stream back with
+/// its result (a migration's frames are blocking reads and writes).
+async fn on_stream<T: Send + 'static>(
+    mut stream: TcpStream,
+    f: impl FnOnce(&mut TcpStream) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<(TcpStream, T)> {
+    tokio::task::spawn_blocking(move || f(&mut stream).map(|out| (stream, out)))
+        .await
+        .context("the migration task")?
+}
+
 /// Takes the kept sockets of `services` that are still established; the
 /// others (their connections ended) are dropped.
 fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
@@ -977,28 +1199,6 @@ fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
 
 /// `TCP_ESTABLISHED` in `tcpi_state` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
-
-/// Settles, dumps and sends `sockets` to the agent at `agent` (blocking).
-/// Dumped sockets stay in repair mode whatever the outcome.
-fn ship(
-    sockets: &[TcpStream],
-    node_id: String,
-    epoch: u64,
-    agent: SocketAddr,
-    key: &Key,
-) -> anyhow::Result<Receipt> {
-    migrate::settle(sockets);
-    let plans = (sockets.iter())
-        .map(|s| dump::dump(s, restore::QueueMode::Unsent))
-        .collect::<Result<Vec<_>, _>>()?;
-    let batch = Batch {
-        node_id,
-        counter: heartbeat::initial_counter(),
-        epoch,
-        plans,
-    };
-    migrate::send(agent, key, &batch)
-}
 
 /// Sets the capture mode of every service in `services`.
 fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {

@@ -159,7 +159,8 @@ pub struct Step {
 /// What a takeover did.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TakeoverReport {
-    /// What started it: `manual` (`connmirror takeover`) or `heartbeats-missed`.
+    /// What started it: `manual` (`connmirror takeover`), `heartbeats-missed`,
+    /// or `migration` (a planned migration from the primary).
     #[serde(default)]
     pub trigger: String,
     /// The ownership epoch this standby holds after it (0 when the primary's
@@ -219,7 +220,7 @@ const RESTORE_BUCKETS: [f64; 12] = [
 pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
     let total = |f: fn(&TakeoverReport) -> u64| reports.iter().map(f).sum::<u64>();
     let mut failovers = Family::counter("failovers", "Takeovers run, by trigger.", None);
-    for trigger in ["manual", "heartbeats-missed"] {
+    for trigger in ["manual", "heartbeats-missed", "migration"] {
         let n = reports.iter().filter(|r| r.trigger == trigger).count();
         failovers = failovers.count(vec![("trigger", trigger.into())], n as u64);
     }
@@ -308,7 +309,7 @@ impl Steps {
 /// What started a takeover, for its report.
 #[derive(Clone, Copy, Debug)]
 pub struct Trigger {
-    /// `manual` or `heartbeats-missed`.
+    /// `manual`, `heartbeats-missed` or `migration`.
     pub name: &'static str,
     /// The epoch the standby holds afterwards.
     pub epoch: u64,
@@ -358,6 +359,50 @@ pub(crate) async fn run(
     steps.record("announce", start);
     let start = Instant::now();
     resume(config, handoff, &mirror.reader.table, rebuilt, &mut report).await;
+    steps.record("resume", start);
+    report.steps = steps.steps;
+    Ok(report)
+}
+
+/// Takes over `services` with connections migrated from the primary
+/// ([`crate::migrate`], a planned migration): `plans` are the dumps of its
+/// sockets, made while the services were quiesced and fenced here, and
+/// replace the flow table's view. The same steps as [`run`] from
+/// **address** on; each socket goes to an application on the handoff socket
+/// with no recorded bytes (it continues where the primary's stood).
+pub(crate) async fn adopt(
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    services: &[Service],
+    plans: Vec<RestorePlan>,
+    trigger: Trigger,
+) -> anyhow::Result<TakeoverReport> {
+    let mut report = TakeoverReport {
+        trigger: trigger.name.to_owned(),
+        epoch: trigger.epoch,
+        services: services.iter().map(|s| s.addr).collect(),
+        ..TakeoverReport::default()
+    };
+    let mut steps = Steps { steps: Vec::new() };
+    steps.run("address", || add_addresses(config, services))?;
+    let rebuilt = steps.run("restore", || {
+        let planned = plans.iter().map(|p| (p.server, p.client)).collect();
+        rebuild(config, plans, planned, &mut report)
+    });
+    report.flows = rebuilt.iter().map(|(_, ends)| *ends).collect();
+    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
+    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
+    let start = Instant::now();
+    announce_in_background(config, services);
+    steps.record("announce", start);
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, (stream, (server, client))) in rebuilt.into_iter().enumerate() {
+        let handoff_of = crate::migrate::handoff_here(stream, id as u64 + 1, server, client);
+        spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
+    }
+    collect(tasks, &mut report).await;
     steps.record("resume", start);
     report.steps = steps.steps;
     Ok(report)
@@ -437,34 +482,49 @@ fn restore_flows(
             }
         }
     }
+    let rebuilt = (rebuild(config, plans, planned, report).into_iter())
+        .map(|(stream, (service, flow))| {
+            report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
+            Rebuilt {
+                flow,
+                service,
+                stream,
+            }
+        })
+        .collect();
+    reset_all(config, &resets, report);
+    rebuilt
+}
+
+/// Rebuilds `plans` in parallel and takes each out of repair mode; `items`
+/// (one per plan) come back with the sockets that made it. Failures are
+/// counted as `restore-failed`.
+fn rebuild<T>(
+    config: &TakeoverConfig,
+    plans: Vec<RestorePlan>,
+    items: Vec<T>,
+    report: &mut TakeoverReport,
+) -> Vec<(TcpStream, T)> {
     let built = restore::build_all(&plans, config.workers);
     let mut sockets = Vec::new();
     let mut kept = Vec::new();
-    for (result, flow) in built.into_iter().zip(planned) {
+    for (result, item) in built.into_iter().zip(items) {
         match result {
             Ok(socket) => {
                 sockets.push(socket);
-                kept.push(flow);
+                kept.push(item);
             }
             Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
         }
     }
     let left = restore::leave_all(sockets, config.workers);
     let mut rebuilt = Vec::new();
-    for (result, (service, flow)) in left.into_iter().zip(kept) {
+    for (result, item) in left.into_iter().zip(kept) {
         match result {
-            Ok(stream) => {
-                report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
-                rebuilt.push(Rebuilt {
-                    flow,
-                    service,
-                    stream,
-                })
-            }
+            Ok(stream) => rebuilt.push((stream, item)),
             Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
         }
     }
-    reset_all(config, &resets, report);
     rebuilt
 }
 
@@ -660,17 +720,8 @@ async fn resume(
         let flow = table.takeover_history(&flow.key).unwrap_or(flow);
         match resume_of(config, service) {
             Resume::Handoff => {
-                let server = handoff.clone();
-                let wait = config.handoff_wait;
-                let keep = config.keep.clone();
-                tasks.spawn_blocking(move || {
-                    let dup = keep.as_ref().and_then(|_| stream.try_clone().ok());
-                    let outcome = hand_off(server.as_deref(), flow, service, stream, wait);
-                    if let (Outcome::HandedOff, Some(keep), Some(dup)) = (&outcome, keep, dup) {
-                        keep.lock().expect("kept sockets").push(dup);
-                    }
-                    outcome
-                });
+                let handoff_of = handoff_of(flow, service, stream);
+                spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
             }
             Resume::Replay(app) => {
                 let timeout = config.replay_timeout;
@@ -678,6 +729,31 @@ async fn resume(
             }
         }
     }
+    collect(tasks, report).await;
+}
+
+/// Hands `handoff` to an application on a blocking task, keeping a duplicate
+/// of its socket when the standby keeps sockets ([`TakeoverConfig::keep`]).
+fn spawn_hand_off(
+    tasks: &mut tokio::task::JoinSet<Outcome>,
+    config: &TakeoverConfig,
+    server: Option<Arc<HandoffServer>>,
+    handoff: Handoff,
+) {
+    let wait = config.handoff_wait;
+    let keep = config.keep.clone();
+    tasks.spawn_blocking(move || {
+        let dup = keep.as_ref().and_then(|_| handoff.stream.try_clone().ok());
+        let outcome = hand_off(server.as_deref(), handoff, wait);
+        if let (Outcome::HandedOff, Some(keep), Some(dup)) = (&outcome, keep, dup) {
+            keep.lock().expect("kept sockets").push(dup);
+        }
+        outcome
+    });
+}
+
+/// Counts each resumption's outcome in `report`.
+async fn collect(mut tasks: tokio::task::JoinSet<Outcome>, report: &mut TakeoverReport) {
     while let Some(outcome) = tasks.join_next().await {
         match outcome {
             Ok(Outcome::HandedOff) => {
@@ -711,21 +787,15 @@ pub(crate) enum Outcome {
     Failed(Unrecoverable, String),
 }
 
-fn hand_off(
-    server: Option<&HandoffServer>,
-    flow: TakeoverFlow,
-    service: SocketAddr,
-    stream: TcpStream,
-    wait: Duration,
-) -> Outcome {
+fn hand_off(server: Option<&HandoffServer>, handoff: Handoff, wait: Duration) -> Outcome {
     let Some(server) = server else {
-        abort(stream);
+        let service = handoff.meta.service;
+        abort(handoff.stream);
         return Outcome::Failed(
             Unrecoverable::NoApplication,
             format!("{service}: no handoff socket configured"),
         );
     };
-    let handoff = handoff_of(flow, service, stream);
     match server.deliver(handoff, wait) {
         Ok(()) => Outcome::HandedOff,
         Err((handoff, err)) => {

@@ -14,13 +14,16 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
 use connmirror::takeover::TakeoverReport;
 
+use crate::echo::{EchoResult, assert_exact};
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::process::{output_with_timeout, spawn_logged, wait_for_line, wait_for_text};
 use crate::topology::{Family, SERVER_IF, Topology};
+use crate::wire::WireSeen;
 use crate::workdir::WorkDir;
 
 /// How long a program may take to print its ready line.
@@ -177,18 +180,85 @@ pub fn status(ns: &Netns, control: &Path, json: bool) -> String {
 /// Runs `connmirror takeover --control PATH --json ARGS...` in `ns`: (exit 0,
 /// stdout, stderr).
 pub fn run_takeover(ns: &Netns, control: &Path, args: &[&str]) -> (bool, String, String) {
+    let args: Vec<&str> = ["--json"].into_iter().chain(args.iter().copied()).collect();
+    control_cli(ns, "takeover", control, &args)
+}
+
+/// Runs `connmirror COMMAND --control PATH ARGS...` in `ns`: (exit 0, stdout,
+/// stderr).
+pub fn control_cli(
+    ns: &Netns,
+    command: &str,
+    control: &Path,
+    args: &[&str],
+) -> (bool, String, String) {
     let mut cmd = ns.command(crate::connmirror_bin());
-    cmd.arg("takeover")
-        .arg("--control")
-        .arg(control)
-        .arg("--json")
-        .args(args);
+    cmd.arg(command).arg("--control").arg(control).args(args);
     let out = output_with_timeout(&mut cmd, TAKEOVER_TIMEOUT);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs `connmirror migrate --control PATH --json ARGS...` in `ns`, which
+/// must succeed, and parses its report.
+pub fn migrate(ns: &Netns, control: &Path, args: &[&str]) -> MigrateReport {
+    let args: Vec<&str> = ["--json"].into_iter().chain(args.iter().copied()).collect();
+    let (ok, stdout, stderr) = control_cli(ns, "migrate", control, &args);
+    assert!(ok, "connmirror migrate failed:\n{stderr}\n{stdout}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("migrate report: {e}; stdout:\n{stdout}"))
+}
+
+/// The primary's agent announcing itself `--recovering` with a handoff
+/// socket in `dir`, and the echo example registered there for `service`:
+/// (agent, application).
+pub fn recovering_agent(
+    topo: &Topology,
+    dir: &Path,
+    key: &Path,
+    family: Family,
+    service: SocketAddr,
+) -> (Program, Program) {
+    let socket = dir.join("agent-handoff.sock").display().to_string();
+    let flags = ["--recovering", "--handoff", &socket];
+    let agent = start_agent_with(topo, family, service, key, &flags);
+    let args = [
+        "handoff",
+        "--socket",
+        &socket,
+        "--service",
+        &service.to_string(),
+    ]
+    .map(String::from);
+    let app = Program::start(&topo.server, echo_example(), args, "registered");
+    (agent, app)
+}
+
+/// Checks a migration's outcome: every stream exact and more than 1 MiB
+/// longer than `before`, each connection resumed by the application whose
+/// `resumed` lines are given, with no recorded bytes, and no RST.
+pub fn assert_migrated(results: &[EchoResult], before: u64, resumed: &[String], seen: &WireSeen) {
+    assert_exact(results);
+    let moved: u64 = results.iter().map(|r| r.verified).sum();
+    assert!(
+        moved > before + (1 << 20),
+        "{before} then {moved} bytes verified"
+    );
+    for r in results {
+        let line = format!("resumed {} c2s=0 s2c=0", r.local);
+        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
+    }
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+}
+
+/// `n` lines of `app` that start with `resumed` (20 s for each).
+pub fn resumed_lines(app: &Program, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
+        .collect()
 }
 
 /// The heartbeat port the standby listens on in these fixtures.

@@ -79,11 +79,11 @@ fn control_socket_refuses_forged_requests_and_counts_them() {
     assert_eq!((report.restored, report.unrecoverable_total()), (0, 0));
     assert_eq!(
         again.trim_end(),
-        "error: the standby refused: every service was already taken over"
+        "error: the node refused: every service was already taken over"
     );
     assert_eq!(
         unknown.trim_end(),
-        "error: the standby refused: service 198.18.9.9:1 is not protected by this standby"
+        "error: the node refused: service 198.18.9.9:1 is not protected by this standby"
     );
     let summary = final_report.standby.expect("a standby's report");
     assert_eq!(summary.control_rejected, 4);

@@ -23,19 +23,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
-    PrimarySetup, Program, configure_primary, detecting_standby_command, echo_example,
-    echo_primary, handoff_app, kill_primary, primary_setup, start_agent, start_agent_with,
-    status_of,
+    PrimarySetup, Program, assert_migrated, configure_primary, control_cli,
+    detecting_standby_command, echo_primary, handoff_app, kill_primary, migrate, primary_setup,
+    recovering_agent, resumed_lines, start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::process::output_with_timeout;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
-use connmirror_tests::wire::{WireSeen, WireWatch};
+use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
@@ -222,35 +220,8 @@ fn recovering_primary(failed: &Failed, family: Family) -> (Program, Program, Pro
     } = failed;
     forget_tcp_state(topo);
     let listener = primary_returns(topo, family, *service);
-    let socket = _dir.path().join("agent-handoff.sock").display().to_string();
-    let flags = ["--recovering", "--handoff", &socket];
-    let agent = start_agent_with(topo, family, *service, key, &flags);
-    let args = [
-        "handoff",
-        "--socket",
-        &socket,
-        "--service",
-        &service.to_string(),
-    ]
-    .map(String::from);
-    let app = Program::start(&topo.server, echo_example(), args, "registered");
+    let (agent, app) = recovering_agent(topo, _dir.path(), key, family, *service);
     (agent, app, listener)
-}
-
-/// Checks a migration's outcome: every stream exact and longer than before,
-/// each connection resumed by the primary's application, no RST.
-fn assert_migrated(results: &[EchoResult], before: u64, resumed: &[String], seen: &WireSeen) {
-    assert_exact(results);
-    let moved: u64 = results.iter().map(|r| r.verified).sum();
-    assert!(
-        moved > before + (1 << 20),
-        "{before} then {moved} bytes verified"
-    );
-    for r in results {
-        let line = format!("resumed {} c2s=0 s2c=0", r.local);
-        assert!(resumed.contains(&line), "{line:?} not in {resumed:?}");
-    }
-    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
 }
 
 fn migrate_failback(family: Family) {
@@ -267,9 +238,7 @@ fn migrate_failback(family: Family) {
         ..
     } = failed;
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
-    let resumed: Vec<String> = (0..4)
-        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
-        .collect();
+    let resumed = resumed_lines(&app, 4);
     clients
         .wait_progress(256 << 10, Duration::from_secs(60))
         .expect("the streams go on at the primary");
@@ -322,21 +291,20 @@ fn migrate_to(family: Family) {
     } = failed;
     standby.wait_log("the primary is recovering; failback policy is manual");
     let waiting = status_of(&topo, &standby);
-    let report = run_migrate(&topo, &standby, &["--to", "primary", "--json"]);
+    let control = standby.control_socket();
+    let report = migrate(&topo.gateway, &control, &["--to", "primary"]);
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
-    let resumed: Vec<String> = (0..4)
-        .map(|_| app.wait_line("resumed", Duration::from_secs(20)))
-        .collect();
+    let resumed = resumed_lines(&app, 4);
     clients
         .wait_progress(256 << 10, Duration::from_secs(60))
         .expect("the streams go on at the primary");
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
-    let (unknown_ok, _, unknown_err) = migrate_cli(&topo, &standby, &["--to", "nobody"]);
+    let (unknown_ok, _, unknown_err) =
+        control_cli(&topo.gateway, "migrate", &control, &["--to", "nobody"]);
     let (_report, _dir2) = standby.stop();
 
     assert_eq!((waiting.role.as_str(), waiting.epoch), ("owner", 2));
-    let report: MigrateReport = serde_json::from_str(&report).expect("migrate report");
     assert_eq!(
         (report.to.as_str(), report.moved, report.epoch),
         ("primary", 4, 2),
@@ -349,31 +317,8 @@ fn migrate_to(family: Family) {
     assert!(!unknown_ok);
     assert_eq!(
         unknown_err.trim(),
-        "error: the standby refused: node \"nobody\" was never heard from: its agent must run (with --handoff)"
+        "error: the node refused: node \"nobody\" was never heard from: its agent must run (with --handoff)"
     );
-}
-
-/// Runs `connmirror migrate --control SOCKET ARGS...` in the standby's
-/// namespace: (exit 0, stdout, stderr).
-fn migrate_cli(topo: &Topology, standby: &Mirror, args: &[&str]) -> (bool, String, String) {
-    let mut cmd = topo.gateway.command(connmirror_tests::connmirror_bin());
-    cmd.arg("migrate")
-        .arg("--control")
-        .arg(standby.control_socket())
-        .args(args);
-    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// [`migrate_cli`] that must succeed; its stdout.
-fn run_migrate(topo: &Topology, standby: &Mirror, args: &[&str]) -> String {
-    let (ok, stdout, stderr) = migrate_cli(topo, standby, args);
-    assert!(ok, "connmirror migrate failed:\n{stderr}\n{stdout}");
-    stdout
 }
 
 #[test]

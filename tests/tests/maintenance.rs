@@ -1,0 +1,198 @@
+//! Planned maintenance: `connmirror migrate --to NODE` with no failure at all.
+//!
+//! Four echo streams run through an inline standby to the primary's
+//! unmodified echo server. The operator asks the primary's agent (`agent
+//! --control`) to move them to the standby. The standby quiesces the
+//! service, the agent takes the server's sockets (`pidfd_getfd`), dumps them
+//! with `TCP_REPAIR`, the standby rebuilds them and hands them to its echo
+//! application, and the primary's sockets are let go without a segment; the
+//! agent steps down under the standby's higher epoch. With the maintenance
+//! done, the primary's agent comes back `--recovering` and the operator moves
+//! the same connections back with `connmirror migrate --to primary` on the
+//! standby. Every stream stays byte-exact through both moves, and no RST
+//! reaches a client.
+//!
+//! Before that, a migration to a node that is not the standby, and one while
+//! no application is registered on the standby's handoff socket, are refused
+//! with their exact errors and change nothing.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::failover::{
+    HEARTBEAT_PORT, PrimarySetup, assert_migrated, configure_primary, control_cli,
+    detecting_standby_command, gateway_addrs, handoff_app, migrate, primary_setup,
+    recovering_agent, resumed_lines, start_agent_with, status_of,
+};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
+use connmirror_tests::mirror::Mirror;
+use connmirror_tests::netns::Netns;
+use connmirror_tests::topology::{CLIENT_IF, Family};
+use connmirror_tests::wire::WireWatch;
+
+const PORT: u16 = 7100;
+
+/// Established TCP connections of `service` in `ns` (`ss`).
+fn established(ns: &Netns, service: SocketAddr) -> Vec<String> {
+    let out = ns
+        .command("ss")
+        .args(["-Htn", "state", "established"])
+        .output()
+        .expect("run ss");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = match service {
+        SocketAddr::V4(_) => service.to_string(),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.split_whitespace().nth(2) == Some(local.as_str()))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn round_trip(family: Family) {
+    let PrimarySetup {
+        dir,
+        key,
+        topo,
+        service,
+        primary: _primary,
+    } = primary_setup(family, PORT, "maintenance");
+    let command = detecting_standby_command(&topo, family, service, &key)
+        .arg("--failback")
+        .arg("manual")
+        .arg("--keep-sockets");
+    let standby = Mirror::start(&topo.gateway, &command);
+    let control = dir.path().join("agent-control.sock");
+    let control_flag = control.display().to_string();
+    let mut agent = start_agent_with(&topo, family, service, &key, &["--control", &control_flag]);
+    standby.wait_log("armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect("streams flow to the primary");
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    let on_primary = established(&topo.server, service);
+
+    let (refused_ok, _, refused) =
+        control_cli(&topo.server, "migrate", &control, &["--to", "nobody"]);
+    let takeover = control_cli(&topo.server, "takeover", &control, &[]);
+    let (no_app_ok, _, no_app) =
+        control_cli(&topo.server, "migrate", &control, &["--to", "standby"]);
+    let standby_app = handoff_app(&topo, &standby, service);
+    let before = clients.verified();
+    let away = migrate(&topo.server, &control, &["--to", "standby"]);
+    let stepped = agent.wait_line("stepped down", Duration::from_secs(10));
+    let resumed_away = resumed_lines(&standby_app, 4);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the standby");
+    let serving = status_of(&topo, &standby);
+    let left_on_primary = established(&topo.server, service);
+    let primary_metrics = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let standby_metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+
+    // The maintenance is over: the primary's address and agent come back.
+    agent.kill();
+    configure_primary(&topo, family, service);
+    let (agent, primary_app) = recovering_agent(&topo, dir.path(), &key, family, service);
+    standby.wait_log("the primary is recovering; failback policy is manual");
+    let back = migrate(
+        &topo.gateway,
+        &standby.control_socket(),
+        &["--to", "primary"],
+    );
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed_back = resumed_lines(&primary_app, 4);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (_report, _dir2) = standby.stop();
+
+    assert_eq!(on_primary.len(), 4, "{on_primary:?}");
+    assert!(!refused_ok);
+    let standby_at = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
+    assert_eq!(
+        refused.trim(),
+        format!(
+            "error: the node refused: the standby at {standby_at} will not take them: \
+             this is node \"standby\", not \"nobody\""
+        )
+    );
+    assert!(!no_app_ok);
+    assert_eq!(
+        no_app.trim(),
+        format!(
+            "error: the node refused: the standby at {standby_at} will not take them: \
+             no application is registered on the handoff socket for {service}"
+        )
+    );
+    assert!(!takeover.0);
+    assert_eq!(
+        takeover.2.trim(),
+        "error: the node refused: this is an agent: it answers `connmirror migrate` only; \
+         ask the standby's control socket"
+    );
+    assert_eq!(
+        (away.to.as_str(), away.peer, away.moved, away.epoch),
+        ("standby", standby_at, 4, 1),
+        "{away:?}"
+    );
+    assert_eq!(away.services, vec![service]);
+    assert_eq!(away.errors, Vec::<String>::new());
+    assert_eq!(stepped, "stepped down: standby holds epoch 2");
+    assert_eq!((serving.role.as_str(), serving.epoch), ("owner", 2));
+    assert_eq!(serving.services[0].state, "taken-over");
+    assert_eq!(left_on_primary, Vec::<String>::new());
+    assert_eq!(primary_metrics.count("connmirror_stepped_down"), 1);
+    for (series, n) in [
+        ("connmirror_planned_migrations_total{outcome=\"taken\"}", 1),
+        (
+            "connmirror_planned_migrations_total{outcome=\"refused\"}",
+            2,
+        ),
+        ("connmirror_failovers_total{trigger=\"migration\"}", 1),
+        (
+            "connmirror_failovers_total{trigger=\"heartbeats-missed\"}",
+            0,
+        ),
+        ("connmirror_restored_connections_total", 4),
+        ("connmirror_handed_off_connections_total", 4),
+        ("connmirror_reset_connections_total", 0),
+    ] {
+        assert_eq!(standby_metrics.count(series), n, "{series}");
+    }
+    assert_eq!(
+        (back.to.as_str(), back.moved, back.epoch),
+        ("primary", 4, 2),
+        "{back:?}"
+    );
+    assert_eq!(back.errors, Vec::<String>::new());
+    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&results, before, &resumed_back, &seen);
+    for r in &results {
+        let line = format!("resumed {} c2s=0 s2c=0", r.local);
+        assert!(
+            resumed_away.contains(&line),
+            "{line:?} not in {resumed_away:?}"
+        );
+    }
+}
+
+#[test]
+fn migrate_to_moves_live_connections_to_the_standby_and_back_with_no_failure_v4() {
+    round_trip(Family::V4);
+}
+
+#[test]
+fn migrate_to_moves_live_connections_to_the_standby_and_back_with_no_failure_v6() {
+    round_trip(Family::V6);
+}
