@@ -12,13 +12,18 @@
 //! standby. Every stream stays byte-exact through both moves, and no RST
 //! reaches a client.
 //!
-//! Before that, a migration to a node that is not the standby, and one while
-//! no application is registered on the standby's handoff socket, are refused
-//! with their exact errors and change nothing.
+//! Before that, a `Prepare` forged with the wrong key (from the clients'
+//! namespace, with the highest counter), a migration to a node that is not
+//! the standby, and one while no application is registered on the standby's
+//! handoff socket are refused with their exact errors, counted, and change
+//! nothing: the real migration after them works.
 
-use std::net::SocketAddr;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use connmirror::heartbeat::Key;
+use connmirror::migrate::{self, Prepare};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, PrimarySetup, assert_migrated, configure_primary, control_cli,
@@ -28,10 +33,35 @@ use connmirror_tests::failover::{
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::netns::Netns;
-use connmirror_tests::topology::{CLIENT_IF, Family};
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
 use connmirror_tests::wire::WireWatch;
 
 const PORT: u16 = 7100;
+
+/// Sends a `Prepare` signed with the wrong key to the standby from the
+/// clients' namespace, with the highest counter there is; returns what came
+/// back before the standby closed the connection.
+fn forged_prepare(topo: &Topology, family: Family, service: SocketAddr) -> Vec<u8> {
+    let standby = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);
+    topo.client.run(|| {
+        let mut stream = TcpStream::connect(standby).expect("connect to the standby");
+        let prepare = Prepare {
+            node_id: "primary".into(),
+            to: "standby".into(),
+            counter: u64::MAX,
+            epoch: 9,
+            services: vec![service],
+        };
+        let wrong = Key::from_bytes(b"not the shared key, 32 bytes....");
+        migrate::write_frame(&mut stream, &wrong, &prepare).expect("send the frame");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("SO_RCVTIMEO");
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("the standby closes");
+        answer
+    })
+}
 
 /// Established TCP connections of `service` in `ns` (`ss`).
 fn established(ns: &Netns, service: SocketAddr) -> Vec<String> {
@@ -80,6 +110,11 @@ fn round_trip(family: Family) {
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
     let on_primary = established(&topo.server, service);
 
+    let forged = forged_prepare(&topo, family, service);
+    standby.wait_log(
+        "planned migration refused: reading a migration request: \
+         frame with a MAC that does not verify (wrong key or forged)",
+    );
     let (refused_ok, _, refused) =
         control_cli(&topo.server, "migrate", &control, &["--to", "nobody"]);
     let takeover = control_cli(&topo.server, "takeover", &control, &[]);
@@ -118,6 +153,11 @@ fn round_trip(family: Family) {
     let (_report, _dir2) = standby.stop();
 
     assert_eq!(on_primary.len(), 4, "{on_primary:?}");
+    assert_eq!(
+        forged,
+        Vec::<u8>::new(),
+        "the standby answers no forged frame"
+    );
     assert!(!refused_ok);
     let standby_at = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
     assert_eq!(
@@ -157,7 +197,7 @@ fn round_trip(family: Family) {
         ("connmirror_planned_migrations_total{outcome=\"taken\"}", 1),
         (
             "connmirror_planned_migrations_total{outcome=\"refused\"}",
-            2,
+            3,
         ),
         ("connmirror_failovers_total{trigger=\"migration\"}", 1),
         (
