@@ -198,6 +198,16 @@ pub struct TakeoverReport {
 }
 
 impl TakeoverReport {
+    /// An empty report of a takeover of `services`.
+    fn started(services: &[Service], trigger: Trigger) -> TakeoverReport {
+        TakeoverReport {
+            trigger: trigger.name.to_owned(),
+            epoch: trigger.epoch,
+            services: services.iter().map(|s| s.addr).collect(),
+            ..TakeoverReport::default()
+        }
+    }
+
     fn unrecoverable(&mut self, reason: Unrecoverable) {
         *self
             .unrecoverable
@@ -330,12 +340,7 @@ pub(crate) async fn run(
     services: &[Service],
     trigger: Trigger,
 ) -> anyhow::Result<TakeoverReport> {
-    let mut report = TakeoverReport {
-        trigger: trigger.name.to_owned(),
-        epoch: trigger.epoch,
-        services: services.iter().map(|s| s.addr).collect(),
-        ..TakeoverReport::default()
-    };
+    let mut report = TakeoverReport::started(services, trigger);
     let mut steps = Steps { steps: Vec::new() };
     let quiesced = ServiceMode::QUIESCED;
     steps.run("quiesce", || set_modes(mirror, services, quiesced))?;
@@ -352,11 +357,7 @@ pub(crate) async fn run(
         .collect();
     let rebuilt = steps.run("restore", || restore_flows(config, flows, &mut report));
     report.flows = rebuilt.iter().map(|r| r.flow.endpoints()).collect();
-    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
-    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
-    let start = Instant::now();
-    announce_in_background(config, services);
-    steps.record("announce", start);
+    serve(&mut steps, mirror, config, services)?;
     let start = Instant::now();
     resume(config, handoff, &mirror.reader.table, rebuilt, &mut report).await;
     steps.record("resume", start);
@@ -378,12 +379,7 @@ pub(crate) async fn adopt(
     plans: Vec<RestorePlan>,
     trigger: Trigger,
 ) -> anyhow::Result<TakeoverReport> {
-    let mut report = TakeoverReport {
-        trigger: trigger.name.to_owned(),
-        epoch: trigger.epoch,
-        services: services.iter().map(|s| s.addr).collect(),
-        ..TakeoverReport::default()
-    };
+    let mut report = TakeoverReport::started(services, trigger);
     let mut steps = Steps { steps: Vec::new() };
     steps.run("address", || add_addresses(config, services))?;
     let rebuilt = steps.run("restore", || {
@@ -391,11 +387,7 @@ pub(crate) async fn adopt(
         rebuild(config, plans, planned, &mut report)
     });
     report.flows = rebuilt.iter().map(|(_, ends)| *ends).collect();
-    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
-    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
-    let start = Instant::now();
-    announce_in_background(config, services);
-    steps.record("announce", start);
+    serve(&mut steps, mirror, config, services)?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (id, (stream, (server, client))) in rebuilt.into_iter().enumerate() {
@@ -406,6 +398,23 @@ pub(crate) async fn adopt(
     steps.record("resume", start);
     report.steps = steps.steps;
     Ok(report)
+}
+
+/// The **unquiesce** and **announce** steps: client segments reach the
+/// rebuilt sockets (the old primary stays fenced) and the neighbours learn
+/// the addresses' new home.
+fn serve(
+    steps: &mut Steps,
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    services: &[Service],
+) -> anyhow::Result<()> {
+    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
+    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
+    let start = Instant::now();
+    announce_in_background(config, services);
+    steps.record("announce", start);
+    Ok(())
 }
 
 fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
