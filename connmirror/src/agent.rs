@@ -14,7 +14,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -24,12 +24,13 @@ use crate::{
     address,
     control::{ControlServer, Pending, Request, Response},
     handoff::HandoffServer,
-    heartbeat::{self, Key, Kind, Message, Ownership, Verifier},
+    heartbeat::{self, HeartbeatStats, Key, Kind, Message, Ownership, Verifier},
     metrics::{Family, MetricsArgs},
     migrate::{self, Prepare},
     mirror::{EventSource as _, Signals, announce_ready},
     onhost::{self, OnHostArgs},
-    ownership::Policy,
+    ownership::{Peer, Policy},
+    status::{ServiceStatus, StatusReport},
 };
 
 /// Command-line arguments of `connmirror agent`.
@@ -258,6 +259,9 @@ struct Node<'a> {
     ownership: &'a Ownership,
     stepped_down: bool,
     recovering: bool,
+    /// The standby's last verified message: its ownership, address, when.
+    heard: Option<&'a (Ownership, SocketAddr, Instant)>,
+    stats: HeartbeatStats,
 }
 
 impl Node<'_> {
@@ -267,8 +271,12 @@ impl Node<'_> {
         let Pending { request, reply } = pending;
         let prepare = match request {
             Request::Migrate { to, services } => self.prepare(to, services),
-            Request::Takeover { .. } | Request::Status => Err(
-                "this is an agent: it answers `connmirror migrate` only; ask the standby's control socket".into(),
+            Request::Status => {
+                let _ = reply.send(Response::Status(Box::new(self.status())));
+                return;
+            }
+            Request::Takeover { .. } => Err(
+                "this is an agent: `connmirror takeover` asks the standby's control socket".into(),
             ),
         };
         let prepare = match prepare {
@@ -306,6 +314,43 @@ impl Node<'_> {
             };
             let _ = reply.send(response);
         });
+    }
+
+    /// `connmirror status` on the primary: its role (`primary`, `recovering`
+    /// or `stepped-down`), epoch, the standby as last heard from, the
+    /// messages it received, and its services.
+    fn status(&self) -> StatusReport {
+        let role = match (self.stepped_down, self.recovering) {
+            (true, _) => "stepped-down",
+            (false, true) => "recovering",
+            (false, false) => "primary",
+        };
+        let state = match role {
+            "primary" => "serving",
+            "recovering" => "waiting",
+            _ => "released",
+        };
+        let peer = self.heard.map(|(ownership, address, at)| Peer {
+            ownership: ownership.clone(),
+            address: *address,
+            last_heartbeat_ms: at.elapsed().as_millis() as u64,
+            alive: at.elapsed() < 3 * Duration::from_millis(self.args.interval.max(1)),
+        });
+        StatusReport {
+            role: role.into(),
+            epoch: self.ownership.epoch,
+            peer,
+            heartbeats: Some(self.stats),
+            services: (self.ownership.services.iter())
+                .map(|addr| ServiceStatus {
+                    addr: *addr,
+                    state: state.into(),
+                })
+                .collect(),
+            flows: Default::default(),
+            replication_lag: None,
+            takeovers: 0,
+        }
     }
 
     /// The first frame of a planned migration of `asked` (every service when
@@ -391,13 +436,18 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
     let mut ready = false;
     let mut stepped_down = false;
     let mut recovering = args.recovering;
+    let mut heard: Option<(Ownership, SocketAddr, Instant)> = None;
     tracing::info!(standby = %args.standby, node = args.node_id, recovering, "sending heartbeats");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                match verifier.accept(&buf[..n]) {
+                let accepted = verifier.accept(&buf[..n]);
+                if let Ok(message) = &accepted {
+                    heard = Some((message.ownership.clone(), from, Instant::now()));
+                }
+                match accepted {
                     Ok(message) if message.kind == Kind::Solicit => {
                         tracing::info!(%from, "solicited by the standby");
                     }
@@ -430,6 +480,8 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
                     ownership: &ownership,
                     stepped_down,
                     recovering,
+                    heard: heard.as_ref(),
+                    stats: verifier.stats,
                 };
                 node.serve(pending);
                 continue;

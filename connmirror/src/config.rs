@@ -42,11 +42,15 @@ pub const CONFIG_FLAG: &str = "config";
 pub struct Layout<'a> {
     /// Subcommands that take `--config FILE`; each reads the table of its name.
     pub tables: &'a [&'a str],
-    /// `(key, table)`: a table that does not set `key`, for a subcommand with
-    /// that flag, takes it from `table` (the client commands take the
-    /// standby's `control` socket, so it is written once).
-    pub inherit: &'a [(&'a str, &'a str)],
+    /// `(key, sources, tables)`: each of `tables` that does not set `key`
+    /// takes it from the first of `sources` that does (the client commands
+    /// take the node's `control` socket, the standby's or the agent's, so it
+    /// is written once).
+    pub inherit: &'a [Inherit<'a>],
 }
+
+/// One `(key, sources, tables)` of [`Layout::inherit`].
+pub type Inherit<'a> = (&'a str, &'a [&'a str], &'a [&'a str]);
 
 /// A configuration file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -311,15 +315,14 @@ impl Config {
 
 /// Adds each `layout.inherit` key to the tables that lack it.
 fn inherit(tables: &mut BTreeMap<String, Table>, cmd: &Command, layout: &Layout<'_>) {
-    for &(long, from) in layout.inherit {
-        let Some(entry) = tables
-            .get(from)
-            .and_then(|t| t.entries.iter().find(|e| e.long == long))
+    for &(long, sources, into) in layout.inherit {
+        let Some(entry) = (sources.iter())
+            .find_map(|from| tables.get(*from)?.entries.iter().find(|e| e.long == long))
             .cloned()
         else {
             continue;
         };
-        for &name in layout.tables.iter().filter(|&&name| name != from) {
+        for &name in into {
             let Some(arg) = cmd
                 .find_subcommand(name)
                 .and_then(|sub| sub.get_arguments().find(|a| a.get_long() == Some(long)))
@@ -646,7 +649,7 @@ mod tests {
 
     const LAYOUT: Layout<'static> = Layout {
         tables: &["standby", "agent", "status"],
-        inherit: &[("control", "standby")],
+        inherit: &[("control", &["standby", "agent"], &["status"])],
     };
 
     /// The real standby and agent flags, and a client command with `--control`.
@@ -719,6 +722,11 @@ control = "/run/cm/control.sock"
         assert_eq!(
             args(&parse(STANDBY).unwrap(), "agent"),
             Vec::<String>::new()
+        );
+        let primary = "[agent]\ncontrol = \"/run/cm/agent.sock\"\n";
+        assert_eq!(
+            args(&parse(primary).unwrap(), "status"),
+            ["--control=/run/cm/agent.sock"]
         );
     }
 
@@ -875,6 +883,7 @@ control = "/run/cm/control.sock"
              port = 7401  # default\n\
              recovering = false  # default\n\
              # handoff: not set\n\
+             # control: not set\n\
              handoff_wait = 10000  # default\n\
              metrics = \"127.0.0.1:9464\"  # default\n\
              iface = []\n\

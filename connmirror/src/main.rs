@@ -105,10 +105,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show a running standby's status: role, epoch, the primary it hears
-    /// (last heartbeat), services, flows by readiness, replication lag.
+    /// Show a running node's status: role, epoch, the peer it hears (last
+    /// heartbeat), services, flows by readiness, replication lag.
+    ///
+    /// A standby answers on its control socket; the primary's agent on its
+    /// `--control` socket (role `primary`, `recovering` or `stepped-down`).
     Status {
-        /// The standby's control socket.
+        /// The node's control socket (the standby's, or the agent's `--control`).
         #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
         control: PathBuf,
         /// Print JSON instead of a table.
@@ -124,12 +127,17 @@ enum Command {
 }
 
 /// What a configuration file configures: a table per subcommand, and the
-/// client commands take the standby's control socket unless they set theirs.
+/// client commands take the node's control socket (the standby's, else the
+/// agent's) unless they set theirs.
 const LAYOUT: Layout<'static> = Layout {
     tables: &[
         "mirror", "standby", "agent", "takeover", "status", "migrate",
     ],
-    inherit: &[("control", "standby")],
+    inherit: &[(
+        "control",
+        &["standby", "agent"],
+        &["takeover", "status", "migrate"],
+    )],
 };
 
 #[derive(Debug, Subcommand)]

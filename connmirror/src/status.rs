@@ -11,7 +11,9 @@ use crate::{heartbeat::HeartbeatStats, ownership::Peer};
 /// A standby's status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// `standby` (protecting) or `owner` (it took services over).
+    /// On a standby: `standby` (protecting) or `owner` (it took services
+    /// over). On the primary's agent: `primary`, `recovering` or
+    /// `stepped-down`.
     pub role: String,
     /// The ownership epoch this node holds or last saw.
     pub epoch: u64,
@@ -36,7 +38,8 @@ pub struct StatusReport {
 pub struct ServiceStatus {
     /// Its address.
     pub addr: SocketAddr,
-    /// `protected` or `taken-over`.
+    /// On a standby: `protected`, `taken-over` or `draining`. On an agent:
+    /// `serving`, `waiting` (recovering) or `released` (stepped down).
     pub state: String,
 }
 
@@ -82,7 +85,13 @@ impl StatusReport {
         writeln!(out, "flows     {}", flows.join(", "))?;
         match self.replication_lag {
             Some(lag) => writeln!(out, "lag       {} bytes, {:.3} s", lag.bytes, lag.seconds)?,
-            None => writeln!(out, "lag       none (inline mode)")?,
+            None if self.role == "standby" || self.role == "owner" => {
+                writeln!(out, "lag       none (inline mode)")?
+            }
+            None => writeln!(
+                out,
+                "lag       not reported here (an agent's is on its /metrics)"
+            )?,
         }
         writeln!(out, "takeovers {}", self.takeovers)
     }

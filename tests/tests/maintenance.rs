@@ -24,11 +24,12 @@ use std::time::Duration;
 
 use connmirror::heartbeat::Key;
 use connmirror::migrate::{self, Prepare};
+use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, PrimarySetup, assert_migrated, configure_primary, control_cli,
     detecting_standby_command, gateway_addrs, handoff_app, migrate, primary_setup,
-    recovering_agent, resumed_lines, start_agent_with, status_of,
+    recovering_agent, resumed_lines, start_agent_with, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -86,6 +87,12 @@ fn established(ns: &Netns, service: SocketAddr) -> Vec<String> {
         .collect()
 }
 
+/// `connmirror status --json` on the agent's control socket.
+fn agent_status(topo: &Topology, control: &std::path::Path) -> StatusReport {
+    let json = status(&topo.server, control, true);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("status JSON: {e}\n{json}"))
+}
+
 fn round_trip(family: Family) {
     let PrimarySetup {
         dir,
@@ -109,6 +116,7 @@ fn round_trip(family: Family) {
         .expect("streams flow to the primary");
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
     let on_primary = established(&topo.server, service);
+    let serving_primary = agent_status(&topo, &control);
 
     let forged = forged_prepare(&topo, family, service);
     standby.wait_log(
@@ -130,6 +138,7 @@ fn round_trip(family: Family) {
         .expect("the streams go on at the standby");
     let serving = status_of(&topo, &standby);
     let left_on_primary = established(&topo.server, service);
+    let released = agent_status(&topo, &control);
     let primary_metrics = scrape(&topo.server, DEFAULT_ENDPOINT);
     let standby_metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
 
@@ -153,6 +162,21 @@ fn round_trip(family: Family) {
     let (_report, _dir2) = standby.stop();
 
     assert_eq!(on_primary.len(), 4, "{on_primary:?}");
+    assert_eq!(
+        (serving_primary.role.as_str(), serving_primary.epoch),
+        ("primary", 1)
+    );
+    assert_eq!(serving_primary.services[0].state, "serving");
+    assert_eq!(
+        (released.role.as_str(), released.epoch),
+        ("stepped-down", 1)
+    );
+    assert_eq!(released.services[0].state, "released");
+    let peer = released.peer.expect("the standby heard");
+    assert_eq!(
+        (peer.ownership.node_id.as_str(), peer.ownership.epoch),
+        ("standby", 2)
+    );
     assert_eq!(
         forged,
         Vec::<u8>::new(),
@@ -178,8 +202,8 @@ fn round_trip(family: Family) {
     assert!(!takeover.0);
     assert_eq!(
         takeover.2.trim(),
-        "error: the node refused: this is an agent: it answers `connmirror migrate` only; \
-         ask the standby's control socket"
+        "error: the node refused: this is an agent: `connmirror takeover` asks the standby's \
+         control socket"
     );
     assert_eq!(
         (away.to.as_str(), away.peer, away.moved, away.epoch),
