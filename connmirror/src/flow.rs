@@ -26,7 +26,8 @@ use crate::{
         Replayed, ReplayedFlow, ReplayedSide,
         record::{CloseReason, FlowSnapshot, Record, SideSnapshot},
     },
-    service::socket_addr,
+    restore::RestorePlan,
+    service::{addr_bytes, socket_addr},
     state::{MissingRange, Readiness, SideState, after},
     stream::{Chunk, Retention, Stream, StreamLimits, StreamMarks},
 };
@@ -170,6 +171,27 @@ impl Side {
             stream.fin(data_seq.wrapping_add(header.payload_len));
         }
         Ok(())
+    }
+
+    /// [`Stream::rebase`] plus this side's sender state; the dump file stops
+    /// (it is an exact prefix, and the bytes in between were never seen).
+    /// `retained` ends at `next_seq`. Returns the stream offset of
+    /// `retained[0]`.
+    fn rebase(&mut self, next_seq: u32, ack: u32, retained: &[u8], moved: u64) -> Option<u64> {
+        let next = self.stream.rebase(
+            next_seq,
+            next_seq.wrapping_sub(retained.len() as u32),
+            retained,
+            moved,
+        )?;
+        self.state.next_seq = Some(next_seq);
+        self.state.ack = Some(ack);
+        self.state.fin = false;
+        if let Some(dump) = self.dump.as_mut() {
+            // Writing a gap only marks the file stopped: it cannot fail.
+            let _ = dump.write(Chunk::Gap(0));
+        }
+        Some(next - retained.len() as u64)
     }
 
     fn report(&mut self) -> io::Result<SideReport> {
@@ -493,6 +515,54 @@ impl FlowTable {
         );
     }
 
+    /// Moves a flow this host served uncaptured (it took the connection over,
+    /// or had it migrated in) to where its socket stood when it was dumped to
+    /// migrate away ([`crate::migrate`]), so capture goes on without a hole
+    /// and a later failover can restore it. `received` and `acked` are that
+    /// socket's `tcpi_bytes_received` and `tcpi_bytes_acked` (how far each
+    /// direction went unseen, which sequence numbers alone tell only modulo
+    /// 2³²). The server's TSval becomes the dump's timestamp. Journaled as data
+    /// records at the new offsets and an update. `false` when the table has no
+    /// such flow, or it has no origins yet.
+    pub fn rebase(&mut self, plan: &RestorePlan, received: u64, acked: u64) -> bool {
+        let key = key_of(plan.server, plan.client);
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return false;
+        };
+        if flow.c2s.stream.marks().origin.is_none() || flow.s2c.stream.marks().origin.is_none() {
+            return false;
+        }
+        let before = flow.held();
+        let queued = plan.send_queue.len() as u32;
+        let snd_nxt = plan.send_seq.wrapping_add(queued);
+        let c2s = flow.c2s.rebase(plan.recv_seq, plan.send_seq, &[], received);
+        let s2c = flow.s2c.rebase(
+            snd_nxt,
+            plan.recv_seq,
+            &plan.send_queue,
+            acked + u64::from(queued),
+        );
+        if let Some(ts) = plan.timestamp {
+            flow.s2c.state.tsval = Some(ts);
+        }
+        flow.dirty = true;
+        if let (Some(records), Some(c2s), Some(s2c)) = (self.records.as_mut(), c2s, s2c) {
+            for (dir, offset, bytes) in [
+                (Direction::ClientToServer, c2s, Vec::new()),
+                (Direction::ServerToClient, s2c, plan.send_queue.clone()),
+            ] {
+                records.push(Record::Data {
+                    id: flow.id,
+                    dir,
+                    offset,
+                    bytes,
+                });
+            }
+        }
+        self.held = self.held + flow.held() - before;
+        true
+    }
+
     /// The journal records collected since the last call, ending with an
     /// [`Record::Update`] per direction of every flow that changed (and a
     /// [`Record::Close`] for flows that closed). Empty unless journaling.
@@ -722,6 +792,19 @@ fn restore_stream(limits: StreamLimits, side: &ReplayedSide) -> Stream {
         &[][..]
     };
     Stream::restore(limits, marks, usable)
+}
+
+/// The key of the flow between `server` and `client`.
+pub fn key_of(server: SocketAddr, client: SocketAddr) -> FlowKey {
+    let ((server_addr, family), (client_addr, _)) = (addr_bytes(&server), addr_bytes(&client));
+    FlowKey {
+        server_addr,
+        client_addr,
+        server_port: server.port(),
+        client_port: client.port(),
+        family,
+        _pad: [0; 3],
+    }
 }
 
 fn flow_key(header: &RecordHeader, direction: Direction) -> FlowKey {
@@ -1024,6 +1107,141 @@ mod tests {
         table
             .record(&header(direction, seq, flags, payload), payload)
             .unwrap();
+    }
+
+    /// A segment with an acknowledgment number.
+    fn feed_ack(table: &mut FlowTable, direction: Direction, seq: u32, ack: u32, payload: &[u8]) {
+        let mut h = header(direction, seq, ACK, payload);
+        h.ack = ack;
+        table.record(&h, payload).unwrap();
+    }
+
+    #[test]
+    fn a_rebased_flow_goes_on_without_a_hole_and_journals_where_it_stands() {
+        let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+        handshake_then(&mut table, b"hello");
+        feed_ack(&mut table, Direction::ServerToClient, 101, 3, b"hello");
+        let mut all = table.take_records();
+        // Served uncaptured elsewhere: 3 GiB each way went by, and 4 server
+        // bytes wait for the client's acknowledgment.
+        let moved = 3u64 << 30;
+        let recv_seq = 3u32.wrapping_add(moved as u32);
+        let send_seq = 106u32.wrapping_add(moved as u32);
+        let plan = RestorePlan {
+            server: "198.18.1.2:7000".parse().unwrap(),
+            client: "198.18.0.2:40000".parse().unwrap(),
+            send_seq,
+            recv_seq,
+            send_queue: b"tail".to_vec(),
+            options: crate::restore::RestoreOptions {
+                mss: 1460,
+                window_scale: None,
+                sack: true,
+                timestamps: true,
+            },
+            window: crate::restore::RestoreWindow::default(),
+            timestamp: Some(777),
+            queue: crate::restore::QueueMode::Unsent,
+        };
+
+        assert!(table.rebase(&plan, moved, moved));
+        let journaled = table.take_records();
+        feed_ack(
+            &mut table,
+            Direction::ClientToServer,
+            recv_seq,
+            send_seq,
+            b"abc",
+        );
+        feed_ack(
+            &mut table,
+            Direction::ServerToClient,
+            send_seq.wrapping_add(4),
+            recv_seq,
+            b"de",
+        );
+        let flow = table.takeover(0).pop().unwrap();
+        all.extend(journaled.iter().cloned());
+        all.extend(table.take_records());
+        let mut replayed = Replayed::new();
+        all.into_iter().for_each(|r| replayed.apply(r));
+        let mut recovered = FlowTable::new(StreamLimits::default(), None);
+        recovered.restore(replayed);
+        let again = recovered.takeover(0).pop().unwrap();
+
+        assert_eq!(flow.readiness, Readiness::Ready);
+        assert_eq!(
+            (
+                again.readiness,
+                again.c2s.marks,
+                again.s2c.marks,
+                &again.s2c.bytes
+            ),
+            (
+                Readiness::Ready,
+                flow.c2s.marks,
+                flow.s2c.marks,
+                &flow.s2c.bytes
+            ),
+            "the journal recovers the rebased flow"
+        );
+        assert_eq!(
+            (flow.c2s.marks.next, flow.c2s.marks.acked),
+            (5 + moved + 3, 5 + moved)
+        );
+        assert_eq!(
+            (flow.s2c.marks.next, flow.s2c.marks.acked),
+            (5 + moved + 6, 5 + moved)
+        );
+        assert_eq!(
+            (flow.s2c.bytes_start, &flow.s2c.bytes[..]),
+            (5 + moved, &b"tailde"[..])
+        );
+        assert_eq!(flow.s2c.state.tsval, Some(777));
+        assert_eq!(flow.s2c.state.next_seq, Some(send_seq.wrapping_add(6)));
+        assert_eq!(
+            journaled[..2],
+            [
+                Record::Data {
+                    id: 1,
+                    dir: Direction::ClientToServer,
+                    offset: 5 + moved,
+                    bytes: Vec::new(),
+                },
+                Record::Data {
+                    id: 1,
+                    dir: Direction::ServerToClient,
+                    offset: 5 + moved,
+                    bytes: b"tail".to_vec(),
+                },
+            ]
+        );
+        assert!(
+            matches!(journaled[2], Record::Update { .. }),
+            "{journaled:?}"
+        );
+    }
+
+    #[test]
+    fn a_flow_the_table_never_saw_is_not_rebased() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        let plan = RestorePlan {
+            server: "198.18.1.2:7000".parse().unwrap(),
+            client: "198.18.0.2:40001".parse().unwrap(),
+            send_seq: 1,
+            recv_seq: 1,
+            send_queue: Vec::new(),
+            options: crate::restore::RestoreOptions {
+                mss: 536,
+                window_scale: None,
+                sack: false,
+                timestamps: false,
+            },
+            window: crate::restore::RestoreWindow::default(),
+            timestamp: None,
+            queue: crate::restore::QueueMode::Unsent,
+        };
+        assert!(!table.rebase(&plan, 0, 0));
     }
 
     /// Both SYNs (client ISN just below 2^32, so its data wraps), then `c2s`.

@@ -269,13 +269,13 @@ pub fn send(
     key: &Key,
     sockets: &[TcpStream],
     batch: Batch,
-) -> anyhow::Result<Receipt> {
+) -> anyhow::Result<(Receipt, Vec<RestorePlan>)> {
     let mut stream = connect(agent)?;
     ship(&mut stream, key, sockets, batch).with_context(|| format!("migrating to {agent}"))
 }
 
 /// Settles `sockets`, dumps each into `batch` and sends it on `stream`;
-/// returns the receipt. Once the receiver took them, each socket is let go
+/// returns the receipt and the dumps. Once the receiver took them, each socket is let go
 /// silently ([`let_go`]); if anything fails before that, each leaves repair
 /// mode and the connection goes on here ([`resume_here`]).
 pub fn ship(
@@ -283,7 +283,7 @@ pub fn ship(
     key: &Key,
     sockets: &[TcpStream],
     mut batch: Batch,
-) -> anyhow::Result<Receipt> {
+) -> anyhow::Result<(Receipt, Vec<RestorePlan>)> {
     settle(sockets);
     let outcome = (|| {
         batch.plans = (sockets.iter())
@@ -297,7 +297,7 @@ pub fn ship(
             receipt.counter,
             batch.counter
         );
-        Ok(receipt)
+        Ok((receipt, std::mem::take(&mut batch.plans)))
     })();
     for socket in sockets {
         let done = match outcome {
@@ -348,7 +348,7 @@ pub fn hand_over(
         epoch: prepare.epoch,
         plans: Vec::new(),
     };
-    let receipt = ship(&mut stream, key, &taken.sockets, batch)
+    let (receipt, _) = ship(&mut stream, key, &taken.sockets, batch)
         .with_context(|| format!("migrating to {standby}"))?;
     let mut errors = taken.errors;
     errors.extend(receipt.errors);

@@ -818,14 +818,15 @@ impl Standby {
             epoch: self.epoch,
             plans: Vec::new(),
         };
+        let progress = unseen_progress(&sockets);
         let (sockets, sent) = tokio::task::spawn_blocking(move || {
             let sent = migrate::send(agent, &key, &sockets, batch);
             (sockets, sent)
         })
         .await
         .context("the migration task")?;
-        let receipt = match sent {
-            Ok(receipt) => receipt,
+        let (receipt, plans) = match sent {
+            Ok(sent) => sent,
             Err(err) => {
                 kept.lock().expect("kept sockets").extend(sockets);
                 set_modes(mirror, services, ServiceMode::FENCED | ServiceMode::OWNED)?;
@@ -836,6 +837,20 @@ impl Standby {
         for error in &receipt.errors {
             tracing::warn!(error, "the primary could not take a connection");
         }
+        let followed = (plans.iter())
+            .filter(|plan| {
+                let (received, acked) = progress
+                    .get(&(plan.server, plan.client))
+                    .copied()
+                    .unwrap_or_default();
+                mirror.reader.table.rebase(plan, received, acked)
+            })
+            .count();
+        tracing::info!(
+            followed,
+            of = plans.len(),
+            "migrated connections rebased in the flow table: capture follows them again"
+        );
         self.release(mirror, services)?;
         self.migrations += 1;
         self.handed_back = Some(Ownership {
@@ -1182,6 +1197,20 @@ async fn on_stream<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&mut stream).map(|out| (stream, out)))
         .await
         .context("the migration task")?
+}
+
+/// How far each socket's connection went while this host served it
+/// uncaptured: (`tcpi_bytes_received`, `tcpi_bytes_acked`) by (local, peer),
+/// for [`crate::flow::FlowTable::rebase`]. Read once the services are
+/// quiesced, before the dump (letting a socket go resets its counters).
+fn unseen_progress(sockets: &[TcpStream]) -> BTreeMap<(SocketAddr, SocketAddr), (u64, u64)> {
+    (sockets.iter())
+        .filter_map(|s| {
+            let info = dump::tcp_info(s).ok()?;
+            let ends = (s.local_addr().ok()?, s.peer_addr().ok()?);
+            Some((ends, (info.tcpi_bytes_received, info.tcpi_bytes_acked)))
+        })
+        .collect()
 }
 
 /// Takes the kept sockets of `services` that are still established; the

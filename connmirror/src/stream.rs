@@ -77,6 +77,13 @@ pub struct StreamMarks {
     pub handoff_only: bool,
 }
 
+/// The value congruent to `distance` modulo 2³² closest to `hint`.
+fn nearest(distance: u32, hint: u64) -> u64 {
+    let distance = u64::from(distance);
+    let wraps = (hint.saturating_sub(distance) + (1 << 31)) >> 32;
+    distance + (wraps << 32)
+}
+
 /// Which delivered bytes a stream retains, per service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Retention {
@@ -355,6 +362,40 @@ impl Stream {
         stream.stats.delivered = next;
         stream.trim();
         stream
+    }
+
+    /// Moves a stream the capture did not see for a while (its connection was
+    /// served by this host, uncaptured) to where the connection stands now:
+    /// `next_seq` is the sequence number of the next byte, `acked_seq` the
+    /// receiver's acknowledgment, and `retained` the bytes `[acked_seq,
+    /// next_seq)`. Offsets stay absolute: the distance from the old delivery
+    /// point is known modulo 2³², and `moved` (about how many bytes went by
+    /// unseen, e.g. the socket's `tcpi_bytes_received`) picks the multiple.
+    /// Out-of-order bytes, given-up holes and a FIN are forgotten. Returns the
+    /// new next offset; `None` (and nothing changes) without an origin.
+    pub fn rebase(
+        &mut self,
+        next_seq: u32,
+        acked_seq: u32,
+        retained: &[u8],
+        moved: u64,
+    ) -> Option<u64> {
+        let origin = self.origin?;
+        let here = origin.wrapping_add(self.next as u32);
+        let next = self.next + nearest(next_seq.wrapping_sub(here), moved);
+        let acked = next.saturating_sub(u64::from(next_seq.wrapping_sub(acked_seq)));
+        self.next = next;
+        self.acked = acked;
+        self.fin = None;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.abandoned.clear();
+        self.recent.clear();
+        self.recent
+            .extend(&retained[retained.len().saturating_sub((next - acked) as usize)..]);
+        self.stats.delivered = next;
+        self.trim();
+        Some(next)
     }
 
     /// The bytes buffered out of order, by stream offset.
@@ -650,6 +691,51 @@ mod tests {
     enum Seen {
         Bytes(Vec<u8>),
         Gap(u64),
+    }
+
+    #[test]
+    fn nearest_picks_the_wrap_closest_to_the_hint() {
+        assert_eq!(nearest(100, 0), 100);
+        assert_eq!(nearest(100, 90), 100);
+        assert_eq!(nearest(100, (5 << 32) + 7), (5 << 32) + 100);
+        assert_eq!(nearest(u32::MAX, 1 << 32), u64::from(u32::MAX));
+        assert_eq!(nearest(5, (1 << 32) + (1 << 30)), (1 << 32) + 5);
+    }
+
+    #[test]
+    fn a_rebased_stream_continues_from_the_new_point_without_a_hole() {
+        let isn = u32::MAX - 2;
+        let mut s = stream();
+        s.syn(isn);
+        let mut out = Vec::new();
+        feed(&mut s, isn.wrapping_add(1), b"before", &mut out);
+        s.ack(isn.wrapping_add(7));
+        // 6 GiB + 20 bytes go by unseen; the receiver acknowledged all but 4.
+        let moved = (6u64 << 30) + 20;
+        let next_seq = isn.wrapping_add(7).wrapping_add(moved as u32);
+
+        let next = s.rebase(next_seq, next_seq.wrapping_sub(4), b"tail", moved);
+        feed(&mut s, next_seq, b"after", &mut out);
+
+        assert_eq!(next, Some(6 + moved));
+        assert_eq!(s.acked(), 6 + moved - 4);
+        assert_eq!(s.missing(), Vec::new());
+        assert_eq!(s.holes(), Vec::new());
+        assert_eq!(s.next_offset(), 6 + moved + 5);
+        assert_eq!(out, b"beforeafter");
+        let (start, retained) = s.retained();
+        assert_eq!(start, 6 + moved - 4);
+        assert_eq!(
+            retained.flatten().copied().collect::<Vec<u8>>(),
+            b"tailafter"
+        );
+    }
+
+    #[test]
+    fn a_stream_without_an_origin_is_not_rebased() {
+        let mut s = stream();
+        assert_eq!(s.rebase(10, 10, b"", 0), None);
+        assert_eq!(s.next_offset(), 0);
     }
 
     fn feed_with_gaps(stream: &mut Stream, seq: u32, bytes: &[u8], out: &mut Vec<Seen>) {

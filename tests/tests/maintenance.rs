@@ -9,8 +9,10 @@
 //! agent steps down under the standby's higher epoch. With the maintenance
 //! done, the primary's agent comes back `--recovering` and the operator moves
 //! the same connections back with `connmirror migrate --to primary` on the
-//! standby. Every stream stays byte-exact through both moves, and no RST
-//! reaches a client.
+//! standby. Then the primary fails for real, and the standby restores the
+//! same connections again from its flow table, which followed them back
+//! (rebased from the dumps). Every stream stays byte-exact through the two
+//! moves and the failover, and no RST reaches a client.
 //!
 //! Before that, a `Prepare` forged with the wrong key (from the clients'
 //! namespace, with the highest counter), a migration to a node that is not
@@ -28,7 +30,7 @@ use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, PrimarySetup, assert_migrated, configure_primary, control_cli,
-    detecting_standby_command, gateway_addrs, handoff_app, migrate, primary_setup,
+    detecting_standby_command, gateway_addrs, handoff_app, kill_primary, migrate, primary_setup,
     recovering_agent, resumed_lines, start_agent_with, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
@@ -145,7 +147,7 @@ fn round_trip(family: Family) {
     // The maintenance is over: the primary's address and agent come back.
     agent.kill();
     configure_primary(&topo, family, service);
-    let (agent, primary_app) = recovering_agent(&topo, dir.path(), &key, family, service);
+    let (mut agent, mut primary_app) = recovering_agent(&topo, dir.path(), &key, family, service);
     standby.wait_log("the primary is recovering; failback policy is manual");
     let back = migrate(
         &topo.gateway,
@@ -157,6 +159,16 @@ fn round_trip(family: Family) {
     clients
         .wait_progress(256 << 10, Duration::from_secs(60))
         .expect("the streams go on at the primary");
+
+    // Later the primary fails for real: the standby still protects the
+    // connections that came back, because its flow table followed them.
+    kill_primary(&topo, &mut primary_app);
+    agent.kill();
+    let resumed_again = resumed_lines(&standby_app, 4);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the standby after the failure");
+    let after_failure = scrape(&topo.gateway, DEFAULT_ENDPOINT);
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
     let (_report, _dir2) = standby.stop();
@@ -242,6 +254,27 @@ fn round_trip(family: Family) {
     assert_eq!(back.errors, Vec::<String>::new());
     assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
     assert_migrated(&results, before, &resumed_back, &seen);
+    for (series, n) in [
+        (
+            "connmirror_failovers_total{trigger=\"heartbeats-missed\"}",
+            1,
+        ),
+        ("connmirror_restored_connections_total", 8),
+        ("connmirror_reset_connections_total", 0),
+    ] {
+        assert_eq!(after_failure.count(series), n, "{series}");
+    }
+    assert_eq!(after_failure.sum("connmirror_unrecoverable_flows_total"), 0);
+    for r in &results {
+        let prefix = format!("resumed {} c2s=", r.local);
+        let line = (resumed_again.iter())
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{prefix:?} not in {resumed_again:?}"));
+        assert!(
+            !line.starts_with(&format!("{prefix}0 ")),
+            "{line}: no history after the rebase"
+        );
+    }
     for r in &results {
         let line = format!("resumed {} c2s=0 s2c=0", r.local);
         assert!(
