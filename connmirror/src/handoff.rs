@@ -435,6 +435,11 @@ impl HandoffServer {
         self.shared.serves(service)
     }
 
+    /// Whether an application registers for `service` within `wait`.
+    pub fn wait_for(&self, service: SocketAddr, wait: Duration) -> bool {
+        self.shared.pick(service, Instant::now() + wait).is_some()
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.shared.path

@@ -119,6 +119,10 @@ pub struct Receipt {
     pub restored: u64,
     /// One message per connection that was not.
     pub errors: Vec<String>,
+    /// Why the receiver took none of them (nothing was rebuilt, so the
+    /// sender keeps every connection).
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 /// What a migration did (`connmirror migrate --to NODE`).
@@ -297,6 +301,9 @@ pub fn ship(
             receipt.counter,
             batch.counter
         );
+        if let Some(reason) = &receipt.refused {
+            anyhow::bail!("{reason}");
+        }
         Ok((receipt, std::mem::take(&mut batch.plans)))
     })();
     for socket in sockets {
@@ -423,7 +430,19 @@ pub fn receive(
         counter: batch.counter,
         restored: 0,
         errors: Vec::new(),
+        refused: None,
     };
+    // Refused before anything is rebuilt, so the sender keeps every
+    // connection: rebuilding one nobody takes would reset it.
+    if let Some(plan) = (batch.plans.iter()).find(|p| !handoff.wait_for(p.server, wait)) {
+        let reason = format!(
+            "no application registered on the handoff socket for {} within {wait:?}",
+            plan.server
+        );
+        receipt.refused = Some(reason.clone());
+        write_frame(&mut stream, key, &receipt).context("answering the migration")?;
+        anyhow::bail!(reason);
+    }
     for (id, plan) in batch.plans.iter().enumerate() {
         match adopt(plan, id as u64 + 1, handoff, wait) {
             Ok(()) => receipt.restored += 1,
@@ -535,6 +554,7 @@ mod tests {
                 counter: 1,
                 restored: 0,
                 errors: Vec::new(),
+                refused: None,
             },
         )
         .unwrap();

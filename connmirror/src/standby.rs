@@ -967,6 +967,7 @@ impl Standby {
             counter,
             restored: report.restored,
             errors: report.errors.clone(),
+            refused: None,
         };
         if let Err(err) = on_stream(stream, move |s| {
             Ok(migrate::write_frame(s, &key, &receipt)?)

@@ -222,19 +222,42 @@ pub fn recovering_agent(
     family: Family,
     service: SocketAddr,
 ) -> (Program, Program) {
-    let socket = dir.join("agent-handoff.sock").display().to_string();
-    let flags = ["--recovering", "--handoff", &socket];
-    let agent = start_agent_with(topo, family, service, key, &flags);
+    let agent = recovering_agent_with(topo, dir, key, family, service, &[]);
+    (agent, primary_handoff_app(topo, dir, service))
+}
+
+/// The agent of [`recovering_agent`] alone, with more flags.
+pub fn recovering_agent_with(
+    topo: &Topology,
+    dir: &Path,
+    key: &Path,
+    family: Family,
+    service: SocketAddr,
+    extra: &[&str],
+) -> Program {
+    let socket = agent_handoff_socket(dir);
+    let flags: Vec<&str> = ["--recovering", "--handoff", &socket]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    start_agent_with(topo, family, service, key, &flags)
+}
+
+/// The echo example registered on the agent's handoff socket in `dir`.
+pub fn primary_handoff_app(topo: &Topology, dir: &Path, service: SocketAddr) -> Program {
     let args = [
         "handoff",
         "--socket",
-        &socket,
+        &agent_handoff_socket(dir),
         "--service",
         &service.to_string(),
     ]
     .map(String::from);
-    let app = Program::start(&topo.server, echo_example(), args, "registered");
-    (agent, app)
+    Program::start(&topo.server, echo_example(), args, "registered")
+}
+
+fn agent_handoff_socket(dir: &Path) -> String {
+    dir.join("agent-handoff.sock").display().to_string()
 }
 
 /// Checks a migration's outcome: every stream exact and more than 1 MiB

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
-    PrimarySetup, Program, assert_migrated, configure_primary, control_cli,
-    detecting_standby_command, echo_primary, handoff_app, kill_primary, migrate, primary_setup,
-    recovering_agent, resumed_lines, start_agent, start_agent_with, status_of,
+    PrimarySetup, Program, agent_addr, assert_migrated, configure_primary, control_cli,
+    detecting_standby_command, echo_primary, handoff_app, kill_primary, migrate,
+    primary_handoff_app, primary_setup, recovering_agent, recovering_agent_with, resumed_lines,
+    start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -275,13 +276,15 @@ fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
 
 /// `connmirror migrate --to primary`, by hand: the standby's policy is
 /// `manual` (with `--keep-sockets`), so the recovering primary waits until
-/// the operator moves the connections.
+/// the operator moves the connections. A first try, before the primary's
+/// application registered, is refused by the agent before it rebuilds
+/// anything, and the standby keeps serving every connection.
 fn migrate_to(family: Family) {
     let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"]);
     let before = failed.clients.verified();
-    let (agent, app, _listener) = recovering_primary(&failed, family);
     let Failed {
         _dir,
+        key,
         topo,
         service,
         standby,
@@ -289,9 +292,17 @@ fn migrate_to(family: Family) {
         watch,
         ..
     } = failed;
+    forget_tcp_state(&topo);
+    let _listener = primary_returns(&topo, family, service);
+    let wait = ["--handoff-wait", "300"];
+    let agent = recovering_agent_with(&topo, _dir.path(), &key, family, service, &wait);
     standby.wait_log("the primary is recovering; failback policy is manual");
     let waiting = status_of(&topo, &standby);
     let control = standby.control_socket();
+    let (no_app_ok, _, no_app) =
+        control_cli(&topo.gateway, "migrate", &control, &["--to", "primary"]);
+    let refused = status_of(&topo, &standby);
+    let app = primary_handoff_app(&topo, _dir.path(), service);
     let report = migrate(&topo.gateway, &control, &["--to", "primary"]);
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
     let resumed = resumed_lines(&app, 4);
@@ -305,6 +316,16 @@ fn migrate_to(family: Family) {
     let (_report, _dir2) = standby.stop();
 
     assert_eq!((waiting.role.as_str(), waiting.epoch), ("owner", 2));
+    assert!(!no_app_ok);
+    assert_eq!(
+        no_app.trim(),
+        format!(
+            "error: the node refused: migrating to {}: no application registered on the \
+             handoff socket for {service} within 300ms",
+            agent_addr(family)
+        )
+    );
+    assert_eq!((refused.role.as_str(), refused.epoch), ("owner", 2));
     assert_eq!(
         (report.to.as_str(), report.moved, report.epoch),
         ("primary", 4, 2),
