@@ -262,6 +262,8 @@ struct Node<'a> {
     /// The standby's last verified message: its ownership, address, when.
     heard: Option<&'a (Ownership, SocketAddr, Instant)>,
     stats: HeartbeatStats,
+    /// The on-host capture, which quiesces the services for a migration.
+    onhost: Option<&'a onhost::Handle>,
 }
 
 impl Node<'_> {
@@ -287,14 +289,19 @@ impl Node<'_> {
             }
         };
         let (standby, bind, key) = (self.args.standby, self.args.bind, self.key.clone());
+        let onhost = self.onhost.cloned();
         tokio::spawn(async move {
             let to = prepare.to.clone();
+            let quiesce = move |services: &[SocketAddr], on: bool| match &onhost {
+                Some(onhost) => onhost.quiesce(services, on),
+                None => Ok(()),
+            };
             let outcome = match migrate::connect_from(standby, bind).await {
-                Ok(stream) => {
-                    tokio::task::spawn_blocking(move || migrate::hand_over(stream, &key, prepare))
-                        .await
-                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the migration task: {e}")))
-                }
+                Ok(stream) => tokio::task::spawn_blocking(move || {
+                    migrate::hand_over(stream, &key, prepare, &quiesce)
+                })
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("the migration task: {e}"))),
                 Err(err) => Err(err),
             };
             let response = match outcome {
@@ -394,7 +401,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
 /// `onhost`'s families (the on-host mirror and its replication).
-pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyhow::Result<()> {
+pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
     let mut ownership = Ownership {
         node_id: args.node_id.clone(),
@@ -482,6 +489,7 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Metrics>) -> anyho
                     recovering,
                     heard: heard.as_ref(),
                     stats: verifier.stats,
+                    onhost: onhost.as_ref(),
                 };
                 node.serve(pending);
                 continue;

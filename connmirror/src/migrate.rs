@@ -320,7 +320,10 @@ pub fn ship(
 }
 
 /// Primary side of a planned migration (`connmirror migrate --to STANDBY`
-/// on the agent), on `stream` to the standby ([`connect_from`]): asks it to
+/// on the agent), on `stream` to the standby ([`connect_from`]). `quiesce`
+/// drops (`true`) or lets through again (`false`) the services' client
+/// segments on this host's own capture (on-host mode; inline, the standby
+/// quiesces them on the path and it does nothing). Asks the standby to
 /// quiesce the services of
 /// `prepare`, takes the server's established connections from it
 /// ([`crate::sockets::take_established`]), ships them and lets them go here.
@@ -331,6 +334,7 @@ pub fn hand_over(
     mut stream: TcpStream,
     key: &Key,
     prepare: Prepare,
+    quiesce: &dyn Fn(&[SocketAddr], bool) -> anyhow::Result<()>,
 ) -> anyhow::Result<MigrateReport> {
     let standby = stream.peer_addr().context("getpeername")?;
     write_frame(&mut stream, key, &prepare)
@@ -346,18 +350,15 @@ pub fn hand_over(
     if let Some(reason) = prepared.refused {
         anyhow::bail!("the standby at {standby} will not take them: {reason}");
     }
-    let taken = sockets::take_established(&prepare.services)
-        .context("finding the services' connections")?;
-    let batch = Batch {
-        node_id: prepare.node_id,
-        to: prepare.to.clone(),
-        counter: prepare.counter,
-        epoch: prepare.epoch,
-        plans: Vec::new(),
-    };
-    let (receipt, _) = ship(&mut stream, key, &taken.sockets, batch)
-        .with_context(|| format!("migrating to {standby}"))?;
-    let mut errors = taken.errors;
+    quiesce(&prepare.services, true).context("quiescing the services here")?;
+    let moved = ship_taken(&mut stream, key, &prepare);
+    if moved.is_err()
+        && let Err(err) = quiesce(&prepare.services, false)
+    {
+        tracing::warn!("capturing the services again after a failed migration: {err:#}");
+    }
+    let (taken_errors, receipt) = moved.with_context(|| format!("migrating to {standby}"))?;
+    let mut errors = taken_errors;
     errors.extend(receipt.errors);
     Ok(MigrateReport {
         to: prepare.to,
@@ -367,6 +368,26 @@ pub fn hand_over(
         errors,
         epoch: prepare.epoch,
     })
+}
+
+/// Takes the services' established connections from the server and ships
+/// them; (connections that could not be taken, receipt).
+fn ship_taken(
+    stream: &mut TcpStream,
+    key: &Key,
+    prepare: &Prepare,
+) -> anyhow::Result<(Vec<String>, Receipt)> {
+    let taken = sockets::take_established(&prepare.services)
+        .context("finding the services' connections")?;
+    let batch = Batch {
+        node_id: prepare.node_id.clone(),
+        to: prepare.to.clone(),
+        counter: prepare.counter,
+        epoch: prepare.epoch,
+        plans: Vec::new(),
+    };
+    let (receipt, _) = ship(stream, key, &taken.sockets, batch)?;
+    Ok((taken.errors, receipt))
 }
 
 /// Drops a dumped socket's connection without a segment: `connect(AF_UNSPEC)`

@@ -67,18 +67,43 @@ const RETRY: Duration = Duration::from_millis(200);
 /// How often the agent tells the standby its lag when nothing else goes out.
 const KEEPALIVE: Duration = Duration::from_millis(100);
 
-/// Lets the heartbeat loop's metrics include the on-host mirror's.
-pub struct Metrics(mpsc::Sender<oneshot::Sender<Vec<Family>>>);
+/// What the heartbeat loop holds of the on-host loop: the mirror's and the
+/// replication's metrics, and the capture's service modes (a planned
+/// migration quiesces the services here, [`crate::migrate`]).
+#[derive(Clone, Debug)]
+pub struct Handle(mpsc::Sender<Request>);
 
-impl Metrics {
+/// A request to the on-host loop.
+#[derive(Debug)]
+enum Request {
+    /// Its metric families.
+    Scrape(oneshot::Sender<Vec<Family>>),
+    /// Drop client segments of these services at ingress (`true`), or
+    /// capture them again (`false`, `--sync` holding as before).
+    Quiesce(Vec<SocketAddr>, bool, oneshot::Sender<anyhow::Result<()>>),
+}
+
+impl Handle {
     /// The mirror's and the replication's families at this instant (none once
     /// the on-host loop has stopped).
     pub async fn families(&self) -> Vec<Family> {
         let (reply, answer) = oneshot::channel();
-        if self.0.send(reply).await.is_err() {
+        if self.0.send(Request::Scrape(reply)).await.is_err() {
             return Vec::new();
         }
         answer.await.unwrap_or_default()
+    }
+
+    /// Quiesces `services` on the primary's own capture (`on`), or lifts
+    /// it; blocking, for a migration's thread.
+    pub fn quiesce(&self, services: &[SocketAddr], on: bool) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || anyhow::anyhow!("the on-host capture has stopped");
+        (self
+            .0
+            .blocking_send(Request::Quiesce(services.to_vec(), on, reply)))
+        .map_err(|_| stopped())?;
+        answer.blocking_recv().map_err(|_| stopped())?
     }
 }
 
@@ -95,10 +120,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
     let mut mirror = Mirror::start(mirror_args(&args)?)?;
     if args.onhost.sync {
-        for service in mirror.services.clone() {
-            (mirror.capture.set_mode(&service, ServiceMode::SYNC))
-                .with_context(|| format!("setting --sync for {}", service.addr))?;
-        }
+        let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
+        set_modes(&mut mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
     }
     mirror.reader.table.collect_records();
     mirror.reader.outbox = Some(Outbox::new(args.onhost.sync));
@@ -111,17 +134,18 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         stats.clone(),
         RETRY,
     ));
-    let (requests, scrapes) = mpsc::channel(4);
+    let (handle, requests) = mpsc::channel(4);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let source = Source {
         events,
-        scrapes,
+        requests,
         keepalive,
     };
     tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
-    let heartbeats = heartbeat_thread(args, Metrics(requests))?;
-    let replication = replicate(mirror, source, stats);
+    let sync = args.onhost.sync;
+    let heartbeats = heartbeat_thread(args, Handle(handle))?;
+    let replication = replicate(mirror, source, stats, sync);
     tokio::pin!(replication);
     let result = tokio::select! {
         result = &mut replication => result,
@@ -143,7 +167,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 /// stop with the same signals; the answer says how they ended.
 fn heartbeat_thread(
     args: AgentArgs,
-    metrics: Metrics,
+    onhost: Handle,
 ) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
     let (done, ended) = oneshot::channel();
     std::thread::Builder::new()
@@ -153,7 +177,7 @@ fn heartbeat_thread(
                 .enable_all()
                 .build()
                 .context("starting the heartbeat thread's runtime")
-                .and_then(|runtime| runtime.block_on(agent::run_with(args, Some(metrics))));
+                .and_then(|runtime| runtime.block_on(agent::run_with(args, Some(onhost))));
             let _ = done.send(result);
         })
         .context("spawning the heartbeat thread")?;
@@ -196,13 +220,13 @@ fn mirror_args(args: &AgentArgs) -> anyhow::Result<MirrorArgs> {
 /// What wakes the on-host loop besides the ring and the signals.
 enum OnHostEvent {
     Link(LinkEvent),
-    Scrape(oneshot::Sender<Vec<Family>>),
+    Request(Request),
     Keepalive,
 }
 
 struct Source {
     events: mpsc::UnboundedReceiver<LinkEvent>,
-    scrapes: mpsc::Receiver<oneshot::Sender<Vec<Family>>>,
+    requests: mpsc::Receiver<Request>,
     keepalive: tokio::time::Interval,
 }
 
@@ -210,23 +234,24 @@ impl EventSource<OnHostEvent> for Source {
     async fn next(&mut self) -> OnHostEvent {
         let Self {
             events,
-            scrapes,
+            requests,
             keepalive,
         } = self;
         tokio::select! {
             Some(event) = events.recv() => OnHostEvent::Link(event),
-            Some(reply) = scrapes.recv() => OnHostEvent::Scrape(reply),
+            Some(request) = requests.recv() => OnHostEvent::Request(request),
             _ = keepalive.tick() => OnHostEvent::Keepalive,
         }
     }
 }
 
 /// Drains the ring into the outbox, follows the link, applies the sync
-/// limits the standby's acknowledgments release, and answers scrapes.
+/// limits the standby's acknowledgments release, and answers requests.
 async fn replicate(
     mut mirror: Mirror,
     mut source: Source,
     stats: Arc<LinkStats>,
+    sync: bool,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     loop {
@@ -265,15 +290,33 @@ async fn replicate(
                 let backlog = mirror.ring_backlog();
                 outbox(&mut mirror).keepalive(backlog);
             }
-            OnHostEvent::Scrape(reply) => {
+            OnHostEvent::Request(Request::Scrape(reply)) => {
                 let backlog = mirror.ring_backlog();
                 let mut families = mirror.families();
                 families.extend(outbox(&mut mirror).families(backlog, &stats));
                 let _ = reply.send(families);
             }
+            OnHostEvent::Request(Request::Quiesce(addrs, on, reply)) => {
+                let base = if sync { ServiceMode::SYNC } else { 0 };
+                let mode = if on { ServiceMode::QUIESCED } else { base };
+                let _ = reply.send(set_modes(&mut mirror, &addrs, mode));
+            }
         }
     }
     mirror.finish(Vec::new(), None)?;
+    Ok(())
+}
+
+/// Sets the capture mode of each service in `addrs`.
+fn set_modes(mirror: &mut Mirror, addrs: &[SocketAddr], mode: u32) -> anyhow::Result<()> {
+    for addr in addrs {
+        let service = (mirror.services.iter())
+            .find(|s| s.addr == *addr)
+            .copied()
+            .with_context(|| format!("{addr} is not captured here"))?;
+        (mirror.capture.set_mode(&service, mode))
+            .with_context(|| format!("setting the mode of {addr}"))?;
+    }
     Ok(())
 }
 

@@ -995,13 +995,6 @@ impl Standby {
             &self.node_id,
             &mut self.migration_counter,
         )?;
-        if self.replica.is_some() {
-            return Err(
-                "this standby is on-host mode's replica, not on the connections' path: \
-                        a planned migration needs an inline standby to quiesce them"
-                    .into(),
-            );
-        }
         if prepare.services.is_empty() {
             return Err("the request names no service".into());
         }

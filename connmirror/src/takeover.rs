@@ -9,11 +9,15 @@
 //!    ([`ServiceMode::FENCED`]).
 //! 3. **drain**: every record already in the ring reaches the flow table, which
 //!    is then final for these flows.
-//! 4. **address**: the service address becomes local (RTM_NEWADDR, see
-//!    [`crate::address`]).
-//! 5. **restore**: every `ready` flow is rebuilt with `TCP_REPAIR` in parallel
-//!    batches ([`crate::restore`]); flows that cannot be restored are reset with
-//!    the sequence numbers the client expects, and counted by reason.
+//! 4. **restore**: every `ready` flow is rebuilt with `TCP_REPAIR` in parallel
+//!    batches ([`crate::restore`]), each socket staying in repair mode; flows
+//!    that cannot be restored are reset with the sequence numbers the client
+//!    expects, and counted by reason.
+//! 5. **address**: the service address becomes local (RTM_NEWADDR, see
+//!    [`crate::address`]), only now that a socket exists for every flow: a
+//!    client segment that arrives while the capture cannot quiesce it (an
+//!    on-host standby is not on the path) finds its socket, not a RST.
+//!    **leave-repair**: the sockets leave repair mode, in parallel.
 //! 6. **unquiesce**: the service becomes [`ServiceMode::OWNED`] (still fenced),
 //!    so client segments reach the restored sockets.
 //! 7. **announce**: gratuitous ARP / unsolicited neighbour advertisements on the
@@ -215,6 +219,15 @@ impl TakeoverReport {
             .or_default() += 1;
     }
 
+    /// Seconds the `restore` and `leave-repair` steps took: every
+    /// connection rebuilt.
+    pub fn restore_seconds(&self) -> f64 {
+        (self.steps.iter())
+            .filter(|step| step.name == "restore" || step.name == "leave-repair")
+            .map(|step| step.micros as f64 / 1e6)
+            .sum()
+    }
+
     /// Total flows not restored.
     pub fn unrecoverable_total(&self) -> u64 {
         self.unrecoverable.values().sum()
@@ -246,10 +259,7 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
             .sum();
         unrecoverable = unrecoverable.count(vec![("reason", reason.into())], n);
     }
-    let restore_times = (reports.iter())
-        .flat_map(|r| &r.steps)
-        .filter(|step| step.name == "restore")
-        .map(|step| step.micros as f64 / 1e6);
+    let restore_times = reports.iter().map(TakeoverReport::restore_seconds);
     let counter = |name, help, value| Family::counter(name, help, None).count(Vec::new(), value);
     vec![
         failovers,
@@ -286,7 +296,7 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
         unrecoverable,
         Family::histogram(
             "restore",
-            "Duration of each takeover's restore step (every connection rebuilt).",
+            "Duration of each takeover's restore and leave-repair steps (every connection rebuilt).",
             Some(Unit::Seconds),
         )
         .observe(Vec::new(), Histogram::of(&RESTORE_BUCKETS, restore_times)),
@@ -347,7 +357,6 @@ pub(crate) async fn run(
     let fenced = quiesced | ServiceMode::FENCED;
     steps.run("fence", || set_modes(mirror, services, fenced))?;
     steps.run("drain", || mirror.drain())?;
-    steps.run("address", || add_addresses(config, services))?;
     let flows: Vec<(SocketAddr, TakeoverFlow)> = services
         .iter()
         .flat_map(|s| {
@@ -355,7 +364,19 @@ pub(crate) async fn run(
             table.takeover(s.id).into_iter().map(|f| (s.addr, f))
         })
         .collect();
-    let rebuilt = steps.run("restore", || restore_flows(config, flows, &mut report));
+    let built = steps.run("restore", || restore_flows(config, flows, &mut report));
+    steps.run("address", || add_addresses(config, services))?;
+    let rebuilt: Vec<Rebuilt> = (steps.run("leave-repair", || leave(config, built, &mut report)))
+        .into_iter()
+        .map(|(stream, (service, flow))| {
+            report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
+            Rebuilt {
+                flow,
+                service,
+                stream,
+            }
+        })
+        .collect();
     report.flows = rebuilt.iter().map(|r| r.flow.endpoints()).collect();
     serve(&mut steps, mirror, config, services)?;
     let start = Instant::now();
@@ -367,10 +388,11 @@ pub(crate) async fn run(
 
 /// Takes over `services` with connections migrated from the primary
 /// ([`crate::migrate`], a planned migration): `plans` are the dumps of its
-/// sockets, made while the services were quiesced and fenced here, and
-/// replace the flow table's view. The same steps as [`run`] from
-/// **address** on; each socket goes to an application on the handoff socket
-/// with no recorded bytes (it continues where the primary's stood).
+/// sockets, made while the services were quiesced (here inline, on the
+/// primary's own capture on-host), and replace the flow table's view. The
+/// same steps as [`run`] from **restore** on; each socket goes to an
+/// application on the handoff socket with no recorded bytes (it continues
+/// where the primary's stood).
 pub(crate) async fn adopt(
     mirror: &mut Mirror,
     config: &TakeoverConfig,
@@ -381,11 +403,12 @@ pub(crate) async fn adopt(
 ) -> anyhow::Result<TakeoverReport> {
     let mut report = TakeoverReport::started(services, trigger);
     let mut steps = Steps { steps: Vec::new() };
-    steps.run("address", || add_addresses(config, services))?;
-    let rebuilt = steps.run("restore", || {
+    let built = steps.run("restore", || {
         let planned = plans.iter().map(|p| (p.server, p.client)).collect();
-        rebuild(config, plans, planned, &mut report)
+        build(config, plans, planned, &mut report)
     });
+    steps.run("address", || add_addresses(config, services))?;
+    let rebuilt = steps.run("leave-repair", || leave(config, built, &mut report));
     report.flows = rebuilt.iter().map(|(_, ends)| *ends).collect();
     serve(&mut steps, mirror, config, services)?;
     let start = Instant::now();
@@ -473,7 +496,7 @@ fn restore_flows(
     config: &TakeoverConfig,
     flows: Vec<(SocketAddr, TakeoverFlow)>,
     report: &mut TakeoverReport,
-) -> Vec<Rebuilt> {
+) -> Vec<(RepairedSocket, (SocketAddr, TakeoverFlow))> {
     let mut plans = Vec::new();
     let mut planned = Vec::new();
     let mut resets = Vec::new();
@@ -491,44 +514,42 @@ fn restore_flows(
             }
         }
     }
-    let rebuilt = (rebuild(config, plans, planned, report).into_iter())
-        .map(|(stream, (service, flow))| {
-            report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
-            Rebuilt {
-                flow,
-                service,
-                stream,
-            }
-        })
-        .collect();
+    let built = build(config, plans, planned, report);
     reset_all(config, &resets, report);
-    rebuilt
+    built
 }
 
-/// Rebuilds `plans` in parallel and takes each out of repair mode; `items`
+/// Rebuilds `plans` in parallel, each socket staying in repair mode; `items`
 /// (one per plan) come back with the sockets that made it. Failures are
 /// counted as `restore-failed`.
-fn rebuild<T>(
+fn build<T>(
     config: &TakeoverConfig,
     plans: Vec<RestorePlan>,
     items: Vec<T>,
     report: &mut TakeoverReport,
-) -> Vec<(TcpStream, T)> {
+) -> Vec<(RepairedSocket, T)> {
     let built = restore::build_all(&plans, config.workers);
     let mut sockets = Vec::new();
-    let mut kept = Vec::new();
     for (result, item) in built.into_iter().zip(items) {
         match result {
-            Ok(socket) => {
-                sockets.push(socket);
-                kept.push(item);
-            }
+            Ok(socket) => sockets.push((socket, item)),
             Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
         }
     }
+    sockets
+}
+
+/// Takes the [`build`] sockets out of repair mode in parallel, once the
+/// service addresses are local. Failures are counted as `restore-failed`.
+fn leave<T>(
+    config: &TakeoverConfig,
+    built: Vec<(RepairedSocket, T)>,
+    report: &mut TakeoverReport,
+) -> Vec<(TcpStream, T)> {
+    let (sockets, items): (Vec<RepairedSocket>, Vec<T>) = built.into_iter().unzip();
     let left = restore::leave_all(sockets, config.workers);
     let mut rebuilt = Vec::new();
-    for (result, item) in left.into_iter().zip(kept) {
+    for (result, item) in left.into_iter().zip(items) {
         match result {
             Ok(stream) => rebuilt.push((stream, item)),
             Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),

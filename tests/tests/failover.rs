@@ -111,8 +111,9 @@ fn failover(run: Run) {
             "quiesce",
             "fence",
             "drain",
-            "address",
             "restore",
+            "address",
+            "leave-repair",
             "unquiesce",
             "announce",
             "resume"

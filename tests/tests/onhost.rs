@@ -2,7 +2,8 @@
 //! ingress, TC egress) and replicates the journal over the encrypted,
 //! authenticated channel to a standby that captures nothing. With `--sync`
 //! a failover loses no byte; without it, what is lost is at most the
-//! replication lag the agent reported; a wrong key is refused and counted.
+//! replication lag the agent reported; a wrong key is refused and counted;
+//! planned maintenance moves the live connections to the standby.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,8 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    PrimarySetup, gateway_addrs, handoff_app, kill_primary, primary_setup, status, status_of,
+    PrimarySetup, assert_migrated, gateway_addrs, handoff_app, kill_primary, migrate,
+    primary_setup, resumed_lines, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -255,4 +257,74 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
         assert!(std::time::Instant::now() < deadline, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Planned maintenance in on-host mode: `connmirror migrate --to standby` on
+/// the agent quiesces the service on the primary's own capture (in a real
+/// deployment the standby is not on the path), the standby rebuilds the four
+/// echo connections from the agent's dumps and hands them to its
+/// application, the primary lets its copies go and steps down; every stream
+/// goes on byte-exact, with no RST.
+#[test]
+fn a_planned_migration_moves_on_host_connections_to_the_standby_v4() {
+    let family = Family::V4;
+    let PrimarySetup {
+        dir,
+        key,
+        topo,
+        service,
+        primary: _primary,
+    } = primary_setup(family, PORT, "onhost");
+    let standby = onhost_standby(&topo, family, &full(service), &key);
+    let app = handoff_app(&topo, &standby, service);
+    let control = dir.path().join("agent-control.sock");
+    let flags = [
+        "--control",
+        &control.display().to_string(),
+        FULL[0],
+        FULL[1],
+    ];
+    let mut agent = start_onhost_agent(&topo, family, service, &key, &flags);
+    standby.wait_log("replication channel established");
+    standby.wait_log("armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(60))
+        .expect("streams flow to the primary");
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    let before = clients.verified();
+
+    let moved = migrate(&topo.server, &control, &["--to", "standby"]);
+    let stepped = agent.wait_line("stepped down", Duration::from_secs(10));
+    let resumed = resumed_lines(&app, 4);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the standby");
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    agent.kill();
+    let (report, _dir) = standby.stop();
+
+    assert_eq!(
+        (moved.to.as_str(), moved.moved, moved.epoch),
+        ("standby", 4, 1),
+        "{moved:?}"
+    );
+    assert_eq!(moved.errors, Vec::<String>::new());
+    assert_eq!(stepped, "stepped down: standby holds epoch 2");
+    assert!(
+        agent_scrape.count("connmirror_ebpf_quiesce_drops_total") > 0,
+        "the primary's own capture dropped no client segment while it dumped"
+    );
+    assert_migrated(&results, before, &resumed, &seen);
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "migration");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(
+        report.counter(Counter::PacketsTracked),
+        0,
+        "the standby captured nothing"
+    );
 }

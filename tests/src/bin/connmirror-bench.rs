@@ -1016,7 +1016,7 @@ fn restore_run(n: usize) -> Result<RestoreSample> {
     };
     Ok(RestoreSample {
         connections: n,
-        restore_ms: step("restore"),
+        restore_ms: report.restore_seconds() * 1e3,
         takeover_ms: step(""),
     })
 }
