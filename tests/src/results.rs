@@ -678,8 +678,8 @@ fn render_failover(r: &FailoverResults) -> String {
                   echo example, the standby `connmirror standby` (TC ingress on both links) with \
                   the echo example registered for handoff. The primary dies (link down, then \
                   SIGKILL) and `connmirror takeover` is run 300 ms later. Restore = the takeover \
-                  report's `restore` step (plan, build every socket in repair mode on all cores, \
-                  leave repair); takeover = all steps, handoff included; one run per connection \
+                  report's `restore` and `leave-repair` steps (plan, build every socket in repair \
+                  mode on all cores; then, after the address step, leave repair); takeover = all steps, handoff included; one run per connection \
                   count. First byte = from spawning `connmirror takeover` to the first echoed \
                   byte the streaming client (1 MiB/s each way) verifies, polled every 0.2 ms.";
     let mut s = String::from("## Failover: restore time and takeover to first byte\n\n");
