@@ -92,12 +92,14 @@ pub struct AgentArgs {
     #[arg(long, value_name = "PATH")]
     pub handoff: Option<std::path::PathBuf>,
     /// Control socket (created mode 0600) for `connmirror migrate --to
-    /// STANDBY --control PATH`: planned maintenance, the live connections of
-    /// the services move to the standby, which then owns them [default: none].
+    /// STANDBY --control PATH` (planned maintenance: the live connections of
+    /// the services move to the standby, which then owns them) and
+    /// `connmirror status --control PATH` [default: none].
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
-    /// Milliseconds a migrated connection waits for an application to take it
-    /// on the handoff socket before it is reset.
+    /// Milliseconds a migration from the standby waits for an application to
+    /// register on the handoff socket for each of its services; past it the
+    /// whole batch is refused and the standby keeps the connections.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub handoff_wait: u64,
     /// Metrics endpoint.

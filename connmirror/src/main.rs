@@ -78,11 +78,14 @@ enum Command {
     /// Ask the node that serves the connections now, on its control socket:
     ///
     /// - the primary's agent (`agent --control PATH`), with no failure at
-    ///   all: NODE is the inline standby (its `--node-id`), which quiesces the
-    ///   services, takes the server's sockets as the agent dumps them
-    ///   (`TCP_REPAIR`, taken from the server process with `pidfd_getfd`) and
-    ///   hands them to its application on the handoff socket; the agent then
-    ///   steps down. The server's own sockets are let go without a segment.
+    ///   all: NODE is the standby (its `--node-id`). The services are
+    ///   quiesced (by an inline standby on the path, on-host by the agent's
+    ///   own capture), the agent dumps the server's sockets (`TCP_REPAIR`,
+    ///   taken from the server process with `pidfd_getfd`), the standby
+    ///   rebuilds them and hands them to its application on the handoff
+    ///   socket, and the agent steps down. The server's own sockets are let
+    ///   go without a segment.
+    ///
     /// - a standby that took services over: NODE's agent must be heard
     ///   (recovering, or as the primary) and run with `--handoff`; the
     ///   standby must keep its sockets (`--failback migrate` or
