@@ -750,6 +750,16 @@ fn count_capture(captured: &mut BTreeMap<(u32, &'static str), Captured>, header:
 }
 
 impl Mirror {
+    /// Sets the capture mode ([`connmirror_common::ServiceMode`] bits) of
+    /// every service in `services`.
+    pub(crate) fn set_modes(&mut self, services: &[Service], mode: u32) -> anyhow::Result<()> {
+        for service in services {
+            (self.capture.set_mode(service, mode))
+                .with_context(|| format!("setting the mode of {service}"))?;
+        }
+        Ok(())
+    }
+
     /// The capture's metrics at this instant: kernel counters, what the reader
     /// applied by interface, flows by readiness, the journal and the backlog.
     pub(crate) fn families(&self) -> Vec<Family> {

@@ -309,15 +309,15 @@ async fn replicate(
 
 /// Sets the capture mode of each service in `addrs`.
 fn set_modes(mirror: &mut Mirror, addrs: &[SocketAddr], mode: u32) -> anyhow::Result<()> {
-    for addr in addrs {
-        let service = (mirror.services.iter())
-            .find(|s| s.addr == *addr)
-            .copied()
-            .with_context(|| format!("{addr} is not captured here"))?;
-        (mirror.capture.set_mode(&service, mode))
-            .with_context(|| format!("setting the mode of {addr}"))?;
-    }
-    Ok(())
+    let services = (addrs.iter())
+        .map(|addr| {
+            (mirror.services.iter())
+                .find(|s| s.addr == *addr)
+                .copied()
+                .with_context(|| format!("{addr} is not captured here"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    mirror.set_modes(&services, mode)
 }
 
 fn outbox(mirror: &mut Mirror) -> &mut Outbox {

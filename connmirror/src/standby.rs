@@ -810,7 +810,7 @@ impl Standby {
         let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
         let sockets = take_kept(&kept, &addrs);
         let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
-        set_modes(mirror, services, quiesced)?;
+        mirror.set_modes(services, quiesced)?;
         let batch = Batch {
             node_id: self.node_id.clone(),
             to: to.to_owned(),
@@ -829,7 +829,7 @@ impl Standby {
             Ok(sent) => sent,
             Err(err) => {
                 kept.lock().expect("kept sockets").extend(sockets);
-                set_modes(mirror, services, ServiceMode::FENCED | ServiceMode::OWNED)?;
+                mirror.set_modes(services, ServiceMode::FENCED | ServiceMode::OWNED)?;
                 return Err(err);
             }
         };
@@ -910,11 +910,7 @@ impl Standby {
                 anyhow::bail!(reason);
             }
         };
-        set_modes(
-            mirror,
-            &services,
-            ServiceMode::QUIESCED | ServiceMode::FENCED,
-        )?;
+        mirror.set_modes(&services, ServiceMode::QUIESCED | ServiceMode::FENCED)?;
         let k = key.clone();
         let exchanged = on_stream(stream, move |s| {
             let ready = Prepared {
@@ -944,7 +940,7 @@ impl Standby {
         let (stream, batch) = match exchanged {
             Ok(exchanged) => exchanged,
             Err(err) => {
-                set_modes(mirror, &services, 0)?;
+                mirror.set_modes(&services, 0)?;
                 return Err(err);
             }
         };
@@ -1222,15 +1218,6 @@ fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
 
 /// `TCP_ESTABLISHED` in `tcpi_state` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
-
-/// Sets the capture mode of every service in `services`.
-fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
-    for service in services {
-        (mirror.capture.set_mode(service, mode))
-            .with_context(|| format!("setting the mode of {service}"))?;
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -34,7 +34,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use connmirror_common::ServiceMode;
 use prometheus_client::registry::Unit;
 use serde::{Deserialize, Serialize};
@@ -353,9 +352,9 @@ pub(crate) async fn run(
     let mut report = TakeoverReport::started(services, trigger);
     let mut steps = Steps { steps: Vec::new() };
     let quiesced = ServiceMode::QUIESCED;
-    steps.run("quiesce", || set_modes(mirror, services, quiesced))?;
+    steps.run("quiesce", || mirror.set_modes(services, quiesced))?;
     let fenced = quiesced | ServiceMode::FENCED;
-    steps.run("fence", || set_modes(mirror, services, fenced))?;
+    steps.run("fence", || mirror.set_modes(services, fenced))?;
     steps.run("drain", || mirror.drain())?;
     let flows: Vec<(SocketAddr, TakeoverFlow)> = services
         .iter()
@@ -433,20 +432,10 @@ fn serve(
     services: &[Service],
 ) -> anyhow::Result<()> {
     let owned = ServiceMode::FENCED | ServiceMode::OWNED;
-    steps.run("unquiesce", || set_modes(mirror, services, owned))?;
+    steps.run("unquiesce", || mirror.set_modes(services, owned))?;
     let start = Instant::now();
     announce_in_background(config, services);
     steps.record("announce", start);
-    Ok(())
-}
-
-fn set_modes(mirror: &mut Mirror, services: &[Service], mode: u32) -> anyhow::Result<()> {
-    for service in services {
-        mirror
-            .capture
-            .set_mode(service, mode)
-            .with_context(|| format!("setting the mode of {service}"))?;
-    }
     Ok(())
 }
 
