@@ -18,7 +18,7 @@ use connmirror::migrate::MigrateReport;
 use connmirror::status::StatusReport;
 use connmirror::takeover::TakeoverReport;
 
-use crate::echo::{EchoResult, assert_exact};
+use crate::echo::{EchoClients, EchoResult, assert_exact};
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::process::{output_with_timeout, spawn_logged, wait_for_line, wait_for_text};
@@ -210,6 +210,41 @@ pub fn migrate(ns: &Netns, control: &Path, args: &[&str]) -> MigrateReport {
     assert!(ok, "connmirror migrate failed:\n{stderr}\n{stdout}");
     serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("migrate report: {e}; stdout:\n{stdout}"))
+}
+
+/// What a planned `connmirror migrate --to standby` on the agent did.
+pub struct Moved {
+    /// The command's report.
+    pub report: MigrateReport,
+    /// The agent's `stepped down` line.
+    pub stepped: String,
+    /// The standby application's `resumed` lines, one per connection.
+    pub resumed: Vec<String>,
+}
+
+/// Runs `connmirror migrate --to standby` on the agent's `control` socket in
+/// the primary's namespace, then waits for `agent` to step down, `app` (on
+/// the standby) to resume `n` connections and `clients` to verify 256 KiB
+/// more at the standby.
+pub fn move_to_standby(
+    topo: &Topology,
+    control: &Path,
+    agent: &Program,
+    app: &Program,
+    clients: &EchoClients,
+    n: usize,
+) -> Moved {
+    let report = migrate(&topo.server, control, &["--to", "standby"]);
+    let stepped = agent.wait_line("stepped down", Duration::from_secs(10));
+    let resumed = resumed_lines(app, n);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the standby");
+    Moved {
+        report,
+        stepped,
+        resumed,
+    }
 }
 
 /// The primary's agent announcing itself `--recovering` with a handoff

@@ -29,9 +29,9 @@ use connmirror::migrate::{self, Prepare};
 use connmirror::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, PrimarySetup, assert_migrated, configure_primary, control_cli,
-    detecting_standby_command, gateway_addrs, handoff_app, kill_primary, migrate, primary_setup,
-    recovering_agent, resumed_lines, start_agent_with, status, status_of,
+    HEARTBEAT_PORT, Moved, PrimarySetup, assert_migrated, configure_primary, control_cli,
+    detecting_standby_command, gateway_addrs, handoff_app, kill_primary, migrate, move_to_standby,
+    primary_setup, recovering_agent, resumed_lines, start_agent_with, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -132,12 +132,11 @@ fn round_trip(family: Family) {
         control_cli(&topo.server, "migrate", &control, &["--to", "standby"]);
     let standby_app = handoff_app(&topo, &standby, service);
     let before = clients.verified();
-    let away = migrate(&topo.server, &control, &["--to", "standby"]);
-    let stepped = agent.wait_line("stepped down", Duration::from_secs(10));
-    let resumed_away = resumed_lines(&standby_app, 4);
-    clients
-        .wait_progress(256 << 10, Duration::from_secs(60))
-        .expect("the streams go on at the standby");
+    let Moved {
+        report: away,
+        stepped,
+        resumed: resumed_away,
+    } = move_to_standby(&topo, &control, &agent, &standby_app, &clients, 4);
     let serving = status_of(&topo, &standby);
     let left_on_primary = established(&topo.server, service);
     let released = agent_status(&topo, &control);

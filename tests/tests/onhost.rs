@@ -12,8 +12,8 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    PrimarySetup, assert_migrated, gateway_addrs, handoff_app, kill_primary, migrate,
-    primary_setup, resumed_lines, status, status_of,
+    Moved, PrimarySetup, assert_migrated, gateway_addrs, handoff_app, kill_primary,
+    move_to_standby, primary_setup, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -294,12 +294,11 @@ fn a_planned_migration_moves_on_host_connections_to_the_standby_v4() {
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
     let before = clients.verified();
 
-    let moved = migrate(&topo.server, &control, &["--to", "standby"]);
-    let stepped = agent.wait_line("stepped down", Duration::from_secs(10));
-    let resumed = resumed_lines(&app, 4);
-    clients
-        .wait_progress(256 << 10, Duration::from_secs(60))
-        .expect("the streams go on at the standby");
+    let Moved {
+        report: moved,
+        stepped,
+        resumed,
+    } = move_to_standby(&topo, &control, &agent, &app, &clients, 4);
     let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
