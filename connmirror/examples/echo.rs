@@ -1,5 +1,5 @@
 //! An echo server that survives the failover of its host, through
-//! [`connmirror::handoff`].
+//! [`connmirror::resume::handoff`].
 //!
 //! The primary runs an ordinary echo server:
 //!
@@ -37,7 +37,7 @@ use std::thread;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use connmirror::handoff::{Application, DEFAULT_SOCKET, FlowMeta, Handoff};
+use connmirror::resume::handoff::{Application, DEFAULT_SOCKET, FlowMeta, Handoff};
 
 #[derive(Parser)]
 #[command(about = "An echo server that can resume connections handed over by connmirror")]
@@ -64,7 +64,7 @@ enum Mode {
 
 fn main() -> anyhow::Result<()> {
     // One descriptor per connection: thousands after a takeover.
-    connmirror::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    connmirror::repair::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     match Cli::parse().mode {
         Mode::Listen { addr } => listen(addr),
         Mode::Handoff { socket, services } => take_handoffs(&socket, &services),

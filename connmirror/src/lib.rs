@@ -1,40 +1,36 @@
 //! connmirror keeps TCP connections alive when the host that owns them dies.
 //!
-//! This crate is the userspace side: it loads the capture programs
-//! ([`capture`]), reassembles each connection's two byte streams ([`stream`],
-//! [`flow`]), journals them ([`journal`]) and runs the roles: `mirror`, and
-//! `standby`, which takes connections over with `TCP_REPAIR` ([`takeover`],
-//! [`restore`]) and resumes them ([`handoff`], [`replay`]).
+//! This crate is the userspace side. Its folders, from the roles down to the
+//! mechanisms they use (every dependency points down; `cargo xtask deps`
+//! checks it, and `docs/architecture.md` draws it):
+//!
+//! - [`daemon`]: the roles (`standby`, `agent`), config, control, status.
+//! - [`failover`]: takeover, migration and drain procedures.
+//! - [`engine`]: capture → flow table → journal, the loop every role runs.
+//! - [`replication`]: on-host mode's journal stream to the standby.
+//! - [`resume`]: handing restored sockets to applications, or replaying.
+//! - [`ownership`]: heartbeats and failure detection.
+//! - [`capture`]: the eBPF programs, their pins and their ring.
+//! - [`flow`]: each connection's reassembled streams, state and records.
+//! - [`journal`]: durable, checksummed record storage.
+//! - [`repair`]: `TCP_REPAIR` save and restore of one socket.
+//! - [`net`]: local addresses and their announcement.
+//! - [`metrics`], [`service`]: shared leaves.
+//! - [`sys`]: the syscall layer.
+//!
 //! Types shared with the kernel side live in `connmirror-common`.
 
-pub mod address;
-pub mod agent;
-pub mod announce;
-pub mod backlog;
 pub mod capture;
-pub mod config;
-pub mod control;
-pub mod drain;
-pub mod dump;
+pub mod daemon;
+pub mod engine;
+pub mod failover;
 pub mod flow;
-pub mod handoff;
-pub mod heartbeat;
 pub mod journal;
 pub mod metrics;
-pub mod migrate;
-pub mod mirror;
-pub mod onhost;
+pub mod net;
 pub mod ownership;
-pub mod pinning;
-pub mod replay;
-pub mod replica;
+pub mod repair;
 pub mod replication;
-pub mod restore;
+pub mod resume;
 pub mod service;
-pub mod sockets;
-pub mod sockopt;
-pub mod standby;
-pub mod state;
-pub mod status;
-pub mod stream;
-pub mod takeover;
+pub mod sys;

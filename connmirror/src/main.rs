@@ -8,14 +8,14 @@ use std::{
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use connmirror::{
-    agent::AgentArgs,
-    config::{self, Config, Layout},
-    control::{self, DEFAULT_CONTROL, Request, Response},
-    journal::inspect,
-    mirror::{self, MirrorArgs},
-    onhost,
-    standby::{self, StandbyArgs},
-    takeover::TakeoverReport,
+    daemon::agent::AgentArgs,
+    daemon::agent::onhost,
+    daemon::config::{self, Config, Layout},
+    daemon::control::{self, DEFAULT_CONTROL, Request, Response},
+    daemon::standby::{self, StandbyArgs},
+    engine::{self, MirrorArgs},
+    failover::takeover::TakeoverReport,
+    flow::inspect,
 };
 use connmirror_common::Direction;
 use tracing_subscriber::EnvFilter;
@@ -401,7 +401,7 @@ fn main() -> ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Command::Mirror(args) => mirror::run(args).await,
+                    Command::Mirror(args) => engine::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
                     Command::Agent(args) => onhost::agent(args).await,
                     Command::Status { control, json } => status(&control, json),

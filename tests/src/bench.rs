@@ -12,12 +12,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use connmirror::{
     flow::FlowTable,
-    journal::{
-        record::Record,
-        replay,
-        storage::{FsyncPolicy, JournalConfig, JournalWriter, ReadMode, read_journal},
-    },
-    stream::StreamLimits,
+    flow::record::Record,
+    flow::recovery::replay,
+    flow::stream::StreamLimits,
+    journal::{FsyncPolicy, JournalConfig, JournalWriter, ReadMode, read_journal},
 };
 use connmirror_common::{Direction, FlowKey, RecordHeader, map::FAMILY_V4, record::tcp_flags::SYN};
 

@@ -14,9 +14,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use connmirror::migrate::MigrateReport;
-use connmirror::status::StatusReport;
-use connmirror::takeover::TakeoverReport;
+use connmirror::daemon::status::StatusReport;
+use connmirror::failover::migrate::MigrateReport;
+use connmirror::failover::takeover::TakeoverReport;
 
 use crate::echo::{EchoClients, EchoResult, assert_exact};
 use crate::mirror::{Mirror, MirrorCommand};
@@ -380,7 +380,10 @@ pub fn detecting_standby_command(
 /// Where the primary's agent ([`start_agent`]) sends from and listens for
 /// solicitations: its management address and the default agent port.
 pub fn agent_addr(family: Family) -> SocketAddr {
-    SocketAddr::new(management_addr(family), connmirror::agent::DEFAULT_PORT)
+    SocketAddr::new(
+        management_addr(family),
+        connmirror::daemon::agent::DEFAULT_PORT,
+    )
 }
 
 /// The primary's own (management) address, besides the service address.

@@ -12,8 +12,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use connmirror::mirror::StandbySummary;
-use connmirror::takeover::TakeoverReport;
+use connmirror::engine::StandbySummary;
+use connmirror::failover::takeover::TakeoverReport;
 use connmirror_common::{Counter, Malformed};
 use serde::Deserialize;
 

@@ -19,7 +19,7 @@ use crate::topology::{Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
 use crate::traffic::SplitMix64;
 
 /// The standby's replication port in these fixtures.
-pub const REPLICATION_PORT: u16 = connmirror::replication::DEFAULT_PORT;
+pub const REPLICATION_PORT: u16 = connmirror::replication::channel::DEFAULT_PORT;
 
 fn any(family: Family, port: u16) -> String {
     match family {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use connmirror::pinning::PIN_ROOT;
+use connmirror::capture::pinning::PIN_ROOT;
 
 use crate::process::output_with_timeout;
 

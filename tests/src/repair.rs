@@ -1,7 +1,7 @@
 //! `TCP_REPAIR` fixtures: connections built at chosen sequence numbers, and live
 //! sockets dumped and cut the way a failover would find them.
 //!
-//! The rebuilding itself is the library's ([`connmirror::restore`]); this module
+//! The rebuilding itself is the library's ([`connmirror::repair::restore`]); this module
 //! only wraps it for tests (panicking with the library's error text) and adds
 //! what a test needs and the daemon does not:
 //!
@@ -10,7 +10,7 @@
 //!   ordinary connection almost never crosses 2^32 within a few megabytes; two
 //!   repaired sockets can start just below it.
 //! - [`cut`]: reads an established socket's real state with the library's
-//!   [`connmirror::dump`] (repair-mode `getsockopt`s, as CRIU's libsoccr does
+//!   [`connmirror::repair::save`] (repair-mode `getsockopt`s, as CRIU's libsoccr does
 //!   when it checkpoints a socket), and closes the socket in repair mode, which
 //!   sends nothing
 //!   (`__tcp_close()` → `tcp_disconnect()` with `tp->repair` set): the peer sees
@@ -21,7 +21,7 @@
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsFd;
 
-use connmirror::restore::{
+use connmirror::repair::restore::{
     QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
 };
 
@@ -100,19 +100,19 @@ fn pair_plan(local: SocketAddr, peer: SocketAddr, send_seq: u32, recv_seq: u32) 
 
 /// Dumps the state of the established socket `stream` (the server end of its
 /// connection) into a plan that rebuilds it with `queue`
-/// ([`connmirror::dump::dump`]), then closes it in repair mode, sending
+/// ([`connmirror::repair::save::dump`]), then closes it in repair mode, sending
 /// nothing.
 ///
 /// Panics with the library's error text, e.g. if the receive queue holds
 /// bytes the application has not read: the plan has no place for them (the
 /// daemon replays client bytes itself).
 pub fn cut(stream: TcpStream, queue: QueueMode) -> RestorePlan {
-    let plan = connmirror::dump::dump(&stream, queue).unwrap_or_else(|e| panic!("{e}"));
+    let plan = connmirror::repair::save::dump(&stream, queue).unwrap_or_else(|e| panic!("{e}"));
     drop(stream);
     plan
 }
 
 /// `TCP_INFO` of a TCP socket, for assertions about MSS, options and windows.
 pub fn tcp_info(fd: impl AsFd) -> libc::tcp_info {
-    connmirror::dump::tcp_info(fd).unwrap_or_else(|e| panic!("getsockopt(TCP_INFO): {e}"))
+    connmirror::repair::save::tcp_info(fd).unwrap_or_else(|e| panic!("getsockopt(TCP_INFO): {e}"))
 }

@@ -11,7 +11,7 @@
 //!
 //! What it keeps ([`WireSeen`]): TCP resets in and out (parsed with the shared
 //! [`connmirror_common::parse`] parser), gratuitous ARPs and unsolicited
-//! neighbour advertisements (the frames `connmirror::announce` sends), a frame
+//! neighbour advertisements (the frames `connmirror::net::announce` sends), a frame
 //! count, and the socket's drop count (`PACKET_STATISTICS`).
 //!
 //! # Not losing frames
@@ -38,8 +38,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use connmirror::announce::{ND_NEIGHBOR_ADVERT, ND_OPT_TARGET_LL_ADDR};
-use connmirror::sockopt;
+use connmirror::net::announce::{ND_NEIGHBOR_ADVERT, ND_OPT_TARGET_LL_ADDR};
+use connmirror::sys::sockopt;
 use connmirror_common::map::FAMILY_V4;
 use connmirror_common::parse::{ETHERTYPE_IPV6, Parsed, Segment, parse};
 use connmirror_common::record::tcp_flags;
@@ -66,7 +66,7 @@ const ICMPV6_OFFSET: usize = 14 + 40;
 /// `protocol` (host order; 0 for a send-only socket). Panics with the failing
 /// call, namespace and interface.
 pub fn packet_socket(ns: &Netns, iface: &str, protocol: u16) -> OwnedFd {
-    ns.run(|| connmirror::announce::packet_socket(iface, protocol))
+    ns.run(|| connmirror::net::announce::packet_socket(iface, protocol))
         .unwrap_or_else(|e| panic!("packet socket in {}: {e}", ns.name()))
 }
 
@@ -380,7 +380,7 @@ fn statistics(fd: &OwnedFd, what: &str) -> libc::tpacket_stats {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use connmirror::announce::frame;
+    use connmirror::net::announce::frame;
     use connmirror_common::frame::TcpFrame;
 
     const MAC: [u8; 6] = [0x02, 0, 0x5e, 0x10, 0x20, 0x30];

@@ -13,8 +13,8 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connmirror::address::{AddressError, LocalAddress};
-use connmirror::announce::{announce, mac_address};
+use connmirror::net::address::{AddressError, LocalAddress};
+use connmirror::net::announce::{announce, mac_address};
 use connmirror_tests::inject::link_mac;
 use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::{Netns, require_root};

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use connmirror::status::StatusReport;
+use connmirror::daemon::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     PrimarySetup, Program, agent_addr, assert_migrated, configure_primary, control_cli,

@@ -1,4 +1,4 @@
-//! The handoff socket (`connmirror::handoff`) without `TCP_REPAIR`: real loopback
+//! The handoff socket (`connmirror::resume::handoff`) without `TCP_REPAIR`: real loopback
 //! TCP connections stand in for restored ones. And the echo example with the
 //! verifying echo clients, end to end without a failover.
 
@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connmirror::handoff::{Application, FlowMeta, Handoff, HandoffServer, Recorded};
+use connmirror::resume::handoff::{Application, FlowMeta, Handoff, HandoffServer, Recorded};
 use connmirror_tests::echo::{EchoClients, EchoOptions, echo_seed};
 use connmirror_tests::failover::echo_example;
 use connmirror_tests::traffic::stream_bytes;

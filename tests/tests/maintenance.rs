@@ -24,9 +24,9 @@ use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use connmirror::heartbeat::Key;
-use connmirror::migrate::{self, Prepare};
-use connmirror::status::StatusReport;
+use connmirror::daemon::status::StatusReport;
+use connmirror::failover::migrate::{self, Prepare};
+use connmirror::ownership::heartbeat::Key;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, Moved, PrimarySetup, assert_migrated, configure_primary, control_cli,

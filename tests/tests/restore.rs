@@ -1,4 +1,4 @@
-//! `connmirror::restore`: the server end of a live connection, dumped and cut the
+//! `connmirror::repair::restore`: the server end of a live connection, dumped and cut the
 //! way a failover finds it, is rebuilt with `TCP_REPAIR` and the client's own
 //! socket carries on.
 //!
@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connmirror::restore::{
+use connmirror::repair::restore::{
     QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale, build_all,
     leave_all,
 };
@@ -373,7 +373,7 @@ fn a_dump_with_unread_client_bytes_is_refused_naming_them() {
     }
     let client_end = client.local_addr().expect("local_addr");
 
-    let err = connmirror::dump::dump(&server, QueueMode::Sent).expect_err("unread bytes");
+    let err = connmirror::repair::save::dump(&server, QueueMode::Sent).expect_err("unread bytes");
 
     assert_eq!(
         err.to_string(),

@@ -1,479 +1,242 @@
-//! The durable journal: every tracked flow's opening, delivered bytes, state
-//! changes and closing, so a standby (or a restarted daemon) can rebuild the
-//! flow table. [`storage`] frames, checksums, syncs and recovers the segment
-//! files; [`record`] says what each record means; this module replays a
-//! journal into flows ([`replay`]).
+//! The journal's storage layer: checksummed, length-framed records in
+//! append-only segment files.
 //!
-//! Compaction: a [`record::Record::Checkpoint`] holds every live flow with its
-//! retained bytes, written first in a fresh segment; every older segment is
-//! then deleted. Closed flows are simply not in the checkpoint.
+//! This layer knows nothing about what a record means. A record is a `kind`
+//! byte and an opaque payload (see [`crate::flow::record`] for the meaning). The
+//! layer guarantees three things. Every record read back is byte-for-byte the
+//! one that was appended. A crash leaves at most a torn tail in the newest
+//! segment, and recovery cuts it away. Damage anywhere else is reported with
+//! the file and byte offset, never skipped silently.
+//!
+//! # Directory layout
+//!
+//! A data directory holds segment files named
+//! `seg-<sequence number, 20 decimal digits, zero-padded>.cmj`, for example
+//! `seg-00000000000000000007.cmj`. Sequence numbers are consecutive. Compaction
+//! deletes the oldest files, so the first number need not be 1, but a gap
+//! between two files is reported as a missing segment. The directory also
+//! holds `journal.lock` (the writer's `flock`) and, briefly, a
+//! `seg-….cmj.tmp` file while a new segment is created. Other files are
+//! ignored.
+//!
+//! # Segment header: 24 bytes
+//!
+//! | offset | size | field |
+//! | ---: | ---: | --- |
+//! | 0 | 8 | magic `b"CMJOURN1"` |
+//! | 8 | 4 | format version, `u32` little-endian, currently [`FORMAT_VERSION`] (1) |
+//! | 12 | 8 | segment sequence number, `u64` LE. It must equal the number in the file name |
+//! | 20 | 4 | CRC32C of bytes 0..20, `u32` LE |
+//!
+//! # Record: 9 bytes of framing, then the payload
+//!
+//! Records follow the header back to back, with no padding and no trailer.
+//!
+//! | offset | size | field |
+//! | ---: | ---: | --- |
+//! | 0 | 4 | `len`: payload length, `u32` LE, at most [`MAX_RECORD_BYTES`] |
+//! | 4 | 4 | `crc`: CRC32C over the kind byte followed by the payload, `u32` LE |
+//! | 8 | 1 | `kind` |
+//! | 9 | `len` | payload |
+//!
+//! CRC32C is the Castagnoli polynomial that iSCSI and ext4 metadata use. The
+//! `crc32c` crate computes it with the SSE 4.2 / ARMv8 CRC instructions.
+//! `len` is not inside the checksum, but it decides which bytes the checksum
+//! covers, so a damaged length fails the check as well. A `len` above
+//! [`MAX_RECORD_BYTES`], or one that runs past the end of the file, is
+//! corruption. The reader never allocates from it.
+//!
+//! # Reading and recovery
+//!
+//! [`read_journal`] (or the streaming [`JournalReader`]) returns the records
+//! segment by segment, in order, each with its [`Position`]. It never modifies
+//! a file. [`JournalWriter::open`] reads the same way, repairs the tail, and
+//! then starts a new segment.
+//!
+//! * **Newest segment** (the highest sequence number present). A record that
+//!   fails to parse is a *torn tail*. That covers a partial framing header, a
+//!   payload cut short, a length over the maximum, and a checksum mismatch.
+//!   Everything from that record to the end of the file is dropped:
+//!   [`JournalScan::truncated_tail`] reports the file and byte count, and
+//!   `open` truncates the file and logs a `tracing` warning. A header that is
+//!   shorter than 24 bytes, or a file that is all zero bytes (its size reached
+//!   the disk but its data did not), is torn too: `open` deletes the file.
+//!   The newest segment cannot tell bit rot from a torn write. After a power
+//!   loss, the page cache may have written back any subset of the pages dirtied
+//!   since the last `fdatasync`, so intact records may follow a damaged one.
+//!   Keeping them would mean trusting bytes nobody synced.
+//! * **Sealed segments** (all others). These were `fdatasync`ed before the
+//!   next segment was created, so damage in them is not a crash artefact. In
+//!   [`ReadMode::Strict`], any framing or checksum failure is
+//!   [`JournalError::Corrupt`], for example
+//!   `corrupt journal record in /data/seg-00000000000000000003.cmj at byte offset 4096: checksum mismatch`.
+//!   A bad segment header is `Corrupt` at offset 0, and so is a missing
+//!   segment number.
+//! * [`ReadMode::Salvage`] skips damaged regions instead and counts each one in
+//!   [`JournalScan::salvaged`]. A segment with a bad header is skipped whole and
+//!   counts 1, and so does each gap in the sequence numbers. Salvage never
+//!   rewrites a file, so the next read salvages the same regions again.
+//!
+//! ## Resynchronising after damage (salvage)
+//!
+//! After a record at offset `o` fails in a sealed segment, the reader resumes
+//! at the first of these that applies:
+//!
+//! 1. If the record's length field is plausible (at most the maximum, and
+//!    inside the file) and only the checksum failed, it tries the end of that
+//!    record, `o + 9 + len`. It resumes there when that is the end of the file
+//!    or a whole record with a valid checksum starts there. This skips exactly
+//!    one record when a payload, kind or checksum byte is damaged.
+//! 2. Otherwise it scans forward byte by byte from `o + 1` and resumes at the
+//!    first offset where a whole record with a valid checksum parses. A random
+//!    9-byte header passes the checksum with probability 2⁻³², but a payload
+//!    that *contains* framed records can fool the scan. Each candidate costs a
+//!    CRC over its claimed length, so scanning a large damaged region is slow.
+//!    Salvage is a rescue tool, not the normal path.
+//! 3. If nothing parses, it skips to the end of the segment.
+//!
+//! Each resynchronisation counts 1 in `salvaged`. This is the skipped record
+//! in case 1, or the skipped region, however many records it held, in cases
+//! 2 and 3.
+//!
+//! # Durability of each [`FsyncPolicy`]
+//!
+//! [`JournalWriter::append`] copies a record into a userspace buffer
+//! ([`JournalConfig::buffer_bytes`], 1 MiB by default). The buffer reaches the
+//! kernel when it fills, on [`JournalWriter::commit_due`] as described below,
+//! and on [`JournalWriter::flush`], [`JournalWriter::flush_and_sync`] and
+//! rotation. Under every policy, a segment is `fdatasync`ed before it is
+//! sealed. A new segment's header is synced, and the directory `fsync`ed,
+//! before any record goes into it. Recovery also syncs the surviving newest
+//! segment before sealing it. Crash damage can therefore only be a torn tail
+//! in the newest segment.
+//!
+//! | policy | process crash (SIGKILL, panic) loses | machine crash or power loss loses |
+//! | --- | --- | --- |
+//! | `Never` | records appended since the last `commit_due` / `flush` (it writes the buffer to the kernel, no sync) | everything the kernel had not written back yet: unbounded in principle, typically up to `vm.dirty_expire_centisecs` (30 s) |
+//! | `Interval { every, bytes }` (default 10 ms / 4 MiB) | records appended since the last sync, i.e. at most `every` (plus the time between `commit_due` calls) or `bytes`, whichever comes first | the same bound |
+//! | `Always` | nothing for which `append` returned `Ok` | the same: each `append` is `fdatasync`ed before it returns |
+//!
+//! `Interval` is group commit. The caller appends freely and calls
+//! [`JournalWriter::commit_due`] often, for example after every batch of ring
+//! buffer records, or at [`JournalWriter::commit_deadline`]. One `fdatasync`
+//! then covers every record since the previous one.
+//!
+//! # Checkpoints and compaction
+//!
+//! [`JournalWriter::rotate`] seals the active segment and starts a new one. The
+//! caller writes a checkpoint as the first record of the new segment and then
+//! calls [`JournalWriter::remove_segments_before`]. That call syncs the
+//! checkpoint first, then deletes the older files in ascending order and
+//! `fsync`s the directory. A crash part-way through therefore leaves a
+//! contiguous run of segments that still starts at a valid record.
+//!
+//! # Errors after a failed write or sync
+//!
+//! After a failed `write` or `fdatasync` the writer refuses every further call
+//! with [`JournalError::Failed`]. Since Linux 4.13 a failed writeback marks
+//! the page clean and reports the error once per file description
+//! (`errseq_t`, `mm/filemap.c`; PostgreSQL's "fsyncgate", 2018). A retried
+//! `fdatasync` can then succeed while the data never reached the disk. Reopen
+//! the journal instead: recovery cuts whatever tail did not make it.
+//!
+//! # Example
+//!
+//! ```
+//! use connmirror::journal::{JournalConfig, JournalWriter, ReadMode, read_journal};
+//!
+//! let dir = std::env::temp_dir().join(format!("connmirror-doc-{}", std::process::id()));
+//! let (mut writer, recovery) = JournalWriter::open(JournalConfig::new(&dir))?;
+//! assert!(recovery.records.is_empty());
+//! let first = writer.append(1, b"hello")?;
+//! let second = writer.append(2, b"world")?;
+//! assert!(first < second);
+//! writer.commit_due()?; // group commit: syncs once 10 ms have passed
+//! writer.close()?;
+//!
+//! let scan = read_journal(&dir, ReadMode::Strict)?;
+//! assert_eq!(scan.records[1].payload, b"world");
+//! assert_eq!(scan.truncated_tail, None);
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok::<(), connmirror::journal::JournalError>(())
+//! ```
 
-pub mod inspect;
-pub mod record;
-pub mod storage;
+use std::{io, path::PathBuf};
 
-use std::collections::BTreeMap;
+use thiserror::Error;
 
-use connmirror_common::{Direction, FlowKey};
+mod format;
+mod reader;
+mod writer;
 
-use self::{
-    record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot},
-    storage::{JournalError, StoredRecord},
+#[cfg(test)]
+mod tests;
+
+pub use format::{
+    FORMAT_VERSION, MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    parse_segment_file_name, segment_file_name, segment_path,
+};
+pub use reader::{JournalReader, JournalScan, Position, ReadMode, StoredRecord, read_journal};
+pub use writer::{
+    FSYNC_BUCKETS, FsyncHistogram, FsyncPolicy, JournalConfig, JournalStats, JournalWriter,
+    Recovery,
 };
 
-/// One direction of a replayed flow.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplayedSide {
-    /// The latest state journaled.
-    pub snapshot: SideSnapshot,
-    /// Stream offset of `bytes[0]`.
-    pub start: u64,
-    /// The contiguous bytes journaled for this direction since `start` (a
-    /// given-up hole restarts them at the offset after it).
-    pub bytes: Vec<u8>,
-    /// Out-of-order pieces journaled at a clean stop or a checkpoint, by offset.
-    pub out_of_order: Vec<(u64, Vec<u8>)>,
-}
-
-impl ReplayedSide {
-    /// Forgets the bytes before stream offset `offset` (the receiver has them),
-    /// so a replica that follows a long stream holds only what a restore needs.
-    pub fn release_before(&mut self, offset: u64) {
-        let end = self.start + self.bytes.len() as u64;
-        let cut = offset.clamp(self.start, end);
-        self.bytes.drain(..(cut - self.start) as usize);
-        self.start = cut;
-    }
-
-    fn data(&mut self, offset: u64, bytes: &[u8]) {
-        if offset != self.start + self.bytes.len() as u64 {
-            self.start = offset;
-            self.bytes.clear();
-        }
-        self.bytes.extend_from_slice(bytes);
-    }
-}
-
-/// A flow rebuilt from the journal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayedFlow {
-    /// Journal-wide id.
-    pub id: u64,
-    /// 4-tuple.
-    pub key: FlowKey,
-    /// Service id.
-    pub service_id: u32,
-    /// Segments the kernel passed uncaptured.
-    pub kernel_gaps: u32,
-    /// Client → server.
-    pub c2s: ReplayedSide,
-    /// Server → client.
-    pub s2c: ReplayedSide,
-    /// Set once the flow left the table.
-    pub closed: Option<CloseReason>,
-}
-
-impl ReplayedFlow {
-    fn side(&mut self, dir: Direction) -> &mut ReplayedSide {
-        match dir {
-            Direction::ClientToServer => &mut self.c2s,
-            Direction::ServerToClient => &mut self.s2c,
-        }
-    }
-
-    fn from_snapshot(snapshot: FlowSnapshot) -> Self {
-        let FlowSnapshot {
-            id,
-            key,
-            service_id,
-            kernel_gaps,
-            c2s,
-            s2c,
-        } = snapshot;
-        let side = |snapshot: SideSnapshot| ReplayedSide {
-            snapshot,
-            ..ReplayedSide::default()
-        };
-        Self {
-            id,
-            key,
-            service_id,
-            kernel_gaps,
-            c2s: side(c2s),
-            s2c: side(s2c),
-            closed: None,
-        }
-    }
-}
-
-/// The flows a journal describes, by id.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    /// The next id to hand out.
-    pub next_id: u64,
-    /// Every flow opened (closed ones included, with `closed` set).
-    pub flows: BTreeMap<u64, ReplayedFlow>,
-    /// Records that named a flow the journal never opened (counted, not fatal).
-    pub orphans: u64,
-    /// A checkpoint being read: it replaces the state above only once its end
-    /// record arrives (a crash in the middle of writing one leaves the older
-    /// segments, which it never deleted, in charge).
-    pending: Option<Box<Replayed>>,
-}
-
-impl Replayed {
-    /// An empty state, ready for records (a stream that starts with a
-    /// checkpoint, as replication does).
-    pub fn new() -> Self {
-        Self {
-            next_id: 1,
-            ..Self::default()
-        }
-    }
-
-    /// Applies one record, in journal order.
-    pub fn apply(&mut self, record: Record) {
-        apply(self, record);
-    }
-
-    /// Whether a checkpoint is being read (its state takes over at its end).
-    pub fn in_checkpoint(&self) -> bool {
-        self.pending.is_some()
-    }
-}
-
-/// Why a journal could not be replayed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// Reading the segments failed (I/O, or corruption in strict mode).
-    #[error(transparent)]
-    Storage(#[from] JournalError),
-    /// A record passed its checksum but its payload does not decode.
-    #[error("journal record in segment {segment} at byte offset {offset}: {source}")]
-    Record {
-        /// Segment sequence number.
-        segment: u64,
-        /// Byte offset in the segment.
+/// Why a journal operation failed.
+#[derive(Debug, Error)]
+pub enum JournalError {
+    /// A system call failed. `op` names it (`fdatasync`, `write`, `rename`, …)
+    /// and `path` is the file or directory it was called on.
+    #[error("{op} {}: {source}", .path.display())]
+    Io {
+        /// The system call or file operation, e.g. `fdatasync`.
+        op: &'static str,
+        /// The file or directory it was called on.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// A record or segment header failed its checks where no torn tail can
+    /// explain it (see the module docs).
+    #[error("corrupt journal record in {} at byte offset {offset}: {reason}", .file.display())]
+    Corrupt {
+        /// The segment file, or for a missing segment the path it should have.
+        file: PathBuf,
+        /// Byte offset of the bad record (0 for a bad header or missing file).
         offset: u64,
-        /// What was wrong with its payload.
-        #[source]
-        source: RecordError,
+        /// What failed, e.g. `checksum mismatch`.
+        reason: String,
+    },
+    /// [`JournalWriter::append`] was given a payload over [`MAX_RECORD_BYTES`].
+    #[error("journal record of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// The payload length given.
+        len: usize,
+        /// The maximum, [`MAX_RECORD_BYTES`].
+        max: u32,
+    },
+    /// Another writer holds the directory's lock.
+    #[error("journal directory {} is in use by another writer", .dir.display())]
+    Busy {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// An earlier write or sync failed, so the writer stopped (see the module
+    /// docs for why it does not retry).
+    #[error(
+        "journal writer stopped after {op} {} failed; reopen the journal to recover",
+        .path.display()
+    )]
+    Failed {
+        /// The system call that failed.
+        op: &'static str,
+        /// The file it failed on.
+        path: PathBuf,
     },
 }
 
-/// Rebuilds the flows from journal records in order: the state of the last
-/// checkpoint, then every record after it.
-pub fn replay(
-    records: impl IntoIterator<Item = Result<StoredRecord, JournalError>>,
-) -> Result<Replayed, ReplayError> {
-    let mut replayed = Replayed::new();
-    for stored in records {
-        let StoredRecord {
-            position,
-            kind,
-            payload,
-        } = stored?;
-        let record = Record::decode(kind, &payload).map_err(|source| ReplayError::Record {
-            segment: position.segment,
-            offset: position.offset,
-            source,
-        })?;
-        apply(&mut replayed, record);
-    }
-    Ok(replayed)
-}
-
-fn apply(replayed: &mut Replayed, record: Record) {
-    match record {
-        Record::CheckpointBegin { next_id } => {
-            replayed.pending = Some(Box::new(Replayed {
-                next_id,
-                ..Replayed::default()
-            }));
-            return;
-        }
-        Record::CheckpointEnd => {
-            if let Some(checkpoint) = replayed.pending.take() {
-                let orphans = replayed.orphans;
-                *replayed = *checkpoint;
-                replayed.orphans += orphans;
-            }
-            return;
-        }
-        _ => {}
-    }
-    let target = match replayed.pending.as_deref_mut() {
-        Some(checkpoint) => checkpoint,
-        None => replayed,
-    };
-    apply_to(target, record);
-}
-
-/// Applies a flow record to `replayed` (a checkpoint being read, or the state).
-fn apply_to(replayed: &mut Replayed, record: Record) {
-    let Replayed {
-        next_id,
-        flows,
-        orphans,
-        ..
-    } = replayed;
-    match record {
-        Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
-        Record::CheckpointFlow(flow) => {
-            *next_id = (*next_id).max(flow.id + 1);
-            flows.insert(flow.id, ReplayedFlow::from_snapshot(flow));
-        }
-        Record::Open {
-            id,
-            key,
-            service_id,
-        } => {
-            *next_id = (*next_id).max(id + 1);
-            flows.insert(
-                id,
-                ReplayedFlow::from_snapshot(FlowSnapshot {
-                    id,
-                    key,
-                    service_id,
-                    kernel_gaps: 0,
-                    c2s: SideSnapshot::default(),
-                    s2c: SideSnapshot::default(),
-                }),
-            );
-        }
-        Record::Data {
-            id,
-            dir,
-            offset,
-            bytes,
-        } => match flows.get_mut(&id) {
-            Some(flow) => flow.side(dir).data(offset, &bytes),
-            None => *orphans += 1,
-        },
-        Record::OutOfOrder {
-            id,
-            dir,
-            offset,
-            bytes,
-        } => match flows.get_mut(&id) {
-            Some(flow) => flow.side(dir).out_of_order.push((offset, bytes)),
-            None => *orphans += 1,
-        },
-        Record::Update {
-            id,
-            dir,
-            kernel_gaps,
-            snapshot,
-        } => match flows.get_mut(&id) {
-            Some(flow) => {
-                flow.kernel_gaps = kernel_gaps;
-                flow.side(dir).snapshot = snapshot;
-            }
-            None => *orphans += 1,
-        },
-        Record::Close { id, reason } => match flows.get_mut(&id) {
-            Some(flow) => flow.closed = Some(reason),
-            None => *orphans += 1,
-        },
-    }
-}
-
-/// The journal as the mirror uses it: the flow table's records appended and
-/// group-committed, and a checkpoint (with compaction) every so many bytes.
-pub struct Journal {
-    writer: storage::JournalWriter,
-    checkpoint_bytes: u64,
-    /// `bytes_appended` at the last checkpoint.
-    checkpointed_at: u64,
-    buf: Vec<u8>,
-}
-
-impl Journal {
-    /// Opens (recovering) the journal described by `config`, restores its flows
-    /// into `table`, and starts with a checkpoint so older segments can go.
-    pub fn open(
-        config: storage::JournalConfig,
-        checkpoint_bytes: u64,
-        table: &mut crate::flow::FlowTable,
-    ) -> Result<Self, ReplayError> {
-        let (writer, recovery) = storage::JournalWriter::open(config)?;
-        if let Some((file, bytes)) = &recovery.truncated_tail {
-            tracing::warn!(file = %file.display(), bytes, "journal: truncated a torn tail");
-        }
-        if recovery.salvaged > 0 {
-            tracing::warn!(
-                skipped = recovery.salvaged,
-                "journal: salvage skipped damaged records"
-            );
-        }
-        let replayed = replay(recovery.records.into_iter().map(Ok))?;
-        tracing::info!(flows = replayed.flows.len(), "journal recovered");
-        table.restore(replayed);
-        let mut journal = Self {
-            writer,
-            checkpoint_bytes,
-            checkpointed_at: 0,
-            buf: Vec::new(),
-        };
-        journal.checkpoint(table)?;
-        Ok(journal)
-    }
-
-    /// Appends the table's pending records, commits per the fsync policy, and
-    /// checkpoints when enough bytes went by.
-    pub fn sync(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
-        let records = table.take_records();
-        self.write(&records, table)
-    }
-
-    /// Like [`sync`](Self::sync), with the records already taken from `table`
-    /// (the on-host agent also ships them to the standby).
-    pub fn write(
-        &mut self,
-        records: &[Record],
-        table: &mut crate::flow::FlowTable,
-    ) -> Result<(), JournalError> {
-        for record in records {
-            self.append(record)?;
-        }
-        self.writer.commit_due()?;
-        if self.writer.stats().bytes_appended - self.checkpointed_at >= self.checkpoint_bytes {
-            self.checkpoint(table)?;
-        }
-        Ok(())
-    }
-
-    /// Starts a fresh segment with a checkpoint of `table`, syncs it, and deletes
-    /// every older segment (the compaction: closed flows are not carried over).
-    pub fn checkpoint(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
-        for record in table.take_records() {
-            self.append(&record)?;
-        }
-        let segment = self.writer.rotate()?;
-        table.checkpoint(|record| self.append(&record))?;
-        self.writer.flush_and_sync()?;
-        let removed = self.writer.remove_segments_before(segment)?;
-        self.checkpointed_at = self.writer.stats().bytes_appended;
-        tracing::debug!(segment, removed = removed.len(), "journal checkpoint");
-        Ok(())
-    }
-
-    /// Appends what is left, including the bytes buffered out of order (see
-    /// [`Record::OutOfOrder`]), syncs, and closes the journal; returns its counters.
-    pub fn close(
-        mut self,
-        table: &mut crate::flow::FlowTable,
-    ) -> Result<storage::JournalStats, JournalError> {
-        for record in table.take_records() {
-            self.append(&record)?;
-        }
-        table.out_of_order(|record| self.append(&record))?;
-        self.writer.close()
-    }
-
-    /// The writer's counters (bytes, fsyncs and their latency).
-    pub fn stats(&self) -> &storage::JournalStats {
-        self.writer.stats()
-    }
-
-    fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        self.buf.clear();
-        record.encode(&mut self.buf);
-        self.writer.append(record.kind() as u8, &self.buf).map(drop)
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use crate::journal::storage::Position;
-
-    /// `records` as the storage layer would hand them back, for `replay`.
-    pub(crate) fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
-        records
-            .iter()
-            .enumerate()
-            .map(|(i, record)| {
-                let mut payload = Vec::new();
-                record.encode(&mut payload);
-                Ok(StoredRecord {
-                    position: Position {
-                        segment: 1,
-                        offset: i as u64,
-                    },
-                    kind: record.kind() as u8,
-                    payload,
-                })
-            })
-            .collect()
-    }
-
-    fn open(id: u64) -> Record {
-        Record::Open {
-            id,
-            key: FlowKey {
-                server_addr: [0; 16],
-                client_addr: [0; 16],
-                server_port: 7000,
-                client_port: id as u16,
-                family: 4,
-                _pad: [0; 3],
-            },
-            service_id: 0,
-        }
-    }
-
-    fn data(id: u64, offset: u64, bytes: &[u8]) -> Record {
-        Record::Data {
-            id,
-            dir: Direction::ClientToServer,
-            offset,
-            bytes: bytes.to_vec(),
-        }
-    }
-
-    #[test]
-    fn a_complete_checkpoint_replaces_the_state_and_carries_retained_bytes() {
-        let Record::Open { key, .. } = open(2) else {
-            unreachable!()
-        };
-        let records = [
-            open(1),
-            data(1, 0, b"old"),
-            Record::CheckpointBegin { next_id: 3 },
-            Record::CheckpointFlow(FlowSnapshot {
-                id: 2,
-                key,
-                service_id: 0,
-                kernel_gaps: 0,
-                c2s: SideSnapshot::default(),
-                s2c: SideSnapshot::default(),
-            }),
-            data(2, 10, b"kept"),
-            Record::CheckpointEnd,
-            data(2, 14, b"+new"),
-        ];
-
-        let replayed = replay(stored(&records)).unwrap();
-
-        assert_eq!(replayed.next_id, 3);
-        assert_eq!(replayed.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
-        let c2s = &replayed.flows[&2].c2s;
-        assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
-    }
-
-    #[test]
-    fn a_checkpoint_cut_short_by_a_crash_leaves_the_earlier_state_in_charge() {
-        let records = [
-            open(1),
-            data(1, 0, b"abc"),
-            Record::CheckpointBegin { next_id: 2 },
-            data(1, 0, b"abc"),
-        ];
-
-        let replayed = replay(stored(&records)).unwrap();
-
-        assert_eq!(replayed.flows.len(), 1);
-        assert_eq!(replayed.flows[&1].c2s.bytes, b"abc");
-    }
+/// Wraps an [`io::Error`] with the operation and path it came from.
+fn io_error(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> JournalError {
+    let path = path.into();
+    move |source| JournalError::Io { op, path, source }
 }

@@ -240,7 +240,7 @@ impl Line {
 fn summary(
     results: &[EchoResult],
     failover: Duration,
-    takeover: &connmirror::takeover::TakeoverReport,
+    takeover: &connmirror::failover::takeover::TakeoverReport,
     rsts: usize,
     report: &connmirror_tests::mirror::Report,
 ) -> Result<()> {

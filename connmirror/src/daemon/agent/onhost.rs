@@ -1,0 +1,345 @@
+//! On-host mode: the agent runs the mirror on the primary's own interfaces
+//! (XDP ingress sees the clients' segments before the primary's kernel does,
+//! TC egress sees the primary's before they leave) and streams the journal
+//! records to the standby over the replication channel
+//! ([`crate::replication::channel`]).
+//!
+//! Exposure is the replication lag: what the primary's kernel acknowledged
+//! or sent that the standby has not acknowledged yet. `--sync` removes it:
+//! the TC egress program holds every outgoing segment of a tracked flow
+//! whose data or acknowledgment goes beyond what the standby holds of that
+//! flow (the `SYNC_LIMITS` map, which the agent raises as acknowledgments
+//! arrive). "Hold" is a drop: TC cannot queue a packet, so TCP sends the
+//! segment again on its own timers (tail-loss probe, then retransmission
+//! timeout), and by then the standby normally has it. The price is latency
+//! and throughput, measured in `bench/RESULTS.md`.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use connmirror_common::ServiceMode;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    capture::{EgressHook, IngressHook, parse_ring_size},
+    daemon::agent::{self, AgentArgs},
+    engine::{Event, EventSource, IfaceSpec, Mirror, MirrorArgs, RetentionArg, Signals},
+    metrics::Family,
+    ownership::heartbeat::Key,
+    replication::channel::{self, LimitChange, LinkEvent, LinkStats, Outbox},
+};
+
+/// On-host flags of `connmirror agent`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OnHostArgs {
+    /// On-host mode: capture the services on this interface of the primary
+    /// itself (optionally `IF:INGRESS`), and replicate the journal to the
+    /// standby (`--replicate-to`). Repeat for several.
+    #[arg(long = "iface", value_name = "IF[:INGRESS]", requires = "replicate_to")]
+    pub ifaces: Vec<IfaceSpec>,
+    /// The standby's replication listener (its `--replication-listen`).
+    #[arg(long, value_name = "IP:PORT", requires = "ifaces")]
+    pub replicate_to: Option<SocketAddr>,
+    /// Hold each outgoing segment of a protected connection (TC egress drop;
+    /// TCP resends it) until the standby has acknowledged the journal up to its
+    /// data and its ACK: a failover loses nothing, at a latency cost.
+    #[arg(long, requires = "replicate_to")]
+    pub sync: bool,
+    /// Ingress attach point for interfaces that do not name their own.
+    #[arg(long, value_enum, default_value = "xdp")]
+    pub ingress: IngressHook,
+    /// Egress attach point (`tc`; `--sync` needs it).
+    #[arg(long, value_enum, default_value = "tc")]
+    pub egress: EgressHook,
+    /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "16M")]
+    pub ring_size: u32,
+    /// Which bytes each flow keeps and replicates: `unacked` (enough to
+    /// restore) or `full` (the history too, for handoff applications that
+    /// resume from it and for replay; the standby keeps it as well).
+    #[arg(long, value_enum, default_value = "unacked")]
+    pub retention: RetentionArg,
+}
+
+/// How long the link waits before connecting again.
+const RETRY: Duration = Duration::from_millis(200);
+/// How often the agent tells the standby its lag when nothing else goes out.
+const KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// What the heartbeat loop holds of the on-host loop: the mirror's and the
+/// replication's metrics, and the capture's service modes (a planned
+/// migration quiesces the services here, [`crate::failover::migrate`]).
+#[derive(Clone, Debug)]
+pub struct Handle(mpsc::Sender<Request>);
+
+/// A request to the on-host loop.
+#[derive(Debug)]
+enum Request {
+    /// Its metric families.
+    Scrape(oneshot::Sender<Vec<Family>>),
+    /// Drop client segments of these services at ingress (`true`), or
+    /// capture them again (`false`, `--sync` holding as before).
+    Quiesce(Vec<SocketAddr>, bool, oneshot::Sender<anyhow::Result<()>>),
+}
+
+impl Handle {
+    /// The mirror's and the replication's families at this instant (none once
+    /// the on-host loop has stopped).
+    pub async fn families(&self) -> Vec<Family> {
+        let (reply, answer) = oneshot::channel();
+        if self.0.send(Request::Scrape(reply)).await.is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Quiesces `services` on the primary's own capture (`on`), or lifts
+    /// it; blocking, for a migration's thread.
+    pub fn quiesce(&self, services: &[SocketAddr], on: bool) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || anyhow::anyhow!("the on-host capture has stopped");
+        (self
+            .0
+            .blocking_send(Request::Quiesce(services.to_vec(), on, reply)))
+        .map_err(|_| stopped())?;
+        answer.blocking_recv().map_err(|_| stopped())?
+    }
+}
+
+/// Runs `connmirror agent`: heartbeats, and in on-host mode the mirror and
+/// the replication alongside, until SIGINT or SIGTERM.
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let Some(standby) = args.onhost.replicate_to else {
+        return agent::run_with(args, None).await;
+    };
+    anyhow::ensure!(
+        !args.onhost.sync || args.onhost.egress == EgressHook::Tc,
+        "--sync holds segments at TC egress: it needs --egress tc"
+    );
+    let key = Key::load(&args.key)?;
+    let mut mirror = Mirror::start(mirror_args(&args)?)?;
+    if args.onhost.sync {
+        let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
+        set_modes(&mut mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
+    }
+    mirror.reader.table.collect_records();
+    mirror.reader.outbox = Some(Outbox::new(args.onhost.sync));
+    let (link_events, events) = mpsc::unbounded_channel();
+    let stats = Arc::new(LinkStats::default());
+    let link = tokio::spawn(channel::link(
+        standby,
+        key,
+        link_events,
+        stats.clone(),
+        RETRY,
+    ));
+    let (handle, requests) = mpsc::channel(4);
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let source = Source {
+        events,
+        requests,
+        keepalive,
+    };
+    tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
+    let sync = args.onhost.sync;
+    let heartbeats = heartbeat_thread(args, Handle(handle))?;
+    let replication = replicate(mirror, source, stats, sync);
+    tokio::pin!(replication);
+    let result = tokio::select! {
+        result = &mut replication => result,
+        ended = heartbeats => match ended {
+            // Stopped by the signal that stops the capture too: let it detach
+            // and write its report.
+            Ok(Ok(())) => replication.await,
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(anyhow::anyhow!("the heartbeat thread panicked")),
+        },
+    };
+    link.abort();
+    result
+}
+
+/// Runs the heartbeats on a thread (and runtime) of their own: a ring that
+/// refills as fast as it is read keeps the capture loop busy, and the
+/// standby must not mistake a busy primary for a dead one. The heartbeats
+/// stop with the same signals; the answer says how they ended.
+fn heartbeat_thread(
+    args: AgentArgs,
+    onhost: Handle,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (done, ended) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("heartbeats".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the heartbeat thread's runtime")
+                .and_then(|runtime| runtime.block_on(agent::run_with(args, Some(onhost))));
+            let _ = done.send(result);
+        })
+        .context("spawning the heartbeat thread")?;
+    Ok(ended)
+}
+
+/// The mirror's settings: the agent's services on the on-host interfaces,
+/// every other setting at the `mirror` subcommand's default, no metrics
+/// endpoint of its own (the agent's serves its families).
+fn mirror_args(args: &AgentArgs) -> anyhow::Result<MirrorArgs> {
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        mirror: MirrorArgs,
+    }
+    let onhost = &args.onhost;
+    let mut argv = vec![
+        "mirror".to_owned(),
+        "--metrics".to_owned(),
+        "off".to_owned(),
+        "--ring-size".to_owned(),
+        onhost.ring_size.to_string(),
+    ];
+    for iface in &onhost.ifaces {
+        argv.extend(["--iface".to_owned(), iface.name.clone()]);
+    }
+    for service in &args.services {
+        argv.extend(["--service".to_owned(), service.to_string()]);
+    }
+    let mut mirror = Wrapper::try_parse_from(argv)
+        .context("the on-host mirror's settings")?
+        .mirror;
+    mirror.ifaces = onhost.ifaces.clone();
+    mirror.ingress = onhost.ingress;
+    mirror.retention = onhost.retention;
+    mirror.egress = onhost.egress;
+    Ok(mirror)
+}
+
+/// What wakes the on-host loop besides the ring and the signals.
+enum OnHostEvent {
+    Link(LinkEvent),
+    Request(Request),
+    Keepalive,
+}
+
+struct Source {
+    events: mpsc::UnboundedReceiver<LinkEvent>,
+    requests: mpsc::Receiver<Request>,
+    keepalive: tokio::time::Interval,
+}
+
+impl EventSource<OnHostEvent> for Source {
+    async fn next(&mut self) -> OnHostEvent {
+        let Self {
+            events,
+            requests,
+            keepalive,
+        } = self;
+        tokio::select! {
+            Some(event) = events.recv() => OnHostEvent::Link(event),
+            Some(request) = requests.recv() => OnHostEvent::Request(request),
+            _ = keepalive.tick() => OnHostEvent::Keepalive,
+        }
+    }
+}
+
+/// Drains the ring into the outbox, follows the link, applies the sync
+/// limits the standby's acknowledgments release, and answers requests.
+async fn replicate(
+    mut mirror: Mirror,
+    mut source: Source,
+    stats: Arc<LinkStats>,
+    sync: bool,
+) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    loop {
+        let event = match mirror.next_event(&mut signals, Some(&mut source)).await? {
+            Event::Stop => break,
+            Event::Scrape(scrape) => {
+                scrape.answer(mirror.families());
+                continue;
+            }
+            Event::Message(event) => event,
+        };
+        match event {
+            OnHostEvent::Link(LinkEvent::Connected(link)) => connected(&mut mirror, link)?,
+            OnHostEvent::Link(LinkEvent::Acked(end)) => {
+                let Mirror {
+                    capture, reader, ..
+                } = &mut mirror;
+                let outbox = reader.outbox.as_mut().expect("on-host mode has an outbox");
+                for change in outbox.acked(end) {
+                    let result = match change {
+                        LimitChange::Set(key, limit) => capture.set_sync_limit(&key, limit),
+                        LimitChange::Remove(key) => capture.remove_sync_limit(&key),
+                    };
+                    if let Err(err) = result {
+                        tracing::warn!("updating a sync limit: {err}");
+                    }
+                }
+            }
+            OnHostEvent::Link(LinkEvent::Disconnected) => {
+                tracing::warn!(
+                    "replication channel lost: the standby falls behind until it is back"
+                );
+                outbox(&mut mirror).disconnected();
+            }
+            OnHostEvent::Keepalive => {
+                let backlog = mirror.ring_backlog();
+                outbox(&mut mirror).keepalive(backlog);
+            }
+            OnHostEvent::Request(Request::Scrape(reply)) => {
+                let backlog = mirror.ring_backlog();
+                let mut families = mirror.families();
+                families.extend(outbox(&mut mirror).families(backlog, &stats));
+                let _ = reply.send(families);
+            }
+            OnHostEvent::Request(Request::Quiesce(addrs, on, reply)) => {
+                let base = if sync { ServiceMode::SYNC } else { 0 };
+                let mode = if on { ServiceMode::QUIESCED } else { base };
+                let _ = reply.send(set_modes(&mut mirror, &addrs, mode));
+            }
+        }
+    }
+    mirror.finish(Vec::new(), None)?;
+    Ok(())
+}
+
+/// Sets the capture mode of each service in `addrs`.
+fn set_modes(mirror: &mut Mirror, addrs: &[SocketAddr], mode: u32) -> anyhow::Result<()> {
+    let services = (addrs.iter())
+        .map(|addr| {
+            (mirror.services.iter())
+                .find(|s| s.addr == *addr)
+                .copied()
+                .with_context(|| format!("{addr} is not captured here"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    mirror.set_modes(&services, mode)
+}
+
+fn outbox(mirror: &mut Mirror) -> &mut Outbox {
+    mirror
+        .reader
+        .outbox
+        .as_mut()
+        .expect("on-host mode has an outbox")
+}
+
+/// A standby connected: everything in the ring is applied, then a checkpoint
+/// of every open flow starts its stream.
+fn connected(mirror: &mut Mirror, link: mpsc::UnboundedSender<Vec<u8>>) -> anyhow::Result<()> {
+    mirror.drain()?;
+    let mut checkpoint = Vec::new();
+    mirror.reader.table.checkpoint(|record| {
+        checkpoint.push(record);
+        Ok::<_, Infallible>(())
+    })?;
+    let flows = checkpoint.len();
+    let backlog = mirror.ring_backlog();
+    outbox(mirror).connected(link, &checkpoint, backlog);
+    tracing::info!(records = flows, "standby connected: checkpoint sent");
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! The roles a `connmirror` process runs, and what they share as a process:
+//! configuration files, the control socket and the status report.
+//!
+//! [`standby`] (inline mode: capture on the path, takeover on failure),
+//! [`agent`] (the primary's heartbeats, and on-host mode), and the `mirror`
+//! role, which is the [`crate::engine`] run on its own. Each role parses its
+//! own arguments next to its code; `main.rs` only dispatches.
+//!
+//! Uses: every mechanism folder. Nothing in the crate uses this folder but
+//! `main.rs`.
+
+pub mod agent;
+pub mod config;
+pub mod control;
+pub mod standby;
+pub mod status;

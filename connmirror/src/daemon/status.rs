@@ -1,0 +1,98 @@
+//! What `connmirror status` shows: the node's role and epoch, its peer and
+//! when it last heard from it, the services, the flows by readiness, and
+//! replication lag.
+
+use std::{collections::BTreeMap, io, net::SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ownership::detector::Peer, ownership::heartbeat::HeartbeatStats};
+
+/// A standby's status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// On a standby: `standby` (protecting) or `owner` (it took services
+    /// over). On the primary's agent: `primary`, `recovering` or
+    /// `stepped-down`.
+    pub role: String,
+    /// The ownership epoch this node holds or last saw.
+    pub epoch: u64,
+    /// The primary, as its heartbeats describe it (none without
+    /// `--heartbeat-listen`, or before the first one).
+    pub peer: Option<Peer>,
+    /// Heartbeats received, by outcome.
+    pub heartbeats: Option<HeartbeatStats>,
+    /// Every protected service and whether this node serves it now.
+    pub services: Vec<ServiceStatus>,
+    /// Flows by readiness (`ready`, `missing-bytes`, `no-handshake`, `closed`).
+    pub flows: BTreeMap<String, u64>,
+    /// Bytes and seconds the standby's copy lags the primary: `None` in inline
+    /// mode, where every segment is captured before it is forwarded.
+    pub replication_lag: Option<ReplicationLag>,
+    /// Takeovers run so far.
+    pub takeovers: usize,
+}
+
+/// One service in a [`StatusReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// On a standby: `protected`, `taken-over` or `draining`. On an agent:
+    /// `serving`, `waiting` (recovering) or `released` (stepped down).
+    pub state: String,
+}
+
+/// How far a replicated copy trails the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationLag {
+    /// Bytes.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+impl StatusReport {
+    /// Writes the human table.
+    pub fn print(&self, out: &mut impl io::Write) -> io::Result<()> {
+        writeln!(out, "role      {}", self.role)?;
+        writeln!(out, "epoch     {}", self.epoch)?;
+        match &self.peer {
+            Some(peer) => writeln!(
+                out,
+                "peer      {} at {} (epoch {}), last heartbeat {} ms ago, {}",
+                peer.ownership.node_id,
+                peer.address,
+                peer.ownership.epoch,
+                peer.last_heartbeat_ms,
+                if peer.alive { "alive" } else { "lost" }
+            )?,
+            None => writeln!(out, "peer      none heard")?,
+        }
+        if let Some(h) = &self.heartbeats {
+            writeln!(
+                out,
+                "heartbeats accepted {}, forged {}, replayed {}, malformed {}",
+                h.accepted, h.forged, h.replayed, h.malformed
+            )?;
+        }
+        for service in &self.services {
+            writeln!(out, "service   {} {}", service.addr, service.state)?;
+        }
+        let flows: Vec<String> = (self.flows.iter())
+            .map(|(readiness, n)| format!("{readiness} {n}"))
+            .collect();
+        writeln!(out, "flows     {}", flows.join(", "))?;
+        match self.replication_lag {
+            Some(lag) => writeln!(out, "lag       {} bytes, {:.3} s", lag.bytes, lag.seconds)?,
+            None if self.role == "standby" || self.role == "owner" => {
+                writeln!(out, "lag       none (inline mode)")?
+            }
+            None => writeln!(
+                out,
+                "lag       not reported here (an agent's is on its /metrics)"
+            )?,
+        }
+        writeln!(out, "takeovers {}", self.takeovers)
+    }
+}

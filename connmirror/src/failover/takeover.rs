@@ -1,0 +1,1063 @@
+//! The takeover sequence: how a standby becomes the server of a service's
+//! connections (DESIGN.md, "Restore order", "Resumption").
+//!
+//! 1. **quiesce**: the capture programs drop client → service segments at
+//!    ingress ([`ServiceMode::QUIESCED`]), so no client segment reaches this
+//!    kernel while it has no socket for it (it would answer with a RST); clients
+//!    retransmit them later.
+//! 2. **fence**: they also drop the old primary's segments for the service
+//!    ([`ServiceMode::FENCED`]).
+//! 3. **drain**: every record already in the ring reaches the flow table, which
+//!    is then final for these flows.
+//! 4. **restore**: every `ready` flow is rebuilt with `TCP_REPAIR` in parallel
+//!    batches ([`crate::repair::restore`]), each socket staying in repair mode; flows
+//!    that cannot be restored are reset with the sequence numbers the client
+//!    expects, and counted by reason.
+//! 5. **address**: the service address becomes local (RTM_NEWADDR, see
+//!    [`crate::net::address`]), only now that a socket exists for every flow: a
+//!    client segment that arrives while the capture cannot quiesce it (an
+//!    on-host standby is not on the path) finds its socket, not a RST.
+//!    **leave-repair**: the sockets leave repair mode, in parallel.
+//! 6. **unquiesce**: the service becomes [`ServiceMode::OWNED`] (still fenced),
+//!    so client segments reach the restored sockets.
+//! 7. **announce**: gratuitous ARP / unsolicited neighbour advertisements on the
+//!    configured L2 interfaces, in the background.
+//! 8. **resume**: each socket goes to the application: handed off over the
+//!    handoff socket, or spliced to a standby instance after a verified replay.
+//!
+//! Every step is logged with its duration and listed in the [`TakeoverReport`].
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use connmirror_common::ServiceMode;
+use prometheus_client::registry::Unit;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    engine::Mirror,
+    flow::state::{Readiness, after},
+    flow::{FlowTable, TakeoverFlow, TakeoverSide},
+    metrics::{Family, Histogram},
+    net::address::LocalAddress,
+    net::announce,
+    repair::restore::{
+        self, QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
+    },
+    resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
+    resume::replay,
+    service::Service,
+    sys::sockopt,
+};
+
+/// How a service's restored connections continue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// Pass each socket to an application registered on the handoff socket.
+    Handoff,
+    /// Replay the recorded client bytes into a standby instance of the
+    /// application at this address, verify its output, then splice.
+    Replay(SocketAddr),
+}
+
+/// What to do with a flow first seen mid-stream (no handshake captured).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MidStream {
+    /// Reset it and count it: its options (MSS, window scale, SACK) are unknown.
+    Reset,
+    /// Restore it with conservative options: MSS 536, no window scaling, no
+    /// SACK; timestamps only if its segments carried them.
+    Restore,
+}
+
+/// Takeover settings of a standby.
+#[derive(Debug)]
+pub struct TakeoverConfig {
+    /// Interface the service addresses are added to.
+    pub address_iface: String,
+    /// Interfaces to send gratuitous ARP / neighbour advertisements on.
+    pub announce: Vec<String>,
+    /// How many announcements per address and interface, 100 ms apart.
+    pub announce_count: u32,
+    /// Threads that rebuild sockets in parallel.
+    pub workers: usize,
+    /// Policy for flows first seen mid-stream.
+    pub mid_stream: MidStream,
+    /// How the send queue is refilled.
+    pub queue: QueueMode,
+    /// Resumption per service address; services not listed use handoff.
+    pub resume: BTreeMap<SocketAddr, Resume>,
+    /// How long a restored socket waits for an application on the handoff socket.
+    pub handoff_wait: Duration,
+    /// How long a replay may take to reproduce the recorded output.
+    pub replay_timeout: Duration,
+    /// Where to keep a duplicate of every socket handed to an application,
+    /// for a later migration ([`crate::failover::migrate`]); `None` keeps none.
+    pub keep: Option<Kept>,
+}
+
+/// Duplicates of the sockets handed to applications (see
+/// [`TakeoverConfig::keep`]).
+pub type Kept = Arc<std::sync::Mutex<Vec<TcpStream>>>;
+
+/// Why a flow was not restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unrecoverable {
+    /// Bytes a restore needs are missing (a capture gap).
+    Gapped,
+    /// First seen mid-stream, and the policy is `reset`.
+    NoHandshake,
+    /// One side had already sent its FIN: half-closed connections are not rebuilt.
+    Closing,
+    /// Replay needs the whole history, and it went over the history cap.
+    OverCap,
+    /// No application took the handed-off socket in time.
+    NoApplication,
+    /// A replay failed for a reason other than divergence (timeout, I/O).
+    ReplayFailed,
+    /// A restore system call failed.
+    RestoreFailed,
+}
+
+impl Unrecoverable {
+    /// Every reason.
+    pub const ALL: [Unrecoverable; 7] = [
+        Unrecoverable::Gapped,
+        Unrecoverable::NoHandshake,
+        Unrecoverable::Closing,
+        Unrecoverable::OverCap,
+        Unrecoverable::NoApplication,
+        Unrecoverable::ReplayFailed,
+        Unrecoverable::RestoreFailed,
+    ];
+
+    /// The reason's name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unrecoverable::Gapped => "gapped",
+            Unrecoverable::NoHandshake => "no-handshake",
+            Unrecoverable::Closing => "closing",
+            Unrecoverable::OverCap => "over-cap",
+            Unrecoverable::NoApplication => "no-application",
+            Unrecoverable::ReplayFailed => "replay-failed",
+            Unrecoverable::RestoreFailed => "restore-failed",
+        }
+    }
+}
+
+/// One timed step of a takeover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// `quiesce`, `fence`, `drain`, `address`, `restore`, `reset`, `unquiesce`,
+    /// `announce`, `resume`.
+    pub name: String,
+    /// How long it took, in microseconds.
+    pub micros: u64,
+}
+
+/// What a takeover did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverReport {
+    /// What started it: `manual` (`connmirror takeover`), `heartbeats-missed`,
+    /// or `migration` (a planned migration from the primary).
+    #[serde(default)]
+    pub trigger: String,
+    /// The ownership epoch this standby holds after it (0 when the primary's
+    /// epoch was never heard).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Services taken over.
+    pub services: Vec<SocketAddr>,
+    /// Steps in order, with durations.
+    pub steps: Vec<Step>,
+    /// Flows rebuilt and resumed.
+    pub restored: u64,
+    /// Flows handed to an application.
+    pub handed_off: u64,
+    /// Flows resumed by a verified replay.
+    pub replayed: u64,
+    /// Replays whose output differed from the recorded bytes (those flows are reset).
+    pub divergent: u64,
+    /// Flows not restored, by reason (divergent replays are counted separately).
+    pub unrecoverable: BTreeMap<String, u64>,
+    /// Flows first seen mid-stream that were rebuilt anyway (`--mid-stream
+    /// restore`, with conservative options); included in `restored` once resumed.
+    #[serde(default)]
+    pub mid_stream: u64,
+    /// RSTs sent for flows that could not be restored.
+    pub reset: u64,
+    /// Closed flows skipped (nothing to restore).
+    pub closed: u64,
+    /// Error messages for flows that failed (restore, handoff, replay).
+    pub errors: Vec<String>,
+    /// Every connection rebuilt, as (service end, client end): what a
+    /// `drain` failback keeps serving here ([`crate::failover::drain`]).
+    #[serde(default)]
+    pub flows: Vec<(SocketAddr, SocketAddr)>,
+}
+
+impl TakeoverReport {
+    /// An empty report of a takeover of `services`.
+    fn started(services: &[Service], trigger: Trigger) -> TakeoverReport {
+        TakeoverReport {
+            trigger: trigger.name.to_owned(),
+            epoch: trigger.epoch,
+            services: services.iter().map(|s| s.addr).collect(),
+            ..TakeoverReport::default()
+        }
+    }
+
+    fn unrecoverable(&mut self, reason: Unrecoverable) {
+        *self
+            .unrecoverable
+            .entry(reason.name().to_owned())
+            .or_default() += 1;
+    }
+
+    /// Seconds the `restore` and `leave-repair` steps took: every
+    /// connection rebuilt.
+    pub fn restore_seconds(&self) -> f64 {
+        (self.steps.iter())
+            .filter(|step| step.name == "restore" || step.name == "leave-repair")
+            .map(|step| step.micros as f64 / 1e6)
+            .sum()
+    }
+
+    /// Total flows not restored.
+    pub fn unrecoverable_total(&self) -> u64 {
+        self.unrecoverable.values().sum()
+    }
+}
+
+/// Upper bounds (seconds) of the restore-latency histogram buckets.
+const RESTORE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Metrics of the takeovers run so far.
+pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
+    let total = |f: fn(&TakeoverReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let mut failovers = Family::counter("failovers", "Takeovers run, by trigger.", None);
+    for trigger in ["manual", "heartbeats-missed", "migration"] {
+        let n = reports.iter().filter(|r| r.trigger == trigger).count();
+        failovers = failovers.count(vec![("trigger", trigger.into())], n as u64);
+    }
+    let mut unrecoverable = Family::counter(
+        "unrecoverable_flows",
+        "Flows a takeover could not restore, by reason (each one reset).",
+        None,
+    );
+    for reason in Unrecoverable::ALL.map(Unrecoverable::name) {
+        let n = reports
+            .iter()
+            .filter_map(|r| r.unrecoverable.get(reason))
+            .sum();
+        unrecoverable = unrecoverable.count(vec![("reason", reason.into())], n);
+    }
+    let restore_times = reports.iter().map(TakeoverReport::restore_seconds);
+    let counter = |name, help, value| Family::counter(name, help, None).count(Vec::new(), value);
+    vec![
+        failovers,
+        counter(
+            "restored_connections",
+            "Connections rebuilt with TCP_REPAIR and resumed.",
+            total(|r| r.restored),
+        ),
+        counter(
+            "handed_off_connections",
+            "Restored connections handed to an application.",
+            total(|r| r.handed_off),
+        ),
+        counter(
+            "replayed_connections",
+            "Restored connections resumed by a verified replay.",
+            total(|r| r.replayed),
+        ),
+        counter(
+            "mid_stream_restored_connections",
+            "Connections first seen mid-stream that were rebuilt anyway (--mid-stream restore).",
+            total(|r| r.mid_stream),
+        ),
+        counter(
+            "divergent_replays",
+            "Replays whose output differed from the recorded bytes (those connections are reset).",
+            total(|r| r.divergent),
+        ),
+        counter(
+            "reset_connections",
+            "RSTs sent for connections that could not be restored.",
+            total(|r| r.reset),
+        ),
+        unrecoverable,
+        Family::histogram(
+            "restore",
+            "Duration of each takeover's restore and leave-repair steps (every connection rebuilt).",
+            Some(Unit::Seconds),
+        )
+        .observe(Vec::new(), Histogram::of(&RESTORE_BUCKETS, restore_times)),
+    ]
+}
+
+/// Times steps and logs each one.
+struct Steps {
+    steps: Vec<Step>,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.record(name, start);
+        out
+    }
+
+    fn record(&mut self, name: &str, start: Instant) {
+        let elapsed = start.elapsed();
+        tracing::info!(step = name, ms = elapsed.as_secs_f64() * 1e3, "takeover");
+        self.steps.push(Step {
+            name: name.to_owned(),
+            micros: elapsed.as_micros() as u64,
+        });
+    }
+}
+
+/// What started a takeover, for its report.
+#[derive(Clone, Copy, Debug)]
+pub struct Trigger {
+    /// `manual`, `heartbeats-missed` or `migration`.
+    pub name: &'static str,
+    /// The epoch the standby holds afterwards.
+    pub epoch: u64,
+}
+
+/// A flow rebuilt, waiting to be resumed.
+struct Rebuilt {
+    flow: TakeoverFlow,
+    service: SocketAddr,
+    stream: TcpStream,
+}
+
+/// Runs the whole takeover of `services`.
+pub(crate) async fn run(
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    services: &[Service],
+    trigger: Trigger,
+) -> anyhow::Result<TakeoverReport> {
+    let mut report = TakeoverReport::started(services, trigger);
+    let mut steps = Steps { steps: Vec::new() };
+    let quiesced = ServiceMode::QUIESCED;
+    steps.run("quiesce", || mirror.set_modes(services, quiesced))?;
+    let fenced = quiesced | ServiceMode::FENCED;
+    steps.run("fence", || mirror.set_modes(services, fenced))?;
+    steps.run("drain", || mirror.drain())?;
+    let flows: Vec<(SocketAddr, TakeoverFlow)> = services
+        .iter()
+        .flat_map(|s| {
+            let table = &mirror.reader.table;
+            table.takeover(s.id).into_iter().map(|f| (s.addr, f))
+        })
+        .collect();
+    let built = steps.run("restore", || restore_flows(config, flows, &mut report));
+    steps.run("address", || add_addresses(config, services))?;
+    let rebuilt: Vec<Rebuilt> = (steps.run("leave-repair", || leave(config, built, &mut report)))
+        .into_iter()
+        .map(|(stream, (service, flow))| {
+            report.mid_stream += u64::from(flow.readiness == Readiness::NoHandshake);
+            Rebuilt {
+                flow,
+                service,
+                stream,
+            }
+        })
+        .collect();
+    report.flows = rebuilt.iter().map(|r| r.flow.endpoints()).collect();
+    serve(&mut steps, mirror, config, services)?;
+    let start = Instant::now();
+    resume(config, handoff, &mirror.reader.table, rebuilt, &mut report).await;
+    steps.record("resume", start);
+    report.steps = steps.steps;
+    Ok(report)
+}
+
+/// Takes over `services` with connections migrated from the primary
+/// ([`crate::failover::migrate`], a planned migration): `plans` are the dumps of its
+/// sockets, made while the services were quiesced (here inline, on the
+/// primary's own capture on-host), and replace the flow table's view. The
+/// same steps as [`run`] from **restore** on; each socket goes to an
+/// application on the handoff socket with no recorded bytes (it continues
+/// where the primary's stood).
+pub(crate) async fn adopt(
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    services: &[Service],
+    plans: Vec<RestorePlan>,
+    trigger: Trigger,
+) -> anyhow::Result<TakeoverReport> {
+    let mut report = TakeoverReport::started(services, trigger);
+    let mut steps = Steps { steps: Vec::new() };
+    let built = steps.run("restore", || {
+        let planned = plans.iter().map(|p| (p.server, p.client)).collect();
+        build(config, plans, planned, &mut report)
+    });
+    steps.run("address", || add_addresses(config, services))?;
+    let rebuilt = steps.run("leave-repair", || leave(config, built, &mut report));
+    report.flows = rebuilt.iter().map(|(_, ends)| *ends).collect();
+    serve(&mut steps, mirror, config, services)?;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, (stream, (server, client))) in rebuilt.into_iter().enumerate() {
+        let handoff_of =
+            crate::failover::migrate::handoff_here(stream, id as u64 + 1, server, client);
+        spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
+    }
+    collect(tasks, &mut report).await;
+    steps.record("resume", start);
+    report.steps = steps.steps;
+    Ok(report)
+}
+
+/// The **unquiesce** and **announce** steps: client segments reach the
+/// rebuilt sockets (the old primary stays fenced) and the neighbours learn
+/// the addresses' new home.
+fn serve(
+    steps: &mut Steps,
+    mirror: &mut Mirror,
+    config: &TakeoverConfig,
+    services: &[Service],
+) -> anyhow::Result<()> {
+    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
+    steps.run("unquiesce", || mirror.set_modes(services, owned))?;
+    let start = Instant::now();
+    announce_in_background(config, services);
+    steps.record("announce", start);
+    Ok(())
+}
+
+fn addresses(services: &[Service]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = services.iter().map(|s| s.addr.ip()).collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Makes every service address local. The addresses stay after the takeover:
+/// this host serves them now.
+fn add_addresses(config: &TakeoverConfig, services: &[Service]) -> anyhow::Result<()> {
+    for ip in addresses(services) {
+        let local = LocalAddress::add(&config.address_iface, ip)?;
+        tracing::info!(%ip, iface = config.address_iface, added = local.added(), "address local");
+    }
+    Ok(())
+}
+
+fn announce_in_background(config: &TakeoverConfig, services: &[Service]) {
+    if config.announce.is_empty() || config.announce_count == 0 {
+        return;
+    }
+    let ifaces = config.announce.clone();
+    let count = config.announce_count;
+    let ips = addresses(services);
+    tokio::spawn(async move {
+        for round in 0..count {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for iface in &ifaces {
+                for ip in &ips {
+                    if let Err(err) = announce::announce(iface, *ip) {
+                        tracing::warn!(%ip, iface, %err, "announcing the address");
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Plans every flow, rebuilds the restorable ones in parallel and resets the
+/// others.
+fn restore_flows(
+    config: &TakeoverConfig,
+    flows: Vec<(SocketAddr, TakeoverFlow)>,
+    report: &mut TakeoverReport,
+) -> Vec<(RepairedSocket, (SocketAddr, TakeoverFlow))> {
+    let mut plans = Vec::new();
+    let mut planned = Vec::new();
+    let mut resets = Vec::new();
+    for (service, flow) in flows {
+        let resume = resume_of(config, service);
+        match plan(&flow, resume, config) {
+            Ok(plan) => {
+                plans.push(plan);
+                planned.push((service, flow));
+            }
+            Err(None) => report.closed += 1,
+            Err(Some(reason)) => {
+                report.unrecoverable(reason);
+                resets.extend(reset_plan(&flow));
+            }
+        }
+    }
+    let built = build(config, plans, planned, report);
+    reset_all(config, &resets, report);
+    built
+}
+
+/// Rebuilds `plans` in parallel, each socket staying in repair mode; `items`
+/// (one per plan) come back with the sockets that made it. Failures are
+/// counted as `restore-failed`.
+fn build<T>(
+    config: &TakeoverConfig,
+    plans: Vec<RestorePlan>,
+    items: Vec<T>,
+    report: &mut TakeoverReport,
+) -> Vec<(RepairedSocket, T)> {
+    let built = restore::build_all(&plans, config.workers);
+    let mut sockets = Vec::new();
+    for (result, item) in built.into_iter().zip(items) {
+        match result {
+            Ok(socket) => sockets.push((socket, item)),
+            Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
+        }
+    }
+    sockets
+}
+
+/// Takes the [`build`] sockets out of repair mode in parallel, once the
+/// service addresses are local. Failures are counted as `restore-failed`.
+fn leave<T>(
+    config: &TakeoverConfig,
+    built: Vec<(RepairedSocket, T)>,
+    report: &mut TakeoverReport,
+) -> Vec<(TcpStream, T)> {
+    let (sockets, items): (Vec<RepairedSocket>, Vec<T>) = built.into_iter().unzip();
+    let left = restore::leave_all(sockets, config.workers);
+    let mut rebuilt = Vec::new();
+    for (result, item) in left.into_iter().zip(items) {
+        match result {
+            Ok(stream) => rebuilt.push((stream, item)),
+            Err(err) => fail(report, Unrecoverable::RestoreFailed, err.to_string()),
+        }
+    }
+    rebuilt
+}
+
+fn fail(report: &mut TakeoverReport, reason: Unrecoverable, error: String) {
+    tracing::warn!(reason = reason.name(), error, "flow not restored");
+    report.unrecoverable(reason);
+    report.errors.push(error);
+}
+
+/// Sends one RST to the client of each flow in `plans` (see [`reset_plan`]).
+fn reset_all(config: &TakeoverConfig, plans: &[RestorePlan], report: &mut TakeoverReport) {
+    for result in restore::build_all(plans, config.workers) {
+        match result.and_then(RepairedSocket::reset) {
+            Ok(()) => report.reset += 1,
+            Err(err) => {
+                tracing::warn!(%err, "resetting an unrecoverable flow");
+                report.errors.push(err.to_string());
+            }
+        }
+    }
+}
+
+fn resume_of(config: &TakeoverConfig, service: SocketAddr) -> Resume {
+    config
+        .resume
+        .get(&service)
+        .copied()
+        .unwrap_or(Resume::Handoff)
+}
+
+/// MSS assumed when the peer's is unknown (RFC 9293 §3.7.1 default).
+const DEFAULT_MSS: u16 = 536;
+
+/// The restore plan of one flow, or why there is none (`None`: closed, nothing
+/// to do).
+fn plan(
+    flow: &TakeoverFlow,
+    resume: Resume,
+    config: &TakeoverConfig,
+) -> Result<RestorePlan, Option<Unrecoverable>> {
+    let TakeoverFlow { c2s, s2c, .. } = flow;
+    match flow.readiness {
+        Readiness::Closed => return Err(None),
+        Readiness::MissingBytes(_) => return Err(Some(Unrecoverable::Gapped)),
+        Readiness::NoHandshake if config.mid_stream == MidStream::Reset => {
+            return Err(Some(Unrecoverable::NoHandshake));
+        }
+        Readiness::NoHandshake | Readiness::Ready => {}
+    }
+    if c2s.state.fin || s2c.state.fin {
+        return Err(Some(Unrecoverable::Closing));
+    }
+    let replay = matches!(resume, Resume::Replay(_));
+    if replay && !(has_history(c2s) && has_history(s2c)) {
+        return Err(Some(Unrecoverable::OverCap));
+    }
+    let no_handshake = Some(Unrecoverable::NoHandshake);
+    let recv_seq = c2s.seq_at(c2s.marks.next).ok_or(no_handshake)?;
+    // The client's last acknowledgment is the restored socket's `snd_una`.
+    let acked = s2c.marks.acked;
+    let send_seq = s2c.seq_at(acked).ok_or(no_handshake)?;
+    let send_queue = s2c
+        .bytes_from(acked)
+        .ok_or(Some(Unrecoverable::Gapped))?
+        .to_vec();
+    let options = options(flow);
+    Ok(RestorePlan {
+        server: flow.endpoints().0,
+        client: flow.endpoints().1,
+        send_seq,
+        recv_seq,
+        send_queue,
+        options,
+        window: window(c2s, s2c, recv_seq),
+        timestamp: timestamp(options, s2c),
+        queue: config.queue,
+    })
+}
+
+/// The whole history from offset 0 is held (what replay needs).
+fn has_history(side: &TakeoverSide) -> bool {
+    side.retained_start == 0 && !side.marks.handoff_only
+}
+
+/// The options both SYNs agreed on; conservative defaults without a handshake.
+fn options(flow: &TakeoverFlow) -> RestoreOptions {
+    let (Some(client), Some(server)) = (flow.c2s.state.syn, flow.s2c.state.syn) else {
+        return RestoreOptions {
+            mss: DEFAULT_MSS,
+            window_scale: None,
+            sack: false,
+            timestamps: flow.c2s.state.tsval.is_some() && flow.s2c.state.tsval.is_some(),
+        };
+    };
+    RestoreOptions {
+        mss: client.mss.unwrap_or(DEFAULT_MSS),
+        window_scale: client
+            .window_scale
+            .zip(server.window_scale)
+            .map(|(send, receive)| WindowScale { send, receive }),
+        sack: client.sack_permitted && server.sack_permitted,
+        timestamps: client.timestamps && server.timestamps,
+    }
+}
+
+/// The windows as last advertised: the client's is our send window, the
+/// primary's our receive window, whose right edge stays where the primary put
+/// it (`rcv_wup` = the primary's last acknowledgment).
+fn window(c2s: &TakeoverSide, s2c: &TakeoverSide, recv_seq: u32) -> RestoreWindow {
+    let snd_wnd = c2s.state.window_scaled.max(1);
+    let rcv_wup = match s2c.state.ack {
+        Some(ack) if !after(ack, recv_seq) => ack,
+        _ => recv_seq,
+    };
+    RestoreWindow {
+        snd_wl1: recv_seq,
+        snd_wnd,
+        max_window: snd_wnd,
+        rcv_wnd: s2c.state.window_scaled.max(u32::from(DEFAULT_MSS)),
+        rcv_wup,
+    }
+}
+
+/// How far past the primary's highest captured TSval the restored socket's
+/// clock starts: the primary kept ticking between its last captured segment
+/// and its death. A jump forward is harmless (the client only updates its
+/// `ts_recent`); a step back gets every segment dropped by PAWS.
+const TIMESTAMP_MARGIN: u32 = 1000;
+
+/// `TCP_TIMESTAMP` for the restored socket: the primary's highest TSval plus
+/// [`TIMESTAMP_MARGIN`], so the client's PAWS check (RFC 7323 §5) never sees
+/// time go back. Bit 0 stays clear: on kernel ≥ 6.7 it would select a
+/// microsecond clock (DESIGN.md, "Implementation notes"); the primary's clock
+/// is assumed to be Linux's default millisecond one.
+fn timestamp(options: RestoreOptions, s2c: &TakeoverSide) -> Option<u32> {
+    if !options.timestamps {
+        return None;
+    }
+    s2c.state
+        .tsval
+        .map(|tsval| tsval.wrapping_add(TIMESTAMP_MARGIN) & !1)
+}
+
+/// A plan whose only purpose is a RST the client accepts: its sequence number
+/// is the client's last acknowledgment (RFC 5961 §3.2: an exact match resets,
+/// anything else in the window only draws a challenge ACK).
+fn reset_plan(flow: &TakeoverFlow) -> Option<RestorePlan> {
+    let send_seq = flow.c2s.state.ack?;
+    let recv_seq = flow.c2s.state.next_seq?;
+    let window = u32::from(u16::MAX);
+    Some(RestorePlan {
+        server: flow.endpoints().0,
+        client: flow.endpoints().1,
+        send_seq,
+        recv_seq,
+        send_queue: Vec::new(),
+        options: RestoreOptions {
+            mss: DEFAULT_MSS,
+            window_scale: None,
+            sack: false,
+            timestamps: false,
+        },
+        window: RestoreWindow {
+            snd_wl1: recv_seq,
+            snd_wnd: window,
+            max_window: window,
+            rcv_wnd: window,
+            rcv_wup: recv_seq,
+        },
+        timestamp: None,
+        queue: QueueMode::Sent,
+    })
+}
+
+/// Hands each rebuilt socket to its application, or replays into it; flows
+/// that cannot continue are reset and counted.
+async fn resume(
+    config: &TakeoverConfig,
+    handoff: Option<Arc<HandoffServer>>,
+    table: &FlowTable,
+    rebuilt: Vec<Rebuilt>,
+    report: &mut TakeoverReport,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for Rebuilt {
+        flow,
+        service,
+        stream,
+    } in rebuilt
+    {
+        // The service is no longer captured, so its flows in the table are
+        // final: their histories can be copied now, with the clients running.
+        let flow = table.takeover_history(&flow.key).unwrap_or(flow);
+        match resume_of(config, service) {
+            Resume::Handoff => {
+                let handoff_of = handoff_of(flow, service, stream);
+                spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
+            }
+            Resume::Replay(app) => {
+                let timeout = config.replay_timeout;
+                tasks.spawn(async move { replay::resume(stream, &flow, app, timeout).await });
+            }
+        }
+    }
+    collect(tasks, report).await;
+}
+
+/// Hands `handoff` to an application on a blocking task, keeping a duplicate
+/// of its socket when the standby keeps sockets ([`TakeoverConfig::keep`]).
+fn spawn_hand_off(
+    tasks: &mut tokio::task::JoinSet<Outcome>,
+    config: &TakeoverConfig,
+    server: Option<Arc<HandoffServer>>,
+    handoff: Handoff,
+) {
+    let wait = config.handoff_wait;
+    let keep = config.keep.clone();
+    tasks.spawn_blocking(move || {
+        let dup = keep.as_ref().and_then(|_| handoff.stream.try_clone().ok());
+        let outcome = hand_off(server.as_deref(), handoff, wait);
+        if let (Outcome::HandedOff, Some(keep), Some(dup)) = (&outcome, keep, dup) {
+            keep.lock().expect("kept sockets").push(dup);
+        }
+        outcome
+    });
+}
+
+/// Counts each resumption's outcome in `report`.
+async fn collect(mut tasks: tokio::task::JoinSet<Outcome>, report: &mut TakeoverReport) {
+    while let Some(outcome) = tasks.join_next().await {
+        match outcome {
+            Ok(Outcome::HandedOff) => {
+                report.restored += 1;
+                report.handed_off += 1;
+            }
+            Ok(Outcome::Replayed) => {
+                report.restored += 1;
+                report.replayed += 1;
+            }
+            Ok(Outcome::Divergent(error)) => {
+                tracing::warn!(error, "replay diverged: connection reset");
+                report.divergent += 1;
+                report.errors.push(error);
+            }
+            Ok(Outcome::Failed(reason, error)) => fail(report, reason, error),
+            Err(err) => report.errors.push(format!("resume task: {err}")),
+        }
+    }
+}
+
+/// How one flow's resumption ended.
+pub(crate) enum Outcome {
+    /// An application took the socket.
+    HandedOff,
+    /// The replay matched and the socket is spliced to the application.
+    Replayed,
+    /// The replayed output differed; the connection was reset.
+    Divergent(String),
+    /// The flow could not continue; the connection was reset.
+    Failed(Unrecoverable, String),
+}
+
+fn hand_off(server: Option<&HandoffServer>, handoff: Handoff, wait: Duration) -> Outcome {
+    let Some(server) = server else {
+        let service = handoff.meta.service;
+        abort(handoff.stream);
+        return Outcome::Failed(
+            Unrecoverable::NoApplication,
+            format!("{service}: no handoff socket configured"),
+        );
+    };
+    match server.deliver(handoff, wait) {
+        Ok(()) => Outcome::HandedOff,
+        Err((handoff, err)) => {
+            let Handoff { stream, meta, .. } = *handoff;
+            abort(stream);
+            Outcome::Failed(
+                Unrecoverable::NoApplication,
+                format!("{} ↔ {}: {err}", meta.server, meta.client),
+            )
+        }
+    }
+}
+
+fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Handoff {
+    let (server, client) = flow.endpoints();
+    let recorded = |side: &TakeoverSide| Recorded {
+        start: side.bytes_start,
+        end: side.marks.next,
+        acked: side.marks.acked,
+    };
+    Handoff {
+        stream,
+        meta: FlowMeta {
+            id: flow.id,
+            service,
+            server,
+            client,
+            c2s: recorded(&flow.c2s),
+            s2c: recorded(&flow.s2c),
+        },
+        c2s: flow.c2s.bytes,
+        s2c: flow.s2c.bytes,
+    }
+}
+
+/// Closes `stream` with a RST (see [`sockopt::linger_zero`]).
+pub(crate) fn abort(stream: TcpStream) {
+    use std::os::fd::AsFd as _;
+    if let Err(err) = sockopt::linger_zero(stream.as_fd()) {
+        tracing::warn!(%err, "setsockopt(SO_LINGER)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use connmirror_common::{FlowKey, map::FAMILY_V4};
+
+    use super::*;
+    use crate::{
+        flow::state::{MissingRange, SideState, SynState},
+        flow::stream::StreamMarks,
+    };
+
+    const CLIENT_ISN: u32 = u32::MAX - 10;
+    const SERVER_ISN: u32 = 5000;
+
+    fn config(mid_stream: MidStream) -> TakeoverConfig {
+        TakeoverConfig {
+            address_iface: "lo".into(),
+            announce: Vec::new(),
+            announce_count: 0,
+            workers: 1,
+            mid_stream,
+            queue: QueueMode::Unsent,
+            resume: BTreeMap::new(),
+            handoff_wait: Duration::ZERO,
+            replay_timeout: Duration::ZERO,
+            keep: None,
+        }
+    }
+
+    fn syn(isn: u32, mss: u16, window_scale: u8) -> Option<SynState> {
+        Some(SynState {
+            isn,
+            mss: Some(mss),
+            window_scale: Some(window_scale),
+            sack_permitted: true,
+            timestamps: true,
+        })
+    }
+
+    /// A side that sent `sent` bytes after its SYN, of which the peer
+    /// acknowledged `acked`, retaining everything from `retained_start`.
+    fn side(syn: Option<SynState>, isn: u32, sent: u64, acked: u64, start: u64) -> TakeoverSide {
+        let origin = isn.wrapping_add(1);
+        TakeoverSide {
+            state: SideState {
+                syn,
+                next_seq: Some(origin.wrapping_add(sent as u32)),
+                ack: None,
+                window: 1000,
+                window_scaled: 1000 << 7,
+                tsval: Some(77_777),
+                tsecr: Some(1),
+                fin: false,
+                rst: false,
+            },
+            marks: StreamMarks {
+                origin: Some(origin),
+                handshake: syn.is_some(),
+                next: sent,
+                acked,
+                fin: None,
+                handoff_only: false,
+            },
+            retained_start: start,
+            bytes_start: start,
+            bytes: (start..sent).map(|i| i as u8).collect(),
+        }
+    }
+
+    /// Client sent 300 bytes (server acked 250); server sent 200 (client acked 120).
+    fn flow(readiness: Readiness) -> TakeoverFlow {
+        let mut c2s = side(syn(CLIENT_ISN, 1460, 7), CLIENT_ISN, 300, 250, 0);
+        let mut s2c = side(syn(SERVER_ISN, 1400, 9), SERVER_ISN, 200, 120, 120);
+        c2s.state.ack = Some(SERVER_ISN + 1 + 120);
+        s2c.state.ack = Some(CLIENT_ISN.wrapping_add(1 + 250));
+        TakeoverFlow {
+            id: 1,
+            key: FlowKey {
+                server_addr: [198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                client_addr: [198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                server_port: 7000,
+                client_port: 40312,
+                family: FAMILY_V4,
+                _pad: [0; 3],
+            },
+            readiness,
+            c2s,
+            s2c,
+        }
+    }
+
+    #[test]
+    fn a_ready_flow_is_planned_from_its_marks_across_wraparound() {
+        let plan = plan(
+            &flow(Readiness::Ready),
+            Resume::Handoff,
+            &config(MidStream::Reset),
+        )
+        .expect("restorable");
+
+        assert_eq!(plan.server, "198.18.1.2:7000".parse().unwrap());
+        assert_eq!(plan.client, "198.18.0.2:40312".parse().unwrap());
+        // rcv_nxt: every client byte captured (ISN + 1 + 300, wrapped).
+        assert_eq!(plan.recv_seq, CLIENT_ISN.wrapping_add(301));
+        // snd_una: the client's acknowledgment; the queue is what it lacks.
+        assert_eq!(plan.send_seq, SERVER_ISN + 1 + 120);
+        assert_eq!(
+            plan.send_queue,
+            (120..200).map(|i| i as u8).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            plan.options,
+            RestoreOptions {
+                mss: 1460,
+                window_scale: Some(WindowScale {
+                    send: 7,
+                    receive: 9
+                }),
+                sack: true,
+                timestamps: true,
+            }
+        );
+        assert_eq!(
+            plan.window,
+            RestoreWindow {
+                snd_wl1: plan.recv_seq,
+                snd_wnd: 1000 << 7,
+                max_window: 1000 << 7,
+                rcv_wnd: 1000 << 7,
+                rcv_wup: CLIENT_ISN.wrapping_add(251),
+            }
+        );
+        assert_eq!(plan.timestamp, Some(78_776));
+        assert_eq!(plan.queue, QueueMode::Unsent);
+    }
+
+    #[test]
+    fn flows_that_cannot_be_restored_say_why() {
+        let reset = config(MidStream::Reset);
+        let gap = Readiness::MissingBytes(vec![MissingRange {
+            dir: "c2s",
+            start: 10,
+            end: 20,
+        }]);
+        let mut closing = flow(Readiness::Ready);
+        closing.s2c.state.fin = true;
+        let replay = Resume::Replay("127.0.0.1:7001".parse().unwrap());
+
+        let reason =
+            |f: &TakeoverFlow, resume, config: &TakeoverConfig| plan(f, resume, config).err();
+        assert_eq!(
+            reason(&flow(Readiness::Closed), Resume::Handoff, &reset),
+            Some(None)
+        );
+        assert_eq!(
+            reason(&flow(gap), Resume::Handoff, &reset),
+            Some(Some(Unrecoverable::Gapped))
+        );
+        assert_eq!(
+            reason(&flow(Readiness::NoHandshake), Resume::Handoff, &reset),
+            Some(Some(Unrecoverable::NoHandshake))
+        );
+        assert_eq!(
+            reason(&closing, Resume::Handoff, &reset),
+            Some(Some(Unrecoverable::Closing))
+        );
+        // The server side keeps only unacknowledged bytes: no replay possible.
+        assert_eq!(
+            reason(&flow(Readiness::Ready), replay, &reset),
+            Some(Some(Unrecoverable::OverCap))
+        );
+    }
+
+    #[test]
+    fn a_mid_stream_flow_is_restored_conservatively_when_the_policy_allows() {
+        let mut mid = flow(Readiness::NoHandshake);
+        mid.c2s.state.syn = None;
+        mid.s2c.state.syn = None;
+
+        let plan = plan(&mid, Resume::Handoff, &config(MidStream::Restore)).expect("allowed");
+
+        assert_eq!(
+            plan.options,
+            RestoreOptions {
+                mss: DEFAULT_MSS,
+                window_scale: None,
+                sack: false,
+                timestamps: true,
+            }
+        );
+    }
+
+    #[test]
+    fn a_reset_carries_the_clients_last_acknowledgment() {
+        let flow = flow(Readiness::NoHandshake);
+
+        let plan = reset_plan(&flow).expect("the client acknowledged something");
+
+        assert_eq!(plan.send_seq, SERVER_ISN + 1 + 120);
+        assert_eq!(plan.recv_seq, CLIENT_ISN.wrapping_add(301));
+        assert!(plan.send_queue.is_empty());
+    }
+}

@@ -1,0 +1,1622 @@
+//! The flow table: every tracked connection, its two reassembled byte streams,
+//! its restorable state and readiness, and (with `--dump-dir`) the files each
+//! stream is written to. With a journal, every change also becomes a journal
+//! [`Record`], collected for the writer by [`FlowTable::take_records`].
+//!
+//! Memory is bounded by a global cap: past it, the flows idle longest are
+//! evicted (counted, logged, and journaled as closed by eviction) — never an
+//! out-of-memory kill.
+
+pub mod inspect;
+pub mod record;
+pub mod recovery;
+pub mod state;
+pub mod stream;
+
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{self, BufWriter, Seek, SeekFrom, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use connmirror_common::{
+    Direction, FlowKey, RecordHeader,
+    record::tcp_flags::{ACK, FIN, RST, SYN},
+};
+use serde::Serialize;
+
+use crate::{
+    flow::record::{CloseReason, FlowSnapshot, Record, SideSnapshot},
+    flow::recovery::{Replayed, ReplayedFlow, ReplayedSide},
+    flow::state::{MissingRange, Readiness, SideState, after},
+    flow::stream::{Chunk, Retention, Stream, StreamLimits, StreamMarks},
+    repair::restore::RestorePlan,
+    service::{addr_bytes, socket_addr},
+};
+
+/// Where one direction is written. After a gap the file stops growing, so it is
+/// always an exact prefix of the stream, never bytes glued across a hole.
+struct Dump {
+    path: PathBuf,
+    file: BufWriter<File>,
+    /// Stream offset where writing stopped because of a gap.
+    stopped_at: Option<u64>,
+    written: u64,
+}
+
+impl Dump {
+    /// Continues the dump file at `path` for a stream recovered at offset
+    /// `next` (a restarted daemon, `--journal` and `--dump-dir` the same): the
+    /// file is cut to `next` bytes (bytes past it come again and are the same)
+    /// and appended to. A file shorter than `next` lacks bytes nobody can
+    /// supply, so it stays as it is, an exact prefix, and is not written.
+    /// `None` when there is no file: a dump starts only with its stream.
+    fn continue_at(path: PathBuf, next: u64) -> io::Result<Option<Box<Self>>> {
+        let context = |op: &str, err: io::Error| {
+            io::Error::new(err.kind(), format!("{op} {}: {err}", path.display()))
+        };
+        let file = match OpenOptions::new().write(true).open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(context("opening", err)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| context("reading the size of", e))?
+            .len();
+        let stopped_at = if len >= next {
+            file.set_len(next).map_err(|e| context("truncating", e))?;
+            None
+        } else {
+            Some(len)
+        };
+        let mut file = BufWriter::with_capacity(1 << 20, file);
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| context("seeking in", e))?;
+        Ok(Some(Box::new(Self {
+            path,
+            file,
+            stopped_at,
+            written: len.min(next),
+        })))
+    }
+
+    fn write(&mut self, chunk: Chunk<'_>) -> io::Result<()> {
+        match (chunk, self.stopped_at) {
+            (_, Some(_)) => Ok(()),
+            (Chunk::Bytes(bytes), None) => {
+                self.written += bytes.len() as u64;
+                self.file.write_all(bytes)
+            }
+            (Chunk::Gap(_), None) => {
+                self.stopped_at = Some(self.written);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One direction of a flow: its reassembled stream, the state of the segments
+/// its sender sent, and where it is written.
+struct Side {
+    stream: Stream,
+    state: SideState,
+    dump: Option<Box<Dump>>,
+}
+
+/// Where a side's delivered bytes go besides the stream: the journal, as
+/// [`Record::Data`] of flow `id` in direction `dir`.
+struct Journaling<'a> {
+    id: u64,
+    dir: Direction,
+    records: &'a mut Vec<Record>,
+}
+
+impl Side {
+    fn new(limits: StreamLimits, dump: Option<Box<Dump>>) -> Self {
+        Self {
+            stream: Stream::new(limits),
+            state: SideState::default(),
+            dump,
+        }
+    }
+
+    /// Feeds one record's worth of this direction into the stream and the state.
+    /// `peer_scales`: the other side announced window scaling.
+    fn record(
+        &mut self,
+        header: &RecordHeader,
+        chunk: &[u8],
+        peer_scales: bool,
+        mut journal: Option<Journaling<'_>>,
+    ) -> io::Result<()> {
+        let Self {
+            stream,
+            state,
+            dump,
+        } = self;
+        if header.chunk_offset == 0 {
+            state.segment(header, peer_scales);
+        }
+        let syn = header.tcp_flags & SYN != 0;
+        if syn && header.chunk_offset == 0 {
+            stream.syn(header.seq);
+        }
+        // SYN occupies one sequence number before the first data byte.
+        let data_seq = header.seq.wrapping_add(u32::from(syn));
+        if !chunk.is_empty() {
+            let mut result = Ok(());
+            let seq = data_seq.wrapping_add(header.chunk_offset);
+            let mut offset = stream.next_offset();
+            stream.data_with_gaps(seq, chunk, &mut |piece| {
+                if let (Ok(()), Some(dump)) = (&result, dump.as_mut()) {
+                    result = dump.write(piece);
+                }
+                match (piece, journal.as_mut()) {
+                    (Chunk::Bytes(bytes), Some(j)) => {
+                        j.records.push(Record::Data {
+                            id: j.id,
+                            dir: j.dir,
+                            offset,
+                            bytes: bytes.to_vec(),
+                        });
+                        offset += bytes.len() as u64;
+                    }
+                    (Chunk::Bytes(bytes), None) => offset += bytes.len() as u64,
+                    (Chunk::Gap(len), _) => offset += len,
+                }
+            });
+            result?;
+        }
+        let last_chunk = header.chunk_offset + header.chunk_len == header.payload_len;
+        if header.tcp_flags & FIN != 0 && last_chunk {
+            stream.fin(data_seq.wrapping_add(header.payload_len));
+        }
+        Ok(())
+    }
+
+    /// [`Stream::rebase`] plus this side's sender state; the dump file stops
+    /// (it is an exact prefix, and the bytes in between were never seen).
+    /// `retained` ends at `next_seq`. Returns the stream offset of
+    /// `retained[0]`.
+    fn rebase(&mut self, next_seq: u32, ack: u32, retained: &[u8], moved: u64) -> Option<u64> {
+        let next = self.stream.rebase(
+            next_seq,
+            next_seq.wrapping_sub(retained.len() as u32),
+            retained,
+            moved,
+        )?;
+        self.state.next_seq = Some(next_seq);
+        self.state.ack = Some(ack);
+        self.state.fin = false;
+        if let Some(dump) = self.dump.as_mut() {
+            // Writing a gap only marks the file stopped: it cannot fail.
+            let _ = dump.write(Chunk::Gap(0));
+        }
+        Some(next - retained.len() as u64)
+    }
+
+    fn report(&mut self) -> io::Result<SideReport> {
+        let (file, dump_stopped_at) = match self.dump.as_mut() {
+            Some(dump) => {
+                dump.file.flush()?;
+                (Some(dump.path.clone()), dump.stopped_at)
+            }
+            None => (None, None),
+        };
+        let stats = self.stream.stats();
+        Ok(SideReport {
+            state: self.state,
+            handoff_only: self.stream.is_handoff_only(),
+            retained: self.stream.held_bytes() as u64,
+            file,
+            dump_stopped_at,
+            delivered: stats.delivered,
+            complete: self.stream.is_complete(),
+            holes: self.stream.holes(),
+            missing: self.stream.missing(),
+            acked: self.stream.acked(),
+            conflicting_bytes: stats.conflicting_bytes,
+            duplicate_bytes: stats.duplicate_bytes,
+            unverified_bytes: stats.unverified_bytes,
+        })
+    }
+}
+
+/// One TCP connection of a service.
+struct Flow {
+    /// Journal-wide id, in the order flows were first seen.
+    id: u64,
+    service_id: u32,
+    c2s: Side,
+    s2c: Side,
+    kernel_gaps: u32,
+    rst: bool,
+    /// Record count when the flow last saw a segment: the idle order for eviction.
+    last_seen: u64,
+    /// The journal has been told the flow is closed.
+    closed: bool,
+    /// State changed since the last [`Record::Update`].
+    dirty: bool,
+}
+
+impl Flow {
+    /// Bytes this flow holds, with a fixed allowance for its own structures.
+    fn held(&self) -> usize {
+        FLOW_OVERHEAD + self.c2s.stream.held_bytes() + self.s2c.stream.held_bytes()
+    }
+
+    /// Both FINs, or a RST.
+    fn is_closed(&self) -> bool {
+        self.rst || (self.c2s.state.fin && self.s2c.state.fin)
+    }
+
+    /// Whether a restore could rebuild this flow now (see [`Readiness`]).
+    fn readiness(&self) -> Readiness {
+        if self.is_closed() {
+            return Readiness::Closed;
+        }
+        // Client bytes the server acknowledged, and every server byte not yet
+        // delivered in order (the server's send queue), must be present.
+        let ranges: Vec<MissingRange> = (self.c2s.stream.missing().into_iter())
+            .map(|(start, end)| MissingRange {
+                dir: "c2s",
+                start,
+                end,
+            })
+            .chain(
+                self.s2c
+                    .stream
+                    .holes()
+                    .into_iter()
+                    .map(|(start, end)| MissingRange {
+                        dir: "s2c",
+                        start,
+                        end,
+                    }),
+            )
+            .collect();
+        if !ranges.is_empty() || self.kernel_gaps > 0 {
+            return Readiness::MissingBytes(ranges);
+        }
+        if self.c2s.state.syn.is_none() || self.s2c.state.syn.is_none() {
+            return Readiness::NoHandshake;
+        }
+        Readiness::Ready
+    }
+
+    /// Emits both directions' out-of-order bytes as [`Record::OutOfOrder`].
+    fn out_of_order<E>(&self, emit: &mut impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        for (dir, side) in [
+            (Direction::ClientToServer, &self.c2s),
+            (Direction::ServerToClient, &self.s2c),
+        ] {
+            for (offset, bytes) in side.stream.out_of_order() {
+                emit(Record::OutOfOrder {
+                    id: self.id,
+                    dir,
+                    offset,
+                    bytes: bytes.to_vec(),
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn side_snapshot(side: &Side) -> SideSnapshot {
+        SideSnapshot {
+            marks: side.stream.marks(),
+            side: side.state,
+        }
+    }
+}
+
+/// Largest data record a checkpoint writes (records must stay far below the
+/// storage layer's 64 MiB limit however much a flow retains).
+pub const CHECKPOINT_CHUNK: usize = 1 << 20;
+
+/// What one flow costs before any payload: its struct (streams and state
+/// inline), its key, and the B-tree's per-entry share (node headers and slack,
+/// about a third again of the entry). Counting it keeps the cap honest for many
+/// idle flows.
+const FLOW_OVERHEAD: usize = (std::mem::size_of::<Flow>() + std::mem::size_of::<FlowKey>()) * 4 / 3;
+
+// The journal issue's target: an idle tracked connection costs under 1 KiB.
+const _: () = assert!(FLOW_OVERHEAD < 1024);
+
+/// Every flow seen, keyed by 4-tuple.
+pub struct FlowTable {
+    flows: BTreeMap<FlowKey, Flow>,
+    limits: StreamLimits,
+    /// Retention per service id, where it differs from `limits.retention`.
+    retention: BTreeMap<u32, Retention>,
+    dump_dir: Option<PathBuf>,
+    /// Journal records not yet taken, when journaling.
+    records: Option<Vec<Record>>,
+    next_id: u64,
+    /// Records applied so far (the clock for idleness).
+    applied: u64,
+    memory_cap: Option<usize>,
+    /// Sum of [`Flow::held`].
+    held: usize,
+    evicted: u64,
+}
+
+impl FlowTable {
+    /// An empty table; with `dump_dir`, each stream is also written to a file there.
+    pub fn new(limits: StreamLimits, dump_dir: Option<PathBuf>) -> Self {
+        Self {
+            flows: BTreeMap::new(),
+            limits,
+            retention: BTreeMap::new(),
+            dump_dir,
+            records: None,
+            next_id: 1,
+            applied: 0,
+            memory_cap: None,
+            held: 0,
+            evicted: 0,
+        }
+    }
+
+    /// Gives the flows of service `service_id` their own retention policy.
+    pub fn service_retention(mut self, service_id: u32, retention: Retention) -> Self {
+        self.retention.insert(service_id, retention);
+        self
+    }
+
+    /// The stream limits for flows of `service_id`.
+    fn limits_for(&self, service_id: u32) -> StreamLimits {
+        StreamLimits {
+            retention: self
+                .retention
+                .get(&service_id)
+                .copied()
+                .unwrap_or(self.limits.retention),
+            ..self.limits
+        }
+    }
+
+    /// Collects journal records from now on (see [`take_records`](Self::take_records)).
+    pub fn journal(mut self) -> Self {
+        self.records = Some(Vec::new());
+        self
+    }
+
+    /// Like [`journal`](Self::journal) on a table already in use: collects
+    /// journal records from now on (the on-host agent replicates them).
+    pub fn collect_records(&mut self) {
+        self.records.get_or_insert_with(Vec::new);
+    }
+
+    /// Bounds the memory the flows hold; past it, the flows idle longest are evicted.
+    pub fn memory_cap(mut self, bytes: usize) -> Self {
+        self.memory_cap = Some(bytes);
+        self
+    }
+
+    /// Number of flows tracked.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow has been seen.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Bytes the flows hold, as counted against the memory cap.
+    pub fn held_bytes(&self) -> usize {
+        self.held
+    }
+
+    /// Flows evicted under the memory cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Applies one decoded record. Fails only when a dump file cannot be written.
+    pub fn record(&mut self, header: &RecordHeader, chunk: &[u8]) -> io::Result<()> {
+        let direction = Direction::from_u8(header.direction).unwrap_or(Direction::ClientToServer);
+        let key = flow_key(header, direction);
+        self.applied += 1;
+        self.open_if_new(key, header.service_id)?;
+        let Self {
+            flows,
+            records,
+            applied,
+            held,
+            ..
+        } = self;
+        let flow = flows.get_mut(&key).expect("open_if_new inserted it");
+        let before = flow.held();
+        flow.last_seen = *applied;
+        flow.dirty = true;
+        flow.kernel_gaps = flow.kernel_gaps.max(header.flow_gaps);
+        flow.rst |= header.tcp_flags & RST != 0;
+        let id = flow.id;
+        let (this, other) = match direction {
+            Direction::ClientToServer => (&mut flow.c2s, &mut flow.s2c),
+            Direction::ServerToClient => (&mut flow.s2c, &mut flow.c2s),
+        };
+        if header.tcp_flags & ACK != 0 {
+            other.stream.ack(header.ack);
+        }
+        let journal = records.as_mut().map(|records| Journaling {
+            id,
+            dir: direction,
+            records,
+        });
+        let result = this.record(header, chunk, other.state.scales(), journal);
+        *held = *held + flow.held() - before;
+        self.enforce_memory_cap(&key);
+        result
+    }
+
+    /// Opens (and journals) the flow for `key` on first sight.
+    fn open_if_new(&mut self, key: FlowKey, service_id: u32) -> io::Result<()> {
+        if !self.flows.contains_key(&key) {
+            let id = self.next_id;
+            self.next_id += 1;
+            let limits = self.limits_for(service_id);
+            let flow = open_flow(id, &key, service_id, limits, self.dump_dir.as_deref())?;
+            tracing::debug!(flow = %flow_name(&key), id, "new flow");
+            if let Some(records) = self.records.as_mut() {
+                records.push(Record::Open {
+                    id,
+                    key,
+                    service_id,
+                });
+            }
+            self.held += flow.held();
+            self.flows.insert(key, flow);
+        }
+        Ok(())
+    }
+
+    /// Evicts the flows idle longest (never `current`) until the held bytes are
+    /// under 90 % of the cap, so eviction runs in batches rather than per record.
+    fn enforce_memory_cap(&mut self, current: &FlowKey) {
+        let Some(cap) = self.memory_cap else {
+            return;
+        };
+        if self.held <= cap {
+            return;
+        }
+        let mut idle: Vec<(u64, FlowKey)> = self
+            .flows
+            .iter()
+            .filter(|(key, _)| *key != current)
+            .map(|(key, flow)| (flow.last_seen, *key))
+            .collect();
+        idle.sort_unstable();
+        let target = cap / 10 * 9;
+        let mut evicted = 0u64;
+        for (_, key) in idle {
+            if self.held <= target {
+                break;
+            }
+            if let Some(flow) = self.flows.remove(&key) {
+                self.held -= flow.held();
+                if let Some(records) = self.records.as_mut() {
+                    records.push(Record::Close {
+                        id: flow.id,
+                        reason: CloseReason::Evicted,
+                    });
+                }
+                evicted += 1;
+            }
+        }
+        self.evicted += evicted;
+        tracing::warn!(
+            evicted,
+            total = self.evicted,
+            held = self.held,
+            cap,
+            "memory cap reached: evicted the flows idle longest"
+        );
+    }
+
+    /// Moves a flow this host served uncaptured (it took the connection over,
+    /// or had it migrated in) to where its socket stood when it was dumped to
+    /// migrate away ([`crate::failover::migrate`]), so capture goes on without a hole
+    /// and a later failover can restore it. `received` and `acked` are that
+    /// socket's `tcpi_bytes_received` and `tcpi_bytes_acked` (how far each
+    /// direction went unseen, which sequence numbers alone tell only modulo
+    /// 2³²). The server's TSval becomes the dump's timestamp. Journaled as data
+    /// records at the new offsets and an update. `false` when the table has no
+    /// such flow, or it has no origins yet.
+    pub fn rebase(&mut self, plan: &RestorePlan, received: u64, acked: u64) -> bool {
+        let key = key_of(plan.server, plan.client);
+        let Some(flow) = self.flows.get_mut(&key) else {
+            return false;
+        };
+        if flow.c2s.stream.marks().origin.is_none() || flow.s2c.stream.marks().origin.is_none() {
+            return false;
+        }
+        let before = flow.held();
+        let queued = plan.send_queue.len() as u32;
+        let snd_nxt = plan.send_seq.wrapping_add(queued);
+        let c2s = flow.c2s.rebase(plan.recv_seq, plan.send_seq, &[], received);
+        let s2c = flow.s2c.rebase(
+            snd_nxt,
+            plan.recv_seq,
+            &plan.send_queue,
+            acked + u64::from(queued),
+        );
+        if let Some(ts) = plan.timestamp {
+            flow.s2c.state.tsval = Some(ts);
+        }
+        flow.dirty = true;
+        if let (Some(records), Some(c2s), Some(s2c)) = (self.records.as_mut(), c2s, s2c) {
+            for (dir, offset, bytes) in [
+                (Direction::ClientToServer, c2s, Vec::new()),
+                (Direction::ServerToClient, s2c, plan.send_queue.clone()),
+            ] {
+                records.push(Record::Data {
+                    id: flow.id,
+                    dir,
+                    offset,
+                    bytes,
+                });
+            }
+        }
+        self.held = self.held + flow.held() - before;
+        true
+    }
+
+    /// The journal records collected since the last call, ending with an
+    /// [`Record::Update`] per direction of every flow that changed (and a
+    /// [`Record::Close`] for flows that closed). Empty unless journaling.
+    pub fn take_records(&mut self) -> Vec<Record> {
+        let Some(records) = self.records.as_mut() else {
+            return Vec::new();
+        };
+        for flow in self.flows.values_mut().filter(|flow| flow.dirty) {
+            flow.dirty = false;
+            for (dir, side) in [
+                (Direction::ClientToServer, &flow.c2s),
+                (Direction::ServerToClient, &flow.s2c),
+            ] {
+                records.push(Record::Update {
+                    id: flow.id,
+                    dir,
+                    kernel_gaps: flow.kernel_gaps,
+                    snapshot: Flow::side_snapshot(side),
+                });
+            }
+            if flow.is_closed() && !flow.closed {
+                flow.closed = true;
+                records.push(Record::Close {
+                    id: flow.id,
+                    reason: CloseReason::Closed,
+                });
+            }
+        }
+        std::mem::take(records)
+    }
+
+    /// Rebuilds the table from a replayed journal: every flow not closed, its
+    /// streams restored from their marks, retained bytes and journaled
+    /// out-of-order bytes (those pending at a crash are lost: a hole then stays
+    /// a hole).
+    pub fn restore(&mut self, replayed: Replayed) {
+        self.restore_flows(replayed, false);
+    }
+
+    /// Like [`restore`](Self::restore), keeping closed and evicted flows too
+    /// (for `connmirror journal inspect`).
+    pub fn restore_all(&mut self, replayed: Replayed) {
+        self.restore_flows(replayed, true);
+    }
+
+    fn restore_flows(&mut self, replayed: Replayed, closed_too: bool) {
+        self.next_id = self.next_id.max(replayed.next_id);
+        for flow in (replayed.flows.into_values()).filter(|f| closed_too || f.closed.is_none()) {
+            let ReplayedFlow {
+                id,
+                key,
+                service_id,
+                kernel_gaps,
+                c2s,
+                s2c,
+                ..
+            } = flow;
+            let limits = self.limits_for(service_id);
+            let side = |replayed: ReplayedSide| {
+                let mut stream = restore_stream(limits, &replayed);
+                for (offset, bytes) in &replayed.out_of_order {
+                    stream.restore_out_of_order(*offset, bytes);
+                }
+                let state = caught_up(replayed.snapshot.side, &stream);
+                Side {
+                    stream,
+                    state,
+                    dump: None,
+                }
+            };
+            let flow = Flow {
+                id,
+                service_id,
+                c2s: side(c2s),
+                s2c: side(s2c),
+                kernel_gaps,
+                rst: false,
+                last_seen: 0,
+                closed: false,
+                dirty: false,
+            };
+            self.held += flow.held();
+            self.flows.insert(key, flow);
+        }
+    }
+
+    /// Reopens the dump files of flows recovered from the journal (with
+    /// `--dump-dir`), so a restarted daemon continues them where the stream
+    /// stands instead of leaving them behind; see [`Dump::continue_at`].
+    pub fn continue_dumps(&mut self) -> io::Result<()> {
+        let Some(dir) = self.dump_dir.as_deref() else {
+            return Ok(());
+        };
+        for (key, flow) in &mut self.flows {
+            for (direction, side) in [
+                (Direction::ClientToServer, &mut flow.c2s),
+                (Direction::ServerToClient, &mut flow.s2c),
+            ] {
+                if side.dump.is_none() {
+                    let path = dump_path(dir, key, direction);
+                    side.dump = Dump::continue_at(path, side.stream.next_offset())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Emits a checkpoint of every flow not yet closed, with its retained bytes
+    /// as data records of at most [`CHECKPOINT_CHUNK`] bytes: all recovery needs,
+    /// so the segments before it can be deleted.
+    pub fn checkpoint<E>(&self, mut emit: impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        emit(Record::CheckpointBegin {
+            next_id: self.next_id,
+        })?;
+        for (key, flow) in self.flows.iter().filter(|(_, flow)| !flow.closed) {
+            emit(Record::CheckpointFlow(FlowSnapshot {
+                id: flow.id,
+                key: *key,
+                service_id: flow.service_id,
+                kernel_gaps: flow.kernel_gaps,
+                c2s: Flow::side_snapshot(&flow.c2s),
+                s2c: Flow::side_snapshot(&flow.s2c),
+            }))?;
+            flow.out_of_order(&mut emit)?;
+            for (dir, side) in [
+                (Direction::ClientToServer, &flow.c2s),
+                (Direction::ServerToClient, &flow.s2c),
+            ] {
+                let (mut offset, pieces) = side.stream.retained();
+                for piece in pieces {
+                    for bytes in piece.chunks(CHECKPOINT_CHUNK) {
+                        emit(Record::Data {
+                            id: flow.id,
+                            dir,
+                            offset,
+                            bytes: bytes.to_vec(),
+                        })?;
+                        offset += bytes.len() as u64;
+                    }
+                }
+            }
+        }
+        emit(Record::CheckpointEnd)
+    }
+
+    /// Emits every open flow's out-of-order bytes as [`Record::OutOfOrder`]
+    /// (the journal writes them when it closes).
+    pub fn out_of_order<E>(&self, mut emit: impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        (self.flows.values())
+            .filter(|flow| !flow.closed)
+            .try_for_each(|flow| flow.out_of_order(&mut emit))
+    }
+
+    /// What a takeover needs to rebuild each flow of `service_id`: readiness,
+    /// state, stream marks, and only the bytes each receiver has not
+    /// acknowledged (the restored send queue), copied out while the clients
+    /// are quiesced. The whole history waits for [`takeover_history`](Self::takeover_history).
+    pub fn takeover(&self, service_id: u32) -> Vec<TakeoverFlow> {
+        self.flows
+            .iter()
+            .filter(|(_, flow)| flow.service_id == service_id && !flow.closed)
+            .map(|(key, flow)| TakeoverFlow::of(key, flow, false))
+            .collect()
+    }
+
+    /// Like [`takeover`](Self::takeover) for one flow, with every retained
+    /// byte: what handoff and replay resume from. Copying a long history
+    /// takes time, so a takeover asks for it only after the clients are let
+    /// through again.
+    pub fn takeover_history(&self, key: &FlowKey) -> Option<TakeoverFlow> {
+        self.flows
+            .get(key)
+            .map(|flow| TakeoverFlow::of(key, flow, true))
+    }
+
+    /// How many flows each [`Readiness`] holds, by name (`ready`,
+    /// `missing-bytes`, `no-handshake`, `closed`), evicted and journal-closed
+    /// flows left out.
+    pub fn readiness_counts(&self) -> BTreeMap<&'static str, u64> {
+        let mut counts = BTreeMap::new();
+        for flow in self.flows.values().filter(|flow| !flow.closed) {
+            *counts.entry(flow.readiness().name()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
+    pub fn kernel_gaps(&mut self, key: &FlowKey, gaps: u32) {
+        if let Some(flow) = self.flows.get_mut(key) {
+            flow.kernel_gaps = flow.kernel_gaps.max(gaps);
+            flow.dirty = true;
+        }
+    }
+
+    /// Flushes the dump files and describes every flow.
+    pub fn report(&mut self) -> io::Result<Vec<FlowReport>> {
+        self.flows
+            .iter_mut()
+            .map(|(key, flow)| flow_report(key, flow))
+            .collect()
+    }
+}
+
+/// `state` with its sequence mark moved up to the journaled bytes: the state
+/// update of a batch follows its data records, so a crash between them leaves
+/// data the last update does not cover, and the sender has certainly sent what
+/// was delivered.
+fn caught_up(mut state: SideState, stream: &Stream) -> SideState {
+    if let Some(origin) = stream.marks().origin {
+        let delivered_end = origin.wrapping_add(stream.next_offset() as u32);
+        if state.next_seq.is_none_or(|n| after(delivered_end, n)) {
+            state.next_seq = Some(delivered_end);
+        }
+    }
+    state
+}
+
+/// A stream rebuilt from journaled marks and bytes. Data journaled after the
+/// last state update moves the delivery point forward: the bytes are the truth.
+fn restore_stream(limits: StreamLimits, side: &ReplayedSide) -> Stream {
+    let mut marks = side.snapshot.marks;
+    let end = side.start + side.bytes.len() as u64;
+    marks.next = marks.next.max(end);
+    let usable = if end == marks.next {
+        &side.bytes[..]
+    } else {
+        &[][..]
+    };
+    Stream::restore(limits, marks, usable)
+}
+
+/// The key of the flow between `server` and `client`.
+pub fn key_of(server: SocketAddr, client: SocketAddr) -> FlowKey {
+    let ((server_addr, family), (client_addr, _)) = (addr_bytes(&server), addr_bytes(&client));
+    FlowKey {
+        server_addr,
+        client_addr,
+        server_port: server.port(),
+        client_port: client.port(),
+        family,
+        _pad: [0; 3],
+    }
+}
+
+fn flow_key(header: &RecordHeader, direction: Direction) -> FlowKey {
+    let (server, client) = match direction {
+        Direction::ClientToServer => (
+            (header.dst_addr, header.dst_port),
+            (header.src_addr, header.src_port),
+        ),
+        Direction::ServerToClient => (
+            (header.src_addr, header.src_port),
+            (header.dst_addr, header.dst_port),
+        ),
+    };
+    FlowKey {
+        server_addr: server.0,
+        client_addr: client.0,
+        server_port: server.1,
+        client_port: client.1,
+        family: header.family,
+        _pad: [0; 3],
+    }
+}
+
+fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
+    (
+        socket_addr(key.server_addr, key.family, key.server_port),
+        socket_addr(key.client_addr, key.family, key.client_port),
+    )
+}
+
+/// A file-name-safe name such as `198.18.1.2_7000-198.18.0.2_40312`.
+fn flow_name(key: &FlowKey) -> String {
+    let (server, client) = endpoints(key);
+    let part = |a: SocketAddr| format!("{}_{}", a.ip(), a.port()).replace(':', ".");
+    format!("{}-{}", part(server), part(client))
+}
+
+/// The dump file of one direction of a flow.
+fn dump_path(dir: &Path, key: &FlowKey, direction: Direction) -> PathBuf {
+    dir.join(format!("{}.{}", flow_name(key), direction.name()))
+}
+
+fn open_flow(
+    id: u64,
+    key: &FlowKey,
+    service_id: u32,
+    limits: StreamLimits,
+    dump_dir: Option<&Path>,
+) -> io::Result<Flow> {
+    let side = |direction: Direction| -> io::Result<Side> {
+        let dump = match dump_dir {
+            Some(dir) => {
+                let path = dump_path(dir, key, direction);
+                let file = File::create(&path).map_err(|err| {
+                    io::Error::new(err.kind(), format!("creating {}: {err}", path.display()))
+                })?;
+                Some(Box::new(Dump {
+                    path,
+                    file: BufWriter::with_capacity(1 << 20, file),
+                    stopped_at: None,
+                    written: 0,
+                }))
+            }
+            None => None,
+        };
+        Ok(Side::new(limits, dump))
+    };
+    Ok(Flow {
+        id,
+        service_id,
+        c2s: side(Direction::ClientToServer)?,
+        s2c: side(Direction::ServerToClient)?,
+        kernel_gaps: 0,
+        rst: false,
+        last_seen: 0,
+        closed: false,
+        dirty: true,
+    })
+}
+
+fn flow_report(key: &FlowKey, flow: &mut Flow) -> io::Result<FlowReport> {
+    let (server, client) = endpoints(key);
+    let c2s = flow.c2s.report()?;
+    let s2c = flow.s2c.report()?;
+    let gapped = flow.kernel_gaps > 0 || !c2s.missing.is_empty() || !s2c.missing.is_empty();
+    let status = if gapped {
+        FlowStatus::Gapped
+    } else if c2s.complete && s2c.complete {
+        FlowStatus::Complete
+    } else if flow.rst {
+        FlowStatus::Reset
+    } else {
+        FlowStatus::Open
+    };
+    Ok(FlowReport {
+        id: flow.id,
+        readiness: flow.readiness(),
+        server,
+        client,
+        service_id: flow.service_id,
+        status,
+        handshake: flow.c2s.stream.has_handshake() && flow.s2c.stream.has_handshake(),
+        rst: flow.rst,
+        kernel_gaps: flow.kernel_gaps,
+        c2s,
+        s2c,
+    })
+}
+
+/// One flow as a takeover sees it (see [`FlowTable::takeover`]).
+#[derive(Clone, Debug)]
+pub struct TakeoverFlow {
+    /// Journal-wide id.
+    pub id: u64,
+    /// The 4-tuple.
+    pub key: FlowKey,
+    /// Whether it can be restored.
+    pub readiness: Readiness,
+    /// Client → server.
+    pub c2s: TakeoverSide,
+    /// Server → client.
+    pub s2c: TakeoverSide,
+}
+
+impl TakeoverFlow {
+    fn of(key: &FlowKey, flow: &Flow, history: bool) -> Self {
+        TakeoverFlow {
+            id: flow.id,
+            key: *key,
+            readiness: flow.readiness(),
+            c2s: TakeoverSide::of(&flow.c2s, history),
+            s2c: TakeoverSide::of(&flow.s2c, history),
+        }
+    }
+
+    /// (server, client) socket addresses.
+    pub fn endpoints(&self) -> (SocketAddr, SocketAddr) {
+        endpoints(&self.key)
+    }
+}
+
+/// One direction of a [`TakeoverFlow`].
+#[derive(Clone, Debug)]
+pub struct TakeoverSide {
+    /// State of the segments the sender sent.
+    pub state: SideState,
+    /// Stream position (origin, delivered end, highest acknowledgment).
+    pub marks: StreamMarks,
+    /// First delivered offset the table still holds.
+    pub retained_start: u64,
+    /// Stream offset of `bytes[0]`.
+    pub bytes_start: u64,
+    /// Delivered bytes `[bytes_start, marks.next)`: from `retained_start`
+    /// with the history, else from the receiver's acknowledgment.
+    pub bytes: Vec<u8>,
+}
+
+impl TakeoverSide {
+    fn of(side: &Side, history: bool) -> Self {
+        let marks = side.stream.marks();
+        let (retained_start, pieces) = side.stream.retained();
+        let bytes_start = match history {
+            true => retained_start,
+            false => marks.acked.clamp(retained_start, marks.next),
+        };
+        let mut skip = (bytes_start - retained_start) as usize;
+        let mut bytes = Vec::with_capacity((marks.next - bytes_start) as usize);
+        for piece in pieces {
+            let take = skip.min(piece.len());
+            bytes.extend_from_slice(&piece[take..]);
+            skip -= take;
+        }
+        Self {
+            state: side.state,
+            marks,
+            retained_start,
+            bytes_start,
+            bytes,
+        }
+    }
+
+    /// Sequence number of stream offset `offset`, once the origin is known.
+    pub fn seq_at(&self, offset: u64) -> Option<u32> {
+        self.marks.origin.map(|o| o.wrapping_add(offset as u32))
+    }
+
+    /// The copied bytes from stream offset `from` on, if they are all there.
+    pub fn bytes_from(&self, from: u64) -> Option<&[u8]> {
+        let skip = from.checked_sub(self.bytes_start)?;
+        self.bytes.get(usize::try_from(skip).ok()?..)
+    }
+}
+
+/// Where a flow's capture stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlowStatus {
+    /// FIN seen and every byte present, both ways.
+    Complete,
+    /// Still open (or closed without a FIN seen): no known gap so far.
+    Open,
+    /// Ended by a RST; every byte the receivers acknowledged is present.
+    Reset,
+    /// Bytes are missing: the kernel forwarded a segment uncaptured, or a
+    /// receiver acknowledged bytes the capture lacks.
+    Gapped,
+}
+
+/// A flow as reported in `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowReport {
+    /// Journal-wide id.
+    pub id: u64,
+    /// Whether a restore could rebuild it now.
+    #[serde(flatten)]
+    pub readiness: Readiness,
+    /// Service address.
+    pub server: SocketAddr,
+    /// Client address.
+    pub client: SocketAddr,
+    /// Service id.
+    pub service_id: u32,
+    /// Capture status.
+    pub status: FlowStatus,
+    /// Both SYNs were seen (the streams' origins are known exactly).
+    pub handshake: bool,
+    /// A RST was seen.
+    pub rst: bool,
+    /// Segments the kernel forwarded uncaptured (`pass` policy).
+    pub kernel_gaps: u32,
+    /// Client → server stream.
+    pub c2s: SideReport,
+    /// Server → client stream.
+    pub s2c: SideReport,
+}
+
+/// One direction of a flow as reported in `report.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct SideReport {
+    /// Dump file, with `--dump-dir`.
+    pub file: Option<PathBuf>,
+    /// Where the dump file stops because a hole was given up (it is an exact
+    /// prefix of the stream up to there).
+    pub dump_stopped_at: Option<u64>,
+    /// Bytes reassembled in order.
+    pub delivered: u64,
+    /// FIN seen and every byte before it present.
+    pub complete: bool,
+    /// Ranges not captured, as stream offsets `[start, end)`, including bytes
+    /// still in flight.
+    pub holes: Vec<(u64, u64)>,
+    /// The part of `holes` the receiver acknowledged: bytes it has that the
+    /// capture lacks. Nonempty means the flow is gapped.
+    pub missing: Vec<(u64, u64)>,
+    /// Sequence, ACK, window and timestamp marks of the segments this side sent.
+    pub state: SideState,
+    /// Full retention exceeded its cap: the history is incomplete (handoff only).
+    pub handoff_only: bool,
+    /// Payload bytes held in memory (retained plus out of order).
+    pub retained: u64,
+    /// Highest stream offset the receiver acknowledged.
+    pub acked: u64,
+    /// Overlapping bytes that differed from the first copy.
+    pub conflicting_bytes: u64,
+    /// Bytes seen more than once, identical.
+    pub duplicate_bytes: u64,
+    /// Retransmitted bytes too old to compare.
+    pub unverified_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use connmirror_common::{
+        map::FAMILY_V4,
+        record::tcp_flags::{ACK, FIN, RST, SYN},
+    };
+
+    use super::*;
+
+    fn header(direction: Direction, seq: u32, flags: u8, payload: &[u8]) -> RecordHeader {
+        let mut h = RecordHeader::zeroed();
+        let (server, client) = ([198, 18, 1, 2], [198, 18, 0, 2]);
+        let ((src, sport), (dst, dport)) = match direction {
+            Direction::ClientToServer => ((client, 40000), (server, 7000)),
+            Direction::ServerToClient => ((server, 7000), (client, 40000)),
+        };
+        h.src_addr[..4].copy_from_slice(&src);
+        h.dst_addr[..4].copy_from_slice(&dst);
+        (h.src_port, h.dst_port) = (sport, dport);
+        h.family = FAMILY_V4;
+        h.direction = direction as u8;
+        h.seq = seq;
+        h.tcp_flags = flags;
+        h.payload_len = payload.len() as u32;
+        h.chunk_len = payload.len() as u32;
+        h
+    }
+
+    fn feed(table: &mut FlowTable, direction: Direction, seq: u32, flags: u8, payload: &[u8]) {
+        table
+            .record(&header(direction, seq, flags, payload), payload)
+            .unwrap();
+    }
+
+    /// A segment with an acknowledgment number.
+    fn feed_ack(table: &mut FlowTable, direction: Direction, seq: u32, ack: u32, payload: &[u8]) {
+        let mut h = header(direction, seq, ACK, payload);
+        h.ack = ack;
+        table.record(&h, payload).unwrap();
+    }
+
+    #[test]
+    fn a_rebased_flow_goes_on_without_a_hole_and_journals_where_it_stands() {
+        let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+        handshake_then(&mut table, b"hello");
+        feed_ack(&mut table, Direction::ServerToClient, 101, 3, b"hello");
+        let mut all = table.take_records();
+        // Served uncaptured elsewhere: 3 GiB each way went by, and 4 server
+        // bytes wait for the client's acknowledgment.
+        let moved = 3u64 << 30;
+        let recv_seq = 3u32.wrapping_add(moved as u32);
+        let send_seq = 106u32.wrapping_add(moved as u32);
+        let plan = RestorePlan {
+            server: "198.18.1.2:7000".parse().unwrap(),
+            client: "198.18.0.2:40000".parse().unwrap(),
+            send_seq,
+            recv_seq,
+            send_queue: b"tail".to_vec(),
+            options: crate::repair::restore::RestoreOptions {
+                mss: 1460,
+                window_scale: None,
+                sack: true,
+                timestamps: true,
+            },
+            window: crate::repair::restore::RestoreWindow::default(),
+            timestamp: Some(777),
+            queue: crate::repair::restore::QueueMode::Unsent,
+        };
+
+        assert!(table.rebase(&plan, moved, moved));
+        let journaled = table.take_records();
+        feed_ack(
+            &mut table,
+            Direction::ClientToServer,
+            recv_seq,
+            send_seq,
+            b"abc",
+        );
+        feed_ack(
+            &mut table,
+            Direction::ServerToClient,
+            send_seq.wrapping_add(4),
+            recv_seq,
+            b"de",
+        );
+        let flow = table.takeover(0).pop().unwrap();
+        all.extend(journaled.iter().cloned());
+        all.extend(table.take_records());
+        let mut replayed = Replayed::new();
+        all.into_iter().for_each(|r| replayed.apply(r));
+        let mut recovered = FlowTable::new(StreamLimits::default(), None);
+        recovered.restore(replayed);
+        let again = recovered.takeover(0).pop().unwrap();
+
+        assert_eq!(flow.readiness, Readiness::Ready);
+        assert_eq!(
+            (
+                again.readiness,
+                again.c2s.marks,
+                again.s2c.marks,
+                &again.s2c.bytes
+            ),
+            (
+                Readiness::Ready,
+                flow.c2s.marks,
+                flow.s2c.marks,
+                &flow.s2c.bytes
+            ),
+            "the journal recovers the rebased flow"
+        );
+        assert_eq!(
+            (flow.c2s.marks.next, flow.c2s.marks.acked),
+            (5 + moved + 3, 5 + moved)
+        );
+        assert_eq!(
+            (flow.s2c.marks.next, flow.s2c.marks.acked),
+            (5 + moved + 6, 5 + moved)
+        );
+        assert_eq!(
+            (flow.s2c.bytes_start, &flow.s2c.bytes[..]),
+            (5 + moved, &b"tailde"[..])
+        );
+        assert_eq!(flow.s2c.state.tsval, Some(777));
+        assert_eq!(flow.s2c.state.next_seq, Some(send_seq.wrapping_add(6)));
+        assert_eq!(
+            journaled[..2],
+            [
+                Record::Data {
+                    id: 1,
+                    dir: Direction::ClientToServer,
+                    offset: 5 + moved,
+                    bytes: Vec::new(),
+                },
+                Record::Data {
+                    id: 1,
+                    dir: Direction::ServerToClient,
+                    offset: 5 + moved,
+                    bytes: b"tail".to_vec(),
+                },
+            ]
+        );
+        assert!(
+            matches!(journaled[2], Record::Update { .. }),
+            "{journaled:?}"
+        );
+    }
+
+    #[test]
+    fn a_flow_the_table_never_saw_is_not_rebased() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        let plan = RestorePlan {
+            server: "198.18.1.2:7000".parse().unwrap(),
+            client: "198.18.0.2:40001".parse().unwrap(),
+            send_seq: 1,
+            recv_seq: 1,
+            send_queue: Vec::new(),
+            options: crate::repair::restore::RestoreOptions {
+                mss: 536,
+                window_scale: None,
+                sack: false,
+                timestamps: false,
+            },
+            window: crate::repair::restore::RestoreWindow::default(),
+            timestamp: None,
+            queue: crate::repair::restore::QueueMode::Unsent,
+        };
+        assert!(!table.rebase(&plan, 0, 0));
+    }
+
+    /// Both SYNs (client ISN just below 2^32, so its data wraps), then `c2s`.
+    fn handshake_then(table: &mut FlowTable, c2s: &[u8]) {
+        feed(table, Direction::ClientToServer, u32::MAX - 2, SYN, b"");
+        feed(table, Direction::ServerToClient, 100, SYN | ACK, b"");
+        feed(table, Direction::ClientToServer, u32::MAX - 1, ACK, c2s);
+    }
+
+    #[test]
+    fn a_flow_with_both_handshakes_and_fins_is_complete() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        handshake_then(&mut table, b"abcd");
+        feed(&mut table, Direction::ServerToClient, 101, ACK | FIN, b"xy");
+        feed(&mut table, Direction::ClientToServer, 2, ACK | FIN, b"");
+
+        let report = table.report().unwrap();
+
+        assert_eq!(report.len(), 1);
+        let flow = &report[0];
+        assert_eq!(flow.status, FlowStatus::Complete);
+        assert!(flow.handshake);
+        assert_eq!((flow.c2s.delivered, flow.s2c.delivered), (4, 2));
+        assert_eq!(flow.server, "198.18.1.2:7000".parse().unwrap());
+        assert_eq!(flow.client, "198.18.0.2:40000".parse().unwrap());
+    }
+
+    #[test]
+    fn out_of_order_bytes_journaled_at_a_clean_stop_fill_in_once_the_hole_arrives() {
+        use crate::flow::recovery::replay;
+        let limits = StreamLimits {
+            retention: Retention::Full { cap: 1 << 20 },
+            ..StreamLimits::default()
+        };
+        let mut table = FlowTable::new(limits, None).journal();
+        feed(&mut table, Direction::ClientToServer, 10, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 20, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 11, ACK, b"abc");
+        // "def" is missing; "ghi" arrives early and waits behind the hole.
+        feed(&mut table, Direction::ClientToServer, 17, ACK, b"ghi");
+        let mut records = table.take_records();
+        table
+            .out_of_order(|record| {
+                records.push(record);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+        assert!(records.contains(&Record::OutOfOrder {
+            id: 1,
+            dir: Direction::ClientToServer,
+            offset: 6,
+            bytes: b"ghi".to_vec(),
+        }));
+
+        let mut restored = FlowTable::new(limits, None).journal();
+        restored.restore(replay(crate::flow::recovery::tests::stored(&records)).unwrap());
+        // The retransmitted hole is all TCP sends again after the restart.
+        feed(&mut restored, Direction::ClientToServer, 14, ACK, b"def");
+
+        let flow = restored.flows.values().next().unwrap();
+        let (start, pieces) = flow.c2s.stream.retained();
+        let bytes: Vec<u8> = pieces.flat_map(|p| p.iter().copied()).collect();
+        assert_eq!((start, bytes), (0, b"abcdefghi".to_vec()));
+        assert_eq!(flow.c2s.stream.holes(), vec![]);
+    }
+
+    #[test]
+    fn a_kernel_gap_makes_the_flow_gapped_even_when_every_seen_byte_is_present() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 10, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 20, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 11, ACK | FIN, b"");
+        feed(&mut table, Direction::ServerToClient, 21, ACK | FIN, b"");
+        let key = table.flows.keys().next().copied().unwrap();
+
+        table.kernel_gaps(&key, 3);
+
+        let report = table.report().unwrap();
+        assert_eq!(report[0].status, FlowStatus::Gapped);
+        assert_eq!(report[0].kernel_gaps, 3);
+    }
+
+    #[test]
+    fn a_reset_flow_missing_only_unacknowledged_bytes_is_reset_not_gapped() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 500, SYN | ACK, b"");
+        feed(&mut table, Direction::ClientToServer, 1, ACK, b"abcd");
+        // Bytes 5..9 were dropped for backpressure; the server acknowledged up to 5.
+        feed(&mut table, Direction::ClientToServer, 9, ACK, b"ijkl");
+        let mut rst = header(Direction::ServerToClient, 501, RST | ACK, b"");
+        rst.ack = 5;
+        table.record(&rst, b"").unwrap();
+
+        let report = table.report().unwrap();
+
+        assert_eq!(report[0].status, FlowStatus::Reset);
+        assert_eq!(report[0].c2s.holes, vec![(4, 8)]);
+        assert_eq!(report[0].c2s.missing, Vec::<(u64, u64)>::new());
+        assert_eq!(report[0].c2s.acked, 4);
+    }
+
+    #[test]
+    fn the_dump_stops_at_an_abandoned_hole_and_stays_an_exact_prefix() {
+        let dir = std::env::temp_dir().join(format!("connmirror-flow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits {
+            max_pending: 4,
+            keep_delivered: 16,
+            ..StreamLimits::default()
+        };
+        let mut table = FlowTable::new(limits, Some(dir.clone()));
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ClientToServer, 1, ACK, b"ab");
+        // Bytes 2..4 never arrive; 8 bytes after them overflow the pending bound.
+        feed(&mut table, Direction::ClientToServer, 5, ACK, b"efghijkl");
+        // The server acknowledges them all: the capture lacks bytes it has.
+        let mut ack = header(Direction::ServerToClient, 50, ACK, b"");
+        ack.ack = 13;
+        table.record(&ack, b"").unwrap();
+
+        let report = table.report().unwrap();
+
+        let c2s = &report[0].c2s;
+        assert_eq!(report[0].status, FlowStatus::Gapped);
+        assert_eq!(c2s.dump_stopped_at, Some(2));
+        assert_eq!(c2s.missing, vec![(2, 4)]);
+        assert_eq!(std::fs::read(c2s.file.as_ref().unwrap()).unwrap(), b"ab");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A client SYN from port `port` (one idle flow per port).
+    fn syn_from(table: &mut FlowTable, port: u16) {
+        let mut h = header(Direction::ClientToServer, 1000, SYN, b"");
+        h.src_port = port;
+        table.record(&h, b"").unwrap();
+    }
+
+    #[test]
+    fn ten_thousand_idle_flows_stay_under_the_memory_cap_with_exact_eviction_counts() {
+        let cap = 2000 * FLOW_OVERHEAD;
+        let mut table = FlowTable::new(StreamLimits::default(), None)
+            .memory_cap(cap)
+            .journal();
+
+        for port in 0..10_000u16 {
+            syn_from(&mut table, 20_000 + port);
+            assert!(
+                table.held_bytes() <= cap,
+                "held {} > cap {cap}",
+                table.held_bytes()
+            );
+        }
+
+        let evicted_records = table
+            .take_records()
+            .iter()
+            .filter(|r| {
+                matches!(
+                    r,
+                    Record::Close {
+                        reason: CloseReason::Evicted,
+                        ..
+                    }
+                )
+            })
+            .count() as u64;
+        assert_eq!(table.evicted(), 10_000 - table.len() as u64);
+        assert_eq!(evicted_records, table.evicted());
+        assert_eq!(table.held_bytes(), table.len() * FLOW_OVERHEAD);
+        // The newest flows survive: eviction takes the idle longest first.
+        let ports: Vec<u16> = table.flows.keys().map(|k| k.client_port).collect();
+        assert_eq!(ports.iter().min(), Some(&(30_000 - table.len() as u16)));
+    }
+
+    #[test]
+    fn a_restarted_table_continues_its_dump_files_and_cuts_bytes_that_come_again() {
+        use crate::flow::recovery::replay;
+        let dir = std::env::temp_dir().join(format!("connmirror-dumps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits::default();
+        let mut table = FlowTable::new(limits, Some(dir.clone())).journal();
+        handshake_then(&mut table, b"before");
+        feed(&mut table, Direction::ServerToClient, 101, ACK, b"reply");
+        let stored = crate::flow::recovery::tests::stored(&table.take_records());
+        table.report().unwrap();
+        // Bytes the first table dumped but the journal never got: they come again.
+        let c2s_path = table.report().unwrap()[0].c2s.file.clone().unwrap();
+        feed(&mut table, Direction::ClientToServer, 4, ACK, b"-lost");
+        table.report().unwrap();
+        assert_eq!(std::fs::read(&c2s_path).unwrap(), b"before-lost");
+
+        let mut restored = FlowTable::new(limits, Some(dir.clone()));
+        restored.restore(replay(stored).unwrap());
+        restored.continue_dumps().unwrap();
+        feed(&mut restored, Direction::ClientToServer, 4, ACK, b"-after");
+        feed(&mut restored, Direction::ServerToClient, 106, ACK, b"!");
+
+        let report = restored.report().unwrap();
+        let flow = &report[0];
+        assert_eq!((flow.c2s.delivered, flow.s2c.delivered), (12, 6));
+        assert_eq!(
+            (flow.c2s.dump_stopped_at, flow.s2c.dump_stopped_at),
+            (None, None)
+        );
+        assert_eq!(
+            std::fs::read(flow.c2s.file.as_ref().unwrap()).unwrap(),
+            b"before-after"
+        );
+        assert_eq!(
+            std::fs::read(flow.s2c.file.as_ref().unwrap()).unwrap(),
+            b"reply!"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dump_file_shorter_than_the_recovered_stream_stays_an_exact_prefix() {
+        use crate::flow::recovery::replay;
+        let dir = std::env::temp_dir().join(format!("connmirror-short-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = StreamLimits::default();
+        let mut table = FlowTable::new(limits, Some(dir.clone())).journal();
+        handshake_then(&mut table, b"abcdef");
+        let stored = crate::flow::recovery::tests::stored(&table.take_records());
+        let path = table.report().unwrap()[0].c2s.file.clone().unwrap();
+        // A crash lost the buffered tail of the dump; the journal has it.
+        std::fs::write(&path, b"abc").unwrap();
+
+        let mut restored = FlowTable::new(limits, Some(dir.clone()));
+        restored.restore(replay(stored).unwrap());
+        restored.continue_dumps().unwrap();
+        feed(&mut restored, Direction::ClientToServer, 4, ACK, b"gh");
+
+        let report = restored.report().unwrap();
+        assert_eq!(report[0].c2s.delivered, 8);
+        assert_eq!(report[0].c2s.dump_stopped_at, Some(3));
+        assert_eq!(std::fs::read(&path).unwrap(), b"abc");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journaled_table_replays_to_the_same_flows() {
+        use crate::flow::recovery::replay;
+        let limits = StreamLimits {
+            retention: Retention::Full { cap: 1 << 20 },
+            ..StreamLimits::default()
+        };
+        let mut table = FlowTable::new(limits, None).journal();
+        handshake_then(&mut table, b"wrapping");
+        feed(&mut table, Direction::ServerToClient, 101, ACK, b"reply");
+        let stored = crate::flow::recovery::tests::stored(&table.take_records());
+
+        let mut restored = FlowTable::new(limits, None);
+        restored.restore(replay(stored).unwrap());
+
+        let (a, b) = (&table.report().unwrap()[0], &restored.report().unwrap()[0]);
+        assert_eq!((b.id, b.server, b.client), (a.id, a.server, a.client));
+        assert_eq!(b.readiness, Readiness::Ready);
+        assert_eq!(b.readiness, a.readiness);
+        assert_eq!((b.c2s.delivered, b.s2c.delivered), (8, 5));
+        assert_eq!((b.c2s.state, b.s2c.state), (a.c2s.state, a.s2c.state));
+        let bytes = |t: &FlowTable, dir: Direction| {
+            let flow = t.flows.values().next().unwrap();
+            let side = if dir == Direction::ClientToServer {
+                &flow.c2s
+            } else {
+                &flow.s2c
+            };
+            let (start, pieces) = side.stream.retained();
+            (
+                start,
+                pieces.flat_map(|p| p.iter().copied()).collect::<Vec<u8>>(),
+            )
+        };
+        assert_eq!(
+            bytes(&restored, Direction::ClientToServer),
+            (0, b"wrapping".to_vec())
+        );
+        assert_eq!(
+            bytes(&restored, Direction::ServerToClient),
+            (0, b"reply".to_vec())
+        );
+    }
+
+    #[test]
+    fn readiness_follows_handshake_holes_and_close() {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 10, ACK, b"mid");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::NoHandshake);
+
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        feed(&mut table, Direction::ClientToServer, 0, SYN, b"");
+        feed(&mut table, Direction::ServerToClient, 50, SYN | ACK, b"");
+        feed(&mut table, Direction::ServerToClient, 51, ACK, b"ab");
+        feed(&mut table, Direction::ServerToClient, 55, ACK, b"ef"); // 53..55 missing
+        assert_eq!(
+            table.report().unwrap()[0].readiness,
+            Readiness::MissingBytes(vec![MissingRange {
+                dir: "s2c",
+                start: 2,
+                end: 4
+            }])
+        );
+        feed(&mut table, Direction::ServerToClient, 53, ACK, b"cd");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::Ready);
+        feed(&mut table, Direction::ClientToServer, 1, ACK | RST, b"");
+        assert_eq!(table.report().unwrap()[0].readiness, Readiness::Closed);
+    }
+
+    #[test]
+    fn each_service_keeps_its_own_retention() {
+        let mut table = FlowTable::new(
+            StreamLimits {
+                keep_delivered: 0,
+                ..StreamLimits::default()
+            },
+            None,
+        )
+        .service_retention(1, Retention::Full { cap: 1 << 20 });
+        for service_id in [0, 1] {
+            let mut syn = header(Direction::ClientToServer, 0, SYN, b"");
+            syn.service_id = service_id;
+            syn.src_port = 40000 + service_id as u16;
+            table.record(&syn, b"").unwrap();
+            let mut data = header(Direction::ClientToServer, 1, ACK, b"abcd");
+            data.service_id = service_id;
+            data.src_port = syn.src_port;
+            table.record(&data, b"abcd").unwrap();
+            let mut ack = header(Direction::ServerToClient, 0, ACK, b"");
+            ack.ack = 5;
+            ack.dst_port = syn.src_port;
+            table.record(&ack, b"").unwrap();
+        }
+
+        let retained: Vec<(u32, u64)> = table
+            .report()
+            .unwrap()
+            .iter()
+            .map(|f| (f.service_id, f.c2s.retained))
+            .collect();
+        assert_eq!(retained, vec![(0, 0), (1, 4)]);
+    }
+
+    #[test]
+    fn data_journaled_after_the_last_state_update_moves_the_sequence_mark_on_recovery() {
+        let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+        handshake_then(&mut table, b"");
+        let mut records = table.take_records();
+        feed(
+            &mut table,
+            Direction::ClientToServer,
+            u32::MAX - 1,
+            ACK,
+            b"wrapping",
+        );
+        // A crash cut the batch after its data, before its state updates.
+        records.extend(
+            table
+                .take_records()
+                .into_iter()
+                .filter(|r| matches!(r, Record::Data { .. })),
+        );
+
+        let mut restored = FlowTable::new(StreamLimits::default(), None);
+        restored.restore(
+            crate::flow::recovery::replay(crate::flow::recovery::tests::stored(&records)).unwrap(),
+        );
+
+        let c2s = &restored.report().unwrap()[0].c2s;
+        assert_eq!(c2s.delivered, 8);
+        assert_eq!(c2s.state.next_seq, Some((u32::MAX - 1).wrapping_add(8)));
+    }
+}

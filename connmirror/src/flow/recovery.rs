@@ -1,0 +1,473 @@
+//! The durable journal: every tracked flow's opening, delivered bytes, state
+//! changes and closing, so a standby (or a restarted daemon) can rebuild the
+//! flow table. [`storage`] frames, checksums, syncs and recovers the segment
+//! files; [`record`] says what each record means; this module replays a
+//! journal into flows ([`replay`]).
+//!
+//! Compaction: a [`record::Record::Checkpoint`] holds every live flow with its
+//! retained bytes, written first in a fresh segment; every older segment is
+//! then deleted. Closed flows are simply not in the checkpoint.
+
+use std::collections::BTreeMap;
+
+use connmirror_common::{Direction, FlowKey};
+
+use super::record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot};
+use crate::journal::{JournalError, StoredRecord};
+
+/// One direction of a replayed flow.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayedSide {
+    /// The latest state journaled.
+    pub snapshot: SideSnapshot,
+    /// Stream offset of `bytes[0]`.
+    pub start: u64,
+    /// The contiguous bytes journaled for this direction since `start` (a
+    /// given-up hole restarts them at the offset after it).
+    pub bytes: Vec<u8>,
+    /// Out-of-order pieces journaled at a clean stop or a checkpoint, by offset.
+    pub out_of_order: Vec<(u64, Vec<u8>)>,
+}
+
+impl ReplayedSide {
+    /// Forgets the bytes before stream offset `offset` (the receiver has them),
+    /// so a replica that follows a long stream holds only what a restore needs.
+    pub fn release_before(&mut self, offset: u64) {
+        let end = self.start + self.bytes.len() as u64;
+        let cut = offset.clamp(self.start, end);
+        self.bytes.drain(..(cut - self.start) as usize);
+        self.start = cut;
+    }
+
+    fn data(&mut self, offset: u64, bytes: &[u8]) {
+        if offset != self.start + self.bytes.len() as u64 {
+            self.start = offset;
+            self.bytes.clear();
+        }
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+/// A flow rebuilt from the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedFlow {
+    /// Journal-wide id.
+    pub id: u64,
+    /// 4-tuple.
+    pub key: FlowKey,
+    /// Service id.
+    pub service_id: u32,
+    /// Segments the kernel passed uncaptured.
+    pub kernel_gaps: u32,
+    /// Client → server.
+    pub c2s: ReplayedSide,
+    /// Server → client.
+    pub s2c: ReplayedSide,
+    /// Set once the flow left the table.
+    pub closed: Option<CloseReason>,
+}
+
+impl ReplayedFlow {
+    fn side(&mut self, dir: Direction) -> &mut ReplayedSide {
+        match dir {
+            Direction::ClientToServer => &mut self.c2s,
+            Direction::ServerToClient => &mut self.s2c,
+        }
+    }
+
+    fn from_snapshot(snapshot: FlowSnapshot) -> Self {
+        let FlowSnapshot {
+            id,
+            key,
+            service_id,
+            kernel_gaps,
+            c2s,
+            s2c,
+        } = snapshot;
+        let side = |snapshot: SideSnapshot| ReplayedSide {
+            snapshot,
+            ..ReplayedSide::default()
+        };
+        Self {
+            id,
+            key,
+            service_id,
+            kernel_gaps,
+            c2s: side(c2s),
+            s2c: side(s2c),
+            closed: None,
+        }
+    }
+}
+
+/// The flows a journal describes, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The next id to hand out.
+    pub next_id: u64,
+    /// Every flow opened (closed ones included, with `closed` set).
+    pub flows: BTreeMap<u64, ReplayedFlow>,
+    /// Records that named a flow the journal never opened (counted, not fatal).
+    pub orphans: u64,
+    /// A checkpoint being read: it replaces the state above only once its end
+    /// record arrives (a crash in the middle of writing one leaves the older
+    /// segments, which it never deleted, in charge).
+    pending: Option<Box<Replayed>>,
+}
+
+impl Replayed {
+    /// An empty state, ready for records (a stream that starts with a
+    /// checkpoint, as replication does).
+    pub fn new() -> Self {
+        Self {
+            next_id: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Applies one record, in journal order.
+    pub fn apply(&mut self, record: Record) {
+        apply(self, record);
+    }
+
+    /// Whether a checkpoint is being read (its state takes over at its end).
+    pub fn in_checkpoint(&self) -> bool {
+        self.pending.is_some()
+    }
+}
+
+/// Why a journal could not be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Reading the segments failed (I/O, or corruption in strict mode).
+    #[error(transparent)]
+    Storage(#[from] JournalError),
+    /// A record passed its checksum but its payload does not decode.
+    #[error("journal record in segment {segment} at byte offset {offset}: {source}")]
+    Record {
+        /// Segment sequence number.
+        segment: u64,
+        /// Byte offset in the segment.
+        offset: u64,
+        /// What was wrong with its payload.
+        #[source]
+        source: RecordError,
+    },
+}
+
+/// Rebuilds the flows from journal records in order: the state of the last
+/// checkpoint, then every record after it.
+pub fn replay(
+    records: impl IntoIterator<Item = Result<StoredRecord, JournalError>>,
+) -> Result<Replayed, ReplayError> {
+    let mut replayed = Replayed::new();
+    for stored in records {
+        let StoredRecord {
+            position,
+            kind,
+            payload,
+        } = stored?;
+        let record = Record::decode(kind, &payload).map_err(|source| ReplayError::Record {
+            segment: position.segment,
+            offset: position.offset,
+            source,
+        })?;
+        apply(&mut replayed, record);
+    }
+    Ok(replayed)
+}
+
+fn apply(replayed: &mut Replayed, record: Record) {
+    match record {
+        Record::CheckpointBegin { next_id } => {
+            replayed.pending = Some(Box::new(Replayed {
+                next_id,
+                ..Replayed::default()
+            }));
+            return;
+        }
+        Record::CheckpointEnd => {
+            if let Some(checkpoint) = replayed.pending.take() {
+                let orphans = replayed.orphans;
+                *replayed = *checkpoint;
+                replayed.orphans += orphans;
+            }
+            return;
+        }
+        _ => {}
+    }
+    let target = match replayed.pending.as_deref_mut() {
+        Some(checkpoint) => checkpoint,
+        None => replayed,
+    };
+    apply_to(target, record);
+}
+
+/// Applies a flow record to `replayed` (a checkpoint being read, or the state).
+fn apply_to(replayed: &mut Replayed, record: Record) {
+    let Replayed {
+        next_id,
+        flows,
+        orphans,
+        ..
+    } = replayed;
+    match record {
+        Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
+        Record::CheckpointFlow(flow) => {
+            *next_id = (*next_id).max(flow.id + 1);
+            flows.insert(flow.id, ReplayedFlow::from_snapshot(flow));
+        }
+        Record::Open {
+            id,
+            key,
+            service_id,
+        } => {
+            *next_id = (*next_id).max(id + 1);
+            flows.insert(
+                id,
+                ReplayedFlow::from_snapshot(FlowSnapshot {
+                    id,
+                    key,
+                    service_id,
+                    kernel_gaps: 0,
+                    c2s: SideSnapshot::default(),
+                    s2c: SideSnapshot::default(),
+                }),
+            );
+        }
+        Record::Data {
+            id,
+            dir,
+            offset,
+            bytes,
+        } => match flows.get_mut(&id) {
+            Some(flow) => flow.side(dir).data(offset, &bytes),
+            None => *orphans += 1,
+        },
+        Record::OutOfOrder {
+            id,
+            dir,
+            offset,
+            bytes,
+        } => match flows.get_mut(&id) {
+            Some(flow) => flow.side(dir).out_of_order.push((offset, bytes)),
+            None => *orphans += 1,
+        },
+        Record::Update {
+            id,
+            dir,
+            kernel_gaps,
+            snapshot,
+        } => match flows.get_mut(&id) {
+            Some(flow) => {
+                flow.kernel_gaps = kernel_gaps;
+                flow.side(dir).snapshot = snapshot;
+            }
+            None => *orphans += 1,
+        },
+        Record::Close { id, reason } => match flows.get_mut(&id) {
+            Some(flow) => flow.closed = Some(reason),
+            None => *orphans += 1,
+        },
+    }
+}
+
+/// The journal as the mirror uses it: the flow table's records appended and
+/// group-committed, and a checkpoint (with compaction) every so many bytes.
+pub struct Journal {
+    writer: crate::journal::JournalWriter,
+    checkpoint_bytes: u64,
+    /// `bytes_appended` at the last checkpoint.
+    checkpointed_at: u64,
+    buf: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens (recovering) the journal described by `config`, restores its flows
+    /// into `table`, and starts with a checkpoint so older segments can go.
+    pub fn open(
+        config: crate::journal::JournalConfig,
+        checkpoint_bytes: u64,
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<Self, ReplayError> {
+        let (writer, recovery) = crate::journal::JournalWriter::open(config)?;
+        if let Some((file, bytes)) = &recovery.truncated_tail {
+            tracing::warn!(file = %file.display(), bytes, "journal: truncated a torn tail");
+        }
+        if recovery.salvaged > 0 {
+            tracing::warn!(
+                skipped = recovery.salvaged,
+                "journal: salvage skipped damaged records"
+            );
+        }
+        let replayed = replay(recovery.records.into_iter().map(Ok))?;
+        tracing::info!(flows = replayed.flows.len(), "journal recovered");
+        table.restore(replayed);
+        let mut journal = Self {
+            writer,
+            checkpoint_bytes,
+            checkpointed_at: 0,
+            buf: Vec::new(),
+        };
+        journal.checkpoint(table)?;
+        Ok(journal)
+    }
+
+    /// Appends the table's pending records, commits per the fsync policy, and
+    /// checkpoints when enough bytes went by.
+    pub fn sync(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+        let records = table.take_records();
+        self.write(&records, table)
+    }
+
+    /// Like [`sync`](Self::sync), with the records already taken from `table`
+    /// (the on-host agent also ships them to the standby).
+    pub fn write(
+        &mut self,
+        records: &[Record],
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<(), JournalError> {
+        for record in records {
+            self.append(record)?;
+        }
+        self.writer.commit_due()?;
+        if self.writer.stats().bytes_appended - self.checkpointed_at >= self.checkpoint_bytes {
+            self.checkpoint(table)?;
+        }
+        Ok(())
+    }
+
+    /// Starts a fresh segment with a checkpoint of `table`, syncs it, and deletes
+    /// every older segment (the compaction: closed flows are not carried over).
+    pub fn checkpoint(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
+        for record in table.take_records() {
+            self.append(&record)?;
+        }
+        let segment = self.writer.rotate()?;
+        table.checkpoint(|record| self.append(&record))?;
+        self.writer.flush_and_sync()?;
+        let removed = self.writer.remove_segments_before(segment)?;
+        self.checkpointed_at = self.writer.stats().bytes_appended;
+        tracing::debug!(segment, removed = removed.len(), "journal checkpoint");
+        Ok(())
+    }
+
+    /// Appends what is left, including the bytes buffered out of order (see
+    /// [`Record::OutOfOrder`]), syncs, and closes the journal; returns its counters.
+    pub fn close(
+        mut self,
+        table: &mut crate::flow::FlowTable,
+    ) -> Result<crate::journal::JournalStats, JournalError> {
+        for record in table.take_records() {
+            self.append(&record)?;
+        }
+        table.out_of_order(|record| self.append(&record))?;
+        self.writer.close()
+    }
+
+    /// The writer's counters (bytes, fsyncs and their latency).
+    pub fn stats(&self) -> &crate::journal::JournalStats {
+        self.writer.stats()
+    }
+
+    fn append(&mut self, record: &Record) -> Result<(), JournalError> {
+        self.buf.clear();
+        record.encode(&mut self.buf);
+        self.writer.append(record.kind() as u8, &self.buf).map(drop)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::journal::Position;
+
+    /// `records` as the storage layer would hand them back, for `replay`.
+    pub(crate) fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let mut payload = Vec::new();
+                record.encode(&mut payload);
+                Ok(StoredRecord {
+                    position: Position {
+                        segment: 1,
+                        offset: i as u64,
+                    },
+                    kind: record.kind() as u8,
+                    payload,
+                })
+            })
+            .collect()
+    }
+
+    fn open(id: u64) -> Record {
+        Record::Open {
+            id,
+            key: FlowKey {
+                server_addr: [0; 16],
+                client_addr: [0; 16],
+                server_port: 7000,
+                client_port: id as u16,
+                family: 4,
+                _pad: [0; 3],
+            },
+            service_id: 0,
+        }
+    }
+
+    fn data(id: u64, offset: u64, bytes: &[u8]) -> Record {
+        Record::Data {
+            id,
+            dir: Direction::ClientToServer,
+            offset,
+            bytes: bytes.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_complete_checkpoint_replaces_the_state_and_carries_retained_bytes() {
+        let Record::Open { key, .. } = open(2) else {
+            unreachable!()
+        };
+        let records = [
+            open(1),
+            data(1, 0, b"old"),
+            Record::CheckpointBegin { next_id: 3 },
+            Record::CheckpointFlow(FlowSnapshot {
+                id: 2,
+                key,
+                service_id: 0,
+                kernel_gaps: 0,
+                c2s: SideSnapshot::default(),
+                s2c: SideSnapshot::default(),
+            }),
+            data(2, 10, b"kept"),
+            Record::CheckpointEnd,
+            data(2, 14, b"+new"),
+        ];
+
+        let replayed = replay(stored(&records)).unwrap();
+
+        assert_eq!(replayed.next_id, 3);
+        assert_eq!(replayed.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
+        let c2s = &replayed.flows[&2].c2s;
+        assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
+    }
+
+    #[test]
+    fn a_checkpoint_cut_short_by_a_crash_leaves_the_earlier_state_in_charge() {
+        let records = [
+            open(1),
+            data(1, 0, b"abc"),
+            Record::CheckpointBegin { next_id: 2 },
+            data(1, 0, b"abc"),
+        ];
+
+        let replayed = replay(stored(&records)).unwrap();
+
+        assert_eq!(replayed.flows.len(), 1);
+        assert_eq!(replayed.flows[&1].c2s.bytes, b"abc");
+    }
+}

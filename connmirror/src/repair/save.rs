@@ -1,0 +1,201 @@
+//! Reading a live TCP socket's state with `TCP_REPAIR`: the checkpoint half of
+//! what [`crate::repair::restore`] rebuilds, as CRIU's libsoccr does it
+//! (`libsoccr_save()` in soccr/soccr.c). It is how a connection moves between
+//! hosts (failback by migration, [`crate::failover::migrate`]) and what the tests use to
+//! cut live connections.
+//!
+//! [`dump`] puts the socket in repair mode and reads, in this order:
+//!
+//! 1. `TCP_REPAIR_QUEUE = TCP_SEND_QUEUE`: `TCP_QUEUE_SEQ` is `write_seq`, and
+//!    `SIOCOUTQ` is `write_seq - snd_una`, so the plan's `send_seq` is `snd_una`;
+//!    `recv(MSG_PEEK)` on the send queue copies the queued bytes
+//!    (`tcp_peek_sndq()` in net/ipv4/tcp.c), acknowledged or not.
+//! 2. `TCP_REPAIR_QUEUE = TCP_RECV_QUEUE`: `TCP_QUEUE_SEQ` is `rcv_nxt`;
+//!    `SIOCINQ` must be 0. A [`RestorePlan`] has no place for client bytes the
+//!    application has not read, so a socket with some is refused (the caller
+//!    lets the application drain it first).
+//! 3. `TCP_INFO` for the options (timestamps, SACK, window-scale shifts),
+//!    `TCP_MAXSEG` (in repair mode the peer's MSS, `rx_opt.mss_clamp`),
+//!    `TCP_REPAIR_WINDOW`, and `TCP_TIMESTAMP` (the socket's next TSval; low
+//!    bit clear for Linux's millisecond clock).
+//!
+//! The socket is left in repair mode: closing it then sends nothing
+//! (`__tcp_close()` → `tcp_disconnect()` with `tp->repair` set), so the peer
+//! sees no FIN and no RST; the connection lives on wherever the plan is
+//! rebuilt.
+//!
+//! # Minimum kernel version
+//! `TCP_REPAIR` 3.5, `TCP_REPAIR_WINDOW` 4.8, `TCP_TIMESTAMP` reads 3.9;
+//! developed on 6.18. Needs `CAP_NET_ADMIN`.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use crate::repair::restore::{
+    QueueMode, RestoreError, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
+};
+use crate::sys::sockopt;
+
+/// `TCP_REPAIR` and `TCP_REPAIR_QUEUE` values (include/uapi/linux/tcp.h).
+const TCP_REPAIR_ON: libc::c_int = 1;
+const TCP_RECV_QUEUE: libc::c_int = 1;
+const TCP_SEND_QUEUE: libc::c_int = 2;
+/// `tcpi_options` bits (include/uapi/linux/tcp.h).
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+/// `SIOCINQ` / `SIOCOUTQ` (include/uapi/linux/sockios.h: aliases of `FIONREAD`
+/// / `TIOCOUTQ`); libc does not define them.
+const SIOCINQ: libc::Ioctl = libc::FIONREAD;
+const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
+
+/// Puts the established socket `stream` in repair mode and reads the plan
+/// that rebuilds its local end elsewhere, with `queue` (see the module docs).
+/// The socket stays in repair mode.
+pub fn dump(stream: &TcpStream, queue: QueueMode) -> Result<RestorePlan, RestoreError> {
+    let fail = |call: &str, error: io::Error| {
+        let (server, client) = ends(stream);
+        RestoreError {
+            call: call.to_owned(),
+            server,
+            client,
+            error,
+        }
+    };
+    let fd = stream.as_fd();
+    let set = |option, value, call| {
+        sockopt::set_int(fd, libc::IPPROTO_TCP, option, value).map_err(|e| fail(call, e))
+    };
+    set(libc::TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
+    set(
+        libc::TCP_REPAIR_QUEUE,
+        TCP_SEND_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE)",
+    )?;
+    let write_seq: u32 = get_tcp(fd, libc::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, send queue)", e))?;
+    let queued = ioctl_len(fd, SIOCOUTQ).map_err(|e| fail("ioctl(SIOCOUTQ)", e))?;
+    let send_queue = peek(fd, queued).map_err(|e| fail("recv(MSG_PEEK) of the send queue", e))?;
+    set(
+        libc::TCP_REPAIR_QUEUE,
+        TCP_RECV_QUEUE,
+        "setsockopt(TCP_REPAIR_QUEUE)",
+    )?;
+    let recv_seq: u32 = get_tcp(fd, libc::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, receive queue)", e))?;
+    let unread = ioctl_len(fd, SIOCINQ).map_err(|e| fail("ioctl(SIOCINQ)", e))?;
+    if unread > 0 {
+        let error = io::Error::other(format!("{unread} received bytes are not read yet"));
+        return Err(fail("ioctl(SIOCINQ)", error));
+    }
+    let info = tcp_info(fd).map_err(|e| fail("getsockopt(TCP_INFO)", e))?;
+    let timestamps = info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0;
+    let mss: libc::c_int =
+        get_tcp(fd, libc::TCP_MAXSEG).map_err(|e| fail("getsockopt(TCP_MAXSEG)", e))?;
+    let window: RestoreWindow = get_tcp(fd, libc::TCP_REPAIR_WINDOW)
+        .map_err(|e| fail("getsockopt(TCP_REPAIR_WINDOW)", e))?;
+    let timestamp = match timestamps {
+        true => Some(
+            get_tcp(fd, libc::TCP_TIMESTAMP).map_err(|e| fail("getsockopt(TCP_TIMESTAMP)", e))?,
+        ),
+        false => None,
+    };
+    let (server, client) = ends(stream);
+    Ok(RestorePlan {
+        server,
+        client,
+        send_seq: write_seq.wrapping_sub(send_queue.len() as u32),
+        recv_seq,
+        send_queue,
+        options: RestoreOptions {
+            mss: u16::try_from(mss).unwrap_or(u16::MAX),
+            window_scale: window_scale(&info),
+            sack: info.tcpi_options & TCPI_OPT_SACK != 0,
+            timestamps,
+        },
+        window,
+        timestamp,
+        queue,
+    })
+}
+
+/// `TCP_INFO` of a TCP socket.
+pub fn tcp_info(fd: impl AsFd) -> io::Result<libc::tcp_info> {
+    get_tcp(fd.as_fd(), libc::TCP_INFO)
+}
+
+/// The socket's (local, peer) addresses; unspecified ones if unknown.
+fn ends(stream: &TcpStream) -> (SocketAddr, SocketAddr) {
+    let none = SocketAddr::from(([0u8; 4], 0));
+    (
+        stream.local_addr().unwrap_or(none),
+        stream.peer_addr().unwrap_or(none),
+    )
+}
+
+/// The window-scale shifts `TCP_INFO` reports, if scaling was negotiated.
+fn window_scale(info: &libc::tcp_info) -> Option<WindowScale> {
+    // `tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4`: the first bitfield is the low
+    // nibble on little-endian targets.
+    (info.tcpi_options & TCPI_OPT_WSCALE != 0).then_some(WindowScale {
+        send: info.tcpi_snd_rcv_wscale & 0x0f,
+        receive: info.tcpi_snd_rcv_wscale >> 4,
+    })
+}
+
+/// `getsockopt(IPPROTO_TCP, option)` into a `T` (plain old data the kernel
+/// fills in; a shorter answer leaves the rest zero).
+fn get_tcp<T: Copy>(fd: BorrowedFd<'_>, option: libc::c_int) -> io::Result<T> {
+    // SAFETY: every T used here is plain old data for which all-zero is valid.
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is valid for writing `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            option,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    match rc {
+        0 => Ok(value),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// A byte count from `ioctl(request)`.
+fn ioctl_len(fd: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: both requests write one int.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut n) };
+    match rc {
+        0 => usize::try_from(n).map_err(|_| io::Error::other("negative queue length")),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// The first `len` bytes of the selected repair queue (`recv(MSG_PEEK)`).
+fn peek(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    if len == 0 {
+        return Ok(buf);
+    }
+    // SAFETY: `buf` is valid for writing `len` bytes.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            len,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match usize::try_from(n) {
+        Ok(n) if n == len => Ok(buf),
+        Ok(n) => Err(io::Error::other(format!("{n} of {len} bytes"))),
+        Err(_) => Err(io::Error::last_os_error()),
+    }
+}

@@ -1,0 +1,263 @@
+//! The standby's side of on-host replication: it accepts the agent's
+//! authenticated channel ([`crate::channel::channel`]), applies every journal
+//! record it receives to a copy of the primary's flows, and acknowledges how
+//! far it got. At takeover those flows go into the standby's flow table, and
+//! the restore proceeds exactly as in inline mode.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use connmirror_common::Direction;
+use tokio::net::TcpListener;
+
+use crate::{
+    daemon::status::ReplicationLag,
+    flow::FlowTable,
+    flow::record::Record,
+    flow::recovery::Replayed,
+    flow::stream::StreamLimits,
+    metrics::Family,
+    ownership::heartbeat::Key,
+    replication::channel::{self, Batch, Channel, ChannelError},
+    service::{Service, socket_addr},
+};
+
+/// What the standby holds of the primary's journal.
+#[derive(Default)]
+struct State {
+    /// The flows, as the records so far describe them.
+    flows: Replayed,
+    /// Stream position applied on the current connection.
+    applied: u64,
+    /// Record bytes applied over the standby's life.
+    applied_total: u64,
+    /// The agent's lag, as its last batch reported it.
+    lag: Option<ReplicationLag>,
+    /// Whether an agent is connected now.
+    connected: bool,
+    /// Channels established.
+    accepted: u64,
+    /// Handshakes refused (a wrong key, or not connmirror).
+    refused: u64,
+}
+
+/// The replication listener and the state it keeps.
+#[derive(Clone)]
+pub struct Replica {
+    state: Arc<Mutex<State>>,
+    /// Service addresses whose flows keep their whole history: their bytes
+    /// are never released.
+    full: Arc<BTreeSet<SocketAddr>>,
+}
+
+impl Replica {
+    /// Listens on `listen` for the agent, under the shared `key`. The channel
+    /// is served on a thread (and runtime) of its own: applying a fast stream
+    /// of records must not delay the failure detector's heartbeats.
+    pub fn start(listen: SocketAddr, key: Key, full: BTreeSet<SocketAddr>) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .with_context(|| format!("binding the replication listener to {listen}"))?;
+        let replica = Self {
+            state: Arc::new(Mutex::new(State {
+                flows: Replayed::new(),
+                ..State::default()
+            })),
+            full: Arc::new(full),
+        };
+        tracing::info!(%listen, "listening for the agent's replication channel");
+        let serving = replica.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the replication thread's runtime")?;
+        std::thread::Builder::new()
+            .name("replica".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serving.accept(listener, key).await,
+                        Err(err) => tracing::error!(%err, "registering the replication listener"),
+                    }
+                })
+            })
+            .context("spawning the replication thread")?;
+        Ok(replica)
+    }
+
+    async fn accept(self, listener: TcpListener, key: Key) {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "accepting a replication connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let replica = self.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let channel = match Channel::accept(stream, &key).await {
+                    Ok(channel) => channel,
+                    Err(err) => {
+                        if matches!(err, ChannelError::Handshake { .. }) {
+                            replica.lock().refused += 1;
+                        }
+                        tracing::warn!("{err}");
+                        return;
+                    }
+                };
+                tracing::info!(peer = %channel.writer.peer(), "replication channel established");
+                {
+                    let mut state = replica.lock();
+                    state.accepted += 1;
+                    state.connected = true;
+                    state.applied = 0;
+                }
+                if let Err(err) = replica.serve(channel).await {
+                    tracing::warn!("{err}");
+                }
+                replica.lock().connected = false;
+            });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("replica state lock")
+    }
+
+    /// Applies batches and acknowledges each one, until the channel ends.
+    async fn serve(&self, channel: Channel) -> Result<(), ChannelError> {
+        let Channel {
+            mut writer,
+            mut reader,
+        } = channel;
+        let peer = writer.peer();
+        while let Some(body) = reader.next().await? {
+            let protocol = |reason| ChannelError::Protocol { peer, reason };
+            let batch = Batch::decode(&body).map_err(protocol)?;
+            let records = batch.decode_records().map_err(protocol)?;
+            {
+                let mut state = self.lock();
+                state.applied_total += batch.records.len() as u64;
+                for record in records {
+                    self.apply(&mut state.flows, record);
+                }
+                state.applied = batch.end;
+                state.lag = Some(batch.lag);
+            }
+            if !batch.records.is_empty() {
+                writer.send(&channel::encode_ack(batch.end)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one record; an update that moves a stream's acknowledged mark
+    /// releases the bytes before it (unless the service keeps full history).
+    fn apply(&self, flows: &mut Replayed, record: Record) {
+        let live = !flows.in_checkpoint();
+        let release = match &record {
+            Record::Update {
+                id, dir, snapshot, ..
+            } if live => Some((*id, *dir, snapshot.marks.acked, snapshot.marks.handoff_only)),
+            _ => None,
+        };
+        let closed = match &record {
+            Record::Close { id, .. } if live => Some(*id),
+            _ => None,
+        };
+        flows.apply(record);
+        if let Some(id) = closed {
+            flows.flows.remove(&id);
+        }
+        let Some((id, dir, acked, past_cap)) = release else {
+            return;
+        };
+        let Some(flow) = flows.flows.get_mut(&id) else {
+            return;
+        };
+        let server = socket_addr(flow.key.server_addr, flow.key.family, flow.key.server_port);
+        // Full history is kept until the agent's stream went past its cap
+        // (handoff-only): then the agent keeps only unacknowledged bytes too.
+        if self.full.contains(&server) && !past_cap {
+            return;
+        }
+        match dir {
+            Direction::ClientToServer => flow.c2s.release_before(acked),
+            Direction::ServerToClient => flow.s2c.release_before(acked),
+        }
+    }
+
+    /// Puts the replicated flows of `services` into `table` (under the
+    /// standby's own service ids), for a takeover; returns how many.
+    pub fn restore_into(&self, table: &mut FlowTable, services: &[Service]) -> usize {
+        let mut flows = self.lock().flows.clone();
+        flows.flows.retain(|_, flow| {
+            let server = socket_addr(flow.key.server_addr, flow.key.family, flow.key.server_port);
+            match services.iter().find(|s| s.addr == server) {
+                Some(service) => {
+                    flow.service_id = service.id;
+                    flow.closed.is_none()
+                }
+                None => false,
+            }
+        });
+        let restored = flows.flows.len();
+        table.restore(flows);
+        restored
+    }
+
+    /// The agent's lag as it last reported it; `None` before the first batch.
+    pub fn lag(&self) -> Option<ReplicationLag> {
+        self.lock().lag
+    }
+
+    /// The replicated flows by readiness, as a takeover would find them.
+    pub fn readiness_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut table = FlowTable::new(StreamLimits::default(), None);
+        table.restore(self.lock().flows.clone());
+        table.readiness_counts()
+    }
+
+    /// The replica's metrics: lag as reported, bytes applied, channels.
+    pub fn families(&self) -> Vec<Family> {
+        let state = self.lock();
+        let mut families: Vec<Family> = Vec::new();
+        if let Some(lag) = state.lag {
+            families.extend(channel::lag_families(lag));
+        }
+        families.extend([
+            Family::counter(
+                "replication_applied",
+                "Journal record bytes received from the agent and applied.",
+                Some(prometheus_client::registry::Unit::Bytes),
+            )
+            .count(Vec::new(), state.applied_total),
+            Family::gauge(
+                "replication_connected",
+                "1 while the agent is connected to the replication channel.",
+                None,
+            )
+            .set(Vec::new(), f64::from(u8::from(state.connected))),
+            Family::counter(
+                "replication_accepted",
+                "Replication channels established with the agent.",
+                None,
+            )
+            .count(Vec::new(), state.accepted),
+            Family::counter(
+                "replication_refused",
+                "Replication handshakes refused (a wrong key, or not connmirror).",
+                None,
+            )
+            .count(Vec::new(), state.refused),
+        ]);
+        families
+    }
+}
