@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use connmirror::engine::StandbySummary;
+use connmirror::daemon::standby::StandbySummary;
 use connmirror::failover::takeover::TakeoverReport;
 use connmirror_common::{Counter, Malformed};
 use serde::Deserialize;

@@ -37,8 +37,8 @@ use crate::{
     daemon::control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     daemon::status::{ServiceStatus, StatusReport},
     engine::{
-        Event, EventSource, Mirror, MirrorArgs, RetentionArg, Signals, StandbySummary,
-        announce_ready, detach_pinned,
+        Event, EventSource, Mirror, MirrorArgs, RetentionArg, Signals, announce_ready,
+        detach_pinned,
     },
     failover::drain::{self, Drain},
     failover::migrate::{self, Batch, MigrateReport, Prepare, Prepared, Receipt},
@@ -395,7 +395,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         handoff_rejected: standby.handoff.as_ref().map_or(0, |h| h.rejected()),
         heartbeats: sources.detector.as_ref().map(Detector::stats),
     };
-    mirror.finish(standby.reports, Some(summary))?;
+    mirror.finish(report_section(standby.reports, summary))?;
     Ok(())
 }
 
@@ -1218,6 +1218,32 @@ fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
 
 /// `TCP_ESTABLISHED` in `tcpi_state` (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
+
+/// Messages a standby refused, per socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StandbySummary {
+    /// Control requests rejected (malformed, oversize, another user's).
+    pub control_rejected: u64,
+    /// Handoff registrations rejected.
+    pub handoff_rejected: u64,
+    /// Heartbeats received, by outcome (with `--heartbeat-listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeats: Option<crate::ownership::heartbeat::HeartbeatStats>,
+}
+
+/// The standby's keys in `report.json`: its takeovers (when there were any)
+/// and what its sockets refused.
+fn report_section(
+    takeovers: Vec<TakeoverReport>,
+    summary: StandbySummary,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut section = serde_json::Map::new();
+    if !takeovers.is_empty() {
+        section.insert("takeovers".into(), serde_json::json!(takeovers));
+    }
+    section.insert("standby".into(), serde_json::json!(summary));
+    section
+}
 
 #[cfg(test)]
 mod tests {

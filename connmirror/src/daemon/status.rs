@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, io, net::SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ownership::detector::Peer, ownership::heartbeat::HeartbeatStats};
+use crate::{
+    ownership::{detector::Peer, heartbeat::HeartbeatStats},
+    replication::channel::ReplicationLag,
+};
 
 /// A standby's status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -41,15 +44,6 @@ pub struct ServiceStatus {
     /// On a standby: `protected`, `taken-over` or `draining`. On an agent:
     /// `serving`, `waiting` (recovering) or `released` (stepped down).
     pub state: String,
-}
-
-/// How far a replicated copy trails the primary.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReplicationLag {
-    /// Bytes.
-    pub bytes: u64,
-    /// Seconds.
-    pub seconds: f64,
 }
 
 impl StatusReport {

@@ -37,13 +37,11 @@ use crate::{
     capture::{
         Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size, parse_size,
     },
-    failover::takeover::TakeoverReport,
     flow::recovery::Journal,
     flow::stream::{Retention, StreamLimits},
     flow::{FlowReport, FlowTable},
     journal::{FSYNC_BUCKETS, FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
-    ownership::heartbeat::HeartbeatStats,
     replication::channel::Outbox,
     service::{RetentionName, Service, ServiceAddr},
 };
@@ -274,24 +272,11 @@ pub struct Report {
     pub flows: Vec<FlowReport>,
     /// Journal counters, with `--journal`.
     pub journal: Option<JournalSummary>,
-    /// Takeovers run by a standby, in order.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub takeovers: Vec<TakeoverReport>,
-    /// What a standby's sockets rejected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub standby: Option<StandbySummary>,
-}
-
-/// Messages a standby refused, per socket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct StandbySummary {
-    /// Control requests rejected (malformed, oversize, another user's).
-    pub control_rejected: u64,
-    /// Handoff registrations rejected.
-    pub handoff_rejected: u64,
-    /// Heartbeats received, by outcome (with `--heartbeat-listen`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub heartbeats: Option<HeartbeatStats>,
+    /// What the role running the engine adds (a standby's takeovers and
+    /// refusals), as top-level keys of `report.json`: the engine does not know
+    /// the roles' types.
+    #[serde(flatten)]
+    pub role: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What the journal wrote during the run.
@@ -332,7 +317,7 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     while let Event::Scrape(scrape) = mirror.next_event(&mut signals, None::<&mut Never>).await? {
         scrape.answer(mirror.families());
     }
-    mirror.finish(Vec::new(), None)?;
+    mirror.finish(serde_json::Map::new())?;
     Ok(())
 }
 
@@ -540,11 +525,11 @@ impl Mirror {
         reader.drain(ring.get_mut())
     }
 
-    /// Detaches, drains what is left, closes the journal and writes the report.
+    /// Detaches, drains what is left, closes the journal and writes the report,
+    /// with `role`'s keys added at its top level.
     pub(crate) fn finish(
         self,
-        takeovers: Vec<TakeoverReport>,
-        standby: Option<StandbySummary>,
+        role: serde_json::Map<String, serde_json::Value>,
     ) -> anyhow::Result<Report> {
         let Self {
             mut capture,
@@ -591,8 +576,7 @@ impl Mirror {
         };
         let mut report = report(&capture, &mut table, stats)?;
         report.journal = journal.as_ref().map(JournalSummary::from);
-        report.takeovers = takeovers;
-        report.standby = standby;
+        report.role = role;
         log_summary(&report);
         if let Some(path) = &report_path {
             write_report(path, &report)?;
@@ -992,8 +976,7 @@ fn report(
         userspace,
         flows,
         journal: None,
-        takeovers: Vec::new(),
-        standby: None,
+        role: serde_json::Map::new(),
     })
 }
 

@@ -484,7 +484,7 @@ fn adopt(
     let stream = RepairedSocket::build(plan)?.leave_repair()?;
     let handoff_of = handoff_here(stream, id, plan.server, plan.client);
     handoff.deliver(handoff_of, wait).map_err(|(handoff, err)| {
-        crate::failover::takeover::abort(handoff.stream);
+        crate::resume::abort(handoff.stream);
         anyhow::anyhow!("{} ↔ {}: {err}", plan.server, plan.client)
     })
 }

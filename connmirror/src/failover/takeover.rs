@@ -50,8 +50,8 @@ use crate::{
     },
     resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
     resume::replay,
+    resume::{Outcome, Unrecoverable, abort},
     service::Service,
-    sys::sockopt,
 };
 
 /// How a service's restored connections continue.
@@ -103,51 +103,6 @@ pub struct TakeoverConfig {
 /// Duplicates of the sockets handed to applications (see
 /// [`TakeoverConfig::keep`]).
 pub type Kept = Arc<std::sync::Mutex<Vec<TcpStream>>>;
-
-/// Why a flow was not restored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Unrecoverable {
-    /// Bytes a restore needs are missing (a capture gap).
-    Gapped,
-    /// First seen mid-stream, and the policy is `reset`.
-    NoHandshake,
-    /// One side had already sent its FIN: half-closed connections are not rebuilt.
-    Closing,
-    /// Replay needs the whole history, and it went over the history cap.
-    OverCap,
-    /// No application took the handed-off socket in time.
-    NoApplication,
-    /// A replay failed for a reason other than divergence (timeout, I/O).
-    ReplayFailed,
-    /// A restore system call failed.
-    RestoreFailed,
-}
-
-impl Unrecoverable {
-    /// Every reason.
-    pub const ALL: [Unrecoverable; 7] = [
-        Unrecoverable::Gapped,
-        Unrecoverable::NoHandshake,
-        Unrecoverable::Closing,
-        Unrecoverable::OverCap,
-        Unrecoverable::NoApplication,
-        Unrecoverable::ReplayFailed,
-        Unrecoverable::RestoreFailed,
-    ];
-
-    /// The reason's name in reports and metrics.
-    pub fn name(self) -> &'static str {
-        match self {
-            Unrecoverable::Gapped => "gapped",
-            Unrecoverable::NoHandshake => "no-handshake",
-            Unrecoverable::Closing => "closing",
-            Unrecoverable::OverCap => "over-cap",
-            Unrecoverable::NoApplication => "no-application",
-            Unrecoverable::ReplayFailed => "replay-failed",
-            Unrecoverable::RestoreFailed => "restore-failed",
-        }
-    }
-}
 
 /// One timed step of a takeover.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -795,18 +750,6 @@ async fn collect(mut tasks: tokio::task::JoinSet<Outcome>, report: &mut Takeover
     }
 }
 
-/// How one flow's resumption ended.
-pub(crate) enum Outcome {
-    /// An application took the socket.
-    HandedOff,
-    /// The replay matched and the socket is spliced to the application.
-    Replayed,
-    /// The replayed output differed; the connection was reset.
-    Divergent(String),
-    /// The flow could not continue; the connection was reset.
-    Failed(Unrecoverable, String),
-}
-
 fn hand_off(server: Option<&HandoffServer>, handoff: Handoff, wait: Duration) -> Outcome {
     let Some(server) = server else {
         let service = handoff.meta.service;
@@ -848,14 +791,6 @@ fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Han
         },
         c2s: flow.c2s.bytes,
         s2c: flow.s2c.bytes,
-    }
-}
-
-/// Closes `stream` with a RST (see [`sockopt::linger_zero`]).
-pub(crate) fn abort(stream: TcpStream) {
-    use std::os::fd::AsFd as _;
-    if let Err(err) = sockopt::linger_zero(stream.as_fd()) {
-        tracing::warn!(%err, "setsockopt(SO_LINGER)");
     }
 }
 

@@ -45,7 +45,6 @@ use tokio::{
 };
 
 use crate::{
-    daemon::status::ReplicationLag,
     flow::record::{Record, SideSnapshot},
     metrics::Family,
     ownership::heartbeat::Key,
@@ -840,6 +839,15 @@ async fn serve_link(
         result = send => result,
         result = receive => result,
     }
+}
+
+/// How far a replicated copy trails the primary.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReplicationLag {
+    /// Bytes.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
 }
 
 #[cfg(test)]

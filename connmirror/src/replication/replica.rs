@@ -15,13 +15,13 @@ use connmirror_common::Direction;
 use tokio::net::TcpListener;
 
 use crate::{
-    daemon::status::ReplicationLag,
     flow::FlowTable,
     flow::record::Record,
     flow::recovery::Replayed,
     flow::stream::StreamLimits,
     metrics::Family,
     ownership::heartbeat::Key,
+    replication::channel::ReplicationLag,
     replication::channel::{self, Batch, Channel, ChannelError},
     service::{Service, socket_addr},
 };

@@ -23,8 +23,8 @@ use tokio::{
 };
 
 use crate::{
-    failover::takeover::{Outcome, Unrecoverable, abort},
     flow::TakeoverFlow,
+    resume::{Outcome, Unrecoverable, abort},
 };
 
 /// Why a replay could not continue a connection.

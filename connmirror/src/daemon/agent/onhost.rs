@@ -303,7 +303,7 @@ async fn replicate(
             }
         }
     }
-    mirror.finish(Vec::new(), None)?;
+    mirror.finish(serde_json::Map::new())?;
     Ok(())
 }
 
