@@ -504,7 +504,9 @@ enum Tok {
 /// A token and the 1-based line it starts on.
 #[derive(Debug, Clone)]
 struct Token {
+    /// What was read.
     tok: Tok,
+    /// Where it starts.
     line: usize,
 }
 

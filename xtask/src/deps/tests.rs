@@ -7,6 +7,7 @@ use super::*;
 /// A source tree below the system temp dir, removed when dropped (also when a
 /// test fails).
 struct Fixture {
+    /// The tree's root, standing for a crate's `src`.
     dir: PathBuf,
 }
 
