@@ -1,8 +1,10 @@
-//! `cargo xtask`: bootstrap, build, test, demo, bench and lint connmirror.
+//! `cargo xtask`: bootstrap, build, run, test, demo, bench and lint connmirror,
+//! and check its module dependencies.
 //!
 //! Every task prints each command it runs (`==> cargo build --release -p connmirror`)
 //! and stops at the first failing step with an error that says what failed and how
-//! to fix it. The tasks that load eBPF programs (`test`, `demo`, `bench`) need root.
+//! to fix it. The tasks that load eBPF programs (`run`, `test`, `demo`, `bench`)
+//! need root.
 //!
 //! This crate must build with nothing but a stable toolchain: it depends only on
 //! `anyhow` and `clap`, and installs everything else (`setup`).
@@ -10,13 +12,16 @@
 mod apt;
 mod bpf_linker;
 mod build_env;
+mod deps;
 mod host;
+mod lint;
 mod run;
 mod rustup;
 mod setup;
 mod tasks;
 mod workspace;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -59,15 +64,33 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
-    /// Run all tests: unit and property tests, then the end-to-end tests (needs root).
+    /// Build the daemon and run it with ARGS as root (through `sudo -E` if needed).
+    ///
+    /// Builds like `build` (release unless --debug), then runs `<daemon> ARGS`:
+    /// directly when running as root, else as `sudo -E <daemon> ARGS`, which may
+    /// ask for a password. The daemon replaces this process, so it gets the
+    /// terminal and Ctrl-C, and its exit status is this command's.
+    #[command(after_help = "Example: cargo xtask run -- mirror --help")]
+    Run {
+        /// Build and run the debug profile instead of the default, release.
+        #[arg(long)]
+        debug: bool,
+        /// The daemon's arguments, after `--` (e.g. `-- mirror --help`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Run all lints, then all tests: unit and property tests, then the
+    /// end-to-end tests (needs root).
     ///
     /// Runs setup, builds the release daemon, mounts bpffs at /sys/fs/bpf when it
-    /// is not mounted, then runs
+    /// is not mounted, runs every check of `lint`, then runs
     /// `cargo test --release -p connmirror-common --features connmirror-common/std -p connmirror -p xtask`
     /// and `cargo test --release -p connmirror-tests -- --test-threads=1` with
     /// CONNMIRROR_BIN set to the daemon (and CONNMIRROR_ECHO_EXAMPLE to the echo
     /// example). Needs root: the end-to-end tests create
     /// network namespaces and load eBPF programs (try: sudo -E cargo xtask test).
+    /// The tests run even when a lint fails; the task then fails. The last line
+    /// counts the tests: `cargo xtask test: N passed, N failed`.
     Test {
         /// Extra arguments for both `cargo test` runs, after `--`: cargo options
         /// or a test-name filter, then optionally `--` and test-harness options
@@ -93,14 +116,39 @@ enum Task {
         #[arg(value_enum, default_value_t = Area::All)]
         area: Area,
     },
-    /// Check formatting and clippy lints of the whole workspace.
+    /// Check formatting, clippy lints, module dependencies and file sizes.
     ///
-    /// Runs `cargo fmt --all --check` and `cargo clippy --workspace --exclude
-    /// connmirror-ebpf --all-targets -- -D warnings` (which builds the eBPF object,
-    /// so the build prerequisites are ensured first). connmirror-ebpf itself is
-    /// skipped: it only builds for the bpf target, which clippy cannot check on
-    /// the host.
+    /// Runs, reporting every failure at the end: `cargo fmt --all --check`;
+    /// `cargo clippy --workspace --exclude connmirror-ebpf --all-targets -- -D
+    /// warnings` (which builds the eBPF object, so the build prerequisites are
+    /// ensured first); `rustup run nightly cargo clippy -p connmirror-ebpf
+    /// --target bpfel-unknown-none -Z build-std=core -- -D warnings` (adding
+    /// nightly's clippy component if missing); `cargo xtask deps`; and a check
+    /// that no .rs file under connmirror/src is over 800 lines (files named
+    /// tests.rs and files under a tests/ folder are exempt). `test` runs all of it.
     Lint,
+    /// Check that the daemon's top-level modules depend on each other without cycles.
+    ///
+    /// Each top-level module of the source tree (`name.rs` or `name/` with
+    /// `name/mod.rs`) is a node; `lib.rs` and `main.rs` are the crate root, not
+    /// nodes. An edge is any path to another top-level module from the crate
+    /// root (`use crate::a::b`, `use crate::{a, b::c}`, `crate::a::f()` in code,
+    /// or `super::` climbing to the root), in any code, tests included; comments,
+    /// doc comments and string literals are ignored. Prints each module with the
+    /// modules it uses, then the layers from roles (top) to leaves (bottom).
+    /// Fails on a cycle, printing it as `a -> b -> a` with the file:line of one
+    /// reference per edge: move that code so the edge points one way.
+    #[command(
+        after_help = "Example: cargo xtask deps --markdown  (Mermaid for docs/architecture.md)"
+    )]
+    Deps {
+        /// The source tree to check, relative to the workspace root.
+        #[arg(long, value_name = "DIR", default_value = deps::DEFAULT_SRC)]
+        src: PathBuf,
+        /// Also print the graph as a Mermaid `graph TD` block in Markdown.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 /// A group of benchmarks run by `connmirror-bench`.
@@ -155,10 +203,14 @@ fn run(Cli { task }: Cli) -> anyhow::Result<()> {
     match task {
         Task::Setup => setup::ensure(setup::Scope::Full).map(drop),
         Task::Build { debug } => tasks::build(workspace::Profile::from_debug(debug)).map(drop),
+        Task::Run { debug, args } => {
+            tasks::run_daemon(workspace::Profile::from_debug(debug), &args)
+        }
         Task::Test { args } => tasks::test(&args),
         Task::Demo => tasks::demo(),
         Task::Bench { area } => tasks::bench(area),
-        Task::Lint => tasks::lint(),
+        Task::Lint => lint::lint(),
+        Task::Deps { src, markdown } => deps::run(&src, markdown),
     }
 }
 
@@ -181,5 +233,26 @@ mod tests {
             panic!("parsed {cli:?}");
         };
         assert_eq!(args, ["filter", "--", "--nocapture"]);
+    }
+
+    /// `run` passes everything after `--` to the daemon, flags like `--help` too.
+    #[test]
+    fn run_passes_everything_after_double_dash_to_the_daemon() {
+        let cli = Cli::parse_from(["xtask", "run", "--debug", "--", "mirror", "--help"]);
+        let Task::Run { debug, args } = cli.task else {
+            panic!("parsed {cli:?}");
+        };
+        assert!(debug);
+        assert_eq!(args, ["mirror", "--help"]);
+    }
+
+    /// `deps` checks connmirror/src unless told otherwise.
+    #[test]
+    fn deps_defaults_to_the_daemon_sources() {
+        let cli = Cli::parse_from(["xtask", "deps"]);
+        let Task::Deps { src, markdown } = cli.task else {
+            panic!("parsed {cli:?}");
+        };
+        assert_eq!((src, markdown), (PathBuf::from("connmirror/src"), false));
     }
 }

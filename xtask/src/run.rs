@@ -26,6 +26,35 @@ pub fn step(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Prints `cmd` as a step and replaces this process with it, so the program
+/// keeps the terminal, receives signals such as Ctrl-C directly, and its exit
+/// status is that of `cargo xtask`. Returns only when it could not start.
+pub fn exec(cmd: &mut Command) -> anyhow::Error {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    let shown = describe(cmd);
+    println!("==> {shown}");
+    let _ = std::io::stdout().flush();
+    let error = cmd.exec();
+    anyhow::Error::new(error).context(format!(
+        "could not start `{shown}`: is it installed and on PATH?"
+    ))
+}
+
+/// Succeeds when every one of `results` did; otherwise fails with all their
+/// errors, one per line, under "`what` failed".
+pub fn all_ok(what: &str, results: impl IntoIterator<Item = Result<()>>) -> Result<()> {
+    let failures: Vec<String> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|e| format!("{e:#}"))
+        .collect();
+    if !failures.is_empty() {
+        bail!("{what} failed:\n  {}", failures.join("\n  "));
+    }
+    Ok(())
+}
+
 /// Test counts summed over `cargo test` summaries (`test result: ok. N passed; M failed; ...`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Tally {

@@ -1,8 +1,9 @@
-//! The nightly toolchain and its rust-src component.
+//! The nightly toolchain and its rust-src and clippy components.
 //!
 //! The eBPF crate is built by `connmirror/build.rs` through aya-build, which runs
 //! `rustup run nightly cargo build -Z build-std=core --target bpfel-unknown-none`:
 //! `-Z build-std` needs nightly and compiles `core` from the rust-src component.
+//! `cargo xtask lint` runs nightly's clippy the same way over the eBPF crate.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,11 +33,17 @@ pub fn ensure_nightly() -> Result<Outcome> {
 
 /// Makes sure nightly has the rust-src component.
 pub fn ensure_rust_src() -> Result<Outcome> {
-    if has_rust_src() {
+    ensure_component("rust-src")
+}
+
+/// Makes sure nightly has the rustup component `name` (`rust-src`, `clippy`):
+/// the minimal profile `ensure_nightly` installs has neither.
+pub fn ensure_component(name: &str) -> Result<Outcome> {
+    if has_component(name) {
         return Ok(Outcome::AlreadyPresent);
     }
-    step(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-        .context("adding rust-src to nightly failed; run `rustup component add rust-src --toolchain nightly` and check its error")?;
+    step(Command::new("rustup").args(["component", "add", name, "--toolchain", "nightly"]))
+        .with_context(|| format!("adding {name} to nightly failed; run `rustup component add {name} --toolchain nightly` and check its error"))?;
     Ok(Outcome::Installed)
 }
 
@@ -64,11 +71,21 @@ fn is_undated_nightly(line: &str) -> bool {
         .is_some_and(|host| !host.starts_with(|c: char| c.is_ascii_digit()))
 }
 
-/// Whether nightly lists rust-src among its installed components.
-fn has_rust_src() -> bool {
+/// Whether nightly lists the component `name` among its installed ones.
+fn has_component(name: &str) -> bool {
     let mut cmd = Command::new("rustup");
     cmd.args(["component", "list", "--installed", "--toolchain", "nightly"]);
-    check(&mut cmd).is_some_and(|list| list.lines().any(|line| line.trim() == "rust-src"))
+    check(&mut cmd).is_some_and(|list| lists_component(&list, name))
+}
+
+/// Whether a `rustup component list --installed` text names `name`, bare
+/// (`rust-src`) or with its host triple (`clippy-x86_64-unknown-linux-gnu`).
+fn lists_component(list: &str, name: &str) -> bool {
+    list.lines().any(|line| {
+        line.trim()
+            .strip_prefix(name)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+    })
 }
 
 #[cfg(test)]
@@ -87,6 +104,19 @@ mod tests {
         ));
         assert!(!is_undated_nightly(
             "stable-x86_64-unknown-linux-gnu (active, default)"
+        ));
+    }
+
+    /// Components are found bare or with a host triple, never by a prefix of their name.
+    #[test]
+    fn installed_components_are_recognised() {
+        let list = "cargo-x86_64-unknown-linux-gnu\nclippy-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n";
+        assert!(lists_component(list, "rust-src"));
+        assert!(lists_component(list, "clippy"));
+        assert!(!lists_component(list, "rustfmt"));
+        assert!(!lists_component(
+            "rustfmt-x86_64-unknown-linux-gnu\n",
+            "rust"
         ));
     }
 }

@@ -44,7 +44,7 @@ pub fn ensure(scope: Scope) -> Result<BuildEnv> {
 }
 
 /// Prints what ensuring `item` did.
-fn report(item: &str, outcome: Outcome) {
+pub fn report(item: &str, outcome: Outcome) {
     match outcome {
         Outcome::AlreadyPresent => println!("{item}: already present"),
         Outcome::Installed => println!("{item}: installed"),

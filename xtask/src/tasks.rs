@@ -1,14 +1,15 @@
-//! The tasks behind `build`, `test`, `demo`, `bench` and `lint`.
+//! The tasks behind `build`, `run`, `test`, `demo` and `bench`.
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::build_env::BuildEnv;
-use crate::run::{Tally, step, test_step};
+use crate::run::{Tally, all_ok, exec, step, test_step};
 use crate::setup::{self, Scope};
 use crate::workspace::{self, Profile};
-use crate::{Area, host};
+use crate::{Area, host, lint};
 
 /// `cargo xtask build`: ensures the build prerequisites, builds the daemon and
 /// returns (and prints) the path of its binary.
@@ -32,7 +33,9 @@ impl Built {
     }
 }
 
-/// `cargo xtask test`: unit and property tests, then the end-to-end tests.
+/// `cargo xtask test`: every lint check, then the unit and property tests, then
+/// the end-to-end tests. The tests run even when linting fails, and the task
+/// fails if either did.
 ///
 /// `extra` is split at its first `--`: what comes before goes to both `cargo
 /// test` runs, what comes after goes to the test harness.
@@ -41,6 +44,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         "test",
         "the end-to-end tests create network namespaces and load eBPF programs",
     )?;
+    let lint = lint::check(&env);
     let (cargo_args, harness_args) = split_at_double_dash(extra);
     let mut unit = workspace::cargo();
     unit.args([
@@ -75,7 +79,7 @@ pub fn test(extra: &[String]) -> Result<()> {
         "cargo xtask test: {} passed, {} failed",
         tally.passed, tally.failed
     );
-    e2e
+    all_ok("cargo xtask test", [lint, e2e])
 }
 
 /// `cargo xtask demo`: runs `connmirror-demo` against the release daemon.
@@ -113,40 +117,24 @@ fn run_tests_binary(task: &str, why: &str, bin: &str, args: &[&str]) -> Result<(
     step(env.apply(&mut cmd)?)
 }
 
-/// `cargo xtask lint`: rustfmt and clippy over the host-side crates; runs both
-/// and reports every failure. Clippy compiles `connmirror`, whose build script
-/// builds and embeds the eBPF object, so the build prerequisites come first.
-pub fn lint() -> Result<()> {
-    let env = setup::ensure(Scope::Build)?;
-    let fmt = step(workspace::cargo().args(["fmt", "--all", "--check"])).context(
-        "formatting differs: run `cargo fmt --all` (needs `rustup component add rustfmt`)",
-    );
-    let mut clippy = workspace::cargo();
-    clippy
-        .args([
-            "clippy",
-            "--workspace",
-            "--exclude",
-            "connmirror-ebpf",
-            "--all-targets",
-        ])
-        .args(["--", "-D", "warnings"]);
-    let clippy = step(env.apply(&mut clippy)?).context(
-        "clippy found problems (needs `rustup component add clippy`); fix the warnings above",
-    );
-    println!(
-        "note: connmirror-ebpf is not linted: it builds only for the bpf target, \
-         which clippy cannot check on the host"
-    );
-    let failures: Vec<String> = [fmt, clippy]
-        .into_iter()
-        .filter_map(Result::err)
-        .map(|e| format!("{e:#}"))
-        .collect();
-    if !failures.is_empty() {
-        bail!("lint failed:\n  {}", failures.join("\n  "));
-    }
-    Ok(())
+/// `cargo xtask run`: builds the daemon with `profile` and replaces this process
+/// with it, given `args`, as root: directly when already root, else through
+/// `sudo -E` (which keeps the environment, e.g. `RUST_LOG`).
+pub fn run_daemon(profile: Profile, args: &[String]) -> Result<()> {
+    let bin = build(profile)?;
+    let mut cmd = if host::is_root()? {
+        Command::new(&bin)
+    } else {
+        println!(
+            "not root: running the daemon through `sudo -E`, since it loads eBPF programs \
+             (sudo may ask for your password)"
+        );
+        let mut sudo = Command::new("sudo");
+        sudo.arg("-E").arg(&bin);
+        sudo
+    };
+    cmd.args(args);
+    Err(exec(&mut cmd))
 }
 
 /// Builds the daemon and the echo example with `profile` in `env`.
