@@ -163,10 +163,10 @@ fn classify(seg: &Segment) -> Option<(Direction, ServiceValue)> {
         _pad: 0,
     };
     // SAFETY: lookups copy the value out immediately.
-    if let Some(value) = unsafe { SERVICES.get(&key(seg.dst_addr, seg.dst_port)) } {
+    if let Some(value) = unsafe { SERVICES.get(key(seg.dst_addr, seg.dst_port)) } {
         return Some((Direction::ClientToServer, *value));
     }
-    if let Some(value) = unsafe { SERVICES.get(&key(seg.src_addr, seg.src_port)) } {
+    if let Some(value) = unsafe { SERVICES.get(key(seg.src_addr, seg.src_port)) } {
         return Some((Direction::ServerToClient, *value));
     }
     None
@@ -201,7 +201,7 @@ fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
         };
         // Another CPU may insert first: BPF_NOEXIST keeps its entry, and the second
         // lookup finds whichever won.
-        let _ = FLOWS.insert(key, &fresh, BPF_NOEXIST as u64);
+        let _ = FLOWS.insert(key, fresh, BPF_NOEXIST as u64);
         FLOWS.get_ptr_mut(key)
     })
 }

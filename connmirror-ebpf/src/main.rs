@@ -50,7 +50,7 @@ fn tc_verdict(ctx: &TcContext, hook: Hook) -> i32 {
     let pkt = Kernel(SkbPacket::new(ctx));
     match capture(&pkt, hook, pkt.0.ifindex()) {
         Verdict::Pass => TC_ACT_UNSPEC,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
 
