@@ -1,0 +1,188 @@
+//! Unit tests of `replication/channel.rs`.
+
+use super::*;
+use crate::flow::stream::StreamMarks;
+
+fn side(origin: u32, next: u64, fin: Option<u64>) -> SideSnapshot {
+    SideSnapshot {
+        marks: StreamMarks {
+            origin: Some(origin),
+            next,
+            fin,
+            ..StreamMarks::default()
+        },
+        ..SideSnapshot::default()
+    }
+}
+
+#[test]
+fn sync_limits_end_where_the_journaled_bytes_end_and_count_the_clients_fin() {
+    let limit = sync_limit(&side(0xffff_fff0, 0x20, Some(0x20)), &side(100, 5, None));
+    assert_eq!(
+        limit,
+        Some(SyncLimit {
+            seq: 105,
+            ack: 0x11
+        })
+    );
+    let open = sync_limit(&side(7, 3, Some(9)), &side(100, 5, Some(5)));
+    assert_eq!(
+        open,
+        Some(SyncLimit { seq: 105, ack: 10 }),
+        "a server FIN is not data"
+    );
+    assert_eq!(
+        sync_limit(&SideSnapshot::default(), &side(1, 1, None)),
+        None
+    );
+}
+
+#[test]
+fn batches_and_acks_round_trip() {
+    let mut records = Vec::new();
+    encode_record(&Record::CheckpointEnd, &mut records);
+    let batch = Batch {
+        end: 77,
+        lag: ReplicationLag {
+            bytes: 5,
+            seconds: 0.25,
+        },
+        records,
+    };
+    let decoded = Batch::decode(&batch.encode()).unwrap();
+    assert_eq!(decoded, batch);
+    assert_eq!(
+        decoded.decode_records().unwrap(),
+        vec![Record::CheckpointEnd]
+    );
+    assert_eq!(decode_ack(&encode_ack(1 << 40)), Ok(1 << 40));
+    assert_eq!(
+        decode_ack(&[ACK, 1]),
+        Err("an acknowledgment of the wrong size".to_owned())
+    );
+}
+
+#[test]
+fn acknowledgments_release_limit_changes_in_order_and_shrink_the_lag() {
+    let mut outbox = Outbox::new(true);
+    let key = FlowKey {
+        server_addr: [0; 16],
+        client_addr: [0; 16],
+        server_port: 7000,
+        client_port: 1,
+        family: 4,
+        _pad: [0; 3],
+    };
+    let (tx, _rx) = mpsc::unbounded_channel();
+    outbox.connected(tx, &[], 0);
+    let update = |dir, snapshot| Record::Update {
+        id: 1,
+        dir,
+        kernel_gaps: 0,
+        snapshot,
+    };
+    outbox.ship(
+        &[
+            Record::Open {
+                id: 1,
+                key,
+                service_id: 0,
+            },
+            update(Direction::ClientToServer, side(10, 4, None)),
+            update(Direction::ServerToClient, side(20, 2, None)),
+        ],
+        0,
+    );
+    let first = outbox.position;
+    outbox.ship(
+        &[Record::Close {
+            id: 1,
+            reason: crate::flow::record::CloseReason::Closed,
+        }],
+        100,
+    );
+    assert_eq!(outbox.lag(100).bytes, outbox.position + 100);
+    assert_eq!(outbox.acked(first - 1), vec![]);
+    assert_eq!(
+        outbox.acked(first),
+        vec![LimitChange::Set(key, SyncLimit { seq: 22, ack: 14 })]
+    );
+    assert_eq!(
+        outbox.acked(outbox.position),
+        vec![LimitChange::Remove(key)]
+    );
+    assert_eq!(outbox.lag(0).bytes, 0);
+    assert_eq!(outbox.lag(0).seconds, 0.0);
+}
+
+async fn pair(
+    agent_key: &[u8],
+    standby_key: &[u8],
+) -> (Result<Channel, ChannelError>, Result<Channel, ChannelError>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let standby_key = Key::from_bytes(standby_key);
+    let accept = async {
+        let (stream, _) = listener.accept().await.unwrap();
+        Channel::accept(stream, &standby_key).await
+    };
+    let agent_key = Key::from_bytes(agent_key);
+    tokio::join!(Channel::connect(addr, &agent_key), accept)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn messages_of_any_size_cross_the_channel_in_order() {
+    runtime().block_on(async {
+        let (agent, standby) = pair(b"0123456789abcdef0123", b"0123456789abcdef0123").await;
+        let (mut agent, mut standby) = (agent.unwrap(), standby.unwrap());
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        agent.writer.send(b"first").await.unwrap();
+        agent.writer.send(&big).await.unwrap();
+        agent.writer.send(&[]).await.unwrap();
+        assert_eq!(standby.reader.next().await.unwrap().unwrap(), b"first");
+        assert_eq!(standby.reader.next().await.unwrap().unwrap(), big);
+        assert_eq!(standby.reader.next().await.unwrap().unwrap(), b"");
+        standby.writer.send(&encode_ack(7)).await.unwrap();
+        let ack = agent.reader.next().await.unwrap().unwrap();
+        assert_eq!(decode_ack(&ack), Ok(7));
+        drop(agent);
+        assert!(
+            standby.reader.next().await.unwrap().is_none(),
+            "a clean close"
+        );
+    });
+}
+
+#[test]
+fn a_wrong_key_fails_the_first_handshake_message_on_both_ends() {
+    runtime().block_on(async {
+        let (agent, standby) = pair(b"0123456789abcdef0123", b"another key of 20 b.").await;
+        let standby = standby.err().expect("the standby refuses").to_string();
+        assert!(
+            standby.starts_with("replication handshake with 127.0.0.1:"),
+            "{standby}"
+        );
+        assert!(
+            standby.ends_with(
+                " refused: its first handshake message failed authentication under the \
+             shared key (the two hosts' --key files differ?)"
+            ),
+            "{standby}"
+        );
+        let agent = agent.err().expect("the agent fails").to_string();
+        assert!(
+            agent.ends_with(
+                " refused: the standby closed the connection (the two hosts' --key files \
+             differ?)"
+            ),
+            "{agent}"
+        );
+    });
+}
