@@ -12,8 +12,9 @@ use connmirror::{
     daemon::agent::onhost,
     daemon::config::{self, Config, Layout},
     daemon::control::{self, DEFAULT_CONTROL, Request, Response},
+    daemon::mirror,
     daemon::standby::{self, StandbyArgs},
-    engine::{self, MirrorArgs},
+    engine::MirrorArgs,
     failover::takeover::TakeoverReport,
     flow::inspect,
 };
@@ -401,7 +402,7 @@ fn main() -> ExitCode {
         .and_then(|runtime| {
             runtime.block_on(async {
                 match cli.command {
-                    Command::Mirror(args) => engine::run(args).await,
+                    Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
                     Command::Agent(args) => onhost::agent(args).await,
                     Command::Status { control, json } => status(&control, json),

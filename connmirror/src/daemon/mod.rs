@@ -12,5 +12,6 @@
 pub mod agent;
 pub mod config;
 pub mod control;
+pub mod mirror;
 pub mod standby;
 pub mod status;

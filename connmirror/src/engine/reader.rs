@@ -1,0 +1,171 @@
+//! The ring reader: decodes each record and applies it to the flow table (and the journal), in slices so the event loop stays responsive.
+
+use super::*;
+
+/// What the ring feeds: the flow table, the reader's counts and the journal.
+pub(crate) struct Reader {
+    pub(crate) table: FlowTable,
+    pub(super) stats: ReaderStats,
+    pub(super) journal: Option<Journal>,
+    /// Segments and payload bytes by interface index and direction.
+    pub(super) captured: BTreeMap<(u32, &'static str), Captured>,
+    /// `ts_ns` of the newest record applied.
+    pub(super) newest_ns: u64,
+    /// On-host mode: where the journal records also go (to the standby).
+    pub(crate) outbox: Option<Outbox>,
+}
+/// Segments and payload bytes captured on one interface in one direction.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Captured {
+    pub(super) packets: u64,
+    pub(super) bytes: u64,
+}
+impl Reader {
+    /// Applies every record waiting in the ring, then hands the changes to the
+    /// journal (group commit happens there).
+    pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        self.drain_up_to(ring, usize::MAX).map(drop)
+    }
+
+    /// Like [`drain`](Self::drain), stopping after `limit` records; returns
+    /// whether it stopped there (records may still wait). The event loop
+    /// drains in such slices so that a ring refilled as fast as it is read
+    /// never starves the loop's other work (acknowledgments, scrapes), and
+    /// the changes reach the journal (and the standby) slice by slice.
+    pub(crate) fn drain_up_to(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        limit: usize,
+    ) -> anyhow::Result<bool> {
+        let Self {
+            table,
+            stats,
+            journal,
+            captured,
+            newest_ns,
+            outbox,
+        } = self;
+        let mut left = limit;
+        while left > 0 {
+            let Some(item) = ring.next() else { break };
+            left -= 1;
+            stats.records += 1;
+            match RecordHeader::decode(&item) {
+                Ok((header, chunk)) => {
+                    count_capture(captured, &header);
+                    *newest_ns = (*newest_ns).max(header.ts_ns);
+                    table
+                        .record(&header, chunk)
+                        .context("writing a dump file")?
+                }
+                Err(err) => {
+                    stats.decode_errors += 1;
+                    if stats.decode_errors.is_power_of_two() {
+                        tracing::warn!(%err, count = stats.decode_errors, "undecodable record");
+                    }
+                }
+            }
+        }
+        let records = table.take_records();
+        if let Some(outbox) = outbox {
+            // The ring was just drained: nothing of it waits any more.
+            outbox.ship(&records, 0);
+        }
+        if let Some(journal) = journal {
+            (journal.write(&records, table)).context("writing the journal")?;
+        }
+        Ok(left == 0)
+    }
+}
+/// Counts one record in its interface's and direction's totals: a segment at
+/// its first chunk, and every chunk's payload.
+pub(super) fn count_capture(
+    captured: &mut BTreeMap<(u32, &'static str), Captured>,
+    header: &RecordHeader,
+) {
+    let direction = match Hook::from_u8(header.hook) {
+        Some(Hook::TcEgress) => "egress",
+        _ => "ingress",
+    };
+    let entry = captured.entry((header.ifindex, direction)).or_default();
+    entry.packets += u64::from(header.chunk_offset == 0);
+    entry.bytes += u64::from(header.chunk_len);
+}
+impl Reader {
+    pub(super) fn families(&self, backlog: &Backlog) -> Vec<Family> {
+        let Self {
+            table,
+            stats,
+            journal,
+            captured,
+            newest_ns,
+            ..
+        } = self;
+        let mut packets = Family::counter(
+            "captured_packets",
+            "Segments of protected services applied from the ring, by interface and direction.",
+            None,
+        );
+        let mut bytes = Family::counter(
+            "captured",
+            "Payload bytes of protected services applied from the ring, by interface and direction.",
+            Some(Unit::Bytes),
+        );
+        for ((ifindex, direction), n) in captured {
+            let labels = || {
+                vec![
+                    ("iface", iface_name(*ifindex)),
+                    ("direction", (*direction).into()),
+                ]
+            };
+            packets = packets.count(labels(), n.packets);
+            bytes = bytes.count(labels(), n.bytes);
+        }
+        let mut flows = Family::gauge("flows", "Open flows tracked, by readiness.", None);
+        for (readiness, n) in table.readiness_counts() {
+            flows = flows.set(vec![("readiness", readiness.into())], n as f64);
+        }
+        let lag = backlog.bytes();
+        let lag_seconds = match lag {
+            0 => 0.0,
+            _ => monotonic_ns().saturating_sub(*newest_ns) as f64 / 1e9,
+        };
+        let mut families = vec![
+            packets,
+            bytes,
+            flows,
+            Family::counter("ring_records", "Records read from the ring buffer.", None)
+                .count(Vec::new(), stats.records),
+            Family::counter("ring_decode_errors", "Ring records that did not decode.", None)
+                .count(Vec::new(), stats.decode_errors),
+            Family::counter("flows_evicted", "Flows evicted under the memory cap.", None)
+                .count(Vec::new(), table.evicted()),
+            Family::gauge(
+                "replication_lag",
+                "Bytes the kernel wrote into the ring that the daemon has not applied (and journaled) yet.",
+                Some(Unit::Bytes),
+            )
+            .set(Vec::new(), lag as f64),
+            Family::gauge(
+                "replication_lag",
+                "Age of the newest applied record while records wait in the ring; 0 when caught up.",
+                Some(Unit::Seconds),
+            )
+            .set(Vec::new(), lag_seconds),
+        ];
+        if let Some(journal) = journal {
+            families.extend(journal_families(journal.stats()));
+        }
+        families
+    }
+}
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub(super) fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
