@@ -1,6 +1,6 @@
 //! The `mirror` role: the engine run on its own until SIGINT or SIGTERM.
 
-use crate::engine::{Event, Mirror, MirrorArgs, Never, Signals, announce_ready, detach_pinned};
+use crate::engine::{Engine, Event, MirrorArgs, Never, Signals, announce_ready, detach_pinned};
 
 /// Runs the mirror until SIGINT or SIGTERM (or with `--detach-all`, removes
 /// what is pinned).
@@ -8,7 +8,7 @@ pub async fn run(args: MirrorArgs) -> anyhow::Result<()> {
     if args.detach_all {
         return detach_pinned(&args);
     }
-    let mut mirror = Mirror::start(args)?;
+    let mut mirror = Engine::start(args)?;
     // Handlers first: a SIGINT sent the moment `ready` appears must already
     // detach cleanly rather than kill the process.
     let mut signals = Signals::install()?;

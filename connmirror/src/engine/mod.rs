@@ -61,7 +61,7 @@ const DRAIN_SLICE: usize = 4096;
 
 /// A running capture: the programs attached, the ring registered with the
 /// reactor, the table (and journal) fed by the [`Reader`].
-pub(crate) struct Mirror {
+pub(crate) struct Engine {
     pub(crate) capture: Capture,
     pub(crate) reader: Reader,
     ring: AsyncFd<RingBuf<MapData>>,
@@ -72,13 +72,13 @@ pub(crate) struct Mirror {
     pub(crate) services: Vec<Service>,
 }
 
-/// What stopped [`Mirror::next_event`].
+/// What stopped [`Engine::next_event`].
 pub(crate) enum Event<T> {
     /// SIGINT or SIGTERM.
     Stop,
     /// A message from the extra source (the standby's control socket).
     Message(T),
-    /// A metrics scrape, to answer with [`Mirror::families`] and the caller's own.
+    /// A metrics scrape, to answer with [`Engine::families`] and the caller's own.
     Scrape(Scrape),
 }
 
@@ -97,7 +97,7 @@ impl EventSource<Never> for Never {
     }
 }
 
-impl Mirror {
+impl Engine {
     /// Loads the programs, tracks the services, attaches to every interface and
     /// opens (and recovers) the journal.
     pub(crate) fn start(args: MirrorArgs) -> anyhow::Result<Self> {
@@ -379,7 +379,7 @@ impl Signals {
     }
 }
 
-impl Mirror {
+impl Engine {
     /// Sets the capture mode ([`connmirror_common::ServiceMode`] bits) of
     /// every service in `services`.
     pub(crate) fn set_modes(&mut self, services: &[Service], mode: u32) -> anyhow::Result<()> {

@@ -39,7 +39,7 @@ use prometheus_client::registry::Unit;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    engine::Mirror,
+    engine::Engine,
     flow::state::{Readiness, after},
     flow::{FlowTable, TakeoverFlow, TakeoverSide},
     metrics::{Family, Histogram},
@@ -298,7 +298,7 @@ struct Rebuilt {
 
 /// Runs the whole takeover of `services`.
 pub(crate) async fn run(
-    mirror: &mut Mirror,
+    mirror: &mut Engine,
     config: &TakeoverConfig,
     handoff: Option<Arc<HandoffServer>>,
     services: &[Service],
@@ -348,7 +348,7 @@ pub(crate) async fn run(
 /// application on the handoff socket with no recorded bytes (it continues
 /// where the primary's stood).
 pub(crate) async fn adopt(
-    mirror: &mut Mirror,
+    mirror: &mut Engine,
     config: &TakeoverConfig,
     handoff: Option<Arc<HandoffServer>>,
     services: &[Service],
@@ -383,7 +383,7 @@ pub(crate) async fn adopt(
 /// the addresses' new home.
 fn serve(
     steps: &mut Steps,
-    mirror: &mut Mirror,
+    mirror: &mut Engine,
     config: &TakeoverConfig,
     services: &[Service],
 ) -> anyhow::Result<()> {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     daemon::agent::{self, AgentArgs},
-    engine::{Event, EventSource, IfaceSpec, Mirror, MirrorArgs, RetentionArg, Signals},
+    engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     metrics::Family,
     ownership::heartbeat::Key,
     replication::channel::{self, LimitChange, LinkEvent, LinkStats, Outbox},
@@ -118,7 +118,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         "--sync holds segments at TC egress: it needs --egress tc"
     );
     let key = Key::load(&args.key)?;
-    let mut mirror = Mirror::start(mirror_args(&args)?)?;
+    let mut mirror = Engine::start(mirror_args(&args)?)?;
     if args.onhost.sync {
         let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
         set_modes(&mut mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
@@ -248,7 +248,7 @@ impl EventSource<OnHostEvent> for Source {
 /// Drains the ring into the outbox, follows the link, applies the sync
 /// limits the standby's acknowledgments release, and answers requests.
 async fn replicate(
-    mut mirror: Mirror,
+    mut mirror: Engine,
     mut source: Source,
     stats: Arc<LinkStats>,
     sync: bool,
@@ -266,7 +266,7 @@ async fn replicate(
         match event {
             OnHostEvent::Link(LinkEvent::Connected(link)) => connected(&mut mirror, link)?,
             OnHostEvent::Link(LinkEvent::Acked(end)) => {
-                let Mirror {
+                let Engine {
                     capture, reader, ..
                 } = &mut mirror;
                 let outbox = reader.outbox.as_mut().expect("on-host mode has an outbox");
@@ -308,7 +308,7 @@ async fn replicate(
 }
 
 /// Sets the capture mode of each service in `addrs`.
-fn set_modes(mirror: &mut Mirror, addrs: &[SocketAddr], mode: u32) -> anyhow::Result<()> {
+fn set_modes(mirror: &mut Engine, addrs: &[SocketAddr], mode: u32) -> anyhow::Result<()> {
     let services = (addrs.iter())
         .map(|addr| {
             (mirror.services.iter())
@@ -320,7 +320,7 @@ fn set_modes(mirror: &mut Mirror, addrs: &[SocketAddr], mode: u32) -> anyhow::Re
     mirror.set_modes(&services, mode)
 }
 
-fn outbox(mirror: &mut Mirror) -> &mut Outbox {
+fn outbox(mirror: &mut Engine) -> &mut Outbox {
     mirror
         .reader
         .outbox
@@ -330,7 +330,7 @@ fn outbox(mirror: &mut Mirror) -> &mut Outbox {
 
 /// A standby connected: everything in the ring is applied, then a checkpoint
 /// of every open flow starts its stream.
-fn connected(mirror: &mut Mirror, link: mpsc::UnboundedSender<Vec<u8>>) -> anyhow::Result<()> {
+fn connected(mirror: &mut Engine, link: mpsc::UnboundedSender<Vec<u8>>) -> anyhow::Result<()> {
     mirror.drain()?;
     let mut checkpoint = Vec::new();
     mirror.reader.table.checkpoint(|record| {
