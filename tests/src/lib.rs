@@ -81,6 +81,14 @@ pub fn connmirror_bin() -> PathBuf {
     binary_from_env("CONNMIRROR_BIN")
 }
 
+/// [`require_root`], then [`connmirror_bin`]: what a test that runs the daemon
+/// checks first, so a misconfigured run fails with the reason rather than
+/// somewhere in the setup.
+pub fn require_root_and_bin() {
+    require_root();
+    connmirror_bin();
+}
+
 /// The file that environment variable `var` names (cargo xtask sets it).
 ///
 /// Panics if the variable is unset or does not name a file.

@@ -19,7 +19,7 @@ use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::pinning::{PinnedInstance, links_running};
 use connmirror_tests::{
     Family, Mirror, MirrorCommand, MirrorExit, Netns, Topology, WorkDir, bidirectional,
-    connmirror_bin, require_root,
+    require_root_and_bin,
 };
 
 const PORT: u16 = 7000;
@@ -34,11 +34,6 @@ const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time for the last ACKs to cross the gateway before the mirror stops.
 const SETTLE: Duration = Duration::from_millis(300);
 const MIDPOINT_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn preconditions() {
-    require_root();
-    connmirror_bin();
-}
 
 /// The gateway mirror on both links (TC ingress and egress), pinned as `pin`,
 /// journaled in `journal`, dumping into `dumps`, with `drop` on a small ring.
@@ -114,7 +109,7 @@ fn c2s_dump(dumps: &Path) -> Option<PathBuf> {
 
 #[test]
 fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let pin = PinnedInstance::new("restart");
@@ -260,7 +255,7 @@ fn refused(topo: &Topology, command: MirrorCommand, error: &str) {
 
 #[test]
 fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let pin = PinnedInstance::new("mismatch");
@@ -366,7 +361,7 @@ fn veth_pair(ns: &Netns) {
 
 #[test]
 fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
-    preconditions();
+    require_root_and_bin();
     let ns = Netns::new("severed");
     veth_pair(&ns);
     let pin = PinnedInstance::new("severed");
@@ -422,7 +417,7 @@ fn wait_for_no_links(programs: &std::collections::BTreeSet<u32>) {
 
 #[test]
 fn detach_all_on_a_running_daemon_makes_it_detach_when_it_stops() {
-    preconditions();
+    require_root_and_bin();
     let ns = Netns::new("stop-for-good");
     veth_pair(&ns);
     let pin = PinnedInstance::new("stop-for-good");

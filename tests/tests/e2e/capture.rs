@@ -10,7 +10,7 @@ use connmirror_common::Counter;
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::{
     Exchange, Family, Mirror, MirrorCommand, Report, Topology, WorkDir, bidirectional,
-    connmirror_bin, require_root,
+    require_root_and_bin,
 };
 
 const SERVICE_PORT: u16 = 7000;
@@ -21,13 +21,6 @@ const UNTRACKED_STREAM: u64 = 1_000_000;
 /// Without the mirror 200 MB each way takes 1.5–2 s here; backpressure on a
 /// 64 KiB ring can cost far more (TCP backs off on every drop).
 const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// Root and the binary are checked first, so a misconfigured run fails with the
-/// reason rather than somewhere in the setup.
-fn preconditions() {
-    require_root();
-    connmirror_bin();
-}
 
 /// 200 MB each way through a mirror attached with `hooks` (the attach flags; the
 /// interfaces and service are added here): one complete flow whose two dumps hash
@@ -81,7 +74,7 @@ fn large_streams_dump_byte_exact(topo: &Topology, family: Family, hooks: &[&str]
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_v4() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     large_streams_dump_byte_exact(
         &topo,
@@ -99,7 +92,7 @@ fn bidirectional_200mb_streams_dump_byte_exact_v4() {
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_v6() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     large_streams_dump_byte_exact(
         &topo,
@@ -119,7 +112,7 @@ fn bidirectional_200mb_streams_dump_byte_exact_v6() {
 
 #[test]
 fn bidirectional_200mb_streams_dump_byte_exact_vlan_v4() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::with_vlan(100);
     // XDP runs before the fixture's TCX tag-popping program, so it sees the tag.
     large_streams_dump_byte_exact(
@@ -173,7 +166,7 @@ fn tiny_ring_run(policy: &str) -> (Exchange, Report, WorkDir) {
 
 #[test]
 fn tiny_ring_drop_policy_stays_byte_exact() {
-    preconditions();
+    require_root_and_bin();
 
     let (x, report, _dumps) = tiny_ring_run("drop");
 
@@ -186,7 +179,7 @@ fn tiny_ring_drop_policy_stays_byte_exact() {
 
 #[test]
 fn tiny_ring_pass_policy_reports_gapped_flow() {
-    preconditions();
+    require_root_and_bin();
 
     // The pass policy never touches the traffic itself: the run checks the peers.
     let (_x, report, _dumps) = tiny_ring_run("pass");
@@ -205,7 +198,7 @@ fn tiny_ring_pass_policy_reports_gapped_flow() {
 
 #[test]
 fn untracked_port_produces_no_records() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let tracked = topo.service(Family::V4, SERVICE_PORT);
     let untracked = topo.service(Family::V4, OTHER_PORT);

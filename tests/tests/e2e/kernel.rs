@@ -14,21 +14,12 @@ use connmirror_common::{
     frame::{TcpFrame, malformed},
     record::tcp_flags::{ACK, PSH},
 };
+use connmirror_tests::require_root;
 
 const XDP_DROP: i32 = 1;
 const XDP_PASS: i32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
 const TC_ACT_SHOT: i32 = 2;
-
-fn require_root() {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "kernel tests need root (they load eBPF programs); run them through: \
-             sudo -E cargo xtask test"
-        );
-    }
-}
 
 fn server() -> SocketAddr {
     "198.18.1.2:7000".parse().unwrap()

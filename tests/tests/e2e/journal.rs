@@ -22,7 +22,7 @@ use connmirror_tests::repair::repaired_pair;
 use connmirror_tests::traffic::SplitMix64;
 use connmirror_tests::{
     Digest, Family, Mirror, MirrorCommand, MirrorExit, Topology, WorkDir, bidirectional,
-    connmirror_bin, require_root,
+    require_root_and_bin,
 };
 
 const PORT: u16 = 7000;
@@ -32,13 +32,6 @@ const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time for the last ACKs to cross the gateway and reach the journal before the
 /// mirror stops (a held connection is otherwise idle).
 const SETTLE: Duration = Duration::from_millis(300);
-
-/// Root and the binary are checked first, so a misconfigured run fails with the
-/// reason rather than somewhere in the setup.
-fn preconditions() {
-    require_root();
-    connmirror_bin();
-}
 
 /// `mirror --iface gw-c --iface gw-s --service SERVICE --journal DIR` plus `extra`.
 fn journaled(topo: &Topology, service: SocketAddr, dir: &Path, extra: &[&str]) -> MirrorCommand {
@@ -140,7 +133,7 @@ struct CrashRound {
 
 #[test]
 fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
-    preconditions();
+    require_root_and_bin();
     let seed = std::env::var(CRASH_SEED_ENV)
         .ok()
         .and_then(|s| s.parse().ok())
@@ -581,7 +574,7 @@ const MAX_INSPECTED_CUTS: u64 = 4096;
 
 #[test]
 fn a_torn_journal_tail_is_reported_and_recovery_keeps_the_records_before_it() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let dir = WorkDir::new("journal");
@@ -753,7 +746,7 @@ const SEGMENTED_STREAM: u64 = 4_000_000;
 
 #[test]
 fn a_flipped_byte_in_a_sealed_segment_names_file_and_offset_and_salvage_skips_it() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let dir = WorkDir::new("journal");
@@ -898,7 +891,7 @@ const WITH_MIRROR: u64 = 1_000_000;
 
 #[test]
 fn a_flow_started_before_the_mirror_is_reported_no_handshake() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let mut conn = HeldConnection::open(&topo.client, &topo.server, service);
@@ -946,7 +939,7 @@ const TRAILING_BYTES: u64 = 8192;
 
 #[test]
 fn a_pass_policy_gap_is_reported_as_missing_bytes_with_its_range() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     topo.disable_segmentation_offloads();
     let service = topo.service(Family::V4, PORT);
@@ -1041,7 +1034,7 @@ const _: () = assert!(SERVER_SEQ as u64 + WRAP_STREAM > 1 << 32);
 
 #[test]
 fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
-    preconditions();
+    require_root_and_bin();
     let topo = Topology::new();
     let service = topo.service(Family::V4, PORT);
     let client = SocketAddr::new(topo.client_addr(Family::V4), REPAIR_CLIENT_PORT);
