@@ -8,8 +8,7 @@ use std::{
 
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use connmirror::{
-    daemon::agent::AgentArgs,
-    daemon::agent::onhost,
+    daemon::agent::{self, AgentArgs},
     daemon::config::{self, Config, Layout},
     daemon::control::{self, DEFAULT_CONTROL, Request, Response},
     daemon::mirror,
@@ -404,7 +403,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
-                    Command::Agent(args) => onhost::agent(args).await,
+                    Command::Agent(args) => agent::run(args).await,
                     Command::Status { control, json } => status(&control, json),
                     Command::Takeover {
                         services,

@@ -398,16 +398,9 @@ async fn next_request(control: Option<&mut ControlServer>) -> Pending {
     }
 }
 
-/// Runs the agent until SIGINT or SIGTERM.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    run_with(args, None).await
-}
-
-/// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
-/// `onhost`'s families (the on-host mirror and its replication).
-pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::Result<()> {
-    let key = Key::load(&args.key)?;
-    let mut ownership = Ownership {
+/// The ownership the agent announces, from its arguments.
+fn ownership_of(args: &AgentArgs) -> Ownership {
+    Ownership {
         node_id: args.node_id.clone(),
         cluster_id: args.cluster_id.clone(),
         epoch: args.epoch,
@@ -418,29 +411,112 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow
             Policy::Manual => "manual".into(),
         },
         applications: args.applications.clone(),
-    };
-    let local = match (args.bind, args.standby) {
+    }
+}
+
+/// The heartbeat socket's address: `--bind` and `--port`, or the unspecified
+/// address of the standby's family.
+fn local_addr(args: &AgentArgs) -> SocketAddr {
+    match (args.bind, args.standby) {
         (Some(ip), _) => SocketAddr::new(ip, args.port),
         (None, SocketAddr::V4(_)) => SocketAddr::from(([0u8; 4], args.port)),
         (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], args.port)),
-    };
-    let socket = (UdpSocket::bind(local).await)
-        .with_context(|| format!("binding the heartbeat socket to {local}"))?;
+    }
+}
+
+/// Applies an authenticated `message` from `from` to the agent's ownership
+/// and its `(recovering, stepped_down)` flags; true when a heartbeat should
+/// answer it at once (a solicitation, or the owner yielding to a recovering
+/// primary).
+fn receive(
+    message: &Message,
+    from: SocketAddr,
+    ownership: &mut Ownership,
+    (recovering, stepped_down): &mut (bool, bool),
+) -> anyhow::Result<bool> {
+    if message.kind == Kind::Solicit {
+        tracing::info!(%from, "solicited by the standby");
+        return Ok(true);
+    }
+    if *recovering && yields(message, ownership) {
+        reclaim(&message.ownership, ownership)?;
+        *recovering = false;
+        return Ok(true);
+    }
+    if *recovering && outranks(&message.ownership, ownership) {
+        tracing::debug!(
+            owner = message.ownership.node_id,
+            "recovering: waiting for the owner to yield"
+        );
+    } else if !*stepped_down && outranks(&message.ownership, ownership) {
+        step_down(&message.ownership, ownership)?;
+        *stepped_down = true;
+    }
+    Ok(false)
+}
+
+/// Sends one heartbeat `datagram` to `standby`; false (and a warning) when
+/// the send failed: the next tick tries again.
+async fn send(socket: &UdpSocket, datagram: &[u8], standby: SocketAddr) -> bool {
+    match socket.send_to(datagram, standby).await {
+        Ok(_) => true,
+        Err(err) => {
+            tracing::warn!(%err, %standby, "sending a heartbeat");
+            false
+        }
+    }
+}
+
+/// The message kind a heartbeat carries: `Recovering` while the primary
+/// waits to take its services back.
+fn kind_of(recovering: bool) -> Kind {
+    if recovering {
+        Kind::Recovering
+    } else {
+        Kind::Heartbeat
+    }
+}
+
+/// Opens what the agent answers besides heartbeats: the migration listener
+/// (with `--handoff`) and the control socket (with `--control`).
+async fn listeners(
+    args: &AgentArgs,
+    local: SocketAddr,
+    key: &Key,
+) -> anyhow::Result<(Option<Migrations>, Option<ControlServer>)> {
     let migrations = match &args.handoff {
-        Some(path) => Some(Migrations::open(path, local, &key, args.handoff_wait).await?),
+        Some(path) => Some(Migrations::open(path, local, key, args.handoff_wait).await?),
         None => None,
     };
-    let mut control = match &args.control {
+    let control = match &args.control {
         Some(path) => Some(ControlServer::bind(path).context("opening the control socket")?),
         None => None,
     };
+    Ok((migrations, control))
+}
+
+/// Runs `connmirror agent` until SIGINT or SIGTERM: heartbeats, and with
+/// `--replicate-to` the on-host mirror and its replication alongside.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    match args.onhost.replicate_to {
+        Some(standby) => onhost::run(args, standby).await,
+        None => heartbeats(args, None).await,
+    }
+}
+
+/// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
+/// `onhost`'s families (the on-host mirror and its replication).
+async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::Result<()> {
+    let key = Key::load(&args.key)?;
+    let mut ownership = ownership_of(&args);
+    let local = local_addr(&args);
+    let socket = (UdpSocket::bind(local).await)
+        .with_context(|| format!("binding the heartbeat socket to {local}"))?;
+    let (migrations, mut control) = listeners(&args, local, &key).await?;
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
     let mut counter = heartbeat::initial_counter();
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval.max(1)));
-    let Signals {
-        mut sigint,
-        mut sigterm,
-    } = Signals::install()?;
+    let mut signals = Signals::install()?;
     let mut exporter = args.metrics.start()?;
     let mut sent = 0u64;
     let mut buf = vec![0u8; heartbeat::MAX_MESSAGE + 1];
@@ -454,28 +530,13 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow
             _ = tick.tick() => {}
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
-                let accepted = verifier.accept(&buf[..n]);
-                if let Ok(message) = &accepted {
-                    heard = Some((message.ownership.clone(), from, Instant::now()));
-                }
-                match accepted {
-                    Ok(message) if message.kind == Kind::Solicit => {
-                        tracing::info!(%from, "solicited by the standby");
-                    }
-                    Ok(message) if recovering && yields(&message, &ownership) => {
-                        reclaim(&message.ownership, &mut ownership)?;
-                        recovering = false;
-                    }
-                    Ok(message) if recovering && outranks(&message.ownership, &ownership) => {
-                        tracing::debug!(owner = message.ownership.node_id, "recovering: waiting for the owner to yield");
-                        continue;
-                    }
-                    Ok(message) if !stepped_down && outranks(&message.ownership, &ownership) => {
-                        step_down(&message.ownership, &ownership)?;
-                        stepped_down = true;
-                        continue;
-                    }
-                    _ => continue,
+                let Ok(message) = verifier.accept(&buf[..n]) else { continue };
+                heard = Some((message.ownership.clone(), from, Instant::now()));
+                let mut flags = (recovering, stepped_down);
+                let answer = receive(&message, from, &mut ownership, &mut flags)?;
+                (recovering, stepped_down) = flags;
+                if !answer {
+                    continue;
                 }
             }
             accepted = migrate::accept(migrations.as_ref().map(|m| &m.listener)) => {
@@ -499,31 +560,22 @@ pub async fn run_with(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow
                 continue;
             }
             scrape = exporter.next() => {
-                let mut families =
-                    families(sent, &verifier, &ownership, stepped_down, recovering);
+                let mut families = families(sent, &verifier, &ownership, stepped_down, recovering);
                 if let Some(onhost) = &onhost {
                     families.extend(onhost.families().await);
                 }
                 scrape.answer(families);
                 continue;
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.sigint.recv() => break,
+            _ = signals.sigterm.recv() => break,
         }
         if stepped_down {
             continue;
         }
         counter += 1;
-        let kind = if recovering {
-            Kind::Recovering
-        } else {
-            Kind::Heartbeat
-        };
-        let datagram = heartbeat::seal(&key, kind, counter, &ownership);
-        match socket.send_to(&datagram, args.standby).await {
-            Ok(_) => sent += 1,
-            Err(err) => tracing::warn!(%err, standby = %args.standby, "sending a heartbeat"),
-        }
+        let datagram = heartbeat::seal(&key, kind_of(recovering), counter, &ownership);
+        sent += u64::from(send(&socket, &datagram, args.standby).await);
         if !ready {
             announce_ready()?;
             ready = true;

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
-    daemon::agent::{self, AgentArgs},
+    daemon::agent::AgentArgs,
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     metrics::Family,
     ownership::heartbeat::Key,
@@ -107,12 +107,10 @@ impl Handle {
     }
 }
 
-/// Runs `connmirror agent`: heartbeats, and in on-host mode the mirror and
-/// the replication alongside, until SIGINT or SIGTERM.
-pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
-    let Some(standby) = args.onhost.replicate_to else {
-        return agent::run_with(args, None).await;
-    };
+/// Runs on-host mode: the mirror on the primary's own interfaces, the
+/// replication to `standby`, and the agent's heartbeats on a thread of their
+/// own, until SIGINT or SIGTERM.
+pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<()> {
     anyhow::ensure!(
         !args.onhost.sync || args.onhost.egress == EgressHook::Tc,
         "--sync holds segments at TC egress: it needs --egress tc"
@@ -177,7 +175,7 @@ fn heartbeat_thread(
                 .enable_all()
                 .build()
                 .context("starting the heartbeat thread's runtime")
-                .and_then(|runtime| runtime.block_on(agent::run_with(args, Some(onhost))));
+                .and_then(|runtime| runtime.block_on(super::heartbeats(args, Some(onhost))));
             let _ = done.send(result);
         })
         .context("spawning the heartbeat thread")?;
