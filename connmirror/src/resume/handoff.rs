@@ -129,7 +129,8 @@ enum Rejection {
 /// The daemon's end: a listening Unix socket that applications register with.
 ///
 /// Dropping it stops accepting, closes every application's connection (their
-/// [`connmirror_handoff::Application::next`] returns `Ok(None)`) and removes the socket file.
+/// [`connmirror_handoff::Application::next`] returns `Ok(None)`) and removes
+/// the socket file.
 #[derive(Debug)]
 pub struct HandoffServer {
     shared: Arc<Shared>,
