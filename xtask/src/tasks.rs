@@ -145,6 +145,8 @@ fn build_daemon(env: &BuildEnv, profile: Profile) -> Result<Built> {
         "-p",
         "connmirror",
         "--bins",
+        "-p",
+        "connmirror-handoff",
         "--example",
         "echo",
     ]);

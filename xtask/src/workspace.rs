@@ -65,7 +65,7 @@ pub fn daemon_binary(profile: Profile) -> PathBuf {
     target_dir(profile).join("connmirror")
 }
 
-/// The echo example application (`connmirror/examples/echo.rs`) built with `profile`.
+/// The echo example application (`connmirror-handoff/examples/echo.rs`) built with `profile`.
 pub fn echo_example(profile: Profile) -> PathBuf {
     target_dir(profile).join("examples").join("echo")
 }

@@ -47,7 +47,7 @@ use crate::{
     net::address,
     ownership::detector::{Detected, Detector, DetectorConfig, Policy},
     ownership::heartbeat::{self, Key, Kind, Message, Ownership},
-    repair::restore::{self, QueueMode},
+    repair::restore::QueueMode,
     repair::save,
     replication::replica::Replica,
     resume::handoff::{self, HandoffServer},
@@ -66,7 +66,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         return detach_pinned(&args.mirror);
     }
     args.check()?;
-    match restore::raise_open_files_limit() {
+    match connmirror_handoff::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(err) => tracing::warn!(%err, "raising the open-file limit"),
     }

@@ -1,7 +1,8 @@
 //! Resumption: what happens to a restored connection once its socket exists.
 //!
 //! [`handoff`] passes restored sockets to a local application over a Unix
-//! socket (the wire, the daemon's server and the application's side);
+//! socket (the daemon's server; the wire format and the application's side
+//! are the `connmirror-handoff` crate);
 //! [`replay`] feeds a standby instance of an unmodified, deterministic server
 //! the recorded client history.
 //!

@@ -920,8 +920,7 @@ const FAILOVER_PORT: u16 = 7000;
 /// connections, and the time from the takeover trigger to the first byte the
 /// client receives again.
 fn failover(command: &str) -> Result<()> {
-    let limit =
-        connmirror::repair::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    let limit = connmirror_handoff::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     // This process holds the client ends; every other process its own share.
     let needed = RESTORE_COUNTS[3] as u64 + 1024;
     ensure!(

@@ -13,7 +13,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connmirror::resume::handoff::{Application, FlowMeta, Handoff, HandoffServer, Recorded};
+use connmirror::resume::handoff::HandoffServer;
+use connmirror_handoff::{Application, FlowMeta, Handoff, Recorded};
 use connmirror_tests::echo::{EchoClients, EchoOptions, echo_seed};
 use connmirror_tests::failover::echo_example;
 use connmirror_tests::traffic::stream_bytes;

@@ -1,10 +1,10 @@
 //! An echo server that survives the failover of its host, through
-//! [`connmirror::resume::handoff`].
+//! [`connmirror_handoff`].
 //!
 //! The primary runs an ordinary echo server:
 //!
 //! ```text
-//! cargo run -p connmirror --example echo -- listen 198.18.0.1:7000
+//! cargo run -p connmirror-handoff --example echo -- listen 198.18.0.1:7000
 //! ```
 //!
 //! It prints `listening <addr>`, then `accepted <client>` for each connection.
@@ -13,7 +13,7 @@
 //! service (the daemon's service must be in `handoff` mode):
 //!
 //! ```text
-//! cargo run -p connmirror --example echo -- handoff \
+//! cargo run -p connmirror-handoff --example echo -- handoff \
 //!     --socket /run/connmirror/handoff.sock --service 198.18.0.1:7000
 //! ```
 //!
@@ -37,7 +37,7 @@ use std::thread;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use connmirror::resume::handoff::{Application, DEFAULT_SOCKET, FlowMeta, Handoff};
+use connmirror_handoff::{Application, DEFAULT_SOCKET, FlowMeta, Handoff};
 
 #[derive(Parser)]
 #[command(about = "An echo server that can resume connections handed over by connmirror")]
@@ -64,7 +64,7 @@ enum Mode {
 
 fn main() -> anyhow::Result<()> {
     // One descriptor per connection: thousands after a takeover.
-    connmirror::repair::restore::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    connmirror_handoff::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
     match Cli::parse().mode {
         Mode::Listen { addr } => listen(addr),
         Mode::Handoff { socket, services } => take_handoffs(&socket, &services),
