@@ -31,7 +31,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `connmirror takeover` may take.
 pub const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The echo example (`connmirror/examples/echo.rs`), from `CONNMIRROR_ECHO_EXAMPLE`.
+/// The echo example (`connmirror-handoff/examples/echo.rs`), from `CONNMIRROR_ECHO_EXAMPLE`.
 pub fn echo_example() -> PathBuf {
     crate::binary_from_env("CONNMIRROR_ECHO_EXAMPLE")
 }

@@ -55,7 +55,14 @@ pub fn test(extra: &[String]) -> Result<()> {
         "--features",
         "connmirror-common/std",
     ])
-    .args(["-p", "connmirror", "-p", "xtask"])
+    .args([
+        "-p",
+        "connmirror",
+        "-p",
+        "connmirror-handoff",
+        "-p",
+        "xtask",
+    ])
     .args(cargo_args);
     if !harness_args.is_empty() {
         unit.arg("--").args(harness_args);

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the whole story in about twenty seconds.
 //!
 //! Builds client ↔ standby ↔ primary out of network namespaces. The primary
-//! runs an echo server (`connmirror/examples/echo.rs`) and `connmirror agent`
+//! runs an echo server (`connmirror-handoff/examples/echo.rs`) and `connmirror agent`
 //! (authenticated heartbeats every 50 ms); the standby runs `connmirror
 //! standby` (capture on both links, failure detection) and the same echo
 //! program registered for handoff. Four clients stream random data through the

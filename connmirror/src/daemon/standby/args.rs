@@ -13,7 +13,7 @@ pub struct StandbyArgs {
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTROL)]
     pub control: PathBuf,
     /// Handoff socket (created mode 0600) that applications register on to
-    /// receive restored connections (see the `connmirror::resume::handoff` API).
+    /// receive restored connections (the `connmirror-handoff` crate is their side).
     #[arg(long, value_name = "PATH", default_value = handoff::DEFAULT_SOCKET)]
     pub handoff: PathBuf,
     /// How a service's restored connections continue: `IP:PORT=handoff` (to an
