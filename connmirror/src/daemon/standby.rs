@@ -24,7 +24,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::Arc,
     time::Duration,
@@ -93,29 +93,8 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         )),
         false => None,
     };
-    let control = ControlServer::bind(&args.control).context("opening the control socket")?;
-    let detector = match detection {
-        Some(config) => Some(
-            Detector::start(config)
-                .await
-                .context("binding the heartbeat socket")?,
-        ),
-        None => None,
-    };
-    let prune = tokio::time::interval(PRUNE_INTERVAL);
-    let migrations = match args.detection.heartbeat_listen {
-        Some(listen) => Some(
-            (tokio::net::TcpListener::bind(listen).await)
-                .with_context(|| format!("listening for planned migrations on TCP {listen}"))?,
-        ),
-        None => None,
-    };
-    let mut sources = Sources {
-        control,
-        detector,
-        prune,
-        migrations,
-    };
+    let mut sources =
+        Sources::open(&args.control, detection, args.detection.heartbeat_listen).await?;
     let mut signals = Signals::install()?;
     announce_ready()?;
     let mut standby = Standby {
@@ -142,30 +121,47 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         migrations_in: 0,
         migrations_refused: 0,
     };
+    serve(&mut standby, &mut mirror, &mut sources, &mut signals).await?;
+    finish(standby, mirror, &sources)
+}
+
+/// Answers the standby's events until SIGINT or SIGTERM.
+async fn serve(
+    standby: &mut Standby,
+    mirror: &mut Engine,
+    sources: &mut Sources,
+    signals: &mut Signals,
+) -> anyhow::Result<()> {
     loop {
-        match mirror.next_event(&mut signals, Some(&mut sources)).await? {
+        match mirror.next_event(signals, Some(sources)).await? {
             Event::Stop => break,
-            Event::Scrape(scrape) => scrape.answer(standby.families(&mirror, &sources)),
+            Event::Scrape(scrape) => scrape.answer(standby.families(mirror, sources)),
             Event::Message(StandbyEvent::Control(pending)) => {
                 standby
-                    .serve(&mut mirror, sources.detector.as_ref(), pending)
+                    .serve(mirror, sources.detector.as_ref(), pending)
                     .await
             }
             Event::Message(StandbyEvent::PrimaryLost(ownership)) => {
-                standby.primary_lost(&mut mirror, ownership).await
+                standby.primary_lost(mirror, ownership).await
             }
             Event::Message(StandbyEvent::Claim(message, from)) => {
-                standby.claimed(&mut mirror, message, from).await
+                standby.claimed(mirror, message, from).await
             }
             Event::Message(StandbyEvent::Prune) => standby.prune(),
             Event::Message(StandbyEvent::Migration(stream, from)) => {
-                standby.migrated_in(&mut mirror, stream, from).await
+                standby.migrated_in(mirror, stream, from).await
             }
         }
         if let Some(detector) = &sources.detector {
             standby.publish(detector);
         }
     }
+    Ok(())
+}
+
+/// Clears the drain routes, then finishes the engine with the standby's
+/// keys in `report.json`.
+fn finish(mut standby: Standby, mirror: Engine, sources: &Sources) -> anyhow::Result<()> {
     for drain in &mut standby.drains {
         if let Err(err) = drain.clear() {
             tracing::warn!("removing the drain routes: {err:#}");
@@ -217,6 +213,39 @@ struct Sources {
     prune: tokio::time::Interval,
     /// Planned migrations from the primary, on TCP at the heartbeat address.
     migrations: Option<tokio::net::TcpListener>,
+}
+
+impl Sources {
+    /// Opens the control socket at `control`, the failure detector (with
+    /// `detection`) and the planned-migration listener (with `--heartbeat-listen`).
+    async fn open(
+        control: &Path,
+        detection: Option<DetectorConfig>,
+        heartbeat_listen: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let control = ControlServer::bind(control).context("opening the control socket")?;
+        let detector = match detection {
+            Some(config) => Some(
+                Detector::start(config)
+                    .await
+                    .context("binding the heartbeat socket")?,
+            ),
+            None => None,
+        };
+        let migrations = match heartbeat_listen {
+            Some(listen) => Some(
+                (tokio::net::TcpListener::bind(listen).await)
+                    .with_context(|| format!("listening for planned migrations on TCP {listen}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            control,
+            detector,
+            prune: tokio::time::interval(PRUNE_INTERVAL),
+            migrations,
+        })
+    }
 }
 
 impl EventSource<StandbyEvent> for Sources {
