@@ -59,7 +59,10 @@ impl SharedReadOnly {
     /// If `offset` is not 8-byte aligned or the value is not inside the
     /// mapping.
     pub fn load_u64(&self, offset: usize) -> u64 {
-        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len, "offset {offset}");
+        assert!(
+            offset.is_multiple_of(8) && offset + 8 <= self.len,
+            "offset {offset}"
+        );
         // SAFETY: checked above: an aligned 8-byte value inside the mapping,
         // which lives as long as `self` (mappings are page-aligned).
         unsafe {
