@@ -277,13 +277,8 @@ fn new_socket(index: usize, server: SocketAddr, mss: Option<u32>) -> TcpSocket {
     }
     .unwrap_or_else(|e| panic!("echo client {index}: socket(): {e}"));
     if let Some(mss) = mss {
-        sockopt::set_int(
-            socket.as_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            mss as i32,
-        )
-        .unwrap_or_else(|e| panic!("echo client {index}: setsockopt(TCP_MAXSEG, {mss}): {e}"));
+        sockopt::set(socket.as_fd(), &sockopt::TCP_MAXSEG, &(mss as i32))
+            .unwrap_or_else(|e| panic!("echo client {index}: setsockopt(TCP_MAXSEG, {mss}): {e}"));
     }
     socket
 }

@@ -349,7 +349,7 @@ const SO_ATTACH_FILTER: Opt = (libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, "SO_ATT
 /// `timeval`, a `sock_fprog`).
 fn set_option<T>(fd: &OwnedFd, (level, name, call): Opt, value: &T, what: &str) {
     // SAFETY: the callers pass the type each option reads.
-    unsafe { sockopt::set(fd.as_fd(), level, name, value) }
+    unsafe { sockopt::set_raw(fd.as_fd(), level, name, value) }
         .unwrap_or_else(|e| panic!("setsockopt({call}) on {what}: {e}"));
 }
 

@@ -17,7 +17,6 @@ pub mod pinning;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
-    ffi::CString,
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
@@ -727,7 +726,7 @@ fn attach_error(
 /// was deleted, and the kernel detached it (`ENOLINK` from `BPF_LINK_UPDATE`,
 /// see `tcx_link_update` and `bpf_xdp_link_update` in the kernel).
 fn severed(err: &ProgramError) -> bool {
-    matches!(err, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOLINK))
+    matches!(err, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(crate::sys::errno::ENOLINK))
 }
 
 /// Removes the pin of a severed link, so a fresh link is attached and pinned
@@ -922,11 +921,7 @@ impl Counters {
 }
 
 fn interface_exists(iface: &str) -> bool {
-    let Ok(name) = CString::new(iface) else {
-        return false;
-    };
-    // SAFETY: `name` is a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    crate::sys::interface::index(iface).is_some()
 }
 
 /// Whether `iface` is a virtual link: sysfs shows no backing device for it

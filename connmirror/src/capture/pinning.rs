@@ -32,11 +32,13 @@
 use std::{
     ffi::CString,
     fmt, fs, io,
-    os::fd::AsRawFd as _,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
 use thiserror::Error;
+
+use crate::sys;
 
 /// Where the BPF filesystem is mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -286,15 +288,11 @@ impl Instance {
     pub fn lock(&self) -> Result<fs::File, PinningError> {
         let dir =
             fs::File::open(&self.dir).map_err(|source| io_error("opening", &self.dir, source))?;
-        // SAFETY: flock on an open descriptor has no memory-safety preconditions.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(dir);
+        match sys::fs::try_lock_exclusive(dir.as_fd()) {
+            Ok(true) => Ok(dir),
+            Ok(false) => Err(PinningError::InUse(self.name.clone())),
+            Err(err) => Err(io_error("locking", &self.dir, err.io_error)),
         }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(PinningError::InUse(self.name.clone()));
-        }
-        Err(io_error("locking", &self.dir, err))
     }
 
     /// The pinned links, sorted.
@@ -418,20 +416,7 @@ fn mount_bpffs() -> Result<(), PinningError> {
         return Err(PinningError::PrivateMounts);
     }
     let path = CString::new(BPFFS).expect("no NUL in BPFFS");
-    let source = CString::new("bpf").expect("no NUL");
-    // SAFETY: every pointer is a valid C string or null (no mount data).
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            path.as_ptr(),
-            source.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(PinningError::Mount(io::Error::last_os_error()));
-    }
+    sys::fs::mount_bpffs(&path).map_err(|e| PinningError::Mount(e.io_error))?;
     tracing::info!(path = BPFFS, "mounted the BPF filesystem");
     Ok(())
 }
@@ -439,9 +424,7 @@ fn mount_bpffs() -> Result<(), PinningError> {
 /// Whether a BPF filesystem is mounted at [`BPFFS`].
 fn is_bpffs() -> bool {
     let path = CString::new(BPFFS).expect("no NUL in BPFFS");
-    // SAFETY: `stat` is a plain out-parameter, `path` a valid C string.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    (unsafe { libc::statfs(path.as_ptr(), &mut stat) }) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    sys::fs::filesystem_type(&path).is_ok_and(|kind| kind == BPF_FS_MAGIC)
 }
 
 /// Whether this process shares PID 1's mount namespace.

@@ -206,8 +206,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<Request, String> {
     let cred = stream
         .peer_cred()
         .map_err(|err| format!("SO_PEERCRED: {err}"))?;
-    // SAFETY: no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::sys::process::euid();
     if cred.uid() != 0 && cred.uid() != euid {
         return Err(format!("uid {} may not use the control socket", cred.uid()));
     }

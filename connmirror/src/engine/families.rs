@@ -103,14 +103,5 @@ pub(super) fn counter_help(counter: Counter) -> &'static str {
 }
 /// The interface's name, or `if<index>` once it is gone.
 pub(super) fn iface_name(ifindex: u32) -> String {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return format!("if{ifindex}");
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
+    crate::sys::interface::name(ifindex).unwrap_or_else(|| format!("if{ifindex}"))
 }

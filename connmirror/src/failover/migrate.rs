@@ -42,7 +42,7 @@
 
 use std::io::{self, Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -52,7 +52,10 @@ use crate::ownership::heartbeat::Key;
 use crate::repair::restore::{QueueMode, RepairedSocket, RestorePlan};
 use crate::repair::save;
 use crate::resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded};
-use crate::{repair::sockets, sys::sockopt};
+use crate::{
+    repair::sockets,
+    sys::{self, sockopt},
+};
 
 /// Largest frame accepted, in bytes.
 pub const MAX_FRAME: usize = 256 << 20;
@@ -201,17 +204,12 @@ pub fn settle(sockets: &[TcpStream]) {
 
 /// (unread, unsent) bytes of each socket (`SIOCINQ`, `SIOCOUTQ`).
 fn queues(sockets: &[TcpStream]) -> Vec<(i32, i32)> {
-    let get = |fd: i32, request| {
-        let mut n: libc::c_int = 0;
-        // SAFETY: both requests write one int.
-        unsafe { libc::ioctl(fd, request, &raw mut n) };
-        n
-    };
+    let len = |n: Result<usize, sys::SyscallError>| n.map_or(0, |n| n as i32);
     (sockets.iter())
         .map(|s| {
             (
-                get(s.as_raw_fd(), libc::FIONREAD),
-                get(s.as_raw_fd(), libc::TIOCOUTQ),
+                len(sys::socket::unread(s.as_fd())),
+                len(sys::socket::unacked(s.as_fd())),
             )
         })
         .collect()
@@ -393,21 +391,13 @@ fn ship_taken(
 /// Drops a dumped socket's connection without a segment: `connect(AF_UNSPEC)`
 /// in repair mode (see the module docs). The descriptor still needs closing.
 pub fn let_go(socket: &TcpStream) -> io::Result<()> {
-    // SAFETY: an all-zero sockaddr with family AF_UNSPEC is valid.
-    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
-    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-    let len = size_of::<libc::sockaddr>() as libc::socklen_t;
-    // SAFETY: `addr` is a valid sockaddr of `len` bytes.
-    match unsafe { libc::connect(socket.as_raw_fd(), &raw const addr, len) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    Ok(sys::socket::disconnect(socket.as_fd())?)
 }
 
 /// Takes a dumped socket out of repair mode: the migration failed and the
 /// connection goes on here.
 pub fn resume_here(socket: &TcpStream) -> io::Result<()> {
-    sockopt::set_int(socket.as_fd(), libc::IPPROTO_TCP, libc::TCP_REPAIR, 0)
+    Ok(sockopt::set(socket.as_fd(), &sockopt::TCP_REPAIR, &0)?)
 }
 
 /// Checks a frame's addressee and counter: it must name `node_id` and carry

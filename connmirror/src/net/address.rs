@@ -50,7 +50,6 @@
 //! [net/ipv4/devinet.c]: https://github.com/torvalds/linux/blob/master/net/ipv4/devinet.c
 //! [net/ipv6/addrconf.c]: https://github.com/torvalds/linux/blob/master/net/ipv6/addrconf.c
 
-use std::ffi::CString;
 use std::io;
 use std::net::IpAddr;
 
@@ -64,6 +63,8 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use thiserror::Error;
+
+use crate::sys::errno;
 
 /// Receive buffer for netlink replies. A dump datagram is at most 32 KiB
 /// (`netlink_dump()` in net/netlink/af_netlink.c caps its allocation there).
@@ -136,7 +137,7 @@ impl LocalAddress {
             ) {
                 Ok(()) => true,
                 // Added by someone else between the dump and the request.
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => false,
+                Err(e) if e.raw_os_error() == Some(errno::EEXIST) => false,
                 Err(e) => return Err(err("RTM_NEWADDR", e)),
             };
         Ok(LocalAddress {
@@ -199,12 +200,7 @@ pub fn ifindex(iface: &str) -> Result<u32, AddressError> {
     let missing = || AddressError::NoSuchInterface {
         iface: iface.to_owned(),
     };
-    let name = CString::new(iface).map_err(|_| missing())?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => Err(missing()),
-        index => Ok(index),
-    }
+    crate::sys::interface::index(iface).ok_or_else(missing)
 }
 
 /// Flags that make `RTM_NEWADDR` create an address and fail with `EEXIST` if it
@@ -368,7 +364,7 @@ mod tests {
             "RTM_NEWADDR",
             "lo",
             "198.18.1.2".parse().unwrap(),
-            io::Error::from_raw_os_error(libc::EPERM),
+            io::Error::from_raw_os_error(crate::sys::errno::EPERM),
         );
         assert_eq!(
             err.to_string(),

@@ -42,14 +42,14 @@
 //! [packet(7)]: https://man7.org/linux/man-pages/man7/packet.7.html
 
 use std::io;
-use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd as _, OwnedFd};
 
 use connmirror_common::frame::{checksum, pseudo_v6};
 use thiserror::Error;
 
 use crate::net::address::{AddressError, ifindex};
+use crate::sys::{errno, interface, packet, socket};
 
 /// EtherType of ARP.
 const ETHERTYPE_ARP: u16 = 0x0806;
@@ -105,17 +105,15 @@ pub enum AnnounceError {
 pub fn announce(iface: &str, addr: IpAddr) -> Result<(), AnnounceError> {
     let bytes = frame(mac_address(iface)?, addr);
     let socket = packet_socket(iface, 0)?;
-    // SAFETY: `bytes` is a valid buffer of the length passed.
-    let sent = unsafe { libc::send(socket.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-    let result = match usize::try_from(sent) {
-        Err(_) => Err(io::Error::last_os_error()),
+    match socket::send(socket.as_fd(), &bytes) {
         Ok(n) if n == bytes.len() => Ok(()),
-        Ok(n) => Err(io::Error::other(format!(
-            "{n} of {} bytes sent",
-            bytes.len()
-        ))),
-    };
-    result.map_err(|source| syscall_error("send(AF_PACKET)", iface, source))
+        Ok(n) => Err(syscall_error(
+            "send(AF_PACKET)",
+            iface,
+            io::Error::other(format!("{n} of {} bytes sent", bytes.len())),
+        )),
+        Err(err) => Err(syscall_error("send(AF_PACKET)", iface, err.io_error)),
+    }
 }
 
 /// The frame [`announce`] sends for `addr` from `mac`.
@@ -140,46 +138,20 @@ pub fn frame(mac: [u8; 6], addr: IpAddr) -> Vec<u8> {
 /// `setns(2)` still sees the `/sys` mounted for its original namespace, while an
 /// ioctl acts on the namespace of the socket it is issued on.
 pub fn mac_address(iface: &str) -> Result<[u8; 6], AnnounceError> {
-    let err = |source| syscall_error("ioctl(SIOCGIFHWADDR)", iface, source);
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    // The name must leave room for the NUL that the zeroed struct supplies.
-    if iface.len() >= req.ifr_name.len() || iface.as_bytes().contains(&0) {
-        return Err(AddressError::NoSuchInterface {
+    let hw = interface::hardware_address(iface).map_err(|err| match err.raw_os_error() {
+        Some(errno::ENODEV) => AddressError::NoSuchInterface {
             iface: iface.to_owned(),
         }
-        .into());
-    }
-    for (dst, &src) in req.ifr_name.iter_mut().zip(iface.as_bytes()) {
-        *dst = src as libc::c_char;
-    }
-    // Any socket will do: the ioctl falls through to dev_ioctl() in the
-    // socket's namespace (sock_do_ioctl() in net/socket.c).
-    let socket = new_socket(libc::AF_INET, libc::SOCK_DGRAM).map_err(err)?;
-    // SAFETY: `req` is a valid ifreq that SIOCGIFHWADDR fills in.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &raw mut req) } < 0 {
-        let source = io::Error::last_os_error();
-        return Err(match source.raw_os_error() {
-            Some(libc::ENODEV) => AddressError::NoSuchInterface {
-                iface: iface.to_owned(),
-            }
-            .into(),
-            _ => err(source),
-        });
-    }
-    // SAFETY: SIOCGIFHWADDR filled in the ifru_hwaddr member of the union.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != libc::ARPHRD_ETHER {
+        .into(),
+        _ => syscall_error(err.call, iface, err.io_error),
+    })?;
+    if hw.kind != interface::ARPHRD_ETHER {
         return Err(AnnounceError::NotEthernet {
             iface: iface.to_owned(),
-            hw_type: hw.sa_family,
+            hw_type: hw.kind,
         });
     }
-    let mut mac = [0u8; 6];
-    for (dst, &src) in mac.iter_mut().zip(&hw.sa_data) {
-        *dst = src as u8;
-    }
-    Ok(mac)
+    Ok(hw.bytes)
 }
 
 /// An `AF_PACKET` / `SOCK_RAW` socket bound to `iface` in the calling thread's
@@ -193,40 +165,7 @@ pub fn mac_address(iface: &str) -> Result<[u8; 6], AnnounceError> {
 /// [packet(7)]: https://man7.org/linux/man-pages/man7/packet.7.html
 pub fn packet_socket(iface: &str, protocol: u16) -> Result<OwnedFd, AnnounceError> {
     let ifindex = ifindex(iface)?;
-    let fd = new_socket(libc::AF_PACKET, libc::SOCK_RAW)
-        .map_err(|e| syscall_error("socket(AF_PACKET, SOCK_RAW)", iface, e))?;
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol.to_be();
-    addr.sll_ifindex = ifindex as i32;
-    // SAFETY: `addr` is a valid sockaddr_ll of the length passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast(),
-            mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(syscall_error(
-            "bind(AF_PACKET)",
-            iface,
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(fd)
-}
-
-/// A new close-on-exec socket with protocol 0.
-fn new_socket(domain: libc::c_int, kind: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call.
-    let raw = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    packet::bound_socket(ifindex, protocol).map_err(|e| syscall_error(e.call, iface, e.io_error))
 }
 
 fn syscall_error(call: &'static str, iface: &str, source: io::Error) -> AnnounceError {

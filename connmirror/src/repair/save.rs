@@ -29,27 +29,21 @@
 //! developed on 6.18. Needs `CAP_NET_ADMIN`.
 
 use std::io;
-use std::mem::size_of;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::repair::restore::{
-    QueueMode, RestoreError, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
-};
-use crate::sys::sockopt;
+use crate::repair::restore::{QueueMode, RestoreError, RestoreOptions, RestorePlan, WindowScale};
+use crate::sys::sockopt::{self, TcpInfo};
+use crate::sys::{SyscallError, socket};
 
 /// `TCP_REPAIR` and `TCP_REPAIR_QUEUE` values (include/uapi/linux/tcp.h).
-const TCP_REPAIR_ON: libc::c_int = 1;
-const TCP_RECV_QUEUE: libc::c_int = 1;
-const TCP_SEND_QUEUE: libc::c_int = 2;
+const TCP_REPAIR_ON: i32 = 1;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
 /// `tcpi_options` bits (include/uapi/linux/tcp.h).
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
-/// `SIOCINQ` / `SIOCOUTQ` (include/uapi/linux/sockios.h: aliases of `FIONREAD`
-/// / `TIOCOUTQ`); libc does not define them.
-const SIOCINQ: libc::Ioctl = libc::FIONREAD;
-const SIOCOUTQ: libc::Ioctl = libc::TIOCOUTQ;
 
 /// Puts the established socket `stream` in repair mode and reads the plan
 /// that rebuilds its local end elsewhere, with `queue` (see the module docs).
@@ -64,42 +58,29 @@ pub fn dump(stream: &TcpStream, queue: QueueMode) -> Result<RestorePlan, Restore
             error,
         }
     };
+    let failed = |e: SyscallError| fail(e.call, e.io_error);
     let fd = stream.as_fd();
-    let set = |option, value, call| {
-        sockopt::set_int(fd, libc::IPPROTO_TCP, option, value).map_err(|e| fail(call, e))
-    };
-    set(libc::TCP_REPAIR, TCP_REPAIR_ON, "setsockopt(TCP_REPAIR)")?;
-    set(
-        libc::TCP_REPAIR_QUEUE,
-        TCP_SEND_QUEUE,
-        "setsockopt(TCP_REPAIR_QUEUE)",
-    )?;
-    let write_seq: u32 = get_tcp(fd, libc::TCP_QUEUE_SEQ)
-        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, send queue)", e))?;
-    let queued = ioctl_len(fd, SIOCOUTQ).map_err(|e| fail("ioctl(SIOCOUTQ)", e))?;
+    let select = |queue| sockopt::set(fd, &sockopt::TCP_REPAIR_QUEUE, &queue).map_err(failed);
+    sockopt::set(fd, &sockopt::TCP_REPAIR, &TCP_REPAIR_ON).map_err(failed)?;
+    select(TCP_SEND_QUEUE)?;
+    let write_seq = sockopt::get(fd, &sockopt::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, send queue)", e.io_error))?;
+    let queued = socket::unacked(fd).map_err(failed)?;
     let send_queue = peek(fd, queued).map_err(|e| fail("recv(MSG_PEEK) of the send queue", e))?;
-    set(
-        libc::TCP_REPAIR_QUEUE,
-        TCP_RECV_QUEUE,
-        "setsockopt(TCP_REPAIR_QUEUE)",
-    )?;
-    let recv_seq: u32 = get_tcp(fd, libc::TCP_QUEUE_SEQ)
-        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, receive queue)", e))?;
-    let unread = ioctl_len(fd, SIOCINQ).map_err(|e| fail("ioctl(SIOCINQ)", e))?;
+    select(TCP_RECV_QUEUE)?;
+    let recv_seq = sockopt::get(fd, &sockopt::TCP_QUEUE_SEQ)
+        .map_err(|e| fail("getsockopt(TCP_QUEUE_SEQ, receive queue)", e.io_error))?;
+    let unread = socket::unread(fd).map_err(failed)?;
     if unread > 0 {
         let error = io::Error::other(format!("{unread} received bytes are not read yet"));
         return Err(fail("ioctl(SIOCINQ)", error));
     }
-    let info = tcp_info(fd).map_err(|e| fail("getsockopt(TCP_INFO)", e))?;
+    let info = tcp_info(fd).map_err(failed)?;
     let timestamps = info.tcpi_options & TCPI_OPT_TIMESTAMPS != 0;
-    let mss: libc::c_int =
-        get_tcp(fd, libc::TCP_MAXSEG).map_err(|e| fail("getsockopt(TCP_MAXSEG)", e))?;
-    let window: RestoreWindow = get_tcp(fd, libc::TCP_REPAIR_WINDOW)
-        .map_err(|e| fail("getsockopt(TCP_REPAIR_WINDOW)", e))?;
+    let mss = sockopt::get(fd, &sockopt::TCP_MAXSEG).map_err(failed)?;
+    let window = sockopt::get(fd, &sockopt::TCP_REPAIR_WINDOW).map_err(failed)?;
     let timestamp = match timestamps {
-        true => Some(
-            get_tcp(fd, libc::TCP_TIMESTAMP).map_err(|e| fail("getsockopt(TCP_TIMESTAMP)", e))?,
-        ),
+        true => Some(sockopt::get(fd, &sockopt::TCP_TIMESTAMP).map_err(failed)?),
         false => None,
     };
     let (server, client) = ends(stream);
@@ -115,15 +96,15 @@ pub fn dump(stream: &TcpStream, queue: QueueMode) -> Result<RestorePlan, Restore
             sack: info.tcpi_options & TCPI_OPT_SACK != 0,
             timestamps,
         },
-        window,
+        window: window.into(),
         timestamp,
         queue,
     })
 }
 
 /// `TCP_INFO` of a TCP socket.
-pub fn tcp_info(fd: impl AsFd) -> io::Result<libc::tcp_info> {
-    get_tcp(fd.as_fd(), libc::TCP_INFO)
+pub fn tcp_info(fd: impl AsFd) -> Result<TcpInfo, SyscallError> {
+    sockopt::get(fd.as_fd(), &sockopt::TCP_INFO)
 }
 
 /// The socket's (local, peer) addresses; unspecified ones if unknown.
@@ -136,7 +117,7 @@ fn ends(stream: &TcpStream) -> (SocketAddr, SocketAddr) {
 }
 
 /// The window-scale shifts `TCP_INFO` reports, if scaling was negotiated.
-fn window_scale(info: &libc::tcp_info) -> Option<WindowScale> {
+fn window_scale(info: &TcpInfo) -> Option<WindowScale> {
     // `tcpi_snd_wscale : 4, tcpi_rcv_wscale : 4`: the first bitfield is the low
     // nibble on little-endian targets.
     (info.tcpi_options & TCPI_OPT_WSCALE != 0).then_some(WindowScale {
@@ -145,57 +126,14 @@ fn window_scale(info: &libc::tcp_info) -> Option<WindowScale> {
     })
 }
 
-/// `getsockopt(IPPROTO_TCP, option)` into a `T` (plain old data the kernel
-/// fills in; a shorter answer leaves the rest zero).
-fn get_tcp<T: Copy>(fd: BorrowedFd<'_>, option: libc::c_int) -> io::Result<T> {
-    // SAFETY: every T used here is plain old data for which all-zero is valid.
-    let mut value: T = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is valid for writing `len` bytes.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            option,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    };
-    match rc {
-        0 => Ok(value),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
-/// A byte count from `ioctl(request)`.
-fn ioctl_len(fd: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<usize> {
-    let mut n: libc::c_int = 0;
-    // SAFETY: both requests write one int.
-    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), request, &raw mut n) };
-    match rc {
-        0 => usize::try_from(n).map_err(|_| io::Error::other("negative queue length")),
-        _ => Err(io::Error::last_os_error()),
-    }
-}
-
 /// The first `len` bytes of the selected repair queue (`recv(MSG_PEEK)`).
 fn peek(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     if len == 0 {
         return Ok(buf);
     }
-    // SAFETY: `buf` is valid for writing `len` bytes.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            len,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match usize::try_from(n) {
-        Ok(n) if n == len => Ok(buf),
-        Ok(n) => Err(io::Error::other(format!("{n} of {len} bytes"))),
-        Err(_) => Err(io::Error::last_os_error()),
+    match socket::peek(fd, &mut buf).map_err(|e| e.io_error)? {
+        n if n == len => Ok(buf),
+        n => Err(io::Error::other(format!("{n} of {len} bytes"))),
     }
 }

@@ -152,31 +152,33 @@
 //! [net/ipv4/tcp_metrics.c]: https://github.com/torvalds/linux/blob/master/net/ipv4/tcp_metrics.c
 
 use std::fmt;
-use std::fs::File;
 use std::io;
-use std::mem::size_of;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
-use std::thread::{self, ScopedJoinHandle};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use libc::c_int;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::sys::sockopt;
+use crate::sys::sockopt::{self, Opt, TcpRepairOpt, TcpRepairWindow};
+use crate::sys::{SyscallError, socket};
+
+mod parallel;
+#[cfg(test)]
+mod tests;
+
+pub use parallel::{build_all, leave_all};
 
 /// `TCP_REPAIR` values (include/uapi/linux/tcp.h).
-const TCP_REPAIR_ON: c_int = 1;
-const TCP_REPAIR_OFF: c_int = 0;
+const TCP_REPAIR_ON: i32 = 1;
+const TCP_REPAIR_OFF: i32 = 0;
 /// Leave repair mode without sending a window probe (include/uapi/linux/tcp.h,
 /// Linux ≥ 4.8); libc does not define it.
-const TCP_REPAIR_OFF_NO_WP: c_int = -1;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 /// `TCP_REPAIR_QUEUE` values (`TCP_NO_QUEUE`, `TCP_RECV_QUEUE`, `TCP_SEND_QUEUE`
 /// in include/uapi/linux/tcp.h); libc does not define them.
-const TCP_NO_QUEUE: c_int = 0;
-const TCP_RECV_QUEUE: c_int = 1;
-const TCP_SEND_QUEUE: c_int = 2;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
 /// `TCP_REPAIR_OPTIONS` codes are the TCP option kinds (`TCPOPT_*` in
 /// include/net/tcp.h, a kernel-internal header libc does not mirror).
 const TCPOPT_MSS: u32 = 2;
@@ -185,8 +187,6 @@ const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
 /// The low bit of a `TCP_TIMESTAMP` value selects the microsecond clock (Linux ≥ 6.7).
 const TCP_TIMESTAMP_USEC: u32 = 1;
-/// Where the calling thread's network namespace is (Linux ≥ 3.17).
-const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// Everything needed to rebuild the server end of one connection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -235,8 +235,7 @@ pub struct WindowScale {
 }
 
 /// `struct tcp_repair_window` (include/uapi/linux/tcp.h, Linux ≥ 4.8), field for
-/// field, so it can be passed to (and read from) `TCP_REPAIR_WINDOW` directly.
-#[repr(C)]
+/// field, as `TCP_REPAIR_WINDOW` reads and writes it ([`TcpRepairWindow`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RestoreWindow {
     /// Sequence number of the segment that last updated the send window.
@@ -249,6 +248,44 @@ pub struct RestoreWindow {
     pub rcv_wnd: u32,
     /// `rcv_nxt` when `rcv_wnd` was last advertised.
     pub rcv_wup: u32,
+}
+
+impl From<TcpRepairWindow> for RestoreWindow {
+    fn from(w: TcpRepairWindow) -> RestoreWindow {
+        let TcpRepairWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd,
+            rcv_wup,
+        } = w;
+        RestoreWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd,
+            rcv_wup,
+        }
+    }
+}
+
+impl From<RestoreWindow> for TcpRepairWindow {
+    fn from(w: RestoreWindow) -> TcpRepairWindow {
+        let RestoreWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd,
+            rcv_wup,
+        } = w;
+        TcpRepairWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd,
+            rcv_wup,
+        }
+    }
 }
 
 /// How the unacknowledged send-queue bytes are put back.
@@ -279,14 +316,6 @@ pub struct RestoreError {
     pub error: io::Error,
 }
 
-/// `struct tcp_repair_opt` (include/uapi/linux/tcp.h).
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct TcpRepairOpt {
-    opt_code: u32,
-    opt_val: u32,
-}
-
 /// A socket rebuilt in repair mode: established, nothing sent yet.
 ///
 /// Dropping it closes the socket without sending anything (see the module docs).
@@ -304,13 +333,8 @@ impl RepairedSocket {
     pub fn build(plan: &RestorePlan) -> Result<RepairedSocket, RestoreError> {
         let mut sock = RepairedSocket::open(plan.server, plan.client)?;
         sock.allow_foreign_address()?;
-        sock.set_int(
-            libc::IPPROTO_TCP,
-            libc::TCP_MAXSEG,
-            "setsockopt(TCP_MAXSEG)",
-            c_int::from(plan.options.mss),
-        )?;
-        sock.addr_call("bind", plan.server, libc::bind)?;
+        sock.set(&sockopt::TCP_MAXSEG, &i32::from(plan.options.mss))?;
+        socket::bind(sock.fd.as_fd(), plan.server).map_err(|e| sock.failed(e))?;
         sock.set_queue_seq(
             TCP_SEND_QUEUE,
             plan.send_seq,
@@ -322,19 +346,11 @@ impl RepairedSocket {
             "setsockopt(TCP_QUEUE_SEQ, receive queue)",
         )?;
         sock.select_queue(TCP_NO_QUEUE)?;
-        sock.addr_call("connect", plan.client, libc::connect)?;
+        socket::connect(sock.fd.as_fd(), plan.client).map_err(|e| sock.failed(e))?;
         sock.set_options(&plan.options)?;
-        sock.set_tcp(
-            "setsockopt(TCP_REPAIR_WINDOW)",
-            libc::TCP_REPAIR_WINDOW,
-            &plan.window,
-        )?;
+        sock.set(&sockopt::TCP_REPAIR_WINDOW, &plan.window.into())?;
         if let Some(ts) = plan.timestamp {
-            sock.set_tcp(
-                "setsockopt(TCP_TIMESTAMP)",
-                libc::TCP_TIMESTAMP,
-                &(ts & !TCP_TIMESTAMP_USEC),
-            )?;
+            sock.set(&sockopt::TCP_TIMESTAMP, &(ts & !TCP_TIMESTAMP_USEC))?;
         }
         match plan.queue {
             QueueMode::Sent => sock.queue_as_sent(&plan.send_queue)?,
@@ -346,12 +362,7 @@ impl RepairedSocket {
     /// Leaves repair mode (`TCP_REPAIR = 0`: the kernel sends a window probe), then
     /// writes the [`QueueMode::Unsent`] bytes, and returns a blocking stream.
     pub fn leave_repair(self) -> Result<TcpStream, RestoreError> {
-        self.set_int(
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR,
-            "setsockopt(TCP_REPAIR)",
-            TCP_REPAIR_OFF,
-        )?;
+        self.set(&sockopt::TCP_REPAIR, &TCP_REPAIR_OFF)?;
         if !self.unsent.is_empty() {
             self.send_all(&self.unsent)?;
         }
@@ -369,14 +380,8 @@ impl RepairedSocket {
     /// byte the primary sent, and accepts a RST only at its `rcv_nxt`.
     pub fn reset(self) -> Result<(), RestoreError> {
         self.queue_as_sent(&self.unsent)?;
-        self.set_int(
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR,
-            "setsockopt(TCP_REPAIR)",
-            TCP_REPAIR_OFF_NO_WP,
-        )?;
-        sockopt::linger_zero(self.fd.as_fd())
-            .map_err(|error| self.error("setsockopt(SO_LINGER)", error))?;
+        self.set(&sockopt::TCP_REPAIR, &TCP_REPAIR_OFF_NO_WP)?;
+        sockopt::linger_zero(self.fd.as_fd()).map_err(|e| self.failed(e))?;
         // close(2) of a TCP socket does not fail; the RST is sent from inside it.
         drop(self);
         Ok(())
@@ -389,33 +394,15 @@ impl RepairedSocket {
 
     /// `socket()` for the family of `server`, then `TCP_REPAIR = 1`.
     fn open(server: SocketAddr, client: SocketAddr) -> Result<RepairedSocket, RestoreError> {
-        let (domain, call) = match server {
-            SocketAddr::V4(_) => (libc::AF_INET, "socket(AF_INET, SOCK_STREAM)"),
-            SocketAddr::V6(_) => (libc::AF_INET6, "socket(AF_INET6, SOCK_STREAM)"),
-        };
-        // SAFETY: plain socket(2) call.
-        let raw = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(restore_error(
-                call,
-                server,
-                client,
-                io::Error::last_os_error(),
-            ));
-        }
+        let fd = socket::tcp_socket(server)
+            .map_err(|e| restore_error(e.call, server, client, e.io_error))?;
         let sock = RepairedSocket {
-            // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
+            fd,
             server,
             client,
             unsent: Vec::new(),
         };
-        sock.set_int(
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR,
-            "setsockopt(TCP_REPAIR)",
-            TCP_REPAIR_ON,
-        )?;
+        sock.set(&sockopt::TCP_REPAIR, &TCP_REPAIR_ON)?;
         Ok(sock)
     }
 
@@ -423,64 +410,28 @@ impl RepairedSocket {
     /// service address is not local yet (module docs, step 2).
     fn allow_foreign_address(&self) -> Result<(), RestoreError> {
         let options = match self.server {
-            SocketAddr::V4(_) => [
-                (
-                    libc::IPPROTO_IP,
-                    libc::IP_FREEBIND,
-                    "setsockopt(IP_FREEBIND)",
-                ),
-                (
-                    libc::IPPROTO_IP,
-                    libc::IP_TRANSPARENT,
-                    "setsockopt(IP_TRANSPARENT)",
-                ),
-            ],
-            SocketAddr::V6(_) => [
-                (
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_FREEBIND,
-                    "setsockopt(IPV6_FREEBIND)",
-                ),
-                (
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_TRANSPARENT,
-                    "setsockopt(IPV6_TRANSPARENT)",
-                ),
-            ],
+            SocketAddr::V4(_) => [sockopt::IP_FREEBIND, sockopt::IP_TRANSPARENT],
+            SocketAddr::V6(_) => [sockopt::IPV6_FREEBIND, sockopt::IPV6_TRANSPARENT],
         };
-        options
-            .into_iter()
-            .try_for_each(|(level, option, call)| self.set_int(level, option, call, 1))
+        (options.iter()).try_for_each(|option| self.set(option, &1))
     }
 
     /// `TCP_REPAIR_QUEUE = queue`, then `TCP_QUEUE_SEQ = seq` for it.
-    fn set_queue_seq(
-        &self,
-        queue: c_int,
-        seq: u32,
-        call: &'static str,
-    ) -> Result<(), RestoreError> {
+    fn set_queue_seq(&self, queue: i32, seq: u32, call: &'static str) -> Result<(), RestoreError> {
         self.select_queue(queue)?;
-        self.set_tcp(call, libc::TCP_QUEUE_SEQ, &seq)
+        sockopt::set(self.fd.as_fd(), &sockopt::TCP_QUEUE_SEQ, &seq)
+            .map_err(|e| self.error(call, e.io_error))
     }
 
-    fn select_queue(&self, queue: c_int) -> Result<(), RestoreError> {
-        self.set_int(
-            libc::IPPROTO_TCP,
-            libc::TCP_REPAIR_QUEUE,
-            "setsockopt(TCP_REPAIR_QUEUE)",
-            queue,
-        )
+    fn select_queue(&self, queue: i32) -> Result<(), RestoreError> {
+        self.set(&sockopt::TCP_REPAIR_QUEUE, &queue)
     }
 
     /// `TCP_REPAIR_OPTIONS` (module docs, step 7).
     fn set_options(&self, options: &RestoreOptions) -> Result<(), RestoreError> {
         let (list, len) = repair_options(options);
-        self.set_tcp(
-            "setsockopt(TCP_REPAIR_OPTIONS)",
-            libc::TCP_REPAIR_OPTIONS,
-            &list[..len],
-        )
+        sockopt::set_slice(self.fd.as_fd(), &sockopt::TCP_REPAIR_OPTIONS, &list[..len])
+            .map_err(|e| self.failed(e))
     }
 
     /// Puts `bytes` in the send queue as already sent (module docs, step 10).
@@ -501,24 +452,13 @@ impl RepairedSocket {
         let mut sent = 0;
         while sent < bytes.len() {
             let rest = &bytes[sent..];
-            // SAFETY: `rest` is a valid buffer of `rest.len()` bytes.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            match n {
-                n if n > 0 => sent += n as usize,
-                0 => return Err(self.error("send", io::Error::from(io::ErrorKind::WriteZero))),
-                _ => {
-                    let err = io::Error::last_os_error();
-                    if err.kind() != io::ErrorKind::Interrupted {
-                        let what = format!("send ({sent} of {} bytes queued)", bytes.len());
-                        return Err(self.error(what, err));
-                    }
+            match socket::send_nowait(self.fd.as_fd(), rest) {
+                Ok(0) => return Err(self.error("send", io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(n) => sent += n,
+                Err(e) if e.io_error.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let what = format!("send ({sent} of {} bytes queued)", bytes.len());
+                    return Err(self.error(what, e.io_error));
                 }
             }
         }
@@ -534,82 +474,23 @@ impl RepairedSocket {
     /// buffer, which stays large enough for the queue it restored.
     fn make_room(&self, len: usize) -> Result<(), RestoreError> {
         const SLACK: usize = 64 * 1024;
-        let current = self.get_int(libc::SOL_SOCKET, libc::SO_SNDBUF, "getsockopt(SO_SNDBUF)")?;
+        let current =
+            sockopt::get(self.fd.as_fd(), &sockopt::SO_SNDBUF).map_err(|e| self.failed(e))?;
         let wanted = len.saturating_add(SLACK);
         if usize::try_from(current).unwrap_or(0) / 2 >= wanted {
             return Ok(());
         }
-        let value = c_int::try_from(wanted).unwrap_or(c_int::MAX / 2);
-        self.set_int(
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            "setsockopt(SO_SNDBUFFORCE)",
-            value,
-        )
+        let value = i32::try_from(wanted).unwrap_or(i32::MAX / 2);
+        self.set(&sockopt::SO_SNDBUFFORCE, &value)
     }
 
-    fn set_int(
-        &self,
-        level: c_int,
-        option: c_int,
-        call: &'static str,
-        value: c_int,
-    ) -> Result<(), RestoreError> {
-        self.set(level, option, call, &value)
+    /// `setsockopt(option, value)`, failing with this connection's ends.
+    fn set<T: sockopt::Pod>(&self, option: &Opt<T>, value: &T) -> Result<(), RestoreError> {
+        sockopt::set(self.fd.as_fd(), option, value).map_err(|e| self.failed(e))
     }
 
-    fn set_tcp<T: ?Sized>(
-        &self,
-        call: &'static str,
-        option: c_int,
-        value: &T,
-    ) -> Result<(), RestoreError> {
-        self.set(libc::IPPROTO_TCP, option, call, value)
-    }
-
-    /// `setsockopt(level, option, value)`; `T` must be plain old data laid out as
-    /// the kernel expects for `option`.
-    fn set<T: ?Sized>(
-        &self,
-        level: c_int,
-        option: c_int,
-        call: &'static str,
-        value: &T,
-    ) -> Result<(), RestoreError> {
-        // SAFETY: every T passed here is plain old data with the layout the
-        // kernel expects for its option (ints, tcp_repair_opt, tcp_repair_window).
-        unsafe { sockopt::set(self.fd.as_fd(), level, option, value) }
-            .map_err(|error| self.error(call, error))
-    }
-
-    fn get_int(
-        &self,
-        level: c_int,
-        option: c_int,
-        call: &'static str,
-    ) -> Result<c_int, RestoreError> {
-        sockopt::get_int(self.fd.as_fd(), level, option).map_err(|error| self.error(call, error))
-    }
-
-    /// `bind` or `connect` to `addr`.
-    fn addr_call(
-        &self,
-        call: &'static str,
-        addr: SocketAddr,
-        f: unsafe extern "C" fn(c_int, *const libc::sockaddr, libc::socklen_t) -> c_int,
-    ) -> Result<(), RestoreError> {
-        let (storage, len) = sockaddr(addr);
-        // SAFETY: `storage` holds a valid sockaddr of `len` bytes.
-        let rc = unsafe { f(self.fd.as_raw_fd(), (&raw const storage).cast(), len) };
-        self.check(rc, call)
-    }
-
-    fn check(&self, rc: c_int, call: &'static str) -> Result<(), RestoreError> {
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(self.error(call, io::Error::last_os_error()))
-        }
+    fn failed(&self, err: SyscallError) -> RestoreError {
+        self.error(err.call, err.io_error)
     }
 
     fn error(&self, call: impl Into<String>, source: io::Error) -> RestoreError {
@@ -637,176 +518,6 @@ impl fmt::Debug for RepairedSocket {
             .field("client", client)
             .field("unsent_bytes", &unsent.len())
             .finish()
-    }
-}
-
-/// Builds every plan on `workers` threads in parallel batches (contiguous runs of
-/// `plans`, one per thread); result `i` belongs to `plans[i]`. Every socket is
-/// created in the calling thread's network namespace.
-pub fn build_all(
-    plans: &[RestorePlan],
-    workers: usize,
-) -> Vec<Result<RepairedSocket, RestoreError>> {
-    in_caller_netns(
-        plans.iter().collect(),
-        workers,
-        |plan| (plan.server, plan.client),
-        RepairedSocket::build,
-    )
-}
-
-/// Leaves repair mode on every socket ([`RepairedSocket::leave_repair`]) on
-/// `workers` threads; result `i` belongs to `sockets[i]`.
-pub fn leave_all(
-    sockets: Vec<RepairedSocket>,
-    workers: usize,
-) -> Vec<Result<TcpStream, RestoreError>> {
-    in_caller_netns(
-        sockets,
-        workers,
-        RepairedSocket::flow,
-        RepairedSocket::leave_repair,
-    )
-}
-
-/// Runs `work` over `items` on up to `workers` threads, each in the calling
-/// thread's network namespace, and returns the results in order.
-///
-/// A socket belongs for its whole life to the network namespace of the thread
-/// that created it, and a daemon typically enters the standby's namespace with
-/// `setns(2)` on one thread only (network namespaces are per thread). A thread
-/// created with `clone(CLONE_THREAD)` starts with its creator's namespaces
-/// (`copy_namespaces()` in kernel/nsproxy.c shares the creator's `nsproxy`;
-/// checked here on 6.18: a thread spawned after `setns` is in the new
-/// namespace), so scoped threads spawned from the caller would already be right.
-/// Each worker still joins the caller's namespace explicitly, from a descriptor
-/// of `/proc/thread-self/ns/net` opened on the calling thread, so that
-/// correctness never depends on who created the worker (a pool created earlier,
-/// on another thread, would sit in the process's first namespace). The first
-/// batch runs on the calling thread itself.
-fn in_caller_netns<I, O, F, W>(
-    items: Vec<I>,
-    workers: usize,
-    flow: F,
-    work: W,
-) -> Vec<Result<O, RestoreError>>
-where
-    I: Send,
-    O: Send,
-    F: Fn(&I) -> (SocketAddr, SocketAddr) + Sync,
-    W: Fn(I) -> Result<O, RestoreError> + Sync,
-{
-    let netns = match File::open(THREAD_NETNS) {
-        Ok(file) => file,
-        Err(err) => return fail_all(items, &flow, &format!("open({THREAD_NETNS})"), &err),
-    };
-    let mut batches = batches(items, workers).into_iter();
-    let first = batches.next().unwrap_or_default();
-    let run = |netns: Option<&File>, batch: Vec<I>| run_batch(netns, batch, &flow, &work);
-    thread::scope(|s| {
-        let others: Vec<_> = batches
-            .map(|batch| spawn_batch(s, &netns, batch, &run))
-            .collect();
-        let mut results = run(None, first);
-        for batch in others {
-            match batch {
-                Batch::Running(handle) => match handle.join() {
-                    Ok(done) => results.extend(done),
-                    Err(payload) => std::panic::resume_unwind(payload),
-                },
-                Batch::Done(done) => results.extend(done),
-            }
-        }
-        results
-    })
-}
-
-/// A batch running on its own thread, or already run on the calling thread.
-enum Batch<'s, O> {
-    Running(ScopedJoinHandle<'s, Vec<Result<O, RestoreError>>>),
-    Done(Vec<Result<O, RestoreError>>),
-}
-
-/// Runs `batch` on a new thread that joins `netns`. The batch is handed over
-/// only once the thread exists, so that if it cannot be created the batch runs
-/// on the calling thread (already in the right namespace) instead of being lost.
-fn spawn_batch<'s, 'e: 's, I, O>(
-    s: &'s thread::Scope<'s, 'e>,
-    netns: &'e File,
-    batch: Vec<I>,
-    run: &'e (impl Fn(Option<&File>, Vec<I>) -> Vec<Result<O, RestoreError>> + Sync),
-) -> Batch<'s, O>
-where
-    I: Send + 'e,
-    O: Send + 'e,
-{
-    let (tx, rx) = mpsc::sync_channel::<Vec<I>>(1);
-    let spawned = thread::Builder::new()
-        .name("restore".into())
-        .spawn_scoped(s, move || run(Some(netns), rx.recv().unwrap_or_default()));
-    match spawned {
-        Ok(handle) => match tx.send(batch) {
-            Ok(()) => Batch::Running(handle),
-            Err(mpsc::SendError(batch)) => Batch::Done(run(None, batch)),
-        },
-        Err(_) => Batch::Done(run(None, batch)),
-    }
-}
-
-/// Splits `items` into at most `workers` contiguous batches of nearly equal size.
-fn batches<I>(items: Vec<I>, workers: usize) -> Vec<Vec<I>> {
-    let size = items.len().div_ceil(workers.max(1)).max(1);
-    let mut items = items.into_iter().peekable();
-    let mut batches = Vec::new();
-    while items.peek().is_some() {
-        batches.push(items.by_ref().take(size).collect());
-    }
-    batches
-}
-
-/// Joins `netns` (when given), then runs `work` over `batch`.
-fn run_batch<I, O>(
-    netns: Option<&File>,
-    batch: Vec<I>,
-    flow: &impl Fn(&I) -> (SocketAddr, SocketAddr),
-    work: &impl Fn(I) -> Result<O, RestoreError>,
-) -> Vec<Result<O, RestoreError>> {
-    if let Some(netns) = netns {
-        // SAFETY: `netns` is an open namespace file; setns only changes this
-        // thread's network namespace.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return fail_all(
-                batch,
-                flow,
-                "setns(CLONE_NEWNET)",
-                &io::Error::last_os_error(),
-            );
-        }
-    }
-    batch.into_iter().map(work).collect()
-}
-
-/// The same error for every item.
-fn fail_all<I, O>(
-    items: Vec<I>,
-    flow: &impl Fn(&I) -> (SocketAddr, SocketAddr),
-    call: &str,
-    err: &io::Error,
-) -> Vec<Result<O, RestoreError>> {
-    items
-        .iter()
-        .map(|item| {
-            let (server, client) = flow(item);
-            Err(restore_error(call, server, client, copy_error(err)))
-        })
-        .collect()
-}
-
-/// `io::Error` is not `Clone`; an OS error is rebuilt from its code.
-fn copy_error(err: &io::Error) -> io::Error {
-    match err.raw_os_error() {
-        Some(code) => io::Error::from_raw_os_error(code),
-        None => io::Error::new(err.kind(), err.to_string()),
     }
 }
 
@@ -855,101 +566,4 @@ fn repair_options(options: &RestoreOptions) -> ([TcpRepairOpt; 4], usize) {
         push(TCPOPT_TIMESTAMP, 0);
     }
     (list, len)
-}
-
-/// `addr` as a `sockaddr_in` / `sockaddr_in6` in a `sockaddr_storage`.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in>().write(sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6 and suitably aligned.
-            unsafe { (&raw mut storage).cast::<libc::sockaddr_in6>().write(sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repair_options_always_carry_mss_and_window_scale() {
-        let options = RestoreOptions {
-            mss: 1460,
-            window_scale: Some(WindowScale {
-                send: 7,
-                receive: 9,
-            }),
-            sack: true,
-            timestamps: true,
-        };
-        let (list, len) = repair_options(&options);
-        let pairs: Vec<_> = list[..len]
-            .iter()
-            .map(|o| (o.opt_code, o.opt_val))
-            .collect();
-        assert_eq!(pairs, [(2, 1460), (3, 7 | 9 << 16), (4, 0), (8, 0)]);
-
-        let bare = RestoreOptions {
-            mss: 536,
-            window_scale: None,
-            sack: false,
-            timestamps: false,
-        };
-        let (list, len) = repair_options(&bare);
-        let pairs: Vec<_> = list[..len]
-            .iter()
-            .map(|o| (o.opt_code, o.opt_val))
-            .collect();
-        assert_eq!(pairs, [(2, 536), (3, 0)]);
-    }
-
-    #[test]
-    fn batches_keep_order_and_cover_every_item() {
-        assert_eq!(
-            batches((0..10).collect(), 3),
-            [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
-        );
-        assert_eq!(batches((0..2).collect(), 8), [vec![0], vec![1]]);
-        assert_eq!(batches::<u8>(Vec::new(), 0), Vec::<Vec<u8>>::new());
-    }
-
-    #[test]
-    fn error_text_names_the_call_and_the_flow() {
-        let err = restore_error(
-            "setsockopt(TCP_REPAIR_WINDOW)",
-            "198.18.1.2:7000".parse().unwrap(),
-            "198.18.0.1:40312".parse().unwrap(),
-            io::Error::from_raw_os_error(libc::EINVAL),
-        );
-        assert_eq!(
-            err.to_string(),
-            "setsockopt(TCP_REPAIR_WINDOW) on 198.18.1.2:7000 ↔ 198.18.0.1:40312: Invalid argument (os error 22)"
-        );
-    }
 }
