@@ -171,8 +171,7 @@ impl HandoffServer {
         let listener = bind_private(path)?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            euid: unsafe { libc::geteuid() },
+            euid: crate::sys::process::euid(),
             rejected: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             registry: Mutex::default(),
