@@ -15,7 +15,7 @@
 //! - [`journal`]: durable, checksummed record storage.
 //! - [`repair`]: `TCP_REPAIR` save and restore of one socket.
 //! - [`net`]: local addresses and their announcement.
-//! - [`metrics`], [`service`]: shared leaves.
+//! - [`metrics`], [`service`], [`key`]: shared leaves.
 //! - [`sys`]: the syscall layer.
 //!
 //! Types shared with the kernel side live in `connmirror-common`.
@@ -26,6 +26,7 @@ pub mod engine;
 pub mod failover;
 pub mod flow;
 pub mod journal;
+pub mod key;
 pub mod metrics;
 pub mod net;
 pub mod ownership;

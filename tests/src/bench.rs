@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use connmirror::{
     flow::FlowTable,
     flow::record::Record,
-    flow::recovery::replay,
+    flow::recovery::recover,
     flow::stream::StreamLimits,
     journal::{FsyncPolicy, JournalConfig, JournalWriter, ReadMode, read_journal},
 };
@@ -77,16 +77,16 @@ pub fn journal_append_rate(dir: &Path, bytes: u64) -> Result<f64> {
     Ok(offset as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Reads and replays the journal in `dir` (what recovery does before it
-/// restores flows); returns the time taken and the bytes replayed.
+/// Reads and recovers the journal in `dir` (what recovery does before it
+/// restores flows); returns the time taken and the bytes recovered.
 pub fn journal_recovery_time(dir: &Path) -> Result<(Duration, u64)> {
     let started = Instant::now();
     let scan = read_journal(dir, ReadMode::Strict)?;
     let bytes = scan.records.iter().map(|r| r.payload.len() as u64).sum();
-    let replayed = replay(scan.records.into_iter().map(Ok))?;
+    let recovered = recover(scan.records.into_iter().map(Ok))?;
     let elapsed = started.elapsed();
     anyhow::ensure!(
-        replayed.flows.len() == 1,
+        recovered.flows.len() == 1,
         "expected one flow in the journal"
     );
     Ok((elapsed, bytes))

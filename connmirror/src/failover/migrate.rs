@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::ownership::heartbeat::Key;
+use crate::key::Key;
 use crate::repair::restore::{QueueMode, RepairedSocket, RestorePlan};
 use crate::repair::save;
 use crate::resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded};

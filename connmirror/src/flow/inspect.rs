@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     FlowReport, FlowTable,
-    recovery::{ReplayError, Replayed, replay},
+    recovery::{Recovered, RecoveryError, recover},
     stream::{Retention, StreamLimits},
 };
 use crate::journal::{ReadMode, read_journal};
@@ -27,7 +27,10 @@ pub struct Inspection {
 }
 
 /// Reads the journal in `dir` without changing it.
-fn load(dir: &Path, salvage: bool) -> Result<(Replayed, crate::journal::JournalScan), ReplayError> {
+fn load(
+    dir: &Path,
+    salvage: bool,
+) -> Result<(Recovered, crate::journal::JournalScan), RecoveryError> {
     let mode = if salvage {
         ReadMode::Salvage
     } else {
@@ -35,18 +38,18 @@ fn load(dir: &Path, salvage: bool) -> Result<(Replayed, crate::journal::JournalS
     };
     let mut scan = read_journal(dir, mode)?;
     let records = std::mem::take(&mut scan.records);
-    Ok((replay(records.into_iter().map(Ok))?, scan))
+    Ok((recover(records.into_iter().map(Ok))?, scan))
 }
 
 /// Describes every flow of the journal in `dir`: state, readiness, byte counts.
 pub fn inspect(dir: &Path, salvage: bool) -> Result<Inspection, anyhow::Error> {
-    let (replayed, scan) = load(dir, salvage)?;
+    let (recovered, scan) = load(dir, salvage)?;
     let limits = StreamLimits {
         retention: Retention::Full { cap: u64::MAX },
         ..StreamLimits::default()
     };
     let mut table = FlowTable::new(limits, None);
-    table.restore_all(replayed);
+    table.restore_all(recovered);
     Ok(Inspection {
         segments: scan.segments,
         truncated_tail: scan.truncated_tail,
@@ -102,9 +105,9 @@ pub fn dump(
     salvage: bool,
     out: &mut impl Write,
 ) -> Result<u64, anyhow::Error> {
-    let (replayed, _) = load(dir, salvage)?;
-    let Some(flow) = replayed.flows.get(&id) else {
-        let ids: Vec<String> = replayed.flows.keys().map(u64::to_string).collect();
+    let (recovered, _) = load(dir, salvage)?;
+    let Some(flow) = recovered.flows.get(&id) else {
+        let ids: Vec<String> = recovered.flows.keys().map(u64::to_string).collect();
         anyhow::bail!(
             "no flow {id} in the journal {} (flows: {})",
             dir.display(),

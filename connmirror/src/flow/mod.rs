@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::{
     flow::record::{CloseReason, FlowSnapshot, Record, SideSnapshot},
-    flow::recovery::{Replayed, ReplayedFlow, ReplayedSide},
+    flow::recovery::{Recovered, RecoveredFlow, RecoveredSide},
     flow::state::{MissingRange, Readiness, SideState, after},
     flow::stream::{Chunk, Retention, Stream, StreamLimits, StreamMarks},
     repair::restore::RestorePlan,
@@ -547,24 +547,24 @@ impl FlowTable {
         std::mem::take(records)
     }
 
-    /// Rebuilds the table from a replayed journal: every flow not closed, its
+    /// Rebuilds the table from a recovered journal: every flow not closed, its
     /// streams restored from their marks, retained bytes and journaled
     /// out-of-order bytes (those pending at a crash are lost: a hole then stays
     /// a hole).
-    pub fn restore(&mut self, replayed: Replayed) {
-        self.restore_flows(replayed, false);
+    pub fn restore(&mut self, recovered: Recovered) {
+        self.restore_flows(recovered, false);
     }
 
     /// Like [`restore`](Self::restore), keeping closed and evicted flows too
     /// (for `connmirror journal inspect`).
-    pub fn restore_all(&mut self, replayed: Replayed) {
-        self.restore_flows(replayed, true);
+    pub fn restore_all(&mut self, recovered: Recovered) {
+        self.restore_flows(recovered, true);
     }
 
-    fn restore_flows(&mut self, replayed: Replayed, closed_too: bool) {
-        self.next_id = self.next_id.max(replayed.next_id);
-        for flow in (replayed.flows.into_values()).filter(|f| closed_too || f.closed.is_none()) {
-            let ReplayedFlow {
+    fn restore_flows(&mut self, recovered: Recovered, closed_too: bool) {
+        self.next_id = self.next_id.max(recovered.next_id);
+        for flow in (recovered.flows.into_values()).filter(|f| closed_too || f.closed.is_none()) {
+            let RecoveredFlow {
                 id,
                 key,
                 service_id,
@@ -574,12 +574,12 @@ impl FlowTable {
                 ..
             } = flow;
             let limits = self.limits_for(service_id);
-            let side = |replayed: ReplayedSide| {
-                let mut stream = restore_stream(limits, &replayed);
-                for (offset, bytes) in &replayed.out_of_order {
+            let side = |recovered: RecoveredSide| {
+                let mut stream = restore_stream(limits, &recovered);
+                for (offset, bytes) in &recovered.out_of_order {
                     stream.restore_out_of_order(*offset, bytes);
                 }
-                let state = caught_up(replayed.snapshot.side, &stream);
+                let state = caught_up(recovered.snapshot.side, &stream);
                 Side {
                     stream,
                     state,
@@ -735,7 +735,7 @@ fn caught_up(mut state: SideState, stream: &Stream) -> SideState {
 
 /// A stream rebuilt from journaled marks and bytes. Data journaled after the
 /// last state update moves the delivery point forward: the bytes are the truth.
-fn restore_stream(limits: StreamLimits, side: &ReplayedSide) -> Stream {
+fn restore_stream(limits: StreamLimits, side: &RecoveredSide) -> Stream {
     let mut marks = side.snapshot.marks;
     let end = side.start + side.bytes.len() as u64;
     marks.next = marks.next.max(end);

@@ -1,8 +1,11 @@
-//! The durable journal: every tracked flow's opening, delivered bytes, state
-//! changes and closing, so a standby (or a restarted daemon) can rebuild the
-//! flow table. [`storage`] frames, checksums, syncs and recovers the segment
-//! files; [`record`] says what each record means; this module replays a
-//! journal into flows ([`replay`]).
+//! Recovery: the flow table's side of the durable journal. [`Journal`] turns
+//! each tracked flow's opening, delivered bytes, state changes and closing into
+//! records for [`crate::journal`] (which frames, checksums, syncs and recovers
+//! the segment files; [`super::record`] says what each record means), and
+//! [`recover`] reads a journal back into flows, so a standby (or a restarted
+//! daemon) can rebuild the flow table. "Replay" in connmirror means only the
+//! resumption mode ([`crate::resume::replay`]); reading a journal back is
+//! recovery.
 //!
 //! Compaction: a [`record::Record::Checkpoint`] holds every live flow with its
 //! retained bytes, written first in a fresh segment; every older segment is
@@ -15,9 +18,9 @@ use connmirror_common::{Direction, FlowKey};
 use super::record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot};
 use crate::journal::{JournalError, StoredRecord};
 
-/// One direction of a replayed flow.
+/// One direction of a recovered flow.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplayedSide {
+pub struct RecoveredSide {
     /// The latest state journaled.
     pub snapshot: SideSnapshot,
     /// Stream offset of `bytes[0]`.
@@ -29,7 +32,7 @@ pub struct ReplayedSide {
     pub out_of_order: Vec<(u64, Vec<u8>)>,
 }
 
-impl ReplayedSide {
+impl RecoveredSide {
     /// Forgets the bytes before stream offset `offset` (the receiver has them),
     /// so a replica that follows a long stream holds only what a restore needs.
     pub fn release_before(&mut self, offset: u64) {
@@ -50,7 +53,7 @@ impl ReplayedSide {
 
 /// A flow rebuilt from the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplayedFlow {
+pub struct RecoveredFlow {
     /// Journal-wide id.
     pub id: u64,
     /// 4-tuple.
@@ -60,15 +63,15 @@ pub struct ReplayedFlow {
     /// Segments the kernel passed uncaptured.
     pub kernel_gaps: u32,
     /// Client → server.
-    pub c2s: ReplayedSide,
+    pub c2s: RecoveredSide,
     /// Server → client.
-    pub s2c: ReplayedSide,
+    pub s2c: RecoveredSide,
     /// Set once the flow left the table.
     pub closed: Option<CloseReason>,
 }
 
-impl ReplayedFlow {
-    fn side(&mut self, dir: Direction) -> &mut ReplayedSide {
+impl RecoveredFlow {
+    fn side(&mut self, dir: Direction) -> &mut RecoveredSide {
         match dir {
             Direction::ClientToServer => &mut self.c2s,
             Direction::ServerToClient => &mut self.s2c,
@@ -84,9 +87,9 @@ impl ReplayedFlow {
             c2s,
             s2c,
         } = snapshot;
-        let side = |snapshot: SideSnapshot| ReplayedSide {
+        let side = |snapshot: SideSnapshot| RecoveredSide {
             snapshot,
-            ..ReplayedSide::default()
+            ..RecoveredSide::default()
         };
         Self {
             id,
@@ -102,20 +105,20 @@ impl ReplayedFlow {
 
 /// The flows a journal describes, by id.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
+pub struct Recovered {
     /// The next id to hand out.
     pub next_id: u64,
     /// Every flow opened (closed ones included, with `closed` set).
-    pub flows: BTreeMap<u64, ReplayedFlow>,
+    pub flows: BTreeMap<u64, RecoveredFlow>,
     /// Records that named a flow the journal never opened (counted, not fatal).
     pub orphans: u64,
     /// A checkpoint being read: it replaces the state above only once its end
     /// record arrives (a crash in the middle of writing one leaves the older
     /// segments, which it never deleted, in charge).
-    pending: Option<Box<Replayed>>,
+    pending: Option<Box<Recovered>>,
 }
 
-impl Replayed {
+impl Recovered {
     /// An empty state, ready for records (a stream that starts with a
     /// checkpoint, as replication does).
     pub fn new() -> Self {
@@ -136,9 +139,9 @@ impl Replayed {
     }
 }
 
-/// Why a journal could not be replayed.
+/// Why a journal could not be recovered.
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub enum RecoveryError {
     /// Reading the segments failed (I/O, or corruption in strict mode).
     #[error(transparent)]
     Storage(#[from] JournalError),
@@ -157,65 +160,65 @@ pub enum ReplayError {
 
 /// Rebuilds the flows from journal records in order: the state of the last
 /// checkpoint, then every record after it.
-pub fn replay(
+pub fn recover(
     records: impl IntoIterator<Item = Result<StoredRecord, JournalError>>,
-) -> Result<Replayed, ReplayError> {
-    let mut replayed = Replayed::new();
+) -> Result<Recovered, RecoveryError> {
+    let mut recovered = Recovered::new();
     for stored in records {
         let StoredRecord {
             position,
             kind,
             payload,
         } = stored?;
-        let record = Record::decode(kind, &payload).map_err(|source| ReplayError::Record {
+        let record = Record::decode(kind, &payload).map_err(|source| RecoveryError::Record {
             segment: position.segment,
             offset: position.offset,
             source,
         })?;
-        apply(&mut replayed, record);
+        apply(&mut recovered, record);
     }
-    Ok(replayed)
+    Ok(recovered)
 }
 
-fn apply(replayed: &mut Replayed, record: Record) {
+fn apply(recovered: &mut Recovered, record: Record) {
     match record {
         Record::CheckpointBegin { next_id } => {
-            replayed.pending = Some(Box::new(Replayed {
+            recovered.pending = Some(Box::new(Recovered {
                 next_id,
-                ..Replayed::default()
+                ..Recovered::default()
             }));
             return;
         }
         Record::CheckpointEnd => {
-            if let Some(checkpoint) = replayed.pending.take() {
-                let orphans = replayed.orphans;
-                *replayed = *checkpoint;
-                replayed.orphans += orphans;
+            if let Some(checkpoint) = recovered.pending.take() {
+                let orphans = recovered.orphans;
+                *recovered = *checkpoint;
+                recovered.orphans += orphans;
             }
             return;
         }
         _ => {}
     }
-    let target = match replayed.pending.as_deref_mut() {
+    let target = match recovered.pending.as_deref_mut() {
         Some(checkpoint) => checkpoint,
-        None => replayed,
+        None => recovered,
     };
     apply_to(target, record);
 }
 
-/// Applies a flow record to `replayed` (a checkpoint being read, or the state).
-fn apply_to(replayed: &mut Replayed, record: Record) {
-    let Replayed {
+/// Applies a flow record to `recovered` (a checkpoint being read, or the state).
+fn apply_to(recovered: &mut Recovered, record: Record) {
+    let Recovered {
         next_id,
         flows,
         orphans,
         ..
-    } = replayed;
+    } = recovered;
     match record {
         Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
         Record::CheckpointFlow(flow) => {
             *next_id = (*next_id).max(flow.id + 1);
-            flows.insert(flow.id, ReplayedFlow::from_snapshot(flow));
+            flows.insert(flow.id, RecoveredFlow::from_snapshot(flow));
         }
         Record::Open {
             id,
@@ -225,7 +228,7 @@ fn apply_to(replayed: &mut Replayed, record: Record) {
             *next_id = (*next_id).max(id + 1);
             flows.insert(
                 id,
-                ReplayedFlow::from_snapshot(FlowSnapshot {
+                RecoveredFlow::from_snapshot(FlowSnapshot {
                     id,
                     key,
                     service_id,
@@ -289,7 +292,7 @@ impl Journal {
         config: crate::journal::JournalConfig,
         checkpoint_bytes: u64,
         table: &mut crate::flow::FlowTable,
-    ) -> Result<Self, ReplayError> {
+    ) -> Result<Self, RecoveryError> {
         let (writer, recovery) = crate::journal::JournalWriter::open(config)?;
         if let Some((file, bytes)) = &recovery.truncated_tail {
             tracing::warn!(file = %file.display(), bytes, "journal: truncated a torn tail");
@@ -300,9 +303,9 @@ impl Journal {
                 "journal: salvage skipped damaged records"
             );
         }
-        let replayed = replay(recovery.records.into_iter().map(Ok))?;
-        tracing::info!(flows = replayed.flows.len(), "journal recovered");
-        table.restore(replayed);
+        let recovered = recover(recovery.records.into_iter().map(Ok))?;
+        tracing::info!(flows = recovered.flows.len(), "journal recovered");
+        table.restore(recovered);
         let mut journal = Self {
             writer,
             checkpoint_bytes,
@@ -382,7 +385,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::journal::Position;
 
-    /// `records` as the storage layer would hand them back, for `replay`.
+    /// `records` as the storage layer would hand them back, for `recover`.
     pub(crate) fn stored(records: &[Record]) -> Vec<Result<StoredRecord, JournalError>> {
         records
             .iter()
@@ -448,11 +451,11 @@ pub(crate) mod tests {
             data(2, 14, b"+new"),
         ];
 
-        let replayed = replay(stored(&records)).unwrap();
+        let recovered = recover(stored(&records)).unwrap();
 
-        assert_eq!(replayed.next_id, 3);
-        assert_eq!(replayed.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
-        let c2s = &replayed.flows[&2].c2s;
+        assert_eq!(recovered.next_id, 3);
+        assert_eq!(recovered.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
+        let c2s = &recovered.flows[&2].c2s;
         assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
     }
 
@@ -465,9 +468,9 @@ pub(crate) mod tests {
             data(1, 0, b"abc"),
         ];
 
-        let replayed = replay(stored(&records)).unwrap();
+        let recovered = recover(stored(&records)).unwrap();
 
-        assert_eq!(replayed.flows.len(), 1);
-        assert_eq!(replayed.flows[&1].c2s.bytes, b"abc");
+        assert_eq!(recovered.flows.len(), 1);
+        assert_eq!(recovered.flows[&1].c2s.bytes, b"abc");
     }
 }

@@ -86,10 +86,10 @@ fn a_rebased_flow_goes_on_without_a_hole_and_journals_where_it_stands() {
     let flow = table.takeover(0).pop().unwrap();
     all.extend(journaled.iter().cloned());
     all.extend(table.take_records());
-    let mut replayed = Replayed::new();
-    all.into_iter().for_each(|r| replayed.apply(r));
+    let mut records = Recovered::new();
+    all.into_iter().for_each(|r| records.apply(r));
     let mut recovered = FlowTable::new(StreamLimits::default(), None);
-    recovered.restore(replayed);
+    recovered.restore(records);
     let again = recovered.takeover(0).pop().unwrap();
 
     assert_eq!(flow.readiness, Readiness::Ready);
@@ -194,7 +194,7 @@ fn a_flow_with_both_handshakes_and_fins_is_complete() {
 
 #[test]
 fn out_of_order_bytes_journaled_at_a_clean_stop_fill_in_once_the_hole_arrives() {
-    use crate::flow::recovery::replay;
+    use crate::flow::recovery::recover;
     let limits = StreamLimits {
         retention: Retention::Full { cap: 1 << 20 },
         ..StreamLimits::default()
@@ -220,7 +220,7 @@ fn out_of_order_bytes_journaled_at_a_clean_stop_fill_in_once_the_hole_arrives() 
     }));
 
     let mut restored = FlowTable::new(limits, None).journal();
-    restored.restore(replay(crate::flow::recovery::tests::stored(&records)).unwrap());
+    restored.restore(recover(crate::flow::recovery::tests::stored(&records)).unwrap());
     // The retransmitted hole is all TCP sends again after the restart.
     feed(&mut restored, Direction::ClientToServer, 14, ACK, b"def");
 
@@ -342,7 +342,7 @@ fn ten_thousand_idle_flows_stay_under_the_memory_cap_with_exact_eviction_counts(
 
 #[test]
 fn a_restarted_table_continues_its_dump_files_and_cuts_bytes_that_come_again() {
-    use crate::flow::recovery::replay;
+    use crate::flow::recovery::recover;
     let dir = std::env::temp_dir().join(format!("connmirror-dumps-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let limits = StreamLimits::default();
@@ -358,7 +358,7 @@ fn a_restarted_table_continues_its_dump_files_and_cuts_bytes_that_come_again() {
     assert_eq!(std::fs::read(&c2s_path).unwrap(), b"before-lost");
 
     let mut restored = FlowTable::new(limits, Some(dir.clone()));
-    restored.restore(replay(stored).unwrap());
+    restored.restore(recover(stored).unwrap());
     restored.continue_dumps().unwrap();
     feed(&mut restored, Direction::ClientToServer, 4, ACK, b"-after");
     feed(&mut restored, Direction::ServerToClient, 106, ACK, b"!");
@@ -383,7 +383,7 @@ fn a_restarted_table_continues_its_dump_files_and_cuts_bytes_that_come_again() {
 
 #[test]
 fn a_dump_file_shorter_than_the_recovered_stream_stays_an_exact_prefix() {
-    use crate::flow::recovery::replay;
+    use crate::flow::recovery::recover;
     let dir = std::env::temp_dir().join(format!("connmirror-short-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let limits = StreamLimits::default();
@@ -395,7 +395,7 @@ fn a_dump_file_shorter_than_the_recovered_stream_stays_an_exact_prefix() {
     std::fs::write(&path, b"abc").unwrap();
 
     let mut restored = FlowTable::new(limits, Some(dir.clone()));
-    restored.restore(replay(stored).unwrap());
+    restored.restore(recover(stored).unwrap());
     restored.continue_dumps().unwrap();
     feed(&mut restored, Direction::ClientToServer, 4, ACK, b"gh");
 
@@ -408,7 +408,7 @@ fn a_dump_file_shorter_than_the_recovered_stream_stays_an_exact_prefix() {
 
 #[test]
 fn a_journaled_table_replays_to_the_same_flows() {
-    use crate::flow::recovery::replay;
+    use crate::flow::recovery::recover;
     let limits = StreamLimits {
         retention: Retention::Full { cap: 1 << 20 },
         ..StreamLimits::default()
@@ -419,7 +419,7 @@ fn a_journaled_table_replays_to_the_same_flows() {
     let stored = crate::flow::recovery::tests::stored(&table.take_records());
 
     let mut restored = FlowTable::new(limits, None);
-    restored.restore(replay(stored).unwrap());
+    restored.restore(recover(stored).unwrap());
 
     let (a, b) = (&table.report().unwrap()[0], &restored.report().unwrap()[0]);
     assert_eq!((b.id, b.server, b.client), (a.id, a.server, a.client));
@@ -531,7 +531,7 @@ fn data_journaled_after_the_last_state_update_moves_the_sequence_mark_on_recover
 
     let mut restored = FlowTable::new(StreamLimits::default(), None);
     restored.restore(
-        crate::flow::recovery::replay(crate::flow::recovery::tests::stored(&records)).unwrap(),
+        crate::flow::recovery::recover(crate::flow::recovery::tests::stored(&records)).unwrap(),
     );
 
     let c2s = &restored.report().unwrap()[0].c2s;

@@ -25,7 +25,10 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
-use crate::ownership::heartbeat::{self, HeartbeatStats, Key, Kind, Message, Ownership, Verifier};
+use crate::{
+    key::Key,
+    ownership::heartbeat::{self, HeartbeatStats, Kind, Message, Ownership, Verifier},
+};
 
 /// How the standby reacts to a lost primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -17,10 +17,10 @@ use tokio::net::TcpListener;
 use crate::{
     flow::FlowTable,
     flow::record::Record,
-    flow::recovery::Replayed,
+    flow::recovery::Recovered,
     flow::stream::StreamLimits,
+    key::Key,
     metrics::Family,
-    ownership::heartbeat::Key,
     replication::channel::ReplicationLag,
     replication::channel::{self, Batch, Channel, ChannelError},
     service::{Service, socket_addr},
@@ -30,7 +30,7 @@ use crate::{
 #[derive(Default)]
 struct State {
     /// The flows, as the records so far describe them.
-    flows: Replayed,
+    flows: Recovered,
     /// Stream position applied on the current connection.
     applied: u64,
     /// Record bytes applied over the standby's life.
@@ -64,7 +64,7 @@ impl Replica {
             .with_context(|| format!("binding the replication listener to {listen}"))?;
         let replica = Self {
             state: Arc::new(Mutex::new(State {
-                flows: Replayed::new(),
+                flows: Recovered::new(),
                 ..State::default()
             })),
             full: Arc::new(full),
@@ -160,7 +160,7 @@ impl Replica {
 
     /// Applies one record; an update that moves a stream's acknowledged mark
     /// releases the bytes before it (unless the service keeps full history).
-    fn apply(&self, flows: &mut Replayed, record: Record) {
+    fn apply(&self, flows: &mut Recovered, record: Record) {
         let live = !flows.in_checkpoint();
         let release = match &record {
             Record::Update {

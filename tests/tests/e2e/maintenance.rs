@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use connmirror::daemon::status::StatusReport;
 use connmirror::failover::migrate::{self, Prepare};
-use connmirror::ownership::heartbeat::Key;
+use connmirror::key::Key;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, Moved, PrimarySetup, assert_migrated, configure_primary, control_cli,

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use connmirror::ownership::heartbeat::{self, Key, Kind, Ownership};
+use connmirror::key::Key;
+use connmirror::ownership::heartbeat::{self, Kind, Ownership};
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, KEY, PrimarySetup, agent_addr, configure_primary, detecting_standby,

@@ -28,10 +28,11 @@ use crate::{
     daemon::status::{ServiceStatus, StatusReport},
     engine::{EventSource as _, Signals, announce_ready},
     failover::migrate::{self, Prepare},
+    key::Key,
     metrics::{Family, MetricsArgs},
     net::address,
     ownership::detector::{Peer, Policy},
-    ownership::heartbeat::{self, HeartbeatStats, Key, Kind, Message, Ownership, Verifier},
+    ownership::heartbeat::{self, HeartbeatStats, Kind, Message, Ownership, Verifier},
     resume::handoff::HandoffServer,
 };
 

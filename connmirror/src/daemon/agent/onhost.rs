@@ -25,8 +25,8 @@ use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     daemon::agent::AgentArgs,
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
+    key::Key,
     metrics::Family,
-    ownership::heartbeat::Key,
     replication::channel::{self, LimitChange, LinkEvent, LinkStats, Outbox},
 };
 
