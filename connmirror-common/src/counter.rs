@@ -66,25 +66,126 @@ impl Counter {
         self as u32
     }
 
-    /// A stable snake_case name, used in reports and metrics.
+    /// A stable snake_case name: the counter's key in `report.json`.
     pub const fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    /// How the counter is shown everywhere: the one table of counter names.
+    pub const fn info(self) -> CounterInfo {
         match self {
-            Counter::PacketsSeen => "packets_seen",
-            Counter::PacketsTracked => "packets_tracked",
-            Counter::BytesCaptured => "bytes_captured",
-            Counter::Records => "records",
-            Counter::RingFull => "ring_full",
-            Counter::BackpressureDrops => "backpressure_drops",
-            Counter::GapsMarked => "gaps_marked",
-            Counter::NotTcp => "not_tcp",
-            Counter::Fragments => "fragments",
-            Counter::Oversize => "oversize",
-            Counter::CopyFailed => "copy_failed",
-            Counter::QuiesceDrops => "quiesce_drops",
-            Counter::FenceDrops => "fence_drops",
-            Counter::SyncHeld => "sync_held",
+            Counter::PacketsSeen => CounterInfo {
+                name: "packets_seen",
+                metric: "ebpf_packets_seen",
+                unit: Unit::None,
+                help: "Frames the capture programs ran on.",
+            },
+            Counter::PacketsTracked => CounterInfo {
+                name: "packets_tracked",
+                metric: "ebpf_packets_tracked",
+                unit: Unit::None,
+                help: "TCP segments of a protected service.",
+            },
+            Counter::BytesCaptured => CounterInfo {
+                name: "bytes_captured",
+                metric: "ebpf_captured",
+                unit: Unit::Bytes,
+                help: "Payload bytes written into the ring buffer.",
+            },
+            Counter::Records => CounterInfo {
+                name: "records",
+                metric: "ebpf_records",
+                unit: Unit::None,
+                help: "Records written into the ring buffer.",
+            },
+            Counter::RingFull => CounterInfo {
+                name: "ring_full",
+                metric: "ebpf_ring_full",
+                unit: Unit::None,
+                help: "Ring-full events: reservations that failed because the ring was full.",
+            },
+            Counter::BackpressureDrops => CounterInfo {
+                name: "backpressure_drops",
+                metric: "ebpf_backpressure_drops",
+                unit: Unit::None,
+                help: "Segments dropped under --on-ring-full drop (TCP retransmits them).",
+            },
+            Counter::GapsMarked => CounterInfo {
+                name: "gaps_marked",
+                metric: "ebpf_gaps_marked",
+                unit: Unit::None,
+                help: "Segments passed uncaptured under --on-ring-full pass (their flow is gapped).",
+            },
+            Counter::NotTcp => CounterInfo {
+                name: "not_tcp",
+                metric: "ebpf_not_tcp",
+                unit: Unit::None,
+                help: "Frames that are not TCP over IPv4/IPv6, passed untouched.",
+            },
+            Counter::Fragments => CounterInfo {
+                name: "fragments",
+                metric: "ebpf_fragments",
+                unit: Unit::None,
+                help: "IP fragments, passed untouched.",
+            },
+            Counter::Oversize => CounterInfo {
+                name: "oversize",
+                metric: "ebpf_oversize",
+                unit: Unit::None,
+                help: "Tracked segments too large to copy in one pass.",
+            },
+            Counter::CopyFailed => CounterInfo {
+                name: "copy_failed",
+                metric: "ebpf_copy_failed",
+                unit: Unit::None,
+                help: "Tracked segments whose payload the kernel refused to copy.",
+            },
+            Counter::QuiesceDrops => CounterInfo {
+                name: "quiesce_drops",
+                metric: "ebpf_quiesce_drops",
+                unit: Unit::None,
+                help: "Client segments dropped while their service was quiesced for a takeover.",
+            },
+            Counter::FenceDrops => CounterInfo {
+                name: "fence_drops",
+                metric: "ebpf_fence_drops",
+                unit: Unit::None,
+                help: "Segments from a fenced (taken-over) primary, dropped.",
+            },
+            Counter::SyncHeld => CounterInfo {
+                name: "sync_held",
+                metric: "ebpf_sync_held",
+                unit: Unit::None,
+                help: "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync).",
+            },
         }
     }
+}
+
+/// The unit of a counter's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// A count of events.
+    None,
+    /// Bytes.
+    Bytes,
+}
+
+/// How a [`Counter`] is shown: in `report.json` (under `counters`) and as a
+/// Prometheus counter (`connmirror_METRIC_total`, or `_bytes_total` for
+/// bytes). The eBPF programs bump the slot; userspace reads every name from
+/// here, so the report and the metrics cannot disagree on what exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterInfo {
+    /// The key in `report.json`.
+    pub name: &'static str,
+    /// The metric name, without the `connmirror_` prefix and the unit and
+    /// `_total` suffixes.
+    pub metric: &'static str,
+    /// What the value counts.
+    pub unit: Unit,
+    /// The metric's help text.
+    pub help: &'static str,
 }
 
 /// First slot of the malformed-packet counters; slot = `MALFORMED_BASE + reason`.
@@ -146,5 +247,32 @@ impl Malformed {
             Malformed::TcpDataOffsetPastEnd => "tcp_data_offset_past_end",
             Malformed::IpVersion => "ip_version",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one table: every counter has a distinct report key and metric
+    /// name, metrics are all `ebpf_` ones, and only the payload counter is
+    /// in bytes.
+    #[test]
+    fn every_counter_has_one_distinct_name_metric_and_help() {
+        let infos = Counter::ALL.map(Counter::info);
+        for (i, info) in infos.iter().enumerate() {
+            assert_eq!(Counter::ALL[i].name(), info.name);
+            assert!(info.metric.starts_with("ebpf_"), "{}", info.metric);
+            assert!(info.help.ends_with('.'), "{}", info.help);
+            for other in &infos[i + 1..] {
+                assert_ne!(info.name, other.name);
+                assert_ne!(info.metric, other.metric);
+            }
+        }
+        let bytes: Vec<_> = (infos.iter())
+            .filter(|info| info.unit == Unit::Bytes)
+            .map(|info| (info.name, info.metric))
+            .collect();
+        assert_eq!(bytes, [("bytes_captured", "ebpf_captured")]);
     }
 }

@@ -18,6 +18,6 @@ pub mod options;
 pub mod parse;
 pub mod record;
 
-pub use counter::{Counter, Malformed};
+pub use counter::{Counter, CounterInfo, Malformed};
 pub use map::{FlowKey, FlowValue, ServiceKey, ServiceMode, ServiceValue, SyncLimit};
 pub use record::{Direction, Hook, RecordHeader, RingFullPolicy};

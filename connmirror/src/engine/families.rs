@@ -1,5 +1,7 @@
 //! The engine's Prometheus families: kernel counters, per-interface capture counts and the journal's.
 
+use connmirror_common::counter::Unit as CounterUnit;
+
 use super::*;
 
 pub(super) fn journal_families(stats: &JournalStats) -> [Family; 3] {
@@ -32,12 +34,12 @@ pub(super) fn journal_families(stats: &JournalStats) -> [Family; 3] {
 pub(super) fn kernel_families(counters: &Counters) -> Vec<Family> {
     let mut families: Vec<Family> = (Counter::ALL.iter())
         .map(|&counter| {
-            let (name, unit) = match counter {
-                Counter::BytesCaptured => ("ebpf_captured", Some(Unit::Bytes)),
-                other => (kernel_name(other), None),
+            let info = counter.info();
+            let unit = match info.unit {
+                CounterUnit::Bytes => Some(Unit::Bytes),
+                CounterUnit::None => None,
             };
-            Family::counter(name, counter_help(counter), unit)
-                .count(Vec::new(), counters.get(counter))
+            Family::counter(info.metric, info.help, unit).count(Vec::new(), counters.get(counter))
         })
         .collect();
     let mut malformed = Family::counter(
@@ -53,53 +55,6 @@ pub(super) fn kernel_families(counters: &Counters) -> Vec<Family> {
     }
     families.push(malformed);
     families
-}
-/// `ebpf_` and the counter's name, as a `'static` metric name.
-pub(super) fn kernel_name(counter: Counter) -> &'static str {
-    match counter {
-        Counter::PacketsSeen => "ebpf_packets_seen",
-        Counter::PacketsTracked => "ebpf_packets_tracked",
-        Counter::BytesCaptured => "ebpf_captured",
-        Counter::Records => "ebpf_records",
-        Counter::RingFull => "ebpf_ring_full",
-        Counter::BackpressureDrops => "ebpf_backpressure_drops",
-        Counter::GapsMarked => "ebpf_gaps_marked",
-        Counter::NotTcp => "ebpf_not_tcp",
-        Counter::Fragments => "ebpf_fragments",
-        Counter::Oversize => "ebpf_oversize",
-        Counter::CopyFailed => "ebpf_copy_failed",
-        Counter::QuiesceDrops => "ebpf_quiesce_drops",
-        Counter::FenceDrops => "ebpf_fence_drops",
-        Counter::SyncHeld => "ebpf_sync_held",
-    }
-}
-pub(super) fn counter_help(counter: Counter) -> &'static str {
-    match counter {
-        Counter::PacketsSeen => "Frames the capture programs ran on.",
-        Counter::PacketsTracked => "TCP segments of a protected service.",
-        Counter::BytesCaptured => "Payload bytes written into the ring buffer.",
-        Counter::Records => "Records written into the ring buffer.",
-        Counter::RingFull => {
-            "Ring-full events: reservations that failed because the ring was full."
-        }
-        Counter::BackpressureDrops => {
-            "Segments dropped under --on-ring-full drop (TCP retransmits them)."
-        }
-        Counter::GapsMarked => {
-            "Segments passed uncaptured under --on-ring-full pass (their flow is gapped)."
-        }
-        Counter::NotTcp => "Frames that are not TCP over IPv4/IPv6, passed untouched.",
-        Counter::Fragments => "IP fragments, passed untouched.",
-        Counter::Oversize => "Tracked segments too large to copy in one pass.",
-        Counter::CopyFailed => "Tracked segments whose payload the kernel refused to copy.",
-        Counter::QuiesceDrops => {
-            "Client segments dropped while their service was quiesced for a takeover."
-        }
-        Counter::FenceDrops => "Segments from a fenced (taken-over) primary, dropped.",
-        Counter::SyncHeld => {
-            "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync)."
-        }
-    }
 }
 /// The interface's name, or `if<index>` once it is gone.
 pub(super) fn iface_name(ifindex: u32) -> String {
