@@ -269,10 +269,9 @@ mod tests {
                 assert_ne!(info.metric, other.metric);
             }
         }
-        let bytes: Vec<_> = (infos.iter())
-            .filter(|info| info.unit == Unit::Bytes)
-            .map(|info| (info.name, info.metric))
-            .collect();
-        assert_eq!(bytes, [("bytes_captured", "ebpf_captured")]);
+        let mut bytes = (infos.iter()).filter(|info| info.unit == Unit::Bytes);
+        let only = bytes.next().map(|info| (info.name, info.metric));
+        assert_eq!(only, Some(("bytes_captured", "ebpf_captured")));
+        assert!(bytes.next().is_none());
     }
 }
