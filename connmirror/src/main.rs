@@ -80,7 +80,7 @@ enum Command {
     /// - the primary's agent (`agent --control PATH`), with no failure at
     ///   all: NODE is the standby (its `--node-id`). The services are
     ///   quiesced (by an inline standby on the path, on-host by the agent's
-    ///   own capture), the agent dumps the server's sockets (`TCP_REPAIR`,
+    ///   own capture), the agent saves the server's sockets (`TCP_REPAIR`,
     ///   taken from the server process with `pidfd_getfd`), the standby
     ///   rebuilds them and hands them to its application on the handoff
     ///   socket, and the agent steps down. The server's own sockets are let

@@ -100,14 +100,14 @@ fn pair_plan(local: SocketAddr, peer: SocketAddr, send_seq: u32, recv_seq: u32) 
 
 /// Dumps the state of the established socket `stream` (the server end of its
 /// connection) into a plan that rebuilds it with `queue`
-/// ([`connmirror::repair::save::dump`]), then closes it in repair mode, sending
+/// ([`connmirror::repair::save::save`]), then closes it in repair mode, sending
 /// nothing.
 ///
 /// Panics with the library's error text, e.g. if the receive queue holds
 /// bytes the application has not read: the plan has no place for them (the
 /// daemon replays client bytes itself).
 pub fn cut(stream: TcpStream, queue: QueueMode) -> RestorePlan {
-    let plan = connmirror::repair::save::dump(&stream, queue).unwrap_or_else(|e| panic!("{e}"));
+    let plan = connmirror::repair::save::save(&stream, queue).unwrap_or_else(|e| panic!("{e}"));
     drop(stream);
     plan
 }

@@ -397,7 +397,7 @@ async fn on_stream<T: Send + 'static>(
 /// How far each socket's connection went while this host served it
 /// uncaptured: (`tcpi_bytes_received`, `tcpi_bytes_acked`) by (local, peer),
 /// for [`crate::flow::FlowTable::rebase`]. Read once the services are
-/// quiesced, before the dump (letting a socket go resets its counters).
+/// quiesced, before the save (letting a socket go resets its counters).
 fn unseen_progress(sockets: &[TcpStream]) -> BTreeMap<(SocketAddr, SocketAddr), (u64, u64)> {
     (sockets.iter())
         .filter_map(|s| {

@@ -1,15 +1,22 @@
-//! The `mirror` role: attach capture to interfaces, drain the ring buffer into the
-//! flow table, and on SIGINT/SIGTERM detach, drain what is left and report.
+//! The engine every capturing role runs: attach capture to interfaces, read
+//! the ring buffer into the flow table (and the journal), serve metric scrapes,
+//! and at the end detach, read what is left and write `report.json`. The
+//! `mirror` role is this engine run on its own ([`crate::daemon::mirror`]); the
+//! standby and the on-host agent run it with their own events beside it.
 //!
 //! With `--pin NAME` capture is pinned ([`crate::capture::pinning`]): SIGINT/SIGTERM leave
 //! it attached with the unread records in the ring, and the next daemon started
 //! with the same name takes the ring, the kernel's flow state and the links over
 //! (hot restart). `--detach-all` removes what is pinned.
 //!
-//! The reader drains continuously, record by record, rather than collecting a
+//! The reader reads continuously, record by record, rather than collecting a
 //! batch: the kernel's adaptive wakeups alone woke a reader only 20–100 times a
-//! second under load (DESIGN.md), so the programs force a wakeup once an eighth of
-//! the ring is waiting, and a short timer drains whatever sits below that.
+//! second under load, so the programs force a wakeup once an eighth of the ring
+//! is waiting, and a short timer reads whatever sits below that.
+//!
+//! Uses: [`crate::capture`], [`crate::flow`], [`crate::journal`],
+//! [`crate::replication`] (the on-host outbox), [`crate::metrics`]. Must not
+//! use: failover or the roles; its report takes a role's keys as a map.
 
 use std::{
     collections::BTreeMap,
@@ -57,7 +64,7 @@ mod reader;
 pub(crate) use reader::Reader;
 
 /// Most records the event loop applies before it looks at its other events.
-const DRAIN_SLICE: usize = 4096;
+const READ_SLICE: usize = 4096;
 
 /// A running capture: the programs attached, the ring registered with the
 /// reactor, the table (and journal) fed by the [`Reader`].
@@ -235,12 +242,12 @@ impl Engine {
                     let mut guard = guard.context("polling the ring buffer")?;
                     // Cut short: stay ready, so the loop comes back at once
                     // after whatever else is due.
-                    if !reader.drain_up_to(guard.get_inner_mut(), DRAIN_SLICE)? {
+                    if !reader.read_up_to(guard.get_inner_mut(), READ_SLICE)? {
                         guard.clear_ready();
                     }
                 }
                 _ = tick.tick() => {
-                    reader.drain_up_to(ring.get_mut(), DRAIN_SLICE)?;
+                    reader.read_up_to(ring.get_mut(), READ_SLICE)?;
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -258,12 +265,12 @@ impl Engine {
     }
 
     /// Applies every record already in the ring.
-    pub(crate) fn drain(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn read_ring(&mut self) -> anyhow::Result<()> {
         let Self { reader, ring, .. } = self;
-        reader.drain(ring.get_mut())
+        reader.read_all(ring.get_mut())
     }
 
-    /// Detaches, drains what is left, closes the journal and writes the report,
+    /// Detaches, reads what is left, closes the journal and writes the report,
     /// with `role`'s keys added at its top level.
     pub(crate) fn finish(
         self,
@@ -281,7 +288,7 @@ impl Engine {
         let mut ring = ring.into_inner();
         // A pinned instance stays attached; its unread records wait in the ring
         // for the next daemon. If its pins were removed meanwhile (`--detach-all`
-        // while running), this daemon holds the last links: detach and drain.
+        // while running), this daemon holds the last links: detach and read the rest.
         let kept = capture
             .pinned()
             .filter(|instance| instance.exists())
@@ -298,7 +305,7 @@ impl Engine {
             ),
             None => {
                 capture.detach()?;
-                reader.drain(&mut ring)?;
+                reader.read_all(&mut ring)?;
             }
         }
         let Reader {

@@ -23,16 +23,16 @@ pub(super) struct Captured {
 impl Reader {
     /// Applies every record waiting in the ring, then hands the changes to the
     /// journal (group commit happens there).
-    pub(crate) fn drain(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
-        self.drain_up_to(ring, usize::MAX).map(drop)
+    pub(crate) fn read_all(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<()> {
+        self.read_up_to(ring, usize::MAX).map(drop)
     }
 
-    /// Like [`drain`](Self::drain), stopping after `limit` records; returns
+    /// Like [`read_all`](Self::read_all), stopping after `limit` records; returns
     /// whether it stopped there (records may still wait). The event loop
-    /// drains in such slices so that a ring refilled as fast as it is read
+    /// reads in such slices so that a ring refilled as fast as it is read
     /// never starves the loop's other work (acknowledgments, scrapes), and
     /// the changes reach the journal (and the standby) slice by slice.
-    pub(crate) fn drain_up_to(
+    pub(crate) fn read_up_to(
         &mut self,
         ring: &mut RingBuf<MapData>,
         limit: usize,
@@ -68,7 +68,7 @@ impl Reader {
         }
         let records = table.take_records();
         if let Some(outbox) = outbox {
-            // The ring was just drained: nothing of it waits any more.
+            // The ring was just read to its end: nothing of it waits any more.
             outbox.ship(&records, 0);
         }
         if let Some(journal) = journal {

@@ -9,10 +9,10 @@
 //! 2. [`settle`]: the handoff application gets a moment to read what is
 //!    queued and write its answers (each receive queue empty, each send queue
 //!    no longer growing);
-//! 3. each socket is dumped ([`crate::repair::save`]) and stays in repair mode;
+//! 3. each socket is saved ([`crate::repair::save`]) and stays in repair mode;
 //! 4. the plans go to the primary's agent over TCP ([`send`]): one [`Batch`]
 //!    frame, answered by one [`Receipt`] frame;
-//! 5. on success each dumped socket is let go silently ([`let_go`]:
+//! 5. on success each saved socket is let go silently ([`let_go`]:
 //!    `connect(AF_UNSPEC)` in repair mode is `tcp_disconnect()` with
 //!    `tp->repair` set, which sends nothing and wakes the application with
 //!    `ECONNABORTED`), the addresses are released and the services are
@@ -276,8 +276,8 @@ pub fn send(
     ship(&mut stream, key, sockets, batch).with_context(|| format!("migrating to {agent}"))
 }
 
-/// Settles `sockets`, dumps each into `batch` and sends it on `stream`;
-/// returns the receipt and the dumps. Once the receiver took them, each socket is let go
+/// Settles `sockets`, saves each into `batch` and sends it on `stream`;
+/// returns the receipt and the saves. Once the receiver took them, each socket is let go
 /// silently ([`let_go`]); if anything fails before that, each leaves repair
 /// mode and the connection goes on here ([`resume_here`]).
 pub fn ship(
@@ -289,7 +289,7 @@ pub fn ship(
     settle(sockets);
     let outcome = (|| {
         batch.plans = (sockets.iter())
-            .map(|s| save::dump(s, QueueMode::Unsent))
+            .map(|s| save::save(s, QueueMode::Unsent))
             .collect::<Result<_, _>>()?;
         write_frame(stream, key, &batch).context("sending the batch")?;
         let receipt: Receipt = read_frame(stream, key).context("reading the receipt")?;
@@ -388,13 +388,13 @@ fn ship_taken(
     Ok((taken.errors, receipt))
 }
 
-/// Drops a dumped socket's connection without a segment: `connect(AF_UNSPEC)`
+/// Drops a saved socket's connection without a segment: `connect(AF_UNSPEC)`
 /// in repair mode (see the module docs). The descriptor still needs closing.
 pub fn let_go(socket: &TcpStream) -> io::Result<()> {
     Ok(sys::socket::disconnect(socket.as_fd())?)
 }
 
-/// Takes a dumped socket out of repair mode: the migration failed and the
+/// Takes a saved socket out of repair mode: the migration failed and the
 /// connection goes on here.
 pub fn resume_here(socket: &TcpStream) -> io::Result<()> {
     Ok(sockopt::set(socket.as_fd(), &sockopt::TCP_REPAIR, &0)?)

@@ -7,7 +7,8 @@
 //!    retransmit them later.
 //! 2. **fence**: they also drop the old primary's segments for the service
 //!    ([`ServiceMode::FENCED`]).
-//! 3. **drain**: every record already in the ring reaches the flow table, which
+//! 3. **drain** (the step's name in reports): every record already in the ring
+//!    reaches the flow table ([`Engine::read_ring`]), which
 //!    is then final for these flows.
 //! 4. **restore**: every `ready` flow is rebuilt with `TCP_REPAIR` in parallel
 //!    batches ([`crate::repair::restore`]), each socket staying in repair mode; flows
@@ -310,7 +311,7 @@ pub(crate) async fn run(
     steps.run("quiesce", || mirror.set_modes(services, quiesced))?;
     let fenced = quiesced | ServiceMode::FENCED;
     steps.run("fence", || mirror.set_modes(services, fenced))?;
-    steps.run("drain", || mirror.drain())?;
+    steps.run("drain", || mirror.read_ring())?;
     let flows: Vec<(SocketAddr, TakeoverFlow)> = services
         .iter()
         .flat_map(|s| {
@@ -341,7 +342,7 @@ pub(crate) async fn run(
 }
 
 /// Takes over `services` with connections migrated from the primary
-/// ([`crate::failover::migrate`], a planned migration): `plans` are the dumps of its
+/// ([`crate::failover::migrate`], a planned migration): `plans` are the saves of its
 /// sockets, made while the services were quiesced (here inline, on the
 /// primary's own capture on-host), and replace the flow table's view. The
 /// same steps as [`run`] from **restore** on; each socket goes to an

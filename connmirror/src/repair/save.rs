@@ -4,7 +4,7 @@
 //! hosts (failback by migration, [`crate::failover::migrate`]) and what the tests use to
 //! cut live connections.
 //!
-//! [`dump`] puts the socket in repair mode and reads, in this order:
+//! [`save`] puts the socket in repair mode and reads, in this order:
 //!
 //! 1. `TCP_REPAIR_QUEUE = TCP_SEND_QUEUE`: `TCP_QUEUE_SEQ` is `write_seq`, and
 //!    `SIOCOUTQ` is `write_seq - snd_una`, so the plan's `send_seq` is `snd_una`;
@@ -48,7 +48,7 @@ const TCPI_OPT_WSCALE: u8 = 4;
 /// Puts the established socket `stream` in repair mode and reads the plan
 /// that rebuilds its local end elsewhere, with `queue` (see the module docs).
 /// The socket stays in repair mode.
-pub fn dump(stream: &TcpStream, queue: QueueMode) -> Result<RestorePlan, RestoreError> {
+pub fn save(stream: &TcpStream, queue: QueueMode) -> Result<RestorePlan, RestoreError> {
     let fail = |call: &str, error: io::Error| {
         let (server, client) = ends(stream);
         RestoreError {

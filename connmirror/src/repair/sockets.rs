@@ -8,7 +8,7 @@
 //! process holding its socket through `/proc/PID/fd` (a `socket:[INODE]`
 //! link), and duplicates that descriptor with `pidfd_getfd(2)` (Linux 5.6;
 //! needs `CAP_SYS_PTRACE` over the process, which root has). The duplicate is
-//! the same socket: what the agent does to it (`TCP_REPAIR`, the dump, the
+//! the same socket: what the agent does to it (`TCP_REPAIR`, the save, the
 //! silent let-go) the server's own descriptor sees.
 
 use std::collections::BTreeMap;

@@ -373,7 +373,7 @@ fn a_dump_with_unread_client_bytes_is_refused_naming_them() {
     }
     let client_end = client.local_addr().expect("local_addr");
 
-    let err = connmirror::repair::save::dump(&server, QueueMode::Sent).expect_err("unread bytes");
+    let err = connmirror::repair::save::save(&server, QueueMode::Sent).expect_err("unread bytes");
 
     assert_eq!(
         err.to_string(),

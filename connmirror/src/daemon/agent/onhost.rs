@@ -329,7 +329,7 @@ fn outbox(mirror: &mut Engine) -> &mut Outbox {
 /// A standby connected: everything in the ring is applied, then a checkpoint
 /// of every open flow starts its stream.
 fn connected(mirror: &mut Engine, link: mpsc::UnboundedSender<Vec<u8>>) -> anyhow::Result<()> {
-    mirror.drain()?;
+    mirror.read_ring()?;
     let mut checkpoint = Vec::new();
     mirror.reader.table.checkpoint(|record| {
         checkpoint.push(record);

@@ -91,7 +91,7 @@ pub struct StandbyArgs {
 pub enum Failback {
     /// Restored connections stay until they close; new ones go to the primary.
     Drain,
-    /// Restored connections move to the primary live (`TCP_REPAIR` dump and
+    /// Restored connections move to the primary live (`TCP_REPAIR` save and
     /// restore; the primary's agent needs `--handoff`).
     Migrate,
     /// Log the return; ownership stays here.

@@ -50,7 +50,7 @@ impl Standby {
             epoch,
         })
     }
-    /// `--failback migrate`: quiesce `services`, dump their restored
+    /// `--failback migrate`: quiesce `services`, save their restored
     /// connections and send them to the agent at `agent` ([`migrate`]); once
     /// it took them, let ours go silently, release the services and yield.
     /// On failure every connection stays here, served as before.
