@@ -137,65 +137,13 @@ impl Engine {
         let history = Retention::Full {
             cap: u64::from(history_cap),
         };
-        let mut table = FlowTable::new(
-            StreamLimits {
-                keep_delivered: 0,
-                retention: match retention {
-                    RetentionArg::Unacked => Retention::Unacked,
-                    RetentionArg::Full => history,
-                },
-                ..StreamLimits::default()
-            },
-            dump_dir.clone(),
-        )
-        .memory_cap(memory_cap as usize);
-        let tracked: Vec<Service> = (0u32..)
-            .zip(&services)
-            .map(|(id, ServiceAddr(addr, _))| Service { id, addr: *addr })
-            .collect();
-        capture.check_pinned_services(&tracked)?;
-        let asked: Vec<_> = ifaces
-            .iter()
-            .map(|spec| (spec.name.as_str(), spec.ingress.unwrap_or(ingress), egress))
-            .collect();
-        capture.check_pinned_links(&asked)?;
-        for (service, ServiceAddr(_, own)) in tracked.iter().zip(services) {
-            capture.track(service)?;
-            table = match own {
-                Some(RetentionName::Full) => table.service_retention(service.id, history),
-                Some(RetentionName::Unacked) => {
-                    table.service_retention(service.id, Retention::Unacked)
-                }
-                None => table,
-            };
-            tracing::info!(%service, "tracking");
-        }
-        for (name, ingress, egress) in asked {
-            let mode = capture.attach(name, ingress, egress)?;
-            tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
-        }
-        let ring = capture.take_ring()?;
-        let backlog = Backlog::map(&ring).context("watching the ring buffer's backlog")?;
-        // After the capture: a pinned instance in use is the clearer error.
-        let exporter = metrics.start()?;
-        // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it
-        // is dropped; it is only dropped after `into_inner` takes it back out.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(io::Error::from)
-            .context("registering the ring buffer with the reactor")?;
-        let journal = match journal_args.config() {
-            Some(config) => {
-                table = table.journal();
-                let checkpoint = u64::from(journal_args.checkpoint_bytes);
-                let journal =
-                    Journal::open(config, checkpoint, &mut table).context("opening the journal")?;
-                table
-                    .continue_dumps()
-                    .context("reopening the recovered flows' dump files")?;
-                Some(journal)
-            }
-            None => None,
-        };
+        let table = flow_table(retention, history, memory_cap, dump_dir);
+        let tracked = tracked_services(&services);
+        let asked = check_pins(&capture, &tracked, &ifaces, ingress, egress)?;
+        let table = track_services(&mut capture, &tracked, &services, table, history)?;
+        attach_all(&mut capture, asked)?;
+        let (ring, backlog, exporter) = take_ring(&mut capture, &metrics)?;
+        let (table, journal) = open_journal(&journal_args, table)?;
         Ok(Self {
             capture,
             reader: Reader {
@@ -333,6 +281,124 @@ impl Engine {
 /// `--detach-all`: removes the pinned instance `--pin NAME`, or every instance.
 pub(crate) fn detach_pinned(args: &MirrorArgs) -> anyhow::Result<()> {
     pinning::detach_all(args.pin.as_deref(), &mut io::stdout().lock())
+}
+
+/// The flow table `mirror` starts with: `retention` by default (`history`
+/// for `full`), dumps in `dump_dir`, at most `memory_cap` bytes retained.
+fn flow_table(
+    retention: RetentionArg,
+    history: Retention,
+    memory_cap: u32,
+    dump_dir: Option<PathBuf>,
+) -> FlowTable {
+    FlowTable::new(
+        StreamLimits {
+            keep_delivered: 0,
+            retention: match retention {
+                RetentionArg::Unacked => Retention::Unacked,
+                RetentionArg::Full => history,
+            },
+            ..StreamLimits::default()
+        },
+        dump_dir,
+    )
+    .memory_cap(memory_cap as usize)
+}
+
+/// The services to track, numbered in the order they were given.
+fn tracked_services(services: &[ServiceAddr]) -> Vec<Service> {
+    (0u32..)
+        .zip(services)
+        .map(|(id, ServiceAddr(addr, _))| Service { id, addr: *addr })
+        .collect()
+}
+
+/// Fails when a pinned instance tracks other services or attaches other
+/// hooks than asked; returns each interface with its ingress and egress hook.
+fn check_pins<'a>(
+    capture: &Capture,
+    tracked: &[Service],
+    ifaces: &'a [IfaceSpec],
+    ingress: IngressHook,
+    egress: EgressHook,
+) -> anyhow::Result<Vec<(&'a str, IngressHook, EgressHook)>> {
+    capture.check_pinned_services(tracked)?;
+    let asked: Vec<_> = ifaces
+        .iter()
+        .map(|spec| (spec.name.as_str(), spec.ingress.unwrap_or(ingress), egress))
+        .collect();
+    capture.check_pinned_links(&asked)?;
+    Ok(asked)
+}
+
+/// Tracks every service in `capture`, giving `table` the retention a service
+/// asked for on its own (`history` for `full`).
+fn track_services(
+    capture: &mut Capture,
+    tracked: &[Service],
+    services: &[ServiceAddr],
+    mut table: FlowTable,
+    history: Retention,
+) -> anyhow::Result<FlowTable> {
+    for (service, ServiceAddr(_, own)) in tracked.iter().zip(services) {
+        capture.track(service)?;
+        table = match own {
+            Some(RetentionName::Full) => table.service_retention(service.id, history),
+            Some(RetentionName::Unacked) => table.service_retention(service.id, Retention::Unacked),
+            None => table,
+        };
+        tracing::info!(%service, "tracking");
+    }
+    Ok(table)
+}
+
+/// Attaches the programs to every interface of `asked` with its hooks.
+fn attach_all(
+    capture: &mut Capture,
+    asked: Vec<(&str, IngressHook, EgressHook)>,
+) -> anyhow::Result<()> {
+    for (name, ingress, egress) in asked {
+        let mode = capture.attach(name, ingress, egress)?;
+        tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
+    }
+    Ok(())
+}
+
+/// Takes the ring out of `capture` and registers it with the reactor, with a
+/// view of its backlog; starts the metrics exporter in between, after the
+/// capture, since a pinned instance in use is the clearer error.
+fn take_ring(
+    capture: &mut Capture,
+    metrics: &MetricsArgs,
+) -> anyhow::Result<(AsyncFd<RingBuf<MapData>>, Backlog, Exporter)> {
+    let ring = capture.take_ring()?;
+    let backlog = Backlog::map(&ring).context("watching the ring buffer's backlog")?;
+    // After the capture: a pinned instance in use is the clearer error.
+    let exporter = metrics.start()?;
+    // SAFETY: the RingBuf owns the map fd and keeps it open, unchanged, until it
+    // is dropped; it is only dropped after `into_inner` takes it back out.
+    let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(io::Error::from)
+        .context("registering the ring buffer with the reactor")?;
+    Ok((ring, backlog, exporter))
+}
+
+/// Opens (and recovers into `table`) the journal when one is configured, and
+/// reopens the recovered flows' dump files.
+fn open_journal(
+    journal_args: &JournalArgs,
+    mut table: FlowTable,
+) -> anyhow::Result<(FlowTable, Option<Journal>)> {
+    let Some(config) = journal_args.config() else {
+        return Ok((table, None));
+    };
+    table = table.journal();
+    let checkpoint = u64::from(journal_args.checkpoint_bytes);
+    let journal = Journal::open(config, checkpoint, &mut table).context("opening the journal")?;
+    table
+        .continue_dumps()
+        .context("reopening the recovered flows' dump files")?;
+    Ok((table, Some(journal)))
 }
 
 /// Loads capture, pinned under `pin` when given. Logs whether a pinned

@@ -181,25 +181,8 @@ impl JournalReader {
             return Ok(false);
         };
         *next_segment += 1;
-        if let Some(&prev) = index.checked_sub(1).and_then(|i| segments.get(i))
-            && prev.checked_add(1) != Some(seq)
-        {
-            let missing = segment_path(dir, prev + 1);
-            let reason =
-                format!("segment file missing: sequence numbers jump from {prev} to {seq}");
-            match mode {
-                ReadMode::Strict => {
-                    return Err(JournalError::Corrupt {
-                        file: missing,
-                        offset: 0,
-                        reason,
-                    });
-                }
-                ReadMode::Salvage => {
-                    tracing::warn!("journal salvage: {}: {reason}", missing.display());
-                    *salvaged += 1;
-                }
-            }
+        if let Some(&prev) = index.checked_sub(1).and_then(|i| segments.get(i)) {
+            check_contiguous(dir, *mode, prev, seq, salvaged)?;
         }
         let path = segment_path(dir, seq);
         let data = fs::read(&path).map_err(io_error("read", &path))?;
@@ -217,11 +200,7 @@ impl JournalReader {
             // A segment is created under a temporary name and renamed once its
             // header is synced, so a torn header needs a file system that
             // kept the size but not the data (zeros) or a foreign writer.
-            Err(_)
-                if newest
-                    && ((data.len() as u64) < SEGMENT_HEADER_LEN
-                        || data.iter().all(|&b| b == 0)) =>
-            {
+            Err(_) if newest && torn_header(&data) => {
                 *torn = Some(TornTail {
                     seq,
                     path,
@@ -230,22 +209,7 @@ impl JournalReader {
                     whole_file: true,
                 });
             }
-            Err(defect) => match mode {
-                ReadMode::Strict => {
-                    return Err(JournalError::Corrupt {
-                        file: path,
-                        offset: 0,
-                        reason: defect.to_string(),
-                    });
-                }
-                ReadMode::Salvage => {
-                    tracing::warn!(
-                        "journal salvage: skipped segment {} ({defect})",
-                        path.display()
-                    );
-                    *salvaged += 1;
-                }
-            },
+            Err(defect) => skip_segment(*mode, path, &defect, salvaged)?,
         }
         Ok(true)
     }
@@ -317,6 +281,69 @@ impl Iterator for JournalReader {
         }
         None
     }
+}
+
+/// Fails (strict) or counts a salvaged defect (salvage) when segment `seq`
+/// does not follow `prev`: a segment file in between is missing.
+fn check_contiguous(
+    dir: &Path,
+    mode: ReadMode,
+    prev: u64,
+    seq: u64,
+    salvaged: &mut u64,
+) -> Result<(), JournalError> {
+    if prev.checked_add(1) == Some(seq) {
+        return Ok(());
+    }
+    let missing = segment_path(dir, prev + 1);
+    let reason = format!("segment file missing: sequence numbers jump from {prev} to {seq}");
+    match mode {
+        ReadMode::Strict => {
+            return Err(JournalError::Corrupt {
+                file: missing,
+                offset: 0,
+                reason,
+            });
+        }
+        ReadMode::Salvage => {
+            tracing::warn!("journal salvage: {}: {reason}", missing.display());
+            *salvaged += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the newest segment's bad header is torn rather than damaged:
+/// shorter than a header, or all zeros.
+fn torn_header(data: &[u8]) -> bool {
+    (data.len() as u64) < SEGMENT_HEADER_LEN || data.iter().all(|&b| b == 0)
+}
+
+/// Fails (strict) or skips the segment at `path` and counts it (salvage)
+/// when its header has `defect`.
+fn skip_segment(
+    mode: ReadMode,
+    path: PathBuf,
+    defect: &impl std::fmt::Display,
+    salvaged: &mut u64,
+) -> Result<(), JournalError> {
+    match mode {
+        ReadMode::Strict => {
+            return Err(JournalError::Corrupt {
+                file: path,
+                offset: 0,
+                reason: defect.to_string(),
+            });
+        }
+        ReadMode::Salvage => {
+            tracing::warn!(
+                "journal salvage: skipped segment {} ({defect})",
+                path.display()
+            );
+            *salvaged += 1;
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(path: &Path, at: usize, defect: &RecordDefect) -> JournalError {

@@ -16,7 +16,7 @@ use super::{
         is_segment_tmp_name, segment_path, segment_tmp_path,
     },
     io_error,
-    reader::{JournalReader, Position, ReadMode, StoredRecord},
+    reader::{JournalReader, Position, ReadMode, StoredRecord, TornTail},
 };
 
 /// When appended records are made durable with `fdatasync`. The module docs
@@ -303,39 +303,14 @@ impl JournalWriter {
 
         let mut next_seq = segments.last().map_or(1, |&seq| seq.saturating_add(1));
         if let Some(torn) = &torn {
+            cut_torn_tail(&dir, torn, &mut stats)?;
             if torn.whole_file {
-                fs::remove_file(&torn.path).map_err(io_error("remove", &torn.path))?;
                 segments.retain(|&seq| seq != torn.seq);
                 // Reuse the number so the sequence stays contiguous.
                 next_seq = torn.seq;
-            } else {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&torn.path)
-                    .map_err(io_error("open", &torn.path))?;
-                file.set_len(torn.valid_len)
-                    .map_err(io_error("ftruncate", &torn.path))?;
             }
-            sync_dir(&dir, &mut stats)?;
-            tracing::warn!(
-                "journal recovery: cut a torn tail of {} bytes from {} ({})",
-                torn.bytes,
-                torn.path.display(),
-                if torn.whole_file {
-                    "torn segment header: file removed".to_string()
-                } else {
-                    format!("kept {} bytes", torn.valid_len)
-                },
-            );
         }
-        // The newest surviving segment becomes sealed. Its bytes may still sit
-        // only in the page cache (a killed process under `Never` or
-        // `Interval`), and a sealed segment must never hold a crash artefact.
-        if let Some(&newest) = segments.last() {
-            let path = segment_path(&dir, newest);
-            let file = File::open(&path).map_err(io_error("open", &path))?;
-            timed_sync(&file, &path, &mut stats)?;
-        }
+        seal_newest(&dir, &segments, &mut stats)?;
         if next_seq == u64::MAX {
             return Err(JournalError::Corrupt {
                 file: segment_path(&dir, next_seq),
@@ -645,6 +620,51 @@ impl Drop for JournalWriter {
             tracing::warn!("journal: records buffered at drop were lost: {error}");
         }
     }
+}
+
+/// Cuts the newest segment's torn tail: removes the file when its header is
+/// torn, else truncates it to its valid length; syncs the directory and logs
+/// a warning with the file and byte count.
+fn cut_torn_tail(
+    dir: &Path,
+    torn: &TornTail,
+    stats: &mut JournalStats,
+) -> Result<(), JournalError> {
+    if torn.whole_file {
+        fs::remove_file(&torn.path).map_err(io_error("remove", &torn.path))?;
+    } else {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&torn.path)
+            .map_err(io_error("open", &torn.path))?;
+        file.set_len(torn.valid_len)
+            .map_err(io_error("ftruncate", &torn.path))?;
+    }
+    sync_dir(dir, stats)?;
+    tracing::warn!(
+        "journal recovery: cut a torn tail of {} bytes from {} ({})",
+        torn.bytes,
+        torn.path.display(),
+        if torn.whole_file {
+            "torn segment header: file removed".to_string()
+        } else {
+            format!("kept {} bytes", torn.valid_len)
+        },
+    );
+    Ok(())
+}
+
+/// Syncs the newest surviving segment of `segments`, which becomes sealed.
+/// Its bytes may still sit only in the page cache (a killed process under
+/// `Never` or `Interval`), and a sealed segment must never hold a crash
+/// artefact.
+fn seal_newest(dir: &Path, segments: &[u64], stats: &mut JournalStats) -> Result<(), JournalError> {
+    if let Some(&newest) = segments.last() {
+        let path = segment_path(dir, newest);
+        let file = File::open(&path).map_err(io_error("open", &path))?;
+        timed_sync(&file, &path, stats)?;
+    }
+    Ok(())
 }
 
 /// Takes the directory's exclusive writer lock.

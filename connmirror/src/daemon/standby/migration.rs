@@ -161,45 +161,10 @@ impl Standby {
         let counter = prepare.counter;
         let services = match self.check_prepare(mirror, &prepare) {
             Ok(services) => services,
-            Err(reason) => {
-                let refused = Prepared {
-                    counter,
-                    refused: Some(reason.clone()),
-                };
-                let k = key.clone();
-                let _ =
-                    on_stream(stream, move |s| Ok(migrate::write_frame(s, &k, &refused)?)).await;
-                anyhow::bail!(reason);
-            }
+            Err(reason) => return Err(refuse_migration(stream, &key, counter, reason).await),
         };
         mirror.set_modes(&services, ServiceMode::QUIESCED | ServiceMode::FENCED)?;
-        let k = key.clone();
-        let exchanged = on_stream(stream, move |s| {
-            let ready = Prepared {
-                counter,
-                refused: None,
-            };
-            migrate::write_frame(s, &k, &ready).context("answering the migration request")?;
-            let batch: Batch = migrate::read_frame(s, &k).context("reading the batch")?;
-            anyhow::ensure!(
-                batch.counter == counter,
-                "batch {} in migration {counter}",
-                batch.counter
-            );
-            Ok(batch)
-        })
-        .await
-        .and_then(|(stream, batch)| {
-            let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
-            match batch.plans.iter().find(|p| !addrs.contains(&p.server)) {
-                Some(p) => anyhow::bail!(
-                    "the batch has a connection of {}, not a service it named",
-                    p.server
-                ),
-                None => Ok((stream, batch)),
-            }
-        });
-        let (stream, batch) = match exchanged {
+        let (stream, batch) = match exchange_batch(stream, &key, counter, &services).await {
             Ok(exchanged) => exchanged,
             Err(err) => {
                 mirror.set_modes(&services, 0)?;
@@ -221,21 +186,7 @@ impl Standby {
         )
         .await?;
         self.taken_over(&services, &report);
-        let receipt = Receipt {
-            counter,
-            restored: report.restored,
-            errors: report.errors.clone(),
-            refused: None,
-        };
-        if let Err(err) = on_stream(stream, move |s| {
-            Ok(migrate::write_frame(s, &key, &receipt)?)
-        })
-        .await
-        {
-            tracing::warn!(
-                "sending the migration receipt (the primary's copies stay behind the fence): {err:#}"
-            );
-        }
+        send_receipt(stream, key, counter, &report).await;
         Ok(report)
     }
     /// The services of a planned migration's [`Prepare`], or why not.
@@ -313,5 +264,79 @@ impl Standby {
     /// Connections still served here after a drain.
     pub(super) fn draining(&self) -> usize {
         self.drains.iter().map(Drain::remaining).sum()
+    }
+}
+
+/// Answers migration `counter` with a refusal for `reason` (best effort: the
+/// primary may be gone) and returns the error that ends it.
+async fn refuse_migration(
+    stream: TcpStream,
+    key: &Key,
+    counter: u64,
+    reason: String,
+) -> anyhow::Error {
+    let refused = Prepared {
+        counter,
+        refused: Some(reason.clone()),
+    };
+    let k = key.clone();
+    let _ = on_stream(stream, move |s| Ok(migrate::write_frame(s, &k, &refused)?)).await;
+    anyhow::anyhow!(reason)
+}
+
+/// Tells the primary that migration `counter` is ready, and reads its
+/// [`Batch`]: it must carry the same counter and only connections of
+/// `services`.
+async fn exchange_batch(
+    stream: TcpStream,
+    key: &Key,
+    counter: u64,
+    services: &[Service],
+) -> anyhow::Result<(TcpStream, Batch)> {
+    let k = key.clone();
+    on_stream(stream, move |s| {
+        let ready = Prepared {
+            counter,
+            refused: None,
+        };
+        migrate::write_frame(s, &k, &ready).context("answering the migration request")?;
+        let batch: Batch = migrate::read_frame(s, &k).context("reading the batch")?;
+        anyhow::ensure!(
+            batch.counter == counter,
+            "batch {} in migration {counter}",
+            batch.counter
+        );
+        Ok(batch)
+    })
+    .await
+    .and_then(|(stream, batch)| {
+        let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+        match batch.plans.iter().find(|p| !addrs.contains(&p.server)) {
+            Some(p) => anyhow::bail!(
+                "the batch has a connection of {}, not a service it named",
+                p.server
+            ),
+            None => Ok((stream, batch)),
+        }
+    })
+}
+
+/// Sends migration `counter`'s receipt for `report`; a failure is only
+/// logged, since the connections are already served here.
+async fn send_receipt(stream: TcpStream, key: Key, counter: u64, report: &TakeoverReport) {
+    let receipt = Receipt {
+        counter,
+        restored: report.restored,
+        errors: report.errors.clone(),
+        refused: None,
+    };
+    if let Err(err) = on_stream(stream, move |s| {
+        Ok(migrate::write_frame(s, &key, &receipt)?)
+    })
+    .await
+    {
+        tracing::warn!(
+            "sending the migration receipt (the primary's copies stay behind the fence): {err:#}"
+        );
     }
 }

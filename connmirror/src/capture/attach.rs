@@ -1,0 +1,370 @@
+//! Attaching the capture programs to interfaces (XDP or TCX ingress, TCX
+//! egress), taking over the links of a pinned instance, detaching, and running
+//! a program once on a frame (`BPF_PROG_TEST_RUN`).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    pin::PinError,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use connmirror_common::Hook;
+
+use crate::capture::{
+    Capture, CaptureError, EgressHook, IngressHook, Pins,
+    error::{attach_error, link_error, program_error},
+};
+
+impl Capture {
+    /// Attaches the programs to `iface` as asked; returns how ingress was attached.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        ingress: IngressHook,
+        egress: EgressHook,
+    ) -> Result<&'static str, CaptureError> {
+        if !interface_exists(iface) {
+            return Err(CaptureError::NoInterface(iface.to_owned()));
+        }
+        let ingress_mode = match ingress {
+            IngressHook::Xdp => match self.pinned_xdp_mode(iface) {
+                Some(mode) => self.attach_xdp(iface, mode)?,
+                None => self.attach_xdp_auto(iface)?,
+            },
+            IngressHook::XdpNative => self.attach_xdp(iface, XdpMode::Driver)?,
+            IngressHook::XdpGeneric => self.attach_xdp(iface, XdpMode::Skb)?,
+            IngressHook::Tc => self.attach_tc(iface, TcAttachType::Ingress)?,
+            IngressHook::None => "none",
+        };
+        if egress == EgressHook::Tc {
+            self.attach_tc(iface, TcAttachType::Egress)?;
+        }
+        Ok(ingress_mode)
+    }
+
+    /// Attaches XDP in driver mode, falling back to generic mode where the
+    /// driver lacks it.
+    fn attach_xdp_auto(&mut self, iface: &str) -> Result<&'static str, CaptureError> {
+        match self.attach_xdp(iface, XdpMode::Driver) {
+            Ok(mode) => {
+                if is_virtual(iface) {
+                    tracing::warn!(
+                        iface,
+                        "native XDP on a virtual link turns TSO off on its peer and \
+                         costs most of the throughput; prefer --iface {iface}:xdp-generic \
+                         or --iface {iface}:tc"
+                    );
+                }
+                Ok(mode)
+            }
+            Err(err) => {
+                tracing::warn!(iface, error = %err, "native XDP unavailable, using generic XDP");
+                self.attach_xdp(iface, XdpMode::Skb)
+            }
+        }
+    }
+
+    /// The mode of an XDP link pinned for `iface`, if there is one.
+    fn pinned_xdp_mode(&self, iface: &str) -> Option<XdpMode> {
+        let Pins { instance, .. } = self.pins.as_ref()?;
+        [
+            ("xdp-native", XdpMode::Driver),
+            ("xdp-generic", XdpMode::Skb),
+        ]
+        .into_iter()
+        .find(|(hook, _)| instance.link_path(iface, hook).exists())
+        .map(|(_, mode)| mode)
+    }
+
+    /// Attaches XDP to `iface`, or with pins, takes over the pinned link (the
+    /// program is swapped in atomically) or pins the new one.
+    fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<&'static str, CaptureError> {
+        let name = match mode {
+            XdpMode::Skb => "xdp-generic",
+            _ => "xdp-native",
+        };
+        let pinned = self.open_pinned_link(iface, name)?;
+        let pinning = self.pins.is_some();
+        let program: &mut Xdp = self.program(XDP)?;
+        let id = match pinned {
+            Some((link, path)) => {
+                let link =
+                    XdpLink::try_from(link).map_err(link_error(iface, name, "taking over"))?;
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, name)?;
+                        program.attach(iface, mode)
+                    }
+                    result => result,
+                }
+            }
+            None => program.attach(iface, mode),
+        }
+        .map_err(attach_error(XDP, iface, name))?;
+        if pinning {
+            let link = program
+                .take_link(id)
+                .map_err(attach_error(XDP, iface, name))?;
+            let link = FdLink::try_from(link).map_err(link_error(iface, name, "pinning"))?;
+            self.keep_link(iface, name, link)?;
+        }
+        Ok(name)
+    }
+
+    /// Attaches TC (TCX) for `attach_type`, or with pins, takes over the
+    /// pinned link or pins the new one.
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        attach_type: TcAttachType,
+    ) -> Result<&'static str, CaptureError> {
+        let (name, mode) = match attach_type {
+            TcAttachType::Egress => (TC_EGRESS, "tc-egress"),
+            _ => (TC_INGRESS, "tc-ingress"),
+        };
+        let pinned = self.open_pinned_link(iface, mode)?;
+        let pinning = self.pins.is_some();
+        let program: &mut SchedClassifier = self.program(name)?;
+        let id = match pinned {
+            Some((link, path)) => {
+                let link = SchedClassifierLink::try_from(link).map_err(link_error(
+                    iface,
+                    mode,
+                    "taking over",
+                ))?;
+                match program.attach_to_link(link) {
+                    Err(err) if severed(&err) => {
+                        unpin_severed(&path, iface, mode)?;
+                        program.attach(iface, attach_type)
+                    }
+                    result => result,
+                }
+            }
+            None => program.attach(iface, attach_type),
+        }
+        .map_err(attach_error(name, iface, mode))?;
+        if pinning {
+            let link = program
+                .take_link(id)
+                .map_err(attach_error(name, iface, mode))?;
+            let link = FdLink::try_from(link).map_err(link_error(iface, mode, "pinning"))?;
+            self.keep_link(iface, mode, link)?;
+        }
+        Ok(mode)
+    }
+
+    /// The link pinned for `hook` on `iface` and its pin path, when pinning and
+    /// there is one.
+    fn open_pinned_link(
+        &self,
+        iface: &str,
+        hook: &'static str,
+    ) -> Result<Option<(FdLink, PathBuf)>, CaptureError> {
+        let Some(Pins { instance, .. }) = &self.pins else {
+            return Ok(None);
+        };
+        let path = instance.link_path(iface, hook);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let link = PinnedLink::from_pin(&path).map_err(link_error(iface, hook, "opening"))?;
+        tracing::info!(iface, hook, path = %path.display(), "taking over the pinned link");
+        Ok(Some((FdLink::from(link), path)))
+    }
+
+    /// Holds `link` for as long as this capture lives, pinning it first unless
+    /// it came from its pin.
+    fn keep_link(
+        &mut self,
+        iface: &str,
+        hook: &'static str,
+        link: FdLink,
+    ) -> Result<(), CaptureError> {
+        let Some(Pins {
+            instance, links, ..
+        }) = &mut self.pins
+        else {
+            return Ok(());
+        };
+        let path = instance.link_path(iface, hook);
+        let link = if path.exists() {
+            link
+        } else {
+            link.pin(&path)
+                .map_err(link_error(iface, hook, "pinning"))?
+                .into()
+        };
+        links.push(link);
+        Ok(())
+    }
+
+    /// The program `name`, loaded into the kernel on first use (and with pins,
+    /// pinned, replacing the pin of an earlier daemon's program).
+    fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, CaptureError>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+        P: Loadable + 'a,
+    {
+        let Self { ebpf, pins } = self;
+        let program = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram(name))?;
+        let program: &mut P = program.try_into().map_err(program_error(name))?;
+        let loaded = program.load_once().map_err(program_error(name))?;
+        if let (true, Some(Pins { instance, .. })) = (loaded, pins) {
+            pin_program(program, name, &instance.program_path(name))?;
+        }
+        Ok(program)
+    }
+
+    /// Detaches every program from every interface (the maps stay readable).
+    /// With pins, only links whose pins are gone detach: the others stay
+    /// attached through their pins.
+    pub fn detach(&mut self) -> Result<(), CaptureError> {
+        if let Some(Pins { links, .. }) = &mut self.pins {
+            links.clear();
+        }
+        for name in [XDP, TC_INGRESS, TC_EGRESS] {
+            let Some(program) = self.ebpf.program_mut(name) else {
+                continue;
+            };
+            let result = match program {
+                aya::programs::Program::Xdp(p) if p.fd().is_ok() => p.unload(),
+                aya::programs::Program::SchedClassifier(p) if p.fd().is_ok() => p.unload(),
+                _ => Ok(()),
+            };
+            result.map_err(program_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the program for `hook` once on `frame` with `BPF_PROG_TEST_RUN`
+    /// (kernel ≥ 4.12; no interface needed) and returns its verdict: the XDP
+    /// action, or the TC return code as `i32`. For tests and diagnostics.
+    pub fn test_run(&mut self, hook: Hook, frame: &[u8]) -> Result<i32, CaptureError> {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        let (name, result) = match hook {
+            Hook::Xdp => (XDP, self.program::<Xdp>(XDP)?.test_run(options)),
+            Hook::TcIngress => (
+                TC_INGRESS,
+                self.program::<SchedClassifier>(TC_INGRESS)?
+                    .test_run(options),
+            ),
+            Hook::TcEgress => (
+                TC_EGRESS,
+                self.program::<SchedClassifier>(TC_EGRESS)?
+                    .test_run(options),
+            ),
+        };
+        result
+            .map(|run| run.return_value as i32)
+            .map_err(program_error(name))
+    }
+}
+
+/// The programs' names in the eBPF object.
+const XDP: &str = "connmirror_xdp";
+const TC_INGRESS: &str = "connmirror_tc_ingress";
+const TC_EGRESS: &str = "connmirror_tc_egress";
+
+/// Whether a link update failed because the link is severed: its interface
+/// was deleted, and the kernel detached it (`ENOLINK` from `BPF_LINK_UPDATE`,
+/// see `tcx_link_update` and `bpf_xdp_link_update` in the kernel).
+fn severed(err: &ProgramError) -> bool {
+    matches!(err, ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(crate::sys::errno::ENOLINK))
+}
+
+/// Removes the pin of a severed link, so a fresh link is attached and pinned
+/// in its place. Segments on the interface between its deletion and now were
+/// not captured: the connections through it broke with it.
+fn unpin_severed(path: &Path, iface: &str, hook: &'static str) -> Result<(), CaptureError> {
+    tracing::warn!(
+        iface,
+        hook,
+        "the pinned link is severed (its interface was deleted); attaching a new one"
+    );
+    std::fs::remove_file(path).map_err(link_error(iface, hook, "unpinning"))
+}
+
+/// Pins `program` at `path`, replacing an earlier daemon's pin there. The
+/// links keep the earlier program until they are updated, so this is no gap.
+fn pin_program<P: Loadable>(
+    program: &mut P,
+    name: &'static str,
+    path: &Path,
+) -> Result<(), CaptureError> {
+    let pin_error = |source| CaptureError::ProgramPin {
+        program: name,
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(pin_error(PinError::SyscallError(aya::sys::SyscallError {
+                call: "unlink",
+                io_error: err,
+            })));
+        }
+    }
+    program.pin_at(path).map_err(pin_error)
+}
+
+/// Programs that are loaded into the kernel once, then attached many times.
+trait Loadable {
+    /// Loads the program unless it is loaded; true when it was loaded now.
+    fn load_once(&mut self) -> Result<bool, ProgramError>;
+    /// Pins the program at `path`.
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError>;
+}
+
+impl Loadable for Xdp {
+    fn load_once(&mut self) -> Result<bool, ProgramError> {
+        if self.fd().is_ok() {
+            Ok(false)
+        } else {
+            self.load().map(|()| true)
+        }
+    }
+
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
+        self.pin(path)
+    }
+}
+
+impl Loadable for SchedClassifier {
+    fn load_once(&mut self) -> Result<bool, ProgramError> {
+        if self.fd().is_ok() {
+            Ok(false)
+        } else {
+            self.load().map(|()| true)
+        }
+    }
+
+    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
+        self.pin(path)
+    }
+}
+
+/// Whether `iface` exists (has an index).
+fn interface_exists(iface: &str) -> bool {
+    crate::sys::interface::index(iface).is_some()
+}
+
+/// Whether `iface` is a virtual link: sysfs shows no backing device for it
+/// (`/sys/class/net/IF/device` exists only for hardware NICs).
+fn is_virtual(iface: &str) -> bool {
+    !std::path::Path::new("/sys/class/net")
+        .join(iface)
+        .join("device")
+        .exists()
+}

@@ -1,0 +1,136 @@
+//! Reading and writing the maps the capture programs share with the daemon:
+//! the services tracked (and their modes), the ring buffer, the kernel
+//! counters, the sync limits and the kernel's flow state.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use connmirror_common::{
+    Counter, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue, SyncLimit,
+    counter::COUNTER_SLOTS,
+};
+
+use crate::{
+    capture::{Capture, CaptureError, error::map_error},
+    service::Service,
+};
+
+impl Capture {
+    /// Adds `service` to the services map so its segments are captured, from the
+    /// next packet on: the map is shared with the running programs, so services
+    /// can be added and removed while capture runs.
+    pub fn track(&mut self, service: &Service) -> Result<(), CaptureError> {
+        self.set_mode(service, 0)
+    }
+
+    /// Sets `service`'s [`ServiceMode`](connmirror_common::ServiceMode) bits (zero: capture). The programs read
+    /// the map on every packet, so the next segment already sees the new mode:
+    /// this is how a takeover quiesces clients and fences the old primary.
+    pub fn set_mode(&mut self, service: &Service, mode: u32) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
+        let value = ServiceValue {
+            id: service.id,
+            mode,
+        };
+        map.insert(service.key(), value, 0)
+            .map_err(map_error("SERVICES"))
+    }
+
+    /// Removes `service` from the services map: its segments pass uncaptured from
+    /// the next packet on. Flows already in the kernel's flow map age out (LRU).
+    pub fn untrack(&mut self, service: &Service) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
+        map.remove(&service.key()).map_err(map_error("SERVICES"))
+    }
+
+    /// Takes the ring buffer out of the object, for the reader.
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("RECORDS")
+            .ok_or(CaptureError::MissingMap("RECORDS"))?;
+        RingBuf::try_from(map).map_err(map_error("RECORDS"))
+    }
+
+    /// The kernel counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, CaptureError> {
+        let map: PerCpuArray<_, u64> = self.map("COUNTERS")?;
+        let mut slots = vec![0u64; COUNTER_SLOTS as usize];
+        for (slot, total) in slots.iter_mut().enumerate() {
+            let values = map.get(&(slot as u32), 0).map_err(map_error("COUNTERS"))?;
+            *total = values.iter().sum();
+        }
+        Ok(Counters { slots })
+    }
+
+    /// Sets how far the standby holds `key`'s journal (on-host `--sync`): the
+    /// TC egress program lets the primary's segments of that flow through up
+    /// to `limit` from the next packet on.
+    pub fn set_sync_limit(&mut self, key: &FlowKey, limit: SyncLimit) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, FlowKey, SyncLimit> = self.map_mut("SYNC_LIMITS")?;
+        map.insert(key, limit, 0).map_err(map_error("SYNC_LIMITS"))
+    }
+
+    /// Forgets `key`'s sync limit (the flow closed); absent is not an error.
+    pub fn remove_sync_limit(&mut self, key: &FlowKey) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, FlowKey, SyncLimit> = self.map_mut("SYNC_LIMITS")?;
+        match map.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(map_error("SYNC_LIMITS")),
+        }
+    }
+
+    /// Gap counts of every flow still in the kernel's LRU flow map.
+    pub fn flow_gaps(&self) -> Result<StdHashMap<FlowKey, u32>, CaptureError> {
+        let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
+        map.iter()
+            .map(|entry| entry.map(|(key, value)| (key, value.gaps)))
+            .collect::<Result<_, _>>()
+            .map_err(map_error("FLOWS"))
+    }
+
+    /// The map `name`, read-only, as `M`.
+    pub(super) fn map<'a, M>(&'a self, name: &'static str) -> Result<M, CaptureError>
+    where
+        M: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(CaptureError::MissingMap(name))?;
+        M::try_from(map).map_err(map_error(name))
+    }
+
+    /// The map `name`, writable, as `M`.
+    pub(super) fn map_mut<'a, M>(&'a mut self, name: &'static str) -> Result<M, CaptureError>
+    where
+        M: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(CaptureError::MissingMap(name))?;
+        M::try_from(map).map_err(map_error(name))
+    }
+}
+
+/// Kernel counters summed over CPUs, by slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    slots: Vec<u64>,
+}
+
+impl Counters {
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.slots
+            .get(counter.index() as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The malformed-packet count for `reason`.
+    pub fn malformed(&self, reason: Malformed) -> u64 {
+        self.slots
+            .get(reason.index() as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+}

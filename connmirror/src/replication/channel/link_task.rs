@@ -1,0 +1,133 @@
+//! The agent's link task: keeps a channel to the standby open, reconnecting
+//! after failures, and moves batches out and acknowledgments in, reporting to
+//! the agent's event loop as [`LinkEvent`]s.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::sync::mpsc;
+
+use crate::{
+    metrics::Family,
+    ownership::heartbeat::Key,
+    replication::channel::{Channel, ChannelError, decode_ack},
+};
+
+/// What the agent's link task reports to its event loop.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// A standby is connected; batches go to this sender.
+    Connected(mpsc::UnboundedSender<Vec<u8>>),
+    /// The standby applied everything before this position.
+    Acked(u64),
+    /// The connection ended.
+    Disconnected,
+}
+
+/// Connection counts of the agent's link.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    connects: AtomicU64,
+    handshake_failures: AtomicU64,
+}
+
+impl LinkStats {
+    /// Connections and failed handshakes.
+    pub fn families(&self) -> [Family; 2] {
+        [
+            Family::counter(
+                "replication_connects",
+                "Replication channels established with the standby.",
+                None,
+            )
+            .count(Vec::new(), self.connects.load(Ordering::Relaxed)),
+            Family::counter(
+                "replication_handshake_failures",
+                "Replication handshakes that failed (a wrong key, or no answer).",
+                None,
+            )
+            .count(Vec::new(), self.handshake_failures.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// Keeps a channel to the standby at `peer` open, reconnecting every
+/// `retry` after a failure, for as long as `events` has a receiver.
+pub async fn link(
+    peer: SocketAddr,
+    key: Key,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    stats: Arc<LinkStats>,
+    retry: Duration,
+) {
+    let mut logged = None::<String>;
+    while !events.is_closed() {
+        match Channel::connect(peer, &key).await {
+            Ok(channel) => {
+                stats.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, "replication channel established");
+                logged = None;
+                if let Err(err) = serve_link(channel, &events).await {
+                    tracing::warn!("{err}");
+                }
+                let _ = events.send(LinkEvent::Disconnected);
+            }
+            Err(err) => {
+                if matches!(err, ChannelError::Handshake { .. }) {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                let text = err.to_string();
+                if logged.as_ref() != Some(&text) {
+                    tracing::warn!("{text}");
+                    logged = Some(text);
+                }
+            }
+        }
+        tokio::time::sleep(retry).await;
+    }
+}
+
+/// Moves batches out and acknowledgments in until either side fails.
+async fn serve_link(
+    channel: Channel,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+) -> Result<(), ChannelError> {
+    let Channel {
+        mut writer,
+        mut reader,
+    } = channel;
+    let peer = writer.peer();
+    let (batches, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    if events.send(LinkEvent::Connected(batches)).is_err() {
+        return Ok(());
+    }
+    let send = async {
+        while let Some(body) = outgoing.recv().await {
+            writer.send(&body).await?;
+        }
+        Ok::<_, ChannelError>(())
+    };
+    let receive = async {
+        while let Some(body) = reader.next().await? {
+            let end =
+                decode_ack(&body).map_err(|reason| ChannelError::Protocol { peer, reason })?;
+            if events.send(LinkEvent::Acked(end)).is_err() {
+                break;
+            }
+        }
+        Err::<(), _>(ChannelError::Protocol {
+            peer,
+            reason: "the standby closed the channel".into(),
+        })
+    };
+    tokio::select! {
+        result = send => result,
+        result = receive => result,
+    }
+}
