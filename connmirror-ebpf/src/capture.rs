@@ -294,7 +294,8 @@ fn copy_chunk<S: LoadInto>(
         len = CHUNK_SIZE as u64;
     }
     // The verifier must see `len` in [1, CHUNK_SIZE]; keeping the two checks apart
-    // stops LLVM from folding them into a form it cannot follow (DESIGN.md).
+    // stops LLVM from folding them into a form it cannot follow (docs/architecture.md,
+    // "Implementation notes").
     let len = core::hint::black_box(len);
     if len == 0 || len > CHUNK_SIZE as u64 {
         return Err(Counter::CopyFailed);

@@ -39,7 +39,7 @@ pub fn connmirror_tc_egress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, Hook::TcEgress)
 }
 
-/// TC ingress capture, for links where TC beats XDP (see DESIGN.md measurements).
+/// TC ingress capture, for links where TC beats XDP (docs/architecture.md, "Implementation notes").
 #[classifier]
 pub fn connmirror_tc_ingress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, Hook::TcIngress)

@@ -8,9 +8,9 @@ use aya::{
     pin::PinError,
     programs::{
         ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        xdp::XdpLink,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use connmirror_common::Hook;
@@ -81,81 +81,71 @@ impl Capture {
         .map(|(_, mode)| mode)
     }
 
-    /// Attaches XDP to `iface`, or with pins, takes over the pinned link (the
-    /// program is swapped in atomically) or pins the new one.
+    /// Attaches XDP to `iface` in `mode`.
     fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<&'static str, CaptureError> {
-        let name = match mode {
+        let hook = match mode {
             XdpMode::Skb => "xdp-generic",
             _ => "xdp-native",
         };
-        let pinned = self.open_pinned_link(iface, name)?;
-        let pinning = self.pins.is_some();
-        let program: &mut Xdp = self.program(XDP)?;
-        let id = match pinned {
-            Some((link, path)) => {
-                let link =
-                    XdpLink::try_from(link).map_err(link_error(iface, name, "taking over"))?;
-                match program.attach_to_link(link) {
-                    Err(err) if severed(&err) => {
-                        unpin_severed(&path, iface, name)?;
-                        program.attach(iface, mode)
-                    }
-                    result => result,
-                }
-            }
-            None => program.attach(iface, mode),
-        }
-        .map_err(attach_error(XDP, iface, name))?;
-        if pinning {
-            let link = program
-                .take_link(id)
-                .map_err(attach_error(XDP, iface, name))?;
-            let link = FdLink::try_from(link).map_err(link_error(iface, name, "pinning"))?;
-            self.keep_link(iface, name, link)?;
-        }
-        Ok(name)
+        self.attach_program::<Xdp>(XDP, iface, hook, mode)
     }
 
-    /// Attaches TC (TCX) for `attach_type`, or with pins, takes over the
-    /// pinned link or pins the new one.
+    /// Attaches TC (TCX) for `attach_type`.
     fn attach_tc(
         &mut self,
         iface: &str,
         attach_type: TcAttachType,
     ) -> Result<&'static str, CaptureError> {
-        let (name, mode) = match attach_type {
+        let (name, hook) = match attach_type {
             TcAttachType::Egress => (TC_EGRESS, "tc-egress"),
             _ => (TC_INGRESS, "tc-ingress"),
         };
-        let pinned = self.open_pinned_link(iface, mode)?;
+        self.attach_program::<SchedClassifier>(name, iface, hook, attach_type)
+    }
+
+    /// Attaches program `name` to `iface` at `point`, or with pins, takes over
+    /// the link pinned for `hook` (the program is swapped in atomically; a
+    /// severed link is replaced) or pins the new one. Returns `hook`.
+    fn attach_program<P>(
+        &mut self,
+        name: &'static str,
+        iface: &str,
+        hook: &'static str,
+        point: P::Point,
+    ) -> Result<&'static str, CaptureError>
+    where
+        for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+        P: Attachable,
+    {
+        let pinned = self.open_pinned_link(iface, hook)?;
         let pinning = self.pins.is_some();
-        let program: &mut SchedClassifier = self.program(name)?;
-        let id = match pinned {
-            Some((link, path)) => {
-                let link = SchedClassifierLink::try_from(link).map_err(link_error(
-                    iface,
-                    mode,
-                    "taking over",
-                ))?;
-                match program.attach_to_link(link) {
-                    Err(err) if severed(&err) => {
-                        unpin_severed(&path, iface, mode)?;
-                        program.attach(iface, attach_type)
+        let link = {
+            let program: &mut P = self.program(name)?;
+            let id = match pinned {
+                Some((link, path)) => {
+                    let link =
+                        P::Link::try_from(link).map_err(link_error(iface, hook, "taking over"))?;
+                    match program.attach_to(link) {
+                        Err(err) if severed(&err) => {
+                            unpin_severed(&path, iface, hook)?;
+                            program.attach_at(iface, point)
+                        }
+                        result => result,
                     }
-                    result => result,
                 }
+                None => program.attach_at(iface, point),
             }
-            None => program.attach(iface, attach_type),
-        }
-        .map_err(attach_error(name, iface, mode))?;
-        if pinning {
-            let link = program
-                .take_link(id)
-                .map_err(attach_error(name, iface, mode))?;
-            let link = FdLink::try_from(link).map_err(link_error(iface, mode, "pinning"))?;
-            self.keep_link(iface, mode, link)?;
-        }
-        Ok(mode)
+            .map_err(attach_error(name, iface, hook))?;
+            if !pinning {
+                return Ok(hook);
+            }
+            program
+                .take_fd_link(id)
+                .map_err(attach_error(name, iface, hook))?
+                .map_err(link_error(iface, hook, "pinning"))?
+        };
+        self.keep_link(iface, hook, link)?;
+        Ok(hook)
     }
 
     /// The link pinned for `hook` on `iface` and its pin path, when pinning and
@@ -327,33 +317,67 @@ trait Loadable {
     fn pin_at(&mut self, path: &Path) -> Result<(), PinError>;
 }
 
-impl Loadable for Xdp {
-    fn load_once(&mut self) -> Result<bool, ProgramError> {
-        if self.fd().is_ok() {
-            Ok(false)
-        } else {
-            self.load().map(|()| true)
-        }
-    }
-
-    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
-        self.pin(path)
-    }
+/// Programs that attach to an interface through a link of their own type, so
+/// that [`Capture::attach_program`] serves XDP and TC alike.
+trait Attachable: Loadable {
+    /// The program's own link type, which a pinned [`FdLink`] converts to.
+    type Link: TryFrom<FdLink, Error = LinkError>;
+    /// The id of an attached link.
+    type Id;
+    /// Where on an interface it attaches: the XDP mode, the TC direction.
+    type Point: Copy;
+    /// Attaches a new link to `iface` at `point`.
+    fn attach_at(&mut self, iface: &str, point: Self::Point) -> Result<Self::Id, ProgramError>;
+    /// Swaps this program into an existing link.
+    fn attach_to(&mut self, link: Self::Link) -> Result<Self::Id, ProgramError>;
+    /// Takes the link out of the program's keeping, as an [`FdLink`] to pin.
+    fn take_fd_link(&mut self, id: Self::Id) -> Result<Result<FdLink, LinkError>, ProgramError>;
 }
 
-impl Loadable for SchedClassifier {
-    fn load_once(&mut self) -> Result<bool, ProgramError> {
-        if self.fd().is_ok() {
-            Ok(false)
-        } else {
-            self.load().map(|()| true)
-        }
-    }
+/// Implements [`Loadable`] and [`Attachable`] for one aya program type.
+macro_rules! attachable {
+    ($program:ty, $link:ty, $id:ty, $point:ty) => {
+        impl Loadable for $program {
+            fn load_once(&mut self) -> Result<bool, ProgramError> {
+                if self.fd().is_ok() {
+                    Ok(false)
+                } else {
+                    self.load().map(|()| true)
+                }
+            }
 
-    fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
-        self.pin(path)
-    }
+            fn pin_at(&mut self, path: &Path) -> Result<(), PinError> {
+                self.pin(path)
+            }
+        }
+
+        impl Attachable for $program {
+            type Link = $link;
+            type Id = $id;
+            type Point = $point;
+
+            fn attach_at(&mut self, iface: &str, point: $point) -> Result<$id, ProgramError> {
+                self.attach(iface, point)
+            }
+
+            fn attach_to(&mut self, link: $link) -> Result<$id, ProgramError> {
+                self.attach_to_link(link)
+            }
+
+            fn take_fd_link(&mut self, id: $id) -> Result<Result<FdLink, LinkError>, ProgramError> {
+                self.take_link(id).map(FdLink::try_from)
+            }
+        }
+    };
 }
+
+attachable!(Xdp, XdpLink, XdpLinkId, XdpMode);
+attachable!(
+    SchedClassifier,
+    SchedClassifierLink,
+    SchedClassifierLinkId,
+    TcAttachType
+);
 
 /// Whether `iface` exists (has an index).
 fn interface_exists(iface: &str) -> bool {

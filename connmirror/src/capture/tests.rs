@@ -1,4 +1,4 @@
-//! Unit tests of `capture/mod.rs`.
+//! Unit tests of the capture options (`capture/options.rs`): sizes and ring sizes.
 
 use super::*;
 

@@ -41,7 +41,7 @@ use crate::{
         detach_pinned,
     },
     failover::drain::{self, Drain},
-    failover::migrate::{self, Batch, MigrateReport, Prepare, Prepared, Receipt},
+    failover::migrate::{self, MigrateReport, Prepare, Prepared, Receipt, Transfer},
     failover::takeover::{self, Kept, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
     key::Key,
     metrics::Family,

@@ -10,7 +10,7 @@
 //!    queued and write its answers (each receive queue empty, each send queue
 //!    no longer growing);
 //! 3. each socket is saved ([`crate::repair::save`]) and stays in repair mode;
-//! 4. the plans go to the primary's agent over TCP ([`send`]): one [`Batch`]
+//! 4. the plans go to the primary's agent over TCP ([`send`]): one [`Transfer`]
 //!    frame, answered by one [`Receipt`] frame;
 //! 5. on success each saved socket is let go silently ([`let_go`]:
 //!    `connect(AF_UNSPEC)` in repair mode is `tcp_disconnect()` with
@@ -28,9 +28,9 @@
 //! One TCP connection per migration, to the agent's `--bind` address and
 //! `--port` (the port its heartbeats use over UDP). Each frame is `u32 length
 //! BE | JSON | HMAC-SHA256 (32 bytes)` under the shared key, the MAC covering
-//! the length and the JSON. A batch carries a counter that must be above every
+//! the length and the JSON. A transfer carries a counter that must be above every
 //! counter the agent accepted before (the wall clock in nanoseconds, like the
-//! heartbeats'), so a recorded batch cannot be replayed; the receipt echoes it.
+//! heartbeats'), so a recorded transfer cannot be replayed; the receipt echoes it.
 //!
 //! # Requirements and limits
 //!
@@ -70,12 +70,12 @@ const MAC_LEN: usize = 32;
 /// The connections to take, from the node that serves them to `to`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Batch {
+pub struct Transfer {
     /// The sender's node id.
     pub node_id: String,
-    /// The receiver's node id: a node refuses a batch meant for another.
+    /// The receiver's node id: a node refuses a transfer meant for another.
     pub to: String,
-    /// Must grow from batch to batch (see the module docs).
+    /// Must grow from transfer to transfer (see the module docs).
     pub counter: u64,
     /// The sender's epoch.
     pub epoch: u64,
@@ -92,7 +92,7 @@ pub struct Prepare {
     pub node_id: String,
     /// The receiver's node id.
     pub to: String,
-    /// Must grow from migration to migration; the [`Batch`] that follows
+    /// Must grow from migration to migration; the [`Transfer`] that follows
     /// carries the same one.
     pub counter: u64,
     /// The sender's epoch; the receiver claims the next one.
@@ -108,15 +108,15 @@ pub struct Prepared {
     /// The [`Prepare`]'s counter.
     pub counter: u64,
     /// Why the receiver will not take the connections; `None` when the
-    /// services are quiesced and it waits for the [`Batch`].
+    /// services are quiesced and it waits for the [`Transfer`].
     pub refused: Option<String>,
 }
 
-/// What became of a [`Batch`].
+/// What became of a [`Transfer`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
-    /// The batch's counter.
+    /// The transfer's counter.
     pub counter: u64,
     /// Connections rebuilt and handed to the application.
     pub restored: u64,
@@ -265,18 +265,18 @@ fn connect(peer: SocketAddr) -> anyhow::Result<TcpStream> {
 }
 
 /// Failback side (the standby): connects to the agent at `agent` and
-/// [`ship`]s `sockets` in `batch`.
+/// [`ship`]s `sockets` in `transfer`.
 pub fn send(
     agent: SocketAddr,
     key: &Key,
     sockets: &[TcpStream],
-    batch: Batch,
+    transfer: Transfer,
 ) -> anyhow::Result<(Receipt, Vec<RestorePlan>)> {
     let mut stream = connect(agent)?;
-    ship(&mut stream, key, sockets, batch).with_context(|| format!("migrating to {agent}"))
+    ship(&mut stream, key, sockets, transfer).with_context(|| format!("migrating to {agent}"))
 }
 
-/// Settles `sockets`, saves each into `batch` and sends it on `stream`;
+/// Settles `sockets`, saves each into `transfer` and sends it on `stream`;
 /// returns the receipt and the saves. Once the receiver took them, each socket is let go
 /// silently ([`let_go`]); if anything fails before that, each leaves repair
 /// mode and the connection goes on here ([`resume_here`]).
@@ -284,25 +284,25 @@ pub fn ship(
     stream: &mut TcpStream,
     key: &Key,
     sockets: &[TcpStream],
-    mut batch: Batch,
+    mut transfer: Transfer,
 ) -> anyhow::Result<(Receipt, Vec<RestorePlan>)> {
     settle(sockets);
     let outcome = (|| {
-        batch.plans = (sockets.iter())
+        transfer.plans = (sockets.iter())
             .map(|s| save::save(s, QueueMode::Unsent))
             .collect::<Result<_, _>>()?;
-        write_frame(stream, key, &batch).context("sending the batch")?;
+        write_frame(stream, key, &transfer).context("sending the transfer")?;
         let receipt: Receipt = read_frame(stream, key).context("reading the receipt")?;
         anyhow::ensure!(
-            receipt.counter == batch.counter,
-            "the receiver answered batch {} instead of {}",
+            receipt.counter == transfer.counter,
+            "the receiver answered transfer {} instead of {}",
             receipt.counter,
-            batch.counter
+            transfer.counter
         );
         if let Some(reason) = &receipt.refused {
             anyhow::bail!("{reason}");
         }
-        Ok((receipt, std::mem::take(&mut batch.plans)))
+        Ok((receipt, std::mem::take(&mut transfer.plans)))
     })();
     for socket in sockets {
         let done = match outcome {
@@ -377,14 +377,14 @@ fn ship_taken(
 ) -> anyhow::Result<(Vec<String>, Receipt)> {
     let taken = sockets::take_established(&prepare.services)
         .context("finding the services' connections")?;
-    let batch = Batch {
+    let transfer = Transfer {
         node_id: prepare.node_id.clone(),
         to: prepare.to.clone(),
         counter: prepare.counter,
         epoch: prepare.epoch,
         plans: Vec::new(),
     };
-    let (receipt, _) = ship(stream, key, &taken.sockets, batch)?;
+    let (receipt, _) = ship(stream, key, &taken.sockets, transfer)?;
     Ok((taken.errors, receipt))
 }
 
@@ -425,7 +425,7 @@ pub fn check_frame(
 /// Failback side (the agent): serves one migration connection. Rebuilds
 /// every plan, hands the sockets to the application on `handoff` (waiting at
 /// most `wait` for one), and answers with the receipt. `last` is the highest
-/// batch counter accepted so far; the batch must be meant for `node_id`.
+/// transfer counter accepted so far; the transfer must be meant for `node_id`.
 pub fn receive(
     mut stream: TcpStream,
     key: &Key,
@@ -434,18 +434,25 @@ pub fn receive(
     handoff: &HandoffServer,
     wait: Duration,
 ) -> anyhow::Result<Receipt> {
-    let batch: Batch = read_frame(&mut stream, key).context("reading a migration batch")?;
-    check_frame(&batch.to, &batch.node_id, batch.counter, node_id, last)
-        .map_err(anyhow::Error::msg)?;
+    let transfer: Transfer =
+        read_frame(&mut stream, key).context("reading a migration transfer")?;
+    check_frame(
+        &transfer.to,
+        &transfer.node_id,
+        transfer.counter,
+        node_id,
+        last,
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut receipt = Receipt {
-        counter: batch.counter,
+        counter: transfer.counter,
         restored: 0,
         errors: Vec::new(),
         refused: None,
     };
     // Refused before anything is rebuilt, so the sender keeps every
     // connection: rebuilding one nobody takes would reset it.
-    if let Some(plan) = (batch.plans.iter()).find(|p| !handoff.wait_for(p.server, wait)) {
+    if let Some(plan) = (transfer.plans.iter()).find(|p| !handoff.wait_for(p.server, wait)) {
         let reason = format!(
             "no application registered on the handoff socket for {} within {wait:?}",
             plan.server
@@ -454,7 +461,7 @@ pub fn receive(
         write_frame(&mut stream, key, &receipt).context("answering the migration")?;
         anyhow::bail!(reason);
     }
-    for (id, plan) in batch.plans.iter().enumerate() {
+    for (id, plan) in transfer.plans.iter().enumerate() {
         match adopt(plan, id as u64 + 1, handoff, wait) {
             Ok(()) => receipt.restored += 1,
             Err(err) => receipt.errors.push(format!("{err:#}")),

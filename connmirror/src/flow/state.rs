@@ -1,6 +1,6 @@
 //! Connection state a restore needs, kept up to date from captured headers:
 //! what the handshake negotiated, and per direction the sequence, acknowledgment,
-//! window and timestamp high-water marks (DESIGN.md, "State needed to restore one
+//! window and timestamp high-water marks (docs/architecture.md, "State needed to restore one
 //! connection").
 //!
 //! Sequence numbers are compared in sequence space (RFC 9293 §3.4: `after(a, b)`

@@ -15,7 +15,7 @@
 //! as a signed 32-bit difference. A stream maps every sequence number to a 64-bit
 //! *offset* from its origin (offset 0 is the first data byte, `ISN + 1`) by
 //! taking the value closest to the delivery point, within ±2³¹. Streams longer
-//! than 4 GiB and ISNs near 2³² therefore work: the DESIGN's proof of concept
+//! than 4 GiB and ISNs near 2³² therefore work: connmirror's proof of concept
 //! broke on exactly that with a naive 32-bit reassembler.
 //!
 //! # What happens to each byte

@@ -1,7 +1,7 @@
 //! Failure detection on the standby: it listens for the primary's
 //! authenticated heartbeats ([`crate::ownership::heartbeat`]), arms itself once it has
 //! the primary's ownership information, and declares the primary lost after
-//! a number of missed heartbeats (DESIGN.md, "Ownership and failure
+//! a number of missed heartbeats (docs/architecture.md, "Ownership and failure
 //! detection"). Forged, replayed or malformed datagrams are dropped and
 //! counted; they neither keep a dead primary alive nor trigger anything.
 //!

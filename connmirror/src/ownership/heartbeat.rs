@@ -1,5 +1,5 @@
 //! Authenticated heartbeats from the primary's agent to the standby
-//! (DESIGN.md, "Ownership and failure detection").
+//! (docs/architecture.md, "Ownership and failure detection").
 //!
 //! One UDP datagram per heartbeat:
 //!
@@ -37,8 +37,7 @@ pub const DEFAULT_PORT: u16 = 7400;
 pub const MAX_MESSAGE: usize = 16 << 10;
 
 const HEADER: usize = 4 + 1 + 1 + 8 + 2;
-pub use crate::key::Key;
-use crate::key::MAC_LEN;
+use crate::key::{Key, MAC_LEN};
 
 /// Who owns the services, as each heartbeat announces it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

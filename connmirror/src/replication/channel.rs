@@ -5,7 +5,7 @@
 //! The channel is TCP carrying [Noise](https://noiseprotocol.org/noise.html)
 //! `Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s`: an ephemeral X25519 exchange mixed
 //! with a pre-shared key derived from the shared key file (the one the
-//! heartbeats use, see [`Key::derive`](crate::ownership::heartbeat::Key::derive)). The first handshake message is
+//! heartbeats use, see [`Key::derive`](crate::key::Key::derive)). The first handshake message is
 //! already authenticated under that key, so a peer without it is refused
 //! before anything else is read; afterwards every message is encrypted and
 //! authenticated (ChaCha20-Poly1305, nonces counting up, so a replayed or
@@ -42,7 +42,7 @@ use crate::flow::record::Record;
 // What the unit tests (`channel/tests.rs`, `use super::*`) name from here.
 #[cfg(test)]
 use {
-    crate::{flow::record::SideSnapshot, ownership::heartbeat::Key},
+    crate::{flow::record::SideSnapshot, key::Key},
     connmirror_common::{Direction, FlowKey, SyncLimit},
     outbox::sync_limit,
     tokio::sync::mpsc,

@@ -1,4 +1,4 @@
-//! Replay resumption (DESIGN.md, "Resumption"): for an unmodified,
+//! Replay resumption (docs/architecture.md, "Resumption"): for an unmodified,
 //! deterministic server, a standby instance of the application continues each
 //! restored connection.
 //!

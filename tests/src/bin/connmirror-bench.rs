@@ -7,7 +7,7 @@
 //! One iperf3 stream (client → server) through the gateway of a
 //! [`Topology`], for [`IPERF_SECONDS`] s, measured without a mirror (the baseline)
 //! and with `connmirror mirror` on both gateway links in each attach configuration
-//! DESIGN.md asks to report ("Attach point matters more than the copy"): native XDP,
+//! docs/architecture.md asks to report ("Implementation notes"): native XDP,
 //! generic XDP and TC on ingress alone, and the default (XDP ingress + TC egress,
 //! which on a gateway captures each forwarded segment twice: once as it enters,
 //! once as it leaves), and, as the everyday alternative, `tcpdump -w FILE`
@@ -36,7 +36,7 @@
 //! report's `restore` step, and the whole takeover), and the time from
 //! spawning `connmirror takeover` to the first echoed byte a streaming client
 //! verifies again, [`FIRST_BYTE_RUNS`] runs for each send-queue refill mode
-//! (DESIGN.md asks to measure both), as p50, p99 and max.
+//! (both are measured), as p50, p99 and max.
 //!
 //! # ownership
 //! Automatic failover ([`OWNERSHIP_RUNS`] runs): from the primary's death to

@@ -70,7 +70,7 @@ impl Standby {
         let sockets = take_kept(&kept, &addrs);
         let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
         mirror.set_modes(services, quiesced)?;
-        let batch = Batch {
+        let transfer = Transfer {
             node_id: self.node_id.clone(),
             to: to.to_owned(),
             counter: heartbeat::initial_counter(),
@@ -79,7 +79,7 @@ impl Standby {
         };
         let progress = unseen_progress(&sockets);
         let (sockets, sent) = tokio::task::spawn_blocking(move || {
-            let sent = migrate::send(agent, &key, &sockets, batch);
+            let sent = migrate::send(agent, &key, &sockets, transfer);
             (sockets, sent)
         })
         .await
@@ -144,8 +144,8 @@ impl Standby {
     }
     /// Serves one planned migration ([`crate::failover::migrate`]): checks its
     /// [`Prepare`], quiesces and fences the services, answers, takes the
-    /// [`Batch`]'s connections over ([`takeover::adopt`]) and sends the
-    /// receipt. If the primary goes away before its batch, the services are
+    /// [`Transfer`]'s connections over ([`takeover::adopt`]) and sends the
+    /// receipt. If the primary goes away before its transfer, the services are
     /// protected again and nothing changed.
     pub(super) async fn take_migration(
         &mut self,
@@ -164,7 +164,7 @@ impl Standby {
             Err(reason) => return Err(refuse_migration(stream, &key, counter, reason).await),
         };
         mirror.set_modes(&services, ServiceMode::QUIESCED | ServiceMode::FENCED)?;
-        let (stream, batch) = match exchange_batch(stream, &key, counter, &services).await {
+        let (stream, transfer) = match exchange_transfer(stream, &key, counter, &services).await {
             Ok(exchanged) => exchanged,
             Err(err) => {
                 mirror.set_modes(&services, 0)?;
@@ -181,7 +181,7 @@ impl Standby {
             &self.config,
             handoff,
             &services,
-            batch.plans,
+            transfer.plans,
             trigger,
         )
         .await?;
@@ -285,14 +285,14 @@ async fn refuse_migration(
 }
 
 /// Tells the primary that migration `counter` is ready, and reads its
-/// [`Batch`]: it must carry the same counter and only connections of
+/// [`Transfer`]: it must carry the same counter and only connections of
 /// `services`.
-async fn exchange_batch(
+async fn exchange_transfer(
     stream: TcpStream,
     key: &Key,
     counter: u64,
     services: &[Service],
-) -> anyhow::Result<(TcpStream, Batch)> {
+) -> anyhow::Result<(TcpStream, Transfer)> {
     let k = key.clone();
     on_stream(stream, move |s| {
         let ready = Prepared {
@@ -300,23 +300,23 @@ async fn exchange_batch(
             refused: None,
         };
         migrate::write_frame(s, &k, &ready).context("answering the migration request")?;
-        let batch: Batch = migrate::read_frame(s, &k).context("reading the batch")?;
+        let transfer: Transfer = migrate::read_frame(s, &k).context("reading the transfer")?;
         anyhow::ensure!(
-            batch.counter == counter,
-            "batch {} in migration {counter}",
-            batch.counter
+            transfer.counter == counter,
+            "transfer {} in migration {counter}",
+            transfer.counter
         );
-        Ok(batch)
+        Ok(transfer)
     })
     .await
-    .and_then(|(stream, batch)| {
+    .and_then(|(stream, transfer)| {
         let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
-        match batch.plans.iter().find(|p| !addrs.contains(&p.server)) {
+        match transfer.plans.iter().find(|p| !addrs.contains(&p.server)) {
             Some(p) => anyhow::bail!(
-                "the batch has a connection of {}, not a service it named",
+                "the transfer has a connection of {}, not a service it named",
                 p.server
             ),
-            None => Ok((stream, batch)),
+            None => Ok((stream, transfer)),
         }
     })
 }

@@ -7,7 +7,7 @@
 //! the kernel behaves as if the connection had always existed once repair mode is
 //! left. CRIU restores sockets this way (its `soccr/soccr.c`, "libsoccr"); this
 //! module does the same from a [`RestorePlan`] that the standby built from the
-//! mirrored segments (see DESIGN.md, "State needed to restore one connection").
+//! mirrored segments (see docs/architecture.md, "State needed to restore one connection").
 //!
 //! # Order, and why each step is there
 //!

@@ -86,19 +86,19 @@ where
         let mut results = run(None, first);
         for batch in others {
             match batch {
-                Batch::Running(handle) => match handle.join() {
+                Job::Running(handle) => match handle.join() {
                     Ok(done) => results.extend(done),
                     Err(payload) => std::panic::resume_unwind(payload),
                 },
-                Batch::Done(done) => results.extend(done),
+                Job::Done(done) => results.extend(done),
             }
         }
         results
     })
 }
 
-/// A batch running on its own thread, or already run on the calling thread.
-enum Batch<'s, O> {
+/// A batch of sockets running on its own thread, or already run on the calling thread.
+enum Job<'s, O> {
     Running(ScopedJoinHandle<'s, Vec<Result<O, RestoreError>>>),
     Done(Vec<Result<O, RestoreError>>),
 }
@@ -111,7 +111,7 @@ fn spawn_batch<'s, 'e: 's, I, O>(
     netns: &'e File,
     batch: Vec<I>,
     run: &'e (impl Fn(Option<&File>, Vec<I>) -> Vec<Result<O, RestoreError>> + Sync),
-) -> Batch<'s, O>
+) -> Job<'s, O>
 where
     I: Send + 'e,
     O: Send + 'e,
@@ -122,10 +122,10 @@ where
         .spawn_scoped(s, move || run(Some(netns), rx.recv().unwrap_or_default()));
     match spawned {
         Ok(handle) => match tx.send(batch) {
-            Ok(()) => Batch::Running(handle),
-            Err(mpsc::SendError(batch)) => Batch::Done(run(None, batch)),
+            Ok(()) => Job::Running(handle),
+            Err(mpsc::SendError(batch)) => Job::Done(run(None, batch)),
         },
-        Err(_) => Batch::Done(run(None, batch)),
+        Err(_) => Job::Done(run(None, batch)),
     }
 }
 

@@ -14,8 +14,8 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
+    key::Key,
     metrics::Family,
-    ownership::heartbeat::Key,
     replication::channel::{Channel, ChannelError, decode_ack},
 };
 

@@ -18,7 +18,7 @@ use tokio::{
     },
 };
 
-use crate::{ownership::heartbeat::Key, replication::channel::ChannelError};
+use crate::{key::Key, replication::channel::ChannelError};
 
 /// The Noise protocol both ends speak.
 const PATTERN: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
