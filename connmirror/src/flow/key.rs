@@ -36,7 +36,8 @@ pub(super) fn flow_key(header: &RecordHeader, direction: Direction) -> FlowKey {
     }
 }
 
-pub(super) fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
+/// The (server, client) socket addresses of a flow key.
+pub fn endpoints(key: &FlowKey) -> (SocketAddr, SocketAddr) {
     (
         socket_addr(key.server_addr, key.family, key.server_port),
         socket_addr(key.client_addr, key.family, key.client_port),

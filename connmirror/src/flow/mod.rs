@@ -42,8 +42,8 @@ pub use report::{FlowReport, FlowStatus, SideReport};
 mod view;
 pub use view::{TakeoverFlow, TakeoverSide};
 mod key;
-pub use key::key_of;
-use key::{endpoints, flow_key, flow_name};
+pub use key::{endpoints, key_of};
+use key::{flow_key, flow_name};
 mod dump;
 use dump::{Dump, dump_path};
 

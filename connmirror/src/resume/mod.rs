@@ -10,6 +10,7 @@
 //! failover or roles; those call in.
 
 pub mod handoff;
+pub mod live;
 pub mod replay;
 
 use std::net::TcpStream;

@@ -1,0 +1,479 @@
+//! Live replay (docs/failover.md, "Live replay"): a standby instance of an
+//! unmodified, deterministic server kept in step with the primary all the
+//! time, not only at failover, so that a connection's takeover costs the same
+//! at any age.
+//!
+//! [`Live`] reads the flow records of whichever feed the standby has: its own
+//! inline capture, or an on-host agent's replication. When a connection of a
+//! live service opens with its handshake captured, it opens a connection of
+//! its own to the instance and writes it every client → server byte as soon as
+//! the byte is contiguous in the capture, in record order across connections.
+//! It reads the instance's output and compares it, byte for byte, with the
+//! server → client bytes captured from the primary ([`compare`]). Agreed bytes
+//! are dropped at once, so what a connection holds is bounded by its lag, not
+//! by its age.
+//!
+//! Each connection is *protected* while the two agree. The first differing
+//! byte makes it *divergent* (logged with the offset and both bytes); an
+//! instance that is down, closes, or lags past the cap, or a connection whose
+//! beginning the standby never saw, makes it *unprotected*, with that reason.
+//! Either way the connection keeps running on the primary; only a takeover
+//! resets it. At takeover ([`Live::take`]) nothing is replayed: the instance
+//! finishes what it still owes, and its connection is handed over with the
+//! output it produced past the primary's last byte.
+//!
+//! Uses: [`crate::flow`] (records), [`crate::metrics`]. Must not use:
+//! failover or roles, which call in.
+
+mod compare;
+mod instance;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use connmirror_common::{Direction, FlowKey};
+
+pub use compare::{Comparison, Divergence};
+pub use instance::Taken;
+use instance::{Handle, Input};
+
+use crate::{
+    flow::{endpoints, record::Record},
+    metrics::Family,
+};
+
+/// Default of `--instance-lag-cap`: bytes one connection may hold (client
+/// bytes not yet written plus output not yet matched) before it is unprotected.
+pub const DEFAULT_LAG_CAP: usize = 4 << 20;
+
+/// Why a live connection is not protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    /// The instance refused the connection, or an I/O error broke it.
+    InstanceDown,
+    /// The instance closed its connection.
+    InstanceClosed,
+    /// The instance fell further behind (or ahead) than the lag cap.
+    InstanceLag,
+    /// The connection was first seen mid-stream: the instance never saw its
+    /// beginning (a standby started while it was open).
+    MidStream,
+    /// Bytes of the connection are missing from the feed.
+    Gapped,
+}
+
+impl Reason {
+    /// Every reason.
+    pub const ALL: [Reason; 5] = [
+        Reason::InstanceDown,
+        Reason::InstanceClosed,
+        Reason::InstanceLag,
+        Reason::MidStream,
+        Reason::Gapped,
+    ];
+
+    /// The reason's name in status, metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::InstanceDown => "instance-down",
+            Reason::InstanceClosed => "instance-closed",
+            Reason::InstanceLag => "instance-lag",
+            Reason::MidStream => "mid-stream",
+            Reason::Gapped => "gapped",
+        }
+    }
+}
+
+/// Whether a live connection can be taken over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protection {
+    /// The instance agrees with the primary so far.
+    Protected,
+    /// The instance produced a byte the primary did not send.
+    Divergent(Divergence),
+    /// The connection cannot be continued, for this reason.
+    Unprotected(Reason),
+}
+
+/// Live connections of one service, by protection.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServiceProtection {
+    /// Connections whose instance agrees with the primary so far.
+    pub protected: u64,
+    /// Connections whose instance diverged.
+    pub divergent: u64,
+    /// Connections not protected, by reason.
+    pub unprotected: BTreeMap<String, u64>,
+    /// Bytes the instance owes or has not been written yet, summed.
+    pub lag_bytes: u64,
+    /// Age of the oldest captured byte the instance has not produced yet.
+    pub lag_seconds: f64,
+}
+
+/// Live replay for a standby's live services; cheap to clone.
+#[derive(Clone)]
+pub struct Live(Arc<Mutex<Inner>>);
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+/// The connections of the live services.
+struct Inner {
+    /// Instance address per live service.
+    apps: BTreeMap<SocketAddr, SocketAddr>,
+    /// Bytes one connection may hold.
+    cap: usize,
+    /// Connections by the feed's flow id.
+    flows: HashMap<u64, Flow>,
+    /// Counts since start.
+    totals: Arc<Totals>,
+}
+
+/// What live replay counted since it started.
+#[derive(Debug, Default)]
+pub(crate) struct Totals {
+    /// Connections that diverged.
+    divergences: AtomicU64,
+    /// Connections that became unprotected, by [`Reason`] (in [`Reason::ALL`] order).
+    unprotected: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Totals {
+    fn divergence(&self) {
+        self.divergences.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn unprotected(&self, reason: Reason) {
+        self.unprotected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection of a live service, as the feed knows it.
+struct Flow {
+    key: FlowKey,
+    service: SocketAddr,
+    /// Next client → server and server → client offsets the feed expects.
+    next: [u64; 2],
+    state: State,
+}
+
+enum State {
+    /// Opened; its first update says whether the handshake was captured.
+    /// Bytes that came before it wait here.
+    Opening(Vec<Input>),
+    /// Fed to the instance.
+    Running(Handle),
+    /// Not fed: it can never be protected.
+    Unprotected(Reason),
+}
+
+impl Live {
+    /// Live replay of the services in `apps` (service → instance address);
+    /// a connection holding more than `cap` bytes is unprotected.
+    pub fn new(apps: BTreeMap<SocketAddr, SocketAddr>, cap: usize) -> Live {
+        Live(Arc::new(Mutex::new(Inner {
+            apps,
+            cap,
+            flows: HashMap::new(),
+            totals: Arc::default(),
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.0.lock().expect("live replay state")
+    }
+
+    /// Feeds the records of one batch, in order. Must run inside the tokio
+    /// runtime (a new connection spawns its task).
+    pub fn feed(&self, records: &[Record]) {
+        let mut inner = self.lock();
+        for record in records {
+            inner.feed(record);
+        }
+    }
+
+    /// Hands over the instance connection of `key` at takeover, once the
+    /// instance has produced every captured server byte (within `timeout`).
+    /// `client_next` is the restored socket's receive offset: the instance
+    /// must have been fed exactly that much.
+    pub async fn take(
+        &self,
+        key: &FlowKey,
+        client_next: u64,
+        timeout: Duration,
+    ) -> Result<Taken, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let shared = {
+            let mut inner = self.lock();
+            let id = inner
+                .id_of(key)
+                .ok_or("live replay never saw the connection open")?;
+            let flow = inner.flows.remove(&id).expect("id_of found it");
+            let fed = flow.next[0];
+            let handle = match flow.state {
+                State::Running(handle) => handle,
+                State::Unprotected(reason) => return Err(unprotected(reason)),
+                State::Opening(_) => return Err(unprotected(Reason::MidStream)),
+            };
+            if fed != client_next {
+                return Err(format!(
+                    "the instance was fed {fed} client bytes, the restored socket \
+                     received {client_next}"
+                ));
+            }
+            handle.send(Input::Take(timeout, reply));
+            handle.shared
+        };
+        match answer.await {
+            Ok(taken) => taken,
+            // The task ended before the takeover: its state says why.
+            Err(_) => Err(describe(
+                &shared.lock().expect("live connection state").protection,
+            )),
+        }
+    }
+
+    /// The protection of every live service's connections.
+    pub fn protection(&self) -> BTreeMap<SocketAddr, ServiceProtection> {
+        self.lock().protection()
+    }
+
+    /// Live replay's metrics.
+    pub fn families(&self) -> Vec<Family> {
+        let inner = self.lock();
+        families(&inner.protection(), &inner.totals)
+    }
+}
+
+/// The error of a takeover of an unprotected connection.
+fn unprotected(reason: Reason) -> String {
+    format!("unprotected: {}", reason.name())
+}
+
+/// Why a connection whose task ended cannot be taken over.
+fn describe(protection: &Protection) -> String {
+    match protection {
+        Protection::Protected => "the live connection's task ended".to_owned(),
+        Protection::Divergent(d) => format!("divergent: {d}"),
+        Protection::Unprotected(reason) => unprotected(*reason),
+    }
+}
+
+impl Inner {
+    fn id_of(&self, key: &FlowKey) -> Option<u64> {
+        (self.flows.iter())
+            .find(|(_, flow)| flow.key == *key)
+            .map(|(id, _)| *id)
+    }
+
+    fn feed(&mut self, record: &Record) {
+        match record {
+            Record::Open { id, key, .. } => self.open(*id, *key),
+            Record::Data {
+                id,
+                dir,
+                offset,
+                bytes,
+            } => self.data(*id, *dir, *offset, bytes),
+            Record::Update {
+                id, dir, snapshot, ..
+            } => {
+                let handshake = snapshot.marks.handshake;
+                if *dir == Direction::ClientToServer {
+                    self.started(*id, handshake);
+                }
+            }
+            Record::Close { id, .. } => {
+                self.flows.remove(id);
+            }
+            // A checkpoint describes connections already open: their history
+            // is not in it, so the instance cannot be given it.
+            Record::CheckpointFlow(snapshot) => {
+                self.open(snapshot.id, snapshot.key);
+                self.started(snapshot.id, false);
+            }
+            Record::OutOfOrder { .. } | Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
+        }
+    }
+
+    fn open(&mut self, id: u64, key: FlowKey) {
+        let (server, _) = endpoints(&key);
+        if !self.apps.contains_key(&server) {
+            return;
+        }
+        let flow = Flow {
+            key,
+            service: server,
+            next: [0, 0],
+            state: State::Opening(Vec::new()),
+        };
+        self.flows.insert(id, flow);
+    }
+
+    /// The connection's first update: start feeding it, or not.
+    fn started(&mut self, id: u64, handshake: bool) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        let State::Opening(waiting) = &mut flow.state else {
+            return;
+        };
+        if !handshake {
+            return self.set_unprotected(id, Reason::MidStream);
+        }
+        let waiting = std::mem::take(waiting);
+        let (server, client) = endpoints(&flow.key);
+        let what = format!("{server} ↔ {client}");
+        let handle = Handle::spawn(self.apps[&server], what, self.cap, self.totals.clone());
+        for input in waiting {
+            handle.send(input);
+        }
+        flow.state = State::Running(handle);
+    }
+
+    fn data(&mut self, id: u64, dir: Direction, offset: u64, bytes: &[u8]) {
+        let Some(flow) = self.flows.get_mut(&id) else {
+            return;
+        };
+        let side = usize::from(dir != Direction::ClientToServer);
+        if offset != flow.next[side] {
+            return self.set_unprotected(id, Reason::Gapped);
+        }
+        flow.next[side] += bytes.len() as u64;
+        let input = match dir {
+            Direction::ClientToServer => Input::ClientBytes(bytes.to_vec()),
+            _ => Input::ServerBytes(bytes.to_vec()),
+        };
+        match &mut flow.state {
+            State::Opening(waiting) => waiting.push(input),
+            State::Running(handle) => {
+                handle.send(input);
+            }
+            State::Unprotected(_) => {}
+        }
+    }
+
+    fn set_unprotected(&mut self, id: u64, reason: Reason) {
+        let flow = self.flows.get_mut(&id).expect("the caller found it");
+        if matches!(flow.state, State::Unprotected(_)) {
+            return;
+        }
+        let (server, client) = endpoints(&flow.key);
+        let what = format!("{server} ↔ {client}");
+        tracing::warn!(
+            flow = what,
+            reason = reason.name(),
+            "live replay: unprotected"
+        );
+        flow.state = State::Unprotected(reason);
+        self.totals.unprotected(reason);
+    }
+
+    /// Each connection's protection now, with the totals since start updated
+    /// for connections whose task changed it.
+    fn protection(&self) -> BTreeMap<SocketAddr, ServiceProtection> {
+        let now = Instant::now();
+        let mut by_service: BTreeMap<SocketAddr, ServiceProtection> = (self.apps.keys())
+            .map(|s| (*s, ServiceProtection::default()))
+            .collect();
+        for flow in self.flows.values() {
+            let entry = by_service.entry(flow.service).or_default();
+            let protection = match &flow.state {
+                State::Opening(_) => Protection::Protected,
+                State::Unprotected(reason) => Protection::Unprotected(*reason),
+                State::Running(handle) => {
+                    let shared = handle.shared.lock().expect("live connection state");
+                    entry.lag_bytes += (shared.unwritten + shared.owed) as u64;
+                    if let Some(since) = shared.owed_since {
+                        entry.lag_seconds = entry.lag_seconds.max((now - since).as_secs_f64());
+                    }
+                    shared.protection
+                }
+            };
+            match protection {
+                Protection::Protected => entry.protected += 1,
+                Protection::Divergent(_) => entry.divergent += 1,
+                Protection::Unprotected(reason) => {
+                    *entry
+                        .unprotected
+                        .entry(reason.name().to_owned())
+                        .or_default() += 1
+                }
+            }
+        }
+        by_service
+    }
+}
+
+/// The metric families of live replay.
+fn families(now: &BTreeMap<SocketAddr, ServiceProtection>, totals: &Totals) -> Vec<Family> {
+    let divergences = Family::counter(
+        "live_divergences",
+        "Live connections whose instance produced a byte the primary did not send.",
+        None,
+    )
+    .count(Vec::new(), totals.divergences.load(Ordering::Relaxed));
+    let mut unprotected = Family::counter(
+        "live_unprotected",
+        "Live connections that became unprotected, by reason.",
+        None,
+    );
+    for reason in Reason::ALL {
+        let n = totals.unprotected[reason as usize].load(Ordering::Relaxed);
+        unprotected = unprotected.count(vec![("reason", reason.name().to_owned())], n);
+    }
+    let mut connections = Family::gauge(
+        "live_connections",
+        "Open connections of live-replay services, by protection (and reason).",
+        None,
+    );
+    let mut lag_bytes = Family::gauge(
+        "live_lag",
+        "Bytes the standby instance owes or has not been written yet, per service.",
+        Some(prometheus_client::registry::Unit::Bytes),
+    );
+    let mut lag_seconds = Family::gauge(
+        "live_lag",
+        "Age of the oldest captured byte the standby instance has not produced yet.",
+        Some(prometheus_client::registry::Unit::Seconds),
+    );
+    for (service, p) in now {
+        let labels = |state: &str, reason: &str| {
+            vec![
+                ("service", service.to_string()),
+                ("state", state.to_owned()),
+                ("reason", reason.to_owned()),
+            ]
+        };
+        connections = connections
+            .set(labels("protected", ""), p.protected as f64)
+            .set(labels("divergent", ""), p.divergent as f64);
+        for reason in Reason::ALL {
+            let n = p.unprotected.get(reason.name()).copied().unwrap_or(0);
+            connections = connections.set(labels("unprotected", reason.name()), n as f64);
+        }
+        let service = vec![("service", service.to_string())];
+        lag_bytes = lag_bytes.set(service.clone(), p.lag_bytes as f64);
+        lag_seconds = lag_seconds.set(service, p.lag_seconds);
+    }
+    vec![
+        connections,
+        lag_bytes,
+        lag_seconds,
+        divergences,
+        unprotected,
+    ]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,246 @@
+//! Unit tests of live replay against a real instance on loopback: a small
+//! deterministic server (it answers each byte with its upper case), fed from
+//! records as the flow table writes them.
+
+use std::net::SocketAddr;
+
+use connmirror_common::{Direction, FlowKey};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use super::*;
+use crate::{
+    flow::{
+        record::{Record, SideSnapshot},
+        stream::StreamMarks,
+    },
+    service::addr_bytes,
+};
+
+/// The protected service's address (never connected to: only a name).
+const SERVICE: &str = "198.18.1.2:7000";
+const CLIENT: &str = "198.18.0.2:40000";
+
+/// Starts the instance: a server that answers every byte with its upper case.
+async fn upper_case_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    buf[..n].make_ascii_uppercase();
+                    if conn.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn key() -> FlowKey {
+    let (server, client): (SocketAddr, SocketAddr) =
+        (SERVICE.parse().unwrap(), CLIENT.parse().unwrap());
+    let (server_addr, family) = addr_bytes(&server);
+    FlowKey {
+        server_addr,
+        client_addr: addr_bytes(&client).0,
+        server_port: server.port(),
+        client_port: client.port(),
+        family,
+        _pad: [0; 3],
+    }
+}
+
+fn live(app: SocketAddr, cap: usize) -> Live {
+    Live::new([(SERVICE.parse().unwrap(), app)].into(), cap)
+}
+
+/// The records of a connection opening, with or without its handshake.
+fn opened(handshake: bool) -> Vec<Record> {
+    let snapshot = SideSnapshot {
+        marks: StreamMarks {
+            handshake,
+            ..StreamMarks::default()
+        },
+        ..SideSnapshot::default()
+    };
+    vec![
+        Record::Open {
+            id: 1,
+            key: key(),
+            service_id: 1,
+        },
+        Record::Update {
+            id: 1,
+            dir: Direction::ClientToServer,
+            kernel_gaps: 0,
+            snapshot,
+        },
+    ]
+}
+
+fn data(dir: Direction, offset: u64, bytes: &[u8]) -> Record {
+    Record::Data {
+        id: 1,
+        dir,
+        offset,
+        bytes: bytes.to_vec(),
+    }
+}
+
+/// Waits (at most 5 s) until the service's protection satisfies `done`.
+async fn until(live: &Live, done: impl Fn(&ServiceProtection) -> bool) -> ServiceProtection {
+    let service: SocketAddr = SERVICE.parse().unwrap();
+    for _ in 0..500 {
+        let p = live.protection().remove(&service).unwrap();
+        if done(&p) {
+            return p;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out: {:?}", live.protection());
+}
+
+fn unprotected(reason: &str) -> BTreeMap<String, u64> {
+    [(reason.to_owned(), 1)].into()
+}
+
+#[tokio::test]
+async fn an_agreeing_instance_is_protected_and_handed_over_with_its_new_output() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    live.feed(&[
+        data(Direction::ClientToServer, 0, b"hello"),
+        data(Direction::ServerToClient, 0, b"HEL"),
+    ]);
+    let p = until(&live, |p| p.lag_bytes == 0).await;
+    assert_eq!((p.protected, p.divergent), (1, 0));
+    let Taken { mut conn, ahead } = live.take(&key(), 5, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ahead, b"LO");
+    conn.write_all(b"more").await.unwrap();
+    let mut reply = [0u8; 4];
+    conn.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"MORE");
+    assert_eq!(until(&live, |_| true).await, ServiceProtection::default());
+}
+
+#[tokio::test]
+async fn the_first_differing_byte_makes_the_connection_divergent() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    live.feed(&[
+        data(Direction::ClientToServer, 0, b"get"),
+        data(Direction::ServerToClient, 0, b"GEX"),
+    ]);
+    let p = until(&live, |p| p.divergent == 1).await;
+    assert_eq!(p.protected, 0);
+    let err = live
+        .take(&key(), 3, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "divergent: the instance's output differs from the primary's at offset 2 \
+         (primary 0x58, instance 0x54)"
+    );
+    let text = crate::metrics::encode_text(live.families());
+    assert!(
+        text.contains("connmirror_live_divergences_total 1\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_instance_that_is_down_leaves_the_connection_unprotected() {
+    // A port nothing listens on: bind one, then close it.
+    let app = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let live = live(app, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    let p = until(&live, |p| p.protected == 0).await;
+    assert_eq!(p.unprotected, unprotected("instance-down"));
+    let err = live
+        .take(&key(), 0, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err, "unprotected: instance-down");
+}
+
+#[tokio::test]
+async fn a_connection_first_seen_mid_stream_is_unprotected() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(false));
+    let p = until(&live, |_| true).await;
+    assert_eq!(p.unprotected, unprotected("mid-stream"));
+    let err = live
+        .take(&key(), 0, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err, "unprotected: mid-stream");
+}
+
+#[tokio::test]
+async fn output_the_instance_never_produces_goes_over_the_lag_cap() {
+    let live = live(upper_case_server().await, 64);
+    live.feed(&opened(true));
+    live.feed(&[data(Direction::ServerToClient, 0, &[b'A'; 100])]);
+    let p = until(&live, |p| p.protected == 0).await;
+    assert_eq!(p.unprotected, unprotected("instance-lag"));
+    let text = crate::metrics::encode_text(live.families());
+    assert!(
+        text.contains("connmirror_live_unprotected_total{reason=\"instance-lag\"} 1\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_byte_in_the_feed_leaves_the_connection_unprotected() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    live.feed(&[
+        data(Direction::ClientToServer, 0, b"ab"),
+        data(Direction::ClientToServer, 3, b"d"),
+    ]);
+    let p = until(&live, |_| true).await;
+    assert_eq!(p.unprotected, unprotected("gapped"));
+}
+
+#[tokio::test]
+async fn a_takeover_refuses_a_feed_that_differs_from_the_restored_socket() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    live.feed(&[data(Direction::ClientToServer, 0, b"abc")]);
+    let err = live
+        .take(&key(), 2, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        "the instance was fed 3 client bytes, the restored socket received 2"
+    );
+}
+
+#[tokio::test]
+async fn closing_the_connection_forgets_it() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&opened(true));
+    live.feed(&[Record::Close {
+        id: 1,
+        reason: crate::flow::record::CloseReason::Closed,
+    }]);
+    assert_eq!(until(&live, |_| true).await, ServiceProtection::default());
+    let err = live
+        .take(&key(), 0, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err, "live replay never saw the connection open");
+}
