@@ -7,6 +7,9 @@
 //! multi-buffer XDP frames and GSO skbs.
 #![no_std]
 #![no_main]
+// aya's program macros wrap each program in a function of their own and drop
+// its doc comment; the comments stay on the functions below for readers.
+#![allow(missing_docs)]
 
 mod capture;
 mod packet;

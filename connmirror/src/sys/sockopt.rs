@@ -44,10 +44,15 @@ unsafe impl Pod for libc::linger {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpRepairWindow {
+    /// Sequence number of the segment that last updated the send window.
     pub snd_wl1: u32,
+    /// The peer's receive window (our send window), in bytes.
     pub snd_wnd: u32,
+    /// Largest window the peer ever offered, in bytes.
     pub max_window: u32,
+    /// Our receive window, in bytes.
     pub rcv_wnd: u32,
+    /// `rcv_nxt` when `rcv_wnd` was last advertised.
     pub rcv_wup: u32,
 }
 
@@ -56,7 +61,9 @@ pub struct TcpRepairWindow {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpRepairOpt {
+    /// The option kind (`TCPOPT_MSS`, `TCPOPT_WINDOW`, ...).
     pub opt_code: u32,
+    /// Its value; for the window scale, send scale | receive scale << 16.
     pub opt_val: u32,
 }
 
