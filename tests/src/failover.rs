@@ -365,11 +365,21 @@ pub fn detecting_standby_command(
     service: SocketAddr,
     key: &Path,
 ) -> MirrorCommand {
+    with_detection(
+        standby_command(topo, &format!("{service}=full")),
+        family,
+        key,
+    )
+}
+
+/// `command` with failure detection on: heartbeats heard on every address of
+/// `family`, under the shared `key`.
+pub fn with_detection(command: MirrorCommand, family: Family, key: &Path) -> MirrorCommand {
     let listen = match family {
         Family::V4 => format!("0.0.0.0:{HEARTBEAT_PORT}"),
         Family::V6 => format!("[::]:{HEARTBEAT_PORT}"),
     };
-    standby_command(topo, &format!("{service}=full"))
+    command
         .without_dumps()
         .arg("--heartbeat-listen")
         .arg(&listen)

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::failover::Program;
 use crate::netns::Netns;
 
 /// Commands written per writer wakeup.
@@ -208,4 +209,35 @@ fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), Failure> {
         }
         replies.store(n, Ordering::Relaxed);
     }
+}
+
+/// `redis-server` in the foreground on `addr`, with persistence off.
+pub fn server(ns: &Netns, addr: SocketAddr) -> Program {
+    let args = [
+        "--port".to_owned(),
+        addr.port().to_string(),
+        "--bind".to_owned(),
+        addr.ip().to_string(),
+        "--save".to_owned(),
+        String::new(),
+        "--appendonly".to_owned(),
+        "no".to_owned(),
+        "--protected-mode".to_owned(),
+        "no".to_owned(),
+        "--daemonize".to_owned(),
+        "no".to_owned(),
+    ];
+    Program::start(ns, "redis-server", args, "Ready to accept connections")
+}
+
+/// Sends one inline command to the Redis at `addr` from inside `ns`; returns
+/// its reply line.
+pub fn command(ns: &Netns, addr: SocketAddr, line: &str) -> String {
+    ns.run(|| {
+        let mut stream = TcpStream::connect(addr).expect("connect to redis");
+        stream.write_all(line.as_bytes()).expect("write");
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).expect("read");
+        reply
+    })
 }

@@ -34,6 +34,7 @@ use anyhow::Context as _;
 use connmirror_common::ServiceMode;
 
 use crate::{
+    capture::parse_size,
     daemon::control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
     daemon::status::{ServiceStatus, StatusReport},
     engine::{
@@ -43,6 +44,7 @@ use crate::{
     failover::drain::{self, Drain},
     failover::migrate::{self, MigrateReport, Prepare, Prepared, Receipt, Transfer},
     failover::takeover::{self, Kept, MidStream, Resume, TakeoverConfig, TakeoverReport, Trigger},
+    flow::record::Record,
     key::Key,
     metrics::Family,
     net::address,
@@ -50,8 +52,9 @@ use crate::{
     ownership::heartbeat::{self, Kind, Message, Ownership},
     repair::restore::QueueMode,
     repair::save,
-    replication::replica::Replica,
+    replication::replica::{self, Replica},
     resume::handoff::{self, HandoffServer},
+    resume::live::Live,
     service::{RetentionName, Service},
 };
 
@@ -78,16 +81,23 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .mirror
         .services
         .iter()
-        .any(|s| !matches!(config.resume.get(&s.0), Some(Resume::Replay(_))));
+        .any(|s| matches!(config.resume.get(&s.0), None | Some(Resume::Handoff)));
     let replica = match (args.replication_listen, &args.detection.key) {
         (Some(listen), Some(key)) => {
             let full = full_retention(&args.mirror);
-            Some(Replica::start(listen, Key::load(key)?, full)?)
+            let sink = config.live.clone().map(|live| {
+                Arc::new(move |records: &[Record]| live.feed(records)) as replica::Sink
+            });
+            Some(Replica::start(listen, Key::load(key)?, full, sink)?)
         }
         _ => None,
     };
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror = Engine::start(args.mirror)?;
+    if let Some(live) = &config.live {
+        mirror.reader.table.collect_records();
+        mirror.reader.live = Some(live.clone());
+    }
     let handoff = match needs_handoff {
         true => Some(Arc::new(
             HandoffServer::bind(&args.handoff).context("opening the handoff socket")?,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ownership::{detector::Peer, heartbeat::HeartbeatStats},
     replication::channel::ReplicationLag,
+    resume::live::ServiceProtection,
 };
 
 /// A standby's status.
@@ -37,13 +38,16 @@ pub struct StatusReport {
 }
 
 /// One service in a [`StatusReport`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// Its address.
     pub addr: SocketAddr,
     /// On a standby: `protected`, `taken-over` or `draining`. On an agent:
     /// `serving`, `waiting` (recovering) or `released` (stepped down).
     pub state: String,
+    /// A live-replay service's connections by protection, and its instance's lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<ServiceProtection>,
 }
 
 impl StatusReport {
@@ -72,6 +76,9 @@ impl StatusReport {
         }
         for service in &self.services {
             writeln!(out, "service   {} {}", service.addr, service.state)?;
+            if let Some(live) = &service.live {
+                writeln!(out, "  live    {}", live.summary())?;
+            }
         }
         let flows: Vec<String> = (self.flows.iter())
             .map(|(readiness, n)| format!("{readiness} {n}"))

@@ -15,7 +15,8 @@
 //! is waiting, and a short timer reads whatever sits below that.
 //!
 //! Uses: [`crate::capture`], [`crate::flow`], [`crate::journal`],
-//! [`crate::replication`] (the on-host outbox), [`crate::metrics`]. Must not
+//! [`crate::replication`] (the on-host outbox), [`crate::resume`] (live
+//! replay's feed), [`crate::metrics`]. Must not
 //! use: failover or the roles; its report takes a role's keys as a map.
 
 use std::{
@@ -50,6 +51,7 @@ use crate::{
     journal::{FSYNC_BUCKETS, FsyncPolicy, JournalConfig, JournalStats, ReadMode},
     metrics::{Exporter, Family, Histogram, MetricsArgs, Scrape},
     replication::channel::Outbox,
+    resume::live::Live,
     service::{RetentionName, Service, ServiceAddr},
 };
 
@@ -153,6 +155,7 @@ impl Engine {
                 captured: BTreeMap::new(),
                 newest_ns: 0,
                 outbox: None,
+                live: None,
             },
             ring,
             backlog,

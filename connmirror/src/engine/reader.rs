@@ -13,6 +13,8 @@ pub(crate) struct Reader {
     pub(super) newest_ns: u64,
     /// On-host mode: where the journal records also go (to the standby).
     pub(crate) outbox: Option<Outbox>,
+    /// Live replay: the records also feed the standby's instances.
+    pub(crate) live: Option<Live>,
 }
 /// Segments and payload bytes captured on one interface in one direction.
 #[derive(Clone, Copy, Debug, Default)]
@@ -44,6 +46,7 @@ impl Reader {
             captured,
             newest_ns,
             outbox,
+            live,
         } = self;
         let mut left = limit;
         while left > 0 {
@@ -70,6 +73,9 @@ impl Reader {
         if let Some(outbox) = outbox {
             // The ring was just read to its end: nothing of it waits any more.
             outbox.ship(&records, 0);
+        }
+        if let Some(live) = live {
+            live.feed(&records);
         }
         if let Some(journal) = journal {
             (journal.write(&records, table)).context("writing the journal")?;

@@ -45,6 +45,11 @@ struct State {
     refused: u64,
 }
 
+/// Where else the received records go, in order, before they are applied
+/// (live replay feeds its instances from them). Called on the replication
+/// thread, inside its runtime.
+pub type Sink = Arc<dyn Fn(&[Record]) + Send + Sync>;
+
 /// The replication listener and the state it keeps.
 #[derive(Clone)]
 pub struct Replica {
@@ -52,13 +57,20 @@ pub struct Replica {
     /// Service addresses whose flows keep their whole history: their bytes
     /// are never released.
     full: Arc<BTreeSet<SocketAddr>>,
+    /// Where else the records go.
+    sink: Option<Sink>,
 }
 
 impl Replica {
     /// Listens on `listen` for the agent, under the shared `key`. The channel
     /// is served on a thread (and runtime) of its own: applying a fast stream
     /// of records must not delay the failure detector's heartbeats.
-    pub fn start(listen: SocketAddr, key: Key, full: BTreeSet<SocketAddr>) -> anyhow::Result<Self> {
+    pub fn start(
+        listen: SocketAddr,
+        key: Key,
+        full: BTreeSet<SocketAddr>,
+        sink: Option<Sink>,
+    ) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind(listen)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .with_context(|| format!("binding the replication listener to {listen}"))?;
@@ -68,6 +80,7 @@ impl Replica {
                 ..State::default()
             })),
             full: Arc::new(full),
+            sink,
         };
         tracing::info!(%listen, "listening for the agent's replication channel");
         let serving = replica.clone();
@@ -142,6 +155,9 @@ impl Replica {
             let protocol = |reason| ChannelError::Protocol { peer, reason };
             let batch = Batch::decode(&body).map_err(protocol)?;
             let records = batch.decode_records().map_err(protocol)?;
+            if let Some(sink) = &self.sink {
+                sink(&records);
+            }
             {
                 let mut state = self.lock();
                 state.applied_total += batch.records.len() as u64;

@@ -4,9 +4,10 @@
 //! socket (the daemon's server; the wire format and the application's side
 //! are the `connmirror-handoff` crate);
 //! [`replay`] feeds a standby instance of an unmodified, deterministic server
-//! the recorded client history.
+//! the recorded client history at takeover; [`live`] feeds it all along, and
+//! at takeover only splices.
 //!
-//! Uses: [`crate::repair`], [`crate::flow`], [`crate::sys`]. Must not use:
+//! Uses: [`crate::repair`], [`crate::flow`], [`crate::metrics`], [`crate::sys`]. Must not use:
 //! failover or roles; those call in.
 
 pub mod handoff;
@@ -14,6 +15,8 @@ pub mod live;
 pub mod replay;
 
 use std::net::TcpStream;
+
+use tokio::io::AsyncWriteExt as _;
 
 use crate::sys::sockopt;
 
@@ -34,11 +37,14 @@ pub enum Unrecoverable {
     ReplayFailed,
     /// A restore system call failed.
     RestoreFailed,
+    /// Live replay could not continue it: its instance is down, lagged past
+    /// the cap, or never saw its beginning ([`live::Reason`]).
+    Unprotected,
 }
 
 impl Unrecoverable {
     /// Every reason.
-    pub const ALL: [Unrecoverable; 7] = [
+    pub const ALL: [Unrecoverable; 8] = [
         Unrecoverable::Gapped,
         Unrecoverable::NoHandshake,
         Unrecoverable::Closing,
@@ -46,6 +52,7 @@ impl Unrecoverable {
         Unrecoverable::NoApplication,
         Unrecoverable::ReplayFailed,
         Unrecoverable::RestoreFailed,
+        Unrecoverable::Unprotected,
     ];
 
     /// The reason's name in reports and metrics.
@@ -58,6 +65,7 @@ impl Unrecoverable {
             Unrecoverable::NoApplication => "no-application",
             Unrecoverable::ReplayFailed => "replay-failed",
             Unrecoverable::RestoreFailed => "restore-failed",
+            Unrecoverable::Unprotected => "unprotected",
         }
     }
 }
@@ -68,6 +76,8 @@ pub enum Outcome {
     HandedOff,
     /// The replay matched and the socket is spliced to the application.
     Replayed,
+    /// The live instance caught up and the socket is spliced to it.
+    Live,
     /// The replayed output differed; the connection was reset.
     Divergent(String),
     /// The flow could not continue; the connection was reset.
@@ -79,5 +89,26 @@ pub fn abort(stream: TcpStream) {
     use std::os::fd::AsFd as _;
     if let Err(err) = sockopt::linger_zero(stream.as_fd()) {
         tracing::warn!(%err, "setsockopt(SO_LINGER)");
+    }
+}
+
+/// Copies both ways between the restored socket and the application until
+/// both are done; `extra` (new application output) goes to the client first.
+pub(crate) async fn splice(
+    client: TcpStream,
+    mut app: tokio::net::TcpStream,
+    extra: Vec<u8>,
+    what: String,
+) {
+    let result = async {
+        client.set_nonblocking(true)?;
+        let mut client = tokio::net::TcpStream::from_std(client)?;
+        client.write_all(&extra).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut app).await
+    }
+    .await;
+    match result {
+        Ok((c2s, s2c)) => tracing::info!(flow = what, c2s, s2c, "splice finished"),
+        Err(err) => tracing::warn!(flow = what, %err, "splice ended"),
     }
 }

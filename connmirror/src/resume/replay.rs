@@ -24,7 +24,7 @@ use tokio::{
 
 use crate::{
     flow::TakeoverFlow,
-    resume::{Outcome, Unrecoverable, abort},
+    resume::{Outcome, Unrecoverable, abort, splice},
 };
 
 /// Why a replay could not continue a connection.
@@ -159,20 +159,4 @@ async fn compare(
         }
     }
     Ok(Vec::new())
-}
-
-/// Copies both ways between the restored socket and the application until
-/// both are done; `extra` (new application output) goes to the client first.
-async fn splice(client: std::net::TcpStream, mut app: TcpStream, extra: Vec<u8>, what: String) {
-    let result = async {
-        client.set_nonblocking(true)?;
-        let mut client = TcpStream::from_std(client)?;
-        client.write_all(&extra).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut app).await
-    }
-    .await;
-    match result {
-        Ok((c2s, s2c)) => tracing::info!(flow = what, c2s, s2c, "splice finished"),
-        Err(err) => tracing::warn!(flow = what, %err, "splice ended"),
-    }
 }

@@ -31,6 +31,7 @@ mod fixtures;
 mod handoff;
 mod journal;
 mod kernel;
+mod live;
 mod maintenance;
 mod malformed;
 mod metrics;

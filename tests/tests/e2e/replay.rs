@@ -8,52 +8,19 @@
 //! standby's instance beforehand: its replay diverges at the first reply, so
 //! that connection (only) is reset and counted; the other continues exactly.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use connmirror_tests::failover::{Program, kill_primary, standby_command, takeover};
+use connmirror_tests::failover::{kill_primary, standby_command, takeover};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::netns::Netns;
-use connmirror_tests::redis::Counter;
+use connmirror_tests::redis::{self, Counter};
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
 use connmirror_tests::wire::WireWatch;
 
 const PORT: u16 = 7000;
 /// Where the standby's Redis instance listens.
 const STANDBY_PORT: u16 = 7001;
-
-/// `redis-server` in the foreground on `addr`, with persistence off.
-fn redis(ns: &Netns, addr: SocketAddr) -> Program {
-    let args = [
-        "--port".to_owned(),
-        addr.port().to_string(),
-        "--bind".to_owned(),
-        addr.ip().to_string(),
-        "--save".to_owned(),
-        String::new(),
-        "--appendonly".to_owned(),
-        "no".to_owned(),
-        "--protected-mode".to_owned(),
-        "no".to_owned(),
-        "--daemonize".to_owned(),
-        "no".to_owned(),
-    ];
-    Program::start(ns, "redis-server", args, "Ready to accept connections")
-}
-
-/// Sends one inline command to the Redis at `addr` from inside `ns`; returns
-/// its reply line.
-fn command(ns: &Netns, addr: SocketAddr, line: &str) -> String {
-    ns.run(|| {
-        let mut stream = TcpStream::connect(addr).expect("connect to redis");
-        stream.write_all(line.as_bytes()).expect("write");
-        let mut reply = String::new();
-        BufReader::new(stream).read_line(&mut reply).expect("read");
-        reply
-    })
-}
 
 fn replay(family: Family) {
     connmirror_tests::require_root();
@@ -63,10 +30,10 @@ fn replay(family: Family) {
         Family::V4 => SocketAddr::from(([127, 0, 0, 1], STANDBY_PORT)),
         Family::V6 => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, STANDBY_PORT)),
     };
-    let mut primary = redis(&topo.server, service);
-    let _standby_redis = redis(&topo.gateway, app);
+    let mut primary = redis::server(&topo.server, service);
+    let _standby_redis = redis::server(&topo.gateway, app);
     assert_eq!(
-        command(&topo.gateway, app, "SET diverges 1000\r\n"),
+        redis::command(&topo.gateway, app, "SET diverges 1000\r\n"),
         "+OK\r\n"
     );
     let command = standby_command(&topo, &format!("{service}=full"))

@@ -357,6 +357,7 @@ impl Node<'_> {
                 .map(|addr| ServiceStatus {
                     addr: *addr,
                     state: state.into(),
+                    live: None,
                 })
                 .collect(),
             flows: Default::default(),

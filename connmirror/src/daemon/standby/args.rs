@@ -17,12 +17,22 @@ pub struct StandbyArgs {
     #[arg(long, value_name = "PATH", default_value = handoff::DEFAULT_SOCKET)]
     pub handoff: PathBuf,
     /// How a service's restored connections continue: `IP:PORT=handoff` (to an
-    /// application on the handoff socket; the default) or
-    /// `IP:PORT=replay:APP_IP:APP_PORT` (replay the recorded client bytes into a
-    /// standby instance of an unmodified, deterministic server listening there,
-    /// verify its output, then splice; needs `--service IP:PORT=full`).
-    #[arg(long = "resume", value_name = "IP:PORT=handoff|replay:ADDR")]
+    /// application on the handoff socket; the default),
+    /// `IP:PORT=live:APP_IP:APP_PORT` (live replay: a standby instance of an
+    /// unmodified, deterministic server listening there is fed every client
+    /// byte as it is captured and its output compared all the time; at
+    /// takeover its connection is spliced, nothing is replayed) or
+    /// `IP:PORT=replay:APP_IP:APP_PORT` (replay the whole recorded client
+    /// history into the instance at takeover, verify its output, then splice;
+    /// needs `--service IP:PORT=full`).
+    #[arg(long = "resume", value_name = "IP:PORT=handoff|live:ADDR|replay:ADDR")]
     pub resume: Vec<ResumeSpec>,
+    /// Live replay: bytes one connection may hold (client bytes not yet
+    /// written to the instance, plus output the instance owes or produced
+    /// ahead of the primary) before it becomes `unprotected: instance-lag`
+    /// (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "4M")]
+    pub instance_lag_cap: u32,
     /// Flows first seen mid-stream (no handshake captured): `reset` them, or
     /// `restore` them with conservative options (MSS 536, no window scaling, no
     /// SACK). Neither side's window-scale shift is known then, so the restored
@@ -55,7 +65,8 @@ pub struct StandbyArgs {
     /// the handoff socket before it is reset.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub handoff_wait: u64,
-    /// Milliseconds a replay may take to reproduce the recorded output.
+    /// Milliseconds a replay may take to reproduce the recorded output (and a
+    /// live replay, to produce what its instance still owes at takeover).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub replay_timeout: u64,
     /// Failure detection.
@@ -164,19 +175,25 @@ impl FromStr for ResumeSpec {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let (service, how) = text
-            .split_once('=')
-            .ok_or_else(|| format!("{text:?} is not IP:PORT=handoff or IP:PORT=replay:ADDR"))?;
+        let (service, how) = text.split_once('=').ok_or_else(|| {
+            format!("{text:?} is not IP:PORT=handoff, IP:PORT=live:ADDR or IP:PORT=replay:ADDR")
+        })?;
         let service: SocketAddr = service
             .parse()
             .map_err(|_| format!("{service:?} is not an IP:PORT service address"))?;
+        let app = |app: &str| {
+            app.parse()
+                .map_err(|_| format!("{app:?} is not an IP:PORT application address"))
+        };
         let resume = match how.split_once(':') {
             None if how == "handoff" => Resume::Handoff,
-            Some(("replay", app)) => Resume::Replay(
-                app.parse()
-                    .map_err(|_| format!("{app:?} is not an IP:PORT application address"))?,
-            ),
-            _ => return Err(format!("{how:?} is not `handoff` or `replay:IP:PORT`")),
+            Some(("replay", addr)) => Resume::Replay(app(addr)?),
+            Some(("live", addr)) => Resume::Live(app(addr)?),
+            _ => {
+                return Err(format!(
+                    "{how:?} is not `handoff`, `live:IP:PORT` or `replay:IP:PORT`"
+                ));
+            }
         };
         Ok(Self(service, resume))
     }
@@ -204,7 +221,19 @@ impl StandbyArgs {
             handoff_wait: Duration::from_millis(self.handoff_wait),
             replay_timeout: Duration::from_millis(self.replay_timeout),
             keep: (self.failback == Failback::Migrate || self.keep_sockets).then(Kept::default),
+            live: self.live(),
         }
+    }
+
+    /// Live replay of the services resumed `live`, if there are any.
+    fn live(&self) -> Option<Live> {
+        let apps: BTreeMap<SocketAddr, SocketAddr> = (self.resume.iter())
+            .filter_map(|ResumeSpec(service, resume)| match resume {
+                Resume::Live(app) => Some((*service, *app)),
+                _ => None,
+            })
+            .collect();
+        (!apps.is_empty()).then(|| Live::new(apps, self.instance_lag_cap as usize))
     }
 
     /// Every `--resume` must name a `--service`.

@@ -50,6 +50,9 @@ impl Standby {
             .set(Vec::new(), self.draining() as f64),
         ]);
         families.extend(takeover::families(&self.reports));
+        if let Some(live) = &self.config.live {
+            families.extend(live.families());
+        }
         if let Some(replica) = &self.replica {
             families.extend(replica.families());
         }
@@ -57,9 +60,11 @@ impl Standby {
     }
     /// The node's status for `connmirror status`.
     pub(super) fn status(&self, mirror: &Engine, detector: Option<&Detector>) -> StatusReport {
+        let mut live = (self.config.live.as_ref()).map_or_else(BTreeMap::new, Live::protection);
         let services = (mirror.services.iter())
             .map(|s| ServiceStatus {
                 addr: s.addr,
+                live: live.remove(&s.addr),
                 state: if self.taken.contains_key(&s.addr) {
                     "taken-over".into()
                 } else if self.drains.iter().any(|d| d.serves(s.addr)) {

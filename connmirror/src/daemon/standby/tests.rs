@@ -19,8 +19,19 @@ fn resume_specs_name_a_service_and_a_mode() {
         ))
     );
     assert_eq!(
+        "198.18.1.2:7000=live:127.0.0.1:7001".parse(),
+        Ok(ResumeSpec(
+            "198.18.1.2:7000".parse().unwrap(),
+            Resume::Live("127.0.0.1:7001".parse().unwrap())
+        ))
+    );
+    assert_eq!(
+        "7000".parse::<ResumeSpec>(),
+        Err("\"7000\" is not IP:PORT=handoff, IP:PORT=live:ADDR or IP:PORT=replay:ADDR".to_owned())
+    );
+    assert_eq!(
         "198.18.1.2:7000=copy".parse::<ResumeSpec>(),
-        Err("\"copy\" is not `handoff` or `replay:IP:PORT`".to_owned())
+        Err("\"copy\" is not `handoff`, `live:IP:PORT` or `replay:IP:PORT`".to_owned())
     );
     assert_eq!(
         "198.18.1.2:7000=replay:nowhere".parse::<ResumeSpec>(),

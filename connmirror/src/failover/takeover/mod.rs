@@ -47,8 +47,11 @@ use crate::{
         self, QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
     },
     resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
-    resume::replay,
     resume::{Outcome, Unrecoverable, abort},
+    resume::{
+        live::{self, Live},
+        replay,
+    },
     service::Service,
 };
 
@@ -63,6 +66,9 @@ pub enum Resume {
     /// Replay the recorded client bytes into a standby instance of the
     /// application at this address, verify its output, then splice.
     Replay(SocketAddr),
+    /// Live replay: the standby instance at this address was fed all along
+    /// ([`crate::resume::live`]); finish its comparison, then splice.
+    Live(SocketAddr),
 }
 
 /// What to do with a flow first seen mid-stream (no handshake captured).
@@ -99,6 +105,9 @@ pub struct TakeoverConfig {
     /// Where to keep a duplicate of every socket handed to an application,
     /// for a later migration ([`crate::failover::migrate`]); `None` keeps none.
     pub keep: Option<Kept>,
+    /// Live replay of the services resumed `live`, fed by the standby's capture
+    /// or replica; `None` when there are none.
+    pub live: Option<Live>,
 }
 
 /// Duplicates of the sockets handed to applications (see
@@ -550,6 +559,10 @@ async fn resume(
                 let timeout = config.replay_timeout;
                 tasks.spawn(async move { replay::resume(stream, &flow, app, timeout).await });
             }
+            Resume::Live(_) => {
+                let (live, timeout) = (config.live.clone(), config.replay_timeout);
+                tasks.spawn(async move { live::resume(stream, &flow, live, timeout).await });
+            }
         }
     }
     collect(tasks, report).await;
@@ -586,6 +599,10 @@ async fn collect(mut tasks: tokio::task::JoinSet<Outcome>, report: &mut Takeover
             Ok(Outcome::Replayed) => {
                 report.restored += 1;
                 report.replayed += 1;
+            }
+            Ok(Outcome::Live) => {
+                report.restored += 1;
+                report.live += 1;
             }
             Ok(Outcome::Divergent(error)) => {
                 tracing::warn!(error, "replay diverged: connection reset");

@@ -45,7 +45,11 @@ pub struct TakeoverReport {
     pub handed_off: u64,
     /// Flows resumed by a verified replay.
     pub replayed: u64,
-    /// Replays whose output differed from the recorded bytes (those flows are reset).
+    /// Flows resumed by live replay: spliced to an instance fed all along.
+    #[serde(default)]
+    pub live: u64,
+    /// Replays (and live replays) whose output differed from the recorded
+    /// bytes (those flows are reset).
     pub divergent: u64,
     /// Flows not restored, by reason (divergent replays are counted separately).
     pub unrecoverable: BTreeMap<String, u64>,
@@ -141,6 +145,11 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
             "replayed_connections",
             "Restored connections resumed by a verified replay.",
             total(|r| r.replayed),
+        ),
+        counter(
+            "live_resumed_connections",
+            "Restored connections spliced to a live-replay instance.",
+            total(|r| r.live),
         ),
         counter(
             "mid_stream_restored_connections",

@@ -23,6 +23,7 @@ fn config(mid_stream: MidStream) -> TakeoverConfig {
         handoff_wait: Duration::ZERO,
         replay_timeout: Duration::ZERO,
         keep: None,
+        live: None,
     }
 }
 

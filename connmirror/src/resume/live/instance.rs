@@ -152,7 +152,8 @@ impl Task {
     fn read(&mut self, read: std::io::Result<usize>, buf: &[u8]) -> bool {
         match read {
             Ok(0) => {
-                self.unprotect(Reason::InstanceClosed, "the instance closed".into());
+                let detail = "the instance closed the connection".to_owned();
+                self.unprotect(Reason::InstanceDown, detail);
                 false
             }
             Ok(n) => {

@@ -15,7 +15,7 @@
 //!
 //! Each connection is *protected* while the two agree. The first differing
 //! byte makes it *divergent* (logged with the offset and both bytes); an
-//! instance that is down, closes, or lags past the cap, or a connection whose
+//! instance that is down (refuses, closes, breaks) or lags past the cap, or a connection whose
 //! beginning the standby never saw, makes it *unprotected*, with that reason.
 //! Either way the connection keeps running on the primary; only a takeover
 //! resets it. At takeover ([`Live::take`]) nothing is replayed: the instance
@@ -45,8 +45,9 @@ pub use instance::Taken;
 use instance::{Handle, Input};
 
 use crate::{
-    flow::{endpoints, record::Record},
+    flow::{TakeoverFlow, endpoints, record::Record},
     metrics::Family,
+    resume::{Outcome, Unrecoverable, abort, splice},
 };
 
 /// Default of `--instance-lag-cap`: bytes one connection may hold (client
@@ -56,10 +57,8 @@ pub const DEFAULT_LAG_CAP: usize = 4 << 20;
 /// Why a live connection is not protected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Reason {
-    /// The instance refused the connection, or an I/O error broke it.
+    /// The instance refused the connection, closed it, or an I/O error broke it.
     InstanceDown,
-    /// The instance closed its connection.
-    InstanceClosed,
     /// The instance fell further behind (or ahead) than the lag cap.
     InstanceLag,
     /// The connection was first seen mid-stream: the instance never saw its
@@ -71,9 +70,8 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 4] = [
         Reason::InstanceDown,
-        Reason::InstanceClosed,
         Reason::InstanceLag,
         Reason::MidStream,
         Reason::Gapped,
@@ -83,7 +81,6 @@ impl Reason {
     pub fn name(self) -> &'static str {
         match self {
             Reason::InstanceDown => "instance-down",
-            Reason::InstanceClosed => "instance-closed",
             Reason::InstanceLag => "instance-lag",
             Reason::MidStream => "mid-stream",
             Reason::Gapped => "gapped",
@@ -115,6 +112,17 @@ pub struct ServiceProtection {
     pub lag_bytes: u64,
     /// Age of the oldest captured byte the instance has not produced yet.
     pub lag_seconds: f64,
+}
+
+impl ServiceProtection {
+    /// One line for `connmirror status`.
+    pub fn summary(&self) -> String {
+        let mut line = format!("{} protected, {} divergent", self.protected, self.divergent);
+        for (reason, n) in &self.unprotected {
+            line += &format!(", {n} unprotected: {reason}");
+        }
+        line + &format!(", lag {} bytes, {:.3} s", self.lag_bytes, self.lag_seconds)
+    }
 }
 
 /// Live replay for a standby's live services; cheap to clone.
@@ -211,33 +219,33 @@ impl Live {
         key: &FlowKey,
         client_next: u64,
         timeout: Duration,
-    ) -> Result<Taken, String> {
+    ) -> Result<Taken, TakeError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let shared = {
             let mut inner = self.lock();
-            let id = inner
-                .id_of(key)
-                .ok_or("live replay never saw the connection open")?;
+            let id = (inner.id_of(key)).ok_or(TakeError::Failed(
+                "live replay never saw the connection open".to_owned(),
+            ))?;
             let flow = inner.flows.remove(&id).expect("id_of found it");
             let fed = flow.next[0];
             let handle = match flow.state {
                 State::Running(handle) => handle,
-                State::Unprotected(reason) => return Err(unprotected(reason)),
-                State::Opening(_) => return Err(unprotected(Reason::MidStream)),
+                State::Unprotected(reason) => return Err(TakeError::Unprotected(reason)),
+                State::Opening(_) => return Err(TakeError::Unprotected(Reason::MidStream)),
             };
             if fed != client_next {
-                return Err(format!(
+                return Err(TakeError::Failed(format!(
                     "the instance was fed {fed} client bytes, the restored socket \
                      received {client_next}"
-                ));
+                )));
             }
             handle.send(Input::Take(timeout, reply));
             handle.shared
         };
         match answer.await {
-            Ok(taken) => taken,
+            Ok(taken) => taken.map_err(TakeError::Failed),
             // The task ended before the takeover: its state says why.
-            Err(_) => Err(describe(
+            Err(_) => Err(TakeError::of(
                 &shared.lock().expect("live connection state").protection,
             )),
         }
@@ -255,17 +263,71 @@ impl Live {
     }
 }
 
-/// The error of a takeover of an unprotected connection.
-fn unprotected(reason: Reason) -> String {
-    format!("unprotected: {}", reason.name())
+/// Why a live connection could not be taken over.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TakeError {
+    /// The instance diverged from the primary before the takeover.
+    #[error("divergent: {0}")]
+    Divergent(Divergence),
+    /// The connection was not protected.
+    #[error("unprotected: {}", .0.name())]
+    Unprotected(Reason),
+    /// The instance did not finish in time, or its connection broke.
+    #[error("{0}")]
+    Failed(String),
 }
 
-/// Why a connection whose task ended cannot be taken over.
-fn describe(protection: &Protection) -> String {
-    match protection {
-        Protection::Protected => "the live connection's task ended".to_owned(),
-        Protection::Divergent(d) => format!("divergent: {d}"),
-        Protection::Unprotected(reason) => unprotected(*reason),
+impl TakeError {
+    /// Why a connection whose task ended cannot be taken over.
+    fn of(protection: &Protection) -> TakeError {
+        match protection {
+            Protection::Protected => TakeError::Failed("the live connection's task ended".into()),
+            Protection::Divergent(d) => TakeError::Divergent(*d),
+            Protection::Unprotected(reason) => TakeError::Unprotected(*reason),
+        }
+    }
+}
+
+/// Continues the restored socket `client` of `flow` on its live instance
+/// connection (spliced, after the output the instance produced past the
+/// primary's last byte); resets it when live replay cannot.
+pub(crate) async fn resume(
+    client: std::net::TcpStream,
+    flow: &TakeoverFlow,
+    live: Option<Live>,
+    timeout: Duration,
+) -> Outcome {
+    let (server, peer) = flow.endpoints();
+    let what = format!("{server} ↔ {peer}");
+    let taken = match live {
+        Some(live) => live.take(&flow.key, flow.c2s.marks.next, timeout).await,
+        None => Err(TakeError::Failed("live replay is not running".to_owned())),
+    };
+    match taken {
+        // The instance connection may belong to another runtime (the
+        // replication thread's): it moves to this one.
+        Ok(Taken { conn, ahead }) => match conn.into_std().and_then(|conn| {
+            conn.set_nonblocking(true)?;
+            tokio::net::TcpStream::from_std(conn)
+        }) {
+            Ok(conn) => {
+                tokio::spawn(splice(client, conn, ahead, what));
+                Outcome::Live
+            }
+            Err(err) => {
+                abort(client);
+                let error = format!("{what}: moving the instance connection: {err}");
+                Outcome::Failed(Unrecoverable::Unprotected, error)
+            }
+        },
+        Err(err @ TakeError::Divergent(_)) => {
+            abort(client);
+            Outcome::Divergent(format!("{what}: {err}"))
+        }
+        Err(err) => {
+            abort(client);
+            Outcome::Failed(Unrecoverable::Unprotected, format!("{what}: {err}"))
+        }
     }
 }
 

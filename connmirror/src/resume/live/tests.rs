@@ -143,7 +143,8 @@ async fn the_first_differing_byte_makes_the_connection_divergent() {
     let err = live
         .take(&key(), 3, Duration::from_secs(1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "divergent: the instance's output differs from the primary's at offset 2 \
@@ -171,7 +172,8 @@ async fn an_instance_that_is_down_leaves_the_connection_unprotected() {
     let err = live
         .take(&key(), 0, Duration::from_secs(1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "unprotected: instance-down");
 }
 
@@ -184,7 +186,8 @@ async fn a_connection_first_seen_mid_stream_is_unprotected() {
     let err = live
         .take(&key(), 0, Duration::from_secs(1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "unprotected: mid-stream");
 }
 
@@ -222,7 +225,8 @@ async fn a_takeover_refuses_a_feed_that_differs_from_the_restored_socket() {
     let err = live
         .take(&key(), 2, Duration::from_secs(1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         err,
         "the instance was fed 3 client bytes, the restored socket received 2"
@@ -241,6 +245,7 @@ async fn closing_the_connection_forgets_it() {
     let err = live
         .take(&key(), 0, Duration::from_secs(1))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert_eq!(err, "live replay never saw the connection open");
 }

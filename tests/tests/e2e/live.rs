@@ -1,0 +1,288 @@
+//! Live replay end to end (`--resume IP:PORT=live:ADDR`), inline, with a real,
+//! unmodified server: Redis.
+//!
+//! The primary runs redis-server on the service address; the standby runs its
+//! own instance on loopback, which live replay feeds every client byte as it
+//! is captured and whose output it compares with the primary's all along.
+//! Eight clients pipeline `INCR` on their own keys and check every reply. A
+//! ninth uses a key preset to 1000 in the standby's instance only: its first
+//! reply differs, and the test waits for `divergent` to show in status and
+//! metrics, long before anything fails. Each client carries more bytes than
+//! the standby's `--history-cap` before the primary dies, which replay at
+//! takeover could not continue. The standby takes over on missed
+//! heartbeats: the eight continue on the same sockets with every reply right,
+//! and only the divergent connection is reset, with one RST on the wire.
+//!
+//! A second test kills the standby's instance: its connections become
+//! `unprotected: instance-down`, a new connection is tried and counted the
+//! same way, and the primary's traffic goes on undisturbed.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use connmirror::resume::live::ServiceProtection;
+use connmirror_tests::failover::{
+    Program, configure_primary, key_file, kill_primary, standby_command, start_agent, status,
+    status_of, with_detection,
+};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
+use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::redis::{self, Counter, CounterResult};
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::wire::WireWatch;
+use connmirror_tests::workdir::WorkDir;
+
+const PORT: u16 = 7000;
+/// Where the standby's Redis instance listens.
+const STANDBY_PORT: u16 = 7001;
+/// Clients that must continue.
+const CLIENTS: usize = 8;
+/// Commands each client has answered before the primary dies: at 13 bytes
+/// each (`INCR live-0\r\n`), more client bytes than [`HISTORY_CAP`].
+const BEFORE: u64 = 6_000;
+/// The standby's `--history-cap`: replay at takeover resets a connection
+/// past it; live replay does not need the history at all.
+const HISTORY_CAP: &str = "64K";
+
+/// A primary running Redis, the standby's own Redis instance, and the shared key.
+struct Setup {
+    _dir: WorkDir,
+    key: std::path::PathBuf,
+    topo: Topology,
+    family: Family,
+    service: SocketAddr,
+    app: SocketAddr,
+    primary: Program,
+    instance: Program,
+}
+
+fn setup(family: Family, role: &str) -> Setup {
+    connmirror_tests::require_root();
+    let dir = WorkDir::new(role);
+    let key = key_file(&dir);
+    let topo = Topology::new();
+    let service = topo.service(family, PORT);
+    configure_primary(&topo, family, service);
+    let app = match family {
+        Family::V4 => SocketAddr::from(([127, 0, 0, 1], STANDBY_PORT)),
+        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, STANDBY_PORT)),
+    };
+    let primary = redis::server(&topo.server, service);
+    let instance = redis::server(&topo.gateway, app);
+    Setup {
+        _dir: dir,
+        key,
+        topo,
+        family,
+        service,
+        app,
+        primary,
+        instance,
+    }
+}
+
+impl Setup {
+    /// The standby, resuming the service by live replay, with detection on.
+    fn standby(&self) -> Mirror {
+        let command: MirrorCommand = with_detection(
+            standby_command(&self.topo, &self.service.to_string()),
+            self.family,
+            &self.key,
+        )
+        .arg("--resume")
+        .arg(&format!("{}=live:{}", self.service, self.app))
+        .arg("--history-cap")
+        .arg(HISTORY_CAP);
+        Mirror::start(&self.topo.gateway, &command)
+    }
+
+    /// Waits (at most 30 s) until the service's live protection satisfies
+    /// `done`, as `connmirror status --json` shows it.
+    fn wait_live(
+        &self,
+        standby: &Mirror,
+        done: impl Fn(&ServiceProtection) -> bool,
+    ) -> ServiceProtection {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = status_of(&self.topo, standby);
+            let live = status.services[0].live.clone().expect("a live service");
+            if done(&live) {
+                return live;
+            }
+            assert!(Instant::now() < deadline, "live protection stayed {live:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The `connmirror_live_connections` series of `state` (and `reason`).
+    fn connections(&self, state: &str, reason: &str) -> String {
+        format!(
+            "connmirror_live_connections{{service=\"{}\",state=\"{state}\",reason=\"{reason}\"}}",
+            self.service
+        )
+    }
+}
+
+/// Every command answered in order, and nothing failed.
+fn assert_continued(results: &[CounterResult], before: u64) {
+    for result in results {
+        assert_eq!(result.write_error, None, "{result:?}");
+        assert_eq!(result.read_error, None, "{result:?}");
+        assert_eq!(
+            result.replies, result.sent,
+            "every command answered, in order"
+        );
+        assert!(result.sent > before, "{result:?}");
+    }
+}
+
+fn failover(family: Family) {
+    let mut s = setup(family, "live");
+    assert_eq!(
+        redis::command(&s.topo.gateway, s.app, "SET diverges 1000\r\n"),
+        "+OK\r\n"
+    );
+    let standby = s.standby();
+    let mut agent = start_agent(&s.topo, family, s.service, &s.key);
+    standby.wait_log("armed: primary heard");
+    let good: Vec<Counter> = (0..CLIENTS)
+        .map(|i| Counter::start(&s.topo.client, s.service, &format!("live-{i}")))
+        .collect();
+    let bad = Counter::start(&s.topo.client, s.service, "diverges");
+
+    // ":1\r\n" from the primary, ":1001\r\n" from the instance: flagged at
+    // the first reply, with no failover in sight.
+    let flagged = s.wait_live(&standby, |live| live.divergent == 1);
+    let metrics = scrape(&s.topo.gateway, DEFAULT_ENDPOINT);
+    for counter in &good {
+        counter
+            .wait_progress(BEFORE, Duration::from_secs(120))
+            .expect("replies before the failover");
+    }
+    let before = s.wait_live(&standby, |live| live.protected == CLIENTS as u64);
+    let table = status(&s.topo.gateway, &standby.control_socket(), false);
+    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
+
+    kill_primary(&s.topo, &mut s.primary);
+    agent.kill();
+    for counter in &good {
+        counter
+            .wait_progress(500, Duration::from_secs(60))
+            .expect("every connection continues after the automatic takeover");
+    }
+    let bad = bad.wait_failure(Duration::from_secs(30));
+    let results: Vec<CounterResult> = (good.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    assert_eq!((flagged.divergent, flagged.unprotected.len()), (1, 0));
+    assert_eq!(metrics.count("connmirror_live_divergences_total"), 1);
+    assert_eq!(metrics.count(&s.connections("divergent", "")), 1);
+    assert_eq!(
+        (before.protected, before.divergent),
+        (CLIENTS as u64, 1),
+        "{before:?}"
+    );
+    assert!(
+        table.contains(&format!(
+            "\n  live    {CLIENTS} protected, 1 divergent, lag "
+        )),
+        "{table}"
+    );
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "heartbeats-missed");
+    assert_eq!(
+        (takeover.restored, takeover.live, takeover.divergent),
+        (CLIENTS as u64, CLIENTS as u64, 1),
+        "{takeover:#?}"
+    );
+    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
+    assert_eq!(takeover.errors.len(), 1);
+    assert!(
+        takeover.errors[0].ends_with(
+            "divergent: the instance's output differs from the primary's at offset 2 \
+             (primary 0x0d, instance 0x30)"
+        ),
+        "{:?}",
+        takeover.errors
+    );
+    assert_continued(&results, BEFORE);
+    assert!(bad.was_reset(), "{bad:?}");
+    assert_eq!(
+        seen.rsts_received.len(),
+        1,
+        "only the divergent connection is reset"
+    );
+    assert_eq!(seen.rsts_received[0].0, s.service);
+}
+
+#[test]
+fn live_replay_continues_redis_sessions_past_the_history_cap_and_resets_the_divergent_one_v4() {
+    failover(Family::V4);
+}
+
+#[test]
+fn live_replay_continues_redis_sessions_past_the_history_cap_and_resets_the_divergent_one_v6() {
+    failover(Family::V6);
+}
+
+fn instance_down(family: Family) {
+    let mut s = setup(family, "live-down");
+    let standby = s.standby();
+    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
+    let counters: Vec<Counter> = ["a", "b"]
+        .iter()
+        .map(|key| Counter::start(&s.topo.client, s.service, key))
+        .collect();
+    for counter in &counters {
+        counter
+            .wait_progress(200, Duration::from_secs(30))
+            .expect("replies while the instance runs");
+    }
+    let protected = s.wait_live(&standby, |live| live.protected == 2);
+
+    s.instance.kill();
+    let down = s.wait_live(&standby, |live| live.protected == 0);
+    for counter in &counters {
+        counter
+            .wait_progress(500, Duration::from_secs(30))
+            .expect("the primary's traffic goes on");
+    }
+    let late = Counter::start(&s.topo.client, s.service, "c");
+    late.wait_progress(200, Duration::from_secs(30))
+        .expect("a new connection is served by the primary");
+    let retried = s.wait_live(&standby, |live| live.unprotected.values().sum::<u64>() == 3);
+    let metrics = scrape(&s.topo.gateway, DEFAULT_ENDPOINT);
+    let results: Vec<CounterResult> = (counters.into_iter().chain([late]))
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let seen = watch.stop();
+    let _ = standby.stop();
+
+    assert_eq!(protected.unprotected.len(), 0, "{protected:?}");
+    let reason = |n| [("instance-down".to_owned(), n)].into();
+    assert_eq!(down.unprotected, reason(2), "{down:?}");
+    assert_eq!((retried.protected, retried.unprotected), (0, reason(3)));
+    let unprotected = "connmirror_live_unprotected_total{reason=\"instance-down\"}";
+    assert_eq!(metrics.count(unprotected), 3);
+    assert_eq!(
+        metrics.count(&s.connections("unprotected", "instance-down")),
+        3
+    );
+    assert_continued(&results, 200);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+}
+
+#[test]
+fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undisturbed_v4() {
+    instance_down(Family::V4);
+}
+
+#[test]
+fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undisturbed_v6() {
+    instance_down(Family::V6);
+}
