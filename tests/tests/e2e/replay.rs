@@ -10,10 +10,9 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::thread;
 use std::time::Duration;
 
-use connmirror_tests::failover::{Program, kill_primary, standby_command, takeover};
+use connmirror_tests::failover::{Program, manual_failover, standby_command};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::netns::Netns;
 use connmirror_tests::redis::Counter;
@@ -83,9 +82,7 @@ fn replay(family: Family) {
     }
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    thread::sleep(Duration::from_millis(300));
-    let report = takeover(&topo.gateway, &standby.control_socket(), &[]);
+    let report = manual_failover(&topo, &mut primary, &standby);
     good.wait_progress(500, Duration::from_secs(60))
         .expect("the replayed connection continues");
     let bad = bad.wait_failure(Duration::from_secs(30));
