@@ -18,8 +18,8 @@ use connmirror::daemon::status::StatusReport;
 use connmirror::failover::migrate::MigrateReport;
 use connmirror::failover::takeover::TakeoverReport;
 
-use crate::echo::{EchoClients, EchoResult, assert_exact};
-use crate::mirror::{Mirror, MirrorCommand};
+use crate::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
+use crate::mirror::{Mirror, MirrorCommand, Report};
 use crate::netns::Netns;
 use crate::process::{output_with_timeout, spawn_logged, wait_for_line, wait_for_text};
 use crate::topology::{Family, SERVER_IF, Topology};
@@ -149,6 +149,39 @@ pub fn standby_command(topo: &Topology, service: &str) -> MirrorCommand {
 pub fn kill_primary(topo: &Topology, server: &mut Program) {
     topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
     server.kill();
+}
+
+/// The primary host dies with everything on it: [`kill_primary`], then its
+/// `agent` is killed too.
+pub fn kill_primary_host(topo: &Topology, server: &mut Program, agent: &mut Program) {
+    kill_primary(topo, server);
+    agent.kill();
+}
+
+/// Waits until `standby` is armed (has heard the primary's agent), then starts
+/// four echo clients of `service` and waits until each verified 64 KiB (30 s
+/// at most; else panics with `what`).
+#[track_caller]
+pub fn four_streams_once_armed(
+    topo: &Topology,
+    standby: &Mirror,
+    service: SocketAddr,
+    what: &str,
+) -> EchoClients {
+    standby.wait_log("armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(30))
+        .expect(what);
+    clients
+}
+
+/// A failover by hand: the primary dies ([`kill_primary`]), and 300 ms later
+/// `connmirror takeover` runs on `standby`'s control socket. Returns its report.
+pub fn manual_failover(topo: &Topology, server: &mut Program, standby: &Mirror) -> TakeoverReport {
+    kill_primary(topo, server);
+    thread::sleep(Duration::from_millis(300));
+    takeover(&topo.gateway, &standby.control_socket(), &[])
 }
 
 /// Runs `connmirror takeover --control PATH --json ARGS...` in `ns` and parses
@@ -312,6 +345,28 @@ pub fn assert_migrated(results: &[EchoResult], before: u64, resumed: &[String], 
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
 }
 
+/// Checks a `connmirror migrate` report: `moved` connections went to the
+/// node `to`, from a node that held `epoch`, with no error.
+#[track_caller]
+pub fn assert_moved(report: &MigrateReport, to: &str, moved: u64, epoch: u64) {
+    assert_eq!(
+        (report.to.as_str(), report.moved, report.epoch),
+        (to, moved, epoch),
+        "{report:?}"
+    );
+    assert_eq!(report.errors, Vec::<String>::new());
+}
+
+/// The one takeover in the standby's `report`, which must have been started
+/// by `trigger`; panics unless there is exactly one.
+#[track_caller]
+pub fn the_takeover<'r>(report: &'r Report, trigger: &str) -> &'r TakeoverReport {
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, trigger);
+    takeover
+}
+
 /// `n` lines of `app` that start with `resumed` (20 s for each).
 pub fn resumed_lines(app: &Program, n: usize) -> Vec<String> {
     (0..n)
@@ -459,17 +514,20 @@ pub fn start_agent_with(
 
 /// A primary ready to be protected: the shared key, the topology, the
 /// primary's addresses in place and its echo server running.
+///
+/// Fields drop in declaration order: the echo server goes before the
+/// namespaces, and the key's directory last.
 pub struct PrimarySetup {
-    /// Holds the key file.
-    pub dir: WorkDir,
-    /// The shared key file.
-    pub key: PathBuf,
-    /// client ↔ gateway (standby) ↔ server (primary).
-    pub topo: Topology,
-    /// The protected service.
-    pub service: SocketAddr,
     /// The primary's echo server.
     pub primary: Program,
+    /// The protected service.
+    pub service: SocketAddr,
+    /// client ↔ gateway (standby) ↔ server (primary).
+    pub topo: Topology,
+    /// The shared key file.
+    pub key: PathBuf,
+    /// Holds the key file; scratch space for the test.
+    pub dir: WorkDir,
 }
 
 /// Sets up a [`PrimarySetup`] serving `port` over `family`; `role` names the
@@ -481,13 +539,12 @@ pub fn primary_setup(family: Family, port: u16, role: &str) -> PrimarySetup {
     let topo = Topology::new();
     let service = topo.service(family, port);
     configure_primary(&topo, family, service);
-    let primary = echo_primary(&topo, service);
     PrimarySetup {
-        dir,
-        key,
-        topo,
+        primary: echo_primary(&topo, service),
         service,
-        primary,
+        topo,
+        key,
+        dir,
     }
 }
 

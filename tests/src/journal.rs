@@ -164,13 +164,10 @@ pub fn run(args: &[&str]) -> Output {
     output_with_timeout(&mut cmd, COMMAND_TIMEOUT)
 }
 
-/// `connmirror journal inspect DIR --json [extra]`, parsed. Panics with stderr
-/// unless it exits 0.
-pub fn inspect_with(dir: &Path, extra: &[&str]) -> (Inspection, Output) {
-    let dir_arg = dir.display().to_string();
-    let mut args = vec!["inspect", dir_arg.as_str(), "--json"];
-    args.extend_from_slice(extra);
-    let out = run(&args);
+/// [`run`], which must exit 0: panics with the command line, the status and
+/// stderr otherwise.
+fn run_ok(args: &[&str]) -> Output {
+    let out = run(args);
     assert!(
         out.status.success(),
         "`connmirror journal {}` exited with {}; stderr:\n{}",
@@ -178,6 +175,16 @@ pub fn inspect_with(dir: &Path, extra: &[&str]) -> (Inspection, Output) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// `connmirror journal inspect DIR --json [extra]`, parsed. Panics with stderr
+/// unless it exits 0.
+pub fn inspect_with(dir: &Path, extra: &[&str]) -> (Inspection, Output) {
+    let dir_arg = dir.display().to_string();
+    let mut args = vec!["inspect", dir_arg.as_str(), "--json"];
+    args.extend_from_slice(extra);
+    let out = run_ok(&args);
     let inspection = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "journal inspect --json: {e}\n{}",
@@ -234,15 +241,7 @@ pub fn dump(dir: &Path, flow: u64, way: Way) -> Vec<u8> {
         "--dir",
         way.name(),
     ];
-    let out = run(&args);
-    assert!(
-        out.status.success(),
-        "`connmirror journal {}` exited with {}; stderr:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    run_ok(&args).stdout
 }
 
 // ---------------------------------------------------------------------------
@@ -498,58 +497,73 @@ impl HeldConnection {
     }
 }
 
-fn write_all(who: &str, mut stream: &TcpStream, data: &[u8], deadline: Instant) {
+/// The loop of [`write_all`] and [`read_exact`]: calls `step` with the offset
+/// reached and the socket timeout for its one read or write (what is left until
+/// `deadline`, at most 200 ms) until `len` bytes went through; `step` returns
+/// how many more did (0: none this time, try again). Panics once the deadline
+/// has passed, saying how far `who` got with `doing` (`sending`, `receiving`).
+fn until_all_moved(
+    who: &str,
+    doing: &str,
+    len: usize,
+    deadline: Instant,
+    mut step: impl FnMut(usize, Duration) -> usize,
+) {
     let mut off = 0;
-    while off < data.len() {
+    while off < len {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(
             !left.is_zero(),
-            "{who} sending: timed out after {off} of {} bytes",
-            data.len()
+            "{who} {doing}: timed out after {off} of {len} bytes"
         );
+        off += step(off, left.min(Duration::from_millis(200)));
+    }
+}
+
+fn write_all(who: &str, mut stream: &TcpStream, data: &[u8], deadline: Instant) {
+    until_all_moved(who, "sending", data.len(), deadline, |off, timeout| {
         stream
-            .set_write_timeout(Some(left.min(Duration::from_millis(200))))
+            .set_write_timeout(Some(timeout))
             .expect("set_write_timeout");
         match stream.write(&data[off..]) {
             Ok(0) => panic!("{who} sending: the socket accepts no more data"),
-            Ok(k) => off += k,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Ok(k) => k,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => 0,
+            Err(e) if e.kind() == ErrorKind::Interrupted => 0,
             Err(e) => panic!("{who} sending: write after {off} bytes: {e}"),
         }
-    }
+    });
 }
 
 fn read_exact(who: &str, mut stream: &TcpStream, expected: &[u8], deadline: Instant) {
     let mut buf = vec![0u8; 256 * 1024];
-    let mut off = 0;
-    while off < expected.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "{who} receiving: timed out after {off} of {} bytes",
-            expected.len()
-        );
-        stream
-            .set_read_timeout(Some(left.min(Duration::from_millis(200))))
-            .expect("set_read_timeout");
-        let want = (expected.len() - off).min(buf.len());
-        match stream.read(&mut buf[..want]) {
-            Ok(0) => panic!(
-                "{who} receiving: EOF after {off} of {} bytes",
-                expected.len()
-            ),
-            Ok(k) => {
-                assert!(
-                    buf[..k] == expected[off..off + k],
-                    "{who} received different bytes than were sent, within [{off}, {})",
-                    off + k
-                );
-                off += k;
+    until_all_moved(
+        who,
+        "receiving",
+        expected.len(),
+        deadline,
+        |off, timeout| {
+            stream
+                .set_read_timeout(Some(timeout))
+                .expect("set_read_timeout");
+            let want = (expected.len() - off).min(buf.len());
+            match stream.read(&mut buf[..want]) {
+                Ok(0) => panic!(
+                    "{who} receiving: EOF after {off} of {} bytes",
+                    expected.len()
+                ),
+                Ok(k) => {
+                    assert!(
+                        buf[..k] == expected[off..off + k],
+                        "{who} received different bytes than were sent, within [{off}, {})",
+                        off + k
+                    );
+                    k
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => 0,
+                Err(e) if e.kind() == ErrorKind::Interrupted => 0,
+                Err(e) => panic!("{who} receiving: read after {off} bytes: {e}"),
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("{who} receiving: read after {off} bytes: {e}"),
-        }
-    }
+        },
+    );
 }

@@ -22,6 +22,7 @@ use crate::netns::Netns;
 use crate::process::{
     output_with_timeout, spawn_logged, try_wait_for, wait_for_line, wait_with_timeout,
 };
+use crate::topology::{Family, Topology};
 use crate::workdir::WorkDir;
 
 /// How long the mirror may take to load and attach its programs.
@@ -292,6 +293,25 @@ impl Drop for Mirror {
             }
         }
     }
+}
+
+/// A fresh topology serving `port` over IPv4 with segmentation offloads off
+/// (every skb is one MTU-sized segment, so each fits the ring), and a mirror on
+/// both gateway links with the smallest ring (64 KiB) and `policy` when it is
+/// full. Returns (topology, service, mirror).
+pub fn tiny_ring_mirror(port: u16, policy: &str) -> (Topology, SocketAddr, Mirror) {
+    let topo = Topology::new();
+    topo.disable_segmentation_offloads();
+    let service = topo.service(Family::V4, port);
+    let mirror = Mirror::start(
+        &topo.gateway,
+        &MirrorCommand::new()
+            .ifaces(topo.gateway_ifaces())
+            .service(service)
+            .ring_size("64K")
+            .on_ring_full(policy),
+    );
+    (topo, service, mirror)
 }
 
 /// How a mirror that was expected to fail ended.

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::failover::{HEARTBEAT_PORT, Program, gateway_addrs, management_addr};
+use crate::failover::{HEARTBEAT_PORT, Program, gateway_addrs, start_agent_with};
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::topology::{Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
@@ -55,10 +55,10 @@ pub fn onhost_standby(topo: &Topology, family: Family, service: &str, key: &Path
     Mirror::start(&topo.gateway, &onhost_standby_command(family, service, key))
 }
 
-/// `connmirror agent` in on-host mode in the primary's namespace: heartbeats
-/// from its management address, generic XDP ingress and TC egress capture
-/// on its link, the journal replicated to the standby; `extra` adds flags
-/// (`--sync`, `--retention full`).
+/// `connmirror agent` in on-host mode in the primary's namespace: the agent
+/// of [`start_agent_with`] (heartbeats from its management address), with
+/// generic XDP ingress and TC egress capture on its link and the journal
+/// replicated to the standby; `extra` adds flags (`--sync`, `--retention full`).
 pub fn start_onhost_agent(
     topo: &Topology,
     family: Family,
@@ -66,29 +66,13 @@ pub fn start_onhost_agent(
     key: &Path,
     extra: &[&str],
 ) -> Program {
-    let gateway = gateway_addrs(family).0;
-    let mut args: Vec<String> = [
-        "agent",
-        "--bind",
-        &management_addr(family).to_string(),
-        "--standby",
-        &SocketAddr::new(gateway, HEARTBEAT_PORT).to_string(),
-        "--key",
-        &key.display().to_string(),
-        "--node-id",
-        "primary",
-        "--service",
-        &service.to_string(),
-        "--iface",
-        &format!("{SERVER_IF}:xdp-generic"),
-        "--replicate-to",
-        &SocketAddr::new(gateway, REPLICATION_PORT).to_string(),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    args.extend(extra.iter().map(ToString::to_string));
-    Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
+    let iface = format!("{SERVER_IF}:xdp-generic");
+    let replicate_to = SocketAddr::new(gateway_addrs(family).0, REPLICATION_PORT).to_string();
+    let flags: Vec<&str> = ["--iface", &iface, "--replicate-to", &replicate_to]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    start_agent_with(topo, family, service, key, &flags)
 }
 
 /// One connection that streams deterministic bytes to an echo server and

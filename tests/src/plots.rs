@@ -81,6 +81,26 @@ fn canvas(path: &Path) -> Result<DrawingArea<BitMapBackend<'_>, Shift>> {
     Ok(root)
 }
 
+/// Draws the legend of `chart` at `position` in `font_size` text on a
+/// translucent white box, then writes `root`, the plot's canvas, to `path`.
+fn legend_and_write<'a, 'b: 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, CT>,
+    root: &DrawingArea<BitMapBackend<'b>, Shift>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+    path: &Path,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, font_size))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()
+        .with_context(|| format!("write {}", path.display()))
+}
+
 /// Bar colour per capturer.
 fn colour(capturer: Capturer) -> RGBColor {
     match capturer {
@@ -188,15 +208,7 @@ pub fn throughput(r: &CaptureResults, path: &Path) -> Result<()> {
             )
         })
     }))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
-        .with_context(|| format!("write {}", path.display()))
+    legend_and_write(&mut chart, &root, SeriesLabelPosition::UpperRight, 14, path)
 }
 
 /// The points of the empirical CDF of `values` drawn as steps: for each value
@@ -282,15 +294,7 @@ pub fn failover_cdf(
             .label(label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], colour.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 13))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
-        .with_context(|| format!("write {}", path.display()))
+    legend_and_write(&mut chart, &root, SeriesLabelPosition::UpperLeft, 13, path)
 }
 
 /// `restore.png`: the restore step and the whole takeover against the number
@@ -351,15 +355,7 @@ pub fn restore(r: &FailoverResults, path: &Path) -> Result<()> {
                 .map(move |p| Circle::new(p, 4, colour.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 14))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()?;
-    root.present()
-        .with_context(|| format!("write {}", path.display()))
+    legend_and_write(&mut chart, &root, SeriesLabelPosition::UpperLeft, 14, path)
 }
 
 /// Which time of a restore run a line of `restore.png` shows.

@@ -8,7 +8,7 @@
 //! - [`repaired_pair`]: both ends of a connection at chosen sequence numbers. The
 //!   kernel picks initial sequence numbers at random (`secure_tcp_seq()`), so an
 //!   ordinary connection almost never crosses 2^32 within a few megabytes; two
-//!   repaired sockets can start just below it.
+//!   repaired sockets can start just below it, as [`wrapping_pair`]'s do.
 //! - [`cut`]: reads an established socket's real state with the library's
 //!   [`connmirror::repair::save`] (repair-mode `getsockopt`s, as CRIU's libsoccr does
 //!   when it checkpoints a socket), and closes the socket in repair mode, which
@@ -26,6 +26,7 @@ use connmirror::repair::restore::{
 };
 
 use crate::netns::Netns;
+use crate::topology::Topology;
 
 /// MSS both ends of a [`repaired_pair`] use (below either family's 1500-byte-MTU MSS).
 pub const MSS: u16 = 1400;
@@ -61,6 +62,32 @@ pub fn repaired_pair(
     let s = s.leave_repair().unwrap_or_else(|e| panic!("{e}"));
     let c = c.leave_repair().unwrap_or_else(|e| panic!("{e}"));
     (c, s)
+}
+
+/// Sequence number of the first client → server byte of a [`wrapping_pair`]:
+/// the wrap comes about 1 MiB into the stream, once reassembly is well under way.
+pub const WRAP_CLIENT_SEQ: u32 = 0xfff0_1234;
+/// Sequence number of the first server → client byte of a [`wrapping_pair`]:
+/// the wrap comes 32 KiB in.
+pub const WRAP_SERVER_SEQ: u32 = 0xffff_8000;
+
+/// A [`repaired_pair`] from `client` in `topo`'s client namespace to `service`
+/// in its server namespace whose sequence numbers start just below 2^32
+/// ([`WRAP_CLIENT_SEQ`], [`WRAP_SERVER_SEQ`]), so both directions wrap within
+/// their first MiB. Returns (client stream, server stream).
+pub fn wrapping_pair(
+    topo: &Topology,
+    client: SocketAddr,
+    service: SocketAddr,
+) -> (TcpStream, TcpStream) {
+    repaired_pair(
+        &topo.client,
+        &topo.server,
+        client,
+        service,
+        WRAP_CLIENT_SEQ,
+        WRAP_SERVER_SEQ,
+    )
 }
 
 /// [`RepairedSocket::build`] inside `ns`; panics with the error's text.

@@ -370,18 +370,15 @@ impl Results {
 
     /// Takes the areas `newer` holds, keeping the others.
     pub fn update(&mut self, newer: Results) {
-        let Results {
-            capture,
-            journal,
-            failover,
-            ownership,
-            onhost,
-        } = newer;
-        self.capture = capture.or(self.capture.take());
-        self.journal = journal.or(self.journal.take());
-        self.failover = failover.or(self.failover.take());
-        self.ownership = ownership.or(self.ownership.take());
-        self.onhost = onhost.or(self.onhost.take());
+        let older = std::mem::take(self);
+        // A struct literal, so that an area added to `Results` must be named here.
+        *self = Results {
+            capture: newer.capture.or(older.capture),
+            journal: newer.journal.or(older.journal),
+            failover: newer.failover.or(older.failover),
+            ownership: newer.ownership.or(older.ownership),
+            onhost: newer.onhost.or(older.onhost),
+        };
     }
 
     /// The whole `RESULTS.md`: a header, then one section per area with a table

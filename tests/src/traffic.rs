@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 use crate::digest::Digest;
-use crate::netns::Netns;
+use crate::topology::Topology;
 
 /// Seed of the client → server data.
 pub const C2S_SEED: u64 = 0x6330_7332_5f73_6565; // "c0s2_see"
@@ -94,18 +94,19 @@ pub fn stream_bytes(seed: u64, n: usize) -> Vec<u8> {
     buf
 }
 
-/// Listens on `service` inside `server`, connects from `client`, and exchanges
-/// `bytes_each_way` bytes in both directions at once (see the module docs).
+/// Listens on `service` inside `topo`'s server namespace, connects from its
+/// client namespace, and exchanges `bytes_each_way` bytes in both directions at
+/// once (see the module docs).
 ///
 /// Panics if the whole exchange takes longer than `timeout`, naming the side, the
 /// direction and how far it got.
 pub fn bidirectional(
-    client: &Netns,
-    server: &Netns,
+    topo: &Topology,
     service: SocketAddr,
     bytes_each_way: u64,
     timeout: Duration,
 ) -> Exchange {
+    let (client, server) = (&topo.client, &topo.server);
     let deadline = Instant::now() + timeout;
     let listener = server.run(|| {
         TcpListener::bind(service)

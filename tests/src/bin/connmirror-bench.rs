@@ -66,7 +66,7 @@ use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     Program, configure_primary, detecting_standby, echo_primary, handoff_app, key_file,
-    kill_primary, standby_command, start_agent, takeover,
+    kill_primary, kill_primary_host, standby_command, start_agent, takeover,
 };
 use connmirror_tests::live;
 use connmirror_tests::mirror::FlowStatus;
@@ -199,14 +199,17 @@ impl Capture {
     }
 }
 
+/// The unmirrored baseline, first in every table of configurations.
+const BASELINE: Config = Config {
+    name: "baseline (no mirror)",
+    short: "no capture",
+    capture: Capture::None,
+    note: "",
+    journal: false,
+};
+
 const CONFIGS: [Config; 6] = [
-    Config {
-        name: "baseline (no mirror)",
-        short: "no capture",
-        capture: Capture::None,
-        note: "",
-        journal: false,
-    },
+    BASELINE,
     Config {
         name: "xdp-native in",
         short: "xdp-native in",
@@ -823,13 +826,7 @@ const IDLE_FLOWS: u32 = 100_000;
 
 /// The mirrored configurations of the journal benchmark (the baseline first).
 const JOURNAL_CONFIGS: [Config; 2] = [
-    Config {
-        name: "baseline (no mirror)",
-        short: "no capture",
-        capture: Capture::None,
-        note: "",
-        journal: false,
-    },
+    BASELINE,
     Config {
         name: "tc in, journal, full retention",
         short: "tc in + journal",
@@ -1021,12 +1018,9 @@ fn restore_run(n: usize) -> Result<RestoreSample> {
     })
 }
 
-/// Milliseconds from spawning `connmirror takeover` to the first new byte
-/// the client verifies.
-fn first_byte_run(mode: &str) -> Result<f64> {
-    let topo = Topology::new();
-    let service = topo.service(Family::V4, FAILOVER_PORT);
-    let (mut primary, standby, _app) = failover_setup(&topo, &["--send-queue", mode]);
+/// One echo stream of `service` at 1 MiB/s, once it verified its first 64 KiB
+/// (30 s at most).
+fn paced_stream(topo: &Topology, service: std::net::SocketAddr) -> Result<EchoClients> {
     let options = EchoOptions {
         rate: 1 << 20,
         ..EchoOptions::default()
@@ -1035,6 +1029,16 @@ fn first_byte_run(mode: &str) -> Result<f64> {
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
         .map_err(anyhow::Error::msg)?;
+    Ok(clients)
+}
+
+/// Milliseconds from spawning `connmirror takeover` to the first new byte
+/// the client verifies.
+fn first_byte_run(mode: &str) -> Result<f64> {
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, FAILOVER_PORT);
+    let (mut primary, standby, _app) = failover_setup(&topo, &["--send-queue", mode]);
+    let clients = paced_stream(&topo, service)?;
     kill_primary(&topo, &mut primary);
     live::sleep(Duration::from_millis(300))?;
     let before = clients.verified();
@@ -1105,19 +1109,9 @@ fn ownership_run() -> Result<f64> {
     let standby = detecting_standby(&topo, family, service, &key);
     let _app = handoff_app(&topo, &standby, service);
     let mut agent = start_agent(&topo, family, service, &key);
-    let options = EchoOptions {
-        rate: 1 << 20,
-        ..EchoOptions::default()
-    };
-    let clients = EchoClients::start(&topo.client, service, 1, options);
-    clients
-        .wait_progress(64 << 10, Duration::from_secs(30))
-        .map_err(anyhow::Error::msg)?;
+    let clients = paced_stream(&topo, service)?;
     let outage = clients.outage_after(
-        || {
-            kill_primary(&topo, &mut primary);
-            agent.kill();
-        },
+        || kill_primary_host(&topo, &mut primary, &mut agent),
         Duration::from_secs(3),
     );
     let results = clients.finish(Duration::from_secs(30));

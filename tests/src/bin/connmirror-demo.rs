@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult};
 use connmirror_tests::failover::{
-    configure_primary, detecting_standby, echo_primary, handoff_app, key_file, kill_primary,
+    configure_primary, detecting_standby, echo_primary, handoff_app, key_file, kill_primary_host,
     start_agent, status_of,
 };
 use connmirror_tests::live;
@@ -154,10 +154,7 @@ fn stream(
         5,
         "Killing the primary: link down, echo server and agent SIGKILLed",
     );
-    let kill = || {
-        kill_primary(topo, primary);
-        agent.kill();
-    };
+    let kill = || kill_primary_host(topo, primary, agent);
     let outage = clients
         .outage_after(kill, FAILOVER_WINDOW)
         .map_err(anyhow::Error::msg)?;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use connmirror_common::Counter;
-use connmirror_tests::mirror::FlowStatus;
+use connmirror_tests::mirror::{FlowStatus, tiny_ring_mirror};
 use connmirror_tests::{
     Exchange, Family, Mirror, MirrorCommand, Report, Topology, WorkDir, bidirectional,
     require_root_and_bin,
@@ -36,13 +36,7 @@ fn large_streams_dump_byte_exact(topo: &Topology, family: Family, hooks: &[&str]
         .service(service);
     let mirror = Mirror::start(&topo.gateway, &command);
 
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        service,
-        LARGE_STREAM,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(topo, service, LARGE_STREAM, TRAFFIC_TIMEOUT);
     let (report, _dumps) = mirror.stop();
 
     println!(
@@ -127,25 +121,9 @@ fn bidirectional_200mb_streams_dump_byte_exact_vlan_v4() {
 /// MTU-sized segment and fits. Checks what holds under either policy (the peers
 /// got exactly what was sent, one flow, the ring filled) and returns the report.
 fn tiny_ring_run(policy: &str) -> (Exchange, Report, WorkDir) {
-    let topo = Topology::new();
-    topo.disable_segmentation_offloads();
-    let service = topo.service(Family::V4, SERVICE_PORT);
-    let mirror = Mirror::start(
-        &topo.gateway,
-        &MirrorCommand::new()
-            .ifaces(topo.gateway_ifaces())
-            .service(service)
-            .ring_size("64K")
-            .on_ring_full(policy),
-    );
+    let (topo, service, mirror) = tiny_ring_mirror(SERVICE_PORT, policy);
 
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        service,
-        TINY_RING_STREAM,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(&topo, service, TINY_RING_STREAM, TRAFFIC_TIMEOUT);
     let (report, dumps) = mirror.stop();
 
     println!(
@@ -209,13 +187,7 @@ fn untracked_port_produces_no_records() {
             .service(tracked),
     );
 
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        untracked,
-        UNTRACKED_STREAM,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(&topo, untracked, UNTRACKED_STREAM, TRAFFIC_TIMEOUT);
     let (report, _dumps) = mirror.stop();
 
     assert_eq!(x.server.received, x.client.sent);

@@ -26,30 +26,34 @@ use std::time::{Duration, Instant};
 use connmirror::daemon::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
-    PrimarySetup, Program, agent_addr, assert_migrated, configure_primary, control_cli,
-    detecting_standby_command, echo_primary, handoff_app, kill_primary, migrate,
-    primary_handoff_app, primary_setup, recovering_agent, recovering_agent_with, resumed_lines,
-    start_agent, start_agent_with, status_of,
+    Program, agent_addr, assert_migrated, assert_moved, configure_primary, control_cli,
+    detecting_standby_command, echo_primary, four_streams_once_armed, handoff_app,
+    kill_primary_host, migrate, primary_handoff_app, primary_setup, recovering_agent,
+    recovering_agent_with, resumed_lines, start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
-use connmirror_tests::wire::WireWatch;
+use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
 
 /// A standby that took the service over from a dead primary, serving four
 /// restored echo streams through its handoff application.
+///
+/// Fields drop in declaration order: the clients and programs before the
+/// namespaces they run in, the key's directory last.
 struct Failed {
-    _dir: WorkDir,
-    key: PathBuf,
-    topo: Topology,
-    service: SocketAddr,
-    standby: Mirror,
-    _app: Program,
-    clients: EchoClients,
     watch: WireWatch,
+    clients: EchoClients,
+    _app: Program,
+    standby: Mirror,
+    service: SocketAddr,
+    topo: Topology,
+    key: PathBuf,
+    /// Holds the key file; scratch space for the test.
+    dir: WorkDir,
 }
 
 fn failed_over(family: Family, failback: &str) -> Failed {
@@ -58,40 +62,31 @@ fn failed_over(family: Family, failback: &str) -> Failed {
 
 /// [`failed_over`] with these standby flags.
 fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
-    let PrimarySetup {
-        dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "failback");
+    let mut setup = primary_setup(family, PORT, "failback");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
     let command = (flags.iter()).fold(
-        detecting_standby_command(&topo, family, service, &key),
+        detecting_standby_command(topo, family, service, key),
         |command, flag| command.arg(flag),
     );
     let standby = Mirror::start(&topo.gateway, &command);
-    let app = handoff_app(&topo, &standby, service);
-    let mut agent = start_agent(&topo, family, service, &key);
-    standby.wait_log("armed: primary heard");
-    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    clients
-        .wait_progress(64 << 10, Duration::from_secs(30))
-        .expect("streams flow before the failure");
+    let app = handoff_app(topo, &standby, service);
+    let mut agent = start_agent(topo, family, service, key);
+    let clients =
+        four_streams_once_armed(topo, &standby, service, "streams flow before the failure");
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
-    kill_primary(&topo, &mut primary);
-    agent.kill();
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
         .expect("every stream continues on the standby");
     Failed {
-        _dir: dir,
-        key,
-        topo,
-        service,
-        standby,
-        _app: app,
-        clients,
         watch,
+        clients,
+        _app: app,
+        standby,
+        service,
+        topo: setup.topo,
+        key: setup.key,
+        dir: setup.dir,
     }
 }
 
@@ -145,32 +140,27 @@ fn wait_status(
 }
 
 fn drain_failback(family: Family) {
-    let Failed {
-        _dir,
-        key,
-        topo,
-        service,
-        standby,
-        _app,
-        clients,
-        watch,
-    } = failed_over(family, "drain");
+    let failed = failed_over(family, "drain");
+    let (topo, key, service) = (&failed.topo, &failed.key, failed.service);
 
-    let primary = primary_returns(&topo, family, service);
-    let agent = start_agent_with(&topo, family, service, &key, &["--recovering"]);
+    let primary = primary_returns(topo, family, service);
+    let agent = start_agent_with(topo, family, service, key, &["--recovering"]);
     let owner = agent.wait_line("owner again", Duration::from_secs(20));
-    standby.wait_log("failback complete");
-    let draining = status_of(&topo, &standby);
-    clients
+    failed.standby.wait_log("failback complete");
+    let draining = status_of(topo, &failed.standby);
+    failed
+        .clients
         .wait_progress(64 << 10, Duration::from_secs(30))
         .expect("the restored streams go on at the standby");
-    let fresh = fresh_connection(&topo, service);
+    let fresh = fresh_connection(topo, service);
     let accepted = primary.wait_line("accepted", Duration::from_secs(10));
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
-    let drained = wait_status(&topo, &standby, |s| s.services[0].state == "protected");
+    let results = failed.clients.finish(Duration::from_secs(60));
+    let seen = failed.watch.stop();
+    let drained = wait_status(topo, &failed.standby, |s| {
+        s.services[0].state == "protected"
+    });
     let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
-    let (report, _dir) = standby.stop();
+    let (report, _dir) = failed.standby.stop();
 
     assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
     assert_eq!((draining.role.as_str(), draining.epoch), ("standby", 3));
@@ -212,46 +202,63 @@ fn drain_keeps_restored_streams_on_the_standby_and_sends_new_connections_to_the_
 /// itself recovering with a handoff socket, and the echo example registered
 /// there. Returns (agent, handoff application, listener).
 fn recovering_primary(failed: &Failed, family: Family) -> (Program, Program, Program) {
-    let Failed {
-        _dir,
-        key,
-        topo,
-        service,
-        ..
-    } = failed;
+    let (topo, service) = (&failed.topo, failed.service);
     forget_tcp_state(topo);
-    let listener = primary_returns(topo, family, *service);
-    let (agent, app) = recovering_agent(topo, _dir.path(), key, family, *service);
+    let listener = primary_returns(topo, family, service);
+    let (agent, app) = recovering_agent(topo, failed.dir.path(), &failed.key, family, service);
     (agent, app, listener)
+}
+
+/// How the streams ended after they moved back to the primary.
+struct Back {
+    /// The agent's `owner again` line.
+    owner: String,
+    /// The primary application's `resumed` lines, one per connection.
+    resumed: Vec<String>,
+    /// Every stream's result.
+    results: Vec<EchoResult>,
+    /// What the clients' link carried meanwhile.
+    seen: WireSeen,
+}
+
+/// Once the connections are moving back to the primary: waits for `agent` to
+/// own the services again and for `app` to resume the four connections, then
+/// for the streams to verify 256 KiB more at the primary; finishes them.
+#[track_caller]
+fn back_at_the_primary(
+    agent: &Program,
+    app: &Program,
+    clients: EchoClients,
+    watch: WireWatch,
+) -> Back {
+    let owner = agent.wait_line("owner again", Duration::from_secs(30));
+    let resumed = resumed_lines(app, 4);
+    clients
+        .wait_progress(256 << 10, Duration::from_secs(60))
+        .expect("the streams go on at the primary");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    Back {
+        owner,
+        resumed,
+        results,
+        seen,
+    }
 }
 
 fn migrate_failback(family: Family) {
     let failed = failed_over(family, "migrate");
     let before = failed.clients.verified();
     let (agent, app, _listener) = recovering_primary(&failed, family);
-    let Failed {
-        _dir,
-        topo,
-        service,
-        standby,
-        clients,
-        watch,
-        ..
-    } = failed;
-    let owner = agent.wait_line("owner again", Duration::from_secs(30));
-    let resumed = resumed_lines(&app, 4);
-    clients
-        .wait_progress(256 << 10, Duration::from_secs(60))
-        .expect("the streams go on at the primary");
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
-    let after = status_of(&topo, &standby);
+    let (topo, service) = (&failed.topo, failed.service);
+    let back = back_at_the_primary(&agent, &app, failed.clients, failed.watch);
+    let after = status_of(topo, &failed.standby);
     let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
     let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
-    let (_report, _dir2) = standby.stop();
+    let (_report, _dir2) = failed.standby.stop();
 
-    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
-    assert_migrated(&results, before, &resumed, &seen);
+    assert_eq!(back.owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&back.results, before, &back.resumed, &back.seen);
     assert_eq!((after.role.as_str(), after.epoch), ("standby", 3));
     assert_eq!(after.services[0].state, "protected");
     assert!(
@@ -282,38 +289,25 @@ fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
 fn migrate_to(family: Family) {
     let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"]);
     let before = failed.clients.verified();
-    let Failed {
-        _dir,
-        key,
-        topo,
-        service,
-        standby,
-        clients,
-        watch,
-        ..
-    } = failed;
-    forget_tcp_state(&topo);
-    let _listener = primary_returns(&topo, family, service);
+    let (topo, key, service) = (&failed.topo, &failed.key, failed.service);
+    forget_tcp_state(topo);
+    let _listener = primary_returns(topo, family, service);
     let wait = ["--handoff-wait", "300"];
-    let agent = recovering_agent_with(&topo, _dir.path(), &key, family, service, &wait);
-    standby.wait_log("the primary is recovering; failback policy is manual");
-    let waiting = status_of(&topo, &standby);
-    let control = standby.control_socket();
+    let agent = recovering_agent_with(topo, failed.dir.path(), key, family, service, &wait);
+    failed
+        .standby
+        .wait_log("the primary is recovering; failback policy is manual");
+    let waiting = status_of(topo, &failed.standby);
+    let control = failed.standby.control_socket();
     let (no_app_ok, _, no_app) =
         control_cli(&topo.gateway, "migrate", &control, &["--to", "primary"]);
-    let refused = status_of(&topo, &standby);
-    let app = primary_handoff_app(&topo, _dir.path(), service);
+    let refused = status_of(topo, &failed.standby);
+    let app = primary_handoff_app(topo, failed.dir.path(), service);
     let report = migrate(&topo.gateway, &control, &["--to", "primary"]);
-    let owner = agent.wait_line("owner again", Duration::from_secs(30));
-    let resumed = resumed_lines(&app, 4);
-    clients
-        .wait_progress(256 << 10, Duration::from_secs(60))
-        .expect("the streams go on at the primary");
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
+    let back = back_at_the_primary(&agent, &app, failed.clients, failed.watch);
     let (unknown_ok, _, unknown_err) =
         control_cli(&topo.gateway, "migrate", &control, &["--to", "nobody"]);
-    let (_report, _dir2) = standby.stop();
+    let (_report, _dir2) = failed.standby.stop();
 
     assert_eq!((waiting.role.as_str(), waiting.epoch), ("owner", 2));
     assert!(!no_app_ok);
@@ -326,15 +320,10 @@ fn migrate_to(family: Family) {
         )
     );
     assert_eq!((refused.role.as_str(), refused.epoch), ("owner", 2));
-    assert_eq!(
-        (report.to.as_str(), report.moved, report.epoch),
-        ("primary", 4, 2),
-        "{report:?}"
-    );
+    assert_moved(&report, "primary", 4, 2);
     assert_eq!(report.services, vec![service]);
-    assert_eq!(report.errors, Vec::<String>::new());
-    assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
-    assert_migrated(&results, before, &resumed, &seen);
+    assert_eq!(back.owner, "owner again at epoch 3 (yielded by standby)");
+    assert_migrated(&back.results, before, &back.resumed, &back.seen);
     assert!(!unknown_ok);
     assert_eq!(
         unknown_err.trim(),
@@ -353,37 +342,31 @@ fn migrate_to_moves_live_connections_on_request_v6() {
 }
 
 fn step_down(family: Family) {
-    let Failed {
-        _dir,
-        key,
-        topo,
-        service,
-        standby,
-        _app,
-        clients,
-        watch,
-    } = failed_over(family, "manual");
-    let results = clients.finish(Duration::from_secs(60));
-    let owning = status_of(&topo, &standby);
+    let failed = failed_over(family, "manual");
+    let (topo, key, service) = (&failed.topo, &failed.key, failed.service);
+    let results = failed.clients.finish(Duration::from_secs(60));
+    let owning = status_of(topo, &failed.standby);
 
     // A crashed host reboots with no TCP state; the namespace kept its
     // kernel, whose orphaned sockets would retransmit to the clients.
-    forget_tcp_state(&topo);
-    let primary = primary_returns(&topo, family, service);
+    forget_tcp_state(topo);
+    let primary = primary_returns(topo, family, service);
     // Client segments forwarded while the primary was down reach it as soon as
     // its link is up; having no sockets, it answers each with a RST. The
     // standby still owns the service and fences them; once it has stepped
     // down it no longer would, so the higher epoch comes after they passed.
     std::thread::sleep(Duration::from_secs(1));
-    let agent = start_agent_with(&topo, family, service, &key, &["--epoch", "5"]);
-    standby.wait_log("stepped down: a higher epoch owns the services");
-    let after = status_of(&topo, &standby);
+    let agent = start_agent_with(topo, family, service, key, &["--epoch", "5"]);
+    failed
+        .standby
+        .wait_log("stepped down: a higher epoch owns the services");
+    let after = status_of(topo, &failed.standby);
     let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
-    let fresh = fresh_connection(&topo, service);
+    let fresh = fresh_connection(topo, service);
     let accepted = primary.wait_line("accepted", Duration::from_secs(10));
-    let seen = watch.stop();
+    let seen = failed.watch.stop();
     let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
-    let (_report, _dir) = standby.stop();
+    let (_report, _dir) = failed.standby.stop();
 
     assert_exact(&results);
     assert_eq!((owning.role.as_str(), owning.epoch), ("owner", 2));

@@ -9,9 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
-use connmirror_tests::failover::{
-    echo_primary, handoff_app, kill_primary, standby_command, takeover,
-};
+use connmirror_tests::failover::{echo_primary, handoff_app, manual_failover, standby_command};
 use connmirror_tests::inject::link_mac;
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, GATEWAY_CLIENT_IF, Topology};
@@ -87,9 +85,7 @@ fn failover(run: Run) {
         .expect("streams flow before the failover");
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    thread::sleep(Duration::from_millis(300));
-    let report = takeover(&topo.gateway, &standby.control_socket(), &[]);
+    let report = manual_failover(&topo, &mut primary, &standby);
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
         .expect("every stream continues after the takeover");

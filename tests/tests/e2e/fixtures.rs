@@ -20,13 +20,7 @@ fn listed_namespaces() -> String {
 fn forwards_streams_byte_exact(topo: &Topology, family: Family) {
     let service = topo.service(family, PORT);
 
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        service,
-        STREAM_BYTES,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(topo, service, STREAM_BYTES, TRAFFIC_TIMEOUT);
 
     println!(
         "{family:?} vlan={:?}: {STREAM_BYTES} bytes each way in {:.2?} ({:.2} Gbit/s both ways together)",

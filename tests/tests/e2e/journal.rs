@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use connmirror_tests::journal::{
     self, Flow, HeldConnection, Inspection, Readiness, SynOptions, Way, kind,
 };
-use connmirror_tests::mirror::{FlowStatus, READY_TIMEOUT};
-use connmirror_tests::repair::repaired_pair;
+use connmirror_tests::mirror::{FlowStatus, READY_TIMEOUT, tiny_ring_mirror};
+use connmirror_tests::repair::{WRAP_CLIENT_SEQ, WRAP_SERVER_SEQ, wrapping_pair};
 use connmirror_tests::traffic::SplitMix64;
 use connmirror_tests::{
     Digest, Family, Mirror, MirrorCommand, MirrorExit, Topology, WorkDir, bidirectional,
@@ -237,13 +237,7 @@ fn crash_free_round(topo: &Topology, service: SocketAddr) -> CrashFree {
     let dir = WorkDir::new("journal");
     let command = journaled(topo, service, dir.path(), &CRASH_FLAGS).without_dumps();
     let mirror = Mirror::start(&topo.gateway, &command);
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        service,
-        CRASH_STREAM,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(topo, service, CRASH_STREAM, TRAFFIC_TIMEOUT);
     assert_eq!(x.server.received, x.client.sent, "crash-free run");
     assert_eq!(x.client.received, x.server.sent, "crash-free run");
     thread::sleep(SETTLE);
@@ -457,15 +451,7 @@ fn crash_round(
     let mirror = Mirror::start(&topo.gateway, &command);
 
     let (x, killed_mid_transfer) = thread::scope(|s| {
-        let traffic = s.spawn(|| {
-            bidirectional(
-                &topo.client,
-                &topo.server,
-                service,
-                CRASH_STREAM,
-                TRAFFIC_TIMEOUT,
-            )
-        });
+        let traffic = s.spawn(|| bidirectional(topo, service, CRASH_STREAM, TRAFFIC_TIMEOUT));
         thread::sleep(kill_after);
         let mid = !traffic.is_finished();
         drop(mirror); // SIGKILL, no chance to flush or close anything
@@ -755,13 +741,7 @@ fn a_flipped_byte_in_a_sealed_segment_names_file_and_offset_and_salvage_skips_it
         &topo.gateway,
         &journaled(&topo, service, dir.path(), &["--segment-bytes", "1M"]).without_dumps(),
     );
-    let x = bidirectional(
-        &topo.client,
-        &topo.server,
-        service,
-        SEGMENTED_STREAM,
-        TRAFFIC_TIMEOUT,
-    );
+    let x = bidirectional(&topo, service, SEGMENTED_STREAM, TRAFFIC_TIMEOUT);
     assert_eq!(x.server.received, x.client.sent);
     let _ = mirror.stop();
 
@@ -940,17 +920,7 @@ const TRAILING_BYTES: u64 = 8192;
 #[test]
 fn a_pass_policy_gap_is_reported_as_missing_bytes_with_its_range() {
     require_root_and_bin();
-    let topo = Topology::new();
-    topo.disable_segmentation_offloads();
-    let service = topo.service(Family::V4, PORT);
-    let mirror = Mirror::start(
-        &topo.gateway,
-        &MirrorCommand::new()
-            .ifaces(topo.gateway_ifaces())
-            .service(service)
-            .ring_size("64K")
-            .on_ring_full("pass"),
-    );
+    let (topo, service, mirror) = tiny_ring_mirror(PORT, "pass");
     let mut conn = HeldConnection::open(&topo.client, &topo.server, service);
     conn.exchange(TINY_RING_STREAM, TRAFFIC_TIMEOUT);
     for _ in 0..TRAILING_EXCHANGES {
@@ -1023,14 +993,8 @@ fn a_pass_policy_gap_is_reported_as_missing_bytes_with_its_range() {
 // ---------------------------------------------------------------------------
 
 const WRAP_STREAM: u64 = 8_000_000;
-/// Sequence number of the first client → server byte: the wrap comes about
-/// 1 MiB into the stream.
-const CLIENT_SEQ: u32 = 0xfff0_1234;
-/// Sequence number of the first server → client byte: the wrap comes 32 KiB in.
-const SERVER_SEQ: u32 = 0xffff_8000;
-
-const _: () = assert!(CLIENT_SEQ as u64 + WRAP_STREAM > 1 << 32);
-const _: () = assert!(SERVER_SEQ as u64 + WRAP_STREAM > 1 << 32);
+const _: () = assert!(WRAP_CLIENT_SEQ as u64 + WRAP_STREAM > 1 << 32);
+const _: () = assert!(WRAP_SERVER_SEQ as u64 + WRAP_STREAM > 1 << 32);
 
 #[test]
 fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
@@ -1041,14 +1005,7 @@ fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
     let dir = WorkDir::new("journal");
     let command = journaled(&topo, service, dir.path(), &["--retention", "full"]).without_dumps();
     let mirror = Mirror::start(&topo.gateway, &command);
-    let (c, s) = repaired_pair(
-        &topo.client,
-        &topo.server,
-        client,
-        service,
-        CLIENT_SEQ,
-        SERVER_SEQ,
-    );
+    let (c, s) = wrapping_pair(&topo, client, service);
     let mut conn = HeldConnection::from_streams(c, s);
     conn.exchange(WRAP_STREAM, TRAFFIC_TIMEOUT);
     thread::sleep(SETTLE);
@@ -1096,8 +1053,8 @@ fn assert_wrapped_flow(
         assert_eq!(bytes.len() as u64, WRAP_STREAM, "{what}: {}", way.name());
         journal::assert_bytes_piece(&bytes, way.seed(), 0, &format!("{what}: {}", way.name()));
     }
-    let c2s_end = CLIENT_SEQ.wrapping_add(WRAP_STREAM as u32);
-    let s2c_end = SERVER_SEQ.wrapping_add(WRAP_STREAM as u32);
+    let c2s_end = WRAP_CLIENT_SEQ.wrapping_add(WRAP_STREAM as u32);
+    let s2c_end = WRAP_SERVER_SEQ.wrapping_add(WRAP_STREAM as u32);
     assert_eq!(
         (flow.c2s.state.next_seq, flow.s2c.state.ack),
         (Some(c2s_end), Some(c2s_end)),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use connmirror::resume::live::ServiceProtection;
 use connmirror_tests::failover::{
-    Program, configure_primary, key_file, kill_primary, standby_command, start_agent, status,
+    Program, configure_primary, key_file, kill_primary_host, standby_command, start_agent, status,
     status_of, with_detection,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
@@ -164,8 +164,7 @@ fn failover(family: Family) {
     let table = status(&s.topo.gateway, &standby.control_socket(), false);
     let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
 
-    kill_primary(&s.topo, &mut s.primary);
-    agent.kill();
+    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
     for counter in &good {
         counter
             .wait_progress(500, Duration::from_secs(60))

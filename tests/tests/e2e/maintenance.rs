@@ -27,11 +27,11 @@ use std::time::Duration;
 use connmirror::daemon::status::StatusReport;
 use connmirror::failover::migrate::{self, Prepare};
 use connmirror::key::Key;
-use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, Moved, PrimarySetup, assert_migrated, configure_primary, control_cli,
-    detecting_standby_command, gateway_addrs, handoff_app, kill_primary, migrate, move_to_standby,
-    primary_setup, recovering_agent, resumed_lines, start_agent_with, status, status_of,
+    HEARTBEAT_PORT, Moved, assert_migrated, assert_moved, configure_primary, control_cli,
+    detecting_standby_command, four_streams_once_armed, gateway_addrs, handoff_app,
+    kill_primary_host, migrate, move_to_standby, primary_setup, recovering_agent, resumed_lines,
+    start_agent_with, status, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -96,31 +96,22 @@ fn agent_status(topo: &Topology, control: &std::path::Path) -> StatusReport {
 }
 
 fn round_trip(family: Family) {
-    let PrimarySetup {
-        dir,
-        key,
-        topo,
-        service,
-        primary: _primary,
-    } = primary_setup(family, PORT, "maintenance");
-    let command = detecting_standby_command(&topo, family, service, &key)
+    let setup = primary_setup(family, PORT, "maintenance");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let command = detecting_standby_command(topo, family, service, key)
         .arg("--failback")
         .arg("manual")
         .arg("--keep-sockets");
     let standby = Mirror::start(&topo.gateway, &command);
-    let control = dir.path().join("agent-control.sock");
+    let control = setup.dir.path().join("agent-control.sock");
     let control_flag = control.display().to_string();
-    let mut agent = start_agent_with(&topo, family, service, &key, &["--control", &control_flag]);
-    standby.wait_log("armed: primary heard");
-    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    clients
-        .wait_progress(64 << 10, Duration::from_secs(30))
-        .expect("streams flow to the primary");
+    let mut agent = start_agent_with(topo, family, service, key, &["--control", &control_flag]);
+    let clients = four_streams_once_armed(topo, &standby, service, "streams flow to the primary");
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
     let on_primary = established(&topo.server, service);
-    let serving_primary = agent_status(&topo, &control);
+    let serving_primary = agent_status(topo, &control);
 
-    let forged = forged_prepare(&topo, family, service);
+    let forged = forged_prepare(topo, family, service);
     standby.wait_log(
         "planned migration refused: reading a migration request: \
          frame with a MAC that does not verify (wrong key or forged)",
@@ -130,23 +121,24 @@ fn round_trip(family: Family) {
     let takeover = control_cli(&topo.server, "takeover", &control, &[]);
     let (no_app_ok, _, no_app) =
         control_cli(&topo.server, "migrate", &control, &["--to", "standby"]);
-    let standby_app = handoff_app(&topo, &standby, service);
+    let standby_app = handoff_app(topo, &standby, service);
     let before = clients.verified();
     let Moved {
         report: away,
         stepped,
         resumed: resumed_away,
-    } = move_to_standby(&topo, &control, &agent, &standby_app, &clients, 4);
-    let serving = status_of(&topo, &standby);
+    } = move_to_standby(topo, &control, &agent, &standby_app, &clients, 4);
+    let serving = status_of(topo, &standby);
     let left_on_primary = established(&topo.server, service);
-    let released = agent_status(&topo, &control);
+    let released = agent_status(topo, &control);
     let primary_metrics = scrape(&topo.server, DEFAULT_ENDPOINT);
     let standby_metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
 
     // The maintenance is over: the primary's address and agent come back.
     agent.kill();
-    configure_primary(&topo, family, service);
-    let (mut agent, mut primary_app) = recovering_agent(&topo, dir.path(), &key, family, service);
+    configure_primary(topo, family, service);
+    let (mut agent, mut primary_app) =
+        recovering_agent(topo, setup.dir.path(), key, family, service);
     standby.wait_log("the primary is recovering; failback policy is manual");
     let back = migrate(
         &topo.gateway,
@@ -161,8 +153,7 @@ fn round_trip(family: Family) {
 
     // Later the primary fails for real: the standby still protects the
     // connections that came back, because its flow table followed them.
-    kill_primary(&topo, &mut primary_app);
-    agent.kill();
+    kill_primary_host(topo, &mut primary_app, &mut agent);
     let resumed_again = resumed_lines(&standby_app, 4);
     clients
         .wait_progress(256 << 10, Duration::from_secs(60))
@@ -245,12 +236,7 @@ fn round_trip(family: Family) {
     ] {
         assert_eq!(standby_metrics.count(series), n, "{series}");
     }
-    assert_eq!(
-        (back.to.as_str(), back.moved, back.epoch),
-        ("primary", 4, 2),
-        "{back:?}"
-    );
-    assert_eq!(back.errors, Vec::<String>::new());
+    assert_moved(&back, "primary", 4, 2);
     assert_eq!(owner, "owner again at epoch 3 (yielded by standby)");
     assert_migrated(&results, before, &resumed_back, &seen);
     for (series, n) in [

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use connmirror_common::Malformed;
 use connmirror_common::frame::{self, TcpFrame};
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
-use connmirror_tests::failover::{
-    echo_primary, handoff_app, kill_primary, standby_command, takeover,
-};
+use connmirror_tests::failover::{echo_primary, handoff_app, manual_failover, standby_command};
 use connmirror_tests::inject::{FrameInjector, link_mac};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, Scrape, get, scrape};
 use connmirror_tests::mirror::MirrorExit;
@@ -237,9 +235,7 @@ fn takeover_counters_count_the_failover_and_every_restored_connection() {
         .expect("streams flow before the failover");
     let before = scrape(&topo.gateway, DEFAULT_ENDPOINT);
 
-    kill_primary(&topo, &mut primary);
-    thread::sleep(Duration::from_millis(300));
-    let report = takeover(&topo.gateway, &standby.control_socket(), &[]);
+    let report = manual_failover(&topo, &mut primary, &standby);
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
         .expect("streams continue after the takeover");

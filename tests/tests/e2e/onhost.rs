@@ -12,8 +12,8 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    Moved, PrimarySetup, assert_migrated, gateway_addrs, handoff_app, kill_primary,
-    move_to_standby, primary_setup, status, status_of,
+    Moved, assert_migrated, assert_moved, gateway_addrs, handoff_app, kill_primary_host,
+    move_to_standby, primary_setup, status, status_of, the_takeover,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -46,30 +46,23 @@ fn sync_failover_from_a_late_standby_loses_no_byte_v6() {
 }
 
 fn sync_failover_from_a_late_standby(family: Family) {
-    let PrimarySetup {
-        dir: _dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "onhost");
-    let mut agent = start_onhost_agent(&topo, family, service, &key, &["--sync", FULL[0], FULL[1]]);
+    let mut setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let mut agent = start_onhost_agent(topo, family, service, key, &["--sync", FULL[0], FULL[1]]);
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    let standby = onhost_standby(&topo, family, &full(service), &key);
-    let _app = handoff_app(&topo, &standby, service);
-    standby.wait_log("replication channel established");
-    standby.wait_log("armed: primary heard");
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let _app = handoff_app(topo, &standby, service);
+    wait_replicating(&standby);
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
         .expect("streams flow under --sync once the standby holds them");
     let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
-    let before = status_of(&topo, &standby);
+    let before = status_of(topo, &standby);
     let table = status(&topo.gateway, &standby.control_socket(), false);
     let standby_scrape = scrape(&topo.gateway, DEFAULT_ENDPOINT);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    agent.kill();
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
         .expect("every stream continues after the failover");
@@ -102,9 +95,7 @@ fn sync_failover_from_a_late_standby(family: Family) {
     );
     assert_exact(&results);
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
+    let takeover = the_takeover(&report, "heartbeats-missed");
     assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
     assert_eq!(takeover.unrecoverable_total(), 0);
     assert_eq!(
@@ -123,21 +114,15 @@ fn sync_failover_from_a_late_standby(family: Family) {
 #[test]
 fn async_failover_loses_at_most_the_reported_lag_v4() {
     let family = Family::V4;
-    let PrimarySetup {
-        dir: _dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "onhost");
-    let standby = onhost_standby(&topo, family, &full(service), &key);
-    let _app = handoff_app(&topo, &standby, service);
-    let mut agent = start_onhost_agent(&topo, family, service, &key, &FULL);
-    standby.wait_log("replication channel established");
-    standby.wait_log("armed: primary heard");
+    let mut setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let _app = handoff_app(topo, &standby, service);
+    let mut agent = start_onhost_agent(topo, family, service, key, &FULL);
+    wait_replicating(&standby);
     let mut probe = Probe::start(&topo.client, service, 512 << 10);
     wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
-    let before = status_of(&topo, &standby);
+    let before = status_of(topo, &standby);
     let pid = standby.pid() as i32;
     // SAFETY: kill has no memory-safety preconditions; the pid is our child.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -147,11 +132,11 @@ fn async_failover_loses_at_most_the_reported_lag_v4() {
     let lag = scrape(&topo.server, DEFAULT_ENDPOINT).get("connmirror_replica_lag_bytes") as u64;
     let client = probe.freeze();
     agent.kill();
-    primary.kill();
+    setup.primary.kill();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     wait_until(
-        || status_of(&topo, &standby).takeovers == 1,
+        || status_of(topo, &standby).takeovers == 1,
         "the standby takes over",
     );
     let (report, _dir) = standby.stop();
@@ -182,19 +167,14 @@ fn async_failover_loses_at_most_the_reported_lag_v4() {
 #[test]
 fn replication_under_a_wrong_key_is_refused_and_counted() {
     let family = Family::V4;
-    let PrimarySetup {
-        dir,
-        key,
-        topo,
-        service,
-        primary: _primary,
-    } = primary_setup(family, PORT, "onhost");
+    let setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
     let standby = Mirror::start(
         &topo.gateway,
-        &onhost_standby_command(family, &full(service), &key),
+        &onhost_standby_command(family, &full(service), key),
     );
-    let wrong = wrong_key(dir.path());
-    let agent = start_onhost_agent(&topo, family, service, &wrong, &FULL);
+    let wrong = wrong_key(setup.dir.path());
+    let agent = start_onhost_agent(topo, family, service, &wrong, &FULL);
     let gateway = gateway_addrs(family).0;
     standby.wait_log("failed authentication under the shared key");
     agent.wait_stderr(
@@ -251,6 +231,13 @@ fn wrong_key(dir: &Path) -> PathBuf {
     path
 }
 
+/// Waits until `standby` has the agent's replication channel and has heard
+/// its heartbeats.
+fn wait_replicating(standby: &Mirror) {
+    standby.wait_log("replication channel established");
+    standby.wait_log("armed: primary heard");
+}
+
 fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -268,25 +255,19 @@ fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
 #[test]
 fn a_planned_migration_moves_on_host_connections_to_the_standby_v4() {
     let family = Family::V4;
-    let PrimarySetup {
-        dir,
-        key,
-        topo,
-        service,
-        primary: _primary,
-    } = primary_setup(family, PORT, "onhost");
-    let standby = onhost_standby(&topo, family, &full(service), &key);
-    let app = handoff_app(&topo, &standby, service);
-    let control = dir.path().join("agent-control.sock");
+    let setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let app = handoff_app(topo, &standby, service);
+    let control = setup.dir.path().join("agent-control.sock");
     let flags = [
         "--control",
         &control.display().to_string(),
         FULL[0],
         FULL[1],
     ];
-    let mut agent = start_onhost_agent(&topo, family, service, &key, &flags);
-    standby.wait_log("replication channel established");
-    standby.wait_log("armed: primary heard");
+    let mut agent = start_onhost_agent(topo, family, service, key, &flags);
+    wait_replicating(&standby);
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
@@ -298,28 +279,21 @@ fn a_planned_migration_moves_on_host_connections_to_the_standby_v4() {
         report: moved,
         stepped,
         resumed,
-    } = move_to_standby(&topo, &control, &agent, &app, &clients, 4);
+    } = move_to_standby(topo, &control, &agent, &app, &clients, 4);
     let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
     agent.kill();
     let (report, _dir) = standby.stop();
 
-    assert_eq!(
-        (moved.to.as_str(), moved.moved, moved.epoch),
-        ("standby", 4, 1),
-        "{moved:?}"
-    );
-    assert_eq!(moved.errors, Vec::<String>::new());
+    assert_moved(&moved, "standby", 4, 1);
     assert_eq!(stepped, "stepped down: standby holds epoch 2");
     assert!(
         agent_scrape.count("connmirror_ebpf_quiesce_drops_total") > 0,
         "the primary's own capture dropped no client segment while it dumped"
     );
     assert_migrated(&results, before, &resumed, &seen);
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "migration");
+    let takeover = the_takeover(&report, "migration");
     assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
     assert_eq!(
         report.counter(Counter::PacketsTracked),

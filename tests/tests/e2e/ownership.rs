@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use connmirror::key::Key;
 use connmirror::ownership::heartbeat::{self, Kind, Ownership};
-use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
+use connmirror_tests::echo::assert_exact;
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, KEY, PrimarySetup, agent_addr, configure_primary, detecting_standby,
-    detecting_standby_command, echo_primary, gateway_addrs, handoff_app, kill_primary,
-    primary_setup, start_agent, status, status_of,
+    HEARTBEAT_PORT, KEY, agent_addr, configure_primary, detecting_standby,
+    detecting_standby_command, echo_primary, four_streams_once_armed, gateway_addrs, handoff_app,
+    kill_primary_host, primary_setup, start_agent, status, status_of, the_takeover,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -29,35 +29,26 @@ const PORT: u16 = 7000;
 const CLUSTER: &str = "connmirror";
 
 fn automatic_failover(family: Family) {
-    let PrimarySetup {
-        dir: _dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "ownership");
-    let standby = detecting_standby(&topo, family, service, &key);
-    let _app = handoff_app(&topo, &standby, service);
-    let mut agent = start_agent(&topo, family, service, &key);
-    standby.wait_log("armed: primary heard");
-    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    clients
-        .wait_progress(64 << 10, Duration::from_secs(30))
-        .expect("streams flow before the failure");
-    let before = status_of(&topo, &standby);
+    let mut setup = primary_setup(family, PORT, "ownership");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = detecting_standby(topo, family, service, key);
+    let _app = handoff_app(topo, &standby, service);
+    let mut agent = start_agent(topo, family, service, key);
+    let clients =
+        four_streams_once_armed(topo, &standby, service, "streams flow before the failure");
+    let before = status_of(topo, &standby);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    agent.kill();
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
     clients
         .wait_progress(64 << 10, Duration::from_secs(60))
         .expect("every stream continues with no manual trigger");
     // The old primary comes back: link up, server and agent restarted under
     // its old epoch. The standby's heartbeats carry the higher epoch.
     topo.server.ip(["link", "set", "dev", SERVER_IF, "up"]);
-    configure_primary(&topo, family, service);
-    let _primary_again = echo_primary(&topo, service);
-    let returned = start_agent(&topo, family, service, &key);
+    configure_primary(topo, family, service);
+    let _primary_again = echo_primary(topo, service);
+    let returned = start_agent(topo, family, service, key);
     let stepped = returned.wait_line("stepped down", Duration::from_secs(20));
     let addresses = topo.server.ip(["addr", "show", "dev", SERVER_IF]);
     clients
@@ -65,7 +56,7 @@ fn automatic_failover(family: Family) {
         .expect("streams go on while the old primary is back");
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
-    let after = status_of(&topo, &standby);
+    let after = status_of(topo, &standby);
     let table = status(&topo.gateway, &standby.control_socket(), false);
     let (report, _dir) = standby.stop();
 
@@ -94,9 +85,7 @@ fn automatic_failover(family: Family) {
 
     assert_exact(&results);
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
+    let takeover = the_takeover(&report, "heartbeats-missed");
     assert_eq!(takeover.epoch, 2, "the primary held epoch 1");
     assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
     assert_eq!(takeover.unrecoverable_total(), 0);
@@ -233,33 +222,27 @@ fn ping_pong(
 /// the connections it only ever saw mid-stream (`--mid-stream restore`),
 /// flagged as such, with every round trip exact before and after.
 fn late_standby(family: Family) {
-    let PrimarySetup {
-        dir: _dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "ownership");
-    let mut agent = start_agent(&topo, family, service, &key);
-    let clients = PingPong::start(&topo, service, 4);
+    let mut setup = primary_setup(family, PORT, "ownership");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let mut agent = start_agent(topo, family, service, key);
+    let clients = PingPong::start(topo, service, 4);
     clients.wait_rounds(40, Duration::from_secs(20));
     clients.pause();
-    let command = detecting_standby_command(&topo, family, service, &key)
+    let command = detecting_standby_command(topo, family, service, key)
         .arg("--primary")
         .arg(&agent_addr(family).to_string())
         .arg("--mid-stream")
         .arg("restore");
     let standby = Mirror::start(&topo.gateway, &command);
-    let _app = handoff_app(&topo, &standby, service);
+    let _app = handoff_app(topo, &standby, service);
     standby.wait_log("armed: primary heard");
     agent.wait_stderr("solicited by the standby", Duration::from_secs(10));
     clients.resume();
     clients.wait_rounds(40, Duration::from_secs(20));
-    let before = status_of(&topo, &standby);
+    let before = status_of(topo, &standby);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    agent.kill();
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
     standby.wait_log("step=\"resume\"");
     clients.wait_rounds(20, Duration::from_secs(60));
     let results = clients.finish();
@@ -271,9 +254,7 @@ fn late_standby(family: Family) {
         assert!(matches!(result, Ok(n) if *n > 0), "{results:?}");
     }
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
+    let takeover = the_takeover(&report, "heartbeats-missed");
     assert_eq!(
         (takeover.restored, takeover.handed_off, takeover.mid_stream),
         (4, 4, 4),
@@ -310,15 +291,10 @@ fn send_from(topo: &Topology, to: SocketAddr, datagrams: &[Vec<u8>]) {
 #[test]
 fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
     let family = Family::V4;
-    let PrimarySetup {
-        dir: _dir,
-        key,
-        topo,
-        service,
-        mut primary,
-    } = primary_setup(family, PORT, "ownership");
-    let standby = detecting_standby(&topo, family, service, &key);
-    let mut agent = start_agent(&topo, family, service, &key);
+    let mut setup = primary_setup(family, PORT, "ownership");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = detecting_standby(topo, family, service, key);
+    let mut agent = start_agent(topo, family, service, key);
     standby.wait_log("armed: primary heard");
     let target = SocketAddr::new(gateway_addrs(family).1, HEARTBEAT_PORT);
     // What a forger would send: the primary's ownership, under a higher epoch.
@@ -340,17 +316,16 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
         .map(|i| heartbeat::seal(&right_key, Kind::Heartbeat, i, &claim))
         .collect();
 
-    send_from(&topo, target, &forged);
-    send_from(&topo, target, &replayed);
+    send_from(topo, target, &forged);
+    send_from(topo, target, &replayed);
     thread::sleep(Duration::from_millis(300));
     let lost_while_alive = standby.stderr().contains("primary lost");
     let standby_metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
     let agent_metrics = scrape(&topo.server, DEFAULT_ENDPOINT);
-    kill_primary(&topo, &mut primary);
-    agent.kill();
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
     // Forgeries keep coming while the primary is dead: they must not keep it alive.
-    send_from(&topo, target, &forged);
-    send_from(&topo, target, &replayed);
+    send_from(topo, target, &forged);
+    send_from(topo, target, &replayed);
     standby.wait_log("takeover");
     let (report, _dir) = standby.stop();
 

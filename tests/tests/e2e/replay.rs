@@ -9,10 +9,9 @@
 //! that connection (only) is reset and counted; the other continues exactly.
 
 use std::net::SocketAddr;
-use std::thread;
 use std::time::Duration;
 
-use connmirror_tests::failover::{kill_primary, standby_command, takeover};
+use connmirror_tests::failover::{manual_failover, standby_command};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::redis::{self, Counter};
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
@@ -50,9 +49,7 @@ fn replay(family: Family) {
     }
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary(&topo, &mut primary);
-    thread::sleep(Duration::from_millis(300));
-    let report = takeover(&topo.gateway, &standby.control_socket(), &[]);
+    let report = manual_failover(&topo, &mut primary, &standby);
     good.wait_progress(500, Duration::from_secs(60))
         .expect("the replayed connection continues");
     let bad = bad.wait_failure(Duration::from_secs(30));

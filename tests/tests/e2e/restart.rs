@@ -10,6 +10,7 @@
 //!
 //! Run through `sudo -E cargo xtask test` (root, and `CONNMIRROR_BIN`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -80,6 +81,23 @@ fn removed_line(pin: &PinnedInstance) -> String {
     )
 }
 
+/// As root with the binary: a fresh topology, its IPv4 service on [`PORT`], and
+/// a pinned instance named `name`. Returns (topology, service, instance).
+fn topology_and_pin(name: &str) -> (Topology, SocketAddr, PinnedInstance) {
+    require_root_and_bin();
+    let topo = Topology::new();
+    let service = topo.service(Family::V4, PORT);
+    (topo, service, PinnedInstance::new(name))
+}
+
+/// Runs `--detach-all --pin NAME` for `pin`: it must succeed and print `expected`.
+#[track_caller]
+fn assert_detach_all_prints(pin: &PinnedInstance, expected: &str) {
+    let out = pin.detach_all();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+}
+
 /// Waits until the client → server dump in `dumps` holds `bytes`.
 fn wait_for_dump(dumps: &Path, bytes: u64, timeout: Duration) {
     let deadline = Instant::now() + timeout;
@@ -109,18 +127,14 @@ fn c2s_dump(dumps: &Path) -> Option<PathBuf> {
 
 #[test]
 fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
-    require_root_and_bin();
-    let topo = Topology::new();
-    let service = topo.service(Family::V4, PORT);
-    let pin = PinnedInstance::new("restart");
+    let (topo, service, pin) = topology_and_pin("restart");
     let journal = WorkDir::new("journal");
     let dumps = WorkDir::new("dumps");
     let command = pinned_mirror(&topo, &pin, journal.path(), dumps.path());
     let first = Mirror::start(&topo.gateway, &command);
 
     let (x, before, after, second_log) = thread::scope(|s| {
-        let stream =
-            s.spawn(|| bidirectional(&topo.client, &topo.server, service, STREAM, TRAFFIC_TIMEOUT));
+        let stream = s.spawn(|| bidirectional(&topo, service, STREAM, TRAFFIC_TIMEOUT));
         wait_for_dump(dumps.path(), STREAM / 2, MIDPOINT_TIMEOUT);
         let (before, first_dir) = first.stop();
         let first_log = std::fs::read_to_string(first_dir.path().join("mirror.stderr"))
@@ -226,16 +240,12 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
         4,
         "links running the pinned programs: {links:?}"
     );
-    let out = pin.detach_all();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), removed_line(&pin));
+    assert_detach_all_prints(&pin, &removed_line(&pin));
     assert!(!pin.dir().exists(), "{:?}", pin.files());
     wait_for_no_links(&programs);
-    let out = pin.detach_all();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!("nothing pinned under {}\n", pin.dir().display())
+    assert_detach_all_prints(
+        &pin,
+        &format!("nothing pinned under {}\n", pin.dir().display()),
     );
 }
 
@@ -255,10 +265,7 @@ fn refused(topo: &Topology, command: MirrorCommand, error: &str) {
 
 #[test]
 fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason() {
-    require_root_and_bin();
-    let topo = Topology::new();
-    let service = topo.service(Family::V4, PORT);
-    let pin = PinnedInstance::new("mismatch");
+    let (topo, service, pin) = topology_and_pin("mismatch");
     let journal = WorkDir::new("journal");
     let dumps = WorkDir::new("dumps");
     let mirror = Mirror::start(
@@ -323,21 +330,17 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
              start it with the same --iface, --ingress and --egress, {hint}"
         ),
     );
+    // The pin itself is refused, whatever else the command asks for.
+    let on_gw_c = |pinned: MirrorCommand| pinned.iface("gw-c").service(service);
     refused(
         &topo,
-        MirrorCommand::new()
-            .pin("../escape")
-            .iface("gw-c")
-            .service(service),
+        on_gw_c(MirrorCommand::new().pin("../escape")),
         "error: pin name \"../escape\" is invalid: use 1 to 64 letters, digits, '-', '_' \
          or '.', not starting with '.'",
     );
     refused(
         &topo,
-        MirrorCommand::new()
-            .pin_in_private_mounts(name)
-            .iface("gw-c")
-            .service(service),
+        on_gw_c(MirrorCommand::new().pin_in_private_mounts(name)),
         "error: /sys/fs/bpf is not a BPF filesystem in this mount namespace, which is not \
          the host's (`ip netns exec` makes one and remounts /sys): pins made here would \
          vanish when this process exits. Run connmirror in the host's mount namespace \
@@ -346,9 +349,7 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
     );
     // Nothing the refused daemons did changed the pinned instance.
     assert_eq!(pin.files(), expected_pins());
-    let out = pin.detach_all();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), removed_line(&pin));
+    assert_detach_all_prints(&pin, &removed_line(&pin));
     assert!(!pin.dir().exists(), "{:?}", pin.files());
 }
 
@@ -359,17 +360,33 @@ fn veth_pair(ns: &Netns) {
     ns.ip(["link", "set", "d1", "up"]);
 }
 
-#[test]
-fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
+/// As root with the binary: a namespace `name` with a [`veth_pair`], a pinned
+/// instance `name`, and the mirror that pins it with TC ingress on `d0`.
+/// Returns (namespace, instance, mirror command).
+fn pinned_on_veth(name: &str) -> (Netns, PinnedInstance, MirrorCommand) {
     require_root_and_bin();
-    let ns = Netns::new("severed");
+    let ns = Netns::new(name);
     veth_pair(&ns);
-    let pin = PinnedInstance::new("severed");
+    let pin = PinnedInstance::new(name);
     let command = MirrorCommand::new()
         .pin(pin.name())
         .iface("d0")
         .ingress("tc")
         .service("198.18.1.2:7000".parse().unwrap());
+    (ns, pin, command)
+}
+
+/// What `--detach-all --pin NAME` prints after a mirror [`pinned_on_veth`].
+fn removed_d0_line(pin: &PinnedInstance) -> String {
+    format!(
+        "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
+        pin.dir().display()
+    )
+}
+
+#[test]
+fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
+    let (ns, pin, command) = pinned_on_veth("severed");
     let _ = Mirror::start(&ns, &command).stop();
     ns.ip(["link", "del", "d0"]);
     veth_pair(&ns);
@@ -393,15 +410,7 @@ fn a_pinned_link_severed_by_deleting_its_interface_is_replaced_on_restart() {
         2,
         "links running the pinned programs: {links:?}"
     );
-    let out = pin.detach_all();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!(
-            "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
-            pin.dir().display()
-        )
-    );
+    assert_detach_all_prints(&pin, &removed_d0_line(&pin));
 }
 
 /// Waits (bounded) until no link runs one of `programs`: the kernel frees an
@@ -417,29 +426,11 @@ fn wait_for_no_links(programs: &std::collections::BTreeSet<u32>) {
 
 #[test]
 fn detach_all_on_a_running_daemon_makes_it_detach_when_it_stops() {
-    require_root_and_bin();
-    let ns = Netns::new("stop-for-good");
-    veth_pair(&ns);
-    let pin = PinnedInstance::new("stop-for-good");
-    let mirror = Mirror::start(
-        &ns,
-        &MirrorCommand::new()
-            .pin(pin.name())
-            .iface("d0")
-            .ingress("tc")
-            .service("198.18.1.2:7000".parse().unwrap()),
-    );
+    let (ns, pin, command) = pinned_on_veth("stop-for-good");
+    let mirror = Mirror::start(&ns, &command);
     let programs = pin.program_ids();
 
-    let out = pin.detach_all();
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        format!(
-            "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
-            pin.dir().display()
-        )
-    );
+    assert_detach_all_prints(&pin, &removed_d0_line(&pin));
     // The running daemon still holds the links: capture goes on until it stops.
     assert_eq!(links_running(&programs).len(), 2);
     let log = mirror.stderr();

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::repair::repaired_pair;
+use connmirror_tests::repair::{WRAP_CLIENT_SEQ, WRAP_SERVER_SEQ, wrapping_pair};
 use connmirror_tests::traffic::exchange;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Topology, require_root};
 
@@ -21,15 +21,9 @@ const CLIENT_PORT: u16 = 41000;
 const STREAM_BYTES: u64 = 8_000_000;
 const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Sequence number of the first client → server byte: the wrap comes about
-/// 1 MiB into the stream, once reassembly is well under way.
-const CLIENT_SEQ: u32 = 0xfff0_1234;
-/// Sequence number of the first server → client byte: the wrap comes 32 KiB in.
-const SERVER_SEQ: u32 = 0xffff_8000;
-
 // Both directions cross 2^32 within the bytes sent.
-const _: () = assert!(CLIENT_SEQ as u64 + STREAM_BYTES > 1 << 32);
-const _: () = assert!(SERVER_SEQ as u64 + STREAM_BYTES > 1 << 32);
+const _: () = assert!(WRAP_CLIENT_SEQ as u64 + STREAM_BYTES > 1 << 32);
+const _: () = assert!(WRAP_SERVER_SEQ as u64 + STREAM_BYTES > 1 << 32);
 
 fn sequence_numbers_wrapping_past_2_32_reassemble_exactly_in(family: Family) {
     require_root();
@@ -43,14 +37,7 @@ fn sequence_numbers_wrapping_past_2_32_reassemble_exactly_in(family: Family) {
             .service(service),
     );
 
-    let (client_stream, server_stream) = repaired_pair(
-        &topo.client,
-        &topo.server,
-        client,
-        service,
-        CLIENT_SEQ,
-        SERVER_SEQ,
-    );
+    let (client_stream, server_stream) = wrapping_pair(&topo, client, service);
     let x = exchange(client_stream, server_stream, STREAM_BYTES, TRAFFIC_TIMEOUT);
     let (report, _dir) = mirror.stop();
 
