@@ -99,14 +99,7 @@ pub(super) fn count_capture(
 }
 impl Reader {
     pub(super) fn families(&self, backlog: &Backlog) -> Vec<Family> {
-        let Self {
-            table,
-            stats,
-            journal,
-            captured,
-            newest_ns,
-            ..
-        } = self;
+        let (table, stats) = (&self.table, &self.stats);
         let mut packets = Family::counter(
             "captured_packets",
             "Segments of protected services applied from the ring, by interface and direction.",
@@ -117,7 +110,7 @@ impl Reader {
             "Payload bytes of protected services applied from the ring, by interface and direction.",
             Some(Unit::Bytes),
         );
-        for ((ifindex, direction), n) in captured {
+        for ((ifindex, direction), n) in &self.captured {
             let labels = || {
                 vec![
                     ("iface", iface_name(*ifindex)),
@@ -134,7 +127,7 @@ impl Reader {
         let lag = backlog.bytes();
         let lag_seconds = match lag {
             0 => 0.0,
-            _ => monotonic_ns().saturating_sub(*newest_ns) as f64 / 1e9,
+            _ => monotonic_ns().saturating_sub(self.newest_ns) as f64 / 1e9,
         };
         let mut families = vec![
             packets,
@@ -159,7 +152,7 @@ impl Reader {
             )
             .set(Vec::new(), lag_seconds),
         ];
-        if let Some(journal) = journal {
+        if let Some(journal) = &self.journal {
             families.extend(journal_families(journal.stats()));
         }
         families

@@ -107,9 +107,50 @@ const RESTORE_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// The counters summed over every takeover: name, help, the report's field.
+type Total = (&'static str, &'static str, fn(&TakeoverReport) -> u64);
+
+/// [`families`]' counters, in exposition order.
+const COUNTERS: [Total; 7] = [
+    (
+        "restored_connections",
+        "Connections rebuilt with TCP_REPAIR and resumed.",
+        |r| r.restored,
+    ),
+    (
+        "handed_off_connections",
+        "Restored connections handed to an application.",
+        |r| r.handed_off,
+    ),
+    (
+        "replayed_connections",
+        "Restored connections resumed by a verified replay.",
+        |r| r.replayed,
+    ),
+    (
+        "live_resumed_connections",
+        "Restored connections spliced to a live-replay instance.",
+        |r| r.live,
+    ),
+    (
+        "mid_stream_restored_connections",
+        "Connections first seen mid-stream that were rebuilt anyway (--mid-stream restore).",
+        |r| r.mid_stream,
+    ),
+    (
+        "divergent_replays",
+        "Replays and live replays whose output differed from the recorded bytes (those connections are reset).",
+        |r| r.divergent,
+    ),
+    (
+        "reset_connections",
+        "RSTs sent for connections that could not be restored.",
+        |r| r.reset,
+    ),
+];
+
 /// Metrics of the takeovers run so far.
 pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
-    let total = |f: fn(&TakeoverReport) -> u64| reports.iter().map(f).sum::<u64>();
     let mut failovers = Family::counter("failovers", "Takeovers run, by trigger.", None);
     for trigger in ["manual", "heartbeats-missed", "migration"] {
         let n = reports.iter().filter(|r| r.trigger == trigger).count();
@@ -128,44 +169,12 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
         unrecoverable = unrecoverable.count(vec![("reason", reason.into())], n);
     }
     let restore_times = reports.iter().map(TakeoverReport::restore_seconds);
-    let counter = |name, help, value| Family::counter(name, help, None).count(Vec::new(), value);
-    vec![
-        failovers,
-        counter(
-            "restored_connections",
-            "Connections rebuilt with TCP_REPAIR and resumed.",
-            total(|r| r.restored),
-        ),
-        counter(
-            "handed_off_connections",
-            "Restored connections handed to an application.",
-            total(|r| r.handed_off),
-        ),
-        counter(
-            "replayed_connections",
-            "Restored connections resumed by a verified replay.",
-            total(|r| r.replayed),
-        ),
-        counter(
-            "live_resumed_connections",
-            "Restored connections spliced to a live-replay instance.",
-            total(|r| r.live),
-        ),
-        counter(
-            "mid_stream_restored_connections",
-            "Connections first seen mid-stream that were rebuilt anyway (--mid-stream restore).",
-            total(|r| r.mid_stream),
-        ),
-        counter(
-            "divergent_replays",
-            "Replays whose output differed from the recorded bytes (those connections are reset).",
-            total(|r| r.divergent),
-        ),
-        counter(
-            "reset_connections",
-            "RSTs sent for connections that could not be restored.",
-            total(|r| r.reset),
-        ),
+    let mut families = vec![failovers];
+    families.extend(COUNTERS.iter().map(|(name, help, field)| {
+        let total = reports.iter().map(field).sum();
+        Family::counter(name, help, None).count(Vec::new(), total)
+    }));
+    families.extend([
         unrecoverable,
         Family::histogram(
             "restore",
@@ -173,5 +182,6 @@ pub fn families(reports: &[TakeoverReport]) -> Vec<Family> {
             Some(Unit::Seconds),
         )
         .observe(Vec::new(), Histogram::of(&RESTORE_BUCKETS, restore_times)),
-    ]
+    ]);
+    families
 }

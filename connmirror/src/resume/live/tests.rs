@@ -61,6 +61,21 @@ fn live(app: SocketAddr, cap: usize) -> Live {
     Live::new([(SERVICE.parse().unwrap(), app)].into(), cap)
 }
 
+/// Live replay of [`SERVICE`] into a fresh [`upper_case_server`], fed one
+/// connection's opening (with or without its handshake).
+async fn opened_live(cap: usize, handshake: bool) -> Live {
+    let live = live(upper_case_server().await, cap);
+    live.feed(&opened(handshake));
+    live
+}
+
+/// The error of a takeover of the connection whose restored socket received
+/// `client_next` client bytes.
+async fn take_error(live: &Live, client_next: u64) -> String {
+    let taken = live.take(&key(), client_next, Duration::from_secs(1)).await;
+    taken.unwrap_err().to_string()
+}
+
 /// The records of a connection opening, with or without its handshake.
 fn opened(handshake: bool) -> Vec<Record> {
     let snapshot = SideSnapshot {
@@ -113,8 +128,7 @@ fn unprotected(reason: &str) -> BTreeMap<String, u64> {
 
 #[tokio::test]
 async fn an_agreeing_instance_is_protected_and_handed_over_with_its_new_output() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(true));
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
     live.feed(&[
         data(Direction::ClientToServer, 0, b"hello"),
         data(Direction::ServerToClient, 0, b"HEL"),
@@ -132,19 +146,14 @@ async fn an_agreeing_instance_is_protected_and_handed_over_with_its_new_output()
 
 #[tokio::test]
 async fn the_first_differing_byte_makes_the_connection_divergent() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(true));
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
     live.feed(&[
         data(Direction::ClientToServer, 0, b"get"),
         data(Direction::ServerToClient, 0, b"GEX"),
     ]);
     let p = until(&live, |p| p.divergent == 1).await;
     assert_eq!(p.protected, 0);
-    let err = live
-        .take(&key(), 3, Duration::from_secs(1))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = take_error(&live, 3).await;
     assert_eq!(
         err,
         "divergent: the instance's output differs from the primary's at offset 2 \
@@ -169,32 +178,22 @@ async fn an_instance_that_is_down_leaves_the_connection_unprotected() {
     live.feed(&opened(true));
     let p = until(&live, |p| p.protected == 0).await;
     assert_eq!(p.unprotected, unprotected("instance-down"));
-    let err = live
-        .take(&key(), 0, Duration::from_secs(1))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = take_error(&live, 0).await;
     assert_eq!(err, "unprotected: instance-down");
 }
 
 #[tokio::test]
 async fn a_connection_first_seen_mid_stream_is_unprotected() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(false));
+    let live = opened_live(DEFAULT_LAG_CAP, false).await;
     let p = until(&live, |_| true).await;
     assert_eq!(p.unprotected, unprotected("mid-stream"));
-    let err = live
-        .take(&key(), 0, Duration::from_secs(1))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = take_error(&live, 0).await;
     assert_eq!(err, "unprotected: mid-stream");
 }
 
 #[tokio::test]
 async fn output_the_instance_never_produces_goes_over_the_lag_cap() {
-    let live = live(upper_case_server().await, 64);
-    live.feed(&opened(true));
+    let live = opened_live(64, true).await;
     live.feed(&[data(Direction::ServerToClient, 0, &[b'A'; 100])]);
     let p = until(&live, |p| p.protected == 0).await;
     assert_eq!(p.unprotected, unprotected("instance-lag"));
@@ -207,8 +206,7 @@ async fn output_the_instance_never_produces_goes_over_the_lag_cap() {
 
 #[tokio::test]
 async fn a_missing_byte_in_the_feed_leaves_the_connection_unprotected() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(true));
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
     live.feed(&[
         data(Direction::ClientToServer, 0, b"ab"),
         data(Direction::ClientToServer, 3, b"d"),
@@ -219,14 +217,9 @@ async fn a_missing_byte_in_the_feed_leaves_the_connection_unprotected() {
 
 #[tokio::test]
 async fn a_takeover_refuses_a_feed_that_differs_from_the_restored_socket() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(true));
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
     live.feed(&[data(Direction::ClientToServer, 0, b"abc")]);
-    let err = live
-        .take(&key(), 2, Duration::from_secs(1))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = take_error(&live, 2).await;
     assert_eq!(
         err,
         "the instance was fed 3 client bytes, the restored socket received 2"
@@ -235,17 +228,12 @@ async fn a_takeover_refuses_a_feed_that_differs_from_the_restored_socket() {
 
 #[tokio::test]
 async fn closing_the_connection_forgets_it() {
-    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
-    live.feed(&opened(true));
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
     live.feed(&[Record::Close {
         id: 1,
         reason: crate::flow::record::CloseReason::Closed,
     }]);
     assert_eq!(until(&live, |_| true).await, ServiceProtection::default());
-    let err = live
-        .take(&key(), 0, Duration::from_secs(1))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = take_error(&live, 0).await;
     assert_eq!(err, "live replay never saw the connection open");
 }
