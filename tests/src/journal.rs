@@ -45,14 +45,20 @@ pub const SEGMENT_MAGIC: &[u8; 8] = b"CMJOURN1";
 
 /// Record kinds (the framing's `kind` byte).
 pub mod kind {
+    /// A flow was first seen: its id, 4-tuple and service id.
     pub const OPEN: u8 = 1;
+    /// Bytes of one direction, in order, at a stream offset.
     pub const DATA: u8 = 2;
+    /// The state of one direction changed.
     pub const UPDATE: u8 = 3;
+    /// The flow left the table (closed or evicted).
     pub const CLOSE: u8 = 4;
     /// A checkpoint is a begin record, a flow record per live flow (each
     /// followed by that flow's retained bytes as data records), and an end.
     pub const CHECKPOINT_BEGIN: u8 = 5;
+    /// One live flow of a checkpoint.
     pub const CHECKPOINT_FLOW: u8 = 6;
+    /// The checkpoint is complete.
     pub const CHECKPOINT_END: u8 = 7;
 }
 
@@ -63,11 +69,14 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// A flow direction, as `journal dump --dir` spells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Way {
+    /// Client → server.
     C2s,
+    /// Server → client.
     S2c,
 }
 
 impl Way {
+    /// Both directions, client → server first.
     pub const BOTH: [Way; 2] = [Way::C2s, Way::S2c];
 
     /// `c2s` or `s2c`.
@@ -108,6 +117,7 @@ pub struct Inspection {
     pub truncated_tail: Option<(PathBuf, u64)>,
     /// Damaged records skipped (`--salvage`).
     pub salvaged: u64,
+    /// Every flow in the journal, closed ones included.
     pub flows: Vec<Flow>,
 }
 
@@ -146,9 +156,13 @@ impl SynState {
 /// The options of a [`SynState`], without its ISN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SynOptions {
+    /// Maximum segment size.
     pub mss: Option<u16>,
+    /// Window scale shift this side applies to the windows it advertises.
     pub window_scale: Option<u8>,
+    /// SACK permitted.
     pub sack_permitted: bool,
+    /// Timestamps offered.
     pub timestamps: bool,
 }
 
@@ -340,6 +354,7 @@ pub struct Frame {
     pub offset: u64,
     /// Payload length.
     pub len: u32,
+    /// The record's kind byte, one of [`kind`].
     pub kind: u8,
 }
 
@@ -417,10 +432,13 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// bytes the [`S2C_SEED`] stream, across every [`HeldConnection::exchange`].
 #[derive(Debug)]
 pub struct HeldConnection {
+    /// The client's end.
     pub client: TcpStream,
+    /// The server's end (the accepted socket).
     pub server: TcpStream,
     /// Bytes sent (and read by the peer) each way so far.
     pub c2s_bytes: u64,
+    /// Server → client bytes sent (and read by the client) so far.
     pub s2c_bytes: u64,
 }
 

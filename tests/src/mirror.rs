@@ -52,6 +52,7 @@ pub struct MirrorCommand {
 }
 
 impl MirrorCommand {
+    /// `connmirror mirror` with no arguments yet.
     pub fn new() -> MirrorCommand {
         MirrorCommand::default()
     }
@@ -317,8 +318,11 @@ pub fn tiny_ring_mirror(port: u16, policy: &str) -> (Topology, SocketAddr, Mirro
 /// How a mirror that was expected to fail ended.
 #[derive(Debug)]
 pub struct MirrorExit {
+    /// The mirror's exit status.
     pub status: ExitStatus,
+    /// Everything the mirror printed on stdout.
     pub stdout: String,
+    /// Everything the mirror printed on stderr.
     pub stderr: String,
 }
 
@@ -368,7 +372,9 @@ pub struct Report {
     pub counters: BTreeMap<String, u64>,
     /// Malformed-frame counters, by [`Malformed::name`].
     pub malformed: BTreeMap<String, u64>,
+    /// What userspace counted while reading the ring.
     pub userspace: Userspace,
+    /// Every flow seen.
     pub flows: Vec<Flow>,
     /// Journal counters, when the mirror ran with `--journal`.
     #[serde(default)]
@@ -384,35 +390,52 @@ pub struct Report {
 /// What the mirror's journal wrote (report.json `journal`).
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub struct JournalSummary {
+    /// Records appended.
     pub records: u64,
+    /// Bytes appended, framing included.
     pub bytes: u64,
+    /// `fdatasync` calls on segment files.
     pub fsyncs: u64,
+    /// Slowest `fdatasync`, in microseconds.
     pub max_fsync_us: u64,
 }
 
 /// What userspace counted while reading the ring.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub struct Userspace {
+    /// Records read from the ring.
     pub records: u64,
+    /// Records that failed to decode.
     pub decode_errors: u64,
 }
 
 /// One TCP connection the mirror saw.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Flow {
+    /// Journal-wide flow id.
     pub id: u64,
+    /// Whether a restore could rebuild the flow now.
     pub readiness: Readiness,
     /// Present with `missing-bytes` only.
     #[serde(default)]
     pub ranges: Vec<MissingRange>,
+    /// The service's address.
     pub server: SocketAddr,
+    /// The client's address.
     pub client: SocketAddr,
+    /// Id of the service the flow matched (the `SERVICES` map's value).
     pub service_id: u32,
+    /// Where the flow's capture stands.
     pub status: FlowStatus,
+    /// Both SYNs were seen, so the streams' origins are known exactly.
     pub handshake: bool,
+    /// A RST was seen.
     pub rst: bool,
+    /// Segments the kernel forwarded uncaptured (`pass` policy).
     pub kernel_gaps: u64,
+    /// Client → server stream.
     pub c2s: DirectionDump,
+    /// Server → client stream.
     pub s2c: DirectionDump,
 }
 
@@ -453,15 +476,26 @@ pub struct DirectionDump {
     pub file: Option<PathBuf>,
     /// Where the dump file stops because a hole was given up.
     pub dump_stopped_at: Option<u64>,
+    /// Bytes reassembled in order.
     pub delivered: u64,
+    /// FIN seen and every byte before it present.
     pub complete: bool,
+    /// Ranges not captured, as stream offsets `[start, end)`, including bytes
+    /// still in flight.
     pub holes: Vec<[u64; 2]>,
+    /// The part of `holes` the receiver acknowledged: bytes it has that the
+    /// capture lacks. Nonempty means the flow is gapped.
     pub missing: Vec<[u64; 2]>,
     /// Marks of the segments this side sent.
     pub state: TcpState,
+    /// Full retention went over its cap: the history is incomplete, so the flow
+    /// can be handed off but not replayed.
     pub handoff_only: bool,
+    /// Payload bytes held in memory (retained plus out of order).
     pub retained: u64,
+    /// Highest stream offset the receiver acknowledged.
     pub acked: u64,
+    /// Overlapping bytes that differed from the first copy.
     pub conflicting_bytes: u64,
 }
 
@@ -537,9 +571,14 @@ impl Report {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Readiness {
+    /// Every byte a restore would need is present.
     Ready,
+    /// Bytes a restore needs are missing; [`Flow::ranges`] says which.
     MissingBytes,
+    /// No handshake was seen (the flow started before capture): no ISNs or
+    /// options.
     NoHandshake,
+    /// Both FINs or a RST were seen: nothing to restore.
     Closed,
 }
 
@@ -548,30 +587,48 @@ pub enum Readiness {
 pub struct MissingRange {
     /// `c2s` or `s2c`.
     pub dir: String,
+    /// First missing stream offset.
     pub start: u64,
+    /// One past the last missing stream offset.
     pub end: u64,
 }
 
 /// The TCP marks of the segments one side sent.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub struct TcpState {
+    /// The SYN (or SYN-ACK) this side sent, when it was seen.
     pub syn: Option<SynState>,
+    /// One past the highest sequence number sent (data, SYN and FIN count):
+    /// `snd_nxt`.
     pub next_seq: Option<u32>,
+    /// Highest acknowledgment number sent: the peer's bytes this side has.
     pub ack: Option<u32>,
+    /// Last advertised window, raw.
     pub window: u16,
+    /// Last advertised window, scaled by this side's shift when both sides
+    /// negotiated window scaling.
     pub window_scaled: u32,
+    /// Highest TSval sent (in sequence-space order).
     pub tsval: Option<u32>,
+    /// TSecr of the segment that carried [`tsval`](Self::tsval).
     pub tsecr: Option<u32>,
+    /// A FIN was sent.
     pub fin: bool,
+    /// A RST was sent.
     pub rst: bool,
 }
 
 /// What one side announced in its SYN.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 pub struct SynState {
+    /// Initial sequence number.
     pub isn: u32,
+    /// Maximum segment size.
     pub mss: Option<u16>,
+    /// Window scale shift this side applies to the windows it advertises.
     pub window_scale: Option<u8>,
+    /// SACK permitted.
     pub sack_permitted: bool,
+    /// Timestamps offered.
     pub timestamps: bool,
 }

@@ -17,9 +17,6 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often bounded waits poll.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Spawns `cmd` with stdin closed, stderr written to `stderr_path`, and
-/// stdout read line by line ([`stdout_lines`]). Returns the child, `cmd` for
-/// messages, and its lines. Panics naming the command if it cannot start.
 /// Polls `read` every 20 ms until what it returns contains `text`; `Err` with
 /// the last text read once `timeout` passes.
 pub fn wait_for_text(
@@ -40,6 +37,9 @@ pub fn wait_for_text(
     }
 }
 
+/// Spawns `cmd` with stdin closed, stderr written to `stderr_path`, and
+/// stdout read line by line ([`stdout_lines`]). Returns the child, `cmd` for
+/// messages, and its lines. Panics naming the command if it cannot start.
 pub fn spawn_logged(
     cmd: &mut Command,
     stderr_path: &Path,

@@ -45,7 +45,9 @@ pub const GATEWAY_SERVER_IF: &str = "gw-s";
 /// An address family of the test network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
+    /// IPv4: 198.18.0.0/24 on the client link, 198.18.1.0/24 on the server link.
     V4,
+    /// IPv6: fd00:0:0:1::/64 on the client link, fd00:0:0:2::/64 on the server link.
     V6,
 }
 
@@ -63,8 +65,11 @@ const HOST_LOCK_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// released.
 #[derive(Debug)]
 pub struct Topology {
+    /// The client's namespace.
     pub client: Netns,
+    /// The forwarding namespace in between, where the mirror runs.
     pub gateway: Netns,
+    /// The server's namespace.
     pub server: Netns,
     vlan: Option<u16>,
     _lock: HostLock,

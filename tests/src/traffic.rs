@@ -32,16 +32,20 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Digest of the bytes this side wrote.
     pub sent: Digest,
+    /// How many bytes this side wrote.
     pub sent_bytes: u64,
     /// Digest of the bytes this side read before EOF.
     pub received: Digest,
+    /// How many bytes this side read before EOF.
     pub received_bytes: u64,
 }
 
 /// The outcome of [`bidirectional`].
 #[derive(Clone, Copy, Debug)]
 pub struct Exchange {
+    /// The connecting side.
     pub client: Peer,
+    /// The accepting side.
     pub server: Peer,
     /// From the client's `connect` to both sides having read EOF.
     pub elapsed: Duration,
@@ -60,10 +64,12 @@ impl Exchange {
 pub struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator whose state starts at `seed`.
     pub fn new(seed: u64) -> SplitMix64 {
         SplitMix64(seed)
     }
 
+    /// The next output word: each call adds γ to the state, then mixes it.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
