@@ -27,6 +27,7 @@ const PAUSE: Duration = Duration::from_millis(10);
 pub struct Counter {
     key: String,
     stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     replies: Arc<AtomicU64>,
     writer: JoinHandle<Result<(), Failure>>,
@@ -74,13 +75,18 @@ impl Counter {
         let stream = stream.unwrap_or_else(|e| panic!("connect to redis at {server}: {e}"));
         stream.set_nodelay(true).expect("TCP_NODELAY");
         let stop = Arc::new(AtomicBool::new(false));
+        let paused = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let replies = Arc::new(AtomicU64::new(0));
         let writer = {
-            let (stream, stop, sent) =
-                (stream.try_clone().expect("dup"), stop.clone(), sent.clone());
+            let (stream, stop, paused, sent) = (
+                stream.try_clone().expect("dup"),
+                stop.clone(),
+                paused.clone(),
+                sent.clone(),
+            );
             let command = format!("INCR {key}\r\n");
-            thread::spawn(move || write_commands(stream, &command, &stop, &sent))
+            thread::spawn(move || write_commands(stream, &command, [&stop, &paused], &sent))
         };
         let reader = {
             let replies = replies.clone();
@@ -89,11 +95,27 @@ impl Counter {
         Counter {
             key: key.to_owned(),
             stop,
+            paused,
             sent,
             replies,
             writer,
             reader,
         }
+    }
+
+    /// Stops writing (until [`resume`](Self::resume)) and waits (at most
+    /// `timeout`) until every command written so far is answered.
+    pub fn pause(&self, timeout: Duration) -> Result<(), String> {
+        self.paused.store(true, Ordering::Relaxed);
+        // The writer may be inside one last batch: let it finish.
+        thread::sleep(PAUSE * 2);
+        let sent = self.sent.load(Ordering::Relaxed);
+        self.wait_progress(sent - self.replies(), timeout)
+    }
+
+    /// Writes again after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::Relaxed);
     }
 
     /// Replies verified so far.
@@ -166,11 +188,15 @@ impl Counter {
 fn write_commands(
     mut stream: TcpStream,
     command: &str,
-    stop: &AtomicBool,
+    [stop, paused]: [&AtomicBool; 2],
     sent: &AtomicU64,
 ) -> Result<(), Failure> {
     let batch = command.repeat(BATCH as usize);
     while !stop.load(Ordering::Relaxed) {
+        if paused.load(Ordering::Relaxed) {
+            thread::sleep(PAUSE);
+            continue;
+        }
         stream
             .write_all(batch.as_bytes())
             .map_err(|e| match e.kind() {

@@ -13,13 +13,16 @@
 //! heartbeats: the eight continue on the same sockets with every reply right,
 //! and only the divergent connection is reset, with one RST on the wire.
 //!
-//! A second test kills the standby's instance: its connections become
+//! A second test does the same on-host: the agent on the primary captures
+//! and replicates, and the standby feeds its instance from the replicated
+//! journal. A third kills the standby's instance: its connections become
 //! `unprotected: instance-down`, a new connection is tried and counted the
 //! same way, and the primary's traffic goes on undisturbed.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use connmirror::daemon::status::StatusReport;
 use connmirror::resume::live::ServiceProtection;
 use connmirror_tests::failover::{
     Program, configure_primary, key_file, kill_primary_host, standby_command, start_agent, status,
@@ -27,6 +30,7 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
 use connmirror_tests::redis::{self, Counter, CounterResult};
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
 use connmirror_tests::wire::WireWatch;
@@ -37,6 +41,8 @@ const PORT: u16 = 7000;
 const STANDBY_PORT: u16 = 7001;
 /// Clients that must continue.
 const CLIENTS: usize = 8;
+/// Clients that must continue in the on-host test.
+const ONHOST_CLIENTS: usize = 4;
 /// Commands each client has answered before the primary dies: at 13 bytes
 /// each (`INCR live-0\r\n`), more client bytes than [`HISTORY_CAP`].
 const BEFORE: u64 = 6_000;
@@ -103,14 +109,19 @@ impl Setup {
         standby: &Mirror,
         done: impl Fn(&ServiceProtection) -> bool,
     ) -> ServiceProtection {
+        let status = self.wait_status(standby, |status| done(&live_of(status)));
+        live_of(&status)
+    }
+
+    /// Waits (at most 30 s) until `connmirror status --json` satisfies `done`.
+    fn wait_status(&self, standby: &Mirror, done: impl Fn(&StatusReport) -> bool) -> StatusReport {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let status = status_of(&self.topo, standby);
-            let live = status.services[0].live.clone().expect("a live service");
-            if done(&live) {
-                return live;
+            if done(&status) {
+                return status;
             }
-            assert!(Instant::now() < deadline, "live protection stayed {live:?}");
+            assert!(Instant::now() < deadline, "status stayed {status:#?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -122,6 +133,11 @@ impl Setup {
             self.service
         )
     }
+}
+
+/// The live protection of the (only) service in `status`.
+fn live_of(status: &StatusReport) -> ServiceProtection {
+    status.services[0].live.clone().expect("a live service")
 }
 
 /// Every command answered in order, and nothing failed.
@@ -284,4 +300,93 @@ fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undistur
 #[test]
 fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undisturbed_v6() {
     instance_down(Family::V6);
+}
+
+/// On-host: the agent captures on the primary and replicates; the standby,
+/// capturing nothing, feeds its instance from the replicated journal. The
+/// clients pause before the primary dies, so that the asynchronous
+/// replication holds every byte they were answered (what async mode loses
+/// otherwise is the on-host tests' subject, not this one's).
+fn onhost_failover(family: Family) {
+    let mut s = setup(family, "live-onhost");
+    assert_eq!(
+        redis::command(&s.topo.gateway, s.app, "SET diverges 1000\r\n"),
+        "+OK\r\n"
+    );
+    let mut agent = start_onhost_agent(&s.topo, family, s.service, &s.key, &[]);
+    let command = onhost_standby_command(family, &s.service.to_string(), &s.key)
+        .arg("--resume")
+        .arg(&format!("{}=live:{}", s.service, s.app))
+        .arg("--history-cap")
+        .arg(HISTORY_CAP);
+    let standby = Mirror::start(&s.topo.gateway, &command);
+    standby.wait_log("replication channel established");
+    standby.wait_log("armed: primary heard");
+    let good: Vec<Counter> = (0..ONHOST_CLIENTS)
+        .map(|i| Counter::start(&s.topo.client, s.service, &format!("onhost-{i}")))
+        .collect();
+    let bad = Counter::start(&s.topo.client, s.service, "diverges");
+    let flagged = s.wait_live(&standby, |live| live.divergent == 1);
+    for counter in &good {
+        counter
+            .wait_progress(BEFORE, Duration::from_secs(120))
+            .expect("replies before the failover");
+    }
+    for counter in good.iter().chain([&bad]) {
+        counter
+            .pause(Duration::from_secs(30))
+            .expect("every command answered");
+    }
+    let quiet = s.wait_status(&standby, |status| {
+        let live = live_of(status);
+        status.replication_lag.is_some_and(|lag| lag.bytes == 0) && live.lag_bytes == 0
+    });
+    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
+
+    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
+    for counter in good.iter().chain([&bad]) {
+        counter.resume();
+    }
+    for counter in &good {
+        counter
+            .wait_progress(500, Duration::from_secs(60))
+            .expect("every connection continues after the automatic takeover");
+    }
+    let bad = bad.wait_failure(Duration::from_secs(30));
+    let results: Vec<CounterResult> = (good.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    assert_eq!(flagged.divergent, 1, "{flagged:?}");
+    let live = live_of(&quiet);
+    assert_eq!((live.protected, live.divergent), (ONHOST_CLIENTS as u64, 1));
+    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+    let takeover = &report.takeovers[0];
+    assert_eq!(takeover.trigger, "heartbeats-missed");
+    assert_eq!(
+        (takeover.restored, takeover.live, takeover.divergent),
+        (ONHOST_CLIENTS as u64, ONHOST_CLIENTS as u64, 1),
+        "{takeover:#?}"
+    );
+    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
+    assert_continued(&results, BEFORE);
+    assert!(bad.was_reset(), "{bad:?}");
+    assert_eq!(
+        seen.rsts_received.len(),
+        1,
+        "only the divergent connection is reset"
+    );
+    assert_eq!(seen.rsts_received[0].0, s.service);
+}
+
+#[test]
+fn live_replay_from_an_onhost_agent_continues_redis_sessions_v4() {
+    onhost_failover(Family::V4);
+}
+
+#[test]
+fn live_replay_from_an_onhost_agent_continues_redis_sessions_v6() {
+    onhost_failover(Family::V6);
 }

@@ -455,9 +455,13 @@ impl Inner {
                 State::Unprotected(reason) => Protection::Unprotected(*reason),
                 State::Running(handle) => {
                     let shared = handle.shared.lock().expect("live connection state");
-                    entry.lag_bytes += (shared.unwritten + shared.owed) as u64;
-                    if let Some(since) = shared.owed_since {
-                        entry.lag_seconds = entry.lag_seconds.max((now - since).as_secs_f64());
+                    // Only a protected connection's instance is still fed.
+                    if shared.protection == Protection::Protected {
+                        entry.lag_bytes += (shared.unwritten + shared.owed) as u64;
+                        if let Some(since) = shared.owed_since {
+                            let age = (now - since).as_secs_f64();
+                            entry.lag_seconds = entry.lag_seconds.max(age);
+                        }
                     }
                     shared.protection
                 }
