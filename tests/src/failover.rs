@@ -53,18 +53,28 @@ impl Program {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let program = Program::spawn(ns, program, args);
+        program.wait_line(ready, START_TIMEOUT);
+        program
+    }
+
+    /// Starts `program` with `args` in `ns` without waiting for it: for
+    /// servers that print nothing when ready (the caller waits its own way).
+    pub fn spawn<I, S>(ns: &Netns, program: impl AsRef<OsStr>, args: I) -> Program
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let dir = WorkDir::new("program");
         let mut cmd = ns.command(program);
         cmd.args(args);
         let (child, what, lines) = spawn_logged(&mut cmd, &dir.path().join("stderr"));
-        let program = Program {
+        Program {
             child: Some(child),
             what,
             dir,
             lines,
-        };
-        program.wait_line(ready, START_TIMEOUT);
-        program
+        }
     }
 
     /// Waits for a stdout line that contains `text`; returns it.

@@ -1,8 +1,11 @@
-//! A verifying Redis client for the replay tests: one connection that
-//! pipelines `INCR KEY` (Redis's inline command protocol: one command per
-//! line) and checks that reply `n` is exactly `:n\r\n`. A fresh key counts
-//! from 1, so every reply is known in advance: a lost, repeated or reordered
-//! command shows up as the wrong number at an exact position.
+//! A verifying cache client for the replay tests: one connection that
+//! pipelines increments of its own key and checks that reply `n` is exactly
+//! `n`: `INCR KEY` answered `:n\r\n` by Redis (its inline command protocol:
+//! one command per line), or `incr KEY 1` answered `n\r\n` by memcached (its
+//! text protocol, after `set KEY 0 0 1` stores 0). A fresh key counts from 1,
+//! so every reply is known in advance: a lost, repeated or reordered command
+//! shows up as the wrong number at an exact position. Both servers run
+//! unmodified, started here in the foreground.
 //!
 //! The writer and the reader run on their own threads inside the client's
 //! namespace (sockets stay in the namespace they were created in).
@@ -22,12 +25,59 @@ const BATCH: u64 = 20;
 /// Pause between batches.
 const PAUSE: Duration = Duration::from_millis(10);
 
+/// The server a [`Counter`] talks to, and so its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// `redis-server`.
+    Redis,
+    /// `memcached`.
+    Memcached,
+}
+
+impl Server {
+    /// The command that increments `key` by one.
+    fn command(self, key: &str) -> String {
+        match self {
+            Server::Redis => format!("INCR {key}\r\n"),
+            Server::Memcached => format!("incr {key} 1\r\n"),
+        }
+    }
+
+    /// The reply to the `n`th increment of a fresh key.
+    fn reply(self, n: u64) -> String {
+        match self {
+            Server::Redis => format!(":{n}\r\n"),
+            Server::Memcached => format!("{n}\r\n"),
+        }
+    }
+
+    /// What makes `key` fresh, and its answer: memcached only increments a
+    /// stored value.
+    fn hello(self, key: &str) -> Option<(String, &'static str)> {
+        match self {
+            Server::Redis => None,
+            Server::Memcached => Some((format!("set {key} 0 0 1\r\n0\r\n"), "STORED\r\n")),
+        }
+    }
+
+    /// Starts this server in the foreground in `ns`, listening on `addr`
+    /// only, with persistence off; returns once it accepts connections.
+    pub fn start(self, ns: &Netns, addr: SocketAddr) -> Program {
+        match self {
+            Server::Redis => server(ns, addr),
+            Server::Memcached => memcached(ns, addr),
+        }
+    }
+}
+
 /// A running counter connection.
 #[derive(Debug)]
 pub struct Counter {
     key: String,
     stop: Arc<AtomicBool>,
     paused: Arc<AtomicBool>,
+    /// The writer's sleep between batches.
+    pace: Duration,
     sent: Arc<AtomicU64>,
     replies: Arc<AtomicU64>,
     writer: JoinHandle<Result<(), Failure>>,
@@ -71,9 +121,36 @@ impl Counter {
     /// Connects from inside `ns` to the Redis server at `server` and starts
     /// incrementing `key` ([`BATCH`] commands every [`PAUSE`]).
     pub fn start(ns: &Netns, server: SocketAddr, key: &str) -> Counter {
+        Counter::start_with(Server::Redis, ns, server, key)
+    }
+
+    /// [`start`](Self::start) against a server of kind `kind`.
+    pub fn start_with(kind: Server, ns: &Netns, server: SocketAddr, key: &str) -> Counter {
+        Counter::start_paced(kind, ns, server, key, PAUSE)
+    }
+
+    /// [`start_with`](Self::start_with), writing [`BATCH`] commands every
+    /// `pause` instead of every [`PAUSE`]: many connections at a bounded rate.
+    pub fn start_paced(
+        kind: Server,
+        ns: &Netns,
+        server: SocketAddr,
+        key: &str,
+        pause: Duration,
+    ) -> Counter {
         let stream = ns.run(|| TcpStream::connect_timeout(&server, Duration::from_secs(10)));
-        let stream = stream.unwrap_or_else(|e| panic!("connect to redis at {server}: {e}"));
+        let mut stream = stream.unwrap_or_else(|e| panic!("connect to {kind:?} at {server}: {e}"));
         stream.set_nodelay(true).expect("TCP_NODELAY");
+        if let Some((hello, answer)) = kind.hello(key) {
+            stream.write_all(hello.as_bytes()).expect("write the hello");
+            let mut reply = vec![0u8; answer.len()];
+            std::io::Read::read_exact(&mut stream, &mut reply).expect("read the hello's answer");
+            assert_eq!(
+                String::from_utf8_lossy(&reply),
+                answer,
+                "{kind:?} at {server}"
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let paused = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
@@ -85,17 +162,18 @@ impl Counter {
                 paused.clone(),
                 sent.clone(),
             );
-            let command = format!("INCR {key}\r\n");
-            thread::spawn(move || write_commands(stream, &command, [&stop, &paused], &sent))
+            let command = kind.command(key);
+            thread::spawn(move || write_commands(stream, &command, [&stop, &paused], &sent, pause))
         };
         let reader = {
             let replies = replies.clone();
-            thread::spawn(move || read_replies(stream, &replies))
+            thread::spawn(move || read_replies(stream, kind, &replies))
         };
         Counter {
             key: key.to_owned(),
             stop,
             paused,
+            pace: pause,
             sent,
             replies,
             writer,
@@ -108,7 +186,7 @@ impl Counter {
     pub fn pause(&self, timeout: Duration) -> Result<(), String> {
         self.paused.store(true, Ordering::Relaxed);
         // The writer may be inside one last batch: let it finish.
-        thread::sleep(PAUSE * 2);
+        thread::sleep(self.pace * 2);
         let sent = self.sent.load(Ordering::Relaxed);
         self.wait_progress(sent - self.replies(), timeout)
     }
@@ -190,6 +268,7 @@ fn write_commands(
     command: &str,
     [stop, paused]: [&AtomicBool; 2],
     sent: &AtomicU64,
+    pause: Duration,
 ) -> Result<(), Failure> {
     let batch = command.repeat(BATCH as usize);
     while !stop.load(Ordering::Relaxed) {
@@ -207,14 +286,14 @@ fn write_commands(
                 )),
             })?;
         sent.fetch_add(BATCH, Ordering::Relaxed);
-        thread::sleep(PAUSE);
+        thread::sleep(pause);
     }
     // Half-close: the server answers everything and then sees EOF.
     let _ = stream.shutdown(Shutdown::Write);
     Ok(())
 }
 
-fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), Failure> {
+fn read_replies(stream: TcpStream, kind: Server, replies: &AtomicU64) -> Result<(), Failure> {
     let mut reader = BufReader::new(stream);
     let mut line = String::new();
     loop {
@@ -228,9 +307,10 @@ fn read_replies(stream: TcpStream, replies: &AtomicU64) -> Result<(), Failure> {
             Err(e) => return Err(Failure::Other(format!("read: {e}"))),
         }
         let n = replies.load(Ordering::Relaxed) + 1;
-        if line != format!(":{n}\r\n") {
+        let expected = kind.reply(n);
+        if line != expected {
             return Err(Failure::Other(format!(
-                "reply {n} is {line:?}, expected \":{n}\\r\\n\""
+                "reply {n} is {line:?}, expected {expected:?}"
             )));
         }
         replies.store(n, Ordering::Relaxed);
@@ -266,4 +346,36 @@ pub fn command(ns: &Netns, addr: SocketAddr, line: &str) -> String {
         BufReader::new(stream).read_line(&mut reply).expect("read");
         reply
     })
+}
+
+/// `memcached` in the foreground on `addr`, UDP off, as root (the tests'
+/// user), with one worker thread; returns once it accepts connections (it
+/// prints nothing when ready).
+pub fn memcached(ns: &Netns, addr: SocketAddr) -> Program {
+    let args = [
+        "-l".to_owned(),
+        addr.ip().to_string(),
+        "-p".to_owned(),
+        addr.port().to_string(),
+        "-U".to_owned(),
+        "0".to_owned(),
+        "-u".to_owned(),
+        "root".to_owned(),
+        "-t".to_owned(),
+        "1".to_owned(),
+    ];
+    let program = Program::spawn(ns, "memcached", args);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "memcached never accepted on {addr}; stderr:\n{}",
+            program.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    program
 }

@@ -8,11 +8,12 @@ use crate::host;
 use crate::run::{check, step};
 use crate::setup::Outcome;
 
-/// Traffic generators, capture and link tools, a real server for replay tests, `ip netns`, `sysctl`/`pkill`,
+/// Traffic generators, capture and link tools, real servers for the replay tests, `ip netns`, `sysctl`/`pkill`,
 /// `mount`/`nsenter`, `promtool` (in `prometheus`) for the metrics tests, and the font the
 /// benchmark plots are labelled with.
-pub const PACKAGES: [&str; 10] = [
+pub const PACKAGES: [&str; 11] = [
     "iperf3",
+    "memcached",
     "prometheus",
     "redis-server",
     "socat",

@@ -50,7 +50,7 @@ enum Task {
     /// Ensures, in order: the nightly toolchain and its rust-src component (the
     /// eBPF crate is built with `-Z build-std=core`), bpf-linker 0.13.0 built
     /// against nightly's own LLVM, and the Debian packages the end-to-end tests and
-    /// benchmarks use (iperf3 redis-server socat tcpdump ethtool iproute2 procps
+    /// benchmarks use (iperf3 memcached redis-server socat tcpdump ethtool iproute2 procps
     /// util-linux fonts-dejavu-core, through apt-get, which needs root). Prints
     /// "already present" or what it installed per item.
     Setup,
