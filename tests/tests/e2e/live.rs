@@ -503,13 +503,13 @@ fn memory_growth(family: Family, resume: &str) -> (u64, u64) {
     std::thread::sleep(MEMORY_SPAN);
     let late = rss(&standby);
     let sent: u64 = clients.iter().map(Counter::replies).sum();
-    let results: Vec<CounterResult> = (clients.into_iter())
-        .map(|c| c.finish(Duration::from_secs(30)))
-        .collect();
     if resume == "live" {
         let live = s.wait_live(&standby, |_| true);
         assert_eq!(live.protected, MEMORY_CLIENTS as u64, "{live:?}");
     }
+    let results: Vec<CounterResult> = (clients.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
     let _ = standby.stop();
     assert_continued(&results, 0);
     eprintln!("{resume}: RSS {early} then {late} bytes, {sent} commands answered");
