@@ -30,11 +30,11 @@ use connmirror_tests::failover::{
     status_of, with_detection,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
-use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::mirror::{Mirror, MirrorCommand, Report};
 use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
 use connmirror_tests::redis::{self, Counter, CounterResult, Server};
 use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
-use connmirror_tests::wire::WireWatch;
+use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7000;
@@ -166,6 +166,106 @@ fn assert_continued(results: &[CounterResult], before: u64) {
     }
 }
 
+/// What a failover of live connections left behind.
+struct Failover {
+    /// The connections that had to continue.
+    results: Vec<CounterResult>,
+    /// The divergent one, if there was one.
+    divergent: Option<CounterResult>,
+    seen: WireSeen,
+    report: Report,
+}
+
+impl Setup {
+    /// Waits until each of `good` answered [`BEFORE`] commands, calls
+    /// `at_rest` with every client (to look at the standby, or to pause the
+    /// clients; [`Counter::resume`] follows the kill), kills the
+    /// primary's host (link, server, agent), and waits until every one of
+    /// `good` goes on through the automatic takeover.
+    fn fail_over(
+        &mut self,
+        standby: Mirror,
+        agent: &mut Program,
+        good: Vec<Counter>,
+        divergent: Option<Counter>,
+        at_rest: impl FnOnce(&Setup, &Mirror, &[&Counter]),
+    ) -> Failover {
+        for counter in &good {
+            counter
+                .wait_progress(BEFORE, Duration::from_secs(120))
+                .expect("replies before the failover");
+        }
+        let all: Vec<&Counter> = good.iter().chain(&divergent).collect();
+        at_rest(self, &standby, &all);
+        let watch = WireWatch::start(&self.topo.client, CLIENT_IF);
+        kill_primary_host(&self.topo, &mut self.primary, agent);
+        for counter in good.iter().chain(&divergent) {
+            counter.resume();
+        }
+        for counter in &good {
+            counter
+                .wait_progress(500, Duration::from_secs(60))
+                .expect("every connection continues after the automatic takeover");
+        }
+        let divergent = divergent.map(|c| c.wait_failure(Duration::from_secs(30)));
+        let results = (good.into_iter())
+            .map(|c| c.finish(Duration::from_secs(30)))
+            .collect();
+        let seen = watch.stop();
+        let (report, _dir) = standby.stop();
+        Failover {
+            results,
+            divergent,
+            seen,
+            report,
+        }
+    }
+}
+
+impl Failover {
+    /// One automatic takeover that spliced `live` connections to the
+    /// instance and reset `divergent` ones; every other connection went on
+    /// exactly, and only the divergent ones saw a RST.
+    #[track_caller]
+    fn assert_live(&self, live: usize, service: SocketAddr) {
+        let Failover {
+            results,
+            divergent,
+            seen,
+            report,
+        } = self;
+        assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
+        let takeover = &report.takeovers[0];
+        let n = divergent.iter().count() as u64;
+        assert_eq!(takeover.trigger, "heartbeats-missed");
+        assert_eq!(
+            (takeover.restored, takeover.live, takeover.divergent),
+            (live as u64, live as u64, n),
+            "{takeover:#?}"
+        );
+        assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
+        assert_continued(results, BEFORE);
+        if let Some(divergent) = divergent {
+            assert!(divergent.was_reset(), "{divergent:?}");
+            assert_eq!(takeover.errors.len(), 1);
+            assert!(
+                takeover.errors[0].ends_with(
+                    "divergent: the instance's output differs from the primary's at offset 2 \
+                     (primary 0x0d, instance 0x30)"
+                ),
+                "{:?}",
+                takeover.errors
+            );
+        }
+        let rsts: Vec<SocketAddr> = seen.rsts_received.iter().map(|(from, _)| *from).collect();
+        assert_eq!(
+            rsts,
+            vec![service; n as usize],
+            "only a divergent connection is reset"
+        );
+    }
+}
+
 fn failover(family: Family) {
     let mut s = setup(family, Server::Redis, "live");
     assert_eq!(
@@ -182,31 +282,17 @@ fn failover(family: Family) {
     // the first reply, with no failover in sight.
     let flagged = s.wait_live(&standby, |live| live.divergent == 1);
     let metrics = scrape(&s.topo.gateway, DEFAULT_ENDPOINT);
-    for counter in &good {
-        counter
-            .wait_progress(BEFORE, Duration::from_secs(120))
-            .expect("replies before the failover");
-    }
-    let before = s.wait_live(&standby, |live| live.protected == CLIENTS as u64);
-    let table = status(&s.topo.gateway, &standby.control_socket(), false);
-    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
-
-    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
-    for counter in &good {
-        counter
-            .wait_progress(500, Duration::from_secs(60))
-            .expect("every connection continues after the automatic takeover");
-    }
-    let bad = bad.wait_failure(Duration::from_secs(30));
-    let results: Vec<CounterResult> = (good.into_iter())
-        .map(|c| c.finish(Duration::from_secs(30)))
-        .collect();
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
+    let mut before = None;
+    let mut table = String::new();
+    let failover = s.fail_over(standby, &mut agent, good, Some(bad), |s, standby, _| {
+        before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
+        table = status(&s.topo.gateway, &standby.control_socket(), false);
+    });
 
     assert_eq!((flagged.divergent, flagged.unprotected.len()), (1, 0));
     assert_eq!(metrics.count("connmirror_live_divergences_total"), 1);
     assert_eq!(metrics.count(&s.connections("divergent", "")), 1);
+    let before = before.expect("looked at rest");
     assert_eq!(
         (before.protected, before.divergent),
         (CLIENTS as u64, 1),
@@ -218,32 +304,7 @@ fn failover(family: Family) {
         )),
         "{table}"
     );
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
-    assert_eq!(
-        (takeover.restored, takeover.live, takeover.divergent),
-        (CLIENTS as u64, CLIENTS as u64, 1),
-        "{takeover:#?}"
-    );
-    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
-    assert_eq!(takeover.errors.len(), 1);
-    assert!(
-        takeover.errors[0].ends_with(
-            "divergent: the instance's output differs from the primary's at offset 2 \
-             (primary 0x0d, instance 0x30)"
-        ),
-        "{:?}",
-        takeover.errors
-    );
-    assert_continued(&results, BEFORE);
-    assert!(bad.was_reset(), "{bad:?}");
-    assert_eq!(
-        seen.rsts_received.len(),
-        1,
-        "only the divergent connection is reset"
-    );
-    assert_eq!(seen.rsts_received[0].0, s.service);
+    failover.assert_live(CLIENTS, s.service);
 }
 
 #[test]
@@ -336,58 +397,23 @@ fn onhost_failover(family: Family) {
     let good = s.counters(ONHOST_CLIENTS, "onhost");
     let bad = Counter::start(&s.topo.client, s.service, "diverges");
     let flagged = s.wait_live(&standby, |live| live.divergent == 1);
-    for counter in &good {
-        counter
-            .wait_progress(BEFORE, Duration::from_secs(120))
-            .expect("replies before the failover");
-    }
-    for counter in good.iter().chain([&bad]) {
-        counter
-            .pause(Duration::from_secs(30))
-            .expect("every command answered");
-    }
-    let quiet = s.wait_status(&standby, |status| {
-        let live = live_of(status);
-        status.replication_lag.is_some_and(|lag| lag.bytes == 0) && live.lag_bytes == 0
+    let mut quiet = None;
+    let failover = s.fail_over(standby, &mut agent, good, Some(bad), |s, standby, all| {
+        for counter in all {
+            counter
+                .pause(Duration::from_secs(30))
+                .expect("every command answered");
+        }
+        quiet = Some(s.wait_status(standby, |status| {
+            let live = live_of(status);
+            status.replication_lag.is_some_and(|lag| lag.bytes == 0) && live.lag_bytes == 0
+        }));
     });
-    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
-
-    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
-    for counter in good.iter().chain([&bad]) {
-        counter.resume();
-    }
-    for counter in &good {
-        counter
-            .wait_progress(500, Duration::from_secs(60))
-            .expect("every connection continues after the automatic takeover");
-    }
-    let bad = bad.wait_failure(Duration::from_secs(30));
-    let results: Vec<CounterResult> = (good.into_iter())
-        .map(|c| c.finish(Duration::from_secs(30)))
-        .collect();
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
 
     assert_eq!(flagged.divergent, 1, "{flagged:?}");
-    let live = live_of(&quiet);
+    let live = live_of(&quiet.expect("looked at rest"));
     assert_eq!((live.protected, live.divergent), (ONHOST_CLIENTS as u64, 1));
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
-    assert_eq!(
-        (takeover.restored, takeover.live, takeover.divergent),
-        (ONHOST_CLIENTS as u64, ONHOST_CLIENTS as u64, 1),
-        "{takeover:#?}"
-    );
-    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
-    assert_continued(&results, BEFORE);
-    assert!(bad.was_reset(), "{bad:?}");
-    assert_eq!(
-        seen.rsts_received.len(),
-        1,
-        "only the divergent connection is reset"
-    );
-    assert_eq!(seen.rsts_received[0].0, s.service);
+    failover.assert_live(ONHOST_CLIENTS, s.service);
 }
 
 #[test]
@@ -408,42 +434,18 @@ fn memcached_failover(family: Family) {
     let mut agent = start_agent(&s.topo, family, s.service, &s.key);
     standby.wait_log("armed: primary heard");
     let clients = s.counters(CLIENTS, "cache");
-    for counter in &clients {
-        counter
-            .wait_progress(BEFORE, Duration::from_secs(120))
-            .expect("replies before the failover");
-    }
-    let before = s.wait_live(&standby, |live| live.protected == CLIENTS as u64);
-    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
+    let mut before = None;
+    let failover = s.fail_over(standby, &mut agent, clients, None, |s, standby, _| {
+        before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
+    });
 
-    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
-    for counter in &clients {
-        counter
-            .wait_progress(500, Duration::from_secs(60))
-            .expect("every connection continues after the automatic takeover");
-    }
-    let results: Vec<CounterResult> = (clients.into_iter())
-        .map(|c| c.finish(Duration::from_secs(30)))
-        .collect();
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
-
+    let before = before.expect("looked at rest");
     assert_eq!(
         (before.divergent, before.unprotected.len()),
         (0, 0),
         "{before:?}"
     );
-    assert_eq!(report.takeovers.len(), 1, "{:#?}", report.takeovers);
-    let takeover = &report.takeovers[0];
-    assert_eq!(takeover.trigger, "heartbeats-missed");
-    assert_eq!(
-        (takeover.restored, takeover.live, takeover.divergent),
-        (CLIENTS as u64, CLIENTS as u64, 0),
-        "{takeover:#?}"
-    );
-    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
-    assert_continued(&results, BEFORE);
-    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    failover.assert_live(CLIENTS, s.service);
 }
 
 #[test]
