@@ -10,7 +10,7 @@
 //! a `503` rather than a stale answer.
 //!
 //! Every name carries the `connmirror_` prefix; counters end in `_total`, and
-//! units (`_bytes`, `_seconds`) are in the names. README.md lists the metrics.
+//! units (`_bytes`, `_seconds`) are in the names. docs/metrics.md lists the metrics.
 
 use std::{
     fmt,

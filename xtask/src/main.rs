@@ -50,8 +50,9 @@ enum Task {
     /// Ensures, in order: the nightly toolchain and its rust-src component (the
     /// eBPF crate is built with `-Z build-std=core`), bpf-linker 0.13.0 built
     /// against nightly's own LLVM, and the Debian packages the end-to-end tests and
-    /// benchmarks use (iperf3 memcached redis-server socat tcpdump ethtool iproute2 procps
-    /// util-linux fonts-dejavu-core, through apt-get, which needs root). Prints
+    /// benchmarks use (iperf3 memcached prometheus redis-server socat tcpdump
+    /// ethtool iproute2 procps util-linux fonts-dejavu-core, through apt-get,
+    /// which needs root). Prints
     /// "already present" or what it installed per item.
     Setup,
     /// Build the connmirror daemon (with its eBPF programs) and print its path.
@@ -124,8 +125,9 @@ enum Task {
     /// ensured first); `rustup run nightly cargo clippy -p connmirror-ebpf
     /// --target bpfel-unknown-none -Z build-std=core -- -D warnings` (adding
     /// nightly's clippy component if missing); `cargo xtask deps`; and a check
-    /// that no .rs file under connmirror/src is over 800 lines (files named
-    /// tests.rs and files under a tests/ folder are exempt). `test` runs all of it.
+    /// that no .rs file under connmirror/src is over 800 lines and no function
+    /// there over 80 (files named tests.rs and files under a tests/ folder are
+    /// exempt). `test` runs all of it.
     Lint,
     /// Check that the daemon's top-level modules depend on each other without cycles.
     ///
