@@ -368,7 +368,7 @@ fn print_takeover(report: &TakeoverReport, out: &mut impl std::io::Write) -> std
     for step in &report.steps {
         writeln!(
             out,
-            "  {:<10} {:>10.3} ms",
+            "  {:<12} {:>10.3} ms",
             step.name,
             step.micros as f64 / 1e3
         )?;
