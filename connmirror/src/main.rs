@@ -350,11 +350,12 @@ fn print_takeover(report: &TakeoverReport, out: &mut impl std::io::Write) -> std
     let services: Vec<String> = report.services.iter().map(ToString::to_string).collect();
     writeln!(
         out,
-        "takeover of {}: {} restored ({} handed off, {} replayed, {} first seen mid-stream), \
-         {} divergent, {} unrecoverable, {} reset, {} closed",
+        "takeover of {}: {} restored ({} handed off, {} live, {} replayed, {} first seen \
+         mid-stream), {} divergent, {} unrecoverable, {} reset, {} closed",
         services.join(", "),
         report.restored,
         report.handed_off,
+        report.live,
         report.replayed,
         report.mid_stream,
         report.divergent,
