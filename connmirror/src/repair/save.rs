@@ -33,13 +33,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::repair::restore::{QueueMode, RestoreError, RestoreOptions, RestorePlan, WindowScale};
-use crate::sys::sockopt::{self, TcpInfo};
+use crate::sys::sockopt::{self, TCP_RECV_QUEUE, TCP_REPAIR_ON, TCP_SEND_QUEUE, TcpInfo};
 use crate::sys::{SyscallError, socket};
 
-/// `TCP_REPAIR` and `TCP_REPAIR_QUEUE` values (include/uapi/linux/tcp.h).
-const TCP_REPAIR_ON: i32 = 1;
-const TCP_RECV_QUEUE: i32 = 1;
-const TCP_SEND_QUEUE: i32 = 2;
 /// `tcpi_options` bits (include/uapi/linux/tcp.h).
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;

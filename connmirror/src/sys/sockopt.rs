@@ -123,6 +123,21 @@ opts! {
     SO_LINGER: libc::linger = SOL_SOCKET;
 }
 
+/// [`TCP_REPAIR`] value: repair mode on (include/uapi/linux/tcp.h).
+pub const TCP_REPAIR_ON: c_int = 1;
+/// [`TCP_REPAIR`] value: repair mode off, with a window probe.
+pub const TCP_REPAIR_OFF: c_int = 0;
+/// [`TCP_REPAIR`] value: repair mode off without a window probe (Linux ≥
+/// 4.8); libc does not define it.
+pub const TCP_REPAIR_OFF_NO_WP: c_int = -1;
+/// [`TCP_REPAIR_QUEUE`] value: no queue selected; libc does not define the
+/// queue values (include/uapi/linux/tcp.h).
+pub const TCP_NO_QUEUE: c_int = 0;
+/// [`TCP_REPAIR_QUEUE`] value: the receive queue.
+pub const TCP_RECV_QUEUE: c_int = 1;
+/// [`TCP_REPAIR_QUEUE`] value: the send queue.
+pub const TCP_SEND_QUEUE: c_int = 2;
+
 /// `setsockopt(fd, opt, value)`.
 pub fn set<T: Pod>(fd: BorrowedFd<'_>, opt: &Opt<T>, value: &T) -> Result<(), SyscallError> {
     set_slice(fd, opt, std::slice::from_ref(value))

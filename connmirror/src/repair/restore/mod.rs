@@ -159,7 +159,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::sys::sockopt::{self, Opt, TcpRepairOpt, TcpRepairWindow};
+use crate::sys::sockopt::{
+    self, Opt, TCP_NO_QUEUE, TCP_RECV_QUEUE, TCP_REPAIR_OFF, TCP_REPAIR_OFF_NO_WP, TCP_REPAIR_ON,
+    TCP_SEND_QUEUE, TcpRepairOpt, TcpRepairWindow,
+};
 use crate::sys::{SyscallError, socket};
 
 mod parallel;
@@ -168,17 +171,6 @@ mod tests;
 
 pub use parallel::{build_all, leave_all};
 
-/// `TCP_REPAIR` values (include/uapi/linux/tcp.h).
-const TCP_REPAIR_ON: i32 = 1;
-const TCP_REPAIR_OFF: i32 = 0;
-/// Leave repair mode without sending a window probe (include/uapi/linux/tcp.h,
-/// Linux ≥ 4.8); libc does not define it.
-const TCP_REPAIR_OFF_NO_WP: i32 = -1;
-/// `TCP_REPAIR_QUEUE` values (`TCP_NO_QUEUE`, `TCP_RECV_QUEUE`, `TCP_SEND_QUEUE`
-/// in include/uapi/linux/tcp.h); libc does not define them.
-const TCP_NO_QUEUE: i32 = 0;
-const TCP_RECV_QUEUE: i32 = 1;
-const TCP_SEND_QUEUE: i32 = 2;
 /// `TCP_REPAIR_OPTIONS` codes are the TCP option kinds (`TCPOPT_*` in
 /// include/net/tcp.h, a kernel-internal header libc does not mirror).
 const TCPOPT_MSS: u32 = 2;
