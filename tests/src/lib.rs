@@ -16,6 +16,9 @@
 //! - [`vlan`]: 802.1Q tagging of a link by TC programs (the test kernel has no
 //!   VLAN driver).
 //! - [`digest`]: [`Digest`], a SHA-256 with a readable `Debug`.
+//! - [`cache`]: a primary serving a real cache server (Redis, memcached) and the
+//!   standby's own instance of it, resumed by live replay or by replay; shared
+//!   by the `live` tests and `connmirror-bench resume`.
 //! - For `connmirror-bench`: [`tcpdump`] (`tcpdump -w` as the everyday
 //!   alternative), [`results`] (each area's results as JSON and the
 //!   `bench/RESULTS.md` page) and [`plots`] (its PNG plots).
@@ -28,6 +31,7 @@
 //! addresses exist only inside namespaces the fixtures create.
 
 pub mod bench;
+pub mod cache;
 pub mod digest;
 pub mod echo;
 pub mod failover;

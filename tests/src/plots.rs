@@ -398,6 +398,7 @@ mod tests {
             failover: Some(failover()),
             ownership: Some(ownership()),
             onhost: None,
+            resume: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

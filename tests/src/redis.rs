@@ -115,6 +115,22 @@ impl CounterResult {
             .iter()
             .any(|e| **e == Some(Failure::Reset))
     }
+
+    /// `Ok` when nothing failed, every command was answered in order, and
+    /// more than `before` were sent; else what went wrong, with `self`.
+    pub fn continued(&self, before: u64) -> Result<(), String> {
+        let failed = self.write_error.is_some() || self.read_error.is_some();
+        let problem = if failed {
+            "the connection failed"
+        } else if self.replies != self.sent {
+            "not every command was answered, in order"
+        } else if self.sent <= before {
+            "no more commands than before"
+        } else {
+            return Ok(());
+        };
+        Err(format!("{problem}: {self:?}"))
+    }
 }
 
 impl Counter {
@@ -196,9 +212,20 @@ impl Counter {
         self.paused.store(false, Ordering::Relaxed);
     }
 
+    /// The key this connection increments.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// Replies verified so far.
     pub fn replies(&self) -> u64 {
         self.replies.load(Ordering::Relaxed)
+    }
+
+    /// Whether the reader stopped: the connection ended, was reset, or a
+    /// reply was wrong. No reply is verified after that.
+    pub fn stopped(&self) -> bool {
+        self.reader.is_finished()
     }
 
     /// Waits until `n` more replies than now arrived; `Err` names the key.
@@ -206,7 +233,7 @@ impl Counter {
         let target = self.replies() + n;
         let deadline = Instant::now() + timeout;
         while self.replies() < target {
-            if Instant::now() >= deadline || self.reader.is_finished() {
+            if Instant::now() >= deadline || self.stopped() {
                 return Err(format!(
                     "{}: {} of {target} replies within {timeout:?}",
                     self.key,

@@ -324,6 +324,43 @@ pub struct OnHostRuns {
     pub held: Vec<u64>,
 }
 
+/// `cargo xtask bench resume`: the client stall through an automatic
+/// failover against the connections' age, for live replay and for replay at
+/// takeover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// Clients per run, one connection each.
+    pub clients: usize,
+    /// Runs per (mode, age).
+    pub runs: usize,
+    /// Seconds of traffic before the primary died, ascending.
+    pub ages: Vec<u64>,
+    /// The environment settings that replaced the default runs or ages
+    /// (`CONNMIRROR_BENCH_RESUME_RUNS=5`); empty with the defaults.
+    pub overrides: Vec<String>,
+    /// One per (mode, age): live replay's ages in order, then replay's.
+    pub cells: Vec<ResumeRuns>,
+}
+
+/// The runs of one resumption mode at one connection age.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRuns {
+    /// The `--resume` mode: `live` or `replay`.
+    pub mode: String,
+    /// Seconds of traffic before the primary died.
+    pub age_s: u64,
+    /// Per run: from the primary's death to the moment every client had a
+    /// new verified reply, in milliseconds.
+    pub stall_ms: Vec<f64>,
+    /// Per run: the takeover report's `resume` step, in milliseconds.
+    pub resume_ms: Vec<f64>,
+    /// Per run: replies each connection had verified when the primary died
+    /// (the mean over the clients): the history replay has to go through.
+    pub commands: Vec<u64>,
+}
+
 /// The latest result of every area that has one.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Results {
@@ -337,6 +374,8 @@ pub struct Results {
     pub ownership: Option<OwnershipResults>,
     /// `bench/data/onhost.json`.
     pub onhost: Option<OnHostResults>,
+    /// `bench/data/resume.json`.
+    pub resume: Option<ResumeResults>,
 }
 
 impl Results {
@@ -348,6 +387,7 @@ impl Results {
             failover: load(&dir.join("failover.json"))?,
             ownership: load(&dir.join("ownership.json"))?,
             onhost: load(&dir.join("onhost.json"))?,
+            resume: load(&dir.join("resume.json"))?,
         })
     }
 
@@ -360,12 +400,14 @@ impl Results {
             failover,
             ownership,
             onhost,
+            resume,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
         save(&dir.join("failover.json"), failover)?;
         save(&dir.join("ownership.json"), ownership)?;
-        save(&dir.join("onhost.json"), onhost)
+        save(&dir.join("onhost.json"), onhost)?;
+        save(&dir.join("resume.json"), resume)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -378,6 +420,7 @@ impl Results {
             failover: newer.failover.or(older.failover),
             ownership: newer.ownership.or(older.ownership),
             onhost: newer.onhost.or(older.onhost),
+            resume: newer.resume.or(older.resume),
         };
     }
 
@@ -396,6 +439,7 @@ impl Results {
             self.failover.as_ref().map(render_failover),
             self.ownership.as_ref().map(render_ownership),
             self.onhost.as_ref().map(render_onhost),
+            self.resume.as_ref().map(render_resume),
         ];
         for section in sections.into_iter().flatten() {
             s.push('\n');
@@ -803,6 +847,108 @@ fn render_onhost(r: &OnHostResults) -> String {
     s
 }
 
+/// Live replay's target, on the p99 stall at every age, in milliseconds.
+const LIVE_P99_TARGET_MS: f64 = 250.0;
+
+fn render_resume(r: &ResumeResults) -> String {
+    let method = format!(
+        "IPv4, a fresh client/standby/primary topology per run: the primary runs redis-server \
+         on the service address and `connmirror agent` (heartbeats every 50 ms); the standby \
+         runs `connmirror standby --heartbeat-listen` (3 missed heartbeats, `--failover auto`, \
+         TC ingress on both links) and its own redis-server on loopback, resumed either by live \
+         replay (`--service IP:PORT --resume IP:PORT=live:127.0.0.1:7001`) or by replay at \
+         takeover (`--service IP:PORT=full --resume IP:PORT=replay:127.0.0.1:7001 \
+         --history-cap 1G --replay-timeout 60000`). {} clients, one connection each, pipeline \
+         `INCR` on their own keys (20 commands every 10 ms) and verify every reply; the age is \
+         how long they ran before the primary died (link down, then redis-server and the agent \
+         SIGKILLed). The stall is timed from just before that kill to the moment every client \
+         has verified a new reply: the longest of the clients' times to their first reply \
+         beyond what they had when the kill returned, polled every 1 ms. A run fails if a \
+         client is not answered within 60 s, breaks, or does not get every command answered. \
+         Resume step: the `resume` step of the standby's takeover report. Quantiles are \
+         nearest-rank: below 100 runs, p99 is the max.",
+        r.clients
+    );
+    let mut s = String::from("## Resume: stall against connection age\n\n");
+    s.push_str(&r.info.render(&method));
+    let ages: Vec<String> = r.ages.iter().map(|a| format!("{a} s")).collect();
+    let set: Vec<String> = r.overrides.iter().map(|o| format!("`{o}`")).collect();
+    let how = if set.is_empty() {
+        "the defaults".to_owned()
+    } else {
+        format!(
+            "set by {}, instead of the defaults (docs/benchmarks.md)",
+            set.join(" ")
+        )
+    };
+    let _ = writeln!(
+        s,
+        "- runs: {} per mode and age; ages: {} ({how})",
+        r.runs,
+        ages.join(", ")
+    );
+    s.push('\n');
+    s.push_str(&resume_table(r));
+    let met = (r.cells.iter())
+        .filter(|c| c.mode == "live")
+        .all(|c| meets_live_target(&c.stall_ms));
+    let _ = writeln!(
+        s,
+        "\nTarget: live replay's p99 stall under {LIVE_P99_TARGET_MS:.0} ms at every age: {}.",
+        verdict(met)
+    );
+    s
+}
+
+/// Whether a live-replay stall sample meets [`LIVE_P99_TARGET_MS`].
+fn meets_live_target(stall_ms: &[f64]) -> bool {
+    quantile(stall_ms, 0.99) < LIVE_P99_TARGET_MS
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+/// One row per (mode, age): the stall's p50, p99 and max over the runs, and
+/// the median resume step.
+fn resume_table(r: &ResumeResults) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| resumption | age | runs | commands per connection at death | stall p50 (ms) | stall p99 (ms) | stall max (ms) | resume step p50 (ms) | target |"
+    );
+    let _ = writeln!(
+        t,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    );
+    for cell in &r.cells {
+        let (mode, target) = match cell.mode.as_str() {
+            "live" => {
+                let met = verdict(meets_live_target(&cell.stall_ms));
+                (
+                    "live replay",
+                    format!("p99 < {LIVE_P99_TARGET_MS:.0}: {met}"),
+                )
+            }
+            "replay" => ("replay at takeover", "–".to_owned()),
+            other => (other, "–".to_owned()),
+        };
+        let commands = median_of(&cell.commands, |&c| c as f64);
+        let _ = writeln!(
+            t,
+            "| {mode} | {} s | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {target} |",
+            cell.age_s,
+            cell.stall_ms.len(),
+            thousands(commands.round() as usize),
+            quantile(&cell.stall_ms, 0.5),
+            quantile(&cell.stall_ms, 0.99),
+            quantile(&cell.stall_ms, 1.0),
+            median(&cell.resume_ms),
+        );
+    }
+    t
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -905,6 +1051,68 @@ pub(crate) mod tests {
         }
     }
 
+    /// A resume result at 2 and 120 s: live replay 1..=20 ms and 100..=2000
+    /// ms (over its target), replay 10 ms to 3 s.
+    pub(crate) fn resume() -> ResumeResults {
+        let cell = |mode: &str, age_s, stall_ms: Vec<f64>| ResumeRuns {
+            mode: mode.into(),
+            age_s,
+            resume_ms: stall_ms.iter().map(|ms| ms / 10.0).collect(),
+            commands: vec![age_s * 1_000; stall_ms.len()],
+            stall_ms,
+        };
+        ResumeResults {
+            info: info(),
+            clients: 8,
+            runs: 20,
+            ages: vec![2, 120],
+            overrides: vec!["CONNMIRROR_BENCH_RESUME_AGES=2,120".into()],
+            cells: vec![
+                cell("live", 2, (1..=20).map(f64::from).collect()),
+                cell(
+                    "live",
+                    120,
+                    (1..=20).map(|ms| f64::from(ms) * 100.0).collect(),
+                ),
+                cell("replay", 2, vec![10.0, 30.0, 20.0]),
+                cell("replay", 120, vec![3000.0]),
+            ],
+        }
+    }
+
+    /// The resume table: one row per (mode, age), live replay's target
+    /// judged on its p99; the page states the runs, the ages and what set them.
+    #[test]
+    fn resume_table_judges_live_replay_on_its_p99() {
+        let table = resume_table(&resume());
+        let rows: Vec<&str> = table.lines().skip(2).collect();
+        assert_eq!(
+            rows,
+            [
+                "| live replay | 2 s | 20 | 2,000 | 10.0 | 20.0 | 20.0 | 1.1 | p99 < 250: met |",
+                "| live replay | 120 s | 20 | 120,000 | 1000.0 | 2000.0 | 2000.0 | 105.0 | p99 < 250: missed |",
+                "| replay at takeover | 2 s | 3 | 2,000 | 20.0 | 30.0 | 30.0 | 2.0 | – |",
+                "| replay at takeover | 120 s | 1 | 120,000 | 3000.0 | 3000.0 | 3000.0 | 300.0 | – |",
+            ]
+        );
+        let page = Results {
+            resume: Some(resume()),
+            ..Results::default()
+        }
+        .render();
+        let section = &page[page
+            .find("## Resume: stall against connection age")
+            .unwrap()..];
+        for line in [
+            "- runs: 20 per mode and age; ages: 2 s, 120 s (set by \
+             `CONNMIRROR_BENCH_RESUME_AGES=2,120`, instead of the defaults (docs/benchmarks.md))",
+            "Target: live replay's p99 stall under 250 ms at every age: missed.",
+        ] {
+            assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        assert!(section.contains("- method: IPv4, a fresh client/standby/primary topology"));
+    }
+
     /// Nearest-rank quantiles and the median, exactly.
     #[test]
     fn quantiles_are_nearest_rank() {
@@ -988,6 +1196,7 @@ pub(crate) mod tests {
         let mut stored = Results {
             capture: Some(capture()),
             ownership: Some(ownership()),
+            resume: Some(resume()),
             ..Results::default()
         };
         stored.save(&dir).unwrap();
@@ -999,6 +1208,7 @@ pub(crate) mod tests {
             ..Results::default()
         });
         assert_eq!(stored.capture, Some(capture()));
+        assert_eq!(stored.resume, Some(resume()));
         assert_eq!(stored.ownership, Some(newer));
         std::fs::write(dir.join("journal.json"), "{").unwrap();
         let err = Results::load(&dir).unwrap_err();

@@ -172,6 +172,11 @@ pub enum Area {
     /// On-host mode alone: throughput and request/echo latency with no mirror,
     /// asynchronous replication and `--sync`, as ratios in the same run.
     Onhost,
+    /// Client stall through an automatic failover against connection age
+    /// (p50/p99/max), live replay against replay at takeover, with Redis
+    /// (well over an hour; CONNMIRROR_BENCH_RESUME_RUNS and
+    /// CONNMIRROR_BENCH_RESUME_AGES reduce it).
+    Resume,
 }
 
 impl Area {
@@ -184,6 +189,7 @@ impl Area {
             Area::Failover => "failover",
             Area::Ownership => "ownership",
             Area::Onhost => "onhost",
+            Area::Resume => "resume",
         }
     }
 }

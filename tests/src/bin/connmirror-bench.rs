@@ -50,6 +50,18 @@
 //! throughputs as ratios to no mirror measured in the same run
 //! (`connmirror-bench onhost` runs this part alone).
 //!
+//! # resume
+//! The client stall through an automatic failover against the connections'
+//! age ([`RESUME_AGES`] s of traffic before the primary dies), for live replay
+//! (`--resume IP:PORT=live:ADDR`) and for replay at takeover (`=replay:ADDR`),
+//! [`RESUME_RUNS`] runs of each (mode, age), interleaved, as p50, p99 and max:
+//! the primary and the standby run redis-server, and [`RESUME_CLIENTS`]
+//! clients pipeline `INCR` on their own keys, verifying every reply. The
+//! stall of a run is from the primary's death to the moment every client has
+//! a new verified reply. A full run takes well over an hour:
+//! `CONNMIRROR_BENCH_RESUME_RUNS=N` and `CONNMIRROR_BENCH_RESUME_AGES=2,30`
+//! replace the runs and the ages, and the results say so.
+//!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
 //! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
@@ -63,6 +75,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use connmirror_common::Counter;
+use connmirror_tests::cache::{CacheSetup, Resume};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     Program, configure_primary, detecting_standby, echo_primary, handoff_app, key_file,
@@ -72,10 +85,11 @@ use connmirror_tests::live;
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::onhost::{onhost_standby, start_onhost_agent};
 use connmirror_tests::plots;
+use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, FailoverResults, FirstByte, JournalResults, MirrorSample,
-    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, RunInfo, Sample,
-    TcpdumpSample, output, quantile, write_atomically,
+    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, ResumeResults, ResumeRuns,
+    RunInfo, Sample, TcpdumpSample, output, quantile, write_atomically,
 };
 use connmirror_tests::tcpdump::Tcpdump;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
@@ -83,7 +97,7 @@ use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 /// How to run this program, for messages.
 const VIA: &str = "cargo xtask bench";
 /// The areas this program knows, in the order `all` runs them.
-const AREAS: &[&str] = &["capture", "journal", "failover", "ownership"];
+const AREAS: &[&str] = &["capture", "journal", "failover", "ownership", "resume"];
 /// Length of each iperf3 run.
 const IPERF_SECONDS: u64 = 10;
 /// The iperf3 server's port, the tracked service.
@@ -158,6 +172,7 @@ fn run() -> Result<()> {
                 onhost(&command)?;
             }
             "onhost" => onhost(&command)?,
+            "resume" => resume(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -1295,4 +1310,233 @@ fn ping_pong(ns: &Netns, server: std::net::SocketAddr, n: usize) -> Result<Vec<f
         ensure!(reply == request, "the echo differs from the request");
     }
     Ok(rtts)
+}
+
+/// Runs of each (mode, age) of the resume benchmark, unless
+/// [`RESUME_RUNS_VAR`] says otherwise.
+const RESUME_RUNS: usize = 20;
+/// Seconds of traffic before the primary dies, unless [`RESUME_AGES_VAR`]
+/// says otherwise.
+const RESUME_AGES: [u64; 3] = [2, 30, 120];
+/// Replaces [`RESUME_RUNS`]: a positive integer.
+const RESUME_RUNS_VAR: &str = "CONNMIRROR_BENCH_RESUME_RUNS";
+/// Replaces [`RESUME_AGES`]: seconds, comma-separated (`2,30`).
+const RESUME_AGES_VAR: &str = "CONNMIRROR_BENCH_RESUME_AGES";
+/// Clients of each run, one connection each.
+const RESUME_CLIENTS: usize = 8;
+/// The resumption modes compared.
+const RESUME_MODES: [Resume; 2] = [Resume::Live, Resume::Replay];
+/// How long every client may take to continue after the primary's death.
+const RESUME_LIMIT: Duration = Duration::from_secs(60);
+/// Replay's `--history-cap`: far above what any age records, so that no
+/// connection is reset for its history.
+const REPLAY_HISTORY_CAP: &str = "1G";
+/// Replay's `--replay-timeout`, in ms: long enough for the oldest history.
+const REPLAY_TIMEOUT_MS: &str = "60000";
+
+/// What one run of the resume benchmark measured.
+struct ResumeSample {
+    stall: Duration,
+    /// The takeover report's `resume` step.
+    resume: Duration,
+    /// Replies each connection had when the primary died (the mean).
+    commands: u64,
+}
+
+/// The runs and the ages of the resume benchmark, and the environment
+/// settings that replaced a default.
+fn resume_plan() -> Result<(usize, Vec<u64>, Vec<String>)> {
+    let mut overrides = Vec::new();
+    let mut runs = RESUME_RUNS;
+    if let Ok(value) = std::env::var(RESUME_RUNS_VAR) {
+        runs = (value.trim().parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .with_context(|| format!("{RESUME_RUNS_VAR}={value:?}: expected a positive integer"))?;
+        overrides.push(format!("{RESUME_RUNS_VAR}={value}"));
+    }
+    let mut ages = RESUME_AGES.to_vec();
+    if let Ok(value) = std::env::var(RESUME_AGES_VAR) {
+        let parsed: Option<Vec<u64>> = (value.split(','))
+            .map(|age| age.trim().parse().ok().filter(|&s: &u64| s > 0))
+            .collect();
+        ages = parsed.with_context(|| {
+            format!("{RESUME_AGES_VAR}={value:?}: expected seconds, comma-separated (2,30)")
+        })?;
+        ages.sort_unstable();
+        ages.dedup();
+        overrides.push(format!("{RESUME_AGES_VAR}={value}"));
+    }
+    Ok((runs, ages, overrides))
+}
+
+/// `cargo xtask bench resume`: the client stall through an automatic
+/// failover against the connections' age, live replay against replay at
+/// takeover, the modes interleaved run by run.
+fn resume(command: &str) -> Result<()> {
+    let (runs, ages, overrides) = resume_plan()?;
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    println!(
+        "resume benchmark: primary death to every client answered again, live replay vs \
+         replay at takeover, {runs} runs at ages {ages:?} s\n"
+    );
+    let mut cells: Vec<ResumeRuns> = (RESUME_MODES.iter())
+        .flat_map(|mode| {
+            ages.iter().map(|&age_s| ResumeRuns {
+                mode: mode.name().to_owned(),
+                age_s,
+                stall_ms: Vec::new(),
+                resume_ms: Vec::new(),
+                commands: Vec::new(),
+            })
+        })
+        .collect();
+    for (a, &age) in ages.iter().enumerate() {
+        for run in 1..=runs {
+            for (m, &mode) in RESUME_MODES.iter().enumerate() {
+                live::interrupt_point()?;
+                bench::progress(&format!(
+                    "[{:<6} age {age:>3} s, {run:>2}/{runs}] death to every client answered ... ",
+                    mode.name()
+                ));
+                let sample = resume_run(mode, Duration::from_secs(age))?;
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                println!(
+                    "{:8.1} ms (resume step {:7.1} ms, {} commands per connection)",
+                    ms(sample.stall),
+                    ms(sample.resume),
+                    sample.commands
+                );
+                let cell = &mut cells[m * ages.len() + a];
+                cell.stall_ms.push(ms(sample.stall));
+                cell.resume_ms.push(ms(sample.resume));
+                cell.commands.push(sample.commands);
+            }
+        }
+    }
+    let resume = ResumeResults {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        clients: RESUME_CLIENTS,
+        runs,
+        ages,
+        overrides,
+        cells,
+    };
+    record(Results {
+        resume: Some(resume),
+        ..Results::default()
+    })
+}
+
+/// The detecting standby resuming the service by `mode`; replay with the
+/// whole history kept and time to replay it.
+fn resume_standby(s: &CacheSetup, mode: Resume) -> Mirror {
+    let command = s.detecting_standby_command(mode);
+    let command = match mode {
+        Resume::Live => command,
+        Resume::Replay => (command.arg("--history-cap").arg(REPLAY_HISTORY_CAP))
+            .arg("--replay-timeout")
+            .arg(REPLAY_TIMEOUT_MS),
+    };
+    Mirror::start(&s.topo.gateway, &command)
+}
+
+/// One run: Redis on a fresh topology, [`RESUME_CLIENTS`] clients for
+/// `age`, then the primary's host dies and the standby takes over on
+/// missed heartbeats.
+fn resume_run(mode: Resume, age: Duration) -> Result<ResumeSample> {
+    live::wait_for_host(HOST_BUSY)?;
+    let mut s = CacheSetup::new(Family::V4, redis::Server::Redis, "bench-resume");
+    let standby = resume_standby(&s, mode);
+    let mut agent = start_agent(&s.topo, s.family, s.service, &s.key);
+    standby.wait_log("armed: primary heard");
+    let opened = Instant::now();
+    let counters = s.counters(RESUME_CLIENTS, "resume");
+    for counter in &counters {
+        (counter.wait_progress(100, Duration::from_secs(30))).map_err(anyhow::Error::msg)?;
+    }
+    if mode == Resume::Live {
+        s.wait_live(&standby, |live| live.protected == RESUME_CLIENTS as u64);
+    }
+    live::sleep(age.saturating_sub(opened.elapsed()))?;
+    let commands = counters.iter().map(redis::Counter::replies).sum::<u64>();
+    let death = Instant::now();
+    kill_primary_host(&s.topo, &mut s.primary, &mut agent);
+    let stall = match every_client_answered(&counters, death) {
+        Err(err) if err.is::<live::Interrupted>() => return Err(err),
+        stall => stall,
+    };
+    let results: Vec<CounterResult> = (counters.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let (report, _dir) = standby.stop();
+    let stall = stall.with_context(|| format!("the clients ended as {results:#?}"))?;
+    for result in &results {
+        result.continued(0).map_err(anyhow::Error::msg)?;
+    }
+    Ok(ResumeSample {
+        stall,
+        resume: resume_step(&report, mode)?,
+        commands: commands / RESUME_CLIENTS as u64,
+    })
+}
+
+/// The time from `death` until every one of `counters` has verified a reply
+/// beyond what it had when the kill returned (the primary's link is down by
+/// then, so any later reply comes from the standby), polled every 1 ms;
+/// fails after [`RESUME_LIMIT`] or once a client broke.
+fn every_client_answered(counters: &[redis::Counter], death: Instant) -> Result<Duration> {
+    let killed = death.elapsed();
+    if killed > Duration::from_millis(100) {
+        println!("\n  note: killing the primary took {killed:?}");
+    }
+    let before: Vec<u64> = counters.iter().map(redis::Counter::replies).collect();
+    let mut answered: Vec<Option<Duration>> = vec![None; counters.len()];
+    while answered.iter().any(Option::is_none) {
+        live::interrupt_point()?;
+        for ((counter, &before), answered) in counters.iter().zip(&before).zip(&mut answered) {
+            if answered.is_none() && counter.replies() > before {
+                *answered = Some(death.elapsed());
+            } else if answered.is_none() && counter.stopped() {
+                bail!("{} broke after the primary died", counter.key());
+            }
+        }
+        if death.elapsed() > RESUME_LIMIT {
+            let waiting: Vec<&str> = (counters.iter().zip(&answered))
+                .filter(|(_, answered)| answered.is_none())
+                .map(|(counter, _)| counter.key())
+                .collect();
+            bail!("{waiting:?} had no new reply within {RESUME_LIMIT:?} of the primary's death");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(answered.into_iter().flatten().max().unwrap_or_default())
+}
+
+/// The `resume` step of the standby's one takeover, which must have been
+/// started by missed heartbeats and resumed every client by `mode`.
+fn resume_step(report: &connmirror_tests::Report, mode: Resume) -> Result<Duration> {
+    let [takeover] = report.takeovers.as_slice() else {
+        bail!("expected one takeover, got {:#?}", report.takeovers);
+    };
+    let resumed = match mode {
+        Resume::Live => takeover.live,
+        Resume::Replay => takeover.replayed,
+    };
+    let clients = RESUME_CLIENTS as u64;
+    ensure!(
+        takeover.trigger == "heartbeats-missed"
+            && (takeover.restored, resumed, takeover.divergent) == (clients, clients, 0)
+            && takeover.unrecoverable_total() == 0,
+        "expected {clients} connections resumed by {} after missed heartbeats: {takeover:#?}",
+        mode.name()
+    );
+    let micros = (takeover.steps.iter())
+        .filter(|step| step.name == "resume")
+        .map(|step| step.micros)
+        .sum();
+    Ok(Duration::from_micros(micros))
 }

@@ -20,26 +20,18 @@
 //! `unprotected: instance-down`, a new connection is tried and counted the
 //! same way, and the primary's traffic goes on undisturbed.
 
-use std::net::{Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use connmirror::daemon::status::StatusReport;
-use connmirror::resume::live::ServiceProtection;
-use connmirror_tests::failover::{
-    Program, configure_primary, key_file, kill_primary_host, standby_command, start_agent, status,
-    status_of, with_detection,
-};
+use connmirror_tests::cache::{CacheSetup as Setup, Resume, live_of};
+use connmirror_tests::failover::{Program, kill_primary_host, start_agent, status};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
-use connmirror_tests::mirror::{Mirror, MirrorCommand, Report};
+use connmirror_tests::mirror::{Mirror, Report};
 use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
 use connmirror_tests::redis::{self, Counter, CounterResult, Server};
-use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::topology::{CLIENT_IF, Family};
 use connmirror_tests::wire::{WireSeen, WireWatch};
-use connmirror_tests::workdir::WorkDir;
 
-const PORT: u16 = 7000;
-/// Where the standby's Redis instance listens.
-const STANDBY_PORT: u16 = 7001;
 /// Clients that must continue.
 const CLIENTS: usize = 8;
 /// Clients that must continue in the on-host test.
@@ -51,118 +43,30 @@ const BEFORE: u64 = 6_000;
 /// past it; live replay does not need the history at all.
 const HISTORY_CAP: &str = "64K";
 
-/// A primary running Redis, the standby's own Redis instance, and the shared key.
-struct Setup {
-    _dir: WorkDir,
-    key: std::path::PathBuf,
-    topo: Topology,
-    family: Family,
-    kind: Server,
-    service: SocketAddr,
-    app: SocketAddr,
-    primary: Program,
-    instance: Program,
-}
-
-fn setup(family: Family, kind: Server, role: &str) -> Setup {
-    connmirror_tests::require_root();
-    let dir = WorkDir::new(role);
-    let key = key_file(&dir);
-    let topo = Topology::new();
-    let service = topo.service(family, PORT);
-    configure_primary(&topo, family, service);
-    let app = match family {
-        Family::V4 => SocketAddr::from(([127, 0, 0, 1], STANDBY_PORT)),
-        Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, STANDBY_PORT)),
-    };
-    let primary = kind.start(&topo.server, service);
-    let instance = kind.start(&topo.gateway, app);
-    Setup {
-        _dir: dir,
-        key,
-        topo,
-        family,
-        kind,
-        service,
-        app,
-        primary,
-        instance,
-    }
-}
-
-impl Setup {
-    /// The standby, resuming the service by live replay, with detection on.
-    fn standby(&self) -> Mirror {
-        let command: MirrorCommand = with_detection(
-            standby_command(&self.topo, &self.service.to_string()),
-            self.family,
-            &self.key,
-        )
-        .arg("--resume")
-        .arg(&format!("{}=live:{}", self.service, self.app))
+/// The standby, resuming the service by live replay, with detection on.
+fn live_standby(s: &Setup) -> Mirror {
+    let command = s
+        .detecting_standby_command(Resume::Live)
         .arg("--history-cap")
         .arg(HISTORY_CAP);
-        Mirror::start(&self.topo.gateway, &command)
-    }
-
-    /// `n` clients, each incrementing its own key (`prefix-0`, `prefix-1`, ...).
-    fn counters(&self, n: usize, prefix: &str) -> Vec<Counter> {
-        (0..n)
-            .map(|i| {
-                let key = format!("{prefix}-{i}");
-                Counter::start_with(self.kind, &self.topo.client, self.service, &key)
-            })
-            .collect()
-    }
-
-    /// Waits (at most 30 s) until the service's live protection satisfies
-    /// `done`, as `connmirror status --json` shows it.
-    fn wait_live(
-        &self,
-        standby: &Mirror,
-        done: impl Fn(&ServiceProtection) -> bool,
-    ) -> ServiceProtection {
-        let status = self.wait_status(standby, |status| done(&live_of(status)));
-        live_of(&status)
-    }
-
-    /// Waits (at most 30 s) until `connmirror status --json` satisfies `done`.
-    fn wait_status(&self, standby: &Mirror, done: impl Fn(&StatusReport) -> bool) -> StatusReport {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let status = status_of(&self.topo, standby);
-            if done(&status) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "status stayed {status:#?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The `connmirror_live_connections` series of `state` (and `reason`).
-    fn connections(&self, state: &str, reason: &str) -> String {
-        format!(
-            "connmirror_live_connections{{service=\"{}\",state=\"{state}\",reason=\"{reason}\"}}",
-            self.service
-        )
-    }
+    Mirror::start(&s.topo.gateway, &command)
 }
 
-/// The live protection of the (only) service in `status`.
-fn live_of(status: &StatusReport) -> ServiceProtection {
-    status.services[0].live.clone().expect("a live service")
+/// The `connmirror_live_connections` series of `state` (and `reason`).
+fn connections(s: &Setup, state: &str, reason: &str) -> String {
+    format!(
+        "connmirror_live_connections{{service=\"{}\",state=\"{state}\",reason=\"{reason}\"}}",
+        s.service
+    )
 }
 
 /// Every command answered in order, and nothing failed.
+#[track_caller]
 fn assert_continued(results: &[CounterResult], before: u64) {
     for result in results {
-        assert_eq!(result.write_error, None, "{result:?}");
-        assert_eq!(result.read_error, None, "{result:?}");
-        assert_eq!(
-            result.replies, result.sent,
-            "every command answered, in order"
-        );
-        assert!(result.sent > before, "{result:?}");
+        if let Err(problem) = result.continued(before) {
+            panic!("{problem}");
+        }
     }
 }
 
@@ -176,49 +80,47 @@ struct Failover {
     report: Report,
 }
 
-impl Setup {
-    /// Waits until each of `good` answered [`BEFORE`] commands, calls
-    /// `at_rest` with every client (to look at the standby, or to pause the
-    /// clients; [`Counter::resume`] follows the kill), kills the
-    /// primary's host (link, server, agent), and waits until every one of
-    /// `good` goes on through the automatic takeover.
-    fn fail_over(
-        &mut self,
-        standby: Mirror,
-        agent: &mut Program,
-        good: Vec<Counter>,
-        divergent: Option<Counter>,
-        at_rest: impl FnOnce(&Setup, &Mirror, &[&Counter]),
-    ) -> Failover {
-        for counter in &good {
-            counter
-                .wait_progress(BEFORE, Duration::from_secs(120))
-                .expect("replies before the failover");
-        }
-        let all: Vec<&Counter> = good.iter().chain(&divergent).collect();
-        at_rest(self, &standby, &all);
-        let watch = WireWatch::start(&self.topo.client, CLIENT_IF);
-        kill_primary_host(&self.topo, &mut self.primary, agent);
-        for counter in good.iter().chain(&divergent) {
-            counter.resume();
-        }
-        for counter in &good {
-            counter
-                .wait_progress(500, Duration::from_secs(60))
-                .expect("every connection continues after the automatic takeover");
-        }
-        let divergent = divergent.map(|c| c.wait_failure(Duration::from_secs(30)));
-        let results = (good.into_iter())
-            .map(|c| c.finish(Duration::from_secs(30)))
-            .collect();
-        let seen = watch.stop();
-        let (report, _dir) = standby.stop();
-        Failover {
-            results,
-            divergent,
-            seen,
-            report,
-        }
+/// Waits until each of `good` answered [`BEFORE`] commands, calls
+/// `at_rest` with every client (to look at the standby, or to pause the
+/// clients; [`Counter::resume`] follows the kill), kills the
+/// primary's host (link, server, agent), and waits until every one of
+/// `good` goes on through the automatic takeover.
+fn fail_over(
+    s: &mut Setup,
+    standby: Mirror,
+    agent: &mut Program,
+    good: Vec<Counter>,
+    divergent: Option<Counter>,
+    at_rest: impl FnOnce(&Setup, &Mirror, &[&Counter]),
+) -> Failover {
+    for counter in &good {
+        counter
+            .wait_progress(BEFORE, Duration::from_secs(120))
+            .expect("replies before the failover");
+    }
+    let all: Vec<&Counter> = good.iter().chain(&divergent).collect();
+    at_rest(s, &standby, &all);
+    let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
+    kill_primary_host(&s.topo, &mut s.primary, agent);
+    for counter in good.iter().chain(&divergent) {
+        counter.resume();
+    }
+    for counter in &good {
+        counter
+            .wait_progress(500, Duration::from_secs(60))
+            .expect("every connection continues after the automatic takeover");
+    }
+    let divergent = divergent.map(|c| c.wait_failure(Duration::from_secs(30)));
+    let results = (good.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+    Failover {
+        results,
+        divergent,
+        seen,
+        report,
     }
 }
 
@@ -267,12 +169,12 @@ impl Failover {
 }
 
 fn failover(family: Family) {
-    let mut s = setup(family, Server::Redis, "live");
+    let mut s = Setup::new(family, Server::Redis, "live");
     assert_eq!(
         redis::command(&s.topo.gateway, s.app, "SET diverges 1000\r\n"),
         "+OK\r\n"
     );
-    let standby = s.standby();
+    let standby = live_standby(&s);
     let mut agent = start_agent(&s.topo, family, s.service, &s.key);
     standby.wait_log("armed: primary heard");
     let good = s.counters(CLIENTS, "live");
@@ -284,14 +186,21 @@ fn failover(family: Family) {
     let metrics = scrape(&s.topo.gateway, DEFAULT_ENDPOINT);
     let mut before = None;
     let mut table = String::new();
-    let failover = s.fail_over(standby, &mut agent, good, Some(bad), |s, standby, _| {
-        before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
-        table = status(&s.topo.gateway, &standby.control_socket(), false);
-    });
+    let failover = fail_over(
+        &mut s,
+        standby,
+        &mut agent,
+        good,
+        Some(bad),
+        |s, standby, _| {
+            before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
+            table = status(&s.topo.gateway, &standby.control_socket(), false);
+        },
+    );
 
     assert_eq!((flagged.divergent, flagged.unprotected.len()), (1, 0));
     assert_eq!(metrics.count("connmirror_live_divergences_total"), 1);
-    assert_eq!(metrics.count(&s.connections("divergent", "")), 1);
+    assert_eq!(metrics.count(&connections(&s, "divergent", "")), 1);
     let before = before.expect("looked at rest");
     assert_eq!(
         (before.protected, before.divergent),
@@ -318,8 +227,8 @@ fn live_replay_continues_redis_sessions_past_the_history_cap_and_resets_the_dive
 }
 
 fn instance_down(family: Family) {
-    let mut s = setup(family, Server::Redis, "live-down");
-    let standby = s.standby();
+    let mut s = Setup::new(family, Server::Redis, "live-down");
+    let standby = live_standby(&s);
     let watch = WireWatch::start(&s.topo.client, CLIENT_IF);
     let counters: Vec<Counter> = ["a", "b"]
         .iter()
@@ -357,7 +266,7 @@ fn instance_down(family: Family) {
     let unprotected = "connmirror_live_unprotected_total{reason=\"instance-down\"}";
     assert_eq!(metrics.count(unprotected), 3);
     assert_eq!(
-        metrics.count(&s.connections("unprotected", "instance-down")),
+        metrics.count(&connections(&s, "unprotected", "instance-down")),
         3
     );
     assert_continued(&results, 200);
@@ -380,7 +289,7 @@ fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undistur
 /// replication holds every byte they were answered (what async mode loses
 /// otherwise is the on-host tests' subject, not this one's).
 fn onhost_failover(family: Family) {
-    let mut s = setup(family, Server::Redis, "live-onhost");
+    let mut s = Setup::new(family, Server::Redis, "live-onhost");
     assert_eq!(
         redis::command(&s.topo.gateway, s.app, "SET diverges 1000\r\n"),
         "+OK\r\n"
@@ -388,7 +297,7 @@ fn onhost_failover(family: Family) {
     let mut agent = start_onhost_agent(&s.topo, family, s.service, &s.key, &[]);
     let command = onhost_standby_command(family, &s.service.to_string(), &s.key)
         .arg("--resume")
-        .arg(&format!("{}=live:{}", s.service, s.app))
+        .arg(&s.resume_arg(Resume::Live))
         .arg("--history-cap")
         .arg(HISTORY_CAP);
     let standby = Mirror::start(&s.topo.gateway, &command);
@@ -398,17 +307,24 @@ fn onhost_failover(family: Family) {
     let bad = Counter::start(&s.topo.client, s.service, "diverges");
     let flagged = s.wait_live(&standby, |live| live.divergent == 1);
     let mut quiet = None;
-    let failover = s.fail_over(standby, &mut agent, good, Some(bad), |s, standby, all| {
-        for counter in all {
-            counter
-                .pause(Duration::from_secs(30))
-                .expect("every command answered");
-        }
-        quiet = Some(s.wait_status(standby, |status| {
-            let live = live_of(status);
-            status.replication_lag.is_some_and(|lag| lag.bytes == 0) && live.lag_bytes == 0
-        }));
-    });
+    let failover = fail_over(
+        &mut s,
+        standby,
+        &mut agent,
+        good,
+        Some(bad),
+        |s, standby, all| {
+            for counter in all {
+                counter
+                    .pause(Duration::from_secs(30))
+                    .expect("every command answered");
+            }
+            quiet = Some(s.wait_status(standby, |status| {
+                let live = live_of(status);
+                status.replication_lag.is_some_and(|lag| lag.bytes == 0) && live.lag_bytes == 0
+            }));
+        },
+    );
 
     assert_eq!(flagged.divergent, 1, "{flagged:?}");
     let live = live_of(&quiet.expect("looked at rest"));
@@ -429,15 +345,22 @@ fn live_replay_from_an_onhost_agent_continues_redis_sessions_v6() {
 /// The other real server: memcached (text protocol, `incr`), eight clients
 /// through an automatic failover past the history cap.
 fn memcached_failover(family: Family) {
-    let mut s = setup(family, Server::Memcached, "live-memcached");
-    let standby = s.standby();
+    let mut s = Setup::new(family, Server::Memcached, "live-memcached");
+    let standby = live_standby(&s);
     let mut agent = start_agent(&s.topo, family, s.service, &s.key);
     standby.wait_log("armed: primary heard");
     let clients = s.counters(CLIENTS, "cache");
     let mut before = None;
-    let failover = s.fail_over(standby, &mut agent, clients, None, |s, standby, _| {
-        before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
-    });
+    let failover = fail_over(
+        &mut s,
+        standby,
+        &mut agent,
+        clients,
+        None,
+        |s, standby, _| {
+            before = Some(s.wait_live(standby, |live| live.protected == CLIENTS as u64));
+        },
+    );
 
     let before = before.expect("looked at rest");
     assert_eq!(
@@ -480,18 +403,11 @@ fn rss(standby: &Mirror) -> u64 {
 }
 
 /// The standby's RSS after [`MEMORY_WARMUP`] and [`MEMORY_SPAN`] more of
-/// [`MEMORY_CLIENTS`] streaming connections, resumed by `resume` (`live` or
-/// `replay`, which keeps the whole history).
-fn memory_growth(family: Family, resume: &str) -> (u64, u64) {
-    let s = setup(family, Server::Redis, "live-memory");
-    let service = match resume {
-        "live" => s.service.to_string(),
-        _ => format!("{}=full", s.service),
-    };
-    let command = standby_command(&s.topo, &service)
-        .without_dumps()
-        .arg("--resume")
-        .arg(&format!("{}={resume}:{}", s.service, s.app));
+/// [`MEMORY_CLIENTS`] streaming connections, resumed by `resume` (live, or
+/// replay, which keeps the whole history).
+fn memory_growth(family: Family, resume: Resume) -> (u64, u64) {
+    let s = Setup::new(family, Server::Redis, "live-memory");
+    let command = s.standby_command(resume).without_dumps();
     let standby = Mirror::start(&s.topo.gateway, &command);
     let prefix = "k".repeat(MEMORY_KEY);
     let clients: Vec<Counter> = (0..MEMORY_CLIENTS)
@@ -505,7 +421,7 @@ fn memory_growth(family: Family, resume: &str) -> (u64, u64) {
     std::thread::sleep(MEMORY_SPAN);
     let late = rss(&standby);
     let sent: u64 = clients.iter().map(Counter::replies).sum();
-    if resume == "live" {
+    if resume == Resume::Live {
         let live = s.wait_live(&standby, |_| true);
         assert_eq!(live.protected, MEMORY_CLIENTS as u64, "{live:?}");
     }
@@ -514,7 +430,10 @@ fn memory_growth(family: Family, resume: &str) -> (u64, u64) {
         .collect();
     let _ = standby.stop();
     assert_continued(&results, 0);
-    eprintln!("{resume}: RSS {early} then {late} bytes, {sent} commands answered");
+    eprintln!(
+        "{}: RSS {early} then {late} bytes, {sent} commands answered",
+        resume.name()
+    );
     (early, late)
 }
 
@@ -524,12 +443,12 @@ fn memory_growth(family: Family, resume: &str) -> (u64, u64) {
 /// `cargo xtask test` takes 20, with 4 MB/s of client bytes.)
 #[test]
 fn live_replay_memory_stays_flat_while_full_history_grows_v4() {
-    let (early, late) = memory_growth(Family::V4, "live");
+    let (early, late) = memory_growth(Family::V4, Resume::Live);
     assert!(
         late <= early + early / 10,
         "live replay's RSS grew from {early} to {late} bytes"
     );
-    let (full_early, full_late) = memory_growth(Family::V4, "replay");
+    let (full_early, full_late) = memory_growth(Family::V4, Resume::Replay);
     assert!(
         full_late > full_early + full_early / 10,
         "full history's RSS went from {full_early} to {full_late} bytes"

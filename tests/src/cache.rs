@@ -1,0 +1,181 @@
+//! A cache protected by resumption into the standby's own instance: the
+//! primary runs an unmodified server (Redis or memcached, [`Server`]) on the
+//! service address, the standby runs its own instance of the same server on
+//! loopback, and `connmirror standby --resume IP:PORT=MODE:ADDR` continues
+//! the service's connections into that instance ([`Resume`]): by live replay,
+//! which feeds it every client byte as it is captured, or by replay of the
+//! whole recorded history at takeover.
+//!
+//! Used by the `live` end-to-end tests and by `connmirror-bench resume`, with
+//! [`Counter`] clients that pipeline increments of their own keys.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use connmirror::daemon::status::StatusReport;
+use connmirror::resume::live::ServiceProtection;
+
+use crate::failover::{
+    Program, configure_primary, key_file, standby_command, status_of, with_detection,
+};
+use crate::mirror::{Mirror, MirrorCommand};
+use crate::redis::{Counter, Server};
+use crate::topology::{Family, Topology};
+use crate::workdir::WorkDir;
+
+/// The service port on the primary.
+pub const PORT: u16 = 7000;
+/// Where the standby's instance listens, on loopback.
+pub const STANDBY_PORT: u16 = 7001;
+
+/// How the standby continues the service's connections into its instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// `=live:ADDR`: the instance is fed every client byte as it is captured
+    /// and its output compared all along; the service keeps the default
+    /// (`unacked`) retention.
+    Live,
+    /// `=replay:ADDR`: the whole recorded history is replayed into the
+    /// instance at takeover, which needs `=full` retention.
+    Replay,
+}
+
+impl Resume {
+    /// The mode's name in `--resume` (`live`, `replay`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Resume::Live => "live",
+            Resume::Replay => "replay",
+        }
+    }
+}
+
+/// A primary running a cache server, the standby's instance of it, and the
+/// shared key of failure detection.
+///
+/// Fields drop in declaration order: the servers go before the namespaces,
+/// and the key's directory last.
+pub struct CacheSetup {
+    /// The primary's server, on [`CacheSetup::service`].
+    pub primary: Program,
+    /// The standby's instance, on [`CacheSetup::app`].
+    pub instance: Program,
+    /// The server both run.
+    pub kind: Server,
+    /// The service's address family.
+    pub family: Family,
+    /// The protected service.
+    pub service: SocketAddr,
+    /// The standby's instance, on loopback in the standby's namespace.
+    pub app: SocketAddr,
+    /// client ↔ gateway (standby) ↔ server (primary).
+    pub topo: Topology,
+    /// The shared key file.
+    pub key: PathBuf,
+    /// Holds the key file; `role` names it.
+    pub dir: WorkDir,
+}
+
+impl CacheSetup {
+    /// A fresh topology whose primary serves [`PORT`] over `family` with a
+    /// `kind` server, and the standby's instance on [`STANDBY_PORT`]; `role`
+    /// names the scratch directory.
+    pub fn new(family: Family, kind: Server, role: &str) -> CacheSetup {
+        crate::require_root();
+        let dir = WorkDir::new(role);
+        let key = key_file(&dir);
+        let topo = Topology::new();
+        let service = topo.service(family, PORT);
+        configure_primary(&topo, family, service);
+        let app = match family {
+            Family::V4 => SocketAddr::from(([127, 0, 0, 1], STANDBY_PORT)),
+            Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, STANDBY_PORT)),
+        };
+        CacheSetup {
+            primary: kind.start(&topo.server, service),
+            instance: kind.start(&topo.gateway, app),
+            kind,
+            family,
+            service,
+            app,
+            topo,
+            key,
+            dir,
+        }
+    }
+
+    /// `--service`'s value for `mode`: replay needs the whole history
+    /// (`IP:PORT=full`), live replay the default retention (`IP:PORT`).
+    pub fn service_arg(&self, mode: Resume) -> String {
+        match mode {
+            Resume::Live => self.service.to_string(),
+            Resume::Replay => format!("{}=full", self.service),
+        }
+    }
+
+    /// `--resume`'s value: the service resumed by `mode` into the instance.
+    pub fn resume_arg(&self, mode: Resume) -> String {
+        format!("{}={}:{}", self.service, mode.name(), self.app)
+    }
+
+    /// `connmirror standby` for the service ([`standby_command`]), resuming
+    /// it by `mode` into the instance; no failure detection.
+    pub fn standby_command(&self, mode: Resume) -> MirrorCommand {
+        standby_command(&self.topo, &self.service_arg(mode))
+            .arg("--resume")
+            .arg(&self.resume_arg(mode))
+    }
+
+    /// [`standby_command`](Self::standby_command) with failure detection on
+    /// ([`with_detection`]): heartbeats from the primary's agent, automatic
+    /// takeover when they stop.
+    pub fn detecting_standby_command(&self, mode: Resume) -> MirrorCommand {
+        with_detection(self.standby_command(mode), self.family, &self.key)
+    }
+
+    /// `n` clients from the client namespace, each incrementing its own key
+    /// (`prefix-0`, `prefix-1`, ...).
+    pub fn counters(&self, n: usize, prefix: &str) -> Vec<Counter> {
+        (0..n)
+            .map(|i| {
+                let key = format!("{prefix}-{i}");
+                Counter::start_with(self.kind, &self.topo.client, self.service, &key)
+            })
+            .collect()
+    }
+
+    /// Waits (at most 30 s) until the service's live protection satisfies
+    /// `done`, as `connmirror status --json` shows it.
+    pub fn wait_live(
+        &self,
+        standby: &Mirror,
+        done: impl Fn(&ServiceProtection) -> bool,
+    ) -> ServiceProtection {
+        let status = self.wait_status(standby, |status| done(&live_of(status)));
+        live_of(&status)
+    }
+
+    /// Waits (at most 30 s) until `connmirror status --json` satisfies
+    /// `done`; panics with the last status otherwise.
+    pub fn wait_status(
+        &self,
+        standby: &Mirror,
+        done: impl Fn(&StatusReport) -> bool,
+    ) -> StatusReport {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = status_of(&self.topo, standby);
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "status stayed {status:#?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The live protection of the (only) service in `status`.
+pub fn live_of(status: &StatusReport) -> ServiceProtection {
+    status.services[0].live.clone().expect("a live service")
+}
