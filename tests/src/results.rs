@@ -894,7 +894,7 @@ fn render_resume(r: &ResumeResults) -> String {
         .all(|c| meets_live_target(&c.stall_ms));
     let _ = writeln!(
         s,
-        "\nTarget: live replay's p99 stall under {LIVE_P99_TARGET_MS:.0} ms at every age: {}.",
+        "\nTarget: live replay's p99 stall under {LIVE_P99_TARGET_MS:.0} ms at every age run: {}.",
         verdict(met)
     );
     s
@@ -1106,7 +1106,7 @@ pub(crate) mod tests {
         for line in [
             "- runs: 20 per mode and age; ages: 2 s, 120 s (set by \
              `CONNMIRROR_BENCH_RESUME_AGES=2,120`, instead of the defaults (docs/benchmarks.md))",
-            "Target: live replay's p99 stall under 250 ms at every age: missed.",
+            "Target: live replay's p99 stall under 250 ms at every age run: missed.",
         ] {
             assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
         }
