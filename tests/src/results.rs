@@ -115,6 +115,32 @@ pub fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// Requests per second per test from `redis-benchmark --csv` output: a header
+/// line starting with `"test","rps"`, then one `"NAME","RPS",...` line per test.
+pub fn parse_redis_benchmark_csv(csv: &str) -> Result<Vec<(String, f64)>> {
+    let mut lines = csv.lines().map(str::trim).filter(|l| !l.is_empty());
+    let header = lines.next().unwrap_or_default();
+    ensure!(
+        header.starts_with("\"test\",\"rps\""),
+        "not redis-benchmark --csv output (header {header:?}): {csv:.300}"
+    );
+    let tests: Vec<(String, f64)> = lines
+        .map(|line| {
+            let mut fields = line.split(',').map(|f| f.trim_matches('"'));
+            let (test, rps) = (fields.next().unwrap_or_default(), fields.next());
+            let rps = (rps.and_then(|r| r.parse().ok()))
+                .filter(|&r: &f64| r > 0.0)
+                .with_context(|| format!("no requests per second in {line:?}"))?;
+            Ok((test.to_owned(), rps))
+        })
+        .collect::<Result<_>>()?;
+    ensure!(
+        !tests.is_empty(),
+        "redis-benchmark reported no test: {csv:.300}"
+    );
+    Ok(tests)
+}
+
 /// What captured the traffic in one configuration of the capture benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -342,6 +368,68 @@ pub struct ResumeResults {
     pub overrides: Vec<String>,
     /// One per (mode, age): live replay's ages in order, then replay's.
     pub cells: Vec<ResumeRuns>,
+    /// The cost part, when it has run; it carries its own [`RunInfo`], as
+    /// either part can be run alone (`CONNMIRROR_BENCH_RESUME_PARTS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ResumeCost>,
+}
+
+/// `cargo xtask bench resume`, cost part: requests per second through the
+/// standby with no live instance and with one, alternated round by round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeCost {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// The load, as run from the client namespace, without host and port
+    /// (`redis-benchmark -P 16 -c 8 -n 200000 -t set,get,incr -q --csv`).
+    pub load: String,
+    /// `redis-benchmark --version`.
+    pub version: String,
+    /// Rounds of (no live instance, live instance).
+    pub rounds: usize,
+    /// The environment settings that replaced the default rounds
+    /// (`CONNMIRROR_BENCH_RESUME_COST_ROUNDS=5`); empty with the default.
+    pub overrides: Vec<String>,
+    /// One per redis-benchmark test, in the order it ran them.
+    pub tests: Vec<CostTest>,
+    /// One per live round, in order: what live replay counted.
+    pub live_rounds: Vec<LiveRound>,
+}
+
+/// The requests per second of one redis-benchmark test, per round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostTest {
+    /// The test's name as redis-benchmark prints it (`SET`).
+    pub test: String,
+    /// Per round, with no live instance (`--service IP:PORT` alone).
+    pub no_live_rps: Vec<f64>,
+    /// Per round, with the live instance (`--resume IP:PORT=live:ADDR`).
+    pub live_rps: Vec<f64>,
+}
+
+impl CostTest {
+    /// The median with the live instance over the median without.
+    pub fn ratio(&self) -> f64 {
+        median(&self.live_rps) / median(&self.no_live_rps)
+    }
+}
+
+/// Live replay's counters at the end of one live round, from the standby's
+/// `/metrics` just before it stopped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LiveRound {
+    /// `connmirror_live_divergences_total`: connections whose instance
+    /// produced a byte the primary did not send.
+    pub divergences: u64,
+    /// `connmirror_live_unprotected_total` by reason, the reasons counted.
+    pub unprotected: std::collections::BTreeMap<String, u64>,
+}
+
+impl LiveRound {
+    /// Connections that became unprotected, for any reason.
+    pub fn unprotected_total(&self) -> u64 {
+        self.unprotected.values().sum()
+    }
 }
 
 /// The runs of one resumption mode at one connection age.
@@ -897,7 +985,109 @@ fn render_resume(r: &ResumeResults) -> String {
         "\nTarget: live replay's p99 stall under {LIVE_P99_TARGET_MS:.0} ms at every age run: {}.",
         verdict(met)
     );
+    if let Some(cost) = &r.cost {
+        s.push('\n');
+        s.push_str(&render_resume_cost(cost));
+    }
     s
+}
+
+/// The live instance's target: its requests per second over those without
+/// it, for every test.
+const COST_RATIO_TARGET: f64 = 0.9;
+
+/// The cost part of the resume section: its own run facts, a table per
+/// test, and what live replay counted in each live round.
+fn render_resume_cost(c: &ResumeCost) -> String {
+    let method = format!(
+        "IPv4, a fresh client/standby/primary topology per run: the primary runs redis-server \
+         on the service address; the standby (`connmirror standby`, TC ingress on both links, \
+         no failure detection, no failover) captures the same traffic in both configurations, \
+         which differ only in the live instance: `--service IP:PORT` alone (resume by handoff, \
+         the default; the standby's redis-server is stopped and nothing listens on the handoff \
+         side) against `--service IP:PORT --resume IP:PORT=live:127.0.0.1:7001` with its \
+         redis-server on loopback. The client runs `{} -h SERVICE -p 7000` ({}), fixed keys \
+         (no `-r`), each run bounded by a timeout; the two configurations alternate round by \
+         round. The ratio is the median requests per second with the live instance over the \
+         median without it. After each live round, before the standby stops, \
+         `connmirror_live_divergences_total` and `connmirror_live_unprotected_total` are read \
+         from its /metrics: 8 connections run INCR on one key, and the standby's instance sees \
+         their commands in the order they were captured, which need not be the primary's \
+         order, so INCR replies can differ (a divergent connection is no longer fed).",
+        c.load, c.version
+    );
+    let mut s =
+        String::from("### Resume: cost on the protected path, live instance against none\n\n");
+    s.push_str(&c.info.render(&method));
+    let how = if c.overrides.is_empty() {
+        "the default".to_owned()
+    } else {
+        let set: Vec<String> = c.overrides.iter().map(|o| format!("`{o}`")).collect();
+        format!("set by {}, instead of the default", set.join(" "))
+    };
+    let _ = writeln!(s, "- rounds: {} of each configuration ({how})", c.rounds);
+    s.push('\n');
+    s.push_str(&cost_table(c));
+    s.push('\n');
+    s.push_str(&live_rounds_table(&c.live_rounds));
+    let met = c.tests.iter().all(|t| t.ratio() >= COST_RATIO_TARGET);
+    let divergences: u64 = c.live_rounds.iter().map(|r| r.divergences).sum();
+    let unprotected: u64 = c.live_rounds.iter().map(LiveRound::unprotected_total).sum();
+    let _ = writeln!(
+        s,
+        "\nTarget: live / no live ≥ {COST_RATIO_TARGET} for every test: {}. Over the {} live \
+         rounds, {divergences} connections diverged and {unprotected} became unprotected.",
+        verdict(met),
+        c.live_rounds.len()
+    );
+    s
+}
+
+/// One row per test: the median requests per second of each configuration,
+/// the runs, and the ratio against [`COST_RATIO_TARGET`].
+fn cost_table(c: &ResumeCost) -> String {
+    let mut t = String::from(
+        "| test | no live instance (req/s, median) | live instance (req/s, median) | live / no live | runs (no live; live) | target |\n\
+         | --- | ---: | ---: | ---: | --- | --- |\n",
+    );
+    let runs = |rps: &[f64]| -> String {
+        let runs: Vec<String> = rps.iter().map(|r| thousands(r.round() as usize)).collect();
+        runs.join(", ")
+    };
+    for test in &c.tests {
+        let ratio = test.ratio();
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {ratio:.2} | {}; {} | ≥ {COST_RATIO_TARGET}: {} |",
+            test.test,
+            thousands(median(&test.no_live_rps).round() as usize),
+            thousands(median(&test.live_rps).round() as usize),
+            runs(&test.no_live_rps),
+            runs(&test.live_rps),
+            verdict(ratio >= COST_RATIO_TARGET),
+        );
+    }
+    t
+}
+
+/// One row per live round: the connections live replay found divergent or
+/// left unprotected (by reason).
+fn live_rounds_table(rounds: &[LiveRound]) -> String {
+    let mut t = String::from(
+        "| live round | connections diverged | connections unprotected |\n| ---: | ---: | --- |\n",
+    );
+    for (n, round) in rounds.iter().enumerate() {
+        let reasons: Vec<String> = (round.unprotected.iter())
+            .filter(|&(_, &count)| count > 0)
+            .map(|(reason, count)| format!("{count} {reason}"))
+            .collect();
+        let unprotected = match reasons.is_empty() {
+            true => "0".to_owned(),
+            false => format!("{} ({})", round.unprotected_total(), reasons.join(", ")),
+        };
+        let _ = writeln!(t, "| {} | {} | {unprotected} |", n + 1, round.divergences);
+    }
+    t
 }
 
 /// Whether a live-replay stall sample meets [`LIVE_P99_TARGET_MS`].
@@ -1077,7 +1267,105 @@ pub(crate) mod tests {
                 cell("replay", 2, vec![10.0, 30.0, 20.0]),
                 cell("replay", 120, vec![3000.0]),
             ],
+            cost: None,
         }
+    }
+
+    /// A cost result of 3 rounds: SET keeps 0.95 of its rate with the live
+    /// instance, INCR 0.8; the second live round saw 2 divergences and one
+    /// connection unprotected for lag.
+    pub(crate) fn resume_cost() -> ResumeCost {
+        let lagged = [
+            ("instance-lag".to_owned(), 1),
+            ("instance-down".to_owned(), 0),
+        ];
+        ResumeCost {
+            info: info(),
+            load: "redis-benchmark -P 16 -c 8 -n 200000 -t set,incr -q --csv".into(),
+            version: "redis-benchmark 7.0.15".into(),
+            rounds: 3,
+            overrides: vec!["CONNMIRROR_BENCH_RESUME_COST_ROUNDS=3".into()],
+            tests: vec![
+                CostTest {
+                    test: "SET".into(),
+                    no_live_rps: vec![100_000.0, 300_000.0, 200_000.0],
+                    live_rps: vec![190_000.0, 90_000.0, 400_000.0],
+                },
+                CostTest {
+                    test: "INCR".into(),
+                    no_live_rps: vec![100_000.0, 100_000.0, 100_000.0],
+                    live_rps: vec![80_000.0, 80_000.0, 80_000.0],
+                },
+            ],
+            live_rounds: vec![
+                LiveRound::default(),
+                LiveRound {
+                    divergences: 2,
+                    unprotected: lagged.into_iter().collect(),
+                },
+                LiveRound::default(),
+            ],
+        }
+    }
+
+    /// The cost table: medians, the ratio judged against 0.9 per test, the
+    /// counts of every live round, and the verdict over all of them.
+    #[test]
+    fn resume_cost_judges_each_test_and_reports_divergences() {
+        let cost = resume_cost();
+        let rows: Vec<String> = cost_table(&cost)
+            .lines()
+            .skip(2)
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "| SET | 200,000 | 190,000 | 0.95 | 100,000, 300,000, 200,000; 190,000, 90,000, 400,000 | ≥ 0.9: met |",
+                "| INCR | 100,000 | 80,000 | 0.80 | 100,000, 100,000, 100,000; 80,000, 80,000, 80,000 | ≥ 0.9: missed |",
+            ]
+        );
+        let rounds: Vec<String> = (live_rounds_table(&cost.live_rounds).lines())
+            .skip(2)
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            rounds,
+            [
+                "| 1 | 0 | 0 |",
+                "| 2 | 2 | 1 (1 instance-lag) |",
+                "| 3 | 0 | 0 |"
+            ]
+        );
+        let page = Results {
+            resume: Some(ResumeResults {
+                cost: Some(cost),
+                ..resume()
+            }),
+            ..Results::default()
+        }
+        .render();
+        let stall = page
+            .find("## Resume: stall against connection age")
+            .unwrap();
+        let section = &page[page
+            .find("### Resume: cost on the protected path")
+            .expect("cost section")..];
+        assert!(
+            stall < page.len() - section.len(),
+            "the cost follows the stall"
+        );
+        for line in [
+            "- rounds: 3 of each configuration (set by `CONNMIRROR_BENCH_RESUME_COST_ROUNDS=3`, \
+             instead of the default)",
+            "Target: live / no live ≥ 0.9 for every test: missed. Over the 3 live rounds, 2 \
+             connections diverged and 1 became unprotected.",
+        ] {
+            assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
+        }
+        assert!(section.contains(
+            "`redis-benchmark -P 16 -c 8 -n 200000 -t set,incr -q --csv -h SERVICE -p 7000`"
+        ));
     }
 
     /// The resume table: one row per (mode, age), live replay's target
@@ -1111,6 +1399,25 @@ pub(crate) mod tests {
             assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
         }
         assert!(section.contains("- method: IPv4, a fresh client/standby/primary topology"));
+    }
+
+    /// redis-benchmark 7's `--csv` lines become (test, requests per second);
+    /// anything else is an error.
+    #[test]
+    fn redis_benchmark_csv_parses() {
+        let csv = "\"test\",\"rps\",\"avg_latency_ms\",\"min_latency_ms\"\n\
+                   \"SET\",\"840336.12\",\"0.135\",\"0.024\"\n\
+                   \"INCR\",\"881057.25\",\"0.128\",\"0.024\"\n";
+        assert_eq!(
+            parse_redis_benchmark_csv(csv).unwrap(),
+            [
+                ("SET".to_owned(), 840336.12),
+                ("INCR".to_owned(), 881057.25)
+            ]
+        );
+        assert!(parse_redis_benchmark_csv("SET: 100.00 requests per second\n").is_err());
+        assert!(parse_redis_benchmark_csv("\"test\",\"rps\"\n").is_err());
+        assert!(parse_redis_benchmark_csv("\"test\",\"rps\"\n\"SET\",\"x\"\n").is_err());
     }
 
     /// Nearest-rank quantiles and the median, exactly.
@@ -1196,7 +1503,10 @@ pub(crate) mod tests {
         let mut stored = Results {
             capture: Some(capture()),
             ownership: Some(ownership()),
-            resume: Some(resume()),
+            resume: Some(ResumeResults {
+                cost: Some(resume_cost()),
+                ..resume()
+            }),
             ..Results::default()
         };
         stored.save(&dir).unwrap();
@@ -1208,7 +1518,7 @@ pub(crate) mod tests {
             ..Results::default()
         });
         assert_eq!(stored.capture, Some(capture()));
-        assert_eq!(stored.resume, Some(resume()));
+        assert_eq!(stored.resume.as_ref().unwrap().cost, Some(resume_cost()));
         assert_eq!(stored.ownership, Some(newer));
         std::fs::write(dir.join("journal.json"), "{").unwrap();
         let err = Results::load(&dir).unwrap_err();

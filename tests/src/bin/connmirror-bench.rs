@@ -62,6 +62,14 @@
 //! `CONNMIRROR_BENCH_RESUME_RUNS=N` and `CONNMIRROR_BENCH_RESUME_AGES=2,30`
 //! replace the runs and the ages, and the results say so.
 //!
+//! Then the cost on the protected path ([`RESUME_COST_ROUNDS`] rounds): the
+//! requests per second of `redis-benchmark` ([`COST_LOAD`]) from the client
+//! through the standby with no live instance (`--service IP:PORT` alone) and
+//! with one (`--resume IP:PORT=live:ADDR`), alternated round by round, as the
+//! ratio of the medians; after each live round, the divergent and unprotected
+//! connections live replay counted. `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or
+//! `stall`) runs one part alone and keeps the other's stored result.
+//!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
 //! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
@@ -82,14 +90,16 @@ use connmirror_tests::failover::{
     kill_primary, kill_primary_host, standby_command, start_agent, takeover,
 };
 use connmirror_tests::live;
+use connmirror_tests::metrics::{self, Scrape};
 use connmirror_tests::mirror::FlowStatus;
 use connmirror_tests::onhost::{onhost_standby, start_onhost_agent};
 use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
-    CaptureResults, Capturer, ConfigRuns, FailoverResults, FirstByte, JournalResults, MirrorSample,
-    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, ResumeResults, ResumeRuns,
-    RunInfo, Sample, TcpdumpSample, output, quantile, write_atomically,
+    CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, JournalResults,
+    LiveRound, MirrorSample, OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results,
+    ResumeCost, ResumeResults, ResumeRuns, RunInfo, Sample, TcpdumpSample, output,
+    parse_redis_benchmark_csv, quantile, write_atomically,
 };
 use connmirror_tests::tcpdump::Tcpdump;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
@@ -681,8 +691,8 @@ fn host_cpu() -> Result<HostCpu> {
 
 /// Runs the iperf3 client in `ns` and returns its JSON output.
 fn iperf3_client(ns: &Netns, server: String) -> Result<String> {
-    let mut child = ns
-        .command("iperf3")
+    let mut client = ns.command("iperf3");
+    client
         .args(["-c", &server, "-p", &IPERF_PORT.to_string()])
         .args([
             "-t",
@@ -690,21 +700,28 @@ fn iperf3_client(ns: &Netns, server: String) -> Result<String> {
             "-J",
             "--connect-timeout",
             "5000",
-        ])
+        ]);
+    let limit = Duration::from_secs(IPERF_SECONDS) + IPERF_GRACE;
+    run_with_limit(&mut client, limit, "iperf3 client")
+}
+
+/// Runs `command` (`what`, for messages) to its end and returns its stdout;
+/// kills it after `limit`, and fails unless it exits 0.
+fn run_with_limit(command: &mut Command, limit: Duration, what: &str) -> Result<String> {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("spawn iperf3 client")?;
+        .with_context(|| format!("spawn {what}"))?;
     let stdout = read_in_background(child.stdout.take().expect("piped"));
     let stderr = read_in_background(child.stderr.take().expect("piped"));
-    let limit = Duration::from_secs(IPERF_SECONDS) + IPERF_GRACE;
-    let status = wait_child(&mut child, limit, "iperf3 client")?;
+    let status = wait_child(&mut child, limit, what)?;
     let stdout = stdout.join().expect("reader thread");
     let stderr = stderr.join().expect("reader thread");
     if !status.success() {
         bail!(
-            "iperf3 client exited with {status}: {}{}",
+            "{what} exited with {status}: {}{}",
             stderr.trim(),
             stdout.trim()
         );
@@ -1369,10 +1386,65 @@ fn resume_plan() -> Result<(usize, Vec<u64>, Vec<String>)> {
     Ok((runs, ages, overrides))
 }
 
-/// `cargo xtask bench resume`: the client stall through an automatic
-/// failover against the connections' age, live replay against replay at
-/// takeover, the modes interleaved run by run.
+/// Selects the parts of the resume benchmark: `stall`, `cost`, or both
+/// (comma-separated; the default is both).
+const RESUME_PARTS_VAR: &str = "CONNMIRROR_BENCH_RESUME_PARTS";
+/// Rounds of (no live instance, live instance) of the cost part, unless
+/// [`RESUME_COST_ROUNDS_VAR`] says otherwise.
+const RESUME_COST_ROUNDS: usize = 3;
+/// Replaces [`RESUME_COST_ROUNDS`]: a positive integer.
+const RESUME_COST_ROUNDS_VAR: &str = "CONNMIRROR_BENCH_RESUME_COST_ROUNDS";
+/// The cost part's load, run from the client against the service: pipelined
+/// 16 deep over 8 connections, fixed keys (no `-r`).
+const COST_LOAD: [&str; 11] = [
+    "redis-benchmark",
+    "-P",
+    "16",
+    "-c",
+    "8",
+    "-n",
+    "200000",
+    "-t",
+    "set,get,incr",
+    "-q",
+    "--csv",
+];
+/// How long one redis-benchmark run may take before it is killed.
+const COST_LIMIT: Duration = Duration::from_secs(180);
+
+/// `cargo xtask bench resume`: the parts [`RESUME_PARTS_VAR`] selects (the
+/// stall and the cost); a part not run keeps its stored result.
 fn resume(command: &str) -> Result<()> {
+    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost".to_owned());
+    let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
+    ensure!(
+        !parts.is_empty() && parts.iter().all(|p| ["stall", "cost"].contains(p)),
+        "{RESUME_PARTS_VAR}={parts:?}: expected stall, cost or stall,cost"
+    );
+    let stored = Results::load(&data_dir())?.resume;
+    let stall = match parts.contains(&"stall") {
+        true => resume_stall(command)?,
+        false => stored.clone().with_context(|| {
+            format!(
+                "{RESUME_PARTS_VAR} leaves the stall part out, but bench/data/resume.json holds \
+                 no stall result to keep; run the stall part first"
+            )
+        })?,
+    };
+    let cost = match parts.contains(&"cost") {
+        true => Some(resume_cost(command)?),
+        false => stored.and_then(|r| r.cost),
+    };
+    record(Results {
+        resume: Some(ResumeResults { cost, ..stall }),
+        ..Results::default()
+    })
+}
+
+/// The stall part: the client stall through an automatic failover against
+/// the connections' age, live replay against replay at takeover, the modes
+/// interleaved run by run.
+fn resume_stall(command: &str) -> Result<ResumeResults> {
     let (runs, ages, overrides) = resume_plan()?;
     let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
@@ -1414,7 +1486,7 @@ fn resume(command: &str) -> Result<()> {
             }
         }
     }
-    let resume = ResumeResults {
+    Ok(ResumeResults {
         info: RunInfo {
             seconds: started.elapsed().as_secs_f64(),
             ..info
@@ -1424,11 +1496,133 @@ fn resume(command: &str) -> Result<()> {
         ages,
         overrides,
         cells,
-    };
-    record(Results {
-        resume: Some(resume),
-        ..Results::default()
+        cost: None,
     })
+}
+
+/// The cost part: [`COST_LOAD`]'s requests per second through the standby
+/// with no live instance and with one, alternated for the rounds
+/// [`RESUME_COST_ROUNDS_VAR`] sets.
+fn resume_cost(command: &str) -> Result<ResumeCost> {
+    let mut overrides = Vec::new();
+    let mut rounds = RESUME_COST_ROUNDS;
+    if let Ok(value) = std::env::var(RESUME_COST_ROUNDS_VAR) {
+        rounds = (value.trim().parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .with_context(|| {
+                format!("{RESUME_COST_ROUNDS_VAR}={value:?}: expected a positive integer")
+            })?;
+        overrides.push(format!("{RESUME_COST_ROUNDS_VAR}={value}"));
+    }
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    let load = COST_LOAD.join(" ");
+    println!(
+        "resume benchmark, cost: `{load}` through the standby, no live instance vs live \
+         instance, {rounds} rounds\n"
+    );
+    let mut tests: Vec<CostTest> = Vec::new();
+    let mut live_rounds = Vec::new();
+    for round in 1..=rounds {
+        for live in [false, true] {
+            live::interrupt_point()?;
+            let name = if live { "live" } else { "no live" };
+            bench::progress(&format!(
+                "[{name:<7} {round:>2}/{rounds}] redis-benchmark ... "
+            ));
+            let (rps, counted) = cost_run(live)?;
+            let shown: Vec<String> = rps.iter().map(|(t, r)| format!("{t} {r:.0}")).collect();
+            match &counted {
+                Some(c) => println!(
+                    "{} req/s; {} diverged, {} unprotected",
+                    shown.join(", "),
+                    c.divergences,
+                    c.unprotected_total()
+                ),
+                None => println!("{} req/s", shown.join(", ")),
+            }
+            live_rounds.extend(counted);
+            for (test, rps) in rps {
+                let position = tests.iter().position(|t| t.test == test);
+                let entry = match position {
+                    Some(i) => &mut tests[i],
+                    None => {
+                        tests.push(CostTest {
+                            test,
+                            no_live_rps: Vec::new(),
+                            live_rps: Vec::new(),
+                        });
+                        tests.last_mut().expect("just pushed")
+                    }
+                };
+                match live {
+                    true => entry.live_rps.push(rps),
+                    false => entry.no_live_rps.push(rps),
+                }
+            }
+        }
+    }
+    ensure!(
+        (tests.iter()).all(|t| t.live_rps.len() == rounds && t.no_live_rps.len() == rounds),
+        "redis-benchmark did not report every test in every round: {tests:#?}"
+    );
+    Ok(ResumeCost {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        load,
+        version: output("redis-benchmark", &["--version"])?,
+        rounds,
+        overrides,
+        tests,
+        live_rounds,
+    })
+}
+
+/// Requests per second per redis-benchmark test, in the order it ran them.
+type Rates = Vec<(String, f64)>;
+
+/// One run of the cost part on a fresh topology: the standby with the live
+/// instance or, stopping it first, without; [`COST_LOAD`] from the client.
+/// Returns the requests per second per test and, with the live instance,
+/// what live replay counted, read from the standby's /metrics before it stops.
+fn cost_run(live: bool) -> Result<(Rates, Option<LiveRound>)> {
+    live::wait_for_host(HOST_BUSY)?;
+    let mut s = CacheSetup::new(Family::V4, redis::Server::Redis, "bench-resume-cost");
+    let standby = if live {
+        Mirror::start(&s.topo.gateway, &s.standby_command(Resume::Live))
+    } else {
+        s.instance.kill();
+        let command = standby_command(&s.topo, &s.service_arg(Resume::Live));
+        Mirror::start(&s.topo.gateway, &command)
+    };
+    let mut client = s.topo.client.command(COST_LOAD[0]);
+    client.args(&COST_LOAD[1..]);
+    client.args(["-h", &s.service.ip().to_string()]);
+    client.args(["-p", &s.service.port().to_string()]);
+    let rps = run_with_limit(&mut client, COST_LIMIT, "redis-benchmark")
+        .and_then(|csv| parse_redis_benchmark_csv(&csv));
+    let counted = live.then(|| {
+        let scrape = metrics::scrape(&s.topo.gateway, metrics::DEFAULT_ENDPOINT);
+        live_round(&scrape)
+    });
+    let _ = standby.stop();
+    Ok((rps?, counted))
+}
+
+/// Live replay's counters in a scrape of the standby.
+fn live_round(scrape: &Scrape) -> LiveRound {
+    let prefix = "connmirror_live_unprotected_total{reason=\"";
+    LiveRound {
+        divergences: scrape.sum("connmirror_live_divergences_total"),
+        unprotected: (scrape.samples.iter())
+            .filter_map(|(series, &value)| {
+                let reason = series.strip_prefix(prefix)?.strip_suffix("\"}")?;
+                Some((reason.to_owned(), value as u64))
+            })
+            .collect(),
+    }
 }
 
 /// The detecting standby resuming the service by `mode`; replay with the
