@@ -1013,7 +1013,8 @@ fn render_resume_cost(c: &ResumeCost) -> String {
          `connmirror_live_divergences_total` and `connmirror_live_unprotected_total` are read \
          from its /metrics: 8 connections run INCR on one key, and the standby's instance sees \
          their commands in the order they were captured, which need not be the primary's \
-         order, so INCR replies can differ (a divergent connection is no longer fed).",
+         order, so INCR replies can differ (a divergent connection goes on on the primary; a \
+         takeover would reset it).",
         c.load, c.version
     );
     let mut s =
