@@ -158,7 +158,8 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum JournalCommand {
-    /// List the journal's flows: state, readiness, byte counts. Read-only.
+    /// List the journal's flows: state, readiness, byte counts, and live
+    /// replay's divergences. Read-only.
     Inspect {
         /// The journal directory (`mirror --journal DIR`).
         dir: PathBuf,

@@ -60,6 +60,9 @@ pub mod kind {
     pub const CHECKPOINT_FLOW: u8 = 6;
     /// The checkpoint is complete.
     pub const CHECKPOINT_END: u8 = 7;
+    /// Live replay's instance diverged from the primary on a flow: its id,
+    /// the server → client offset and both bytes.
+    pub const DIVERGENT: u8 = 9;
 }
 
 /// How long one `connmirror journal ...` command may take (a dump of a 200 MB

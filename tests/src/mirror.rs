@@ -433,10 +433,25 @@ pub struct Flow {
     pub rst: bool,
     /// Segments the kernel forwarded uncaptured (`pass` policy).
     pub kernel_gaps: u64,
+    /// Live replay's first divergence on the flow (a standby's report, and
+    /// `journal inspect` of its journal).
+    #[serde(default)]
+    pub divergence: Option<Divergence>,
     /// Client → server stream.
     pub c2s: DirectionDump,
     /// Server → client stream.
     pub s2c: DirectionDump,
+}
+
+/// Where live replay's instance first differed from the primary.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+pub struct Divergence {
+    /// Server → client stream offset of the byte.
+    pub offset: u64,
+    /// The byte the primary sent.
+    pub primary: u8,
+    /// The byte the instance produced.
+    pub instance: u8,
 }
 
 impl Flow {

@@ -263,8 +263,12 @@ impl Engine {
             mut table,
             mut stats,
             journal,
+            live,
             ..
         } = reader;
+        if let Some(live) = &live {
+            reader::mark_divergent(&mut table, live);
+        }
         stats.evicted = table.evicted();
         let journal = match journal {
             Some(journal) => Some(journal.close(&mut table).context("closing the journal")?),

@@ -1,4 +1,4 @@
-//! The ring reader: decodes each record and applies it to the flow table (and the journal), in slices so the event loop stays responsive.
+//! The ring reader: decodes each record and applies it to the flow table (and the journal, with live replay's divergences), in slices so the event loop stays responsive.
 
 use super::*;
 
@@ -69,6 +69,9 @@ impl Reader {
                 }
             }
         }
+        if let Some(live) = live {
+            mark_divergent(table, live);
+        }
         let records = table.take_records();
         if let Some(outbox) = outbox {
             // The ring was just read to its end: nothing of it waits any more.
@@ -81,6 +84,15 @@ impl Reader {
             (journal.write(&records, table)).context("writing the journal")?;
         }
         Ok(left == 0)
+    }
+}
+/// Hands live replay's new divergences to the table, which journals each
+/// behind its flow's records so far (and keeps it for `report.json`). Taken
+/// here, on the loop that owns the table, so a live connection's task never
+/// waits on the journal.
+pub(super) fn mark_divergent(table: &mut FlowTable, live: &Live) {
+    for (key, divergence) in live.take_divergences() {
+        table.mark_divergent(&key, divergence);
     }
 }
 /// Counts one record in its interface's and direction's totals: a segment at

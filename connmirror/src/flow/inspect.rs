@@ -1,5 +1,8 @@
 //! `connmirror journal inspect` and `connmirror journal dump`: a journal taken
-//! apart read-only, without a running daemon.
+//! apart read-only, without a running daemon. A flow live replay found
+//! divergent gets a line of its own under the table, with the offset and both
+//! bytes in the words the standby logged and its takeover reports
+//! ([`super::Divergence`]).
 
 use std::{io::Write, path::Path};
 
@@ -77,6 +80,11 @@ pub fn print_table(inspection: &Inspection, out: &mut impl Write) -> std::io::Re
             flow.c2s.delivered,
             flow.s2c.delivered,
         )?;
+    }
+    for flow in &inspection.flows {
+        if let Some(divergence) = &flow.divergence {
+            writeln!(out, "flow {} divergent: {divergence}", flow.id)?;
+        }
     }
     if let Some((file, bytes)) = &inspection.truncated_tail {
         writeln!(

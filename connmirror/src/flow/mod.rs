@@ -46,6 +46,8 @@ pub use key::{endpoints, key_of};
 use key::{flow_key, flow_name};
 mod dump;
 use dump::{Dump, dump_path};
+mod divergence;
+pub use divergence::Divergence;
 
 /// One direction of a flow: its reassembled stream, the state of the segments
 /// its sender sent, and where it is written.
@@ -189,6 +191,8 @@ struct Flow {
     closed: bool,
     /// State changed since the last [`Record::Update`].
     dirty: bool,
+    /// Live replay's instance diverged from the primary on this flow.
+    divergence: Option<Divergence>,
 }
 
 impl Flow {
@@ -571,6 +575,7 @@ impl FlowTable {
                 kernel_gaps,
                 c2s,
                 s2c,
+                divergence,
                 ..
             } = flow;
             let limits = self.limits_for(service_id);
@@ -596,6 +601,7 @@ impl FlowTable {
                 last_seen: 0,
                 closed: false,
                 dirty: false,
+                divergence,
             };
             self.held += flow.held();
             self.flows.insert(key, flow);
@@ -639,6 +645,7 @@ impl FlowTable {
                 c2s: Flow::side_snapshot(&flow.c2s),
                 s2c: Flow::side_snapshot(&flow.s2c),
             }))?;
+            flow.divergent(&mut emit)?;
             flow.out_of_order(&mut emit)?;
             for (dir, side) in [
                 (Direction::ClientToServer, &flow.c2s),
@@ -782,6 +789,7 @@ fn open_flow(
         last_seen: 0,
         closed: false,
         dirty: true,
+        divergence: None,
     })
 }
 

@@ -1,5 +1,5 @@
 //! What the journal's records mean: flow opened, bytes delivered, state marks,
-//! flow closed, and checkpoints of the whole table. [`crate::journal`] frames
+//! live replay's divergence, flow closed, and checkpoints of the whole table. [`crate::journal`] frames
 //! and checksums them; this module turns them into payload bytes and back.
 //!
 //! Encoding: little-endian integers, `u32`-length-prefixed byte strings, one
@@ -10,6 +10,7 @@ use connmirror_common::{Direction, FlowKey};
 use thiserror::Error;
 
 use super::{
+    Divergence,
     state::{SideState, SynState},
     stream::StreamMarks,
 };
@@ -34,6 +35,9 @@ pub enum Kind {
     CheckpointEnd = 7,
     /// [`Record::OutOfOrder`].
     OutOfOrder = 8,
+    /// [`Record::Divergent`]. A build older than this kind stops at it with
+    /// `unknown record kind 9` (docs/configuration.md, "Journal").
+    Divergent = 9,
 }
 
 /// Why a flow left the table.
@@ -122,6 +126,14 @@ pub enum Record {
         /// The direction's state.
         snapshot: SideSnapshot,
     },
+    /// Live replay's instance diverged from the primary on the flow
+    /// (docs/failover.md, "Live replay"): only its first differing byte.
+    Divergent {
+        /// Flow id.
+        id: u64,
+        /// Where, and both bytes.
+        divergence: Divergence,
+    },
     /// The flow left the table.
     Close {
         /// Flow id.
@@ -173,6 +185,7 @@ impl Record {
             Record::Data { .. } => Kind::Data,
             Record::OutOfOrder { .. } => Kind::OutOfOrder,
             Record::Update { .. } => Kind::Update,
+            Record::Divergent { .. } => Kind::Divergent,
             Record::Close { .. } => Kind::Close,
             Record::CheckpointBegin { .. } => Kind::CheckpointBegin,
             Record::CheckpointFlow(_) => Kind::CheckpointFlow,
@@ -220,6 +233,12 @@ impl Record {
                 w.u8(*dir as u8);
                 w.u32(*kernel_gaps);
                 w.side_snapshot(snapshot);
+            }
+            Record::Divergent { id, divergence } => {
+                w.u64(*id);
+                w.u64(divergence.offset);
+                w.u8(divergence.primary);
+                w.u8(divergence.instance);
             }
             Record::Close { id, reason } => {
                 w.u64(*id);
@@ -271,6 +290,14 @@ impl Record {
                 dir: r.dir()?,
                 offset: r.u64()?,
                 bytes: r.bytes()?.to_vec(),
+            },
+            9 => Record::Divergent {
+                id: r.u64()?,
+                divergence: Divergence {
+                    offset: r.u64()?,
+                    primary: r.u8()?,
+                    instance: r.u8()?,
+                },
             },
             other => return Err(RecordError::Kind(other)),
         };
@@ -614,6 +641,24 @@ mod tests {
                     bytes
                 }
             ),
+            (any::<u64>(), dir(), any::<u64>(), vec(any::<u8>(), 0..256)).prop_map(
+                |(id, dir, offset, bytes)| Record::OutOfOrder {
+                    id,
+                    dir,
+                    offset,
+                    bytes
+                }
+            ),
+            (any::<u64>(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(
+                |(id, offset, primary, instance)| Record::Divergent {
+                    id,
+                    divergence: Divergence {
+                        offset,
+                        primary,
+                        instance
+                    }
+                }
+            ),
             (any::<u64>(), dir(), any::<u32>(), snapshot()).prop_map(
                 |(id, dir, kernel_gaps, snapshot)| Record::Update {
                     id,
@@ -642,7 +687,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_payloads_never_panic(kind in 0u8..10, payload in vec(any::<u8>(), 0..512)) {
+        fn arbitrary_payloads_never_panic(kind in 0u8..12, payload in vec(any::<u8>(), 0..512)) {
             let _ = Record::decode(kind, &payload);
         }
 
@@ -654,6 +699,37 @@ mod tests {
                 prop_assert!(Record::decode(record.kind() as u8, &payload[..cut]).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_divergence_is_eighteen_bytes_exactly() {
+        let record = Record::Divergent {
+            id: 7,
+            divergence: Divergence {
+                offset: 2,
+                primary: 0x0d,
+                instance: 0x30,
+            },
+        };
+        let mut payload = Vec::new();
+        record.encode(&mut payload);
+        assert_eq!(
+            payload,
+            [7, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0x0d, 0x30]
+        );
+        assert_eq!(Record::decode(9, &payload), Ok(record));
+        assert_eq!(
+            Record::decode(9, &payload[..17]),
+            Err(RecordError::Truncated(17))
+        );
+        payload.push(0);
+        assert_eq!(Record::decode(9, &payload), Err(RecordError::Trailing(1)));
+    }
+
+    #[test]
+    fn an_unknown_kind_names_itself() {
+        assert_eq!(Record::decode(10, &[]), Err(RecordError::Kind(10)));
+        assert_eq!(RecordError::Kind(10).to_string(), "unknown record kind 10");
     }
 
     #[test]

@@ -8,14 +8,17 @@
 //! recovery.
 //!
 //! Compaction: a [`record::Record::Checkpoint`] holds every live flow with its
-//! retained bytes, written first in a fresh segment; every older segment is
+//! retained bytes (and live replay's divergence, if any), written first in a fresh segment; every older segment is
 //! then deleted. Closed flows are simply not in the checkpoint.
 
 use std::collections::BTreeMap;
 
 use connmirror_common::{Direction, FlowKey};
 
-use super::record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot};
+use super::{
+    Divergence,
+    record::{CloseReason, FlowSnapshot, Record, RecordError, SideSnapshot},
+};
 use crate::journal::{JournalError, StoredRecord};
 
 /// One direction of a recovered flow.
@@ -68,6 +71,8 @@ pub struct RecoveredFlow {
     pub s2c: RecoveredSide,
     /// Set once the flow left the table.
     pub closed: Option<CloseReason>,
+    /// Live replay's first divergence on the flow, once journaled.
+    pub divergence: Option<Divergence>,
 }
 
 impl RecoveredFlow {
@@ -99,6 +104,7 @@ impl RecoveredFlow {
             c2s: side(c2s),
             s2c: side(s2c),
             closed: None,
+            divergence: None,
         }
     }
 }
@@ -265,6 +271,13 @@ fn apply_to(recovered: &mut Recovered, record: Record) {
             Some(flow) => {
                 flow.kernel_gaps = kernel_gaps;
                 flow.side(dir).snapshot = snapshot;
+            }
+            None => *orphans += 1,
+        },
+        Record::Divergent { id, divergence } => match flows.get_mut(&id) {
+            // Only the first divergence counts, as live replay reports it.
+            Some(flow) => {
+                flow.divergence.get_or_insert(divergence);
             }
             None => *orphans += 1,
         },
@@ -457,6 +470,45 @@ pub(crate) mod tests {
         assert_eq!(recovered.flows.keys().copied().collect::<Vec<_>>(), vec![2]);
         let c2s = &recovered.flows[&2].c2s;
         assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
+    }
+
+    fn divergent(id: u64, offset: u64) -> Record {
+        Record::Divergent {
+            id,
+            divergence: Divergence {
+                offset,
+                primary: b'+',
+                instance: b'-',
+            },
+        }
+    }
+
+    #[test]
+    fn a_flows_first_divergence_is_kept_and_one_of_an_unknown_flow_is_an_orphan() {
+        let records = [open(1), divergent(1, 5), divergent(1, 9), divergent(7, 3)];
+
+        let recovered = recover(stored(&records)).unwrap();
+
+        let Record::Divergent { divergence, .. } = divergent(1, 5) else {
+            unreachable!()
+        };
+        assert_eq!(recovered.flows[&1].divergence, Some(divergence));
+        assert_eq!(recovered.orphans, 1);
+    }
+
+    #[test]
+    fn an_unknown_record_kind_stops_recovery_naming_where_and_which() {
+        let mut records = stored(&[open(1), divergent(1, 5)]);
+        if let Some(Ok(record)) = records.get_mut(1) {
+            record.kind = 10;
+        }
+
+        let error = recover(records).unwrap_err();
+
+        assert_eq!(
+            error.to_string(),
+            "journal record in segment 1 at byte offset 1: unknown record kind 10"
+        );
     }
 
     #[test]

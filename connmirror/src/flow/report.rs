@@ -26,6 +26,7 @@ pub(super) fn flow_report(key: &FlowKey, flow: &mut Flow) -> io::Result<FlowRepo
         handshake: flow.c2s.stream.has_handshake() && flow.s2c.stream.has_handshake(),
         rst: flow.rst,
         kernel_gaps: flow.kernel_gaps,
+        divergence: flow.divergence,
         c2s,
         s2c,
     })
@@ -67,6 +68,9 @@ pub struct FlowReport {
     pub rst: bool,
     /// Segments the kernel forwarded uncaptured (`pass` policy).
     pub kernel_gaps: u32,
+    /// Live replay's first divergence on the flow (its instance produced a
+    /// byte the primary did not send); `null` otherwise.
+    pub divergence: Option<Divergence>,
     /// Client → server stream.
     pub c2s: SideReport,
     /// Server → client stream.

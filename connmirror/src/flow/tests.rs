@@ -538,3 +538,125 @@ fn data_journaled_after_the_last_state_update_moves_the_sequence_mark_on_recover
     assert_eq!(c2s.delivered, 8);
     assert_eq!(c2s.state.next_seq, Some((u32::MAX - 1).wrapping_add(8)));
 }
+
+/// The divergence of the live replay e2e test: `:1\r\n` from the primary,
+/// `:1001\r\n` from the instance.
+const DIVERGENCE: Divergence = Divergence {
+    offset: 2,
+    primary: 0x0d,
+    instance: 0x30,
+};
+
+#[test]
+fn a_divergence_is_journaled_once_behind_the_flows_records_and_recovered() {
+    use crate::flow::recovery::{recover, tests::stored};
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    handshake_then(&mut table, b"INCR a\r\n");
+    feed(&mut table, Direction::ServerToClient, 101, ACK, b":1\r\n");
+    let mut records = table.take_records();
+    let key = table.flows.keys().next().copied().unwrap();
+
+    assert!(table.mark_divergent(&key, DIVERGENCE));
+    let later = Divergence {
+        offset: 9,
+        ..DIVERGENCE
+    };
+    assert!(table.mark_divergent(&key, later));
+    let divergent = table.take_records();
+
+    let record = Record::Divergent {
+        id: 1,
+        divergence: DIVERGENCE,
+    };
+    assert_eq!(divergent, vec![record]);
+    records.extend(divergent);
+    let recovered = recover(stored(&records)).unwrap();
+    assert_eq!(recovered.flows[&1].divergence, Some(DIVERGENCE));
+    assert_eq!(recovered.orphans, 0);
+    let mut restored = FlowTable::new(StreamLimits::default(), None);
+    restored.restore(recovered);
+    assert_eq!(restored.report().unwrap()[0].divergence, Some(DIVERGENCE));
+}
+
+#[test]
+fn a_checkpoint_carries_the_divergence_past_compaction() {
+    use crate::flow::recovery::{recover, tests::stored};
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    handshake_then(&mut table, b"INCR a\r\n");
+    syn_from(&mut table, 40001);
+    let key = table.flows.keys().next().copied().unwrap();
+    table.mark_divergent(&key, DIVERGENCE);
+    let mut checkpoint = Vec::new();
+    table
+        .checkpoint(|record| {
+            checkpoint.push(record);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+
+    let divergent: Vec<&Record> = (checkpoint.iter())
+        .filter(|r| matches!(r, Record::Divergent { .. }))
+        .collect();
+    let id = table.flows[&key].id;
+    let record = Record::Divergent {
+        id,
+        divergence: DIVERGENCE,
+    };
+    assert_eq!(divergent, vec![&record]);
+    let recovered = recover(stored(&checkpoint)).unwrap();
+    let divergences: Vec<(u64, Option<Divergence>)> = (recovered.flows.values())
+        .map(|f| (f.id, f.divergence))
+        .collect();
+    assert_eq!(divergences, vec![(1, Some(DIVERGENCE)), (2, None)]);
+}
+
+#[test]
+fn without_a_journal_the_table_still_reports_the_divergence() {
+    let mut table = FlowTable::new(StreamLimits::default(), None);
+    handshake_then(&mut table, b"x");
+    let key = table.flows.keys().next().copied().unwrap();
+    let unknown = key_of(
+        "198.18.1.2:7000".parse().unwrap(),
+        "198.18.0.9:1".parse().unwrap(),
+    );
+
+    assert!(!table.mark_divergent(&unknown, DIVERGENCE));
+    assert!(table.mark_divergent(&key, DIVERGENCE));
+
+    assert_eq!(table.take_records(), vec![]);
+    let report = table.report().unwrap();
+    assert_eq!(report[0].divergence, Some(DIVERGENCE));
+    let json = serde_json::to_value(&report[0]).unwrap();
+    assert_eq!(
+        json["divergence"],
+        serde_json::json!({"offset": 2, "primary": 13, "instance": 48})
+    );
+}
+
+#[test]
+fn journal_inspect_prints_a_line_per_divergent_flow_under_the_table() {
+    let mut table = FlowTable::new(StreamLimits::default(), None);
+    handshake_then(&mut table, b"x");
+    syn_from(&mut table, 40001);
+    let key = table.flows.keys().next().copied().unwrap();
+    table.mark_divergent(&key, DIVERGENCE);
+    let inspection = inspect::Inspection {
+        segments: vec![1],
+        truncated_tail: None,
+        salvaged: 0,
+        flows: table.report().unwrap(),
+    };
+    let mut out = Vec::new();
+
+    inspect::print_table(&inspection, &mut out).unwrap();
+
+    let text = String::from_utf8(out).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[1].starts_with("   1  198.18.1.2:7000 "), "{text}");
+    assert_eq!(
+        lines[3],
+        "flow 1 divergent: the instance's output differs from the primary's at offset 2 \
+         (primary 0x0d, instance 0x30)"
+    );
+}

@@ -18,19 +18,24 @@
 //! journal. Memcached goes through the same failover with eight clients. The
 //! last test kills the standby's instance: its connections become
 //! `unprotected: instance-down`, a new connection is tried and counted the
-//! same way, and the primary's traffic goes on undisturbed.
+//! same way, and the primary's traffic goes on undisturbed. Another runs the
+//! standby with `--journal`: after the divergence shows and the standby stops
+//! cleanly, `connmirror journal inspect` names the divergent connection, with
+//! the offset and both bytes, and no other.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use connmirror_tests::cache::{CacheSetup as Setup, Resume, live_of};
 use connmirror_tests::failover::{Program, kill_primary_host, start_agent, status};
+use connmirror_tests::journal::{self, Way};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, Report};
 use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
 use connmirror_tests::redis::{self, Counter, CounterResult, Server};
 use connmirror_tests::topology::{CLIENT_IF, Family};
 use connmirror_tests::wire::{WireSeen, WireWatch};
+use connmirror_tests::workdir::WorkDir;
 
 /// Clients that must continue.
 const CLIENTS: usize = 8;
@@ -151,10 +156,7 @@ impl Failover {
             assert!(divergent.was_reset(), "{divergent:?}");
             assert_eq!(takeover.errors.len(), 1);
             assert!(
-                takeover.errors[0].ends_with(
-                    "divergent: the instance's output differs from the primary's at offset 2 \
-                     (primary 0x0d, instance 0x30)"
-                ),
+                takeover.errors[0].ends_with(&format!("divergent: {DIVERGED}")),
                 "{:?}",
                 takeover.errors
             );
@@ -281,6 +283,102 @@ fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undistur
 #[test]
 fn a_killed_instance_leaves_its_connections_unprotected_and_the_primary_undisturbed_v6() {
     instance_down(Family::V6);
+}
+
+/// What the standby logs, its takeover reports and `journal inspect` shows
+/// of the divergent connection: `:1\r\n` from the primary, `:1001\r\n`
+/// from the instance.
+const DIVERGED: &str =
+    "the instance's output differs from the primary's at offset 2 (primary 0x0d, instance 0x30)";
+
+/// A standby with `--journal` journals the divergence: once `connmirror
+/// status` shows it and the standby stopped cleanly, `journal inspect` names
+/// the divergent connection (the one whose client sent `INCR diverges`) with
+/// the offset and both bytes, and no other connection; `report.json` agrees.
+fn journaled_divergence(family: Family) {
+    const GOOD: usize = 3;
+    let s = Setup::new(family, Server::Redis, "live-journal");
+    assert_eq!(
+        redis::command(&s.topo.gateway, s.app, "SET diverges 1000\r\n"),
+        "+OK\r\n"
+    );
+    let dir = WorkDir::new("live-journal");
+    let command = (s.standby_command(Resume::Live))
+        .arg("--journal")
+        .arg(&dir.path().display().to_string());
+    let standby = Mirror::start(&s.topo.gateway, &command);
+    let good = s.counters(GOOD, "journaled");
+    let bad = Counter::start(&s.topo.client, s.service, "diverges");
+    for counter in &good {
+        counter
+            .wait_progress(200, Duration::from_secs(30))
+            .expect("replies while the standby journals");
+    }
+    let flagged = s.wait_live(&standby, |live| live.divergent == 1);
+    let (report, _scratch) = standby.stop();
+    let results: Vec<CounterResult> = (good.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    drop(bad.finish(Duration::from_secs(30)));
+
+    assert_eq!((flagged.protected, flagged.divergent), (GOOD as u64, 1));
+    assert_continued(&results, 200);
+    let inspection = journal::inspect(dir.path());
+    assert_eq!(inspection.flows.len(), GOOD + 1, "{:#?}", inspection.flows);
+    let divergent: Vec<u64> = (inspection.flows.iter())
+        .filter(|flow| flow.divergence.is_some())
+        .map(|flow| flow.id)
+        .collect();
+    let [id] = divergent[..] else {
+        panic!("one divergent flow, not {divergent:?}");
+    };
+    for flow in &inspection.flows {
+        let c2s = journal::dump(dir.path(), flow.id, Way::C2s);
+        let key = if flow.id == id {
+            "diverges"
+        } else {
+            "journaled-"
+        };
+        let sent = format!("INCR {key}");
+        let head = String::from_utf8_lossy(&c2s[..c2s.len().min(24)]);
+        assert!(
+            c2s.starts_with(sent.as_bytes()),
+            "flow {}: {head:?}",
+            flow.id
+        );
+    }
+    let table = journal::run(&["inspect", &dir.path().display().to_string()]);
+    assert!(table.status.success(), "{table:?}");
+    let stdout = String::from_utf8_lossy(&table.stdout);
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("flow ")).collect();
+    assert_eq!(
+        lines,
+        [format!("flow {id} divergent: {DIVERGED}")],
+        "{stdout}"
+    );
+    let reported: Vec<(u64, String)> = (report.flows.iter())
+        .filter_map(|f| Some((f.id, divergence_text(f.divergence?))))
+        .collect();
+    assert_eq!(reported, [(id, DIVERGED.to_owned())]);
+}
+
+/// A divergence in the words the standby uses.
+fn divergence_text(d: connmirror_tests::mirror::Divergence) -> String {
+    format!(
+        "the instance's output differs from the primary's at offset {} \
+         (primary {:#04x}, instance {:#04x})",
+        d.offset, d.primary, d.instance
+    )
+}
+
+#[test]
+fn a_standby_with_a_journal_journals_the_divergence_and_journal_inspect_shows_it_v4() {
+    journaled_divergence(Family::V4);
+}
+
+#[test]
+fn a_standby_with_a_journal_journals_the_divergence_and_journal_inspect_shows_it_v6() {
+    journaled_divergence(Family::V6);
 }
 
 /// On-host: the agent captures on the primary and replicates; the standby,

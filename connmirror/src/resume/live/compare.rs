@@ -7,27 +7,9 @@
 
 use std::{collections::VecDeque, time::Instant};
 
-/// The first byte on which the instance and the primary disagree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Divergence {
-    /// Server → client stream offset of the byte.
-    pub offset: u64,
-    /// The byte the primary sent.
-    pub primary: u8,
-    /// The byte the instance produced.
-    pub instance: u8,
-}
-
-impl std::fmt::Display for Divergence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the instance's output differs from the primary's at offset {} \
-             (primary {:#04x}, instance {:#04x})",
-            self.offset, self.primary, self.instance
-        )
-    }
-}
+/// The first byte on which the instance and the primary disagree (the flow
+/// table keeps and journals it too, hence its home in [`crate::flow`]).
+pub use crate::flow::Divergence;
 
 /// Captured and produced server → client bytes not yet matched.
 #[derive(Debug, Default)]

@@ -23,7 +23,12 @@ use tokio::{
     task::JoinHandle,
 };
 
-use super::{Protection, Reason, Totals, compare::Comparison};
+use connmirror_common::FlowKey;
+
+use super::{
+    Protection, Reason, Totals,
+    compare::{Comparison, Divergence},
+};
 
 /// What the feed sends a connection's task.
 pub(super) enum Input {
@@ -67,8 +72,15 @@ pub(super) struct Handle {
 }
 
 impl Handle {
-    /// Starts a connection's task, which connects to the instance at `app`.
-    pub fn spawn(app: SocketAddr, what: String, cap: usize, totals: Arc<Totals>) -> Handle {
+    /// Starts the task of connection `key` (`what` in logs), which connects
+    /// to the instance at `app`.
+    pub fn spawn(
+        app: SocketAddr,
+        key: FlowKey,
+        what: String,
+        cap: usize,
+        totals: Arc<Totals>,
+    ) -> Handle {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Mutex::new(Shared {
             protection: Protection::Protected,
@@ -78,6 +90,7 @@ impl Handle {
         }));
         let task = Task {
             shared: shared.clone(),
+            key,
             what,
             cap,
             totals,
@@ -96,6 +109,7 @@ impl Handle {
 /// A connection's task.
 struct Task {
     shared: Arc<Mutex<Shared>>,
+    key: FlowKey,
     what: String,
     cap: usize,
     totals: Arc<Totals>,
@@ -169,16 +183,18 @@ impl Task {
     }
 
     /// Records a comparison step; false (and divergent) on a differing byte.
-    fn checked(&mut self, checked: Result<(), super::compare::Divergence>) -> bool {
+    /// Queued for the journal before it shows: whoever sees `divergent`
+    /// finds it in [`super::Live::take_divergences`].
+    fn checked(&mut self, checked: Result<(), Divergence>) -> bool {
         let mut shared = self.lock();
         shared.owed = self.comparison.owed();
         shared.owed_since = self.comparison.owed_since();
         let Err(divergence) = checked else {
             return true;
         };
+        self.totals.divergence(self.key, divergence);
         shared.protection = Protection::Divergent(divergence);
         drop(shared);
-        self.totals.divergence();
         tracing::warn!(
             flow = self.what,
             offset = divergence.offset,

@@ -14,7 +14,11 @@
 //! by its age.
 //!
 //! Each connection is *protected* while the two agree. The first differing
-//! byte makes it *divergent* (logged with the offset and both bytes); an
+//! byte makes it *divergent* (logged with the offset and both bytes, and
+//! queued for the journal: whoever owns the flow table takes the queue with
+//! [`Live::take_divergences`] and hands each to
+//! [`FlowTable::mark_divergent`](crate::flow::FlowTable::mark_divergent), so
+//! a task never waits on the journal); an
 //! instance that is down (refuses, closes, breaks) or lags past the cap, or a connection whose
 //! beginning the standby never saw, makes it *unprotected*, with that reason.
 //! Either way the connection keeps running on the primary; only a takeover
@@ -147,18 +151,24 @@ struct Inner {
     totals: Arc<Totals>,
 }
 
-/// What live replay counted since it started.
+/// What live replay counted since it started, and the divergences not yet
+/// taken for the journal.
 #[derive(Debug, Default)]
 pub(crate) struct Totals {
     /// Connections that diverged.
     divergences: AtomicU64,
     /// Connections that became unprotected, by [`Reason`] (in [`Reason::ALL`] order).
     unprotected: [AtomicU64; Reason::ALL.len()],
+    /// Divergences since the last [`Live::take_divergences`], in the order found.
+    diverged: Mutex<Vec<(FlowKey, Divergence)>>,
 }
 
 impl Totals {
-    fn divergence(&self) {
+    /// Counts the divergence of the connection `key` and queues it.
+    fn divergence(&self, key: FlowKey, divergence: Divergence) {
         self.divergences.fetch_add(1, Ordering::Relaxed);
+        let mut diverged = self.diverged.lock().expect("live divergences");
+        diverged.push((key, divergence));
     }
 
     fn unprotected(&self, reason: Reason) {
@@ -249,6 +259,16 @@ impl Live {
                 &shared.lock().expect("live connection state").protection,
             )),
         }
+    }
+
+    /// The divergences found since the last call, each once, in the order
+    /// found: for the journal ([`FlowTable::mark_divergent`](crate::flow::FlowTable::mark_divergent)).
+    /// A connection shows `divergent` in [`protection`](Self::protection) only
+    /// once its divergence is queued here.
+    pub fn take_divergences(&self) -> Vec<(FlowKey, Divergence)> {
+        let totals = self.lock().totals.clone();
+        let mut diverged = totals.diverged.lock().expect("live divergences");
+        std::mem::take(&mut *diverged)
     }
 
     /// The protection of every live service's connections.
@@ -364,7 +384,10 @@ impl Inner {
                 self.open(snapshot.id, snapshot.key);
                 self.started(snapshot.id, false);
             }
-            Record::OutOfOrder { .. } | Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
+            Record::OutOfOrder { .. }
+            | Record::Divergent { .. }
+            | Record::CheckpointBegin { .. }
+            | Record::CheckpointEnd => {}
         }
     }
 
@@ -396,7 +419,8 @@ impl Inner {
         let waiting = std::mem::take(waiting);
         let (server, client) = endpoints(&flow.key);
         let what = format!("{server} ↔ {client}");
-        let handle = Handle::spawn(self.apps[&server], what, self.cap, self.totals.clone());
+        let app = self.apps[&server];
+        let handle = Handle::spawn(app, flow.key, what, self.cap, self.totals.clone());
         for input in waiting {
             handle.send(input);
         }

@@ -154,6 +154,14 @@ async fn the_first_differing_byte_makes_the_connection_divergent() {
     let p = until(&live, |p| p.divergent == 1).await;
     // What the instance owed when it diverged is no lag: it is not fed any more.
     assert_eq!((p.protected, p.lag_bytes, p.lag_seconds), (0, 0, 0.0));
+    // Queued for the journal by the time it shows, and taken once.
+    let divergence = Divergence {
+        offset: 2,
+        primary: b'X',
+        instance: b'T',
+    };
+    assert_eq!(live.take_divergences(), vec![(key(), divergence)]);
+    assert_eq!(live.take_divergences(), vec![]);
     let err = take_error(&live, 3).await;
     assert_eq!(
         err,
