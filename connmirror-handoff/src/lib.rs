@@ -9,7 +9,10 @@
 //!
 //! This crate is what such an application links: [`Application`] registers
 //! for service addresses and receives each restored connection as a
-//! [`Handoff`]. It needs neither the `connmirror` crate nor an async runtime;
+//! [`Handoff`]. It speaks protocol version 2: the daemon passes up to 253
+//! sockets in one message (a *bundle*), so a takeover of thousands of
+//! connections costs tens of messages; [`Application::next`] still returns
+//! one connection at a time, and [`Application::next_bundle`] a whole bundle. It needs neither the `connmirror` crate nor an async runtime;
 //! the API is blocking std I/O, a plain [`std::net::TcpStream`] per
 //! connection. The daemon (`connmirror::resume::handoff`) uses the same
 //! [`wire`] module for its end, so both sides agree on every byte.
@@ -35,7 +38,8 @@
 //! ```
 //!
 //! The [`wire`] module documents the protocol and what the offsets in
-//! [`FlowMeta`] mean; `examples/echo.rs` is a complete application.
+//! [`FlowMeta`] mean; `examples/echo.rs` is a complete application (one
+//! `epoll` thread for every connection).
 //!
 //! # Minimum kernel version
 //! `SCM_RIGHTS` and `SO_PEERCRED` on Unix stream sockets are ancient;

@@ -1,20 +1,41 @@
 //! The messages both ends of the handoff socket exchange, and their checks.
 //!
 //! A Unix `SOCK_STREAM` socket, [`DEFAULT_SOCKET`] by default, mode 0600, in a
-//! directory created 0700. Integers are big-endian.
+//! directory created 0700. Integers are big-endian. Two protocol versions
+//! exist; the application chooses one in its hello and the daemon serves
+//! both ([`VERSIONS`]). This crate speaks version 2 ([`VERSION`]).
 //!
-//! 1. Application → daemon, the [`Hello`]: magic [`MAGIC`], `u16` [`VERSION`],
+//! 1. Application → daemon, the [`Hello`]: magic [`MAGIC`], `u16` version,
 //!    `u32` length, then that many bytes of JSON
 //!    `{"services": ["198.18.0.1:7000", ...]}` (at most [`MAX_HELLO`] bytes;
 //!    unknown fields are refused).
 //! 2. Daemon → application: one byte [`REGISTERED`] when registered. Otherwise
 //!    a line of text saying why (no `0` byte first), and the daemon closes the
 //!    connection. The daemon also refuses peers whose `SO_PEERCRED` uid is
-//!    neither 0 nor its own effective uid.
-//! 3. Daemon → application, for each restored connection: one `sendmsg` of
-//!    `[u32 header length][JSON FlowMeta]` ([`FlowMeta::encode_header`])
-//!    carrying the TCP socket in an `SCM_RIGHTS` control message, then the raw
-//!    c2s bytes, then the raw s2c bytes (`end - start` bytes each).
+//!    neither 0 nor its own effective uid, and hellos of a version it does not
+//!    speak.
+//! 3. Daemon → application, the restored connections, as messages whose form
+//!    depends on the version:
+//!    - **version 1**, one message per connection: one `sendmsg` of
+//!      `[u32 header length][JSON FlowMeta]` ([`FlowMeta::encode_header`])
+//!      carrying the TCP socket in an `SCM_RIGHTS` control message, then the
+//!      raw c2s bytes, then the raw s2c bytes (`end - start` bytes each).
+//!    - **version 2**, one *bundle* of 1 to [`MAX_BUNDLE`] connections per
+//!      message: one `sendmsg` of `[u32 count n]` followed by `n` headers
+//!      `[u32 header length][JSON FlowMeta]` ([`encode_bundle_head`]),
+//!      carrying the `n` TCP sockets in one `SCM_RIGHTS` control message,
+//!      descriptor `i` belonging to header `i`; then, for each connection in
+//!      header order, its raw c2s bytes, then its raw s2c bytes. A version-1
+//!      message is thus a bundle of one without the count. `n` is at most
+//!      `SCM_MAX_FD` (253), the most descriptors one message carries; the
+//!      daemon sends a takeover's connections in as few bundles as that allows
+//!      (spread over the applications registered for the service).
+//!
+//! The receiver checks every message: the headers (each at most
+//! [`MAX_HEADER`] bytes, ranges consistent), the count (1 to
+//! [`MAX_BUNDLE`]), that exactly one descriptor per header came with it, each
+//! a TCP socket, and that no part is cut short; on any error it closes every
+//! descriptor the message brought.
 //!
 //! Why the receiver finds the descriptor with the 4-byte prefix: Linux attaches
 //! passed descriptors to the skb of the write that carried them, and a stream
@@ -45,13 +66,13 @@
 //!   service with retention `full`.
 
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use nix::errno::Errno;
-use nix::sys::socket::{MsgFlags, send};
+use nix::sys::socket::{ControlMessage, MsgFlags, send, sendmsg};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -59,8 +80,15 @@ use thiserror::Error;
 pub const DEFAULT_SOCKET: &str = "/run/connmirror/handoff.sock";
 /// The first four bytes of a hello.
 pub const MAGIC: [u8; 4] = *b"CMHO";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate's [`crate::Application`] speaks.
+pub const VERSION: u16 = 2;
+/// The protocol versions the daemon serves, oldest first.
+pub const VERSIONS: [u16; 2] = [1, 2];
+/// Most connections in one version-2 bundle: `SCM_MAX_FD`
+/// (`include/net/scm.h`), the most descriptors one `sendmsg` can pass.
+pub const MAX_BUNDLE: usize = 253;
+/// Length of the prefix that gives a version-2 bundle's count.
+pub const COUNT_PREFIX: usize = 4;
 /// Length of a hello's fixed part: magic, version, body length.
 pub const HELLO_HEAD: usize = 10;
 /// Largest hello JSON body the daemon accepts, in bytes.
@@ -83,8 +111,8 @@ pub enum WireError {
     /// A hello does not start with [`MAGIC`].
     #[error("wrong magic \"{}\", expected \"CMHO\"", .0.escape_ascii())]
     Magic([u8; 4]),
-    /// A hello speaks another [`VERSION`].
-    #[error("unsupported protocol version {0}, this daemon speaks version {VERSION}")]
+    /// A hello speaks a version not in [`VERSIONS`].
+    #[error("unsupported protocol version {0}, this daemon speaks versions 1 and 2")]
     Version(u16),
     /// A hello body longer than [`MAX_HELLO`].
     #[error("hello of {0} bytes exceeds the maximum of {MAX_HELLO} bytes")]
@@ -95,6 +123,9 @@ pub enum WireError {
     /// A hello with an empty service list.
     #[error("hello registers no service")]
     NoService,
+    /// A version-2 bundle announcing no connection, or more than [`MAX_BUNDLE`].
+    #[error("bundle announces {0} connections, expected 1 to {MAX_BUNDLE}")]
+    BundleCount(u32),
     /// A [`FlowMeta`] header longer than [`MAX_HEADER`].
     #[error("header of {0} bytes exceeds the maximum of {MAX_HEADER} bytes")]
     HeaderOversize(u32),
@@ -237,6 +268,26 @@ impl FlowMeta {
     }
 }
 
+/// The first part of a version-2 bundle: `[u32 count]`, then each header
+/// ([`FlowMeta::encode_header`]) in order. The caller keeps the count within
+/// 1 to [`MAX_BUNDLE`].
+pub fn encode_bundle_head<'a>(metas: impl ExactSizeIterator<Item = &'a FlowMeta>) -> Vec<u8> {
+    let mut head = (metas.len() as u32).to_be_bytes().to_vec();
+    for meta in metas {
+        head.extend_from_slice(&meta.encode_header());
+    }
+    head
+}
+
+/// The count a version-2 bundle's prefix announces, 1 to [`MAX_BUNDLE`].
+pub fn decode_bundle_count(prefix: [u8; COUNT_PREFIX]) -> Result<usize, WireError> {
+    let count = u32::from_be_bytes(prefix);
+    if count == 0 || count as usize > MAX_BUNDLE {
+        return Err(WireError::BundleCount(count));
+    }
+    Ok(count as usize)
+}
+
 /// One restored connection.
 ///
 /// `Debug` shows the byte vectors' lengths, not their contents.
@@ -287,19 +338,21 @@ pub struct Hello {
 }
 
 impl Hello {
-    /// The whole hello: magic, version, length, JSON body.
-    pub fn encode(&self) -> Vec<u8> {
+    /// The whole hello speaking protocol `version`: magic, version, length,
+    /// JSON body.
+    pub fn encode(&self, version: u16) -> Vec<u8> {
         let body = serde_json::to_vec(self).expect("a list of socket addresses serializes");
         let mut hello = Vec::with_capacity(HELLO_HEAD + body.len());
         hello.extend_from_slice(&MAGIC);
-        hello.extend_from_slice(&VERSION.to_be_bytes());
+        hello.extend_from_slice(&version.to_be_bytes());
         hello.extend_from_slice(&(body.len() as u32).to_be_bytes());
         hello.extend_from_slice(&body);
         hello
     }
 
-    /// Checks a hello's fixed part and returns the body's length.
-    pub fn decode_head(head: [u8; HELLO_HEAD]) -> Result<usize, WireError> {
+    /// Checks a hello's fixed part and returns its version (one of
+    /// [`VERSIONS`]) and the body's length.
+    pub fn decode_head(head: [u8; HELLO_HEAD]) -> Result<(u16, usize), WireError> {
         let (magic, rest) = head.split_at(4);
         let (version, len) = rest.split_at(2);
         let magic: [u8; 4] = magic.try_into().expect("split at 4");
@@ -307,14 +360,14 @@ impl Hello {
             return Err(WireError::Magic(magic));
         }
         let version = u16::from_be_bytes(version.try_into().expect("2 bytes"));
-        if version != VERSION {
+        if !VERSIONS.contains(&version) {
             return Err(WireError::Version(version));
         }
         let len = u32::from_be_bytes(len.try_into().expect("4 bytes"));
         if len > MAX_HELLO {
             return Err(WireError::HelloOversize(len));
         }
-        Ok(len as usize)
+        Ok((version, len as usize))
     }
 
     /// Parses a hello's body; it must name at least one service.
@@ -325,6 +378,40 @@ impl Hello {
         }
         Ok(hello)
     }
+}
+
+/// Sends one message of either version: `parts` in order, the first
+/// `sendmsg(2)` carrying `fds` in one `SCM_RIGHTS` control message (so the
+/// descriptors come with the message's first byte), then whatever that call
+/// did not take. `MSG_NOSIGNAL`, retrying on `EINTR`. `parts` must hold at
+/// least one byte and `fds` at most [`MAX_BUNDLE`] descriptors. On failure,
+/// returns the call that failed (`sendmsg(SCM_RIGHTS)` or `sendmsg`) and its
+/// error.
+pub fn send_message(
+    sock: BorrowedFd<'_>,
+    mut parts: &mut [IoSlice<'_>],
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), (&'static str, io::Error)> {
+    let fds: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let mut control: &[ControlMessage<'_>] = &rights;
+    while parts.iter().any(|part| !part.is_empty()) {
+        let call = match control {
+            [] => "sendmsg",
+            _ => "sendmsg(SCM_RIGHTS)",
+        };
+        let flags = MsgFlags::MSG_NOSIGNAL;
+        match sendmsg::<()>(sock.as_raw_fd(), parts, control, flags, None) {
+            Ok(0) => return Err((call, io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                control = &[];
+                IoSlice::advance_slices(&mut parts, n);
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err((call, e.into())),
+        }
+    }
+    Ok(())
 }
 
 /// `send(2)` all of `bytes` with `MSG_NOSIGNAL` (no `SIGPIPE` when the peer is

@@ -29,36 +29,43 @@ fn hello_round_trips() {
             "[::1]:80".parse().unwrap(),
         ],
     };
-    let bytes = hello.encode();
-    assert_eq!(&bytes[..4], b"CMHO");
-    assert_eq!(&bytes[4..6], &[0, 1]);
-    let len = Hello::decode_head(head_of(&bytes)).unwrap();
-    assert_eq!(len, bytes.len() - HELLO_HEAD);
-    assert_eq!(Hello::decode_body(&bytes[HELLO_HEAD..]).unwrap(), hello);
+    for version in VERSIONS {
+        let bytes = hello.encode(version);
+        assert_eq!(&bytes[..4], b"CMHO");
+        assert_eq!(&bytes[4..6], &[0, version as u8]);
+        let (got, len) = Hello::decode_head(head_of(&bytes)).unwrap();
+        assert_eq!((got, len), (version, bytes.len() - HELLO_HEAD));
+        assert_eq!(Hello::decode_body(&bytes[HELLO_HEAD..]).unwrap(), hello);
+    }
+    assert_eq!(VERSION, 2);
 }
 
 #[test]
 fn hello_head_refuses_wrong_magic_version_and_size() {
-    let mut head = head_of(&Hello { services: vec![] }.encode());
+    let hello = || Hello { services: vec![] }.encode(VERSION);
+    let mut head = head_of(&hello());
     head[..4].copy_from_slice(b"HTTP");
     let err = Hello::decode_head(head).unwrap_err();
     assert_eq!(err.to_string(), "wrong magic \"HTTP\", expected \"CMHO\"");
 
-    let mut head = head_of(&Hello { services: vec![] }.encode());
-    head[4..6].copy_from_slice(&2u16.to_be_bytes());
-    assert!(matches!(
-        Hello::decode_head(head),
-        Err(WireError::Version(2))
-    ));
+    for version in [0, 3, 0x100] {
+        let mut head = head_of(&hello());
+        head[4..6].copy_from_slice(&u16::to_be_bytes(version));
+        let err = Hello::decode_head(head).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("unsupported protocol version {version}, this daemon speaks versions 1 and 2")
+        );
+    }
 
-    let mut head = head_of(&Hello { services: vec![] }.encode());
+    let mut head = head_of(&hello());
     head[6..].copy_from_slice(&(MAX_HELLO + 1).to_be_bytes());
     assert!(matches!(
         Hello::decode_head(head),
         Err(WireError::HelloOversize(n)) if n == MAX_HELLO + 1
     ));
     head[6..].copy_from_slice(&MAX_HELLO.to_be_bytes());
-    assert_eq!(Hello::decode_head(head).unwrap(), MAX_HELLO as usize);
+    assert_eq!(Hello::decode_head(head).unwrap(), (2, MAX_HELLO as usize));
 }
 
 #[test]
@@ -110,6 +117,33 @@ fn header_refuses_oversize_unknown_fields_and_bad_ranges() {
     let json = serde_json::to_vec(&bad).unwrap();
     let err = FlowMeta::decode_header(&json).unwrap_err();
     assert_eq!(err.to_string(), "s2c range [5, 4) ends before it starts");
+}
+
+#[test]
+fn bundle_head_is_the_count_then_each_header() {
+    let (mut first, mut second) = (meta(), meta());
+    first.id = 1;
+    second.id = 2;
+    second.c2s = range(0, 0, 0);
+    let head = encode_bundle_head([&first, &second].into_iter());
+    let (one, two) = (first.encode_header(), second.encode_header());
+    assert_eq!(&head[..COUNT_PREFIX], &[0, 0, 0, 2]);
+    assert_eq!(&head[COUNT_PREFIX..COUNT_PREFIX + one.len()], &one[..]);
+    assert_eq!(&head[COUNT_PREFIX + one.len()..], &two[..]);
+    assert_eq!(head.len(), COUNT_PREFIX + one.len() + two.len());
+}
+
+#[test]
+fn bundle_count_is_1_to_253() {
+    assert_eq!(decode_bundle_count(1u32.to_be_bytes()).unwrap(), 1);
+    assert_eq!(decode_bundle_count(253u32.to_be_bytes()).unwrap(), 253);
+    for bad in [0u32, 254, u32::MAX] {
+        let err = decode_bundle_count(bad.to_be_bytes()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("bundle announces {bad} connections, expected 1 to 253")
+        );
+    }
 }
 
 #[test]

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::key::Key;
 use crate::repair::restore::{QueueMode, RepairedSocket, RestorePlan};
 use crate::repair::save;
-use crate::resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded};
+use crate::resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded, reset_undelivered};
 use crate::{
     repair::sockets,
     sys::{self, sockopt},
@@ -461,29 +461,26 @@ pub fn receive(
         write_frame(&mut stream, key, &receipt).context("answering the migration")?;
         anyhow::bail!(reason);
     }
+    let mut handoffs = Vec::new();
     for (id, plan) in transfer.plans.iter().enumerate() {
-        match adopt(plan, id as u64 + 1, handoff, wait) {
-            Ok(()) => receipt.restored += 1,
+        match rebuild(plan, id as u64 + 1) {
+            Ok(handoff) => handoffs.push(handoff),
             Err(err) => receipt.errors.push(format!("{err:#}")),
         }
     }
+    let total = handoffs.len();
+    let failures = handoff.deliver_all(handoffs, wait);
+    receipt.restored += (total - failures.len()) as u64;
+    let undelivered = failures.into_iter().map(|(h, e)| reset_undelivered(h, e));
+    receipt.errors.extend(undelivered);
     write_frame(&mut stream, key, &receipt).context("answering the migration")?;
     Ok(receipt)
 }
 
-/// Rebuilds one connection and hands it to the application.
-fn adopt(
-    plan: &RestorePlan,
-    id: u64,
-    handoff: &HandoffServer,
-    wait: Duration,
-) -> anyhow::Result<()> {
+/// Rebuilds one connection, ready to hand to the application.
+fn rebuild(plan: &RestorePlan, id: u64) -> anyhow::Result<Handoff> {
     let stream = RepairedSocket::build(plan)?.leave_repair()?;
-    let handoff_of = handoff_here(stream, id, plan.server, plan.client);
-    handoff.deliver(handoff_of, wait).map_err(|(handoff, err)| {
-        crate::resume::abort(handoff.stream);
-        anyhow::anyhow!("{} ↔ {}: {err}", plan.server, plan.client)
-    })
+    Ok(handoff_here(stream, id, plan.server, plan.client))
 }
 
 /// A migrated connection as an application receives it: no recorded bytes,

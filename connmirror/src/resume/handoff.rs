@@ -13,13 +13,17 @@
 //! protocol), so an application builds without this crate. The types
 //! [`HandoffServer::deliver`] takes are re-exported here from it.
 //!
-//! The API is synchronous std I/O: the daemon calls [`HandoffServer::deliver`]
-//! from a blocking thread.
+//! Applications speak protocol version 1 (one message per connection) or 2
+//! (bundles of up to 253 connections per message); each registration keeps
+//! the version of its hello, and [`HandoffServer::deliver_all`] sends each
+//! application the messages of its version.
+//!
+//! The API is synchronous std I/O: the daemon calls
+//! [`HandoffServer::deliver_all`] from a blocking thread.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, DirBuilder, Permissions};
 use std::io::{self, IoSlice, Read};
-use std::mem;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
@@ -29,15 +33,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+use std::{iter, mem, slice};
 
 use connmirror_handoff::wire::{
-    HELLO_HEAD, HELLO_TIMEOUT, Hello, MAX_HELLO, REGISTERED, WireError, send_all,
+    HELLO_HEAD, HELLO_TIMEOUT, Hello, MAX_BUNDLE, MAX_HELLO, REGISTERED, WireError,
+    encode_bundle_head, send_all, send_message,
 };
 pub use connmirror_handoff::{DEFAULT_SOCKET, FlowMeta, Handoff, Recorded};
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, Backlog, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, bind, listen,
-    sendmsg, socket, sockopt,
+    AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket, sockopt,
 };
 use thiserror::Error;
 
@@ -97,11 +102,19 @@ pub enum HandoffError {
     },
 }
 
+/// Resets the connection of a handoff that could not be delivered
+/// ([`crate::resume::abort`]) and says why, as `server ↔ client: error`.
+pub fn reset_undelivered(handoff: Handoff, err: HandoffError) -> String {
+    let Handoff { stream, meta, .. } = handoff;
+    crate::resume::abort(stream);
+    format!("{} ↔ {}: {err}", meta.server, meta.client)
+}
+
 /// A failed call while sending one handoff to an application.
 #[derive(Debug, Error)]
 #[error("{call} on {}: {error}", .path.display())]
 pub struct SendError {
-    /// The call: `sendmsg(SCM_RIGHTS)` or `send`.
+    /// The call: `sendmsg(SCM_RIGHTS)` or `sendmsg`.
     pub call: &'static str,
     /// The handoff socket.
     pub path: PathBuf,
@@ -160,6 +173,8 @@ struct Registry {
 struct App {
     id: u64,
     pid: i32,
+    /// The protocol version of its hello.
+    version: u16,
     stream: Mutex<UnixStream>,
 }
 
@@ -192,45 +207,66 @@ impl HandoffServer {
     }
 
     /// Passes `handoff` to an application registered for
-    /// `handoff.meta.service`, waiting up to `wait` for one to register.
-    ///
-    /// Applications registered for the same service take turns. One that fails
-    /// (it exited, or did not read for 10 s) is dropped and the next one tried
-    /// until `wait` is over. On failure the handoff comes back so the caller can
-    /// reset the connection.
+    /// `handoff.meta.service`, waiting up to `wait` for one to register: a
+    /// [`HandoffServer::deliver_all`] of one. On failure the handoff comes back
+    /// so the caller can reset the connection.
     pub fn deliver(
         &self,
         handoff: Handoff,
         wait: Duration,
     ) -> Result<(), (Box<Handoff>, HandoffError)> {
-        let Self { shared, .. } = self;
-        let FlowMeta { id, service, .. } = handoff.meta;
-        if let Err(reason) = handoff.check() {
-            return Err((Box::new(handoff), HandoffError::Inconsistent { id, reason }));
+        match self.deliver_all(vec![handoff], wait).pop() {
+            None => Ok(()),
+            Some((handoff, err)) => Err((Box::new(handoff), err)),
         }
+    }
+
+    /// Passes each of `handoffs` to an application registered for its
+    /// service, waiting up to `wait` in all for one to register; returns the
+    /// handoffs that could not be delivered, each with its reason, so the
+    /// caller can reset exactly those connections.
+    ///
+    /// A service's connections go in bundles of up to [`MAX_BUNDLE`] per
+    /// message (one per connection to an application that speaks version 1),
+    /// spread evenly over the applications registered for it when the first
+    /// bundle goes, which take turns: bundles of one size, one per application
+    /// a turn, in the fewest turns that keep each within [`MAX_BUNDLE`]. One that fails (it exited, or did not read for 10 s) is dropped
+    /// and its bundle goes to the next one, until `wait` is over.
+    pub fn deliver_all(
+        &self,
+        handoffs: Vec<Handoff>,
+        wait: Duration,
+    ) -> Vec<(Handoff, HandoffError)> {
         let deadline = Instant::now() + wait;
-        let mut failure = None;
-        while let Some(app) = shared.pick(service, deadline) {
-            match app.send(&handoff, &shared.path) {
-                Ok(()) => {
-                    tracing::info!(id, %service, app = app.pid, "handed off");
-                    return Ok(());
-                }
-                Err(source) => {
-                    tracing::warn!(id, %service, app = app.pid, %source, "handoff to application failed; dropping it");
-                    shared.forget(&app);
-                    failure = Some(source);
+        let mut failed = Vec::new();
+        let mut by_service: BTreeMap<SocketAddr, VecDeque<Handoff>> = BTreeMap::new();
+        for handoff in handoffs {
+            match handoff.check() {
+                Ok(()) => by_service
+                    .entry(handoff.meta.service)
+                    .or_default()
+                    .push_back(handoff),
+                Err(reason) => {
+                    let id = handoff.meta.id;
+                    failed.push((handoff, HandoffError::Inconsistent { id, reason }));
                 }
             }
         }
-        let err = match failure {
-            Some(error) => HandoffError::Send { id, service, error },
-            None => HandoffError::NoApplication {
-                service,
-                waited: wait,
-            },
-        };
-        Err((Box::new(handoff), err))
+        for (service, queue) in by_service {
+            let undelivered = self.shared.deliver_service(service, queue, deadline);
+            failed.extend(undelivered.into_iter().map(|(handoff, failure)| {
+                let FlowMeta { id, service, .. } = handoff.meta;
+                let err = match failure {
+                    Some(error) => HandoffError::Send { id, service, error },
+                    None => HandoffError::NoApplication {
+                        service,
+                        waited: wait,
+                    },
+                };
+                (handoff, err)
+            }));
+        }
+        failed
     }
 
     /// Hello messages rejected (malformed, wrong magic/version, unknown fields,
@@ -365,7 +401,7 @@ impl Shared {
     fn admit(&self, stream: UnixStream) {
         let (pid, uid) = peer_cred(&stream).unwrap_or((-1, u32::MAX));
         match self.read_hello(&stream, uid) {
-            Ok(hello) => self.register(stream, pid, hello),
+            Ok((version, hello)) => self.register(stream, pid, version, hello),
             Err(rejection) => {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(pid, uid, %rejection, "handoff hello rejected");
@@ -376,7 +412,8 @@ impl Shared {
         }
     }
 
-    fn read_hello(&self, mut stream: &UnixStream, uid: u32) -> Result<Hello, Rejection> {
+    /// The hello's version and body.
+    fn read_hello(&self, mut stream: &UnixStream, uid: u32) -> Result<(u16, Hello), Rejection> {
         if uid != 0 && uid != self.euid {
             return Err(Rejection::Uid {
                 uid,
@@ -388,12 +425,13 @@ impl Shared {
             .map_err(Rejection::Read)?;
         let mut head = [0u8; HELLO_HEAD];
         stream.read_exact(&mut head).map_err(Rejection::Read)?;
-        let mut body = vec![0u8; Hello::decode_head(head)?];
+        let (version, len) = Hello::decode_head(head)?;
+        let mut body = vec![0u8; len];
         stream.read_exact(&mut body).map_err(Rejection::Read)?;
-        Ok(Hello::decode_body(&body)?)
+        Ok((version, Hello::decode_body(&body)?))
     }
 
-    fn register(&self, stream: UnixStream, pid: i32, hello: Hello) {
+    fn register(&self, stream: UnixStream, pid: i32, version: u16, hello: Hello) {
         if let Err(e) = stream.set_write_timeout(Some(SEND_TIMEOUT)) {
             tracing::warn!(pid, %e, "setsockopt(SO_SNDTIMEO) on an application connection");
             return;
@@ -409,6 +447,7 @@ impl Shared {
         let app = Arc::new(App {
             id: registry.next_id,
             pid,
+            version,
             stream: Mutex::new(stream),
         });
         for service in &hello.services {
@@ -418,7 +457,7 @@ impl Shared {
             }
         }
         drop(registry);
-        tracing::info!(pid, services = ?hello.services, "application registered");
+        tracing::info!(pid, version, services = ?hello.services, "application registered");
         self.registered.notify_all();
     }
 
@@ -430,15 +469,50 @@ impl Shared {
             .is_some_and(|apps| !apps.is_empty())
     }
 
-    /// The next application for `service` (rotating), waiting until `deadline`.
-    fn pick(&self, service: SocketAddr, deadline: Instant) -> Option<Arc<App>> {
+    /// Delivers `queue`, the checked handoffs of `service`, until it is empty
+    /// or no application registers by `deadline`; returns those left, with
+    /// the last send failure (`None`: no application was there to try).
+    fn deliver_service(
+        &self,
+        service: SocketAddr,
+        mut queue: VecDeque<Handoff>,
+        deadline: Instant,
+    ) -> Vec<(Handoff, Option<SendError>)> {
+        let (mut failure, mut size) = (None, None);
+        while !queue.is_empty() {
+            let Some((app, apps)) = self.pick(service, deadline) else {
+                break;
+            };
+            let size = *size.get_or_insert_with(|| bundle_size(queue.len(), apps));
+            let size = size.min(queue.len());
+            let bundle: Vec<Handoff> = queue.drain(..size).collect();
+            let ids = (bundle[0].meta.id, bundle[size - 1].meta.id);
+            match app.send(&bundle, &self.path) {
+                Ok(()) => {
+                    tracing::info!(%service, app = app.pid, flows = size, ?ids, "handed off");
+                }
+                Err(source) => {
+                    tracing::warn!(%service, app = app.pid, flows = size, ?ids, %source, "handoff to application failed; dropping it");
+                    self.forget(&app);
+                    failure = Some(source);
+                    bundle.into_iter().rev().for_each(|h| queue.push_front(h));
+                }
+            }
+        }
+        let error = |failure: &Option<SendError>| failure.as_ref().map(SendError::copy);
+        queue.into_iter().map(|h| (h, error(&failure))).collect()
+    }
+
+    /// The next application for `service` (rotating), waiting until
+    /// `deadline`, with how many are registered for it.
+    fn pick(&self, service: SocketAddr, deadline: Instant) -> Option<(Arc<App>, usize)> {
         let mut registry = self.lock();
         loop {
             if let Some(apps) = registry.by_service.get_mut(&service)
                 && let Some(app) = apps.pop_front()
             {
                 apps.push_back(Arc::clone(&app));
-                return Some(app);
+                return Some((app, apps.len()));
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             if left.is_zero() {
@@ -465,29 +539,67 @@ impl Shared {
 }
 
 impl App {
-    /// Writes one handoff message (see [`connmirror_handoff::wire`]).
-    fn send(&self, handoff: &Handoff, path: &Path) -> Result<(), SendError> {
-        let Handoff {
-            stream,
-            meta,
-            c2s,
-            s2c,
-        } = handoff;
-        let first = meta.encode_header();
-        let failed = |call| {
-            move |error| SendError {
-                call,
-                path: path.to_path_buf(),
-                error: stalled(error),
-            }
-        };
+    /// Writes `bundle` (at most [`MAX_BUNDLE`] handoffs): one message in
+    /// version 2, one per handoff in version 1 (see [`connmirror_handoff::wire`]).
+    fn send(&self, bundle: &[Handoff], path: &Path) -> Result<(), SendError> {
         let app = lock(&self.stream);
-        let sent = send_with_fd(app.as_fd(), &first, stream.as_fd())
-            .map_err(failed("sendmsg(SCM_RIGHTS)"))?;
-        send_all(app.as_fd(), &first[sent..]).map_err(failed("send(header)"))?;
-        send_all(app.as_fd(), c2s).map_err(failed("send(c2s)"))?;
-        send_all(app.as_fd(), s2c).map_err(failed("send(s2c)"))
+        if self.version == 1 {
+            for handoff in bundle {
+                let header = handoff.meta.encode_header();
+                send_bundle(app.as_fd(), header, slice::from_ref(handoff), path)?;
+            }
+            return Ok(());
+        }
+        let head = encode_bundle_head(bundle.iter().map(|h| &h.meta));
+        send_bundle(app.as_fd(), head, bundle, path)
     }
+}
+
+/// Sends one message: `head`, then each handoff's c2s and s2c bytes, with
+/// their sockets in one `SCM_RIGHTS` control message.
+fn send_bundle(
+    app: BorrowedFd<'_>,
+    head: Vec<u8>,
+    bundle: &[Handoff],
+    path: &Path,
+) -> Result<(), SendError> {
+    let bytes = bundle.iter().flat_map(|h| [&h.c2s, &h.s2c]);
+    let mut parts: Vec<IoSlice<'_>> = iter::once(&head)
+        .chain(bytes.filter(|b| !b.is_empty()))
+        .map(|b| IoSlice::new(b))
+        .collect();
+    let fds: Vec<BorrowedFd<'_>> = bundle.iter().map(|h| h.stream.as_fd()).collect();
+    send_message(app, &mut parts, &fds).map_err(|(call, error)| SendError {
+        call,
+        path: path.to_path_buf(),
+        error: stalled(error),
+    })
+}
+
+impl SendError {
+    /// The same error for another flow of the bundle it ended (`io::Error`
+    /// is not `Clone`).
+    fn copy(&self) -> SendError {
+        let Self { call, path, error } = self;
+        let error = match error.raw_os_error() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(error.kind(), error.to_string()),
+        };
+        SendError {
+            call,
+            path: path.clone(),
+            error,
+        }
+    }
+}
+
+/// The size of the bundles that split `total` connections evenly over `apps`
+/// applications taking turns: the fewest turns in which no bundle exceeds
+/// [`MAX_BUNDLE`], every application getting one bundle per turn (600 over 2:
+/// four bundles of 150).
+fn bundle_size(total: usize, apps: usize) -> usize {
+    let turns = total.div_ceil(MAX_BUNDLE * apps).max(1);
+    total.div_ceil(turns * apps).max(1)
 }
 
 /// Names the `SO_SNDTIMEO` expiry (`EAGAIN` on a blocking socket, see
@@ -527,23 +639,27 @@ fn peer_cred(stream: &UnixStream) -> io::Result<(i32, u32)> {
     Ok((cred.pid(), cred.uid()))
 }
 
-/// One `sendmsg(2)` of (a prefix of) `bytes` with `fd` attached in an
-/// `SCM_RIGHTS` message; returns how many bytes went.
-fn send_with_fd(sock: BorrowedFd<'_>, bytes: &[u8], fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let fds = [fd.as_raw_fd()];
-    let rights = [ControlMessage::ScmRights(&fds)];
-    let iov = [IoSlice::new(bytes)];
-    loop {
-        match sendmsg::<()>(
-            sock.as_raw_fd(),
-            &iov,
-            &rights,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Ok(n) => return Ok(n),
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
+#[cfg(test)]
+mod tests {
+    use super::{MAX_BUNDLE, bundle_size};
+
+    #[test]
+    fn bundles_split_evenly_in_the_fewest_turns() {
+        assert_eq!(MAX_BUNDLE, 253);
+        // (connections, applications) → bundle size
+        let cases = [
+            ((1, 1), 1),
+            ((1, 3), 1),
+            ((4, 2), 2),
+            ((253, 1), 253),
+            ((254, 1), 127),
+            ((600, 2), 150),
+            ((1000, 1), 250),
+            ((10_000, 1), 250),
+            ((10_000, 3), 239),
+        ];
+        for ((total, apps), size) in cases {
+            assert_eq!(bundle_size(total, apps), size, "{total} over {apps}");
         }
     }
 }

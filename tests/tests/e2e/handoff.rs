@@ -58,10 +58,19 @@ fn handoff_of(
 
 /// Registers for `service` on a thread; returns once registered.
 fn register(path: &Path, service: SocketAddr) -> Application {
+    register_version(path, service, connmirror_handoff::wire::VERSION)
+}
+
+/// [`register`] speaking protocol `version`.
+fn register_version(path: &Path, service: SocketAddr, version: u16) -> Application {
     let path = path.to_path_buf();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let _ = tx.send(Application::connect(&path, &[service]));
+        let _ = tx.send(Application::connect_with_version(
+            &path,
+            &[service],
+            version,
+        ));
     });
     rx.recv_timeout(WAIT)
         .expect("Application::connect did not return in time")
@@ -215,8 +224,8 @@ fn forged_hellos_are_refused_with_exact_reasons_and_counted() {
             "wrong magic \"XXXX\", expected \"CMHO\"\n",
         ),
         (
-            hello(b"CMHO", 2, n, json),
-            "unsupported protocol version 2, this daemon speaks version 1\n",
+            hello(b"CMHO", 3, n, json),
+            "unsupported protocol version 3, this daemon speaks versions 1 and 2\n",
         ),
         (
             hello(b"CMHO", 1, 65537, b""),
@@ -278,6 +287,107 @@ fn deliver_without_application_returns_the_handoff_with_the_reason() {
     assert_eq!(back.meta, meta);
     assert_eq!(back.c2s, stream_bytes(C2S_SEED ^ 9, 5));
     assert_same_connection(&mut back.stream, &mut client);
+}
+
+/// `n` handoffs of `service` (ids from 1, a few recorded bytes each) and
+/// their clients' ends.
+fn handoffs(service: SocketAddr, n: u64) -> (Vec<Handoff>, Vec<TcpStream>) {
+    (1..=n)
+        .map(|id| {
+            let (conn, client) = loopback_pair();
+            let c2s = Recorded {
+                start: 0,
+                end: id % 7,
+                acked: 0,
+            };
+            let s2c = Recorded {
+                start: 1,
+                end: 1 + id % 5,
+                acked: 1,
+            };
+            (handoff_of(id, service, conn, c2s, s2c), client)
+        })
+        .unzip()
+}
+
+#[test]
+fn deliver_all_bundles_600_over_a_version_1_and_a_version_2_application() {
+    connmirror_handoff::raise_open_files_limit().expect("raise RLIMIT_NOFILE");
+    let dir = WorkDir::new("handoff-bundles");
+    let path = socket_path(&dir);
+    let server = HandoffServer::bind(&path).expect("bind the handoff socket");
+    let service: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    let old = register_version(&path, service, 1);
+    let new = register_version(&path, service, 2);
+    let (sent, mut clients) = handoffs(service, 600);
+    let expected: Vec<(FlowMeta, Vec<u8>, Vec<u8>)> = (sent.iter())
+        .map(|h| (h.meta.clone(), h.c2s.clone(), h.s2c.clone()))
+        .collect();
+    // Even shares, at most 253 a message, the applications taking turns:
+    // four bundles of 150.
+    let (old_rx, new_rx) = (receive(old, 300), receive(new, 300));
+
+    let failed = server.deliver_all(sent, WAIT);
+
+    assert_eq!(failed.len(), 0, "{failed:?}");
+    let (_old, mut got) = received(old_rx);
+    let (_new, got_new) = received(new_rx);
+    let ids = |got: &[Handoff]| got.iter().map(|h| h.meta.id).collect::<Vec<_>>();
+    let old_ids: Vec<u64> = (1..=150).chain(301..=450).collect();
+    let new_ids: Vec<u64> = (151..=300).chain(451..=600).collect();
+    assert_eq!((ids(&got), ids(&got_new)), (old_ids, new_ids));
+    got.extend(got_new);
+    got.sort_by_key(|h| h.meta.id);
+    for (handoff, (meta, c2s, s2c)) in got.iter_mut().zip(&expected) {
+        assert_eq!(
+            (&handoff.meta, &handoff.c2s, &handoff.s2c),
+            (meta, c2s, s2c)
+        );
+        let client = &mut clients[meta.id as usize - 1];
+        assert_same_connection(&mut handoff.stream, client);
+    }
+}
+
+#[test]
+fn a_bundle_an_application_fails_goes_to_the_next_or_comes_back_with_the_error() {
+    let dir = WorkDir::new("handoff-gone");
+    let path = socket_path(&dir);
+    let server = HandoffServer::bind(&path).expect("bind the handoff socket");
+    let service: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+    // The first application exits before the takeover: its bundle goes to
+    // the second.
+    let gone = register(&path, service);
+    let alive = register(&path, service);
+    drop(gone);
+    let (sent, mut clients) = handoffs(service, 5);
+    let receiving = receive(alive, 5);
+    assert_eq!(server.deliver_all(sent, WAIT).len(), 0);
+    let (alive, mut got) = received(receiving);
+    assert_eq!(
+        got.iter().map(|h| h.meta.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    for (handoff, client) in got.iter_mut().zip(&mut clients) {
+        assert_same_connection(&mut handoff.stream, client);
+    }
+
+    // With none left, every handoff comes back with the failed call.
+    drop(alive);
+    let (sent, mut clients) = handoffs(service, 3);
+    let failed = server.deliver_all(sent, Duration::from_millis(100));
+    assert_eq!(failed.len(), 3);
+    for ((mut back, err), client) in failed.into_iter().zip(&mut clients) {
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "handing flow {} to the application registered for {service}: \
+                 sendmsg(SCM_RIGHTS) on {}: Broken pipe (os error 32)",
+                back.meta.id,
+                path.display()
+            )
+        );
+        assert_same_connection(&mut back.stream, client);
+    }
 }
 
 /// Starts `echo listen addr` in `ns` and waits for its `listening` line.

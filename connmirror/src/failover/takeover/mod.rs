@@ -24,13 +24,17 @@
 //! 7. **announce**: gratuitous ARP / unsolicited neighbour advertisements on the
 //!    configured L2 interfaces, in the background.
 //! 8. **resume**: each socket goes to the application: handed off over the
-//!    handoff socket, or spliced to a standby instance after a verified replay.
+//!    handoff socket (one blocking task per service, in bundles of up to 253
+//!    sockets per message), or spliced to a standby instance after a verified
+//!    replay.
 //!
 //! Every step is logged with its duration and listed in the [`TakeoverReport`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
+    iter,
     net::{IpAddr, SocketAddr, TcpStream},
+    os::fd::{AsRawFd, RawFd},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -46,7 +50,7 @@ use crate::{
     repair::restore::{
         self, QueueMode, RepairedSocket, RestoreOptions, RestorePlan, RestoreWindow, WindowScale,
     },
-    resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded},
+    resume::handoff::{FlowMeta, Handoff, HandoffServer, Recorded, reset_undelivered},
     resume::{Outcome, Unrecoverable, abort},
     resume::{
         live::{self, Live},
@@ -224,11 +228,10 @@ pub(crate) async fn adopt(
     serve(&mut steps, mirror, config, services)?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (id, (stream, (server, client))) in rebuilt.into_iter().enumerate() {
-        let handoff_of =
-            crate::failover::migrate::handoff_here(stream, id as u64 + 1, server, client);
-        spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
-    }
+    let handoffs = (rebuilt.into_iter().enumerate()).map(|(id, (stream, (server, client)))| {
+        crate::failover::migrate::handoff_here(stream, id as u64 + 1, server, client)
+    });
+    spawn_hand_offs(&mut tasks, config, handoff, handoffs.collect());
     collect(tasks, &mut report).await;
     steps.record("resume", start);
     report.steps = steps.steps;
@@ -541,6 +544,7 @@ async fn resume(
     report: &mut TakeoverReport,
 ) {
     let mut tasks = tokio::task::JoinSet::new();
+    let mut handoffs = Vec::new();
     for Rebuilt {
         flow,
         service,
@@ -551,90 +555,119 @@ async fn resume(
         // final: their histories can be copied now, with the clients running.
         let flow = table.takeover_history(&flow.key).unwrap_or(flow);
         match resume_of(config, service) {
-            Resume::Handoff => {
-                let handoff_of = handoff_of(flow, service, stream);
-                spawn_hand_off(&mut tasks, config, handoff.clone(), handoff_of);
-            }
+            Resume::Handoff => handoffs.push(handoff_of(flow, service, stream)),
             Resume::Replay(app) => {
                 let timeout = config.replay_timeout;
-                tasks.spawn(async move { replay::resume(stream, &flow, app, timeout).await });
+                tasks.spawn(async move { vec![replay::resume(stream, &flow, app, timeout).await] });
             }
             Resume::Live(_) => {
                 let (live, timeout) = (config.live.clone(), config.replay_timeout);
-                tasks.spawn(async move { live::resume(stream, &flow, live, timeout).await });
+                tasks.spawn(async move { vec![live::resume(stream, &flow, live, timeout).await] });
             }
         }
     }
+    spawn_hand_offs(&mut tasks, config, handoff, handoffs);
     collect(tasks, report).await;
 }
 
-/// Hands `handoff` to an application on a blocking task, keeping a duplicate
-/// of its socket when the standby keeps sockets ([`TakeoverConfig::keep`]).
-fn spawn_hand_off(
-    tasks: &mut tokio::task::JoinSet<Outcome>,
+/// Hands `handoffs` to applications from one blocking task per service (each
+/// sends its connections in bundles, [`HandoffServer::deliver_all`]).
+fn spawn_hand_offs(
+    tasks: &mut tokio::task::JoinSet<Vec<Outcome>>,
     config: &TakeoverConfig,
     server: Option<Arc<HandoffServer>>,
-    handoff: Handoff,
+    handoffs: Vec<Handoff>,
 ) {
-    let wait = config.handoff_wait;
-    let keep = config.keep.clone();
-    tasks.spawn_blocking(move || {
-        let dup = keep.as_ref().and_then(|_| handoff.stream.try_clone().ok());
-        let outcome = hand_off(server.as_deref(), handoff, wait);
-        if let (Outcome::HandedOff, Some(keep), Some(dup)) = (&outcome, keep, dup) {
-            keep.lock().expect("kept sockets").push(dup);
-        }
-        outcome
-    });
+    let mut by_service: BTreeMap<SocketAddr, Vec<Handoff>> = BTreeMap::new();
+    for handoff in handoffs {
+        let service = handoff.meta.service;
+        by_service.entry(service).or_default().push(handoff);
+    }
+    for handoffs in by_service.into_values() {
+        let (server, wait, keep) = (server.clone(), config.handoff_wait, config.keep.clone());
+        tasks.spawn_blocking(move || hand_off(server.as_deref(), handoffs, wait, keep.as_ref()));
+    }
 }
 
 /// Counts each resumption's outcome in `report`.
-async fn collect(mut tasks: tokio::task::JoinSet<Outcome>, report: &mut TakeoverReport) {
-    while let Some(outcome) = tasks.join_next().await {
-        match outcome {
-            Ok(Outcome::HandedOff) => {
-                report.restored += 1;
-                report.handed_off += 1;
+async fn collect(mut tasks: tokio::task::JoinSet<Vec<Outcome>>, report: &mut TakeoverReport) {
+    while let Some(outcomes) = tasks.join_next().await {
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(err) => {
+                report.errors.push(format!("resume task: {err}"));
+                continue;
             }
-            Ok(Outcome::Replayed) => {
-                report.restored += 1;
-                report.replayed += 1;
-            }
-            Ok(Outcome::Live) => {
-                report.restored += 1;
-                report.live += 1;
-            }
-            Ok(Outcome::Divergent(error)) => {
-                tracing::warn!(error, "replay diverged: connection reset");
-                report.divergent += 1;
-                report.errors.push(error);
-            }
-            Ok(Outcome::Failed(reason, error)) => fail(report, reason, error),
-            Err(err) => report.errors.push(format!("resume task: {err}")),
+        };
+        for outcome in outcomes {
+            count(outcome, report);
         }
     }
 }
 
-fn hand_off(server: Option<&HandoffServer>, handoff: Handoff, wait: Duration) -> Outcome {
-    let Some(server) = server else {
-        let service = handoff.meta.service;
-        abort(handoff.stream);
-        return Outcome::Failed(
-            Unrecoverable::NoApplication,
-            format!("{service}: no handoff socket configured"),
-        );
-    };
-    match server.deliver(handoff, wait) {
-        Ok(()) => Outcome::HandedOff,
-        Err((handoff, err)) => {
-            let Handoff { stream, meta, .. } = *handoff;
-            abort(stream);
-            Outcome::Failed(
-                Unrecoverable::NoApplication,
-                format!("{} ↔ {}: {err}", meta.server, meta.client),
-            )
+/// Counts one resumption's outcome in `report`.
+fn count(outcome: Outcome, report: &mut TakeoverReport) {
+    match outcome {
+        Outcome::HandedOff => {
+            report.restored += 1;
+            report.handed_off += 1;
         }
+        Outcome::Replayed => {
+            report.restored += 1;
+            report.replayed += 1;
+        }
+        Outcome::Live => {
+            report.restored += 1;
+            report.live += 1;
+        }
+        Outcome::Divergent(error) => {
+            tracing::warn!(error, "replay diverged: connection reset");
+            report.divergent += 1;
+            report.errors.push(error);
+        }
+        Outcome::Failed(reason, error) => fail(report, reason, error),
     }
+}
+
+/// Delivers `handoffs` (resetting those no application took), keeping a
+/// duplicate of each delivered socket in `keep` ([`TakeoverConfig::keep`]).
+fn hand_off(
+    server: Option<&HandoffServer>,
+    handoffs: Vec<Handoff>,
+    wait: Duration,
+    keep: Option<&Kept>,
+) -> Vec<Outcome> {
+    let no_application = |error| Outcome::Failed(Unrecoverable::NoApplication, error);
+    let Some(server) = server else {
+        let no_socket = |h: Handoff| {
+            let service = h.meta.service;
+            abort(h.stream);
+            no_application(format!("{service}: no handoff socket configured"))
+        };
+        return handoffs.into_iter().map(no_socket).collect();
+    };
+    // Duplicated before delivery, by descriptor: an undelivered handoff comes
+    // back still holding its descriptor, so its number names its duplicate.
+    let mut dups: HashMap<RawFd, TcpStream> = (handoffs.iter())
+        .filter(|_| keep.is_some())
+        .filter_map(|h| Some((h.stream.as_raw_fd(), h.stream.try_clone().ok()?)))
+        .collect();
+    let total = handoffs.len();
+    let failures = server.deliver_all(handoffs, wait);
+    let delivered = total - failures.len();
+    let mut outcomes: Vec<Outcome> = iter::repeat_with(|| Outcome::HandedOff)
+        .take(delivered)
+        .collect();
+    for (handoff, err) in failures {
+        dups.remove(&handoff.stream.as_raw_fd());
+        outcomes.push(no_application(reset_undelivered(handoff, err)));
+    }
+    if let Some(keep) = keep {
+        keep.lock()
+            .expect("kept sockets")
+            .extend(dups.into_values());
+    }
+    outcomes
 }
 
 fn handoff_of(flow: TakeoverFlow, service: SocketAddr, stream: TcpStream) -> Handoff {
