@@ -104,7 +104,10 @@ impl Relay {
                 Relay::Splice => connmirror::resume::splice::relay(&mut a, &mut b).await,
             };
             let cpu = thread_cpu()? - started;
-            Ok((moved.with_context(|| format!("{} relay", self.name()))?, cpu))
+            Ok((
+                moved.with_context(|| format!("{} relay", self.name()))?,
+                cpu,
+            ))
         })
     }
 }
@@ -355,7 +358,9 @@ fn round_trips(relay: Relay, s: Sockets) -> Result<(Vec<f64>, Duration)> {
             rtts.push(sent.elapsed().as_secs_f64() * 1e6);
             ensure!(response == [0xa5; MESSAGE_BYTES], "wrong response");
         }
-        client.shutdown(Shutdown::Write).context("shutdown(SHUT_WR)")?;
+        client
+            .shutdown(Shutdown::Write)
+            .context("shutdown(SHUT_WR)")?;
         ensure!(receive(client)? == 0, "bytes after the last response");
         let answered = served.join().expect("server panicked")?;
         ensure!(answered == ROUND_TRIPS, "the server answered {answered}");
@@ -464,9 +469,11 @@ fn verdict(r: &SpliceResults) -> String {
     );
     let pays = (gbps >= 1.1 || cpu <= 0.9) && rtt <= 1.1;
     let decision = match pays {
-        true => "it pays, and the daemon's `resume::splice` relays with splice(2) \
+        true => {
+            "it pays, and the daemon's `resume::splice` relays with splice(2) \
                  (connmirror/src/resume/splice.rs), falling back to a userspace copy per \
-                 direction where the kernel refuses",
+                 direction where the kernel refuses"
+        }
         false => "it does not pay, so the daemon keeps copy_bidirectional",
     };
     format!(

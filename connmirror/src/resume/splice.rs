@@ -279,10 +279,12 @@ mod tests {
 
     #[test]
     fn only_a_kernel_refusal_falls_back() {
-        let err = |errno| io::Error::from(crate::sys::SyscallError {
-            call: "splice",
-            io_error: io::Error::from_raw_os_error(errno),
-        });
+        let err = |errno| {
+            io::Error::from(crate::sys::SyscallError {
+                call: "splice",
+                io_error: io::Error::from_raw_os_error(errno),
+            })
+        };
         assert!(refused(&err(libc::EINVAL)));
         assert!(refused(&err(libc::EOPNOTSUPP)));
         assert!(!refused(&err(libc::ECONNRESET)));

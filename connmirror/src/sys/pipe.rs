@@ -77,7 +77,11 @@ mod tests {
         receiver.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"spliced");
         from.set_nonblocking(true).unwrap();
-        assert_eq!(splice(from.as_fd(), w.as_fd(), 1 << 16).unwrap(), 0, "end of stream");
+        assert_eq!(
+            splice(from.as_fd(), w.as_fd(), 1 << 16).unwrap(),
+            0,
+            "end of stream"
+        );
     }
 
     #[test]

@@ -1422,11 +1422,13 @@ const COST_LIMIT: Duration = Duration::from_secs(180);
 /// `cargo xtask bench resume`: the parts [`RESUME_PARTS_VAR`] selects (the
 /// stall, the cost and the splice); a part not run keeps its stored result.
 fn resume(command: &str) -> Result<()> {
-    let parts =
-        std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost,splice".to_owned());
+    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost,splice".to_owned());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     ensure!(
-        !parts.is_empty() && parts.iter().all(|p| ["stall", "cost", "splice"].contains(p)),
+        !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| ["stall", "cost", "splice"].contains(p)),
         "{RESUME_PARTS_VAR}={parts:?}: expected some of stall, cost, splice (comma-separated)"
     );
     let stored = Results::load(&data_dir())?.resume;
