@@ -482,3 +482,57 @@ fn verdict(r: &SpliceResults) -> String {
          p50 {rtt:.2}×: {decision}."
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two rounds: splice(2) at `gbps` Gbit/s, `cpu` ms per GiB and `rtt` µs
+    /// p50, against the copy's 5 Gbit/s, 1000 ms per GiB and 20 µs.
+    fn results(gbps: f64, cpu: f64, rtt: f64) -> SpliceResults {
+        let runs = |relay: Relay, gbps: f64, cpu: f64, rtt: f64| RelayRuns {
+            relay: relay.name().to_owned(),
+            gbps: vec![gbps, gbps],
+            cpu_ms_per_gib: vec![cpu, cpu],
+            rtt_p50_us: vec![rtt, rtt],
+            rtt_p99_us: vec![4.0 * rtt, 4.0 * rtt],
+            cpu_us_per_round_trip: vec![10.0, 10.0],
+        };
+        SpliceResults {
+            info: crate::results::tests::info(),
+            bulk_bytes: BULK_BYTES,
+            round_trips: ROUND_TRIPS,
+            message_bytes: MESSAGE_BYTES,
+            rounds: 2,
+            overrides: vec![format!("{ROUNDS_VAR}=2")],
+            relays: vec![
+                runs(Relay::Copy, 5.0, 1000.0, 20.0),
+                runs(Relay::Splice, gbps, cpu, rtt),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_table_gives_medians_and_ratios_to_the_copy() {
+        let page = render(&results(7.5, 600.0, 21.0));
+        assert!(page.contains(
+            "| copy_bidirectional | 5.00 | 1.00 | 1000 | 1.00 | 20.0 | 1.00 | 80.0 | 10.00 | 1.00 |\n\
+             | splice(2) | 7.50 | 1.50 | 600 | 0.60 | 21.0 | 1.05 | 84.0 | 10.00 | 1.00 |\n"
+        ));
+        assert!(page.contains(
+            "- rounds: 2 (set by `CONNMIRROR_BENCH_SPLICE_ROUNDS=2`, instead of the default)"
+        ));
+        assert!(page.contains("throughput 1.50×, CPU 0.60×, round trip p50 1.05×: it pays"));
+    }
+
+    #[test]
+    fn splice_does_not_pay_when_it_is_slower_to_answer() {
+        let page = render(&results(7.5, 600.0, 30.0));
+        assert!(page.contains(
+            "throughput 1.50×, CPU 0.60×, round trip p50 1.50×: it does not pay, so the daemon \
+             keeps copy_bidirectional."
+        ));
+        let page = render(&results(5.2, 950.0, 20.0));
+        assert!(page.contains("it does not pay"), "{page}");
+    }
+}
