@@ -52,16 +52,18 @@ pub const MESSAGE_BYTES: usize = 64;
 pub const ROUNDS: usize = 5;
 /// Why the sockmap is not among the relays; rendered in RESULTS.md.
 pub const SOCKMAP_NOT_MEASURED: &str = "The kernel's sockmap (an `sk_skb` stream verdict \
-     program calling `bpf_sk_redirect_map`) was not measured: it cannot carry the relay's \
-     semantics by itself. A verdict program sees only what arrives after the socket joins the \
-     map, so the bytes a restored socket already holds (its restored receive queue) and the \
-     `extra` bytes would need a userspace pass first, racing new arrivals; a FIN is not \
-     redirected, so userspace must still watch each socket for its end and then shut the other \
-     side down, but redirected bytes are sent asynchronously from the peer's psock backlog (a \
-     workqueue), so a `shutdown(SHUT_WR)` can overtake bytes still queued there; and the \
-     program would have to join the daemon's one eBPF object (`connmirror-ebpf`), with a map \
-     per relay. Those are correctness problems to solve before a throughput number means \
-     anything, beyond this measurement's time box.";
+     program calling `bpf_sk_redirect_map`) was not tried, within this measurement's time box, \
+     because it does not carry the relay's semantics by itself. The bytes the restored socket \
+     already holds (its restored receive queue) and the instance's `extra` output must reach \
+     the other side before anything redirected, but the verdict program runs on the socket's \
+     data-ready path as new segments arrive, so ordering them takes a userspace drain that \
+     races those arrivals. A FIN is not redirected: userspace must still watch each socket for \
+     its end and shut the other side down, while redirected bytes are sent asynchronously from \
+     the peer's psock backlog (a workqueue, `sk_psock_backlog()` in net/core/skmsg.c), so that \
+     `shutdown(SHUT_WR)` can overtake bytes still queued there and lose them. And the program \
+     would have to be built into the daemon's eBPF crate (`connmirror-ebpf`) and loaded, with \
+     its map, by the daemon. Those are correctness problems to solve before a throughput \
+     number would mean anything.";
 
 /// A way of relaying between two TCP sockets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
