@@ -49,7 +49,7 @@ pub const ROUND_TRIPS: usize = 5000;
 pub const MESSAGE_BYTES: usize = 64;
 /// Rounds (each measures every relay once), unless
 /// `CONNMIRROR_BENCH_SPLICE_ROUNDS` says otherwise.
-pub const ROUNDS: usize = 5;
+pub const ROUNDS: usize = 10;
 /// Why the sockmap is not among the relays; rendered in RESULTS.md.
 pub const SOCKMAP_NOT_MEASURED: &str = "The kernel's sockmap (an `sk_skb` stream verdict \
      program calling `bpf_sk_redirect_map`) was not tried, within this measurement's time box, \
@@ -464,10 +464,11 @@ fn verdict(r: &SpliceResults) -> String {
         return "Decision: not made (a relay is missing from the results).".to_owned();
     };
     let ratio = |f: fn(&RelayRuns) -> &Vec<f64>| median(f(splice)) / median(f(copy));
-    let (gbps, cpu, rtt) = (
+    let (gbps, cpu, rtt, cpu_rt) = (
         ratio(|r| &r.gbps),
         ratio(|r| &r.cpu_ms_per_gib),
         ratio(|r| &r.rtt_p50_us),
+        ratio(|r| &r.cpu_us_per_round_trip),
     );
     let pays = (gbps >= 1.1 || cpu <= 0.9) && rtt <= 1.1;
     let decision = match pays {
@@ -481,7 +482,9 @@ fn verdict(r: &SpliceResults) -> String {
     format!(
         "Decision (splice(2) pays if bulk throughput ≥ 1.1× or relay CPU ≤ 0.9× of the copy's, \
          with round trip p50 within 1.1×): throughput {gbps:.2}×, CPU {cpu:.2}×, round trip \
-         p50 {rtt:.2}×: {decision}."
+         p50 {rtt:.2}×: {decision}. For small request/response exchanges the relay's CPU per \
+         round trip is {cpu_rt:.2}× the copy's: splice(2) saves CPU on bulk transfers, not on \
+         small messages."
     )
 }
 
@@ -525,6 +528,7 @@ mod tests {
             "- rounds: 2 (set by `CONNMIRROR_BENCH_SPLICE_ROUNDS=2`, instead of the default)"
         ));
         assert!(page.contains("throughput 1.50×, CPU 0.60×, round trip p50 1.05×: it pays"));
+        assert!(page.contains("the relay's CPU per round trip is 1.00× the copy's"));
     }
 
     #[test]
