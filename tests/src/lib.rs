@@ -21,7 +21,8 @@
 //!   by the `live` tests and `connmirror-bench resume`.
 //! - For `connmirror-bench`: [`tcpdump`] (`tcpdump -w` as the everyday
 //!   alternative), [`results`] (each area's results as JSON and the
-//!   `bench/RESULTS.md` page) and [`plots`] (its PNG plots).
+//!   `bench/RESULTS.md` page), [`plots`] (its PNG plots) and [`splice`] (relaying
+//!   a resumed connection, splice(2) against a userspace copy).
 //!
 //! Every test needs root (namespaces, eBPF) and fails, never skips, without it:
 //! call [`require_root`] first. Tests that run the binary find it through
@@ -48,6 +49,7 @@ pub mod process;
 pub mod redis;
 pub mod repair;
 pub mod results;
+pub mod splice;
 pub mod tcpdump;
 pub mod topology;
 pub mod traffic;

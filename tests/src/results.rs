@@ -70,7 +70,7 @@ impl RunInfo {
     }
 
     /// The bullet list under an area's heading, `method` last.
-    fn render(&self, method: &str) -> String {
+    pub(crate) fn render(&self, method: &str) -> String {
         let RunInfo {
             command,
             date,
@@ -372,6 +372,10 @@ pub struct ResumeResults {
     /// either part can be run alone (`CONNMIRROR_BENCH_RESUME_PARTS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<ResumeCost>,
+    /// The splice part, when it has run: relaying a resumed connection with
+    /// splice(2) against `copy_bidirectional`; its own [`RunInfo`] too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub splice: Option<crate::splice::SpliceResults>,
 }
 
 /// `cargo xtask bench resume`, cost part: requests per second through the
@@ -989,6 +993,10 @@ fn render_resume(r: &ResumeResults) -> String {
         s.push('\n');
         s.push_str(&render_resume_cost(cost));
     }
+    if let Some(splice) = &r.splice {
+        s.push('\n');
+        s.push_str(&crate::splice::render(splice));
+    }
     s
 }
 
@@ -1269,6 +1277,7 @@ pub(crate) mod tests {
                 cell("replay", 120, vec![3000.0]),
             ],
             cost: None,
+            splice: None,
         }
     }
 

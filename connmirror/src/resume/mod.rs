@@ -5,7 +5,8 @@
 //! are the `connmirror-handoff` crate);
 //! [`replay`] feeds a standby instance of an unmodified, deterministic server
 //! the recorded client history at takeover; [`live`] feeds it all along, and
-//! at takeover only splices.
+//! at takeover only splices; [`splice`] relays a resumed connection with
+//! splice(2).
 //!
 //! Uses: [`crate::repair`], [`crate::flow`], [`crate::metrics`], [`crate::sys`]. Must not use:
 //! failover or roles; those call in.
@@ -13,6 +14,7 @@
 pub mod handoff;
 pub mod live;
 pub mod replay;
+pub mod splice;
 
 use std::net::TcpStream;
 
@@ -92,8 +94,10 @@ pub fn abort(stream: TcpStream) {
     }
 }
 
-/// Copies both ways between the restored socket and the application until
-/// both are done; `extra` (new application output) goes to the client first.
+/// Relays both ways between the restored socket and the application until
+/// both are done ([`splice::relay`]: splice(2), or a userspace copy where the
+/// kernel refuses); `extra` (new application output) goes to the client
+/// first.
 pub(crate) async fn splice(
     client: TcpStream,
     mut app: tokio::net::TcpStream,
@@ -104,7 +108,7 @@ pub(crate) async fn splice(
         client.set_nonblocking(true)?;
         let mut client = tokio::net::TcpStream::from_std(client)?;
         client.write_all(&extra).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut app).await
+        splice::relay(&mut client, &mut app).await
     }
     .await;
     match result {

@@ -7,7 +7,8 @@
 //! (`pidfd_open(2)`, `pidfd_getfd(2)`), [`sock_diag`] (the namespace's TCP
 //! sockets over `NETLINK_SOCK_DIAG`, sock_diag(7)), [`interface`]
 //! (`if_nametoindex(3)`, `SIOCGIFHWADDR`), [`packet`] (`AF_PACKET` sockets,
-//! packet(7)), [`mmap`] (shared read-only mappings), [`fs`] (`flock(2)`,
+//! packet(7)), [`pipe`] (`pipe2(2)`, `splice(2)`), [`mmap`] (shared
+//! read-only mappings), [`fs`] (`flock(2)`,
 //! `mount(2)`, `statfs(2)`) and [`process`] (`setns(2)`, `setrlimit(2)`,
 //! `geteuid(2)`, `clock_gettime(2)`).
 //!
@@ -30,6 +31,7 @@ pub mod interface;
 pub mod mmap;
 pub mod packet;
 pub mod pidfd;
+pub mod pipe;
 pub mod process;
 pub mod sock_diag;
 pub mod socket;

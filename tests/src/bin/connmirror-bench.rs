@@ -67,8 +67,14 @@
 //! through the standby with no live instance (`--service IP:PORT` alone) and
 //! with one (`--resume IP:PORT=live:ADDR`), alternated round by round, as the
 //! ratio of the medians; after each live round, the divergent and unprotected
-//! connections live replay counted. `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or
-//! `stall`) runs one part alone and keeps the other's stored result.
+//! connections live replay counted.
+//!
+//! Then the relay after takeover ([`splice`]): bulk throughput, relay CPU and
+//! round trips of `copy_bidirectional` against splice(2) on real TCP sockets,
+//! interleaved over rounds (`CONNMIRROR_BENCH_SPLICE_ROUNDS` replaces their
+//! number). `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or `stall`, `splice`, or a
+//! comma-separated list) runs those parts alone and keeps the others' stored
+//! results.
 //!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
@@ -101,6 +107,7 @@ use connmirror_tests::results::{
     ResumeCost, ResumeResults, ResumeRuns, RunInfo, Sample, TcpdumpSample, output,
     parse_redis_benchmark_csv, quantile, write_atomically,
 };
+use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 
@@ -1386,8 +1393,8 @@ fn resume_plan() -> Result<(usize, Vec<u64>, Vec<String>)> {
     Ok((runs, ages, overrides))
 }
 
-/// Selects the parts of the resume benchmark: `stall`, `cost`, or both
-/// (comma-separated; the default is both).
+/// Selects the parts of the resume benchmark: some of `stall`, `cost` and
+/// `splice` (comma-separated; the default is all three).
 const RESUME_PARTS_VAR: &str = "CONNMIRROR_BENCH_RESUME_PARTS";
 /// Rounds of (no live instance, live instance) of the cost part, unless
 /// [`RESUME_COST_ROUNDS_VAR`] says otherwise.
@@ -1413,13 +1420,16 @@ const COST_LOAD: [&str; 11] = [
 const COST_LIMIT: Duration = Duration::from_secs(180);
 
 /// `cargo xtask bench resume`: the parts [`RESUME_PARTS_VAR`] selects (the
-/// stall and the cost); a part not run keeps its stored result.
+/// stall, the cost and the splice); a part not run keeps its stored result.
 fn resume(command: &str) -> Result<()> {
-    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost".to_owned());
+    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost,splice".to_owned());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     ensure!(
-        !parts.is_empty() && parts.iter().all(|p| ["stall", "cost"].contains(p)),
-        "{RESUME_PARTS_VAR}={parts:?}: expected stall, cost or stall,cost"
+        !parts.is_empty()
+            && parts
+                .iter()
+                .all(|p| ["stall", "cost", "splice"].contains(p)),
+        "{RESUME_PARTS_VAR}={parts:?}: expected some of stall, cost, splice (comma-separated)"
     );
     let stored = Results::load(&data_dir())?.resume;
     let stall = match parts.contains(&"stall") {
@@ -1433,10 +1443,21 @@ fn resume(command: &str) -> Result<()> {
     };
     let cost = match parts.contains(&"cost") {
         true => Some(resume_cost(command)?),
-        false => stored.and_then(|r| r.cost),
+        false => stored.as_ref().and_then(|r| r.cost.clone()),
+    };
+    let splice = match parts.contains(&"splice") {
+        true => Some(splice::measure(RunInfo::collect(
+            command,
+            &workspace_root(),
+        )?)?),
+        false => stored.and_then(|r| r.splice),
     };
     record(Results {
-        resume: Some(ResumeResults { cost, ..stall }),
+        resume: Some(ResumeResults {
+            cost,
+            splice,
+            ..stall
+        }),
         ..Results::default()
     })
 }
@@ -1497,6 +1518,7 @@ fn resume_stall(command: &str) -> Result<ResumeResults> {
         overrides,
         cells,
         cost: None,
+        splice: None,
     })
 }
 
