@@ -82,6 +82,24 @@ impl CacheSetup {
     /// `kind` server, and the standby's instance on [`STANDBY_PORT`]; `role`
     /// names the scratch directory.
     pub fn new(family: Family, kind: Server, role: &str) -> CacheSetup {
+        CacheSetup::with_servers(family, kind, role, |ns, addr| kind.start(ns, addr))
+    }
+
+    /// [`new`](Self::new) with Redis started with `extra` arguments on both
+    /// sides ([`crate::redis::server_with`]; `--maxclients 20000`).
+    pub fn redis_with(family: Family, role: &str, extra: &[&str]) -> CacheSetup {
+        CacheSetup::with_servers(family, Server::Redis, role, |ns, addr| {
+            crate::redis::server_with(ns, addr, extra)
+        })
+    }
+
+    /// [`new`](Self::new), each server (a `kind`) started by `start`.
+    fn with_servers(
+        family: Family,
+        kind: Server,
+        role: &str,
+        start: impl Fn(&crate::netns::Netns, SocketAddr) -> Program,
+    ) -> CacheSetup {
         crate::require_root();
         let dir = WorkDir::new(role);
         let key = key_file(&dir);
@@ -93,8 +111,8 @@ impl CacheSetup {
             Family::V6 => SocketAddr::from((Ipv6Addr::LOCALHOST, STANDBY_PORT)),
         };
         CacheSetup {
-            primary: kind.start(&topo.server, service),
-            instance: kind.start(&topo.gateway, app),
+            primary: start(&topo.server, service),
+            instance: start(&topo.gateway, app),
             kind,
             family,
             service,

@@ -52,6 +52,21 @@ impl Scrape {
         self.count(series) - earlier
     }
 
+    /// The sum of the series of `name` whose labels include `label`
+    /// (`state="protected"`).
+    pub fn sum_where(&self, name: &str, label: &str) -> u64 {
+        let prefix = format!("{name}{{");
+        (self.samples.iter())
+            .filter(|(series, _)| series.starts_with(&prefix))
+            .filter(|(series, _)| {
+                series[prefix.len()..]
+                    .split(',')
+                    .any(|l| l.trim_end_matches('}') == label)
+            })
+            .map(|(_, value)| *value as u64)
+            .sum()
+    }
+
     /// The sum of every series of `name` (all label sets).
     pub fn sum(&self, name: &str) -> u64 {
         let prefix = format!("{name}{{");
@@ -155,4 +170,30 @@ fn parse(text: &str) -> BTreeMap<String, f64> {
             (series.to_owned(), value)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only the series of the name with that exact label count, whatever
+    /// the label's place.
+    #[test]
+    fn sum_where_adds_the_series_with_the_label() {
+        let scrape = Scrape::parse(
+            "connmirror_live_connections{service=\"a\",state=\"protected\",reason=\"\"} 3\n\
+             connmirror_live_connections{service=\"b\",state=\"protected\",reason=\"\"} 4\n\
+             connmirror_live_connections{service=\"a\",state=\"divergent\",reason=\"\"} 5\n\
+             connmirror_flows{readiness=\"ready\"} 7\n\
+             connmirror_flows{readiness=\"ready-ish\"} 9\n"
+                .to_owned(),
+        );
+
+        let protected = scrape.sum_where("connmirror_live_connections", "state=\"protected\"");
+        assert_eq!(protected, 7);
+        assert_eq!(
+            scrape.sum_where("connmirror_flows", "readiness=\"ready\""),
+            7
+        );
+    }
 }

@@ -346,7 +346,12 @@ fn read_replies(stream: TcpStream, kind: Server, replies: &AtomicU64) -> Result<
 
 /// `redis-server` in the foreground on `addr`, with persistence off.
 pub fn server(ns: &Netns, addr: SocketAddr) -> Program {
-    let args = [
+    server_with(ns, addr, &[])
+}
+
+/// [`server`] with `extra` arguments after the others (`--maxclients 20000`).
+pub fn server_with(ns: &Netns, addr: SocketAddr, extra: &[&str]) -> Program {
+    let mut args = vec![
         "--port".to_owned(),
         addr.port().to_string(),
         "--bind".to_owned(),
@@ -360,6 +365,7 @@ pub fn server(ns: &Netns, addr: SocketAddr) -> Program {
         "--daemonize".to_owned(),
         "no".to_owned(),
     ];
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     Program::start(ns, "redis-server", args, "Ready to accept connections")
 }
 

@@ -376,6 +376,45 @@ pub struct ResumeResults {
     /// splice(2) against `copy_bidirectional`; its own [`RunInfo`] too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub splice: Option<crate::splice::SpliceResults>,
+    /// The takeover part, when it has run; its own [`RunInfo`] too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover: Option<ResumeTakeover>,
+}
+
+/// `cargo xtask bench resume`, takeover part: the whole takeover of many
+/// idle connections, resume included, by handoff and by live replay.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeTakeover {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// Idle connections open through the standby in every run.
+    pub connections: usize,
+    /// Runs of each mode; the modes alternate run by run.
+    pub runs: usize,
+    /// Connections each run checked after the takeover (one request each).
+    pub checked: usize,
+    /// The environment settings that replaced a default
+    /// (`CONNMIRROR_BENCH_RESUME_TAKEOVER_RUNS=5`); empty with the defaults.
+    pub overrides: Vec<String>,
+    /// One per mode: handoff, then live replay.
+    pub modes: Vec<TakeoverRuns>,
+}
+
+/// The runs of one resumption mode of the takeover part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverRuns {
+    /// `handoff` or `live`.
+    pub mode: String,
+    /// Per run: every step of the takeover report, in milliseconds.
+    pub takeover_ms: Vec<f64>,
+    /// Per run: the report's `restore` and `leave-repair` steps.
+    pub restore_ms: Vec<f64>,
+    /// Per run: the report's `resume` step.
+    pub resume_ms: Vec<f64>,
+    /// Per run: from the first client's connect to every connection ready
+    /// (tracked by the standby and, for live replay, protected with its
+    /// instance connection open), in milliseconds.
+    pub ready_ms: Vec<f64>,
 }
 
 /// `cargo xtask bench resume`, cost part: requests per second through the
@@ -997,6 +1036,94 @@ fn render_resume(r: &ResumeResults) -> String {
         s.push('\n');
         s.push_str(&crate::splice::render(splice));
     }
+    if let Some(takeover) = &r.takeover {
+        s.push('\n');
+        s.push_str(&render_resume_takeover(takeover));
+    }
+    s
+}
+
+/// The whole takeover's target, handoff and live replay alike, in milliseconds.
+const TAKEOVER_TARGET_MS: f64 = 500.0;
+
+/// The takeover part of the resume section: its own run facts and one row
+/// per mode.
+fn render_resume_takeover(t: &ResumeTakeover) -> String {
+    let n = thousands(t.connections);
+    let checked = match t.checked == t.connections {
+        true => "every connection".to_owned(),
+        false => format!(
+            "{} of the connections (evenly spread)",
+            thousands(t.checked)
+        ),
+    };
+    let method = format!(
+        "IPv4, a fresh client/standby/primary topology per run, the two modes alternating run \
+         by run. Handoff: the primary runs the echo example, the standby `connmirror standby \
+         --service IP:PORT=full` (TC ingress on both links) with the echo example registered \
+         on its handoff socket. Live replay: the primary runs redis-server on the service \
+         address, the standby `--service IP:PORT --resume IP:PORT=live:127.0.0.1:7001` with \
+         its own redis-server on loopback (both with `--maxclients` above the connection \
+         count). The client opens {n} connections through the standby and sends nothing; \
+         the run waits (no fixed sleep) until the standby's /metrics shows {n} flows \
+         `connmirror_flows{{readiness=\"ready\"}}` and, for live replay, {n} \
+         `connmirror_live_connections{{state=\"protected\"}}` with {n} instance connections \
+         established in its namespace (`ready` is that wait, from the first connect). The \
+         primary dies (link down, then SIGKILL), and `connmirror takeover` runs by hand. \
+         Whole takeover = the sum of every step of its report (quiesce to resume); restore = \
+         its `restore` and `leave-repair` steps; resume = its `resume` step (handing every \
+         socket to the echo example, or taking every live instance connection and splicing \
+         it). Every takeover must restore and resume all {n} connections. Then {checked} \
+         sends one request (a byte the echo example must echo; `PING`, which the instance \
+         must answer `+PONG`), each checked exactly."
+    );
+    let mut s = format!("### Resume: whole takeover, {n} idle connections\n\n");
+    s.push_str(&t.info.render(&method));
+    let how = if t.overrides.is_empty() {
+        "the defaults".to_owned()
+    } else {
+        let set: Vec<String> = t.overrides.iter().map(|o| format!("`{o}`")).collect();
+        format!("set by {}, instead of the defaults", set.join(" "))
+    };
+    let _ = writeln!(s, "- runs: {} of each mode ({how})", t.runs);
+    s.push('\n');
+    s.push_str(&takeover_table(t));
+    let met = (t.modes.iter()).all(|m| median(&m.takeover_ms) < TAKEOVER_TARGET_MS);
+    let _ = writeln!(
+        s,
+        "\nTarget: the whole takeover of {n} idle connections, resume included, under \
+         {TAKEOVER_TARGET_MS:.0} ms (median) for every mode: {}.",
+        verdict(met)
+    );
+    s
+}
+
+/// One row per mode: the whole takeover per run, its median and max, the
+/// median restore and resume steps and readiness, and the target.
+fn takeover_table(t: &ResumeTakeover) -> String {
+    let mut s = String::from(
+        "| resumption | runs: whole takeover (ms) | median (ms) | max (ms) | restore step, median (ms) | resume step, median (ms) | ready, median (s) | target |\n\
+         | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for m in &t.modes {
+        let runs: Vec<String> = m.takeover_ms.iter().map(|ms| format!("{ms:.1}")).collect();
+        let name = match m.mode.as_str() {
+            "handoff" => "handoff (echo example)",
+            "live" => "live replay (redis-server)",
+            other => other,
+        };
+        let whole = median(&m.takeover_ms);
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {whole:.1} | {:.1} | {:.1} | {:.1} | {:.1} | < {TAKEOVER_TARGET_MS:.0}: {} |",
+            runs.join(", "),
+            quantile(&m.takeover_ms, 1.0),
+            median(&m.restore_ms),
+            median(&m.resume_ms),
+            median(&m.ready_ms) / 1e3,
+            verdict(whole < TAKEOVER_TARGET_MS),
+        );
+    }
     s
 }
 
@@ -1278,6 +1405,7 @@ pub(crate) mod tests {
             ],
             cost: None,
             splice: None,
+            takeover: None,
         }
     }
 
@@ -1316,6 +1444,61 @@ pub(crate) mod tests {
                 LiveRound::default(),
             ],
         }
+    }
+
+    /// A takeover result of 10,000 connections, 3 runs per mode: handoff
+    /// over its target, live replay within it.
+    pub(crate) fn resume_takeover() -> ResumeTakeover {
+        let runs = |mode: &str, takeover_ms: Vec<f64>| TakeoverRuns {
+            mode: mode.into(),
+            restore_ms: takeover_ms.iter().map(|ms| ms / 4.0).collect(),
+            resume_ms: takeover_ms.iter().map(|ms| ms / 2.0).collect(),
+            ready_ms: vec![2_500.0, 3_000.0, 2_000.0],
+            takeover_ms,
+        };
+        ResumeTakeover {
+            info: info(),
+            connections: 10_000,
+            runs: 3,
+            checked: 10_000,
+            overrides: Vec::new(),
+            modes: vec![
+                runs("handoff", vec![1_600.0, 1_400.0, 1_500.0]),
+                runs("live", vec![300.0, 520.0, 200.0]),
+            ],
+        }
+    }
+
+    /// The takeover table: every run, the median judged against 500 ms per
+    /// mode, the steps' medians; the verdict misses when one mode does.
+    #[test]
+    fn resume_takeover_judges_each_mode_on_its_median() {
+        let page = Results {
+            resume: Some(ResumeResults {
+                takeover: Some(resume_takeover()),
+                ..resume()
+            }),
+            ..Results::default()
+        }
+        .render();
+
+        let section = &page[page
+            .find("### Resume: whole takeover, 10,000 idle")
+            .unwrap()..];
+        let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| ")).collect();
+        assert_eq!(
+            rows[2..],
+            [
+                "| handoff (echo example) | 1600.0, 1400.0, 1500.0 | 1500.0 | 1600.0 | 375.0 | 750.0 | 2.5 | < 500: missed |",
+                "| live replay (redis-server) | 300.0, 520.0, 200.0 | 300.0 | 520.0 | 75.0 | 150.0 | 2.5 | < 500: met |",
+            ]
+        );
+        assert!(section.contains("- runs: 3 of each mode (the defaults)"));
+        assert!(section.contains("Then every connection sends one request"));
+        assert!(section.contains(
+            "Target: the whole takeover of 10,000 idle connections, resume included, under \
+             500 ms (median) for every mode: missed."
+        ));
     }
 
     /// The cost table: medians, the ratio judged against 0.9 per test, the

@@ -69,10 +69,15 @@
 //! ratio of the medians; after each live round, the divergent and unprotected
 //! connections live replay counted.
 //!
+//! Then the whole takeover of [`TAKEOVER_CONNECTIONS`] idle connections
+//! ([`TAKEOVER_RUNS`] runs of each mode, alternated): resumed by handoff to
+//! the echo example, and by live replay into redis-server; a manual
+//! `connmirror takeover` once every connection is ready (and, live,
+//! protected), its report's steps, then one request on every connection.
 //! Then the relay after takeover ([`splice`]): bulk throughput, relay CPU and
 //! round trips of `copy_bidirectional` against splice(2) on real TCP sockets,
 //! interleaved over rounds (`CONNMIRROR_BENCH_SPLICE_ROUNDS` replaces their
-//! number). `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or `stall`, `splice`, or a
+//! number). `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or `stall`, `takeover`, `splice`, or a
 //! comma-separated list) runs those parts alone and keeps the others' stored
 //! results.
 //!
@@ -83,6 +88,7 @@
 //! stored area ([`Results`], [`plots`]). `connmirror-bench report` only does the
 //! rewriting, from the stored data, and needs neither root nor the daemon.
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -104,8 +110,8 @@ use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, JournalResults,
     LiveRound, MirrorSample, OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results,
-    ResumeCost, ResumeResults, ResumeRuns, RunInfo, Sample, TcpdumpSample, output,
-    parse_redis_benchmark_csv, quantile, write_atomically,
+    ResumeCost, ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample, TakeoverRuns,
+    TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile, write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -1367,17 +1373,24 @@ struct ResumeSample {
     commands: u64,
 }
 
+/// The positive integer the environment variable `var` holds (noted in
+/// `overrides`), or `default` when it is unset.
+fn positive_var(var: &str, default: usize, overrides: &mut Vec<String>) -> Result<usize> {
+    let Ok(value) = std::env::var(var) else {
+        return Ok(default);
+    };
+    let n = (value.trim().parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .with_context(|| format!("{var}={value:?}: expected a positive integer"))?;
+    overrides.push(format!("{var}={value}"));
+    Ok(n)
+}
+
 /// The runs and the ages of the resume benchmark, and the environment
 /// settings that replaced a default.
 fn resume_plan() -> Result<(usize, Vec<u64>, Vec<String>)> {
     let mut overrides = Vec::new();
-    let mut runs = RESUME_RUNS;
-    if let Ok(value) = std::env::var(RESUME_RUNS_VAR) {
-        runs = (value.trim().parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .with_context(|| format!("{RESUME_RUNS_VAR}={value:?}: expected a positive integer"))?;
-        overrides.push(format!("{RESUME_RUNS_VAR}={value}"));
-    }
+    let runs = positive_var(RESUME_RUNS_VAR, RESUME_RUNS, &mut overrides)?;
     let mut ages = RESUME_AGES.to_vec();
     if let Ok(value) = std::env::var(RESUME_AGES_VAR) {
         let parsed: Option<Vec<u64>> = (value.split(','))
@@ -1419,17 +1432,19 @@ const COST_LOAD: [&str; 11] = [
 /// How long one redis-benchmark run may take before it is killed.
 const COST_LIMIT: Duration = Duration::from_secs(180);
 
+/// The parts of the resume benchmark, in the order they run.
+const RESUME_PARTS: [&str; 4] = ["stall", "cost", "takeover", "splice"];
+
 /// `cargo xtask bench resume`: the parts [`RESUME_PARTS_VAR`] selects (the
-/// stall, the cost and the splice); a part not run keeps its stored result.
+/// stall, the cost, the takeover and the splice); a part not run keeps its
+/// stored result.
 fn resume(command: &str) -> Result<()> {
-    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| "stall,cost,splice".to_owned());
+    let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| RESUME_PARTS.join(","));
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     ensure!(
-        !parts.is_empty()
-            && parts
-                .iter()
-                .all(|p| ["stall", "cost", "splice"].contains(p)),
-        "{RESUME_PARTS_VAR}={parts:?}: expected some of stall, cost, splice (comma-separated)"
+        !parts.is_empty() && parts.iter().all(|p| RESUME_PARTS.contains(p)),
+        "{RESUME_PARTS_VAR}={parts:?}: expected some of {}, comma-separated",
+        RESUME_PARTS.join(",")
     );
     let stored = Results::load(&data_dir())?.resume;
     let stall = match parts.contains(&"stall") {
@@ -1445,6 +1460,10 @@ fn resume(command: &str) -> Result<()> {
         true => Some(resume_cost(command)?),
         false => stored.as_ref().and_then(|r| r.cost.clone()),
     };
+    let takeover = match parts.contains(&"takeover") {
+        true => Some(resume_takeover(command)?),
+        false => stored.as_ref().and_then(|r| r.takeover.clone()),
+    };
     let splice = match parts.contains(&"splice") {
         true => Some(splice::measure(RunInfo::collect(
             command,
@@ -1456,6 +1475,7 @@ fn resume(command: &str) -> Result<()> {
         resume: Some(ResumeResults {
             cost,
             splice,
+            takeover,
             ..stall
         }),
         ..Results::default()
@@ -1519,6 +1539,7 @@ fn resume_stall(command: &str) -> Result<ResumeResults> {
         cells,
         cost: None,
         splice: None,
+        takeover: None,
     })
 }
 
@@ -1527,15 +1548,7 @@ fn resume_stall(command: &str) -> Result<ResumeResults> {
 /// [`RESUME_COST_ROUNDS_VAR`] sets.
 fn resume_cost(command: &str) -> Result<ResumeCost> {
     let mut overrides = Vec::new();
-    let mut rounds = RESUME_COST_ROUNDS;
-    if let Ok(value) = std::env::var(RESUME_COST_ROUNDS_VAR) {
-        rounds = (value.trim().parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .with_context(|| {
-                format!("{RESUME_COST_ROUNDS_VAR}={value:?}: expected a positive integer")
-            })?;
-        overrides.push(format!("{RESUME_COST_ROUNDS_VAR}={value}"));
-    }
+    let rounds = positive_var(RESUME_COST_ROUNDS_VAR, RESUME_COST_ROUNDS, &mut overrides)?;
     let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
     let load = COST_LOAD.join(" ");
@@ -1755,4 +1768,328 @@ fn resume_step(report: &connmirror_tests::Report, mode: Resume) -> Result<Durati
         .map(|step| step.micros)
         .sum();
     Ok(Duration::from_micros(micros))
+}
+
+/// Idle connections of the takeover part, unless
+/// [`TAKEOVER_CONNECTIONS_VAR`] says otherwise.
+const TAKEOVER_CONNECTIONS: usize = 10_000;
+/// Replaces [`TAKEOVER_CONNECTIONS`]: a positive integer.
+const TAKEOVER_CONNECTIONS_VAR: &str = "CONNMIRROR_BENCH_RESUME_TAKEOVER_CONNECTIONS";
+/// Runs of each mode of the takeover part, unless [`TAKEOVER_RUNS_VAR`] says
+/// otherwise.
+const TAKEOVER_RUNS: usize = 3;
+/// Replaces [`TAKEOVER_RUNS`]: a positive integer.
+const TAKEOVER_RUNS_VAR: &str = "CONNMIRROR_BENCH_RESUME_TAKEOVER_RUNS";
+/// Open files the standby needs besides its connections' (a live standby
+/// with 8 connections holds 34).
+const STANDBY_SPARE_FILES: u64 = 128;
+/// How long the connections may take to be ready before a takeover.
+const TAKEOVER_READY_LIMIT: Duration = Duration::from_secs(180);
+/// How long a checked connection may take to answer after the takeover.
+const TAKEOVER_REPLY_LIMIT: Duration = Duration::from_secs(30);
+
+/// How the takeover part resumes the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TakeoverMode {
+    /// Handed to the echo example on the standby's handoff socket.
+    Handoff,
+    /// Spliced to the standby's redis-server, fed all along (live replay).
+    Live,
+}
+
+impl TakeoverMode {
+    const ALL: [TakeoverMode; 2] = [TakeoverMode::Handoff, TakeoverMode::Live];
+
+    fn name(self) -> &'static str {
+        match self {
+            TakeoverMode::Handoff => "handoff",
+            TakeoverMode::Live => "live",
+        }
+    }
+
+    /// The request each checked connection sends after the takeover, and the
+    /// exact reply it must get.
+    fn probe(self) -> (&'static [u8], &'static [u8]) {
+        match self {
+            TakeoverMode::Handoff => (b"t", b"t"),
+            TakeoverMode::Live => (b"PING\r\n", b"+PONG\r\n"),
+        }
+    }
+}
+
+/// What one run of the takeover part measured.
+struct TakeoverSample {
+    /// Every step of the takeover report.
+    whole: Duration,
+    /// Its `restore` and `leave-repair` steps.
+    restore: Duration,
+    /// Its `resume` step.
+    resume: Duration,
+    /// From the first connect to every connection ready.
+    ready: Duration,
+}
+
+/// The takeover part: the whole takeover of many idle connections, resume
+/// included, by handoff and by live replay, alternated run by run.
+fn resume_takeover(command: &str) -> Result<ResumeTakeover> {
+    let mut overrides = Vec::new();
+    let n = positive_var(
+        TAKEOVER_CONNECTIONS_VAR,
+        TAKEOVER_CONNECTIONS,
+        &mut overrides,
+    )?;
+    let runs = positive_var(TAKEOVER_RUNS_VAR, TAKEOVER_RUNS, &mut overrides)?;
+    // This process holds the client ends; the standby the restored sockets
+    // and the instance connections; each redis-server its clients.
+    let limit = raise_open_files_to(3 * n as u64 + 4096, n as u64 + 1024)?;
+    let standby_needs = 2 * n as u64 + STANDBY_SPARE_FILES;
+    ensure!(
+        limit >= standby_needs,
+        "a live takeover of {n} connections needs about {standby_needs} open files in the \
+         standby (two per connection, and {STANDBY_SPARE_FILES} of its own), over the hard \
+         limit of {limit}, which this process cannot raise (it needs CAP_SYS_RESOURCE): set \
+         {TAKEOVER_CONNECTIONS_VAR} to at most {}",
+        (limit - STANDBY_SPARE_FILES) / 2
+    );
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    println!(
+        "resume benchmark, takeover: {n} idle connections, handoff vs live replay, {runs} runs\n"
+    );
+    let mut modes: Vec<TakeoverRuns> = (TakeoverMode::ALL.iter())
+        .map(|mode| TakeoverRuns {
+            mode: mode.name().to_owned(),
+            takeover_ms: Vec::new(),
+            restore_ms: Vec::new(),
+            resume_ms: Vec::new(),
+            ready_ms: Vec::new(),
+        })
+        .collect();
+    for run in 1..=runs {
+        for (mode, runs_of) in TakeoverMode::ALL.into_iter().zip(&mut modes) {
+            live::interrupt_point()?;
+            bench::progress(&format!(
+                "[{:<7} {run:>2}/{runs}] takeover of {n} idle connections ... ",
+                mode.name()
+            ));
+            let sample = takeover_run(mode, n)?;
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            println!(
+                "whole {:8.1} ms (restore {:7.1} ms, resume {:7.1} ms; ready after {:.1} s)",
+                ms(sample.whole),
+                ms(sample.restore),
+                ms(sample.resume),
+                sample.ready.as_secs_f64()
+            );
+            runs_of.takeover_ms.push(ms(sample.whole));
+            runs_of.restore_ms.push(ms(sample.restore));
+            runs_of.resume_ms.push(ms(sample.resume));
+            runs_of.ready_ms.push(ms(sample.ready));
+        }
+    }
+    for m in &modes {
+        println!("{:<7} median {:8.1} ms", m.mode, median(&m.takeover_ms));
+    }
+    Ok(ResumeTakeover {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        connections: n,
+        runs,
+        checked: n,
+        overrides,
+        modes,
+    })
+}
+
+/// Raises this process's open-file limit, soft and hard, to at least
+/// `needed` (as root, past the inherited hard limit, when it has
+/// CAP_SYS_RESOURCE): the daemon and the servers it starts inherit it, as
+/// they would a unit's `LimitNOFILE`. Returns the limit it has; fails only
+/// below `least`.
+fn raise_open_files_to(needed: u64, least: u64) -> Result<u64> {
+    let hard = connmirror_handoff::raise_open_files_limit().context("raising RLIMIT_NOFILE")?;
+    if hard >= needed {
+        return Ok(hard);
+    }
+    let limit = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: needed,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to read.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0 {
+        return Ok(needed);
+    }
+    let err = std::io::Error::last_os_error();
+    ensure!(
+        hard >= least,
+        "the open-file hard limit is {hard}; the benchmark needs {least} (raising it to \
+         {needed}: {err})"
+    );
+    println!("note: the open-file hard limit stays {hard} (raising it to {needed}: {err})");
+    Ok(hard)
+}
+
+/// One run of the takeover part on a fresh topology.
+fn takeover_run(mode: TakeoverMode, n: usize) -> Result<TakeoverSample> {
+    live::wait_for_host(HOST_BUSY)?;
+    match mode {
+        TakeoverMode::Handoff => {
+            let topo = Topology::new();
+            let service = topo.service(Family::V4, FAILOVER_PORT);
+            let (mut primary, standby, _app) = failover_setup(&topo, &[]);
+            let primary = (&topo, &mut primary);
+            measure_takeover(primary, standby, service, (mode, n), None)
+        }
+        TakeoverMode::Live => {
+            let max = (n + 1000).to_string();
+            let mut s =
+                CacheSetup::redis_with(Family::V4, "bench-takeover", &["--maxclients", &max]);
+            let standby = Mirror::start(&s.topo.gateway, &s.standby_command(Resume::Live));
+            let primary = (&s.topo, &mut s.primary);
+            measure_takeover(primary, standby, s.service, (mode, n), Some(s.app.port()))
+        }
+    }
+}
+
+/// Opens `n` idle connections to `service` through `standby`, waits until
+/// they are ready (`instance`: the live instance's port), kills the primary,
+/// takes over by hand and checks every connection.
+fn measure_takeover(
+    (topo, primary): (&Topology, &mut Program),
+    standby: Mirror,
+    service: std::net::SocketAddr,
+    (mode, n): (TakeoverMode, usize),
+    instance: Option<u16>,
+) -> Result<TakeoverSample> {
+    let started = Instant::now();
+    let conns = open_idle(&topo.client, service, n)?;
+    let ready = wait_takeover_ready(&topo.gateway, n, instance);
+    let ready = ready.map(|()| started.elapsed());
+    let report = ready.as_ref().ok().map(|_| {
+        kill_primary(topo, primary);
+        takeover(&topo.gateway, &standby.control_socket(), &[])
+    });
+    let failed = report.as_ref().map(|_| check_probes(&conns, mode));
+    drop(conns);
+    let _ = standby.stop();
+    let (ready, report) = (ready?, report.expect("taken over once ready"));
+    takeover_sample(&report, (mode, n), ready, failed.unwrap_or_default())
+}
+
+/// `n` connections to `service` from `ns`, sending nothing.
+fn open_idle(ns: &Netns, service: std::net::SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    let conns = ns.run(|| {
+        (0..n)
+            .map(|_| TcpStream::connect_timeout(&service, Duration::from_secs(10)))
+            .collect::<std::io::Result<Vec<_>>>()
+    });
+    conns.with_context(|| format!("opening {n} connections to {service}"))
+}
+
+/// Waits until the standby in `gateway` tracks `n` ready flows and, for live
+/// replay (`instance` its port), has `n` connections protected with their
+/// instance connections established (both ends of each on loopback).
+fn wait_takeover_ready(gateway: &Netns, n: usize, instance: Option<u16>) -> Result<()> {
+    let deadline = Instant::now() + TAKEOVER_READY_LIMIT;
+    loop {
+        let scrape = metrics::scrape(gateway, metrics::DEFAULT_ENDPOINT);
+        let ready = scrape.sum_where("connmirror_flows", "readiness=\"ready\"");
+        let (protected, established) = match instance {
+            Some(port) => (
+                scrape.sum_where("connmirror_live_connections", "state=\"protected\""),
+                open_connections(gateway, port) / 2,
+            ),
+            None => (n as u64, n),
+        };
+        if (ready, protected, established) == (n as u64, n as u64, n) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "after {TAKEOVER_READY_LIMIT:?}: {ready} of {n} flows ready, {protected} \
+                 protected, {established} instance connections; the standby's live metrics:\n{}",
+                scrape.lines_of(&["connmirror_live_connections"]).join("\n")
+            );
+        }
+        live::sleep(Duration::from_millis(200))?;
+    }
+}
+
+/// Sends the mode's request on every connection, then reads each reply:
+/// the connections that failed, with why.
+fn check_probes(conns: &[TcpStream], mode: TakeoverMode) -> Vec<String> {
+    use std::io::{Read as _, Write as _};
+    let (request, reply) = mode.probe();
+    let mut failed = Vec::new();
+    let mut sent = vec![false; conns.len()];
+    for (i, mut conn) in conns.iter().enumerate() {
+        match conn.write_all(request) {
+            Ok(()) => sent[i] = true,
+            Err(err) => failed.push(format!("connection {i}: write: {err}")),
+        }
+    }
+    let mut got = vec![0u8; reply.len()];
+    for (i, mut conn) in conns.iter().enumerate().filter(|&(i, _)| sent[i]) {
+        let read = (conn.set_read_timeout(Some(TAKEOVER_REPLY_LIMIT)))
+            .and_then(|()| conn.read_exact(&mut got));
+        match read {
+            Ok(()) if got == reply => {}
+            Ok(()) => failed.push(format!(
+                "connection {i}: got {:?}, expected {:?}",
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(reply)
+            )),
+            Err(err) => failed.push(format!("connection {i}: read: {err}")),
+        }
+    }
+    failed
+}
+
+/// The run's times from the standby's takeover report, which must have
+/// restored and resumed all `n` connections by `mode`, every one of them
+/// answering its check afterwards.
+fn takeover_sample(
+    report: &connmirror::failover::takeover::TakeoverReport,
+    (mode, n): (TakeoverMode, usize),
+    ready: Duration,
+    failed: Vec<String>,
+) -> Result<TakeoverSample> {
+    let resumed = match mode {
+        TakeoverMode::Handoff => report.handed_off,
+        TakeoverMode::Live => report.live,
+    };
+    let n64 = n as u64;
+    ensure!(
+        (report.restored, resumed, report.divergent) == (n64, n64, 0)
+            && report.unrecoverable_total() == 0
+            && report.errors.is_empty(),
+        "expected {n} connections restored and resumed by {}: restored {}, resumed {resumed}, \
+         divergent {}, unrecoverable {:?}, errors (first 5) {:?}",
+        mode.name(),
+        report.restored,
+        report.divergent,
+        report.unrecoverable,
+        report.errors.iter().take(5).collect::<Vec<_>>()
+    );
+    ensure!(
+        failed.is_empty(),
+        "{} of {n} connections failed their check after the takeover; the first: {:?}",
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    let step = |names: &[&str]| {
+        let micros = (report.steps.iter())
+            .filter(|s| names.is_empty() || names.contains(&s.name.as_str()))
+            .map(|s| s.micros)
+            .sum();
+        Duration::from_micros(micros)
+    };
+    Ok(TakeoverSample {
+        whole: step(&[]),
+        restore: step(&["restore", "leave-repair"]),
+        resume: step(&["resume"]),
+        ready,
+    })
 }

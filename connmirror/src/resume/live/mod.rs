@@ -147,6 +147,9 @@ struct Inner {
     cap: usize,
     /// Connections by the feed's flow id.
     flows: HashMap<u64, Flow>,
+    /// The flow id of each connection, for a takeover's lookup by key (a
+    /// scan of `flows` per connection would make a takeover quadratic).
+    ids: HashMap<FlowKey, u64>,
     /// Counts since start.
     totals: Arc<Totals>,
 }
@@ -203,6 +206,7 @@ impl Live {
             apps,
             cap,
             flows: HashMap::new(),
+            ids: HashMap::new(),
             totals: Arc::default(),
         })))
     }
@@ -233,10 +237,10 @@ impl Live {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let shared = {
             let mut inner = self.lock();
-            let id = (inner.id_of(key)).ok_or(TakeError::Failed(
+            let id = (inner.ids.get(key).copied()).ok_or(TakeError::Failed(
                 "live replay never saw the connection open".to_owned(),
             ))?;
-            let flow = inner.flows.remove(&id).expect("id_of found it");
+            let flow = inner.remove(id).expect("every indexed id has its flow");
             let fed = flow.next[0];
             let handle = match flow.state {
                 State::Running(handle) => handle,
@@ -352,10 +356,13 @@ pub(crate) async fn resume(
 }
 
 impl Inner {
-    fn id_of(&self, key: &FlowKey) -> Option<u64> {
-        (self.flows.iter())
-            .find(|(_, flow)| flow.key == *key)
-            .map(|(id, _)| *id)
+    /// Forgets connection `id`, and its key unless a newer id has it.
+    fn remove(&mut self, id: u64) -> Option<Flow> {
+        let flow = self.flows.remove(&id)?;
+        if self.ids.get(&flow.key) == Some(&id) {
+            self.ids.remove(&flow.key);
+        }
+        Some(flow)
     }
 
     fn feed(&mut self, record: &Record) {
@@ -376,7 +383,7 @@ impl Inner {
                 }
             }
             Record::Close { id, .. } => {
-                self.flows.remove(id);
+                self.remove(*id);
             }
             // A checkpoint describes connections already open: their history
             // is not in it, so the instance cannot be given it.
@@ -403,6 +410,7 @@ impl Inner {
             state: State::Opening(Vec::new()),
         };
         self.flows.insert(id, flow);
+        self.ids.insert(key, id);
     }
 
     /// The connection's first update: start feeding it, or not.

@@ -246,3 +246,57 @@ async fn closing_the_connection_forgets_it() {
     let err = take_error(&live, 0).await;
     assert_eq!(err, "live replay never saw the connection open");
 }
+
+/// A connection's key reused under a new feed id, even before the old id's
+/// close arrives: the takeover finds the newer connection.
+#[tokio::test]
+async fn a_reused_key_is_taken_by_its_newest_connection() {
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
+    let reopened: Vec<Record> = (opened(true).into_iter())
+        .map(|record| match record {
+            Record::Open {
+                key, service_id, ..
+            } => Record::Open {
+                id: 2,
+                key,
+                service_id,
+            },
+            Record::Update {
+                dir,
+                kernel_gaps,
+                snapshot,
+                ..
+            } => Record::Update {
+                id: 2,
+                dir,
+                kernel_gaps,
+                snapshot,
+            },
+            other => other,
+        })
+        .collect();
+    live.feed(&reopened);
+    live.feed(&[
+        Record::Close {
+            id: 1,
+            reason: crate::flow::record::CloseReason::Closed,
+        },
+        Record::Data {
+            id: 2,
+            dir: Direction::ClientToServer,
+            offset: 0,
+            bytes: b"ab".to_vec(),
+        },
+    ]);
+    let Taken { mut conn, .. } = live.take(&key(), 2, Duration::from_secs(5)).await.unwrap();
+    conn.write_all(b"c").await.unwrap();
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"C") {
+        let mut buf = [0u8; 8];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "the instance closed after {reply:?}");
+        reply.extend_from_slice(&buf[..n]);
+    }
+    // What the instance had not produced at the takeover comes first.
+    assert!(b"ABC".ends_with(&reply), "{reply:?}");
+}
