@@ -1946,7 +1946,8 @@ fn takeover_run(mode: TakeoverMode, n: usize) -> Result<TakeoverSample> {
             let max = (n + 1000).to_string();
             let mut s =
                 CacheSetup::redis_with(Family::V4, "bench-takeover", &["--maxclients", &max]);
-            let standby = Mirror::start(&s.topo.gateway, &s.standby_command(Resume::Live));
+            let command = s.standby_command(Resume::Live).without_dumps();
+            let standby = Mirror::start(&s.topo.gateway, &command);
             let primary = (&s.topo, &mut s.primary);
             measure_takeover(primary, standby, s.service, (mode, n), Some(s.app.port()))
         }
