@@ -424,7 +424,7 @@ pub struct ResumeCost {
     /// Where and how it ran.
     pub info: RunInfo,
     /// The load, as run from the client namespace, without host and port
-    /// (`redis-benchmark -P 16 -c 8 -n 200000 -t set,get,incr -q --csv`).
+    /// (`redis-benchmark -P 16 -c 8 -n 4000000 -t set,get,incr -q --csv`).
     pub load: String,
     /// `redis-benchmark --version`.
     pub version: String,
