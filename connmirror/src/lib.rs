@@ -17,6 +17,7 @@
 //! - [`net`]: local addresses and their announcement.
 //! - [`metrics`], [`service`], [`key`]: shared leaves.
 //! - [`sys`]: the syscall layer.
+//! - `testing`: helpers the unit tests of several folders share.
 //!
 //! Types shared with the kernel side live in `connmirror-common`.
 
@@ -35,3 +36,5 @@ pub mod replication;
 pub mod resume;
 pub mod service;
 pub mod sys;
+#[cfg(test)]
+mod testing;

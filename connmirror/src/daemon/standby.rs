@@ -95,7 +95,16 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror = Engine::start(args.mirror)?;
     if let Some(live) = &config.live {
-        mirror.reader.table.collect_records();
+        let table = &mut mirror.reader.table;
+        // Flows recovered from the journal (a `--pin` restart) were open
+        // before live replay: it can never feed them, and says so.
+        let services = mirror.services.iter();
+        live.recovered(
+            services
+                .flat_map(|s| table.takeover(s.id))
+                .map(|f| (f.id, f.key)),
+        );
+        table.collect_records();
         mirror.reader.live = Some(live.clone());
     }
     let handoff = match needs_handoff {

@@ -7,6 +7,8 @@ use std::{
 use proptest::prelude::*;
 use tempfile::TempDir;
 
+use crate::testing::pseudo_random;
+
 use super::{
     format::{encode_record_header, encode_segment_header},
     *,
@@ -29,18 +31,10 @@ fn small_config(dir: &Path) -> JournalConfig {
     }
 }
 
-/// Deterministic, irregular bytes (xorshift), so that no payload looks like a
-/// framed record by accident.
+/// Deterministic, irregular bytes, so that no payload looks like a framed
+/// record by accident.
 fn payload(seed: usize, len: usize) -> Vec<u8> {
-    let mut x = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    pseudo_random(seed as u64, len)
 }
 
 /// Payload lengths: irregular, some empty, some over the 1 KiB test buffer.

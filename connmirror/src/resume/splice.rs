@@ -143,7 +143,7 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::*;
-    use crate::sys::sockopt;
+    use crate::{sys::sockopt, testing::pseudo_random};
 
     /// A client and a server, each connected over loopback to one side of
     /// a relay running as a task: (client, server, relay).
@@ -166,20 +166,6 @@ mod tests {
         (client, server, relay)
     }
 
-    /// `len` bytes of a xorshift sequence from `seed`: no run of them repeats
-    /// at a pipe-sized period, so a misplaced chunk changes the hash.
-    fn pattern(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
     /// Sends `data` on `end`, shuts its write side, and reads it to the end:
     /// on a thread, returning what it read.
     fn exchange(mut end: std::net::TcpStream, data: Vec<u8>) -> JoinHandle<Vec<u8>> {
@@ -199,8 +185,8 @@ mod tests {
     #[tokio::test]
     async fn a_few_mib_pass_both_ways_byte_exact() {
         let (client, server, relay) = relayed().await;
-        let up = pattern(1, 5 << 20);
-        let down = pattern(2, 3 << 20);
+        let up = pseudo_random(1, 5 << 20);
+        let down = pseudo_random(2, 3 << 20);
         let (up_hash, down_hash) = (Sha256::digest(&up), Sha256::digest(&down));
 
         let at_client = exchange(client, up);

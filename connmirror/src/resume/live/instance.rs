@@ -83,7 +83,7 @@ impl Handle {
     ) -> Handle {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Mutex::new(Shared {
-            protection: Protection::Protected,
+            protection: Protection::Opening,
             unwritten: 0,
             owed: 0,
             owed_since: None,
@@ -119,7 +119,10 @@ struct Task {
 impl Task {
     async fn run(mut self, app: SocketAddr, mut rx: mpsc::UnboundedReceiver<Input>) {
         let conn = match connect(app).await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                self.lock().protection = Protection::Protected;
+                conn
+            }
             Err(err) => {
                 let detail = format!("connecting to the instance at {app}: {err}");
                 return self.unprotect(Reason::InstanceDown, detail);

@@ -13,7 +13,8 @@
 //! are dropped at once, so what a connection holds is bounded by its lag, not
 //! by its age.
 //!
-//! Each connection is *protected* while the two agree. The first differing
+//! Each connection is *opening* until its instance connection is
+//! established, then *protected* while the two agree. The first differing
 //! byte makes it *divergent* (logged with the offset and both bytes, and
 //! queued for the journal: whoever owns the flow table takes the queue with
 //! [`Live::take_divergences`] and hands each to
@@ -95,6 +96,10 @@ impl Reason {
 /// Whether a live connection can be taken over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protection {
+    /// Its instance connection is not established yet: not protected, not
+    /// failed either (the handshake's record, or the instance's accept, is
+    /// still to come).
+    Opening,
     /// The instance agrees with the primary so far.
     Protected,
     /// The instance produced a byte the primary did not send.
@@ -108,6 +113,9 @@ pub enum Protection {
 pub struct ServiceProtection {
     /// Connections whose instance agrees with the primary so far.
     pub protected: u64,
+    /// Connections whose instance connection is not established yet.
+    #[serde(default)]
+    pub opening: u64,
     /// Connections whose instance diverged.
     pub divergent: u64,
     /// Connections not protected, by reason.
@@ -121,7 +129,10 @@ pub struct ServiceProtection {
 impl ServiceProtection {
     /// One line for `connmirror status`.
     pub fn summary(&self) -> String {
-        let mut line = format!("{} protected, {} divergent", self.protected, self.divergent);
+        let mut line = format!(
+            "{} protected, {} opening, {} divergent",
+            self.protected, self.opening, self.divergent
+        );
         for (reason, n) in &self.unprotected {
             line += &format!(", {n} unprotected: {reason}");
         }
@@ -224,6 +235,17 @@ impl Live {
         }
     }
 
+    /// Takes the flows the table already held when live replay started
+    /// (recovered from the journal by a restarted standby, `--pin`): their
+    /// beginning is gone, so those of live services are `unprotected:
+    /// mid-stream`, counted and shown until they close, and reset at takeover.
+    pub fn recovered(&self, flows: impl IntoIterator<Item = (u64, FlowKey)>) {
+        let mut inner = self.lock();
+        for (id, key) in flows {
+            inner.already_open(id, key);
+        }
+    }
+
     /// Hands over the instance connection of `key` at takeover, once the
     /// instance has produced every captured server byte (within `timeout`).
     /// `client_next` is the restored socket's receive offset: the instance
@@ -245,7 +267,7 @@ impl Live {
             let handle = match flow.state {
                 State::Running(handle) => handle,
                 State::Unprotected(reason) => return Err(TakeError::Unprotected(reason)),
-                State::Opening(_) => return Err(TakeError::Unprotected(Reason::MidStream)),
+                State::Opening(_) => return Err(TakeError::of(&Protection::Opening)),
             };
             if fed != client_next {
                 return Err(TakeError::Failed(format!(
@@ -305,6 +327,9 @@ impl TakeError {
     /// Why a connection whose task ended cannot be taken over.
     fn of(protection: &Protection) -> TakeError {
         match protection {
+            Protection::Opening => {
+                TakeError::Failed("the instance connection was still opening".into())
+            }
             Protection::Protected => TakeError::Failed("the live connection's task ended".into()),
             Protection::Divergent(d) => TakeError::Divergent(*d),
             Protection::Unprotected(reason) => TakeError::Unprotected(*reason),
@@ -387,10 +412,7 @@ impl Inner {
             }
             // A checkpoint describes connections already open: their history
             // is not in it, so the instance cannot be given it.
-            Record::CheckpointFlow(snapshot) => {
-                self.open(snapshot.id, snapshot.key);
-                self.started(snapshot.id, false);
-            }
+            Record::CheckpointFlow(snapshot) => self.already_open(snapshot.id, snapshot.key),
             Record::OutOfOrder { .. }
             | Record::Divergent { .. }
             | Record::CheckpointBegin { .. }
@@ -411,6 +433,13 @@ impl Inner {
         };
         self.flows.insert(id, flow);
         self.ids.insert(key, id);
+    }
+
+    /// A connection open before live replay saw it: it can never be fed,
+    /// so it is counted (and reset at takeover) as first seen mid-stream.
+    fn already_open(&mut self, id: u64, key: FlowKey) {
+        self.open(id, key);
+        self.started(id, false);
     }
 
     /// The connection's first update: start feeding it, or not.
@@ -483,7 +512,7 @@ impl Inner {
         for flow in self.flows.values() {
             let entry = by_service.entry(flow.service).or_default();
             let protection = match &flow.state {
-                State::Opening(_) => Protection::Protected,
+                State::Opening(_) => Protection::Opening,
                 State::Unprotected(reason) => Protection::Unprotected(*reason),
                 State::Running(handle) => {
                     let shared = handle.shared.lock().expect("live connection state");
@@ -499,6 +528,7 @@ impl Inner {
                 }
             };
             match protection {
+                Protection::Opening => entry.opening += 1,
                 Protection::Protected => entry.protected += 1,
                 Protection::Divergent(_) => entry.divergent += 1,
                 Protection::Unprotected(reason) => {
@@ -555,6 +585,7 @@ fn families(now: &BTreeMap<SocketAddr, ServiceProtection>, totals: &Totals) -> V
         };
         connections = connections
             .set(labels("protected", ""), p.protected as f64)
+            .set(labels("opening", ""), p.opening as f64)
             .set(labels("divergent", ""), p.divergent as f64);
         for reason in Reason::ALL {
             let n = p.unprotected.get(reason.name()).copied().unwrap_or(0);

@@ -126,6 +126,16 @@ fn unprotected(reason: &str) -> BTreeMap<String, u64> {
     [(reason.to_owned(), 1)].into()
 }
 
+/// `p` is one connection, unprotected for `reason`, counted once in the metrics.
+#[track_caller]
+fn assert_unprotected_once(live: &Live, p: &ServiceProtection, reason: &str) {
+    assert_eq!((p.protected, p.opening, p.divergent), (0, 0, 0));
+    assert_eq!(p.unprotected, unprotected(reason));
+    let text = crate::metrics::encode_text(live.families());
+    let counted = format!("connmirror_live_unprotected_total{{reason=\"{reason}\"}} 1\n");
+    assert!(text.contains(&counted), "{text}");
+}
+
 #[tokio::test]
 async fn an_agreeing_instance_is_protected_and_handed_over_with_its_new_output() {
     let live = opened_live(DEFAULT_LAG_CAP, true).await;
@@ -133,8 +143,8 @@ async fn an_agreeing_instance_is_protected_and_handed_over_with_its_new_output()
         data(Direction::ClientToServer, 0, b"hello"),
         data(Direction::ServerToClient, 0, b"HEL"),
     ]);
-    let p = until(&live, |p| p.lag_bytes == 0).await;
-    assert_eq!((p.protected, p.divergent), (1, 0));
+    let p = until(&live, |p| p.protected == 1 && p.lag_bytes == 0).await;
+    assert_eq!((p.opening, p.divergent), (0, 0));
     let Taken { mut conn, ahead } = live.take(&key(), 5, Duration::from_secs(5)).await.unwrap();
     assert_eq!(ahead, b"LO");
     conn.write_all(b"more").await.unwrap();
@@ -185,8 +195,8 @@ async fn an_instance_that_is_down_leaves_the_connection_unprotected() {
         .unwrap();
     let live = live(app, DEFAULT_LAG_CAP);
     live.feed(&opened(true));
-    let p = until(&live, |p| p.protected == 0).await;
-    assert_eq!(p.unprotected, unprotected("instance-down"));
+    let p = until(&live, |p| p.opening == 0).await;
+    assert_unprotected_once(&live, &p, "instance-down");
     let err = take_error(&live, 0).await;
     assert_eq!(err, "unprotected: instance-down");
 }
@@ -204,13 +214,8 @@ async fn a_connection_first_seen_mid_stream_is_unprotected() {
 async fn output_the_instance_never_produces_goes_over_the_lag_cap() {
     let live = opened_live(64, true).await;
     live.feed(&[data(Direction::ServerToClient, 0, &[b'A'; 100])]);
-    let p = until(&live, |p| p.protected == 0).await;
-    assert_eq!(p.unprotected, unprotected("instance-lag"));
-    let text = crate::metrics::encode_text(live.families());
-    assert!(
-        text.contains("connmirror_live_unprotected_total{reason=\"instance-lag\"} 1\n"),
-        "{text}"
-    );
+    let p = until(&live, |p| !p.unprotected.is_empty()).await;
+    assert_unprotected_once(&live, &p, "instance-lag");
 }
 
 #[tokio::test]
@@ -299,4 +304,68 @@ async fn a_reused_key_is_taken_by_its_newest_connection() {
     }
     // What the instance had not produced at the takeover comes first.
     assert!(b"ABC".ends_with(&reply), "{reply:?}");
+}
+
+/// A connection is `opening`, neither protected nor unprotected, until its
+/// instance connection is established: first while its handshake's update
+/// has not come, then while the instance has not accepted (a listener whose
+/// accept queue is full drops the SYN until it is emptied).
+#[tokio::test]
+async fn a_connection_is_opening_until_its_instance_connection_is_established() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let app = listener.local_addr().unwrap();
+    // Fill the accept queue: a backlog of 1 holds two.
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        queued.push(tokio::net::TcpStream::connect(app).await.unwrap());
+    }
+    let live = live(app, DEFAULT_LAG_CAP);
+    let [open, update] = <[Record; 2]>::try_from(opened(true)).unwrap();
+    live.feed(&[open]);
+    let p = until(&live, |_| true).await;
+    assert_eq!((p.opening, p.protected, p.unprotected.len()), (1, 0, 0));
+    live.feed(&[update]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = until(&live, |_| true).await;
+    assert_eq!((p.opening, p.protected, p.unprotected.len()), (1, 0, 0));
+    assert_eq!(
+        p.summary(),
+        "0 protected, 1 opening, 0 divergent, lag 0 bytes, 0.000 s"
+    );
+    let text = crate::metrics::encode_text(live.families());
+    let series = format!(
+        "connmirror_live_connections{{service=\"{SERVICE}\",state=\"opening\",reason=\"\"}} 1.0\n"
+    );
+    assert!(text.contains(&series), "{text}");
+    // Emptying the queue lets the retransmitted SYN in.
+    for _ in 0..2 {
+        drop(listener.accept().await.unwrap());
+    }
+    drop(queued);
+    let p = until(&live, |p| p.opening == 0).await;
+    assert_eq!((p.protected, p.unprotected.len()), (1, 0));
+}
+
+/// Flows a restarted standby recovered from its journal were open before
+/// live replay: each of a live service is `unprotected: mid-stream`, shown
+/// and counted, and a takeover says so; another service's is left out.
+#[tokio::test]
+async fn recovered_flows_are_unprotected_mid_stream() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    let mut other = key();
+    other.server_port += 1;
+    live.recovered([(7, key()), (8, other)]);
+    let p = until(&live, |_| true).await;
+    assert_unprotected_once(&live, &p, "mid-stream");
+    // The feed's later records of the flow change nothing.
+    live.feed(&[Record::Data {
+        id: 7,
+        dir: Direction::ClientToServer,
+        offset: 40,
+        bytes: b"more".to_vec(),
+    }]);
+    assert_eq!(until(&live, |_| true).await, p);
+    assert_eq!(take_error(&live, 44).await, "unprotected: mid-stream");
 }
