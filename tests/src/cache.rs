@@ -8,10 +8,17 @@
 //!
 //! Used by the `live` end-to-end tests and by `connmirror-bench resume`, with
 //! [`Counter`] clients that pipeline increments of their own keys.
+//!
+//! [`memory_growth`] is the memory measurement, shared by the test
+//! (shortened) and the benchmark (the full 60 s): the standby's resident set
+//! while [`MEMORY_CLIENTS`] connections stream, live replay against replay at
+//! takeover, whose `=full` retention keeps every byte.
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, ensure};
 
 use connmirror::daemon::status::StatusReport;
 use connmirror::resume::live::ServiceProtection;
@@ -196,4 +203,73 @@ impl CacheSetup {
 /// The live protection of the (only) service in `status`.
 pub fn live_of(status: &StatusReport) -> ServiceProtection {
     status.services[0].live.clone().expect("a live service")
+}
+
+/// Connections of [`memory_growth`].
+pub const MEMORY_CLIENTS: usize = 100;
+/// Their writers' pace: 20 commands each per 100 ms, 20,000 a second in all.
+pub const MEMORY_PACE: Duration = Duration::from_millis(100);
+/// The keys' shared prefix: with 3 digits after it, each command (`INCR
+/// KEY\r\n`) is 210 bytes, about 4.2 MB/s of client bytes in all.
+pub const MEMORY_KEY: usize = 200;
+
+/// What [`memory_growth`] measured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryRun {
+    /// The standby's resident set size at each mark, in bytes.
+    pub rss: Vec<u64>,
+    /// Commands answered over every connection when the last mark was taken.
+    pub commands: u64,
+}
+
+/// The standby's resident set size (`VmRSS`) at each of `at` (from the
+/// clients' start, ascending) while [`MEMORY_CLIENTS`] Redis clients stream
+/// through it at [`MEMORY_PACE`], the service resumed by `resume` (live, or
+/// replay, which keeps the whole history). Fails unless every client had
+/// every command answered and, live, every connection was protected at the
+/// end; an interrupt (SIGINT in the benchmark) stops it early.
+pub fn memory_growth(family: Family, resume: Resume, at: &[Duration]) -> Result<MemoryRun> {
+    let s = CacheSetup::new(family, Server::Redis, "live-memory");
+    let command = s.standby_command(resume).without_dumps();
+    let standby = Mirror::start(&s.topo.gateway, &command);
+    let prefix = "k".repeat(MEMORY_KEY);
+    let clients: Vec<Counter> = (0..MEMORY_CLIENTS)
+        .map(|i| {
+            let key = format!("{prefix}{i:03}");
+            Counter::start_paced(Server::Redis, &s.topo.client, s.service, &key, MEMORY_PACE)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut rss = Vec::with_capacity(at.len());
+    for &mark in at {
+        crate::live::sleep(mark.saturating_sub(started.elapsed()))?;
+        rss.push(resident_bytes(standby.pid())?);
+    }
+    let commands = clients.iter().map(Counter::replies).sum();
+    let live = (resume == Resume::Live).then(|| s.wait_live(&standby, |_| true));
+    let results: Vec<_> = (clients.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let _ = standby.stop();
+    for result in &results {
+        result.continued(0).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(live) = live {
+        ensure!(
+            live.protected == MEMORY_CLIENTS as u64,
+            "{MEMORY_CLIENTS} live connections were not all protected: {live:?}"
+        );
+    }
+    Ok(MemoryRun { rss, commands })
+}
+
+/// The resident set size of process `pid` (`VmRSS` in `/proc/PID/status`), in bytes.
+pub fn resident_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib: u64 = (status.lines())
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in {path}:\n{status}"))?;
+    Ok(kib << 10)
 }

@@ -379,6 +379,51 @@ pub struct ResumeResults {
     /// The takeover part, when it has run; its own [`RunInfo`] too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub takeover: Option<ResumeTakeover>,
+    /// The memory part, when it has run (older results have none); its own
+    /// [`RunInfo`] too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<ResumeMemory>,
+}
+
+/// `cargo xtask bench resume`, memory part: the standby's resident set while
+/// many connections stream, live replay against replay at takeover (whose
+/// `=full` retention keeps every byte).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResumeMemory {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// Connections streaming through the standby, one per client.
+    pub clients: usize,
+    /// Seconds they streamed.
+    pub seconds: u64,
+    /// The environment settings that replaced a default
+    /// (`CONNMIRROR_BENCH_RESUME_MEMORY_SECONDS=20`); empty with the defaults.
+    pub overrides: Vec<String>,
+    /// One per mode: live replay, then replay.
+    pub modes: Vec<MemoryRuns>,
+}
+
+/// One mode's run of the memory part.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryRuns {
+    /// The `--resume` mode: `live` or `replay`.
+    pub mode: String,
+    /// When each sample was taken, in seconds from the clients' start.
+    pub at_s: Vec<u64>,
+    /// The standby's resident set size (`VmRSS`) at each of `at_s`, in bytes.
+    pub rss_bytes: Vec<u64>,
+    /// Commands answered over every connection by the last sample.
+    pub commands: u64,
+}
+
+impl MemoryRuns {
+    /// The last sample's growth over the first, as a fraction of the first.
+    pub fn growth(&self) -> f64 {
+        match (self.rss_bytes.first(), self.rss_bytes.last()) {
+            (Some(&first), Some(&last)) if first > 0 => (last as f64 - first as f64) / first as f64,
+            _ => f64::NAN,
+        }
+    }
 }
 
 /// `cargo xtask bench resume`, takeover part: the whole takeover of many
@@ -1040,7 +1085,105 @@ fn render_resume(r: &ResumeResults) -> String {
         s.push('\n');
         s.push_str(&render_resume_takeover(takeover));
     }
+    if let Some(memory) = &r.memory {
+        s.push('\n');
+        s.push_str(&render_resume_memory(memory));
+    }
     s
+}
+
+/// Live replay's memory target: its RSS at the end within this fraction of
+/// its RSS at the first sample (and replay's full history growing past it).
+const MEMORY_GROWTH_TARGET: f64 = 0.10;
+
+/// Whether a mode's run meets the memory target: live replay stays within
+/// [`MEMORY_GROWTH_TARGET`], replay's full history grows past it.
+fn meets_memory_target(run: &MemoryRuns) -> bool {
+    match run.mode.as_str() {
+        "live" => run.growth().abs() <= MEMORY_GROWTH_TARGET,
+        _ => run.growth() > MEMORY_GROWTH_TARGET,
+    }
+}
+
+/// The memory part of the resume section: its own run facts and one row per
+/// mode.
+fn render_resume_memory(m: &ResumeMemory) -> String {
+    let method = format!(
+        "IPv4, a fresh client/standby/primary topology per mode: the primary runs \
+         redis-server on the service address; the standby (`connmirror standby`, TC ingress \
+         on both links, no dump files, no failure detection) runs its own redis-server on \
+         loopback, resumed by live replay (`--service IP:PORT --resume \
+         IP:PORT=live:127.0.0.1:7001`) or by replay at takeover (`--service IP:PORT=full \
+         --resume IP:PORT=replay:127.0.0.1:7001`, which keeps every byte of history). {} \
+         clients, one connection each, pipeline `INCR` on their own 203-byte keys, 20 \
+         commands every 100 ms each (about 4.2 MB/s of client bytes in all), and verify \
+         every reply. The standby's resident set size (`VmRSS` of /proc/PID/status) is \
+         sampled every 10 s from the clients' start. A run fails unless every command is \
+         answered and, live, every connection is protected at the end.",
+        m.clients
+    );
+    let mut s = format!(
+        "### Resume: memory, {} connections streaming for {} s\n\n",
+        m.clients, m.seconds
+    );
+    s.push_str(&m.info.render(&method));
+    let how = if m.overrides.is_empty() {
+        "the default".to_owned()
+    } else {
+        let set: Vec<String> = m.overrides.iter().map(|o| format!("`{o}`")).collect();
+        format!("set by {}, instead of the default", set.join(" "))
+    };
+    let _ = writeln!(s, "- length: {} s ({how})", m.seconds);
+    s.push('\n');
+    s.push_str(&memory_table(m));
+    let met = !m.modes.is_empty() && m.modes.iter().all(meets_memory_target);
+    let pct = MEMORY_GROWTH_TARGET * 100.0;
+    let _ = writeln!(
+        s,
+        "\nTarget: live replay's RSS at the end within {pct:.0} % of its RSS at the first \
+         sample, while replay's full history grows: {}.",
+        verdict(met)
+    );
+    s
+}
+
+/// One row per mode: the RSS at the first and the last sample, the growth,
+/// every sample, the commands answered, and the target.
+fn memory_table(m: &ResumeMemory) -> String {
+    let at = m.modes.first().map_or(&[][..], |run| &run.at_s[..]);
+    let (first_s, last_s) = (at.first().unwrap_or(&0), at.last().unwrap_or(&0));
+    let mut t = format!(
+        "| resumption | RSS at {first_s} s (MiB) | RSS at {last_s} s (MiB) | growth | RSS at each sample (MiB) | commands answered | target |\n\
+         | --- | ---: | ---: | ---: | --- | ---: | --- |\n",
+    );
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    let pct = MEMORY_GROWTH_TARGET * 100.0;
+    for run in &m.modes {
+        let (name, target) = match run.mode.as_str() {
+            "live" => ("live replay", format!("within ±{pct:.0} %")),
+            "replay" => (
+                "replay at takeover (full history)",
+                format!("> +{pct:.0} %"),
+            ),
+            other => (other, "–".to_owned()),
+        };
+        let samples: Vec<String> = (run.at_s.iter().zip(&run.rss_bytes))
+            .map(|(at, &bytes)| format!("{at} s: {:.1}", mib(bytes)))
+            .collect();
+        let first = run.rss_bytes.first().copied().unwrap_or(0);
+        let last = run.rss_bytes.last().copied().unwrap_or(0);
+        let _ = writeln!(
+            t,
+            "| {name} | {:.1} | {:.1} | {:+.1} % | {} | {} | {target}: {} |",
+            mib(first),
+            mib(last),
+            run.growth() * 100.0,
+            samples.join(", "),
+            thousands(run.commands as usize),
+            verdict(meets_memory_target(run)),
+        );
+    }
+    t
 }
 
 /// The whole takeover's target, handoff and live replay alike, in milliseconds.
@@ -1406,6 +1549,7 @@ pub(crate) mod tests {
             cost: None,
             splice: None,
             takeover: None,
+            memory: None,
         }
     }
 
@@ -1467,6 +1611,80 @@ pub(crate) mod tests {
                 runs("live", vec![300.0, 520.0, 200.0]),
             ],
         }
+    }
+
+    /// A memory result of 60 s: live replay flat (+5 %), replay doubling.
+    pub(crate) fn resume_memory() -> ResumeMemory {
+        let run = |mode: &str, rss_mib: [u64; 3]| MemoryRuns {
+            mode: mode.into(),
+            at_s: vec![10, 30, 60],
+            rss_bytes: rss_mib.iter().map(|mib| mib << 20).collect(),
+            commands: 1_200_000,
+        };
+        ResumeMemory {
+            info: info(),
+            clients: 100,
+            seconds: 60,
+            overrides: Vec::new(),
+            modes: vec![run("live", [40, 41, 42]), run("replay", [100, 150, 200])],
+        }
+    }
+
+    /// The memory table: RSS at the first and last samples, the growth and
+    /// each mode's target (live within 10 %, replay growing); the section
+    /// follows the others and is judged on both modes.
+    #[test]
+    fn resume_memory_judges_live_flat_and_replay_growing() {
+        let mut memory = resume_memory();
+        let rows: Vec<String> = (memory_table(&memory).lines()).map(String::from).collect();
+        assert_eq!(
+            rows,
+            [
+                "| resumption | RSS at 10 s (MiB) | RSS at 60 s (MiB) | growth | RSS at each sample (MiB) | commands answered | target |",
+                "| --- | ---: | ---: | ---: | --- | ---: | --- |",
+                "| live replay | 40.0 | 42.0 | +5.0 % | 10 s: 40.0, 30 s: 41.0, 60 s: 42.0 | 1,200,000 | within ±10 %: met |",
+                "| replay at takeover (full history) | 100.0 | 200.0 | +100.0 % | 10 s: 100.0, 30 s: 150.0, 60 s: 200.0 | 1,200,000 | > +10 %: met |",
+            ]
+        );
+        let target = "Target: live replay's RSS at the end within 10 % of its RSS at the first \
+                      sample, while replay's full history grows";
+        let page = |memory: &ResumeMemory| {
+            Results {
+                resume: Some(ResumeResults {
+                    memory: Some(memory.clone()),
+                    takeover: Some(resume_takeover()),
+                    ..resume()
+                }),
+                ..Results::default()
+            }
+            .render()
+        };
+        let met = page(&memory);
+        let section = &met[met
+            .find("### Resume: memory, 100 connections streaming for 60 s")
+            .expect("memory section")..];
+        assert!(!section.contains("### Resume: whole takeover"), "last");
+        assert!(section.contains("- length: 60 s (the default)"));
+        assert!(section.contains(&format!("{target}: met.")), "{section}");
+        memory.modes[0].rss_bytes[2] = 45 << 20;
+        assert!(page(&memory).contains(&format!("{target}: missed.")));
+    }
+
+    /// A `resume.json` written before the memory part existed loads, with
+    /// no memory result, and renders without its section.
+    #[test]
+    fn resume_json_without_memory_loads() {
+        let mut json = serde_json::to_value(resume()).unwrap();
+        assert_eq!(json.as_object_mut().unwrap().remove("memory"), None);
+        let old: ResumeResults = serde_json::from_value(json).unwrap();
+        assert_eq!(old, resume());
+        let page = Results {
+            resume: Some(old),
+            ..Results::default()
+        }
+        .render();
+        assert!(page.contains("## Resume: stall against connection age"));
+        assert!(!page.contains("### Resume: memory"));
     }
 
     /// The takeover table: every run, the median judged against 500 ms per
@@ -1698,6 +1916,7 @@ pub(crate) mod tests {
             ownership: Some(ownership()),
             resume: Some(ResumeResults {
                 cost: Some(resume_cost()),
+                memory: Some(resume_memory()),
                 ..resume()
             }),
             ..Results::default()

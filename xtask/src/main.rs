@@ -175,7 +175,12 @@ pub enum Area {
     /// Client stall through an automatic failover against connection age
     /// (p50/p99/max), live replay against replay at takeover, with Redis
     /// (well over an hour; CONNMIRROR_BENCH_RESUME_RUNS and
-    /// CONNMIRROR_BENCH_RESUME_AGES reduce it).
+    /// CONNMIRROR_BENCH_RESUME_AGES reduce it); then the cost on the
+    /// protected path, the takeover of 10,000 idle connections, splice(2)
+    /// against copy_bidirectional, and memory (the standby's RSS over 60 s of
+    /// 100 streaming connections, CONNMIRROR_BENCH_RESUME_MEMORY_SECONDS).
+    /// CONNMIRROR_BENCH_RESUME_PARTS=stall,cost,takeover,splice,memory picks
+    /// the parts (docs/benchmarks.md).
     Resume,
 }
 

@@ -77,9 +77,14 @@
 //! Then the relay after takeover ([`splice`]): bulk throughput, relay CPU and
 //! round trips of `copy_bidirectional` against splice(2) on real TCP sockets,
 //! interleaved over rounds (`CONNMIRROR_BENCH_SPLICE_ROUNDS` replaces their
-//! number). `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or `stall`, `takeover`, `splice`, or a
-//! comma-separated list) runs those parts alone and keeps the others' stored
-//! results.
+//! number). Then memory ([`cache::memory_growth`]): the standby's resident
+//! set every 10 s while [`cache::MEMORY_CLIENTS`] connections stream for
+//! [`MEMORY_SECONDS`] s (`CONNMIRROR_BENCH_RESUME_MEMORY_SECONDS` replaces
+//! it), live replay and then replay at takeover, whose `=full` retention
+//! keeps every byte: live replay's RSS at the end must be within 10 % of its
+//! RSS at 10 s, while replay's grows. `CONNMIRROR_BENCH_RESUME_PARTS=cost` (or
+//! `stall`, `takeover`, `splice`, `memory`, or a comma-separated list) runs
+//! those parts alone and keeps the others' stored results.
 //!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
@@ -95,7 +100,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use connmirror_common::Counter;
-use connmirror_tests::cache::{CacheSetup, Resume};
+use connmirror_tests::cache::{self, CacheSetup, Resume};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
 use connmirror_tests::failover::{
     Program, configure_primary, detecting_standby, echo_primary, handoff_app, key_file,
@@ -109,9 +114,10 @@ use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, JournalResults,
-    LiveRound, MirrorSample, OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results,
-    ResumeCost, ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample, TakeoverRuns,
-    TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile, write_atomically,
+    LiveRound, MemoryRuns, MirrorSample, OnHostResults, OnHostRuns, OwnershipResults,
+    RestoreSample, Results, ResumeCost, ResumeMemory, ResumeResults, ResumeRuns, ResumeTakeover,
+    RunInfo, Sample, TakeoverRuns, TcpdumpSample, median, output, parse_redis_benchmark_csv,
+    quantile, write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -1406,8 +1412,8 @@ fn resume_plan() -> Result<(usize, Vec<u64>, Vec<String>)> {
     Ok((runs, ages, overrides))
 }
 
-/// Selects the parts of the resume benchmark: some of `stall`, `cost` and
-/// `splice` (comma-separated; the default is all three).
+/// Selects the parts of the resume benchmark: some of [`RESUME_PARTS`]
+/// (comma-separated; the default is all of them).
 const RESUME_PARTS_VAR: &str = "CONNMIRROR_BENCH_RESUME_PARTS";
 /// Rounds of (no live instance, live instance) of the cost part, unless
 /// [`RESUME_COST_ROUNDS_VAR`] says otherwise.
@@ -1433,11 +1439,19 @@ const COST_LOAD: [&str; 11] = [
 const COST_LIMIT: Duration = Duration::from_secs(180);
 
 /// The parts of the resume benchmark, in the order they run.
-const RESUME_PARTS: [&str; 4] = ["stall", "cost", "takeover", "splice"];
+const RESUME_PARTS: [&str; 5] = ["stall", "cost", "takeover", "splice", "memory"];
+
+/// Seconds the memory part's connections stream, unless
+/// [`MEMORY_SECONDS_VAR`] says otherwise: the issue's 60.
+const MEMORY_SECONDS: usize = 60;
+/// Replaces [`MEMORY_SECONDS`]: more than [`MEMORY_STEP`].
+const MEMORY_SECONDS_VAR: &str = "CONNMIRROR_BENCH_RESUME_MEMORY_SECONDS";
+/// Seconds between the memory part's RSS samples (the first is at this age).
+const MEMORY_STEP: u64 = 10;
 
 /// `cargo xtask bench resume`: the parts [`RESUME_PARTS_VAR`] selects (the
-/// stall, the cost, the takeover and the splice); a part not run keeps its
-/// stored result.
+/// stall, the cost, the takeover, the splice and the memory); a part not run
+/// keeps its stored result.
 fn resume(command: &str) -> Result<()> {
     let parts = std::env::var(RESUME_PARTS_VAR).unwrap_or_else(|_| RESUME_PARTS.join(","));
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
@@ -1469,13 +1483,18 @@ fn resume(command: &str) -> Result<()> {
             command,
             &workspace_root(),
         )?)?),
-        false => stored.and_then(|r| r.splice),
+        false => stored.as_ref().and_then(|r| r.splice.clone()),
+    };
+    let memory = match parts.contains(&"memory") {
+        true => Some(resume_memory(command)?),
+        false => stored.and_then(|r| r.memory),
     };
     record(Results {
         resume: Some(ResumeResults {
             cost,
             splice,
             takeover,
+            memory,
             ..stall
         }),
         ..Results::default()
@@ -1540,6 +1559,66 @@ fn resume_stall(command: &str) -> Result<ResumeResults> {
         cost: None,
         splice: None,
         takeover: None,
+        memory: None,
+    })
+}
+
+/// The memory part: the standby's RSS every [`MEMORY_STEP`] s while
+/// [`cache::MEMORY_CLIENTS`] connections stream for [`MEMORY_SECONDS`] s
+/// (or what [`MEMORY_SECONDS_VAR`] sets), live replay then replay at
+/// takeover, each on a fresh topology.
+fn resume_memory(command: &str) -> Result<ResumeMemory> {
+    let mut overrides = Vec::new();
+    let seconds = positive_var(MEMORY_SECONDS_VAR, MEMORY_SECONDS, &mut overrides)? as u64;
+    ensure!(
+        seconds > MEMORY_STEP,
+        "{MEMORY_SECONDS_VAR}={seconds}: expected more than {MEMORY_STEP} seconds"
+    );
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    let clients = cache::MEMORY_CLIENTS;
+    println!(
+        "resume benchmark, memory: the standby's RSS while {clients} connections stream for \
+         {seconds} s, live replay vs replay at takeover (full history)\n"
+    );
+    let mut at_s: Vec<u64> = (MEMORY_STEP..seconds)
+        .step_by(MEMORY_STEP as usize)
+        .collect();
+    at_s.push(seconds);
+    let at: Vec<Duration> = at_s.iter().map(|&s| Duration::from_secs(s)).collect();
+    let mut modes = Vec::new();
+    for mode in RESUME_MODES {
+        live::wait_for_host(HOST_BUSY)?;
+        bench::progress(&format!(
+            "[{:<6}] {seconds} s of streaming ... ",
+            mode.name()
+        ));
+        let run = cache::memory_growth(Family::V4, mode, &at)?;
+        let runs = MemoryRuns {
+            mode: mode.name().to_owned(),
+            at_s: at_s.clone(),
+            rss_bytes: run.rss,
+            commands: run.commands,
+        };
+        let mib = |bytes: &u64| format!("{:.1}", *bytes as f64 / f64::from(1 << 20));
+        let rss: Vec<String> = runs.rss_bytes.iter().map(mib).collect();
+        println!(
+            "RSS {} MiB ({:+.1} %), {} commands",
+            rss.join(", "),
+            runs.growth() * 100.0,
+            runs.commands
+        );
+        modes.push(runs);
+    }
+    Ok(ResumeMemory {
+        info: RunInfo {
+            seconds: started.elapsed().as_secs_f64(),
+            ..info
+        },
+        clients,
+        seconds,
+        overrides,
+        modes,
     })
 }
 

@@ -26,7 +26,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use connmirror_tests::cache::{CacheSetup as Setup, Resume, live_of};
+use connmirror_tests::cache::{CacheSetup as Setup, Resume, live_of, memory_growth};
 use connmirror_tests::failover::{Program, kill_primary_host, start_agent, status};
 use connmirror_tests::journal::{self, Way};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
@@ -211,7 +211,7 @@ fn failover(family: Family) {
     );
     assert!(
         table.contains(&format!(
-            "\n  live    {CLIENTS} protected, 1 divergent, lag "
+            "\n  live    {CLIENTS} protected, 0 opening, 1 divergent, lag "
         )),
         "{table}"
     );
@@ -479,74 +479,32 @@ fn live_replay_continues_memcached_sessions_past_the_history_cap_v6() {
     memcached_failover(Family::V6);
 }
 
-/// Connections in the memory test.
-const MEMORY_CLIENTS: usize = 100;
-/// Their writers' pace: 20 commands each per 100 ms, 20,000 a second in all.
-const MEMORY_PACE: Duration = Duration::from_millis(100);
-/// A 200-byte key makes each command 213 bytes: about 4 MB/s of client bytes.
-const MEMORY_KEY: usize = 200;
-/// When the first RSS sample is taken, and how long after it the second.
-const MEMORY_WARMUP: Duration = Duration::from_secs(5);
-const MEMORY_SPAN: Duration = Duration::from_secs(15);
-
-/// The standby's resident set size, in bytes (`VmRSS`).
-fn rss(standby: &Mirror) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", standby.pid()))
-        .expect("the standby's /proc status");
-    let kib: u64 = (status.lines())
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in:\n{status}"));
-    kib << 10
-}
-
-/// The standby's RSS after [`MEMORY_WARMUP`] and [`MEMORY_SPAN`] more of
-/// [`MEMORY_CLIENTS`] streaming connections, resumed by `resume` (live, or
-/// replay, which keeps the whole history).
-fn memory_growth(family: Family, resume: Resume) -> (u64, u64) {
-    let s = Setup::new(family, Server::Redis, "live-memory");
-    let command = s.standby_command(resume).without_dumps();
-    let standby = Mirror::start(&s.topo.gateway, &command);
-    let prefix = "k".repeat(MEMORY_KEY);
-    let clients: Vec<Counter> = (0..MEMORY_CLIENTS)
-        .map(|i| {
-            let key = format!("{prefix}{i:03}");
-            Counter::start_paced(Server::Redis, &s.topo.client, s.service, &key, MEMORY_PACE)
-        })
-        .collect();
-    std::thread::sleep(MEMORY_WARMUP);
-    let early = rss(&standby);
-    std::thread::sleep(MEMORY_SPAN);
-    let late = rss(&standby);
-    let sent: u64 = clients.iter().map(Counter::replies).sum();
-    if resume == Resume::Live {
-        let live = s.wait_live(&standby, |_| true);
-        assert_eq!(live.protected, MEMORY_CLIENTS as u64, "{live:?}");
-    }
-    let results: Vec<CounterResult> = (clients.into_iter())
-        .map(|c| c.finish(Duration::from_secs(30)))
-        .collect();
-    let _ = standby.stop();
-    assert_continued(&results, 0);
-    eprintln!(
-        "{}: RSS {early} then {late} bytes, {sent} commands answered",
-        resume.name()
-    );
-    (early, late)
-}
+/// When the memory test's two RSS samples are taken, from the clients' start.
+const MEMORY_AT: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(20)];
 
 /// Live replay's memory is bounded by the connections' lag, not their age:
 /// the standby's RSS stays within 10 % while 100 connections stream, where
-/// replay's full retention grows with every byte. (The run is 60 s;
-/// `cargo xtask test` takes 20, with 4 MB/s of client bytes.)
+/// replay's full retention grows with every byte. (The run is 60 s,
+/// `cargo xtask bench resume`'s memory part; `cargo xtask test` takes 20,
+/// with about 4 MB/s of client bytes.)
 #[test]
 fn live_replay_memory_stays_flat_while_full_history_grows_v4() {
-    let (early, late) = memory_growth(Family::V4, Resume::Live);
+    let rss = |resume: Resume| {
+        let run = memory_growth(Family::V4, resume, &MEMORY_AT).expect("the memory run");
+        eprintln!(
+            "{}: RSS {:?} bytes, {} commands answered",
+            resume.name(),
+            run.rss,
+            run.commands
+        );
+        <[u64; 2]>::try_from(run.rss).expect("two samples")
+    };
+    let [early, late] = rss(Resume::Live);
     assert!(
         late <= early + early / 10,
         "live replay's RSS grew from {early} to {late} bytes"
     );
-    let (full_early, full_late) = memory_growth(Family::V4, Resume::Replay);
+    let [full_early, full_late] = rss(Resume::Replay);
     assert!(
         full_late > full_early + full_early / 10,
         "full history's RSS went from {full_early} to {full_late} bytes"
