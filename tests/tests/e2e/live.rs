@@ -21,7 +21,11 @@
 //! same way, and the primary's traffic goes on undisturbed. Another runs the
 //! standby with `--journal`: after the divergence shows and the standby stops
 //! cleanly, `connmirror journal inspect` names the divergent connection, with
-//! the offset and both bytes, and no other.
+//! the offset and both bytes, and no other. A standby hot-restarted with
+//! `--pin` on its journal counts the connections it recovered as
+//! `unprotected: mid-stream`: live replay never saw them open. The last
+//! test measures the standby's memory: flat with live replay while 100
+//! connections stream, growing with replay's full history.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,6 +36,7 @@ use connmirror_tests::journal::{self, Way};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, Report};
 use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
+use connmirror_tests::pinning::PinnedInstance;
 use connmirror_tests::redis::{self, Counter, CounterResult, Server};
 use connmirror_tests::topology::{CLIENT_IF, Family};
 use connmirror_tests::wire::{WireSeen, WireWatch};
@@ -477,6 +482,63 @@ fn live_replay_continues_memcached_sessions_past_the_history_cap_v4() {
 #[test]
 fn live_replay_continues_memcached_sessions_past_the_history_cap_v6() {
     memcached_failover(Family::V6);
+}
+
+/// A standby hot-restarted (`--pin`) on its journal recovers the open
+/// connections, but live replay never saw them open and can never feed
+/// them: status and /metrics count each `unprotected: mid-stream` (where
+/// they were shown nowhere before), and the primary's traffic goes on.
+fn pin_restart(family: Family) {
+    const RESTARTED: usize = 2;
+    let s = Setup::new(family, Server::Redis, "live-restart");
+    let pin = PinnedInstance::new("live-restart");
+    let dir = WorkDir::new("live-restart");
+    let command = (s.standby_command(Resume::Live).without_dumps())
+        .pin(pin.name())
+        .arg("--journal")
+        .arg(&dir.path().display().to_string());
+    let standby = Mirror::start(&s.topo.gateway, &command);
+    let counters = s.counters(RESTARTED, "restart");
+    for counter in &counters {
+        counter
+            .wait_progress(200, Duration::from_secs(30))
+            .expect("replies before the restart");
+    }
+    let before = s.wait_live(&standby, |live| live.protected == RESTARTED as u64);
+    let _ = standby.stop();
+    let standby = Mirror::start(&s.topo.gateway, &command);
+    let after = s.wait_live(&standby, |live| !live.unprotected.is_empty());
+    let metrics = scrape(&s.topo.gateway, DEFAULT_ENDPOINT);
+    for counter in &counters {
+        let more = counter.replies() + 200;
+        counter
+            .wait_progress(more, Duration::from_secs(30))
+            .expect("the primary's traffic goes on");
+    }
+    let results: Vec<CounterResult> = (counters.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
+    let _ = standby.stop();
+
+    assert_eq!(before.unprotected.len(), 0, "{before:?}");
+    let mid_stream = [("mid-stream".to_owned(), RESTARTED as u64)].into();
+    assert_eq!((after.protected, after.opening), (0, 0), "{after:?}");
+    assert_eq!(after.unprotected, mid_stream, "{after:?}");
+    let counted = "connmirror_live_unprotected_total{reason=\"mid-stream\"}";
+    assert_eq!(metrics.count(counted), RESTARTED as u64);
+    let shown = connections(&s, "unprotected", "mid-stream");
+    assert_eq!(metrics.count(&shown), RESTARTED as u64);
+    assert_continued(&results, 200);
+}
+
+#[test]
+fn a_pin_restart_counts_the_recovered_connections_unprotected_mid_stream_v4() {
+    pin_restart(Family::V4);
+}
+
+#[test]
+fn a_pin_restart_counts_the_recovered_connections_unprotected_mid_stream_v6() {
+    pin_restart(Family::V6);
 }
 
 /// When the memory test's two RSS samples are taken, from the clients' start.
