@@ -165,7 +165,7 @@ impl Reader {
             .set(Vec::new(), lag_seconds),
         ];
         if let Some(journal) = &self.journal {
-            families.extend(journal_families(journal.stats()));
+            families.extend(journal_families(&journal.stats()));
         }
         families
     }
