@@ -21,6 +21,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use bytes::{Bytes, BytesMut};
 use connmirror_common::{
     Direction, FlowKey, RecordHeader,
     record::tcp_flags::{ACK, FIN, RST, SYN},
@@ -48,6 +49,8 @@ mod dump;
 use dump::{Dump, dump_path};
 mod divergence;
 pub use divergence::Divergence;
+mod journaling;
+use journaling::Journaling;
 
 /// One direction of a flow: its reassembled stream, the state of the segments
 /// its sender sent, and where it is written.
@@ -55,14 +58,6 @@ struct Side {
     stream: Stream,
     state: SideState,
     dump: Option<Box<Dump>>,
-}
-
-/// Where a side's delivered bytes go besides the stream: the journal, as
-/// [`Record::Data`] of flow `id` in direction `dir`.
-struct Journaling<'a> {
-    id: u64,
-    dir: Direction,
-    records: &'a mut Vec<Record>,
 }
 
 impl Side {
@@ -107,12 +102,7 @@ impl Side {
                 }
                 match (piece, journal.as_mut()) {
                     (Chunk::Bytes(bytes), Some(j)) => {
-                        j.records.push(Record::Data {
-                            id: j.id,
-                            dir: j.dir,
-                            offset,
-                            bytes: bytes.to_vec(),
-                        });
+                        j.data(offset, bytes);
                         offset += bytes.len() as u64;
                     }
                     (Chunk::Bytes(bytes), None) => offset += bytes.len() as u64,
@@ -251,7 +241,7 @@ impl Flow {
                     id: self.id,
                     dir,
                     offset,
-                    bytes: bytes.to_vec(),
+                    bytes: Bytes::copy_from_slice(bytes),
                 })?;
             }
         }
@@ -290,6 +280,8 @@ pub struct FlowTable {
     dump_dir: Option<PathBuf>,
     /// Journal records not yet taken, when journaling.
     records: Option<Vec<Record>>,
+    /// Where the journaled payload is copied ([`journaling`]).
+    arena: BytesMut,
     next_id: u64,
     /// Records applied so far (the clock for idleness).
     applied: u64,
@@ -308,6 +300,7 @@ impl FlowTable {
             retention: BTreeMap::new(),
             dump_dir,
             records: None,
+            arena: BytesMut::new(),
             next_id: 1,
             applied: 0,
             memory_cap: None,
@@ -381,6 +374,7 @@ impl FlowTable {
         let Self {
             flows,
             records,
+            arena,
             applied,
             held,
             ..
@@ -403,6 +397,7 @@ impl FlowTable {
             id,
             dir: direction,
             records,
+            arena,
         });
         let result = this.record(header, chunk, other.state.scales(), journal);
         *held = *held + flow.held() - before;
@@ -507,8 +502,12 @@ impl FlowTable {
         flow.dirty = true;
         if let (Some(records), Some(c2s), Some(s2c)) = (self.records.as_mut(), c2s, s2c) {
             for (dir, offset, bytes) in [
-                (Direction::ClientToServer, c2s, Vec::new()),
-                (Direction::ServerToClient, s2c, plan.send_queue.clone()),
+                (Direction::ClientToServer, c2s, Bytes::new()),
+                (
+                    Direction::ServerToClient,
+                    s2c,
+                    Bytes::copy_from_slice(&plan.send_queue),
+                ),
             ] {
                 records.push(Record::Data {
                     id: flow.id,
@@ -660,7 +659,7 @@ impl FlowTable {
                             id: flow.id,
                             dir,
                             offset,
-                            bytes: bytes.to_vec(),
+                            bytes: Bytes::copy_from_slice(bytes),
                         })?;
                         offset += bytes.len() as u64;
                     }

@@ -32,7 +32,7 @@ pub struct RecoveredSide {
     /// given-up hole restarts them at the offset after it).
     pub bytes: Vec<u8>,
     /// Out-of-order pieces journaled at a clean stop or a checkpoint, by offset.
-    pub out_of_order: Vec<(u64, Vec<u8>)>,
+    pub out_of_order: Vec<(u64, bytes::Bytes)>,
 }
 
 impl RecoveredSide {
@@ -438,7 +438,7 @@ pub(crate) mod tests {
             id,
             dir: Direction::ClientToServer,
             offset,
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
         }
     }
 

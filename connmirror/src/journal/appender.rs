@@ -98,7 +98,11 @@ impl Appender {
     /// # Errors
     ///
     /// The writer thread stopped on an error.
-    pub fn push(&mut self, kind: u8, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), JournalError> {
+    pub fn push(
+        &mut self,
+        kind: u8,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), JournalError> {
         let start = self.batch.len();
         self.batch.push(kind);
         self.batch.extend_from_slice(&[0; 4]);
@@ -248,11 +252,13 @@ fn run(
     let mut rotated = None;
     loop {
         let job = match writer.commit_deadline() {
-            Some(deadline) => match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(job) => Some(job),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
+            Some(deadline) => {
+                match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(job) => Some(job),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
             None => match jobs.recv() {
                 Ok(job) => Some(job),
                 Err(_) => break,
