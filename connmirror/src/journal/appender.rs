@@ -103,12 +103,7 @@ impl Appender {
         kind: u8,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), JournalError> {
-        let start = self.batch.len();
-        self.batch.push(kind);
-        self.batch.extend_from_slice(&[0; 4]);
-        encode(&mut self.batch);
-        let len = self.batch.len() - start - BATCH_FRAME;
-        self.batch[start + 1..start + BATCH_FRAME].copy_from_slice(&(len as u32).to_le_bytes());
+        let len = frame(&mut self.batch, kind, encode) - BATCH_FRAME;
         self.records += 1;
         self.bytes_appended += RECORD_HEADER_LEN + len as u64;
         if self.batch.len() >= BATCH_BYTES {
@@ -242,6 +237,19 @@ impl Appender {
     }
 }
 
+/// Appends one record to `out` as a batch holds it: the kind, the payload
+/// length (`u32` LE), then the payload `encode` appends. Returns the bytes
+/// added. The replication channel frames its records the same way.
+pub fn frame(out: &mut Vec<u8>, kind: u8, encode: impl FnOnce(&mut Vec<u8>)) -> usize {
+    let start = out.len();
+    out.push(kind);
+    out.extend_from_slice(&[0; 4]);
+    encode(out);
+    let len = (out.len() - start - BATCH_FRAME) as u32;
+    out[start + 1..start + BATCH_FRAME].copy_from_slice(&len.to_le_bytes());
+    out.len() - start
+}
+
 /// The writer thread: applies each job, commits on the policy's clock while
 /// idle, and closes the writer once the reader hangs up.
 fn run(
@@ -298,3 +306,6 @@ fn append_batch(writer: &mut JournalWriter, batch: &[u8]) -> Result<(), JournalE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

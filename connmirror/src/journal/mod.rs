@@ -173,7 +173,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use appender::{Appender, BATCH_BYTES};
+pub use appender::{Appender, BATCH_BYTES, frame};
 pub use format::{
     FORMAT_VERSION, MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
     parse_segment_file_name, segment_file_name, segment_path,
