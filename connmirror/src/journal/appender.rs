@@ -237,6 +237,19 @@ impl Appender {
     }
 }
 
+impl Drop for Appender {
+    /// Hands over what was pushed and waits for the thread to write and sync
+    /// it, as [`close`](Appender::close) does, so that a path that drops the
+    /// journal (an error) leaves no batch unwritten when the process exits.
+    fn drop(&mut self) {
+        let _ = self.commit();
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Appends one record to `out` as a batch holds it: the kind, the payload
 /// length (`u32` LE), then the payload `encode` appends. Returns the bytes
 /// added. The replication channel frames its records the same way.
