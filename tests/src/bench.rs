@@ -65,7 +65,7 @@ pub fn journal_append_rate(dir: &Path, bytes: u64) -> Result<f64> {
             id: 1,
             dir: Direction::ClientToServer,
             offset,
-            bytes: data.clone(),
+            bytes: data.clone().into(),
         };
         payload.clear();
         record.encode(&mut payload);

@@ -1,4 +1,10 @@
-//! The ring reader: decodes each record and applies it to the flow table (and the journal, with live replay's divergences), in slices so the event loop stays responsive.
+//! The ring reader: decodes each record in place (the chunk is borrowed from
+//! the ring item, the header read onto the stack: nothing is allocated per
+//! record) and applies it to the flow table (and the journal, with live
+//! replay's divergences), in slices so the event loop stays responsive. The
+//! journal's records are only encoded here; framing, writes and fsyncs run on
+//! the journal's own thread ([`crate::journal::Appender`]), so this loop never
+//! waits on the disk unless that thread is a whole channel of batches behind.
 
 use super::*;
 
@@ -165,7 +171,7 @@ impl Reader {
             .set(Vec::new(), lag_seconds),
         ];
         if let Some(journal) = &self.journal {
-            families.extend(journal_families(journal.stats()));
+            families.extend(journal_families(&journal.stats()));
         }
         families
     }

@@ -21,6 +21,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use bytes::{Bytes, BytesMut};
 use connmirror_common::{
     Direction, FlowKey, RecordHeader,
     record::tcp_flags::{ACK, FIN, RST, SYN},
@@ -48,6 +49,8 @@ mod dump;
 use dump::{Dump, dump_path};
 mod divergence;
 pub use divergence::Divergence;
+mod journaling;
+use journaling::Journaling;
 
 /// One direction of a flow: its reassembled stream, the state of the segments
 /// its sender sent, and where it is written.
@@ -55,14 +58,6 @@ struct Side {
     stream: Stream,
     state: SideState,
     dump: Option<Box<Dump>>,
-}
-
-/// Where a side's delivered bytes go besides the stream: the journal, as
-/// [`Record::Data`] of flow `id` in direction `dir`.
-struct Journaling<'a> {
-    id: u64,
-    dir: Direction,
-    records: &'a mut Vec<Record>,
 }
 
 impl Side {
@@ -107,12 +102,7 @@ impl Side {
                 }
                 match (piece, journal.as_mut()) {
                     (Chunk::Bytes(bytes), Some(j)) => {
-                        j.records.push(Record::Data {
-                            id: j.id,
-                            dir: j.dir,
-                            offset,
-                            bytes: bytes.to_vec(),
-                        });
+                        j.data(offset, bytes);
                         offset += bytes.len() as u64;
                     }
                     (Chunk::Bytes(bytes), None) => offset += bytes.len() as u64,
@@ -251,7 +241,7 @@ impl Flow {
                     id: self.id,
                     dir,
                     offset,
-                    bytes: bytes.to_vec(),
+                    bytes: Bytes::copy_from_slice(bytes),
                 })?;
             }
         }
@@ -270,24 +260,28 @@ impl Flow {
 /// storage layer's 64 MiB limit however much a flow retains).
 pub const CHECKPOINT_CHUNK: usize = 1 << 20;
 
-/// What one flow costs before any payload: its struct (streams and state
-/// inline), its key, and the B-tree's per-entry share (node headers and slack,
-/// about a third again of the entry). Counting it keeps the cap honest for many
-/// idle flows.
-const FLOW_OVERHEAD: usize = (std::mem::size_of::<Flow>() + std::mem::size_of::<FlowKey>()) * 4 / 3;
+/// What one flow costs before any payload: its boxed struct (streams and
+/// state inline) with the allocator's header, and the B-tree's per-entry share
+/// (key and pointer, twice over: nodes filled in key order stay about half
+/// full). Counting it keeps the cap honest for many idle flows. The flow is
+/// boxed so that the half-empty node slots cost a pointer, not a whole flow.
+const FLOW_OVERHEAD: usize =
+    std::mem::size_of::<Flow>() + 16 + (std::mem::size_of::<FlowKey>() + 8) * 2;
 
 // The journal issue's target: an idle tracked connection costs under 1 KiB.
 const _: () = assert!(FLOW_OVERHEAD < 1024);
 
 /// Every flow seen, keyed by 4-tuple.
 pub struct FlowTable {
-    flows: BTreeMap<FlowKey, Flow>,
+    flows: BTreeMap<FlowKey, Box<Flow>>,
     limits: StreamLimits,
     /// Retention per service id, where it differs from `limits.retention`.
     retention: BTreeMap<u32, Retention>,
     dump_dir: Option<PathBuf>,
     /// Journal records not yet taken, when journaling.
     records: Option<Vec<Record>>,
+    /// Where the journaled payload is copied ([`journaling`]).
+    arena: BytesMut,
     next_id: u64,
     /// Records applied so far (the clock for idleness).
     applied: u64,
@@ -306,6 +300,7 @@ impl FlowTable {
             retention: BTreeMap::new(),
             dump_dir,
             records: None,
+            arena: BytesMut::new(),
             next_id: 1,
             applied: 0,
             memory_cap: None,
@@ -379,6 +374,7 @@ impl FlowTable {
         let Self {
             flows,
             records,
+            arena,
             applied,
             held,
             ..
@@ -401,6 +397,7 @@ impl FlowTable {
             id,
             dir: direction,
             records,
+            arena,
         });
         let result = this.record(header, chunk, other.state.scales(), journal);
         *held = *held + flow.held() - before;
@@ -424,7 +421,7 @@ impl FlowTable {
                 });
             }
             self.held += flow.held();
-            self.flows.insert(key, flow);
+            self.flows.insert(key, Box::new(flow));
         }
         Ok(())
     }
@@ -505,8 +502,12 @@ impl FlowTable {
         flow.dirty = true;
         if let (Some(records), Some(c2s), Some(s2c)) = (self.records.as_mut(), c2s, s2c) {
             for (dir, offset, bytes) in [
-                (Direction::ClientToServer, c2s, Vec::new()),
-                (Direction::ServerToClient, s2c, plan.send_queue.clone()),
+                (Direction::ClientToServer, c2s, Bytes::new()),
+                (
+                    Direction::ServerToClient,
+                    s2c,
+                    Bytes::copy_from_slice(&plan.send_queue),
+                ),
             ] {
                 records.push(Record::Data {
                     id: flow.id,
@@ -604,7 +605,7 @@ impl FlowTable {
                 divergence,
             };
             self.held += flow.held();
-            self.flows.insert(key, flow);
+            self.flows.insert(key, Box::new(flow));
         }
     }
 
@@ -658,7 +659,7 @@ impl FlowTable {
                             id: flow.id,
                             dir,
                             offset,
-                            bytes: bytes.to_vec(),
+                            bytes: Bytes::copy_from_slice(bytes),
                         })?;
                         offset += bytes.len() as u64;
                     }

@@ -6,6 +6,7 @@
 //! presence byte before each optional value. Decoding checks every length
 //! against what is left and never panics, whatever the bytes.
 
+use bytes::Bytes;
 use connmirror_common::{Direction, FlowKey};
 use thiserror::Error;
 
@@ -97,8 +98,9 @@ pub enum Record {
         dir: Direction,
         /// Stream offset of the first byte.
         offset: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
+        /// The bytes (a slice of a shared buffer: cloning a record or
+        /// handing it on copies no payload).
+        bytes: Bytes,
     },
     /// Bytes of one direction buffered out of order (beyond a hole) at
     /// stream offset `offset`. Written when the mirror stops cleanly and in
@@ -112,8 +114,9 @@ pub enum Record {
         dir: Direction,
         /// Stream offset of the first byte.
         offset: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
+        /// The bytes (a slice of a shared buffer: cloning a record or
+        /// handing it on copies no payload).
+        bytes: Bytes,
     },
     /// The state of one direction changed.
     Update {
@@ -266,7 +269,7 @@ impl Record {
                 id: r.u64()?,
                 dir: r.dir()?,
                 offset: r.u64()?,
-                bytes: r.bytes()?.to_vec(),
+                bytes: Bytes::copy_from_slice(r.bytes()?),
             },
             3 => Record::Update {
                 id: r.u64()?,
@@ -289,7 +292,7 @@ impl Record {
                 id: r.u64()?,
                 dir: r.dir()?,
                 offset: r.u64()?,
-                bytes: r.bytes()?.to_vec(),
+                bytes: Bytes::copy_from_slice(r.bytes()?),
             },
             9 => Record::Divergent {
                 id: r.u64()?,
@@ -638,7 +641,7 @@ mod tests {
                     id,
                     dir,
                     offset,
-                    bytes
+                    bytes: bytes.into()
                 }
             ),
             (any::<u64>(), dir(), any::<u64>(), vec(any::<u8>(), 0..256)).prop_map(
@@ -646,7 +649,7 @@ mod tests {
                     id,
                     dir,
                     offset,
-                    bytes
+                    bytes: bytes.into()
                 }
             ),
             (any::<u64>(), any::<u64>(), any::<u8>(), any::<u8>()).prop_map(

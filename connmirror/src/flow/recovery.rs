@@ -32,7 +32,7 @@ pub struct RecoveredSide {
     /// given-up hole restarts them at the offset after it).
     pub bytes: Vec<u8>,
     /// Out-of-order pieces journaled at a clean stop or a checkpoint, by offset.
-    pub out_of_order: Vec<(u64, Vec<u8>)>,
+    pub out_of_order: Vec<(u64, bytes::Bytes)>,
 }
 
 impl RecoveredSide {
@@ -290,17 +290,19 @@ fn apply_to(recovered: &mut Recovered, record: Record) {
 
 /// The journal as the mirror uses it: the flow table's records appended and
 /// group-committed, and a checkpoint (with compaction) every so many bytes.
+/// Records are encoded here, on the thread that owns the table; framing,
+/// writes and syncs run on the writer thread ([`crate::journal::Appender`]).
 pub struct Journal {
-    writer: crate::journal::JournalWriter,
+    appender: crate::journal::Appender,
     checkpoint_bytes: u64,
     /// `bytes_appended` at the last checkpoint.
     checkpointed_at: u64,
-    buf: Vec<u8>,
 }
 
 impl Journal {
     /// Opens (recovering) the journal described by `config`, restores its flows
-    /// into `table`, and starts with a checkpoint so older segments can go.
+    /// into `table`, and starts with a checkpoint so older segments can go; it
+    /// returns once that checkpoint is durable.
     pub fn open(
         config: crate::journal::JournalConfig,
         checkpoint_bytes: u64,
@@ -320,12 +322,12 @@ impl Journal {
         tracing::info!(flows = recovered.flows.len(), "journal recovered");
         table.restore(recovered);
         let mut journal = Self {
-            writer,
+            appender: crate::journal::Appender::spawn(writer)?,
             checkpoint_bytes,
             checkpointed_at: 0,
-            buf: Vec::new(),
         };
         journal.checkpoint(table)?;
+        journal.appender.wait()?;
         Ok(journal)
     }
 
@@ -346,8 +348,8 @@ impl Journal {
         for record in records {
             self.append(record)?;
         }
-        self.writer.commit_due()?;
-        if self.writer.stats().bytes_appended - self.checkpointed_at >= self.checkpoint_bytes {
+        self.appender.commit()?;
+        if self.appender.bytes_appended() - self.checkpointed_at >= self.checkpoint_bytes {
             self.checkpoint(table)?;
         }
         Ok(())
@@ -355,16 +357,16 @@ impl Journal {
 
     /// Starts a fresh segment with a checkpoint of `table`, syncs it, and deletes
     /// every older segment (the compaction: closed flows are not carried over).
+    /// The writer thread does the rotation, sync and deletion in that order,
+    /// after every record handed over before.
     pub fn checkpoint(&mut self, table: &mut crate::flow::FlowTable) -> Result<(), JournalError> {
         for record in table.take_records() {
             self.append(&record)?;
         }
-        let segment = self.writer.rotate()?;
+        self.appender.rotate()?;
         table.checkpoint(|record| self.append(&record))?;
-        self.writer.flush_and_sync()?;
-        let removed = self.writer.remove_segments_before(segment)?;
-        self.checkpointed_at = self.writer.stats().bytes_appended;
-        tracing::debug!(segment, removed = removed.len(), "journal checkpoint");
+        self.appender.seal()?;
+        self.checkpointed_at = self.appender.bytes_appended();
         Ok(())
     }
 
@@ -378,18 +380,16 @@ impl Journal {
             self.append(&record)?;
         }
         table.out_of_order(|record| self.append(&record))?;
-        self.writer.close()
+        self.appender.close()
     }
 
     /// The writer's counters (bytes, fsyncs and their latency).
-    pub fn stats(&self) -> &crate::journal::JournalStats {
-        self.writer.stats()
+    pub fn stats(&self) -> crate::journal::JournalStats {
+        self.appender.stats()
     }
 
     fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        self.buf.clear();
-        record.encode(&mut self.buf);
-        self.writer.append(record.kind() as u8, &self.buf).map(drop)
+        (self.appender).push(record.kind() as u8, |out| record.encode(out))
     }
 }
 
@@ -438,7 +438,7 @@ pub(crate) mod tests {
             id,
             dir: Direction::ClientToServer,
             offset,
-            bytes: bytes.to_vec(),
+            bytes: bytes.to_vec().into(),
         }
     }
 

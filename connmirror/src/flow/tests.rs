@@ -129,13 +129,13 @@ fn a_rebased_flow_goes_on_without_a_hole_and_journals_where_it_stands() {
                 id: 1,
                 dir: Direction::ClientToServer,
                 offset: 5 + moved,
-                bytes: Vec::new(),
+                bytes: Default::default(),
             },
             Record::Data {
                 id: 1,
                 dir: Direction::ServerToClient,
                 offset: 5 + moved,
-                bytes: b"tail".to_vec(),
+                bytes: b"tail".to_vec().into(),
             },
         ]
     );
@@ -216,7 +216,7 @@ fn out_of_order_bytes_journaled_at_a_clean_stop_fill_in_once_the_hole_arrives() 
         id: 1,
         dir: Direction::ClientToServer,
         offset: 6,
-        bytes: b"ghi".to_vec(),
+        bytes: b"ghi".to_vec().into(),
     }));
 
     let mut restored = FlowTable::new(limits, None).journal();

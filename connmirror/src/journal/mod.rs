@@ -165,6 +165,7 @@ use std::{io, path::PathBuf};
 
 use thiserror::Error;
 
+mod appender;
 mod format;
 mod reader;
 mod writer;
@@ -172,6 +173,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use appender::{Appender, BATCH_BYTES, frame};
 pub use format::{
     FORMAT_VERSION, MAGIC, MAX_RECORD_BYTES, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
     parse_segment_file_name, segment_file_name, segment_path,

@@ -147,13 +147,7 @@ impl Batch {
 
 /// Appends `record` in the journal's encoding; returns the bytes added.
 fn encode_record(record: &Record, out: &mut Vec<u8>) -> usize {
-    let start = out.len();
-    out.push(record.kind() as u8);
-    out.extend_from_slice(&[0; 4]);
-    record.encode(out);
-    let len = (out.len() - start - 5) as u32;
-    out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
-    out.len() - start
+    crate::journal::frame(out, record.kind() as u8, |out| record.encode(out))
 }
 
 /// An acknowledgment body: the standby applied everything before `end`.

@@ -105,7 +105,7 @@ fn data(dir: Direction, offset: u64, bytes: &[u8]) -> Record {
         id: 1,
         dir,
         offset,
-        bytes: bytes.to_vec(),
+        bytes: bytes.to_vec().into(),
     }
 }
 
@@ -290,7 +290,7 @@ async fn a_reused_key_is_taken_by_its_newest_connection() {
             id: 2,
             dir: Direction::ClientToServer,
             offset: 0,
-            bytes: b"ab".to_vec(),
+            bytes: b"ab".to_vec().into(),
         },
     ]);
     let Taken { mut conn, .. } = live.take(&key(), 2, Duration::from_secs(5)).await.unwrap();
