@@ -221,6 +221,19 @@ mod tests {
     }
 
     #[test]
+    fn lo_is_listed_up_and_127_0_0_1_is_local_while_a_foreign_address_is_not() {
+        assert!(names().unwrap().iter().any(|name| name == "lo"));
+        assert!(is_up("lo").unwrap());
+        assert!(address_is_local("127.0.0.1".parse().unwrap()).unwrap());
+        assert!(!address_is_local("198.18.255.254".parse().unwrap()).unwrap());
+        let err = driver("nope0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "ioctl(SIOCETHTOOL, ETHTOOL_GDRVINFO): No such device (os error 19)"
+        );
+    }
+
+    #[test]
     fn a_missing_interface_is_enodev() {
         let err = hardware_address("nope0").unwrap_err();
         assert_eq!(
