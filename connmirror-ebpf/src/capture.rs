@@ -155,7 +155,7 @@ fn takeover(direction: Direction, mode: u32, hook: Hook) -> Verdict {
 
 /// Finds the service a segment belongs to and which way it travels.
 #[inline(always)]
-fn classify(seg: &Segment) -> Option<(Direction, ServiceValue)> {
+pub(crate) fn classify(seg: &Segment) -> Option<(Direction, ServiceValue)> {
     let key = |addr: [u8; 16], port: u16| ServiceKey {
         addr,
         port,

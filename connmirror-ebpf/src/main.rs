@@ -13,6 +13,8 @@
 
 mod capture;
 mod packet;
+// The `--trace-ebpf` programs: separate, so these carry no logging.
+mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},

@@ -81,12 +81,12 @@ impl MirrorCommand {
         self.arg("--service").arg(&service.to_string())
     }
 
-    /// `--ingress xdp|xdp-native|xdp-generic|tc|none`.
+    /// `--ingress auto|xdp|xdp-native|xdp-generic|tc|none`.
     pub fn ingress(self, mode: &str) -> MirrorCommand {
         self.arg("--ingress").arg(mode)
     }
 
-    /// `--egress tc|none`.
+    /// `--egress auto|tc|none`.
     pub fn egress(self, mode: &str) -> MirrorCommand {
         self.arg("--egress").arg(mode)
     }
@@ -374,6 +374,9 @@ pub struct Report {
     pub malformed: BTreeMap<String, u64>,
     /// What userspace counted while reading the ring.
     pub userspace: Userspace,
+    /// Where capture attached on each interface, and why.
+    #[serde(default)]
+    pub attach: Vec<AttachPoint>,
     /// Every flow seen.
     pub flows: Vec<Flow>,
     /// Journal counters, when the mirror ran with `--journal`.
@@ -385,6 +388,21 @@ pub struct Report {
     /// What a standby's sockets rejected.
     #[serde(default)]
     pub standby: Option<StandbySummary>,
+}
+
+/// Where capture attached on one interface, and why (report.json `attach`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AttachPoint {
+    /// The interface.
+    pub iface: String,
+    /// The ingress hook as attached: `xdp-native`, `xdp-generic`, `tc` or `none`.
+    pub ingress: String,
+    /// Why that ingress hook.
+    pub ingress_why: String,
+    /// The egress hook: `tc` or `none`.
+    pub egress: String,
+    /// Why that egress hook.
+    pub egress_why: String,
 }
 
 /// What the mirror's journal wrote (report.json `journal`).

@@ -187,7 +187,7 @@ pub struct MirrorSample {
     pub journal_bytes: u64,
     /// One line per gapped flow, for the log.
     pub gapped: Vec<String>,
-    /// `ingress=` values the mirror logged when it attached (native or generic).
+    /// Ingress hooks the mirror logged when it attached (`IF: attach HOOK (why)`).
     pub attach: String,
 }
 

@@ -21,7 +21,9 @@ use crate::capture::{
 };
 
 impl Capture {
-    /// Attaches the programs to `iface` as asked; returns how ingress was attached.
+    /// Attaches the programs to `iface` as asked; returns how ingress was
+    /// attached. [`Capture::plan`] resolves `auto` first; left unresolved, it
+    /// attaches as `xdp` ingress and `tc` egress, the defaults before it.
     pub fn attach(
         &mut self,
         iface: &str,
@@ -32,7 +34,7 @@ impl Capture {
             return Err(CaptureError::NoInterface(iface.to_owned()));
         }
         let ingress_mode = match ingress {
-            IngressHook::Xdp => match self.pinned_xdp_mode(iface) {
+            IngressHook::Xdp | IngressHook::Auto => match self.pinned_xdp_mode(iface) {
                 Some(mode) => self.attach_xdp(iface, mode)?,
                 None => self.attach_xdp_auto(iface)?,
             },
@@ -41,7 +43,7 @@ impl Capture {
             IngressHook::Tc => self.attach_tc(iface, TcAttachType::Ingress)?,
             IngressHook::None => "none",
         };
-        if egress == EgressHook::Tc {
+        if matches!(egress, EgressHook::Tc | EgressHook::Auto) {
             self.attach_tc(iface, TcAttachType::Egress)?;
         }
         Ok(ingress_mode)
@@ -87,7 +89,7 @@ impl Capture {
             XdpMode::Skb => "xdp-generic",
             _ => "xdp-native",
         };
-        self.attach_program::<Xdp>(XDP, iface, hook, mode)
+        self.attach_program::<Xdp>(self.programs().xdp, iface, hook, mode)
     }
 
     /// Attaches TC (TCX) for `attach_type`.
@@ -96,9 +98,10 @@ impl Capture {
         iface: &str,
         attach_type: TcAttachType,
     ) -> Result<&'static str, CaptureError> {
+        let programs = self.programs();
         let (name, hook) = match attach_type {
-            TcAttachType::Egress => (TC_EGRESS, "tc-egress"),
-            _ => (TC_INGRESS, "tc-ingress"),
+            TcAttachType::Egress => (programs.tc_egress, "tc-egress"),
+            _ => (programs.tc_ingress, "tc-ingress"),
         };
         self.attach_program::<SchedClassifier>(name, iface, hook, attach_type)
     }
@@ -200,7 +203,7 @@ impl Capture {
         &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
         P: Loadable + 'a,
     {
-        let Self { ebpf, pins } = self;
+        let Self { ebpf, pins, .. } = self;
         let program = ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?;
@@ -219,7 +222,7 @@ impl Capture {
         if let Some(Pins { links, .. }) = &mut self.pins {
             links.clear();
         }
-        for name in [XDP, TC_INGRESS, TC_EGRESS] {
+        for name in [PROGRAMS, TRACED].iter().flat_map(Programs::names) {
             let Some(program) = self.ebpf.program_mut(name) else {
                 continue;
             };
@@ -241,16 +244,21 @@ impl Capture {
             data_in: Some(frame),
             ..TestRunOptions::new()
         };
+        let Programs {
+            xdp,
+            tc_ingress,
+            tc_egress,
+        } = self.programs();
         let (name, result) = match hook {
-            Hook::Xdp => (XDP, self.program::<Xdp>(XDP)?.test_run(options)),
+            Hook::Xdp => (xdp, self.program::<Xdp>(xdp)?.test_run(options)),
             Hook::TcIngress => (
-                TC_INGRESS,
-                self.program::<SchedClassifier>(TC_INGRESS)?
+                tc_ingress,
+                self.program::<SchedClassifier>(tc_ingress)?
                     .test_run(options),
             ),
             Hook::TcEgress => (
-                TC_EGRESS,
-                self.program::<SchedClassifier>(TC_EGRESS)?
+                tc_egress,
+                self.program::<SchedClassifier>(tc_egress)?
                     .test_run(options),
             ),
         };
@@ -260,10 +268,42 @@ impl Capture {
     }
 }
 
-/// The programs' names in the eBPF object.
-const XDP: &str = "connmirror_xdp";
-const TC_INGRESS: &str = "connmirror_tc_ingress";
-const TC_EGRESS: &str = "connmirror_tc_egress";
+/// The names in the eBPF object of one set of programs.
+#[derive(Clone, Copy)]
+struct Programs {
+    xdp: &'static str,
+    tc_ingress: &'static str,
+    tc_egress: &'static str,
+}
+
+impl Programs {
+    /// Every name of the set.
+    fn names(&self) -> [&'static str; 3] {
+        [self.xdp, self.tc_ingress, self.tc_egress]
+    }
+}
+
+/// The default programs, which never log.
+const PROGRAMS: Programs = Programs {
+    xdp: "connmirror_xdp",
+    tc_ingress: "connmirror_tc_ingress",
+    tc_egress: "connmirror_tc_egress",
+};
+
+/// The traced programs (`--trace-ebpf`, [`Capture::trace`]): the same capture,
+/// then a log line per TCP segment.
+const TRACED: Programs = Programs {
+    xdp: "connmirror_xdp_trace",
+    tc_ingress: "connmirror_tc_ingress_trace",
+    tc_egress: "connmirror_tc_egress_trace",
+};
+
+impl Capture {
+    /// The programs this capture attaches: the traced ones after [`Capture::trace`].
+    fn programs(&self) -> Programs {
+        if self.trace { TRACED } else { PROGRAMS }
+    }
+}
 
 /// Whether a link update failed because the link is severed: its interface
 /// was deleted, and the kernel detached it (`ENOLINK` from `BPF_LINK_UPDATE`,
@@ -384,11 +424,7 @@ fn interface_exists(iface: &str) -> bool {
     crate::sys::interface::index(iface).is_some()
 }
 
-/// Whether `iface` is a virtual link: sysfs shows no backing device for it
-/// (`/sys/class/net/IF/device` exists only for hardware NICs).
+/// Whether `iface` is a virtual link, by its driver.
 fn is_virtual(iface: &str) -> bool {
-    !std::path::Path::new("/sys/class/net")
-        .join(iface)
-        .join("device")
-        .exists()
+    crate::sys::interface::driver(iface).is_ok_and(|driver| super::plan::is_virtual(&driver))
 }

@@ -17,6 +17,13 @@ pub enum CaptureError {
     /// The named interface does not exist.
     #[error("interface \"{0}\" does not exist")]
     NoInterface(String),
+    /// The traced programs' log ring (`AYA_LOGS`) could not be opened.
+    #[error("opening the eBPF trace log (--trace-ebpf)")]
+    TraceLog(#[source] Box<aya_log::Error>),
+    /// Looking at the namespace's interfaces and addresses (to choose the
+    /// attach points) failed.
+    #[error("looking at the interfaces to choose the attach points")]
+    Interfaces(#[source] crate::sys::SyscallError),
     /// The ring size is unusable.
     #[error(
         "ring size {size} is invalid: it must be a power of two of at least {min} bytes \

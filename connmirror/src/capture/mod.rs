@@ -5,6 +5,8 @@
 //! TC programs for ingress and egress, attached through TCX (kernel ≥ 6.6, see
 //! `Documentation/networking/tcx` in the kernel tree). Records arrive in a
 //! `BPF_MAP_TYPE_RINGBUF` map (kernel ≥ 5.8); see [`crate::engine`] for the reader.
+//! The same object holds traced copies of the three programs, attached only
+//! with `--trace-ebpf` ([`Capture::trace`]).
 //!
 //! With [`Capture::load_pinned`] the maps, programs and links are pinned in the
 //! BPF filesystem and outlive the process; see [`crate::capture::pinning`].
@@ -18,6 +20,8 @@
 //! | --- | --- |
 //! | `mod.rs` | [`Capture`]: loading the object, with or without pins |
 //! | `options.rs` | [`IngressHook`], [`EgressHook`], [`CaptureConfig`], [`parse_ring_size`], [`parse_size`] |
+//! | `plan.rs` | [`AttachPoint`]: choosing the attach points (`auto`) and saying why |
+//! | `trace.rs` | [`TraceLog`]: `--trace-ebpf`, the traced programs and their log lines |
 //! | `attach.rs` | attaching, taking over pinned links, detaching, test runs |
 //! | `maps.rs` | the maps: services, ring, [`Counters`], sync limits, flows |
 //! | `pin_checks.rs` | whether a pinned instance fits (maps, services, links) |
@@ -36,12 +40,16 @@ mod maps;
 mod options;
 mod pin_checks;
 pub mod pinning;
+mod plan;
+mod trace;
 
 pub use error::CaptureError;
 pub use maps::Counters;
 pub use options::{
     CaptureConfig, EgressHook, IngressHook, MIN_RING_SIZE, parse_ring_size, parse_size,
 };
+pub use plan::AttachPoint;
+pub use trace::TraceLog;
 
 use std::fmt;
 
@@ -62,6 +70,8 @@ pub struct Capture {
     ebpf: Ebpf,
     /// With pins: the instance, and the links this process holds (pinned too).
     pins: Option<Pins>,
+    /// Attach the traced programs ([`Capture::trace`]) instead of the default ones.
+    trace: bool,
 }
 
 /// A pinned instance, held locked, and the links taken from it or pinned into it.
@@ -133,7 +143,11 @@ impl Capture {
             links: Vec::new(),
             _lock: lock,
         });
-        Ok(Self { ebpf, pins })
+        Ok(Self {
+            ebpf,
+            pins,
+            trace: false,
+        })
     }
 
     /// The pinned instance, with [`load_pinned`](Self::load_pinned).

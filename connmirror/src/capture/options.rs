@@ -16,6 +16,10 @@ pub const MIN_RING_SIZE: u32 = 64 << 10;
 /// How capture hooks ingress on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IngressHook {
+    /// Chosen per interface by its driver: TC on virtual links (veth, bridge,
+    /// VLAN...), native XDP on NICs whose drivers run it well, TC on other
+    /// NICs; the log says why. The default.
+    Auto,
     /// XDP in driver (native) mode where the driver supports it, else generic
     /// mode. On a virtual link (veth) native XDP turns TSO off on the peer and
     /// costs ~80 % of the throughput (bench/RESULTS.md): a warning says so, and
@@ -34,6 +38,10 @@ pub enum IngressHook {
 /// How capture hooks egress on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EgressHook {
+    /// `none` on a gateway whose ingress capture already sees every forwarded
+    /// segment (every link that is up has it, and no service address is
+    /// local), else `tc`; the log says why. The default.
+    Auto,
     /// TC (TCX) egress.
     Tc,
     /// No egress capture.

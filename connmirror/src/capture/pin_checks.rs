@@ -78,7 +78,7 @@ impl Capture {
         for (iface, ingress, egress) in asked {
             let hooks = ingress_hook_name(*ingress)
                 .into_iter()
-                .chain((*egress == EgressHook::Tc).then_some("tc-egress"));
+                .chain((*egress != EgressHook::None).then_some("tc-egress"));
             wanted.entry(iface).or_default().extend(hooks);
         }
         wanted.retain(|_, hooks| !hooks.is_empty());
@@ -111,7 +111,7 @@ impl Capture {
 /// The ingress hook name a link pin would carry; `xdp` for XDP in either mode.
 fn ingress_hook_name(hook: IngressHook) -> Option<&'static str> {
     match hook {
-        IngressHook::Xdp => Some("xdp"),
+        IngressHook::Xdp | IngressHook::Auto => Some("xdp"),
         IngressHook::XdpNative => Some("xdp-native"),
         IngressHook::XdpGeneric => Some("xdp-generic"),
         IngressHook::Tc => Some("tc-ingress"),

@@ -23,14 +23,18 @@ pub struct MirrorArgs {
         required_unless_present = "detach_all"
     )]
     pub services: Vec<ServiceAddr>,
-    /// Ingress attach point for interfaces that do not name their own: `xdp` is
-    /// native XDP where the driver supports it, else generic XDP; `xdp-native`
-    /// and `xdp-generic` force one; `tc` uses TCX. On virtual links (veth)
-    /// generic XDP or TC is much faster than native XDP.
-    #[arg(long, value_enum, default_value = "xdp")]
+    /// Ingress attach point for interfaces that do not name their own: `auto`
+    /// picks per interface by its driver (TC on virtual links such as veth,
+    /// where native XDP turns TSO off on the peer; native XDP on NICs whose
+    /// drivers run it well; TC on other NICs) and logs why; `xdp` is native
+    /// XDP where the driver supports it, else generic XDP; `xdp-native` and
+    /// `xdp-generic` force one; `tc` uses TCX.
+    #[arg(long, value_enum, default_value = "auto")]
     pub ingress: IngressHook,
-    /// Egress attach point.
-    #[arg(long, value_enum, default_value = "tc")]
+    /// Egress attach point: `auto` leaves it off when ingress capture already
+    /// sees every forwarded segment (every interface that is up has it, and no
+    /// service address is local: a gateway), else uses TC; the log says which.
+    #[arg(long, value_enum, default_value = "auto")]
     pub egress: EgressHook,
     /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "16M")]
@@ -67,6 +71,16 @@ pub struct MirrorArgs {
     /// shared by every network namespace.
     #[arg(long, value_name = "NAME")]
     pub pin: Option<String>,
+    /// Trace capture in the kernel: attach traced copies of the programs that
+    /// log, for every TCP segment they see, whether it was tracked (service,
+    /// direction) or not, its addresses, sequence number and length, and the
+    /// verdict; the daemon logs each line (target `connmirror::ebpf`). For
+    /// debugging why a segment was or was not captured. Costly: each segment
+    /// is parsed twice and formatted into a log record (microseconds each,
+    /// and a log line per segment), so never in production; without this
+    /// flag the programs carry no logging at all.
+    #[arg(long)]
+    pub trace_ebpf: bool,
     /// Detach and remove everything pinned (the instance --pin NAME, or every
     /// instance under /sys/fs/bpf/connmirror), print what went, and exit.
     #[arg(long, conflicts_with_all = ["ifaces", "services"])]
@@ -161,7 +175,7 @@ impl FromStr for IfaceSpec {
                 let hook = IngressHook::from_str(hook, false).map_err(|_| {
                     format!(
                         "{hook:?} is not an ingress attach point \
-                         (xdp, xdp-native, xdp-generic, tc, none)"
+                         (auto, xdp, xdp-native, xdp-generic, tc, none)"
                     )
                 })?;
                 (name, Some(hook))

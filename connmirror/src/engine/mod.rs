@@ -43,7 +43,8 @@ use crate::{
     capture::backlog::Backlog,
     capture::pinning::{self, Instance},
     capture::{
-        Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size, parse_size,
+        AttachPoint, Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size,
+        parse_size,
     },
     flow::recovery::Journal,
     flow::stream::{Retention, StreamLimits},
@@ -64,6 +65,7 @@ mod families;
 use families::{iface_name, journal_families, kernel_families};
 mod reader;
 pub(crate) use reader::Reader;
+mod trace;
 
 /// Most records the event loop applies before it looks at its other events.
 const READ_SLICE: usize = 4096;
@@ -77,6 +79,8 @@ pub(crate) struct Engine {
     backlog: Backlog,
     exporter: Exporter,
     report_path: Option<PathBuf>,
+    /// Where capture attached, and why, for the report.
+    attach: Vec<AttachPoint>,
     /// Services by id, as tracked.
     pub(crate) services: Vec<Service>,
 }
@@ -123,6 +127,7 @@ impl Engine {
             history_cap,
             memory_cap,
             pin,
+            trace_ebpf,
             detach_all: _,
             journal: journal_args,
             metrics,
@@ -136,14 +141,17 @@ impl Engine {
             on_ring_full: on_ring_full.into(),
         };
         let mut capture = load_capture(&config, pin.as_deref(), journal_args.dir.is_some())?;
+        if trace_ebpf {
+            trace::forward(capture.trace()?)?;
+        }
         let history = Retention::Full {
             cap: u64::from(history_cap),
         };
         let table = flow_table(retention, history, memory_cap, dump_dir);
         let tracked = tracked_services(&services);
-        let asked = check_pins(&capture, &tracked, &ifaces, ingress, egress)?;
+        let mut attach = check_pins(&capture, &tracked, &ifaces, ingress, egress)?;
         let table = track_services(&mut capture, &tracked, &services, table, history)?;
-        attach_all(&mut capture, asked)?;
+        attach_all(&mut capture, &mut attach)?;
         let (ring, backlog, exporter) = take_ring(&mut capture, &metrics)?;
         let (table, journal) = open_journal(&journal_args, table)?;
         Ok(Self {
@@ -161,6 +169,7 @@ impl Engine {
             backlog,
             exporter,
             report_path,
+            attach,
             services: tracked,
         })
     }
@@ -233,6 +242,7 @@ impl Engine {
             ring,
             backlog,
             report_path,
+            attach,
             ..
         } = self;
         drop(backlog);
@@ -276,6 +286,7 @@ impl Engine {
         };
         let mut report = report(&capture, &mut table, stats)?;
         report.journal = journal.as_ref().map(JournalSummary::from);
+        report.attach = attach;
         report.role = role;
         log_summary(&report);
         if let Some(path) = &report_path {
@@ -321,21 +332,28 @@ fn tracked_services(services: &[ServiceAddr]) -> Vec<Service> {
 }
 
 /// Fails when a pinned instance tracks other services or attaches other
-/// hooks than asked; returns each interface with its ingress and egress hook.
-fn check_pins<'a>(
+/// hooks than asked; returns where capture attaches on each interface, with
+/// `auto` resolved ([`Capture::plan`]).
+fn check_pins(
     capture: &Capture,
     tracked: &[Service],
-    ifaces: &'a [IfaceSpec],
+    ifaces: &[IfaceSpec],
     ingress: IngressHook,
     egress: EgressHook,
-) -> anyhow::Result<Vec<(&'a str, IngressHook, EgressHook)>> {
+) -> anyhow::Result<Vec<AttachPoint>> {
     capture.check_pinned_services(tracked)?;
-    let asked: Vec<_> = ifaces
+    let named: Vec<_> = ifaces
         .iter()
-        .map(|spec| (spec.name.as_str(), spec.ingress.unwrap_or(ingress), egress))
+        .map(|spec| (spec.name.as_str(), spec.ingress))
+        .collect();
+    let addrs: Vec<_> = tracked.iter().map(|service| service.addr).collect();
+    let plan = capture.plan(&named, ingress, egress, &addrs)?;
+    let asked: Vec<_> = plan
+        .iter()
+        .map(|point| (point.iface.as_str(), point.ingress_hook, point.egress_hook))
         .collect();
     capture.check_pinned_links(&asked)?;
-    Ok(asked)
+    Ok(plan)
 }
 
 /// Tracks every service in `capture`, giving `table` the retention a service
@@ -359,14 +377,21 @@ fn track_services(
     Ok(table)
 }
 
-/// Attaches the programs to every interface of `asked` with its hooks.
-fn attach_all(
-    capture: &mut Capture,
-    asked: Vec<(&str, IngressHook, EgressHook)>,
-) -> anyhow::Result<()> {
-    for (name, ingress, egress) in asked {
-        let mode = capture.attach(name, ingress, egress)?;
-        tracing::info!(iface = name, ingress = mode, egress = ?egress, "attached");
+/// Attaches the programs to every interface of `plan` with its hooks, and
+/// logs each choice with its reason.
+fn attach_all(capture: &mut Capture, plan: &mut [AttachPoint]) -> anyhow::Result<()> {
+    if let Some(first) = plan.first() {
+        tracing::info!("egress {} ({})", first.egress, first.egress_why);
+    }
+    for point in plan {
+        let mode = capture.attach(&point.iface, point.ingress_hook, point.egress_hook)?;
+        point.ingress = mode.strip_suffix("-ingress").unwrap_or(mode);
+        tracing::info!(
+            "{}: attach {} ({})",
+            point.iface,
+            point.ingress,
+            point.ingress_why
+        );
     }
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Report {
     pub malformed: BTreeMap<&'static str, u64>,
     /// Userspace reader counts.
     pub userspace: ReaderStats,
+    /// Where capture attached on each interface, and why (`auto` resolved).
+    pub attach: Vec<AttachPoint>,
     /// Every flow seen.
     pub flows: Vec<FlowReport>,
     /// Journal counters, with `--journal`.
@@ -70,6 +72,7 @@ pub(super) fn report(
             .map(|reason| (reason.name(), counters.malformed(*reason)))
             .collect(),
         userspace,
+        attach: Vec::new(),
         flows,
         journal: None,
         role: serde_json::Map::new(),

@@ -21,7 +21,7 @@ fn iface_specs_take_an_optional_ingress_attach_point() {
     assert_eq!(
         "gw-s:fast".parse::<IfaceSpec>(),
         Err(
-            "\"fast\" is not an ingress attach point (xdp, xdp-native, xdp-generic, tc, none)"
+            "\"fast\" is not an ingress attach point (auto, xdp, xdp-native, xdp-generic, tc, none)"
                 .to_owned()
         )
     );

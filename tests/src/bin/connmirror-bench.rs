@@ -252,7 +252,7 @@ const BASELINE: Config = Config {
     journal: false,
 };
 
-const CONFIGS: [Config; 6] = [
+const CONFIGS: [Config; 7] = [
     BASELINE,
     Config {
         name: "xdp-native in",
@@ -276,10 +276,17 @@ const CONFIGS: [Config; 6] = [
         journal: false,
     },
     Config {
-        name: "default: xdp in + tc out",
+        name: "xdp in + tc out",
         short: "xdp in + tc out",
         capture: Capture::Mirror("xdp", "tc"),
         note: "each forwarded segment captured twice (in on one link, out on the other)",
+        journal: false,
+    },
+    Config {
+        name: "default flags (auto: tc in on veth, no egress)",
+        short: "default",
+        capture: Capture::Mirror("auto", "auto"),
+        note: "the attach points `auto` picks on this gateway's veths",
         journal: false,
     },
     Config {
@@ -571,15 +578,15 @@ fn mirror_pid(ns: &Netns) -> Result<i32> {
     }
 }
 
-/// The `ingress=` values from the mirror's "attached" log lines, e.g. `xdp-native`.
+/// The ingress hooks from the mirror's `IF: attach HOOK (why)` log lines,
+/// e.g. `xdp-native`.
 fn attach_modes(stderr: &str) -> String {
     let mut modes: Vec<String> = stderr
         .lines()
-        .filter(|l| l.contains("attached"))
         .filter_map(|l| {
-            let at = l.find("ingress=")?;
-            let value = l[at + "ingress=".len()..].split_whitespace().next()?;
-            Some(value.trim_matches('"').to_owned())
+            let at = l.find(": attach ")?;
+            let value = l[at + ": attach ".len()..].split_whitespace().next()?;
+            Some(value.to_owned())
         })
         .collect();
     modes.dedup();

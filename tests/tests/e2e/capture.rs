@@ -80,6 +80,8 @@ fn bidirectional_200mb_streams_dump_byte_exact_v4() {
             "gw-s",
             "--ingress",
             "xdp-native",
+            "--egress",
+            "tc",
         ],
     );
 }

@@ -20,6 +20,7 @@
 //! options after a second `--`: `cargo xtask test -- failover:: -- --nocapture`.
 
 mod address;
+mod attach;
 mod capture;
 mod cli_errors;
 mod config;

@@ -56,6 +56,7 @@ fn malformed_frames_are_counted_by_reason_and_a_live_flow_stays_byte_exact_in(fa
         &topo.gateway,
         &MirrorCommand::new()
             .ifaces(topo.gateway_ifaces())
+            .ingress("xdp")
             .service(service),
     );
 

@@ -112,6 +112,7 @@ fn capture_counters_move_by_exactly_the_bytes_and_frames_sent() {
         &MirrorCommand::new()
             .ifaces(topo.gateway_ifaces())
             .service(service)
+            .egress("tc")
             .without_dumps()
             .arg("--journal")
             .arg(journal_dir.to_str().expect("utf-8 path")),

@@ -47,6 +47,7 @@ fn pinned_mirror(
     MirrorCommand::new()
         .ifaces(topo.gateway_ifaces())
         .ingress("tc")
+        .egress("tc")
         .service(topo.service(Family::V4, PORT))
         .ring_size(RING)
         .on_ring_full("drop")
@@ -290,7 +291,12 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
             pin.name()
         ),
     );
-    let base = || MirrorCommand::new().pin(name).on_ring_full("drop");
+    let base = || {
+        MirrorCommand::new()
+            .pin(name)
+            .on_ring_full("drop")
+            .egress("tc")
+    };
 
     refused(
         &topo,
@@ -372,6 +378,7 @@ fn pinned_on_veth(name: &str) -> (Netns, PinnedInstance, MirrorCommand) {
         .pin(pin.name())
         .iface("d0")
         .ingress("tc")
+        .egress("tc")
         .service("198.18.1.2:7000".parse().unwrap());
     (ns, pin, command)
 }

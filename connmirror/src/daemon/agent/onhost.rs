@@ -46,8 +46,9 @@ pub struct OnHostArgs {
     /// data and its ACK: a failover loses nothing, at a latency cost.
     #[arg(long, requires = "replicate_to")]
     pub sync: bool,
-    /// Ingress attach point for interfaces that do not name their own.
-    #[arg(long, value_enum, default_value = "xdp")]
+    /// Ingress attach point for interfaces that do not name their own
+    /// (`auto`: by driver, as `connmirror mirror --ingress` says).
+    #[arg(long, value_enum, default_value = "auto")]
     pub ingress: IngressHook,
     /// Egress attach point (`tc`; `--sync` needs it).
     #[arg(long, value_enum, default_value = "tc")]

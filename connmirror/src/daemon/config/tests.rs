@@ -154,7 +154,7 @@ fn errors_name_the_file_the_line_and_the_key() {
         ),
         (
             "[standby]\negress = \"tcp\"\n",
-            r#"/etc/cm.toml:2: key "standby.egress": invalid value "tcp": expected one of tc, none"#,
+            r#"/etc/cm.toml:2: key "standby.egress": invalid value "tcp": expected one of auto, tc, none"#,
         ),
         (
             "[standby]\niface = [\n  \"a\",\n  7.5,\n]\n",
@@ -246,7 +246,7 @@ fn effective_settings_are_toml_with_defaults_marked() {
          iface = []\n\
          # replicate_to: not set\n\
          sync = false  # default\n\
-         ingress = \"xdp\"  # default\n\
+         ingress = \"auto\"  # default\n\
          egress = \"tc\"  # default\n\
          ring_size = \"16M\"  # default\n\
          retention = \"unacked\"  # default\n\n"
