@@ -364,7 +364,7 @@ async fn recovered_flows_are_unprotected_mid_stream() {
         id: 7,
         dir: Direction::ClientToServer,
         offset: 40,
-        bytes: b"more".to_vec(),
+        bytes: b"more".to_vec().into(),
     }]);
     assert_eq!(until(&live, |_| true).await, p);
     assert_eq!(take_error(&live, 44).await, "unprotected: mid-stream");
