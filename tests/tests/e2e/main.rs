@@ -37,6 +37,7 @@ mod malformed;
 mod metrics;
 mod onhost;
 mod ownership;
+mod payload;
 mod replay;
 mod restart;
 mod restore;
