@@ -266,13 +266,12 @@ fn copy<S: LoadInto>(
     header.flags = 0;
     let skip = matches!(direction, Direction::ClientToServer)
         && service.skip & PayloadSkip::CLIENT_TO_SERVER != 0;
-    if seg.payload_len == 0 {
-        return emit_header(header);
-    }
-    if skip {
-        header.flags = record_flags::PAYLOAD_SKIPPED;
+    if seg.payload_len == 0 || skip {
+        if seg.payload_len != 0 {
+            header.flags = record_flags::PAYLOAD_SKIPPED;
+        }
         emit_header(header)?;
-        count(Counter::PayloadSkipped.index(), seg.payload_len as u64);
+        count(Counter::PayloadSkipped.index(), header.payload_len as u64);
         return Ok(());
     }
     if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
