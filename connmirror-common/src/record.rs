@@ -5,12 +5,8 @@
 //! carries the chunk at `chunk_offset` within the segment's payload, so userspace
 //! puts it at sequence number `seq + chunk_offset` (plus one when SYN is set).
 //!
-//! The programs reserve each record at a constant size (a reservation's size
-//! must be constant to the verifier) and load the payload straight into it:
-//! a header-only record, or the header plus the smallest of
-//! [`SIZE_CLASSES`] and [`CHUNK_SIZE`] that holds the chunk. Bytes after the
-//! first `chunk_len` are padding: readers use `chunk_len`, never the record's
-//! length. A segment whose payload its service does not need (see
+//! Readers use `chunk_len`, never the record's length, so a record may carry
+//! padding after its chunk. A segment whose payload its service does not need (see
 //! [`crate::map::PayloadSkip`]) yields one header-only record with
 //! `payload_len` set and [`record_flags::PAYLOAD_SKIPPED`].
 
@@ -21,16 +17,12 @@ pub const CHUNK_SIZE: usize = 8192;
 /// larger payload is counted as oversize and handled like a full ring. The
 /// verifier walks the chunk loop once per iteration, so this bounds its work too.
 pub const MAX_CHUNKS: usize = 9;
-/// Payload capacities of the record size classes below [`CHUNK_SIZE`]: a
-/// chunk goes into the smallest that holds it (1536 fits a 1500-byte MTU's
-/// segment).
-pub const SIZE_CLASSES: [usize; 3] = [256, 1536, 4096];
 /// Version of the layout of the records and the map values the programs
 /// share with userspace. The programs declare it as the entry count of their
 /// `LAYOUT` map, which is pinned with the others, so a daemon restarted onto
 /// a pinned instance refuses one whose programs wrote another layout.
-/// Version 1 had no `LAYOUT` map; version 2 added padded size classes,
-/// [`record_flags`] and [`crate::ServiceValue::skip`].
+/// Version 1 had no `LAYOUT` map; version 2 added [`record_flags`] and
+/// [`crate::ServiceValue::skip`].
 pub const RECORD_LAYOUT: u32 = 2;
 /// Largest TCP option block.
 pub const MAX_OPTIONS: usize = 40;
@@ -359,11 +351,11 @@ mod tests {
     }
 
     #[test]
-    fn decode_ignores_the_padding_of_a_size_class() {
+    fn decode_ignores_padding_after_the_chunk() {
         let h = sample();
         let mut raw = h.as_bytes().to_vec();
         raw.extend_from_slice(b"abcd");
-        raw.resize(HEADER_SIZE + SIZE_CLASSES[0], 0xee);
+        raw.resize(HEADER_SIZE + 256, 0xee);
         let (back, chunk) = RecordHeader::decode(&raw).unwrap();
         assert_eq!(back, h);
         assert_eq!(chunk, b"abcd");

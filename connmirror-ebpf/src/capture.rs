@@ -11,7 +11,7 @@ use connmirror_common::{
     ServiceKey, ServiceMode, ServiceValue, SyncLimit,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
-    record::{CHUNK_SIZE, MAX_CHUNKS, RECORD_LAYOUT, SIZE_CLASSES, record_flags, tcp_flags},
+    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS, RECORD_LAYOUT, record_flags, tcp_flags},
 };
 
 use crate::packet::{Kernel, LoadInto};
@@ -37,11 +37,10 @@ static SYNC_LIMITS: HashMap<FlowKey, SyncLimit> = HashMap::with_max_entries(6553
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Per-CPU staging area for the header of the segment being copied: filled
-/// once, then copied into each of its records' reservations (it is too large
-/// for the stack).
+/// Per-CPU staging area: one record is assembled here, then copied into the ring
+/// with `bpf_ringbuf_output`, whose size may vary (a reservation's may not).
 #[map]
-static HEADER: PerCpuArray<RecordHeader> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Pinned with the other maps: its entry count is [`RECORD_LAYOUT`], so a
 /// daemon restarted onto the instance can tell which record layout its
@@ -56,6 +55,13 @@ static RING_FULL_POLICY: u8 = RingFullPolicy::Drop as u8;
 /// Force a reader wakeup once this many bytes wait in the ring; set at load time.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
+
+/// One record being assembled.
+#[repr(C)]
+pub struct Scratch {
+    header: RecordHeader,
+    data: [u8; CHUNK_SIZE],
+}
 
 /// What to do with the packet.
 pub enum Verdict {
@@ -240,9 +246,10 @@ fn copy<S: LoadInto>(
     service: &ServiceValue,
     flow: Option<*mut FlowValue>,
 ) -> Result<(), Counter> {
-    let header = HEADER.get_ptr_mut(0).ok_or(Counter::CopyFailed)?;
-    // SAFETY: the per-CPU header is ours for the whole run.
-    let header = unsafe { &mut *header };
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::CopyFailed)?;
+    // SAFETY: the per-CPU scratch value is ours for the whole run.
+    let scratch = unsafe { &mut *scratch };
+    let header = &mut scratch.header;
     header.ts_ns = unsafe { bpf_ktime_get_ns() };
     header.src_addr = seg.src_addr;
     header.dst_addr = seg.dst_addr;
@@ -251,7 +258,7 @@ fn copy<S: LoadInto>(
     header.seq = seg.seq;
     header.ack = seg.ack;
     header.payload_len = seg.payload_len as u32;
-    // SAFETY: as in `uncaptured`.
+    // SAFETY: as in `ring_full`.
     header.flow_gaps = flow.map_or(0, |f| unsafe { (*f).gaps });
     header.src_port = seg.src_port;
     header.dst_port = seg.dst_port;
@@ -261,121 +268,77 @@ fn copy<S: LoadInto>(
     header.direction = direction as u8;
     header.hook = hook as u8;
     header.options_len = copy_options(pkt, seg, &mut header.options) as u8;
-    header.chunk_offset = 0;
-    header.chunk_len = 0;
     header.flags = 0;
     let skip = matches!(direction, Direction::ClientToServer)
         && service.skip & PayloadSkip::CLIENT_TO_SERVER != 0;
     if seg.payload_len == 0 || skip {
+        header.chunk_offset = 0;
+        header.chunk_len = 0;
         if seg.payload_len != 0 {
             header.flags = record_flags::PAYLOAD_SKIPPED;
         }
-        emit_header(header)?;
-        count(Counter::PayloadSkipped.index(), header.payload_len as u64);
+        output(scratch, 0)?;
+        count(Counter::PayloadSkipped.index(), seg.payload_len as u64);
         return Ok(());
     }
     if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
         return Err(Counter::Oversize);
     }
-    // Full chunks first, the remainder (1 to CHUNK_SIZE bytes) last: the loop
-    // steps by a constant (docs/architecture.md, "Implementation notes").
-    let mut offset = 0;
-    for _ in 1..MAX_CHUNKS {
-        if seg.payload_len - offset <= CHUNK_SIZE {
+    for i in 0..MAX_CHUNKS {
+        let offset = i * CHUNK_SIZE;
+        if offset >= seg.payload_len {
             break;
         }
-        emit::<CHUNK_SIZE, S>(pkt, seg, header, offset, CHUNK_SIZE as u64)?;
-        offset += CHUNK_SIZE;
+        copy_chunk(pkt, seg, scratch, offset)?;
     }
-    emit_sized(pkt, seg, header, offset, (seg.payload_len - offset) as u64)?;
     count(Counter::BytesCaptured.index(), seg.payload_len as u64);
     Ok(())
 }
 
-/// Emits the last chunk in the smallest size class that holds `len` bytes.
+/// Copies the chunk at `offset` of the payload into the scratch record and emits it.
 #[inline(always)]
-fn emit_sized<S: LoadInto>(
+fn copy_chunk<S: LoadInto>(
     pkt: &Kernel<S>,
     seg: &Segment,
-    header: &mut RecordHeader,
+    scratch: &mut Scratch,
     offset: usize,
-    len: u64,
 ) -> Result<(), Counter> {
-    if len <= SIZE_CLASSES[0] as u64 {
-        emit::<{ SIZE_CLASSES[0] }, S>(pkt, seg, header, offset, len)
-    } else if len <= SIZE_CLASSES[1] as u64 {
-        emit::<{ SIZE_CLASSES[1] }, S>(pkt, seg, header, offset, len)
-    } else if len <= SIZE_CLASSES[2] as u64 {
-        emit::<{ SIZE_CLASSES[2] }, S>(pkt, seg, header, offset, len)
-    } else {
-        emit::<CHUNK_SIZE, S>(pkt, seg, header, offset, len)
+    let mut len = (seg.payload_len - offset) as u64;
+    if len > CHUNK_SIZE as u64 {
+        len = CHUNK_SIZE as u64;
     }
-}
-
-/// One record of size class `N`: the header, then room for `N` payload bytes,
-/// of which the first `chunk_len` are the chunk and the rest is padding.
-#[repr(C)]
-struct Record<const N: usize> {
-    header: RecordHeader,
-    data: [u8; N],
-}
-
-/// Reserves a record of class `N` in the ring, loads the `len` payload bytes
-/// at `offset` straight into it (the one copy of each byte), fills the header
-/// in place and submits it; a failed load discards the reservation.
-#[inline(always)]
-fn emit<const N: usize, S: LoadInto>(
-    pkt: &Kernel<S>,
-    seg: &Segment,
-    header: &mut RecordHeader,
-    offset: usize,
-    len: u64,
-) -> Result<(), Counter> {
-    // The verifier must see `len` in [1, N]; keeping the two checks apart
-    // stops LLVM from folding them into a form it cannot follow
-    // (docs/architecture.md, "Implementation notes").
+    // The verifier must see `len` in [1, CHUNK_SIZE]; keeping the two checks apart
+    // stops LLVM from folding them into a form it cannot follow (docs/architecture.md,
+    // "Implementation notes").
     let len = core::hint::black_box(len);
-    if len == 0 || len > N as u64 {
+    if len == 0 || len > CHUNK_SIZE as u64 {
         return Err(Counter::CopyFailed);
     }
-    let mut entry = RECORDS.reserve::<Record<N>>(0).ok_or(Counter::RingFull)?;
-    header.chunk_offset = offset as u32;
-    header.chunk_len = len as u32;
-    let record = entry.as_mut_ptr();
-    // SAFETY: `record` is a reservation of `size_of::<Record<N>>()` bytes,
-    // and `data` holds N >= len bytes.
+    scratch.header.chunk_offset = offset as u32;
+    scratch.header.chunk_len = len as u32;
+    // SAFETY: `data` holds CHUNK_SIZE >= len bytes.
     let loaded = unsafe {
-        (*record).header = *header;
         pkt.0.load_into(
             seg.payload_offset + offset,
-            (*record).data.as_mut_ptr(),
+            scratch.data.as_mut_ptr(),
             len as u32,
         )
     };
     if !loaded {
-        entry.discard(BPF_RB_NO_WAKEUP as u64);
         return Err(Counter::CopyFailed);
     }
-    entry.submit(wakeup());
-    count(Counter::Records.index(), 1);
-    Ok(())
+    output(scratch, len)
 }
 
-/// Emits a header-only record (no payload, or payload skipped).
+/// Copies the scratch record (header + `len` payload bytes) into the ring.
 #[inline(always)]
-fn emit_header(header: &RecordHeader) -> Result<(), Counter> {
-    let mut entry = RECORDS
-        .reserve::<RecordHeader>(0)
-        .ok_or(Counter::RingFull)?;
-    entry.write(*header);
-    entry.submit(wakeup());
-    count(Counter::Records.index(), 1);
-    Ok(())
-}
-
-/// The submit flags: force a reader wakeup once [`WAKEUP_BYTES`] wait.
-#[inline(always)]
-fn wakeup() -> u64 {
+fn output(scratch: &mut Scratch, len: u64) -> Result<(), Counter> {
+    let size = HEADER_SIZE as u64 + len;
+    // SAFETY: `Scratch` is repr(C) with the header first and `len <= CHUNK_SIZE`,
+    // so the slice stays inside the per-CPU value.
+    let bytes = unsafe {
+        core::slice::from_raw_parts((scratch as *const Scratch).cast::<u8>(), size as usize)
+    };
     // SAFETY: a global written only by the loader.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
     let flags = if RECORDS.query(BPF_RB_AVAIL_DATA as u64) >= threshold {
@@ -383,5 +346,9 @@ fn wakeup() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     };
-    flags as u64
+    RECORDS
+        .output::<[u8]>(bytes, flags as u64)
+        .map_err(|_| Counter::RingFull)?;
+    count(Counter::Records.index(), 1);
+    Ok(())
 }
