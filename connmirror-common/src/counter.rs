@@ -40,11 +40,14 @@ pub enum Counter {
     /// TCP sends them again) because the standby had not acknowledged the
     /// journal up to them yet.
     SyncHeld = 13,
+    /// Payload bytes of tracked segments not copied into the ring because
+    /// their service does not need them ([`crate::PayloadSkip`]).
+    PayloadSkipped = 14,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -59,6 +62,7 @@ impl Counter {
         Counter::QuiesceDrops,
         Counter::FenceDrops,
         Counter::SyncHeld,
+        Counter::PayloadSkipped,
     ];
 
     /// The slot index in the counter array.
@@ -158,6 +162,12 @@ impl Counter {
                 unit: Unit::None,
                 help: "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync).",
             },
+            Counter::PayloadSkipped => CounterInfo {
+                name: "payload_skipped",
+                metric: "ebpf_payload_skipped",
+                unit: Unit::Bytes,
+                help: "Payload bytes not copied into the ring because their service does not need them (client to server, retention unacked).",
+            },
         }
     }
 }
@@ -255,8 +265,8 @@ mod tests {
     use super::*;
 
     /// The one table: every counter has a distinct report key and metric
-    /// name, metrics are all `ebpf_` ones, and only the payload counter is
-    /// in bytes.
+    /// name, metrics are all `ebpf_` ones, and only the payload counters
+    /// are in bytes.
     #[test]
     fn every_counter_has_one_distinct_name_metric_and_help() {
         let infos = Counter::ALL.map(Counter::info);
@@ -269,9 +279,16 @@ mod tests {
                 assert_ne!(info.metric, other.metric);
             }
         }
-        let mut bytes = (infos.iter()).filter(|info| info.unit == Unit::Bytes);
-        let only = bytes.next().map(|info| (info.name, info.metric));
-        assert_eq!(only, Some(("bytes_captured", "ebpf_captured")));
-        assert!(bytes.next().is_none());
+        let bytes: std::vec::Vec<_> = (infos.iter())
+            .filter(|info| info.unit == Unit::Bytes)
+            .map(|info| (info.name, info.metric))
+            .collect();
+        assert_eq!(
+            bytes,
+            [
+                ("bytes_captured", "ebpf_captured"),
+                ("payload_skipped", "ebpf_payload_skipped")
+            ]
+        );
     }
 }

@@ -21,8 +21,9 @@ pub struct ServiceKey {
     pub _pad: u8,
 }
 
-/// Value of the `SERVICES` hash map: the service's id and what the programs
-/// do with its segments (a [`ServiceMode`] bit set).
+/// Value of the `SERVICES` hash map: the service's id, what the programs
+/// do with its segments (a [`ServiceMode`] bit set) and which payload they
+/// leave out (a [`PayloadSkip`] bit set).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -30,6 +31,23 @@ pub struct ServiceValue {
     pub id: u32,
     /// [`ServiceMode`] bits; zero means "capture".
     pub mode: u32,
+    /// [`PayloadSkip`] bits; zero copies every payload byte.
+    pub skip: u32,
+}
+
+/// Payload the programs do not copy into the ring for a service, as bits of
+/// [`ServiceValue::skip`]. The segment still yields a header-only record with
+/// its `payload_len`, flagged [`crate::record::record_flags::PAYLOAD_SKIPPED`],
+/// so userspace keeps the sequence numbers, and the bytes are counted in
+/// [`crate::Counter::PayloadSkipped`]. Userspace sets it per service from
+/// what the service's retention and resumption need (docs/configuration.md,
+/// "What capture copies").
+pub struct PayloadSkip;
+
+impl PayloadSkip {
+    /// Leave out client → server payload: a restore needs only the
+    /// unacknowledged server → client bytes and the client's sequence numbers.
+    pub const CLIENT_TO_SERVER: u32 = 1;
 }
 
 /// What the programs do with a service's segments, as bits of

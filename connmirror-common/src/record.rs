@@ -4,6 +4,11 @@
 //! [`CHUNK_SIZE`] (GSO/TSO skbs on TC, multi-buffer XDP frames): each record then
 //! carries the chunk at `chunk_offset` within the segment's payload, so userspace
 //! puts it at sequence number `seq + chunk_offset` (plus one when SYN is set).
+//!
+//! Readers use `chunk_len`, never the record's length, so a record may carry
+//! padding after its chunk. A segment whose payload its service does not need (see
+//! [`crate::map::PayloadSkip`]) yields one header-only record with
+//! `payload_len` set and [`record_flags::PAYLOAD_SKIPPED`].
 
 /// Largest payload carried by one record.
 pub const CHUNK_SIZE: usize = 8192;
@@ -12,6 +17,13 @@ pub const CHUNK_SIZE: usize = 8192;
 /// larger payload is counted as oversize and handled like a full ring. The
 /// verifier walks the chunk loop once per iteration, so this bounds its work too.
 pub const MAX_CHUNKS: usize = 9;
+/// Version of the layout of the records and the map values the programs
+/// share with userspace. The programs declare it as the entry count of their
+/// `LAYOUT` map, which is pinned with the others, so a daemon restarted onto
+/// a pinned instance refuses one whose programs wrote another layout.
+/// Version 1 had no `LAYOUT` map; version 2 added [`record_flags`] and
+/// [`crate::ServiceValue::skip`].
+pub const RECORD_LAYOUT: u32 = 2;
 /// Largest TCP option block.
 pub const MAX_OPTIONS: usize = 40;
 /// Size of [`RecordHeader`] in bytes.
@@ -29,6 +41,14 @@ pub mod tcp_flags {
     pub const PSH: u8 = 0x08;
     /// Acknowledgment field is significant.
     pub const ACK: u8 = 0x10;
+}
+
+/// Bits of [`RecordHeader::flags`].
+pub mod record_flags {
+    /// The segment had `payload_len` bytes of payload, which the programs did
+    /// not copy: its service does not need this direction's payload. The
+    /// record carries no chunk.
+    pub const PAYLOAD_SKIPPED: u8 = 0x01;
 }
 
 /// Which way a segment travels relative to the service.
@@ -138,8 +158,10 @@ pub struct RecordHeader {
     pub hook: u8,
     /// Bytes of `options` in use.
     pub options_len: u8,
+    /// [`record_flags`] bits.
+    pub flags: u8,
     /// Always zero.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 4],
     /// Raw TCP options.
     pub options: [u8; MAX_OPTIONS],
 }
@@ -170,7 +192,8 @@ impl RecordHeader {
             direction: 0,
             hook: 0,
             options_len: 0,
-            _pad: [0; 5],
+            flags: 0,
+            _pad: [0; 4],
             options: [0; MAX_OPTIONS],
         }
     }
@@ -190,7 +213,15 @@ impl RecordHeader {
         Ok((header, &rest[..header.chunk_len as usize]))
     }
 
+    /// The segment's payload was not copied ([`record_flags::PAYLOAD_SKIPPED`]).
+    pub const fn payload_skipped(&self) -> bool {
+        self.flags & record_flags::PAYLOAD_SKIPPED != 0
+    }
+
     fn validate(&self, chunk_bytes: usize) -> Result<(), DecodeError> {
+        if self.payload_skipped() && self.chunk_len != 0 {
+            return Err(DecodeError::SkippedWithChunk(self.chunk_len));
+        }
         if self.chunk_len as usize > chunk_bytes || self.chunk_len as usize > CHUNK_SIZE {
             return Err(DecodeError::ChunkLength {
                 chunk_len: self.chunk_len,
@@ -251,6 +282,8 @@ pub enum DecodeError {
     },
     /// `options_len` above [`MAX_OPTIONS`].
     Options(u8),
+    /// A record whose payload was skipped claims a chunk of this many bytes.
+    SkippedWithChunk(u32),
     /// Unknown direction byte.
     Direction(u8),
     /// Unknown hook byte.
@@ -279,6 +312,12 @@ impl core::fmt::Display for DecodeError {
                 write!(f, "chunk ends at {end}, past payload_len {payload_len}")
             }
             DecodeError::Options(n) => write!(f, "options_len {n} exceeds {MAX_OPTIONS}"),
+            DecodeError::SkippedWithChunk(n) => {
+                write!(
+                    f,
+                    "a record whose payload was skipped claims a {n}-byte chunk"
+                )
+            }
             DecodeError::Direction(d) => write!(f, "unknown direction {d}"),
             DecodeError::Hook(h) => write!(f, "unknown hook {h}"),
             DecodeError::Family(a) => write!(f, "unknown address family {a}"),
@@ -309,6 +348,35 @@ mod tests {
         let (back, chunk) = RecordHeader::decode(&raw).unwrap();
         assert_eq!(back, h);
         assert_eq!(chunk, b"abcd");
+    }
+
+    #[test]
+    fn decode_ignores_padding_after_the_chunk() {
+        let h = sample();
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend_from_slice(b"abcd");
+        raw.resize(HEADER_SIZE + 256, 0xee);
+        let (back, chunk) = RecordHeader::decode(&raw).unwrap();
+        assert_eq!(back, h);
+        assert_eq!(chunk, b"abcd");
+    }
+
+    #[test]
+    fn a_skipped_payload_has_a_length_and_no_chunk() {
+        let mut h = sample();
+        h.flags = record_flags::PAYLOAD_SKIPPED;
+        h.chunk_offset = 0;
+        h.chunk_len = 0;
+        let (back, chunk) = RecordHeader::decode(h.as_bytes()).unwrap();
+        assert!(back.payload_skipped());
+        assert_eq!((back.payload_len, chunk.len()), (10, 0));
+        h.chunk_len = 4;
+        let mut raw = h.as_bytes().to_vec();
+        raw.extend_from_slice(b"abcd");
+        assert_eq!(
+            RecordHeader::decode(&raw),
+            Err(DecodeError::SkippedWithChunk(4))
+        );
     }
 
     #[test]

@@ -4,14 +4,14 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use connmirror_common::{
-    Counter, Direction, FlowKey, FlowValue, Hook, RecordHeader, RingFullPolicy, ServiceKey,
-    ServiceMode, ServiceValue, SyncLimit,
+    Counter, Direction, FlowKey, FlowValue, Hook, PayloadSkip, RecordHeader, RingFullPolicy,
+    ServiceKey, ServiceMode, ServiceValue, SyncLimit,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
-    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS, tcp_flags},
+    record::{CHUNK_SIZE, HEADER_SIZE, MAX_CHUNKS, RECORD_LAYOUT, record_flags, tcp_flags},
 };
 
 use crate::packet::{Kernel, LoadInto};
@@ -41,6 +41,12 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// with `bpf_ringbuf_output`, whose size may vary (a reservation's may not).
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Pinned with the other maps: its entry count is [`RECORD_LAYOUT`], so a
+/// daemon restarted onto the instance can tell which record layout its
+/// programs write.
+#[map]
+static LAYOUT: Array<u8> = Array::with_max_entries(RECORD_LAYOUT, 0);
 
 /// [`RingFullPolicy`] as a byte; set by userspace at load time.
 #[unsafe(no_mangle)]
@@ -84,11 +90,10 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
     if service.mode & !ServiceMode::SYNC != 0 {
         return takeover(direction, service.mode, hook);
     }
-    let service_id = service.id;
     count(Counter::PacketsTracked.index(), 1);
     let key = flow_key(&seg, direction);
-    let flow = track(&key, service_id);
-    if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, service_id, flow) {
+    let flow = track(&key, service.id);
+    if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, &service, flow) {
         return uncaptured(reason, flow);
     }
     if service.mode & ServiceMode::SYNC != 0 && matches!(hook, Hook::TcEgress) {
@@ -228,8 +233,9 @@ fn uncaptured(reason: Counter, flow: Option<*mut FlowValue>) -> Verdict {
 }
 
 /// Writes the segment into the ring as one record per [`CHUNK_SIZE`] bytes of
-/// payload (one header-only record when it has none). `Err` says why not every
-/// record made it.
+/// payload (one header-only record when it has none, or when its service
+/// needs none of this direction's payload: see [`PayloadSkip`]). `Err` says
+/// why not every record made it.
 #[inline(always)]
 fn copy<S: LoadInto>(
     pkt: &Kernel<S>,
@@ -237,7 +243,7 @@ fn copy<S: LoadInto>(
     hook: Hook,
     ifindex: u32,
     direction: Direction,
-    service_id: u32,
+    service: &ServiceValue,
     flow: Option<*mut FlowValue>,
 ) -> Result<(), Counter> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Counter::CopyFailed)?;
@@ -248,7 +254,7 @@ fn copy<S: LoadInto>(
     header.src_addr = seg.src_addr;
     header.dst_addr = seg.dst_addr;
     header.ifindex = ifindex;
-    header.service_id = service_id;
+    header.service_id = service.id;
     header.seq = seg.seq;
     header.ack = seg.ack;
     header.payload_len = seg.payload_len as u32;
@@ -262,10 +268,18 @@ fn copy<S: LoadInto>(
     header.direction = direction as u8;
     header.hook = hook as u8;
     header.options_len = copy_options(pkt, seg, &mut header.options) as u8;
-    if seg.payload_len == 0 {
+    header.flags = 0;
+    let skip = matches!(direction, Direction::ClientToServer)
+        && service.skip & PayloadSkip::CLIENT_TO_SERVER != 0;
+    if seg.payload_len == 0 || skip {
         header.chunk_offset = 0;
         header.chunk_len = 0;
-        return output(scratch, 0);
+        if seg.payload_len != 0 {
+            header.flags = record_flags::PAYLOAD_SKIPPED;
+        }
+        output(scratch, 0)?;
+        count(Counter::PayloadSkipped.index(), seg.payload_len as u64);
+        return Ok(());
     }
     if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
         return Err(Counter::Oversize);

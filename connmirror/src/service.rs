@@ -36,7 +36,7 @@ impl fmt::Display for Service {
 }
 
 /// A service as given on the command line: `IP:PORT` or `[IPv6]:PORT`,
-/// optionally `=unacked` or `=full` for its own retention policy.
+/// optionally `=unacked`, `=full` or `=restore` for its own retention policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceAddr(pub SocketAddr, pub Option<RetentionName>);
 
@@ -47,6 +47,8 @@ pub enum RetentionName {
     Unacked,
     /// Keep the whole history (up to the history cap).
     Full,
+    /// Keep only the server's unacknowledged bytes; client payload is not copied.
+    Restore,
 }
 
 impl FromStr for ServiceAddr {
@@ -56,9 +58,10 @@ impl FromStr for ServiceAddr {
         let (addr, retention) = match text.split_once('=') {
             Some((addr, "unacked")) => (addr, Some(RetentionName::Unacked)),
             Some((addr, "full")) => (addr, Some(RetentionName::Full)),
+            Some((addr, "restore")) => (addr, Some(RetentionName::Restore)),
             Some((_, other)) => {
                 return Err(format!(
-                    "{text:?}: unknown retention {other:?} (expected unacked or full)"
+                    "{text:?}: unknown retention {other:?} (expected unacked, full or restore)"
                 ));
             }
             None => (text, None),
@@ -118,7 +121,7 @@ mod tests {
         assert_eq!(
             "198.18.1.2:7000=all".parse::<ServiceAddr>(),
             Err(
-                "\"198.18.1.2:7000=all\": unknown retention \"all\" (expected unacked or full)"
+                "\"198.18.1.2:7000=all\": unknown retention \"all\" (expected unacked, full or restore)"
                     .to_owned()
             )
         );

@@ -20,18 +20,41 @@ impl Capture {
     /// next packet on: the map is shared with the running programs, so services
     /// can be added and removed while capture runs.
     pub fn track(&mut self, service: &Service) -> Result<(), CaptureError> {
-        self.set_mode(service, 0)
+        self.track_skipping(service, 0)
     }
 
-    /// Sets `service`'s [`ServiceMode`](connmirror_common::ServiceMode) bits (zero: capture). The programs read
+    /// Like [`track`](Self::track), leaving out of the records the payload
+    /// `skip` names ([`PayloadSkip`](connmirror_common::PayloadSkip) bits).
+    pub fn track_skipping(&mut self, service: &Service, skip: u32) -> Result<(), CaptureError> {
+        let value = ServiceValue {
+            id: service.id,
+            mode: 0,
+            skip,
+        };
+        self.set_value(service, value)
+    }
+
+    /// Sets `service`'s [`ServiceMode`](connmirror_common::ServiceMode) bits (zero: capture),
+    /// keeping the payload it skips. The programs read
     /// the map on every packet, so the next segment already sees the new mode:
     /// this is how a takeover quiesces clients and fences the old primary.
     pub fn set_mode(&mut self, service: &Service, mode: u32) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
+        let map: HashMap<_, ServiceKey, ServiceValue> = self.map("SERVICES")?;
+        let skip = match map.get(&service.key(), 0) {
+            Ok(value) => value.skip,
+            Err(aya::maps::MapError::KeyNotFound) => 0,
+            Err(err) => return Err(map_error("SERVICES")(err)),
+        };
         let value = ServiceValue {
             id: service.id,
             mode,
+            skip,
         };
+        self.set_value(service, value)
+    }
+
+    fn set_value(&mut self, service: &Service, value: ServiceValue) -> Result<(), CaptureError> {
+        let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
         map.insert(service.key(), value, 0)
             .map_err(map_error("SERVICES"))
     }

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, MapInfo};
-use connmirror_common::{FlowKey, FlowValue, ServiceKey, ServiceValue, counter::COUNTER_SLOTS};
+use connmirror_common::{
+    FlowKey, FlowValue, ServiceKey, ServiceValue, counter::COUNTER_SLOTS, record::RECORD_LAYOUT,
+};
 
 use crate::{
     capture::{
@@ -132,9 +134,10 @@ fn describe_hooks(hooks: &BTreeMap<&str, Vec<&str>>) -> String {
 }
 
 /// Fails when a map pinned under `instance` does not fit this binary's
-/// programs: other key or value sizes (another connmirror version pinned it),
-/// or a ring of another size than `ring_size`.
+/// programs: records of another layout, other key or value sizes (another
+/// connmirror version pinned it), or a ring of another size than `ring_size`.
 pub(super) fn check_pinned_maps(instance: &Instance, ring_size: u32) -> Result<(), CaptureError> {
+    check_record_layout(instance)?;
     let size = |n: usize| n as u32;
     // (map, key size, value size, max entries); 0: not checked.
     let expected: [(&'static str, u32, u32, u32); 4] = [
@@ -185,4 +188,29 @@ pub(super) fn check_pinned_maps(instance: &Instance, ring_size: u32) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Fails when the ring pinned under `instance` is written by programs of
+/// another [`RECORD_LAYOUT`]: the `LAYOUT` map's entry count says which, and
+/// a ring pinned without it is layout 1.
+fn check_record_layout(instance: &Instance) -> Result<(), CaptureError> {
+    if !instance.map_path("RECORDS").exists() {
+        return Ok(());
+    }
+    let path = instance.map_path("LAYOUT");
+    let pinned = match path.exists() {
+        true => MapInfo::from_pin(&path)
+            .map_err(map_error("LAYOUT"))?
+            .max_entries(),
+        false => 1,
+    };
+    if pinned == RECORD_LAYOUT {
+        return Ok(());
+    }
+    Err(PinningError::RecordLayout {
+        name: instance.name().to_owned(),
+        pinned,
+        expected: RECORD_LAYOUT,
+    }
+    .into())
 }

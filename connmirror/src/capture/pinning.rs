@@ -12,6 +12,7 @@
 //! | file | object |
 //! | --- | --- |
 //! | `map_RECORDS`, `map_FLOWS`, `map_SERVICES`, `map_COUNTERS` | the ring buffer, the kernel's flow state, the services, the counters |
+//! | `map_LAYOUT` | an empty map whose entry count is the record layout its programs write ([`RECORD_LAYOUT`](connmirror_common::record::RECORD_LAYOUT)) |
 //! | `prog_connmirror_xdp`, `prog_connmirror_tc_ingress`, `prog_connmirror_tc_egress` | the programs (those loaded) |
 //! | `link_HOOK_IFACE` (`link_tc-ingress_gw-c`, ...) | one link per interface and hook |
 //!
@@ -46,7 +47,7 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_ROOT: &str = "/sys/fs/bpf/connmirror";
 /// The maps a pinned instance keeps. `SCRATCH` is per-packet staging space with
 /// nothing worth keeping, so each daemon has its own.
-pub const PINNED_MAPS: [&str; 4] = ["RECORDS", "FLOWS", "SERVICES", "COUNTERS"];
+pub const PINNED_MAPS: [&str; 5] = ["RECORDS", "FLOWS", "SERVICES", "COUNTERS", "LAYOUT"];
 /// The attach points a link pin can name.
 pub const HOOKS: [&str; 4] = ["xdp-native", "xdp-generic", "tc-ingress", "tc-egress"];
 
@@ -116,6 +117,21 @@ pub enum PinningError {
         /// What the pinned map has.
         pinned: u32,
         /// What this binary's programs need.
+        expected: u32,
+    },
+    /// The pinned programs write ring records of another layout than this
+    /// binary reads (layout 1: made before layouts were pinned).
+    #[error(
+        "pinned instance {name} writes ring records of layout {pinned} but this binary \
+         reads layout {expected}: an older or newer connmirror pinned it; remove it \
+         first with `connmirror mirror --detach-all --pin {name}`"
+    )]
+    RecordLayout {
+        /// Instance name.
+        name: String,
+        /// The pinned programs' layout.
+        pinned: u32,
+        /// [`RECORD_LAYOUT`](connmirror_common::record::RECORD_LAYOUT).
         expected: u32,
     },
     /// The pinned ring has another size than asked.

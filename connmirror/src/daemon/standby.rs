@@ -93,7 +93,13 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
-    let mut mirror = Engine::start(args.mirror)?;
+    let mut mirror_args = args.mirror;
+    // Replay feeds the standby instance the client's bytes: keep copying them.
+    mirror_args.client_payload = (config.resume.iter())
+        .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
+        .map(|(service, _)| *service)
+        .collect();
+    let mut mirror = Engine::start(mirror_args)?;
     if let Some(live) = &config.live {
         let table = &mut mirror.reader.table;
         // Flows recovered from the journal (a `--pin` restart) were open

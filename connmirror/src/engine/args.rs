@@ -15,7 +15,8 @@ pub struct MirrorArgs {
     )]
     pub ifaces: Vec<IfaceSpec>,
     /// Protected service as IP:PORT or [IPv6]:PORT, optionally with its own
-    /// retention (`IP:PORT=full`, `IP:PORT=unacked`; default: --retention).
+    /// retention (`IP:PORT=full`, `IP:PORT=unacked`, `IP:PORT=restore`;
+    /// default: --retention).
     /// Repeat for several.
     #[arg(
         long = "service",
@@ -52,9 +53,10 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Which bytes each flow keeps: `unacked` (what the receiver has not
-    /// acknowledged: enough to restore) or `full` (the whole history up to
+    /// acknowledged: enough to restore), `full` (the whole history up to
     /// --history-cap per direction, for replay; past it a flow is marked
-    /// handoff-only, never truncated silently).
+    /// handoff-only, never truncated silently) or `restore` (the server's
+    /// unacknowledged bytes only: client → server payload is not copied).
     #[arg(long, value_enum, default_value = "unacked")]
     pub retention: RetentionArg,
     /// Most history bytes per direction under `--retention full` (suffixes K, M, G).
@@ -91,6 +93,12 @@ pub struct MirrorArgs {
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// Services whose client → server payload is copied into the ring whatever
+    /// their retention: set by the role, not the command line (the standby's
+    /// replayed and live-replayed services; every service of an on-host
+    /// agent, whose standby decides what it needs).
+    #[arg(skip)]
+    pub client_payload: BTreeSet<SocketAddr>,
 }
 /// `--retention` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -99,6 +107,11 @@ pub enum RetentionArg {
     Unacked,
     /// Keep the whole history (up to --history-cap).
     Full,
+    /// Keep only what a restore needs: the server's unacknowledged bytes.
+    /// Client → server payload is not even copied into the ring (a restored
+    /// socket expects the client's bytes from the primary's last
+    /// acknowledgment on, and the client sends them again).
+    Restore,
 }
 /// Journal flags of `connmirror mirror`.
 #[derive(Clone, Debug, clap::Args)]

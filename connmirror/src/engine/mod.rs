@@ -20,9 +20,10 @@
 //! use: failover or the roles; its report takes a role's keys as a map.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Write as _},
+    net::SocketAddr,
     path::{Path, PathBuf},
     str::FromStr,
     time::Duration,
@@ -31,7 +32,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use clap::ValueEnum as _;
-use connmirror_common::{Counter, Hook, Malformed, RecordHeader, RingFullPolicy};
+use connmirror_common::{Counter, Hook, Malformed, PayloadSkip, RecordHeader, RingFullPolicy};
 use prometheus_client::registry::Unit;
 use serde::Serialize;
 use tokio::{
@@ -131,6 +132,7 @@ impl Engine {
             detach_all: _,
             journal: journal_args,
             metrics,
+            client_payload,
         } = args;
         let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
         if let Some(dir) = &dump_dir {
@@ -147,10 +149,15 @@ impl Engine {
         let history = Retention::Full {
             cap: u64::from(history_cap),
         };
+        let needs = ClientPayload {
+            retention,
+            dump: dump_dir.is_some(),
+            services: client_payload,
+        };
         let table = flow_table(retention, history, memory_cap, dump_dir);
         let tracked = tracked_services(&services);
         let mut attach = check_pins(&capture, &tracked, &ifaces, ingress, egress)?;
-        let table = track_services(&mut capture, &tracked, &services, table, history)?;
+        let table = track_services(&mut capture, &tracked, &services, table, history, &needs)?;
         attach_all(&mut capture, &mut attach)?;
         let (ring, backlog, exporter) = take_ring(&mut capture, &metrics)?;
         let (table, journal) = open_journal(&journal_args, table)?;
@@ -313,7 +320,7 @@ fn flow_table(
         StreamLimits {
             keep_delivered: 0,
             retention: match retention {
-                RetentionArg::Unacked => Retention::Unacked,
+                RetentionArg::Unacked | RetentionArg::Restore => Retention::Unacked,
                 RetentionArg::Full => history,
             },
             ..StreamLimits::default()
@@ -356,23 +363,59 @@ fn check_pins(
     Ok(plan)
 }
 
+/// What decides whether a service's client → server payload is copied.
+struct ClientPayload {
+    /// `--retention`, for services that name none.
+    retention: RetentionArg,
+    /// `--dump-dir` writes both directions of every flow.
+    dump: bool,
+    /// The role needs these services' client payload whatever their retention.
+    services: BTreeSet<SocketAddr>,
+}
+
+/// The payload the programs leave out of `service`'s records (`own`: the
+/// retention it names; docs/configuration.md, "What capture copies"): its
+/// client → server payload when its retention is `restore`, unless
+/// `--dump-dir` writes it or the role needs it (replay, live replay; an
+/// on-host agent's standby). A restore needs only the unacknowledged server
+/// → client bytes and the client's sequence numbers, which header-only
+/// records still carry. `unacked` keeps the client bytes the primary has
+/// not acknowledged for a handoff, and `full` keeps them all.
+fn payload_skip(needs: &ClientPayload, addr: &SocketAddr, own: Option<RetentionName>) -> u32 {
+    let restore = match own {
+        Some(retention) => retention == RetentionName::Restore,
+        None => needs.retention == RetentionArg::Restore,
+    };
+    if restore && !needs.dump && !needs.services.contains(addr) {
+        PayloadSkip::CLIENT_TO_SERVER
+    } else {
+        0
+    }
+}
+
 /// Tracks every service in `capture`, giving `table` the retention a service
-/// asked for on its own (`history` for `full`).
+/// asked for on its own (`history` for `full`), and the programs the payload
+/// it does not need.
 fn track_services(
     capture: &mut Capture,
     tracked: &[Service],
     services: &[ServiceAddr],
     mut table: FlowTable,
     history: Retention,
+    needs: &ClientPayload,
 ) -> anyhow::Result<FlowTable> {
-    for (service, ServiceAddr(_, own)) in tracked.iter().zip(services) {
-        capture.track(service)?;
+    for (service, ServiceAddr(addr, own)) in tracked.iter().zip(services) {
+        let skip = payload_skip(needs, addr, *own);
+        capture.track_skipping(service, skip)?;
         table = match own {
             Some(RetentionName::Full) => table.service_retention(service.id, history),
-            Some(RetentionName::Unacked) => table.service_retention(service.id, Retention::Unacked),
+            Some(RetentionName::Unacked | RetentionName::Restore) => {
+                table.service_retention(service.id, Retention::Unacked)
+            }
             None => table,
         };
-        tracing::info!(%service, "tracking");
+        let client_payload = if skip == 0 { "copied" } else { "skipped" };
+        tracing::info!(%service, client_payload, "tracking");
     }
     Ok(table)
 }

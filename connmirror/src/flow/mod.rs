@@ -111,8 +111,11 @@ impl Side {
             });
             result?;
         }
+        if header.payload_skipped() {
+            stream.skip(data_seq, header.payload_len);
+        }
         let last_chunk = header.chunk_offset + header.chunk_len == header.payload_len;
-        if header.tcp_flags & FIN != 0 && last_chunk {
+        if header.tcp_flags & FIN != 0 && (last_chunk || header.payload_skipped()) {
             stream.fin(data_seq.wrapping_add(header.payload_len));
         }
         Ok(())

@@ -131,6 +131,8 @@ pub struct StreamStats {
     pub abandoned_bytes: u64,
     /// Bytes that arrived for a hole after it was given up, ignored.
     pub late_bytes: u64,
+    /// Bytes the capture did not copy (see [`Stream::skip`]), each time seen.
+    pub skipped_bytes: u64,
 }
 
 /// One direction of one TCP connection, reassembled by sequence number.
@@ -251,6 +253,37 @@ impl Stream {
         self.drain(sink);
     }
 
+    /// `len` payload bytes at sequence number `seq` that the capture did not
+    /// copy: the service needs none of this direction's payload
+    /// ([`PayloadSkip`](connmirror_common::PayloadSkip)). From then on the
+    /// stream holds no bytes and its delivery point follows the receiver's
+    /// acknowledgment (up to the FIN), never past it: a socket restored from
+    /// it expects the sender's bytes from there on, and the sender, whose
+    /// later bytes were never acknowledged, sends them again.
+    pub fn skip(&mut self, seq: u32, len: u32) {
+        self.origin.get_or_insert(seq);
+        self.stats.skipped_bytes += u64::from(len);
+        self.follow_ack();
+    }
+
+    /// A stream whose payload is skipped: moves delivery up to the
+    /// acknowledgment, clipped to the FIN. Pieces buffered before the payload
+    /// stopped being copied (a restart changed the retention) and now behind
+    /// the delivery point are moot.
+    fn follow_ack(&mut self) {
+        let to = self.fin.map_or(self.acked, |fin| fin.min(self.acked));
+        if self.stats.skipped_bytes == 0 || to <= self.next {
+            return;
+        }
+        self.next = to;
+        self.recent.clear();
+        while let Some(entry) = self.pending.first_entry()
+            && *entry.key() < to
+        {
+            self.pending_bytes -= entry.remove().len();
+        }
+    }
+
     /// FIN seen; `seq` is the sequence number of the FIN itself (one past the last data byte).
     ///
     /// A FIN that disagrees with an earlier FIN, or that falls before bytes
@@ -262,6 +295,11 @@ impl Stream {
         match self.fin {
             Some(fin) if at == fin as i64 => {}
             Some(_) => self.stats.conflicting_bytes += 1,
+            // A skipping stream followed the acknowledgment of this FIN first.
+            None if self.stats.skipped_bytes > 0 && at + 1 == self.next as i64 => {
+                self.next = at as u64;
+                self.fin = Some(at as u64);
+            }
             None if at < self.known_end() as i64 => self.stats.conflicting_bytes += 1,
             None => self.fin = Some(at as u64),
         }
@@ -315,6 +353,7 @@ impl Stream {
         if let Some(origin) = self.origin {
             let offset = self.offset(origin, seq).max(0) as u64;
             self.acked = self.acked.max(offset);
+            self.follow_ack();
             self.trim();
         }
     }

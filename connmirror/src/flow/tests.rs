@@ -660,3 +660,47 @@ fn journal_inspect_prints_a_line_per_divergent_flow_under_the_table() {
          (primary 0x0d, instance 0x30)"
     );
 }
+
+/// A client segment whose payload the capture skipped: its length, no chunk.
+fn skipped(seq: u32, flags: u8, ack: u32, payload_len: u32) -> RecordHeader {
+    let mut h = header(Direction::ClientToServer, seq, flags | ACK, b"");
+    h.payload_len = payload_len;
+    h.ack = ack;
+    h.flags = connmirror_common::record::record_flags::PAYLOAD_SKIPPED;
+    h
+}
+
+#[test]
+fn skipped_client_payload_advances_the_sequence_without_bytes() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    feed(&mut table, Direction::ClientToServer, 9, SYN, b"");
+    feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
+    // 4 then 3 client bytes skipped, the second pair out of order.
+    table.record(&skipped(14, 0, 101, 3), b"").unwrap();
+    table.record(&skipped(10, 0, 101, 4), b"").unwrap();
+    feed_ack(&mut table, Direction::ServerToClient, 101, 17, b"reply");
+    table.record(&skipped(17, FIN, 103, 2), b"").unwrap();
+
+    let flow = table.takeover(0).pop().unwrap();
+    assert_eq!(flow.readiness, Readiness::Ready);
+    // Delivery follows the server's acknowledgment: the restored socket
+    // expects the client's bytes from 7 on, which the client sends again.
+    assert_eq!((flow.c2s.marks.next, flow.c2s.marks.acked), (7, 7));
+    assert!(flow.c2s.bytes.is_empty());
+    assert_eq!(
+        (flow.s2c.bytes_start, &flow.s2c.bytes[..]),
+        (2, &b"ply"[..])
+    );
+    let records = table.take_records();
+    assert!(
+        !(records.iter()).any(|r| matches!(r, Record::Data { dir, bytes, .. }
+            if *dir == Direction::ClientToServer && !bytes.is_empty())),
+        "no client byte journaled: {records:?}"
+    );
+    feed_ack(&mut table, Direction::ServerToClient, 106, 20, b"");
+    let report = table.report().unwrap();
+    assert!(
+        report[0].c2s.complete,
+        "a FIN on a skipped record ends the stream"
+    );
+}

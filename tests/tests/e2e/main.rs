@@ -38,6 +38,7 @@ mod malformed;
 mod metrics;
 mod onhost;
 mod ownership;
+mod payload;
 mod replay;
 mod restart;
 mod restore;

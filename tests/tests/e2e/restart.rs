@@ -66,6 +66,7 @@ fn expected_pins() -> Vec<&'static str> {
         "link_tc-ingress_gw-s",
         "map_COUNTERS",
         "map_FLOWS",
+        "map_LAYOUT",
         "map_RECORDS",
         "map_SERVICES",
         "prog_connmirror_tc_egress",
@@ -77,7 +78,7 @@ fn expected_pins() -> Vec<&'static str> {
 fn removed_line(pin: &PinnedInstance) -> String {
     format!(
         "removed {}: 4 links (gw-c tc-egress, gw-c tc-ingress, gw-s tc-egress, \
-         gw-s tc-ingress), 2 programs, 4 maps\n",
+         gw-s tc-ingress), 2 programs, 5 maps\n",
         pin.dir().display()
     )
 }
@@ -252,14 +253,13 @@ fn a_hot_restart_in_the_middle_of_a_200mb_stream_stays_byte_exact() {
 
 /// Runs `command` and expects it to fail at once with `error`.
 fn refused(topo: &Topology, command: MirrorCommand, error: &str) {
+    refused_in(&topo.gateway, command, error);
+}
+
+/// [`refused`], in `ns`.
+fn refused_in(ns: &Netns, command: MirrorCommand, error: &str) {
     let dir = WorkDir::new("refused");
-    let exit = MirrorExit::run(
-        &topo.gateway,
-        &[],
-        &command,
-        dir.path(),
-        Duration::from_secs(60),
-    );
+    let exit = MirrorExit::run(ns, &[], &command, dir.path(), Duration::from_secs(60));
     assert!(!exit.status.success(), "{exit:?}");
     assert_eq!(exit.error_lines(), vec![error], "{}", exit.stderr);
 }
@@ -386,9 +386,38 @@ fn pinned_on_veth(name: &str) -> (Netns, PinnedInstance, MirrorCommand) {
 /// What `--detach-all --pin NAME` prints after a mirror [`pinned_on_veth`].
 fn removed_d0_line(pin: &PinnedInstance) -> String {
     format!(
-        "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
+        "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 5 maps\n",
         pin.dir().display()
     )
+}
+
+#[test]
+fn a_restart_onto_an_instance_of_an_older_record_layout_is_refused_with_the_way_out() {
+    let (ns, pin, command) = pinned_on_veth("layout");
+    let _ = Mirror::start(&ns, &command).stop();
+    // What a connmirror of record layout 1 left: the same maps, no LAYOUT.
+    std::fs::remove_file(pin.dir().join("map_LAYOUT")).expect("unpin map_LAYOUT");
+
+    refused_in(
+        &ns,
+        command.clone(),
+        &format!(
+            "error: pinned instance {name} writes ring records of layout 1 but this binary \
+             reads layout 2: an older or newer connmirror pinned it; remove it first with \
+             `connmirror mirror --detach-all --pin {name}`",
+            name = pin.name()
+        ),
+    );
+    assert_detach_all_prints(
+        &pin,
+        &format!(
+            "removed {}: 2 links (d0 tc-egress, d0 tc-ingress), 2 programs, 4 maps\n",
+            pin.dir().display()
+        ),
+    );
+    // The way out works: a fresh instance starts.
+    let _ = Mirror::start(&ns, &command).stop();
+    assert_detach_all_prints(&pin, &removed_d0_line(&pin));
 }
 
 #[test]

@@ -213,6 +213,8 @@ fn mirror_args(args: &AgentArgs) -> anyhow::Result<MirrorArgs> {
     mirror.ingress = onhost.ingress;
     mirror.retention = onhost.retention;
     mirror.egress = onhost.egress;
+    // The standby decides how it resumes: give it every client byte.
+    mirror.client_payload = mirror.services.iter().map(|s| s.0).collect();
     Ok(mirror)
 }
 

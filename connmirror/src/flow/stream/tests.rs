@@ -474,6 +474,38 @@ fn only_holes_below_the_highest_ack_are_missing() {
 }
 
 #[test]
+fn a_skipping_stream_follows_the_acknowledgment_and_holds_nothing() {
+    let mut s = stream();
+    let mut out = Vec::new();
+    s.syn(0);
+    feed(&mut s, 1, b"ab", &mut out);
+    s.skip(7, 3); // past a hole at 3..6: nothing of this direction is needed
+    assert_eq!(
+        s.next_offset(),
+        2,
+        "not past what the receiver acknowledged"
+    );
+    s.ack(10);
+    s.skip(3, 4); // the hole's bytes, late
+    assert_eq!(s.next_offset(), 9);
+    assert_eq!(retained(&s), (9, Vec::new()));
+    assert_eq!((s.missing(), s.holes()), (vec![], vec![]));
+    s.ack(13); // acknowledges the FIN at 12, seen after its acknowledgment
+    s.skip(10, 2);
+    assert_eq!(s.next_offset(), 12);
+    s.fin(12);
+    assert!(s.is_complete());
+    assert_eq!(
+        s.stats(),
+        StreamStats {
+            delivered: 2,
+            skipped_bytes: 9,
+            ..StreamStats::default()
+        }
+    );
+}
+
+#[test]
 fn unacked_retention_keeps_exactly_the_unacknowledged_bytes() {
     let mut s = Stream::new(StreamLimits {
         keep_delivered: 0,
