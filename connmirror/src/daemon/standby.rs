@@ -82,16 +82,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .services
         .iter()
         .any(|s| matches!(config.resume.get(&s.0), None | Some(Resume::Handoff)));
-    let replica = match (args.replication_listen, &args.detection.key) {
-        (Some(listen), Some(key)) => {
-            let full = full_retention(&args.mirror);
-            let sink = config.live.clone().map(|live| {
-                Arc::new(move |records: &[Record]| live.feed(records)) as replica::Sink
-            });
-            Some(Replica::start(listen, Key::load(key)?, full, sink)?)
-        }
-        _ => None,
-    };
+    let replica = start_replica(&args, config.live.as_ref())?;
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror_args = args.mirror;
     // Replay feeds the standby instance the client's bytes: keep copying them.
@@ -101,17 +92,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .collect();
     let mut mirror = Engine::start(mirror_args)?;
     if let Some(live) = &config.live {
-        let table = &mut mirror.reader.table;
-        // Flows recovered from the journal (a `--pin` restart) were open
-        // before live replay: it can never feed them, and says so.
-        let services = mirror.services.iter();
-        live.recovered(
-            services
-                .flat_map(|s| table.takeover(s.id))
-                .map(|f| (f.id, f.key)),
-        );
-        table.collect_records();
-        mirror.reader.live = Some(live.clone());
+        attach_live(&mut mirror, live);
     }
     let handoff = match needs_handoff {
         true => Some(Arc::new(
@@ -149,6 +130,34 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     };
     serve(&mut standby, &mut mirror, &mut sources, &mut signals).await?;
     finish(standby, mirror, &sources)
+}
+
+/// The on-host replica, when the standby listens for replication: it feeds
+/// live replay, if any, with every record it receives.
+fn start_replica(args: &StandbyArgs, live: Option<&Live>) -> anyhow::Result<Option<Replica>> {
+    let (Some(listen), Some(key)) = (args.replication_listen, &args.detection.key) else {
+        return Ok(None);
+    };
+    let full = full_retention(&args.mirror);
+    let sink = live
+        .cloned()
+        .map(|live| Arc::new(move |records: &[Record]| live.feed(records)) as replica::Sink);
+    Ok(Some(Replica::start(listen, Key::load(key)?, full, sink)?))
+}
+
+/// Feeds live replay from the engine's reader. Flows recovered from the
+/// journal (a `--pin` restart) were open before live replay: it can never
+/// feed them, and says so.
+fn attach_live(mirror: &mut Engine, live: &Live) {
+    let table = &mut mirror.reader.table;
+    let services = mirror.services.iter();
+    live.recovered(
+        services
+            .flat_map(|s| table.takeover(s.id))
+            .map(|f| (f.id, f.key)),
+    );
+    table.collect_records();
+    mirror.reader.live = Some(live.clone());
 }
 
 /// Answers the standby's events until SIGINT or SIGTERM.
