@@ -77,7 +77,13 @@ impl Side {
     /// (it is an exact prefix, and the bytes in between were never seen).
     /// `retained` ends at `next_seq`. Returns the stream offset of
     /// `retained[0]`.
-    pub(super) fn rebase(&mut self, next_seq: u32, ack: u32, retained: &[u8], moved: u64) -> Option<u64> {
+    pub(super) fn rebase(
+        &mut self,
+        next_seq: u32,
+        ack: u32,
+        retained: &[u8],
+        moved: u64,
+    ) -> Option<u64> {
         let next = self.stream.rebase(
             next_seq,
             next_seq.wrapping_sub(retained.len() as u32),
@@ -120,4 +126,3 @@ impl Side {
         })
     }
 }
-
