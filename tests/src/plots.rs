@@ -114,7 +114,6 @@ fn colour(capturer: Capturer) -> RGBColor {
 /// runs), labelled with its ratio to the baseline.
 pub fn throughput(r: &CaptureResults, path: &Path) -> Result<()> {
     let root = canvas(path)?;
-    let baseline = r.baseline_gbps();
     let n = r.configs.len() as u32;
     let top = r
         .configs
@@ -189,7 +188,7 @@ pub fn throughput(r: &CaptureResults, path: &Path) -> Result<()> {
             .map(|s| s.gbps)
             .fold(c.median_gbps(), f64::max);
         Text::new(
-            format!("{:.2}×", c.median_gbps() / baseline),
+            format!("{:.2}×", c.median_gbps() / r.baseline_gbps(c)),
             (SegmentValue::CenterOf(i), highest + top * 0.02),
             (FONT, 17).into_font().color(&BLACK).pos(above),
         )

@@ -215,8 +215,17 @@ pub struct ConfigRuns {
     pub capturer: Capturer,
     /// Printed in the notes column.
     pub note: String,
+    /// Parallel iperf3 streams (`-P`); results from before it was recorded
+    /// ran one.
+    #[serde(default = "one_stream")]
+    pub streams: u32,
     /// One per round.
     pub runs: Vec<Sample>,
+}
+
+/// The stream count of results recorded before [`ConfigRuns::streams`].
+fn one_stream() -> u32 {
+    1
 }
 
 impl ConfigRuns {
@@ -242,11 +251,12 @@ pub struct CaptureResults {
 }
 
 impl CaptureResults {
-    /// The median throughput of the unmirrored baseline.
-    pub fn baseline_gbps(&self) -> f64 {
+    /// The median throughput of the unmirrored baseline with as many
+    /// parallel streams as `config`: each configuration's ratio is against it.
+    pub fn baseline_gbps(&self, config: &ConfigRuns) -> f64 {
         self.configs
             .iter()
-            .find(|c| c.capturer == Capturer::None)
+            .find(|c| c.capturer == Capturer::None && c.streams == config.streams)
             .map_or(f64::NAN, ConfigRuns::median_gbps)
     }
 }
@@ -723,7 +733,6 @@ fn render_capture(r: &CaptureResults) -> String {
 
 /// One row per configuration, medians over the rounds.
 fn capture_table(r: &CaptureResults) -> String {
-    let baseline = r.baseline_gbps();
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -754,7 +763,7 @@ fn capture_table(r: &CaptureResults) -> String {
             t,
             "| {} | {gbps:.2} | {:.2} | {cells} | {} |",
             config.name,
-            gbps / baseline,
+            gbps / r.baseline_gbps(config),
             notes.join("; ")
         );
     }
@@ -1470,6 +1479,7 @@ pub(crate) mod tests {
             short: name.into(),
             capturer,
             note: String::new(),
+            streams: 1,
             runs,
         };
         CaptureResults {
@@ -1485,6 +1495,14 @@ pub(crate) mod tests {
                     vec![mirrored(4.0), mirrored(2.0)],
                 ),
                 config("tcpdump -w", Capturer::Tcpdump, vec![dumped]),
+                ConfigRuns {
+                    streams: 8,
+                    ..config("baseline -P 8", Capturer::None, vec![run(10.0)])
+                },
+                ConfigRuns {
+                    streams: 8,
+                    ..config("tc in -P 8", Capturer::Mirror, vec![mirrored(9.0)])
+                },
             ],
         }
     }
@@ -1849,7 +1867,7 @@ pub(crate) mod tests {
     fn capture_table_has_ratios_to_the_baseline() {
         let table = capture_table(&capture());
         let rows: Vec<&str> = table.lines().collect();
-        assert_eq!(rows.len(), 5, "{table}");
+        assert_eq!(rows.len(), 7, "{table}");
         assert_eq!(
             rows[2],
             "| baseline | 7.00 | 1.00 | – | – | – | – | runs: 8.00, 6.00 Gbit/s; retransmits 10; host CPU busy 70 % |"
@@ -1861,6 +1879,11 @@ pub(crate) mod tests {
         assert_eq!(
             rows[4],
             "| tcpdump -w | 7.00 | 1.00 | – | 100 | – | 40 | runs: 7.00 Gbit/s; retransmits 10; host CPU busy 70 %; 900 packets written, 10.0 % dropped by kernel, 2.50 GB file |"
+        );
+        // Parallel streams are judged against the baseline with as many.
+        assert_eq!(
+            rows[6],
+            "| tc in -P 8 | 9.00 | 0.90 | 0 | 0 | 0 of 2 | 12 | runs: 9.00 Gbit/s; retransmits 10; host CPU busy 70 %; attached as tc-ingress |"
         );
     }
 

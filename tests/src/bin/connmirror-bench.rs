@@ -220,6 +220,8 @@ struct Config {
     note: &'static str,
     /// Run the mirror with `--journal` (fresh directory) and `--retention full`.
     journal: bool,
+    /// Parallel iperf3 streams (`-P`).
+    streams: u32,
 }
 
 /// What captures the stream in a [`Config`].
@@ -250,9 +252,13 @@ const BASELINE: Config = Config {
     capture: Capture::None,
     note: "",
     journal: false,
+    streams: 1,
 };
 
-const CONFIGS: [Config; 7] = [
+/// Rows with several CPUs producing into the ring at once: the note of each says so.
+const PARALLEL: u32 = 8;
+
+const CONFIGS: [Config; 9] = [
     BASELINE,
     Config {
         name: "xdp-native in",
@@ -260,6 +266,7 @@ const CONFIGS: [Config; 7] = [
         capture: Capture::Mirror("xdp-native", "none"),
         note: "native XDP on a veth turns TSO off on its peer",
         journal: false,
+        streams: 1,
     },
     Config {
         name: "xdp-generic in",
@@ -267,6 +274,7 @@ const CONFIGS: [Config; 7] = [
         capture: Capture::Mirror("xdp-generic", "none"),
         note: "",
         journal: false,
+        streams: 1,
     },
     Config {
         name: "tc in",
@@ -274,6 +282,7 @@ const CONFIGS: [Config; 7] = [
         capture: Capture::Mirror("tc", "none"),
         note: "",
         journal: false,
+        streams: 1,
     },
     Config {
         name: "xdp in + tc out",
@@ -281,6 +290,7 @@ const CONFIGS: [Config; 7] = [
         capture: Capture::Mirror("xdp", "tc"),
         note: "each forwarded segment captured twice (in on one link, out on the other)",
         journal: false,
+        streams: 1,
     },
     Config {
         name: "default flags (auto: tc in on veth, no egress)",
@@ -288,6 +298,7 @@ const CONFIGS: [Config; 7] = [
         capture: Capture::Mirror("auto", "auto"),
         note: "the attach points `auto` picks on this gateway's veths",
         journal: false,
+        streams: 1,
     },
     Config {
         name: "`tcpdump -w` (no mirror)",
@@ -296,6 +307,23 @@ const CONFIGS: [Config; 7] = [
         // The table states its drops from the run itself; no fixed claim here.
         note: "",
         journal: false,
+        streams: 1,
+    },
+    Config {
+        name: "baseline (no mirror), -P 8",
+        short: "no capture -P 8",
+        capture: Capture::None,
+        note: "8 parallel streams (`iperf3 -P 8`)",
+        journal: false,
+        streams: PARALLEL,
+    },
+    Config {
+        name: "default flags, -P 8",
+        short: "default -P 8",
+        capture: Capture::Mirror("auto", "auto"),
+        note: "8 parallel streams (`iperf3 -P 8`); ratio against the -P 8 baseline",
+        journal: false,
+        streams: PARALLEL,
     },
 ];
 
@@ -305,7 +333,7 @@ fn capture(command: &str) -> Result<()> {
     let started = Instant::now();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); CONFIGS.len()];
     println!(
-        "capture benchmark: one iperf3 stream (client -> server through the gateway) for {IPERF_SECONDS} s, \
+        "capture benchmark: one iperf3 stream (eight in the -P 8 rows; client -> server through the gateway) for {IPERF_SECONDS} s, \
          without a mirror, with each attach configuration and under tcpdump -w, up to {REPEATS} \
          interleaved rounds \
          (about {} s per round).\n",
@@ -367,6 +395,7 @@ fn capture(command: &str) -> Result<()> {
             short: config.short.to_owned(),
             capturer: config.capture.capturer(),
             note: config.note.to_owned(),
+            streams: config.streams,
             runs,
         })
         .collect();
@@ -400,7 +429,7 @@ fn capture_run(config: &Config) -> Result<Sample> {
         let cpu_before = capturer.cpu_seconds()?;
         let host_before = host_cpu()?;
         let t0 = Instant::now();
-        let json = iperf3_client(&topo.client, service.ip().to_string())?;
+        let json = iperf3_client(&topo.client, service.ip().to_string(), config.streams)?;
         let wall = t0.elapsed().as_secs_f64();
         let host_busy = host_before.busy_percent(&host_cpu()?);
         let cpu_after = capturer.cpu_seconds()?;
@@ -715,11 +744,13 @@ fn host_cpu() -> Result<HostCpu> {
     })
 }
 
-/// Runs the iperf3 client in `ns` and returns its JSON output.
-fn iperf3_client(ns: &Netns, server: String) -> Result<String> {
+/// Runs the iperf3 client in `ns` with `streams` parallel streams and
+/// returns its JSON output.
+fn iperf3_client(ns: &Netns, server: String, streams: u32) -> Result<String> {
     let mut client = ns.command("iperf3");
     client
         .args(["-c", &server, "-p", &IPERF_PORT.to_string()])
+        .args(["-P", &streams.to_string()])
         .args([
             "-t",
             &IPERF_SECONDS.to_string(),
@@ -891,6 +922,7 @@ const JOURNAL_CONFIGS: [Config; 2] = [
         capture: Capture::Mirror("tc", "none"),
         note: "",
         journal: true,
+        streams: 1,
     },
 ];
 
@@ -1307,7 +1339,7 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
     };
     let mut server = iperf3_server(&topo, service)?;
     wait_listening(&topo.server, IPERF_PORT)?;
-    let json = iperf3_client(&topo.client, service.ip().to_string());
+    let json = iperf3_client(&topo.client, service.ip().to_string(), 1);
     let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
     let (gbps, _) = parse_iperf3(&json?)?;
     let _echo = echo_primary(&topo, service);
