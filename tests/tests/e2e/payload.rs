@@ -75,8 +75,9 @@ fn scrape_settled(topo: &Topology, done: impl Fn(&Scrape) -> bool) -> Scrape {
     }
 }
 
-/// The default mirror (XDP in, TC out on both links: each segment is seen
-/// entering and leaving the gateway) on a `restore` service.
+/// The mirror with XDP in and TC out on both links, asked for (the default
+/// on veths is TC in and no egress): each segment is seen entering and
+/// leaving the gateway, so every count below is exactly twice the bytes.
 fn client_payload_is_skipped_exactly_and_never_copied(family: Family) {
     require_root();
     let topo = Topology::new();
@@ -85,6 +86,8 @@ fn client_payload_is_skipped_exactly_and_never_copied(family: Family) {
         &topo.gateway,
         &MirrorCommand::new()
             .ifaces(topo.gateway_ifaces())
+            .ingress("xdp")
+            .egress("tc")
             .arg("--service")
             .arg(&restore_service(service))
             .without_dumps(),
