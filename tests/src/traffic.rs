@@ -295,3 +295,34 @@ fn join<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
         Err(payload) => std::panic::resume_unwind(payload),
     }
 }
+
+/// One connection through the gateway, left open: `c2s` bytes of 0x5a from
+/// the client, checked at the server, then `s2c` bytes of 0xa5 back.
+pub fn exchange_once(
+    topo: &Topology,
+    service: SocketAddr,
+    c2s: usize,
+    s2c: usize,
+) -> (TcpStream, TcpStream) {
+    let listener = topo
+        .server
+        .run(|| TcpListener::bind(service).expect("bind"));
+    let mut client = topo
+        .client
+        .run(|| TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect"));
+    let (mut server, _) = listener.accept().expect("accept");
+    for stream in [&client, &server] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+    }
+    let sent = vec![0x5a; c2s];
+    client.write_all(&sent).expect("client write");
+    let mut got = vec![0; c2s];
+    server.read_exact(&mut got).expect("server read");
+    assert_eq!(got, sent);
+    server.write_all(&vec![0xa5; s2c]).expect("server write");
+    let mut got = vec![0; s2c];
+    client.read_exact(&mut got).expect("client read");
+    (client, server)
+}

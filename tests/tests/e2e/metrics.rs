@@ -3,8 +3,7 @@
 //! interface and direction, the malformed frames it injected, the takeover it
 //! ran and the connections it restored.
 
-use std::io::{Read as _, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -55,31 +54,6 @@ fn scrape_settled(ns: &Netns, done: impl Fn(&Scrape) -> bool) -> Scrape {
     }
 }
 
-/// One connection through the gateway: `C2S` bytes one way, `S2C` back, left open.
-fn converse(topo: &Topology, service: SocketAddr) -> (TcpStream, TcpStream) {
-    let listener = topo
-        .server
-        .run(|| TcpListener::bind(service).expect("bind"));
-    let mut client = topo
-        .client
-        .run(|| TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect"));
-    let (mut server, _) = listener.accept().expect("accept");
-    for stream in [&client, &server] {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-    }
-    let sent = vec![0x5a; C2S];
-    client.write_all(&sent).expect("client write");
-    let mut got = vec![0; C2S];
-    server.read_exact(&mut got).expect("server read");
-    assert_eq!(got, sent);
-    server.write_all(&vec![0xa5; S2C]).expect("server write");
-    let mut got = vec![0; S2C];
-    client.read_exact(&mut got).expect("client read");
-    (client, server)
-}
-
 fn inject_malformed(topo: &Topology, family: Family) {
     let gateway = match family {
         Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
@@ -119,7 +93,7 @@ fn capture_counters_move_by_exactly_the_bytes_and_frames_sent() {
     );
     let before = scrape(&topo.gateway, DEFAULT_ENDPOINT);
 
-    let (client, server) = converse(&topo, service);
+    let (client, server) = connmirror_tests::traffic::exchange_once(&topo, service, C2S, S2C);
     inject_malformed(&topo, Family::V4);
     let truncated = "connmirror_malformed_packets_total{reason=\"truncated_l4\"}";
     let after = scrape_settled(&topo.gateway, |now| {

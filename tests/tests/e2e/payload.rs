@@ -4,8 +4,7 @@
 //! takeover still restores its connections, and the clients' streams go on
 //! byte-exact (each echoed byte checked against what was sent).
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,31 +31,6 @@ fn captured(iface: &str, direction: &str) -> String {
 /// `IP:PORT=restore`: the service's retention keeps no client payload.
 fn restore_service(service: SocketAddr) -> String {
     format!("{service}=restore")
-}
-
-/// One connection through the gateway: `C2S` bytes one way, `S2C` back, left open.
-fn converse(topo: &Topology, service: SocketAddr) -> (TcpStream, TcpStream) {
-    let listener = topo
-        .server
-        .run(|| TcpListener::bind(service).expect("bind"));
-    let mut client = topo
-        .client
-        .run(|| TcpStream::connect_timeout(&service, Duration::from_secs(5)).expect("connect"));
-    let (mut server, _) = listener.accept().expect("accept");
-    for stream in [&client, &server] {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-    }
-    let sent = vec![0x5a; C2S];
-    client.write_all(&sent).expect("client write");
-    let mut got = vec![0; C2S];
-    server.read_exact(&mut got).expect("server read");
-    assert_eq!(got, sent);
-    server.write_all(&vec![0xa5; S2C]).expect("server write");
-    let mut got = vec![0; S2C];
-    client.read_exact(&mut got).expect("client read");
-    (client, server)
 }
 
 /// Scrapes until the reader has applied every record the kernel wrote and
@@ -93,7 +67,7 @@ fn client_payload_is_skipped_exactly_and_never_copied(family: Family) {
             .without_dumps(),
     );
 
-    let (client, server) = converse(&topo, service);
+    let (client, server) = connmirror_tests::traffic::exchange_once(&topo, service, C2S, S2C);
     let after = scrape_settled(&topo, |now| {
         now.count(&captured(GATEWAY_CLIENT_IF, "egress")) == S2C as u64
     });
