@@ -122,7 +122,7 @@ impl Capture {
             }
             None => None,
         };
-        // Wake the reader once an eighth of the ring waits; a timer drains the rest.
+        // Wake the reader when the backlog crosses an eighth of the ring; a timer drains the rest.
         let wakeup = u64::from(*ring_size / 8);
         let policy = *on_ring_full as u8;
         let mut loader = EbpfLoader::new();

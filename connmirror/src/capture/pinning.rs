@@ -45,7 +45,8 @@ use crate::sys;
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// The directory holding every pinned instance.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/connmirror";
-/// The maps a pinned instance keeps. `SCRATCH` is per-packet staging space with
+/// The maps a pinned instance keeps. `SCRATCH` is per-packet staging space (a
+/// record header) with
 /// nothing worth keeping, so each daemon has its own.
 pub const PINNED_MAPS: [&str; 5] = ["RECORDS", "FLOWS", "SERVICES", "COUNTERS", "LAYOUT"];
 /// The attach points a link pin can name.
