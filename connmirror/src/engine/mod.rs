@@ -12,8 +12,8 @@
 //! The reader reads continuously, record by record, rather than collecting a
 //! batch: the kernel's adaptive wakeups alone woke a reader only 20–100 times a
 //! second under load, so the programs force a wakeup when a record takes the
-//! backlog across an eighth of the ring, and a short timer reads whatever sits
-//! below that.
+//! backlog across a multiple of an eighth of the ring, and a short timer reads
+//! whatever sits below that.
 //!
 //! Uses: [`crate::capture`], [`crate::flow`], [`crate::journal`],
 //! [`crate::replication`] (the on-host outbox), [`crate::resume`] (live

@@ -97,3 +97,36 @@ fn the_threads_error_comes_back_once_and_then_the_writer_is_stopped() {
     );
     assert!(appender.close().is_err());
 }
+
+#[test]
+fn a_written_batch_comes_back_for_the_next_one_and_its_records_stay_exact() {
+    let (dir, mut appender) = open("connmirror-appender-");
+    let record = vec![5u8; 64 << 10];
+    for _ in 0..BATCH_BYTES / record.len() {
+        appender
+            .push(1, |out| out.extend_from_slice(&record))
+            .unwrap();
+    }
+    appender.wait().unwrap();
+    let back = appender.recycled.try_recv().expect("the batch came back");
+    assert_eq!((back.len(), back.capacity() >= BATCH_BYTES), (0, true));
+    assert!(appender.batch.is_empty());
+    appender.batch = back;
+    appender
+        .push(2, |out| out.extend_from_slice(b"after"))
+        .unwrap();
+    appender.close().unwrap();
+    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
+    let kinds: Vec<u8> = scan.records.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds.len(), BATCH_BYTES / record.len() + 1);
+    assert!(
+        scan.records
+            .iter()
+            .take(kinds.len() - 1)
+            .all(|r| r.kind == 1 && r.payload == record)
+    );
+    assert_eq!(
+        scan.records.last().map(|r| r.payload.as_slice()),
+        Some(&b"after"[..])
+    );
+}
