@@ -1,7 +1,8 @@
 //! The journal's writer thread. The ring reader only encodes records into a
 //! batch; framing (CRC32C), writes, group commit and `fdatasync` run on a
 //! dedicated thread that owns the [`JournalWriter`], so a slow disk or an
-//! fsync never holds up the thread that drains the ring.
+//! fsync never holds up the thread that drains the ring. Under `Interval`
+//! that thread hands each sync to one more ([`syncer`]) and goes on writing.
 //!
 //! Batches travel as [`Bytes`] (the encoded records, handed over without a
 //! copy) through a bounded channel. When the writer falls behind, the channel
@@ -25,6 +26,9 @@ use std::{
 use bytes::Bytes;
 
 use super::{JournalError, JournalStats, JournalWriter, RECORD_HEADER_LEN};
+
+mod syncer;
+use syncer::Syncer;
 
 /// A batch is sent once its encoded records reach this many bytes.
 pub const BATCH_BYTES: usize = 4 << 20;
@@ -270,17 +274,23 @@ pub fn frame(out: &mut Vec<u8>, kind: u8, encode: impl FnOnce(&mut Vec<u8>)) -> 
 }
 
 /// The writer thread: applies each job, commits on the policy's clock while
-/// idle, and closes the writer once the reader hangs up. Each batch written
-/// goes back through `recycle` when no one else holds it.
+/// idle (an `Interval` sync on the [`Syncer`]'s thread, so appends go on
+/// meanwhile), and closes the writer once the reader hangs up. Each batch
+/// written goes back through `recycle` when no one else holds it.
 fn run(
     mut writer: JournalWriter,
     jobs: &Receiver<Job>,
     recycle: &SyncSender<Vec<u8>>,
     shared: &Mutex<JournalStats>,
 ) -> Result<JournalStats, JournalError> {
+    let mut syncer = Syncer::spawn(writer.dir())?;
     let mut rotated = None;
     loop {
-        let job = match writer.commit_deadline() {
+        let deadline = match syncer.in_flight() {
+            true => Some(Instant::now() + syncer::POLL),
+            false => writer.commit_deadline(),
+        };
+        let job = match deadline {
             Some(deadline) => {
                 match jobs.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                     Ok(job) => Some(job),
@@ -313,15 +323,15 @@ fn run(
             Some(Job::Barrier(done)) => drop(done.send(())),
             None => {}
         }
-        writer.commit_due()?;
+        syncer.commit(&mut writer)?;
         if let Ok(mut stats) = shared.lock() {
             stats.clone_from(writer.stats());
         }
     }
+    syncer.finish(&mut writer)?;
     writer.close()
 }
 
-/// Appends every record of `batch` (kind, payload length, payload, back to back).
 fn append_batch(writer: &mut JournalWriter, batch: &[u8]) -> Result<(), JournalError> {
     let mut at = 0;
     while at + BATCH_FRAME <= batch.len() {

@@ -114,7 +114,7 @@
 //! | policy | process crash (SIGKILL, panic) loses | machine crash or power loss loses |
 //! | --- | --- | --- |
 //! | `Never` | records appended since the last `commit_due` / `flush` (it writes the buffer to the kernel, no sync) | everything the kernel had not written back yet: unbounded in principle, typically up to `vm.dirty_expire_centisecs` (30 s) |
-//! | `Interval { every, bytes }` (default 10 ms / 4 MiB) | records appended since the last sync, i.e. at most `every` (plus the time between `commit_due` calls) or `bytes`, whichever comes first | the same bound |
+//! | `Interval { every, bytes }` (default 10 ms / 4 MiB) | records appended since the last sync, i.e. at most `every` (plus the time between `commit_due` calls) or `bytes`, whichever comes first; through [`Appender`], which syncs on another thread while appends go on, plus one sync's latency | the same bound |
 //! | `Always` | nothing for which `append` returned `Ok` | the same: each `append` is `fdatasync`ed before it returns |
 //!
 //! `Interval` is group commit. The caller appends freely and calls

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub(super) mod overlap;
+
 use super::{
     JournalError,
     format::{
@@ -422,10 +424,8 @@ impl JournalWriter {
                 self.write_out()?;
                 Ok(pending)
             }
-            FsyncPolicy::Interval { every, bytes } => {
-                let due = self.unsynced > 0
-                    && (now.saturating_duration_since(self.last_sync) >= every
-                        || self.unsynced >= bytes);
+            FsyncPolicy::Interval { .. } => {
+                let due = self.sync_due(now);
                 if due {
                     self.flush_and_sync()?;
                 }

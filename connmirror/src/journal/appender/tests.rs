@@ -130,3 +130,61 @@ fn a_written_batch_comes_back_for_the_next_one_and_its_records_stay_exact() {
         Some(&b"after"[..])
     );
 }
+
+/// An appender whose `Interval` policy syncs every `bytes` or 5 ms.
+fn open_interval(bytes: u64) -> (tempfile::TempDir, Appender) {
+    let dir = tempfile::Builder::new()
+        .prefix("connmirror-appender-sync-")
+        .tempdir()
+        .expect("temp dir");
+    let mut config = JournalConfig::new(dir.path());
+    config.fsync = crate::journal::FsyncPolicy::Interval {
+        every: std::time::Duration::from_millis(5),
+        bytes,
+    };
+    let (writer, _) = JournalWriter::open(config).expect("open");
+    (dir, Appender::spawn(writer).expect("spawn"))
+}
+
+#[test]
+fn an_idle_appender_still_syncs_the_records_it_was_handed_within_the_interval() {
+    let (_dir, mut appender) = open_interval(u64::MAX);
+    let before = appender.stats().fsyncs;
+    appender.push(1, |out| out.extend_from_slice(b"x")).unwrap();
+    appender.commit().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while appender.stats().fsyncs == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(appender.stats().fsyncs, before + 1, "one sync, then none");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(appender.stats().fsyncs, before + 1, "nothing new to sync");
+}
+
+#[test]
+fn syncs_overlapping_appends_keep_every_record_exact() {
+    let (dir, mut appender) = open_interval(64 << 10);
+    let before = appender.stats().fsyncs;
+    let mut bytes = 0;
+    for i in 0..400 {
+        let data = payload(i);
+        bytes += RECORD_HEADER_LEN + data.len() as u64;
+        appender
+            .push(i as u8, |out| out.extend_from_slice(&data))
+            .unwrap();
+    }
+    let stats = appender.close().unwrap();
+    assert_eq!((stats.records, stats.bytes_appended), (400, bytes));
+    assert!(
+        stats.fsyncs > before + 10,
+        "{} syncs",
+        stats.fsyncs - before
+    );
+    assert_eq!(stats.fsyncs, stats.fsync_latency.count());
+    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
+    let got: Vec<(u8, Vec<u8>)> = (scan.records.into_iter())
+        .map(|r| (r.kind, r.payload))
+        .collect();
+    let want: Vec<(u8, Vec<u8>)> = (0..400).map(|i| (i as u8, payload(i))).collect();
+    assert!(got == want, "records differ");
+}
