@@ -193,6 +193,7 @@ impl Engine {
             reader,
             ring,
             exporter,
+            backlog,
             ..
         } = self;
         let Signals { sigint, sigterm } = signals;
@@ -208,9 +209,14 @@ impl Engine {
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let mut guard = guard.context("polling the ring buffer")?;
-                    // Cut short: stay ready, so the loop comes back at once
-                    // after whatever else is due.
-                    if !reader.read_up_to(guard.get_inner_mut(), READ_SLICE)? {
+                    // Cut short, or stopped at a record a program is still
+                    // writing (the ring is not empty): stay ready, so the
+                    // loop comes back at once after whatever else is due.
+                    // Going to sleep there left the reader to the next
+                    // wakeup while the ring filled behind that record.
+                    if !reader.read_up_to(guard.get_inner_mut(), READ_SLICE)?
+                        && backlog.bytes() == 0
+                    {
                         guard.clear_ready();
                     }
                 }

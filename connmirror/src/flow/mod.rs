@@ -159,6 +159,10 @@ const FLOW_OVERHEAD: usize =
 // The journal issue's target: an idle tracked connection costs under 1 KiB.
 const _: () = assert!(FLOW_OVERHEAD < 1024);
 
+/// A flow that saw no segment for this many records is idle: its streams
+/// give back their spare capacity ([`Stream::shrink`]).
+const IDLE_RECORDS: u64 = 1 << 16;
+
 /// Every flow seen, keyed by 4-tuple.
 pub struct FlowTable {
     flows: BTreeMap<FlowKey, Box<Flow>>,
@@ -171,7 +175,8 @@ pub struct FlowTable {
     /// Where the journaled payload is copied ([`journaling`]).
     arena: BytesMut,
     next_id: u64,
-    /// Records applied so far (the clock for idleness).
+    /// Records applied so far (the clock for idleness; every
+    /// [`IDLE_RECORDS`] of them, idle flows give back spare buffer space).
     applied: u64,
     memory_cap: Option<usize>,
     /// Sum of [`Flow::held`].
@@ -258,6 +263,9 @@ impl FlowTable {
         let direction = Direction::from_u8(header.direction).unwrap_or(Direction::ClientToServer);
         let key = flow_key(header, direction);
         self.applied += 1;
+        if self.applied % IDLE_RECORDS == 0 {
+            self.shrink_idle();
+        }
         self.open_if_new(key, header.service_id)?;
         let Self {
             flows,
@@ -291,6 +299,19 @@ impl FlowTable {
         *held = *held + flow.held() - before;
         self.enforce_memory_cap(&key);
         result
+    }
+
+    /// Has every flow idle for [`IDLE_RECORDS`] give back its streams' spare
+    /// capacity. Runs once per [`IDLE_RECORDS`] records, so its walk over
+    /// the table costs about one step per record per `IDLE_RECORDS` flows.
+    fn shrink_idle(&mut self) {
+        let now = self.applied;
+        for flow in self.flows.values_mut() {
+            if now - flow.last_seen >= IDLE_RECORDS {
+                flow.c2s.stream.shrink();
+                flow.s2c.stream.shrink();
+            }
+        }
     }
 
     /// Opens (and journals) the flow for `key` on first sight.

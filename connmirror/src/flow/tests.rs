@@ -704,3 +704,35 @@ fn skipped_client_payload_advances_the_sequence_without_bytes() {
         "a FIN on a skipped record ends the stream"
     );
 }
+
+#[test]
+fn an_acknowledged_stream_keeps_its_buffer_while_active_and_gives_it_back_once_idle() {
+    let mut table = FlowTable::new(
+        StreamLimits {
+            keep_delivered: 0,
+            ..StreamLimits::default()
+        },
+        None,
+    );
+    handshake_then(&mut table, &[1; 100_000]);
+    // The server acknowledges all of it: nothing is retained any more.
+    feed_ack(&mut table, Direction::ServerToClient, 101, 99_999, b"");
+    let capacity = |table: &FlowTable| {
+        let flow = table.flows.values().next().expect("one flow");
+        flow.c2s.stream.retained_capacity()
+    };
+    let flow = table.flows.values().next().expect("one flow");
+    assert_eq!(flow.c2s.stream.held_bytes(), 0);
+    let active = capacity(&table);
+    assert!(active >= 100_000, "kept while active: {active}");
+    // Another flow's segments advance the clock past one sweep (at
+    // IDLE_RECORDS, when the flow is not idle yet) to just before the next...
+    let others = 2 * IDLE_RECORDS - table.applied - 1;
+    for _ in 0..others {
+        syn_from(&mut table, 50_000);
+    }
+    assert_eq!(capacity(&table), active, "not idle yet");
+    // ...and the next record makes the sweep run.
+    syn_from(&mut table, 50_000);
+    assert_eq!(capacity(&table), 0, "given back once idle");
+}

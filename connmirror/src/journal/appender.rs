@@ -33,6 +33,11 @@ use syncer::Syncer;
 /// A batch is sent once its encoded records reach this many bytes.
 pub const BATCH_BYTES: usize = 4 << 20;
 
+/// Room allocated for a batch: the record that takes it past
+/// [`BATCH_BYTES`] fits too (a segment's chunk is at most 8 KiB), so the
+/// batch is not reallocated, and copied, as it closes.
+const BATCH_CAPACITY: usize = BATCH_BYTES + (64 << 10);
+
 /// Batches in flight between the reader and the writer thread, besides the
 /// one being filled.
 const BATCHES_IN_FLIGHT: usize = 4;
@@ -92,7 +97,7 @@ impl Appender {
             sender: Some(sender),
             thread: Some(thread),
             shared,
-            batch: Vec::with_capacity(BATCH_BYTES),
+            batch: Vec::with_capacity(BATCH_CAPACITY),
             recycled,
             records,
             bytes_appended,
@@ -132,7 +137,8 @@ impl Appender {
         if self.batch.is_empty() {
             return self.check();
         }
-        let fresh = (self.recycled.try_recv()).unwrap_or_else(|_| Vec::with_capacity(BATCH_BYTES));
+        let fresh =
+            (self.recycled.try_recv()).unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY));
         let batch = std::mem::replace(&mut self.batch, fresh);
         self.send(Job::Append(Bytes::from(batch)))
     }
