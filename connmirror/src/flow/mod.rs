@@ -263,7 +263,7 @@ impl FlowTable {
         let direction = Direction::from_u8(header.direction).unwrap_or(Direction::ClientToServer);
         let key = flow_key(header, direction);
         self.applied += 1;
-        if self.applied % IDLE_RECORDS == 0 {
+        if self.applied.is_multiple_of(IDLE_RECORDS) {
             self.shrink_idle();
         }
         self.open_if_new(key, header.service_id)?;
