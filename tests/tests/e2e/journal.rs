@@ -93,7 +93,9 @@ fn assert_dumps_are_exact_prefixes(
 
 const CRASH_ROUNDS: usize = 20;
 const CRASH_STREAM: u64 = 200_000_000;
-/// SIGKILL comes this long after the exchange starts: a random point during it.
+/// SIGKILL comes this long after the exchange starts: a random point during
+/// it, and never past three quarters of the crash-free run's exchange
+/// (captured whole on TC ingress, an exchange took as little as 1.25 s).
 const KILL_AFTER_MS: std::ops::Range<u64> = 100..1500;
 /// Set to replay a failing run's kill points.
 const CRASH_SEED_ENV: &str = "CONNMIRROR_CRASH_SEED";
@@ -119,6 +121,8 @@ struct CrashFree {
     syn: [SynOptions; 2],
     /// The readiness of the flow once both FINs are in the journal.
     closed_readiness: Readiness,
+    /// How long its exchange took, captured from start to end.
+    exchange: Duration,
 }
 
 /// What one crash round left in the journal.
@@ -157,8 +161,10 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
 
     let crash_free = crash_free_round(&topo, service);
     println!(
-        "crash-free run in {:.1?}: c2s SYN {:?}, s2c SYN {:?}, readiness at the end {:?}",
+        "crash-free run in {:.1?} (exchange {:.2?}): c2s SYN {:?}, s2c SYN {:?}, readiness at \
+         the end {:?}",
         started.elapsed(),
+        crash_free.exchange,
         crash_free.syn[0],
         crash_free.syn[1],
         crash_free.closed_readiness
@@ -166,8 +172,9 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
 
     let mut rounds = Vec::new();
     let mut failed = Vec::new();
+    let latest = (KILL_AFTER_MS.end).min(crash_free.exchange.as_millis() as u64 * 3 / 4);
+    let span = latest.saturating_sub(KILL_AFTER_MS.start).max(1);
     for round in 0..CRASH_ROUNDS {
-        let span = KILL_AFTER_MS.end - KILL_AFTER_MS.start;
         let kill_after = Duration::from_millis(KILL_AFTER_MS.start + rng.next_u64() % span);
         // A failing round is reported and the loop goes on, so one run shows
         // how often (and at which kill points) the journal fails.
@@ -295,6 +302,7 @@ fn crash_free_round(topo: &Topology, service: SocketAddr) -> CrashFree {
     CrashFree {
         syn,
         closed_readiness: flow.readiness,
+        exchange: x.elapsed,
     }
 }
 
