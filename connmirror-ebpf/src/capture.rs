@@ -1,7 +1,9 @@
 //! The per-packet path shared by every hook, and the maps it uses.
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
+    },
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -287,6 +289,9 @@ fn copy<S: LoadInto>(
     if seg.payload_len > MAX_CHUNKS * CHUNK_SIZE {
         return Err(Counter::Oversize);
     }
+    if free_bytes() < ring_bytes(seg.payload_len as u64) {
+        return Err(Counter::RingFull);
+    }
     for i in 0..MAX_CHUNKS {
         let offset = i * CHUNK_SIZE;
         if offset >= seg.payload_len {
@@ -303,9 +308,15 @@ fn copy<S: LoadInto>(
     Ok(())
 }
 
+/// The smallest size class ([`emit_tail`]): a small request.
+const SMALL: usize = 256;
+/// The size class of a full-size segment of a 1500-byte MTU.
+const MTU: usize = 1536;
+/// The size class of the tail of a GSO skb (the largest is [`CHUNK_SIZE`]).
+const PAGE: usize = 4096;
+
 /// Emits the last chunk of a payload, `len` < [`CHUNK_SIZE`] bytes, in the
-/// smallest size class that holds it: the classes fit a small request, a
-/// full-size segment of a 1500-byte MTU, and the tail of a GSO skb.
+/// smallest size class that holds it.
 #[inline(always)]
 fn emit_tail<S: LoadInto>(
     pkt: &Kernel<S>,
@@ -314,15 +325,49 @@ fn emit_tail<S: LoadInto>(
     offset: usize,
     len: u64,
 ) -> Result<(), Counter> {
-    if len <= 256 {
-        emit::<256, S>(pkt, seg, header, offset, len)
-    } else if len <= 1536 {
-        emit::<1536, S>(pkt, seg, header, offset, len)
-    } else if len <= 4096 {
-        emit::<4096, S>(pkt, seg, header, offset, len)
+    if len <= SMALL as u64 {
+        emit::<SMALL, S>(pkt, seg, header, offset, len)
+    } else if len <= MTU as u64 {
+        emit::<MTU, S>(pkt, seg, header, offset, len)
+    } else if len <= PAGE as u64 {
+        emit::<PAGE, S>(pkt, seg, header, offset, len)
     } else {
         emit::<CHUNK_SIZE, S>(pkt, seg, header, offset, len)
     }
+}
+
+/// Ring bytes the records of a `len`-byte payload take (see [`slot_bytes`]).
+/// [`copy`] reserves none of them unless all fit: a segment is captured whole
+/// or dropped whole. A GSO skb that ran out of room part-way used to leave
+/// the chunks it had reserved in the ring, room that the segments that do
+/// fit (a retransmission of one MSS) then lacked, while its own drop made the
+/// sender resend it all: under backpressure on TC ingress, one direction of a
+/// connection could stand still behind its hole while the other moved on.
+#[inline(always)]
+fn ring_bytes(len: u64) -> u64 {
+    let full = len / CHUNK_SIZE as u64 * slot_bytes::<CHUNK_SIZE>();
+    let tail = match len % CHUNK_SIZE as u64 {
+        0 => 0,
+        rest if rest <= SMALL as u64 => slot_bytes::<SMALL>(),
+        rest if rest <= MTU as u64 => slot_bytes::<MTU>(),
+        rest if rest <= PAGE as u64 => slot_bytes::<PAGE>(),
+        _ => slot_bytes::<CHUNK_SIZE>(),
+    };
+    full + tail
+}
+
+/// Ring bytes one record of size class `N` takes: the kernel's 8-byte record
+/// header and the [`Slot`], rounded up to 8 as `bpf_ringbuf_reserve` does.
+#[inline(always)]
+fn slot_bytes<const N: usize>() -> u64 {
+    ((8 + core::mem::size_of::<Slot<N>>() + 7) & !7) as u64
+}
+
+/// Ring bytes not taken by records (submitted or still reserved).
+#[inline(always)]
+fn free_bytes() -> u64 {
+    let size = RECORDS.query(BPF_RB_RING_SIZE as u64);
+    size.saturating_sub(RECORDS.query(BPF_RB_AVAIL_DATA as u64))
 }
 
 /// Reserves a record of size class `N`, copies the header and the `len`

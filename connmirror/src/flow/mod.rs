@@ -69,6 +69,9 @@ struct Flow {
     closed: bool,
     /// State changed since the last [`Record::Update`].
     dirty: bool,
+    /// Which sides' SYNs the flow's last [`Record::Update`] (or checkpoint)
+    /// carried, as [`Flow::syns`]; `None` before the first.
+    journaled_syns: Option<[bool; 2]>,
     /// Live replay's instance diverged from the primary on this flow.
     divergence: Option<Divergence>,
 }
@@ -134,6 +137,26 @@ impl Flow {
             }
         }
         Ok(())
+    }
+
+    /// Whether each side's SYN was seen, client first.
+    fn syns(&self) -> [bool; 2] {
+        [self.c2s.state.syn.is_some(), self.s2c.state.syn.is_some()]
+    }
+
+    /// The state of both directions as it stands, as [`Record::Update`]s.
+    fn updates(&mut self) -> [Record; 2] {
+        self.journaled_syns = Some(self.syns());
+        [
+            (Direction::ClientToServer, &self.c2s),
+            (Direction::ServerToClient, &self.s2c),
+        ]
+        .map(|(dir, side)| Record::Update {
+            id: self.id,
+            dir,
+            kernel_gaps: self.kernel_gaps,
+            snapshot: Flow::side_snapshot(side),
+        })
     }
 
     fn side_snapshot(side: &Side) -> SideSnapshot {
@@ -289,6 +312,7 @@ impl FlowTable {
         if header.tcp_flags & ACK != 0 {
             other.stream.ack(header.ack);
         }
+        let first_data = records.as_ref().map_or(0, Vec::len);
         let journal = records.as_mut().map(|records| Journaling {
             id,
             dir: direction,
@@ -296,6 +320,18 @@ impl FlowTable {
             arena,
         });
         let result = this.record(header, chunk, other.state.scales(), journal);
+        // A read slice ends with the updates of the flows it changed, so a
+        // crash can cut the journal between a slice's data and its updates;
+        // recovery then takes the last update before. When that update lacks
+        // a SYN the table has (or there is none), the data records just made
+        // get the updates in front of them, or the flow would come back
+        // without its handshake (or its origin).
+        if let Some(records) = records.as_mut()
+            && records.len() > first_data
+            && flow.journaled_syns != Some(flow.syns())
+        {
+            records.splice(first_data..first_data, flow.updates());
+        }
         *held = *held + flow.held() - before;
         self.enforce_memory_cap(&key);
         result
@@ -439,17 +475,7 @@ impl FlowTable {
         };
         for flow in self.flows.values_mut().filter(|flow| flow.dirty) {
             flow.dirty = false;
-            for (dir, side) in [
-                (Direction::ClientToServer, &flow.c2s),
-                (Direction::ServerToClient, &flow.s2c),
-            ] {
-                records.push(Record::Update {
-                    id: flow.id,
-                    dir,
-                    kernel_gaps: flow.kernel_gaps,
-                    snapshot: Flow::side_snapshot(side),
-                });
-            }
+            records.extend(flow.updates());
             if flow.is_closed() && !flow.closed {
                 flow.closed = true;
                 records.push(Record::Close {
@@ -511,6 +537,7 @@ impl FlowTable {
                 last_seen: 0,
                 closed: false,
                 dirty: false,
+                journaled_syns: None,
                 divergence,
             };
             self.held += flow.held();
@@ -639,7 +666,8 @@ impl FlowTable {
 /// `state` with its sequence mark moved up to the journaled bytes: the state
 /// update of a batch follows its data records, so a crash between them leaves
 /// data the last update does not cover, and the sender has certainly sent what
-/// was delivered.
+/// was delivered. (A flow's handshake is never behind its data: see
+/// [`FlowTable::record`].)
 fn caught_up(mut state: SideState, stream: &Stream) -> SideState {
     if let Some(origin) = stream.marks().origin {
         let delivered_end = origin.wrapping_add(stream.next_offset() as u32);
@@ -699,6 +727,7 @@ fn open_flow(
         last_seen: 0,
         closed: false,
         dirty: true,
+        journaled_syns: None,
         divergence: None,
     })
 }

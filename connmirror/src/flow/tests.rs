@@ -539,6 +539,82 @@ fn data_journaled_after_the_last_state_update_moves_the_sequence_mark_on_recover
     assert_eq!(c2s.state.next_seq, Some((u32::MAX - 1).wrapping_add(8)));
 }
 
+#[test]
+fn a_crash_between_a_new_flows_first_data_and_its_state_updates_keeps_the_handshake() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    // One read slice holds the handshake and the first bytes both ways.
+    handshake_then(&mut table, b"wrapping");
+    feed_ack(&mut table, Direction::ServerToClient, 101, 7, b"reply");
+    let records = table.take_records();
+
+    let b = recovered_after_the_last_data(&records);
+
+    let a = &table.report().unwrap()[0];
+    assert_eq!(b.readiness, Readiness::Ready);
+    assert_eq!((b.c2s.delivered, b.s2c.delivered), (8, 5));
+    assert_eq!(
+        (b.c2s.state.syn, b.s2c.state.syn),
+        (a.c2s.state.syn, a.s2c.state.syn)
+    );
+    assert_eq!(
+        (b.c2s.state.next_seq, b.s2c.state.next_seq),
+        (a.c2s.state.next_seq, a.s2c.state.next_seq)
+    );
+}
+
+/// What recovery makes of `records` cut after their last data record, as a
+/// crash between a read slice's data and the updates that end it leaves them.
+fn recovered_after_the_last_data(records: &[Record]) -> FlowReport {
+    let last_data = records
+        .iter()
+        .rposition(|r| matches!(r, Record::Data { .. }))
+        .unwrap();
+    let cut = crate::flow::recovery::tests::stored(&records[..=last_data]);
+    let mut restored = FlowTable::new(StreamLimits::default(), None);
+    restored.restore(crate::flow::recovery::recover(cut).unwrap());
+    restored.report().unwrap().remove(0)
+}
+
+#[test]
+fn a_syn_ack_read_a_slice_after_the_syn_is_journaled_before_the_data_behind_it() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    feed(
+        &mut table,
+        Direction::ClientToServer,
+        u32::MAX - 2,
+        SYN,
+        b"",
+    );
+    let mut records = table.take_records();
+    feed(&mut table, Direction::ServerToClient, 100, SYN | ACK, b"");
+    feed_ack(
+        &mut table,
+        Direction::ClientToServer,
+        u32::MAX - 1,
+        101,
+        b"abc",
+    );
+    records.extend(table.take_records());
+
+    let b = recovered_after_the_last_data(&records);
+
+    assert_eq!(b.readiness, Readiness::Ready);
+    assert_eq!(b.s2c.state.syn.map(|s| s.isn), Some(100));
+    assert_eq!((b.c2s.delivered, b.c2s.state.ack), (3, Some(101)));
+}
+
+#[test]
+fn a_mid_stream_flows_first_slice_keeps_its_origin_when_cut_before_its_updates() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    feed(&mut table, Direction::ServerToClient, 5000, ACK, b"mid");
+    let records = table.take_records();
+
+    let b = recovered_after_the_last_data(&records);
+
+    assert_eq!(b.readiness, Readiness::NoHandshake);
+    assert_eq!((b.s2c.delivered, b.s2c.state.next_seq), (3, Some(5003)));
+}
+
 /// The divergence of the live replay e2e test: `:1\r\n` from the primary,
 /// `:1001\r\n` from the instance.
 const DIVERGENCE: Divergence = Divergence {

@@ -93,7 +93,9 @@ fn assert_dumps_are_exact_prefixes(
 
 const CRASH_ROUNDS: usize = 20;
 const CRASH_STREAM: u64 = 200_000_000;
-/// SIGKILL comes this long after the exchange starts: a random point during it.
+/// SIGKILL comes this long after the exchange starts: a random point during
+/// it, and never past three quarters of the crash-free run's exchange
+/// (captured whole on TC ingress, an exchange took as little as 1.25 s).
 const KILL_AFTER_MS: std::ops::Range<u64> = 100..1500;
 /// Set to replay a failing run's kill points.
 const CRASH_SEED_ENV: &str = "CONNMIRROR_CRASH_SEED";
@@ -102,21 +104,13 @@ const CRASH_SEED_ENV: &str = "CONNMIRROR_CRASH_SEED";
 const MAX_IN_FLIGHT: u64 = 16 << 20;
 
 /// The crash mirror's flags (besides interfaces, service and journal). The
-/// attach points are asked for: with the default on veths (TC in on both
-/// links, no egress) two of four runs had one round (of 20) that recovered a
-/// flow without its SYN (`NoHandshake`), a fault not yet found (issue 15's
-/// note); this test keeps checking the journal on the attach points it has
-/// always run on.
-const CRASH_FLAGS: [&str; 8] = [
-    "--retention",
-    "full",
-    "--history-cap",
-    "512M",
-    "--ingress",
-    "xdp",
-    "--egress",
-    "tc",
-];
+/// attach points are left to `auto`: on these veths, TC ingress on both links
+/// and no egress, where every segment is captured once, as a GSO skb of up to
+/// nine records, and the ring fills often enough that backpressure drops are
+/// part of every run. That found two faults: a crash inside a new flow's
+/// first read slice recovered its bytes without its handshake (`NoHandshake`),
+/// and a GSO skb dropped part-way through left its chunks in the ring.
+const CRASH_FLAGS: [&str; 4] = ["--retention", "full", "--history-cap", "512M"];
 
 /// What a run without a crash reports for the exchange, as `journal inspect`
 /// shows its journal: the reference for the state of every crash round.
@@ -127,6 +121,8 @@ struct CrashFree {
     syn: [SynOptions; 2],
     /// The readiness of the flow once both FINs are in the journal.
     closed_readiness: Readiness,
+    /// How long its exchange took, captured from start to end.
+    exchange: Duration,
 }
 
 /// What one crash round left in the journal.
@@ -165,8 +161,10 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
 
     let crash_free = crash_free_round(&topo, service);
     println!(
-        "crash-free run in {:.1?}: c2s SYN {:?}, s2c SYN {:?}, readiness at the end {:?}",
+        "crash-free run in {:.1?} (exchange {:.2?}): c2s SYN {:?}, s2c SYN {:?}, readiness at \
+         the end {:?}",
         started.elapsed(),
+        crash_free.exchange,
         crash_free.syn[0],
         crash_free.syn[1],
         crash_free.closed_readiness
@@ -174,8 +172,9 @@ fn journal_survives_sigkill_at_random_points_as_an_exact_prefix() {
 
     let mut rounds = Vec::new();
     let mut failed = Vec::new();
+    let latest = (KILL_AFTER_MS.end).min(crash_free.exchange.as_millis() as u64 * 3 / 4);
+    let span = latest.saturating_sub(KILL_AFTER_MS.start).max(1);
     for round in 0..CRASH_ROUNDS {
-        let span = KILL_AFTER_MS.end - KILL_AFTER_MS.start;
         let kill_after = Duration::from_millis(KILL_AFTER_MS.start + rng.next_u64() % span);
         // A failing round is reported and the loop goes on, so one run shows
         // how often (and at which kill points) the journal fails.
@@ -303,6 +302,7 @@ fn crash_free_round(topo: &Topology, service: SocketAddr) -> CrashFree {
     CrashFree {
         syn,
         closed_readiness: flow.readiness,
+        exchange: x.elapsed,
     }
 }
 
@@ -355,21 +355,46 @@ fn sequence_violations(flow: &Flow) -> Vec<String> {
     violations
 }
 
+/// Whether every one of `flow`'s `missing-bytes` ranges is a server → client
+/// hole the server still had to resend: above every byte journaled and every
+/// byte the client acknowledged, below what the server had sent, so bytes it
+/// sent after the hole were held out of order. Under backpressure the gateway
+/// drops what it cannot capture, and TCP resends it; until then a running
+/// mirror reports the same range, and a checkpoint written then journals the
+/// bytes behind the hole (on TC ingress, with a GSO skb per drop, the wait can
+/// outlast a checkpoint). A crash before the resent bytes are journaled
+/// leaves exactly that state, which a crash-free run had at the same point.
+fn only_holes_the_server_still_resends(flow: &Flow) -> bool {
+    let s2c = &flow.s2c;
+    let sent = match (s2c.state.syn, s2c.state.next_seq) {
+        (Some(syn), Some(next)) => u64::from(next.wrapping_sub(syn.isn.wrapping_add(1))),
+        _ => return false,
+    };
+    !flow.ranges.is_empty()
+        && flow.ranges.iter().all(|range| {
+            range.dir == "s2c" && range.start >= s2c.delivered.max(s2c.acked) && range.end < sent
+        })
+}
+
 /// Asserts the recovered `flow` has the state a crash-free run reports for the
 /// same prefix: the SYN options of [`CrashFree`], `ready` while the flow was
-/// open at the kill (`closed` once both FINs are journaled), and sequence marks
-/// consistent with the journaled bytes ([`sequence_violations`]). Returns, per
-/// direction, how far the sender's `next_seq` runs past the journaled bytes.
+/// open at the kill (`missing-bytes` for a hole the server was resending,
+/// [`only_holes_the_server_still_resends`]; `closed` once both FINs are
+/// journaled), and sequence marks consistent with the journaled bytes
+/// ([`sequence_violations`]). Returns, per direction, how far the sender's
+/// `next_seq` runs past the journaled bytes.
 fn assert_state_as_without_a_crash(
     flow: &Flow,
     crash_free: &CrashFree,
     round: usize,
     crashed_tail: &str,
 ) -> [u64; 2] {
-    if flow.readiness == Readiness::MissingBytes {
+    let resending = only_holes_the_server_still_resends(flow);
+    if flow.readiness == Readiness::MissingBytes && !resending {
         panic!(
-            "round {round}: readiness missing-bytes, ranges {:?}; a crash-free run of the same \
-             prefix reports ready; the crashed journal ended with {crashed_tail}\n\
+            "round {round}: readiness missing-bytes, ranges {:?}, not only holes the server \
+             was resending; a crash-free run of the same prefix reports ready; the crashed \
+             journal ended with {crashed_tail}\n\
              state:\n{flow:#?}",
             flow.ranges
         );
@@ -388,6 +413,8 @@ fn assert_state_as_without_a_crash(
     let both_fins = flow.c2s.state.fin && flow.s2c.state.fin;
     let expected = if both_fins {
         crash_free.closed_readiness
+    } else if resending {
+        Readiness::MissingBytes
     } else {
         Readiness::Ready
     };

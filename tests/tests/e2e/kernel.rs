@@ -12,7 +12,10 @@ use connmirror::{
 use connmirror_common::{
     Counter, Direction, Hook, Malformed, RecordHeader, RingFullPolicy, ServiceMode,
     frame::{TcpFrame, malformed},
-    record::tcp_flags::{ACK, PSH},
+    record::{
+        CHUNK_SIZE, HEADER_SIZE,
+        tcp_flags::{ACK, PSH},
+    },
 };
 use connmirror_tests::require_root;
 
@@ -259,6 +262,53 @@ fn full_ring_passes_and_marks_the_flow_gapped_under_the_pass_policy() {
     assert_eq!(counters.get(Counter::Records) + full, 40);
     let gaps: Vec<u32> = capture.flow_gaps().unwrap().into_values().collect();
     assert_eq!(gaps, vec![full as u32]);
+}
+
+/// Ring bytes one record of size class `class` takes: the kernel's 8-byte
+/// record header, the record header and the class, 8-byte aligned.
+fn ring_record(class: usize) -> usize {
+    (8 + HEADER_SIZE + class + 7) & !7
+}
+
+#[test]
+fn a_segment_that_does_not_fit_whole_takes_no_room_from_the_ring() {
+    const RING: usize = 64 << 10;
+    let mut capture = load(RING as u32, RingFullPolicy::Drop, server());
+    let mut ring = capture.take_ring().unwrap();
+    let mut frame = TcpFrame::new(client(), server());
+    frame.payload = pattern(3000); // the 4 KiB class
+    // Leave room for one full chunk and less than one more 4 KiB record.
+    let fill = (RING - ring_record(CHUNK_SIZE)) / ring_record(4096);
+    let room = RING - fill * ring_record(4096);
+    let big = pattern(2 * CHUNK_SIZE + 100);
+    assert!(room >= ring_record(CHUNK_SIZE) && room < 2 * ring_record(CHUNK_SIZE));
+    assert!(room - ring_record(CHUNK_SIZE) < ring_record(4096));
+
+    let mut verdicts = Vec::new();
+    for i in 0..fill as u32 {
+        frame.seq = 1 + i * 3000;
+        verdicts.push(capture.test_run(Hook::Xdp, &frame.build()).unwrap());
+    }
+    let mut gso = TcpFrame::new(client(), server());
+    gso.seq = 1 + fill as u32 * 3000;
+    gso.payload = big.clone();
+    let whole = capture.test_run(Hook::Xdp, &gso.build()).unwrap();
+    frame.seq = gso.seq + big.len() as u32;
+    let after = capture.test_run(Hook::Xdp, &frame.build()).unwrap();
+
+    assert!(verdicts.iter().all(|v| *v == XDP_PASS), "{verdicts:?}");
+    // Three records would not fit, so none of them was written, and the next
+    // segment still found the room the first of them would have taken.
+    assert_eq!((whole, after), (XDP_DROP, XDP_PASS));
+    let lens: Vec<u32> = records(&mut ring)
+        .iter()
+        .map(|(h, _)| h.payload_len)
+        .collect();
+    assert_eq!(lens, vec![3000; fill + 1]);
+    let counters = capture.counters().unwrap();
+    assert_eq!(counters.get(Counter::RingFull), 1);
+    assert_eq!(counters.get(Counter::BackpressureDrops), 1);
+    assert_eq!(counters.get(Counter::Records), fill as u64 + 1);
 }
 
 /// Verdicts for one client → service and one service → client segment at each hook.
