@@ -26,28 +26,39 @@ fn payload(i: usize) -> Vec<u8> {
     (0..len).map(|j| (j * 31 + i) as u8).collect()
 }
 
-#[test]
-fn records_come_back_byte_exact_across_batches_and_are_counted_as_handed_over() {
-    let (dir, mut appender) = open("connmirror-appender-");
+/// Pushes [`payload`]s `0..n` with kind `i as u8`; returns the framed bytes.
+fn push_payloads(appender: &mut Appender, n: usize) -> u64 {
     let mut bytes = 0;
-    for i in 0..40 {
+    for i in 0..n {
         let data = payload(i);
         bytes += RECORD_HEADER_LEN + data.len() as u64;
         appender
             .push(i as u8, |out| out.extend_from_slice(&data))
             .unwrap();
     }
+    bytes
+}
+
+/// Asserts the journal in `dir` holds exactly [`payload`]s `0..n`.
+fn assert_payloads(dir: &std::path::Path, n: usize) {
+    let scan = read_journal(dir, ReadMode::Strict).unwrap();
+    let got: Vec<(u8, Vec<u8>)> = (scan.records.into_iter())
+        .map(|r| (r.kind, r.payload))
+        .collect();
+    let want: Vec<(u8, Vec<u8>)> = (0..n).map(|i| (i as u8, payload(i))).collect();
+    assert!(got == want, "records differ");
+}
+
+#[test]
+fn records_come_back_byte_exact_across_batches_and_are_counted_as_handed_over() {
+    let (dir, mut appender) = open("connmirror-appender-");
+    let bytes = push_payloads(&mut appender, 40);
     let stats = appender.stats();
     assert_eq!((stats.records, stats.bytes_appended - bytes), (40, 0));
     let stats = appender.close().unwrap();
     assert_eq!(stats.records, 40);
     assert_eq!(stats.bytes_appended, bytes);
-    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
-    let got: Vec<(u8, Vec<u8>)> = (scan.records.into_iter())
-        .map(|r| (r.kind, r.payload))
-        .collect();
-    let want: Vec<(u8, Vec<u8>)> = (0..40).map(|i| (i as u8, payload(i))).collect();
-    assert!(got == want, "records differ");
+    assert_payloads(dir.path(), 40);
 }
 
 #[test]
@@ -165,14 +176,7 @@ fn an_idle_appender_still_syncs_the_records_it_was_handed_within_the_interval() 
 fn syncs_overlapping_appends_keep_every_record_exact() {
     let (dir, mut appender) = open_interval(64 << 10);
     let before = appender.stats().fsyncs;
-    let mut bytes = 0;
-    for i in 0..400 {
-        let data = payload(i);
-        bytes += RECORD_HEADER_LEN + data.len() as u64;
-        appender
-            .push(i as u8, |out| out.extend_from_slice(&data))
-            .unwrap();
-    }
+    let bytes = push_payloads(&mut appender, 400);
     let stats = appender.close().unwrap();
     assert_eq!((stats.records, stats.bytes_appended), (400, bytes));
     assert!(
@@ -181,10 +185,5 @@ fn syncs_overlapping_appends_keep_every_record_exact() {
         stats.fsyncs - before
     );
     assert_eq!(stats.fsyncs, stats.fsync_latency.count());
-    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
-    let got: Vec<(u8, Vec<u8>)> = (scan.records.into_iter())
-        .map(|r| (r.kind, r.payload))
-        .collect();
-    let want: Vec<(u8, Vec<u8>)> = (0..400).map(|i| (i as u8, payload(i))).collect();
-    assert!(got == want, "records differ");
+    assert_payloads(dir.path(), 400);
 }
