@@ -198,6 +198,16 @@ impl Record {
 
     /// Encodes the payload (the kind travels separately).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        if let Some(bytes) = self.encode_split(out) {
+            out.extend_from_slice(&bytes);
+        }
+    }
+
+    /// Encodes the payload as [`encode`](Self::encode) does, except that the
+    /// bytes a `Data` or `OutOfOrder` record carries (they end its payload)
+    /// are returned rather than copied: the journal frames them from where
+    /// they already are ([`crate::journal::Appender::push_split`]).
+    pub fn encode_split(&self, out: &mut Vec<u8>) -> Option<Bytes> {
         let mut w = Writer(out);
         match self {
             Record::Open {
@@ -224,7 +234,8 @@ impl Record {
                 w.u64(*id);
                 w.u8(*dir as u8);
                 w.u64(*offset);
-                w.bytes(bytes);
+                w.u32(bytes.len() as u32);
+                return Some(bytes.clone());
             }
             Record::Update {
                 id,
@@ -251,6 +262,7 @@ impl Record {
             Record::CheckpointFlow(flow) => w.flow_snapshot(flow),
             Record::CheckpointEnd => {}
         }
+        None
     }
 
     /// Decodes a payload of kind `kind`.
@@ -335,10 +347,6 @@ impl Writer<'_> {
     }
     fn bool(&mut self, v: bool) {
         self.u8(u8::from(v));
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u32(v.len() as u32);
-        self.0.extend_from_slice(v);
     }
     fn opt<T>(&mut self, v: Option<T>, put: impl FnOnce(&mut Self, T)) {
         self.bool(v.is_some());

@@ -389,7 +389,7 @@ impl Journal {
     }
 
     fn append(&mut self, record: &Record) -> Result<(), JournalError> {
-        (self.appender).push(record.kind() as u8, |out| record.encode(out))
+        (self.appender).push_split(record.kind() as u8, |out| record.encode_split(out))
     }
 }
 

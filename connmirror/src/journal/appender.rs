@@ -45,10 +45,17 @@ const BATCHES_IN_FLIGHT: usize = 4;
 /// Bytes before each payload in a batch: the kind and the payload length.
 const BATCH_FRAME: usize = 5;
 
+/// Set in a batch frame's length when the record's payload goes on with the
+/// next of the batch's tails ([`Appender::push_split`]). Lengths stay far
+/// below it ([`super::MAX_RECORD_BYTES`]).
+const SPLIT: u32 = 1 << 31;
+
 /// What the writer thread is asked to do.
 enum Job {
-    /// Append every record of the batch, then commit as the policy says.
-    Append(Bytes),
+    /// Append every record of the batch, then commit as the policy says. The
+    /// second part holds the tails of the records pushed with
+    /// [`Appender::push_split`], in order.
+    Append(Bytes, Vec<Bytes>),
     /// Start a new segment: a checkpoint's records follow.
     Rotate,
     /// The checkpoint is complete: sync it and remove the older segments.
@@ -65,6 +72,8 @@ pub struct Appender {
     /// The thread's counters after its last job.
     shared: Arc<Mutex<JournalStats>>,
     batch: Vec<u8>,
+    /// The tails of the batch's split records ([`push_split`](Self::push_split)).
+    tails: Vec<Bytes>,
     /// Batches the thread has written, back for reuse: a fresh 4 MiB per
     /// batch cost the reader a page fault every 4 KiB.
     recycled: Receiver<Vec<u8>>,
@@ -98,6 +107,7 @@ impl Appender {
             thread: Some(thread),
             shared,
             batch: Vec::with_capacity(BATCH_CAPACITY),
+            tails: Vec::new(),
             recycled,
             records,
             bytes_appended,
@@ -118,6 +128,39 @@ impl Appender {
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), JournalError> {
         let len = frame(&mut self.batch, kind, encode) - BATCH_FRAME;
+        self.added(len)
+    }
+
+    /// Like [`push`](Self::push) for a record whose payload is what `encode`
+    /// appends followed by the bytes it returns, if any. Those bytes are not
+    /// copied here: the writer thread frames the record from both parts.
+    /// The ring reader journals each data record's bytes so, rather than
+    /// copying them into the batch first.
+    ///
+    /// # Errors
+    ///
+    /// The writer thread stopped on an error.
+    pub fn push_split(
+        &mut self,
+        kind: u8,
+        encode: impl FnOnce(&mut Vec<u8>) -> Option<Bytes>,
+    ) -> Result<(), JournalError> {
+        let start = self.batch.len();
+        let mut tail = None;
+        let head = frame(&mut self.batch, kind, |out| tail = encode(out)) - BATCH_FRAME;
+        let Some(tail) = tail.filter(|tail| !tail.is_empty()) else {
+            return self.added(head);
+        };
+        let flagged = head as u32 | SPLIT;
+        self.batch[start + 1..start + BATCH_FRAME].copy_from_slice(&flagged.to_le_bytes());
+        let len = head + tail.len();
+        self.tails.push(tail);
+        self.added(len)
+    }
+
+    /// Counts a record of `len` payload bytes as handed over, and sends the
+    /// batch once it is full.
+    fn added(&mut self, len: usize) -> Result<(), JournalError> {
         self.records += 1;
         self.bytes_appended += RECORD_HEADER_LEN + len as u64;
         if self.batch.len() >= BATCH_BYTES {
@@ -140,7 +183,8 @@ impl Appender {
         let fresh =
             (self.recycled.try_recv()).unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY));
         let batch = std::mem::replace(&mut self.batch, fresh);
-        self.send(Job::Append(Bytes::from(batch)))
+        let tails = std::mem::take(&mut self.tails);
+        self.send(Job::Append(Bytes::from(batch), tails))
     }
 
     /// Commits what was pushed, then has the writer start a new segment; the
@@ -310,8 +354,8 @@ fn run(
             },
         };
         match job {
-            Some(Job::Append(batch)) => {
-                append_batch(&mut writer, &batch)?;
+            Some(Job::Append(batch, tails)) => {
+                append_batch(&mut writer, &batch, tails)?;
                 if let Ok(batch) = batch.try_into_mut() {
                     let mut batch = Vec::from(batch);
                     batch.clear();
@@ -338,14 +382,28 @@ fn run(
     writer.close()
 }
 
-fn append_batch(writer: &mut JournalWriter, batch: &[u8]) -> Result<(), JournalError> {
+/// Appends every record of `batch`, each split one with the next of `tails`.
+fn append_batch(
+    writer: &mut JournalWriter,
+    batch: &[u8],
+    tails: Vec<Bytes>,
+) -> Result<(), JournalError> {
+    let mut tails = tails.into_iter();
     let mut at = 0;
     while at + BATCH_FRAME <= batch.len() {
         let kind = batch[at];
         let mut len = [0; 4];
         len.copy_from_slice(&batch[at + 1..at + BATCH_FRAME]);
-        let end = at + BATCH_FRAME + u32::from_le_bytes(len) as usize;
-        writer.append(kind, &batch[at + BATCH_FRAME..end])?;
+        let len = u32::from_le_bytes(len);
+        let end = at + BATCH_FRAME + (len & !SPLIT) as usize;
+        let head = &batch[at + BATCH_FRAME..end];
+        match len & SPLIT {
+            0 => writer.append(kind, head)?,
+            _ => {
+                let tail = tails.next().expect("one tail per split record");
+                writer.append_split(kind, head, &tail)?
+            }
+        };
         at = end;
     }
     Ok(())

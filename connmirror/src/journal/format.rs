@@ -131,12 +131,20 @@ pub(super) fn record_crc(kind: u8, payload: &[u8]) -> u32 {
 }
 
 /// The 9-byte framing in front of `payload`. The caller has checked the length.
+#[cfg(test)]
 pub(super) fn encode_record_header(kind: u8, payload: &[u8]) -> [u8; FRAME] {
-    let len =
-        u32::try_from(payload.len()).expect("payload length checked against MAX_RECORD_BYTES");
+    encode_split_record_header(kind, payload, &[])
+}
+
+/// The 9-byte framing in front of a payload held in two parts, `head` then
+/// `tail` (the same bytes on disk as one payload of both).
+pub(super) fn encode_split_record_header(kind: u8, head: &[u8], tail: &[u8]) -> [u8; FRAME] {
+    let len = u32::try_from(head.len() + tail.len())
+        .expect("payload length checked against MAX_RECORD_BYTES");
+    let crc = crc32c::crc32c_append(record_crc(kind, head), tail);
     let mut header = [0u8; FRAME];
     header[0..4].copy_from_slice(&len.to_le_bytes());
-    header[4..8].copy_from_slice(&record_crc(kind, payload).to_le_bytes());
+    header[4..8].copy_from_slice(&crc.to_le_bytes());
     header[8] = kind;
     header
 }

@@ -14,7 +14,7 @@ pub(super) mod overlap;
 use super::{
     JournalError,
     format::{
-        MAX_RECORD_BYTES, SEGMENT_HEADER_LEN, encode_record_header, encode_segment_header,
+        MAX_RECORD_BYTES, SEGMENT_HEADER_LEN, encode_segment_header, encode_split_record_header,
         is_segment_tmp_name, segment_path, segment_tmp_path,
     },
     io_error,
@@ -358,10 +358,28 @@ impl JournalWriter {
     /// writer is unchanged. [`JournalError::Io`] when a write or sync fails,
     /// after which the writer is stopped ([`JournalError::Failed`]).
     pub fn append(&mut self, kind: u8, payload: &[u8]) -> Result<Position, JournalError> {
+        self.append_split(kind, payload, &[])
+    }
+
+    /// [`append`](Self::append) for a payload held in two parts: the record
+    /// written is the one `append` writes for `head` followed by `tail`. The
+    /// writer thread uses it to frame a record whose bytes the ring reader
+    /// handed over apart from its fields ([`crate::journal::Appender::push_split`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append).
+    pub fn append_split(
+        &mut self,
+        kind: u8,
+        head: &[u8],
+        tail: &[u8],
+    ) -> Result<Position, JournalError> {
         self.check_failed()?;
-        if payload.len() > MAX_RECORD_BYTES as usize {
+        let len = head.len() + tail.len();
+        if len > MAX_RECORD_BYTES as usize {
             return Err(JournalError::TooLarge {
-                len: payload.len(),
+                len,
                 max: MAX_RECORD_BYTES,
             });
         }
@@ -372,20 +390,14 @@ impl JournalWriter {
             segment: self.active.seq,
             offset: self.active.len,
         };
-        let header = encode_record_header(kind, payload);
-        let frame = header.len() + payload.len();
+        let header = encode_split_record_header(kind, head, tail);
+        let frame = header.len() + len;
         if self.buf.len() + frame > self.buffer_bytes {
             self.write_out()?;
         }
         self.buf.extend_from_slice(&header);
-        if frame > self.buffer_bytes {
-            self.write_out()?;
-            let Self { active, .. } = self;
-            if let Err(source) = active.file.write_all(payload) {
-                return Err(self.fail("write", source));
-            }
-        } else {
-            self.buf.extend_from_slice(payload);
+        for part in [head, tail] {
+            self.put(part)?;
         }
         let frame = frame as u64;
         self.active.len += frame;
@@ -596,6 +608,21 @@ impl JournalWriter {
         let path = self.active.path.clone();
         self.failed = Some((op, path.clone()));
         JournalError::Io { op, path, source }
+    }
+
+    /// Adds `part` of a record's payload to the buffer, or writes it
+    /// straight to the file (after the buffer) when it would not fit.
+    fn put(&mut self, part: &[u8]) -> Result<(), JournalError> {
+        if self.buf.len() + part.len() <= self.buffer_bytes {
+            self.buf.extend_from_slice(part);
+            return Ok(());
+        }
+        self.write_out()?;
+        let Self { active, .. } = self;
+        if let Err(source) = active.file.write_all(part) {
+            return Err(self.fail("write", source));
+        }
+        Ok(())
     }
 
     /// Hands the buffer to the kernel.

@@ -187,3 +187,27 @@ fn syncs_overlapping_appends_keep_every_record_exact() {
     assert_eq!(stats.fsyncs, stats.fsync_latency.count());
     assert_payloads(dir.path(), 400);
 }
+
+#[test]
+fn a_split_record_is_written_as_its_head_and_tail_together() {
+    let (dir, mut appender) = open("connmirror-appender-split-");
+    let mut bytes = 0;
+    for i in 0..300 {
+        let data = payload(i);
+        let cut = data.len() / 3;
+        bytes += RECORD_HEADER_LEN + data.len() as u64;
+        // Every third record plain, the others split (some with an empty tail).
+        let tail = Bytes::copy_from_slice(&data[cut..]);
+        match i % 3 {
+            0 => appender.push(i as u8, |out| out.extend_from_slice(&data)),
+            _ => appender.push_split(i as u8, |out| {
+                out.extend_from_slice(&data[..cut]);
+                Some(tail)
+            }),
+        }
+        .unwrap();
+    }
+    let stats = appender.close().unwrap();
+    assert_eq!((stats.records, stats.bytes_appended), (300, bytes));
+    assert_payloads(dir.path(), 300);
+}
