@@ -13,7 +13,11 @@ seconds=${3:-6}
 command -v perf >/dev/null || { echo "profile.sh: perf is not installed (apt-get install linux-perf)" >&2; exit 1; }
 command -v inferno-flamegraph >/dev/null || { echo "profile.sh: inferno is not installed (cargo install inferno)" >&2; exit 1; }
 for _ in $(seq 1 6000); do
-    pid=$(pgrep -f -- "$pattern" | head -1 || true)
+    # Only a connmirror process: this script's own command line (and its
+    # subshells') holds the pattern too.
+    pid=$(for p in $(pgrep -f -- "$pattern" || true); do
+        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = connmirror ] && echo "$p"
+    done | head -1)
     [ -n "$pid" ] && break
     sleep 0.1
 done
