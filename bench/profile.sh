@@ -16,7 +16,7 @@ for _ in $(seq 1 6000); do
     # Only a connmirror process: this script's own command line (and its
     # subshells') holds the pattern too.
     pid=$(for p in $(pgrep -f -- "$pattern" || true); do
-        [ "$(cat "/proc/$p/comm" 2>/dev/null)" = connmirror ] && echo "$p"
+        if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = connmirror ]; then echo "$p"; fi
     done | head -1)
     [ -n "$pid" ] && break
     sleep 0.1
