@@ -139,9 +139,18 @@ pub struct JournalArgs {
     #[arg(long)]
     pub salvage: bool,
     /// Write a checkpoint and delete the older segments after this many
-    /// journal bytes (suffixes K, M, G).
+    /// journal bytes (suffixes K, M, G), and no sooner than the flows' held
+    /// bytes were journaled again, since a checkpoint rewrites them.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "256M")]
     pub checkpoint_bytes: u32,
+    /// Append to the journal with direct I/O (`O_DIRECT`), bypassing the page
+    /// cache, where the filesystem supports it (else the log says so and the
+    /// page cache is used). It spares the cache and a copy, and appended
+    /// nearer the disk's rate in the journal benchmark, but the mirrored
+    /// stream ran slower with it on a 2-core host: each write waits for the
+    /// disk on the writer thread (docs/benchmarks.md).
+    #[arg(long)]
+    pub journal_direct: bool,
     /// Start a new segment file once the active one holds this many bytes.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
     pub segment_bytes: u32,
@@ -167,6 +176,7 @@ impl JournalArgs {
             fsync,
             read_mode,
             segment_bytes: u64::from(self.segment_bytes),
+            direct_io: self.journal_direct,
             ..JournalConfig::new(dir)
         })
     }

@@ -349,10 +349,22 @@ impl Journal {
             self.append(record)?;
         }
         self.appender.commit()?;
-        if self.appender.bytes_appended() - self.checkpointed_at >= self.checkpoint_bytes {
+        if self.checkpoint_due(table) {
             self.checkpoint(table)?;
         }
         Ok(())
+    }
+
+    /// Whether to checkpoint: once `checkpoint_bytes` went by since the last
+    /// checkpoint, and at least as many bytes as the flows hold, which the
+    /// checkpoint writes again. Under full retention each checkpoint rewrites
+    /// every open flow's history (up to `--history-cap` per direction), so
+    /// with many long flows a fixed byte count could rewrite more than was
+    /// journaled since the last one; this bounds the journal's writes to
+    /// twice what it was given.
+    fn checkpoint_due(&self, table: &crate::flow::FlowTable) -> bool {
+        let since = self.appender.bytes_appended() - self.checkpointed_at;
+        since >= self.checkpoint_bytes.max(table.held_bytes() as u64)
     }
 
     /// Starts a fresh segment with a checkpoint of `table`, syncs it, and deletes

@@ -27,7 +27,9 @@ use bytes::Bytes;
 
 use super::{JournalError, JournalStats, JournalWriter, RECORD_HEADER_LEN};
 
+mod remover;
 mod syncer;
+use remover::Remover;
 use syncer::Syncer;
 
 /// A batch is sent once its encoded records reach this many bytes.
@@ -333,7 +335,8 @@ fn run(
     recycle: &SyncSender<Vec<u8>>,
     shared: &Mutex<JournalStats>,
 ) -> Result<JournalStats, JournalError> {
-    let mut syncer = Syncer::spawn(writer.dir())?;
+    let mut syncer = Syncer::spawn(&mut writer)?;
+    let mut remover = Remover::spawn(writer.dir())?;
     let mut rotated = None;
     loop {
         let deadline = match syncer.in_flight() {
@@ -364,22 +367,37 @@ fn run(
             }
             Some(Job::Rotate) => rotated = Some(writer.rotate()?),
             Some(Job::Seal) => {
+                syncer.finish(&mut writer)?;
                 writer.flush_and_sync()?;
                 if let Some(segment) = rotated.take() {
-                    let removed = writer.remove_segments_before(segment)?;
-                    tracing::debug!(segment, removed = removed.len(), "journal checkpoint");
+                    let released = writer.release_segments_before(segment)?;
+                    remover.remove(&writer, released)?;
                 }
             }
-            Some(Job::Barrier(done)) => drop(done.send(())),
+            Some(Job::Barrier(done)) => {
+                remover.finish(&mut writer)?;
+                let _ = done.send(());
+            }
             None => {}
         }
+        remover.poll(&mut writer)?;
         syncer.commit(&mut writer)?;
         if let Ok(mut stats) = shared.lock() {
             stats.clone_from(writer.stats());
         }
     }
     syncer.finish(&mut writer)?;
+    remover.finish(&mut writer)?;
     writer.close()
+}
+
+/// The error for a helper thread of the writer's that is gone (they only end
+/// when told to); `op` names the thread's work.
+fn helper_gone(writer: &JournalWriter, op: &'static str) -> JournalError {
+    JournalError::Failed {
+        op,
+        path: writer.dir().to_path_buf(),
+    }
 }
 
 /// Appends every record of `batch`, each split one with the next of `tails`.

@@ -181,7 +181,7 @@ pub use format::{
 pub use reader::{JournalReader, JournalScan, Position, ReadMode, StoredRecord, read_journal};
 pub use writer::{
     FSYNC_BUCKETS, FsyncHistogram, FsyncPolicy, JournalConfig, JournalStats, JournalWriter,
-    Recovery,
+    Recovery, Released, Removed,
 };
 
 /// Why a journal operation failed.

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use crate::testing::pseudo_random;
 
 use super::{
-    format::{encode_record_header, encode_segment_header},
+    format::{encode_record_header, encode_segment_header, segment_tmp_path},
     *,
 };
 
@@ -790,4 +790,175 @@ proptest! {
         prop_assert!(positions.windows(2).all(|w| w[0] < w[1]));
         prop_assert_eq!(scan.truncated_tail, None);
     }
+}
+
+/// Appends `n` records to `writer`, handing them to the kernel after every
+/// `flush_every`-th one, and checks after each flush that the files read back
+/// as exactly what was appended, with no torn tail: the direct-I/O window's
+/// partial last block is rewritten many times over.
+fn append_and_check_each_flush(
+    dir: &Path,
+    writer: &mut JournalWriter,
+    written: &mut Vec<StoredRecord>,
+    n: usize,
+    flush_every: usize,
+) {
+    for i in 0..n {
+        let expected = expected_record(
+            Position {
+                segment: 0,
+                offset: 0,
+            },
+            i,
+        );
+        let position = writer.append(expected.kind, &expected.payload).unwrap();
+        written.push(StoredRecord {
+            position,
+            ..expected
+        });
+        if i % flush_every == flush_every - 1 {
+            writer.flush().unwrap();
+            let scan = read_journal(dir, ReadMode::Strict).unwrap();
+            assert_eq!(scan.truncated_tail, None, "after record {i}");
+            assert_eq!(scan.records.len(), written.len(), "after record {i}");
+            assert!(scan.records == *written, "records differ after record {i}");
+            let end = writer.end_position();
+            let len = fs::metadata(segment_path(dir, end.segment)).unwrap().len();
+            assert_eq!(
+                len, end.offset,
+                "the file's length is exact after record {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn direct_io_appends_read_back_exactly_after_every_flush() {
+    let dir = temp_dir();
+    let config = JournalConfig {
+        segment_bytes: 64 << 10,
+        direct_io: true,
+        ..small_config(dir.path())
+    };
+    let (mut writer, _) = JournalWriter::open(config).unwrap();
+    assert!(
+        writer.direct_io(),
+        "the temporary directory's filesystem ({}) reports no direct-I/O alignment",
+        dir.path().display()
+    );
+    // Flushes land at every offset within a block; some records span the
+    // 8 KiB window, and the segments rotate.
+    let mut written = Vec::new();
+    for flush_every in [1, 3, 7, 40] {
+        append_and_check_each_flush(dir.path(), &mut writer, &mut written, 400, flush_every);
+        assert!(writer.direct_io());
+    }
+    assert!(writer.segments().len() > 2, "{:?}", writer.segments());
+}
+
+#[test]
+fn direct_io_is_off_by_default_and_appends_go_through_the_page_cache() {
+    let dir = temp_dir();
+    let (mut writer, _) = JournalWriter::open(small_config(dir.path())).unwrap();
+    assert!(!writer.direct_io());
+    append_and_check_each_flush(dir.path(), &mut writer, &mut Vec::new(), 300, 7);
+}
+
+#[test]
+fn direct_io_records_larger_than_the_window_round_trip() {
+    let dir = temp_dir();
+    let config = JournalConfig {
+        direct_io: true,
+        ..small_config(dir.path())
+    };
+    let (mut writer, _) = JournalWriter::open(config).unwrap();
+    assert!(writer.direct_io());
+    let big = payload(1, 100_000);
+    let position = writer.append(3, &big).unwrap();
+    writer.append(4, b"after").unwrap();
+    writer.close().unwrap();
+    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
+    assert_eq!(scan.records.len(), 2);
+    assert_eq!(scan.records[0].position, position);
+    assert_eq!(scan.records[0].payload, big);
+    assert_eq!(scan.records[1].payload, b"after");
+}
+
+#[test]
+fn a_deferred_seal_leaves_a_crash_with_the_old_segment_newest_and_runs_in_order() {
+    let dir = temp_dir();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::INTERVAL,
+        segment_bytes: 4096,
+        ..JournalConfig::new(dir.path())
+    };
+    let (mut writer, _) = JournalWriter::open(config.clone()).unwrap();
+    writer.defer_seals();
+    let mut first = Vec::new();
+    while writer.end_position().segment == 1 {
+        first.push(writer.append(5, &payload(first.len(), 300)).unwrap());
+    }
+    // The record that rotated went into segment 2, under its temporary name.
+    let rotated = first.pop().unwrap();
+    assert_eq!(rotated.segment, 2);
+    assert!(segment_tmp_path(dir.path(), 2).exists());
+    assert!(!segment_path(dir.path(), 2).exists());
+    let seal = writer.take_seal().expect("the rotation's seal");
+
+    // A crash now: recovery drops the temporary file, and segment 1 is whole.
+    let crashed = temp_dir();
+    copy_segments(dir.path(), crashed.path());
+    fs::copy(
+        segment_tmp_path(dir.path(), 2),
+        segment_tmp_path(crashed.path(), 2),
+    )
+    .unwrap();
+    let (after_crash, recovery) = JournalWriter::open(JournalConfig {
+        dir: crashed.path().to_path_buf(),
+        ..config
+    })
+    .unwrap();
+    let positions: Vec<Position> = recovery.records.iter().map(|r| r.position).collect();
+    assert_eq!(positions, first);
+    assert_eq!(recovery.truncated_tail, None);
+    assert!(!segment_tmp_path(crashed.path(), 2).exists());
+    drop(after_crash);
+
+    // The seal, run: segment 2 is in place and synced, with both records.
+    let fsyncs = writer.stats().fsyncs;
+    writer.end_seal(seal.run()).unwrap();
+    assert_eq!(writer.stats().fsyncs, fsyncs + 2);
+    assert!(segment_path(dir.path(), 2).exists());
+    assert!(!segment_tmp_path(dir.path(), 2).exists());
+    writer.append(6, b"after the seal").unwrap();
+    writer.close().unwrap();
+    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
+    assert_eq!(scan.records.len(), first.len() + 2);
+    assert_eq!(scan.records[first.len()].position, rotated);
+    assert_eq!(scan.records.last().unwrap().payload, b"after the seal");
+}
+
+#[test]
+fn a_seal_not_taken_runs_at_close() {
+    let dir = temp_dir();
+    let config = JournalConfig {
+        fsync: FsyncPolicy::INTERVAL,
+        segment_bytes: 4096,
+        ..JournalConfig::new(dir.path())
+    };
+    let (mut writer, _) = JournalWriter::open(config).unwrap();
+    writer.defer_seals();
+    for i in 0..40 {
+        writer.append(1, &payload(i, 300)).unwrap();
+    }
+    writer.close().unwrap();
+    let scan = read_journal(dir.path(), ReadMode::Strict).unwrap();
+    assert_eq!(scan.records.len(), 40);
+    assert_eq!(scan.segments, vec![1, 2, 3]);
+    let leftovers: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().into_string().ok())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -5,11 +5,18 @@ use std::{
     fs::{self, File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    str::FromStr,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
+mod config;
+pub(super) mod direct;
 pub(super) mod overlap;
+pub(super) mod seal;
+mod stats;
+
+pub use config::{FsyncPolicy, JournalConfig, Recovery};
+use direct::Direct;
+pub use stats::{FSYNC_BUCKETS, FsyncHistogram, JournalStats};
 
 use super::{
     JournalError,
@@ -18,202 +25,8 @@ use super::{
         is_segment_tmp_name, segment_path, segment_tmp_path,
     },
     io_error,
-    reader::{JournalReader, Position, ReadMode, StoredRecord, TornTail},
+    reader::{JournalReader, Position, StoredRecord, TornTail},
 };
-
-/// When appended records are made durable with `fdatasync`. The module docs
-/// list what a crash can lose under each policy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FsyncPolicy {
-    /// Never sync records. [`JournalWriter::commit_due`] writes the buffer to
-    /// the kernel and the kernel decides when it reaches the disk.
-    Never,
-    /// Group commit. [`JournalWriter::commit_due`] flushes and syncs once
-    /// `every` has passed since the last sync, or once `bytes` have been
-    /// appended since it, whichever comes first.
-    Interval {
-        /// Longest time between syncs while records are pending (default 10 ms).
-        every: Duration,
-        /// Most bytes appended between syncs (default 4 MiB).
-        bytes: u64,
-    },
-    /// Flush and sync on every append. Nothing acknowledged is ever lost, and
-    /// each append costs one `fdatasync`.
-    Always,
-}
-
-impl FsyncPolicy {
-    /// `Interval` with the defaults: 10 ms, 4 MiB.
-    pub const INTERVAL: Self = Self::Interval {
-        every: Duration::from_millis(10),
-        bytes: 4 << 20,
-    };
-}
-
-impl Default for FsyncPolicy {
-    /// [`FsyncPolicy::INTERVAL`].
-    fn default() -> Self {
-        Self::INTERVAL
-    }
-}
-
-impl FromStr for FsyncPolicy {
-    type Err = String;
-
-    /// `never`, `interval` (with the default interval and byte count) or
-    /// `always`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "never" => Ok(Self::Never),
-            "interval" => Ok(Self::INTERVAL),
-            "always" => Ok(Self::Always),
-            other => Err(format!(
-                "unknown fsync policy {other:?} (expected never, interval or always)"
-            )),
-        }
-    }
-}
-
-/// How to open a journal for writing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JournalConfig {
-    /// The data directory. It is created if missing.
-    pub dir: PathBuf,
-    /// When appended records are synced.
-    pub fsync: FsyncPolicy,
-    /// The next append starts a new segment once the active one holds this
-    /// many bytes (default 64 MiB). A segment can therefore exceed it by up to
-    /// one record.
-    pub segment_bytes: u64,
-    /// Size of the userspace write buffer (default 1 MiB). Records larger than
-    /// this bypass it.
-    pub buffer_bytes: usize,
-    /// How recovery treats damage in sealed segments.
-    pub read_mode: ReadMode,
-}
-
-impl JournalConfig {
-    /// Defaults for `dir`: interval fsync (10 ms / 4 MiB), 64 MiB segments,
-    /// a 1 MiB buffer, strict recovery.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            fsync: FsyncPolicy::default(),
-            segment_bytes: 64 << 20,
-            buffer_bytes: 1 << 20,
-            read_mode: ReadMode::Strict,
-        }
-    }
-}
-
-/// What [`JournalWriter::open`] found and repaired.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Recovery {
-    /// Every intact record, in order. It stays empty for
-    /// [`JournalWriter::open_with`], which hands the records to its visitor.
-    pub records: Vec<StoredRecord>,
-    /// The torn tail cut from the newest segment, as the file and the bytes
-    /// cut. A torn header removes the whole file.
-    pub truncated_tail: Option<(PathBuf, u64)>,
-    /// Damaged records or regions skipped ([`ReadMode::Salvage`] only).
-    pub salvaged: u64,
-    /// The segments left after repair, ascending. The new active segment is
-    /// not included.
-    pub segments: Vec<u64>,
-    /// The segment that appends now go to.
-    pub active_segment: u64,
-}
-
-/// Upper bounds of the [`FsyncHistogram`] buckets. A last, unbounded bucket
-/// follows them.
-pub const FSYNC_BUCKETS: [Duration; 15] = [
-    Duration::from_micros(50),
-    Duration::from_micros(100),
-    Duration::from_micros(250),
-    Duration::from_micros(500),
-    Duration::from_millis(1),
-    Duration::from_micros(2500),
-    Duration::from_millis(5),
-    Duration::from_millis(10),
-    Duration::from_millis(25),
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(250),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_micros(2_500_000),
-];
-
-/// `fdatasync` latencies counted in the fixed buckets [`FSYNC_BUCKETS`], in
-/// the shape of a Prometheus histogram.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct FsyncHistogram {
-    /// `counts[i]` counts the latencies in `(FSYNC_BUCKETS[i-1], FSYNC_BUCKETS[i]]`.
-    /// The last entry, `counts[FSYNC_BUCKETS.len()]`, counts those above the
-    /// last bound. The buckets are not cumulative.
-    pub counts: [u64; FSYNC_BUCKETS.len() + 1],
-    /// Sum of all latencies.
-    pub sum: Duration,
-}
-
-impl FsyncHistogram {
-    fn observe(&mut self, latency: Duration) {
-        let bucket = FSYNC_BUCKETS.partition_point(|&bound| bound < latency);
-        self.counts[bucket] += 1;
-        self.sum += latency;
-    }
-
-    /// Cumulative counts as Prometheus wants them: `(le, count of latencies
-    /// ≤ le)` for each bound, then `(None, total)` for `+Inf`.
-    pub fn cumulative(&self) -> impl Iterator<Item = (Option<Duration>, u64)> + '_ {
-        let bounds = FSYNC_BUCKETS.iter().copied().map(Some).chain([None]);
-        bounds
-            .zip(self.counts.iter())
-            .scan(0u64, |total, (bound, &count)| {
-                *total += count;
-                Some((bound, *total))
-            })
-    }
-
-    /// How many latencies were observed.
-    pub fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-}
-
-/// Counters of a [`JournalWriter`], for metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JournalStats {
-    /// Records appended since open.
-    pub records: u64,
-    /// Bytes appended since open, framing included (9 bytes per record).
-    pub bytes_appended: u64,
-    /// `fdatasync` calls on segment files. This counts commits, the sync of a
-    /// segment before it is sealed, each new segment's header, and the sync
-    /// of the recovered segment on open.
-    pub fsyncs: u64,
-    /// `fsync` calls on the data directory (segment created or removed).
-    pub dir_fsyncs: u64,
-    /// Latency of the latest `fdatasync`.
-    pub last_fsync: Option<Duration>,
-    /// Highest `fdatasync` latency.
-    pub max_fsync: Duration,
-    /// All `fdatasync` latencies.
-    pub fsync_latency: FsyncHistogram,
-    /// Segment files created since open, the first active one included.
-    pub segments_created: u64,
-    /// Segment files removed by [`JournalWriter::remove_segments_before`].
-    pub segments_removed: u64,
-}
-
-impl JournalStats {
-    fn observe_fsync(&mut self, latency: Duration) {
-        self.fsyncs += 1;
-        self.last_fsync = Some(latency);
-        self.max_fsync = self.max_fsync.max(latency);
-        self.fsync_latency.observe(latency);
-    }
-}
 
 /// The segment appends go to.
 #[derive(Debug)]
@@ -223,6 +36,9 @@ struct Active {
     file: File,
     /// Logical length: header plus every appended record, buffered or not.
     len: u64,
+    /// The direct-I/O window, when appends bypass the page cache; else they
+    /// go through [`JournalWriter::buf`] and `file`.
+    direct: Option<Direct>,
 }
 
 /// Appends records to a journal directory. See the module docs for the format
@@ -238,6 +54,9 @@ pub struct JournalWriter {
     fsync: FsyncPolicy,
     segment_bytes: u64,
     buffer_bytes: usize,
+    /// The direct-I/O window size for each new segment, while direct I/O is
+    /// on; `None` once off (asked for, or the filesystem lacks it).
+    direct_window: Option<usize>,
     active: Active,
     sealed: BTreeSet<u64>,
     buf: Vec<u8>,
@@ -246,6 +65,11 @@ pub struct JournalWriter {
     pub(super) last_sync: Instant,
     stats: JournalStats,
     failed: Option<(&'static str, PathBuf)>,
+    /// Whether rotations leave their waits on the disk to the caller
+    /// (`writer/seal.rs`).
+    defer_seals: bool,
+    /// The latest rotation's seal, while it has not run.
+    sealing: Option<seal::Seal>,
     /// Released (closed) when the writer is dropped.
     _lock: File,
 }
@@ -289,6 +113,7 @@ impl JournalWriter {
             segment_bytes,
             buffer_bytes,
             read_mode,
+            direct_io,
         } = config;
         fs::create_dir_all(&dir).map_err(io_error("create_dir", &dir))?;
         let lock = lock_dir(&dir)?;
@@ -320,7 +145,9 @@ impl JournalWriter {
                 reason: "segment sequence numbers exhausted".to_string(),
             });
         }
-        let active = create_segment(&dir, next_seq, &mut stats)?;
+        let direct_window = direct_io.then_some(buffer_bytes);
+        let active = create_segment(&dir, next_seq, direct_window, &mut stats)?;
+        log_io_mode(&dir, direct_io, active.direct.is_some());
         let recovery = Recovery {
             records: Vec::new(),
             truncated_tail: torn.map(|t| (t.path, t.bytes)),
@@ -333,6 +160,7 @@ impl JournalWriter {
             fsync,
             segment_bytes,
             buffer_bytes,
+            direct_window: direct_window.filter(|_| active.direct.is_some()),
             active,
             sealed: segments.into_iter().collect(),
             buf: Vec::with_capacity(buffer_bytes),
@@ -340,6 +168,8 @@ impl JournalWriter {
             last_sync: Instant::now(),
             stats,
             failed: None,
+            defer_seals: false,
+            sealing: None,
             _lock: lock,
         };
         Ok((writer, recovery))
@@ -392,11 +222,10 @@ impl JournalWriter {
         };
         let header = encode_split_record_header(kind, head, tail);
         let frame = header.len() + len;
-        if self.buf.len() + frame > self.buffer_bytes {
+        if self.active.direct.is_none() && self.buf.len() + frame > self.buffer_bytes {
             self.write_out()?;
         }
-        self.buf.extend_from_slice(&header);
-        for part in [head, tail] {
+        for part in [&header[..], head, tail] {
             self.put(part)?;
         }
         let frame = frame as u64;
@@ -432,7 +261,7 @@ impl JournalWriter {
         self.check_failed()?;
         match self.fsync {
             FsyncPolicy::Never => {
-                let pending = !self.buf.is_empty();
+                let pending = self.pending();
                 self.write_out()?;
                 Ok(pending)
             }
@@ -477,6 +306,7 @@ impl JournalWriter {
     /// [`JournalError::Io`]; the writer is then stopped.
     pub fn flush_and_sync(&mut self) -> Result<(), JournalError> {
         self.check_failed()?;
+        self.settle_seal()?;
         self.write_out()?;
         if self.unsynced > 0 {
             let Self { active, stats, .. } = self;
@@ -499,9 +329,12 @@ impl JournalWriter {
     ///
     /// [`JournalError::Io`]; the writer is then stopped.
     pub fn rotate(&mut self) -> Result<u64, JournalError> {
+        if self.defer_seals {
+            return self.rotate_deferred();
+        }
         self.flush_and_sync()?;
         let seq = self.active.seq + 1;
-        let new = match create_segment(&self.dir, seq, &mut self.stats) {
+        let new = match create_segment(&self.dir, seq, self.direct_window, &mut self.stats) {
             Ok(new) => new,
             Err(error) => {
                 self.failed = Some(("create segment", segment_path(&self.dir, seq)));
@@ -527,28 +360,39 @@ impl JournalWriter {
     /// [`JournalError::Io`] when the sync, a removal or the directory sync
     /// fails. Segments removed before the failure stay removed.
     pub fn remove_segments_before(&mut self, seq: u64) -> Result<Vec<u64>, JournalError> {
+        let released = self.release_segments_before(seq)?;
+        let removed = released.remove()?;
+        self.count_removed(&removed);
+        Ok(removed.segments)
+    }
+
+    /// [`remove_segments_before`](Self::remove_segments_before) in two steps,
+    /// for a caller that deletes the files on another thread: this syncs the
+    /// pending records and lets go of the segments below `seq`, and
+    /// [`Released::remove`] deletes them. Unlinking a large file can wait on
+    /// the disk (a filesystem mounted with `discard` trims it inline), and
+    /// the journal's writer thread must not. Report what was removed with
+    /// [`count_removed`](Self::count_removed).
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`] when the sync fails.
+    pub fn release_segments_before(&mut self, seq: u64) -> Result<Released, JournalError> {
         self.flush_and_sync()?;
-        let doomed: Vec<u64> = self.sealed.range(..seq).copied().collect();
-        for &old in &doomed {
-            let path = segment_path(&self.dir, old);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
-                    return Err(JournalError::Io {
-                        op: "remove",
-                        path,
-                        source,
-                    });
-                }
-            }
-            self.sealed.remove(&old);
-            self.stats.segments_removed += 1;
+        let segments: Vec<u64> = self.sealed.range(..seq).copied().collect();
+        for old in &segments {
+            self.sealed.remove(old);
         }
-        if !doomed.is_empty() {
-            sync_dir(&self.dir, &mut self.stats)?;
-        }
-        Ok(doomed)
+        Ok(Released {
+            dir: self.dir.clone(),
+            segments,
+        })
+    }
+
+    /// Adds a finished [`Released::remove`] to the counters.
+    pub fn count_removed(&mut self, removed: &Removed) {
+        self.stats.segments_removed += removed.segments.len() as u64;
+        self.stats.dir_fsyncs += u64::from(removed.dir_synced);
     }
 
     /// Sequence numbers of the segments in the journal, the active one last.
@@ -576,6 +420,13 @@ impl JournalWriter {
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether appends to the active segment bypass the page cache
+    /// (`O_DIRECT`): asked for with [`JournalConfig::direct_io`] and supported
+    /// by the filesystem (`statx` reports its direct-I/O alignment).
+    pub fn direct_io(&self) -> bool {
+        self.active.direct.is_some()
     }
 
     /// Counters since open.
@@ -610,9 +461,15 @@ impl JournalWriter {
         JournalError::Io { op, path, source }
     }
 
-    /// Adds `part` of a record's payload to the buffer, or writes it
-    /// straight to the file (after the buffer) when it would not fit.
+    /// Adds `part` of a record to the direct-I/O window or the buffer, or
+    /// writes it straight to the file (after the buffer) when it would not
+    /// fit.
     fn put(&mut self, part: &[u8]) -> Result<(), JournalError> {
+        if let Some(direct) = &mut self.active.direct {
+            return direct
+                .append(part)
+                .map_err(|source| self.fail("write", source));
+        }
         if self.buf.len() + part.len() <= self.buffer_bytes {
             self.buf.extend_from_slice(part);
             return Ok(());
@@ -625,8 +482,21 @@ impl JournalWriter {
         Ok(())
     }
 
-    /// Hands the buffer to the kernel.
+    /// Whether appended bytes are still only in this process.
+    fn pending(&self) -> bool {
+        match &self.active.direct {
+            Some(direct) => direct.pending(),
+            None => !self.buf.is_empty(),
+        }
+    }
+
+    /// Hands the buffer (or the direct-I/O window) to the kernel.
     fn write_out(&mut self) -> Result<(), JournalError> {
+        if let Some(direct) = &mut self.active.direct {
+            return direct
+                .flush(&self.active.file)
+                .map_err(|source| self.fail("write", source));
+        }
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -642,10 +512,62 @@ impl JournalWriter {
 impl Drop for JournalWriter {
     fn drop(&mut self) {
         if self.failed.is_none()
-            && let Err(error) = self.write_out()
+            && let Err(error) = self.write_out().and_then(|()| self.settle_seal())
         {
             tracing::warn!("journal: records buffered at drop were lost: {error}");
         }
+    }
+}
+
+/// Sealed segments a checkpoint made redundant, no longer part of the
+/// journal the writer holds, to delete
+/// ([`JournalWriter::release_segments_before`]).
+#[derive(Debug)]
+#[must_use = "the released segments stay on disk until removed"]
+pub struct Released {
+    dir: PathBuf,
+    segments: Vec<u64>,
+}
+
+/// What [`Released::remove`] did.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// The segments deleted, oldest first.
+    pub segments: Vec<u64>,
+    /// Whether the directory was synced after the deletions.
+    pub dir_synced: bool,
+}
+
+impl Released {
+    /// Deletes the segments oldest first, so a crash part-way leaves a
+    /// contiguous run, and `fsync`s the directory.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::Io`] when a removal or the directory sync fails.
+    /// Segments removed before the failure stay removed.
+    pub fn remove(self) -> Result<Removed, JournalError> {
+        let mut removed = Removed::default();
+        for &old in &self.segments {
+            let path = segment_path(&self.dir, old);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(JournalError::Io {
+                        op: "remove",
+                        path,
+                        source,
+                    });
+                }
+            }
+            removed.segments.push(old);
+        }
+        if !removed.segments.is_empty() {
+            fsync_dir(&self.dir)?;
+            removed.dir_synced = true;
+        }
+        Ok(removed)
     }
 }
 
@@ -731,8 +653,30 @@ fn remove_stale_tmp_files(dir: &Path) -> Result<(), JournalError> {
 
 /// Creates segment `seq`. It writes and syncs the header under a temporary
 /// name, renames the file into place and syncs the directory, so a segment
-/// file either has a valid header or does not exist.
-fn create_segment(dir: &Path, seq: u64, stats: &mut JournalStats) -> Result<Active, JournalError> {
+/// file either has a valid header or does not exist. With `direct_window`,
+/// appends then bypass the page cache where the filesystem allows.
+fn create_segment(
+    dir: &Path,
+    seq: u64,
+    direct_window: Option<usize>,
+    stats: &mut JournalStats,
+) -> Result<Active, JournalError> {
+    let (active, tmp) = create_segment_file(dir, seq, direct_window)?;
+    timed_sync(&active.file, &tmp, stats)?;
+    publish_segment(&tmp, &active.path)?;
+    sync_dir(dir, stats)?;
+    stats.segments_created += 1;
+    Ok(active)
+}
+
+/// Creates segment `seq` under its temporary name with its header written,
+/// not synced: the segment to append to (named by its final path) and the
+/// temporary path.
+fn create_segment_file(
+    dir: &Path,
+    seq: u64,
+    direct_window: Option<usize>,
+) -> Result<(Active, PathBuf), JournalError> {
     let path = segment_path(dir, seq);
     let tmp = segment_tmp_path(dir, seq);
     let mut file = OpenOptions::new()
@@ -741,27 +685,46 @@ fn create_segment(dir: &Path, seq: u64, stats: &mut JournalStats) -> Result<Acti
         .truncate(true)
         .open(&tmp)
         .map_err(io_error("create", &tmp))?;
-    file.write_all(&encode_segment_header(seq))
-        .map_err(io_error("write", &tmp))?;
-    timed_sync(&file, &tmp, stats)?;
-    // rename(2) replaces an existing file; the directory lock rules out a
-    // second writer, and this catches a bug.
-    if fs::symlink_metadata(&path).is_ok() {
-        return Err(JournalError::Io {
-            op: "create",
-            path,
-            source: std::io::ErrorKind::AlreadyExists.into(),
-        });
-    }
-    fs::rename(&tmp, &path).map_err(io_error("rename", &tmp))?;
-    sync_dir(dir, stats)?;
-    stats.segments_created += 1;
-    Ok(Active {
+    let header = encode_segment_header(seq);
+    file.write_all(&header).map_err(io_error("write", &tmp))?;
+    let direct = match direct_window {
+        Some(window) => Direct::open(&tmp, &header, window).map_err(io_error("open", &tmp))?,
+        None => None,
+    };
+    let active = Active {
         seq,
         path,
         file,
         len: SEGMENT_HEADER_LEN,
-    })
+        direct,
+    };
+    Ok((active, tmp))
+}
+
+/// Renames a new segment from `tmp` into place at `path`.
+fn publish_segment(tmp: &Path, path: &Path) -> Result<(), JournalError> {
+    // rename(2) replaces an existing file; the directory lock rules out a
+    // second writer, and this catches a bug.
+    if fs::symlink_metadata(path).is_ok() {
+        return Err(JournalError::Io {
+            op: "create",
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::AlreadyExists.into(),
+        });
+    }
+    fs::rename(tmp, path).map_err(io_error("rename", tmp))
+}
+
+/// Says how appends reach the disk, once at open.
+fn log_io_mode(dir: &Path, asked: bool, direct: bool) {
+    let dir = dir.display();
+    match (asked, direct) {
+        (_, true) => tracing::info!("journal {dir}: appending with direct I/O (O_DIRECT)"),
+        (true, false) => tracing::info!(
+            "journal {dir}: the filesystem does not support direct I/O; appending through the page cache"
+        ),
+        (false, false) => tracing::info!("journal {dir}: appending through the page cache"),
+    }
 }
 
 /// `fdatasync` (`File::sync_data` on Linux), timed into `stats`.
@@ -775,8 +738,13 @@ fn timed_sync(file: &File, path: &Path, stats: &mut JournalStats) -> Result<(), 
 /// `fsync` on the directory, so that created, renamed and removed entries are
 /// durable (ext4 and XFS need this for a new file's name to survive a crash).
 fn sync_dir(dir: &Path, stats: &mut JournalStats) -> Result<(), JournalError> {
-    let handle = File::open(dir).map_err(io_error("open", dir))?;
-    handle.sync_all().map_err(io_error("fsync", dir))?;
+    fsync_dir(dir)?;
     stats.dir_fsyncs += 1;
     Ok(())
+}
+
+/// `fsync` on the directory, uncounted.
+fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
+    let handle = File::open(dir).map_err(io_error("open", dir))?;
+    handle.sync_all().map_err(io_error("fsync", dir))
 }

@@ -1044,12 +1044,30 @@ fn wrapped_sequence_numbers_survive_the_journal_and_recovery() {
     let service = topo.service(Family::V4, PORT);
     let client = SocketAddr::new(topo.client_addr(Family::V4), REPAIR_CLIENT_PORT);
     let dir = WorkDir::new("journal");
+    // The first mirror appends with direct I/O, the restarted one through
+    // the page cache: both write the same journal format.
+    let direct = journaled(
+        &topo,
+        service,
+        dir.path(),
+        &["--retention", "full", "--journal-direct"],
+    )
+    .without_dumps();
     let command = journaled(&topo, service, dir.path(), &["--retention", "full"]).without_dumps();
-    let mirror = Mirror::start(&topo.gateway, &command);
+    let mirror = Mirror::start(&topo.gateway, &direct);
     let (c, s) = wrapping_pair(&topo, client, service);
     let mut conn = HeldConnection::from_streams(c, s);
     conn.exchange(WRAP_STREAM, TRAFFIC_TIMEOUT);
     thread::sleep(SETTLE);
+    let expected = format!(
+        "journal {}: appending with direct I/O (O_DIRECT)",
+        dir.path().display()
+    );
+    let log = mirror.stderr();
+    assert!(
+        log.contains(&expected),
+        "no `{expected}` in the mirror's stderr:\n{log}"
+    );
     // Stopped with the connection open, so recovery carries the flow over.
     let _ = mirror.stop();
 
