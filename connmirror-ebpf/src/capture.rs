@@ -315,8 +315,46 @@ const MTU: usize = 1536;
 /// The size class of the tail of a GSO skb (the largest is [`CHUNK_SIZE`]).
 const PAGE: usize = 4096;
 
-/// Emits the last chunk of a payload, `len` < [`CHUNK_SIZE`] bytes, in the
-/// smallest size class that holds it.
+/// The size class of a payload's last record: the smallest of [`SMALL`],
+/// [`MTU`], [`PAGE`] and [`CHUNK_SIZE`] that holds it. One choice serves the
+/// reservation ([`emit_tail`]) and the room check ([`ring_bytes`]).
+#[derive(Clone, Copy)]
+enum SizeClass {
+    Small,
+    Mtu,
+    Page,
+    Chunk,
+}
+
+impl SizeClass {
+    /// The smallest class that holds `len` bytes (at most [`CHUNK_SIZE`]).
+    #[inline(always)]
+    fn of(len: u64) -> Self {
+        if len <= SMALL as u64 {
+            Self::Small
+        } else if len <= MTU as u64 {
+            Self::Mtu
+        } else if len <= PAGE as u64 {
+            Self::Page
+        } else {
+            Self::Chunk
+        }
+    }
+
+    /// Ring bytes one record of this class takes (see [`slot_bytes`]).
+    #[inline(always)]
+    fn ring_bytes(self) -> u64 {
+        match self {
+            Self::Small => slot_bytes::<SMALL>(),
+            Self::Mtu => slot_bytes::<MTU>(),
+            Self::Page => slot_bytes::<PAGE>(),
+            Self::Chunk => slot_bytes::<CHUNK_SIZE>(),
+        }
+    }
+}
+
+/// Emits the last chunk of a payload, `len` < [`CHUNK_SIZE`] bytes, in its
+/// [`SizeClass`].
 #[inline(always)]
 fn emit_tail<S: LoadInto>(
     pkt: &Kernel<S>,
@@ -325,14 +363,11 @@ fn emit_tail<S: LoadInto>(
     offset: usize,
     len: u64,
 ) -> Result<(), Counter> {
-    if len <= SMALL as u64 {
-        emit::<SMALL, S>(pkt, seg, header, offset, len)
-    } else if len <= MTU as u64 {
-        emit::<MTU, S>(pkt, seg, header, offset, len)
-    } else if len <= PAGE as u64 {
-        emit::<PAGE, S>(pkt, seg, header, offset, len)
-    } else {
-        emit::<CHUNK_SIZE, S>(pkt, seg, header, offset, len)
+    match SizeClass::of(len) {
+        SizeClass::Small => emit::<SMALL, S>(pkt, seg, header, offset, len),
+        SizeClass::Mtu => emit::<MTU, S>(pkt, seg, header, offset, len),
+        SizeClass::Page => emit::<PAGE, S>(pkt, seg, header, offset, len),
+        SizeClass::Chunk => emit::<CHUNK_SIZE, S>(pkt, seg, header, offset, len),
     }
 }
 
@@ -348,10 +383,7 @@ fn ring_bytes(len: u64) -> u64 {
     let full = len / CHUNK_SIZE as u64 * slot_bytes::<CHUNK_SIZE>();
     let tail = match len % CHUNK_SIZE as u64 {
         0 => 0,
-        rest if rest <= SMALL as u64 => slot_bytes::<SMALL>(),
-        rest if rest <= MTU as u64 => slot_bytes::<MTU>(),
-        rest if rest <= PAGE as u64 => slot_bytes::<PAGE>(),
-        _ => slot_bytes::<CHUNK_SIZE>(),
+        rest => SizeClass::of(rest).ring_bytes(),
     };
     full + tail
 }
