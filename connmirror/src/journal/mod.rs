@@ -107,14 +107,17 @@
 //! and on [`JournalWriter::flush`], [`JournalWriter::flush_and_sync`] and
 //! rotation. Under every policy, a segment is `fdatasync`ed before it is
 //! sealed. A new segment's header is synced, and the directory `fsync`ed,
-//! before any record goes into it. Recovery also syncs the surviving newest
-//! segment before sealing it. Crash damage can therefore only be a torn tail
-//! in the newest segment.
+//! before the segment takes its name: through [`Appender`] under `Interval`,
+//! records go into the new file under its temporary name while the sync
+//! thread seals the old segment and then publishes the new one
+//! (`writer/seal.rs`), and recovery deletes a temporary file. Recovery also
+//! syncs the surviving newest segment before sealing it. Crash damage can
+//! therefore only be a torn tail in the newest segment.
 //!
 //! | policy | process crash (SIGKILL, panic) loses | machine crash or power loss loses |
 //! | --- | --- | --- |
 //! | `Never` | records appended since the last `commit_due` / `flush` (it writes the buffer to the kernel, no sync) | everything the kernel had not written back yet: unbounded in principle, typically up to `vm.dirty_expire_centisecs` (30 s) |
-//! | `Interval { every, bytes }` (default 10 ms / 4 MiB) | records appended since the last sync, i.e. at most `every` (plus the time between `commit_due` calls) or `bytes`, whichever comes first; through [`Appender`], which syncs on another thread while appends go on, plus one sync's latency | the same bound |
+//! | `Interval { every, bytes }` (default 10 ms / 4 MiB) | records appended since the last sync, i.e. at most `every` (plus the time between `commit_due` calls) or `bytes`, whichever comes first; through [`Appender`], which syncs (and seals rotated segments) on another thread while appends go on, plus one sync's or seal's latency | the same bound |
 //! | `Always` | nothing for which `append` returned `Ok` | the same: each `append` is `fdatasync`ed before it returns |
 //!
 //! `Interval` is group commit. The caller appends freely and calls
@@ -130,6 +133,9 @@
 //! checkpoint first, then deletes the older files in ascending order and
 //! `fsync`s the directory. A crash part-way through therefore leaves a
 //! contiguous run of segments that still starts at a valid record.
+//! [`JournalWriter::release_segments_before`] and [`Released::remove`] are
+//! the same in two steps: [`Appender`] deletes on a thread of its own, since
+//! unlinking can wait on the disk (a `discard` mount trims inline).
 //!
 //! # Errors after a failed write or sync
 //!
