@@ -27,6 +27,7 @@ use bytes::Bytes;
 
 use super::{JournalError, JournalStats, JournalWriter, RECORD_HEADER_LEN};
 
+mod helper;
 mod remover;
 mod syncer;
 use remover::Remover;
@@ -341,7 +342,7 @@ fn run(
     shared: &Mutex<JournalStats>,
 ) -> Result<JournalStats, JournalError> {
     let mut syncer = Syncer::spawn(&mut writer)?;
-    let mut remover = Remover::spawn(writer.dir())?;
+    let mut remover = Remover::spawn(&writer)?;
     let mut rotated = None;
     loop {
         let deadline = match syncer.in_flight() {
@@ -372,11 +373,14 @@ fn run(
             }
             Some(Job::Rotate) => rotated = Some(writer.rotate()?),
             Some(Job::Seal) => {
+                // Releasing syncs the checkpoint first, as a plain seal does.
                 syncer.finish(&mut writer)?;
-                writer.flush_and_sync()?;
-                if let Some(segment) = rotated.take() {
-                    let released = writer.release_segments_before(segment)?;
-                    remover.remove(&writer, released)?;
+                match rotated.take() {
+                    Some(segment) => {
+                        let released = writer.release_segments_before(segment)?;
+                        remover.remove(&writer, released)?;
+                    }
+                    None => writer.flush_and_sync()?,
                 }
             }
             Some(Job::Barrier(done)) => {
@@ -394,15 +398,6 @@ fn run(
     syncer.finish(&mut writer)?;
     remover.finish(&mut writer)?;
     writer.close()
-}
-
-/// The error for a helper thread of the writer's that is gone (they only end
-/// when told to); `op` names the thread's work.
-fn helper_gone(writer: &JournalWriter, op: &'static str) -> JournalError {
-    JournalError::Failed {
-        op,
-        path: writer.dir().to_path_buf(),
-    }
 }
 
 /// Appends every record of `batch`, each split one with the next of `tails`.

@@ -884,14 +884,19 @@ fn direct_io_records_larger_than_the_window_round_trip() {
     assert_eq!(scan.records[1].payload, b"after");
 }
 
+/// `Interval` commits, as under the writer thread, and 4 KiB segments.
+fn deferred_seal_config(dir: &Path) -> JournalConfig {
+    JournalConfig {
+        fsync: FsyncPolicy::INTERVAL,
+        segment_bytes: 4096,
+        ..JournalConfig::new(dir)
+    }
+}
+
 #[test]
 fn a_deferred_seal_leaves_a_crash_with_the_old_segment_newest_and_runs_in_order() {
     let dir = temp_dir();
-    let config = JournalConfig {
-        fsync: FsyncPolicy::INTERVAL,
-        segment_bytes: 4096,
-        ..JournalConfig::new(dir.path())
-    };
+    let config = deferred_seal_config(dir.path());
     let (mut writer, _) = JournalWriter::open(config.clone()).unwrap();
     writer.defer_seals();
     let mut first = Vec::new();
@@ -941,11 +946,7 @@ fn a_deferred_seal_leaves_a_crash_with_the_old_segment_newest_and_runs_in_order(
 #[test]
 fn a_seal_not_taken_runs_at_close() {
     let dir = temp_dir();
-    let config = JournalConfig {
-        fsync: FsyncPolicy::INTERVAL,
-        segment_bytes: 4096,
-        ..JournalConfig::new(dir.path())
-    };
+    let config = deferred_seal_config(dir.path());
     let (mut writer, _) = JournalWriter::open(config).unwrap();
     writer.defer_seals();
     for i in 0..40 {

@@ -341,11 +341,17 @@ impl JournalWriter {
                 return Err(error);
             }
         };
+        self.switch_to(new);
+        Ok(seq)
+    }
+
+    /// Makes `new` the active segment and the old one sealed; the interval
+    /// restarts with nothing unsynced in `new`.
+    fn switch_to(&mut self, new: Active) {
         let old = std::mem::replace(&mut self.active, new);
         self.sealed.insert(old.seq);
         self.unsynced = 0;
         self.last_sync = Instant::now();
-        Ok(seq)
     }
 
     /// Deletes the sealed segments numbered below `seq`, oldest first, and

@@ -7,48 +7,30 @@
 //! Removals run in the order they were handed over, each oldest first, so a
 //! crash leaves a contiguous run of segments (the journal's own guarantee).
 
-use std::{
-    path::Path,
-    sync::mpsc::{self, Receiver, Sender, TryRecvError},
-    thread::{self, JoinHandle},
+use super::helper::{Helper, Names};
+use crate::journal::{JournalError, JournalWriter, Released, Removed};
+
+/// The removal thread's names.
+const NAMES: Names = Names {
+    thread: "journal-remove",
+    spawn: "spawn the removal thread for",
+    run: "run the removal thread for",
 };
 
-use super::helper_gone;
-use crate::journal::{JournalError, JournalWriter, Released, Removed, io_error};
-
-/// What the writer was doing when this thread went missing, for its error.
-const GONE: &str = "run the removal thread for";
+/// Removals that may queue before the writer thread waits to hand over one
+/// more (one per checkpoint).
+const QUEUED: usize = 4;
 
 /// The writer thread's end of the removal thread.
 pub(super) struct Remover {
-    to: Option<Sender<Released>>,
-    from: Receiver<Result<Removed, JournalError>>,
-    thread: Option<JoinHandle<()>>,
-    /// Removals handed over and not yet reported back.
-    pending: usize,
+    helper: Helper<Released, Result<Removed, JournalError>>,
 }
 
 impl Remover {
-    /// Starts the removal thread for the journal in `dir`.
-    pub(super) fn spawn(dir: &Path) -> Result<Self, JournalError> {
-        let (to, jobs) = mpsc::channel::<Released>();
-        let (done, from) = mpsc::channel();
-        let thread = thread::Builder::new()
-            .name("journal-remove".into())
-            .spawn(move || {
-                for released in jobs {
-                    if done.send(released.remove()).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(io_error("spawn the removal thread for", dir))?;
-        Ok(Self {
-            to: Some(to),
-            from,
-            thread: Some(thread),
-            pending: 0,
-        })
+    /// Starts the removal thread for `writer`'s journal.
+    pub(super) fn spawn(writer: &JournalWriter) -> Result<Self, JournalError> {
+        let helper = Helper::spawn(&NAMES, writer, QUEUED, Released::remove)?;
+        Ok(Self { helper })
     }
 
     /// Hands `released` over for deletion.
@@ -57,60 +39,34 @@ impl Remover {
         writer: &JournalWriter,
         released: Released,
     ) -> Result<(), JournalError> {
-        match self.to.as_ref().map(|to| to.send(released)) {
-            Some(Ok(())) => {
-                self.pending += 1;
-                Ok(())
-            }
-            _ => Err(helper_gone(writer, GONE)),
-        }
+        self.helper.send(writer, released)
     }
 
     /// Counts the removals finished so far into `writer`'s stats; the first
     /// failed one is the error.
     pub(super) fn poll(&mut self, writer: &mut JournalWriter) -> Result<(), JournalError> {
-        while self.pending > 0 {
-            match self.from.try_recv() {
-                Ok(result) => self.finished(writer, result)?,
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => {
-                    return Err(helper_gone(writer, GONE));
-                }
-            }
+        while let Some(result) = self.helper.try_done(writer)? {
+            finished(writer, result)?;
         }
         Ok(())
     }
 
     /// Waits for every removal handed over, and counts them.
     pub(super) fn finish(&mut self, writer: &mut JournalWriter) -> Result<(), JournalError> {
-        while self.pending > 0 {
-            match self.from.recv() {
-                Ok(result) => self.finished(writer, result)?,
-                Err(_) => return Err(helper_gone(writer, GONE)),
-            }
+        while let Some(result) = self.helper.done(writer)? {
+            finished(writer, result)?;
         }
-        Ok(())
-    }
-
-    fn finished(
-        &mut self,
-        writer: &mut JournalWriter,
-        result: Result<Removed, JournalError>,
-    ) -> Result<(), JournalError> {
-        self.pending -= 1;
-        let removed = result?;
-        tracing::debug!(removed = removed.segments.len(), "journal compaction");
-        writer.count_removed(&removed);
         Ok(())
     }
 }
 
-impl Drop for Remover {
-    /// Lets the thread finish the removals handed over, then joins it.
-    fn drop(&mut self) {
-        self.to = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+/// Counts a finished removal into `writer`'s stats.
+fn finished(
+    writer: &mut JournalWriter,
+    result: Result<Removed, JournalError>,
+) -> Result<(), JournalError> {
+    let removed = result?;
+    tracing::debug!(removed = removed.segments.len(), "journal compaction");
+    writer.count_removed(&removed);
+    Ok(())
 }

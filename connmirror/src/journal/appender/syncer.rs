@@ -4,23 +4,23 @@
 //! thread goes on writing (see `journal/writer/overlap.rs` for what a sync
 //! then covers, and `journal/writer/seal.rs` for a seal's steps).
 
-use std::{
-    sync::mpsc::{self, Receiver, SyncSender, TryRecvError},
-    thread::{self, JoinHandle},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use super::helper_gone;
+use super::helper::{Helper, Names};
 use crate::journal::{
-    JournalError, JournalWriter, io_error,
+    JournalError, JournalWriter,
     writer::{
         overlap::{Overlapped, Synced},
         seal::{Seal, Sealed},
     },
 };
 
-/// What the writer was doing when this thread went missing, for its error.
-const GONE: &str = "run the sync thread for";
+/// The sync thread's names.
+const NAMES: Names = Names {
+    thread: "journal-sync",
+    spawn: "spawn the sync thread for",
+    run: "run the sync thread for",
+};
 
 /// How long the writer thread waits for a job while a sync is in flight
 /// before it looks whether the sync has finished.
@@ -47,41 +47,22 @@ impl Work {
     }
 }
 
-/// The writer thread's end of the sync thread.
+/// The writer thread's end of the sync thread. One job runs at a time.
 pub(super) struct Syncer {
-    to: Option<SyncSender<Work>>,
-    from: Receiver<Done>,
-    thread: Option<JoinHandle<()>>,
-    in_flight: bool,
+    helper: Helper<Work, Done>,
 }
 
 impl Syncer {
     /// Starts the sync thread for `writer`, whose rotations then seal on it.
     pub(super) fn spawn(writer: &mut JournalWriter) -> Result<Self, JournalError> {
-        let (to, jobs) = mpsc::sync_channel::<Work>(1);
-        let (done, from) = mpsc::sync_channel(1);
-        let thread = thread::Builder::new()
-            .name("journal-sync".into())
-            .spawn(move || {
-                for work in jobs {
-                    if done.send(work.run()).is_err() {
-                        break;
-                    }
-                }
-            })
-            .map_err(io_error("spawn the sync thread for", writer.dir()))?;
+        let helper = Helper::spawn(&NAMES, writer, 1, Work::run)?;
         writer.defer_seals();
-        Ok(Self {
-            to: Some(to),
-            from,
-            thread: Some(thread),
-            in_flight: false,
-        })
+        Ok(Self { helper })
     }
 
     /// Whether a sync or seal is running.
     pub(super) fn in_flight(&self) -> bool {
-        self.in_flight
+        self.helper.pending() > 0
     }
 
     /// Group commit for `writer`: takes a finished job into account, then
@@ -93,60 +74,33 @@ impl Syncer {
         if !writer.overlaps() {
             return writer.commit_due().map(drop);
         }
-        if self.in_flight {
-            match self.from.try_recv() {
-                Ok(done) => self.finished(writer, done)?,
-                Err(TryRecvError::Empty) => {}
-                Err(TryRecvError::Disconnected) => return Err(helper_gone(writer, GONE)),
-            }
+        if let Some(done) = self.helper.try_done(writer)? {
+            finished(writer, done)?;
         }
         if let Some(seal) = writer.take_seal() {
             self.finish(writer)?;
-            return self.send(writer, Work::Seal(seal));
+            return self.helper.send(writer, Work::Seal(seal));
         }
-        if !self.in_flight && writer.sync_due(Instant::now()) {
+        if !self.in_flight() && writer.sync_due(Instant::now()) {
             let sync = writer.begin_sync()?;
-            return self.send(writer, Work::Sync(sync));
+            return self.helper.send(writer, Work::Sync(sync));
         }
         Ok(())
     }
 
     /// Waits for the job in flight, if any, and takes it into account.
     pub(super) fn finish(&mut self, writer: &mut JournalWriter) -> Result<(), JournalError> {
-        if !self.in_flight {
-            return Ok(());
-        }
-        match self.from.recv() {
-            Ok(done) => self.finished(writer, done),
-            Err(_) => Err(helper_gone(writer, GONE)),
-        }
-    }
-
-    fn send(&mut self, writer: &JournalWriter, work: Work) -> Result<(), JournalError> {
-        match self.to.as_ref().map(|to| to.send(work)) {
-            Some(Ok(())) => {
-                self.in_flight = true;
-                Ok(())
-            }
-            _ => Err(helper_gone(writer, GONE)),
-        }
-    }
-
-    fn finished(&mut self, writer: &mut JournalWriter, done: Done) -> Result<(), JournalError> {
-        self.in_flight = false;
-        match done {
-            Done::Synced(synced) => writer.end_sync(synced),
-            Done::Sealed(sealed) => writer.end_seal(sealed),
+        match self.helper.done(writer)? {
+            Some(done) => finished(writer, done),
+            None => Ok(()),
         }
     }
 }
 
-impl Drop for Syncer {
-    /// Lets the sync thread finish the job it runs, then joins it.
-    fn drop(&mut self) {
-        self.to = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+/// Takes a finished job into account.
+fn finished(writer: &mut JournalWriter, done: Done) -> Result<(), JournalError> {
+    match done {
+        Done::Synced(synced) => writer.end_sync(synced),
+        Done::Sealed(sealed) => writer.end_seal(sealed),
     }
 }

@@ -148,11 +148,8 @@ impl JournalWriter {
             (Err(source), _) | (_, Err(source)) => return Err(self.fail("dup", source)),
         };
         self.stats.segments_created += 1;
-        let old = std::mem::replace(&mut self.active, new);
-        self.sealed.insert(old.seq);
+        self.switch_to(new);
         self.sealing = Some(seal);
-        self.unsynced = 0;
-        self.last_sync = Instant::now();
         Ok(seq)
     }
 }
