@@ -5,7 +5,8 @@
 //! `getsockopt(2)` with typed options), [`socket`] (socket, bind, connect,
 //! send, peek and queue-length ioctls of one socket), [`pidfd`]
 //! (`pidfd_open(2)`, `pidfd_getfd(2)`), [`sock_diag`] (the namespace's TCP
-//! sockets over `NETLINK_SOCK_DIAG`, sock_diag(7)), [`interface`]
+//! sockets over `NETLINK_SOCK_DIAG`, sock_diag(7)), [`nfqueue`] (the
+//! netfilter queue over `NETLINK_NETFILTER`, nfnetlink_queue), [`interface`]
 //! (`if_nametoindex(3)`, `SIOCGIFHWADDR`), [`packet`] (`AF_PACKET` sockets,
 //! packet(7)), [`pipe`] (`pipe2(2)`, `splice(2)`), [`mmap`] (shared
 //! read-only mappings), [`fs`] (`flock(2)`,
@@ -29,6 +30,7 @@ use thiserror::Error;
 pub mod fs;
 pub mod interface;
 pub mod mmap;
+pub mod nfqueue;
 pub mod packet;
 pub mod pidfd;
 pub mod pipe;

@@ -121,6 +121,14 @@ opts! {
     SO_SNDBUFFORCE: c_int = SOL_SOCKET;
     /// What `close(2)` does with unsent data.
     SO_LINGER: libc::linger = SOL_SOCKET;
+    /// The receive buffer size (the kernel doubles what is set).
+    SO_RCVBUF: c_int = SOL_SOCKET;
+    /// `SO_RCVBUF` past `rmem_max` (needs `CAP_NET_ADMIN`).
+    SO_RCVBUFFORCE: c_int = SOL_SOCKET;
+    /// A netlink socket whose receive buffer overflowed drops messages
+    /// silently instead of failing the next `recv(2)` with `ENOBUFS`
+    /// (netlink(7)).
+    NETLINK_NO_ENOBUFS: c_int = SOL_NETLINK;
 }
 
 /// [`TCP_REPAIR`] value: repair mode on (include/uapi/linux/tcp.h).
