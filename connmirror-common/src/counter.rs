@@ -36,9 +36,9 @@ pub enum Counter {
     QuiesceDrops = 11,
     /// Segments from a fenced (taken-over) primary, dropped.
     FenceDrops = 12,
-    /// Outgoing segments of a `--sync` on-host primary held back (dropped, so
-    /// TCP sends them again) because the standby had not acknowledged the
-    /// journal up to them yet.
+    /// Outgoing segments of a `--sync` on-host primary captured at netfilter
+    /// POSTROUTING and sent to NFQUEUE, where the agent holds each until the
+    /// standby has acknowledged the journal up to it.
     SyncHeld = 13,
     /// Payload bytes of tracked segments not copied into the ring because
     /// their service does not need them ([`crate::PayloadSkip`]).
@@ -160,7 +160,7 @@ impl Counter {
                 name: "sync_held",
                 metric: "ebpf_sync_held",
                 unit: Unit::None,
-                help: "Outgoing segments held (dropped, TCP resends them) until the standby acknowledged the journal up to them (on-host --sync).",
+                help: "Outgoing segments captured at netfilter POSTROUTING and queued to the agent, which holds each until the standby acknowledged the journal up to it (on-host --sync).",
             },
             Counter::PayloadSkipped => CounterInfo {
                 name: "payload_skipped",

@@ -66,35 +66,11 @@ impl ServiceMode {
     pub const FENCED: u32 = 2;
     /// This host serves the address now: segments pass uncaptured.
     pub const OWNED: u32 = 4;
-    /// On-host `--sync`: the primary's own outgoing segments are captured and
-    /// then held (dropped at TC egress, so TCP sends them again) unless the
-    /// flow's [`SyncLimit`] in `SYNC_LIMITS` covers their data and their ACK.
-    /// The other bits take precedence: it only combines with "capture".
+    /// On-host `--sync`: the primary's own outgoing segments are captured at
+    /// netfilter POSTROUTING instead of TC egress, and queued (NFQUEUE) for
+    /// the agent to hold until the standby has them. The other bits take
+    /// precedence: it only combines with "capture".
     pub const SYNC: u32 = 8;
-}
-
-/// Value of the `SYNC_LIMITS` hash map (key: [`FlowKey`]): how far the standby
-/// has acknowledged the journal of one flow, in the flow's sequence spaces.
-/// Written by the on-host agent as the standby's acknowledgments arrive.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyncLimit {
-    /// One past the last server → client sequence number the standby holds:
-    /// the primary may send data up to here.
-    pub seq: u32,
-    /// One past the last client → server sequence number the standby holds
-    /// (the client's FIN included): the primary may acknowledge up to here.
-    pub ack: u32,
-}
-
-impl SyncLimit {
-    /// Whether a segment sending data up to `end` (its sequence number plus
-    /// payload length) and, with `has_ack`, acknowledging `ack`, stays within
-    /// the limit. Comparisons are modulo 2^32 (RFC 793 sequence space).
-    pub fn covers(&self, end: u32, has_ack: bool, ack: u32) -> bool {
-        let within = |value: u32, limit: u32| (value.wrapping_sub(limit) as i32) <= 0;
-        within(end, self.seq) && (!has_ack || within(ack, self.ack))
-    }
 }
 
 /// Key of the `FLOWS` LRU map: one TCP connection of a service.
@@ -129,31 +105,6 @@ pub struct FlowValue {
     pub service_id: u32,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::SyncLimit;
-
-    #[test]
-    fn sync_limits_compare_in_sequence_space_across_the_wrap() {
-        let limit = SyncLimit {
-            seq: 10,
-            ack: 0xffff_fff0,
-        };
-        assert!(limit.covers(10, true, 0xffff_fff0));
-        assert!(limit.covers(0xffff_ff00, true, 0xffff_ff00));
-        assert!(!limit.covers(11, false, 0));
-        assert!(!limit.covers(10, true, 0xffff_fff1));
-        assert!(
-            !limit.covers(10, true, 5),
-            "5 lies past the wrap, after the limit"
-        );
-        assert!(
-            limit.covers(10, false, 5),
-            "a segment without ACK is not held for it"
-        );
-    }
-}
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `#[repr(C)]` integers and byte arrays, no padding holes left
@@ -162,5 +113,4 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
-    unsafe impl aya::Pod for super::SyncLimit {}
 }

@@ -110,6 +110,25 @@ pub fn parse<P: Packet + ?Sized>(pkt: &P) -> Result<Parsed, Malformed> {
         ETHERTYPE_IPV6 => parse_ipv6(pkt, l3)?,
         _ => return Ok(Parsed::NotTcp),
     };
+    parse_l4(pkt, ip)
+}
+
+/// Parses one IP packet with no link-layer header, as netfilter hooks and
+/// NFQUEUE see it (on-host `--sync`): the version nibble says which IP.
+#[inline(always)]
+pub fn parse_ip<P: Packet + ?Sized>(pkt: &P) -> Result<Parsed, Malformed> {
+    let [first]: [u8; 1] = pkt.load(0).ok_or(Malformed::TruncatedL3)?;
+    let ip = match first >> 4 {
+        4 => parse_ipv4(pkt, 0)?,
+        6 => parse_ipv6(pkt, 0)?,
+        _ => return Err(Malformed::IpVersion),
+    };
+    parse_l4(pkt, ip)
+}
+
+/// The TCP segment of a parsed network layer, if it carries one.
+#[inline(always)]
+fn parse_l4<P: Packet + ?Sized>(pkt: &P, ip: L3) -> Result<Parsed, Malformed> {
     match ip {
         L3::Tcp(ip) => parse_tcp(pkt, &ip).map(Parsed::Tcp),
         L3::NotTcp => Ok(Parsed::NotTcp),

@@ -90,6 +90,10 @@ pub enum Hook {
     TcIngress = 1,
     /// TC (clsact/TCX) on egress.
     TcEgress = 2,
+    /// Netfilter POSTROUTING, through the xtables `bpf` match: on-host
+    /// `--sync` captures the primary's segments there, before NFQUEUE holds
+    /// them.
+    Netfilter = 3,
 }
 
 impl Hook {
@@ -99,6 +103,7 @@ impl Hook {
             0 => Some(Hook::Xdp),
             1 => Some(Hook::TcIngress),
             2 => Some(Hook::TcEgress),
+            3 => Some(Hook::Netfilter),
             _ => None,
         }
     }

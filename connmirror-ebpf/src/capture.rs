@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use connmirror_common::{
     Counter, Direction, FlowKey, FlowValue, Hook, PayloadSkip, RecordHeader, RingFullPolicy,
-    ServiceKey, ServiceMode, ServiceValue, SyncLimit,
+    ServiceKey, ServiceMode, ServiceValue,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
     record::{CHUNK_SIZE, MAX_CHUNKS, RECORD_LAYOUT, record_flags, tcp_flags},
@@ -29,11 +29,6 @@ static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1
 /// Tracked connections, least recently used evicted first.
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
-
-/// On-host `--sync`: per flow, how far the standby has acknowledged the
-/// journal ([`SyncLimit`]). Written by the agent; read at TC egress only.
-#[map]
-static SYNC_LIMITS: HashMap<FlowKey, SyncLimit> = HashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by [`Counter`] and [`connmirror_common::Malformed`].
 #[map]
@@ -95,38 +90,47 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
     if service.mode & !ServiceMode::SYNC != 0 {
         return takeover(direction, service.mode, hook);
     }
+    if service.mode == ServiceMode::SYNC && matches!(hook, Hook::TcEgress) {
+        // Captured already, at netfilter POSTROUTING ([`hold`]).
+        return Verdict::Pass;
+    }
     count(Counter::PacketsTracked.index(), 1);
-    let key = flow_key(&seg, direction);
-    let flow = track(&key, service.id);
+    let flow = track(&flow_key(&seg, direction), service.id);
     if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, &service, flow) {
         return uncaptured(reason, flow);
-    }
-    if service.mode & ServiceMode::SYNC != 0 && matches!(hook, Hook::TcEgress) {
-        return synced(&seg, &key);
     }
     Verdict::Pass
 }
 
-/// On-host `--sync`, for a segment the primary sends (already captured): pass
-/// it only when the standby holds the journal up to its data and its ACK.
-/// SYN and RST segments carry neither and pass; a flow the standby does not
-/// know yet has no limit, and its data and ACKs wait.
+/// On-host `--sync`, at netfilter POSTROUTING: captures a segment the primary
+/// sends on a protected flow and says whether NFQUEUE should hold it (`true`)
+/// until the standby acknowledged the journal up to its data and its ACK.
+/// Every segment of such a flow but a RST is held, captured or not: the agent
+/// drops one whose bytes the journal lacks (the ring was full), so TCP sends
+/// it again. Anything else passes uncaptured.
 #[inline(always)]
-fn synced(seg: &Segment, key: &FlowKey) -> Verdict {
-    if seg.flags & (tcp_flags::SYN | tcp_flags::RST) != 0 {
-        return Verdict::Pass;
+pub fn hold<S: LoadInto>(pkt: &Kernel<S>, ifindex: u32) -> bool {
+    let Ok(Parsed::Tcp(seg)) = parse::parse_ip(pkt) else {
+        return false;
+    };
+    let Some((Direction::ServerToClient, service)) = classify(&seg) else {
+        return false;
+    };
+    if service.mode != ServiceMode::SYNC {
+        return false;
     }
-    // SAFETY: the lookup copies the value out immediately.
-    let covered = unsafe { SYNC_LIMITS.get(key) }.is_some_and(|limit| {
-        let end = seg.seq.wrapping_add(seg.payload_len as u32);
-        limit.covers(end, seg.flags & tcp_flags::ACK != 0, seg.ack)
-    });
-    if covered {
-        Verdict::Pass
-    } else {
+    count(Counter::PacketsTracked.index(), 1);
+    let direction = Direction::ServerToClient;
+    let flow = track(&flow_key(&seg, direction), service.id);
+    let hook = Hook::Netfilter;
+    if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, &service, flow) {
+        count(reason.index(), 1);
+    }
+    let held = seg.flags & tcp_flags::RST == 0;
+    if held {
         count(Counter::SyncHeld.index(), 1);
-        Verdict::Drop
     }
+    held
 }
 
 #[inline(always)]

@@ -1,4 +1,6 @@
-//! connmirror capture programs: XDP on ingress, TC (TCX) on ingress or egress.
+//! connmirror capture programs: XDP on ingress, TC (TCX) on ingress or egress,
+//! and a socket filter that on-host `--sync` runs at netfilter POSTROUTING
+//! through the xtables `bpf` match.
 //!
 //! Every program runs the same per-packet path, top to bottom:
 //! parse → classify → copy → count → verdict. It never logs, keeps its counters in
@@ -18,13 +20,13 @@ mod trace;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{classifier, socket_filter, xdp},
+    programs::{SkBuffContext, TcContext, XdpContext},
 };
 use connmirror_common::Hook;
 
 use crate::{
-    capture::{Verdict, capture},
+    capture::{Verdict, capture, hold},
     packet::{Kernel, SkbPacket, XdpPacket},
 };
 
@@ -50,9 +52,19 @@ pub fn connmirror_tc_ingress(ctx: TcContext) -> i32 {
     tc_verdict(&ctx, Hook::TcIngress)
 }
 
+/// On-host `--sync`, at netfilter POSTROUTING (an xtables `bpf` match in
+/// front of an `NFQUEUE` target): captures each outgoing segment of a
+/// protected flow and "matches" it (1) so that netfilter queues it to the
+/// agent, which holds it until the standby has it. 0 lets the packet go on.
+#[socket_filter]
+pub fn connmirror_sync_hold(ctx: SkBuffContext) -> i64 {
+    let pkt = Kernel(SkbPacket::new(&ctx.skb));
+    i64::from(hold(&pkt, pkt.0.ifindex()))
+}
+
 #[inline(always)]
 fn tc_verdict(ctx: &TcContext, hook: Hook) -> i32 {
-    let pkt = Kernel(SkbPacket::new(ctx));
+    let pkt = Kernel(SkbPacket::new(&ctx.skb));
     match capture(&pkt, hook, pkt.0.ifindex()) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,

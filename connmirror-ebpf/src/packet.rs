@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     helpers::{bpf_skb_load_bytes, bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
-    programs::{TcContext, XdpContext},
+    programs::{XdpContext, sk_buff::SkBuff},
 };
 use connmirror_common::parse::Packet;
 
@@ -71,35 +71,37 @@ impl LoadInto for XdpPacket<'_> {
     }
 }
 
-/// A socket buffer seen by TC, including the paged part of a GSO skb.
+/// A socket buffer, including the paged part of a GSO skb: at TC it starts
+/// at the Ethernet header, at a netfilter hook (the xtables `bpf` match of
+/// on-host `--sync`) at the IP header.
 pub struct SkbPacket<'a> {
-    ctx: &'a TcContext,
+    skb: &'a SkBuff,
 }
 
 impl<'a> SkbPacket<'a> {
-    /// Wraps the context.
+    /// Wraps the context's skb (`TcContext::skb`, `SkBuffContext::skb`).
     #[inline(always)]
-    pub fn new(ctx: &'a TcContext) -> Self {
-        Self { ctx }
+    pub fn new(skb: &'a SkBuff) -> Self {
+        Self { skb }
     }
 
     /// The interface the skb is on.
     #[inline(always)]
     pub fn ifindex(&self) -> u32 {
         // SAFETY: `skb` is the context pointer the kernel passed in.
-        unsafe { (*self.ctx.skb.skb).ifindex }
+        unsafe { (*self.skb.skb).ifindex }
     }
 }
 
 impl LoadInto for SkbPacket<'_> {
     #[inline(always)]
     fn frame_len(&self) -> usize {
-        self.ctx.len() as usize
+        self.skb.len() as usize
     }
 
     #[inline(always)]
     unsafe fn load_into(&self, offset: usize, dst: *mut u8, len: u32) -> bool {
         // SAFETY: as for XDP; `bpf_skb_load_bytes` checks the skb side.
-        unsafe { bpf_skb_load_bytes(self.ctx.skb.skb.cast(), offset as u32, dst.cast(), len) == 0 }
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset as u32, dst.cast(), len) == 0 }
     }
 }

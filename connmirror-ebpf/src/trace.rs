@@ -59,7 +59,7 @@ pub fn connmirror_tc_ingress_trace(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc_traced(ctx: &TcContext, hook: Hook) -> i32 {
-    let pkt = Kernel(SkbPacket::new(ctx));
+    let pkt = Kernel(SkbPacket::new(&ctx.skb));
     match traced(ctx, &pkt, hook, pkt.0.ifindex()) {
         Verdict::Pass => TC_ACT_UNSPEC,
         Verdict::Drop => TC_ACT_SHOT,
@@ -111,6 +111,7 @@ fn log<C: EbpfContext>(ctx: &C, seg: &Segment, hook: Hook, ifindex: u32, verdict
         Hook::Xdp => "xdp",
         Hook::TcIngress => "tc-ingress",
         Hook::TcEgress => "tc-egress",
+        Hook::Netfilter => "netfilter",
     };
     let verdict = match verdict {
         Verdict::Pass => "pass",

@@ -8,6 +8,7 @@
 //! - [`failover`]: takeover, migration and drain procedures.
 //! - [`engine`]: capture → flow table → journal, the loop every role runs.
 //! - [`replication`]: on-host mode's journal stream to the standby.
+//! - [`hold`]: on-host `--sync` output commit (NFQUEUE holds segments).
 //! - [`resume`]: handing restored sockets to applications, or replaying.
 //! - [`ownership`]: heartbeats and failure detection.
 //! - [`capture`]: the eBPF programs, their pins and their ring.
@@ -26,6 +27,7 @@ pub mod daemon;
 pub mod engine;
 pub mod failover;
 pub mod flow;
+pub mod hold;
 pub mod journal;
 pub mod key;
 pub mod metrics;

@@ -9,9 +9,10 @@ use crate::run::{check, step};
 use crate::setup::Outcome;
 
 /// Traffic generators, capture and link tools, real servers for the replay tests, `ip netns`, `sysctl`/`pkill`,
-/// `mount`/`nsenter`, `promtool` (in `prometheus`) for the metrics tests, and the font the
+/// `mount`/`nsenter`, `promtool` (in `prometheus`) for the metrics tests, `iptables`
+/// (on-host `--sync` installs its NFQUEUE rules with it), and the font the
 /// benchmark plots are labelled with.
-pub const PACKAGES: [&str; 11] = [
+pub const PACKAGES: [&str; 12] = [
     "iperf3",
     "memcached",
     "prometheus",
@@ -22,6 +23,7 @@ pub const PACKAGES: [&str; 11] = [
     "iproute2",
     "procps",
     "util-linux",
+    "iptables",
     "fonts-dejavu-core",
 ];
 

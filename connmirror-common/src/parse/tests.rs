@@ -77,6 +77,27 @@ fn ipv6_segment_parses_to_its_fields_and_offsets() {
 }
 
 #[test]
+fn an_ip_packet_without_ethernet_parses_with_offsets_from_the_ip_header() {
+    for frame in [v4(), v6()] {
+        let mut frame = frame;
+        frame.payload = b"hello".to_vec();
+        let bytes = frame.build();
+        let with_l2 = segment(&bytes);
+
+        let Ok(Parsed::Tcp(seg)) = parse_ip(&bytes[ETH_HLEN..]) else {
+            panic!("expected a TCP segment");
+        };
+
+        assert_eq!(seg.seq, with_l2.seq);
+        assert_eq!(seg.src_addr, with_l2.src_addr);
+        assert_eq!(seg.payload_offset, with_l2.payload_offset - ETH_HLEN);
+        assert_eq!(seg.payload_len, 5);
+    }
+    assert_eq!(parse_ip(&[0x50u8; 40][..]), Err(Malformed::IpVersion));
+    assert_eq!(parse_ip(&[][..]), Err(Malformed::TruncatedL3));
+}
+
+#[test]
 fn ipv4_options_move_the_tcp_header() {
     let mut frame = v4();
     frame.ipv4_options = vec![0x94, 0x04, 0, 0, 1, 1, 1, 0]; // router alert, NOPs, EOL

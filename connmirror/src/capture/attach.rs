@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use aya::{
     pin::PinError,
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions, Xdp, XdpMode,
+        ProgramError, SchedClassifier, SocketFilter, TcAttachType, TestRun as _, TestRunOptions,
+        Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::{XdpLink, XdpLinkId},
@@ -215,6 +216,13 @@ impl Capture {
         Ok(program)
     }
 
+    /// Loads the on-host `--sync` program ([`HOLD`]) and pins it at `path`,
+    /// where an xtables `bpf` match opens it (`--object-pinned`). The rule
+    /// keeps the program once it is in place, so the caller may then unpin it.
+    pub fn pin_hold(&mut self, path: &Path) -> Result<(), CaptureError> {
+        pin_program(self.program::<SocketFilter>(HOLD)?, HOLD, path)
+    }
+
     /// Detaches every program from every interface (the maps stay readable).
     /// With pins, only links whose pins are gone detach: the others stay
     /// attached through their pins.
@@ -261,6 +269,8 @@ impl Capture {
                 self.program::<SchedClassifier>(tc_egress)?
                     .test_run(options),
             ),
+            // A socket filter's test run starts the packet at the IP header.
+            Hook::Netfilter => (HOLD, self.program::<SocketFilter>(HOLD)?.test_run(options)),
         };
         result
             .map(|run| run.return_value as i32)
@@ -289,6 +299,10 @@ const PROGRAMS: Programs = Programs {
     tc_ingress: "connmirror_tc_ingress",
     tc_egress: "connmirror_tc_egress",
 };
+
+/// The on-host `--sync` program: capture at netfilter POSTROUTING, and
+/// whether NFQUEUE holds the segment ([`Capture::pin_hold`]).
+const HOLD: &str = "connmirror_sync_hold";
 
 /// The traced programs (`--trace-ebpf`, [`Capture::trace`]): the same capture,
 /// then a log line per TCP segment.
@@ -374,9 +388,9 @@ trait Attachable: Loadable {
     fn take_fd_link(&mut self, id: Self::Id) -> Result<Result<FdLink, LinkError>, ProgramError>;
 }
 
-/// Implements [`Loadable`] and [`Attachable`] for one aya program type.
-macro_rules! attachable {
-    ($program:ty, $link:ty, $id:ty, $point:ty) => {
+/// Implements [`Loadable`] for one aya program type.
+macro_rules! loadable {
+    ($program:ty) => {
         impl Loadable for $program {
             fn load_once(&mut self) -> Result<bool, ProgramError> {
                 if self.fd().is_ok() {
@@ -390,6 +404,13 @@ macro_rules! attachable {
                 self.pin(path)
             }
         }
+    };
+}
+
+/// Implements [`Loadable`] and [`Attachable`] for one aya program type.
+macro_rules! attachable {
+    ($program:ty, $link:ty, $id:ty, $point:ty) => {
+        loadable!($program);
 
         impl Attachable for $program {
             type Link = $link;
@@ -411,6 +432,7 @@ macro_rules! attachable {
     };
 }
 
+loadable!(SocketFilter);
 attachable!(Xdp, XdpLink, XdpLinkId, XdpMode);
 attachable!(
     SchedClassifier,

@@ -6,8 +6,7 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use connmirror_common::{
-    Counter, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue, SyncLimit,
-    counter::COUNTER_SLOTS,
+    Counter, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue, counter::COUNTER_SLOTS,
 };
 
 use crate::{
@@ -84,23 +83,6 @@ impl Capture {
             *total = values.iter().sum();
         }
         Ok(Counters { slots })
-    }
-
-    /// Sets how far the standby holds `key`'s journal (on-host `--sync`): the
-    /// TC egress program lets the primary's segments of that flow through up
-    /// to `limit` from the next packet on.
-    pub fn set_sync_limit(&mut self, key: &FlowKey, limit: SyncLimit) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, FlowKey, SyncLimit> = self.map_mut("SYNC_LIMITS")?;
-        map.insert(key, limit, 0).map_err(map_error("SYNC_LIMITS"))
-    }
-
-    /// Forgets `key`'s sync limit (the flow closed); absent is not an error.
-    pub fn remove_sync_limit(&mut self, key: &FlowKey) -> Result<(), CaptureError> {
-        let mut map: HashMap<_, FlowKey, SyncLimit> = self.map_mut("SYNC_LIMITS")?;
-        match map.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            other => other.map_err(map_error("SYNC_LIMITS")),
-        }
     }
 
     /// Gap counts of every flow still in the kernel's LRU flow map.

@@ -108,7 +108,7 @@ pub(super) fn count_capture(
     header: &RecordHeader,
 ) {
     let direction = match Hook::from_u8(header.hook) {
-        Some(Hook::TcEgress) => "egress",
+        Some(Hook::TcEgress | Hook::Netfilter) => "egress",
         _ => "ingress",
     };
     let entry = captured.entry((header.ifindex, direction)).or_default();

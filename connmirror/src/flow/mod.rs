@@ -646,6 +646,15 @@ impl FlowTable {
         counts
     }
 
+    /// One past the last server → client sequence number `key`'s journal
+    /// holds without a hole: what on-host `--sync` may let the primary send
+    /// once the standby holds it. `None` for an unknown flow, or before its
+    /// server's first sequence number is known.
+    pub fn sent_end(&self, key: &FlowKey) -> Option<u32> {
+        let marks = self.flows.get(key)?.s2c.stream.marks();
+        Some(marks.origin?.wrapping_add(marks.next as u32))
+    }
+
     /// Raises the kernel gap count of `key` (read from the kernel's flow map at exit).
     pub fn kernel_gaps(&mut self, key: &FlowKey, gaps: u32) {
         if let Some(flow) = self.flows.get_mut(key) {

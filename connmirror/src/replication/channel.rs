@@ -42,8 +42,8 @@ use crate::flow::record::Record;
 // What the unit tests (`channel/tests.rs`, `use super::*`) name from here.
 #[cfg(test)]
 use {
-    crate::{flow::record::SideSnapshot, key::Key},
-    connmirror_common::{Direction, FlowKey, SyncLimit},
+    crate::{flow::record::SideSnapshot, hold::SyncLimit, key::Key},
+    connmirror_common::{Direction, FlowKey},
     outbox::sync_limit,
     tokio::sync::mpsc,
 };

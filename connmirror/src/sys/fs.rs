@@ -1,5 +1,5 @@
-//! Filesystem calls the BPF pinning needs: `flock(2)`, `mount(2)` of a BPF
-//! filesystem, and `statfs(2)` to recognise one.
+//! Filesystem calls the BPF pinning needs: `flock(2)`, `mount(2)` and
+//! `umount2(2)` of a BPF filesystem, and `statfs(2)` to recognise one.
 
 use std::{
     ffi::CStr,
@@ -36,6 +36,13 @@ pub fn mount_bpffs(target: &CStr) -> Result<(), SyscallError> {
         )
     };
     check(rc, "mount(bpf)").map(drop)
+}
+
+/// `umount2(target, MNT_DETACH)`: detaches the filesystem mounted at `target`.
+pub fn unmount(target: &CStr) -> Result<(), SyscallError> {
+    // SAFETY: `target` is a valid C string.
+    let rc = unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    check(rc, "umount2(MNT_DETACH)").map(drop)
 }
 
 /// `statfs(path).f_type`: the magic number of the filesystem at `path`.

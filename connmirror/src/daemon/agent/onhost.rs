@@ -5,14 +5,14 @@
 //! ([`crate::replication::channel`]).
 //!
 //! Exposure is the replication lag: what the primary's kernel acknowledged
-//! or sent that the standby has not acknowledged yet. `--sync` removes it:
-//! the TC egress program holds every outgoing segment of a tracked flow
-//! whose data or acknowledgment goes beyond what the standby holds of that
-//! flow (the `SYNC_LIMITS` map, which the agent raises as acknowledgments
-//! arrive). "Hold" is a drop: TC cannot queue a packet, so TCP sends the
-//! segment again on its own timers (tail-loss probe, then retransmission
-//! timeout), and by then the standby normally has it. The price is latency
-//! and throughput, measured in `bench/RESULTS.md`.
+//! or sent that the standby has not acknowledged yet. `--sync` removes it
+//! with output commit ([`crate::hold`]): the primary's outgoing segments of
+//! a protected flow are captured at netfilter POSTROUTING and queued
+//! (NFQUEUE), and the agent releases each one once the standby has
+//! acknowledged the journal batch that covers its data and its ACK. When no
+//! acknowledgment comes for `--sync-timeout`, the agent releases what it
+//! holds, logs it, counts it and replicates asynchronously until the
+//! standby has caught up.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -25,6 +25,7 @@ use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     daemon::agent::AgentArgs,
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
+    hold::OutputCommit,
     key::Key,
     metrics::Family,
     replication::channel::{self, LimitChange, LinkEvent, LinkStats, Outbox},
@@ -41,16 +42,29 @@ pub struct OnHostArgs {
     /// The standby's replication listener (its `--replication-listen`).
     #[arg(long, value_name = "IP:PORT", requires = "ifaces")]
     pub replicate_to: Option<SocketAddr>,
-    /// Hold each outgoing segment of a protected connection (TC egress drop;
-    /// TCP resends it) until the standby has acknowledged the journal up to its
-    /// data and its ACK: a failover loses nothing, at a latency cost.
+    /// Output commit: hold each outgoing segment of a protected connection
+    /// (NFQUEUE, through rules added with iptables and ip6tables) until the
+    /// standby has acknowledged the journal up to its data and its ACK, so a
+    /// failover loses nothing the clients were told; costs one round trip to
+    /// the standby per batch.
     #[arg(long, requires = "replicate_to")]
     pub sync: bool,
+    /// With --sync: milliseconds a segment may wait for the standby before
+    /// the agent releases everything held and replicates asynchronously (it
+    /// logs this and counts it in `connmirror_sync_fallbacks_total`), until
+    /// the standby has caught up.
+    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "sync")]
+    pub sync_timeout: u64,
+    /// With --sync: the netfilter queue number the held segments go to (one
+    /// agent per number in a network namespace).
+    #[arg(long, value_name = "N", default_value_t = 7403, requires = "sync")]
+    pub sync_queue: u16,
     /// Ingress attach point for interfaces that do not name their own
     /// (`auto`: by driver, as `connmirror mirror --ingress` says).
     #[arg(long, value_enum, default_value = "auto")]
     pub ingress: IngressHook,
-    /// Egress attach point (`tc`; `--sync` needs it).
+    /// Egress attach point (`tc`, or `none`; under `--sync` the services'
+    /// segments are captured at netfilter POSTROUTING instead).
     #[arg(long, value_enum, default_value = "tc")]
     pub egress: EgressHook,
     /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
@@ -112,16 +126,12 @@ impl Handle {
 /// replication to `standby`, and the agent's heartbeats on a thread of their
 /// own, until SIGINT or SIGTERM.
 pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !args.onhost.sync || args.onhost.egress == EgressHook::Tc,
-        "--sync holds segments at TC egress: it needs --egress tc"
-    );
     let key = Key::load(&args.key)?;
     let mut mirror = Engine::start(mirror_args(&args)?)?;
-    if args.onhost.sync {
-        let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
-        set_modes(&mut mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
-    }
+    let commit = match args.onhost.sync {
+        true => Some(start_sync(&mut mirror, &args.onhost)?),
+        false => None,
+    };
     mirror.reader.table.collect_records();
     mirror.reader.outbox = Some(Outbox::new(args.onhost.sync));
     let (link_events, events) = mpsc::unbounded_channel();
@@ -140,6 +150,7 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
         events,
         requests,
         keepalive,
+        commit,
     };
     tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
     let sync = args.onhost.sync;
@@ -158,6 +169,21 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
     };
     link.abort();
     result
+}
+
+/// Starts output commit: the queue and its rules first, then the services'
+/// `SYNC` mode, which sends their segments there.
+fn start_sync(mirror: &mut Engine, onhost: &OnHostArgs) -> anyhow::Result<OutputCommit> {
+    let timeout = Duration::from_millis(onhost.sync_timeout);
+    let commit = OutputCommit::open(&mut mirror.capture, onhost.sync_queue, timeout)?;
+    let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
+    set_modes(mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
+    tracing::info!(
+        queue = onhost.sync_queue,
+        timeout_ms = onhost.sync_timeout,
+        "--sync: holding each outgoing segment until the standby has it"
+    );
+    Ok(commit)
 }
 
 /// Runs the heartbeats on a thread (and runtime) of their own: a ring that
@@ -223,12 +249,16 @@ enum OnHostEvent {
     Link(LinkEvent),
     Request(Request),
     Keepalive,
+    /// `--sync`: segments wait in the queue.
+    Held,
 }
 
 struct Source {
     events: mpsc::UnboundedReceiver<LinkEvent>,
     requests: mpsc::Receiver<Request>,
     keepalive: tokio::time::Interval,
+    /// `--sync`'s output commit.
+    commit: Option<OutputCommit>,
 }
 
 impl EventSource<OnHostEvent> for Source {
@@ -237,12 +267,22 @@ impl EventSource<OnHostEvent> for Source {
             events,
             requests,
             keepalive,
+            commit,
         } = self;
         tokio::select! {
             Some(event) = events.recv() => OnHostEvent::Link(event),
             Some(request) = requests.recv() => OnHostEvent::Request(request),
             _ = keepalive.tick() => OnHostEvent::Keepalive,
+            Ok(()) = queued(commit.as_ref()) => OnHostEvent::Held,
         }
+    }
+}
+
+/// Resolves when `--sync`'s queue has segments to read; never without it.
+async fn queued(commit: Option<&OutputCommit>) -> std::io::Result<()> {
+    match commit {
+        Some(commit) => commit.readable().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -264,48 +304,98 @@ async fn replicate(
             }
             Event::Message(event) => event,
         };
+        let commit = &mut source.commit;
         match event {
-            OnHostEvent::Link(LinkEvent::Connected(link)) => connected(&mut mirror, link)?,
-            OnHostEvent::Link(LinkEvent::Acked(end)) => {
-                let Engine {
-                    capture, reader, ..
-                } = &mut mirror;
-                let outbox = reader.outbox.as_mut().expect("on-host mode has an outbox");
-                for change in outbox.acked(end) {
-                    let result = match change {
-                        LimitChange::Set(key, limit) => capture.set_sync_limit(&key, limit),
-                        LimitChange::Remove(key) => capture.remove_sync_limit(&key),
-                    };
-                    if let Err(err) = result {
-                        tracing::warn!("updating a sync limit: {err}");
-                    }
-                }
-            }
-            OnHostEvent::Link(LinkEvent::Disconnected) => {
-                tracing::warn!(
-                    "replication channel lost: the standby falls behind until it is back"
-                );
-                outbox(&mut mirror).disconnected();
-            }
+            OnHostEvent::Link(event) => on_link(&mut mirror, commit.as_mut(), event)?,
             OnHostEvent::Keepalive => {
                 let backlog = mirror.ring_backlog();
-                outbox(&mut mirror).keepalive(backlog);
+                let outbox = outbox(&mut mirror);
+                outbox.keepalive(backlog);
+                let position = outbox.position();
+                if let Some(commit) = commit {
+                    commit.expire(position)?;
+                }
             }
-            OnHostEvent::Request(Request::Scrape(reply)) => {
-                let backlog = mirror.ring_backlog();
-                let mut families = mirror.families();
-                families.extend(outbox(&mut mirror).families(backlog, &stats));
-                let _ = reply.send(families);
+            OnHostEvent::Held => {
+                let commit = commit.as_mut().expect("only --sync queues");
+                commit.receive()?;
+                // Every segment read was captured before it was queued: bring
+                // the table up to date before asking what it holds.
+                mirror.read_ring()?;
+                commit.decide(|key| mirror.reader.table.sent_end(key))?;
             }
-            OnHostEvent::Request(Request::Quiesce(addrs, on, reply)) => {
-                let base = if sync { ServiceMode::SYNC } else { 0 };
-                let mode = if on { ServiceMode::QUIESCED } else { base };
-                let _ = reply.send(set_modes(&mut mirror, &addrs, mode));
-            }
+            OnHostEvent::Request(request) => on_request(&mut mirror, commit, request, &stats, sync),
         }
+    }
+    if let Some(commit) = source.commit.take() {
+        commit.close();
     }
     mirror.finish(serde_json::Map::new())?;
     Ok(())
+}
+
+/// Follows the replication link: a new stream, an acknowledgment (and the
+/// sync limits it releases), or the standby gone.
+fn on_link(
+    mirror: &mut Engine,
+    commit: Option<&mut OutputCommit>,
+    event: LinkEvent,
+) -> anyhow::Result<()> {
+    match event {
+        LinkEvent::Connected(link) => {
+            connected(mirror, link)?;
+            let position = outbox(mirror).position();
+            if let Some(commit) = commit {
+                commit.connected(position);
+            }
+        }
+        LinkEvent::Acked(end) => {
+            let changes = outbox(mirror).acked(end);
+            if let Some(commit) = commit {
+                for change in changes {
+                    match change {
+                        LimitChange::Set(key, limit) => commit.limit(key, Some(limit)),
+                        LimitChange::Remove(key) => commit.limit(key, None),
+                    }
+                }
+                commit.acknowledged(end)?;
+            }
+        }
+        LinkEvent::Disconnected => {
+            tracing::warn!("replication channel lost: the standby falls behind until it is back");
+            outbox(mirror).disconnected();
+            if let Some(commit) = commit {
+                commit.disconnected();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers a request of the heartbeat loop: a scrape, or a quiesce.
+fn on_request(
+    mirror: &mut Engine,
+    commit: &Option<OutputCommit>,
+    request: Request,
+    stats: &LinkStats,
+    sync: bool,
+) {
+    match request {
+        Request::Scrape(reply) => {
+            let backlog = mirror.ring_backlog();
+            let mut families = mirror.families();
+            families.extend(outbox(mirror).families(backlog, stats));
+            if let Some(commit) = commit {
+                families.extend(commit.families());
+            }
+            let _ = reply.send(families);
+        }
+        Request::Quiesce(addrs, on, reply) => {
+            let base = if sync { ServiceMode::SYNC } else { 0 };
+            let mode = if on { ServiceMode::QUIESCED } else { base };
+            let _ = reply.send(set_modes(mirror, &addrs, mode));
+        }
+    }
 }
 
 /// Sets the capture mode of each service in `addrs`.

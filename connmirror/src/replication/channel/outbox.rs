@@ -7,12 +7,13 @@ use std::{
     time::Instant,
 };
 
-use connmirror_common::{Direction, FlowKey, SyncLimit};
+use connmirror_common::{Direction, FlowKey};
 use prometheus_client::registry::Unit;
 use tokio::sync::mpsc;
 
 use crate::{
     flow::record::{Record, SideSnapshot},
+    hold::SyncLimit,
     metrics::Family,
     replication::channel::{Batch, LinkStats, ReplicationLag, encode_record},
 };
@@ -176,6 +177,12 @@ impl Outbox {
             bytes: self.position - self.acked + ring_backlog,
             seconds,
         }
+    }
+
+    /// Bytes produced on the current stream: the position its next batch
+    /// starts at.
+    pub fn position(&self) -> u64 {
+        self.position
     }
 
     /// Whether a standby is connected.

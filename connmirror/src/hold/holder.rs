@@ -1,0 +1,237 @@
+//! The [`Holder`]: which queued segments the standby now covers, in queue
+//! order, and when to stop holding because the standby is gone.
+//!
+//! Pure bookkeeping, no I/O: the agent feeds it the segments NFQUEUE hands
+//! over, the flows' [`SyncLimit`]s as the standby acknowledges batches, and
+//! the clock; it answers with the verdicts to give. Queue order is release
+//! order: a segment goes only after every segment queued before it, so no
+//! flow is ever reordered (one flow's wait also delays the others, by at
+//! most the same round trip to the standby).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use connmirror_common::FlowKey;
+
+/// How far the standby holds one flow's journal, in the flow's sequence
+/// spaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncLimit {
+    /// One past the last server → client sequence number the standby holds:
+    /// the primary may send data up to here.
+    pub seq: u32,
+    /// One past the last client → server sequence number the standby holds
+    /// (the client's FIN included): the primary may acknowledge up to here.
+    pub ack: u32,
+}
+
+impl SyncLimit {
+    /// Whether a segment sending data up to `end` (its sequence number plus
+    /// payload length) and acknowledging `ack` (if it carries an ACK) stays
+    /// within the limit. Comparisons are modulo 2³² (RFC 793 sequence space).
+    pub fn covers(&self, end: u32, ack: Option<u32>) -> bool {
+        let within = |value: u32, limit: u32| (value.wrapping_sub(limit) as i32) <= 0;
+        within(end, self.seq) && ack.is_none_or(|ack| within(ack, self.ack))
+    }
+}
+
+/// One outgoing segment NFQUEUE handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// NFQUEUE's packet id.
+    pub id: u32,
+    /// Its flow.
+    pub key: FlowKey,
+    /// Its sequence number plus its payload length.
+    pub end: u32,
+    /// Its acknowledgment number, if it has the ACK flag.
+    pub ack: Option<u32>,
+    /// Whether it carries bytes the journal must hold first: payload, or a
+    /// SYN (the flow itself).
+    pub carries: bool,
+}
+
+/// What to do with a segment just handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Held; it goes out with a later [`Holder::release`].
+    Held,
+    /// Not holding now (fallen back to async): it may go at once.
+    Pass,
+    /// Drop it: the journal lacks its bytes (the capture ring was full), so
+    /// no acknowledgment would ever cover it; TCP sends it again.
+    Drop,
+}
+
+/// A held segment.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    segment: Segment,
+    at: Instant,
+}
+
+/// What the holder counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HoldStats {
+    /// Segments held.
+    pub held: u64,
+    /// Held segments released.
+    pub released: u64,
+    /// Segments passed unheld while fallen back.
+    pub passed: u64,
+    /// Segments dropped because the journal lacked their bytes.
+    pub dropped: u64,
+    /// Times holding fell back to async.
+    pub fallbacks: u64,
+    /// Times holding resumed.
+    pub resumptions: u64,
+}
+
+/// Holding state: the held segments in queue order, the flows' limits, and
+/// whether holding fell back to async.
+pub struct Holder {
+    held: VecDeque<Held>,
+    limits: HashMap<FlowKey, SyncLimit>,
+    timeout: Duration,
+    /// While fallen back: the replication position the standby must
+    /// acknowledge before holding resumes.
+    fallback: Option<u64>,
+    stats: HoldStats,
+}
+
+impl Holder {
+    /// A holder that falls back once a segment waited `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            held: VecDeque::new(),
+            limits: HashMap::new(),
+            timeout,
+            fallback: None,
+            stats: HoldStats::default(),
+        }
+    }
+
+    /// Takes one segment; `journaled` is where the journal's copy of its
+    /// flow's server → client bytes ends (`None`: the flow is unknown).
+    pub fn arrive(&mut self, segment: Segment, journaled: Option<u32>, now: Instant) -> Arrival {
+        let lacking = segment.carries
+            && journaled.is_none_or(|end| (segment.end.wrapping_sub(end) as i32) > 0);
+        if lacking {
+            self.stats.dropped += 1;
+            return Arrival::Drop;
+        }
+        if self.fallback.is_some() {
+            self.stats.passed += 1;
+            return Arrival::Pass;
+        }
+        self.stats.held += 1;
+        self.held.push_back(Held { segment, at: now });
+        Arrival::Held
+    }
+
+    /// The standby holds `key` up to `limit`.
+    pub fn set_limit(&mut self, key: FlowKey, limit: SyncLimit) {
+        self.limits.insert(key, limit);
+    }
+
+    /// The standby saw `key` close.
+    pub fn remove_limit(&mut self, key: &FlowKey) {
+        self.limits.remove(key);
+    }
+
+    /// The standby went away: what it held no longer counts, and a new one
+    /// starts from nothing.
+    pub fn forget_limits(&mut self) {
+        self.limits.clear();
+    }
+
+    /// Pops the held segments at the front that the limits now cover; the
+    /// id of the last one, for one batch verdict, if any.
+    pub fn release(&mut self) -> Option<u32> {
+        let mut last = None;
+        while let Some(front) = self.held.front() {
+            if !self.covered(&front.segment) {
+                break;
+            }
+            last = Some(front.segment.id);
+            self.held.pop_front();
+            self.stats.released += 1;
+        }
+        last
+    }
+
+    /// A segment goes when its flow's limit covers it. A segment of a flow
+    /// with no limit that carries nothing new goes too: its flow closed on
+    /// the standby (the last ACK after both FINs).
+    fn covered(&self, segment: &Segment) -> bool {
+        match self.limits.get(&segment.key) {
+            Some(limit) => limit.covers(segment.end, segment.ack),
+            None => !segment.carries,
+        }
+    }
+
+    /// Falls back to async when the oldest held segment waited past the
+    /// timeout: every held segment goes (the id of the last), and holding
+    /// resumes once the standby acknowledges replication position
+    /// `position`.
+    pub fn expire(&mut self, now: Instant, position: u64) -> Option<u32> {
+        let oldest = self.held.front()?.at;
+        if now.duration_since(oldest) < self.timeout {
+            return None;
+        }
+        self.fallback = Some(position);
+        self.stats.fallbacks += 1;
+        self.stats.released += self.held.len() as u64;
+        let last = self.held.back().map(|h| h.segment.id);
+        self.held.clear();
+        last
+    }
+
+    /// The standby acknowledged replication position `acked`: true when
+    /// this ends a fallback, so holding resumes.
+    pub fn acknowledged(&mut self, acked: u64) -> bool {
+        match self.fallback {
+            Some(resume_at) if acked >= resume_at => {
+                self.fallback = None;
+                self.stats.resumptions += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A new stream to a standby started at position 0: a fallback waits for
+    /// its checkpoint, which ends at `checkpoint_end`.
+    pub fn restarted(&mut self, checkpoint_end: u64) {
+        if self.fallback.is_some() {
+            self.fallback = Some(checkpoint_end);
+        }
+    }
+
+    /// Whether it is holding (not fallen back).
+    pub fn is_holding(&self) -> bool {
+        self.fallback.is_none()
+    }
+
+    /// Segments held now.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// How long the oldest held segment has waited.
+    pub fn oldest(&self, now: Instant) -> Option<Duration> {
+        self.held.front().map(|h| now.duration_since(h.at))
+    }
+
+    /// What it counted.
+    pub fn stats(&self) -> HoldStats {
+        self.stats
+    }
+}

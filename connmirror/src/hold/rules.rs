@@ -1,0 +1,179 @@
+//! The netfilter rules that send a protected flow's outgoing segments to
+//! the agent's queue: one chain per family in the `mangle` table, jumped to
+//! first from `POSTROUTING`, holding one rule:
+//!
+//! ```text
+//! -A CONNMIRROR-SYNC-<queue> -p tcp -m bpf --object-pinned <pin> -j NFQUEUE --queue-num <queue>
+//! ```
+//!
+//! The `bpf` match runs the capture's hold program (capture, then "match"
+//! the segments to hold). `NFQUEUE` is used without `--queue-bypass`: while
+//! no agent has the queue bound, the kernel drops the matched segments, so
+//! an agent that dies holds everything back (TCP resends it once a new
+//! agent runs) instead of letting unreplicated segments out.
+//!
+//! The rule needs the program pinned only while it is added (the rule keeps
+//! the program), so it is pinned in a BPF filesystem mounted for the
+//! purpose and unmounted again: this works in the host's mount namespace
+//! and in the private one `ip netns exec` makes alike. The rules are added
+//! and removed with `iptables` and `ip6tables`; a stale chain an agent that
+//! died left behind is replaced.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{
+    capture::Capture,
+    hold::HoldError,
+    sys::{self, SyscallError},
+};
+
+/// The tools, one per family.
+const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
+
+/// The installed rules; [`Rules::remove`] takes them out.
+#[derive(Debug)]
+pub struct Rules {
+    chain: String,
+    removed: bool,
+}
+
+impl Rules {
+    /// Installs the chains for queue `queue`, replacing stale ones.
+    pub fn install(capture: &mut Capture, queue: u16) -> Result<Rules, HoldError> {
+        let chain = format!("CONNMIRROR-SYNC-{queue}");
+        for tool in TOOLS {
+            remove_chain(tool, &chain);
+        }
+        let rules = Rules {
+            chain,
+            removed: false,
+        };
+        let mount = Mount::new()?;
+        let pin = mount.dir.join("hold");
+        capture.pin_hold(&pin)?;
+        for tool in TOOLS {
+            rules.add(tool, &pin, queue)?;
+        }
+        Ok(rules)
+    }
+
+    /// The chain's name.
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    fn add(&self, tool: &'static str, pin: &Path, queue: u16) -> Result<(), HoldError> {
+        let chain = self.chain.as_str();
+        let (pin, queue) = (pin.to_string_lossy(), queue.to_string());
+        let rule = [
+            "-A",
+            chain,
+            "-p",
+            "tcp",
+            "-m",
+            "bpf",
+            "--object-pinned",
+            &pin,
+            "-j",
+            "NFQUEUE",
+            "--queue-num",
+            &queue,
+        ];
+        iptables(tool, &["-N", chain])?;
+        iptables(tool, &rule)?;
+        iptables(tool, &["-I", "POSTROUTING", "1", "-j", chain])
+    }
+
+    /// Takes the chains out: from now on segments go unheld.
+    pub fn remove(mut self) {
+        self.removed = true;
+        for tool in TOOLS {
+            remove_chain(tool, &self.chain);
+        }
+    }
+}
+
+impl Drop for Rules {
+    fn drop(&mut self) {
+        if !self.removed {
+            for tool in TOOLS {
+                remove_chain(tool, &self.chain);
+            }
+        }
+    }
+}
+
+/// Removes `chain` and the jump to it, if they are there.
+fn remove_chain(tool: &'static str, chain: &str) {
+    if iptables(tool, &["-S", chain]).is_err() {
+        return;
+    }
+    for args in [
+        &["-D", "POSTROUTING", "-j", chain][..],
+        &["-F", chain],
+        &["-X", chain],
+    ] {
+        if let Err(err) = iptables(tool, args) {
+            tracing::warn!("removing the --sync rules: {err}");
+        }
+    }
+}
+
+/// Runs `tool -w -t mangle ARGS`.
+fn iptables(tool: &'static str, args: &[&str]) -> Result<(), HoldError> {
+    let output = Command::new(tool)
+        .args(["-w", "-t", "mangle"])
+        .args(args)
+        .output()
+        .map_err(|source| HoldError::Tool { tool, source })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(HoldError::Rule {
+        command: format!("{tool} -w -t mangle {}", args.join(" ")),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+    })
+}
+
+/// A BPF filesystem mounted on a fresh directory for as long as it lives.
+struct Mount {
+    dir: PathBuf,
+    target: CString,
+}
+
+impl Mount {
+    fn new() -> Result<Mount, HoldError> {
+        let dir = std::env::temp_dir().join(format!("connmirror-hold-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| HoldError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let target =
+            CString::new(dir.as_os_str().as_encoded_bytes()).map_err(|_| bad_path(&dir))?;
+        if let Err(err) = sys::fs::mount_bpffs(&target) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(HoldError::Bpffs(err));
+        }
+        Ok(Mount { dir, target })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(err) = sys::fs::unmount(&self.target) {
+            tracing::warn!("unmounting {}: {err}", self.dir.display());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn bad_path(dir: &Path) -> HoldError {
+    HoldError::Bpffs(SyscallError {
+        call: "mount(bpf)",
+        io_error: std::io::Error::other(format!("{} holds a NUL byte", dir.display())),
+    })
+}

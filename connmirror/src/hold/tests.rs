@@ -1,0 +1,181 @@
+//! Tests of the holder's decisions (pure: no queue, no kernel) and of
+//! reading a queued packet's headers.
+
+use std::time::{Duration, Instant};
+
+use connmirror_common::frame::TcpFrame;
+
+use super::*;
+use crate::{flow::key_of, sys::nfqueue::Queued};
+
+fn key(client_port: u16) -> FlowKey {
+    let client = format!("198.18.0.1:{client_port}").parse().unwrap();
+    key_of("198.18.1.2:7000".parse().unwrap(), client)
+}
+
+fn data(id: u32, key: FlowKey, end: u32, ack: u32) -> Segment {
+    Segment {
+        id,
+        key,
+        end,
+        ack: Some(ack),
+        carries: true,
+    }
+}
+
+fn pure_ack(id: u32, key: FlowKey, end: u32, ack: u32) -> Segment {
+    Segment {
+        carries: false,
+        ..data(id, key, end, ack)
+    }
+}
+
+const T: Duration = Duration::from_millis(500);
+
+#[test]
+fn sync_limits_compare_in_sequence_space_across_the_wrap() {
+    let limit = SyncLimit {
+        seq: 10,
+        ack: 0xffff_fff0,
+    };
+    assert!(limit.covers(10, Some(0xffff_fff0)));
+    assert!(limit.covers(0xffff_ff00, Some(0xffff_ff00)));
+    assert!(!limit.covers(11, None));
+    assert!(!limit.covers(10, Some(0xffff_fff1)));
+    assert!(
+        !limit.covers(10, Some(5)),
+        "5 lies past the wrap, after the limit"
+    );
+    assert!(
+        limit.covers(10, None),
+        "a segment without ACK is not held for it"
+    );
+}
+
+#[test]
+fn segments_go_in_queue_order_once_covered_and_one_flow_waits_for_another() {
+    let (a, b) = (key(1), key(2));
+    let mut holder = Holder::new(T);
+    let now = Instant::now();
+    for segment in [data(1, a, 100, 5), data(2, b, 200, 5), data(3, a, 150, 5)] {
+        assert_eq!(holder.arrive(segment, Some(1000), now), Arrival::Held);
+    }
+    assert_eq!(holder.release(), None, "no limit yet");
+
+    holder.set_limit(a, SyncLimit { seq: 150, ack: 5 });
+    assert_eq!(holder.release(), Some(1), "3 is covered but waits behind 2");
+    assert_eq!(holder.len(), 2);
+
+    holder.set_limit(b, SyncLimit { seq: 199, ack: 5 });
+    assert_eq!(
+        holder.release(),
+        None,
+        "2 ends at 200, the standby holds 199"
+    );
+    holder.set_limit(b, SyncLimit { seq: 200, ack: 4 });
+    assert_eq!(
+        holder.release(),
+        None,
+        "2 acknowledges 5, the standby holds 4"
+    );
+    holder.set_limit(b, SyncLimit { seq: 200, ack: 5 });
+    assert_eq!(holder.release(), Some(3));
+    assert!(holder.is_empty());
+    assert_eq!(holder.stats().released, 3);
+}
+
+#[test]
+fn a_segment_whose_bytes_the_journal_lacks_is_dropped_not_held() {
+    let mut holder = Holder::new(T);
+    let now = Instant::now();
+    assert_eq!(
+        holder.arrive(data(1, key(1), 101, 0), Some(100), now),
+        Arrival::Drop
+    );
+    assert_eq!(
+        holder.arrive(data(2, key(1), 100, 0), None, now),
+        Arrival::Drop
+    );
+    assert_eq!(
+        holder.arrive(data(3, key(1), 100, 0), Some(100), now),
+        Arrival::Held
+    );
+    assert_eq!(
+        holder.arrive(pure_ack(4, key(1), 120, 0), Some(100), now),
+        Arrival::Held,
+        "a pure ACK carries no bytes of its own"
+    );
+    assert_eq!(holder.stats().dropped, 2);
+}
+
+#[test]
+fn a_closed_flows_last_ack_goes_but_its_data_would_wait() {
+    let mut holder = Holder::new(T);
+    let now = Instant::now();
+    holder.arrive(pure_ack(1, key(1), 10, 3), Some(10), now);
+    assert_eq!(holder.release(), Some(1));
+    holder.arrive(data(2, key(1), 10, 3), Some(10), now);
+    assert_eq!(holder.release(), None);
+}
+
+#[test]
+fn holding_falls_back_after_the_timeout_and_resumes_once_the_standby_caught_up() {
+    let mut holder = Holder::new(T);
+    let start = Instant::now();
+    holder.arrive(data(1, key(1), 10, 0), Some(10), start);
+    holder.arrive(data(2, key(1), 20, 0), Some(20), start + T / 2);
+
+    assert_eq!(holder.expire(start + T - Duration::from_millis(1), 7), None);
+    assert_eq!(
+        holder.expire(start + T, 700),
+        Some(2),
+        "everything held goes"
+    );
+    assert!(!holder.is_holding());
+    assert_eq!(
+        holder.arrive(data(3, key(1), 30, 0), Some(30), start + T),
+        Arrival::Pass
+    );
+
+    holder.restarted(900);
+    assert!(!holder.acknowledged(899));
+    assert!(holder.acknowledged(900));
+    assert!(holder.is_holding());
+    assert_eq!(
+        holder.arrive(data(4, key(1), 40, 0), Some(40), start + T),
+        Arrival::Held
+    );
+    let stats = holder.stats();
+    assert_eq!(
+        (stats.fallbacks, stats.resumptions, stats.passed),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn a_queued_packet_reads_as_its_flow_end_and_ack() {
+    for (server, client) in [
+        ("198.18.1.2:7000", "198.18.0.1:40000"),
+        ("[fd00::1:2]:7000", "[fd00::1]:40000"),
+    ] {
+        let mut frame = TcpFrame::new(server.parse().unwrap(), client.parse().unwrap());
+        frame.seq = 0xffff_fff0;
+        frame.ack = 77;
+        frame.payload = vec![7; 1000];
+        let ip = frame.build()[14..].to_vec();
+        let queued = Queued {
+            id: 9,
+            protocol: 0,
+            len: ip.len() as u32,
+            data: ip[..COPY_RANGE as usize].to_vec(),
+        };
+
+        let segment = segment_of(&queued).expect("a TCP segment");
+
+        let expected = key_of(server.parse().unwrap(), client.parse().unwrap());
+        assert_eq!(
+            segment,
+            data(9, expected, 0xffff_fff0u32.wrapping_add(1000), 77)
+        );
+    }
+}
