@@ -105,6 +105,138 @@ fn sync_failover_from_a_late_standby(family: Family) {
     );
 }
 
+/// `--sync`: the primary host dies at a random moment of four echo streams
+/// (bytes both ways), [`KILLS`] times per family, each time in a fresh
+/// topology. Every time, every stream goes on from the standby byte-exact,
+/// with no RST: the standby held everything the clients had been told.
+#[test]
+fn sync_kills_at_random_moments_lose_nothing_v4() {
+    sync_kills(Family::V4);
+}
+
+#[test]
+fn sync_kills_at_random_moments_lose_nothing_v6() {
+    sync_kills(Family::V6);
+}
+
+/// Kills per family in `cargo xtask test` (the 20 belong to the
+/// benchmark or the soak).
+const KILLS: u64 = 5;
+
+fn sync_kills(family: Family) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos() as u64;
+    for round in 0..KILLS {
+        // Up to 1.5 s of traffic after the streams are going (splitmix64).
+        let mut x = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        let delay = Duration::from_millis((x ^ (x >> 31)) % 1500);
+        eprintln!("seed {seed}, kill {round}: after {delay:?} of traffic");
+        sync_kill_once(family, delay);
+    }
+}
+
+fn sync_kill_once(family: Family, delay: Duration) {
+    let mut setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let _app = handoff_app(topo, &standby, service);
+    let mut agent = start_onhost_agent(topo, family, service, key, &["--sync", FULL[0], FULL[1]]);
+    wait_replicating(&standby);
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(16 << 10, Duration::from_secs(60))
+        .expect("streams flow under --sync");
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    std::thread::sleep(delay);
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+
+    kill_primary_host(topo, &mut setup.primary, &mut agent);
+    clients
+        .wait_progress(16 << 10, Duration::from_secs(60))
+        .expect("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    assert!(agent_scrape.count("connmirror_sync_released_total") > 0);
+    assert_eq!(agent_scrape.count("connmirror_sync_fallbacks_total"), 0);
+    assert_eq!(agent_scrape.get("connmirror_sync_holding"), 1.0);
+    assert_exact(&results);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    let takeover = the_takeover(&report, "heartbeats-missed");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.unrecoverable_total(), 0);
+}
+
+/// `--sync` with the standby gone: the agent holds for `--sync-timeout`,
+/// then releases what it holds and replicates asynchronously (the exact log
+/// line, the counter, the gauge), the streams go on; when a standby is back
+/// and has caught up, the agent holds again (log line, counter, gauge), and
+/// every stream stays byte-exact.
+#[test]
+fn sync_without_a_standby_falls_back_then_holds_again_v4() {
+    let family = Family::V4;
+    let setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let app = handoff_app(topo, &standby, service);
+    let timeout = ["--sync-timeout", "1500"];
+    let flags = ["--sync", timeout[0], timeout[1], FULL[0], FULL[1]];
+    let agent = start_onhost_agent(topo, family, service, key, &flags);
+    wait_replicating(&standby);
+    let clients = EchoClients::start(&topo.client, service, 2, EchoOptions::default());
+    let progress = |what: &str| {
+        (clients.wait_progress(16 << 10, Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    progress("streams flow under --sync");
+
+    drop(app);
+    drop(standby.stop());
+    let holding = scrape(&topo.server, DEFAULT_ENDPOINT);
+    agent.wait_stderr(FALLBACK, Duration::from_secs(20));
+    let fallen = scrape(&topo.server, DEFAULT_ENDPOINT);
+    progress("the streams go on, unheld, without a standby");
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let _app = handoff_app(topo, &standby, service);
+    agent.wait_stderr(RESUMED, Duration::from_secs(30));
+    let back = scrape(&topo.server, DEFAULT_ENDPOINT);
+    progress("the streams go on, held again");
+    let results = clients.finish(Duration::from_secs(60));
+    let stderr = agent.stderr();
+    drop(standby.stop());
+
+    assert_eq!(holding.get("connmirror_sync_holding"), 1.0, "held at first");
+    assert_eq!(holding.count("connmirror_sync_fallbacks_total"), 0);
+    let line = (stderr.lines())
+        .find(|l| l.contains(FALLBACK))
+        .expect("a fallback line");
+    let held = line.split(FALLBACK).nth(1).expect("after the prefix");
+    let (count, rest) = held.split_once(' ').expect("a count");
+    assert!(count.parse::<u64>().is_ok(), "{line}");
+    assert_eq!(
+        rest, "held segments and replicating asynchronously until it catches up",
+        "{line}"
+    );
+    assert_eq!(fallen.count("connmirror_sync_fallbacks_total"), 1);
+    assert_eq!(fallen.get("connmirror_sync_holding"), 0.0);
+    assert_eq!(fallen.get("connmirror_sync_held_segments"), 0.0);
+    assert_eq!(back.count("connmirror_sync_resumptions_total"), 1);
+    assert_eq!(back.count("connmirror_sync_fallbacks_total"), 1);
+    assert_eq!(back.get("connmirror_sync_holding"), 1.0);
+    assert!(back.count("connmirror_sync_passed_total") > 0);
+    assert_exact(&results);
+}
+
+/// The agent's log line when `--sync` falls back (`--sync-timeout 1500`),
+/// up to the number of segments it released.
+const FALLBACK: &str = "--sync: no acknowledgment from the standby for 1500 ms: releasing ";
+/// The agent's log line when `--sync` holds again.
+const RESUMED: &str = "--sync: the standby caught up: holding again";
+
 /// Without `--sync`: the standby is paused so replication falls behind, the
 /// primary's link goes down (the failure), and the agent's reported lag is
 /// read right then. "Lost" is what the client's kernel holds as delivered
