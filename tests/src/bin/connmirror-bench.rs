@@ -1217,33 +1217,42 @@ struct OnHostMode {
     name: &'static str,
     /// The agent's extra flags, or `None` for no mirror at all (the baseline).
     flags: Option<&'static [&'static str]>,
-    /// `net.ipv4.tcp_rto_min_us` on the primary and the client: a segment
-    /// `--sync` holds goes again only when a retransmission timer fires, and
-    /// with one segment in flight those wait at least this long.
-    rto_min: Option<&'static str>,
+    /// iperf3's parallel streams (`-P`).
+    streams: u32,
 }
 
-/// The on-host measurement's configurations, the baseline first.
-const ONHOST_MODES: [OnHostMode; 4] = [
+/// The on-host measurement's configurations: one stream, then `-P 8`, each
+/// with its baseline first.
+const ONHOST_MODES: [OnHostMode; 6] = [
     OnHostMode {
         name: "no mirror",
         flags: None,
-        rto_min: None,
+        streams: 1,
     },
     OnHostMode {
         name: "on-host, async replication",
         flags: Some(&[]),
-        rto_min: None,
+        streams: 1,
     },
     OnHostMode {
         name: "on-host, `--sync`",
         flags: Some(&["--sync"]),
-        rto_min: None,
+        streams: 1,
     },
     OnHostMode {
-        name: "on-host, `--sync`, `tcp_rto_min_us` 5000 on primary and client",
+        name: "no mirror, -P 8",
+        flags: None,
+        streams: 8,
+    },
+    OnHostMode {
+        name: "on-host, async replication, -P 8",
+        flags: Some(&[]),
+        streams: 8,
+    },
+    OnHostMode {
+        name: "on-host, `--sync`, -P 8",
         flags: Some(&["--sync"]),
-        rto_min: Some("5000"),
+        streams: 8,
     },
 ];
 /// Rounds of (every on-host configuration).
@@ -1252,7 +1261,7 @@ const ONHOST_ROUNDS: usize = 2;
 const PING_PONGS: usize = 100;
 
 /// One on-host run: iperf3 throughput, request/response round trips, and
-/// the segments `--sync` held.
+/// the segments `--sync` held (queued to the agent).
 struct OnHostSample {
     gbps: f64,
     rtts_ms: Vec<f64>,
@@ -1318,10 +1327,6 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
     let dir = connmirror_tests::workdir::WorkDir::new("bench-onhost");
     let key = key_file(&dir);
     configure_primary(&topo, family, service);
-    if let Some(rto) = mode.rto_min {
-        topo.server.sysctl("net.ipv4.tcp_rto_min_us", rto);
-        topo.client.sysctl("net.ipv4.tcp_rto_min_us", rto);
-    }
     let replication = match mode.flags {
         Some(extra) => {
             let standby = onhost_standby(&topo, family, &service.to_string(), &key);
@@ -1339,7 +1344,7 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
     };
     let mut server = iperf3_server(&topo, service)?;
     wait_listening(&topo.server, IPERF_PORT)?;
-    let json = iperf3_client(&topo.client, service.ip().to_string(), 1);
+    let json = iperf3_client(&topo.client, service.ip().to_string(), mode.streams);
     let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
     let (gbps, _) = parse_iperf3(&json?)?;
     let _echo = echo_primary(&topo, service);
