@@ -48,6 +48,10 @@ pub struct ServiceStatus {
     /// A live-replay service's connections by protection, and its instance's lag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<ServiceProtection>,
+    /// An on-host agent's: bytes a failover would lose now (sent to clients,
+    /// or acknowledged to them, that the standby has not acknowledged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure_bytes: Option<u64>,
 }
 
 impl StatusReport {
@@ -76,6 +80,9 @@ impl StatusReport {
         }
         for service in &self.services {
             writeln!(out, "service   {} {}", service.addr, service.state)?;
+            if let Some(bytes) = service.exposure_bytes {
+                writeln!(out, "  exposure {bytes} bytes a failover now would lose")?;
+            }
             if let Some(live) = &service.live {
                 writeln!(out, "  live    {}", live.summary())?;
             }

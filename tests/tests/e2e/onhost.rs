@@ -20,7 +20,7 @@ use connmirror_tests::mirror::Mirror;
 use connmirror_tests::onhost::{
     Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
 };
-use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF};
+use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::wire::WireWatch;
 
 const PORT: u16 = 7000;
@@ -124,15 +124,10 @@ fn sync_kills_at_random_moments_lose_nothing_v6() {
 const KILLS: u64 = 5;
 
 fn sync_kills(family: Family) {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos() as u64;
+    let seed = random_seed();
     for round in 0..KILLS {
-        // Up to 1.5 s of traffic after the streams are going (splitmix64).
-        let mut x = seed.wrapping_add(round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        let delay = Duration::from_millis((x ^ (x >> 31)) % 1500);
+        // Up to 1.5 s of traffic after the streams are going.
+        let delay = Duration::from_millis(splitmix(seed, round) % 1500);
         eprintln!("seed {seed}, kill {round}: after {delay:?} of traffic");
         sync_kill_once(family, delay);
     }
@@ -237,60 +232,148 @@ const FALLBACK: &str = "--sync: no acknowledgment from the standby for 1500 ms: 
 /// The agent's log line when `--sync` holds again.
 const RESUMED: &str = "--sync: the standby caught up: holding again";
 
-/// Without `--sync`: the standby is paused so replication falls behind, the
-/// primary's link goes down (the failure), and the agent's reported lag is
-/// read right then. "Lost" is what the client's kernel holds as delivered
-/// that the standby's copy lacks: client bytes the primary acknowledged past
-/// the standby's client stream, plus echoed bytes the client received past
-/// the standby's server stream. It is at most the reported lag.
+/// Without `--sync`, [`KILLS`] times per family: the replication stream is
+/// blocked at the standby's host for a random while (its packets dropped,
+/// so the agent's batches wait unacknowledged), then the primary's link goes
+/// down (the failure) and the agent's exposure for the service is read right
+/// then. "Lost" is what the client's kernel holds as delivered that the
+/// standby's copy lacks: client bytes the primary acknowledged past the
+/// standby's client stream, plus echoed bytes the client received past the
+/// standby's server stream. The exposure matches it within one batch, and
+/// the reported lag bounds it.
 #[test]
-fn async_failover_loses_at_most_the_reported_lag_v4() {
-    let family = Family::V4;
+fn async_kills_lose_what_the_exposure_said_v4() {
+    async_kills(Family::V4);
+}
+
+#[test]
+fn async_kills_lose_what_the_exposure_said_v6() {
+    async_kills(Family::V6);
+}
+
+/// One batch of the probe's flow: the agent drains its ring at least every
+/// 5 ms, and the probe moves about 1 MiB/s both ways together.
+const ONE_BATCH: u64 = 16 << 10;
+
+fn async_kills(family: Family) {
+    let seed = random_seed();
+    for round in 0..KILLS {
+        let blocked = Duration::from_millis(300 + splitmix(seed, round) % 700);
+        eprintln!("seed {seed}, kill {round}: replication blocked for {blocked:?}");
+        async_kill_once(family, blocked);
+    }
+}
+
+fn async_kill_once(family: Family, blocked: Duration) {
     let mut setup = primary_setup(family, PORT, "onhost");
     let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
     let standby = onhost_standby(topo, family, &full(service), key);
     let _app = handoff_app(topo, &standby, service);
-    let mut agent = start_onhost_agent(topo, family, service, key, &FULL);
+    let control = setup.dir.path().join("agent-control.sock");
+    let path = control.display().to_string();
+    let flags = [FULL[0], FULL[1], "--control", &path];
+    let mut agent = start_onhost_agent(topo, family, service, key, &flags);
     wait_replicating(&standby);
     let mut probe = Probe::start(&topo.client, service, 512 << 10);
     wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
     let before = status_of(topo, &standby);
-    let pid = standby.pid() as i32;
-    // SAFETY: kill has no memory-safety preconditions; the pid is our child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    std::thread::sleep(Duration::from_millis(1500));
+    let block = Blocked::replication(topo, family);
+    std::thread::sleep(blocked);
 
     topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
-    let lag = scrape(&topo.server, DEFAULT_ENDPOINT).get("connmirror_replica_lag_bytes") as u64;
     let client = probe.freeze();
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let table = status(&topo.server, &control, false);
     agent.kill();
     setup.primary.kill();
-    // SAFETY: as above.
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    drop(block);
     wait_until(
         || status_of(topo, &standby).takeovers == 1,
         "the standby takes over",
     );
     let (report, _dir) = standby.stop();
 
+    let series = format!("connmirror_replication_exposure_bytes{{service=\"{service}\"}}");
+    let exposure = agent_scrape.get(&series) as u64;
+    let lag = agent_scrape.get("connmirror_replica_lag_bytes") as u64;
     let flow = (report.flows.iter())
         .find(|f| f.client == probe.local())
         .unwrap_or_else(|| panic!("the probe's flow is not in {:#?}", report.flows));
     let lost_c2s = client.acked.saturating_sub(flow.c2s.delivered);
     let lost_s2c = client.received.saturating_sub(flow.s2c.delivered);
+    let lost = lost_c2s + lost_s2c;
     eprintln!(
-        "reported lag {lag} bytes; client sent {}, primary acked {}, client received {}; \
-         standby holds c2s {} s2c {}; lost {lost_c2s} + {lost_s2c}",
+        "exposure {exposure} bytes, lag {lag}; client sent {}, primary acked {}, client \
+         received {}; standby holds c2s {} s2c {}; lost {lost_c2s} + {lost_s2c}",
         client.sent, client.acked, client.received, flow.c2s.delivered, flow.s2c.delivered
     );
     assert_eq!(before.takeovers, 0, "no takeover before the failure");
     assert_eq!(report.takeovers.len(), 1);
     assert_eq!(report.takeovers[0].trigger, "heartbeats-missed");
-    assert!(lag > 0, "the paused standby let no lag build up");
     assert!(
-        lost_c2s + lost_s2c <= lag,
-        "lost {lost_c2s} + {lost_s2c} bytes, more than the {lag} reported"
+        lost >= 64 << 10,
+        "blocking replication for {blocked:?} lost only {lost} bytes"
     );
+    assert!(
+        exposure.abs_diff(lost) <= ONE_BATCH,
+        "exposure {exposure} bytes, lost {lost}: more than one batch apart"
+    );
+    assert!(
+        lost <= lag,
+        "lost {lost} bytes, more than the {lag} lag reported"
+    );
+    assert!(
+        table.contains(&format!("service   {service} serving\n  exposure ")),
+        "{table}"
+    );
+}
+
+/// Drops the replication channel's packets at the standby's host while it
+/// lives (its `INPUT` chain): the agent's batches then wait, unacknowledged.
+struct Blocked<'t> {
+    topo: &'t Topology,
+    tool: &'static str,
+}
+
+impl<'t> Blocked<'t> {
+    fn replication(topo: &'t Topology, family: Family) -> Blocked<'t> {
+        let tool = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let blocked = Blocked { topo, tool };
+        blocked.rule("-I");
+        blocked
+    }
+
+    fn rule(&self, op: &str) {
+        let port = REPLICATION_PORT.to_string();
+        let args = [op, "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"];
+        connmirror_tests::process::run_checked(self.topo.gateway.command(self.tool).args(args));
+    }
+}
+
+impl Drop for Blocked<'_> {
+    fn drop(&mut self) {
+        self.rule("-D");
+    }
+}
+
+/// A seed for the random moments, printed by each test so that a failure
+/// can be told apart from another.
+fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos() as u64
+}
+
+/// The `round`th number of `seed`'s splitmix64 sequence.
+fn splitmix(seed: u64, round: u64) -> u64 {
+    let mut x = seed.wrapping_add((round + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
 }
 
 /// An agent whose key file differs from the standby's: the standby refuses

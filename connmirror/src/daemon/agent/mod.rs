@@ -358,6 +358,7 @@ impl Node<'_> {
                     addr: *addr,
                     state: state.into(),
                     live: None,
+                    exposure_bytes: self.onhost.map(|h| h.exposure(addr)),
                 })
                 .collect(),
             flows: Default::default(),

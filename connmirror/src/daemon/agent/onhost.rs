@@ -14,7 +14,13 @@
 //! holds, logs it, counts it and replicates asynchronously until the
 //! standby has caught up.
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -86,7 +92,12 @@ const KEEPALIVE: Duration = Duration::from_millis(100);
 /// replication's metrics, and the capture's service modes (a planned
 /// migration quiesces the services here, [`crate::failover::migrate`]).
 #[derive(Clone, Debug)]
-pub struct Handle(mpsc::Sender<Request>);
+pub struct Handle {
+    requests: mpsc::Sender<Request>,
+    /// The outbox's exposure per service, as of its last acknowledgment or
+    /// keepalive (at most [`KEEPALIVE`] old).
+    exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
+}
 
 /// A request to the on-host loop.
 #[derive(Debug)]
@@ -103,10 +114,17 @@ impl Handle {
     /// the on-host loop has stopped).
     pub async fn families(&self) -> Vec<Family> {
         let (reply, answer) = oneshot::channel();
-        if self.0.send(Request::Scrape(reply)).await.is_err() {
+        if self.requests.send(Request::Scrape(reply)).await.is_err() {
             return Vec::new();
         }
         answer.await.unwrap_or_default()
+    }
+
+    /// Bytes a failover would lose now of `service` (0 when it has no
+    /// connection).
+    pub fn exposure(&self, service: &SocketAddr) -> u64 {
+        let exposure = self.exposure.lock().expect("exposure lock");
+        exposure.get(service).copied().unwrap_or(0)
     }
 
     /// Quiesces `services` on the primary's own capture (`on`), or lifts
@@ -115,7 +133,7 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         let stopped = || anyhow::anyhow!("the on-host capture has stopped");
         (self
-            .0
+            .requests
             .blocking_send(Request::Quiesce(services.to_vec(), on, reply)))
         .map_err(|_| stopped())?;
         answer.blocking_recv().map_err(|_| stopped())?
@@ -151,10 +169,15 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
         requests,
         keepalive,
         commit,
+        exposure: Arc::default(),
     };
     tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
     let sync = args.onhost.sync;
-    let heartbeats = heartbeat_thread(args, Handle(handle))?;
+    let handle = Handle {
+        requests: handle,
+        exposure: source.exposure.clone(),
+    };
+    let heartbeats = heartbeat_thread(args, handle)?;
     let replication = replicate(mirror, source, stats, sync);
     tokio::pin!(replication);
     let result = tokio::select! {
@@ -259,6 +282,8 @@ struct Source {
     keepalive: tokio::time::Interval,
     /// `--sync`'s output commit.
     commit: Option<OutputCommit>,
+    /// Where the loop publishes the exposure for `connmirror status`.
+    exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
 }
 
 impl EventSource<OnHostEvent> for Source {
@@ -268,6 +293,7 @@ impl EventSource<OnHostEvent> for Source {
             requests,
             keepalive,
             commit,
+            ..
         } = self;
         tokio::select! {
             Some(event) = events.recv() => OnHostEvent::Link(event),
@@ -311,6 +337,7 @@ async fn replicate(
                 let backlog = mirror.ring_backlog();
                 let outbox = outbox(&mut mirror);
                 outbox.keepalive(backlog);
+                *source.exposure.lock().expect("exposure lock") = outbox.exposure();
                 let position = outbox.position();
                 if let Some(commit) = commit {
                     commit.expire(position)?;

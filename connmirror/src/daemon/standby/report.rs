@@ -65,6 +65,7 @@ impl Standby {
             .map(|s| ServiceStatus {
                 addr: s.addr,
                 live: live.remove(&s.addr),
+                exposure_bytes: None,
                 state: if self.taken.contains_key(&s.addr) {
                     "taken-over".into()
                 } else if self.drains.iter().any(|d| d.serves(s.addr)) {

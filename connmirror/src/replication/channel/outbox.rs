@@ -1,9 +1,12 @@
 //! The agent's [`Outbox`]: what it has produced, shipped and had acknowledged
-//! on the current stream, the replication lag, and the sync limits each
-//! acknowledgment makes safe (on-host `--sync`).
+//! on the current stream, the replication lag, each flow's marks as produced
+//! and as the standby acknowledged them, hence the exposure (what a failover
+//! would lose now, per service) and the sync limits each acknowledgment makes
+//! safe (on-host `--sync`).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
     time::Instant,
 };
 
@@ -12,7 +15,7 @@ use prometheus_client::registry::Unit;
 use tokio::sync::mpsc;
 
 use crate::{
-    flow::record::{Record, SideSnapshot},
+    flow::{endpoints, record::Record, stream::StreamMarks},
     hold::SyncLimit,
     metrics::Family,
     replication::channel::{Batch, LinkStats, ReplicationLag, encode_record},
@@ -36,7 +39,34 @@ pub enum LimitChange {
 struct Pending {
     end: u64,
     at: Instant,
-    changes: Vec<LimitChange>,
+    /// The flows' marks the batch carried, in order: (id, side, marks).
+    marks: Vec<(u64, usize, StreamMarks)>,
+    /// The flows it closed.
+    closed: Vec<u64>,
+}
+
+/// One open flow's marks ([`CLIENT`] and [`SERVER`] side): as produced, and
+/// as the standby acknowledged them.
+struct Tracked {
+    key: FlowKey,
+    produced: [StreamMarks; 2],
+    standby: [StreamMarks; 2],
+}
+
+/// The index of the client → server side in [`Tracked`]'s arrays.
+const CLIENT: usize = 0;
+/// The index of the server → client side.
+const SERVER: usize = 1;
+
+impl Tracked {
+    /// Bytes a failover would lose now: server bytes sent past the
+    /// standby's copy, and client bytes the primary acknowledged past it.
+    fn exposure(&self) -> u64 {
+        let (client, server) = (&self.produced[CLIENT], &self.produced[SERVER]);
+        let told = client.acked.min(client.next);
+        (server.next.saturating_sub(self.standby[SERVER].next))
+            + told.saturating_sub(self.standby[CLIENT].next)
+    }
 }
 
 /// The agent's side of replication, fed by the reader after every drain: it
@@ -50,10 +80,8 @@ pub struct Outbox {
     /// Where batches go; `None` while no standby is connected.
     link: Option<mpsc::UnboundedSender<Vec<u8>>>,
     unacked: VecDeque<Pending>,
-    /// Flow keys by journal id, for the sync limits.
-    keys: HashMap<u64, FlowKey>,
-    /// Both directions' snapshots seen in the batch being built, by id.
-    sides: HashMap<u64, [Option<SideSnapshot>; 2]>,
+    /// Open flows by journal id.
+    flows: HashMap<u64, Tracked>,
     sync: bool,
     /// Record bytes produced over the agent's life.
     produced: u64,
@@ -69,8 +97,7 @@ impl Outbox {
             acked: 0,
             link: None,
             unacked: VecDeque::new(),
-            keys: HashMap::new(),
-            sides: HashMap::new(),
+            flows: HashMap::new(),
             sync,
             produced: 0,
             sent: 0,
@@ -88,6 +115,9 @@ impl Outbox {
         self.position = 0;
         self.acked = 0;
         self.unacked.clear();
+        for flow in self.flows.values_mut() {
+            flow.standby = Default::default();
+        }
         self.link = Some(link);
         self.ship(checkpoint, ring_backlog);
     }
@@ -107,7 +137,7 @@ impl Outbox {
         for record in records {
             encode_record(record, &mut bytes);
         }
-        let changes = self.limit_changes(records);
+        let (marks, closed) = self.track(records);
         self.position += bytes.len() as u64;
         self.produced += bytes.len() as u64;
         match (&self.link, self.unacked.back_mut()) {
@@ -117,7 +147,8 @@ impl Outbox {
             _ => self.unacked.push_back(Pending {
                 end: self.position,
                 at: Instant::now(),
-                changes,
+                marks,
+                closed,
             }),
         }
         self.send(bytes, ring_backlog);
@@ -155,15 +186,52 @@ impl Outbox {
     }
 
     /// The standby applied everything before `end`: the sync-limit changes
-    /// that became safe, in order.
+    /// that became safe, in order (none without `--sync`).
     pub fn acked(&mut self, end: u64) -> Vec<LimitChange> {
         self.acked = self.acked.max(end.min(self.position));
         let mut changes = Vec::new();
         while self.unacked.front().is_some_and(|p| p.end <= self.acked) {
             let pending = self.unacked.pop_front().expect("checked");
-            changes.extend(pending.changes);
+            self.apply(pending, &mut changes);
         }
         changes
+    }
+
+    /// The standby holds what `pending` carried.
+    fn apply(&mut self, pending: Pending, changes: &mut Vec<LimitChange>) {
+        let mut touched = Vec::new();
+        for (id, side, marks) in pending.marks {
+            if let Some(flow) = self.flows.get_mut(&id) {
+                flow.standby[side] = marks;
+                touched.push(id);
+            }
+        }
+        if self.sync {
+            touched.sort_unstable();
+            touched.dedup();
+            changes.extend(touched.iter().filter_map(|id| {
+                let flow = self.flows.get(id)?;
+                let limit = sync_limit(&flow.standby[CLIENT], &flow.standby[SERVER])?;
+                Some(LimitChange::Set(flow.key, limit))
+            }));
+        }
+        for id in pending.closed {
+            if let Some(flow) = self.flows.remove(&id) {
+                changes.extend(self.sync.then_some(LimitChange::Remove(flow.key)));
+            }
+        }
+    }
+
+    /// Bytes a failover would lose now, per service: what each open flow's
+    /// server sent and its primary acknowledged of the client's bytes,
+    /// beyond what the standby acknowledged holding. Records still in the
+    /// ring are not counted ([`Outbox::lag`] counts them).
+    pub fn exposure(&self) -> BTreeMap<SocketAddr, u64> {
+        let mut services = BTreeMap::new();
+        for flow in self.flows.values() {
+            *services.entry(endpoints(&flow.key).0).or_default() += flow.exposure();
+        }
+        services
     }
 
     /// Record bytes not acknowledged by the standby (plus what still waits in
@@ -190,53 +258,47 @@ impl Outbox {
         self.link.is_some()
     }
 
-    /// The sync-limit changes a batch of `records` makes safe: for every flow
-    /// it updates, where each direction's journaled bytes end, in sequence
-    /// space; for every flow it closes, a removal.
-    fn limit_changes(&mut self, records: &[Record]) -> Vec<LimitChange> {
-        if !self.sync {
-            return Vec::new();
-        }
-        let Self { keys, sides, .. } = self;
-        sides.clear();
-        let mut closed = Vec::new();
+    /// Follows the flows `records` open, update and close: the marks each
+    /// side reached (as the batch that carries them), and the flows closed.
+    fn track(&mut self, records: &[Record]) -> (Vec<(u64, usize, StreamMarks)>, Vec<u64>) {
+        let (mut marks, mut closed) = (Vec::new(), Vec::new());
+        let mut produce = |flows: &mut HashMap<u64, Tracked>, id, side: usize, m| {
+            if let Some(flow) = flows.get_mut(&id) {
+                flow.produced[side] = m;
+            }
+            marks.push((id, side, m));
+        };
         for record in records {
             match record {
-                Record::Open { id, key, .. } => {
-                    keys.insert(*id, *key);
-                }
+                Record::Open { id, key, .. } => self.open(*id, key),
                 Record::CheckpointFlow(flow) => {
-                    keys.insert(flow.id, flow.key);
-                    sides.insert(flow.id, [Some(flow.c2s.clone()), Some(flow.s2c.clone())]);
+                    self.open(flow.id, &flow.key);
+                    produce(&mut self.flows, flow.id, CLIENT, flow.c2s.marks);
+                    produce(&mut self.flows, flow.id, SERVER, flow.s2c.marks);
                 }
                 Record::Update {
                     id, dir, snapshot, ..
                 } => {
-                    let slot = match dir {
-                        Direction::ClientToServer => 0,
-                        Direction::ServerToClient => 1,
+                    let side = match dir {
+                        Direction::ClientToServer => CLIENT,
+                        Direction::ServerToClient => SERVER,
                     };
-                    sides.entry(*id).or_default()[slot] = Some(snapshot.clone());
+                    produce(&mut self.flows, *id, side, snapshot.marks);
                 }
                 Record::Close { id, .. } => closed.push(*id),
                 _ => {}
             }
         }
-        let mut changes: Vec<LimitChange> = (sides.iter())
-            .filter_map(|(id, [c2s, s2c])| {
-                let key = keys.get(id)?;
-                Some(LimitChange::Set(
-                    *key,
-                    sync_limit(c2s.as_ref()?, s2c.as_ref()?)?,
-                ))
-            })
-            .collect();
-        for id in closed {
-            if let Some(key) = keys.remove(&id) {
-                changes.push(LimitChange::Remove(key));
-            }
-        }
-        changes
+        (marks, closed)
+    }
+
+    /// Starts following flow `id` (a checkpoint may name it again).
+    fn open(&mut self, id: u64, key: &FlowKey) {
+        self.flows.entry(id).or_insert_with(|| Tracked {
+            key: *key,
+            produced: Default::default(),
+            standby: Default::default(),
+        });
     }
 
     /// The outbox's metrics: lag (with the ring's backlog), bytes produced and
@@ -263,9 +325,25 @@ impl Outbox {
                 None,
             )
             .set(Vec::new(), f64::from(u8::from(self.is_connected()))),
+            self.exposure_family(),
         ]);
         families.extend(link.families());
         families
+    }
+}
+
+impl Outbox {
+    /// `replication_exposure_bytes{service}`.
+    fn exposure_family(&self) -> Family {
+        let mut family = Family::gauge(
+            "replication_exposure",
+            "On-host: bytes a failover would lose now, per service: server bytes sent and client bytes the primary acknowledged that the standby has not acknowledged holding.",
+            Some(Unit::Bytes),
+        );
+        for (service, bytes) in self.exposure() {
+            family = family.set(vec![("service", service.to_string())], bytes as f64);
+        }
+        family
     }
 }
 
@@ -291,9 +369,8 @@ pub fn lag_families(lag: ReplicationLag) -> [Family; 2] {
 /// Where the standby's copy of a flow ends, in the flow's sequence spaces:
 /// server data up to `s2c` origin + bytes, client bytes (and its FIN) up to
 /// `c2s` origin + bytes. `None` before both origins are known.
-pub(super) fn sync_limit(c2s: &SideSnapshot, s2c: &SideSnapshot) -> Option<SyncLimit> {
-    let end = |side: &SideSnapshot, fin: bool| {
-        let marks = side.marks;
+pub(super) fn sync_limit(c2s: &StreamMarks, s2c: &StreamMarks) -> Option<SyncLimit> {
+    let end = |marks: &StreamMarks, fin: bool| {
         let fin = u32::from(fin && marks.fin == Some(marks.next));
         Some(
             marks

@@ -17,7 +17,10 @@ fn side(origin: u32, next: u64, fin: Option<u64>) -> SideSnapshot {
 
 #[test]
 fn sync_limits_end_where_the_journaled_bytes_end_and_count_the_clients_fin() {
-    let limit = sync_limit(&side(0xffff_fff0, 0x20, Some(0x20)), &side(100, 5, None));
+    let limit = sync_limit(
+        &side(0xffff_fff0, 0x20, Some(0x20)).marks,
+        &side(100, 5, None).marks,
+    );
     assert_eq!(
         limit,
         Some(SyncLimit {
@@ -25,14 +28,14 @@ fn sync_limits_end_where_the_journaled_bytes_end_and_count_the_clients_fin() {
             ack: 0x11
         })
     );
-    let open = sync_limit(&side(7, 3, Some(9)), &side(100, 5, Some(5)));
+    let open = sync_limit(&side(7, 3, Some(9)).marks, &side(100, 5, Some(5)).marks);
     assert_eq!(
         open,
         Some(SyncLimit { seq: 105, ack: 10 }),
         "a server FIN is not data"
     );
     assert_eq!(
-        sync_limit(&SideSnapshot::default(), &side(1, 1, None)),
+        sync_limit(&StreamMarks::default(), &side(1, 1, None).marks),
         None
     );
 }
@@ -113,6 +116,54 @@ fn acknowledgments_release_limit_changes_in_order_and_shrink_the_lag() {
     );
     assert_eq!(outbox.lag(0).bytes, 0);
     assert_eq!(outbox.lag(0).seconds, 0.0);
+}
+
+#[test]
+fn exposure_counts_sent_and_acknowledged_bytes_the_standby_has_not_acknowledged() {
+    let mut outbox = Outbox::new(false);
+    let key = crate::flow::key_of(
+        "198.18.1.2:7000".parse().unwrap(),
+        "198.18.0.1:40000".parse().unwrap(),
+    );
+    let (tx, _rx) = mpsc::unbounded_channel();
+    outbox.connected(tx, &[], 0);
+    let update = |dir, next, acked| Record::Update {
+        id: 1,
+        dir,
+        kernel_gaps: 0,
+        snapshot: SideSnapshot {
+            marks: StreamMarks {
+                origin: Some(1),
+                next,
+                acked,
+                ..StreamMarks::default()
+            },
+            ..SideSnapshot::default()
+        },
+    };
+    let open = Record::Open {
+        id: 1,
+        key,
+        service_id: 0,
+    };
+    let (c2s, s2c) = (Direction::ClientToServer, Direction::ServerToClient);
+    outbox.ship(&[open, update(c2s, 10, 6), update(s2c, 8, 0)], 0);
+    let service = "198.18.1.2:7000".parse().unwrap();
+    assert_eq!(outbox.exposure(), [(service, 8 + 6)].into());
+
+    assert_eq!(
+        outbox.acked(outbox.position),
+        vec![],
+        "no limits without --sync"
+    );
+    assert_eq!(outbox.exposure(), [(service, 0)].into());
+
+    outbox.ship(&[update(c2s, 20, 15), update(s2c, 9, 0)], 0);
+    assert_eq!(
+        outbox.exposure(),
+        [(service, (9 - 8) + (15 - 10))].into(),
+        "client bytes not yet acknowledged by the primary are not lost"
+    );
 }
 
 async fn pair(
