@@ -87,32 +87,42 @@ pub enum ChannelError {
     },
 }
 
-/// Records shipped together, with the agent's lag when it sent them.
+/// Records shipped together, with the agent's lag when it sent them: a view
+/// of a message body, which holds its header then the records.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Batch {
+pub struct Batch<'a> {
     /// Stream position after these records.
     pub end: u64,
     /// The agent's replication lag as it sent the batch.
     pub lag: ReplicationLag,
     /// The records, journal-encoded (kind, length, payload).
-    pub records: Vec<u8>,
+    pub records: &'a [u8],
 }
 
+/// Bytes of a batch's header: kind, end, lag bytes, lag seconds.
+pub const BATCH_HEADER: usize = 25;
+
 /// What the agent → standby direction carries.
-impl Batch {
+impl<'a> Batch<'a> {
     /// The message body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::with_capacity(25 + self.records.len());
-        body.push(BATCH);
-        body.extend_from_slice(&self.end.to_le_bytes());
-        body.extend_from_slice(&self.lag.bytes.to_le_bytes());
-        body.extend_from_slice(&self.lag.seconds.to_le_bytes());
-        body.extend_from_slice(&self.records);
+        let mut body = vec![0; BATCH_HEADER];
+        body.extend_from_slice(self.records);
+        Self::write_header(&mut body, self.end, self.lag);
         body
     }
 
+    /// Writes the header of a body built with [`BATCH_HEADER`] bytes of room
+    /// in front of its records (so the records are not copied again).
+    pub fn write_header(body: &mut [u8], end: u64, lag: ReplicationLag) {
+        body[0] = BATCH;
+        body[1..9].copy_from_slice(&end.to_le_bytes());
+        body[9..17].copy_from_slice(&lag.bytes.to_le_bytes());
+        body[17..25].copy_from_slice(&lag.seconds.to_le_bytes());
+    }
+
     /// Parses a message body.
-    pub fn decode(body: &[u8]) -> Result<Self, String> {
+    pub fn decode(body: &'a [u8]) -> Result<Self, String> {
         let Some((&BATCH, rest)) = body.split_first() else {
             return Err("not a batch".into());
         };
@@ -126,13 +136,13 @@ impl Batch {
                 bytes: word(8),
                 seconds: f64::from_le_bytes(head[16..24].try_into().expect("8 bytes")),
             },
-            records: records.to_vec(),
+            records,
         })
     }
 
     /// The records it carries, decoded.
     pub fn decode_records(&self) -> Result<Vec<Record>, String> {
-        let mut rest = self.records.as_slice();
+        let mut rest = self.records;
         let mut records = Vec::new();
         while let Some((kind, tail)) = rest.split_first() {
             let (len, tail) = tail.split_first_chunk::<4>().ok_or("a record cut short")?;

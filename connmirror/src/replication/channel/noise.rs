@@ -47,7 +47,10 @@ pub struct Sealer {
     noise: Arc<Mutex<snow::TransportState>>,
     stream: OwnedWriteHalf,
     peer: SocketAddr,
+    /// One framed Noise message: its 2-byte length, then the ciphertext.
     buf: Vec<u8>,
+    /// A message's first Noise plaintext: its 4-byte length and first bytes.
+    first: Vec<u8>,
 }
 
 /// Reads and decrypts messages.
@@ -55,8 +58,11 @@ pub struct Opener {
     noise: Arc<Mutex<snow::TransportState>>,
     stream: OwnedReadHalf,
     peer: SocketAddr,
+    /// Decrypted bytes; the messages before `start` were taken.
     plain: Vec<u8>,
-    cipher: Vec<u8>,
+    start: usize,
+    /// The Noise message being read.
+    frame: Vec<u8>,
 }
 
 /// A fresh handshake under the pre-shared key derived from `key`.
@@ -144,14 +150,16 @@ impl Channel {
                 noise: noise.clone(),
                 stream: write,
                 peer,
-                buf: vec![0u8; MAX_NOISE],
+                buf: vec![0u8; 2 + MAX_NOISE],
+                first: Vec::with_capacity(MAX_PLAIN),
             },
             reader: Opener {
                 noise,
                 stream: read,
                 peer,
                 plain: Vec::new(),
-                cipher: vec![0u8; MAX_NOISE],
+                start: 0,
+                frame: vec![0u8; MAX_NOISE],
             },
         }
     }
@@ -205,35 +213,46 @@ impl Sealer {
     }
 
     /// Encrypts and sends one application message (any length up to
-    /// [`MAX_MESSAGE`], in as many Noise messages as it takes).
+    /// [`MAX_MESSAGE`], in as many Noise messages as it takes). Only the
+    /// first Noise message's plaintext is copied (behind the length).
     pub async fn send(&mut self, body: &[u8]) -> Result<(), ChannelError> {
+        let split = body.len().min(MAX_PLAIN - 4);
+        let mut first = std::mem::take(&mut self.first);
+        first.clear();
+        first.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        first.extend_from_slice(&body[..split]);
+        let sent = self.seal(&first).await;
+        self.first = first;
+        sent?;
+        for chunk in body[split..].chunks(MAX_PLAIN) {
+            self.seal(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Encrypts `plain` into one Noise message and writes it with its
+    /// length, in one write.
+    async fn seal(&mut self, plain: &[u8]) -> Result<(), ChannelError> {
         let Self {
             noise,
             stream,
             peer,
             buf,
+            ..
         } = self;
-        let mut plain = Vec::with_capacity(body.len() + 4);
-        plain.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        plain.extend_from_slice(body);
-        for chunk in plain.chunks(MAX_PLAIN) {
-            let n = {
-                let mut noise = noise.lock().expect("noise state lock");
-                noise
-                    .write_message(chunk, buf)
-                    .map_err(|err| ChannelError::Protocol {
-                        peer: *peer,
-                        reason: format!("encrypting: {err}"),
-                    })?
-            };
-            write_frame(stream, &buf[..n])
-                .await
-                .map_err(|source| ChannelError::Io {
-                    peer: *peer,
-                    source,
-                })?;
-        }
-        Ok(())
+        let n = {
+            let mut noise = noise.lock().expect("noise state lock");
+            (noise.write_message(plain, &mut buf[2..])).map_err(|err| ChannelError::Protocol {
+                peer: *peer,
+                reason: format!("encrypting: {err}"),
+            })?
+        };
+        let len = u16::try_from(n).expect("Noise messages fit in 16 bits");
+        buf[..2].copy_from_slice(&len.to_be_bytes());
+        (stream.write_all(&buf[..2 + n]).await).map_err(|source| ChannelError::Io {
+            peer: *peer,
+            source,
+        })
     }
 }
 
@@ -245,41 +264,58 @@ impl Opener {
             if let Some(message) = self.pop()? {
                 return Ok(Some(message));
             }
-            let Self {
-                noise,
-                stream,
-                peer,
-                plain,
-                cipher,
-            } = self;
-            let frame = match read_frame(stream).await {
-                Ok(frame) => frame,
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof && plain.is_empty() => {
-                    return Ok(None);
-                }
-                Err(source) => {
-                    return Err(ChannelError::Io {
-                        peer: *peer,
-                        source,
-                    });
-                }
-            };
-            let n = {
-                let mut noise = noise.lock().expect("noise state lock");
-                noise
-                    .read_message(&frame, cipher)
-                    .map_err(|err| ChannelError::Protocol {
-                        peer: *peer,
-                        reason: format!("a message failed authentication ({err})"),
-                    })?
-            };
-            plain.extend_from_slice(&cipher[..n]);
+            if !self.receive().await? {
+                return Ok(None);
+            }
         }
+    }
+
+    /// Reads one Noise message and decrypts it onto the end of `plain`
+    /// (dropping the messages already taken first); false when the peer
+    /// closed cleanly between messages.
+    async fn receive(&mut self) -> Result<bool, ChannelError> {
+        let Self {
+            noise,
+            stream,
+            peer,
+            plain,
+            start,
+            frame,
+        } = self;
+        let io = |source| ChannelError::Io {
+            peer: *peer,
+            source,
+        };
+        let mut len = [0u8; 2];
+        match stream.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof && plain.len() == *start => {
+                return Ok(false);
+            }
+            Err(err) => return Err(io(err)),
+        }
+        let frame = &mut frame[..usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(frame).await.map_err(io)?;
+        plain.drain(..*start);
+        *start = 0;
+        let end = plain.len();
+        plain.resize(end + MAX_NOISE, 0);
+        let n = {
+            let mut noise = noise.lock().expect("noise state lock");
+            (noise.read_message(frame, &mut plain[end..])).map_err(|err| {
+                ChannelError::Protocol {
+                    peer: *peer,
+                    reason: format!("a message failed authentication ({err})"),
+                }
+            })
+        };
+        plain.truncate(end + n.as_ref().copied().unwrap_or(0));
+        n.map(|_| true)
     }
 
     /// The next whole application message in the decrypted bytes, if any.
     fn pop(&mut self) -> Result<Option<Vec<u8>>, ChannelError> {
-        let Some(head) = self.plain.first_chunk::<4>() else {
+        let Some(head) = self.plain[self.start..].first_chunk::<4>() else {
             return Ok(None);
         };
         let len = u32::from_le_bytes(*head) as usize;
@@ -289,11 +325,12 @@ impl Opener {
                 reason: format!("a message of {len} bytes (at most {MAX_MESSAGE})"),
             });
         }
-        if self.plain.len() < 4 + len {
+        let at = self.start + 4;
+        if self.plain.len() < at + len {
             return Ok(None);
         }
-        let message = self.plain[4..4 + len].to_vec();
-        self.plain.drain(..4 + len);
+        let message = self.plain[at..at + len].to_vec();
+        self.start = at + len;
         Ok(Some(message))
     }
 }

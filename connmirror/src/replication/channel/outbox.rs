@@ -18,7 +18,7 @@ use crate::{
     flow::{endpoints, record::Record, stream::StreamMarks},
     hold::SyncLimit,
     metrics::Family,
-    replication::channel::{Batch, LinkStats, ReplicationLag, encode_record},
+    replication::channel::{BATCH_HEADER, Batch, LinkStats, ReplicationLag, encode_record},
 };
 
 /// A standby further behind than this many bytes is dropped (it reconnects
@@ -133,13 +133,14 @@ impl Outbox {
         if records.is_empty() {
             return;
         }
-        let mut bytes = Vec::new();
+        let mut body = vec![0; BATCH_HEADER];
         for record in records {
-            encode_record(record, &mut bytes);
+            encode_record(record, &mut body);
         }
+        let bytes = body.len() - BATCH_HEADER;
         let (marks, closed) = self.track(records);
-        self.position += bytes.len() as u64;
-        self.produced += bytes.len() as u64;
+        self.position += bytes as u64;
+        self.produced += bytes as u64;
         match (&self.link, self.unacked.back_mut()) {
             // With no standby only the age of the oldest unshipped batch
             // matters (a reconnect starts over from a checkpoint).
@@ -151,17 +152,19 @@ impl Outbox {
                 closed,
             }),
         }
-        self.send(bytes, ring_backlog);
+        self.send(body, ring_backlog);
     }
 
     /// Tells the standby the current lag without records (a keepalive).
     pub fn keepalive(&mut self, ring_backlog: u64) {
-        self.send(Vec::new(), ring_backlog);
+        self.send(vec![0; BATCH_HEADER], ring_backlog);
     }
 
-    /// Sends a batch of `records` (and the lag) to a connected standby,
-    /// dropping the standby once it fell more than [`MAX_BACKLOG`] behind.
-    fn send(&mut self, records: Vec<u8>, ring_backlog: u64) {
+    /// Sends a batch `body` (its records behind [`BATCH_HEADER`] bytes of
+    /// room for the header, which this writes with the lag) to a connected
+    /// standby, dropping the standby once it fell more than [`MAX_BACKLOG`]
+    /// behind.
+    fn send(&mut self, mut body: Vec<u8>, ring_backlog: u64) {
         let lag = self.lag(ring_backlog);
         let Some(link) = &self.link else {
             return;
@@ -174,13 +177,9 @@ impl Outbox {
             self.link = None;
             return;
         }
-        let batch = Batch {
-            end: self.position,
-            lag,
-            records,
-        };
-        self.sent += batch.records.len() as u64;
-        if link.send(batch.encode()).is_err() {
+        Batch::write_header(&mut body, self.position, lag);
+        self.sent += (body.len() - BATCH_HEADER) as u64;
+        if link.send(body).is_err() {
             self.link = None;
         }
     }

@@ -50,9 +50,10 @@ fn batches_and_acks_round_trip() {
             bytes: 5,
             seconds: 0.25,
         },
-        records,
+        records: &records,
     };
-    let decoded = Batch::decode(&batch.encode()).unwrap();
+    let body = batch.encode();
+    let decoded = Batch::decode(&body).unwrap();
     assert_eq!(decoded, batch);
     assert_eq!(
         decoded.decode_records().unwrap(),
