@@ -74,7 +74,7 @@ pub struct OnHostArgs {
     #[arg(long, value_enum, default_value = "tc")]
     pub egress: EgressHook,
     /// Ring-buffer size: a power of two, at least 64K (suffixes K, M, G).
-    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "16M")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size, default_value = "64M")]
     pub ring_size: u32,
     /// Which bytes each flow keeps and replicates: `unacked` (enough to
     /// restore) or `full` (the history too, for handoff applications that

@@ -302,11 +302,9 @@ impl Opener {
         plain.resize(end + MAX_NOISE, 0);
         let n = {
             let mut noise = noise.lock().expect("noise state lock");
-            (noise.read_message(frame, &mut plain[end..])).map_err(|err| {
-                ChannelError::Protocol {
-                    peer: *peer,
-                    reason: format!("a message failed authentication ({err})"),
-                }
+            (noise.read_message(frame, &mut plain[end..])).map_err(|err| ChannelError::Protocol {
+                peer: *peer,
+                reason: format!("a message failed authentication ({err})"),
             })
         };
         plain.truncate(end + n.as_ref().copied().unwrap_or(0));

@@ -21,6 +21,12 @@ use crate::{
     replication::channel::{BATCH_HEADER, Batch, LinkStats, ReplicationLag, encode_record},
 };
 
+/// Record bytes a batch holds at most, give or take its last record: small
+/// enough that the standby acknowledges the first part of a large drain
+/// while the agent still sends the rest (what `--sync` waits for), large
+/// enough that each costs a few Noise messages.
+const BATCH_TARGET: usize = 256 << 10;
+
 /// A standby further behind than this many bytes is dropped (it reconnects
 /// and starts again from a checkpoint) instead of the agent buffering more.
 const MAX_BACKLOG: u64 = 256 << 20;
@@ -87,6 +93,8 @@ pub struct Outbox {
     produced: u64,
     /// Bytes sent to a standby over the agent's life.
     sent: u64,
+    /// Batches encoded by [`Outbox::ship`], not yet sent.
+    outgoing: Vec<Vec<u8>>,
 }
 
 impl Outbox {
@@ -101,6 +109,7 @@ impl Outbox {
             sync,
             produced: 0,
             sent: 0,
+            outgoing: Vec::new(),
         }
     }
 
@@ -128,23 +137,41 @@ impl Outbox {
         self.link = None;
     }
 
-    /// Encodes `records` as one batch and ships it when a standby is connected.
+    /// Encodes `records` as batches of about [`BATCH_TARGET`] bytes and ships
+    /// them when a standby is connected.
     pub fn ship(&mut self, records: &[Record], ring_backlog: u64) {
-        if records.is_empty() {
-            return;
-        }
+        let mut start = 0;
         let mut body = vec![0; BATCH_HEADER];
-        for record in records {
+        for (i, record) in records.iter().enumerate() {
             encode_record(record, &mut body);
+            if body.len() >= BATCH_TARGET || i + 1 == records.len() {
+                let next = vec![0; BATCH_HEADER];
+                self.ship_batch(&records[start..=i], std::mem::replace(&mut body, next));
+                start = i + 1;
+            }
         }
+        if start > 0 {
+            self.send_last(ring_backlog);
+        }
+    }
+
+    /// Queues one batch: `body` holds `records` encoded behind room for its
+    /// header.
+    fn ship_batch(&mut self, records: &[Record], body: Vec<u8>) {
         let bytes = body.len() - BATCH_HEADER;
         let (marks, closed) = self.track(records);
         self.position += bytes as u64;
         self.produced += bytes as u64;
         match (&self.link, self.unacked.back_mut()) {
             // With no standby only the age of the oldest unshipped batch
-            // matters (a reconnect starts over from a checkpoint).
-            (None, Some(pending)) => pending.end = self.position,
+            // matters (a reconnect starts over from a checkpoint, which
+            // leaves out the flows closed meanwhile).
+            (None, Some(pending)) => {
+                pending.end = self.position;
+                for id in closed {
+                    self.flows.remove(&id);
+                }
+            }
             _ => self.unacked.push_back(Pending {
                 end: self.position,
                 at: Instant::now(),
@@ -152,20 +179,36 @@ impl Outbox {
                 closed,
             }),
         }
-        self.send(body, ring_backlog);
+        self.outgoing.push(body);
     }
 
     /// Tells the standby the current lag without records (a keepalive).
     pub fn keepalive(&mut self, ring_backlog: u64) {
-        self.send(vec![0; BATCH_HEADER], ring_backlog);
+        let mut body = vec![0; BATCH_HEADER];
+        Batch::write_header(&mut body, self.position, self.lag(ring_backlog));
+        self.send(body);
     }
 
-    /// Sends a batch `body` (its records behind [`BATCH_HEADER`] bytes of
-    /// room for the header, which this writes with the lag) to a connected
-    /// standby, dropping the standby once it fell more than [`MAX_BACKLOG`]
-    /// behind.
-    fn send(&mut self, mut body: Vec<u8>, ring_backlog: u64) {
+    /// Sends the batches queued by [`Outbox::ship`], each with the position
+    /// it ends at and the lag, to a connected standby, dropping the standby
+    /// once it fell more than [`MAX_BACKLOG`] behind.
+    fn send_last(&mut self, ring_backlog: u64) {
         let lag = self.lag(ring_backlog);
+        let mut end = self.position
+            - self
+                .outgoing
+                .iter()
+                .map(|b| b.len() - BATCH_HEADER)
+                .sum::<usize>() as u64;
+        for mut body in std::mem::take(&mut self.outgoing) {
+            end += (body.len() - BATCH_HEADER) as u64;
+            Batch::write_header(&mut body, end, lag);
+            self.send(body);
+        }
+    }
+
+    /// Sends one batch `body`, its header written, to a connected standby.
+    fn send(&mut self, body: Vec<u8>) {
         let Some(link) = &self.link else {
             return;
         };
@@ -177,7 +220,6 @@ impl Outbox {
             self.link = None;
             return;
         }
-        Batch::write_header(&mut body, self.position, lag);
         self.sent += (body.len() - BATCH_HEADER) as u64;
         if link.send(body).is_err() {
             self.link = None;

@@ -167,6 +167,36 @@ fn exposure_counts_sent_and_acknowledged_bytes_the_standby_has_not_acknowledged(
     );
 }
 
+#[test]
+fn a_large_drain_ships_as_batches_of_about_the_target_size() {
+    let mut outbox = Outbox::new(false);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    outbox.connected(tx, &[], 0);
+    let data = |offset| Record::Data {
+        id: 1,
+        dir: Direction::ClientToServer,
+        offset,
+        bytes: bytes::Bytes::from(vec![7; 100 << 10]),
+    };
+    let records: Vec<Record> = (0..6).map(|i| data(i * (100 << 10))).collect();
+
+    outbox.ship(&records, 0);
+
+    let mut ends = Vec::new();
+    while let Ok(body) = rx.try_recv() {
+        let batch = Batch::decode(&body).unwrap();
+        ends.push((batch.end, batch.decode_records().unwrap().len()));
+    }
+    let record = outbox.position / 6;
+    assert_eq!(
+        ends,
+        vec![(3 * record, 3), (6 * record, 3)],
+        "three 100 KiB records reach the 256 KiB target"
+    );
+    assert_eq!(outbox.acked(3 * record), vec![]);
+    assert_eq!(outbox.lag(0).bytes, 3 * record);
+}
+
 async fn pair(
     agent_key: &[u8],
     standby_key: &[u8],
