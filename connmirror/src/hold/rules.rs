@@ -3,7 +3,7 @@
 //! first from `POSTROUTING`, holding one rule:
 //!
 //! ```text
-//! -A CONNMIRROR-SYNC-<queue> -p tcp -m bpf --object-pinned <pin> -j NFQUEUE --queue-num <queue>
+//! -A CONNMIRROR-SYNC-<queue>-<pid> -p tcp -m bpf --object-pinned <pin> -j NFQUEUE --queue-num <queue>
 //! ```
 //!
 //! The `bpf` match runs the capture's hold program (capture, then "match"
@@ -16,8 +16,9 @@
 //! the program), so it is pinned in a BPF filesystem mounted for the
 //! purpose and unmounted again: this works in the host's mount namespace
 //! and in the private one `ip netns exec` makes alike. The rules are added
-//! and removed with `iptables` and `ip6tables`; a stale chain an agent that
-//! died left behind is replaced.
+//! and removed with `iptables` and `ip6tables`. A chain an agent that died
+//! left behind (same queue, another pid) is removed once the new chain is
+//! in front of it, so no segment passes unheld in between.
 
 use std::{
     ffi::CString,
@@ -42,21 +43,25 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Installs the chains for queue `queue`, replacing stale ones.
+    /// Installs the chains for queue `queue`, then removes stale ones.
     pub fn install(capture: &mut Capture, queue: u16) -> Result<Rules, HoldError> {
-        let chain = format!("CONNMIRROR-SYNC-{queue}");
-        for tool in TOOLS {
-            remove_chain(tool, &chain);
-        }
+        let prefix = format!("CONNMIRROR-SYNC-{queue}-");
         let rules = Rules {
-            chain,
+            chain: format!("{prefix}{}", std::process::id()),
             removed: false,
         };
         let mount = Mount::new()?;
         let pin = mount.dir.join("hold");
         capture.pin_hold(&pin)?;
         for tool in TOOLS {
+            remove_chain(tool, &rules.chain);
             rules.add(tool, &pin, queue)?;
+            for stale in chains(tool, &prefix)? {
+                if stale != rules.chain {
+                    tracing::info!(chain = stale, "--sync: removing a stale chain");
+                    remove_chain(tool, &stale);
+                }
+            }
         }
         Ok(rules)
     }
@@ -85,7 +90,7 @@ impl Rules {
         ];
         iptables(tool, &["-N", chain])?;
         iptables(tool, &rule)?;
-        iptables(tool, &["-I", "POSTROUTING", "1", "-j", chain])
+        iptables(tool, &["-I", "POSTROUTING", "1", "-j", chain]).map(drop)
     }
 
     /// Takes the chains out: from now on segments go unheld.
@@ -123,15 +128,25 @@ fn remove_chain(tool: &'static str, chain: &str) {
     }
 }
 
-/// Runs `tool -w -t mangle ARGS`.
-fn iptables(tool: &'static str, args: &[&str]) -> Result<(), HoldError> {
+/// The `mangle` chains whose names start with `prefix`.
+fn chains(tool: &'static str, prefix: &str) -> Result<Vec<String>, HoldError> {
+    let listing = iptables(tool, &["-S"])?;
+    let name = |line: &str| line.strip_prefix("-N ").map(str::to_owned);
+    Ok((listing.lines())
+        .filter_map(name)
+        .filter(|chain| chain.starts_with(prefix))
+        .collect())
+}
+
+/// Runs `tool -w -t mangle ARGS`; its output.
+fn iptables(tool: &'static str, args: &[&str]) -> Result<String, HoldError> {
     let output = Command::new(tool)
         .args(["-w", "-t", "mangle"])
         .args(args)
         .output()
         .map_err(|source| HoldError::Tool { tool, source })?;
     if output.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
     Err(HoldError::Rule {
         command: format!("{tool} -w -t mangle {}", args.join(" ")),

@@ -226,6 +226,61 @@ fn sync_without_a_standby_falls_back_then_holds_again_v4() {
     assert_exact(&results);
 }
 
+/// `--sync` when the agent itself dies (SIGKILL) while it holds segments:
+/// its rules stay, and with no agent on the queue the kernel drops what
+/// they match, so not one echoed byte reaches a client until a new agent
+/// runs; the new agent replaces the stale rules, and every stream goes on
+/// byte-exact. (`--failover manual`: the standby must not take over when
+/// the agent's heartbeats stop.)
+#[test]
+fn sync_lets_nothing_out_while_the_agent_is_dead_v4() {
+    let family = Family::V4;
+    let setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let command = onhost_standby_command(family, &full(service), key);
+    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
+    let _app = handoff_app(topo, &standby, service);
+    let flags = ["--sync", FULL[0], FULL[1]];
+    let mut agent = start_onhost_agent(topo, family, service, key, &flags);
+    wait_replicating(&standby);
+    let clients = EchoClients::start(&topo.client, service, 2, EchoOptions::default());
+    let progress = |what: &str| {
+        (clients.wait_progress(16 << 10, Duration::from_secs(60)))
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    };
+    progress("streams flow under --sync");
+
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = clients.verified();
+    std::thread::sleep(Duration::from_secs(1));
+    let dead = clients.verified();
+    let chain = topo
+        .server
+        .command("iptables")
+        .args(["-w", "-t", "mangle", "-S"])
+        .output()
+        .expect("run iptables");
+    let agent = start_onhost_agent(topo, family, service, key, &flags);
+    progress("the streams go on with a new agent");
+    let results = clients.finish(Duration::from_secs(60));
+    let stderr = agent.stderr();
+    drop(agent);
+    let (report, _dir) = standby.stop();
+
+    assert_eq!(dead, before, "echoed bytes reached a client with no agent");
+    assert!(
+        String::from_utf8_lossy(&chain.stdout).contains("-j NFQUEUE --queue-num 7403"),
+        "the dead agent's rule stays: {chain:?}"
+    );
+    assert!(
+        stderr.contains("--sync: holding each outgoing segment"),
+        "{stderr}"
+    );
+    assert_exact(&results);
+    assert_eq!(report.takeovers.len(), 0);
+}
+
 /// The agent's log line when `--sync` falls back (`--sync-timeout 1500`),
 /// up to the number of segments it released.
 const FALLBACK: &str = "--sync: no acknowledgment from the standby for 1500 ms: releasing ";
