@@ -12,8 +12,8 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    Moved, assert_migrated, assert_moved, gateway_addrs, handoff_app, kill_primary_host,
-    move_to_standby, primary_setup, status, status_of, the_takeover,
+    Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
+    kill_primary_host, move_to_standby, primary_setup, status, status_of, the_takeover,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -124,22 +124,15 @@ fn sync_kills_at_random_moments_lose_nothing_v6() {
 const KILLS: u64 = 5;
 
 fn sync_kills(family: Family) {
-    let seed = random_seed();
-    for round in 0..KILLS {
-        // Up to 1.5 s of traffic after the streams are going.
-        let delay = Duration::from_millis(splitmix(seed, round) % 1500);
-        eprintln!("seed {seed}, kill {round}: after {delay:?} of traffic");
-        sync_kill_once(family, delay);
-    }
+    // Up to 1.5 s of traffic after the streams are going.
+    at_random(|random| sync_kill_once(family, Duration::from_millis(random % 1500)));
 }
 
 fn sync_kill_once(family: Family, delay: Duration) {
+    eprintln!("kill after {delay:?} of traffic");
     let mut setup = primary_setup(family, PORT, "onhost");
-    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let standby = onhost_standby(topo, family, &full(service), key);
-    let _app = handoff_app(topo, &standby, service);
-    let mut agent = start_onhost_agent(topo, family, service, key, &["--sync", FULL[0], FULL[1]]);
-    wait_replicating(&standby);
+    let (standby, _app, mut agent) = protected(&setup, family, &["--sync", FULL[0], FULL[1]]);
+    let (topo, service) = (&setup.topo, setup.service);
     let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
     clients
         .wait_progress(16 << 10, Duration::from_secs(60))
@@ -311,24 +304,17 @@ fn async_kills_lose_what_the_exposure_said_v6() {
 const ONE_BATCH: u64 = 16 << 10;
 
 fn async_kills(family: Family) {
-    let seed = random_seed();
-    for round in 0..KILLS {
-        let blocked = Duration::from_millis(300 + splitmix(seed, round) % 700);
-        eprintln!("seed {seed}, kill {round}: replication blocked for {blocked:?}");
-        async_kill_once(family, blocked);
-    }
+    at_random(|random| async_kill_once(family, Duration::from_millis(300 + random % 700)));
 }
 
 fn async_kill_once(family: Family, blocked: Duration) {
+    eprintln!("replication blocked for {blocked:?}");
     let mut setup = primary_setup(family, PORT, "onhost");
-    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let standby = onhost_standby(topo, family, &full(service), key);
-    let _app = handoff_app(topo, &standby, service);
     let control = setup.dir.path().join("agent-control.sock");
     let path = control.display().to_string();
     let flags = [FULL[0], FULL[1], "--control", &path];
-    let mut agent = start_onhost_agent(topo, family, service, key, &flags);
-    wait_replicating(&standby);
+    let (standby, _app, mut agent) = protected(&setup, family, &flags);
+    let (topo, service) = (&setup.topo, setup.service);
     let mut probe = Probe::start(&topo.client, service, 512 << 10);
     wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
     let before = status_of(topo, &standby);
@@ -421,6 +407,27 @@ fn random_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .subsec_nanos() as u64
+}
+
+/// Runs `kill` [`KILLS`] times, each with the next number of a random
+/// seed's sequence (the seed is printed, so a failure can be told apart).
+fn at_random(mut kill: impl FnMut(u64)) {
+    let seed = random_seed();
+    for round in 0..KILLS {
+        eprintln!("seed {seed}, kill {round}");
+        kill(splitmix(seed, round));
+    }
+}
+
+/// A standby, its handoff application and an on-host agent with `flags`,
+/// once the agent replicates to the standby.
+fn protected(setup: &PrimarySetup, family: Family, flags: &[&str]) -> (Mirror, Program, Program) {
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let app = handoff_app(topo, &standby, service);
+    let agent = start_onhost_agent(topo, family, service, key, flags);
+    wait_replicating(&standby);
+    (standby, app, agent)
 }
 
 /// The `round`th number of `seed`'s splitmix64 sequence.
