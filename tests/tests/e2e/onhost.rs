@@ -10,18 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use connmirror_common::Counter;
-use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
+use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
     kill_primary_host, move_to_standby, primary_setup, status, status_of, the_takeover,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
-use connmirror_tests::mirror::Mirror;
+use connmirror_tests::mirror::{Mirror, Report};
 use connmirror_tests::onhost::{
     Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
 };
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
-use connmirror_tests::wire::WireWatch;
+use connmirror_tests::wire::{WireSeen, WireWatch};
 
 const PORT: u16 = 7000;
 /// The echo handoff resumes from the history: both ends keep all of it.
@@ -62,13 +62,7 @@ fn sync_failover_from_a_late_standby(family: Family) {
     let standby_scrape = scrape(&topo.gateway, DEFAULT_ENDPOINT);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    kill_primary_host(topo, &mut setup.primary, &mut agent);
-    clients
-        .wait_progress(32 << 10, Duration::from_secs(60))
-        .expect("every stream continues after the failover");
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
+    let (results, seen, report) = fail_over(&mut setup, &mut agent, clients, watch, standby);
 
     promtool_check(&agent_scrape.text);
     promtool_check(&standby_scrape.text);
@@ -141,13 +135,7 @@ fn sync_kill_once(family: Family, delay: Duration) {
     std::thread::sleep(delay);
     let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
 
-    kill_primary_host(topo, &mut setup.primary, &mut agent);
-    clients
-        .wait_progress(16 << 10, Duration::from_secs(60))
-        .expect("every stream continues after the failover");
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
+    let (results, seen, report) = fail_over(&mut setup, &mut agent, clients, watch, standby);
 
     assert!(agent_scrape.count("connmirror_sync_released_total") > 0);
     assert_eq!(agent_scrape.count("connmirror_sync_fallbacks_total"), 0);
@@ -169,17 +157,11 @@ fn sync_without_a_standby_falls_back_then_holds_again_v4() {
     let family = Family::V4;
     let setup = primary_setup(family, PORT, "onhost");
     let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let standby = onhost_standby(topo, family, &full(service), key);
-    let app = handoff_app(topo, &standby, service);
     let timeout = ["--sync-timeout", "1500"];
     let flags = ["--sync", timeout[0], timeout[1], FULL[0], FULL[1]];
-    let agent = start_onhost_agent(topo, family, service, key, &flags);
-    wait_replicating(&standby);
+    let (standby, app, agent) = protected(&setup, family, &flags);
     let clients = EchoClients::start(&topo.client, service, 2, EchoOptions::default());
-    let progress = |what: &str| {
-        (clients.wait_progress(16 << 10, Duration::from_secs(60)))
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-    };
+    let progress = |what: &str| progress(&clients, what);
     progress("streams flow under --sync");
 
     drop(app);
@@ -237,10 +219,7 @@ fn sync_lets_nothing_out_while_the_agent_is_dead_v4() {
     let mut agent = start_onhost_agent(topo, family, service, key, &flags);
     wait_replicating(&standby);
     let clients = EchoClients::start(&topo.client, service, 2, EchoOptions::default());
-    let progress = |what: &str| {
-        (clients.wait_progress(16 << 10, Duration::from_secs(60)))
-            .unwrap_or_else(|e| panic!("{what}: {e}"))
-    };
+    let progress = |what: &str| progress(&clients, what);
     progress("streams flow under --sync");
 
     agent.kill();
@@ -417,6 +396,33 @@ fn at_random(mut kill: impl FnMut(u64)) {
         eprintln!("seed {seed}, kill {round}");
         kill(splitmix(seed, round));
     }
+}
+
+/// Waits until every echo stream verified 16 KiB more; panics saying `what`
+/// did not happen.
+fn progress(clients: &EchoClients, what: &str) {
+    (clients.wait_progress(16 << 10, Duration::from_secs(60)))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Kills the primary host (its link, its server, the agent) and lets the
+/// echo streams go on from the standby: what they did, what the clients saw
+/// on the wire, and the standby's report once stopped.
+fn fail_over(
+    setup: &mut PrimarySetup,
+    agent: &mut Program,
+    clients: EchoClients,
+    watch: WireWatch,
+    standby: Mirror,
+) -> (Vec<EchoResult>, WireSeen, Report) {
+    kill_primary_host(&setup.topo, &mut setup.primary, agent);
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+    (results, seen, report)
 }
 
 /// A standby, its handoff application and an on-host agent with `flags`,
