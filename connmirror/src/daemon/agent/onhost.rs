@@ -59,11 +59,11 @@ pub struct OnHostArgs {
     /// the agent releases everything held and replicates asynchronously (it
     /// logs this and counts it in `connmirror_sync_fallbacks_total`), until
     /// the standby has caught up.
-    #[arg(long, value_name = "MS", default_value_t = 1000, requires = "sync")]
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub sync_timeout: u64,
     /// With --sync: the netfilter queue number the held segments go to (one
     /// agent per number in a network namespace).
-    #[arg(long, value_name = "N", default_value_t = 7403, requires = "sync")]
+    #[arg(long, value_name = "N", default_value_t = 7403)]
     pub sync_queue: u16,
     /// Ingress attach point for interfaces that do not name their own
     /// (`auto`: by driver, as `connmirror mirror --ingress` says).

@@ -246,9 +246,11 @@ fn effective_settings_are_toml_with_defaults_marked() {
          iface = []\n\
          # replicate_to: not set\n\
          sync = false  # default\n\
+         sync_timeout = 1000  # default\n\
+         sync_queue = 7403  # default\n\
          ingress = \"auto\"  # default\n\
          egress = \"tc\"  # default\n\
-         ring_size = \"16M\"  # default\n\
+         ring_size = \"64M\"  # default\n\
          retention = \"unacked\"  # default\n\n"
     );
     // What it prints reads back as the same settings.
