@@ -35,11 +35,10 @@ use crate::{
 /// The tools, one per family.
 const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
 
-/// The installed rules; [`Rules::remove`] takes them out.
+/// The installed rules; dropping them ([`Rules::remove`]) takes them out.
 #[derive(Debug)]
 pub struct Rules {
     chain: String,
-    removed: bool,
 }
 
 impl Rules {
@@ -48,7 +47,6 @@ impl Rules {
         let prefix = format!("CONNMIRROR-SYNC-{queue}-");
         let rules = Rules {
             chain: format!("{prefix}{}", std::process::id()),
-            removed: false,
         };
         let mount = Mount::new()?;
         let pin = mount.dir.join("hold");
@@ -64,11 +62,6 @@ impl Rules {
             }
         }
         Ok(rules)
-    }
-
-    /// The chain's name.
-    pub fn chain(&self) -> &str {
-        &self.chain
     }
 
     fn add(&self, tool: &'static str, pin: &Path, queue: u16) -> Result<(), HoldError> {
@@ -94,20 +87,13 @@ impl Rules {
     }
 
     /// Takes the chains out: from now on segments go unheld.
-    pub fn remove(mut self) {
-        self.removed = true;
-        for tool in TOOLS {
-            remove_chain(tool, &self.chain);
-        }
-    }
+    pub fn remove(self) {}
 }
 
 impl Drop for Rules {
     fn drop(&mut self) {
-        if !self.removed {
-            for tool in TOOLS {
-                remove_chain(tool, &self.chain);
-            }
+        for tool in TOOLS {
+            remove_chain(tool, &self.chain);
         }
     }
 }

@@ -94,8 +94,8 @@ const KEEPALIVE: Duration = Duration::from_millis(100);
 #[derive(Clone, Debug)]
 pub struct Handle {
     requests: mpsc::Sender<Request>,
-    /// The outbox's exposure per service, as of its last acknowledgment or
-    /// keepalive (at most [`KEEPALIVE`] old).
+    /// The outbox's exposure per service, as of the last keepalive (at most
+    /// [`KEEPALIVE`] old).
     exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
 }
 

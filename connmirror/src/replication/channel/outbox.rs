@@ -93,8 +93,9 @@ pub struct Outbox {
     produced: u64,
     /// Bytes sent to a standby over the agent's life.
     sent: u64,
-    /// Batches encoded by [`Outbox::ship`], not yet sent.
-    outgoing: Vec<Vec<u8>>,
+    /// Batches encoded by [`Outbox::ship`], not yet sent, with the
+    /// position each ends at.
+    outgoing: Vec<(u64, Vec<u8>)>,
 }
 
 impl Outbox {
@@ -151,7 +152,7 @@ impl Outbox {
             }
         }
         if start > 0 {
-            self.send_last(ring_backlog);
+            self.send_outgoing(ring_backlog);
         }
     }
 
@@ -179,7 +180,7 @@ impl Outbox {
                 closed,
             }),
         }
-        self.outgoing.push(body);
+        self.outgoing.push((self.position, body));
     }
 
     /// Tells the standby the current lag without records (a keepalive).
@@ -190,24 +191,17 @@ impl Outbox {
     }
 
     /// Sends the batches queued by [`Outbox::ship`], each with the position
-    /// it ends at and the lag, to a connected standby, dropping the standby
-    /// once it fell more than [`MAX_BACKLOG`] behind.
-    fn send_last(&mut self, ring_backlog: u64) {
+    /// it ends at and the lag.
+    fn send_outgoing(&mut self, ring_backlog: u64) {
         let lag = self.lag(ring_backlog);
-        let mut end = self.position
-            - self
-                .outgoing
-                .iter()
-                .map(|b| b.len() - BATCH_HEADER)
-                .sum::<usize>() as u64;
-        for mut body in std::mem::take(&mut self.outgoing) {
-            end += (body.len() - BATCH_HEADER) as u64;
+        for (end, mut body) in std::mem::take(&mut self.outgoing) {
             Batch::write_header(&mut body, end, lag);
             self.send(body);
         }
     }
 
-    /// Sends one batch `body`, its header written, to a connected standby.
+    /// Sends one batch `body`, its header written, to a connected standby,
+    /// dropping the standby once it fell more than [`MAX_BACKLOG`] behind.
     fn send(&mut self, body: Vec<u8>) {
         let Some(link) = &self.link else {
             return;
