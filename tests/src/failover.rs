@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -21,7 +21,9 @@ use connmirror::failover::takeover::TakeoverReport;
 use crate::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use crate::mirror::{Mirror, MirrorCommand, Report};
 use crate::netns::Netns;
-use crate::process::{output_with_timeout, spawn_logged, wait_for_line, wait_for_text};
+use crate::process::{
+    output_with_timeout, spawn_logged, wait_for_line, wait_for_text, wait_with_timeout,
+};
 use crate::topology::{Family, SERVER_IF, Topology};
 use crate::wire::WireSeen;
 use crate::workdir::WorkDir;
@@ -65,9 +67,32 @@ impl Program {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let dir = WorkDir::new("program");
         let mut cmd = ns.command(program);
         cmd.args(args);
+        Program::spawn_command(cmd)
+    }
+
+    /// Like [`start`](Self::start), in the host's mount namespace
+    /// ([`Netns::command_host_mounts`]): for programs that pin in bpffs.
+    pub fn start_host_mounts<I, S>(
+        ns: &Netns,
+        program: impl AsRef<OsStr>,
+        args: I,
+        ready: &str,
+    ) -> Program
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = ns.command_host_mounts(program);
+        cmd.args(args);
+        let program = Program::spawn_command(cmd);
+        program.wait_line(ready, START_TIMEOUT);
+        program
+    }
+
+    fn spawn_command(mut cmd: Command) -> Program {
+        let dir = WorkDir::new("program");
         let (child, what, lines) = spawn_logged(&mut cmd, &dir.path().join("stderr"));
         Program {
             child: Some(child),
@@ -103,6 +128,27 @@ impl Program {
     /// What the program wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// The program's pid (`ip netns exec` and `nsenter` exec it in place).
+    pub fn id(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Stops the program with SIGTERM and waits (at most 30 s); panics with
+    /// its stderr unless it exits 0.
+    pub fn terminate(&mut self) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill has no memory-safety preconditions; the pid is our
+        // child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = wait_with_timeout(&mut child, Duration::from_secs(30), &self.what);
+        assert!(
+            status.success(),
+            "`{}` exited with {status} after SIGTERM; stderr:\n{}",
+            self.what,
+            self.stderr()
+        );
     }
 
     /// Kills the program (SIGKILL) and reaps it.
@@ -503,6 +549,12 @@ pub fn start_agent_with(
     key: &Path,
     extra: &[&str],
 ) -> Program {
+    let args = agent_args(family, service, key, extra);
+    Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
+}
+
+/// The command line of [`start_agent_with`].
+pub fn agent_args(family: Family, service: SocketAddr, key: &Path, extra: &[&str]) -> Vec<String> {
     let standby = SocketAddr::new(gateway_addrs(family).0, HEARTBEAT_PORT);
     let mut args = [
         "agent".to_owned(),
@@ -519,7 +571,7 @@ pub fn start_agent_with(
     ]
     .to_vec();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
-    Program::start(&topo.server, crate::connmirror_bin(), args, "ready")
+    args
 }
 
 /// A primary ready to be protected: the shared key, the topology, the

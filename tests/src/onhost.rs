@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::failover::{HEARTBEAT_PORT, Program, gateway_addrs, start_agent_with};
+use crate::failover::{HEARTBEAT_PORT, Program, agent_args, gateway_addrs, start_agent_with};
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
+use crate::pinning::PinnedInstance;
 use crate::topology::{Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
 use crate::traffic::SplitMix64;
 
@@ -66,13 +67,37 @@ pub fn start_onhost_agent(
     key: &Path,
     extra: &[&str],
 ) -> Program {
+    let flags = onhost_flags(family, extra);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    start_agent_with(topo, family, service, key, &flags)
+}
+
+/// [`start_onhost_agent`] with `--pin NAME`, in the host's mount namespace
+/// (the pins must outlive the agent).
+pub fn start_pinned_onhost_agent(
+    topo: &Topology,
+    family: Family,
+    service: SocketAddr,
+    key: &Path,
+    pin: &PinnedInstance,
+    extra: &[&str],
+) -> Program {
+    let mut flags = onhost_flags(family, extra);
+    flags.extend(["--pin".to_owned(), pin.name().to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let args = agent_args(family, service, key, &flags);
+    Program::start_host_mounts(&topo.server, crate::connmirror_bin(), args, "ready")
+}
+
+/// The on-host flags of [`start_onhost_agent`], then `extra`.
+fn onhost_flags(family: Family, extra: &[&str]) -> Vec<String> {
     let iface = format!("{SERVER_IF}:xdp-generic");
     let replicate_to = SocketAddr::new(gateway_addrs(family).0, REPLICATION_PORT).to_string();
-    let flags: Vec<&str> = ["--iface", &iface, "--replicate-to", &replicate_to]
+    ["--iface", &iface, "--replicate-to", &replicate_to]
         .into_iter()
         .chain(extra.iter().copied())
-        .collect();
-    start_agent_with(topo, family, service, key, &flags)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One connection that streams deterministic bytes to an echo server and

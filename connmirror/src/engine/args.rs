@@ -84,7 +84,9 @@ pub struct MirrorArgs {
     #[arg(long)]
     pub trace_ebpf: bool,
     /// Detach and remove everything pinned (the instance --pin NAME, or every
-    /// instance under /sys/fs/bpf/connmirror), print what went, and exit.
+    /// instance under /sys/fs/bpf/connmirror) and the --sync rules of on-host
+    /// agents no longer running (in this network namespace), print what went,
+    /// and exit.
     #[arg(long, conflicts_with_all = ["ifaces", "services"])]
     pub detach_all: bool,
     /// Journal settings.
@@ -99,6 +101,11 @@ pub struct MirrorArgs {
     /// agent, whose standby decides what it needs).
     #[arg(skip)]
     pub client_payload: BTreeSet<SocketAddr>,
+    /// The role gives a taken-over pinned instance its open flows back
+    /// itself (an on-host agent, from its standby): `--pin` needs no
+    /// `--journal` then. Set by the role, not the command line.
+    #[arg(skip)]
+    pub recovers_flows: bool,
 }
 /// `--retention` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

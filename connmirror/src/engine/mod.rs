@@ -85,6 +85,9 @@ pub(crate) struct Engine {
     attach: Vec<AttachPoint>,
     /// Services by id, as tracked.
     pub(crate) services: Vec<Service>,
+    /// Whether capture was a pinned instance some earlier daemon left
+    /// attached (a hot restart), rather than loaded afresh.
+    pub(crate) took_over: bool,
 }
 
 /// What stopped [`Engine::next_event`].
@@ -134,6 +137,7 @@ impl Engine {
             journal: journal_args,
             metrics,
             client_payload,
+            recovers_flows,
         } = args;
         let report_path = report_path.or_else(|| dump_dir.as_ref().map(|d| d.join("report.json")));
         if let Some(dir) = &dump_dir {
@@ -143,7 +147,8 @@ impl Engine {
             ring_size,
             on_ring_full: on_ring_full.into(),
         };
-        let mut capture = load_capture(&config, pin.as_deref(), journal_args.dir.is_some())?;
+        let recovers = recovers_flows || journal_args.dir.is_some();
+        let (mut capture, took_over) = load_capture(&config, pin.as_deref(), recovers)?;
         if trace_ebpf {
             trace::forward(capture.trace()?)?;
         }
@@ -179,6 +184,7 @@ impl Engine {
             report_path,
             attach,
             services: tracked,
+            took_over,
         })
     }
 
@@ -264,15 +270,12 @@ impl Engine {
         // A pinned instance stays attached; its unread records wait in the ring
         // for the next daemon. If its pins were removed meanwhile (`--detach-all`
         // while running), this daemon holds the last links: detach and read the rest.
-        let kept = capture
-            .pinned()
-            .filter(|instance| instance.exists())
-            .map(|instance| {
-                (
-                    instance.dir().display().to_string(),
-                    instance.name().to_owned(),
-                )
-            });
+        let kept = stays_attached(&capture).map(|instance| {
+            (
+                instance.dir().display().to_string(),
+                instance.name().to_owned(),
+            )
+        });
         match kept {
             Some((dir, name)) => tracing::info!(
                 "capture stays attached (pinned at {dir}); \
@@ -310,9 +313,27 @@ impl Engine {
     }
 }
 
+/// The pinned instance `capture` belongs to, unless its pins were removed
+/// (`--detach-all` while the daemon runs): what a stop leaves attached.
+fn stays_attached(capture: &Capture) -> Option<&Instance> {
+    capture.pinned().filter(|instance| instance.exists())
+}
+
+impl Engine {
+    /// Whether capture stays attached when this daemon stops (`--pin`, and
+    /// the instance not detached meanwhile).
+    pub(crate) fn stays_attached(&self) -> bool {
+        stays_attached(&self.capture).is_some()
+    }
+}
+
 /// `--detach-all`: removes the pinned instance `--pin NAME`, or every instance.
+/// Then removes the `--sync` rules of on-host agents that no longer run,
+/// which would drop their services' outgoing segments for good.
 pub(crate) fn detach_pinned(args: &MirrorArgs) -> anyhow::Result<()> {
-    pinning::detach_all(args.pin.as_deref(), &mut io::stdout().lock())
+    let mut stdout = io::stdout().lock();
+    pinning::detach_all(args.pin.as_deref(), &mut stdout)?;
+    crate::hold::remove_orphaned(&mut stdout).context("removing orphaned --sync rules")
 }
 
 /// The flow table `mirror` starts with: `retention` by default (`history`
@@ -483,31 +504,33 @@ fn open_journal(
     Ok((table, Some(journal)))
 }
 
-/// Loads capture, pinned under `pin` when given. Logs whether a pinned
-/// instance is taken over, and warns when a restart would lose the flows.
+/// Loads capture, pinned under `pin` when given; whether it took a pinned
+/// instance over. Logs that, and warns when a restart would lose the flows
+/// (`recovers`: the journal or the role gives them back).
 fn load_capture(
     config: &CaptureConfig,
     pin: Option<&str>,
-    journal: bool,
-) -> anyhow::Result<Capture> {
+    recovers: bool,
+) -> anyhow::Result<(Capture, bool)> {
     let Some(name) = pin else {
-        return Ok(Capture::load(config)?);
+        return Ok((Capture::load(config)?, false));
     };
     let instance = Instance::new(name)?;
-    if !journal {
+    if !recovers {
         tracing::warn!(
             "--pin without --journal: a restarted daemon keeps capture running but \
              knows nothing of the open flows, so it sees them as first seen mid-stream"
         );
     }
-    if instance.map_path("RECORDS").exists() {
+    let took_over = instance.map_path("RECORDS").exists();
+    if took_over {
         tracing::info!(
             dir = %instance.dir().display(),
             "taking over the pinned instance: its ring, flows, services and counters; \
              the programs are replaced on the pinned links"
         );
     }
-    Ok(Capture::load_pinned(config, instance)?)
+    Ok((Capture::load_pinned(config, instance)?, took_over))
 }
 
 /// Tells scripts the programs are attached: the line `ready` on stdout.

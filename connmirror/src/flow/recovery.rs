@@ -143,6 +143,63 @@ impl Recovered {
     pub fn in_checkpoint(&self) -> bool {
         self.pending.is_some()
     }
+
+    /// Emits the open flows as a checkpoint (begin, each flow with its
+    /// divergence, out-of-order pieces and bytes, end), as
+    /// [`FlowTable::checkpoint`](super::FlowTable::checkpoint) does: applied
+    /// to an empty state, the records rebuild these flows (an on-host
+    /// standby sends its copy back to an agent restarted with `--pin`).
+    pub fn checkpoint(&self, mut emit: impl FnMut(Record)) {
+        emit(Record::CheckpointBegin {
+            next_id: self.next_id,
+        });
+        for flow in self.flows.values().filter(|flow| flow.closed.is_none()) {
+            flow.checkpoint(&mut emit);
+        }
+        emit(Record::CheckpointEnd);
+    }
+}
+
+impl RecoveredFlow {
+    fn checkpoint(&self, emit: &mut impl FnMut(Record)) {
+        let id = self.id;
+        emit(Record::CheckpointFlow(FlowSnapshot {
+            id,
+            key: self.key,
+            service_id: self.service_id,
+            kernel_gaps: self.kernel_gaps,
+            c2s: self.c2s.snapshot.clone(),
+            s2c: self.s2c.snapshot.clone(),
+        }));
+        if let Some(divergence) = self.divergence {
+            emit(Record::Divergent { id, divergence });
+        }
+        for (dir, side) in [
+            (Direction::ClientToServer, &self.c2s),
+            (Direction::ServerToClient, &self.s2c),
+        ] {
+            for (offset, bytes) in &side.out_of_order {
+                let (offset, bytes) = (*offset, bytes.clone());
+                emit(Record::OutOfOrder {
+                    id,
+                    dir,
+                    offset,
+                    bytes,
+                });
+            }
+            let mut offset = side.start;
+            for chunk in side.bytes.chunks(super::CHECKPOINT_CHUNK) {
+                let bytes = bytes::Bytes::copy_from_slice(chunk);
+                emit(Record::Data {
+                    id,
+                    dir,
+                    offset,
+                    bytes,
+                });
+                offset += chunk.len() as u64;
+            }
+        }
+    }
 }
 
 /// Why a journal could not be recovered.
@@ -521,6 +578,44 @@ pub(crate) mod tests {
             error.to_string(),
             "journal record in segment 1 at byte offset 1: unknown record kind 10"
         );
+    }
+
+    #[test]
+    fn a_recovered_states_checkpoint_rebuilds_its_open_flows_exactly() {
+        let mut s2c = data(1, 3, b"late");
+        if let Record::Data { dir, .. } = &mut s2c {
+            *dir = Direction::ServerToClient;
+        }
+        let ahead = Record::OutOfOrder {
+            id: 1,
+            dir: Direction::ServerToClient,
+            offset: 20,
+            bytes: b"ahead".to_vec().into(),
+        };
+        let records = [
+            open(1),
+            data(1, 0, b"hello"),
+            s2c,
+            ahead,
+            divergent(1, 4),
+            open(2),
+            Record::Close {
+                id: 2,
+                reason: CloseReason::Closed,
+            },
+            open(5),
+        ];
+        let state = recover(stored(&records)).unwrap();
+
+        let mut checkpoint = Vec::new();
+        state.checkpoint(|record| checkpoint.push(record));
+        let rebuilt = recover(stored(&checkpoint)).unwrap();
+
+        let mut open_only = state.clone();
+        open_only.flows.remove(&2);
+        assert_eq!(rebuilt, open_only);
+        assert_eq!(rebuilt.next_id, 6);
+        assert_eq!(rebuilt.flows[&1].s2c.start, 3);
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod holder;
 mod rules;
 
 pub use holder::{Arrival, HoldStats, Holder, Segment, SyncLimit};
-pub use rules::Rules;
+pub use rules::{Rules, remove_orphaned};
 
 use std::{
     io,
@@ -237,16 +237,26 @@ impl OutputCommit {
         Ok(())
     }
 
-    /// Takes the rules out (segments go unheld from now on), then unbinds
-    /// the queue, which drops whatever it still held: TCP resends it.
-    pub fn close(mut self) {
-        if let Some(rules) = self.rules.take() {
-            rules.remove();
+    /// Stops holding: the rules go, unless `keep` (a pinned capture stays
+    /// attached for the next agent: until it runs, the kernel drops what
+    /// the rules match); what was still held is dropped, and TCP resends it.
+    pub fn close(mut self, keep: bool) {
+        let rules = self.rules.take();
+        let held = self.holder.len();
+        match rules {
+            Some(rules) if keep => {
+                rules.keep();
+                tracing::info!(
+                    held,
+                    "--sync: rules kept with the pinned capture: the kernel drops what they \
+                     match (TCP resends it) until an agent with the same --pin holds it again"
+                );
+            }
+            _ => tracing::info!(
+                held,
+                "--sync: rules removed; what was still held is dropped, and TCP resends it"
+            ),
         }
-        tracing::info!(
-            held = self.holder.len(),
-            "--sync: rules removed; what was still held is dropped, and TCP resends it"
-        );
     }
 
     /// The output-commit metrics.

@@ -22,6 +22,7 @@
 
 use std::{
     ffi::CString,
+    io::ErrorKind,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -35,18 +36,24 @@ use crate::{
 /// The tools, one per family.
 const TOOLS: [&str; 2] = ["iptables", "ip6tables"];
 
-/// The installed rules; dropping them ([`Rules::remove`]) takes them out.
+/// Every chain's name starts so; the queue and the agent's pid follow.
+const CHAIN_PREFIX: &str = "CONNMIRROR-SYNC-";
+
+/// The installed rules; dropping them ([`Rules::remove`]) takes them out,
+/// unless [`Rules::keep`] kept them.
 #[derive(Debug)]
 pub struct Rules {
     chain: String,
+    keep: bool,
 }
 
 impl Rules {
     /// Installs the chains for queue `queue`, then removes stale ones.
     pub fn install(capture: &mut Capture, queue: u16) -> Result<Rules, HoldError> {
-        let prefix = format!("CONNMIRROR-SYNC-{queue}-");
+        let prefix = format!("{CHAIN_PREFIX}{queue}-");
         let rules = Rules {
             chain: format!("{prefix}{}", std::process::id()),
+            keep: false,
         };
         let mount = Mount::new()?;
         let pin = mount.dir.join("hold");
@@ -88,14 +95,60 @@ impl Rules {
 
     /// Takes the chains out: from now on segments go unheld.
     pub fn remove(self) {}
+
+    /// Leaves the chains in place when this process ends, for the agent that
+    /// takes its pinned capture over (it replaces them); meanwhile the
+    /// kernel drops what they match.
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
 }
 
 impl Drop for Rules {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         for tool in TOOLS {
             remove_chain(tool, &self.chain);
         }
     }
+}
+
+/// Removes the chains of agents that no longer run (in this network
+/// namespace, any queue), writing a line on `out` for each: `--detach-all`
+/// runs it, since such chains drop the services' outgoing segments until an
+/// agent replaces them. Nothing to do where `iptables` is not installed.
+pub fn remove_orphaned(out: &mut impl std::io::Write) -> Result<(), HoldError> {
+    for tool in TOOLS {
+        let found = match chains(tool, CHAIN_PREFIX) {
+            Ok(found) => found,
+            Err(HoldError::Tool { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        for chain in found.iter().filter(|chain| !agent_runs(chain)) {
+            remove_chain(tool, chain);
+            writeln!(
+                out,
+                "removed {tool} chain {chain} of an agent no longer running: \
+                 its services' segments go out unheld"
+            )
+            .map_err(|source| HoldError::Io {
+                what: "writing to stdout".into(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the agent that named `chain` (`...-<pid>`) still runs.
+fn agent_runs(chain: &str) -> bool {
+    let pid = chain.rsplit('-').next().unwrap_or_default();
+    pid.parse::<u32>()
+        .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Removes `chain` and the jump to it, if they are there.

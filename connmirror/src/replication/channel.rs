@@ -31,13 +31,13 @@ mod link_task;
 mod noise;
 mod outbox;
 
-pub use link_task::{LinkEvent, LinkStats, link};
+pub use link_task::{LinkEvent, LinkStats, fetch_state, link};
 pub use noise::{Channel, Opener, Sealer};
 pub use outbox::{LimitChange, Outbox, lag_families};
 
 use std::{io, net::SocketAddr};
 
-use crate::flow::record::Record;
+use crate::flow::{record::Record, recovery::Recovered};
 
 // What the unit tests (`channel/tests.rs`, `use super::*`) name from here.
 #[cfg(test)]
@@ -51,9 +51,14 @@ use {
 /// The standby's default replication port.
 pub const DEFAULT_PORT: u16 = 7402;
 
-/// The first byte of each message body: a [`Batch`], or an acknowledgment.
+/// The first byte of each message body: a [`Batch`], an acknowledgment, a
+/// restarted agent's request for the standby's flows, or a piece of them.
 const BATCH: u8 = 1;
 const ACK: u8 = 2;
+const RESUME: u8 = 3;
+const STATE: u8 = 4;
+/// A state body is cut after the record that takes it past this size.
+const STATE_TARGET: usize = 1 << 20;
 
 /// Why the replication channel failed.
 #[derive(Debug, thiserror::Error)]
@@ -142,17 +147,61 @@ impl<'a> Batch<'a> {
 
     /// The records it carries, decoded.
     pub fn decode_records(&self) -> Result<Vec<Record>, String> {
-        let mut rest = self.records;
-        let mut records = Vec::new();
-        while let Some((kind, tail)) = rest.split_first() {
-            let (len, tail) = tail.split_first_chunk::<4>().ok_or("a record cut short")?;
-            let len = u32::from_le_bytes(*len) as usize;
-            let payload = tail.get(..len).ok_or("a record cut short")?;
-            records.push(Record::decode(*kind, payload).map_err(|e| e.to_string())?);
-            rest = &tail[len..];
-        }
-        Ok(records)
+        decode_records(self.records)
     }
+}
+
+/// Decodes journal-encoded records (kind, length, payload).
+fn decode_records(mut rest: &[u8]) -> Result<Vec<Record>, String> {
+    let mut records = Vec::new();
+    while let Some((kind, tail)) = rest.split_first() {
+        let (len, tail) = tail.split_first_chunk::<4>().ok_or("a record cut short")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let payload = tail.get(..len).ok_or("a record cut short")?;
+        records.push(Record::decode(*kind, payload).map_err(|e| e.to_string())?);
+        rest = &tail[len..];
+    }
+    Ok(records)
+}
+
+/// The body an agent restarted on a pinned capture (`--pin`) sends first,
+/// to ask for the flows the standby holds.
+pub fn encode_resume() -> Vec<u8> {
+    vec![RESUME]
+}
+
+/// Whether `body` is a restarted agent's request for the standby's flows.
+pub fn is_resume(body: &[u8]) -> bool {
+    body == [RESUME]
+}
+
+/// The standby's answer to [`encode_resume`]: `state` as a checkpoint
+/// ([`Recovered::checkpoint`]), in bodies of about [`STATE_TARGET`] bytes.
+pub fn encode_state(state: &Recovered) -> Vec<Vec<u8>> {
+    let mut bodies = vec![vec![STATE]];
+    state.checkpoint(|record| {
+        let body = bodies.last_mut().expect("one body at least");
+        encode_record(&record, body);
+        if body.len() >= STATE_TARGET {
+            bodies.push(vec![STATE]);
+        }
+    });
+    bodies.retain(|body| body.len() > 1);
+    bodies
+}
+
+/// Applies one body of the standby's state to `state`; true once the
+/// checkpoint it carries is complete.
+pub fn apply_state(body: &[u8], state: &mut Recovered) -> Result<bool, String> {
+    let Some((&STATE, records)) = body.split_first() else {
+        return Err("not the standby's state".into());
+    };
+    let mut complete = false;
+    for record in decode_records(records)? {
+        complete = record == Record::CheckpointEnd;
+        state.apply(record);
+    }
+    Ok(complete)
 }
 
 /// Appends `record` in the journal's encoding; returns the bytes added.

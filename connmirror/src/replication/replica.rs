@@ -22,7 +22,7 @@ use crate::{
     key::Key,
     metrics::Family,
     replication::channel::ReplicationLag,
-    replication::channel::{self, Batch, Channel, ChannelError},
+    replication::channel::{self, Batch, Channel, ChannelError, Sealer},
     service::{Service, socket_addr},
 };
 
@@ -152,6 +152,10 @@ impl Replica {
         } = channel;
         let peer = writer.peer();
         while let Some(body) = reader.next().await? {
+            if channel::is_resume(&body) {
+                self.send_state(&mut writer).await?;
+                continue;
+            }
             let protocol = |reason| ChannelError::Protocol { peer, reason };
             let batch = Batch::decode(&body).map_err(protocol)?;
             let records = batch.decode_records().map_err(protocol)?;
@@ -171,6 +175,19 @@ impl Replica {
                 writer.send(&channel::encode_ack(batch.end)).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends the flows held to an agent restarted on a pinned capture.
+    async fn send_state(&self, writer: &mut Sealer) -> Result<(), ChannelError> {
+        let (bodies, flows) = {
+            let state = self.lock();
+            (channel::encode_state(&state.flows), state.flows.flows.len())
+        };
+        for body in &bodies {
+            writer.send(body).await?;
+        }
+        tracing::info!(peer = %writer.peer(), flows, "sent the replicated flows to a restarted agent");
         Ok(())
     }
 

@@ -13,13 +13,16 @@ use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
-    kill_primary_host, move_to_standby, primary_setup, status, status_of, the_takeover,
+    kill_primary_host, manual_failover, move_to_standby, primary_setup, status, status_of,
+    the_takeover,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::{Mirror, Report};
 use connmirror_tests::onhost::{
     Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
+    start_pinned_onhost_agent,
 };
+use connmirror_tests::pinning::PinnedInstance;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::wire::{WireSeen, WireWatch};
 
@@ -251,6 +254,140 @@ fn sync_lets_nothing_out_while_the_agent_is_dead_v4() {
     );
     assert_exact(&results);
     assert_eq!(report.takeovers.len(), 0);
+}
+
+/// `--sync --pin`: the agent dies (SIGKILL) while it holds segments, and not
+/// one echoed byte reaches a client until an agent started again with the
+/// same `--pin` takes the pinned capture over, starts from the four flows
+/// the standby holds, and holds again. Then the primary host dies: every
+/// stream goes on from the standby byte-exact, with no RST, so the
+/// restarted agent's stream kept all the standby knew. (`--failover
+/// manual`, so the standby does not take over while the agent is down.)
+#[test]
+fn a_pinned_agent_restarted_holds_again_and_loses_nothing_v4() {
+    pinned_agent_restart(Family::V4);
+}
+
+#[test]
+fn a_pinned_agent_restarted_holds_again_and_loses_nothing_v6() {
+    pinned_agent_restart(Family::V6);
+}
+
+fn pinned_agent_restart(family: Family) {
+    let pin = PinnedInstance::new("onhost");
+    let mut setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let command = onhost_standby_command(family, &full(service), key);
+    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
+    let _app = handoff_app(topo, &standby, service);
+    let flags = ["--sync", FULL[0], FULL[1]];
+    let mut agent = start_pinned_onhost_agent(topo, family, service, key, &pin, &flags);
+    wait_replicating(&standby);
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    let progress = |what: &str| progress(&clients, what);
+    progress("streams flow under --sync");
+
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = clients.verified();
+    std::thread::sleep(Duration::from_secs(1));
+    let dead = clients.verified();
+    let mut agent = start_pinned_onhost_agent(topo, family, service, key, &pin, &flags);
+    progress("the streams go on with the restarted agent");
+    let restarted = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let stderr = agent.stderr();
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+    agent.kill();
+    let takeover = manual_failover(topo, &mut setup.primary, &standby);
+    progress("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    drop(standby.stop());
+
+    assert_eq!(dead, before, "echoed bytes reached a client with no agent");
+    assert!(stderr.contains("took a pinned capture over"), "{stderr}");
+    assert!(
+        stderr.contains("resuming from the standby's flows flows=4"),
+        "{stderr}"
+    );
+    assert_eq!(restarted.get("connmirror_sync_holding"), 1.0);
+    assert!(restarted.count("connmirror_sync_released_total") > 0);
+    assert_exact(&results);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.unrecoverable_total(), 0);
+}
+
+/// `--sync --pin`, stopped on purpose (SIGTERM): the agent keeps its rules
+/// with the pinned capture and says so, and the kernel drops the echoes
+/// while no agent runs. `connmirror mirror --detach-all --pin NAME` removes
+/// the instance and the orphaned rules, a line each, and the streams go on
+/// unheld, byte-exact.
+#[test]
+fn detach_all_removes_a_stopped_pinned_agents_rules_v4() {
+    let family = Family::V4;
+    let pin = PinnedInstance::new("onhost");
+    let setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let command = onhost_standby_command(family, &full(service), key);
+    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
+    let flags = ["--sync"];
+    let mut agent = start_pinned_onhost_agent(topo, family, service, key, &pin, &flags);
+    wait_replicating(&standby);
+    let clients = EchoClients::start(&topo.client, service, 2, EchoOptions::default());
+    let progress = |what: &str| progress(&clients, what);
+    progress("streams flow under --sync");
+
+    let pid = agent.id();
+    agent.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = clients.verified();
+    std::thread::sleep(Duration::from_secs(1));
+    let dead = clients.verified();
+    let kept = mangle_rules(topo);
+    let detach = (topo
+        .server
+        .command_host_mounts(connmirror_tests::connmirror_bin()))
+    .args(["mirror", "--detach-all", "--pin", pin.name()])
+    .output()
+    .expect("run connmirror mirror --detach-all");
+    progress("the streams go on unheld");
+    let results = clients.finish(Duration::from_secs(60));
+    drop(standby.stop());
+
+    let stderr = agent.stderr();
+    assert!(
+        stderr.contains("--sync: rules kept with the pinned capture"),
+        "{stderr}"
+    );
+    assert_eq!(dead, before, "echoed bytes reached a client with no agent");
+    let chain = format!("CONNMIRROR-SYNC-7403-{pid}");
+    assert!(kept.contains(&format!("-N {chain}")), "{kept}");
+    let stdout = String::from_utf8_lossy(&detach.stdout);
+    assert!(detach.status.success(), "{detach:?}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with(&format!("removed {}: ", pin.dir().display())));
+    for (line, tool) in lines[1..].iter().zip(["iptables", "ip6tables"]) {
+        assert_eq!(
+            *line,
+            format!(
+                "removed {tool} chain {chain} of an agent no longer running: its services' \
+                 segments go out unheld"
+            )
+        );
+    }
+    assert!(!mangle_rules(topo).contains("CONNMIRROR"));
+    assert_exact(&results);
+}
+
+/// `iptables -t mangle -S` in the primary's namespace.
+fn mangle_rules(topo: &Topology) -> String {
+    let output = (topo.server.command("iptables"))
+        .args(["-w", "-t", "mangle", "-S"])
+        .output()
+        .expect("run iptables");
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The agent's log line when `--sync` falls back (`--sync-timeout 1500`),

@@ -81,12 +81,22 @@ pub struct OnHostArgs {
     /// resume from it and for replay; the standby keeps it as well).
     #[arg(long, value_enum, default_value = "unacked")]
     pub retention: RetentionArg,
+    /// Hot restart: pin capture under /sys/fs/bpf/connmirror/NAME so it
+    /// outlives the agent (and, with --sync, keep the rules, so nothing goes
+    /// out unheld meanwhile). An agent started again with the same NAME and
+    /// flags takes capture over, starts from the flows the standby holds,
+    /// and holds again. `connmirror mirror --detach-all --pin NAME` removes it.
+    #[arg(long, value_name = "NAME", requires = "ifaces")]
+    pub pin: Option<String>,
 }
 
 /// How long the link waits before connecting again.
 const RETRY: Duration = Duration::from_millis(200);
 /// How often the agent tells the standby its lag when nothing else goes out.
 const KEEPALIVE: Duration = Duration::from_millis(100);
+/// How long an agent that took a pinned capture over asks the standby for
+/// its flows before it goes on without them.
+const RESUME_WAIT: Duration = Duration::from_secs(10);
 
 /// What the heartbeat loop holds of the on-host loop: the mirror's and the
 /// replication's metrics, and the capture's service modes (a planned
@@ -146,6 +156,9 @@ impl Handle {
 pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
     let mut mirror = Engine::start(mirror_args(&args)?)?;
+    if mirror.took_over {
+        resume_flows(&mut mirror, standby, &key).await;
+    }
     let commit = match args.onhost.sync {
         true => Some(start_sync(&mut mirror, &args.onhost)?),
         false => None,
@@ -192,6 +205,39 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
     };
     link.abort();
     result
+}
+
+/// An agent that took a pinned capture over (`--pin`) starts from the flows
+/// the standby holds, before it reads the ring: the records the ring kept
+/// apply on top of them, and the checkpoint that starts the new stream
+/// carries them on. If the standby gives none within [`RESUME_WAIT`], the
+/// agent goes on without: it sees the open flows as first seen mid-stream.
+async fn resume_flows(mirror: &mut Engine, standby: SocketAddr, key: &Key) {
+    tracing::info!(%standby, "took a pinned capture over: asking the standby for the flows it holds");
+    let deadline = tokio::time::Instant::now() + RESUME_WAIT;
+    loop {
+        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = tokio::time::timeout(wait, channel::fetch_state(standby, key)).await;
+        let err = match answer {
+            Err(_) => "no answer".to_owned(),
+            Ok(Err(err)) => err.to_string(),
+            Ok(Ok(state)) => {
+                let flows = state.flows.values().filter(|f| f.closed.is_none()).count();
+                mirror.reader.table.restore(state);
+                tracing::info!(flows, "resuming from the standby's flows");
+                return;
+            }
+        };
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "the standby gave no flows within {} s ({err}): the open flows are seen as \
+                 first seen mid-stream",
+                RESUME_WAIT.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
 }
 
 /// Starts output commit: the queue and its rules first, then the services'
@@ -262,6 +308,9 @@ fn mirror_args(args: &AgentArgs) -> anyhow::Result<MirrorArgs> {
     mirror.ingress = onhost.ingress;
     mirror.retention = onhost.retention;
     mirror.egress = onhost.egress;
+    mirror.pin = onhost.pin.clone();
+    // A restart takes the flows from the standby (`resume_flows`).
+    mirror.recovers_flows = true;
     // The standby decides how it resumes: give it every client byte.
     mirror.client_payload = mirror.services.iter().map(|s| s.0).collect();
     Ok(mirror)
@@ -355,7 +404,7 @@ async fn replicate(
         }
     }
     if let Some(commit) = source.commit.take() {
-        commit.close();
+        commit.close(mirror.stays_attached());
     }
     mirror.finish(serde_json::Map::new())?;
     Ok(())

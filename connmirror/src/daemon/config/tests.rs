@@ -251,7 +251,8 @@ fn effective_settings_are_toml_with_defaults_marked() {
          ingress = \"auto\"  # default\n\
          egress = \"tc\"  # default\n\
          ring_size = \"64M\"  # default\n\
-         retention = \"unacked\"  # default\n\n"
+         retention = \"unacked\"  # default\n\
+         # pin: not set\n\n"
     );
     // What it prints reads back as the same settings.
     let again = parse(&effective).unwrap().effective(&cli()).unwrap();

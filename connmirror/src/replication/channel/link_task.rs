@@ -14,9 +14,10 @@ use std::{
 use tokio::sync::mpsc;
 
 use crate::{
+    flow::recovery::Recovered,
     key::Key,
     metrics::Family,
-    replication::channel::{Channel, ChannelError, decode_ack},
+    replication::channel::{Channel, ChannelError, apply_state, decode_ack, encode_resume},
 };
 
 /// What the agent's link task reports to its event loop.
@@ -90,6 +91,28 @@ pub async fn link(
             }
         }
         tokio::time::sleep(retry).await;
+    }
+}
+
+/// Asks the standby at `peer` for the flows it holds, for an agent
+/// restarted on a pinned capture (`--pin`): its table starts from them.
+pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, ChannelError> {
+    let Channel {
+        mut writer,
+        mut reader,
+    } = Channel::connect(peer, key).await?;
+    writer.send(&encode_resume()).await?;
+    let protocol = |reason| ChannelError::Protocol { peer, reason };
+    let mut state = Recovered::new();
+    loop {
+        let Some(body) = reader.next().await? else {
+            return Err(protocol(
+                "the standby closed the channel before its state was complete".into(),
+            ));
+        };
+        if apply_state(&body, &mut state).map_err(protocol)? {
+            return Ok(state);
+        }
     }
 }
 

@@ -268,3 +268,88 @@ fn a_wrong_key_fails_the_first_handshake_message_on_both_ends() {
         );
     });
 }
+
+/// A state that holds more than one body's worth of bytes.
+fn large_state() -> Recovered {
+    let mut state = Recovered::new();
+    let key = FlowKey {
+        server_addr: [0; 16],
+        client_addr: [0; 16],
+        server_port: 7000,
+        client_port: 1,
+        family: 4,
+        _pad: [0; 3],
+    };
+    state.apply(Record::Open {
+        id: 4,
+        key,
+        service_id: 0,
+    });
+    let bytes: Vec<u8> = (0..3 * STATE_TARGET as u32).map(|i| i as u8).collect();
+    state.apply(Record::Data {
+        id: 4,
+        dir: Direction::ServerToClient,
+        offset: 9,
+        bytes: bytes.into(),
+    });
+    state
+}
+
+#[test]
+fn a_restarted_agent_fetches_the_standbys_flows_in_several_bodies() {
+    let state = large_state();
+    let bodies = encode_state(&state);
+    assert_eq!(bodies.len(), 4, "three 1 MiB data records, then the end");
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = Key::from_bytes(b"0123456789abcdef0123");
+        let standby = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut channel = Channel::accept(stream, &key).await.unwrap();
+            let asked = channel.reader.next().await.unwrap().unwrap();
+            assert!(is_resume(&asked));
+            for body in &bodies {
+                channel.writer.send(body).await.unwrap();
+            }
+        };
+        let (fetched, ()) = tokio::join!(fetch_state(addr, &key), standby);
+        assert_eq!(fetched.unwrap(), state);
+    });
+}
+
+#[test]
+fn a_state_cut_short_or_of_another_kind_is_refused_by_name() {
+    let mut state = Recovered::new();
+    assert_eq!(
+        apply_state(&encode_ack(1), &mut state),
+        Err("not the standby's state".to_owned())
+    );
+    let mut body = encode_state(&large_state()).remove(0);
+    body.truncate(body.len() - 1);
+    assert_eq!(
+        apply_state(&body, &mut state),
+        Err("a record cut short".to_owned())
+    );
+    runtime().block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let key = Key::from_bytes(b"0123456789abcdef0123");
+        let standby = async {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut channel = Channel::accept(stream, &key).await.unwrap();
+            channel.reader.next().await.unwrap().unwrap();
+            let first = encode_state(&large_state()).remove(0);
+            channel.writer.send(&first).await.unwrap();
+        };
+        let (fetched, ()) = tokio::join!(fetch_state(addr, &key), standby);
+        let err = fetched.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "replication channel with {addr}: the standby closed the channel before its \
+                 state was complete"
+            )
+        );
+    });
+}
