@@ -15,7 +15,10 @@
 //!
 //! Inside, the plaintext is a stream of messages, each a 4-byte little-endian
 //! length and a body whose first byte says what it is: a [`Batch`] of journal
-//! records (agent → standby) or an acknowledgment (standby → agent). Records
+//! records (agent → standby) or an acknowledgment (standby → agent); or, on a
+//! connection of its own, an agent restarted on a pinned capture asking for
+//! the standby's flows ([`encode_resume`]) and the answer, a checkpoint of
+//! them in pieces ([`encode_state`], [`fetch_state`]). Records
 //! use the journal's own encoding (kind, length, payload: what a segment file
 //! holds, without its CRC, which the AEAD replaces). Positions count those
 //! record bytes from the start of the connection, which always begins with a
