@@ -38,6 +38,7 @@ pub mod echo;
 pub mod failover;
 pub mod inject;
 pub mod journal;
+pub mod kills;
 pub mod live;
 pub mod metrics;
 pub mod mirror;

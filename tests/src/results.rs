@@ -345,6 +345,23 @@ pub struct OnHostResults {
     pub ping_pongs: usize,
     /// One per configuration, the baseline (no mirror) first.
     pub modes: Vec<OnHostRuns>,
+    /// The failures at random moments (absent from runs before they were
+    /// part of the benchmark).
+    #[serde(default)]
+    pub kills: Option<OnHostKills>,
+}
+
+/// The on-host failures at random moments of `cargo xtask bench onhost`
+/// ([`crate::kills`]): every kill passed its checks, or the benchmark
+/// stopped with the reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OnHostKills {
+    /// Seconds they took, all together.
+    pub seconds: f64,
+    /// `--sync` kills per family ("IPv4", "IPv6").
+    pub sync: Vec<(String, Vec<crate::kills::SyncKill>)>,
+    /// Async kills per family.
+    pub asynchronous: Vec<(String, Vec<crate::kills::AsyncKill>)>,
 }
 
 /// The runs of one on-host configuration.
@@ -1028,6 +1045,53 @@ fn render_onhost(r: &OnHostResults) -> String {
             quantile(&mode.rtts_ms, 0.5),
             quantile(&mode.rtts_ms, 0.99),
             held.get(held.len() / 2).copied().unwrap_or(0),
+        );
+    }
+    if let Some(kills) = &r.kills {
+        s.push('\n');
+        s.push_str(&render_kills(kills));
+    }
+    s
+}
+
+/// The kills' table: each row a mode and family whose every kill passed.
+fn render_kills(k: &OnHostKills) -> String {
+    let mut s = format!(
+        "Failures at random moments ({:.0} s in all; `connmirror_tests::kills`, the e2e tests' \
+         kills run 20 times per family). `--sync`: the primary host dies (link down, server \
+         and agent SIGKILLed) 0–1.5 s into four bidirectional echo streams; a kill passes if \
+         every stream goes on from the standby sha256-exact, no RST reaches a client, and the \
+         takeover restores and hands off all four. Async: replication is blocked 0.3–1 s, \
+         then the primary dies; a kill passes if the exposure /metrics showed just before is \
+         within one batch ({} bytes) of what the restored flow lacked, and the lag bounds \
+         it.\n\n",
+        k.seconds,
+        crate::kills::ONE_BATCH
+    );
+    let _ = writeln!(s, "| mode | family | kills passed | measured |");
+    let _ = writeln!(s, "| --- | --- | ---: | --- |");
+    for (family, kills) in &k.sync {
+        let delays: Vec<u64> = kills.iter().map(|k| k.delay_ms).collect();
+        let _ = writeln!(
+            s,
+            "| `--sync` | {family} | {} | killed {}–{} ms into the streams; {:.1} MiB echoed \
+             byte-exact in all |",
+            kills.len(),
+            delays.iter().min().unwrap_or(&0),
+            delays.iter().max().unwrap_or(&0),
+            kills.iter().map(|k| k.verified).sum::<u64>() as f64 / f64::from(1 << 20),
+        );
+    }
+    for (family, kills) in &k.asynchronous {
+        let gap = kills.iter().map(|k| k.exposure.abs_diff(k.lost));
+        let lost: Vec<u64> = kills.iter().map(|k| k.lost).collect();
+        let _ = writeln!(
+            s,
+            "| async | {family} | {} | lost {}–{} bytes; exposure − lost at most {} bytes |",
+            kills.len(),
+            lost.iter().min().unwrap_or(&0),
+            lost.iter().max().unwrap_or(&0),
+            gap.max().unwrap_or(0),
         );
     }
     s

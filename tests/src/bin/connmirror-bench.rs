@@ -47,8 +47,10 @@
 //! Then on-host mode ([`ONHOST_ROUNDS`] rounds): one iperf3 stream's
 //! throughput and [`PING_PONGS`] request/echo round trips with no mirror,
 //! with the agent replicating asynchronously, and with `--sync`, the
-//! throughputs as ratios to no mirror measured in the same run
-//! (`connmirror-bench onhost` runs this part alone).
+//! throughputs as ratios to no mirror measured in the same run; then
+//! [`ONHOST_KILLS`] failures at random moments per family, with `--sync`
+//! and without ([`connmirror_tests::kills`]), each passing the e2e tests'
+//! checks (`connmirror-bench onhost` runs this part alone).
 //!
 //! # resume
 //! The client stall through an automatic failover against the connections'
@@ -114,7 +116,7 @@ use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, JournalResults,
-    LiveRound, MemoryRuns, MirrorSample, OnHostResults, OnHostRuns, OwnershipResults,
+    LiveRound, MemoryRuns, MirrorSample, OnHostKills, OnHostResults, OnHostRuns, OwnershipResults,
     RestoreSample, Results, ResumeCost, ResumeMemory, ResumeResults, ResumeRuns, ResumeTakeover,
     RunInfo, Sample, TakeoverRuns, TcpdumpSample, median, output, parse_redis_benchmark_csv,
     quantile, write_atomically,
@@ -1303,6 +1305,7 @@ fn onhost(command: &str) -> Result<()> {
             held: runs.iter().map(|s| s.held).collect(),
         })
         .collect();
+    let kills = onhost_kills()?;
     record(Results {
         onhost: Some(OnHostResults {
             info: RunInfo {
@@ -1312,9 +1315,40 @@ fn onhost(command: &str) -> Result<()> {
             rounds: ONHOST_ROUNDS,
             ping_pongs: PING_PONGS,
             modes,
+            kills: Some(kills),
         }),
         ..Results::default()
     })
+}
+
+/// Kills per family and mode in the benchmark (the e2e tests run 5).
+const ONHOST_KILLS: u64 = 20;
+
+/// The on-host failures at random moments, [`ONHOST_KILLS`] per family
+/// with `--sync` and without; a kill that fails a check stops the benchmark
+/// with the reason.
+fn onhost_kills() -> Result<OnHostKills> {
+    let started = Instant::now();
+    let mut kills = OnHostKills {
+        seconds: 0.0,
+        sync: Vec::new(),
+        asynchronous: Vec::new(),
+    };
+    for (family, name) in [(Family::V4, "IPv4"), (Family::V6, "IPv6")] {
+        live::wait_for_host(
+            "(waiting for another connmirror test or benchmark to release the host...)",
+        )?;
+        bench::progress(&format!("{ONHOST_KILLS} --sync kills, {name} ... "));
+        let sync = connmirror_tests::kills::sync_kills(family, ONHOST_KILLS);
+        println!("every stream byte-exact, no RST");
+        kills.sync.push((name.to_owned(), sync));
+        bench::progress(&format!("{ONHOST_KILLS} async kills, {name} ... "));
+        let asynchronous = connmirror_tests::kills::async_kills(family, ONHOST_KILLS);
+        println!("every exposure within one batch of the loss");
+        kills.asynchronous.push((name.to_owned(), asynchronous));
+    }
+    kills.seconds = started.elapsed().as_secs_f64();
+    Ok(kills)
 }
 
 fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {

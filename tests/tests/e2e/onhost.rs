@@ -5,35 +5,27 @@
 //! replication lag the agent reported; a wrong key is refused and counted;
 //! planned maintenance moves the live connections to the standby.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use connmirror_common::Counter;
-use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
+use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
-    kill_primary_host, manual_failover, move_to_standby, primary_setup, status, status_of,
-    the_takeover,
+    Moved, assert_migrated, assert_moved, gateway_addrs, handoff_app, manual_failover,
+    move_to_standby, primary_setup, status, status_of, the_takeover,
 };
+use connmirror_tests::kills::{self, FULL, fail_over, full, protected, wait_replicating};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
-use connmirror_tests::mirror::{Mirror, Report};
+use connmirror_tests::mirror::Mirror;
 use connmirror_tests::onhost::{
-    Probe, REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
+    REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
     start_pinned_onhost_agent,
 };
 use connmirror_tests::pinning::PinnedInstance;
-use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
-use connmirror_tests::wire::{WireSeen, WireWatch};
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
+use connmirror_tests::wire::WireWatch;
 
 const PORT: u16 = 7000;
-/// The echo handoff resumes from the history: both ends keep all of it.
-const FULL: [&str; 2] = ["--retention", "full"];
-
-fn full(service: SocketAddr) -> String {
-    format!("{service}=full")
-}
-
 /// `--sync`, and a standby that boots after the connections began: the
 /// agent's checkpoint gives it every flow, the primary's segments wait for
 /// its acknowledgments, and after the primary dies every echo stream goes on
@@ -116,38 +108,12 @@ fn sync_kills_at_random_moments_lose_nothing_v6() {
     sync_kills(Family::V6);
 }
 
-/// Kills per family in `cargo xtask test` (the issue's 20 belong to the
-/// benchmark or the soak).
+/// Kills per family in `cargo xtask test` (`cargo xtask bench onhost` runs
+/// 20).
 const KILLS: u64 = 5;
 
 fn sync_kills(family: Family) {
-    // Up to 1.5 s of traffic after the streams are going.
-    at_random(|random| sync_kill_once(family, Duration::from_millis(random % 1500)));
-}
-
-fn sync_kill_once(family: Family, delay: Duration) {
-    eprintln!("kill after {delay:?} of traffic");
-    let mut setup = primary_setup(family, PORT, "onhost");
-    let (standby, _app, mut agent) = protected(&setup, family, &["--sync", FULL[0], FULL[1]]);
-    let (topo, service) = (&setup.topo, setup.service);
-    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
-    clients
-        .wait_progress(16 << 10, Duration::from_secs(60))
-        .expect("streams flow under --sync");
-    let watch = WireWatch::start(&topo.client, CLIENT_IF);
-    std::thread::sleep(delay);
-    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
-
-    let (results, seen, report) = fail_over(&mut setup, &mut agent, clients, watch, standby);
-
-    assert!(agent_scrape.count("connmirror_sync_released_total") > 0);
-    assert_eq!(agent_scrape.count("connmirror_sync_fallbacks_total"), 0);
-    assert_eq!(agent_scrape.get("connmirror_sync_holding"), 1.0);
-    assert_exact(&results);
-    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
-    let takeover = the_takeover(&report, "heartbeats-missed");
-    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
-    assert_eq!(takeover.unrecoverable_total(), 0);
+    kills::sync_kills(family, KILLS);
 }
 
 /// `--sync` with the standby gone: the agent holds for `--sync-timeout`,
@@ -404,7 +370,7 @@ const RESUMED: &str = "--sync: the standby caught up: holding again";
 /// standby's copy lacks: client bytes the primary acknowledged past the
 /// standby's client stream, plus echoed bytes the client received past the
 /// standby's server stream. The exposure matches it within one batch, and
-/// the reported lag bounds it.
+/// the reported lag bounds it ([`kills::async_kill`]).
 #[test]
 fn async_kills_lose_what_the_exposure_said_v4() {
     async_kills(Family::V4);
@@ -415,124 +381,8 @@ fn async_kills_lose_what_the_exposure_said_v6() {
     async_kills(Family::V6);
 }
 
-/// One batch of the probe's flow: the agent drains its ring at least every
-/// 5 ms, and the probe moves about 1 MiB/s both ways together.
-const ONE_BATCH: u64 = 16 << 10;
-
 fn async_kills(family: Family) {
-    at_random(|random| async_kill_once(family, Duration::from_millis(300 + random % 700)));
-}
-
-fn async_kill_once(family: Family, blocked: Duration) {
-    eprintln!("replication blocked for {blocked:?}");
-    let mut setup = primary_setup(family, PORT, "onhost");
-    let control = setup.dir.path().join("agent-control.sock");
-    let path = control.display().to_string();
-    let flags = [FULL[0], FULL[1], "--control", &path];
-    let (standby, _app, mut agent) = protected(&setup, family, &flags);
-    let (topo, service) = (&setup.topo, setup.service);
-    let mut probe = Probe::start(&topo.client, service, 512 << 10);
-    wait_until(|| probe.received() >= 64 << 10, "the probe's echo flows");
-    let before = status_of(topo, &standby);
-    let block = Blocked::replication(topo, family);
-    std::thread::sleep(blocked);
-
-    topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
-    let client = probe.freeze();
-    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
-    let table = status(&topo.server, &control, false);
-    agent.kill();
-    setup.primary.kill();
-    drop(block);
-    wait_until(
-        || status_of(topo, &standby).takeovers == 1,
-        "the standby takes over",
-    );
-    let (report, _dir) = standby.stop();
-
-    let series = format!("connmirror_replication_exposure_bytes{{service=\"{service}\"}}");
-    let exposure = agent_scrape.get(&series) as u64;
-    let lag = agent_scrape.get("connmirror_replica_lag_bytes") as u64;
-    let flow = (report.flows.iter())
-        .find(|f| f.client == probe.local())
-        .unwrap_or_else(|| panic!("the probe's flow is not in {:#?}", report.flows));
-    let lost_c2s = client.acked.saturating_sub(flow.c2s.delivered);
-    let lost_s2c = client.received.saturating_sub(flow.s2c.delivered);
-    let lost = lost_c2s + lost_s2c;
-    eprintln!(
-        "exposure {exposure} bytes, lag {lag}; client sent {}, primary acked {}, client \
-         received {}; standby holds c2s {} s2c {}; lost {lost_c2s} + {lost_s2c}",
-        client.sent, client.acked, client.received, flow.c2s.delivered, flow.s2c.delivered
-    );
-    assert_eq!(before.takeovers, 0, "no takeover before the failure");
-    assert_eq!(report.takeovers.len(), 1);
-    assert_eq!(report.takeovers[0].trigger, "heartbeats-missed");
-    assert!(
-        lost >= 64 << 10,
-        "blocking replication for {blocked:?} lost only {lost} bytes"
-    );
-    assert!(
-        exposure.abs_diff(lost) <= ONE_BATCH,
-        "exposure {exposure} bytes, lost {lost}: more than one batch apart"
-    );
-    assert!(
-        lost <= lag,
-        "lost {lost} bytes, more than the {lag} lag reported"
-    );
-    assert!(
-        table.contains(&format!("service   {service} serving\n  exposure ")),
-        "{table}"
-    );
-}
-
-/// Drops the replication channel's packets at the standby's host while it
-/// lives (its `INPUT` chain): the agent's batches then wait, unacknowledged.
-struct Blocked<'t> {
-    topo: &'t Topology,
-    tool: &'static str,
-}
-
-impl<'t> Blocked<'t> {
-    fn replication(topo: &'t Topology, family: Family) -> Blocked<'t> {
-        let tool = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        };
-        let blocked = Blocked { topo, tool };
-        blocked.rule("-I");
-        blocked
-    }
-
-    fn rule(&self, op: &str) {
-        let port = REPLICATION_PORT.to_string();
-        let args = [op, "INPUT", "-p", "tcp", "--dport", &port, "-j", "DROP"];
-        connmirror_tests::process::run_checked(self.topo.gateway.command(self.tool).args(args));
-    }
-}
-
-impl Drop for Blocked<'_> {
-    fn drop(&mut self) {
-        self.rule("-D");
-    }
-}
-
-/// A seed for the random moments, printed by each test so that a failure
-/// can be told apart from another.
-fn random_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos() as u64
-}
-
-/// Runs `kill` [`KILLS`] times, each with the next number of a random
-/// seed's sequence (the seed is printed, so a failure can be told apart).
-fn at_random(mut kill: impl FnMut(u64)) {
-    let seed = random_seed();
-    for round in 0..KILLS {
-        eprintln!("seed {seed}, kill {round}");
-        kill(splitmix(seed, round));
-    }
+    kills::async_kills(family, KILLS);
 }
 
 /// Waits until every echo stream verified 16 KiB more; panics saying `what`
@@ -540,45 +390,6 @@ fn at_random(mut kill: impl FnMut(u64)) {
 fn progress(clients: &EchoClients, what: &str) {
     (clients.wait_progress(16 << 10, Duration::from_secs(60)))
         .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// Kills the primary host (its link, its server, the agent) and lets the
-/// echo streams go on from the standby: what they did, what the clients saw
-/// on the wire, and the standby's report once stopped.
-fn fail_over(
-    setup: &mut PrimarySetup,
-    agent: &mut Program,
-    clients: EchoClients,
-    watch: WireWatch,
-    standby: Mirror,
-) -> (Vec<EchoResult>, WireSeen, Report) {
-    kill_primary_host(&setup.topo, &mut setup.primary, agent);
-    clients
-        .wait_progress(32 << 10, Duration::from_secs(60))
-        .expect("every stream continues after the failover");
-    let results = clients.finish(Duration::from_secs(60));
-    let seen = watch.stop();
-    let (report, _dir) = standby.stop();
-    (results, seen, report)
-}
-
-/// A standby, its handoff application and an on-host agent with `flags`,
-/// once the agent replicates to the standby.
-fn protected(setup: &PrimarySetup, family: Family, flags: &[&str]) -> (Mirror, Program, Program) {
-    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let standby = onhost_standby(topo, family, &full(service), key);
-    let app = handoff_app(topo, &standby, service);
-    let agent = start_onhost_agent(topo, family, service, key, flags);
-    wait_replicating(&standby);
-    (standby, app, agent)
-}
-
-/// The `round`th number of `seed`'s splitmix64 sequence.
-fn splitmix(seed: u64, round: u64) -> u64 {
-    let mut x = seed.wrapping_add((round + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// An agent whose key file differs from the standby's: the standby refuses
@@ -653,19 +464,6 @@ fn wrong_key(dir: &Path) -> PathBuf {
 
 /// Waits until `standby` has the agent's replication channel and has heard
 /// its heartbeats.
-fn wait_replicating(standby: &Mirror) {
-    standby.wait_log("replication channel established");
-    standby.wait_log("armed: primary heard");
-}
-
-fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Planned maintenance in on-host mode: `connmirror migrate --to standby` on
 /// the agent quiesces the service on the primary's own capture (in a real
 /// deployment the standby is not on the path), the standby rebuilds the four
