@@ -58,8 +58,9 @@ pub fn onhost_standby(topo: &Topology, family: Family, service: &str, key: &Path
 
 /// `connmirror agent` in on-host mode in the primary's namespace: the agent
 /// of [`start_agent_with`] (heartbeats from its management address), with
-/// generic XDP ingress and TC egress capture on its link and the journal
-/// replicated to the standby; `extra` adds flags (`--sync`, `--retention full`).
+/// the default attach points on its link (`auto`: TC ingress and egress on
+/// a veth) and the journal replicated to the standby; `extra` adds flags
+/// (`--sync`, `--retention full`).
 pub fn start_onhost_agent(
     topo: &Topology,
     family: Family,
@@ -91,7 +92,7 @@ pub fn start_pinned_onhost_agent(
 
 /// The on-host flags of [`start_onhost_agent`], then `extra`.
 fn onhost_flags(family: Family, extra: &[&str]) -> Vec<String> {
-    let iface = format!("{SERVER_IF}:xdp-generic");
+    let iface = SERVER_IF.to_owned();
     let replicate_to = SocketAddr::new(gateway_addrs(family).0, REPLICATION_PORT).to_string();
     ["--iface", &iface, "--replicate-to", &replicate_to]
         .into_iter()

@@ -1002,8 +1002,9 @@ fn render_onhost(r: &OnHostResults) -> String {
     let method = format!(
         "IPv4, a fresh client/gateway/primary topology per run, {} rounds of the {} \
          configurations interleaved, medians reported. On-host: the primary runs `connmirror \
-         agent --iface eth0:xdp-generic --replicate-to GATEWAY:7402` (generic XDP ingress, TC \
-         egress, `unacked` retention) and the gateway `connmirror standby \
+         agent --iface eth0 --replicate-to GATEWAY:7402` (the default attach points, which \
+         on a veth are TC ingress and egress; `unacked` retention, so the agent leaves out of \
+         its batches the bytes acknowledged before they were shipped) and the gateway `connmirror standby \
          --replication-listen` with no capture of its own. Throughput: iperf3 client → \
          primary, one stream, then `-P 8`; each ratio is to the no-mirror row of the same \
          stream count. Latency: {} sequential 64-byte request/echo round trips to the echo \
@@ -1063,8 +1064,8 @@ fn render_kills(k: &OnHostKills) -> String {
          every stream goes on from the standby sha256-exact, no RST reaches a client, and the \
          takeover restores and hands off all four. Async: replication is blocked 0.3–1 s, \
          then the primary dies; a kill passes if the exposure /metrics showed just before is \
-         within one batch ({} bytes) of what the restored flow lacked, and the lag bounds \
-         it.\n\n",
+         within one batch ({} bytes) of what the restored flow lacked (both ends at the \
+         default retention, so acknowledged bytes are left out of the batches).\n\n",
         k.seconds,
         crate::kills::ONE_BATCH
     );

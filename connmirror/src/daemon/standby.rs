@@ -139,10 +139,13 @@ fn start_replica(args: &StandbyArgs, live: Option<&Live>) -> anyhow::Result<Opti
         return Ok(None);
     };
     let full = full_retention(&args.mirror);
+    let mut whole = full.clone();
+    whole.extend(args.live_services());
     let sink = live
         .cloned()
         .map(|live| Arc::new(move |records: &[Record]| live.feed(records)) as replica::Sink);
-    Ok(Some(Replica::start(listen, Key::load(key)?, full, sink)?))
+    let key = Key::load(key)?;
+    Ok(Some(Replica::start(listen, key, full, whole, sink)?))
 }
 
 /// Feeds live replay from the engine's reader. Flows recovered from the

@@ -38,9 +38,16 @@ pub struct RecoveredSide {
 impl RecoveredSide {
     /// Forgets the bytes before stream offset `offset` (the receiver has them),
     /// so a replica that follows a long stream holds only what a restore needs.
+    /// An `offset` past the bytes held (the agent left out bytes acknowledged
+    /// before it shipped them) moves `start` there.
     pub fn release_before(&mut self, offset: u64) {
         let end = self.start + self.bytes.len() as u64;
-        let cut = offset.clamp(self.start, end);
+        if offset >= end {
+            self.bytes.clear();
+            self.start = self.start.max(offset);
+            return;
+        }
+        let cut = offset.max(self.start);
         self.bytes.drain(..(cut - self.start) as usize);
         self.start = cut;
     }
@@ -578,6 +585,23 @@ pub(crate) mod tests {
             error.to_string(),
             "journal record in segment 1 at byte offset 1: unknown record kind 10"
         );
+    }
+
+    #[test]
+    fn releasing_past_the_bytes_held_moves_the_start_there() {
+        let mut side = RecoveredSide {
+            start: 10,
+            bytes: b"abcd".to_vec(),
+            ..RecoveredSide::default()
+        };
+        side.release_before(12);
+        assert_eq!((side.start, side.bytes.as_slice()), (12, &b"cd"[..]));
+        side.release_before(5);
+        assert_eq!((side.start, side.bytes.as_slice()), (12, &b"cd"[..]));
+        side.release_before(40);
+        assert_eq!((side.start, side.bytes.as_slice()), (40, &b""[..]));
+        side.data(40, b"ef");
+        assert_eq!((side.start, side.bytes.as_slice()), (40, &b"ef"[..]));
     }
 
     #[test]

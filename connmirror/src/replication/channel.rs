@@ -38,7 +38,11 @@ pub use link_task::{LinkEvent, LinkStats, fetch_state, link};
 pub use noise::{Channel, Opener, Sealer};
 pub use outbox::{LimitChange, Outbox, lag_families};
 
-use std::{io, net::SocketAddr};
+use std::{
+    collections::BTreeSet,
+    io,
+    net::{IpAddr, SocketAddr},
+};
 
 use crate::flow::{record::Record, recovery::Recovered};
 
@@ -60,6 +64,7 @@ const BATCH: u8 = 1;
 const ACK: u8 = 2;
 const RESUME: u8 = 3;
 const STATE: u8 = 4;
+const NEEDS: u8 = 5;
 /// A state body is cut after the record that takes it past this size.
 const STATE_TARGET: usize = 1 << 20;
 
@@ -165,6 +170,51 @@ fn decode_records(mut rest: &[u8]) -> Result<Vec<Record>, String> {
         rest = &tail[len..];
     }
     Ok(records)
+}
+
+/// The standby's first message on every connection: the services whose
+/// every byte it needs (full history, live replay). The agent leaves out of
+/// the other services' batches the bytes their receiver acknowledged before
+/// they were shipped: the standby would drop them on arrival.
+pub fn encode_needs(services: &BTreeSet<SocketAddr>) -> Vec<u8> {
+    let mut body = vec![NEEDS];
+    for service in services {
+        let (family, ip) = match service.ip() {
+            IpAddr::V4(ip) => (4, ip.to_ipv6_mapped()),
+            IpAddr::V6(ip) => (6, ip),
+        };
+        body.push(family);
+        body.extend_from_slice(&ip.octets());
+        body.extend_from_slice(&service.port().to_le_bytes());
+    }
+    body
+}
+
+/// Parses the standby's [`encode_needs`] message.
+pub fn decode_needs(body: &[u8]) -> Result<BTreeSet<SocketAddr>, String> {
+    let Some((&NEEDS, mut rest)) = body.split_first() else {
+        return Err("the standby did not say which services it needs whole \
+                    (a connmirror from before that message?)"
+            .into());
+    };
+    let mut services = BTreeSet::new();
+    while let Some((entry, tail)) = rest.split_first_chunk::<19>() {
+        let ip = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&entry[1..17]).expect("16"));
+        let ip = match entry[0] {
+            4 => IpAddr::V4(ip.to_ipv4_mapped().ok_or("an IPv4 service that is not")?),
+            6 => IpAddr::V6(ip),
+            other => return Err(format!("a service of address family {other}")),
+        };
+        services.insert(SocketAddr::new(
+            ip,
+            u16::from_le_bytes([entry[17], entry[18]]),
+        ));
+        rest = tail;
+    }
+    match rest.is_empty() {
+        true => Ok(services),
+        false => Err("a services message cut short".into()),
+    }
 }
 
 /// The body an agent restarted on a pinned capture (`--pin`) sends first,

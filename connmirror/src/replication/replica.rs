@@ -57,6 +57,9 @@ pub struct Replica {
     /// Service addresses whose flows keep their whole history: their bytes
     /// are never released.
     full: Arc<BTreeSet<SocketAddr>>,
+    /// Service addresses whose every byte the standby needs (full history,
+    /// live replay): the agent leaves out no acknowledged bytes of them.
+    whole: Arc<BTreeSet<SocketAddr>>,
     /// Where else the records go.
     sink: Option<Sink>,
 }
@@ -65,10 +68,13 @@ impl Replica {
     /// Listens on `listen` for the agent, under the shared `key`. The channel
     /// is served on a thread (and runtime) of its own: applying a fast stream
     /// of records must not delay the failure detector's heartbeats.
+    /// `full`: the services that keep their whole history; `whole`: those
+    /// whose every byte the standby needs (`full` and live replay's).
     pub fn start(
         listen: SocketAddr,
         key: Key,
         full: BTreeSet<SocketAddr>,
+        whole: BTreeSet<SocketAddr>,
         sink: Option<Sink>,
     ) -> anyhow::Result<Self> {
         let listener = std::net::TcpListener::bind(listen)
@@ -80,6 +86,7 @@ impl Replica {
                 ..State::default()
             })),
             full: Arc::new(full),
+            whole: Arc::new(whole),
             sink,
         };
         tracing::info!(%listen, "listening for the agent's replication channel");
@@ -151,6 +158,7 @@ impl Replica {
             mut reader,
         } = channel;
         let peer = writer.peer();
+        writer.send(&channel::encode_needs(&self.whole)).await?;
         while let Some(body) = reader.next().await? {
             if channel::is_resume(&body) {
                 self.send_state(&mut writer).await?;

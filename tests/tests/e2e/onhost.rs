@@ -1,5 +1,5 @@
-//! On-host mode: the agent captures on the primary's own link (generic XDP
-//! ingress, TC egress) and replicates the journal over the encrypted,
+//! On-host mode: the agent captures on the primary's own link (the default
+//! attach points: TC ingress and egress on a veth) and replicates the journal over the encrypted,
 //! authenticated channel to a standby that captures nothing. With `--sync`
 //! a failover loses no byte; without it, what is lost is at most the
 //! replication lag the agent reported; a wrong key is refused and counted;
@@ -369,8 +369,9 @@ const RESUMED: &str = "--sync: the standby caught up: holding again";
 /// then. "Lost" is what the client's kernel holds as delivered that the
 /// standby's copy lacks: client bytes the primary acknowledged past the
 /// standby's client stream, plus echoed bytes the client received past the
-/// standby's server stream. The exposure matches it within one batch, and
-/// the reported lag bounds it ([`kills::async_kill`]).
+/// standby's server stream. The exposure matches it within one batch
+/// ([`kills::async_kill`]; default retention, so the agent leaves
+/// acknowledged bytes out of its batches).
 #[test]
 fn async_kills_lose_what_the_exposure_said_v4() {
     async_kills(Family::V4);

@@ -15,7 +15,7 @@
 //! standby has caught up.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -418,8 +418,8 @@ fn on_link(
     event: LinkEvent,
 ) -> anyhow::Result<()> {
     match event {
-        LinkEvent::Connected(link) => {
-            connected(mirror, link)?;
+        LinkEvent::Connected(link, whole) => {
+            connected(mirror, link, whole)?;
             let position = outbox(mirror).position();
             if let Some(commit) = commit {
                 commit.connected(position);
@@ -497,7 +497,11 @@ fn outbox(mirror: &mut Engine) -> &mut Outbox {
 
 /// A standby connected: everything in the ring is applied, then a checkpoint
 /// of every open flow starts its stream.
-fn connected(mirror: &mut Engine, link: mpsc::UnboundedSender<Vec<u8>>) -> anyhow::Result<()> {
+fn connected(
+    mirror: &mut Engine,
+    link: mpsc::UnboundedSender<Vec<u8>>,
+    whole: BTreeSet<SocketAddr>,
+) -> anyhow::Result<()> {
     mirror.read_ring()?;
     let mut checkpoint = Vec::new();
     mirror.reader.table.checkpoint(|record| {
@@ -506,7 +510,7 @@ fn connected(mirror: &mut Engine, link: mpsc::UnboundedSender<Vec<u8>>) -> anyho
     })?;
     let flows = checkpoint.len();
     let backlog = mirror.ring_backlog();
-    outbox(mirror).connected(link, &checkpoint, backlog);
+    outbox(mirror).connected(link, &checkpoint, backlog, whole);
     tracing::info!(records = flows, "standby connected: checkpoint sent");
     Ok(())
 }

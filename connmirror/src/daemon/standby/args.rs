@@ -236,6 +236,15 @@ impl StandbyArgs {
         (!apps.is_empty()).then(|| Live::new(apps, self.instance_lag_cap as usize))
     }
 
+    /// The services resumed `live`: their instances are fed every client
+    /// byte as it arrives.
+    pub(super) fn live_services(&self) -> BTreeSet<SocketAddr> {
+        (self.resume.iter())
+            .filter(|ResumeSpec(_, resume)| matches!(resume, Resume::Live(_)))
+            .map(|ResumeSpec(service, _)| *service)
+            .collect()
+    }
+
     /// Every `--resume` must name a `--service`.
     pub(super) fn check(&self) -> anyhow::Result<()> {
         let services: BTreeSet<SocketAddr> = self.mirror.services.iter().map(|s| s.0).collect();

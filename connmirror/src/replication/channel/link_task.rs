@@ -3,6 +3,7 @@
 //! the agent's event loop as [`LinkEvent`]s.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     sync::{
         Arc,
@@ -17,14 +18,17 @@ use crate::{
     flow::recovery::Recovered,
     key::Key,
     metrics::Family,
-    replication::channel::{Channel, ChannelError, apply_state, decode_ack, encode_resume},
+    replication::channel::{
+        Channel, ChannelError, Opener, apply_state, decode_ack, decode_needs, encode_resume,
+    },
 };
 
 /// What the agent's link task reports to its event loop.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// A standby is connected; batches go to this sender.
-    Connected(mpsc::UnboundedSender<Vec<u8>>),
+    /// A standby is connected; batches go to this sender. It needs every
+    /// byte of these services ([`encode_needs`](super::encode_needs)).
+    Connected(mpsc::UnboundedSender<Vec<u8>>, BTreeSet<SocketAddr>),
     /// The standby applied everything before this position.
     Acked(u64),
     /// The connection ended.
@@ -94,6 +98,18 @@ pub async fn link(
     }
 }
 
+/// The standby's first message: the services it needs whole.
+async fn needs(
+    reader: &mut Opener,
+    peer: SocketAddr,
+) -> Result<BTreeSet<SocketAddr>, ChannelError> {
+    let protocol = |reason| ChannelError::Protocol { peer, reason };
+    let Some(body) = reader.next().await? else {
+        return Err(protocol("the standby closed the channel".into()));
+    };
+    decode_needs(&body).map_err(protocol)
+}
+
 /// Asks the standby at `peer` for the flows it holds, for an agent
 /// restarted on a pinned capture (`--pin`): its table starts from them.
 pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, ChannelError> {
@@ -102,6 +118,7 @@ pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, Chann
         mut reader,
     } = Channel::connect(peer, key).await?;
     writer.send(&encode_resume()).await?;
+    needs(&mut reader, peer).await?;
     let protocol = |reason| ChannelError::Protocol { peer, reason };
     let mut state = Recovered::new();
     loop {
@@ -126,8 +143,9 @@ async fn serve_link(
         mut reader,
     } = channel;
     let peer = writer.peer();
+    let needs = needs(&mut reader, peer).await?;
     let (batches, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
-    if events.send(LinkEvent::Connected(batches)).is_err() {
+    if events.send(LinkEvent::Connected(batches, needs)).is_err() {
         return Ok(());
     }
     let send = async {

@@ -5,7 +5,7 @@
 //! safe (on-host `--sync`).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
     time::Instant,
 };
@@ -96,6 +96,10 @@ pub struct Outbox {
     /// Batches encoded by [`Outbox::ship`], not yet sent, with the
     /// position each ends at.
     outgoing: Vec<(u64, Vec<u8>)>,
+    /// The services whose every byte the connected standby needs.
+    whole: BTreeSet<SocketAddr>,
+    /// Payload bytes left out because acknowledged before shipped.
+    pub(super) elided: u64,
 }
 
 impl Outbox {
@@ -111,17 +115,22 @@ impl Outbox {
             produced: 0,
             sent: 0,
             outgoing: Vec::new(),
+            whole: BTreeSet::new(),
+            elided: 0,
         }
     }
 
     /// A standby connected: a fresh stream starts at position 0 with
-    /// `checkpoint` (every open flow and its retained bytes).
+    /// `checkpoint` (every open flow and its retained bytes). It needs
+    /// every byte of the services in `whole`.
     pub fn connected(
         &mut self,
         link: mpsc::UnboundedSender<Vec<u8>>,
         checkpoint: &[Record],
         ring_backlog: u64,
+        whole: BTreeSet<SocketAddr>,
     ) {
+        self.whole = whole;
         self.position = 0;
         self.acked = 0;
         self.unacked.clear();
@@ -140,7 +149,12 @@ impl Outbox {
 
     /// Encodes `records` as batches of about [`BATCH_TARGET`] bytes and ships
     /// them when a standby is connected.
+    /// Payload the receiver acknowledged within the same drain is left out
+    /// (of services the standby does not need whole): the standby would
+    /// drop it on arrival.
     pub fn ship(&mut self, records: &[Record], ring_backlog: u64) {
+        let elided = self.elide_acknowledged(records);
+        let records = elided.as_slice();
         let mut start = 0;
         let mut body = vec![0; BATCH_HEADER];
         for (i, record) in records.iter().enumerate() {
@@ -354,6 +368,12 @@ impl Outbox {
                 Some(Unit::Bytes),
             )
             .count(Vec::new(), self.sent),
+            Family::counter(
+                "replication_elided",
+                "Payload bytes left out of the replication stream: their receiver had acknowledged them before they were shipped, and the standby does not need them (it keeps only unacknowledged bytes of their service).",
+                Some(Unit::Bytes),
+            )
+            .count(Vec::new(), self.elided),
             Family::gauge(
                 "replication_connected",
                 "1 while a standby is connected to the replication channel.",
@@ -418,4 +438,65 @@ pub(super) fn sync_limit(c2s: &StreamMarks, s2c: &StreamMarks) -> Option<SyncLim
         seq: end(s2c, false)?,
         ack: end(c2s, true)?,
     })
+}
+
+impl Outbox {
+    /// `records` without the payload bytes that the same drain's
+    /// [`Record::Update`]s show the receiver acknowledged, except in flows
+    /// of the services the standby needs whole.
+    fn elide_acknowledged(&mut self, records: &[Record]) -> Vec<Record> {
+        let acked = self.elidable(records);
+        let mut kept = Vec::with_capacity(records.len());
+        for record in records {
+            let Record::Data {
+                id,
+                dir,
+                offset,
+                bytes,
+            } = record
+            else {
+                kept.push(record.clone());
+                continue;
+            };
+            let Some(&acked) = acked.get(&(*id, *dir)) else {
+                kept.push(record.clone());
+                continue;
+            };
+            let skip = acked.saturating_sub(*offset).min(bytes.len() as u64);
+            self.elided += skip;
+            if skip < bytes.len() as u64 {
+                kept.push(Record::Data {
+                    id: *id,
+                    dir: *dir,
+                    offset: offset + skip,
+                    bytes: bytes.slice(skip as usize..),
+                });
+            }
+        }
+        kept
+    }
+
+    /// The acknowledged offset each flow direction's last update in
+    /// `records` shows, for flows the standby does not need whole.
+    fn elidable(&self, records: &[Record]) -> HashMap<(u64, Direction), u64> {
+        let mut opened = HashMap::new();
+        let mut acked = HashMap::new();
+        for record in records {
+            match record {
+                Record::Open { id, key, .. } => {
+                    opened.insert(*id, *key);
+                }
+                Record::Update {
+                    id, dir, snapshot, ..
+                } => {
+                    let key = opened.get(id).or(self.flows.get(id).map(|f| &f.key));
+                    if key.is_some_and(|key| !self.whole.contains(&endpoints(key).0)) {
+                        acked.insert((*id, *dir), snapshot.marks.acked);
+                    }
+                }
+                _ => {}
+            }
+        }
+        acked
+    }
 }

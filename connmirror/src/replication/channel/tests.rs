@@ -78,7 +78,7 @@ fn acknowledgments_release_limit_changes_in_order_and_shrink_the_lag() {
         _pad: [0; 3],
     };
     let (tx, _rx) = mpsc::unbounded_channel();
-    outbox.connected(tx, &[], 0);
+    outbox.connected(tx, &[], 0, BTreeSet::new());
     let update = |dir, snapshot| Record::Update {
         id: 1,
         dir,
@@ -127,7 +127,7 @@ fn exposure_counts_sent_and_acknowledged_bytes_the_standby_has_not_acknowledged(
         "198.18.0.1:40000".parse().unwrap(),
     );
     let (tx, _rx) = mpsc::unbounded_channel();
-    outbox.connected(tx, &[], 0);
+    outbox.connected(tx, &[], 0, BTreeSet::new());
     let update = |dir, next, acked| Record::Update {
         id: 1,
         dir,
@@ -171,7 +171,7 @@ fn exposure_counts_sent_and_acknowledged_bytes_the_standby_has_not_acknowledged(
 fn a_large_drain_ships_as_batches_of_about_the_target_size() {
     let mut outbox = Outbox::new(false);
     let (tx, mut rx) = mpsc::unbounded_channel();
-    outbox.connected(tx, &[], 0);
+    outbox.connected(tx, &[], 0, BTreeSet::new());
     let data = |offset| Record::Data {
         id: 1,
         dir: Direction::ClientToServer,
@@ -307,6 +307,8 @@ fn a_restarted_agent_fetches_the_standbys_flows_in_several_bodies() {
         let standby = async {
             let (stream, _) = listener.accept().await.unwrap();
             let mut channel = Channel::accept(stream, &key).await.unwrap();
+            let needs = encode_needs(&BTreeSet::new());
+            channel.writer.send(&needs).await.unwrap();
             let asked = channel.reader.next().await.unwrap().unwrap();
             assert!(is_resume(&asked));
             for body in &bodies {
@@ -338,6 +340,8 @@ fn a_state_cut_short_or_of_another_kind_is_refused_by_name() {
         let standby = async {
             let (stream, _) = listener.accept().await.unwrap();
             let mut channel = Channel::accept(stream, &key).await.unwrap();
+            let needs = encode_needs(&BTreeSet::new());
+            channel.writer.send(&needs).await.unwrap();
             channel.reader.next().await.unwrap().unwrap();
             let first = encode_state(&large_state()).remove(0);
             channel.writer.send(&first).await.unwrap();
@@ -352,4 +356,97 @@ fn a_state_cut_short_or_of_another_kind_is_refused_by_name() {
             )
         );
     });
+}
+
+#[test]
+fn the_services_the_standby_needs_whole_round_trip_and_bad_ones_are_named() {
+    let services: BTreeSet<SocketAddr> = ["198.18.1.2:7000", "[fd00::2]:7001"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    assert_eq!(decode_needs(&encode_needs(&services)), Ok(services));
+    assert_eq!(
+        decode_needs(&encode_needs(&BTreeSet::new())),
+        Ok(BTreeSet::new())
+    );
+    let mut cut = encode_needs(&["198.18.1.2:7000".parse().unwrap()].into());
+    cut.pop();
+    assert_eq!(
+        decode_needs(&cut),
+        Err("a services message cut short".to_owned())
+    );
+    assert_eq!(
+        decode_needs(&encode_ack(3)),
+        Err(
+            "the standby did not say which services it needs whole (a connmirror from \
+             before that message?)"
+                .to_owned()
+        )
+    );
+}
+
+/// The records of every batch `rx` received, in order.
+fn shipped(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<Record> {
+    let mut records = Vec::new();
+    while let Ok(body) = rx.try_recv() {
+        records.extend(Batch::decode(&body).unwrap().decode_records().unwrap());
+    }
+    records
+}
+
+#[test]
+fn bytes_acknowledged_within_a_drain_are_left_out_unless_the_standby_needs_them_whole() {
+    let key = FlowKey {
+        server_addr: [198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        client_addr: [0; 16],
+        server_port: 7000,
+        client_port: 1,
+        family: 4,
+        _pad: [0; 3],
+    };
+    let data = |dir, offset: u64, len: usize| Record::Data {
+        id: 1,
+        dir,
+        offset,
+        bytes: vec![7u8; len].into(),
+    };
+    let mut acked = side(10, 100, None);
+    acked.marks.acked = 60;
+    let drain = [
+        Record::Open {
+            id: 1,
+            key,
+            service_id: 0,
+        },
+        data(Direction::ClientToServer, 0, 50),
+        data(Direction::ClientToServer, 50, 50),
+        data(Direction::ServerToClient, 0, 30),
+        Record::Update {
+            id: 1,
+            dir: Direction::ClientToServer,
+            kernel_gaps: 0,
+            snapshot: acked,
+        },
+    ];
+    let mut outbox = Outbox::new(false);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    outbox.connected(tx, &[], 0, BTreeSet::new());
+    outbox.ship(&drain, 0);
+    let left: Vec<Record> = shipped(&mut rx);
+    assert_eq!(
+        left,
+        vec![
+            drain[0].clone(),
+            data(Direction::ClientToServer, 60, 40),
+            drain[3].clone(),
+            drain[4].clone(),
+        ]
+    );
+    assert_eq!(outbox.elided, 60);
+
+    let whole = ["198.18.1.2:7000".parse().unwrap()].into();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    outbox.connected(tx, &[], 0, whole);
+    outbox.ship(&drain[1..], 0);
+    assert_eq!(shipped(&mut rx), drain[1..].to_vec());
 }
