@@ -181,19 +181,24 @@ pub struct Histogram {
 impl Histogram {
     /// A histogram over `bounds` (ascending, in seconds) of `observations`.
     pub fn of(bounds: &[f64], observations: impl IntoIterator<Item = f64>) -> Self {
-        let mut counts = vec![0u64; bounds.len() + 1];
-        let (mut sum, mut count) = (0.0, 0);
-        for value in observations {
-            counts[bounds.partition_point(|&b| b < value)] += 1;
-            sum += value;
-            count += 1;
-        }
         let bounds = bounds.iter().copied().chain([f64::INFINITY]);
-        Self {
-            buckets: bounds.zip(counts).collect(),
-            sum,
-            count,
+        let mut histogram = Self {
+            buckets: bounds.map(|bound| (bound, 0)).collect(),
+            sum: 0.0,
+            count: 0,
+        };
+        for value in observations {
+            histogram.record(value);
         }
+        histogram
+    }
+
+    /// Adds one observation.
+    pub fn record(&mut self, value: f64) {
+        let bucket = self.buckets.partition_point(|&(bound, _)| bound < value);
+        self.buckets[bucket].1 += 1;
+        self.sum += value;
+        self.count += 1;
     }
 }
 

@@ -99,6 +99,11 @@ pub fn sync_kill(family: Family, delay: Duration) -> SyncKill {
 
     let released = agent_scrape.count("connmirror_sync_released_total");
     assert!(released > 0);
+    assert_eq!(
+        agent_scrape.count("connmirror_sync_hold_seconds_count"),
+        released,
+        "every released segment's hold time observed"
+    );
     assert_eq!(agent_scrape.count("connmirror_sync_fallbacks_total"), 0);
     assert_eq!(agent_scrape.get("connmirror_sync_holding"), 1.0);
     assert_exact(&results);

@@ -67,6 +67,28 @@ impl Scrape {
             .sum()
     }
 
+    /// The upper bound of the bucket of histogram `name` (no labels but
+    /// `le`) that holds its `q` quantile; `None` without observations.
+    pub fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
+        let prefix = format!("{name}_bucket{{le=\"");
+        let mut buckets: Vec<(f64, f64)> = (self.samples.iter())
+            .filter_map(|(series, count)| {
+                let le = series.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let bound = match le {
+                    "+Inf" => f64::INFINITY,
+                    le => le.parse().ok()?,
+                };
+                Some((bound, *count))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total = buckets.last()?.1;
+        (total > 0.0).then_some(())?;
+        (buckets.iter())
+            .find(|(_, count)| *count >= q * total)
+            .map(|(bound, _)| *bound)
+    }
+
     /// The sum of every series of `name` (all label sets).
     pub fn sum(&self, name: &str) -> u64 {
         let prefix = format!("{name}{{");

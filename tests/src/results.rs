@@ -375,6 +375,10 @@ pub struct OnHostRuns {
     pub rtts_ms: Vec<f64>,
     /// Segments `--sync` held (dropped until acknowledged), per run.
     pub held: Vec<u64>,
+    /// `--sync`: the bucket bound of the median hold per run, in ms
+    /// (`connmirror_sync_hold_seconds`); empty for other modes and older runs.
+    #[serde(default)]
+    pub hold_p50_ms: Vec<f64>,
 }
 
 /// `cargo xtask bench resume`: the client stall through an automatic
@@ -1010,7 +1014,9 @@ fn render_onhost(r: &OnHostResults) -> String {
          stream count. Latency: {} sequential 64-byte request/echo round trips to the echo \
          example on the primary, timed at the client. Held: `ebpf_sync_held` on the primary \
          (segments the netfilter POSTROUTING program captured and queued to the agent, which \
-         released each once the standby acknowledged the journal up to it).",
+         released each once the standby acknowledged the journal up to it); hold p50: the \
+         upper bound of the bucket of `connmirror_sync_hold_seconds` that holds the median \
+         hold, scraped after the iperf3 run, median of the runs.",
         r.rounds,
         r.modes.len(),
         r.ping_pongs
@@ -1021,9 +1027,9 @@ fn render_onhost(r: &OnHostResults) -> String {
     s.push('\n');
     let _ = writeln!(
         s,
-        "| configuration | Mbit/s (runs) | ratio to no mirror | RTT p50 (ms) | RTT p99 (ms) | segments held |"
+        "| configuration | Mbit/s (runs) | ratio to no mirror | RTT p50 (ms) | RTT p99 (ms) | segments held | hold p50 (ms, ≤) |"
     );
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut baseline = f64::NAN;
     for mode in &r.modes {
         if mode.name.starts_with("no mirror") {
@@ -1036,9 +1042,13 @@ fn render_onhost(r: &OnHostResults) -> String {
             .collect();
         let mut held = mode.held.clone();
         held.sort_unstable();
+        let hold = match mode.hold_p50_ms.is_empty() {
+            true => "–".to_owned(),
+            false => format!("{:.2}", median(&mode.hold_p50_ms)),
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.1} ({}) | {:.4} | {:.3} | {:.3} | {} |",
+            "| {} | {:.1} ({}) | {:.4} | {:.3} | {:.3} | {} | {hold} |",
             mode.name,
             median(&mode.gbps) * 1e3,
             runs.join(", "),

@@ -15,6 +15,8 @@ use std::{
 
 use connmirror_common::FlowKey;
 
+use crate::metrics::Histogram;
+
 /// How far the standby holds one flow's journal, in the flow's sequence
 /// spaces.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,7 +101,14 @@ pub struct Holder {
     /// acknowledge before holding resumes.
     fallback: Option<u64>,
     stats: HoldStats,
+    /// How long each released segment was held.
+    held_for: Histogram,
 }
+
+/// The buckets of [`Holder::held_for`], in seconds: 100 µs to 2.5 s.
+const HELD_FOR_BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 impl Holder {
     /// A holder that falls back once a segment waited `timeout`.
@@ -110,6 +119,7 @@ impl Holder {
             timeout,
             fallback: None,
             stats: HoldStats::default(),
+            held_for: Histogram::of(&HELD_FOR_BOUNDS, []),
         }
     }
 
@@ -147,19 +157,27 @@ impl Holder {
         self.limits.clear();
     }
 
-    /// Pops the held segments at the front that the limits now cover; the
-    /// id of the last one, for one batch verdict, if any.
-    pub fn release(&mut self) -> Option<u32> {
+    /// Pops the held segments at the front that the limits now cover (at
+    /// `now`); the id of the last one, for one batch verdict, if any.
+    pub fn release(&mut self, now: Instant) -> Option<u32> {
         let mut last = None;
         while let Some(front) = self.held.front() {
             if !self.covered(&front.segment) {
                 break;
             }
             last = Some(front.segment.id);
+            self.held_for
+                .record(now.duration_since(front.at).as_secs_f64());
             self.held.pop_front();
             self.stats.released += 1;
         }
         last
+    }
+
+    /// How long each segment released so far was held (those a fallback
+    /// released are not in it).
+    pub fn held_for(&self) -> &Histogram {
+        &self.held_for
     }
 
     /// A segment goes when its flow's limit covers it. A segment of a flow

@@ -231,7 +231,7 @@ impl OutputCommit {
 
     /// Releases the held segments the limits cover, with one verdict.
     fn release(&mut self) -> Result<(), HoldError> {
-        if let Some(last) = self.holder.release() {
+        if let Some(last) = self.holder.release(Instant::now()) {
             self.queue.get_ref().verdict_batch(last, Verdict::Accept)?;
         }
         Ok(())
@@ -280,6 +280,13 @@ impl OutputCommit {
                 Some(Unit::Seconds),
             )
             .set(Vec::new(), oldest),
+            Family::histogram(
+                "sync_hold",
+                "How long each segment was held, from its arrival in the queue to its release \
+                 (segments a fallback released are not counted).",
+                Some(Unit::Seconds),
+            )
+            .observe(Vec::new(), self.holder.held_for().clone()),
             counter("sync_released", "Held segments released.", stats.released),
             counter(
                 "sync_passed",

@@ -60,28 +60,38 @@ fn segments_go_in_queue_order_once_covered_and_one_flow_waits_for_another() {
     for segment in [data(1, a, 100, 5), data(2, b, 200, 5), data(3, a, 150, 5)] {
         assert_eq!(holder.arrive(segment, Some(1000), now), Arrival::Held);
     }
-    assert_eq!(holder.release(), None, "no limit yet");
+    assert_eq!(holder.release(now), None, "no limit yet");
 
     holder.set_limit(a, SyncLimit { seq: 150, ack: 5 });
-    assert_eq!(holder.release(), Some(1), "3 is covered but waits behind 2");
+    assert_eq!(
+        holder.release(now),
+        Some(1),
+        "3 is covered but waits behind 2"
+    );
     assert_eq!(holder.len(), 2);
 
     holder.set_limit(b, SyncLimit { seq: 199, ack: 5 });
     assert_eq!(
-        holder.release(),
+        holder.release(now),
         None,
         "2 ends at 200, the standby holds 199"
     );
     holder.set_limit(b, SyncLimit { seq: 200, ack: 4 });
     assert_eq!(
-        holder.release(),
+        holder.release(now),
         None,
         "2 acknowledges 5, the standby holds 4"
     );
     holder.set_limit(b, SyncLimit { seq: 200, ack: 5 });
-    assert_eq!(holder.release(), Some(3));
+    let later = now + Duration::from_millis(3);
+    assert_eq!(holder.release(later), Some(3));
     assert!(holder.is_empty());
     assert_eq!(holder.stats().released, 3);
+    let held_for = holder.held_for();
+    assert_eq!(held_for.count, 3);
+    assert!((held_for.sum - 0.006).abs() < 1e-9, "{}", held_for.sum);
+    let counts: Vec<u64> = held_for.buckets.iter().map(|&(_, n)| n).collect();
+    assert_eq!(counts, [1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 #[test]
@@ -113,9 +123,9 @@ fn a_closed_flows_last_ack_goes_but_its_data_would_wait() {
     let mut holder = Holder::new(T);
     let now = Instant::now();
     holder.arrive(pure_ack(1, key(1), 10, 3), Some(10), now);
-    assert_eq!(holder.release(), Some(1));
+    assert_eq!(holder.release(now), Some(1));
     holder.arrive(data(2, key(1), 10, 3), Some(10), now);
-    assert_eq!(holder.release(), None);
+    assert_eq!(holder.release(now), None);
 }
 
 #[test]

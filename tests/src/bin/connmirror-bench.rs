@@ -1268,6 +1268,8 @@ struct OnHostSample {
     gbps: f64,
     rtts_ms: Vec<f64>,
     held: u64,
+    /// `--sync`: the median hold's bucket bound, in ms.
+    hold_p50_ms: Option<f64>,
 }
 
 /// Part of `cargo xtask bench ownership`: throughput (client → primary, one
@@ -1303,6 +1305,7 @@ fn onhost(command: &str) -> Result<()> {
                 .flat_map(|s| s.rtts_ms.iter().copied())
                 .collect(),
             held: runs.iter().map(|s| s.held).collect(),
+            hold_p50_ms: runs.iter().filter_map(|s| s.hold_p50_ms).collect(),
         })
         .collect();
     let kills = onhost_kills()?;
@@ -1381,6 +1384,14 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
     let json = iperf3_client(&topo.client, service.ip().to_string(), mode.streams);
     let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
     let (gbps, _) = parse_iperf3(&json?)?;
+    let hold_p50_ms = replication.as_ref().and_then(|_| {
+        let metrics = connmirror_tests::metrics::scrape(
+            &topo.server,
+            connmirror_tests::metrics::DEFAULT_ENDPOINT,
+        );
+        let p50 = metrics.histogram_quantile("connmirror_sync_hold_seconds", 0.5)?;
+        Some(p50 * 1e3)
+    });
     let _echo = echo_primary(&topo, service);
     let rtts_ms = ping_pong(&topo.client, service, PING_PONGS)?;
     let held = match &replication {
@@ -1398,6 +1409,7 @@ fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
         gbps,
         rtts_ms,
         held,
+        hold_p50_ms,
     })
 }
 
