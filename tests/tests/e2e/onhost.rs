@@ -11,8 +11,8 @@ use std::time::Duration;
 use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
-    Moved, assert_migrated, assert_moved, gateway_addrs, handoff_app, manual_failover,
-    move_to_standby, primary_setup, status, status_of, the_takeover,
+    Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
+    manual_failover, move_to_standby, primary_setup, status, status_of, the_takeover,
 };
 use connmirror_tests::kills::{self, FULL, fail_over, full, protected, wait_replicating};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
@@ -181,9 +181,7 @@ fn sync_lets_nothing_out_while_the_agent_is_dead_v4() {
     let family = Family::V4;
     let setup = primary_setup(family, PORT, "onhost");
     let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let command = onhost_standby_command(family, &full(service), key);
-    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
-    let _app = handoff_app(topo, &standby, service);
+    let (standby, _app) = manual_standby(&setup, family);
     let flags = ["--sync", FULL[0], FULL[1]];
     let mut agent = start_onhost_agent(topo, family, service, key, &flags);
     wait_replicating(&standby);
@@ -191,11 +189,7 @@ fn sync_lets_nothing_out_while_the_agent_is_dead_v4() {
     let progress = |what: &str| progress(&clients, what);
     progress("streams flow under --sync");
 
-    agent.kill();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = clients.verified();
-    std::thread::sleep(Duration::from_secs(1));
-    let dead = clients.verified();
+    let (before, dead) = verified_while_dead(&clients, &mut agent);
     let chain = topo
         .server
         .command("iptables")
@@ -243,9 +237,7 @@ fn pinned_agent_restart(family: Family) {
     let pin = PinnedInstance::new("onhost");
     let mut setup = primary_setup(family, PORT, "onhost");
     let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
-    let command = onhost_standby_command(family, &full(service), key);
-    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
-    let _app = handoff_app(topo, &standby, service);
+    let (standby, _app) = manual_standby(&setup, family);
     let flags = ["--sync", FULL[0], FULL[1]];
     let mut agent = start_pinned_onhost_agent(topo, family, service, key, &pin, &flags);
     wait_replicating(&standby);
@@ -253,11 +245,7 @@ fn pinned_agent_restart(family: Family) {
     let progress = |what: &str| progress(&clients, what);
     progress("streams flow under --sync");
 
-    agent.kill();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = clients.verified();
-    std::thread::sleep(Duration::from_secs(1));
-    let dead = clients.verified();
+    let (before, dead) = verified_while_dead(&clients, &mut agent);
     let mut agent = start_pinned_onhost_agent(topo, family, service, key, &pin, &flags);
     progress("the streams go on with the restarted agent");
     let restarted = scrape(&topo.server, DEFAULT_ENDPOINT);
@@ -354,6 +342,26 @@ fn mangle_rules(topo: &Topology) -> String {
         .output()
         .expect("run iptables");
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A standby (full retention) that takes over only by hand (`--failover
+/// manual`: not when the agent's heartbeats stop), and its handoff app.
+fn manual_standby(setup: &PrimarySetup, family: Family) -> (Mirror, Program) {
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let command = onhost_standby_command(family, &full(service), key);
+    let standby = Mirror::start(&topo.gateway, &command.arg("--failover").arg("manual"));
+    let app = handoff_app(topo, &standby, service);
+    (standby, app)
+}
+
+/// Kills `agent` (SIGKILL); what `clients` had verified 300 ms later, and
+/// 1 s after that.
+fn verified_while_dead(clients: &EchoClients, agent: &mut Program) -> (u64, u64) {
+    agent.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = clients.verified();
+    std::thread::sleep(Duration::from_secs(1));
+    (before, clients.verified())
 }
 
 /// The agent's log line when `--sync` falls back (`--sync-timeout 1500`),

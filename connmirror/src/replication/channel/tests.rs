@@ -15,6 +15,18 @@ fn side(origin: u32, next: u64, fin: Option<u64>) -> SideSnapshot {
     }
 }
 
+/// The IPv4 flow from client port 1 to `server_addr`:7000.
+fn flow_key(server_addr: [u8; 16]) -> FlowKey {
+    FlowKey {
+        server_addr,
+        client_addr: [0; 16],
+        server_port: 7000,
+        client_port: 1,
+        family: 4,
+        _pad: [0; 3],
+    }
+}
+
 #[test]
 fn sync_limits_end_where_the_journaled_bytes_end_and_count_the_clients_fin() {
     let limit = sync_limit(
@@ -69,14 +81,7 @@ fn batches_and_acks_round_trip() {
 #[test]
 fn acknowledgments_release_limit_changes_in_order_and_shrink_the_lag() {
     let mut outbox = Outbox::new(true);
-    let key = FlowKey {
-        server_addr: [0; 16],
-        client_addr: [0; 16],
-        server_port: 7000,
-        client_port: 1,
-        family: 4,
-        _pad: [0; 3],
-    };
+    let key = flow_key([0; 16]);
     let (tx, _rx) = mpsc::unbounded_channel();
     outbox.connected(tx, &[], 0, BTreeSet::new());
     let update = |dir, snapshot| Record::Update {
@@ -272,14 +277,7 @@ fn a_wrong_key_fails_the_first_handshake_message_on_both_ends() {
 /// A state that holds more than one body's worth of bytes.
 fn large_state() -> Recovered {
     let mut state = Recovered::new();
-    let key = FlowKey {
-        server_addr: [0; 16],
-        client_addr: [0; 16],
-        server_port: 7000,
-        client_port: 1,
-        family: 4,
-        _pad: [0; 3],
-    };
+    let key = flow_key([0; 16]);
     state.apply(Record::Open {
         id: 4,
         key,
@@ -300,6 +298,13 @@ fn a_restarted_agent_fetches_the_standbys_flows_in_several_bodies() {
     let state = large_state();
     let bodies = encode_state(&state);
     assert_eq!(bodies.len(), 4, "three 1 MiB data records, then the end");
+    let fetched = fetch_from(bodies);
+    assert_eq!(fetched.unwrap(), state);
+}
+
+/// [`fetch_state`] from a standby that answers its request with `bodies`
+/// (after the services it needs whole: none), then closes.
+fn fetch_from(bodies: Vec<Vec<u8>>) -> Result<Recovered, ChannelError> {
     runtime().block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -315,9 +320,8 @@ fn a_restarted_agent_fetches_the_standbys_flows_in_several_bodies() {
                 channel.writer.send(body).await.unwrap();
             }
         };
-        let (fetched, ()) = tokio::join!(fetch_state(addr, &key), standby);
-        assert_eq!(fetched.unwrap(), state);
-    });
+        tokio::join!(fetch_state(addr, &key), standby).0
+    })
 }
 
 #[test]
@@ -333,29 +337,13 @@ fn a_state_cut_short_or_of_another_kind_is_refused_by_name() {
         apply_state(&body, &mut state),
         Err("a record cut short".to_owned())
     );
-    runtime().block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let key = Key::from_bytes(b"0123456789abcdef0123");
-        let standby = async {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut channel = Channel::accept(stream, &key).await.unwrap();
-            let needs = encode_needs(&BTreeSet::new());
-            channel.writer.send(&needs).await.unwrap();
-            channel.reader.next().await.unwrap().unwrap();
-            let first = encode_state(&large_state()).remove(0);
-            channel.writer.send(&first).await.unwrap();
-        };
-        let (fetched, ()) = tokio::join!(fetch_state(addr, &key), standby);
-        let err = fetched.unwrap_err().to_string();
-        assert_eq!(
-            err,
-            format!(
-                "replication channel with {addr}: the standby closed the channel before its \
-                 state was complete"
-            )
-        );
-    });
+    let first = encode_state(&large_state()).remove(0);
+    let err = fetch_from(vec![first]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("replication channel with 127.0.0.1:")
+            && err.ends_with(": the standby closed the channel before its state was complete"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -396,14 +384,7 @@ fn shipped(rx: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<Record> {
 
 #[test]
 fn bytes_acknowledged_within_a_drain_are_left_out_unless_the_standby_needs_them_whole() {
-    let key = FlowKey {
-        server_addr: [198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-        client_addr: [0; 16],
-        server_port: 7000,
-        client_port: 1,
-        family: 4,
-        _pad: [0; 3],
-    };
+    let key = flow_key([198, 18, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     let data = |dir, offset: u64, len: usize| Record::Data {
         id: 1,
         dir,
