@@ -25,8 +25,11 @@ use tokio::{
     sync::{mpsc, watch},
 };
 
+use prometheus_client::registry::Unit;
+
 use crate::{
     key::Key,
+    metrics::{Family, Histogram},
     ownership::heartbeat::{self, HeartbeatStats, Kind, Message, Ownership, Verifier},
 };
 
@@ -72,10 +75,28 @@ pub struct Detector {
 }
 
 /// What the watcher task shares with the standby.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
     stats: HeartbeatStats,
     peer: Option<Peer>,
+    /// The time between consecutive valid heartbeats from the primary.
+    gaps: Histogram,
+}
+
+/// The buckets of the heartbeat gaps, in seconds: 5 ms to 2 s, finest
+/// around the usual intervals (20 to 100 ms).
+const GAP_BOUNDS: [f64; 15] = [
+    0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 2.0,
+];
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            stats: HeartbeatStats::default(),
+            peer: None,
+            gaps: Histogram::of(&GAP_BOUNDS, []),
+        }
+    }
 }
 
 /// The primary as last heard from.
@@ -166,6 +187,19 @@ impl Detector {
     pub fn peer(&self) -> Option<Peer> {
         self.shared.lock().expect("detector lock").peer.clone()
     }
+
+    /// `heartbeat_gap_seconds`: how long the standby waited between
+    /// consecutive valid heartbeats from the primary; how late they come
+    /// under load, against the interval × missed that declares it lost.
+    pub fn gap_family(&self) -> Family {
+        let gaps = self.shared.lock().expect("detector lock").gaps.clone();
+        Family::histogram(
+            "heartbeat_gap",
+            "Time between consecutive valid heartbeats from the primary (the primary is declared lost after --heartbeat-interval × --missed without one).",
+            Some(Unit::Seconds),
+        )
+        .observe(Vec::new(), gaps)
+    }
 }
 
 /// What [`Detector::next`] yields.
@@ -228,7 +262,9 @@ async fn listen(
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = received else { continue };
+                let before = heard.as_ref().map(|h| h.at);
                 if let Some(message) = receive(&mut verifier, &buf[..n], from, &mut heard) {
+                    record_gap(&shared, before, heard.as_ref());
                     last = Some((Instant::now(), from));
                     let concerned = matches!(owned.borrow().as_ref(), Some((_, own)) if concerns(&message, own));
                     if concerned {
@@ -289,6 +325,18 @@ fn publish(
     } else if let (Some(peer), Some((at, _))) = (shared.peer.as_mut(), last) {
         peer.last_heartbeat_ms = at.elapsed().as_millis() as u64;
         peer.alive = false;
+    }
+}
+
+/// Counts the gap between the heartbeat heard `before` and the one just
+/// heard (none when this one armed the detector, or was not a heartbeat).
+fn record_gap(shared: &Mutex<Shared>, before: Option<Instant>, heard: Option<&Heard>) {
+    let (Some(before), Some(heard)) = (before, heard) else {
+        return;
+    };
+    if heard.at > before {
+        let gap = heard.at.duration_since(before).as_secs_f64();
+        shared.lock().expect("detector lock").gaps.record(gap);
     }
 }
 

@@ -19,7 +19,7 @@ use connmirror_tests::failover::{
     detecting_standby_command, echo_primary, four_streams_once_armed, gateway_addrs, handoff_app,
     kill_primary_host, primary_setup, start_agent, status, status_of, the_takeover,
 };
-use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use connmirror_tests::traffic::SplitMix64;
@@ -354,6 +354,12 @@ fn forged_and_replayed_heartbeats_are_counted_and_change_nothing() {
         received > 0 && received <= sent,
         "the standby verified {received} of the agent's {sent} heartbeats"
     );
+    assert_eq!(
+        standby_metrics.count("connmirror_heartbeat_gap_seconds_count"),
+        received - 1,
+        "a gap per valid heartbeat after the first; forgeries and replays make none"
+    );
+    promtool_check(&standby_metrics.text);
     assert_eq!(agent_metrics.get("connmirror_epoch"), 1.0);
     assert_eq!(agent_metrics.get("connmirror_stepped_down"), 0.0);
 }

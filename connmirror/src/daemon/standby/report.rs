@@ -9,6 +9,7 @@ impl Standby {
         let mut families = mirror.families();
         if let Some(detector) = &sources.detector {
             families.extend(detector.stats().families());
+            families.push(detector.gap_family());
         }
         let handoff_rejected = self.handoff.as_ref().map_or(0, |h| h.rejected());
         families.extend([
