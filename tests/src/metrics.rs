@@ -67,9 +67,9 @@ impl Scrape {
             .sum()
     }
 
-    /// The upper bound of the bucket of histogram `name` (no labels but
-    /// `le`) that holds its `q` quantile; `None` without observations.
-    pub fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
+    /// The cumulative buckets of histogram `name` (no labels but `le`):
+    /// (upper bound, observations up to it), by bound.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
         let prefix = format!("{name}_bucket{{le=\"");
         let mut buckets: Vec<(f64, f64)> = (self.samples.iter())
             .filter_map(|(series, count)| {
@@ -82,6 +82,13 @@ impl Scrape {
             })
             .collect();
         buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+
+    /// The upper bound of the bucket of histogram `name` (no labels but
+    /// `le`) that holds its `q` quantile; `None` without observations.
+    pub fn histogram_quantile(&self, name: &str, q: f64) -> Option<f64> {
+        let buckets = self.buckets(name);
         let total = buckets.last()?.1;
         (total > 0.0).then_some(())?;
         (buckets.iter())

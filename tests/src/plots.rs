@@ -398,6 +398,7 @@ mod tests {
             ownership: Some(ownership()),
             onhost: None,
             resume: None,
+            heartbeats: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

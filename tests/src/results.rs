@@ -333,6 +333,23 @@ pub struct OwnershipResults {
     pub ms: Vec<f64>,
 }
 
+/// `cargo xtask bench heartbeats`: how late heartbeats come while the host
+/// is saturated, as the standby's `connmirror_heartbeat_gap_seconds`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatResults {
+    /// Where and how it ran.
+    pub info: RunInfo,
+    /// How long the load ran, in seconds.
+    pub loaded_seconds: u64,
+    /// The agent's heartbeat interval, in milliseconds.
+    pub interval_ms: u64,
+    /// iperf3's throughput meanwhile (the load), Gbit/s.
+    pub gbps: f64,
+    /// The gaps between consecutive heartbeats: (bucket upper bound in
+    /// seconds, gaps in that bucket), ending with `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+}
+
 /// `cargo xtask bench ownership`, on-host part: throughput and round trips
 /// with no mirror, with asynchronous replication and with `--sync`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -583,6 +600,8 @@ pub struct Results {
     pub onhost: Option<OnHostResults>,
     /// `bench/data/resume.json`.
     pub resume: Option<ResumeResults>,
+    /// `bench/data/heartbeats.json`.
+    pub heartbeats: Option<HeartbeatResults>,
 }
 
 impl Results {
@@ -595,6 +614,7 @@ impl Results {
             ownership: load(&dir.join("ownership.json"))?,
             onhost: load(&dir.join("onhost.json"))?,
             resume: load(&dir.join("resume.json"))?,
+            heartbeats: load(&dir.join("heartbeats.json"))?,
         })
     }
 
@@ -608,13 +628,15 @@ impl Results {
             ownership,
             onhost,
             resume,
+            heartbeats,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
         save(&dir.join("failover.json"), failover)?;
         save(&dir.join("ownership.json"), ownership)?;
         save(&dir.join("onhost.json"), onhost)?;
-        save(&dir.join("resume.json"), resume)
+        save(&dir.join("resume.json"), resume)?;
+        save(&dir.join("heartbeats.json"), heartbeats)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -628,6 +650,7 @@ impl Results {
             ownership: newer.ownership.or(older.ownership),
             onhost: newer.onhost.or(older.onhost),
             resume: newer.resume.or(older.resume),
+            heartbeats: newer.heartbeats.or(older.heartbeats),
         };
     }
 
@@ -646,6 +669,7 @@ impl Results {
             self.failover.as_ref().map(render_failover),
             self.ownership.as_ref().map(render_ownership),
             self.onhost.as_ref().map(render_onhost),
+            self.heartbeats.as_ref().map(render_heartbeats),
             self.resume.as_ref().map(render_resume),
         ];
         for section in sections.into_iter().flatten() {
@@ -1503,6 +1527,64 @@ fn resume_table(r: &ResumeResults) -> String {
     t
 }
 
+/// Candidate detection settings: (interval ms, missed), fastest first.
+const DETECTION_SETTINGS: [(u64, u64); 6] = [(10, 3), (20, 2), (20, 3), (25, 3), (50, 3), (100, 3)];
+
+fn render_heartbeats(r: &HeartbeatResults) -> String {
+    let method = format!(
+        "IPv4, one client/gateway/primary topology. The primary runs the echo example and \
+         `connmirror agent --interval {}` in on-host mode (capturing and replicating \
+         asynchronously to the standby); the gateway runs `connmirror standby \
+         --heartbeat-listen ... --failover manual`. Load: iperf3 -P 8 client → primary for \
+         {} s, so the two cores are shared by iperf3, the forwarding softirqs, the agent and \
+         the standby. The gaps are the standby's `connmirror_heartbeat_gap_seconds` \
+         (time between consecutive valid heartbeats), scraped at the end. A setting \
+         `--heartbeat-interval I --missed M` declares the primary lost after about I × M \
+         without a heartbeat (checked every I/2): each gap longer than that would have \
+         been a false takeover.",
+        r.interval_ms, r.loaded_seconds
+    );
+    let mut s = String::from("## Heartbeats: lateness under load\n\n");
+    s.push_str(&r.info.render(&method));
+    let total: u64 = r.buckets.iter().map(|&(_, n)| n).sum();
+    let _ = writeln!(
+        s,
+        "\n{total} gaps while iperf3 moved {:.1} Gbit/s.\n",
+        r.gbps
+    );
+    let _ = writeln!(s, "| gap ≤ (ms) | gaps | cumulative |");
+    let _ = writeln!(s, "| ---: | ---: | ---: |");
+    let mut seen = 0;
+    for &(bound, n) in &r.buckets {
+        seen += n;
+        let bound = match bound.is_finite() {
+            true => format!("{:.0}", bound * 1e3),
+            false => "+Inf".to_owned(),
+        };
+        let share = seen as f64 / total.max(1) as f64 * 100.0;
+        let _ = writeln!(s, "| {bound} | {n} | {share:.4} % |");
+    }
+    s.push('\n');
+    let _ = writeln!(
+        s,
+        "| setting | declares lost after (ms) | gaps longer (false takeovers) | detection (ms, I × M to I × M + I/2) |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
+    for (interval, missed) in DETECTION_SETTINGS {
+        let after = interval * missed;
+        let longer: u64 = (r.buckets.iter())
+            .filter(|&&(bound, _)| bound * 1e3 > after as f64 + 1e-9)
+            .map(|&(_, n)| n)
+            .sum::<u64>();
+        let _ = writeln!(
+            s,
+            "| `--heartbeat-interval {interval} --missed {missed}` | {after} | ≤ {longer} | {after}–{} |",
+            after + interval / 2
+        );
+    }
+    s
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1603,6 +1685,38 @@ pub(crate) mod tests {
                 mode: "unsent".into(),
                 ms: vec![8.0, 9.0, 30.0],
             }],
+        }
+    }
+
+    /// Each setting's false takeovers are the gaps in the buckets past its
+    /// I × M: an upper bound, since a bucket spans its whole range.
+    #[test]
+    fn the_heartbeat_section_counts_the_gaps_each_setting_would_have_taken_for_a_death() {
+        let r = HeartbeatResults {
+            info: info(),
+            loaded_seconds: 600,
+            interval_ms: 10,
+            gbps: 12.5,
+            buckets: vec![
+                (0.01, 100),
+                (0.02, 50),
+                (0.05, 3),
+                (0.1, 1),
+                (f64::INFINITY, 0),
+            ],
+        };
+        let text = render_heartbeats(&r);
+        assert!(
+            text.contains("\n154 gaps while iperf3 moved 12.5 Gbit/s.\n"),
+            "{text}"
+        );
+        assert!(text.contains("| 50 | 3 | 99.3506 % |"), "{text}");
+        for row in [
+            "| `--heartbeat-interval 10 --missed 3` | 30 | ≤ 4 | 30–35 |",
+            "| `--heartbeat-interval 20 --missed 3` | 60 | ≤ 1 | 60–70 |",
+            "| `--heartbeat-interval 50 --missed 3` | 150 | ≤ 0 | 150–175 |",
+        ] {
+            assert!(text.contains(row), "{row} in {text}");
         }
     }
 

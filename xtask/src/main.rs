@@ -182,6 +182,11 @@ pub enum Area {
     /// CONNMIRROR_BENCH_RESUME_PARTS=stall,cost,takeover,splice,memory picks
     /// the parts (docs/benchmarks.md).
     Resume,
+    /// Heartbeat lateness under load: the gaps between the primary's
+    /// heartbeats at the standby while iperf3 -P 8 saturates the host (600 s;
+    /// CONNMIRROR_BENCH_HEARTBEAT_SECONDS changes it), and which detection
+    /// settings they allow.
+    Heartbeats,
 }
 
 impl Area {
@@ -195,6 +200,7 @@ impl Area {
             Area::Ownership => "ownership",
             Area::Onhost => "onhost",
             Area::Resume => "resume",
+            Area::Heartbeats => "heartbeats",
         }
     }
 }

@@ -111,15 +111,15 @@ use connmirror_tests::failover::{
 use connmirror_tests::live;
 use connmirror_tests::metrics::{self, Scrape};
 use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::onhost::{onhost_standby, start_onhost_agent};
+use connmirror_tests::onhost::{onhost_standby, onhost_standby_command, start_onhost_agent};
 use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
-    CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, JournalResults,
-    LiveRound, MemoryRuns, MirrorSample, OnHostKills, OnHostResults, OnHostRuns, OwnershipResults,
-    RestoreSample, Results, ResumeCost, ResumeMemory, ResumeResults, ResumeRuns, ResumeTakeover,
-    RunInfo, Sample, TakeoverRuns, TcpdumpSample, median, output, parse_redis_benchmark_csv,
-    quantile, write_atomically,
+    CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, HeartbeatResults,
+    JournalResults, LiveRound, MemoryRuns, MirrorSample, OnHostKills, OnHostResults, OnHostRuns,
+    OwnershipResults, RestoreSample, Results, ResumeCost, ResumeMemory, ResumeResults, ResumeRuns,
+    ResumeTakeover, RunInfo, Sample, TakeoverRuns, TcpdumpSample, median, output,
+    parse_redis_benchmark_csv, quantile, write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -128,7 +128,14 @@ use connmirror_tests::{Family, Mirror, MirrorCommand, Netns, Topology, bench};
 /// How to run this program, for messages.
 const VIA: &str = "cargo xtask bench";
 /// The areas this program knows, in the order `all` runs them.
-const AREAS: &[&str] = &["capture", "journal", "failover", "ownership", "resume"];
+const AREAS: &[&str] = &[
+    "capture",
+    "journal",
+    "failover",
+    "ownership",
+    "resume",
+    "heartbeats",
+];
 /// Length of each iperf3 run.
 const IPERF_SECONDS: u64 = 10;
 /// The iperf3 server's port, the tracked service.
@@ -204,6 +211,7 @@ fn run() -> Result<()> {
             }
             "onhost" => onhost(&command)?,
             "resume" => resume(&command)?,
+            "heartbeats" => heartbeats(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -1212,6 +1220,103 @@ fn ownership_run() -> Result<f64> {
     let failed: Vec<&String> = results.iter().filter_map(|r| r.error.as_ref()).collect();
     ensure!(failed.is_empty(), "the stream broke: {failed:?}");
     Ok(outage.as_secs_f64() * 1e3)
+}
+
+/// Seconds of load in the heartbeat benchmark, unless
+/// [`HEARTBEAT_SECONDS_VAR`] says otherwise.
+const HEARTBEAT_SECONDS: usize = 600;
+/// Replaces [`HEARTBEAT_SECONDS`]: a positive integer.
+const HEARTBEAT_SECONDS_VAR: &str = "CONNMIRROR_BENCH_HEARTBEAT_SECONDS";
+/// The agent's heartbeat interval there, in ms: short, so that the gaps
+/// show the scheduling delays rather than the interval.
+const HEARTBEAT_INTERVAL_MS: u64 = 10;
+
+/// `cargo xtask bench heartbeats`: the gaps between the primary's
+/// heartbeats at the standby while iperf3 -P 8 saturates the host and the
+/// agent captures and replicates it (on-host), for [`HEARTBEAT_SECONDS`].
+fn heartbeats(command: &str) -> Result<()> {
+    let mut overrides = Vec::new();
+    let seconds = positive_var(HEARTBEAT_SECONDS_VAR, HEARTBEAT_SECONDS, &mut overrides)? as u64;
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    println!("heartbeat benchmark: gaps between heartbeats under {seconds} s of load\n");
+    live::wait_for_host(
+        "(waiting for another connmirror test or benchmark to release the host...)",
+    )?;
+    let topo = Topology::new();
+    let family = Family::V4;
+    let service = topo.service(family, IPERF_PORT);
+    let dir = connmirror_tests::workdir::WorkDir::new("bench-heartbeats");
+    let key = key_file(&dir);
+    configure_primary(&topo, family, service);
+    let interval = HEARTBEAT_INTERVAL_MS.to_string();
+    let standby = Mirror::start(
+        &topo.gateway,
+        &onhost_standby_command(family, &service.to_string(), &key)
+            .arg("--failover")
+            .arg("manual")
+            .arg("--heartbeat-interval")
+            .arg(&interval),
+    );
+    let _agent = start_onhost_agent(&topo, family, service, &key, &["--interval", &interval]);
+    standby.wait_log("armed: primary heard");
+    let mut server = iperf3_server(&topo, service)?;
+    wait_listening(&topo.server, IPERF_PORT)?;
+    bench::progress(&format!("iperf3 -P 8 for {seconds} s ... "));
+    let mut client = topo.client.command("iperf3");
+    client
+        .args([
+            "-c",
+            &service.ip().to_string(),
+            "-p",
+            &IPERF_PORT.to_string(),
+        ])
+        .args(["-P", "8", "-t", &seconds.to_string(), "-J"]);
+    let limit = Duration::from_secs(seconds) + IPERF_GRACE;
+    let json = run_with_limit(&mut client, limit, "iperf3 client");
+    let _ = wait_child(&mut server, Duration::from_secs(5), "iperf3 server");
+    let (gbps, _) = parse_iperf3(&json?)?;
+    let scrape = connmirror_tests::metrics::scrape(
+        &topo.gateway,
+        connmirror_tests::metrics::DEFAULT_ENDPOINT,
+    );
+    let lost = standby.stderr().matches("primary lost").count();
+    drop(standby.stop());
+    let buckets = gap_buckets(&scrape)?;
+    let gaps: u64 = buckets.iter().map(|&(_, n)| n).sum();
+    println!("{gbps:.2} Gbit/s, {gaps} gaps, the primary declared lost {lost} times");
+    record(Results {
+        heartbeats: Some(HeartbeatResults {
+            info: RunInfo {
+                seconds: started.elapsed().as_secs_f64(),
+                ..info
+            },
+            loaded_seconds: seconds,
+            interval_ms: HEARTBEAT_INTERVAL_MS,
+            gbps,
+            buckets,
+        }),
+        ..Results::default()
+    })
+}
+
+/// The standby's `connmirror_heartbeat_gap_seconds` buckets, each with the
+/// gaps in it alone (the exposition's are cumulative).
+fn gap_buckets(scrape: &Scrape) -> Result<Vec<(f64, u64)>> {
+    let cumulative = scrape.buckets("connmirror_heartbeat_gap_seconds");
+    ensure!(
+        !cumulative.is_empty(),
+        "the standby exposed no heartbeat gaps"
+    );
+    let mut below = 0.0;
+    Ok(cumulative
+        .into_iter()
+        .map(|(bound, total)| {
+            let n = total - below;
+            below = total;
+            (bound, n as u64)
+        })
+        .collect())
 }
 
 /// One configuration of the on-host measurement.
