@@ -1240,15 +1240,8 @@ fn heartbeats(command: &str) -> Result<()> {
     let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
     println!("heartbeat benchmark: gaps between heartbeats under {seconds} s of load\n");
-    live::wait_for_host(
-        "(waiting for another connmirror test or benchmark to release the host...)",
-    )?;
-    let topo = Topology::new();
+    let (topo, service, _dir, key) = iperf_primary("bench-heartbeats")?;
     let family = Family::V4;
-    let service = topo.service(family, IPERF_PORT);
-    let dir = connmirror_tests::workdir::WorkDir::new("bench-heartbeats");
-    let key = key_file(&dir);
-    configure_primary(&topo, family, service);
     let interval = HEARTBEAT_INTERVAL_MS.to_string();
     let standby = Mirror::start(
         &topo.gateway,
@@ -1459,16 +1452,31 @@ fn onhost_kills() -> Result<OnHostKills> {
     Ok(kills)
 }
 
-fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
+/// Once the host is free: a fresh IPv4 topology whose primary holds the
+/// service address of iperf3's port, a scratch directory named `name`, and
+/// a key file in it.
+fn iperf_primary(
+    name: &str,
+) -> Result<(
+    Topology,
+    std::net::SocketAddr,
+    connmirror_tests::workdir::WorkDir,
+    PathBuf,
+)> {
     live::wait_for_host(
         "(waiting for another connmirror test or benchmark to release the host...)",
     )?;
     let topo = Topology::new();
-    let family = Family::V4;
-    let service = topo.service(family, IPERF_PORT);
-    let dir = connmirror_tests::workdir::WorkDir::new("bench-onhost");
+    let service = topo.service(Family::V4, IPERF_PORT);
+    let dir = connmirror_tests::workdir::WorkDir::new(name);
     let key = key_file(&dir);
-    configure_primary(&topo, family, service);
+    configure_primary(&topo, Family::V4, service);
+    Ok((topo, service, dir, key))
+}
+
+fn onhost_run(mode: &OnHostMode) -> Result<OnHostSample> {
+    let (topo, service, _dir, key) = iperf_primary("bench-onhost")?;
+    let family = Family::V4;
     let replication = match mode.flags {
         Some(extra) => {
             let standby = onhost_standby(&topo, family, &service.to_string(), &key);
