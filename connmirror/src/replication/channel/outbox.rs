@@ -149,6 +149,7 @@ impl Outbox {
 
     /// Encodes `records` as batches of about [`BATCH_TARGET`] bytes and ships
     /// them when a standby is connected.
+    ///
     /// Payload the receiver acknowledged within the same drain is left out
     /// (of services the standby does not need whole): the standby would
     /// drop it on arrival.
