@@ -23,6 +23,7 @@
 //! Types shared with the kernel side live in `connmirror-common`.
 
 pub mod capture;
+pub mod cluster;
 pub mod daemon;
 pub mod engine;
 pub mod failover;

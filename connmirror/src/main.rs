@@ -55,7 +55,7 @@ enum Command {
     /// services on this host's interfaces and streams the journal to the
     /// standby over an encrypted, authenticated channel (Noise, keyed by
     /// --key); --sync holds outgoing segments until the standby has them.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Ask a running standby to take services over now.
     ///
     /// Prints what the takeover did: each step with its duration, flows
@@ -405,7 +405,7 @@ fn main() -> ExitCode {
                 match cli.command {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
-                    Command::Agent(args) => agent::run(args).await,
+                    Command::Agent(args) => agent::run(*args).await,
                     Command::Status { control, json } => status(&control, json),
                     Command::Takeover {
                         services,

@@ -35,6 +35,7 @@ pub mod bench;
 pub mod cache;
 pub mod digest;
 pub mod echo;
+pub mod etcd;
 pub mod failover;
 pub mod inject;
 pub mod journal;

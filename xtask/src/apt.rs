@@ -10,9 +10,11 @@ use crate::setup::Outcome;
 
 /// Traffic generators, capture and link tools, real servers for the replay tests, `ip netns`, `sysctl`/`pkill`,
 /// `mount`/`nsenter`, `promtool` (in `prometheus`) for the metrics tests, `iptables`
-/// (on-host `--sync` installs its NFQUEUE rules with it), and the font the
-/// benchmark plots are labelled with.
-pub const PACKAGES: [&str; 12] = [
+/// (on-host `--sync` installs its NFQUEUE rules with it), the font the
+/// benchmark plots are labelled with, `protoc` (in `protobuf-compiler`: the
+/// etcd client compiles etcd's protocol definitions when the daemon builds)
+/// and etcd itself (`etcd-server`, `etcd-client`) for the cluster-mode tests.
+pub const PACKAGES: [&str; 15] = [
     "iperf3",
     "memcached",
     "prometheus",
@@ -25,6 +27,9 @@ pub const PACKAGES: [&str; 12] = [
     "util-linux",
     "iptables",
     "fonts-dejavu-core",
+    "protobuf-compiler",
+    "etcd-server",
+    "etcd-client",
 ];
 
 /// Installs whichever of [`PACKAGES`] are missing; never calls apt when none is.

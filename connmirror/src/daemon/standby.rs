@@ -59,6 +59,7 @@ use crate::{
 };
 
 mod args;
+mod cluster;
 pub use args::{DetectionArgs, Failback, QueueArg, ResumeSpec, StandbyArgs};
 mod handover;
 mod migration;
@@ -83,6 +84,13 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .iter()
         .any(|s| matches!(config.resume.get(&s.0), None | Some(Resume::Handoff)));
     let replica = start_replica(&args, config.live.as_ref())?;
+    let (membership, claimed) = match args.cluster.enabled() {
+        true => {
+            let (membership, claimed) = cluster::Membership::join(&args).await?;
+            (Some(membership), Some(claimed))
+        }
+        false => (None, None),
+    };
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
     let mut mirror_args = args.mirror;
     // Replay feeds the standby instance the client's bytes: keep copying them.
@@ -102,6 +110,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
     };
     let mut sources =
         Sources::open(&args.control, detection, args.detection.heartbeat_listen).await?;
+    sources.claimed = claimed;
     let mut signals = Signals::install()?;
     announce_ready()?;
     let mut standby = Standby {
@@ -127,6 +136,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         migration_counter: 0,
         migrations_in: 0,
         migrations_refused: 0,
+        membership,
     };
     serve(&mut standby, &mut mirror, &mut sources, &mut signals).await?;
     finish(standby, mirror, &sources)
@@ -189,9 +199,13 @@ async fn serve(
             Event::Message(StandbyEvent::Migration(stream, from)) => {
                 standby.migrated_in(mirror, stream, from).await
             }
+            Event::Message(StandbyEvent::Claimed(claimed)) => {
+                standby.claimed_in_etcd(mirror, claimed).await
+            }
         }
         if let Some(detector) = &sources.detector {
             standby.publish(detector);
+            standby.primary_back(detector);
         }
     }
     Ok(())
@@ -239,6 +253,8 @@ enum StandbyEvent {
     Prune,
     /// The primary opened a planned migration ([`crate::failover::migrate`]).
     Migration(std::net::TcpStream, SocketAddr),
+    /// etcd answered a claim of a lost primary's services (cluster mode).
+    Claimed(cluster::Claimed),
 }
 
 /// How often drained connections are checked for having closed.
@@ -251,6 +267,8 @@ struct Sources {
     prune: tokio::time::Interval,
     /// Planned migrations from the primary, on TCP at the heartbeat address.
     migrations: Option<tokio::net::TcpListener>,
+    /// etcd's answers to claims (cluster mode).
+    claimed: Option<tokio::sync::mpsc::Receiver<cluster::Claimed>>,
 }
 
 impl Sources {
@@ -282,6 +300,7 @@ impl Sources {
             detector,
             prune: tokio::time::interval(PRUNE_INTERVAL),
             migrations,
+            claimed: None,
         })
     }
 }
@@ -293,6 +312,7 @@ impl EventSource<StandbyEvent> for Sources {
             detector,
             prune,
             migrations,
+            claimed,
         } = self;
         let Some(detector) = detector.as_mut() else {
             return StandbyEvent::Control(control.next().await);
@@ -304,6 +324,7 @@ impl EventSource<StandbyEvent> for Sources {
                 Detected::Claim(message, from) => StandbyEvent::Claim(message, from),
             },
             _ = prune.tick() => StandbyEvent::Prune,
+            Some(answer) = next_claimed(claimed.as_mut()) => StandbyEvent::Claimed(answer),
             accepted = migrate::accept(migrations.as_ref()) => match accepted {
                 Ok((stream, from)) => StandbyEvent::Migration(stream, from),
                 Err(err) => {
@@ -312,6 +333,16 @@ impl EventSource<StandbyEvent> for Sources {
                 }
             },
         }
+    }
+}
+
+/// The next answer to a claim; pending outside cluster mode.
+async fn next_claimed(
+    claimed: Option<&mut tokio::sync::mpsc::Receiver<cluster::Claimed>>,
+) -> Option<cluster::Claimed> {
+    match claimed {
+        Some(claimed) => claimed.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -355,15 +386,13 @@ struct Standby {
     /// Planned migrations taken in, and refused.
     migrations_in: u64,
     migrations_refused: u64,
+    /// Cluster mode (`--etcd`): takeovers are won in etcd first.
+    membership: Option<cluster::Membership>,
 }
 
 impl Standby {
     async fn serve(&mut self, mirror: &mut Engine, detector: Option<&Detector>, pending: Pending) {
         let Pending { request, reply } = pending;
-        let trigger = Trigger {
-            name: "manual",
-            epoch: self.epoch + 1,
-        };
         let response = match request {
             Request::Status => Response::Status(Box::new(self.status(mirror, detector))),
             Request::Migrate { to, services } => {
@@ -375,18 +404,37 @@ impl Standby {
                     }
                 }
             }
-            Request::Takeover { services } => {
-                match self.takeover(mirror, services, trigger).await {
-                    Ok(report) => Response::Takeover(report),
-                    Err(err) => {
-                        tracing::error!("takeover failed: {err:#}");
-                        Response::Error(format!("{err:#}"))
-                    }
+            Request::Takeover { services } => match self.manual_takeover(mirror, services).await {
+                Ok(report) => Response::Takeover(report),
+                Err(err) => {
+                    tracing::error!("takeover failed: {err:#}");
+                    Response::Error(format!("{err:#}"))
                 }
-            }
+            },
         };
         // The requester may have gone; the takeover stands either way.
         let _ = reply.send(response);
+    }
+
+    /// `connmirror takeover`: under the next epoch, won in etcd first in
+    /// cluster mode.
+    async fn manual_takeover(
+        &mut self,
+        mirror: &mut Engine,
+        asked: Option<Vec<SocketAddr>>,
+    ) -> anyhow::Result<TakeoverReport> {
+        let mut epoch = self.epoch + 1;
+        if let Some(membership) = &self.membership {
+            let services = self.select(&mirror.services, asked.clone())?;
+            let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
+            epoch = (membership.take_now(&self.node_id, &addrs).await)
+                .context("taking the services in etcd")?;
+        }
+        let trigger = Trigger {
+            name: "manual",
+            epoch,
+        };
+        self.takeover(mirror, asked, trigger).await
     }
 
     /// The services a request names (all not yet taken over when it names none).

@@ -81,6 +81,8 @@ struct Shared {
     peer: Option<Peer>,
     /// The time between consecutive valid heartbeats from the primary.
     gaps: Histogram,
+    /// When the last valid heartbeat arrived.
+    last_heartbeat: Option<Instant>,
 }
 
 /// The buckets of the heartbeat gaps, in seconds: 5 ms to 2 s, finest
@@ -95,6 +97,7 @@ impl Default for Shared {
             stats: HeartbeatStats::default(),
             peer: None,
             gaps: Histogram::of(&GAP_BOUNDS, []),
+            last_heartbeat: None,
         }
     }
 }
@@ -181,6 +184,12 @@ impl Detector {
     /// Heartbeats received so far, by outcome.
     pub fn stats(&self) -> HeartbeatStats {
         self.shared.lock().expect("detector lock").stats
+    }
+
+    /// Whether a valid heartbeat arrived after `since`.
+    pub fn heard_since(&self, since: Instant) -> bool {
+        let shared = self.shared.lock().expect("detector lock");
+        shared.last_heartbeat.is_some_and(|at| at > since)
     }
 
     /// The primary as last heard from, if ever.
@@ -328,15 +337,20 @@ fn publish(
     }
 }
 
-/// Counts the gap between the heartbeat heard `before` and the one just
-/// heard (none when this one armed the detector, or was not a heartbeat).
+/// Notes when the last heartbeat arrived, and counts the gap between the
+/// heartbeat heard `before` and the one just heard (none when this one
+/// armed the detector, or was not a heartbeat).
 fn record_gap(shared: &Mutex<Shared>, before: Option<Instant>, heard: Option<&Heard>) {
-    let (Some(before), Some(heard)) = (before, heard) else {
+    let Some(heard) = heard else {
         return;
     };
-    if heard.at > before {
+    let mut shared = shared.lock().expect("detector lock");
+    shared.last_heartbeat = Some(heard.at);
+    if let Some(before) = before
+        && heard.at > before
+    {
         let gap = heard.at.duration_since(before).as_secs_f64();
-        shared.lock().expect("detector lock").gaps.record(gap);
+        shared.gaps.record(gap);
     }
 }
 

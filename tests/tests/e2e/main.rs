@@ -23,6 +23,7 @@ mod address;
 mod attach;
 mod capture;
 mod cli_errors;
+mod cluster;
 mod config;
 mod control;
 mod demo;

@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 
 use crate::{
+    cluster::{Registration, Store, record::NodeRecord},
     daemon::agent::onhost::OnHostArgs,
     daemon::control::{ControlServer, Pending, Request, Response},
     daemon::status::{ServiceStatus, StatusReport},
@@ -105,6 +106,11 @@ pub struct AgentArgs {
     /// whole batch is refused and the standby keeps the connections.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub handoff_wait: u64,
+    /// Cluster mode: ownership in etcd (`--etcd`). The agent records itself
+    /// as the owner of its services at `--epoch` (or the higher epoch etcd
+    /// already gives it), and refuses to start when another node owns one.
+    #[command(flatten)]
+    pub cluster: crate::cluster::EtcdArgs,
     /// Metrics endpoint.
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -507,12 +513,45 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
+/// Cluster mode: records this node as the owner of its services in etcd
+/// (the epoch it holds there goes into `ownership`) and registers it under
+/// a lease for as long as the registration lives. Nothing outside it.
+async fn join_cluster(
+    args: &AgentArgs,
+    ownership: &mut Ownership,
+    local: SocketAddr,
+) -> anyhow::Result<Option<Registration>> {
+    if !args.cluster.enabled() {
+        return Ok(None);
+    }
+    let store = Store::connect(&args.cluster, &args.cluster_id)
+        .await
+        .context("cluster mode (--etcd)")?;
+    ownership.epoch = (store.claim(&args.node_id, &args.services, args.epoch).await)
+        .context("recording the services' owner in etcd")?;
+    let record = NodeRecord {
+        node_id: args.node_id.clone(),
+        role: "primary".into(),
+        heartbeat: Some(local),
+        services: args.services.clone(),
+        ..NodeRecord::default()
+    };
+    let registration = (store.register(record).await).context("registering in etcd")?;
+    tracing::info!(
+        epoch = ownership.epoch,
+        etcd = args.cluster.endpoint_list(),
+        "cluster mode: the services' owner in etcd"
+    );
+    Ok(Some(registration))
+}
+
 /// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
 /// `onhost`'s families (the on-host mirror and its replication).
 async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
     let mut ownership = ownership_of(&args);
     let local = local_addr(&args);
+    let _registration = join_cluster(&args, &mut ownership, local).await?;
     let socket = (UdpSocket::bind(local).await)
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;
     let (migrations, mut control) = listeners(&args, local, &key).await?;

@@ -92,6 +92,15 @@ pub struct StandbyArgs {
     /// `close()`: closing one descriptor no longer ends the connection.
     #[arg(long)]
     pub keep_sockets: bool,
+    /// Cluster mode: ownership in etcd (`--etcd`); needs `--heartbeat-listen`.
+    #[command(flatten)]
+    pub cluster: crate::cluster::EtcdArgs,
+    /// Cluster mode: this standby's priority among the standbys of the same
+    /// primary, 0 first. A standby of priority N waits N heartbeat
+    /// intervals before it claims a lost primary's services, so the
+    /// preferred one usually wins; etcd makes sure only one ever does.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub priority: u32,
     /// Routing table for the drained connections' local routes (`--failback
     /// drain`; see `connmirror::failover::drain`).
     #[arg(long, value_name = "ID", default_value_t = drain::DEFAULT_TABLE)]
@@ -245,8 +254,13 @@ impl StandbyArgs {
             .collect()
     }
 
-    /// Every `--resume` must name a `--service`.
+    /// Every `--resume` must name a `--service`; cluster mode needs the
+    /// heartbeats.
     pub(super) fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.cluster.enabled() || self.detection.heartbeat_listen.is_some(),
+            "--etcd needs --heartbeat-listen: etcd decides who takes over, the heartbeats say when"
+        );
         let services: BTreeSet<SocketAddr> = self.mirror.services.iter().map(|s| s.0).collect();
         for ResumeSpec(service, _) in &self.resume {
             anyhow::ensure!(

@@ -7,10 +7,24 @@ impl Standby {
     /// this standby protects, under the next epoch.
     pub(super) async fn primary_lost(&mut self, mirror: &mut Engine, ownership: Ownership) {
         self.epoch = self.epoch.max(ownership.epoch);
+        if self.membership.is_some() {
+            return self.claim_lost(mirror, ownership);
+        }
         let trigger = Trigger {
             name: "heartbeats-missed",
             epoch: self.epoch + 1,
         };
+        let owned = self.to_take(mirror, &ownership);
+        if owned.is_empty() {
+            return;
+        }
+        if let Err(err) = self.takeover(mirror, Some(owned), trigger).await {
+            tracing::error!("automatic takeover failed: {err:#}");
+        }
+    }
+    /// The services of a lost primary's `ownership` that this standby
+    /// protects and has not taken over yet (none: it says so).
+    pub(super) fn to_take(&self, mirror: &Engine, ownership: &Ownership) -> Vec<SocketAddr> {
         let owned: Vec<SocketAddr> = (ownership.services.iter())
             .filter(|s| {
                 mirror.services.iter().any(|t| t.addr == **s) && !self.taken.contains_key(s)
@@ -22,11 +36,8 @@ impl Standby {
                 node = ownership.node_id,
                 "primary lost, but none of its services is left to take over"
             );
-            return;
         }
-        if let Err(err) = self.takeover(mirror, Some(owned), trigger).await {
-            tracing::error!("automatic takeover failed: {err:#}");
-        }
+        owned
     }
     pub(super) async fn takeover(
         &mut self,

@@ -1,0 +1,230 @@
+//! The standby in cluster mode (`--etcd`): a lost primary's services are
+//! taken only once an etcd transaction says this standby won them
+//! ([`crate::cluster::Store::take`]), so when several standbys detect the
+//! same failure exactly one takes over; the others log why and keep
+//! protecting. Without a quorum it keeps asking, and never takes over.
+
+use std::io::Write as _;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::cluster::{
+    Registration, Store, Take,
+    record::{NodeRecord, Owner},
+};
+
+/// How long a standby waits before it asks etcd again after finding no
+/// quorum.
+const RETRY: Duration = Duration::from_millis(100);
+
+/// A standby's place in the cluster: its store, its registration, and the
+/// claim it may be making.
+pub(super) struct Membership {
+    store: Store,
+    registration: Registration,
+    /// Where the claim task answers.
+    answers: mpsc::Sender<Claimed>,
+    /// The claim in progress, if any, and when it began.
+    claiming: Option<(tokio::task::JoinHandle<()>, std::time::Instant)>,
+    /// Waited before claiming: `--priority` heartbeat intervals.
+    delay: Duration,
+}
+
+/// What a claim task found.
+pub(super) struct Claimed {
+    /// The services it claimed.
+    pub services: Vec<SocketAddr>,
+    /// The owner they were taken from.
+    pub seen: Owner,
+    /// etcd's answer.
+    pub take: Take,
+}
+
+impl Membership {
+    /// Connects to etcd and registers this standby; claim answers arrive on
+    /// the receiver.
+    pub(super) async fn join(
+        args: &StandbyArgs,
+    ) -> anyhow::Result<(Membership, mpsc::Receiver<Claimed>)> {
+        let cluster = &args.cluster;
+        let store = Store::connect(cluster, &args.detection.cluster_id)
+            .await
+            .context("cluster mode (--etcd)")?;
+        let record = NodeRecord {
+            node_id: args.detection.node_id.clone(),
+            role: "standby".into(),
+            priority: args.priority,
+            heartbeat: args.detection.heartbeat_listen,
+            replication: args.replication_listen,
+            services: args.mirror.services.iter().map(|s| s.0).collect(),
+            standbys: Vec::new(),
+        };
+        let registration = (store.register(record).await).context("registering in etcd")?;
+        tracing::info!(
+            etcd = cluster.endpoint_list(),
+            priority = args.priority,
+            "cluster mode: takeovers are decided in etcd"
+        );
+        let (answers, claimed) = mpsc::channel(4);
+        let interval = Duration::from_millis(args.detection.heartbeat_interval.max(1));
+        let membership = Membership {
+            store,
+            registration,
+            answers,
+            claiming: None,
+            delay: interval * args.priority,
+        };
+        Ok((membership, claimed))
+    }
+
+    /// Starts claiming `services` from `seen` in etcd, after this standby's
+    /// priority delay; asks again every [`RETRY`] while there is no quorum.
+    pub(super) fn claim(&mut self, node_id: &str, services: Vec<SocketAddr>, seen: Owner) {
+        self.cancel();
+        let (store, answers, delay) = (self.store.clone(), self.answers.clone(), self.delay);
+        let node_id = node_id.to_owned();
+        let began = std::time::Instant::now();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut tries = 0u64;
+            let take = loop {
+                match store.take(&node_id, &services, &seen).await {
+                    Ok(take) => break take,
+                    Err(err) => {
+                        tries += 1;
+                        // 1, 2, 4, 8, ...: a long partition does not flood the log.
+                        if tries.is_power_of_two() {
+                            tracing::warn!(tries, "not taking over without etcd's quorum: {err}");
+                        }
+                    }
+                }
+                tokio::time::sleep(RETRY).await;
+            };
+            let _ = answers
+                .send(Claimed {
+                    services,
+                    seen,
+                    take,
+                })
+                .await;
+        });
+        self.claiming = Some((task, began));
+    }
+
+    /// Stops a claim in progress (the primary is back).
+    pub(super) fn cancel(&mut self) {
+        if let Some((claiming, _)) = self.claiming.take() {
+            claiming.abort();
+        }
+    }
+
+    /// When the claim in progress began, if one is.
+    pub(super) fn claiming_since(&self) -> Option<std::time::Instant> {
+        (self.claiming.as_ref())
+            .filter(|(task, _)| !task.is_finished())
+            .map(|(_, began)| *began)
+    }
+
+    /// A manual takeover of `services`: from whoever etcd says owns them now.
+    pub(super) async fn take_now(
+        &self,
+        node_id: &str,
+        services: &[SocketAddr],
+    ) -> anyhow::Result<u64> {
+        let owners = self.store.owners(services).await?;
+        let seen = (owners.values().flatten().map(|(o, _)| o.clone()))
+            .find(|o| o.node_id != node_id)
+            .unwrap_or(Owner {
+                node_id: String::new(),
+                epoch: 0,
+            });
+        match self.store.take(node_id, services, &seen).await? {
+            Take::Won(epoch) => Ok(epoch),
+            Take::Lost(owner) => anyhow::bail!(
+                "{} owns them at epoch {} in etcd: try again",
+                owner.node_id,
+                owner.epoch
+            ),
+        }
+    }
+
+    /// Records this node's role in its registration.
+    pub(super) fn set_role(&self, role: &str) {
+        self.registration.update(|r| r.role = role.into());
+    }
+}
+
+impl Standby {
+    /// A lost primary in cluster mode: claim its services in etcd first.
+    pub(super) fn claim_lost(&mut self, mirror: &Engine, ownership: Ownership) {
+        let services = self.to_take(mirror, &ownership);
+        let Some(membership) = &mut self.membership else {
+            return;
+        };
+        if services.is_empty() {
+            return;
+        }
+        let seen = Owner {
+            node_id: ownership.node_id.clone(),
+            epoch: ownership.epoch,
+        };
+        tracing::info!(
+            from = seen.node_id,
+            epoch = seen.epoch,
+            "primary lost: claiming its services in etcd"
+        );
+        membership.claim(&self.node_id, services, seen);
+    }
+
+    /// etcd answered a claim: take over under the epoch won, or say who won.
+    pub(super) async fn claimed_in_etcd(&mut self, mirror: &mut Engine, claimed: Claimed) {
+        let Claimed {
+            services,
+            seen,
+            take,
+        } = claimed;
+        match take {
+            Take::Won(epoch) => {
+                tracing::info!(epoch, from = seen.node_id, "won the services in etcd");
+                let trigger = Trigger {
+                    name: "heartbeats-missed",
+                    epoch,
+                };
+                match self.takeover(mirror, Some(services), trigger).await {
+                    Ok(_) => self.membership.iter().for_each(|m| m.set_role("owner")),
+                    Err(err) => tracing::error!("automatic takeover failed: {err:#}"),
+                }
+            }
+            Take::Lost(owner) => {
+                self.epoch = self.epoch.max(owner.epoch);
+                tracing::warn!(
+                    owner = owner.node_id,
+                    epoch = owner.epoch,
+                    "lost the takeover in etcd: another standby owns the services; staying a standby"
+                );
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(
+                    stdout,
+                    "takeover lost: {} owns {services:?} at epoch {} (etcd); protecting them",
+                    owner.node_id, owner.epoch
+                )
+                .and_then(|()| stdout.flush());
+            }
+        }
+    }
+
+    /// Ends a claim in progress once the primary is heard again.
+    pub(super) fn primary_back(&mut self, detector: &Detector) {
+        let Some(membership) = &mut self.membership else {
+            return;
+        };
+        let back = membership
+            .claiming_since()
+            .is_some_and(|t| detector.heard_since(t));
+        if back {
+            tracing::info!("the primary is heard again: no longer claiming its services");
+            membership.cancel();
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Cluster mode (`--etcd`): ownership lives in a real three-member etcd
+//! cluster on a management LAN of its own ([`EtcdCluster`]); the primary's
+//! agent heartbeats to two standbys, and etcd decides which of them acts on
+//! a detection.
+//!
+//! - Both standbys detect the same death at the same moment: exactly one
+//!   wins the transaction and takes over; the other logs who won.
+//! - A standby cut off from etcd never takes over, even with the primary
+//!   dead and a better priority; the other one does, and the echo streams go
+//!   on byte-exact with no RST.
+//! - etcd's leader dies with the primary: the takeover completes once a new
+//!   leader is elected, under one owner.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
+use connmirror_tests::etcd::{ELECTION_TIMEOUT_MS, EtcdCluster, MGMT_IF, node_addr};
+use connmirror_tests::failover::{
+    HEARTBEAT_PORT, PrimarySetup, Program, handoff_app, kill_primary_host, primary_setup,
+    start_agent_with,
+};
+use connmirror_tests::kills::{full, wait_until};
+use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
+use connmirror_tests::topology::{CLIENT_IF, Family};
+use connmirror_tests::wire::WireWatch;
+
+const PORT: u16 = 7600;
+/// The etcd request timeout the daemons get here (`--etcd-timeout`).
+const ETCD_TIMEOUT_MS: u64 = 300;
+
+/// The primary's topology, a three-member etcd cluster, and every node of
+/// the topology joined to etcd's LAN: the gateway (standby `a`), the
+/// client's namespace (standby `b`, detection only) and the primary.
+/// Fields drop in order: the etcd cluster goes before the topology.
+struct Cluster {
+    etcd: EtcdCluster,
+    setup: PrimarySetup,
+}
+
+impl Cluster {
+    fn new(role: &str) -> Cluster {
+        let setup = primary_setup(Family::V4, PORT, role);
+        let etcd = EtcdCluster::start(3);
+        let topo = &setup.topo;
+        for (host, ns) in [&topo.gateway, &topo.client, &topo.server]
+            .into_iter()
+            .enumerate()
+        {
+            etcd.join(ns, node_addr(host as u8));
+        }
+        Cluster { etcd, setup }
+    }
+
+    /// The flags every daemon of the cluster gets.
+    fn etcd_flags(&self, node: &str) -> Vec<String> {
+        [
+            "--etcd",
+            &self.etcd.endpoints(),
+            "--etcd-timeout",
+            &ETCD_TIMEOUT_MS.to_string(),
+            "--node-id",
+            node,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    /// Standby `b` in the client's namespace: detection only (it captures
+    /// and restores nothing), listening for heartbeats on the client's
+    /// address; `--failover auto`, so it claims in etcd like `a`.
+    fn standby_b(&self, priority: u32) -> Mirror {
+        let (topo, key, service) = (&self.setup.topo, &self.setup.key, self.setup.service);
+        let mut command = MirrorCommand::standby()
+            .iface(CLIENT_IF)
+            .arg("--service")
+            .arg(&service.to_string())
+            .ingress("none")
+            .egress("none")
+            .without_dumps()
+            .arg("--heartbeat-listen")
+            .arg(&b_heartbeats().to_string())
+            .arg("--key")
+            .arg(&key.display().to_string())
+            .arg("--priority")
+            .arg(&priority.to_string());
+        for flag in self.etcd_flags("b") {
+            command = command.arg(&flag);
+        }
+        Mirror::start(&topo.client, &command)
+    }
+
+    /// Standby `a`: the on-host standby in the gateway, with its handoff
+    /// application.
+    fn standby_a(&self, priority: u32) -> (Mirror, Program) {
+        let (topo, key, service) = (&self.setup.topo, &self.setup.key, self.setup.service);
+        let mut command = onhost_standby_command(Family::V4, &full(service), key)
+            .arg("--priority")
+            .arg(&priority.to_string());
+        for flag in self.etcd_flags("a") {
+            command = command.arg(&flag);
+        }
+        let standby = Mirror::start(&topo.gateway, &command);
+        let app = handoff_app(topo, &standby, service);
+        (standby, app)
+    }
+
+    /// The owner record of the service in etcd, as JSON.
+    fn owner(&self) -> serde_json::Value {
+        let key = format!("/connmirror/connmirror/services/{}", self.setup.service);
+        let out = self.etcd.etcdctl(&["get", "--print-value-only", &key]);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{key}: {e}: {out:?}"))
+    }
+
+    /// The agent's cluster flags, with heartbeats to standby `b` too when
+    /// `to_b`.
+    fn agent_flags(&self, to_b: bool) -> Vec<String> {
+        let mut flags = self.etcd_flags("primary");
+        // The harness gives `--node-id primary` already.
+        flags.truncate(flags.len() - 2);
+        if to_b {
+            flags.extend(["--standby".to_owned(), b_heartbeats().to_string()]);
+        }
+        flags
+    }
+}
+
+/// Where standby `b` listens for heartbeats: the client's address.
+fn b_heartbeats() -> SocketAddr {
+    SocketAddr::from(([198, 18, 0, 2], HEARTBEAT_PORT))
+}
+
+/// Both standbys detect the primary's death at the same moment (same
+/// interval, same priority, the same heartbeats stop): both claim, exactly
+/// one wins epoch 2 in etcd and takes over, and the other logs who won and
+/// stays a standby.
+#[test]
+fn two_standbys_detect_together_and_exactly_one_takes_over_v4() {
+    let mut cluster = Cluster::new("cluster");
+    let (a, _app) = cluster.standby_a(0);
+    let b = cluster.standby_b(0);
+    let (topo, key, service) = (
+        &cluster.setup.topo,
+        &cluster.setup.key,
+        cluster.setup.service,
+    );
+    let flags = cluster.agent_flags(true);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = start_agent_with(topo, Family::V4, service, key, &flags);
+    a.wait_log("armed: primary heard");
+    b.wait_log("armed: primary heard");
+    assert_eq!(
+        cluster.owner(),
+        serde_json::json!({"node_id": "primary", "epoch": 1})
+    );
+
+    kill_primary_host(topo, &mut cluster.setup.primary, &mut agent);
+    let outcome = |m: &Mirror| {
+        let log = m.stderr();
+        (
+            log.contains("won the services in etcd"),
+            log.contains("lost the takeover in etcd"),
+        )
+    };
+    wait_until(
+        || outcome(&a) != (false, false) && outcome(&b) != (false, false),
+        "both standbys' claims decided",
+    );
+    let owner = cluster.owner();
+    let (winner, loser) = match owner["node_id"].as_str() {
+        Some("a") => (&a, &b),
+        Some("b") => (&b, &a),
+        other => panic!("owner {other:?} in etcd"),
+    };
+    assert_eq!(owner["epoch"], 2, "{owner}");
+    for standby in [&a, &b] {
+        assert!(
+            standby
+                .stderr()
+                .contains("primary lost: claiming its services in etcd"),
+            "{}",
+            standby.stderr()
+        );
+    }
+    assert_eq!(outcome(winner), (true, false));
+    assert_eq!(outcome(loser), (false, true));
+    let winner_id = owner["node_id"].as_str().unwrap();
+    let why = format!("staying a standby owner=\"{winner_id}\" epoch=2");
+    assert!(loser.stderr().contains(&why), "{}", loser.stderr());
+    cluster.etcd.kill(0);
+}
+
+/// Standby `b` (priority 0: it would claim first) loses its link to etcd;
+/// then the primary dies. `b` keeps asking and never takes over; `a`
+/// (priority 1) wins epoch 2, and the echo streams go on from it byte-exact
+/// with no RST.
+#[test]
+fn a_standby_cut_off_from_etcd_does_not_take_over_and_the_other_does_v4() {
+    let mut cluster = Cluster::new("cluster");
+    let (a, _app) = cluster.standby_a(1);
+    let b = cluster.standby_b(0);
+    let (topo, key, service) = (
+        &cluster.setup.topo,
+        &cluster.setup.key,
+        cluster.setup.service,
+    );
+    let flags = cluster.agent_flags(true);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = start_onhost_agent(topo, Family::V4, service, key, &flags);
+    a.wait_log("replication channel established");
+    b.wait_log("armed: primary heard");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("streams flow");
+    topo.client.ip(["link", "set", MGMT_IF, "down"]);
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+
+    kill_primary_host(topo, &mut cluster.setup.primary, &mut agent);
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    b.wait_log("not taking over without etcd's quorum");
+
+    assert_eq!(
+        cluster.owner(),
+        serde_json::json!({"node_id": "a", "epoch": 2})
+    );
+    assert!(
+        !b.stderr().contains("won the services in etcd"),
+        "{}",
+        b.stderr()
+    );
+    assert_exact(&results);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    let (report, _dir) = a.stop();
+    let takeover = &report.takeovers[0];
+    assert_eq!(
+        (takeover.epoch, takeover.restored, takeover.handed_off),
+        (2, 4, 4)
+    );
+}
+
+/// etcd's leader dies together with the primary: the claim fails while etcd
+/// has no leader and is tried again; the takeover completes under one owner,
+/// with no owner for no longer than the election timeout plus one retry
+/// (an etcd request's timeout plus 100 ms).
+#[test]
+fn the_takeover_completes_when_etcds_leader_dies_with_the_primary_v4() {
+    let mut cluster = Cluster::new("cluster");
+    let (a, _app) = cluster.standby_a(0);
+    let (topo, key, service) = (
+        &cluster.setup.topo,
+        &cluster.setup.key,
+        cluster.setup.service,
+    );
+    let flags = cluster.agent_flags(false);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = start_onhost_agent(topo, Family::V4, service, key, &flags);
+    a.wait_log("replication channel established");
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("streams flow");
+    let leader = cluster.etcd.leader();
+
+    cluster.etcd.kill(leader);
+    let killed = Instant::now();
+    kill_primary_host(topo, &mut cluster.setup.primary, &mut agent);
+    wait_until(
+        || a.stderr().contains("won the services in etcd"),
+        "the takeover is won",
+    );
+    let won = killed.elapsed();
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("every stream continues after the failover");
+    let results = clients.finish(Duration::from_secs(60));
+
+    assert_eq!(
+        cluster.owner(),
+        serde_json::json!({"node_id": "a", "epoch": 2})
+    );
+    assert_exact(&results);
+    // Detection (150 ms) + the election + one retry; generous for a loaded
+    // 2-core host, but bounded by what etcd is configured for.
+    let bound = Duration::from_millis(150 + ELECTION_TIMEOUT_MS + ETCD_TIMEOUT_MS + 100 + 1000);
+    eprintln!("won {won:?} after the leader's death (bound {bound:?})");
+    assert!(
+        won < bound,
+        "won {won:?} after the leader died; bound {bound:?}\n{}",
+        a.stderr()
+    );
+}
