@@ -242,6 +242,15 @@ fn effective_settings_are_toml_with_defaults_marked() {
          # handoff: not set\n\
          # control: not set\n\
          handoff_wait = 10000  # default\n\
+         etcd = []\n\
+         # etcd_ca: not set\n\
+         # etcd_cert: not set\n\
+         # etcd_key: not set\n\
+         # etcd_user: not set\n\
+         # etcd_password_file: not set\n\
+         etcd_prefix = \"/connmirror\"  # default\n\
+         etcd_timeout = 1000  # default\n\
+         lease_ttl = 3  # default\n\
          metrics = \"127.0.0.1:9464\"  # default\n\
          iface = []\n\
          # replicate_to: not set\n\
