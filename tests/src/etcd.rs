@@ -8,6 +8,7 @@
 //! (and with it every link to the LAN) and their data directories.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::failover::Program;
@@ -37,23 +38,140 @@ pub struct EtcdCluster {
     switch: Netns,
     /// Links made so far (names the switch's veth ends).
     links: std::cell::Cell<u32>,
+    /// With TLS: the certificates (clients must present one too).
+    pki: Option<Pki>,
     dir: WorkDir,
+}
+
+/// A test CA, a server certificate for every member address and a client
+/// certificate, made with `openssl` (PEM files in the cluster's directory).
+pub struct Pki {
+    /// The CA certificate (`--etcd-ca`).
+    pub ca: PathBuf,
+    /// The client certificate and key (`--etcd-cert`, `--etcd-key`).
+    pub client_cert: PathBuf,
+    /// The client key.
+    pub client_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl Pki {
+    /// Makes the CA and the certificates in `dir`, the server's valid for
+    /// the first `members` member addresses.
+    fn make(dir: &Path, members: usize) -> Pki {
+        let path = |name: &str| dir.join(name);
+        let ips: Vec<String> = (0..members)
+            .map(|i| format!("IP:{}", member_addr(i)))
+            .collect();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&path("ca.key")),
+            "-out",
+            &s(&path("ca.pem")),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=connmirror test CA",
+        ]);
+        let sign = |name: &str, extensions: &str| {
+            let (key, csr, pem, ext) = (
+                path(&format!("{name}.key")),
+                path(&format!("{name}.csr")),
+                path(&format!("{name}.pem")),
+                path(&format!("{name}.ext")),
+            );
+            std::fs::write(&ext, extensions).expect("write the extensions");
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &s(&key),
+                "-out",
+                &s(&csr),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &s(&csr),
+                "-CA",
+                &s(&path("ca.pem")),
+                "-CAkey",
+                &s(&path("ca.key")),
+                "-CAcreateserial",
+                "-out",
+                &s(&pem),
+                "-days",
+                "2",
+                "-extfile",
+                &s(&ext),
+            ]);
+            (pem, key)
+        };
+        let (server_cert, server_key) = sign(
+            "server",
+            &format!(
+                "subjectAltName={}\nextendedKeyUsage=serverAuth\n",
+                ips.join(",")
+            ),
+        );
+        let (client_cert, client_key) = sign("client", "extendedKeyUsage=clientAuth\n");
+        Pki {
+            ca: path("ca.pem"),
+            client_cert,
+            client_key,
+            server_cert,
+            server_key,
+        }
+    }
+}
+
+/// A path as an argument.
+fn s(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Runs `openssl args...`.
+fn openssl(args: &[&str]) {
+    crate::process::run_checked(std::process::Command::new("openssl").args(args));
 }
 
 impl EtcdCluster {
     /// Starts `n` members and waits until every one is healthy.
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, false)
+    }
+
+    /// [`EtcdCluster::start`], with `tls`: client URLs over HTTPS, and
+    /// clients must present a certificate of the test CA ([`Pki`]).
+    pub fn start_with(n: usize, tls: bool) -> EtcdCluster {
         crate::require_root();
         let etcd = which("etcd");
         let switch = Netns::new("etcd-sw");
         switch.ip(["link", "add", "br0", "type", "bridge"]);
         switch.ip(["link", "set", "br0", "up"]);
         switch.ip(["addr", "add", "198.18.8.254/24", "dev", "br0"]);
+        let dir = WorkDir::new("etcd");
         let cluster = EtcdCluster {
             members: Vec::new(),
             switch,
             links: std::cell::Cell::new(0),
-            dir: WorkDir::new("etcd"),
+            pki: tls.then(|| Pki::make(dir.path(), n)),
+            dir,
         };
         let peers: Vec<String> = (0..n)
             .map(|i| format!("m{i}=http://{}:2380", member_addr(i)))
@@ -63,7 +181,18 @@ impl EtcdCluster {
         for i in 0..n {
             let ns = Netns::new(&format!("etcd{i}"));
             cluster.join(&ns, member_addr(i));
-            let args = member_args(i, &peers.join(","), &token, &cluster.dir);
+            let mut args = member_args(i, &peers.join(","), &token, &cluster.dir, cluster.scheme());
+            if let Some(pki) = &cluster.pki {
+                args.extend([
+                    "--cert-file".to_owned(),
+                    s(&pki.server_cert),
+                    "--key-file".to_owned(),
+                    s(&pki.server_key),
+                    "--client-cert-auth".to_owned(),
+                    "--trusted-ca-file".to_owned(),
+                    s(&pki.ca),
+                ]);
+            }
             let etcd = Program::spawn(&ns, &etcd, args);
             members.push(Member {
                 etcd: Some(etcd),
@@ -102,24 +231,52 @@ impl EtcdCluster {
     /// The client URLs, comma-separated (`--etcd`).
     pub fn endpoints(&self) -> String {
         (0..self.members.len())
-            .map(|i| format!("http://{}:2379", member_addr(i)))
+            .map(|i| self.url(i))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The certificates, with TLS.
+    pub fn pki(&self) -> Option<&Pki> {
+        self.pki.as_ref()
+    }
+
+    /// `http` or `https`.
+    fn scheme(&self) -> &'static str {
+        if self.pki.is_some() { "https" } else { "http" }
+    }
+
+    /// Member `i`'s client URL.
+    fn url(&self, i: usize) -> String {
+        format!("{}://{}:2379", self.scheme(), member_addr(i))
     }
 
     /// `etcdctl` against the live members, from the switch; its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let live: Vec<String> = (0..self.members.len())
             .filter(|i| self.members[*i].etcd.is_some())
-            .map(|i| format!("http://{}:2379", member_addr(i)))
+            .map(|i| self.url(i))
             .collect();
-        let mut cmd = self.switch.command("etcdctl");
-        cmd.env("ETCDCTL_API", "3")
-            .arg("--endpoints")
-            .arg(live.join(","))
-            .arg("--command-timeout=2s")
-            .args(args);
+        let mut cmd = self.etcdctl_command(&live.join(","));
+        cmd.arg("--command-timeout=2s").args(args);
         crate::process::run_checked(&mut cmd)
+    }
+
+    /// `etcdctl --endpoints ENDPOINTS`, with the client certificate under TLS.
+    fn etcdctl_command(&self, endpoints: &str) -> std::process::Command {
+        let mut cmd = self.switch.command("etcdctl");
+        cmd.env("ETCDCTL_API", "3").args(["--endpoints", endpoints]);
+        if let Some(pki) = &self.pki {
+            cmd.args([
+                "--cacert",
+                &s(&pki.ca),
+                "--cert",
+                &s(&pki.client_cert),
+                "--key",
+                &s(&pki.client_key),
+            ]);
+        }
+        cmd
     }
 
     /// The index of the current leader, waiting for one (at most 10 s).
@@ -151,11 +308,10 @@ impl EtcdCluster {
     fn wait_healthy(&self, which: Vec<usize>) {
         let deadline = Instant::now() + START_TIMEOUT;
         for i in which {
-            let url = format!("http://{}:2379", member_addr(i));
+            let url = self.url(i);
             loop {
-                let mut cmd = self.switch.command("etcdctl");
-                cmd.env("ETCDCTL_API", "3")
-                    .args(["--endpoints", &url, "endpoint", "health"]);
+                let mut cmd = self.etcdctl_command(&url);
+                cmd.args(["endpoint", "health"]);
                 let out = crate::process::output_with_timeout(&mut cmd, Duration::from_secs(5));
                 if out.status.success() {
                     break;
@@ -187,7 +343,7 @@ pub fn node_addr(host: u8) -> Ipv4Addr {
 }
 
 /// Member `i`'s command line.
-fn member_args(i: usize, peers: &str, token: &str, dir: &WorkDir) -> Vec<String> {
+fn member_args(i: usize, peers: &str, token: &str, dir: &WorkDir, scheme: &str) -> Vec<String> {
     let ip = member_addr(i);
     let data = dir.path().join(format!("m{i}"));
     [
@@ -196,9 +352,9 @@ fn member_args(i: usize, peers: &str, token: &str, dir: &WorkDir) -> Vec<String>
         "--data-dir".to_owned(),
         data.display().to_string(),
         "--listen-client-urls".to_owned(),
-        format!("http://{ip}:2379"),
+        format!("{scheme}://{ip}:2379"),
         "--advertise-client-urls".to_owned(),
-        format!("http://{ip}:2379"),
+        format!("{scheme}://{ip}:2379"),
         "--listen-peer-urls".to_owned(),
         format!("http://{ip}:2380"),
         "--initial-advertise-peer-urls".to_owned(),

@@ -106,11 +106,25 @@ impl EtcdArgs {
         }
     }
 
-    /// An etcd client error as [`ClusterError::Unreachable`].
+    /// An etcd client error: [`ClusterError::Refused`] when etcd turned the
+    /// credentials or permissions down, else [`ClusterError::Unreachable`].
     pub fn unreachable(&self, err: &etcd_client::Error) -> ClusterError {
-        ClusterError::Unreachable {
-            endpoints: self.endpoint_list(),
-            reason: err.to_string(),
+        let (endpoints, reason) = (self.endpoint_list(), err.to_string());
+        match err {
+            etcd_client::Error::GRpcStatus(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) =>
+            {
+                ClusterError::Refused {
+                    endpoints,
+                    reason: status.message().to_owned(),
+                }
+            }
+            _ => ClusterError::Unreachable { endpoints, reason },
         }
     }
 }

@@ -20,8 +20,8 @@
 //!   that cannot reach one gets [`ClusterError::Unreachable`] and never takes
 //!   over: availability yields to safety.
 //!
-//! Uses: [`crate::ownership`] (the ownership a heartbeat carries). Must not
-//! use: capture, flows, failover or roles.
+//! Uses: nothing else of the crate (the etcd client only). Must not use:
+//! capture, flows, failover, ownership or roles; the roles join the two.
 
 mod args;
 pub mod record;
@@ -39,6 +39,14 @@ pub enum ClusterError {
         /// The endpoints tried.
         endpoints: String,
         /// What the client said.
+        reason: String,
+    },
+    /// etcd refused the credentials or the request's permissions.
+    #[error("etcd refused the request ({endpoints}): {reason}")]
+    Refused {
+        /// The endpoints tried.
+        endpoints: String,
+        /// What etcd said.
         reason: String,
     },
     /// A file named by an `--etcd-*` flag could not be read.

@@ -10,6 +10,8 @@
 //!   on byte-exact with no RST.
 //! - etcd's leader dies with the primary: the takeover completes once a new
 //!   leader is elected, under one owner.
+//! - etcd over TLS with user authentication: the right credentials work, a
+//!   wrong password is refused by name.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,9 +24,11 @@ use connmirror_tests::failover::{
 };
 use connmirror_tests::kills::{full, wait_until};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
+use connmirror_tests::netns::Netns;
 use connmirror_tests::onhost::{onhost_standby_command, start_onhost_agent};
 use connmirror_tests::topology::{CLIENT_IF, Family};
 use connmirror_tests::wire::WireWatch;
+use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7600;
 /// The etcd request timeout the daemons get here (`--etcd-timeout`).
@@ -294,4 +298,83 @@ fn the_takeover_completes_when_etcds_leader_dies_with_the_primary_v4() {
         "won {won:?} after the leader died; bound {bound:?}\n{}",
         a.stderr()
     );
+}
+
+/// etcd over TLS with client certificates and user authentication: an agent
+/// given the CA, its certificate and the right password records itself as
+/// the owner; with a wrong password it refuses to start and says etcd
+/// refused it (not that etcd is unreachable).
+#[test]
+fn an_agent_logs_in_over_tls_and_a_wrong_password_is_refused_by_name() {
+    let etcd = EtcdCluster::start_with(1, true);
+    let pki = etcd.pki().expect("TLS");
+    etcd.etcdctl(&["user", "add", "root", "--new-user-password", "s3cret"]);
+    etcd.etcdctl(&["auth", "enable"]);
+    let ns = Netns::new("agent");
+    etcd.join(&ns, node_addr(0));
+    let dir = WorkDir::new("cluster");
+    let key = connmirror_tests::failover::key_file(&dir);
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::write(&good, "s3cret\n").unwrap();
+    std::fs::write(&bad, "guess\n").unwrap();
+    let (key, endpoints) = (key.display().to_string(), etcd.endpoints());
+    let (ca, cert, client_key) = (
+        pki.ca.display().to_string(),
+        pki.client_cert.display().to_string(),
+        pki.client_key.display().to_string(),
+    );
+    let args = |password: &std::path::Path| {
+        [
+            "agent",
+            "--node-id",
+            "primary",
+            "--key",
+            &key,
+            "--service",
+            "198.18.8.100:7000",
+            "--standby",
+            "198.18.8.254:7400",
+            "--metrics",
+            "off",
+            "--etcd",
+            &endpoints,
+            "--etcd-ca",
+            &ca,
+            "--etcd-cert",
+            &cert,
+            "--etcd-key",
+            &client_key,
+            "--etcd-user",
+            "root",
+            "--etcd-password-file",
+            &password.display().to_string(),
+        ]
+        .map(str::to_owned)
+    };
+
+    let mut refused = ns.command(connmirror_tests::connmirror_bin());
+    refused.args(args(&bad));
+    let refused =
+        connmirror_tests::process::output_with_timeout(&mut refused, Duration::from_secs(30));
+    let bin = connmirror_tests::connmirror_bin();
+    let mut running = Program::start(&ns, bin, args(&good), "ready");
+    let owner = etcd.etcdctl(&[
+        "--user",
+        "root:s3cret",
+        "get",
+        "--print-value-only",
+        "/connmirror/connmirror/services/198.18.8.100:7000",
+    ]);
+    running.terminate();
+
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cluster mode (--etcd): etcd refused the request ({}): etcdserver: authentication failed, invalid user ID or password",
+            etcd.endpoints()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(owner.trim(), r#"{"node_id":"primary","epoch":1}"#);
 }
