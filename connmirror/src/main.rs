@@ -6,8 +6,10 @@ use std::{
     process::ExitCode,
 };
 
+use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use connmirror::{
+    cluster::EtcdArgs,
     daemon::agent::{self, AgentArgs},
     daemon::config::{self, Config, Layout},
     daemon::control::{self, DEFAULT_CONTROL, Request, Response},
@@ -120,6 +122,16 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show the whole cluster instead, from etcd (`--etcd`): every
+        /// service's owner and epoch, its standbys, their lag and protection.
+        #[arg(long, requires = "endpoints")]
+        cluster: bool,
+        /// With --cluster: the cluster's id.
+        #[arg(long, value_name = "ID", default_value = "connmirror")]
+        cluster_id: String,
+        /// With --cluster: where etcd is.
+        #[command(flatten)]
+        etcd: EtcdArgs,
     },
     /// Take a journal apart without a running daemon.
     #[command(subcommand)]
@@ -283,6 +295,19 @@ fn status(control: &std::path::Path, json: bool) -> anyhow::Result<()> {
     )
 }
 
+/// `connmirror status --cluster`: the cluster as etcd has it.
+async fn cluster_status(etcd: &EtcdArgs, cluster_id: &str, json: bool) -> anyhow::Result<()> {
+    let status = connmirror::daemon::status::cluster::read(etcd, cluster_id)
+        .await
+        .context("reading the cluster from etcd")?;
+    let mut out = std::io::stdout().lock();
+    match json {
+        true => writeln!(out, "{}", serde_json::to_string_pretty(&status)?),
+        false => status.print(&mut out),
+    }
+    .context("writing to stdout")
+}
+
 fn migrate(
     to: String,
     services: Vec<std::net::SocketAddr>,
@@ -406,7 +431,14 @@ fn main() -> ExitCode {
                     Command::Mirror(args) => mirror::run(args).await,
                     Command::Standby(args) => standby::run(*args).await,
                     Command::Agent(args) => agent::run(*args).await,
-                    Command::Status { control, json } => status(&control, json),
+                    Command::Status {
+                        cluster: true,
+                        cluster_id,
+                        etcd,
+                        json,
+                        ..
+                    } => cluster_status(&etcd, &cluster_id, json).await,
+                    Command::Status { control, json, .. } => status(&control, json),
                     Command::Takeover {
                         services,
                         control,

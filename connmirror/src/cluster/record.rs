@@ -42,6 +42,10 @@ pub struct NodeRecord {
     pub replication: Option<SocketAddr>,
     /// The services it protects or serves.
     pub services: Vec<SocketAddr>,
+    /// A standby: the node whose heartbeats it hears now (none while it
+    /// hears nobody, e.g. after its primary died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watching: Option<String>,
     /// An owner's view of its standbys: replication lag and protection.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub standbys: Vec<StandbyState>,

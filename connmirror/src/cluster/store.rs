@@ -266,9 +266,13 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Changes the registered record (written at the next renewal).
+    /// Changes the registered record; written at once when it changed.
     pub fn update(&self, change: impl FnOnce(&mut NodeRecord)) {
-        self.updates.send_modify(change);
+        self.updates.send_if_modified(|record| {
+            let before = record.clone();
+            change(record);
+            *record != before
+        });
     }
 }
 

@@ -1,6 +1,9 @@
 //! What `connmirror status` shows: the node's role and epoch, its peer and
 //! when it last heard from it, the services, the flows by readiness, and
-//! replication lag.
+//! replication lag; with `--cluster`, the whole cluster as etcd has it
+//! ([`cluster`]).
+
+pub mod cluster;
 
 use std::{collections::BTreeMap, io, net::SocketAddr};
 

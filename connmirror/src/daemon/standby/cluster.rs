@@ -58,7 +58,7 @@ impl Membership {
             heartbeat: args.detection.heartbeat_listen,
             replication: args.replication_listen,
             services: args.mirror.services.iter().map(|s| s.0).collect(),
-            standbys: Vec::new(),
+            ..NodeRecord::default()
         };
         let registration = (store.register(record).await).context("registering in etcd")?;
         tracing::info!(
@@ -214,11 +214,17 @@ impl Standby {
         }
     }
 
-    /// Ends a claim in progress once the primary is heard again.
+    /// Ends a claim in progress once the primary is heard again, and keeps
+    /// the registration's `watching` (whose heartbeats this standby hears)
+    /// up to date for `connmirror status --cluster`.
     pub(super) fn primary_back(&mut self, detector: &Detector) {
         let Some(membership) = &mut self.membership else {
             return;
         };
+        let watching = (detector.peer())
+            .filter(|p| p.alive)
+            .map(|p| p.ownership.node_id);
+        membership.registration.update(|r| r.watching = watching);
         let back = membership
             .claiming_since()
             .is_some_and(|t| detector.heard_since(t));
