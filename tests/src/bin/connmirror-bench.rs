@@ -104,9 +104,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use connmirror_common::Counter;
 use connmirror_tests::cache::{self, CacheSetup, Resume};
 use connmirror_tests::echo::{EchoClients, EchoOptions};
+use connmirror_tests::etcd::{self, EtcdCluster};
 use connmirror_tests::failover::{
-    Program, configure_primary, detecting_standby, echo_primary, handoff_app, key_file,
-    kill_primary, kill_primary_host, standby_command, start_agent, takeover,
+    Program, configure_primary, detecting_standby_command, echo_primary, handoff_app, key_file,
+    kill_primary, kill_primary_host, standby_command, start_agent, start_agent_with, takeover,
 };
 use connmirror_tests::live;
 use connmirror_tests::metrics::{self, Scrape};
@@ -1167,6 +1168,8 @@ fn first_byte_run(mode: &str) -> Result<f64> {
 
 /// Runs of the automatic-failover benchmark.
 const OWNERSHIP_RUNS: usize = 50;
+/// Runs of it with ownership in etcd.
+const ETCD_RUNS: usize = 30;
 
 /// `cargo xtask bench ownership`: from the primary's death to the first byte
 /// the client receives from the standby, with automatic failure detection
@@ -1181,9 +1184,20 @@ fn ownership(command: &str) -> Result<()> {
         bench::progress(&format!(
             "[{run:>2}/{OWNERSHIP_RUNS}] death to first resumed byte ... "
         ));
-        let ms = ownership_run()?;
+        let ms = ownership_run(None)?;
         println!("{ms:8.1} ms");
         times.push(ms);
+    }
+    let etcd = EtcdCluster::start(3);
+    let mut etcd_times = Vec::new();
+    for run in 1..=ETCD_RUNS {
+        live::interrupt_point()?;
+        bench::progress(&format!(
+            "[{run:>2}/{ETCD_RUNS}] with etcd: death to first resumed byte ... "
+        ));
+        let ms = ownership_run(Some((&etcd, run)))?;
+        println!("{ms:8.1} ms");
+        etcd_times.push(ms);
     }
     let ownership = OwnershipResults {
         info: RunInfo {
@@ -1191,6 +1205,7 @@ fn ownership(command: &str) -> Result<()> {
             ..info
         },
         ms: times,
+        etcd_ms: etcd_times,
     };
     record(Results {
         ownership: Some(ownership),
@@ -1198,7 +1213,10 @@ fn ownership(command: &str) -> Result<()> {
     })
 }
 
-fn ownership_run() -> Result<f64> {
+/// One automatic failover; with `etcd`, in cluster mode on that etcd
+/// cluster, under a cluster id of the run's own (each run's takeover leaves
+/// its service owned by the standby).
+fn ownership_run(etcd: Option<(&EtcdCluster, usize)>) -> Result<f64> {
     let topo = Topology::new();
     let family = Family::V4;
     let service = topo.service(family, FAILOVER_PORT);
@@ -1206,9 +1224,23 @@ fn ownership_run() -> Result<f64> {
     let key = key_file(&dir);
     configure_primary(&topo, family, service);
     let mut primary = echo_primary(&topo, service);
-    let standby = detecting_standby(&topo, family, service, &key);
+    let mut cluster = Vec::new();
+    if let Some((etcd, run)) = etcd {
+        etcd.join(&topo.gateway, etcd::node_addr(0));
+        etcd.join(&topo.server, etcd::node_addr(1));
+        let id = format!("bench-{}-{run}", std::process::id());
+        cluster = ["--etcd", &etcd.endpoints(), "--cluster-id", &id]
+            .map(str::to_owned)
+            .to_vec();
+    }
+    let mut command = detecting_standby_command(&topo, family, service, &key);
+    for flag in &cluster {
+        command = command.arg(flag);
+    }
+    let standby = Mirror::start(&topo.gateway, &command);
     let _app = handoff_app(&topo, &standby, service);
-    let mut agent = start_agent(&topo, family, service, &key);
+    let flags: Vec<&str> = cluster.iter().map(String::as_str).collect();
+    let mut agent = start_agent_with(&topo, family, service, &key, &flags);
     let clients = paced_stream(&topo, service)?;
     let outage = clients.outage_after(
         || kill_primary_host(&topo, &mut primary, &mut agent),
