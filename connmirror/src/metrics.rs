@@ -514,7 +514,11 @@ mod tests {
             ]
             .map(|family| family.labelled("standby", standby))
         };
-        let merged = Family::merge(of("198.18.1.1:7402", 1).into_iter().chain(of("[fd00::1]:7402", 2)));
+        let merged = Family::merge(
+            of("198.18.1.1:7402", 1)
+                .into_iter()
+                .chain(of("[fd00::1]:7402", 2)),
+        );
         assert_eq!(
             encode_text(merged),
             "# HELP connmirror_replication_sent_bytes_total Sent.\n\

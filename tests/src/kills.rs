@@ -160,9 +160,8 @@ pub fn async_kill(family: Family, blocked: Duration) -> AsyncKill {
     let (report, _dir) = standby.stop();
 
     let to = replication_addr(family);
-    let series = format!(
-        "connmirror_replication_exposure_bytes{{service=\"{service}\",standby=\"{to}\"}}"
-    );
+    let series =
+        format!("connmirror_replication_exposure_bytes{{service=\"{service}\",standby=\"{to}\"}}");
     let exposure = agent_scrape.get(&series) as u64;
     let lag = agent_scrape.get(&per_standby("connmirror_replica_lag_bytes", to)) as u64;
     let elided = agent_scrape.count(&per_standby(

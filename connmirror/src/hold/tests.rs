@@ -32,6 +32,13 @@ fn pure_ack(id: u32, key: FlowKey, end: u32, ack: u32) -> Segment {
 
 const T: Duration = Duration::from_millis(500);
 
+/// Standby `standby` now holds flow `key` up to `seq` and `ack`: what the
+/// holder releases then.
+fn cover(holder: &mut Holder, standby: usize, key: FlowKey, seq: u32, ack: u32) -> Option<u32> {
+    holder.set_limit(standby, key, SyncLimit { seq, ack });
+    holder.release(Instant::now())
+}
+
 /// A holder for `n` standbys, every one connected (its checkpoint ending
 /// at 0).
 fn connected(n: usize) -> Holder {
@@ -145,7 +152,10 @@ fn holding_falls_back_after_the_timeout_and_resumes_once_the_standby_caught_up()
     holder.arrive(data(1, key(1), 10, 0), Some(10), start);
     holder.arrive(data(2, key(1), 20, 0), Some(20), start + T / 2);
 
-    assert_eq!(holder.expire(start + T - Duration::from_millis(1), &[7]), None);
+    assert_eq!(
+        holder.expire(start + T - Duration::from_millis(1), &[7]),
+        None
+    );
     assert_eq!(
         holder.expire(start + T, &[700]),
         Some(2),
@@ -181,14 +191,22 @@ fn with_two_standbys_a_segment_goes_only_once_both_cover_it() {
     holder.arrive(data(1, a, 100, 5), Some(100), now);
     holder.arrive(data(2, a, 200, 5), Some(200), now);
 
-    holder.set_limit(0, a, SyncLimit { seq: 200, ack: 5 });
-    assert_eq!(holder.release(now), None, "standby 1 holds nothing yet");
-    holder.set_limit(1, a, SyncLimit { seq: 100, ack: 5 });
-    assert_eq!(holder.release(now), Some(1), "both cover 1, only 0 covers 2");
-    holder.set_limit(1, a, SyncLimit { seq: 200, ack: 4 });
-    assert_eq!(holder.release(now), None, "2 acknowledges 5, standby 1 holds 4");
-    holder.set_limit(1, a, SyncLimit { seq: 200, ack: 5 });
-    assert_eq!(holder.release(now), Some(2));
+    assert_eq!(
+        cover(&mut holder, 0, a, 200, 5),
+        None,
+        "standby 1 holds nothing yet"
+    );
+    assert_eq!(
+        cover(&mut holder, 1, a, 100, 5),
+        Some(1),
+        "both cover 1, only 0 covers 2"
+    );
+    assert_eq!(
+        cover(&mut holder, 1, a, 200, 4),
+        None,
+        "2 acknowledges 5, standby 1 holds 4"
+    );
+    assert_eq!(cover(&mut holder, 1, a, 200, 5), Some(2));
     assert!(holder.is_empty());
 }
 
@@ -198,23 +216,27 @@ fn a_disconnected_standby_stops_counting_and_a_reconnected_one_waits_for_its_che
     let mut holder = connected(2);
     let now = Instant::now();
     holder.arrive(data(1, a, 100, 5), Some(100), now);
-    holder.set_limit(0, a, SyncLimit { seq: 100, ack: 5 });
-    assert_eq!(holder.release(now), None, "standby 1 lacks it");
+    assert_eq!(cover(&mut holder, 0, a, 100, 5), None, "standby 1 lacks it");
 
     assert!(!holder.disconnected(1), "not fallen back");
     assert_eq!(holder.release(now), Some(1), "only standby 0 counts now");
     holder.set_limit(1, a, SyncLimit { seq: 500, ack: 5 });
     holder.arrive(data(2, a, 150, 5), Some(150), now);
-    assert_eq!(holder.release(now), None, "a disconnected standby's limits are ignored");
-    holder.set_limit(0, a, SyncLimit { seq: 150, ack: 5 });
-    assert_eq!(holder.release(now), Some(2));
+    assert_eq!(
+        holder.release(now),
+        None,
+        "a disconnected standby's limits are ignored"
+    );
+    assert_eq!(cover(&mut holder, 0, a, 150, 5), Some(2));
 
     holder.restarted(1, 40);
     holder.arrive(data(3, a, 160, 5), Some(160), now);
-    holder.set_limit(0, a, SyncLimit { seq: 160, ack: 5 });
-    assert_eq!(holder.release(now), None, "standby 1 is back and holds nothing yet");
-    holder.set_limit(1, a, SyncLimit { seq: 160, ack: 5 });
-    assert_eq!(holder.release(now), Some(3));
+    assert_eq!(
+        cover(&mut holder, 0, a, 160, 5),
+        None,
+        "standby 1 is back and holds nothing yet"
+    );
+    assert_eq!(cover(&mut holder, 1, a, 160, 5), Some(3));
 
     assert!(!holder.disconnected(0));
     assert!(!holder.disconnected(1));
@@ -236,7 +258,11 @@ fn after_a_fallback_holding_resumes_only_once_every_connected_standby_caught_up(
     assert!(holder.acknowledged(1, 300));
     assert!(holder.is_holding());
 
-    assert_eq!(holder.expire(start + 3 * T, &[10, 20]), None, "nothing held");
+    assert_eq!(
+        holder.expire(start + 3 * T, &[10, 20]),
+        None,
+        "nothing held"
+    );
     holder.arrive(data(2, key(1), 20, 0), Some(20), start + 3 * T);
     assert_eq!(holder.expire(start + 4 * T, &[800, 400]), Some(2));
     assert!(!holder.acknowledged(1, 400), "standby 0 is still behind");
@@ -245,7 +271,10 @@ fn after_a_fallback_holding_resumes_only_once_every_connected_standby_caught_up(
 
     holder.arrive(data(3, key(1), 30, 0), Some(30), start + 5 * T);
     assert_eq!(holder.expire(start + 6 * T, &[900, 500]), Some(3));
-    assert!(!holder.disconnected(1), "with none connected it stays fallen back");
+    assert!(
+        !holder.disconnected(1),
+        "with none connected it stays fallen back"
+    );
     holder.restarted(0, 50);
     assert!(!holder.acknowledged(0, 49));
     assert!(holder.acknowledged(0, 50), "its checkpoint is acknowledged");

@@ -141,7 +141,10 @@ fn two_standbys(family: Family) {
     let second_scrape = scrape(&topo.client, DEFAULT_ENDPOINT);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
-    let addrs = [replication_addr(family), second_standby_addrs(topo, family).1];
+    let addrs = [
+        replication_addr(family),
+        second_standby_addrs(topo, family).1,
+    ];
 
     let (results, seen, report) = fail_over(&mut setup, &mut agent, clients, watch, standby);
     let (second_report, _dir) = second.stop();
@@ -149,8 +152,14 @@ fn two_standbys(family: Family) {
     promtool_check(&agent_scrape.text);
     for to in addrs {
         let series = |name| per_standby(name, to);
-        assert_eq!(agent_scrape.count(&series("connmirror_replication_connected")), 1);
-        assert_eq!(agent_scrape.count(&series("connmirror_replication_connects_total")), 1);
+        assert_eq!(
+            agent_scrape.count(&series("connmirror_replication_connected")),
+            1
+        );
+        assert_eq!(
+            agent_scrape.count(&series("connmirror_replication_connects_total")),
+            1
+        );
         assert!(agent_scrape.count(&series("connmirror_replication_sent_bytes_total")) > 0);
     }
     assert_eq!(agent_scrape.sum("connmirror_replication_connected"), 2);
@@ -162,8 +171,15 @@ fn two_standbys(family: Family) {
     ] {
         assert_eq!(status.flows.get("ready"), Some(&4), "{what}: {status:?}");
         assert_eq!(status.takeovers, 0, "{what}");
-        assert_eq!(scrape.count("connmirror_replication_connected"), 1, "{what}");
-        assert!(scrape.count("connmirror_replication_applied_bytes_total") > 0, "{what}");
+        assert_eq!(
+            scrape.count("connmirror_replication_connected"),
+            1,
+            "{what}"
+        );
+        assert!(
+            scrape.count("connmirror_replication_applied_bytes_total") > 0,
+            "{what}"
+        );
     }
     assert_exact(&results);
     // The agent's channel to the second standby leaves from the kernel's
@@ -178,7 +194,11 @@ fn two_standbys(family: Family) {
     let takeover = the_takeover(&report, "heartbeats-missed");
     assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
     assert_eq!(takeover.unrecoverable_total(), 0);
-    assert_eq!(second_report.takeovers.len(), 0, "the second standby only logs");
+    assert_eq!(
+        second_report.takeovers.len(),
+        0,
+        "the second standby only logs"
+    );
 }
 
 /// `--sync`: the primary host dies at a random moment of four echo streams

@@ -191,7 +191,7 @@ fn families(
             "Heartbeats sent to the standbys (one per standby each interval).",
             None,
         )
-            .count(Vec::new(), sent),
+        .count(Vec::new(), sent),
         Family::gauge("epoch", "The ownership epoch this node claims.", None)
             .set(Vec::new(), ownership.epoch as f64),
         Family::gauge(
@@ -481,16 +481,17 @@ fn receive(
     Ok(false)
 }
 
-/// Sends one heartbeat `datagram` to `standby`; false (and a warning) when
-/// the send failed: the next tick tries again.
-async fn send(socket: &UdpSocket, datagram: &[u8], standby: SocketAddr) -> bool {
-    match socket.send_to(datagram, standby).await {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::warn!(%err, %standby, "sending a heartbeat");
-            false
+/// Sends one heartbeat `datagram` to each of `standbys`; how many sends
+/// succeeded (a failed one is logged: the next tick tries again).
+async fn send_all(socket: &UdpSocket, datagram: &[u8], standbys: &[SocketAddr]) -> u64 {
+    let mut sent = 0;
+    for &standby in standbys {
+        match socket.send_to(datagram, standby).await {
+            Ok(_) => sent += 1,
+            Err(err) => tracing::warn!(%err, %standby, "sending a heartbeat"),
         }
     }
+    sent
 }
 
 /// The message kind a heartbeat carries: `Recovering` while the primary
@@ -604,9 +605,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
         }
         counter += 1;
         let datagram = heartbeat::seal(&key, kind_of(recovering), counter, &ownership);
-        for &standby in &args.standbys {
-            sent += u64::from(send(&socket, &datagram, standby).await);
-        }
+        sent += send_all(&socket, &datagram, &args.standbys).await;
         if !ready {
             announce_ready()?;
             ready = true;

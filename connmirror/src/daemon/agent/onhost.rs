@@ -253,14 +253,18 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 /// gives any within [`RESUME_WAIT`], the agent goes on without: it sees the
 /// open flows as first seen mid-stream.
 async fn resume_flows(mirror: &mut Engine, standbys: &[SocketAddr], key: &Key) {
-    tracing::info!(?standbys, "took a pinned capture over: asking the standby for the flows it holds");
+    tracing::info!(
+        ?standbys,
+        "took a pinned capture over: asking the standby for the flows it holds"
+    );
     let deadline = tokio::time::Instant::now() + RESUME_WAIT;
     // Each standby gets its share of the wait, so a silent one leaves time
     // to ask the next.
     let share = RESUME_WAIT / standbys.len().max(1) as u32;
     for (turn, &standby) in standbys.iter().cycle().enumerate() {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = tokio::time::timeout(left.min(share), channel::fetch_state(standby, key)).await;
+        let answer =
+            tokio::time::timeout(left.min(share), channel::fetch_state(standby, key)).await;
         let err = match answer {
             Err(_) => format!("{standby}: no answer"),
             Ok(Err(err)) => err.to_string(),
@@ -538,7 +542,9 @@ fn on_request(
             let per_standby = outboxes.flat_map(|(outbox, replica)| {
                 let standby = replica.addr.to_string();
                 let families = outbox.families(backlog, &replica.stats);
-                families.into_iter().map(move |f| f.labelled("standby", &standby))
+                families
+                    .into_iter()
+                    .map(move |f| f.labelled("standby", &standby))
             });
             families.extend(Family::merge(per_standby));
             if let Some(commit) = commit {

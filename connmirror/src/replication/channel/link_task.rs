@@ -157,10 +157,7 @@ pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, Chann
 }
 
 /// Moves batches out and acknowledgments in until either side fails.
-async fn serve_link(
-    channel: Channel,
-    events: &LinkEvents,
-) -> Result<(), ChannelError> {
+async fn serve_link(channel: Channel, events: &LinkEvents) -> Result<(), ChannelError> {
     let Channel {
         mut writer,
         mut reader,
