@@ -151,7 +151,7 @@ pub struct Family {
 pub type Labels = Vec<(&'static str, String)>;
 
 /// The type of a [`Family`].
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Counter,
     Gauge,
@@ -244,6 +244,35 @@ impl Family {
     pub fn observe(mut self, labels: Labels, histogram: Histogram) -> Self {
         self.samples.push((labels, Value::Histogram(histogram)));
         self
+    }
+
+    /// Adds label `name="value"` to every sample (after their own),
+    /// for families that several sources export apart (one per standby).
+    pub fn labelled(mut self, name: &'static str, value: &str) -> Self {
+        for (labels, _) in &mut self.samples {
+            labels.push((name, value.to_owned()));
+        }
+        self
+    }
+
+    /// `families` with those of the same name, unit and type made one (their
+    /// samples in order): an exposition names each family once, so the
+    /// same families of several sources, told apart by a label
+    /// ([`Family::labelled`]), are merged before a scrape is answered.
+    pub fn merge(families: impl IntoIterator<Item = Family>) -> Vec<Family> {
+        let mut merged: Vec<Family> = Vec::new();
+        for family in families {
+            let same = |f: &&mut Family| {
+                f.name == family.name
+                    && f.unit.as_ref().map(Unit::as_str) == family.unit.as_ref().map(Unit::as_str)
+                    && f.kind == family.kind
+            };
+            match merged.iter_mut().find(same) {
+                Some(into) => into.samples.extend(family.samples),
+                None => merged.push(family),
+            }
+        }
+        merged
     }
 
     /// The name as exposed, before any `_total`: prefix, name, unit.
@@ -471,6 +500,35 @@ mod tests {
              # HELP connmirror_flows Flows.\n\
              # TYPE connmirror_flows gauge\n\
              connmirror_flows{readiness=\"ready\"} 2.0\n"
+        );
+    }
+
+    #[test]
+    fn the_same_families_of_several_sources_merge_under_their_label() {
+        let of = |standby: &str, n| {
+            [
+                Family::counter("replication_sent", "Sent.", Some(Unit::Bytes))
+                    .count(Vec::new(), n),
+                Family::gauge("replication_exposure", "Exposure.", Some(Unit::Bytes))
+                    .set(vec![("service", "198.18.1.2:7000".into())], n as f64),
+            ]
+            .map(|family| family.labelled("standby", standby))
+        };
+        let merged = Family::merge(
+            of("198.18.1.1:7402", 1)
+                .into_iter()
+                .chain(of("[fd00::1]:7402", 2)),
+        );
+        assert_eq!(
+            encode_text(merged),
+            "# HELP connmirror_replication_sent_bytes_total Sent.\n\
+             # TYPE connmirror_replication_sent_bytes_total counter\n\
+             connmirror_replication_sent_bytes_total{standby=\"198.18.1.1:7402\"} 1\n\
+             connmirror_replication_sent_bytes_total{standby=\"[fd00::1]:7402\"} 2\n\
+             # HELP connmirror_replication_exposure_bytes Exposure.\n\
+             # TYPE connmirror_replication_exposure_bytes gauge\n\
+             connmirror_replication_exposure_bytes{service=\"198.18.1.2:7000\",standby=\"198.18.1.1:7402\"} 1.0\n\
+             connmirror_replication_exposure_bytes{service=\"198.18.1.2:7000\",standby=\"[fd00::1]:7402\"} 2.0\n"
         );
     }
 

@@ -610,8 +610,13 @@ pub fn primary_setup(family: Family, port: u16, role: &str) -> PrimarySetup {
     }
 }
 
-/// `connmirror status --json` of `standby`, parsed.
+/// `connmirror status --json` of `standby` (in the gateway), parsed.
 pub fn status_of(topo: &Topology, standby: &Mirror) -> StatusReport {
-    let json = status(&topo.gateway, &standby.control_socket(), true);
+    status_in(&topo.gateway, standby)
+}
+
+/// `connmirror status --json` of `standby`, running in `ns`, parsed.
+pub fn status_in(ns: &Netns, standby: &Mirror) -> StatusReport {
+    let json = status(ns, &standby.control_socket(), true);
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("status JSON: {e}\n{json}"))
 }

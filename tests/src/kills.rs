@@ -26,7 +26,9 @@ use crate::failover::{
 };
 use crate::metrics::{DEFAULT_ENDPOINT, scrape};
 use crate::mirror::{Mirror, Report};
-use crate::onhost::{Probe, REPLICATION_PORT, onhost_standby, start_onhost_agent};
+use crate::onhost::{
+    Probe, REPLICATION_PORT, onhost_standby, per_standby, replication_addr, start_onhost_agent,
+};
 use crate::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
 use crate::wire::{WireSeen, WireWatch};
 
@@ -157,10 +159,15 @@ pub fn async_kill(family: Family, blocked: Duration) -> AsyncKill {
     );
     let (report, _dir) = standby.stop();
 
-    let series = format!("connmirror_replication_exposure_bytes{{service=\"{service}\"}}");
+    let to = replication_addr(family);
+    let series =
+        format!("connmirror_replication_exposure_bytes{{service=\"{service}\",standby=\"{to}\"}}");
     let exposure = agent_scrape.get(&series) as u64;
-    let lag = agent_scrape.get("connmirror_replica_lag_bytes") as u64;
-    let elided = agent_scrape.count("connmirror_replication_elided_bytes_total");
+    let lag = agent_scrape.get(&per_standby("connmirror_replica_lag_bytes", to)) as u64;
+    let elided = agent_scrape.count(&per_standby(
+        "connmirror_replication_elided_bytes_total",
+        to,
+    ));
     let flow = (report.flows.iter())
         .find(|f| f.client == probe.local())
         .unwrap_or_else(|| panic!("the probe's flow is not in {:#?}", report.flows));

@@ -1,5 +1,6 @@
 //! On-host mode fixtures: an agent that captures on the primary's own link
-//! and replicates its journal to a standby that captures nothing, and a
+//! and replicates its journal to a standby that captures nothing (and to a
+//! second one, in the clients' namespace, for several standbys), and a
 //! probing client whose kernel says how much of its stream the primary
 //! acknowledged (to measure what a failover loses).
 
@@ -16,7 +17,7 @@ use crate::failover::{HEARTBEAT_PORT, Program, agent_args, gateway_addrs, start_
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::pinning::PinnedInstance;
-use crate::topology::{Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
+use crate::topology::{CLIENT_IF, Family, GATEWAY_CLIENT_IF, SERVER_IF, Topology};
 use crate::traffic::SplitMix64;
 
 /// The standby's replication port in these fixtures.
@@ -36,19 +37,82 @@ fn any(family: Family, port: u16) -> String {
 /// echo handoff resumes from: give the agent `--retention full` too), heartbeat
 /// detection and the replication listener on every address.
 pub fn onhost_standby_command(family: Family, service: &str, key: &Path) -> MirrorCommand {
+    let listen = [any(family, HEARTBEAT_PORT), any(family, REPLICATION_PORT)];
+    standby_listening(GATEWAY_CLIENT_IF, service, key, listen)
+}
+
+/// A standby capturing nothing on `iface`, heartbeats and replication
+/// arriving at `listen` (in that order).
+fn standby_listening(iface: &str, service: &str, key: &Path, listen: [String; 2]) -> MirrorCommand {
+    let [heartbeats, replication] = listen;
     MirrorCommand::standby()
-        .iface(GATEWAY_CLIENT_IF)
+        .iface(iface)
         .arg("--service")
         .arg(service)
         .ingress("none")
         .egress("none")
         .without_dumps()
         .arg("--heartbeat-listen")
-        .arg(&any(family, HEARTBEAT_PORT))
+        .arg(&heartbeats)
         .arg("--key")
         .arg(&key.display().to_string())
         .arg("--replication-listen")
-        .arg(&any(family, REPLICATION_PORT))
+        .arg(&replication)
+}
+
+/// The second standby's heartbeat port ([`second_standby`]).
+pub const SECOND_HEARTBEAT_PORT: u16 = 7410;
+/// The second standby's replication port.
+pub const SECOND_REPLICATION_PORT: u16 = 7412;
+
+/// Where the second standby listens: (heartbeats, replication), on the
+/// client's address.
+pub fn second_standby_addrs(topo: &Topology, family: Family) -> (SocketAddr, SocketAddr) {
+    let ip = topo.client_addr(family);
+    (
+        SocketAddr::new(ip, SECOND_HEARTBEAT_PORT),
+        SocketAddr::new(ip, SECOND_REPLICATION_PORT),
+    )
+}
+
+/// A second on-host standby, in the clients' namespace (a host the primary
+/// reaches through the gateway, like the first), on the client's address
+/// and ports of its own ([`second_standby_addrs`]); node id `standby-2`, and
+/// `--failover manual`: it holds a replica but never takes over by itself.
+/// Its control and handoff sockets are in its own scratch directory.
+pub fn second_standby(topo: &Topology, family: Family, service: &str, key: &Path) -> Mirror {
+    let (heartbeats, replication) = second_standby_addrs(topo, family);
+    let listen = [heartbeats.to_string(), replication.to_string()];
+    let command = standby_listening(CLIENT_IF, service, key, listen)
+        .arg("--node-id")
+        .arg("standby-2")
+        .arg("--failover")
+        .arg("manual");
+    Mirror::start(&topo.client, &command)
+}
+
+/// The agent's flags that add [`second_standby`]: its heartbeats and its
+/// replication.
+pub fn second_standby_flags(topo: &Topology, family: Family) -> [String; 4] {
+    let (heartbeats, replication) = second_standby_addrs(topo, family);
+    [
+        "--standby".to_owned(),
+        heartbeats.to_string(),
+        "--replicate-to".to_owned(),
+        replication.to_string(),
+    ]
+}
+
+/// The standby's replication address, as the agent's `--replicate-to`
+/// names it (and its metrics' `standby` label).
+pub fn replication_addr(family: Family) -> SocketAddr {
+    SocketAddr::new(gateway_addrs(family).0, REPLICATION_PORT)
+}
+
+/// The agent's series `name` for the standby replicating at `standby`:
+/// `name{standby="IP:PORT"}`.
+pub fn per_standby(name: &str, standby: SocketAddr) -> String {
+    format!("{name}{{standby=\"{standby}\"}}")
 }
 
 /// Starts [`onhost_standby_command`] in the gateway namespace.
@@ -93,7 +157,7 @@ pub fn start_pinned_onhost_agent(
 /// The on-host flags of [`start_onhost_agent`], then `extra`.
 fn onhost_flags(family: Family, extra: &[&str]) -> Vec<String> {
     let iface = SERVER_IF.to_owned();
-    let replicate_to = SocketAddr::new(gateway_addrs(family).0, REPLICATION_PORT).to_string();
+    let replicate_to = replication_addr(family).to_string();
     ["--iface", &iface, "--replicate-to", &replicate_to]
         .into_iter()
         .chain(extra.iter().copied())

@@ -175,7 +175,7 @@ impl Engine {
                 journal,
                 captured: BTreeMap::new(),
                 newest_ns: 0,
-                outbox: None,
+                outboxes: Vec::new(),
                 live: None,
             },
             ring,

@@ -17,8 +17,9 @@ pub(crate) struct Reader {
     pub(super) captured: BTreeMap<(u32, &'static str), Captured>,
     /// `ts_ns` of the newest record applied.
     pub(super) newest_ns: u64,
-    /// On-host mode: where the journal records also go (to the standby).
-    pub(crate) outbox: Option<Outbox>,
+    /// On-host mode: where the journal records also go, one outbox per
+    /// standby (none otherwise).
+    pub(crate) outboxes: Vec<Outbox>,
     /// Live replay: the records also feed the standby's instances.
     pub(crate) live: Option<Live>,
 }
@@ -51,7 +52,7 @@ impl Reader {
             journal,
             captured,
             newest_ns,
-            outbox,
+            outboxes,
             live,
         } = self;
         let mut left = limit;
@@ -79,8 +80,10 @@ impl Reader {
             mark_divergent(table, live);
         }
         let records = table.take_records();
-        if let Some(outbox) = outbox {
+        for outbox in outboxes {
             // The ring was just read to its end: nothing of it waits any more.
+            // Each outbox encodes the drain itself: what it leaves out
+            // depends on what its standby needs whole.
             outbox.ship(&records, 0);
         }
         if let Some(live) = live {

@@ -1,12 +1,20 @@
-//! The [`Holder`]: which queued segments the standby now covers, in queue
-//! order, and when to stop holding because the standby is gone.
+//! The [`Holder`]: which queued segments the standbys now cover, in queue
+//! order, and when to stop holding because they are gone.
 //!
 //! Pure bookkeeping, no I/O: the agent feeds it the segments NFQUEUE hands
-//! over, the flows' [`SyncLimit`]s as the standby acknowledges batches, and
+//! over, the flows' [`SyncLimit`]s as each standby acknowledges batches, and
 //! the clock; it answers with the verdicts to give. Queue order is release
 //! order: a segment goes only after every segment queued before it, so no
 //! flow is ever reordered (one flow's wait also delays the others, by at
 //! most the same round trip to the standby).
+//!
+//! With several standbys (an agent's repeated `--replicate-to`, each known
+//! by its index), a segment goes once every *connected* standby covers it:
+//! whichever standby takes over then holds what the clients were told. A
+//! standby that is not connected does not count; one that connects counts
+//! at once, with no limits yet, so segments wait for its checkpoint's
+//! acknowledgment. A fallback to async resumes once every connected standby
+//! has acknowledged the position its own stream had reached.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -91,15 +99,18 @@ pub struct HoldStats {
     pub resumptions: u64,
 }
 
-/// Holding state: the held segments in queue order, the flows' limits, and
-/// whether holding fell back to async.
+/// Holding state: the held segments in queue order, each standby's flow
+/// limits, and whether holding fell back to async.
 pub struct Holder {
     held: VecDeque<Held>,
-    limits: HashMap<FlowKey, SyncLimit>,
+    /// Per standby (by index): its flows' limits while it is connected,
+    /// `None` while it is not (then it does not count).
+    standbys: Vec<Option<HashMap<FlowKey, SyncLimit>>>,
     timeout: Duration,
-    /// While fallen back: the replication position the standby must
-    /// acknowledge before holding resumes.
-    fallback: Option<u64>,
+    /// While fallen back: per standby, the replication position of its own
+    /// stream it must still acknowledge before holding resumes (`None`
+    /// once it has).
+    fallback: Option<Vec<Option<u64>>>,
     stats: HoldStats,
     /// How long each released segment was held.
     held_for: Histogram,
@@ -111,11 +122,12 @@ const HELD_FOR_BOUNDS: [f64; 14] = [
 ];
 
 impl Holder {
-    /// A holder that falls back once a segment waited `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// A holder for `standbys` standbys (none connected yet) that falls
+    /// back once a segment waited `timeout`.
+    pub fn new(timeout: Duration, standbys: usize) -> Self {
         Self {
             held: VecDeque::new(),
-            limits: HashMap::new(),
+            standbys: vec![None; standbys],
             timeout,
             fallback: None,
             stats: HoldStats::default(),
@@ -141,20 +153,27 @@ impl Holder {
         Arrival::Held
     }
 
-    /// The standby holds `key` up to `limit`.
-    pub fn set_limit(&mut self, key: FlowKey, limit: SyncLimit) {
-        self.limits.insert(key, limit);
+    /// Standby `standby` holds `key` up to `limit` (ignored while it is not
+    /// connected: its next stream starts with a checkpoint).
+    pub fn set_limit(&mut self, standby: usize, key: FlowKey, limit: SyncLimit) {
+        if let Some(limits) = &mut self.standbys[standby] {
+            limits.insert(key, limit);
+        }
     }
 
-    /// The standby saw `key` close.
-    pub fn remove_limit(&mut self, key: &FlowKey) {
-        self.limits.remove(key);
+    /// Standby `standby` saw `key` close.
+    pub fn remove_limit(&mut self, standby: usize, key: &FlowKey) {
+        if let Some(limits) = &mut self.standbys[standby] {
+            limits.remove(key);
+        }
     }
 
-    /// The standby went away: what it held no longer counts, and a new one
-    /// starts from nothing.
-    pub fn forget_limits(&mut self) {
-        self.limits.clear();
+    /// Standby `standby` went away: what it held no longer counts (a new
+    /// stream starts from nothing). True when this ends a fallback: every
+    /// standby still connected had caught up.
+    pub fn disconnected(&mut self, standby: usize) -> bool {
+        self.standbys[standby] = None;
+        self.resume_if_caught_up()
     }
 
     /// Pops the held segments at the front that the limits now cover (at
@@ -180,26 +199,26 @@ impl Holder {
         &self.held_for
     }
 
-    /// A segment goes when its flow's limit covers it. A segment of a flow
-    /// with no limit that carries nothing new goes too: its flow closed on
-    /// the standby (the last ACK after both FINs).
+    /// A segment goes when every connected standby's limit for its flow
+    /// covers it; with none connected, as if one were, holding no limit.
     fn covered(&self, segment: &Segment) -> bool {
-        match self.limits.get(&segment.key) {
-            Some(limit) => limit.covers(segment.end, segment.ack),
-            None => !segment.carries,
+        let mut connected = self.standbys.iter().flatten().peekable();
+        if connected.peek().is_none() {
+            return covered_by(&HashMap::new(), segment);
         }
+        connected.all(|limits| covered_by(limits, segment))
     }
 
     /// Falls back to async when the oldest held segment waited past the
     /// timeout: every held segment goes (the id of the last), and holding
-    /// resumes once the standby acknowledges replication position
-    /// `position`.
-    pub fn expire(&mut self, now: Instant, position: u64) -> Option<u32> {
+    /// resumes once each connected standby has acknowledged its stream's
+    /// position in `positions` (by standby index).
+    pub fn expire(&mut self, now: Instant, positions: &[u64]) -> Option<u32> {
         let oldest = self.held.front()?.at;
         if now.duration_since(oldest) < self.timeout {
             return None;
         }
-        self.fallback = Some(position);
+        self.fallback = Some(positions.iter().map(|&p| Some(p)).collect());
         self.stats.fallbacks += 1;
         self.stats.released += self.held.len() as u64;
         let last = self.held.back().map(|h| h.segment.id);
@@ -207,25 +226,43 @@ impl Holder {
         last
     }
 
-    /// The standby acknowledged replication position `acked`: true when
-    /// this ends a fallback, so holding resumes.
-    pub fn acknowledged(&mut self, acked: u64) -> bool {
-        match self.fallback {
-            Some(resume_at) if acked >= resume_at => {
-                self.fallback = None;
-                self.stats.resumptions += 1;
-                true
-            }
-            _ => false,
+    /// Standby `standby` acknowledged position `acked` of its stream: true
+    /// when this ends a fallback, so holding resumes.
+    pub fn acknowledged(&mut self, standby: usize, acked: u64) -> bool {
+        let Some(marks) = &mut self.fallback else {
+            return false;
+        };
+        if marks[standby].is_some_and(|resume_at| acked >= resume_at) {
+            marks[standby] = None;
+        }
+        self.resume_if_caught_up()
+    }
+
+    /// Standby `standby` connected: it counts from now on, holding no limit
+    /// yet; its new stream started at position 0, and a fallback waits for
+    /// its checkpoint, which ends at `checkpoint_end`.
+    pub fn restarted(&mut self, standby: usize, checkpoint_end: u64) {
+        self.standbys[standby] = Some(HashMap::new());
+        if let Some(marks) = &mut self.fallback {
+            marks[standby] = Some(checkpoint_end);
         }
     }
 
-    /// A new stream to a standby started at position 0: a fallback waits for
-    /// its checkpoint, which ends at `checkpoint_end`.
-    pub fn restarted(&mut self, checkpoint_end: u64) {
-        if self.fallback.is_some() {
-            self.fallback = Some(checkpoint_end);
+    /// Ends a fallback once a standby is connected and every connected
+    /// standby acknowledged its mark; true if it did.
+    fn resume_if_caught_up(&mut self) -> bool {
+        let Some(marks) = &self.fallback else {
+            return false;
+        };
+        let connected: Vec<&Option<u64>> = (self.standbys.iter().zip(marks))
+            .filter_map(|(limits, mark)| limits.is_some().then_some(mark))
+            .collect();
+        if connected.is_empty() || connected.iter().any(|mark| mark.is_some()) {
+            return false;
         }
+        self.fallback = None;
+        self.stats.resumptions += 1;
+        true
     }
 
     /// Whether it is holding (not fallen back).
@@ -251,5 +288,15 @@ impl Holder {
     /// What it counted.
     pub fn stats(&self) -> HoldStats {
         self.stats
+    }
+}
+
+/// Whether one standby's `limits` cover `segment`: its flow's limit does. A
+/// segment of a flow with no limit that carries nothing new goes too: its
+/// flow closed on the standby (the last ACK after both FINs).
+fn covered_by(limits: &HashMap<FlowKey, SyncLimit>, segment: &Segment) -> bool {
+    match limits.get(&segment.key) {
+        Some(limit) => limit.covers(segment.end, segment.ack),
+        None => !segment.carries,
     }
 }

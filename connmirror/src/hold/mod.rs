@@ -12,10 +12,11 @@
 //!   kernel drops it, so nothing goes out unreplicated when the agent dies).
 //! - [`crate::sys::nfqueue`]: the agent reads each queued segment's headers
 //!   and gives verdicts; one batch verdict releases a run of them.
-//! - [`holder`]: which held segments the standby's acknowledgments cover,
-//!   in queue order (never reordering a flow), and the fallback: when a
-//!   segment waited `--sync-timeout`, everything held goes and the agent
-//!   replicates asynchronously until the standby caught up.
+//! - [`holder`]: which held segments the standbys' acknowledgments cover
+//!   (every connected standby's, with several), in queue order (never
+//!   reordering a flow), and the fallback: when a segment waited
+//!   `--sync-timeout`, everything held goes and the agent replicates
+//!   asynchronously until the standbys caught up.
 //! - [`OutputCommit`] (this file): the three together, as the agent runs them.
 //!
 //! Uses: [`crate::capture`] (the hold program), [`crate::sys`],
@@ -116,9 +117,14 @@ pub struct OutputCommit {
 
 impl OutputCommit {
     /// Binds queue `queue`, then installs the rules that feed it (in that
-    /// order: a rule with no queue bound drops segments); falls back after
-    /// `timeout`.
-    pub fn open(capture: &mut Capture, queue: u16, timeout: Duration) -> Result<Self, HoldError> {
+    /// order: a rule with no queue bound drops segments); waits for
+    /// `standbys` standbys (by index) and falls back after `timeout`.
+    pub fn open(
+        capture: &mut Capture,
+        queue: u16,
+        timeout: Duration,
+        standbys: usize,
+    ) -> Result<Self, HoldError> {
         let bound = Queue::bind(queue, COPY_RANGE, QUEUE_MAXLEN, RCVBUF)?;
         // SAFETY: the Queue owns its socket and keeps it open, unchanged,
         // for as long as the AsyncFd holds it.
@@ -131,7 +137,7 @@ impl OutputCommit {
         let rules = Rules::install(capture, queue.get_ref().num())?;
         Ok(Self {
             queue,
-            holder: Holder::new(timeout),
+            holder: Holder::new(timeout, standbys),
             rules: Some(rules),
             timeout,
             arrived: Vec::new(),
@@ -185,39 +191,45 @@ impl OutputCommit {
         self.release()
     }
 
-    /// The standby holds `key` up to `limit` (`None`: the flow closed).
-    pub fn limit(&mut self, key: FlowKey, limit: Option<SyncLimit>) {
+    /// Standby `standby` holds `key` up to `limit` (`None`: the flow closed).
+    pub fn limit(&mut self, standby: usize, key: FlowKey, limit: Option<SyncLimit>) {
         match limit {
-            Some(limit) => self.holder.set_limit(key, limit),
-            None => self.holder.remove_limit(&key),
+            Some(limit) => self.holder.set_limit(standby, key, limit),
+            None => self.holder.remove_limit(standby, &key),
         }
     }
 
-    /// The standby acknowledged replication position `acked`: resumes
-    /// holding after a fallback once that covers its mark, and releases
-    /// what the limits now cover.
-    pub fn acknowledged(&mut self, acked: u64) -> Result<(), HoldError> {
-        if self.holder.acknowledged(acked) {
+    /// Standby `standby` acknowledged position `acked` of its stream:
+    /// resumes holding after a fallback once every connected standby
+    /// reached its mark, and releases what the limits now cover.
+    pub fn acknowledged(&mut self, standby: usize, acked: u64) -> Result<(), HoldError> {
+        if self.holder.acknowledged(standby, acked) {
             tracing::info!("--sync: the standby caught up: holding again");
         }
         self.release()
     }
 
-    /// The standby went away: its limits no longer count.
-    pub fn disconnected(&mut self) {
-        self.holder.forget_limits();
+    /// Standby `standby` went away: its limits no longer count, so what the
+    /// others cover goes (and a fallback may end, if they caught up).
+    pub fn disconnected(&mut self, standby: usize) -> Result<(), HoldError> {
+        if self.holder.disconnected(standby) {
+            tracing::info!("--sync: the standbys still connected caught up: holding again");
+        }
+        self.release()
     }
 
-    /// A standby connected; its stream's checkpoint ends at `checkpoint_end`.
-    pub fn connected(&mut self, checkpoint_end: u64) {
-        self.holder.restarted(checkpoint_end);
+    /// Standby `standby` connected; its stream's checkpoint ends at
+    /// `checkpoint_end`.
+    pub fn connected(&mut self, standby: usize, checkpoint_end: u64) {
+        self.holder.restarted(standby, checkpoint_end);
     }
 
-    /// Falls back to async if a segment waited past the timeout; `position`
-    /// is the replication position the standby must then acknowledge.
-    pub fn expire(&mut self, position: u64) -> Result<(), HoldError> {
+    /// Falls back to async if a segment waited past the timeout;
+    /// `positions` are the replication positions (by standby index) each
+    /// connected standby must then acknowledge.
+    pub fn expire(&mut self, positions: &[u64]) -> Result<(), HoldError> {
         let held = self.holder.len();
-        let Some(last) = self.holder.expire(Instant::now(), position) else {
+        let Some(last) = self.holder.expire(Instant::now(), positions) else {
             return Ok(());
         };
         tracing::warn!(

@@ -34,7 +34,7 @@ mod link_task;
 mod noise;
 mod outbox;
 
-pub use link_task::{LinkEvent, LinkStats, fetch_state, link};
+pub use link_task::{LinkEvent, LinkEvents, LinkStats, fetch_state, link};
 pub use noise::{Channel, Opener, Sealer};
 pub use outbox::{LimitChange, Outbox, lag_families};
 

@@ -12,13 +12,14 @@ use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
     Moved, PrimarySetup, Program, assert_migrated, assert_moved, gateway_addrs, handoff_app,
-    manual_failover, move_to_standby, primary_setup, status, status_of, the_takeover,
+    manual_failover, move_to_standby, primary_setup, status, status_in, status_of, the_takeover,
 };
 use connmirror_tests::kills::{self, FULL, fail_over, full, protected, wait_replicating};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, promtool_check, scrape};
 use connmirror_tests::mirror::Mirror;
 use connmirror_tests::onhost::{
-    REPLICATION_PORT, onhost_standby, onhost_standby_command, start_onhost_agent,
+    REPLICATION_PORT, onhost_standby, onhost_standby_command, per_standby, replication_addr,
+    second_standby, second_standby_addrs, second_standby_flags, start_onhost_agent,
     start_pinned_onhost_agent,
 };
 use connmirror_tests::pinning::PinnedInstance;
@@ -61,13 +62,17 @@ fn sync_failover_from_a_late_standby(family: Family) {
 
     promtool_check(&agent_scrape.text);
     promtool_check(&standby_scrape.text);
+    let to = replication_addr(family);
     assert!(agent_scrape.count("connmirror_ebpf_sync_held_total") > 0);
-    assert_eq!(agent_scrape.count("connmirror_replication_connected"), 1);
     assert_eq!(
-        agent_scrape.count("connmirror_replication_connects_total"),
+        agent_scrape.count(&per_standby("connmirror_replication_connected", to)),
         1
     );
-    assert!(agent_scrape.get("connmirror_replica_lag_bytes") >= 0.0);
+    assert_eq!(
+        agent_scrape.count(&per_standby("connmirror_replication_connects_total", to)),
+        1
+    );
+    assert!(agent_scrape.get(&per_standby("connmirror_replica_lag_bytes", to)) >= 0.0);
     assert_eq!(standby_scrape.count("connmirror_replication_connected"), 1);
     assert!(standby_scrape.count("connmirror_replication_applied_bytes_total") > 0);
     assert_eq!(
@@ -91,6 +96,108 @@ fn sync_failover_from_a_late_standby(family: Family) {
         report.counter(Counter::PacketsTracked),
         0,
         "the standby captured nothing"
+    );
+}
+
+/// Two standbys: the agent replicates under `--sync` to the on-host standby
+/// in the gateway and to a second one in the clients' namespace (its own
+/// address, ports and sockets; `--failover manual`). Both hold the four
+/// echo flows, the agent shows both connected under their `standby`
+/// label; then the primary host dies and the gateway's standby takes over:
+/// every stream goes on byte-exact, with no RST, and the second standby
+/// never took over.
+#[test]
+fn two_standbys_hold_every_flow_and_a_failover_loses_no_byte_v4() {
+    two_standbys(Family::V4);
+}
+
+#[test]
+fn two_standbys_hold_every_flow_and_a_failover_loses_no_byte_v6() {
+    two_standbys(Family::V6);
+}
+
+fn two_standbys(family: Family) {
+    let mut setup = primary_setup(family, PORT, "onhost");
+    let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
+    let standby = onhost_standby(topo, family, &full(service), key);
+    let _app = handoff_app(topo, &standby, service);
+    let second = second_standby(topo, family, &full(service), key);
+    let second_flags = second_standby_flags(topo, family);
+    let flags: Vec<&str> = ["--sync", FULL[0], FULL[1]]
+        .into_iter()
+        .chain(second_flags.iter().map(String::as_str))
+        .collect();
+    let mut agent = start_onhost_agent(topo, family, service, key, &flags);
+    wait_replicating(&standby);
+    wait_replicating(&second);
+    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    clients
+        .wait_progress(64 << 10, Duration::from_secs(60))
+        .expect("streams flow under --sync to two standbys");
+    let agent_scrape = scrape(&topo.server, DEFAULT_ENDPOINT);
+    let first_status = status_of(topo, &standby);
+    let second_status = status_in(&topo.client, &second);
+    let first_scrape = scrape(&topo.gateway, DEFAULT_ENDPOINT);
+    let second_scrape = scrape(&topo.client, DEFAULT_ENDPOINT);
+    let watch = WireWatch::start(&topo.client, CLIENT_IF);
+
+    let addrs = [
+        replication_addr(family),
+        second_standby_addrs(topo, family).1,
+    ];
+
+    let (results, seen, report) = fail_over(&mut setup, &mut agent, clients, watch, standby);
+    let (second_report, _dir) = second.stop();
+
+    promtool_check(&agent_scrape.text);
+    for to in addrs {
+        let series = |name| per_standby(name, to);
+        assert_eq!(
+            agent_scrape.count(&series("connmirror_replication_connected")),
+            1
+        );
+        assert_eq!(
+            agent_scrape.count(&series("connmirror_replication_connects_total")),
+            1
+        );
+        assert!(agent_scrape.count(&series("connmirror_replication_sent_bytes_total")) > 0);
+    }
+    assert_eq!(agent_scrape.sum("connmirror_replication_connected"), 2);
+    assert_eq!(agent_scrape.count("connmirror_sync_fallbacks_total"), 0);
+    assert!(agent_scrape.count("connmirror_sync_released_total") > 0);
+    for (what, status, scrape) in [
+        ("the gateway's standby", &first_status, &first_scrape),
+        ("the second standby", &second_status, &second_scrape),
+    ] {
+        assert_eq!(status.flows.get("ready"), Some(&4), "{what}: {status:?}");
+        assert_eq!(status.takeovers, 0, "{what}");
+        assert_eq!(
+            scrape.count("connmirror_replication_connected"),
+            1,
+            "{what}"
+        );
+        assert!(
+            scrape.count("connmirror_replication_applied_bytes_total") > 0,
+            "{what}"
+        );
+    }
+    assert_exact(&results);
+    // The agent's channel to the second standby leaves from the kernel's
+    // choice of source address, the service address, which the gateway's
+    // standby owns after the takeover: it resets what the second standby
+    // still sends on that channel. That RST reaches the clients' namespace
+    // but no client connection.
+    let to_clients: Vec<_> = (seen.rsts_received.iter())
+        .filter(|(_, to)| *to != addrs[1])
+        .collect();
+    assert_eq!(to_clients, Vec::<&_>::new(), "no RST may reach a client");
+    let takeover = the_takeover(&report, "heartbeats-missed");
+    assert_eq!((takeover.restored, takeover.handed_off), (4, 4));
+    assert_eq!(takeover.unrecoverable_total(), 0);
+    assert_eq!(
+        second_report.takeovers.len(),
+        0,
+        "the second standby only logs"
     );
 }
 
@@ -453,12 +560,17 @@ fn replication_under_a_wrong_key_is_refused_and_counted() {
         standby_scrape.count("connmirror_replication_applied_bytes_total"),
         0
     );
-    assert!(agent_scrape.count("connmirror_replication_handshake_failures_total") >= 1);
+    let to = replication_addr(family);
+    let series = |name| per_standby(name, to);
+    assert!(agent_scrape.count(&series("connmirror_replication_handshake_failures_total")) >= 1);
     assert_eq!(
-        agent_scrape.count("connmirror_replication_connects_total"),
+        agent_scrape.count(&series("connmirror_replication_connects_total")),
         0
     );
-    assert_eq!(agent_scrape.count("connmirror_replication_connected"), 0);
+    assert_eq!(
+        agent_scrape.count(&series("connmirror_replication_connected")),
+        0
+    );
     assert_eq!(report.takeovers.len(), 0);
 }
 

@@ -1,6 +1,8 @@
 //! The `agent` role on the primary: sends authenticated heartbeats carrying
-//! its ownership information to the standby ([`crate::ownership::heartbeat`]), every
-//! `--interval`, and answers a standby's solicitation at once.
+//! its ownership information to each standby (every `--standby`,
+//! [`crate::ownership::heartbeat`]), every `--interval`, and answers a
+//! standby's solicitation at once (to all of them). Messages from any
+//! standby are accepted alike.
 //!
 //! A primary that returns after a failover starts its agent with
 //! `--recovering`: it then sends `Recovering` messages instead of heartbeats,
@@ -12,6 +14,7 @@
 pub mod onhost;
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -40,9 +43,12 @@ use crate::{
 /// Command-line arguments of `connmirror agent`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Where the standby listens for heartbeats (its `--heartbeat-listen`).
-    #[arg(long, value_name = "IP:PORT")]
-    pub standby: SocketAddr,
+    /// Where a standby listens for heartbeats (its `--heartbeat-listen`).
+    /// Repeat for several standbys: each gets every heartbeat, and messages
+    /// from any of them count. `connmirror migrate --to NAME` goes to the
+    /// standby heard from under node id NAME, else to the first.
+    #[arg(long = "standby", value_name = "IP:PORT", required = true)]
+    pub standbys: Vec<SocketAddr>,
     /// Shared key file (mode 0600, at least 16 bytes), the same on both hosts.
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
@@ -186,8 +192,12 @@ fn families(
     recovering: bool,
 ) -> Vec<Family> {
     let mut families = vec![
-        Family::counter("heartbeats_sent", "Heartbeats sent to the standby.", None)
-            .count(Vec::new(), sent),
+        Family::counter(
+            "heartbeats_sent",
+            "Heartbeats sent to the standbys (one per standby each interval).",
+            None,
+        )
+        .count(Vec::new(), sent),
         Family::gauge("epoch", "The ownership epoch this node claims.", None)
             .set(Vec::new(), ownership.epoch as f64),
         Family::gauge(
@@ -270,8 +280,10 @@ struct Node<'a> {
     ownership: &'a Ownership,
     stepped_down: bool,
     recovering: bool,
-    /// The standby's last verified message: its ownership, address, when.
+    /// The last verified message of a standby: its ownership, address, when.
     heard: Option<&'a (Ownership, SocketAddr, Instant)>,
+    /// Where each standby (by node id) was last heard from.
+    names: &'a BTreeMap<String, SocketAddr>,
     stats: HeartbeatStats,
     /// The on-host capture, which quiesces the services for a migration.
     onhost: Option<&'a onhost::Handle>,
@@ -299,7 +311,8 @@ impl Node<'_> {
                 return;
             }
         };
-        let (standby, bind, key) = (self.args.standby, self.args.bind, self.key.clone());
+        let standby = self.migration_target(&prepare.to);
+        let (bind, key) = (self.args.bind, self.key.clone());
         let onhost = self.onhost.cloned();
         tokio::spawn(async move {
             let to = prepare.to.clone();
@@ -332,6 +345,16 @@ impl Node<'_> {
             };
             let _ = reply.send(response);
         });
+    }
+
+    /// Where a migration to node `to` connects: the `--standby` it was heard
+    /// from, else the first `--standby`.
+    fn migration_target(&self, to: &str) -> SocketAddr {
+        let standbys = &self.args.standbys;
+        (self.names.get(to))
+            .filter(|from| standbys.contains(from))
+            .copied()
+            .unwrap_or(standbys[0])
     }
 
     /// `connmirror status` on the primary: its role (`primary`, `recovering`
@@ -424,9 +447,9 @@ fn ownership_of(args: &AgentArgs) -> Ownership {
 }
 
 /// The heartbeat socket's address: `--bind` and `--port`, or the unspecified
-/// address of the standby's family.
+/// address of the first standby's family.
 fn local_addr(args: &AgentArgs) -> SocketAddr {
-    match (args.bind, args.standby) {
+    match (args.bind, args.standbys[0]) {
         (Some(ip), _) => SocketAddr::new(ip, args.port),
         (None, SocketAddr::V4(_)) => SocketAddr::from(([0u8; 4], args.port)),
         (None, SocketAddr::V6(_)) => SocketAddr::from(([0u16; 8], args.port)),
@@ -464,16 +487,17 @@ fn receive(
     Ok(false)
 }
 
-/// Sends one heartbeat `datagram` to `standby`; false (and a warning) when
-/// the send failed: the next tick tries again.
-async fn send(socket: &UdpSocket, datagram: &[u8], standby: SocketAddr) -> bool {
-    match socket.send_to(datagram, standby).await {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::warn!(%err, %standby, "sending a heartbeat");
-            false
+/// Sends one heartbeat `datagram` to each of `standbys`; how many sends
+/// succeeded (a failed one is logged: the next tick tries again).
+async fn send_all(socket: &UdpSocket, datagram: &[u8], standbys: &[SocketAddr]) -> u64 {
+    let mut sent = 0;
+    for &standby in standbys {
+        match socket.send_to(datagram, standby).await {
+            Ok(_) => sent += 1,
+            Err(err) => tracing::warn!(%err, %standby, "sending a heartbeat"),
         }
     }
+    sent
 }
 
 /// The message kind a heartbeat carries: `Recovering` while the primary
@@ -507,9 +531,9 @@ async fn listeners(
 /// Runs `connmirror agent` until SIGINT or SIGTERM: heartbeats, and with
 /// `--replicate-to` the on-host mirror and its replication alongside.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    match args.onhost.replicate_to {
-        Some(standby) => onhost::run(args, standby).await,
-        None => heartbeats(args, None).await,
+    match args.onhost.replicate_to.is_empty() {
+        false => onhost::run(args).await,
+        true => heartbeats(args, None).await,
     }
 }
 
@@ -566,7 +590,8 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
     let mut stepped_down = false;
     let mut recovering = args.recovering;
     let mut heard: Option<(Ownership, SocketAddr, Instant)> = None;
-    tracing::info!(standby = %args.standby, node = args.node_id, recovering, "sending heartbeats");
+    let mut names = BTreeMap::new();
+    tracing::info!(standbys = ?args.standbys, node = args.node_id, recovering, "sending heartbeats");
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -574,6 +599,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
                 let Ok((n, from)) = received else { continue };
                 let Ok(message) = verifier.accept(&buf[..n]) else { continue };
                 heard = Some((message.ownership.clone(), from, Instant::now()));
+                names.insert(message.ownership.node_id.clone(), from);
                 let mut flags = (recovering, stepped_down);
                 let answer = receive(&message, from, &mut ownership, &mut flags)?;
                 (recovering, stepped_down) = flags;
@@ -595,6 +621,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
                     stepped_down,
                     recovering,
                     heard: heard.as_ref(),
+                    names: &names,
                     stats: verifier.stats,
                     onhost: onhost.as_ref(),
                 };
@@ -617,7 +644,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
         }
         counter += 1;
         let datagram = heartbeat::seal(&key, kind_of(recovering), counter, &ownership);
-        sent += u64::from(send(&socket, &datagram, args.standby).await);
+        sent += send_all(&socket, &datagram, &args.standbys).await;
         if !ready {
             announce_ready()?;
             ready = true;

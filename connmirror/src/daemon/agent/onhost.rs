@@ -1,18 +1,22 @@
 //! On-host mode: the agent runs the mirror on the primary's own interfaces
 //! (XDP ingress sees the clients' segments before the primary's kernel does,
 //! TC egress sees the primary's before they leave) and streams the journal
-//! records to the standby over the replication channel
-//! ([`crate::replication::channel`]).
+//! records to each standby (every `--replicate-to`) over a replication
+//! channel of its own ([`crate::replication::channel`]): one link task and
+//! one [`Outbox`] per standby, each with its own stream position,
+//! acknowledgments, lag and checkpoint, so a standby that is gone or slow
+//! holds back only its own stream.
 //!
 //! Exposure is the replication lag: what the primary's kernel acknowledged
-//! or sent that the standby has not acknowledged yet. `--sync` removes it
-//! with output commit ([`crate::hold`]): the primary's outgoing segments of
-//! a protected flow are captured at netfilter POSTROUTING and queued
-//! (NFQUEUE), and the agent releases each one once the standby has
-//! acknowledged the journal batch that covers its data and its ACK. When no
-//! acknowledgment comes for `--sync-timeout`, the agent releases what it
-//! holds, logs it, counts it and replicates asynchronously until the
-//! standby has caught up.
+//! or sent that a standby has not acknowledged yet (the agent reports the
+//! worst standby's). `--sync` removes it with output commit
+//! ([`crate::hold`]): the primary's outgoing segments of a protected flow
+//! are captured at netfilter POSTROUTING and queued (NFQUEUE), and the agent
+//! releases each one once every connected standby has acknowledged the
+//! journal batch that covers its data and its ACK. When no acknowledgment
+//! comes for `--sync-timeout`, the agent releases what it holds, logs it,
+//! counts it and replicates asynchronously until the standbys have caught
+//! up.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,7 +38,7 @@ use crate::{
     hold::OutputCommit,
     key::Key,
     metrics::Family,
-    replication::channel::{self, LimitChange, LinkEvent, LinkStats, Outbox},
+    replication::channel::{self, LimitChange, LinkEvent, LinkEvents, LinkStats, Outbox},
 };
 
 /// On-host flags of `connmirror agent`.
@@ -42,23 +46,26 @@ use crate::{
 pub struct OnHostArgs {
     /// On-host mode: capture the services on this interface of the primary
     /// itself (optionally `IF:INGRESS`), and replicate the journal to the
-    /// standby (`--replicate-to`). Repeat for several.
+    /// standbys (`--replicate-to`). Repeat for several.
     #[arg(long = "iface", value_name = "IF[:INGRESS]", requires = "replicate_to")]
     pub ifaces: Vec<IfaceSpec>,
-    /// The standby's replication listener (its `--replication-listen`).
-    #[arg(long, value_name = "IP:PORT", requires = "ifaces")]
-    pub replicate_to: Option<SocketAddr>,
+    /// A standby's replication listener (its `--replication-listen`).
+    /// Repeat for several standbys: each gets the whole journal on a channel
+    /// of its own, with its own lag, and its metrics carry its
+    /// `standby="IP:PORT"` label.
+    #[arg(long = "replicate-to", value_name = "IP:PORT", requires = "ifaces")]
+    pub replicate_to: Vec<SocketAddr>,
     /// Output commit: hold each outgoing segment of a protected connection
-    /// (NFQUEUE, through rules added with iptables and ip6tables) until the
-    /// standby has acknowledged the journal up to its data and its ACK, so a
-    /// failover loses nothing the clients were told; costs one round trip to
-    /// the standby per batch.
+    /// (NFQUEUE, through rules added with iptables and ip6tables) until
+    /// every connected standby has acknowledged the journal up to its data
+    /// and its ACK, so a failover to any of them loses nothing the clients
+    /// were told; costs one round trip to the slowest standby per batch.
     #[arg(long, requires = "replicate_to")]
     pub sync: bool,
-    /// With --sync: milliseconds a segment may wait for the standby before
+    /// With --sync: milliseconds a segment may wait for the standbys before
     /// the agent releases everything held and replicates asynchronously (it
     /// logs this and counts it in `connmirror_sync_fallbacks_total`), until
-    /// the standby has caught up.
+    /// every connected standby has caught up.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub sync_timeout: u64,
     /// With --sync: the netfilter queue number the held segments go to (one
@@ -104,8 +111,8 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Handle {
     requests: mpsc::Sender<Request>,
-    /// The outbox's exposure per service, as of the last keepalive (at most
-    /// [`KEEPALIVE`] old).
+    /// The worst exposure over the standbys' outboxes, per service, as of
+    /// the last keepalive (at most [`KEEPALIVE`] old).
     exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
 }
 
@@ -131,7 +138,8 @@ impl Handle {
     }
 
     /// Bytes a failover would lose now of `service` (0 when it has no
-    /// connection).
+    /// connection): the largest over the standbys, each of which would lose
+    /// at most its own.
     pub fn exposure(&self, service: &SocketAddr) -> u64 {
         let exposure = self.exposure.lock().expect("exposure lock");
         exposure.get(service).copied().unwrap_or(0)
@@ -150,30 +158,60 @@ impl Handle {
     }
 }
 
+/// One standby the journal goes to: its address, its link task and the
+/// link's counts.
+struct Replica {
+    addr: SocketAddr,
+    stats: Arc<LinkStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Replica {
+    /// Starts the link task to the standby at `addr`, the `index`th, which
+    /// reports on `sender`.
+    fn start(
+        addr: SocketAddr,
+        index: usize,
+        key: &Key,
+        sender: &mpsc::UnboundedSender<(usize, LinkEvent)>,
+    ) -> Self {
+        let stats = Arc::new(LinkStats::default());
+        let events = LinkEvents {
+            index,
+            sender: sender.clone(),
+        };
+        let task = tokio::spawn(channel::link(
+            addr,
+            key.clone(),
+            events,
+            stats.clone(),
+            RETRY,
+        ));
+        Self { addr, stats, task }
+    }
+}
+
 /// Runs on-host mode: the mirror on the primary's own interfaces, the
-/// replication to `standby`, and the agent's heartbeats on a thread of their
-/// own, until SIGINT or SIGTERM.
-pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<()> {
+/// replication to each of `--replicate-to`, and the agent's heartbeats on a
+/// thread of their own, until SIGINT or SIGTERM.
+pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let key = Key::load(&args.key)?;
+    let standbys = args.onhost.replicate_to.clone();
     let mut mirror = Engine::start(mirror_args(&args)?)?;
     if mirror.took_over {
-        resume_flows(&mut mirror, standby, &key).await;
+        resume_flows(&mut mirror, &standbys, &key).await;
     }
-    let commit = match args.onhost.sync {
-        true => Some(start_sync(&mut mirror, &args.onhost)?),
+    let sync = args.onhost.sync;
+    let commit = match sync {
+        true => Some(start_sync(&mut mirror, &args.onhost, standbys.len())?),
         false => None,
     };
     mirror.reader.table.collect_records();
-    mirror.reader.outbox = Some(Outbox::new(args.onhost.sync));
-    let (link_events, events) = mpsc::unbounded_channel();
-    let stats = Arc::new(LinkStats::default());
-    let link = tokio::spawn(channel::link(
-        standby,
-        key,
-        link_events,
-        stats.clone(),
-        RETRY,
-    ));
+    mirror.reader.outboxes = standbys.iter().map(|_| Outbox::new(sync)).collect();
+    let (sender, events) = mpsc::unbounded_channel();
+    let replicas: Vec<Replica> = (standbys.iter().enumerate())
+        .map(|(index, &addr)| Replica::start(addr, index, &key, &sender))
+        .collect();
     let (handle, requests) = mpsc::channel(4);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -184,14 +222,13 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
         commit,
         exposure: Arc::default(),
     };
-    tracing::info!(%standby, sync = args.onhost.sync, "on-host mode: replicating the journal");
-    let sync = args.onhost.sync;
+    tracing::info!(?standbys, sync, "on-host mode: replicating the journal");
     let handle = Handle {
         requests: handle,
         exposure: source.exposure.clone(),
     };
     let heartbeats = heartbeat_thread(args, handle)?;
-    let replication = replicate(mirror, source, stats, sync);
+    let replication = replicate(mirror, source, &replicas, sync);
     tokio::pin!(replication);
     let result = tokio::select! {
         result = &mut replication => result,
@@ -203,28 +240,38 @@ pub(super) async fn run(args: AgentArgs, standby: SocketAddr) -> anyhow::Result<
             Err(_) => Err(anyhow::anyhow!("the heartbeat thread panicked")),
         },
     };
-    link.abort();
+    for replica in &replicas {
+        replica.task.abort();
+    }
     result
 }
 
 /// An agent that took a pinned capture over (`--pin`) starts from the flows
-/// the standby holds, before it reads the ring: the records the ring kept
-/// apply on top of them, and the checkpoint that starts the new stream
-/// carries them on. If the standby gives none within [`RESUME_WAIT`], the
-/// agent goes on without: it sees the open flows as first seen mid-stream.
-async fn resume_flows(mirror: &mut Engine, standby: SocketAddr, key: &Key) {
-    tracing::info!(%standby, "took a pinned capture over: asking the standby for the flows it holds");
+/// the standbys hold, before it reads the ring: it asks them in turn and
+/// takes the first answer; the records the ring kept apply on top of them,
+/// and the checkpoint that starts each new stream carries them on. If none
+/// gives any within [`RESUME_WAIT`], the agent goes on without: it sees the
+/// open flows as first seen mid-stream.
+async fn resume_flows(mirror: &mut Engine, standbys: &[SocketAddr], key: &Key) {
+    tracing::info!(
+        ?standbys,
+        "took a pinned capture over: asking the standby for the flows it holds"
+    );
     let deadline = tokio::time::Instant::now() + RESUME_WAIT;
-    loop {
-        let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = tokio::time::timeout(wait, channel::fetch_state(standby, key)).await;
+    // Each standby gets its share of the wait, so a silent one leaves time
+    // to ask the next.
+    let share = RESUME_WAIT / standbys.len().max(1) as u32;
+    for (turn, &standby) in standbys.iter().cycle().enumerate() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer =
+            tokio::time::timeout(left.min(share), channel::fetch_state(standby, key)).await;
         let err = match answer {
-            Err(_) => "no answer".to_owned(),
+            Err(_) => format!("{standby}: no answer"),
             Ok(Err(err)) => err.to_string(),
             Ok(Ok(state)) => {
                 let flows = state.flows.values().filter(|f| f.closed.is_none()).count();
                 mirror.reader.table.restore(state);
-                tracing::info!(flows, "resuming from the standby's flows");
+                tracing::info!(flows, %standby, "resuming from the standby's flows");
                 return;
             }
         };
@@ -236,21 +283,28 @@ async fn resume_flows(mirror: &mut Engine, standby: SocketAddr, key: &Key) {
             );
             return;
         }
-        tokio::time::sleep(RETRY).await;
+        if (turn + 1) % standbys.len() == 0 {
+            tokio::time::sleep(RETRY).await;
+        }
     }
 }
 
 /// Starts output commit: the queue and its rules first, then the services'
 /// `SYNC` mode, which sends their segments there.
-fn start_sync(mirror: &mut Engine, onhost: &OnHostArgs) -> anyhow::Result<OutputCommit> {
+fn start_sync(
+    mirror: &mut Engine,
+    onhost: &OnHostArgs,
+    standbys: usize,
+) -> anyhow::Result<OutputCommit> {
     let timeout = Duration::from_millis(onhost.sync_timeout);
-    let commit = OutputCommit::open(&mut mirror.capture, onhost.sync_queue, timeout)?;
+    let queue = onhost.sync_queue;
+    let commit = OutputCommit::open(&mut mirror.capture, queue, timeout, standbys)?;
     let all: Vec<SocketAddr> = mirror.services.iter().map(|s| s.addr).collect();
     set_modes(mirror, &all, ServiceMode::SYNC).context("setting --sync")?;
     tracing::info!(
         queue = onhost.sync_queue,
         timeout_ms = onhost.sync_timeout,
-        "--sync: holding each outgoing segment until the standby has it"
+        "--sync: holding each outgoing segment until the standbys have it"
     );
     Ok(commit)
 }
@@ -318,7 +372,8 @@ fn mirror_args(args: &AgentArgs) -> anyhow::Result<MirrorArgs> {
 
 /// What wakes the on-host loop besides the ring and the signals.
 enum OnHostEvent {
-    Link(LinkEvent),
+    /// What the link of the standby of this index reported.
+    Link(usize, LinkEvent),
     Request(Request),
     Keepalive,
     /// `--sync`: segments wait in the queue.
@@ -326,7 +381,7 @@ enum OnHostEvent {
 }
 
 struct Source {
-    events: mpsc::UnboundedReceiver<LinkEvent>,
+    events: mpsc::UnboundedReceiver<(usize, LinkEvent)>,
     requests: mpsc::Receiver<Request>,
     keepalive: tokio::time::Interval,
     /// `--sync`'s output commit.
@@ -345,7 +400,7 @@ impl EventSource<OnHostEvent> for Source {
             ..
         } = self;
         tokio::select! {
-            Some(event) = events.recv() => OnHostEvent::Link(event),
+            Some((index, event)) = events.recv() => OnHostEvent::Link(index, event),
             Some(request) = requests.recv() => OnHostEvent::Request(request),
             _ = keepalive.tick() => OnHostEvent::Keepalive,
             Ok(()) = queued(commit.as_ref()) => OnHostEvent::Held,
@@ -361,12 +416,12 @@ async fn queued(commit: Option<&OutputCommit>) -> std::io::Result<()> {
     }
 }
 
-/// Drains the ring into the outbox, follows the link, applies the sync
-/// limits the standby's acknowledgments release, and answers requests.
+/// Drains the ring into the outboxes, follows the links, applies the sync
+/// limits the standbys' acknowledgments release, and answers requests.
 async fn replicate(
     mut mirror: Engine,
     mut source: Source,
-    stats: Arc<LinkStats>,
+    replicas: &[Replica],
     sync: bool,
 ) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
@@ -381,15 +436,20 @@ async fn replicate(
         };
         let commit = &mut source.commit;
         match event {
-            OnHostEvent::Link(event) => on_link(&mut mirror, commit.as_mut(), event)?,
+            OnHostEvent::Link(index, event) => {
+                let standby = (index, replicas[index].addr);
+                on_link(&mut mirror, commit.as_mut(), standby, event)?
+            }
             OnHostEvent::Keepalive => {
                 let backlog = mirror.ring_backlog();
-                let outbox = outbox(&mut mirror);
-                outbox.keepalive(backlog);
-                *source.exposure.lock().expect("exposure lock") = outbox.exposure();
-                let position = outbox.position();
+                let outboxes = &mut mirror.reader.outboxes;
+                for outbox in outboxes.iter_mut() {
+                    outbox.keepalive(backlog);
+                }
+                *source.exposure.lock().expect("exposure lock") = worst_exposure(outboxes);
+                let positions: Vec<u64> = outboxes.iter().map(Outbox::position).collect();
                 if let Some(commit) = commit {
-                    commit.expire(position)?;
+                    commit.expire(&positions)?;
                 }
             }
             OnHostEvent::Held => {
@@ -400,7 +460,9 @@ async fn replicate(
                 mirror.read_ring()?;
                 commit.decide(|key| mirror.reader.table.sent_end(key))?;
             }
-            OnHostEvent::Request(request) => on_request(&mut mirror, commit, request, &stats, sync),
+            OnHostEvent::Request(request) => {
+                on_request(&mut mirror, commit, request, replicas, sync)
+            }
         }
     }
     if let Some(commit) = source.commit.take() {
@@ -410,38 +472,54 @@ async fn replicate(
     Ok(())
 }
 
-/// Follows the replication link: a new stream, an acknowledgment (and the
-/// sync limits it releases), or the standby gone.
+/// The largest exposure over `outboxes`, per service: a failover to any
+/// standby loses at most its own.
+fn worst_exposure(outboxes: &[Outbox]) -> BTreeMap<SocketAddr, u64> {
+    let mut worst = BTreeMap::new();
+    for (service, bytes) in outboxes.iter().flat_map(Outbox::exposure) {
+        let entry: &mut u64 = worst.entry(service).or_default();
+        *entry = (*entry).max(bytes);
+    }
+    worst
+}
+
+/// Follows the replication link of `standby` (its index and address): a
+/// new stream, an acknowledgment (and the sync limits it releases), or the
+/// standby gone.
 fn on_link(
     mirror: &mut Engine,
     commit: Option<&mut OutputCommit>,
+    (index, addr): (usize, SocketAddr),
     event: LinkEvent,
 ) -> anyhow::Result<()> {
     match event {
         LinkEvent::Connected(link, whole) => {
-            connected(mirror, link, whole)?;
-            let position = outbox(mirror).position();
+            connected(mirror, (index, addr), link, whole)?;
+            let position = outbox(mirror, index).position();
             if let Some(commit) = commit {
-                commit.connected(position);
+                commit.connected(index, position);
             }
         }
         LinkEvent::Acked(end) => {
-            let changes = outbox(mirror).acked(end);
+            let changes = outbox(mirror, index).acked(end);
             if let Some(commit) = commit {
                 for change in changes {
                     match change {
-                        LimitChange::Set(key, limit) => commit.limit(key, Some(limit)),
-                        LimitChange::Remove(key) => commit.limit(key, None),
+                        LimitChange::Set(key, limit) => commit.limit(index, key, Some(limit)),
+                        LimitChange::Remove(key) => commit.limit(index, key, None),
                     }
                 }
-                commit.acknowledged(end)?;
+                commit.acknowledged(index, end)?;
             }
         }
         LinkEvent::Disconnected => {
-            tracing::warn!("replication channel lost: the standby falls behind until it is back");
-            outbox(mirror).disconnected();
+            tracing::warn!(
+                standby = %addr,
+                "replication channel lost: the standby falls behind until it is back"
+            );
+            outbox(mirror, index).disconnected();
             if let Some(commit) = commit {
-                commit.disconnected();
+                commit.disconnected(index)?;
             }
         }
     }
@@ -453,14 +531,22 @@ fn on_request(
     mirror: &mut Engine,
     commit: &Option<OutputCommit>,
     request: Request,
-    stats: &LinkStats,
+    replicas: &[Replica],
     sync: bool,
 ) {
     match request {
         Request::Scrape(reply) => {
             let backlog = mirror.ring_backlog();
             let mut families = mirror.families();
-            families.extend(outbox(mirror).families(backlog, stats));
+            let outboxes = mirror.reader.outboxes.iter().zip(replicas);
+            let per_standby = outboxes.flat_map(|(outbox, replica)| {
+                let standby = replica.addr.to_string();
+                let families = outbox.families(backlog, &replica.stats);
+                families
+                    .into_iter()
+                    .map(move |f| f.labelled("standby", &standby))
+            });
+            families.extend(Family::merge(per_standby));
             if let Some(commit) = commit {
                 families.extend(commit.families());
             }
@@ -487,18 +573,17 @@ fn set_modes(mirror: &mut Engine, addrs: &[SocketAddr], mode: u32) -> anyhow::Re
     mirror.set_modes(&services, mode)
 }
 
-fn outbox(mirror: &mut Engine) -> &mut Outbox {
-    mirror
-        .reader
-        .outbox
-        .as_mut()
-        .expect("on-host mode has an outbox")
+/// The outbox of the standby of this `index`.
+fn outbox(mirror: &mut Engine, index: usize) -> &mut Outbox {
+    &mut mirror.reader.outboxes[index]
 }
 
-/// A standby connected: everything in the ring is applied, then a checkpoint
-/// of every open flow starts its stream.
+/// A standby (its index and address) connected: everything in the ring is
+/// applied (and shipped to the other standbys), then a checkpoint of every
+/// open flow starts its stream.
 fn connected(
     mirror: &mut Engine,
+    (index, addr): (usize, SocketAddr),
     link: mpsc::UnboundedSender<Vec<u8>>,
     whole: BTreeSet<SocketAddr>,
 ) -> anyhow::Result<()> {
@@ -510,7 +595,7 @@ fn connected(
     })?;
     let flows = checkpoint.len();
     let backlog = mirror.ring_backlog();
-    outbox(mirror).connected(link, &checkpoint, backlog, whole);
-    tracing::info!(records = flows, "standby connected: checkpoint sent");
+    outbox(mirror, index).connected(link, &checkpoint, backlog, whole);
+    tracing::info!(records = flows, standby = %addr, "standby connected: checkpoint sent");
     Ok(())
 }

@@ -221,12 +221,12 @@ fn a_table_missing_a_required_key_names_it() {
 
 #[test]
 fn effective_settings_are_toml_with_defaults_marked() {
-    let text = "[agent]\nstandby = \"198.18.1.1:7400\"\nkey = \"/etc/k\"\nnode_id = \"p\"\nservice = [\"198.18.1.2:7000\"]\ninterval = 20\n";
+    let text = "[agent]\nstandby = [\"198.18.1.1:7400\"]\nkey = \"/etc/k\"\nnode_id = \"p\"\nservice = [\"198.18.1.2:7000\"]\ninterval = 20\n";
     let effective = parse(text).unwrap().effective(&cli()).unwrap();
     assert_eq!(
         effective,
         "[agent]\n\
-         standby = \"198.18.1.1:7400\"\n\
+         standby = [\"198.18.1.1:7400\"]\n\
          key = \"/etc/k\"\n\
          node_id = \"p\"\n\
          cluster_id = \"connmirror\"  # default\n\
@@ -253,7 +253,7 @@ fn effective_settings_are_toml_with_defaults_marked() {
          lease_ttl = 3  # default\n\
          metrics = \"127.0.0.1:9464\"  # default\n\
          iface = []\n\
-         # replicate_to: not set\n\
+         replicate_to = []\n\
          sync = false  # default\n\
          sync_timeout = 1000  # default\n\
          sync_queue = 7403  # default\n\

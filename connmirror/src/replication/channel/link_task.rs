@@ -1,6 +1,8 @@
-//! The agent's link task: keeps a channel to the standby open, reconnecting
+//! The agent's link task: keeps a channel to one standby open, reconnecting
 //! after failures, and moves batches out and acknowledgments in, reporting to
-//! the agent's event loop as [`LinkEvent`]s.
+//! the agent's event loop as [`LinkEvent`]s tagged with the standby's index
+//! (an agent replicating to several standbys runs one task per standby, all
+//! reporting on one channel).
 
 use std::{
     collections::BTreeSet,
@@ -35,7 +37,7 @@ pub enum LinkEvent {
     Disconnected,
 }
 
-/// Connection counts of the agent's link.
+/// Connection counts of the agent's link to one standby.
 #[derive(Debug, Default)]
 pub struct LinkStats {
     connects: AtomicU64,
@@ -62,12 +64,33 @@ impl LinkStats {
     }
 }
 
+/// Where a link task reports: the agent's event loop, each event tagged
+/// with the index of the link's standby.
+#[derive(Clone, Debug)]
+pub struct LinkEvents {
+    /// The standby's index among the agent's `--replicate-to`.
+    pub index: usize,
+    /// The event loop's channel.
+    pub sender: mpsc::UnboundedSender<(usize, LinkEvent)>,
+}
+
+impl LinkEvents {
+    /// Reports `event`; false once the event loop is gone.
+    fn send(&self, event: LinkEvent) -> bool {
+        self.sender.send((self.index, event)).is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
 /// Keeps a channel to the standby at `peer` open, reconnecting every
 /// `retry` after a failure, for as long as `events` has a receiver.
 pub async fn link(
     peer: SocketAddr,
     key: Key,
-    events: mpsc::UnboundedSender<LinkEvent>,
+    events: LinkEvents,
     stats: Arc<LinkStats>,
     retry: Duration,
 ) {
@@ -81,7 +104,7 @@ pub async fn link(
                 if let Err(err) = serve_link(channel, &events).await {
                     tracing::warn!("{err}");
                 }
-                let _ = events.send(LinkEvent::Disconnected);
+                events.send(LinkEvent::Disconnected);
             }
             Err(err) => {
                 if matches!(err, ChannelError::Handshake { .. }) {
@@ -134,10 +157,7 @@ pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, Chann
 }
 
 /// Moves batches out and acknowledgments in until either side fails.
-async fn serve_link(
-    channel: Channel,
-    events: &mpsc::UnboundedSender<LinkEvent>,
-) -> Result<(), ChannelError> {
+async fn serve_link(channel: Channel, events: &LinkEvents) -> Result<(), ChannelError> {
     let Channel {
         mut writer,
         mut reader,
@@ -145,7 +165,7 @@ async fn serve_link(
     let peer = writer.peer();
     let needs = needs(&mut reader, peer).await?;
     let (batches, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
-    if events.send(LinkEvent::Connected(batches, needs)).is_err() {
+    if !events.send(LinkEvent::Connected(batches, needs)) {
         return Ok(());
     }
     let send = async {
@@ -158,7 +178,7 @@ async fn serve_link(
         while let Some(body) = reader.next().await? {
             let end =
                 decode_ack(&body).map_err(|reason| ChannelError::Protocol { peer, reason })?;
-            if events.send(LinkEvent::Acked(end)).is_err() {
+            if !events.send(LinkEvent::Acked(end)) {
                 break;
             }
         }
