@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::etcd::{ELECTION_TIMEOUT_MS, EtcdCluster, MGMT_IF, node_addr};
 use connmirror_tests::failover::{
-    HEARTBEAT_PORT, PrimarySetup, Program, handoff_app, kill_primary_host, primary_setup,
-    start_agent_with,
+    HEARTBEAT_PORT, PrimarySetup, Program, gateway_addrs, handoff_app, kill_primary_host,
+    primary_setup, start_agent_with,
 };
 use connmirror_tests::kills::{full, wait_until};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
@@ -101,7 +101,9 @@ impl Cluster {
         let (topo, key, service) = (&self.setup.topo, &self.setup.key, self.setup.service);
         let mut command = onhost_standby_command(Family::V4, &full(service), key)
             .arg("--priority")
-            .arg(&priority.to_string());
+            .arg(&priority.to_string())
+            .arg("--advertise")
+            .arg(&gateway_addrs(Family::V4).0.to_string());
         for flag in self.etcd_flags("a") {
             command = command.arg(&flag);
         }
@@ -115,6 +117,34 @@ impl Cluster {
         let key = format!("/connmirror/connmirror/services/{}", self.setup.service);
         let out = self.etcd.etcdctl(&["get", "--print-value-only", &key]);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{key}: {e}: {out:?}"))
+    }
+
+    /// `connmirror status --cluster`, from the gateway.
+    fn status(&self) -> String {
+        let mut cmd = self
+            .setup
+            .topo
+            .gateway
+            .command(connmirror_tests::connmirror_bin());
+        cmd.args(["status", "--cluster", "--etcd", &self.etcd.endpoints()]);
+        connmirror_tests::process::run_checked(&mut cmd)
+    }
+
+    /// Waits until [`Cluster::status`] prints `expected` (registrations
+    /// follow within a second); panics with what it printed last.
+    fn wait_status(&self, expected: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.status();
+            if status == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status --cluster:\n{status}\nexpected:\n{expected}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The agent's cluster flags, with heartbeats to standby `b` too when
@@ -192,6 +222,12 @@ fn two_standbys_detect_together_and_exactly_one_takes_over_v4() {
     let winner_id = owner["node_id"].as_str().unwrap();
     let why = format!("staying a standby owner=\"{winner_id}\" epoch=2");
     assert!(loser.stderr().contains(&why), "{}", loser.stderr());
+    // The loser hears nobody now: nothing protects the new owner yet.
+    let loser_id = if winner_id == "a" { "b" } else { "a" };
+    cluster.wait_status(&format!(
+        "{service}  owner {winner_id}  epoch 2  unprotected\n  \
+         standby {loser_id}  priority 0  not-watching  lag -\n"
+    ));
     cluster.etcd.kill(0);
 }
 

@@ -539,12 +539,15 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
 /// Cluster mode: records this node as the owner of its services in etcd
 /// (the epoch it holds there goes into `ownership`) and registers it under
-/// a lease for as long as the registration lives. Nothing outside it.
+/// a lease for as long as the answer lives; in on-host mode the
+/// registration carries the standbys' replication state, for `connmirror
+/// status --cluster`. Nothing outside cluster mode.
 async fn join_cluster(
     args: &AgentArgs,
     ownership: &mut Ownership,
     local: SocketAddr,
-) -> anyhow::Result<Option<Registration>> {
+    onhost: Option<onhost::Handle>,
+) -> anyhow::Result<Option<Membership>> {
     if !args.cluster.enabled() {
         return Ok(None);
     }
@@ -566,7 +569,37 @@ async fn join_cluster(
         etcd = args.cluster.endpoint_list(),
         "cluster mode: the services' owner in etcd"
     );
-    Ok(Some(registration))
+    Ok(Some(Membership(tokio::spawn(publish(
+        registration,
+        onhost,
+    )))))
+}
+
+/// How often an on-host agent writes its standbys' state into its
+/// registration.
+const PUBLISH: Duration = Duration::from_secs(1);
+
+/// The agent's registration, kept (and renewed) by a task; dropping it
+/// stops the task, and the lease then expires.
+struct Membership(tokio::task::JoinHandle<()>);
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Holds `registration` and, with `onhost`, writes the standbys' state into
+/// it every [`PUBLISH`].
+async fn publish(registration: Registration, onhost: Option<onhost::Handle>) {
+    let mut tick = tokio::time::interval(PUBLISH);
+    loop {
+        tick.tick().await;
+        if let Some(onhost) = &onhost {
+            let standbys = onhost.standbys();
+            registration.update(|r| r.standbys = standbys);
+        }
+    }
 }
 
 /// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
@@ -575,7 +608,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
     let key = Key::load(&args.key)?;
     let mut ownership = ownership_of(&args);
     let local = local_addr(&args);
-    let _registration = join_cluster(&args, &mut ownership, local).await?;
+    let _membership = join_cluster(&args, &mut ownership, local, onhost.clone()).await?;
     let socket = (UdpSocket::bind(local).await)
         .with_context(|| format!("binding the heartbeat socket to {local}"))?;
     let (migrations, mut control) = listeners(&args, local, &key).await?;

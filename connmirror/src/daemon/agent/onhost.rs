@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
+    cluster::record::StandbyState,
     daemon::agent::AgentArgs,
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     hold::OutputCommit,
@@ -111,9 +112,18 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct Handle {
     requests: mpsc::Sender<Request>,
-    /// The worst exposure over the standbys' outboxes, per service, as of
-    /// the last keepalive (at most [`KEEPALIVE`] old).
-    exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
+    /// What the loop published at its last keepalive (at most
+    /// [`KEEPALIVE`] old).
+    published: Arc<Mutex<Published>>,
+}
+
+/// What the on-host loop publishes at every keepalive.
+#[derive(Debug, Default)]
+struct Published {
+    /// The worst exposure over the standbys' outboxes, per service.
+    exposure: BTreeMap<SocketAddr, u64>,
+    /// Each standby's replication state, in `--replicate-to` order.
+    standbys: Vec<StandbyState>,
 }
 
 /// A request to the on-host loop.
@@ -141,8 +151,17 @@ impl Handle {
     /// connection): the largest over the standbys, each of which would lose
     /// at most its own.
     pub fn exposure(&self, service: &SocketAddr) -> u64 {
-        let exposure = self.exposure.lock().expect("exposure lock");
-        exposure.get(service).copied().unwrap_or(0)
+        let published = self.published.lock().expect("published lock");
+        published.exposure.get(service).copied().unwrap_or(0)
+    }
+
+    /// Each standby's replication state: connected, and its lag.
+    pub fn standbys(&self) -> Vec<StandbyState> {
+        self.published
+            .lock()
+            .expect("published lock")
+            .standbys
+            .clone()
     }
 
     /// Quiesces `services` on the primary's own capture (`on`), or lifts
@@ -220,12 +239,13 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         requests,
         keepalive,
         commit,
-        exposure: Arc::default(),
+        published: Arc::default(),
+        standbys: standbys.clone(),
     };
     tracing::info!(?standbys, sync, "on-host mode: replicating the journal");
     let handle = Handle {
         requests: handle,
-        exposure: source.exposure.clone(),
+        published: source.published.clone(),
     };
     let heartbeats = heartbeat_thread(args, handle)?;
     let replication = replicate(mirror, source, &replicas, sync);
@@ -386,8 +406,11 @@ struct Source {
     keepalive: tokio::time::Interval,
     /// `--sync`'s output commit.
     commit: Option<OutputCommit>,
-    /// Where the loop publishes the exposure for `connmirror status`.
-    exposure: Arc<Mutex<BTreeMap<SocketAddr, u64>>>,
+    /// Where the loop publishes the exposure and the standbys' state for
+    /// `connmirror status` and the cluster registration.
+    published: Arc<Mutex<Published>>,
+    /// The standbys' replication addresses, in `--replicate-to` order.
+    standbys: Vec<SocketAddr>,
 }
 
 impl EventSource<OnHostEvent> for Source {
@@ -446,7 +469,10 @@ async fn replicate(
                 for outbox in outboxes.iter_mut() {
                     outbox.keepalive(backlog);
                 }
-                *source.exposure.lock().expect("exposure lock") = worst_exposure(outboxes);
+                *source.published.lock().expect("published lock") = Published {
+                    exposure: worst_exposure(outboxes),
+                    standbys: standby_states(&source.standbys, outboxes, backlog),
+                };
                 let positions: Vec<u64> = outboxes.iter().map(Outbox::position).collect();
                 if let Some(commit) = commit {
                     commit.expire(&positions)?;
@@ -474,6 +500,21 @@ async fn replicate(
 
 /// The largest exposure over `outboxes`, per service: a failover to any
 /// standby loses at most its own.
+/// Each standby's replication state, from its outbox.
+fn standby_states(
+    addresses: &[SocketAddr],
+    outboxes: &[Outbox],
+    backlog: u64,
+) -> Vec<StandbyState> {
+    (addresses.iter().zip(outboxes))
+        .map(|(address, outbox)| StandbyState {
+            address: *address,
+            connected: outbox.is_connected(),
+            lag_bytes: outbox.lag(backlog).bytes,
+        })
+        .collect()
+}
+
 fn worst_exposure(outboxes: &[Outbox]) -> BTreeMap<SocketAddr, u64> {
     let mut worst = BTreeMap::new();
     for (service, bytes) in outboxes.iter().flat_map(Outbox::exposure) {

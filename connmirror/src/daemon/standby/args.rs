@@ -95,6 +95,12 @@ pub struct StandbyArgs {
     /// Cluster mode: ownership in etcd (`--etcd`); needs `--heartbeat-listen`.
     #[command(flatten)]
     pub cluster: crate::cluster::EtcdArgs,
+    /// Cluster mode: the address other nodes reach this standby at; it
+    /// replaces an unspecified address (`0.0.0.0`, `::`) of
+    /// `--heartbeat-listen` and `--replication-listen` in the registration
+    /// `connmirror status --cluster` reads.
+    #[arg(long, value_name = "IP")]
+    pub advertise: Option<std::net::IpAddr>,
     /// Cluster mode: this standby's priority among the standbys of the same
     /// primary, 0 first. A standby of priority N waits N heartbeat
     /// intervals before it claims a lost primary's services, so the

@@ -41,6 +41,18 @@ pub(super) struct Claimed {
     pub take: Take,
 }
 
+/// `listen` as other nodes reach it: an unspecified IP becomes `advertise`.
+fn advertised(
+    listen: Option<SocketAddr>,
+    advertise: Option<std::net::IpAddr>,
+) -> Option<SocketAddr> {
+    let listen = listen?;
+    match advertise {
+        Some(ip) if listen.ip().is_unspecified() => Some(SocketAddr::new(ip, listen.port())),
+        _ => Some(listen),
+    }
+}
+
 impl Membership {
     /// Connects to etcd and registers this standby; claim answers arrive on
     /// the receiver.
@@ -55,8 +67,8 @@ impl Membership {
             node_id: args.detection.node_id.clone(),
             role: "standby".into(),
             priority: args.priority,
-            heartbeat: args.detection.heartbeat_listen,
-            replication: args.replication_listen,
+            heartbeat: advertised(args.detection.heartbeat_listen, args.advertise),
+            replication: advertised(args.replication_listen, args.advertise),
             services: args.mirror.services.iter().map(|s| s.0).collect(),
             ..NodeRecord::default()
         };
