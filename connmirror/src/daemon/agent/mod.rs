@@ -602,6 +602,12 @@ async fn publish(registration: Registration, onhost: Option<onhost::Handle>) {
     }
 }
 
+/// The heartbeat socket, at `local`.
+async fn bind_heartbeats(local: SocketAddr) -> anyhow::Result<UdpSocket> {
+    (UdpSocket::bind(local).await)
+        .with_context(|| format!("binding the heartbeat socket to {local}"))
+}
+
 /// Runs the heartbeats until SIGINT or SIGTERM; scrapes also report
 /// `onhost`'s families (the on-host mirror and its replication).
 async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::Result<()> {
@@ -609,8 +615,7 @@ async fn heartbeats(args: AgentArgs, onhost: Option<onhost::Handle>) -> anyhow::
     let mut ownership = ownership_of(&args);
     let local = local_addr(&args);
     let _membership = join_cluster(&args, &mut ownership, local, onhost.clone()).await?;
-    let socket = (UdpSocket::bind(local).await)
-        .with_context(|| format!("binding the heartbeat socket to {local}"))?;
+    let socket = bind_heartbeats(local).await?;
     let (migrations, mut control) = listeners(&args, local, &key).await?;
     let mut verifier = Verifier::new(key.clone(), &args.cluster_id);
     let mut counter = heartbeat::initial_counter();
