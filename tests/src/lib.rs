@@ -40,6 +40,7 @@ pub mod failover;
 pub mod inject;
 pub mod journal;
 pub mod kills;
+pub mod lan;
 pub mod live;
 pub mod metrics;
 pub mod mirror;

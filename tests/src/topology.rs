@@ -252,12 +252,12 @@ impl Default for Topology {
 /// An exclusive `flock(2)` on [`HOST_LOCK`], released when dropped (the file is
 /// closed).
 #[derive(Debug)]
-struct HostLock {
+pub(crate) struct HostLock {
     _file: File,
 }
 
 impl HostLock {
-    fn acquire() -> HostLock {
+    pub(crate) fn acquire() -> HostLock {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

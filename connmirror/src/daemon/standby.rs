@@ -36,6 +36,7 @@ use connmirror_common::ServiceMode;
 use crate::{
     capture::parse_size,
     daemon::control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
+    daemon::protection::Links,
     daemon::status::{ServiceStatus, StatusReport},
     engine::{
         Engine, Event, EventSource, MirrorArgs, RetentionArg, Signals, announce_ready,
@@ -52,6 +53,7 @@ use crate::{
     ownership::heartbeat::{self, Kind, Message, Ownership},
     repair::restore::QueueMode,
     repair::save,
+    replication::channel::LinkEvent,
     replication::replica::{self, Replica},
     resume::handoff::{self, HandoffServer},
     resume::live::Live,
@@ -75,7 +77,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(err) => tracing::warn!(%err, "raising the open-file limit"),
     }
-    let config = args.takeover_config();
+    let mut config = args.takeover_config();
     let detection = args.detection.config()?;
     let key = detection.as_ref().map(|d| d.key.clone());
     let needs_handoff = args
@@ -98,7 +100,21 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
         .map(|(service, _)| *service)
         .collect();
+    let protects = membership.is_some() && replica.is_some() && captures(&mirror_args);
+    if protects {
+        // After a takeover it captures what it serves for the standbys left,
+        // which decide how they resume: every client byte.
+        mirror_args.client_payload = mirror_args.services.iter().map(|s| s.0).collect();
+    }
+    config.capture_after = protects;
     let mut mirror = Engine::start(mirror_args)?;
+    if protects {
+        // Until then the replica has the flows: its own capture passes the
+        // services' segments untouched.
+        let services = mirror.services.clone();
+        (mirror.set_modes(&services, ServiceMode::OWNED))
+            .context("cluster mode: setting the services' capture mode")?;
+    }
     if let Some(live) = &config.live {
         attach_live(&mut mirror, live);
     }
@@ -137,9 +153,20 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         migrations_in: 0,
         migrations_refused: 0,
         membership,
+        protecting: Vec::new(),
+        protects,
     };
     serve(&mut standby, &mut mirror, &mut sources, &mut signals).await?;
     finish(standby, mirror, &sources)
+}
+
+/// Whether the standby captures on any of its interfaces (at ingress or
+/// egress): in cluster mode it then protects what it takes over.
+fn captures(mirror: &MirrorArgs) -> bool {
+    use crate::capture::{EgressHook, IngressHook};
+    let ingress =
+        (mirror.ifaces.iter()).any(|i| i.ingress.unwrap_or(mirror.ingress) != IngressHook::None);
+    ingress || mirror.egress != EgressHook::None
 }
 
 /// The on-host replica, when the standby listens for replication: it feeds
@@ -195,12 +222,31 @@ async fn serve(
             Event::Message(StandbyEvent::Claim(message, from)) => {
                 standby.claimed(mirror, message, from).await
             }
-            Event::Message(StandbyEvent::Prune) => standby.prune(),
+            Event::Message(StandbyEvent::Prune) => {
+                standby.prune();
+                standby.publish_protection();
+            }
             Event::Message(StandbyEvent::Migration(stream, from)) => {
                 standby.migrated_in(mirror, stream, from).await
             }
             Event::Message(StandbyEvent::Claimed(claimed)) => {
-                standby.claimed_in_etcd(mirror, claimed).await
+                let detector = sources.detector.as_ref();
+                if let Some(links) = standby.claimed_in_etcd(mirror, claimed, detector).await {
+                    sources.protection = Some(links);
+                }
+            }
+            Event::Message(StandbyEvent::Link(index, event)) => {
+                let links = sources.protection.as_ref().expect("links send link events");
+                if let Err(err) = links.follow(mirror, None, (index, event)) {
+                    tracing::error!("replicating to the standbys left: {err:#}");
+                }
+            }
+            Event::Message(StandbyEvent::Keepalive) => {
+                let links = sources
+                    .protection
+                    .as_ref()
+                    .expect("keepalives only with links");
+                standby.protecting = links.keepalive(mirror).1;
             }
         }
         if let Some(detector) = &sources.detector {
@@ -255,6 +301,12 @@ enum StandbyEvent {
     Migration(std::net::TcpStream, SocketAddr),
     /// etcd answered a claim of a lost primary's services (cluster mode).
     Claimed(cluster::Claimed),
+    /// A replication link to a standby left reported (cluster mode, after a
+    /// takeover): the standby's index, and what happened.
+    Link(usize, LinkEvent),
+    /// Time to tell the standbys left the lag (cluster mode, after a
+    /// takeover).
+    Keepalive,
 }
 
 /// How often drained connections are checked for having closed.
@@ -269,6 +321,11 @@ struct Sources {
     migrations: Option<tokio::net::TcpListener>,
     /// etcd's answers to claims (cluster mode).
     claimed: Option<tokio::sync::mpsc::Receiver<cluster::Claimed>>,
+    /// The links to the standbys left, once this standby took services
+    /// over in cluster mode.
+    protection: Option<Links>,
+    /// When the links' keepalives go.
+    keepalive: tokio::time::Interval,
 }
 
 impl Sources {
@@ -301,6 +358,8 @@ impl Sources {
             prune: tokio::time::interval(PRUNE_INTERVAL),
             migrations,
             claimed: None,
+            protection: None,
+            keepalive: tokio::time::interval(KEEPALIVE),
         })
     }
 }
@@ -313,6 +372,8 @@ impl EventSource<StandbyEvent> for Sources {
             prune,
             migrations,
             claimed,
+            protection,
+            keepalive,
         } = self;
         let Some(detector) = detector.as_mut() else {
             return StandbyEvent::Control(control.next().await);
@@ -325,6 +386,8 @@ impl EventSource<StandbyEvent> for Sources {
             },
             _ = prune.tick() => StandbyEvent::Prune,
             Some(answer) = next_claimed(claimed.as_mut()) => StandbyEvent::Claimed(answer),
+            (index, event) = next_link(protection.as_mut()) => StandbyEvent::Link(index, event),
+            _ = keepalive.tick(), if protection.is_some() => StandbyEvent::Keepalive,
             accepted = migrate::accept(migrations.as_ref()) => match accepted {
                 Ok((stream, from)) => StandbyEvent::Migration(stream, from),
                 Err(err) => {
@@ -345,6 +408,18 @@ async fn next_claimed(
         None => std::future::pending().await,
     }
 }
+
+/// The next event of the links to the standbys left; pending without.
+async fn next_link(protection: Option<&mut Links>) -> (usize, LinkEvent) {
+    match protection {
+        Some(links) => links.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How often the links to the standbys left carry the lag when nothing
+/// else goes out.
+const KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// The standby's takeover state.
 struct Standby {
@@ -388,6 +463,12 @@ struct Standby {
     migrations_refused: u64,
     /// Cluster mode (`--etcd`): takeovers are won in etcd first.
     membership: Option<cluster::Membership>,
+    /// After a takeover in cluster mode: the standbys left, as the links
+    /// to them last said.
+    protecting: Vec<crate::cluster::record::StandbyState>,
+    /// Whether a takeover in cluster mode protects what it took over (an
+    /// on-host standby that captures on its own interfaces).
+    protects: bool,
 }
 
 impl Standby {

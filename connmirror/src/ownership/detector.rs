@@ -83,6 +83,9 @@ struct Shared {
     gaps: Histogram,
     /// When the last valid heartbeat arrived.
     last_heartbeat: Option<Instant>,
+    /// Where ownership messages go besides the primary last heard from:
+    /// the other standbys, once this one owns services (cluster mode).
+    peers: Vec<SocketAddr>,
 }
 
 /// The buckets of the heartbeat gaps, in seconds: 5 ms to 2 s, finest
@@ -98,6 +101,7 @@ impl Default for Shared {
             peer: None,
             gaps: Histogram::of(&GAP_BOUNDS, []),
             last_heartbeat: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -147,6 +151,13 @@ impl Detector {
     /// and steps down.
     pub fn announce(&self, ownership: Ownership) {
         self.owner.send_replace(Some((Kind::Heartbeat, ownership)));
+    }
+
+    /// Sends the ownership messages to `peers` too (the standbys left,
+    /// which then watch this node as their primary), besides the primary
+    /// last heard from.
+    pub fn announce_to(&self, peers: Vec<SocketAddr>) {
+        self.shared.lock().expect("detector lock").peers = peers;
     }
 
     /// From now on, send `ownership` as `Yield` messages instead: the
@@ -288,10 +299,13 @@ async fn listen(
                     counter += 1;
                     solicit(&socket, &config, counter, agent);
                 }
-                if let (Some((kind, own)), Some((_, to))) = (owned.borrow().as_ref(), last) {
+                if let Some((kind, own)) = owned.borrow().as_ref() {
                     counter += 1;
                     let datagram = heartbeat::seal(&config.key, *kind, counter, own);
-                    let _ = socket.try_send_to(&datagram, to);
+                    let peers = shared.lock().expect("detector lock").peers.clone();
+                    for to in last.map(|(_, to)| to).into_iter().chain(peers) {
+                        let _ = socket.try_send_to(&datagram, to);
+                    }
                 }
                 let Some(gone) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
                 declare_lost(&config, gone.ownership, &outbox.lost).await;

@@ -19,8 +19,7 @@
 //! up.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    convert::Infallible,
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -35,11 +34,12 @@ use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     cluster::record::StandbyState,
     daemon::agent::AgentArgs,
+    daemon::protection::Links,
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     hold::OutputCommit,
     key::Key,
     metrics::Family,
-    replication::channel::{self, LimitChange, LinkEvent, LinkEvents, LinkStats, Outbox},
+    replication::channel::{self, LinkEvent, Outbox},
 };
 
 /// On-host flags of `connmirror agent`.
@@ -177,39 +177,6 @@ impl Handle {
     }
 }
 
-/// One standby the journal goes to: its address, its link task and the
-/// link's counts.
-struct Replica {
-    addr: SocketAddr,
-    stats: Arc<LinkStats>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Replica {
-    /// Starts the link task to the standby at `addr`, the `index`th, which
-    /// reports on `sender`.
-    fn start(
-        addr: SocketAddr,
-        index: usize,
-        key: &Key,
-        sender: &mpsc::UnboundedSender<(usize, LinkEvent)>,
-    ) -> Self {
-        let stats = Arc::new(LinkStats::default());
-        let events = LinkEvents {
-            index,
-            sender: sender.clone(),
-        };
-        let task = tokio::spawn(channel::link(
-            addr,
-            key.clone(),
-            events,
-            stats.clone(),
-            RETRY,
-        ));
-        Self { addr, stats, task }
-    }
-}
-
 /// Runs on-host mode: the mirror on the primary's own interfaces, the
 /// replication to each of `--replicate-to`, and the agent's heartbeats on a
 /// thread of their own, until SIGINT or SIGTERM.
@@ -225,22 +192,16 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         true => Some(start_sync(&mut mirror, &args.onhost, standbys.len())?),
         false => None,
     };
-    mirror.reader.table.collect_records();
-    mirror.reader.outboxes = standbys.iter().map(|_| Outbox::new(sync)).collect();
-    let (sender, events) = mpsc::unbounded_channel();
-    let replicas: Vec<Replica> = (standbys.iter().enumerate())
-        .map(|(index, &addr)| Replica::start(addr, index, &key, &sender))
-        .collect();
+    let links = Links::start(&mut mirror, &standbys, &key, sync);
     let (handle, requests) = mpsc::channel(4);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let source = Source {
-        events,
+        links,
         requests,
         keepalive,
         commit,
         published: Arc::default(),
-        standbys: standbys.clone(),
     };
     tracing::info!(?standbys, sync, "on-host mode: replicating the journal");
     let handle = Handle {
@@ -248,7 +209,7 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         published: source.published.clone(),
     };
     let heartbeats = heartbeat_thread(args, handle)?;
-    let replication = replicate(mirror, source, &replicas, sync);
+    let replication = replicate(mirror, source, sync);
     tokio::pin!(replication);
     let result = tokio::select! {
         result = &mut replication => result,
@@ -260,9 +221,6 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             Err(_) => Err(anyhow::anyhow!("the heartbeat thread panicked")),
         },
     };
-    for replica in &replicas {
-        replica.task.abort();
-    }
     result
 }
 
@@ -401,7 +359,7 @@ enum OnHostEvent {
 }
 
 struct Source {
-    events: mpsc::UnboundedReceiver<(usize, LinkEvent)>,
+    links: Links,
     requests: mpsc::Receiver<Request>,
     keepalive: tokio::time::Interval,
     /// `--sync`'s output commit.
@@ -409,21 +367,19 @@ struct Source {
     /// Where the loop publishes the exposure and the standbys' state for
     /// `connmirror status` and the cluster registration.
     published: Arc<Mutex<Published>>,
-    /// The standbys' replication addresses, in `--replicate-to` order.
-    standbys: Vec<SocketAddr>,
 }
 
 impl EventSource<OnHostEvent> for Source {
     async fn next(&mut self) -> OnHostEvent {
         let Self {
-            events,
+            links,
             requests,
             keepalive,
             commit,
             ..
         } = self;
         tokio::select! {
-            Some((index, event)) = events.recv() => OnHostEvent::Link(index, event),
+            (index, event) = links.next() => OnHostEvent::Link(index, event),
             Some(request) = requests.recv() => OnHostEvent::Request(request),
             _ = keepalive.tick() => OnHostEvent::Keepalive,
             Ok(()) = queued(commit.as_ref()) => OnHostEvent::Held,
@@ -441,12 +397,7 @@ async fn queued(commit: Option<&OutputCommit>) -> std::io::Result<()> {
 
 /// Drains the ring into the outboxes, follows the links, applies the sync
 /// limits the standbys' acknowledgments release, and answers requests.
-async fn replicate(
-    mut mirror: Engine,
-    mut source: Source,
-    replicas: &[Replica],
-    sync: bool,
-) -> anyhow::Result<()> {
+async fn replicate(mut mirror: Engine, mut source: Source, sync: bool) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     loop {
         let event = match mirror.next_event(&mut signals, Some(&mut source)).await? {
@@ -460,19 +411,13 @@ async fn replicate(
         let commit = &mut source.commit;
         match event {
             OnHostEvent::Link(index, event) => {
-                let standby = (index, replicas[index].addr);
-                on_link(&mut mirror, commit.as_mut(), standby, event)?
+                (source.links).follow(&mut mirror, commit.as_mut(), (index, event))?
             }
             OnHostEvent::Keepalive => {
-                let backlog = mirror.ring_backlog();
-                let outboxes = &mut mirror.reader.outboxes;
-                for outbox in outboxes.iter_mut() {
-                    outbox.keepalive(backlog);
-                }
-                *source.published.lock().expect("published lock") = Published {
-                    exposure: worst_exposure(outboxes),
-                    standbys: standby_states(&source.standbys, outboxes, backlog),
-                };
+                let (exposure, standbys) = source.links.keepalive(&mut mirror);
+                *source.published.lock().expect("published lock") =
+                    Published { exposure, standbys };
+                let outboxes = &mirror.reader.outboxes;
                 let positions: Vec<u64> = outboxes.iter().map(Outbox::position).collect();
                 if let Some(commit) = commit {
                     commit.expire(&positions)?;
@@ -487,7 +432,7 @@ async fn replicate(
                 commit.decide(|key| mirror.reader.table.sent_end(key))?;
             }
             OnHostEvent::Request(request) => {
-                on_request(&mut mirror, commit, request, replicas, sync)
+                on_request(&mut mirror, commit, request, &source.links, sync)
             }
         }
     }
@@ -498,96 +443,18 @@ async fn replicate(
     Ok(())
 }
 
-/// The largest exposure over `outboxes`, per service: a failover to any
-/// standby loses at most its own.
-/// Each standby's replication state, from its outbox.
-fn standby_states(
-    addresses: &[SocketAddr],
-    outboxes: &[Outbox],
-    backlog: u64,
-) -> Vec<StandbyState> {
-    (addresses.iter().zip(outboxes))
-        .map(|(address, outbox)| StandbyState {
-            address: *address,
-            connected: outbox.is_connected(),
-            lag_bytes: outbox.lag(backlog).bytes,
-        })
-        .collect()
-}
-
-fn worst_exposure(outboxes: &[Outbox]) -> BTreeMap<SocketAddr, u64> {
-    let mut worst = BTreeMap::new();
-    for (service, bytes) in outboxes.iter().flat_map(Outbox::exposure) {
-        let entry: &mut u64 = worst.entry(service).or_default();
-        *entry = (*entry).max(bytes);
-    }
-    worst
-}
-
-/// Follows the replication link of `standby` (its index and address): a
-/// new stream, an acknowledgment (and the sync limits it releases), or the
-/// standby gone.
-fn on_link(
-    mirror: &mut Engine,
-    commit: Option<&mut OutputCommit>,
-    (index, addr): (usize, SocketAddr),
-    event: LinkEvent,
-) -> anyhow::Result<()> {
-    match event {
-        LinkEvent::Connected(link, whole) => {
-            connected(mirror, (index, addr), link, whole)?;
-            let position = outbox(mirror, index).position();
-            if let Some(commit) = commit {
-                commit.connected(index, position);
-            }
-        }
-        LinkEvent::Acked(end) => {
-            let changes = outbox(mirror, index).acked(end);
-            if let Some(commit) = commit {
-                for change in changes {
-                    match change {
-                        LimitChange::Set(key, limit) => commit.limit(index, key, Some(limit)),
-                        LimitChange::Remove(key) => commit.limit(index, key, None),
-                    }
-                }
-                commit.acknowledged(index, end)?;
-            }
-        }
-        LinkEvent::Disconnected => {
-            tracing::warn!(
-                standby = %addr,
-                "replication channel lost: the standby falls behind until it is back"
-            );
-            outbox(mirror, index).disconnected();
-            if let Some(commit) = commit {
-                commit.disconnected(index)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Answers a request of the heartbeat loop: a scrape, or a quiesce.
 fn on_request(
     mirror: &mut Engine,
     commit: &Option<OutputCommit>,
     request: Request,
-    replicas: &[Replica],
+    links: &Links,
     sync: bool,
 ) {
     match request {
         Request::Scrape(reply) => {
-            let backlog = mirror.ring_backlog();
             let mut families = mirror.families();
-            let outboxes = mirror.reader.outboxes.iter().zip(replicas);
-            let per_standby = outboxes.flat_map(|(outbox, replica)| {
-                let standby = replica.addr.to_string();
-                let families = outbox.families(backlog, &replica.stats);
-                families
-                    .into_iter()
-                    .map(move |f| f.labelled("standby", &standby))
-            });
-            families.extend(Family::merge(per_standby));
+            families.extend(links.families(mirror));
             if let Some(commit) = commit {
                 families.extend(commit.families());
             }
@@ -612,31 +479,4 @@ fn set_modes(mirror: &mut Engine, addrs: &[SocketAddr], mode: u32) -> anyhow::Re
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     mirror.set_modes(&services, mode)
-}
-
-/// The outbox of the standby of this `index`.
-fn outbox(mirror: &mut Engine, index: usize) -> &mut Outbox {
-    &mut mirror.reader.outboxes[index]
-}
-
-/// A standby (its index and address) connected: everything in the ring is
-/// applied (and shipped to the other standbys), then a checkpoint of every
-/// open flow starts its stream.
-fn connected(
-    mirror: &mut Engine,
-    (index, addr): (usize, SocketAddr),
-    link: mpsc::UnboundedSender<Vec<u8>>,
-    whole: BTreeSet<SocketAddr>,
-) -> anyhow::Result<()> {
-    mirror.read_ring()?;
-    let mut checkpoint = Vec::new();
-    mirror.reader.table.checkpoint(|record| {
-        checkpoint.push(record);
-        Ok::<_, Infallible>(())
-    })?;
-    let flows = checkpoint.len();
-    let backlog = mirror.ring_backlog();
-    outbox(mirror, index).connected(link, &checkpoint, backlog, whole);
-    tracing::info!(records = flows, standby = %addr, "standby connected: checkpoint sent");
-    Ok(())
 }

@@ -237,6 +237,7 @@ impl StandbyArgs {
             replay_timeout: Duration::from_millis(self.replay_timeout),
             keep: (self.failback == Failback::Migrate || self.keep_sockets).then(Kept::default),
             live: self.live(),
+            capture_after: false,
         }
     }
 

@@ -13,6 +13,7 @@ use crate::cluster::{
     Registration, Store, Take,
     record::{NodeRecord, Owner},
 };
+use crate::daemon::protection::Links;
 
 /// How long a standby waits before it asks etcd again after finding no
 /// quorum.
@@ -39,6 +40,27 @@ pub(super) struct Claimed {
     pub seen: Owner,
     /// etcd's answer.
     pub take: Take,
+}
+
+/// The standbys registered for any of `services` but `node_id`, with an
+/// address others can reach (a registration of `0.0.0.0` is skipped and
+/// logged: give that standby `--advertise`).
+fn standbys_left<'a>(
+    nodes: &'a BTreeMap<String, NodeRecord>,
+    node_id: &str,
+    services: &[SocketAddr],
+) -> Vec<&'a NodeRecord> {
+    (nodes.values())
+        .filter(|n| n.node_id != node_id && n.role == "standby")
+        .filter(|n| n.services.iter().any(|s| services.contains(s)))
+        .filter(|n| {
+            let reachable = [n.heartbeat, n.replication].iter().flatten().all(|a| !a.ip().is_unspecified());
+            if !reachable {
+                tracing::warn!(node = n.node_id, "standby registered without a reachable address (--advertise): not protected by it");
+            }
+            reachable
+        })
+        .collect()
 }
 
 /// `listen` as other nodes reach it: an unspecified IP becomes `advertise`.
@@ -189,8 +211,15 @@ impl Standby {
         membership.claim(&self.node_id, services, seen);
     }
 
-    /// etcd answered a claim: take over under the epoch won, or say who won.
-    pub(super) async fn claimed_in_etcd(&mut self, mirror: &mut Engine, claimed: Claimed) {
+    /// etcd answered a claim: take over under the epoch won (and protect
+    /// what it took over: the links to the standbys left, if any), or say
+    /// who won.
+    pub(super) async fn claimed_in_etcd(
+        &mut self,
+        mirror: &mut Engine,
+        claimed: Claimed,
+        detector: Option<&Detector>,
+    ) -> Option<Links> {
         let Claimed {
             services,
             seen,
@@ -203,8 +232,11 @@ impl Standby {
                     name: "heartbeats-missed",
                     epoch,
                 };
-                match self.takeover(mirror, Some(services), trigger).await {
-                    Ok(_) => self.membership.iter().for_each(|m| m.set_role("owner")),
+                match self.takeover(mirror, Some(services.clone()), trigger).await {
+                    Ok(_) => {
+                        self.membership.iter().for_each(|m| m.set_role("owner"));
+                        return self.protect(mirror, &services, detector).await;
+                    }
                     Err(err) => tracing::error!("automatic takeover failed: {err:#}"),
                 }
             }
@@ -223,6 +255,59 @@ impl Standby {
                 )
                 .and_then(|()| stdout.flush());
             }
+        }
+        None
+    }
+
+    /// After a takeover in on-host cluster mode: protect `services` for a
+    /// second failure. The standbys left (registered in etcd for them) get
+    /// this node's heartbeats and a replication link each, whose stream
+    /// starts with a checkpoint of the restored flows; the services go back
+    /// to capture here, so every byte the restored sockets exchange from now
+    /// on reaches those standbys.
+    async fn protect(
+        &mut self,
+        mirror: &mut Engine,
+        services: &[SocketAddr],
+        detector: Option<&Detector>,
+    ) -> Option<Links> {
+        let (Some(membership), Some(key)) = (&self.membership, &self.key) else {
+            return None;
+        };
+        if !self.protects {
+            tracing::warn!(
+                "not protecting the services taken over: this standby has no replication \
+                 listener or captures none of its interfaces, so a second failure is not survived"
+            );
+            return None;
+        }
+        let nodes = match membership.store.nodes().await {
+            Ok(nodes) => nodes,
+            Err(err) => {
+                tracing::error!("not protecting the services taken over: {err}");
+                return None;
+            }
+        };
+        let others = standbys_left(&nodes, &self.node_id, services);
+        let heartbeats: Vec<SocketAddr> = others.iter().filter_map(|n| n.heartbeat).collect();
+        let replication: Vec<SocketAddr> = others.iter().filter_map(|n| n.replication).collect();
+        if let Some(detector) = detector {
+            detector.announce_to(heartbeats);
+        }
+        let names: Vec<&str> = others.iter().map(|n| n.node_id.as_str()).collect();
+        tracing::info!(
+            standbys = ?names,
+            "protecting the services taken over: capturing them here, replicating to the standbys left"
+        );
+        Some(Links::start(mirror, &replication, key, false))
+    }
+
+    /// Writes the standbys left's replication state into the registration
+    /// (every second, on the prune tick), for `connmirror status --cluster`.
+    pub(super) fn publish_protection(&self) {
+        if let Some(membership) = &self.membership {
+            let states = self.protecting.clone();
+            membership.registration.update(|r| r.standbys = states);
         }
     }
 

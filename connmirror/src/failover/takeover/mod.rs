@@ -112,6 +112,12 @@ pub struct TakeoverConfig {
     /// Live replay of the services resumed `live`, fed by the standby's capture
     /// or replica; `None` when there are none.
     pub live: Option<Live>,
+    /// Capture the services again once their sockets serve (cluster mode,
+    /// where the new owner protects them for a second failure): every
+    /// segment they exchange from the unquiesce step on is captured, so the
+    /// copy the standbys left receive has no gap. The old primary is then
+    /// no longer fenced by the capture programs (its epoch fences it).
+    pub capture_after: bool,
 }
 
 /// Duplicates of the sockets handed to applications (see
@@ -247,7 +253,10 @@ fn serve(
     config: &TakeoverConfig,
     services: &[Service],
 ) -> anyhow::Result<()> {
-    let owned = ServiceMode::FENCED | ServiceMode::OWNED;
+    let owned = match config.capture_after {
+        true => 0,
+        false => ServiceMode::FENCED | ServiceMode::OWNED,
+    };
     steps.run("unquiesce", || mirror.set_modes(services, owned))?;
     let start = Instant::now();
     announce_in_background(config, services);
