@@ -30,6 +30,16 @@ use crate::{
 /// How long a link waits before connecting again.
 const RETRY: Duration = Duration::from_millis(200);
 
+/// What a node protecting its services runs: the links to its standbys,
+/// and with `--sync` the output commit that holds the services' segments
+/// until they have them.
+pub(crate) struct Protection {
+    /// The links.
+    pub(crate) links: Links,
+    /// `--sync`'s output commit.
+    pub(crate) commit: Option<OutputCommit>,
+}
+
 /// The links to a node's standbys.
 pub(crate) struct Links {
     links: Vec<StandbyLink>,
@@ -142,6 +152,24 @@ impl Links {
         });
         Family::merge(per_standby)
     }
+}
+
+/// Resolves when `--sync`'s queue has segments to read; never without it.
+pub(crate) async fn queued(commit: Option<&OutputCommit>) -> std::io::Result<()> {
+    match commit {
+        Some(commit) => commit.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the segments waiting in `--sync`'s queue and decides each: the
+/// ring is read first (every queued segment was captured before it was
+/// queued), so the table says what the journal holds.
+pub(crate) fn hold(mirror: &mut Engine, commit: &mut OutputCommit) -> anyhow::Result<()> {
+    commit.receive()?;
+    mirror.read_ring()?;
+    commit.decide(|key| mirror.reader.table.sent_end(key))?;
+    Ok(())
 }
 
 /// The largest exposure over `outboxes`, per service: a failover to any

@@ -36,7 +36,7 @@ use connmirror_common::ServiceMode;
 use crate::{
     capture::parse_size,
     daemon::control::{ControlServer, DEFAULT_CONTROL, Pending, Request, Response},
-    daemon::protection::Links,
+    daemon::protection::{Links, Protection, hold, queued},
     daemon::status::{ServiceStatus, StatusReport},
     engine::{
         Engine, Event, EventSource, MirrorArgs, RetentionArg, Signals, announce_ready,
@@ -77,7 +77,7 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(err) => tracing::warn!(%err, "raising the open-file limit"),
     }
-    let mut config = args.takeover_config();
+    let config = args.takeover_config();
     let detection = args.detection.config()?;
     let key = detection.as_ref().map(|d| d.key.clone());
     let needs_handoff = args
@@ -86,38 +86,11 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         .iter()
         .any(|s| matches!(config.resume.get(&s.0), None | Some(Resume::Handoff)));
     let replica = start_replica(&args, config.live.as_ref())?;
-    let (membership, claimed) = match args.cluster.enabled() {
-        true => {
-            let (membership, claimed) = cluster::Membership::join(&args).await?;
-            (Some(membership), Some(claimed))
-        }
-        false => (None, None),
-    };
+    let (membership, claimed) = cluster::Membership::join_if_asked(&args).await?;
     let ifaces: Vec<String> = args.mirror.ifaces.iter().map(|i| i.name.clone()).collect();
-    let mut mirror_args = args.mirror;
-    // Replay feeds the standby instance the client's bytes: keep copying them.
-    mirror_args.client_payload = (config.resume.iter())
-        .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
-        .map(|(service, _)| *service)
-        .collect();
-    let protects = membership.is_some() && replica.is_some() && captures(&mirror_args);
-    if protects {
-        // After a takeover it captures what it serves for the standbys left,
-        // which decide how they resume: every client byte.
-        mirror_args.client_payload = mirror_args.services.iter().map(|s| s.0).collect();
-    }
-    config.capture_after = protects;
-    let mut mirror = Engine::start(mirror_args)?;
-    if protects {
-        // Until then the replica has the flows: its own capture passes the
-        // services' segments untouched.
-        let services = mirror.services.clone();
-        (mirror.set_modes(&services, ServiceMode::OWNED))
-            .context("cluster mode: setting the services' capture mode")?;
-    }
-    if let Some(live) = &config.live {
-        attach_live(&mut mirror, live);
-    }
+    let protects = membership.is_some() && replica.is_some() && captures(&args.mirror);
+    let sync = args.sync_args();
+    let mut mirror = start_engine(args.mirror, &config, protects)?;
     let handoff = match needs_handoff {
         true => Some(Arc::new(
             HandoffServer::bind(&args.handoff).context("opening the handoff socket")?,
@@ -155,9 +128,43 @@ pub async fn run(args: StandbyArgs) -> anyhow::Result<()> {
         membership,
         protecting: Vec::new(),
         protects,
+        sync,
     };
     serve(&mut standby, &mut mirror, &mut sources, &mut signals).await?;
+    if let Some(commit) = sources.protection.take().and_then(|p| p.commit) {
+        commit.close(false);
+    }
     finish(standby, mirror, &sources)
+}
+
+/// Starts the engine: the client's bytes copied for the services that need
+/// them (replay feeds the standby instance; a node that protects what it
+/// takes over copies them for every service, since the standbys left decide
+/// how they resume), and live replay fed, if any. A node that protects
+/// starts with its services `OWNED` (uncaptured): until a takeover the
+/// replica has their flows.
+fn start_engine(
+    mut mirror_args: MirrorArgs,
+    config: &TakeoverConfig,
+    protects: bool,
+) -> anyhow::Result<Engine> {
+    mirror_args.client_payload = (config.resume.iter())
+        .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
+        .map(|(service, _)| *service)
+        .collect();
+    if protects {
+        mirror_args.client_payload = mirror_args.services.iter().map(|s| s.0).collect();
+    }
+    let mut mirror = Engine::start(mirror_args)?;
+    if protects {
+        let services = mirror.services.clone();
+        (mirror.set_modes(&services, ServiceMode::OWNED))
+            .context("cluster mode: setting the services' capture mode")?;
+    }
+    if let Some(live) = &config.live {
+        attach_live(&mut mirror, live);
+    }
+    Ok(mirror)
 }
 
 /// Whether the standby captures on any of its interfaces (at ingress or
@@ -231,22 +238,15 @@ async fn serve(
             }
             Event::Message(StandbyEvent::Claimed(claimed)) => {
                 let detector = sources.detector.as_ref();
-                if let Some(links) = standby.claimed_in_etcd(mirror, claimed, detector).await {
-                    sources.protection = Some(links);
+                if let Some(protection) = standby.claimed_in_etcd(mirror, claimed, detector).await {
+                    sources.protection = Some(protection);
                 }
             }
-            Event::Message(StandbyEvent::Link(index, event)) => {
-                let links = sources.protection.as_ref().expect("links send link events");
-                if let Err(err) = links.follow(mirror, None, (index, event)) {
-                    tracing::error!("replicating to the standbys left: {err:#}");
+            Event::Message(event) => {
+                let protection = sources.protection.as_mut().expect("only links send these");
+                if let Err(err) = protecting(standby, mirror, protection, event) {
+                    tracing::error!("protecting the services taken over: {err:#}");
                 }
-            }
-            Event::Message(StandbyEvent::Keepalive) => {
-                let links = sources
-                    .protection
-                    .as_ref()
-                    .expect("keepalives only with links");
-                standby.protecting = links.keepalive(mirror).1;
             }
         }
         if let Some(detector) = &sources.detector {
@@ -255,6 +255,31 @@ async fn serve(
         }
     }
     Ok(())
+}
+
+/// Answers what the protection of the services taken over reports (cluster
+/// mode): a link's event, a keepalive, segments held by `--sync`.
+fn protecting(
+    standby: &mut Standby,
+    mirror: &mut Engine,
+    protection: &mut Protection,
+    event: StandbyEvent,
+) -> anyhow::Result<()> {
+    let Protection { links, commit } = protection;
+    match event {
+        StandbyEvent::Link(index, event) => links.follow(mirror, commit.as_mut(), (index, event)),
+        StandbyEvent::Keepalive => {
+            standby.protecting = links.keepalive(mirror).1;
+            let outboxes = mirror.reader.outboxes.iter();
+            let positions: Vec<u64> = outboxes.map(|o| o.position()).collect();
+            match commit {
+                Some(commit) => Ok(commit.expire(&positions)?),
+                None => Ok(()),
+            }
+        }
+        StandbyEvent::Held => hold(mirror, commit.as_mut().expect("only --sync queues")),
+        _ => Ok(()),
+    }
 }
 
 /// Clears the drain routes, then finishes the engine with the standby's
@@ -307,6 +332,8 @@ enum StandbyEvent {
     /// Time to tell the standbys left the lag (cluster mode, after a
     /// takeover).
     Keepalive,
+    /// `--sync`, after a takeover: segments wait in the queue.
+    Held,
 }
 
 /// How often drained connections are checked for having closed.
@@ -321,9 +348,9 @@ struct Sources {
     migrations: Option<tokio::net::TcpListener>,
     /// etcd's answers to claims (cluster mode).
     claimed: Option<tokio::sync::mpsc::Receiver<cluster::Claimed>>,
-    /// The links to the standbys left, once this standby took services
-    /// over in cluster mode.
-    protection: Option<Links>,
+    /// The links to the standbys left (and `--sync`'s output commit), once
+    /// this standby took services over in cluster mode.
+    protection: Option<Protection>,
     /// When the links' keepalives go.
     keepalive: tokio::time::Interval,
 }
@@ -375,6 +402,11 @@ impl EventSource<StandbyEvent> for Sources {
             protection,
             keepalive,
         } = self;
+        let protecting = protection.is_some();
+        let (links, commit) = match protection {
+            Some(Protection { links, commit }) => (Some(links), commit.as_ref()),
+            None => (None, None),
+        };
         let Some(detector) = detector.as_mut() else {
             return StandbyEvent::Control(control.next().await);
         };
@@ -386,8 +418,9 @@ impl EventSource<StandbyEvent> for Sources {
             },
             _ = prune.tick() => StandbyEvent::Prune,
             Some(answer) = next_claimed(claimed.as_mut()) => StandbyEvent::Claimed(answer),
-            (index, event) = next_link(protection.as_mut()) => StandbyEvent::Link(index, event),
-            _ = keepalive.tick(), if protection.is_some() => StandbyEvent::Keepalive,
+            (index, event) = next_link(links) => StandbyEvent::Link(index, event),
+            _ = keepalive.tick(), if protecting => StandbyEvent::Keepalive,
+            Ok(()) = queued(commit) => StandbyEvent::Held,
             accepted = migrate::accept(migrations.as_ref()) => match accepted {
                 Ok((stream, from)) => StandbyEvent::Migration(stream, from),
                 Err(err) => {
@@ -410,8 +443,8 @@ async fn next_claimed(
 }
 
 /// The next event of the links to the standbys left; pending without.
-async fn next_link(protection: Option<&mut Links>) -> (usize, LinkEvent) {
-    match protection {
+async fn next_link(links: Option<&mut Links>) -> (usize, LinkEvent) {
+    match links {
         Some(links) => links.next().await,
         None => std::future::pending().await,
     }
@@ -469,6 +502,8 @@ struct Standby {
     /// Whether a takeover in cluster mode protects what it took over (an
     /// on-host standby that captures on its own interfaces).
     protects: bool,
+    /// `--sync` after a takeover in cluster mode.
+    sync: Option<args::SyncArgs>,
 }
 
 impl Standby {

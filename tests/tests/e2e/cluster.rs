@@ -415,9 +415,10 @@ fn an_agent_logs_in_over_tls_and_a_wrong_password_is_refused_by_name() {
 }
 
 /// Two failures in a row, on one LAN: the primary's agent replicates to
-/// standbys `a` and `b` (etcd decides; `a` is preferred). The primary dies:
-/// `a` wins epoch 2, takes over, and protects the connections it restored
-/// (it captures them and replicates to `b`, starting with a checkpoint, and
+/// standbys `a` and `b` under `--sync` (etcd decides; `a` is preferred).
+/// The primary dies: `a` wins epoch 2, takes over, and protects the
+/// connections it restored (it captures them, holds their segments until
+/// `b` has them, replicates to `b` starting with a checkpoint, and
 /// heartbeats to `b`). Then `a` dies: `b` wins epoch 3 and takes over from
 /// what `a` replicated. The same four client sockets stream throughout,
 /// byte-exact both ways, and no RST reaches a client.
@@ -463,7 +464,7 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
             .arg(&ETCD_TIMEOUT_MS.to_string())
             .arg("--node-id")
             .arg(node);
-        command = command.arg("--egress").arg("tc");
+        command = command.arg("--egress").arg("tc").arg("--sync");
         let standby = Mirror::start(&lan.standbys[i], &command);
         let app_args = [
             "handoff".to_owned(),
@@ -491,6 +492,7 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
         LAN_IF,
         "--retention",
         "full",
+        "--sync",
         "--etcd",
         &etcd.endpoints(),
     ]
@@ -524,6 +526,7 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
     echo.kill();
     agent.kill();
     a.wait_log("protecting the services taken over");
+    assert!(a.stderr().contains("sync=true"), "{}", a.stderr());
     b.wait_log("armed: primary heard node=\"a\" epoch=2");
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))

@@ -34,7 +34,7 @@ use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     cluster::record::StandbyState,
     daemon::agent::AgentArgs,
-    daemon::protection::Links,
+    daemon::protection::{Links, hold, queued},
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     hold::OutputCommit,
     key::Key,
@@ -387,14 +387,6 @@ impl EventSource<OnHostEvent> for Source {
     }
 }
 
-/// Resolves when `--sync`'s queue has segments to read; never without it.
-async fn queued(commit: Option<&OutputCommit>) -> std::io::Result<()> {
-    match commit {
-        Some(commit) => commit.readable().await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Drains the ring into the outboxes, follows the links, applies the sync
 /// limits the standbys' acknowledgments release, and answers requests.
 async fn replicate(mut mirror: Engine, mut source: Source, sync: bool) -> anyhow::Result<()> {
@@ -424,12 +416,7 @@ async fn replicate(mut mirror: Engine, mut source: Source, sync: bool) -> anyhow
                 }
             }
             OnHostEvent::Held => {
-                let commit = commit.as_mut().expect("only --sync queues");
-                commit.receive()?;
-                // Every segment read was captured before it was queued: bring
-                // the table up to date before asking what it holds.
-                mirror.read_ring()?;
-                commit.decide(|key| mirror.reader.table.sent_end(key))?;
+                hold(&mut mirror, commit.as_mut().expect("only --sync queues"))?;
             }
             OnHostEvent::Request(request) => {
                 on_request(&mut mirror, commit, request, &source.links, sync)

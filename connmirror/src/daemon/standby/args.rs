@@ -101,6 +101,21 @@ pub struct StandbyArgs {
     /// `connmirror status --cluster` reads.
     #[arg(long, value_name = "IP")]
     pub advertise: Option<std::net::IpAddr>,
+    /// Cluster mode, after a takeover: hold each outgoing segment of the
+    /// services taken over (NFQUEUE, as the agent's `--sync`) until every
+    /// standby left has the journal up to its data and its ACK, so a second
+    /// failure loses nothing the clients were told.
+    #[arg(long, requires = "replication_listen")]
+    pub sync: bool,
+    /// With --sync: milliseconds a segment may wait for the standbys left
+    /// before everything held is released and replication goes on
+    /// asynchronously until they caught up.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub sync_timeout: u64,
+    /// With --sync: the netfilter queue number (one node per number in a
+    /// network namespace).
+    #[arg(long, value_name = "N", default_value_t = 7403)]
+    pub sync_queue: u16,
     /// Cluster mode: this standby's priority among the standbys of the same
     /// primary, 0 first. A standby of priority N waits N heartbeat
     /// intervals before it claims a lost primary's services, so the
@@ -111,6 +126,14 @@ pub struct StandbyArgs {
     /// drain`; see `connmirror::failover::drain`).
     #[arg(long, value_name = "ID", default_value_t = drain::DEFAULT_TABLE)]
     pub drain_table: u32,
+}
+/// `--sync` settings of a standby (cluster mode, after a takeover).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SyncArgs {
+    /// The netfilter queue.
+    pub queue: u16,
+    /// How long a segment may wait.
+    pub timeout: Duration,
 }
 /// `--failback` values: how services go back to a returning primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -237,7 +260,7 @@ impl StandbyArgs {
             replay_timeout: Duration::from_millis(self.replay_timeout),
             keep: (self.failback == Failback::Migrate || self.keep_sockets).then(Kept::default),
             live: self.live(),
-            capture_after: false,
+            capture_after: None,
         }
     }
 
@@ -259,6 +282,14 @@ impl StandbyArgs {
             .filter(|ResumeSpec(_, resume)| matches!(resume, Resume::Live(_)))
             .map(|ResumeSpec(service, _)| *service)
             .collect()
+    }
+
+    /// `--sync`'s settings, when asked.
+    pub(super) fn sync_args(&self) -> Option<SyncArgs> {
+        self.sync.then(|| SyncArgs {
+            queue: self.sync_queue,
+            timeout: Duration::from_millis(self.sync_timeout),
+        })
     }
 
     /// Every `--resume` must name a `--service`; cluster mode needs the

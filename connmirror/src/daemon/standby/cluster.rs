@@ -13,7 +13,8 @@ use crate::cluster::{
     Registration, Store, Take,
     record::{NodeRecord, Owner},
 };
-use crate::daemon::protection::Links;
+use crate::daemon::protection::{Links, Protection};
+use crate::hold::OutputCommit;
 
 /// How long a standby waits before it asks etcd again after finding no
 /// quorum.
@@ -30,6 +31,23 @@ pub(super) struct Membership {
     claiming: Option<(tokio::task::JoinHandle<()>, std::time::Instant)>,
     /// Waited before claiming: `--priority` heartbeat intervals.
     delay: Duration,
+}
+
+/// The standbys left, found before a takeover, and `--sync`'s output
+/// commit for them.
+pub(super) struct Prepared {
+    left: Vec<NodeRecord>,
+    commit: Option<OutputCommit>,
+}
+
+impl Prepared {
+    /// The services' capture mode once their sockets serve.
+    fn mode(&self) -> u32 {
+        match self.commit {
+            Some(_) => ServiceMode::SYNC,
+            None => 0,
+        }
+    }
 }
 
 /// What a claim task found.
@@ -76,6 +94,17 @@ fn advertised(
 }
 
 impl Membership {
+    /// [`Membership::join`] in cluster mode (`--etcd`); nothing otherwise.
+    pub(super) async fn join_if_asked(
+        args: &StandbyArgs,
+    ) -> anyhow::Result<(Option<Membership>, Option<mpsc::Receiver<Claimed>>)> {
+        if !args.cluster.enabled() {
+            return Ok((None, None));
+        }
+        let (membership, claimed) = Membership::join(args).await?;
+        Ok((Some(membership), Some(claimed)))
+    }
+
     /// Connects to etcd and registers this standby; claim answers arrive on
     /// the receiver.
     pub(super) async fn join(
@@ -212,14 +241,13 @@ impl Standby {
     }
 
     /// etcd answered a claim: take over under the epoch won (and protect
-    /// what it took over: the links to the standbys left, if any), or say
-    /// who won.
+    /// what it took over for the standbys left, if any), or say who won.
     pub(super) async fn claimed_in_etcd(
         &mut self,
         mirror: &mut Engine,
         claimed: Claimed,
         detector: Option<&Detector>,
-    ) -> Option<Links> {
+    ) -> Option<Protection> {
         let Claimed {
             services,
             seen,
@@ -232,12 +260,17 @@ impl Standby {
                     name: "heartbeats-missed",
                     epoch,
                 };
+                let mut prepared = self.prepare_protection(mirror, &services).await;
+                self.config.capture_after = prepared.as_ref().map(Prepared::mode);
                 match self.takeover(mirror, Some(services.clone()), trigger).await {
                     Ok(_) => {
                         self.membership.iter().for_each(|m| m.set_role("owner"));
-                        return self.protect(mirror, &services, detector).await;
+                        return prepared.map(|p| self.protect(mirror, p, detector));
                     }
                     Err(err) => tracing::error!("automatic takeover failed: {err:#}"),
+                }
+                if let Some(commit) = prepared.take().and_then(|p| p.commit) {
+                    commit.close(false);
                 }
             }
             Take::Lost(owner) => {
@@ -259,21 +292,16 @@ impl Standby {
         None
     }
 
-    /// After a takeover in on-host cluster mode: protect `services` for a
-    /// second failure. The standbys left (registered in etcd for them) get
-    /// this node's heartbeats and a replication link each, whose stream
-    /// starts with a checkpoint of the restored flows; the services go back
-    /// to capture here, so every byte the restored sockets exchange from now
-    /// on reaches those standbys.
-    async fn protect(
+    /// Before a takeover in on-host cluster mode: finds the standbys left
+    /// for `services` (registered in etcd), and with `--sync` opens the
+    /// output commit that will hold the services' segments for them. `None`
+    /// when this node does not protect what it takes over, or nobody is left.
+    async fn prepare_protection(
         &mut self,
         mirror: &mut Engine,
         services: &[SocketAddr],
-        detector: Option<&Detector>,
-    ) -> Option<Links> {
-        let (Some(membership), Some(key)) = (&self.membership, &self.key) else {
-            return None;
-        };
+    ) -> Option<Prepared> {
+        let membership = self.membership.as_ref()?;
         if !self.protects {
             tracing::warn!(
                 "not protecting the services taken over: this standby has no replication \
@@ -281,25 +309,54 @@ impl Standby {
             );
             return None;
         }
-        let nodes = match membership.store.nodes().await {
-            Ok(nodes) => nodes,
-            Err(err) => {
-                tracing::error!("not protecting the services taken over: {err}");
-                return None;
-            }
+        let nodes = (membership.store.nodes().await)
+            .inspect_err(|err| tracing::error!("not protecting the services taken over: {err}"))
+            .ok()?;
+        let left: Vec<NodeRecord> = (standbys_left(&nodes, &self.node_id, services).into_iter())
+            .cloned()
+            .collect();
+        if left.is_empty() {
+            tracing::warn!("no standby left for the services taken over: they are not protected");
+            return None;
+        }
+        let commit = match &self.sync {
+            Some(sync) => Some(
+                (OutputCommit::open(&mut mirror.capture, sync.queue, sync.timeout, left.len()))
+                    .inspect_err(|err| tracing::error!("--sync: {err}: protecting asynchronously"))
+                    .ok()?,
+            ),
+            None => None,
         };
-        let others = standbys_left(&nodes, &self.node_id, services);
-        let heartbeats: Vec<SocketAddr> = others.iter().filter_map(|n| n.heartbeat).collect();
-        let replication: Vec<SocketAddr> = others.iter().filter_map(|n| n.replication).collect();
+        Some(Prepared { left, commit })
+    }
+
+    /// After the takeover: the standbys left get this node's heartbeats and
+    /// a replication link each, whose stream starts with a checkpoint of the
+    /// restored flows; the services were put back to capture at the
+    /// unquiesce step, so every byte the restored sockets exchange from then
+    /// on reaches those standbys (and with `--sync` goes out only once they
+    /// have it).
+    fn protect(
+        &self,
+        mirror: &mut Engine,
+        prepared: Prepared,
+        detector: Option<&Detector>,
+    ) -> Protection {
+        let Prepared { left, commit } = prepared;
+        let heartbeats: Vec<SocketAddr> = left.iter().filter_map(|n| n.heartbeat).collect();
+        let replication: Vec<SocketAddr> = left.iter().filter_map(|n| n.replication).collect();
         if let Some(detector) = detector {
             detector.announce_to(heartbeats);
         }
-        let names: Vec<&str> = others.iter().map(|n| n.node_id.as_str()).collect();
+        let names: Vec<&str> = left.iter().map(|n| n.node_id.as_str()).collect();
         tracing::info!(
             standbys = ?names,
+            sync = commit.is_some(),
             "protecting the services taken over: capturing them here, replicating to the standbys left"
         );
-        Some(Links::start(mirror, &replication, key, false))
+        let key = self.key.as_ref().expect("cluster mode needs the key");
+        let links = Links::start(mirror, &replication, key, commit.is_some());
+        Protection { links, commit }
     }
 
     /// Writes the standbys left's replication state into the registration

@@ -112,12 +112,15 @@ pub struct TakeoverConfig {
     /// Live replay of the services resumed `live`, fed by the standby's capture
     /// or replica; `None` when there are none.
     pub live: Option<Live>,
-    /// Capture the services again once their sockets serve (cluster mode,
-    /// where the new owner protects them for a second failure): every
-    /// segment they exchange from the unquiesce step on is captured, so the
-    /// copy the standbys left receive has no gap. The old primary is then
-    /// no longer fenced by the capture programs (its epoch fences it).
-    pub capture_after: bool,
+    /// The capture mode the services get at the unquiesce step when this
+    /// node protects them for a second failure (cluster mode): `0`
+    /// (capture) or [`ServiceMode::SYNC`] (capture and hold each outgoing
+    /// segment until the standbys left have it). Every segment the rebuilt
+    /// sockets exchange from then on is captured, so the standbys' copy has
+    /// no gap; the old primary is then fenced by its epoch rather than by
+    /// the capture programs. `None`: the services pass uncaptured, the old
+    /// primary fenced (`FENCED | OWNED`).
+    pub capture_after: Option<u32>,
 }
 
 /// Duplicates of the sockets handed to applications (see
@@ -253,10 +256,7 @@ fn serve(
     config: &TakeoverConfig,
     services: &[Service],
 ) -> anyhow::Result<()> {
-    let owned = match config.capture_after {
-        true => 0,
-        false => ServiceMode::FENCED | ServiceMode::OWNED,
-    };
+    let owned = (config.capture_after).unwrap_or(ServiceMode::FENCED | ServiceMode::OWNED);
     steps.run("unquiesce", || mirror.set_modes(services, owned))?;
     let start = Instant::now();
     announce_in_background(config, services);

@@ -24,7 +24,7 @@ fn config(mid_stream: MidStream) -> TakeoverConfig {
         replay_timeout: Duration::ZERO,
         keep: None,
         live: None,
-        capture_after: false,
+        capture_after: None,
     }
 }
 
