@@ -1011,7 +1011,9 @@ fn render_ownership(r: &OwnershipResults) -> String {
                   The etcd rows run the same with a three-member etcd cluster (50 ms raft \
                   heartbeat, 500 ms election timeout) on a LAN of its own, agent and standby \
                   given `--etcd`: the standby takes over only once it has won the service \
-                  in an etcd transaction.";
+                  in an etcd transaction. Those runs use 20 ms heartbeats (3 missed: a \
+                  death is declared after 60 ms), the setting the heartbeat benchmark's \
+                  gaps allow.";
     let mut s =
         String::from("## Ownership: automatic failover, primary death to resumed stream\n\n");
     s.push_str(&r.info.render(method));

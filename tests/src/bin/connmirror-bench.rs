@@ -1170,6 +1170,10 @@ fn first_byte_run(mode: &str) -> Result<f64> {
 const OWNERSHIP_RUNS: usize = 50;
 /// Runs of it with ownership in etcd.
 const ETCD_RUNS: usize = 30;
+/// The heartbeat interval of those runs, in ms (3 missed declare a death):
+/// chosen from the heartbeat benchmark, whose longest gap under a saturated
+/// host was 25 ms at a 10 ms interval.
+const CLUSTER_INTERVAL_MS: u64 = 20;
 
 /// `cargo xtask bench ownership`: from the primary's death to the first byte
 /// the client receives from the standby, with automatic failure detection
@@ -1224,22 +1228,25 @@ fn ownership_run(etcd: Option<(&EtcdCluster, usize)>) -> Result<f64> {
     let key = key_file(&dir);
     configure_primary(&topo, family, service);
     let mut primary = echo_primary(&topo, service);
-    let mut cluster = Vec::new();
+    let (mut standby_flags, mut agent_flags) = (Vec::new(), Vec::new());
     if let Some((etcd, run)) = etcd {
         etcd.join(&topo.gateway, etcd::node_addr(0));
         etcd.join(&topo.server, etcd::node_addr(1));
         let id = format!("bench-{}-{run}", std::process::id());
-        cluster = ["--etcd", &etcd.endpoints(), "--cluster-id", &id]
-            .map(str::to_owned)
-            .to_vec();
+        let cluster = ["--etcd", &etcd.endpoints(), "--cluster-id", &id].map(str::to_owned);
+        let interval = CLUSTER_INTERVAL_MS.to_string();
+        standby_flags.extend(cluster.clone());
+        standby_flags.extend(["--heartbeat-interval".to_owned(), interval.clone()]);
+        agent_flags.extend(cluster);
+        agent_flags.extend(["--interval".to_owned(), interval]);
     }
     let mut command = detecting_standby_command(&topo, family, service, &key);
-    for flag in &cluster {
+    for flag in &standby_flags {
         command = command.arg(flag);
     }
     let standby = Mirror::start(&topo.gateway, &command);
     let _app = handoff_app(&topo, &standby, service);
-    let flags: Vec<&str> = cluster.iter().map(String::as_str).collect();
+    let flags: Vec<&str> = agent_flags.iter().map(String::as_str).collect();
     let mut agent = start_agent_with(&topo, family, service, &key, &flags);
     let clients = paced_stream(&topo, service)?;
     let outage = clients.outage_after(
