@@ -64,23 +64,16 @@ impl Pki {
         let ips: Vec<String> = (0..members)
             .map(|i| format!("IP:{}", member_addr(i)))
             .collect();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &s(&path("ca.key")),
+        let ca_pem = s(&path("ca.pem"));
+        let ca_rest = [
             "-out",
-            &s(&path("ca.pem")),
+            &ca_pem,
             "-days",
             "2",
             "-subj",
             "/CN=connmirror test CA",
-        ]);
+        ];
+        openssl_req(&["-x509"], &path("ca.key"), &ca_rest);
         let sign = |name: &str, extensions: &str| {
             let (key, csr, pem, ext) = (
                 path(&format!("{name}.key")),
@@ -89,20 +82,8 @@ impl Pki {
                 path(&format!("{name}.ext")),
             );
             std::fs::write(&ext, extensions).expect("write the extensions");
-            openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &s(&key),
-                "-out",
-                &s(&csr),
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
+            let (csr_path, subject) = (s(&csr), format!("/CN={name}"));
+            openssl_req(&[], &key, &["-out", &csr_path, "-subj", &subject]);
             openssl(&[
                 "x509",
                 "-req",
@@ -143,6 +124,25 @@ impl Pki {
 /// A path as an argument.
 fn s(path: &Path) -> String {
     path.display().to_string()
+}
+
+/// `openssl req` making a new P-256 key at `key`: `first` goes before the
+/// key's options, `rest` after.
+fn openssl_req(first: &[&str], key: &Path, rest: &[&str]) {
+    let key = s(key);
+    let new_key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut args = vec!["req"];
+    args.extend(first);
+    args.extend(new_key);
+    args.extend(["-keyout", &key]);
+    args.extend(rest);
+    openssl(&args);
 }
 
 /// Runs `openssl args...`.

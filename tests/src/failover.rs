@@ -172,13 +172,23 @@ impl Drop for Program {
 
 /// The echo example serving `service` in the primary's namespace.
 pub fn echo_primary(topo: &Topology, service: SocketAddr) -> Program {
+    echo_server_in(&topo.server, service)
+}
+
+/// The echo example serving `service` in `ns`.
+pub fn echo_server_in(ns: &Netns, service: SocketAddr) -> Program {
     let args = ["listen".to_owned(), service.to_string()];
-    Program::start(&topo.server, echo_example(), args, "listening")
+    Program::start(ns, echo_example(), args, "listening")
 }
 
 /// The echo example registered on `standby`'s handoff socket for `service`,
 /// in the standby's namespace.
 pub fn handoff_app(topo: &Topology, standby: &Mirror, service: SocketAddr) -> Program {
+    handoff_app_in(&topo.gateway, standby, service)
+}
+
+/// [`handoff_app`] in `ns`, where `standby` runs.
+pub fn handoff_app_in(ns: &Netns, standby: &Mirror, service: SocketAddr) -> Program {
     let args = [
         "handoff".to_owned(),
         "--socket".to_owned(),
@@ -186,7 +196,7 @@ pub fn handoff_app(topo: &Topology, standby: &Mirror, service: SocketAddr) -> Pr
         "--service".to_owned(),
         service.to_string(),
     ];
-    Program::start(&topo.gateway, echo_example(), args, "registered")
+    Program::start(ns, echo_example(), args, "registered")
 }
 
 /// The standby for `service` (`IP:PORT=RETENTION` as `--service` takes it):

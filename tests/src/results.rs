@@ -351,7 +351,31 @@ pub struct HeartbeatResults {
     pub gbps: f64,
     /// The gaps between consecutive heartbeats: (bucket upper bound in
     /// seconds, gaps in that bucket), ending with `+Inf`.
+    #[serde(with = "infinite_bounds")]
     pub buckets: Vec<(f64, u64)>,
+}
+
+/// Histogram buckets whose last bound is `+Inf`, in JSON: it has no
+/// infinity (serde_json writes `null`), so `+Inf` is written `null` and
+/// `null` read back as `+Inf`.
+mod infinite_bounds {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    /// Writes each infinite bound as `null`.
+    pub fn serialize<S: Serializer>(buckets: &[(f64, u64)], s: S) -> Result<S::Ok, S::Error> {
+        let written: Vec<(Option<f64>, u64)> = (buckets.iter())
+            .map(|&(bound, n)| (bound.is_finite().then_some(bound), n))
+            .collect();
+        written.serialize(s)
+    }
+
+    /// Reads `null` bounds as `+Inf`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(f64, u64)>, D::Error> {
+        let read = Vec::<(Option<f64>, u64)>::deserialize(d)?;
+        Ok((read.into_iter())
+            .map(|(bound, n)| (bound.unwrap_or(f64::INFINITY), n))
+            .collect())
+    }
 }
 
 /// `cargo xtask bench ownership`, on-host part: throughput and round trips
@@ -2138,6 +2162,24 @@ pub(crate) mod tests {
         ] {
             assert!(section.lines().any(|l| l == line), "no {line:?} in\n{page}");
         }
+    }
+
+    /// The heartbeat area's last bucket (`+Inf`) survives a save and a load:
+    /// JSON has no infinity.
+    #[test]
+    fn heartbeat_buckets_keep_their_infinite_bound_through_json() {
+        let buckets = vec![(0.01, 5), (2.0, 1), (f64::INFINITY, 0)];
+        let r = HeartbeatResults {
+            info: info(),
+            loaded_seconds: 600,
+            interval_ms: 10,
+            gbps: 11.5,
+            buckets: buckets.clone(),
+        };
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains("[null,0]"), "{json}");
+        let back: HeartbeatResults = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.buckets, buckets);
     }
 
     /// Saved areas load back equal; a newer result replaces only its own area.
