@@ -3,6 +3,13 @@
 //! ([`crate::cluster::Store::take`]), so when several standbys detect the
 //! same failure exactly one takes over; the others log why and keep
 //! protecting. Without a quorum it keeps asking, and never takes over.
+//!
+//! The winner then protects what it took over for the standbys left (an
+//! on-host standby that captures its own interface): it captures the
+//! services from the takeover's unquiesce step on, replicates to the
+//! standbys registered for them and heartbeats to them, so a second failure
+//! is survived too; with `--sync` it holds the services' segments until
+//! they have them.
 
 use std::io::Write as _;
 
