@@ -132,25 +132,36 @@ impl Cluster {
     /// Waits until [`Cluster::status`] prints `expected` (registrations
     /// follow within a second); panics with what it printed last.
     fn wait_status(&self, expected: &str) {
+        self.wait_status_where(expected, |status| status == expected);
+    }
+
+    /// Waits until [`Cluster::status`] satisfies `done` (`what` names it);
+    /// what it printed then.
+    fn wait_status_where(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let status = self.status();
-            if status == expected {
-                return;
+            if done(&status) {
+                return status;
             }
             assert!(
                 Instant::now() < deadline,
-                "status --cluster:\n{status}\nexpected:\n{expected}"
+                "status --cluster:\n{status}\nexpected:\n{what}"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     /// The primary's agent in cluster mode, heartbeating to standby `b` too
-    /// when `to_b`; on-host (replicating to `a`) when `onhost`.
+    /// when `to_b`; on-host when `onhost`, replicating to `a` under `--sync`
+    /// (asynchronously, a failover may lose what was not replicated yet, and
+    /// these tests check the streams byte-exact).
     fn start_agent(&self, onhost: bool, to_b: bool) -> Program {
         let (topo, key, service) = (&self.setup.topo, &self.setup.key, self.setup.service);
-        let flags = self.agent_flags(to_b);
+        let mut flags = self.agent_flags(to_b);
+        if onhost {
+            flags.push("--sync".to_owned());
+        }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         match onhost {
             true => start_onhost_agent(topo, Family::V4, service, key, &flags),
@@ -253,6 +264,25 @@ fn a_standby_cut_off_from_etcd_does_not_take_over_and_the_other_does_v4() {
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
         .expect("streams flow");
+    // The agent reports a's replication, b only hears the heartbeats.
+    let status = cluster.wait_status_where("a replicating, b hearing the heartbeats", |s| {
+        s.contains("replicating") && s.contains("heartbeats")
+    });
+    let lines: Vec<&str> = status.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            format!("{service}  owner primary  epoch 1  protected").as_str(),
+            "  standby b  priority 0  heartbeats  lag -",
+        ],
+        "{status}"
+    );
+    assert!(
+        lines[2].starts_with("  standby a  priority 1  replicating  lag ")
+            && lines[2].ends_with(" B"),
+        "{status}"
+    );
+    assert_eq!(lines.len(), 3, "{status}");
     topo.client.ip(["link", "set", MGMT_IF, "down"]);
     let watch = WireWatch::start(&topo.client, CLIENT_IF);
 
