@@ -268,8 +268,11 @@ impl Standby {
                     epoch,
                 };
                 let mut prepared = self.prepare_protection(mirror, &services).await;
+                // For this takeover only: a manual one later keeps the default.
                 self.config.capture_after = prepared.as_ref().map(Prepared::mode);
-                match self.takeover(mirror, Some(services.clone()), trigger).await {
+                let taken = self.takeover(mirror, Some(services.clone()), trigger).await;
+                self.config.capture_after = None;
+                match taken {
                     Ok(_) => {
                         self.membership.iter().for_each(|m| m.set_role("owner"));
                         return prepared.map(|p| self.protect(mirror, p, detector));
@@ -326,9 +329,11 @@ impl Standby {
             tracing::warn!("no standby left for the services taken over: they are not protected");
             return None;
         }
+        let replicating = left.iter().filter(|n| n.replication.is_some()).count();
         let commit = match &self.sync {
             Some(sync) => Some(
-                (OutputCommit::open(&mut mirror.capture, sync.queue, sync.timeout, left.len()))
+                // One holder slot per replication link, in the links' order.
+                (OutputCommit::open(&mut mirror.capture, sync.queue, sync.timeout, replicating))
                     .inspect_err(|err| tracing::error!("--sync: {err}: protecting asynchronously"))
                     .ok()?,
             ),
