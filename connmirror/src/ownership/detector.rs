@@ -302,9 +302,10 @@ async fn listen(
                 if let Some((kind, own)) = owned.borrow().as_ref() {
                     counter += 1;
                     let datagram = heartbeat::seal(&config.key, *kind, counter, own);
-                    let peers = shared.lock().expect("detector lock").peers.clone();
-                    for to in last.map(|(_, to)| to).into_iter().chain(peers) {
-                        let _ = socket.try_send_to(&datagram, to);
+                    // Non-blocking sends: fine under the lock, and no copy per tick.
+                    let peers = &shared.lock().expect("detector lock").peers;
+                    for to in last.map(|(_, to)| to).iter().chain(peers) {
+                        let _ = socket.try_send_to(&datagram, *to);
                     }
                 }
                 let Some(gone) = heard.take_if(|h| h.at.elapsed() > deadline) else { continue };
