@@ -276,7 +276,7 @@ async fn listen(
     // standby skip asking (then ask again every tick until one arrives).
     if let Some(agent) = config.solicit {
         counter += 1;
-        solicit(&socket, &config, counter, agent);
+        solicit(&socket, &config, counter, agent).await;
     }
     loop {
         tokio::select! {
@@ -297,7 +297,7 @@ async fn listen(
                 publish(&shared, &verifier, heard.as_ref(), last);
                 if let (None, None, Some(agent)) = (&heard, last, config.solicit) {
                     counter += 1;
-                    solicit(&socket, &config, counter, agent);
+                    solicit(&socket, &config, counter, agent).await;
                 }
                 if let Some((kind, own)) = owned.borrow().as_ref() {
                     counter += 1;
@@ -317,14 +317,18 @@ async fn listen(
 
 /// Asks the agent at `agent` for its ownership: it answers with a heartbeat
 /// at once. Sent every half interval until the first heartbeat arrives.
-fn solicit(socket: &UdpSocket, config: &DetectorConfig, counter: u64, agent: SocketAddr) {
+///
+/// Awaited, not `try_send_to`: a socket just bound is not yet known writable
+/// to tokio, so a first `try_send_to` fails with `WouldBlock` without sending,
+/// and a heartbeat arriving meanwhile then ends the asking.
+async fn solicit(socket: &UdpSocket, config: &DetectorConfig, counter: u64, agent: SocketAddr) {
     let asking = Ownership {
         node_id: config.node_id.clone(),
         cluster_id: config.cluster_id.clone(),
         ..Ownership::default()
     };
     let datagram = heartbeat::seal(&config.key, Kind::Solicit, counter, &asking);
-    match socket.try_send_to(&datagram, agent) {
+    match socket.send_to(&datagram, agent).await {
         Ok(_) => tracing::debug!(%agent, "soliciting the primary's ownership"),
         Err(err) => tracing::debug!(%agent, %err, "soliciting the primary's ownership"),
     }
