@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use crate::{
     cluster::record::StandbyState,
     engine::Engine,
+    flow::record::Record,
     hold::OutputCommit,
     key::Key,
     metrics::Family,
@@ -82,15 +83,24 @@ impl Drop for StandbyLink {
 
 impl Links {
     /// Puts one outbox per standby on `mirror`'s reader (collecting `sync`
-    /// limits when asked) and starts a link to each.
+    /// limits when asked) and starts a link to each. A new owner (`taken`:
+    /// its table holds the flows it just took over) keeps a checkpoint
+    /// taken now and every record after it for each standby's first
+    /// connection ([`Outbox::keep_from`]).
     pub(crate) fn start(
         mirror: &mut Engine,
         standbys: &[SocketAddr],
         key: &Key,
-        sync: bool,
+        (sync, taken): (bool, bool),
     ) -> Links {
         mirror.reader.table.collect_records();
         mirror.reader.outboxes = standbys.iter().map(|_| Outbox::new(sync)).collect();
+        if taken {
+            let checkpoint = checkpoint(mirror);
+            for outbox in &mut mirror.reader.outboxes {
+                outbox.keep_from(checkpoint.clone());
+            }
+        }
         let (sender, events) = mpsc::unbounded_channel();
         let links = (standbys.iter().enumerate())
             .map(|(index, &addr)| StandbyLink::start(addr, index, key, &sender))
@@ -241,14 +251,19 @@ fn connected(
     whole: BTreeSet<SocketAddr>,
 ) -> anyhow::Result<()> {
     mirror.read_ring()?;
-    let mut checkpoint = Vec::new();
-    mirror.reader.table.checkpoint(|record| {
-        checkpoint.push(record);
-        Ok::<_, Infallible>(())
-    })?;
-    let flows = checkpoint.len();
+    let checkpoint = checkpoint(mirror);
     let backlog = mirror.ring_backlog();
-    outbox(mirror, index).connected(link, &checkpoint, backlog, whole);
-    tracing::info!(records = flows, standby = %addr, "standby connected: checkpoint sent");
+    let records = outbox(mirror, index).connected(link, &checkpoint, backlog, whole);
+    tracing::info!(records, standby = %addr, "standby connected: checkpoint sent");
     Ok(())
+}
+
+/// A checkpoint of every open flow in `mirror`'s table.
+fn checkpoint(mirror: &Engine) -> Vec<Record> {
+    let mut records = Vec::new();
+    let Ok(()) = mirror.reader.table.checkpoint(|record| {
+        records.push(record);
+        Ok::<_, Infallible>(())
+    });
+    records
 }

@@ -12,26 +12,36 @@
 //!   leader is elected, under one owner.
 //! - etcd over TLS with user authentication: the right credentials work, a
 //!   wrong password is refused by name.
+//! - Two failures in a row on one LAN: echo streams (handoff) and
+//!   redis-server sessions (live replay) keep the same client sockets
+//!   through epochs 1 → 2 → 3.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+use connmirror::resume::live::ServiceProtection;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::etcd::{ELECTION_TIMEOUT_MS, EtcdCluster, MGMT_IF, node_addr};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, PrimarySetup, Program, echo_server_in, gateway_addrs, handoff_app,
-    handoff_app_in, kill_primary_host, primary_setup, start_agent_with,
+    handoff_app_in, kill_primary_host, primary_setup, start_agent_with, status_in,
 };
 use connmirror_tests::kills::{full, wait_until};
 use connmirror_tests::lan::{LAN_IF, Lan};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
 use connmirror_tests::netns::Netns;
 use connmirror_tests::onhost::{REPLICATION_PORT, onhost_standby_command, start_onhost_agent};
+use connmirror_tests::redis::{self, Counter, CounterResult};
 use connmirror_tests::topology::{CLIENT_IF, Family};
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7600;
+/// The live-replayed redis service's port, in the two-failures test.
+const LIVE_PORT: u16 = 7601;
+/// Where each standby's own redis instance listens, in its namespace.
+const INSTANCE: &str = "127.0.0.1:7701";
 /// The etcd request timeout the daemons get here (`--etcd-timeout`).
 const ETCD_TIMEOUT_MS: u64 = 300;
 
@@ -440,12 +450,16 @@ fn an_agent_logs_in_over_tls_and_a_wrong_password_is_refused_by_name() {
 
 /// Two failures in a row, on one LAN: the primary's agent replicates to
 /// standbys `a` and `b` under `--sync` (etcd decides; `a` is preferred).
+/// Two services run: a streaming echo resumed by handoff, and a real
+/// redis-server resumed by live replay into each standby's own instance.
 /// The primary dies: `a` wins epoch 2, takes over, and protects the
 /// connections it restored (it captures them, holds their segments until
 /// `b` has them, replicates to `b` starting with a checkpoint, and
-/// heartbeats to `b`). Then `a` dies: `b` wins epoch 3 and takes over from
-/// what `a` replicated. The same four client sockets stream throughout,
-/// byte-exact both ways, and no RST reaches a client.
+/// heartbeats to `b`); `b`'s instance goes on, compared now with `a`'s
+/// output. Then `a` dies: `b` wins epoch 3 and takes over from what `a`
+/// replicated. The same four echo sockets stream throughout, byte-exact
+/// both ways, the same two redis sockets get every reply right, and no RST
+/// reaches a client.
 #[test]
 fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
     let lan = Lan::new(2);
@@ -460,12 +474,18 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
     let key = connmirror_tests::failover::key_file(&dir);
     let service = Lan::service(PORT);
     let mut echo = echo_server_in(&lan.primary, service);
+    let live = Lan::service(LIVE_PORT);
+    let mut redis = redis::server(&lan.primary, live);
     let standby = |i: usize, node: &str| {
         let ip = Lan::standby_ip(i);
         let mut command = MirrorCommand::standby()
             .iface(LAN_IF)
             .arg("--service")
             .arg(&full(service))
+            .arg("--service")
+            .arg(&live.to_string())
+            .arg("--resume")
+            .arg(&format!("{live}=live:{INSTANCE}"))
             .without_dumps()
             .arg("--heartbeat-listen")
             .arg(&format!("{ip}:{HEARTBEAT_PORT}"))
@@ -488,6 +508,8 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
         let app = handoff_app_in(&lan.standbys[i], &standby, service);
         (standby, app)
     };
+    let a_instance = redis::server(&lan.standbys[0], INSTANCE.parse().unwrap());
+    let _b_instance = redis::server(&lan.standbys[1], INSTANCE.parse().unwrap());
     let (a, mut a_app) = standby(0, "a");
     let (b, _b_app) = standby(1, "b");
     let mut agent_args: Vec<String> = [
@@ -500,6 +522,8 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
         "primary",
         "--service",
         &service.to_string(),
+        "--service",
+        &live.to_string(),
         "--iface",
         LAN_IF,
         "--retention",
@@ -529,20 +553,32 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
         standby.wait_log("armed: primary heard");
     }
     let clients = EchoClients::start(&lan.client, service, 4, EchoOptions::default());
-    clients
-        .wait_progress(32 << 10, Duration::from_secs(60))
-        .expect("streams flow");
+    let counters: Vec<Counter> = (0..2)
+        .map(|i| Counter::start(&lan.client, live, &format!("twice-{i}")))
+        .collect();
+    progress(&clients, &counters, "streams flow");
     let watch = WireWatch::start(&lan.client, LAN_IF);
+    // The redis clients are answered and quiet when the primary dies, so
+    // both standbys hold the same bytes of them (see docs/cluster.md: a
+    // batch the primary sent to `a` and not yet to `b` leaves `b`'s copy
+    // of a live connection gapped once `a` owns it).
+    for counter in &counters {
+        counter
+            .pause(Duration::from_secs(30))
+            .expect("every command answered");
+    }
 
     Lan::cut(&lan.primary);
     echo.kill();
+    redis.kill();
     agent.kill();
+    for counter in &counters {
+        counter.resume();
+    }
     a.wait_log("protecting the services taken over");
     assert!(a.stderr().contains("sync=true"), "{}", a.stderr());
     b.wait_log("armed: primary heard node=\"a\" epoch=2");
-    clients
-        .wait_progress(32 << 10, Duration::from_secs(60))
-        .expect("the streams go on from a");
+    progress(&clients, &counters, "the streams go on from a");
     wait_until(
         || {
             b.stderr()
@@ -552,9 +588,8 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
         },
         "a replicates to b",
     );
-    clients
-        .wait_progress(32 << 10, Duration::from_secs(60))
-        .expect("a's stream reaches b");
+    progress(&clients, &counters, "a's stream reaches b");
+    let protected = wait_live_protected(&lan.standbys[1], &b, live, 2);
     assert_eq!(
         etcd_owner(&etcd, service),
         serde_json::json!({"node_id": "a", "epoch": 2})
@@ -564,17 +599,42 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
     // SAFETY: kill has no memory-safety preconditions; the pid is a's.
     unsafe { libc::kill(a.pid() as i32, libc::SIGKILL) };
     a_app.kill();
+    drop(a_instance);
     let progressed = clients.wait_progress(32 << 10, Duration::from_secs(60));
+    for counter in &counters {
+        counter
+            .wait_progress(500, Duration::from_secs(60))
+            .expect("every redis session goes on from b");
+    }
+    let replies: Vec<CounterResult> = (counters.into_iter())
+        .map(|c| c.finish(Duration::from_secs(30)))
+        .collect();
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
     let (report, _dir) = b.stop();
     let takeover = &report.takeovers[0];
     assert_eq!(
-        (takeover.epoch, takeover.restored, takeover.handed_off),
-        (3, 4, 4),
+        (
+            takeover.epoch,
+            takeover.restored,
+            takeover.handed_off,
+            takeover.live
+        ),
+        (3, 6, 4, 2),
         "{takeover:#?}"
     );
+    assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
     progressed.expect("the streams go on from b");
+    assert_eq!(
+        (protected.protected, protected.divergent),
+        (2, 0),
+        "{protected:?}"
+    );
+    for result in &replies {
+        if let Err(problem) = result.continued(0) {
+            panic!("{problem}");
+        }
+    }
 
     assert_eq!(
         etcd_owner(&etcd, service),
@@ -583,6 +643,41 @@ fn two_failures_in_a_row_keep_the_same_client_sockets_v4() {
     assert_exact(&results);
     assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
     drop(a);
+}
+
+/// Waits until every echo stream and redis session made progress; panics
+/// saying `what` did not.
+fn progress(clients: &EchoClients, counters: &[Counter], what: &str) {
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect(what);
+    for counter in counters {
+        counter
+            .wait_progress(200, Duration::from_secs(60))
+            .expect(what);
+    }
+}
+
+/// Waits (at most 20 s) until the live replay of `service` on `standby`
+/// (in `ns`) protects `n` connections; their protection then.
+fn wait_live_protected(
+    ns: &Netns,
+    standby: &Mirror,
+    service: SocketAddr,
+    n: u64,
+) -> ServiceProtection {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = status_in(ns, standby);
+        let live = (status.services.iter())
+            .find(|s| s.addr == service)
+            .and_then(|s| s.live.clone())
+            .expect("a live service");
+        if live.protected == n || Instant::now() > deadline {
+            return live;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The owner record of `service` in etcd, as JSON.

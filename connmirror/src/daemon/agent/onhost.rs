@@ -192,7 +192,7 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         true => Some(start_sync(&mut mirror, &args.onhost, standbys.len())?),
         false => None,
     };
-    let links = Links::start(&mut mirror, &standbys, &key, sync);
+    let links = Links::start(&mut mirror, &standbys, &key, (sync, false));
     let (handle, requests) = mpsc::channel(4);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -367,7 +367,7 @@ impl Standby {
             "protecting the services taken over: capturing them here, replicating to the standbys left"
         );
         let key = self.key.as_ref().expect("cluster mode needs the key");
-        let links = Links::start(mirror, &replication, key, commit.is_some());
+        let links = Links::start(mirror, &replication, key, (commit.is_some(), true));
         Protection { links, commit }
     }
 

@@ -29,7 +29,7 @@ const BATCH_TARGET: usize = 256 << 10;
 
 /// A standby further behind than this many bytes is dropped (it reconnects
 /// and starts again from a checkpoint) instead of the agent buffering more.
-const MAX_BACKLOG: u64 = 256 << 20;
+pub(super) const MAX_BACKLOG: u64 = 256 << 20;
 
 /// A change to one flow's [`SyncLimit`], effective once the standby
 /// acknowledges the batch that carried it.
@@ -100,6 +100,10 @@ pub struct Outbox {
     whole: BTreeSet<SocketAddr>,
     /// Payload bytes left out because acknowledged before shipped.
     pub(super) elided: u64,
+    /// What the first standby to connect gets instead of a checkpoint taken
+    /// then: a checkpoint taken earlier and every record since, with their
+    /// payload bytes ([`Outbox::keep_from`]).
+    first: Option<(Vec<Record>, u64)>,
 }
 
 impl Outbox {
@@ -117,19 +121,54 @@ impl Outbox {
             outgoing: Vec::new(),
             whole: BTreeSet::new(),
             elided: 0,
+            first: None,
         }
+    }
+
+    /// The first standby to connect gets `checkpoint`, taken now, and every
+    /// record after it, instead of a checkpoint taken when it connects: a
+    /// new owner's standbys connect a moment after its takeover, and bytes
+    /// acknowledged meanwhile would be missing from a later checkpoint,
+    /// while a standby whose live replay fed each connection from its first
+    /// byte needs every byte past its own copy. Given up past
+    /// [`MAX_BACKLOG`] bytes: that standby then gets a checkpoint when it
+    /// connects.
+    pub fn keep_from(&mut self, checkpoint: Vec<Record>) {
+        let bytes = checkpoint.iter().map(payload_bytes).sum();
+        self.first = Some((checkpoint, bytes));
+    }
+
+    /// Keeps `records` for the first standby ([`Outbox::keep_from`]); false
+    /// when nothing is kept for it.
+    fn keep(&mut self, records: &[Record]) -> bool {
+        let Some((kept, bytes)) = &mut self.first else {
+            return false;
+        };
+        *bytes += records.iter().map(payload_bytes).sum::<u64>();
+        if *bytes > MAX_BACKLOG {
+            tracing::warn!(
+                "no standby connected within {MAX_BACKLOG} bytes of the takeover: \
+                 the first one gets a checkpoint when it connects"
+            );
+            self.first = None;
+            return false;
+        }
+        kept.extend_from_slice(records);
+        true
     }
 
     /// A standby connected: a fresh stream starts at position 0 with
     /// `checkpoint` (every open flow and its retained bytes). It needs
-    /// every byte of the services in `whole`.
+    /// every byte of the services in `whole`. Returns how many records
+    /// started the stream (more than the checkpoint's when records were
+    /// kept for it: [`Outbox::keep_from`]).
     pub fn connected(
         &mut self,
         link: mpsc::UnboundedSender<Vec<u8>>,
         checkpoint: &[Record],
         ring_backlog: u64,
         whole: BTreeSet<SocketAddr>,
-    ) {
+    ) -> usize {
         self.whole = whole;
         self.position = 0;
         self.acked = 0;
@@ -138,7 +177,10 @@ impl Outbox {
             flow.standby = Default::default();
         }
         self.link = Some(link);
-        self.ship(checkpoint, ring_backlog);
+        let kept = self.first.take().map(|(kept, _)| kept);
+        let records = kept.as_deref().unwrap_or(checkpoint);
+        self.ship(records, ring_backlog);
+        records.len()
     }
 
     /// The standby went away: batches stay unshipped (and lag grows) until
@@ -154,6 +196,9 @@ impl Outbox {
     /// (of services the standby does not need whole): the standby would
     /// drop it on arrival.
     pub fn ship(&mut self, records: &[Record], ring_backlog: u64) {
+        if self.link.is_none() && self.keep(records) {
+            return;
+        }
         let elided = self.elide_acknowledged(records);
         let records = elided.as_slice();
         let mut start = 0;
@@ -499,5 +544,14 @@ impl Outbox {
             }
         }
         acked
+    }
+}
+
+/// A record's payload bytes, and a little for the rest of it: what
+/// [`Outbox::keep_from`] counts.
+fn payload_bytes(record: &Record) -> u64 {
+    match record {
+        Record::Data { bytes, .. } => 64 + bytes.len() as u64,
+        _ => 64,
     }
 }

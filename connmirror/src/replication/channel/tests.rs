@@ -431,3 +431,55 @@ fn bytes_acknowledged_within_a_drain_are_left_out_unless_the_standby_needs_them_
     outbox.ship(&drain[1..], 0);
     assert_eq!(shipped(&mut rx), drain[1..].to_vec());
 }
+
+/// A new owner's first standby gets the checkpoint of the takeover and
+/// every record since, not a checkpoint taken when it connects (bytes
+/// acknowledged meanwhile would be missing from that); one that does not
+/// connect within `MAX_BACKLOG` bytes gets the later checkpoint.
+#[test]
+fn the_first_standby_gets_the_kept_checkpoint_and_every_record_since() {
+    let data = |offset, len| Record::Data {
+        id: 1,
+        dir: Direction::ClientToServer,
+        offset,
+        bytes: bytes::Bytes::from(vec![7; len]),
+    };
+    let received = |rx: &mut mpsc::UnboundedReceiver<Vec<u8>>| {
+        let mut records = Vec::new();
+        while let Ok(body) = rx.try_recv() {
+            records.extend(Batch::decode(&body).unwrap().decode_records().unwrap());
+        }
+        records
+    };
+    let kept = vec![
+        Record::CheckpointBegin { next_id: 2 },
+        Record::CheckpointEnd,
+    ];
+    let later = [
+        Record::CheckpointBegin { next_id: 9 },
+        Record::CheckpointEnd,
+    ];
+
+    let mut outbox = Outbox::new(false);
+    outbox.keep_from(kept.clone());
+    outbox.ship(&[data(0, 10)], 0);
+    outbox.ship(&[data(10, 5)], 0);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    assert_eq!(outbox.connected(tx, &later, 0, BTreeSet::new()), 4);
+    let mut expected = kept.clone();
+    expected.extend([data(0, 10), data(10, 5)]);
+    assert_eq!(received(&mut rx), expected);
+
+    // A reconnect gets a checkpoint of then.
+    outbox.disconnected();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    assert_eq!(outbox.connected(tx, &later, 0, BTreeSet::new()), 2);
+    assert_eq!(received(&mut rx), later);
+
+    let mut outbox = Outbox::new(false);
+    outbox.keep_from(kept);
+    outbox.ship(&[data(0, outbox::MAX_BACKLOG as usize)], 0);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    assert_eq!(outbox.connected(tx, &later, 0, BTreeSet::new()), 2);
+    assert_eq!(received(&mut rx), later);
+}

@@ -410,9 +410,7 @@ impl Inner {
             Record::Close { id, .. } => {
                 self.remove(*id);
             }
-            // A checkpoint describes connections already open: their history
-            // is not in it, so the instance cannot be given it.
-            Record::CheckpointFlow(snapshot) => self.already_open(snapshot.id, snapshot.key),
+            Record::CheckpointFlow(snapshot) => self.checkpointed(snapshot.id, snapshot.key),
             Record::OutOfOrder { .. }
             | Record::Divergent { .. }
             | Record::CheckpointBegin { .. }
@@ -442,6 +440,25 @@ impl Inner {
         self.started(id, false);
     }
 
+    /// A connection in a checkpoint. One this instance has been fed all
+    /// along goes on under the checkpoint's id: a new owner's stream after a
+    /// takeover starts with a checkpoint of the connections it took over,
+    /// at the same offsets. Any other was open before live replay saw it: its
+    /// history is not in the checkpoint, so the instance cannot be given it.
+    fn checkpointed(&mut self, id: u64, key: FlowKey) {
+        let Some(&known) = self.ids.get(&key) else {
+            return self.already_open(id, key);
+        };
+        if known != id {
+            let flow = self
+                .flows
+                .remove(&known)
+                .expect("every indexed id has its flow");
+            self.flows.insert(id, flow);
+            self.ids.insert(key, id);
+        }
+    }
+
     /// The connection's first update: start feeding it, or not.
     fn started(&mut self, id: u64, handshake: bool) {
         let Some(flow) = self.flows.get_mut(&id) else {
@@ -469,9 +486,25 @@ impl Inner {
             return;
         };
         let side = usize::from(dir != Direction::ClientToServer);
-        if offset != flow.next[side] {
+        let next = flow.next[side];
+        if offset > next {
+            tracing::debug!(
+                id,
+                ?dir,
+                offset,
+                expected = next,
+                "live replay: bytes missing from the feed"
+            );
             return self.set_unprotected(id, Reason::Gapped);
         }
+        // Bytes fed already come again in a new owner's checkpoint: only
+        // what follows them is new.
+        let Some(bytes) = bytes
+            .get((next - offset) as usize..)
+            .filter(|b| !b.is_empty())
+        else {
+            return;
+        };
         flow.next[side] += bytes.len() as u64;
         let input = match dir {
             Direction::ClientToServer => Input::ClientBytes(bytes.to_vec()),

@@ -13,7 +13,7 @@ use tokio::{
 use super::*;
 use crate::{
     flow::{
-        record::{Record, SideSnapshot},
+        record::{FlowSnapshot, Record, SideSnapshot},
         stream::StreamMarks,
     },
     service::addr_bytes,
@@ -368,4 +368,71 @@ async fn recovered_flows_are_unprotected_mid_stream() {
     }]);
     assert_eq!(until(&live, |_| true).await, p);
     assert_eq!(take_error(&live, 44).await, "unprotected: mid-stream");
+}
+
+/// A new owner's stream after a takeover starts with a checkpoint of the
+/// connection under its own id, repeating bytes already fed: the connection
+/// goes on protected, the repeated bytes are not fed twice, and the
+/// takeover finds it by its key with every client byte counted once.
+#[tokio::test]
+async fn a_new_owners_checkpoint_of_a_connection_fed_all_along_continues_it() {
+    let live = opened_live(DEFAULT_LAG_CAP, true).await;
+    live.feed(&[
+        data(Direction::ClientToServer, 0, b"abc"),
+        data(Direction::ServerToClient, 0, b"AB"),
+    ]);
+    let snapshot = FlowSnapshot {
+        id: 9,
+        key: key(),
+        service_id: 1,
+        kernel_gaps: 0,
+        c2s: SideSnapshot::default(),
+        s2c: SideSnapshot::default(),
+    };
+    let again = |dir, offset, bytes: &[u8]| match data(dir, offset, bytes) {
+        Record::Data {
+            dir, offset, bytes, ..
+        } => Record::Data {
+            id: 9,
+            dir,
+            offset,
+            bytes,
+        },
+        _ => unreachable!(),
+    };
+    live.feed(&[
+        Record::CheckpointBegin { next_id: 10 },
+        Record::CheckpointFlow(snapshot),
+        again(Direction::ClientToServer, 1, b"bcd"),
+        again(Direction::ServerToClient, 0, b"ABC"),
+        Record::CheckpointEnd,
+        again(Direction::ClientToServer, 4, b"e"),
+        again(Direction::ServerToClient, 3, b"D"),
+    ]);
+    let p = until(&live, |p| p.protected == 1 && p.lag_bytes == 0).await;
+    assert_eq!((p.opening, p.divergent, p.unprotected.len()), (0, 0, 0));
+    let Taken { ahead, .. } = live.take(&key(), 5, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(ahead, b"E");
+}
+
+/// A checkpoint's connection live replay never saw open is first seen
+/// mid-stream, even when its bytes start at offset 0.
+#[tokio::test]
+async fn a_checkpoint_of_an_unknown_connection_is_unprotected_mid_stream() {
+    let live = live(upper_case_server().await, DEFAULT_LAG_CAP);
+    live.feed(&[
+        Record::CheckpointBegin { next_id: 2 },
+        Record::CheckpointFlow(FlowSnapshot {
+            id: 1,
+            key: key(),
+            service_id: 1,
+            kernel_gaps: 0,
+            c2s: SideSnapshot::default(),
+            s2c: SideSnapshot::default(),
+        }),
+        data(Direction::ClientToServer, 0, b"abc"),
+        Record::CheckpointEnd,
+    ]);
+    let p = until(&live, |_| true).await;
+    assert_unprotected_once(&live, &p, "mid-stream");
 }
