@@ -335,6 +335,24 @@ pub struct OwnershipResults {
     /// wins the takeover in etcd first): one per run, in milliseconds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub etcd_ms: Vec<f64>,
+    /// The heartbeat interval of the pair runs, in ms (3 missed); runs
+    /// recorded before it was saved used 50.
+    #[serde(default = "fifty")]
+    pub interval_ms: u64,
+    /// The heartbeat interval of the etcd runs; runs recorded before it was
+    /// saved used 20.
+    #[serde(default = "twenty")]
+    pub etcd_interval_ms: u64,
+}
+
+/// What [`OwnershipResults::interval_ms`] was before it was saved.
+fn fifty() -> u64 {
+    50
+}
+
+/// What [`OwnershipResults::etcd_interval_ms`] was before it was saved.
+fn twenty() -> u64 {
+    20
 }
 
 /// `cargo xtask bench heartbeats`: how late heartbeats come while the host
@@ -353,6 +371,11 @@ pub struct HeartbeatResults {
     /// seconds, gaps in that bucket), ending with `+Inf`.
     #[serde(with = "infinite_bounds")]
     pub buckets: Vec<(f64, u64)>,
+    /// Deaths the standby declared (`--failover auto`: each started a
+    /// takeover of a live primary); `None` for runs recorded at `--failover
+    /// manual`, before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub false_takeovers: Option<u64>,
 }
 
 /// Histogram buckets whose last bound is `+Inf`, in JSON: it has no
@@ -1024,23 +1047,27 @@ fn failover_table(r: &FailoverResults) -> String {
 }
 
 fn render_ownership(r: &OwnershipResults) -> String {
-    let method = "IPv4, a fresh client/standby/primary topology per run: the primary runs the \
-                  echo example and `connmirror agent` (heartbeats every 50 ms), the standby \
-                  `connmirror standby --heartbeat-listen` (3 missed heartbeats, `--failover \
-                  auto`) with the echo example registered for handoff. One client streams 1 MiB/s \
-                  each way and verifies every byte. The primary dies (link down, server and agent \
-                  SIGKILLed); the time is the longest stretch after that with no new verified \
-                  byte at the client over the 3 s after the death (polled every 0.2 ms), i.e. \
-                  from the last byte the primary delivered to the first the standby did. \
-                  The etcd rows run the same with a three-member etcd cluster (50 ms raft \
-                  heartbeat, 500 ms election timeout) on a LAN of its own, agent and standby \
-                  given `--etcd`: the standby takes over only once it has won the service \
-                  in an etcd transaction. Those runs use 20 ms heartbeats (3 missed: a \
-                  death is declared after 60 ms), the setting the heartbeat benchmark's \
-                  gaps allow.";
+    let method = format!(
+        "IPv4, a fresh client/standby/primary topology per run: the primary runs the \
+         echo example and `connmirror agent` (heartbeats every {} ms), the standby \
+         `connmirror standby --heartbeat-listen` (3 missed heartbeats, `--failover \
+         auto`) with the echo example registered for handoff. One client streams 1 MiB/s \
+         each way and verifies every byte. The primary dies (link down, server and agent \
+         SIGKILLed); the time is the longest stretch after that with no new verified \
+         byte at the client over the 3 s after the death (polled every 0.2 ms), i.e. \
+         from the last byte the primary delivered to the first the standby did. \
+         The etcd rows run the same with a three-member etcd cluster (50 ms raft \
+         heartbeat, 500 ms election timeout) on a LAN of its own, agent and standby \
+         given `--etcd`: the standby takes over only once it has won the service \
+         in an etcd transaction. Those runs use {} ms heartbeats (3 missed: a \
+         death is declared after {} ms).",
+        r.interval_ms,
+        r.etcd_interval_ms,
+        3 * r.etcd_interval_ms
+    );
     let mut s =
         String::from("## Ownership: automatic failover, primary death to resumed stream\n\n");
-    s.push_str(&r.info.render(method));
+    s.push_str(&r.info.render(&method));
     s.push('\n');
     let _ = writeln!(
         s,
@@ -1181,7 +1208,8 @@ const LIVE_P99_TARGET_MS: f64 = 250.0;
 fn render_resume(r: &ResumeResults) -> String {
     let method = format!(
         "IPv4, a fresh client/standby/primary topology per run: the primary runs redis-server \
-         on the service address and `connmirror agent` (heartbeats every 50 ms); the standby \
+         on the service address and `connmirror agent` (heartbeats at the default interval \
+         of the commit measured: 50 ms before 2026-12-05, 25 ms since); the standby \
          runs `connmirror standby --heartbeat-listen` (3 missed heartbeats, `--failover auto`, \
          TC ingress on both links) and its own redis-server on loopback, resumed either by live \
          replay (`--service IP:PORT --resume IP:PORT=live:127.0.0.1:7001`) or by replay at \
@@ -1574,18 +1602,22 @@ fn resume_table(r: &ResumeResults) -> String {
 const DETECTION_SETTINGS: [(u64, u64); 6] = [(10, 3), (20, 2), (20, 3), (25, 3), (50, 3), (100, 3)];
 
 fn render_heartbeats(r: &HeartbeatResults) -> String {
+    let (interval, seconds) = (r.interval_ms, r.loaded_seconds);
+    let failover = match r.false_takeovers {
+        Some(_) => "auto",
+        None => "manual",
+    };
     let method = format!(
         "IPv4, one client/gateway/primary topology. The primary runs the echo example and \
-         `connmirror agent --interval {}` in on-host mode (capturing and replicating \
+         `connmirror agent --interval {interval}` in on-host mode (capturing and replicating \
          asynchronously to the standby); the gateway runs `connmirror standby \
-         --heartbeat-listen ... --failover manual`. Load: iperf3 -P 8 client → primary for \
-         {} s, so the two cores are shared by iperf3, the forwarding softirqs, the agent and \
-         the standby. The gaps are the standby's `connmirror_heartbeat_gap_seconds` \
-         (time between consecutive valid heartbeats), scraped at the end. A setting \
-         `--heartbeat-interval I --missed M` declares the primary lost after about I × M \
-         without a heartbeat (checked every I/2): each gap longer than that would have \
-         been a false takeover.",
-        r.interval_ms, r.loaded_seconds
+         --heartbeat-listen ... --heartbeat-interval {interval} --missed 3 --failover \
+         {failover}`. Load: iperf3 -P 8 client → primary for {seconds} s, so the two cores \
+         are shared by iperf3, the forwarding softirqs, the agent and the standby. The gaps \
+         are the standby's `connmirror_heartbeat_gap_seconds` (time between consecutive \
+         valid heartbeats), scraped at the end. A setting `--heartbeat-interval I --missed \
+         M` declares the primary lost after about I × M without a heartbeat (checked every \
+         I/2): each gap longer than that would have been a false takeover."
     );
     let mut s = String::from("## Heartbeats: lateness under load\n\n");
     s.push_str(&r.info.render(&method));
@@ -1595,6 +1627,14 @@ fn render_heartbeats(r: &HeartbeatResults) -> String {
         "\n{total} gaps while iperf3 moved {:.1} Gbit/s.\n",
         r.gbps
     );
+    if let Some(n) = r.false_takeovers {
+        let _ = writeln!(
+            s,
+            "False takeovers in the {} s loaded run (deaths the standby declared at \
+             `--heartbeat-interval {} --missed 3`): {n}.\n",
+            r.loaded_seconds, r.interval_ms
+        );
+    }
     let _ = writeln!(s, "| gap ≤ (ms) | gaps | cumulative |");
     let _ = writeln!(s, "| ---: | ---: | ---: |");
     let mut seen = 0;
@@ -1740,6 +1780,7 @@ pub(crate) mod tests {
             loaded_seconds: 600,
             interval_ms: 10,
             gbps: 12.5,
+            false_takeovers: Some(0),
             buckets: vec![
                 (0.01, 100),
                 (0.02, 50),
@@ -1754,6 +1795,13 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(text.contains("| 50 | 3 | 99.3506 % |"), "{text}");
+        assert!(
+            text.contains(
+                "False takeovers in the 600 s loaded run (deaths the standby declared at \
+                 `--heartbeat-interval 10 --missed 3`): 0.\n"
+            ),
+            "{text}"
+        );
         for row in [
             "| `--heartbeat-interval 10 --missed 3` | 30 | ≤ 4 | 30–35 |",
             "| `--heartbeat-interval 20 --missed 3` | 60 | ≤ 1 | 60–70 |",
@@ -1769,6 +1817,8 @@ pub(crate) mod tests {
             info: info(),
             ms: (1..=100).map(f64::from).collect(),
             etcd_ms: (101..=130).map(f64::from).collect(),
+            interval_ms: 25,
+            etcd_interval_ms: 25,
         }
     }
 
@@ -2175,6 +2225,7 @@ pub(crate) mod tests {
             interval_ms: 10,
             gbps: 11.5,
             buckets: buckets.clone(),
+            false_takeovers: None,
         };
         let json = serde_json::to_string(&r).unwrap();
         assert!(json.contains("[null,0]"), "{json}");

@@ -8,3 +8,14 @@
 
 pub mod detector;
 pub mod heartbeat;
+
+/// The default heartbeat interval, in milliseconds (`agent --interval`,
+/// `standby --heartbeat-interval`). With [`DEFAULT_MISSED`] a death is
+/// declared 75 to 87.5 ms after the last heartbeat: under 100 ms, with three
+/// times the longest gap `cargo xtask bench heartbeats` saw on a saturated
+/// host (25 ms) to spare (docs/cluster.md, "Detection settings").
+pub const DEFAULT_INTERVAL_MS: u64 = 25;
+
+/// The default number of heartbeats missed in a row before the primary is
+/// declared lost (`standby --missed`).
+pub const DEFAULT_MISSED: u32 = 3;

@@ -1170,14 +1170,9 @@ fn first_byte_run(mode: &str) -> Result<f64> {
 const OWNERSHIP_RUNS: usize = 50;
 /// Runs of it with ownership in etcd.
 const ETCD_RUNS: usize = 30;
-/// The heartbeat interval of those runs, in ms (3 missed declare a death):
-/// chosen from the heartbeat benchmark, whose longest gap under a saturated
-/// host was 25 ms at a 10 ms interval.
-const CLUSTER_INTERVAL_MS: u64 = 20;
-
 /// `cargo xtask bench ownership`: from the primary's death to the first byte
 /// the client receives from the standby, with automatic failure detection
-/// (50 ms heartbeats, 3 missed), over [`OWNERSHIP_RUNS`] runs.
+/// at the default heartbeat settings, over [`OWNERSHIP_RUNS`] runs.
 fn ownership(command: &str) -> Result<()> {
     let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
@@ -1210,6 +1205,8 @@ fn ownership(command: &str) -> Result<()> {
         },
         ms: times,
         etcd_ms: etcd_times,
+        interval_ms: connmirror::ownership::DEFAULT_INTERVAL_MS,
+        etcd_interval_ms: connmirror::ownership::DEFAULT_INTERVAL_MS,
     };
     record(Results {
         ownership: Some(ownership),
@@ -1234,11 +1231,8 @@ fn ownership_run(etcd: Option<(&EtcdCluster, usize)>) -> Result<f64> {
         etcd.join(&topo.server, etcd::node_addr(1));
         let id = format!("bench-{}-{run}", std::process::id());
         let cluster = ["--etcd", &etcd.endpoints(), "--cluster-id", &id].map(str::to_owned);
-        let interval = CLUSTER_INTERVAL_MS.to_string();
         standby_flags.extend(cluster.clone());
-        standby_flags.extend(["--heartbeat-interval".to_owned(), interval.clone()]);
         agent_flags.extend(cluster);
-        agent_flags.extend(["--interval".to_owned(), interval]);
     }
     let mut command = detecting_standby_command(&topo, family, service, &key);
     for flag in &standby_flags {
@@ -1272,7 +1266,9 @@ const HEARTBEAT_INTERVAL_MS: u64 = 10;
 
 /// `cargo xtask bench heartbeats`: the gaps between the primary's
 /// heartbeats at the standby while iperf3 -P 8 saturates the host and the
-/// agent captures and replicates it (on-host), for [`HEARTBEAT_SECONDS`].
+/// agent captures and replicates it (on-host), for [`HEARTBEAT_SECONDS`];
+/// the standby runs `--failover auto`, so every death it declares is a
+/// false takeover, counted.
 fn heartbeats(command: &str) -> Result<()> {
     let mut overrides = Vec::new();
     let seconds = positive_var(HEARTBEAT_SECONDS_VAR, HEARTBEAT_SECONDS, &mut overrides)? as u64;
@@ -1286,7 +1282,7 @@ fn heartbeats(command: &str) -> Result<()> {
         &topo.gateway,
         &onhost_standby_command(family, &service.to_string(), &key)
             .arg("--failover")
-            .arg("manual")
+            .arg("auto")
             .arg("--heartbeat-interval")
             .arg(&interval),
     );
@@ -1327,6 +1323,7 @@ fn heartbeats(command: &str) -> Result<()> {
             interval_ms: HEARTBEAT_INTERVAL_MS,
             gbps,
             buckets,
+            false_takeovers: Some(lost as u64),
         }),
         ..Results::default()
     })

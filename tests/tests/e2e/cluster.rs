@@ -19,6 +19,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use connmirror::ownership::{DEFAULT_INTERVAL_MS, DEFAULT_MISSED};
 use connmirror::resume::live::ServiceProtection;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
@@ -358,9 +359,12 @@ fn the_takeover_completes_when_etcds_leader_dies_with_the_primary_v4() {
         serde_json::json!({"node_id": "a", "epoch": 2})
     );
     assert_exact(&results);
-    // Detection (150 ms) + the election + one retry; generous for a loaded
-    // 2-core host, but bounded by what etcd is configured for.
-    let bound = Duration::from_millis(150 + ELECTION_TIMEOUT_MS + ETCD_TIMEOUT_MS + 100 + 1000);
+    // Detection (the default 3 × 25 ms, checked every 12.5 ms) + the
+    // election + one retry; generous for a loaded 2-core host, but bounded
+    // by what etcd is configured for.
+    let detection = DEFAULT_MISSED as u64 * DEFAULT_INTERVAL_MS + DEFAULT_INTERVAL_MS / 2;
+    let bound =
+        Duration::from_millis(detection + ELECTION_TIMEOUT_MS + ETCD_TIMEOUT_MS + 100 + 1000);
     eprintln!("won {won:?} after the leader's death (bound {bound:?})");
     assert!(
         won < bound,

@@ -78,7 +78,7 @@ pub struct AgentArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub policy: Policy,
     /// Milliseconds between heartbeats.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
+    #[arg(long, value_name = "MS", default_value_t = crate::ownership::DEFAULT_INTERVAL_MS)]
     pub interval: u64,
     /// Source address for heartbeats: the host's own (management) address.
     /// The standby answers there once it owns the services, so it must not be

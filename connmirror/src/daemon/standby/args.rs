@@ -164,10 +164,10 @@ pub struct DetectionArgs {
     #[arg(long, value_name = "ID", default_value = "standby")]
     pub node_id: String,
     /// The agent's heartbeat interval, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
+    #[arg(long, value_name = "MS", default_value_t = crate::ownership::DEFAULT_INTERVAL_MS)]
     pub heartbeat_interval: u64,
     /// Heartbeats missed in a row before the primary is declared lost.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = crate::ownership::DEFAULT_MISSED)]
     pub missed: u32,
     /// On a lost primary: `auto` takes over at once, `manual` only logs it.
     #[arg(long, value_enum, default_value = "auto")]
