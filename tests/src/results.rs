@@ -1598,8 +1598,18 @@ fn resume_table(r: &ResumeResults) -> String {
     t
 }
 
-/// Candidate detection settings: (interval ms, missed), fastest first.
-const DETECTION_SETTINGS: [(u64, u64); 6] = [(10, 3), (20, 2), (20, 3), (25, 3), (50, 3), (100, 3)];
+/// Candidate detection settings: (interval ms, missed), fastest first. A
+/// run shows those whose interval is at least its own: below it, every gap
+/// is longer than the interval by construction.
+const DETECTION_SETTINGS: [(u64, u64); 7] = [
+    (10, 3),
+    (20, 2),
+    (20, 3),
+    (25, 2),
+    (25, 3),
+    (50, 3),
+    (100, 3),
+];
 
 fn render_heartbeats(r: &HeartbeatResults) -> String {
     let (interval, seconds) = (r.interval_ms, r.loaded_seconds);
@@ -1653,7 +1663,10 @@ fn render_heartbeats(r: &HeartbeatResults) -> String {
         "| setting | declares lost after (ms) | gaps longer (false takeovers) | detection (ms, I × M to I × M + I/2) |"
     );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-    for (interval, missed) in DETECTION_SETTINGS {
+    for (interval, missed) in DETECTION_SETTINGS
+        .into_iter()
+        .filter(|s| s.0 >= r.interval_ms)
+    {
         let after = interval * missed;
         let longer: u64 = (r.buckets.iter())
             .filter(|&&(bound, _)| bound * 1e3 > after as f64 + 1e-9)

@@ -293,6 +293,9 @@ async fn renew(store: Store, mut lease: i64, ttl: i64, mut record: watch::Receiv
     let mut tick = tokio::time::interval(period);
     let mut renewed_at = tokio::time::Instant::now();
     let mut lapsed = false;
+    // What etcd holds: `register` put it. A put that failed leaves the old
+    // one here, so the next tick puts again.
+    let mut written = record.borrow_and_update().clone();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -300,11 +303,12 @@ async fn renew(store: Store, mut lease: i64, ttl: i64, mut record: watch::Receiv
         }
         let current = record.borrow_and_update().clone();
         let renewed = match lapsed {
-            false => keep_alive(&store, lease, &current).await,
+            false => keep_alive(&store, lease, (current != written).then_some(&current)).await,
             true => store.lease(&current, ttl).await.map(|id| lease = id),
         };
         match renewed {
             Ok(()) => {
+                written = current.clone();
                 if std::mem::take(&mut lapsed) {
                     tracing::info!(
                         node = current.node_id,
@@ -326,8 +330,14 @@ async fn renew(store: Store, mut lease: i64, ttl: i64, mut record: watch::Receiv
     }
 }
 
-/// One renewal of `lease`, and the record put again under it.
-async fn keep_alive(store: &Store, lease: i64, record: &NodeRecord) -> Result<(), ClusterError> {
+/// One renewal of `lease`, and `changed`, if any, put under it (an
+/// unchanged record is not written again: every put is a revision etcd
+/// keeps until it is compacted).
+async fn keep_alive(
+    store: &Store,
+    lease: i64,
+    changed: Option<&NodeRecord>,
+) -> Result<(), ClusterError> {
     let mut client = store.client.clone();
     let (mut keeper, mut stream) = store.request(client.lease_keep_alive(lease)).await?;
     store.request(keeper.keep_alive()).await?;
@@ -338,7 +348,10 @@ async fn keep_alive(store: &Store, lease: i64, record: &NodeRecord) -> Result<()
             reason: format!("lease {lease:x} expired"),
         });
     }
-    store.put_node(record, lease).await
+    match changed {
+        Some(record) => store.put_node(record, lease).await,
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ pub mod heartbeat;
 
 /// The default heartbeat interval, in milliseconds (`agent --interval`,
 /// `standby --heartbeat-interval`). With [`DEFAULT_MISSED`] a death is
-/// declared 75 to 87.5 ms after the last heartbeat: under 100 ms, with three
-/// times the longest gap `cargo xtask bench heartbeats` saw on a saturated
-/// host (25 ms) to spare (docs/cluster.md, "Detection settings").
+/// declared 75 to 87.5 ms after the last heartbeat: under 100 ms, and
+/// almost twice the longest gap `cargo xtask bench heartbeats` saw at this
+/// interval on a saturated host (40 ms; docs/cluster.md, "Detection
+/// settings").
 pub const DEFAULT_INTERVAL_MS: u64 = 25;
 
 /// The default number of heartbeats missed in a row before the primary is

@@ -1260,9 +1260,10 @@ fn ownership_run(etcd: Option<(&EtcdCluster, usize)>) -> Result<f64> {
 const HEARTBEAT_SECONDS: usize = 600;
 /// Replaces [`HEARTBEAT_SECONDS`]: a positive integer.
 const HEARTBEAT_SECONDS_VAR: &str = "CONNMIRROR_BENCH_HEARTBEAT_SECONDS";
-/// The agent's heartbeat interval there, in ms: short, so that the gaps
-/// show the scheduling delays rather than the interval.
-const HEARTBEAT_INTERVAL_MS: u64 = 10;
+/// Replaces the heartbeat interval there (the default's,
+/// [`connmirror::ownership::DEFAULT_INTERVAL_MS`]), in ms: 10 shows the
+/// scheduling delays more finely than the interval chosen from them.
+const HEARTBEAT_INTERVAL_VAR: &str = "CONNMIRROR_BENCH_HEARTBEAT_INTERVAL";
 
 /// `cargo xtask bench heartbeats`: the gaps between the primary's
 /// heartbeats at the standby while iperf3 -P 8 saturates the host and the
@@ -1272,12 +1273,14 @@ const HEARTBEAT_INTERVAL_MS: u64 = 10;
 fn heartbeats(command: &str) -> Result<()> {
     let mut overrides = Vec::new();
     let seconds = positive_var(HEARTBEAT_SECONDS_VAR, HEARTBEAT_SECONDS, &mut overrides)? as u64;
+    let default = connmirror::ownership::DEFAULT_INTERVAL_MS as usize;
+    let interval_ms = positive_var(HEARTBEAT_INTERVAL_VAR, default, &mut overrides)? as u64;
     let info = RunInfo::collect(command, &workspace_root())?;
     let started = Instant::now();
     println!("heartbeat benchmark: gaps between heartbeats under {seconds} s of load\n");
     let (topo, service, _dir, key) = iperf_primary("bench-heartbeats")?;
     let family = Family::V4;
-    let interval = HEARTBEAT_INTERVAL_MS.to_string();
+    let interval = interval_ms.to_string();
     let standby = Mirror::start(
         &topo.gateway,
         &onhost_standby_command(family, &service.to_string(), &key)
@@ -1320,7 +1323,7 @@ fn heartbeats(command: &str) -> Result<()> {
                 ..info
             },
             loaded_seconds: seconds,
-            interval_ms: HEARTBEAT_INTERVAL_MS,
+            interval_ms,
             gbps,
             buckets,
             false_takeovers: Some(lost as u64),

@@ -215,6 +215,16 @@ fn two_standbys_detect_together_and_exactly_one_takes_over_v4() {
         cluster.owner(),
         serde_json::json!({"node_id": "primary", "epoch": 1})
     );
+    // b's record settles once it hears the primary; its lease is renewed
+    // every second from then on, but the unchanged record is not written
+    // again (each write is a revision etcd keeps).
+    cluster.wait_status_where("b watching the primary", |s| {
+        s.contains("standby b  priority 0  heartbeats")
+    });
+    let b_record = "/connmirror/connmirror/nodes/b";
+    let before = mod_revision(&cluster.etcd, b_record);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(mod_revision(&cluster.etcd, b_record), before);
 
     kill_primary_host(topo, &mut cluster.setup.primary, &mut agent);
     let outcome = |m: &Mirror| {
@@ -682,6 +692,14 @@ fn wait_live_protected(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The revision `key` was last written at, in etcd (panics when absent:
+/// an expired lease removes it).
+fn mod_revision(etcd: &EtcdCluster, key: &str) -> u64 {
+    let out = etcd.etcdctl(&["get", key, "-w", "json"]);
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("etcdctl JSON");
+    (json["kvs"][0]["mod_revision"].as_u64()).unwrap_or_else(|| panic!("{key} in {out}"))
 }
 
 /// The owner record of `service` in etcd, as JSON.
