@@ -13,9 +13,8 @@ use connmirror::{
     daemon::agent::{self, AgentArgs},
     daemon::config::{self, Config, Layout},
     daemon::control::{self, DEFAULT_CONTROL, Request, Response},
-    daemon::mirror,
+    daemon::mirror::{self, MirrorRoleArgs},
     daemon::standby::{self, StandbyArgs},
-    engine::MirrorArgs,
     failover::takeover::TakeoverReport,
     flow::inspect,
 };
@@ -38,7 +37,11 @@ enum Command {
     /// Prints `ready` on stdout once every program is attached. SIGINT or SIGTERM
     /// detaches the programs, drains the ring buffer and writes the report
     /// (--report, or DIR/report.json with --dump-dir). Logs go to stderr (RUST_LOG=debug for more).
-    Mirror(MirrorArgs),
+    ///
+    /// On a box of its own (a router or load balancer on the path),
+    /// --replicate-to streams the journal to standbys that take over from it
+    /// as from an on-host agent.
+    Mirror(MirrorRoleArgs),
     /// Run as the inline standby: mirror the services on both links and wait
     /// for a takeover (`connmirror takeover`).
     ///

@@ -10,6 +10,15 @@
 //!      └──────────────┴──── br0 (switch) ─────┴────────────────┘
 //! ```
 //!
+//! [`Lan::behind_router`] puts the clients behind a router instead (for a
+//! mirror on the path that is neither host): the router holds the LAN's .2,
+//! the clients 198.18.3.2 on a link of their own (the router's `cl0`,
+//! 198.18.3.1), and every host on the LAN routes 198.18.3.0/24 through it.
+//!
+//! ```text
+//!  client 198.18.3.2 ── cl0 router .2 ── br0 ── primary .10, standbys .11, ...
+//! ```
+//!
 //! Dropping it deletes every namespace (and with them every link), then
 //! lets the next topology run ([`crate::topology`]'s host lock).
 
@@ -21,10 +30,15 @@ use crate::topology::HostLock;
 /// Every host's interface on the LAN.
 pub const LAN_IF: &str = "eth0";
 
+/// The router's interface towards the clients ([`Lan::behind_router`]).
+pub const ROUTER_CLIENT_IF: &str = "cl0";
+
 /// The LAN. Fields drop in order: the hosts, the switch, then the lock.
 pub struct Lan {
     /// The clients' namespace.
     pub client: Netns,
+    /// The router between the clients and the LAN ([`Lan::behind_router`]).
+    pub router: Option<Netns>,
     /// The primary's.
     pub primary: Netns,
     /// The standbys', in order.
@@ -44,18 +58,7 @@ impl Lan {
         let host = |role: &str, ip: Ipv4Addr, port: usize| {
             let ns = Netns::new(role);
             let end = format!("h{port}");
-            switch.ip([
-                "link",
-                "add",
-                &end,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                LAN_IF,
-                "netns",
-                ns.name(),
-            ]);
+            veth(&switch, &end, &ns);
             switch.ip(["link", "set", &end, "master", "br0", "up"]);
             ns.ip(["addr", "add", &format!("{ip}/24"), "dev", LAN_IF]);
             ns.ip(["link", "set", LAN_IF, "up"]);
@@ -75,6 +78,7 @@ impl Lan {
             .collect();
         Lan {
             client,
+            router: None,
             primary,
             standbys,
             switch,
@@ -82,7 +86,29 @@ impl Lan {
         }
     }
 
-    /// The client's address.
+    /// [`Lan::new`] with the clients behind a router: the LAN's client
+    /// namespace forwards, and the clients are one hop further.
+    pub fn behind_router(standbys: usize) -> Lan {
+        let mut lan = Lan::new(standbys);
+        let router = std::mem::replace(&mut lan.client, Netns::new("client"));
+        router.sysctl("net.ipv4.ip_forward", "1");
+        veth(&router, ROUTER_CLIENT_IF, &lan.client);
+        router.ip(["addr", "add", "198.18.3.1/24", "dev", ROUTER_CLIENT_IF]);
+        router.ip(["link", "set", ROUTER_CLIENT_IF, "up"]);
+        lan.client
+            .ip(["addr", "add", "198.18.3.2/24", "dev", LAN_IF]);
+        lan.client.ip(["link", "set", LAN_IF, "up"]);
+        lan.client
+            .ip(["route", "add", "default", "via", "198.18.3.1"]);
+        let via = Lan::client_ip().to_string();
+        for host in std::iter::once(&lan.primary).chain(&lan.standbys) {
+            host.ip(["route", "add", "198.18.3.0/24", "via", &via]);
+        }
+        lan.router = Some(router);
+        lan
+    }
+
+    /// The client's address (the router's, behind a router).
     pub fn client_ip() -> Ipv4Addr {
         Ipv4Addr::new(198, 18, 2, 2)
     }
@@ -116,4 +142,20 @@ impl Lan {
     pub fn switch(&self) -> &Netns {
         &self.switch
     }
+}
+
+/// A veth pair: `end` in `from`, its peer [`LAN_IF`] in `to`.
+fn veth(from: &Netns, end: &str, to: &Netns) {
+    from.ip([
+        "link",
+        "add",
+        end,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        LAN_IF,
+        "netns",
+        to.name(),
+    ]);
 }

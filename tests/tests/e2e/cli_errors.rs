@@ -69,3 +69,40 @@ fn assert_fails_with(exit: &MirrorExit, line: &str) {
     assert_eq!(exit.error_lines(), [line], "{exit:#?}");
     assert_eq!(exit.stdout, "", "must not claim to be ready");
 }
+
+/// `--replicate-to` needs the channel's key: without `--key` the usage error
+/// names it; with a key file that is not there, the error names the file.
+/// Neither attaches anything.
+#[test]
+fn a_replicating_mirror_names_its_missing_key() {
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(connmirror_bin());
+        cmd.args(["mirror", "--iface", "lo", "--service", SERVICE])
+            .args(["--replicate-to", "198.18.1.1:7402"])
+            .args(extra);
+        let out = cmd.output().expect("run connmirror");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "error: the following required arguments were not provided:\n  --key <PATH>\n"
+        ),
+        "{stderr}"
+    );
+    let dir = WorkDir::new("cli");
+    let missing = dir.path().join("no-key");
+    let (code, stderr) = run(&["--key", &missing.display().to_string()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: reading the key file {}: No such file or directory (os error 2)",
+            missing.display()
+        )
+    );
+}

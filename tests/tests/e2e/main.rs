@@ -43,5 +43,6 @@ mod payload;
 mod replay;
 mod restart;
 mod restore;
+mod router;
 mod unrecoverable;
 mod wraparound;
