@@ -1,6 +1,7 @@
 //! One LAN for cluster mode: a client, a primary and standbys, each in a
 //! namespace of its own, joined by a bridge (in a namespace of its own too),
-//! all in 198.18.2.0/24. The service address (198.18.2.100) starts on the
+//! all in 198.18.2.0/24 and fd00:0:0:12::/64 (host N is 198.18.2.N and
+//! fd00:0:0:12::N, N in hex). The service address (198.18.2.100) starts on the
 //! primary's link and moves with each takeover: the new owner adds it and
 //! announces it (gratuitous ARP, `--announce eth0`).
 //!
@@ -12,8 +13,9 @@
 //!
 //! [`Lan::behind_router`] puts the clients behind a router instead (for a
 //! mirror on the path that is neither host): the router holds the LAN's .2,
-//! the clients 198.18.3.2 on a link of their own (the router's `cl0`,
-//! 198.18.3.1), and every host on the LAN routes 198.18.3.0/24 through it.
+//! the clients 198.18.3.2 and fd00:0:0:13::2 on a link of their own (the
+//! router's `cl0`, .1 and ::1), and every host on the LAN routes those
+//! prefixes through it.
 //!
 //! ```text
 //!  client 198.18.3.2 ── cl0 router .2 ── br0 ── primary .10, standbys .11, ...
@@ -22,10 +24,17 @@
 //! Dropping it deletes every namespace (and with them every link), then
 //! lets the next topology run ([`crate::topology`]'s host lock).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::netns::Netns;
-use crate::topology::HostLock;
+use crate::topology::{Family, HostLock};
+
+/// The host numbers on the LAN: 198.18.2.N and fd00:0:0:12::N (hex).
+const CLIENT: u8 = 2;
+const PRIMARY: u8 = 10;
+/// Standby `i` is `STANDBY + i`.
+const STANDBY: u8 = 11;
+const SERVICE: u8 = 100;
 
 /// Every host's interface on the LAN.
 pub const LAN_IF: &str = "eth0";
@@ -55,26 +64,20 @@ impl Lan {
         let switch = Netns::new("lan-sw");
         switch.ip(["link", "add", "br0", "type", "bridge"]);
         switch.ip(["link", "set", "br0", "up"]);
-        let host = |role: &str, ip: Ipv4Addr, port: usize| {
-            let ns = Netns::new(role);
+        let host = |role: &str, number: u8, port: usize| {
+            let ns = quiet_ipv6(Netns::new(role));
             let end = format!("h{port}");
             veth(&switch, &end, &ns);
             switch.ip(["link", "set", &end, "master", "br0", "up"]);
-            ns.ip(["addr", "add", &format!("{ip}/24"), "dev", LAN_IF]);
+            add_addrs(&ns, LAN_IF, lan_addrs(number));
             ns.ip(["link", "set", LAN_IF, "up"]);
             ns
         };
-        let client = host("client", Lan::client_ip(), 0);
-        let primary = host("primary", Lan::primary_ip(), 1);
-        primary.ip([
-            "addr",
-            "add",
-            &format!("{}/24", Lan::service_ip()),
-            "dev",
-            LAN_IF,
-        ]);
+        let client = host("client", CLIENT, 0);
+        let primary = host("primary", PRIMARY, 1);
+        add_addrs(&primary, LAN_IF, lan_addrs(SERVICE));
         let standbys = (0..standbys)
-            .map(|i| host(&format!("standby{i}"), Lan::standby_ip(i), 2 + i))
+            .map(|i| host(&format!("standby{i}"), STANDBY + i as u8, 2 + i))
             .collect();
         Lan {
             client,
@@ -90,42 +93,78 @@ impl Lan {
     /// namespace forwards, and the clients are one hop further.
     pub fn behind_router(standbys: usize) -> Lan {
         let mut lan = Lan::new(standbys);
-        let router = std::mem::replace(&mut lan.client, Netns::new("client"));
+        let clients = quiet_ipv6(Netns::new("client"));
+        let router = std::mem::replace(&mut lan.client, clients);
         router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
         veth(&router, ROUTER_CLIENT_IF, &lan.client);
-        router.ip(["addr", "add", "198.18.3.1/24", "dev", ROUTER_CLIENT_IF]);
+        add_addrs(
+            &router,
+            ROUTER_CLIENT_IF,
+            ["198.18.3.1/24", "fd00:0:0:13::1/64"],
+        );
         router.ip(["link", "set", ROUTER_CLIENT_IF, "up"]);
-        lan.client
-            .ip(["addr", "add", "198.18.3.2/24", "dev", LAN_IF]);
+        add_addrs(&lan.client, LAN_IF, ["198.18.3.2/24", "fd00:0:0:13::2/64"]);
         lan.client.ip(["link", "set", LAN_IF, "up"]);
         lan.client
             .ip(["route", "add", "default", "via", "198.18.3.1"]);
-        let via = Lan::client_ip().to_string();
+        lan.client
+            .ip(["-6", "route", "add", "default", "via", "fd00:0:0:13::1"]);
         for host in std::iter::once(&lan.primary).chain(&lan.standbys) {
-            host.ip(["route", "add", "198.18.3.0/24", "via", &via]);
+            for family in [Family::V4, Family::V6] {
+                let (prefix, via) = match family {
+                    Family::V4 => ("198.18.3.0/24", "-4"),
+                    Family::V6 => ("fd00:0:0:13::/64", "-6"),
+                };
+                let router_addr = lan_addr(family, CLIENT).to_string();
+                host.ip([via, "route", "add", prefix, "via", &router_addr]);
+            }
         }
         lan.router = Some(router);
         lan
     }
 
+    /// The clients' address behind the router ([`Lan::behind_router`]).
+    pub fn routed_client_addr(family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 3, 2)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0x13, 0, 0, 0, 2)),
+        }
+    }
+
+    /// The primary's own address in `family`.
+    pub fn primary_addr(family: Family) -> IpAddr {
+        lan_addr(family, PRIMARY)
+    }
+
+    /// Standby `i`'s address in `family`.
+    pub fn standby_addr(family: Family, i: usize) -> IpAddr {
+        lan_addr(family, STANDBY + i as u8)
+    }
+
+    /// The service at `port`, in `family`.
+    pub fn service_in(family: Family, port: u16) -> SocketAddr {
+        SocketAddr::new(lan_addr(family, SERVICE), port)
+    }
+
     /// The client's address (the router's, behind a router).
     pub fn client_ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 2, 2)
+        Ipv4Addr::new(198, 18, 2, CLIENT)
     }
 
     /// The primary's own address.
     pub fn primary_ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 2, 10)
+        Ipv4Addr::new(198, 18, 2, PRIMARY)
     }
 
     /// Standby `i`'s address.
     pub fn standby_ip(i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 2, 11 + i as u8)
+        Ipv4Addr::new(198, 18, 2, STANDBY + i as u8)
     }
 
     /// The service address.
     pub fn service_ip() -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 2, 100)
+        Ipv4Addr::new(198, 18, 2, SERVICE)
     }
 
     /// The service at `port`.
@@ -158,4 +197,42 @@ fn veth(from: &Netns, end: &str, to: &Netns) {
         "netns",
         to.name(),
     ]);
+}
+
+/// Host `number`'s address on the LAN in `family`.
+fn lan_addr(family: Family, number: u8) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(198, 18, 2, number)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0x12, 0, 0, 0, number.into())),
+    }
+}
+
+/// Host `number`'s addresses on the LAN, with their prefixes.
+fn lan_addrs(number: u8) -> [String; 2] {
+    [
+        format!("{}/24", lan_addr(Family::V4, number)),
+        format!("{}/64", lan_addr(Family::V6, number)),
+    ]
+}
+
+/// Adds each of `addrs` (IPv6 ones without duplicate-address detection) to
+/// `dev` in `ns`.
+fn add_addrs(ns: &Netns, dev: &str, addrs: impl IntoIterator<Item = impl AsRef<str>>) {
+    for addr in addrs {
+        let addr = addr.as_ref();
+        match addr.contains(':') {
+            true => ns.ip(["-6", "addr", "add", addr, "dev", dev, "nodad"]),
+            false => ns.ip(["addr", "add", addr, "dev", dev]),
+        };
+    }
+}
+
+/// `ns` with IPv6 duplicate-address detection and router solicitations off
+/// for every interface made from now on, as [`crate::topology`] does.
+fn quiet_ipv6(ns: Netns) -> Netns {
+    for scope in ["all", "default"] {
+        ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0");
+        ns.sysctl(&format!("net.ipv6.conf.{scope}.router_solicitations"), "0");
+    }
+    ns
 }

@@ -10,8 +10,10 @@
 //! application. The same four client sockets go on, byte-exact both ways,
 //! and no RST reaches a client. The router survives the primary, so the
 //! records it captured before the death reach the standby before the
-//! standby declares it.
+//! standby declares it. IPv4 and IPv6 (the address moves by an unsolicited
+//! neighbour advertisement).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
@@ -20,21 +22,22 @@ use connmirror_tests::kills::full;
 use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
 use connmirror_tests::onhost::REPLICATION_PORT;
+use connmirror_tests::topology::Family;
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7700;
 
-#[test]
-fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() {
+fn router_mirror(family: Family) {
     let lan = Lan::behind_router(1);
     let router = lan.router.as_ref().expect("a router");
     let dir = WorkDir::new("router");
     let key = connmirror_tests::failover::key_file(&dir);
     let key_arg = key.display().to_string();
-    let service = Lan::service(PORT);
-    let standby_ip = Lan::standby_ip(0);
-    let replication = format!("{standby_ip}:{REPLICATION_PORT}");
+    let service = Lan::service_in(family, PORT);
+    let standby_ip = Lan::standby_addr(family, 0);
+    let heartbeats = SocketAddr::new(standby_ip, HEARTBEAT_PORT).to_string();
+    let replication = SocketAddr::new(standby_ip, REPLICATION_PORT).to_string();
     let mut echo = echo_server_in(&lan.primary, service);
 
     let standby = Mirror::start(
@@ -47,7 +50,7 @@ fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() 
             .egress("none")
             .without_dumps()
             .arg("--heartbeat-listen")
-            .arg(&format!("{standby_ip}:{HEARTBEAT_PORT}"))
+            .arg(&heartbeats)
             .arg("--replication-listen")
             .arg(&replication)
             .arg("--key")
@@ -71,7 +74,7 @@ fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() 
     let agent_args = [
         "agent",
         "--bind",
-        &Lan::primary_ip().to_string(),
+        &Lan::primary_addr(family).to_string(),
         "--key",
         &key_arg,
         "--node-id",
@@ -79,7 +82,7 @@ fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() 
         "--service",
         &service.to_string(),
         "--standby",
-        &format!("{standby_ip}:{HEARTBEAT_PORT}"),
+        &heartbeats,
     ];
     let mut agent = Program::start(
         &lan.primary,
@@ -116,4 +119,14 @@ fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() 
         "{takeover:#?}"
     );
     assert_eq!(takeover.unrecoverable_total(), 0, "{takeover:#?}");
+}
+
+#[test]
+fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() {
+    router_mirror(Family::V4);
+}
+
+#[test]
+fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v6() {
+    router_mirror(Family::V6);
 }
