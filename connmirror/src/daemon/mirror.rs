@@ -15,12 +15,8 @@ use crate::{
         Engine, Event, EventSource, MirrorArgs, Never, Signals, announce_ready, detach_pinned,
     },
     key::Key,
-    replication::channel::LinkEvent,
+    replication::channel::{Hello, LinkEvent},
 };
-
-/// How often the mirror tells each standby its lag when nothing else goes
-/// out (as the on-host agent does).
-const KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// `connmirror mirror`'s flags: the engine's, and where to stream.
 #[derive(Clone, Debug, clap::Args)]
@@ -37,6 +33,14 @@ pub struct MirrorRoleArgs {
     /// (the standbys' `--key`).
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
+    /// With --replicate-to: milliseconds between the keepalives the mirror
+    /// sends each standby when it has nothing else to send.
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_interval: u32,
+    /// With --replicate-to: keepalives a standby may miss before it declares
+    /// this mirror lost (its status then says `unprotected: mirror lost`).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_missed: u32,
 }
 
 /// Runs the mirror until SIGINT or SIGTERM (or with `--detach-all`, removes
@@ -46,7 +50,14 @@ pub async fn run(args: MirrorRoleArgs) -> anyhow::Result<()> {
         mut engine,
         replicate_to,
         key,
+        health_interval,
+        health_missed,
     } = args;
+    let hello = Hello {
+        role: "mirror".into(),
+        interval_ms: health_interval,
+        missed: health_missed,
+    };
     if engine.detach_all {
         return detach_pinned(&engine);
     }
@@ -58,7 +69,7 @@ pub async fn run(args: MirrorRoleArgs) -> anyhow::Result<()> {
     let mut mirror = Engine::start(engine)?;
     let mut replication = key.map(|key| {
         tracing::info!(standbys = ?replicate_to, "replicating the journal");
-        Replication::start(&mut mirror, &replicate_to, &key)
+        Replication::start(&mut mirror, (&replicate_to, &hello), &key)
     });
     // Handlers first: a SIGINT sent the moment `ready` appears must already
     // detach cleanly rather than kill the process.
@@ -111,12 +122,14 @@ struct Replication {
 }
 
 impl Replication {
-    /// Starts a link to each of `standbys`.
-    fn start(mirror: &mut Engine, standbys: &[SocketAddr], key: &Key) -> Replication {
-        let mut keepalive = tokio::time::interval(KEEPALIVE);
+    /// Starts a link to each of `standbys`, keeping alive every
+    /// `hello.interval_ms`.
+    fn start(mirror: &mut Engine, to: (&[SocketAddr], &Hello), key: &Key) -> Replication {
+        let interval = Duration::from_millis(to.1.interval_ms.into());
+        let mut keepalive = tokio::time::interval(interval);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Replication {
-            links: Links::start(mirror, standbys, key, (false, false)),
+            links: Links::start(mirror, to, key, (false, false)),
             keepalive,
         }
     }

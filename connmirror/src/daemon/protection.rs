@@ -25,11 +25,28 @@ use crate::{
     hold::OutputCommit,
     key::Key,
     metrics::Family,
-    replication::channel::{self, LimitChange, LinkEvent, LinkEvents, LinkStats, Outbox},
+    replication::channel::{self, Hello, LimitChange, LinkEvent, LinkEvents, LinkStats, Outbox},
 };
 
 /// How long a link waits before connecting again.
 const RETRY: Duration = Duration::from_millis(200);
+
+/// How often a node tells each standby its lag when nothing else goes out:
+/// its keepalive, the health interval its [`Hello`] announces.
+pub(crate) const KEEPALIVE: Duration = Duration::from_millis(100);
+
+/// Keepalives a standby may miss before it declares the sender lost: a
+/// silence of a second, by default.
+pub(crate) const MISSED: u32 = 10;
+
+/// The hello of a node in `role` that keeps alive every [`KEEPALIVE`].
+pub(crate) fn hello(role: &str) -> Hello {
+    Hello {
+        role: role.to_owned(),
+        interval_ms: KEEPALIVE.as_millis() as u32,
+        missed: MISSED,
+    }
+}
 
 /// What a node protecting its services runs: the links to its standbys,
 /// and with `--sync` the output commit that holds the services' segments
@@ -57,9 +74,9 @@ struct StandbyLink {
 
 impl StandbyLink {
     /// Starts the link task to the standby at `addr`, the `index`th, which
-    /// reports on `sender`.
+    /// reports on `sender`; its streams start with `hello`.
     fn start(
-        addr: SocketAddr,
+        (addr, hello): (SocketAddr, &Hello),
         index: usize,
         key: &Key,
         sender: &mpsc::UnboundedSender<(usize, LinkEvent)>,
@@ -69,7 +86,8 @@ impl StandbyLink {
             index,
             sender: sender.clone(),
         };
-        let link = channel::link(addr, key.clone(), events, stats.clone(), RETRY);
+        let to = (addr, hello.clone());
+        let link = channel::link(to, key.clone(), events, stats.clone(), RETRY);
         let task = tokio::spawn(link);
         Self { addr, stats, task }
     }
@@ -86,10 +104,11 @@ impl Links {
     /// limits when asked) and starts a link to each. A new owner (`taken`:
     /// its table holds the flows it just took over) keeps a checkpoint
     /// taken now and every record after it for each standby's first
-    /// connection ([`Outbox::keep_from`]).
+    /// connection ([`Outbox::keep_from`]). Every stream starts with
+    /// `hello`: who this node is to the standbys, and its health settings.
     pub(crate) fn start(
         mirror: &mut Engine,
-        standbys: &[SocketAddr],
+        (standbys, hello): (&[SocketAddr], &Hello),
         key: &Key,
         (sync, taken): (bool, bool),
     ) -> Links {
@@ -103,7 +122,7 @@ impl Links {
         }
         let (sender, events) = mpsc::unbounded_channel();
         let links = (standbys.iter().enumerate())
-            .map(|(index, &addr)| StandbyLink::start(addr, index, key, &sender))
+            .map(|(index, &addr)| StandbyLink::start((addr, hello), index, key, &sender))
             .collect();
         Links { links, events }
     }

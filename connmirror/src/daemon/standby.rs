@@ -386,7 +386,7 @@ impl Sources {
             migrations,
             claimed: None,
             protection: None,
-            keepalive: tokio::time::interval(KEEPALIVE),
+            keepalive: tokio::time::interval(crate::daemon::protection::KEEPALIVE),
         })
     }
 }
@@ -449,10 +449,6 @@ async fn next_link(links: Option<&mut Links>) -> (usize, LinkEvent) {
         None => std::future::pending().await,
     }
 }
-
-/// How often the links to the standbys left carry the lag when nothing
-/// else goes out.
-const KEEPALIVE: Duration = Duration::from_millis(100);
 
 /// The standby's takeover state.
 struct Standby {

@@ -45,7 +45,9 @@ pub struct StatusReport {
 pub struct ServiceStatus {
     /// Its address.
     pub addr: SocketAddr,
-    /// On a standby: `protected`, `taken-over` or `draining`. On an agent:
+    /// On a standby: `protected`, `taken-over`, `draining`, or `unprotected:
+    /// ROLE lost` when its replication sender (`agent`, `mirror`, `owner`)
+    /// is gone. On an agent:
     /// `serving`, `waiting` (recovering) or `released` (stepped down).
     pub state: String,
     /// A live-replay service's connections by protection, and its instance's lag.

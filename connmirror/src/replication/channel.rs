@@ -14,8 +14,11 @@
 //! limit).
 //!
 //! Inside, the plaintext is a stream of messages, each a 4-byte little-endian
-//! length and a body whose first byte says what it is: a [`Batch`] of journal
-//! records (agent → standby) or an acknowledgment (standby → agent); or, on a
+//! length and a body whose first byte says what it is: the sender's
+//! [`Hello`] (first, naming it and its health settings), a [`Batch`] of
+//! journal records (agent → standby) or an acknowledgment (standby → agent);
+//! the standby's first message names the services it needs whole
+//! ([`encode_needs`]); or, on a
 //! connection of its own, an agent restarted on a pinned capture asking for
 //! the standby's flows ([`encode_resume`]) and the answer, a checkpoint of
 //! them in pieces ([`encode_state`], [`fetch_state`]). Records
@@ -30,10 +33,12 @@
 //! `channel/outbox.rs` the agent's [`Outbox`] and its sync limits, and
 //! `channel/link_task.rs` the agent's [`link`] task.
 
+mod hello;
 mod link_task;
 mod noise;
 mod outbox;
 
+pub use hello::Hello;
 pub use link_task::{LinkEvent, LinkEvents, LinkStats, fetch_state, link};
 pub use noise::{Channel, Opener, Sealer};
 pub use outbox::{LimitChange, Outbox, lag_families};
@@ -65,6 +70,7 @@ const ACK: u8 = 2;
 const RESUME: u8 = 3;
 const STATE: u8 = 4;
 const NEEDS: u8 = 5;
+const HELLO: u8 = 6;
 /// A state body is cut after the record that takes it past this size.
 const STATE_TARGET: usize = 1 << 20;
 
@@ -97,6 +103,19 @@ pub enum ChannelError {
         peer: SocketAddr,
         /// What was wrong.
         reason: String,
+    },
+    /// The sender said nothing for longer than its hello allows.
+    #[error(
+        "replication channel with {peer}: the {role} sent nothing for {ms} ms \
+         (its health interval × missed): it is lost"
+    )]
+    Silent {
+        /// The other end.
+        peer: SocketAddr,
+        /// Its role ([`Hello::role`]).
+        role: String,
+        /// How long it was silent.
+        ms: u128,
     },
 }
 

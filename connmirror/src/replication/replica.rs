@@ -22,9 +22,13 @@ use crate::{
     key::Key,
     metrics::Family,
     replication::channel::ReplicationLag,
-    replication::channel::{self, Batch, Channel, ChannelError, Sealer},
+    replication::channel::{self, Batch, Channel, ChannelError, Hello, Sealer},
     service::{Service, socket_addr},
 };
+
+/// How long a channel may stay silent before its sender's hello says how
+/// long it may: a restarted agent asking for the flows says none.
+const BEFORE_HELLO: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the standby holds of the primary's journal.
 #[derive(Default)]
@@ -37,8 +41,11 @@ struct State {
     applied_total: u64,
     /// The agent's lag, as its last batch reported it.
     lag: Option<ReplicationLag>,
-    /// Whether an agent is connected now.
-    connected: bool,
+    /// Channels open now (a sender reconnecting may open the next before
+    /// the last one times out).
+    connected: u32,
+    /// The role the last sender's hello named (`agent`, `mirror`, `owner`).
+    sender: Option<String>,
     /// Channels established.
     accepted: u64,
     /// Handshakes refused (a wrong key, or not connmirror).
@@ -136,13 +143,21 @@ impl Replica {
                 {
                     let mut state = replica.lock();
                     state.accepted += 1;
-                    state.connected = true;
+                    state.connected += 1;
                     state.applied = 0;
                 }
+                let peer = channel.writer.peer();
                 if let Err(err) = replica.serve(channel).await {
                     tracing::warn!("{err}");
                 }
-                replica.lock().connected = false;
+                let mut state = replica.lock();
+                state.connected -= 1;
+                if let (0, Some(role)) = (state.connected, &state.sender) {
+                    tracing::warn!(
+                        %peer,
+                        "the {role} is lost: the services are unprotected until a sender connects again"
+                    );
+                }
             });
         }
     }
@@ -159,12 +174,30 @@ impl Replica {
         } = channel;
         let peer = writer.peer();
         writer.send(&channel::encode_needs(&self.whole)).await?;
-        while let Some(body) = reader.next().await? {
+        let protocol = |reason| ChannelError::Protocol { peer, reason };
+        let mut hello = None::<Hello>;
+        loop {
+            let silence = hello.as_ref().map_or(BEFORE_HELLO, Hello::silence);
+            let Ok(next) = tokio::time::timeout(silence, reader.next()).await else {
+                return Err(ChannelError::Silent {
+                    peer,
+                    role: hello.map_or_else(|| "sender".into(), |h| h.role),
+                    ms: silence.as_millis(),
+                });
+            };
+            let Some(body) = next? else {
+                return Ok(());
+            };
             if channel::is_resume(&body) {
                 self.send_state(&mut writer).await?;
                 continue;
             }
-            let protocol = |reason| ChannelError::Protocol { peer, reason };
+            if let Some(said) = Hello::decode(&body).map_err(protocol)? {
+                tracing::info!(%peer, role = said.role, silence_ms = said.silence().as_millis(), "replication sender");
+                self.lock().sender = Some(said.role.clone());
+                hello = Some(said);
+                continue;
+            }
             let batch = Batch::decode(&body).map_err(protocol)?;
             let records = batch.decode_records().map_err(protocol)?;
             if let Some(sink) = &self.sink {
@@ -183,7 +216,6 @@ impl Replica {
                 writer.send(&channel::encode_ack(batch.end)).await?;
             }
         }
-        Ok(())
     }
 
     /// Sends the flows held to an agent restarted on a pinned capture.
@@ -254,6 +286,16 @@ impl Replica {
         restored
     }
 
+    /// The role of the sender that is lost (`mirror`, `agent`, `owner`): a
+    /// sender said hello, and no channel is open now. `None` while one is,
+    /// and before any sender said hello.
+    pub fn lost(&self) -> Option<String> {
+        let state = self.lock();
+        (state.connected == 0)
+            .then(|| state.sender.clone())
+            .flatten()
+    }
+
     /// The agent's lag as it last reported it; `None` before the first batch.
     pub fn lag(&self) -> Option<ReplicationLag> {
         self.lock().lag
@@ -282,10 +324,10 @@ impl Replica {
             .count(Vec::new(), state.applied_total),
             Family::gauge(
                 "replication_connected",
-                "1 while the agent is connected to the replication channel.",
+                "1 while a sender (the agent, a mirror) is connected to the replication channel.",
                 None,
             )
-            .set(Vec::new(), f64::from(u8::from(state.connected))),
+            .set(Vec::new(), f64::from(u8::from(state.connected > 0))),
             Family::counter(
                 "replication_accepted",
                 "Replication channels established with the agent.",

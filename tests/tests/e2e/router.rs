@@ -2,24 +2,32 @@
 //! `connmirror mirror --replicate-to`, and the standby, on the LAN beside
 //! the primary, takes over from the router's stream ([`Lan::behind_router`]).
 //!
-//! The primary's agent only heartbeats to the standby (pair mode); the
-//! router captures both directions at ingress on its two links and streams
-//! the journal records to the standby's replica. The primary dies: the
-//! standby takes the service address (gratuitous ARP), rebuilds every
-//! connection from what the router streamed and hands it to its echo
-//! application. The same four client sockets go on, byte-exact both ways,
-//! and no RST reaches a client. The router survives the primary, so the
-//! records it captured before the death reach the standby before the
-//! standby declares it. IPv4 and IPv6 (the address moves by an unsolicited
-//! neighbour advertisement).
+//! - The primary's agent only heartbeats to the standby (pair mode); the
+//!   router captures both directions at ingress on its two links and
+//!   streams the journal records to the standby's replica. The primary dies:
+//!   the standby takes the service address (gratuitous ARP, or an
+//!   unsolicited neighbour advertisement), rebuilds every connection from
+//!   what the router streamed and hands it to its echo application. The
+//!   same four client sockets go on, byte-exact both ways, and no RST
+//!   reaches a client. The router survives the primary, so the records it
+//!   captured before the death reach the standby before the standby
+//!   declares it. IPv4 and IPv6.
+//! - The mirror dies, silently (stopped, then killed): the standby declares
+//!   it lost after its health interval × missed (50 ms × 4), says
+//!   `unprotected: mirror lost` in its status and 0 in
+//!   `connmirror_replication_connected`, and the traffic goes on undisturbed,
+//!   byte-exact.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
-use connmirror_tests::failover::{HEARTBEAT_PORT, Program, echo_server_in, handoff_app_in};
-use connmirror_tests::kills::full;
+use connmirror_tests::failover::{
+    HEARTBEAT_PORT, Program, echo_server_in, handoff_app_in, status_in,
+};
+use connmirror_tests::kills::{full, wait_until};
 use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
 use connmirror_tests::onhost::REPLICATION_PORT;
 use connmirror_tests::topology::Family;
@@ -28,40 +36,54 @@ use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7700;
 
-fn router_mirror(family: Family) {
-    let lan = Lan::behind_router(1);
-    let router = lan.router.as_ref().expect("a router");
-    let dir = WorkDir::new("router");
-    let key = connmirror_tests::failover::key_file(&dir);
-    let key_arg = key.display().to_string();
-    let service = Lan::service_in(family, PORT);
-    let standby_ip = Lan::standby_addr(family, 0);
-    let heartbeats = SocketAddr::new(standby_ip, HEARTBEAT_PORT).to_string();
-    let replication = SocketAddr::new(standby_ip, REPLICATION_PORT).to_string();
-    let mut echo = echo_server_in(&lan.primary, service);
+/// The LAN behind a router, and what runs on it. Fields drop in order: the
+/// programs before the LAN.
+struct Router {
+    standby: Mirror,
+    _app: Program,
+    mirror: Mirror,
+    agent: Program,
+    echo: Program,
+    service: SocketAddr,
+    lan: Lan,
+    _dir: WorkDir,
+}
 
-    let standby = Mirror::start(
-        &lan.standbys[0],
-        &MirrorCommand::standby()
-            .iface(LAN_IF)
-            .arg("--service")
-            .arg(&full(service))
-            .ingress("none")
-            .egress("none")
-            .without_dumps()
-            .arg("--heartbeat-listen")
-            .arg(&heartbeats)
-            .arg("--replication-listen")
-            .arg(&replication)
-            .arg("--key")
-            .arg(&key_arg)
-            .arg("--announce")
-            .arg(LAN_IF),
-    );
-    let _app = handoff_app_in(&lan.standbys[0], &standby, service);
-    let mirror = Mirror::start(
-        router,
-        &MirrorCommand::new()
+impl Router {
+    /// The echo server and the agent on the primary, the standby (fed only
+    /// by replication) with its echo application, and the router's mirror
+    /// (with `mirror_flags`), the standby armed and replicating.
+    fn start(family: Family, mirror_flags: &[&str]) -> Router {
+        let lan = Lan::behind_router(1);
+        let dir = WorkDir::new("router");
+        let key = connmirror_tests::failover::key_file(&dir)
+            .display()
+            .to_string();
+        let service = Lan::service_in(family, PORT);
+        let standby_ip = Lan::standby_addr(family, 0);
+        let heartbeats = SocketAddr::new(standby_ip, HEARTBEAT_PORT).to_string();
+        let replication = SocketAddr::new(standby_ip, REPLICATION_PORT).to_string();
+        let echo = echo_server_in(&lan.primary, service);
+        let standby = Mirror::start(
+            &lan.standbys[0],
+            &MirrorCommand::standby()
+                .iface(LAN_IF)
+                .arg("--service")
+                .arg(&full(service))
+                .ingress("none")
+                .egress("none")
+                .without_dumps()
+                .arg("--heartbeat-listen")
+                .arg(&heartbeats)
+                .arg("--replication-listen")
+                .arg(&replication)
+                .arg("--key")
+                .arg(&key)
+                .arg("--announce")
+                .arg(LAN_IF),
+        );
+        let app = handoff_app_in(&lan.standbys[0], &standby, service);
+        let mut command = MirrorCommand::new()
             .ifaces([ROUTER_CLIENT_IF, LAN_IF])
             .arg("--service")
             .arg(&full(service))
@@ -69,44 +91,69 @@ fn router_mirror(family: Family) {
             .arg("--replicate-to")
             .arg(&replication)
             .arg("--key")
-            .arg(&key_arg),
-    );
-    let agent_args = [
-        "agent",
-        "--bind",
-        &Lan::primary_addr(family).to_string(),
-        "--key",
-        &key_arg,
-        "--node-id",
-        "primary",
-        "--service",
-        &service.to_string(),
-        "--standby",
-        &heartbeats,
-    ];
-    let mut agent = Program::start(
-        &lan.primary,
-        connmirror_tests::connmirror_bin(),
-        agent_args.map(str::to_owned),
-        "ready",
-    );
-    standby.wait_log("replication channel established");
-    standby.wait_log("armed: primary heard");
-    let clients = EchoClients::start(&lan.client, service, 4, EchoOptions::default());
+            .arg(&key);
+        for flag in mirror_flags {
+            command = command.arg(flag);
+        }
+        let mirror = Mirror::start(lan.router.as_ref().expect("a router"), &command);
+        let primary = Lan::primary_addr(family).to_string();
+        let agent_args = [
+            "agent",
+            "--bind",
+            &primary,
+            "--key",
+            &key,
+            "--node-id",
+            "primary",
+            "--service",
+            &service.to_string(),
+            "--standby",
+            &heartbeats,
+        ];
+        let agent = Program::start(
+            &lan.primary,
+            connmirror_tests::connmirror_bin(),
+            agent_args.map(str::to_owned),
+            "ready",
+        );
+        standby.wait_log("replication channel established");
+        standby.wait_log("armed: primary heard");
+        Router {
+            standby,
+            _app: app,
+            mirror,
+            agent,
+            echo,
+            service,
+            lan,
+            _dir: dir,
+        }
+    }
+
+    /// The standby's service state in `connmirror status`.
+    fn state(&self) -> String {
+        let status = status_in(&self.lan.standbys[0], &self.standby);
+        status.services[0].state.clone()
+    }
+}
+
+fn router_mirror(family: Family) {
+    let mut r = Router::start(family, &[]);
+    let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
         .expect("streams flow");
-    let watch = WireWatch::start(&lan.client, LAN_IF);
+    let watch = WireWatch::start(&r.lan.client, LAN_IF);
 
-    Lan::cut(&lan.primary);
-    echo.kill();
-    agent.kill();
-    standby.wait_log("step=\"resume\"");
+    Lan::cut(&r.lan.primary);
+    r.echo.kill();
+    r.agent.kill();
+    r.standby.wait_log("step=\"resume\"");
     let progressed = clients.wait_progress(32 << 10, Duration::from_secs(60));
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
+    let Router { standby, .. } = r;
     let (report, _dir) = standby.stop();
-    drop(mirror);
 
     progressed.expect("the streams go on from the standby");
     assert_exact(&results);
@@ -129,4 +176,58 @@ fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() 
 #[test]
 fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v6() {
     router_mirror(Family::V6);
+}
+
+fn mirror_death(family: Family) {
+    let r = Router::start(family, &["--health-interval", "50", "--health-missed", "4"]);
+    let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("streams flow");
+    assert_eq!(r.state(), "protected");
+    let watch = WireWatch::start(&r.lan.client, LAN_IF);
+
+    // A silent death first (no FIN: the process stops), then the process
+    // goes, and its programs with it.
+    let pid = r.mirror.pid() as i32;
+    // SAFETY: kill has no memory-safety preconditions; the pid is the mirror's.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    wait_until(
+        || r.state() == "unprotected: mirror lost",
+        "the standby declares the mirror lost",
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let metrics = scrape(&r.lan.standbys[0], DEFAULT_ENDPOINT);
+    let progressed = clients.wait_progress(64 << 10, Duration::from_secs(60));
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let stderr = r.standby.stderr();
+
+    progressed.expect("the traffic goes on without the mirror");
+    assert_exact(&results);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert!(
+        stderr.contains(
+            "the mirror sent nothing for 200 ms (its health interval × missed): it is lost"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "the mirror is lost: the services are unprotected until a sender connects again"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(metrics.get("connmirror_replication_connected"), 0.0);
+}
+
+#[test]
+fn a_mirror_that_dies_leaves_the_standby_unprotected_and_the_traffic_undisturbed_v4() {
+    mirror_death(Family::V4);
+}
+
+#[test]
+fn a_mirror_that_dies_leaves_the_standby_unprotected_and_the_traffic_undisturbed_v6() {
+    mirror_death(Family::V6);
 }

@@ -34,7 +34,7 @@ use crate::{
     capture::{EgressHook, IngressHook, parse_ring_size},
     cluster::record::StandbyState,
     daemon::agent::AgentArgs,
-    daemon::protection::{Links, hold, queued},
+    daemon::protection::{KEEPALIVE, Links, hello, hold, queued},
     engine::{Engine, Event, EventSource, IfaceSpec, MirrorArgs, RetentionArg, Signals},
     hold::OutputCommit,
     key::Key,
@@ -100,8 +100,6 @@ pub struct OnHostArgs {
 
 /// How long the link waits before connecting again.
 const RETRY: Duration = Duration::from_millis(200);
-/// How often the agent tells the standby its lag when nothing else goes out.
-const KEEPALIVE: Duration = Duration::from_millis(100);
 /// How long an agent that took a pinned capture over asks the standby for
 /// its flows before it goes on without them.
 const RESUME_WAIT: Duration = Duration::from_secs(10);
@@ -192,7 +190,12 @@ pub(super) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         true => Some(start_sync(&mut mirror, &args.onhost, standbys.len())?),
         false => None,
     };
-    let links = Links::start(&mut mirror, &standbys, &key, (sync, false));
+    let links = Links::start(
+        &mut mirror,
+        (&standbys, &hello("agent")),
+        &key,
+        (sync, false),
+    );
     let (handle, requests) = mpsc::channel(4);
     let mut keepalive = tokio::time::interval(KEEPALIVE);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

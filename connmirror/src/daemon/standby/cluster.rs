@@ -20,7 +20,7 @@ use crate::cluster::{
     Registration, Store, Take,
     record::{NodeRecord, Owner},
 };
-use crate::daemon::protection::{Links, Protection};
+use crate::daemon::protection::{Links, Protection, hello};
 use crate::hold::OutputCommit;
 
 /// How long a standby waits before it asks etcd again after finding no
@@ -367,7 +367,8 @@ impl Standby {
             "protecting the services taken over: capturing them here, replicating to the standbys left"
         );
         let key = self.key.as_ref().expect("cluster mode needs the key");
-        let links = Links::start(mirror, &replication, key, (commit.is_some(), true));
+        let to = (replication.as_slice(), &hello("owner"));
+        let links = Links::start(mirror, to, key, (commit.is_some(), true));
         Protection { links, commit }
     }
 

@@ -71,6 +71,8 @@ impl Standby {
                     "taken-over".into()
                 } else if self.drains.iter().any(|d| d.serves(s.addr)) {
                     "draining".into()
+                } else if let Some(role) = self.replica.as_ref().and_then(Replica::lost) {
+                    format!("unprotected: {role} lost")
                 } else {
                     "protected".into()
                 },

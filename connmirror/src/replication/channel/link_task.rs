@@ -21,7 +21,7 @@ use crate::{
     key::Key,
     metrics::Family,
     replication::channel::{
-        Channel, ChannelError, Opener, apply_state, decode_ack, decode_needs, encode_resume,
+        Channel, ChannelError, Hello, Opener, apply_state, decode_ack, decode_needs, encode_resume,
     },
 };
 
@@ -86,9 +86,10 @@ impl LinkEvents {
 }
 
 /// Keeps a channel to the standby at `peer` open, reconnecting every
-/// `retry` after a failure, for as long as `events` has a receiver.
+/// `retry` after a failure, for as long as `events` has a receiver; each
+/// stream starts with `hello` once the standby said what it needs.
 pub async fn link(
-    peer: SocketAddr,
+    (peer, hello): (SocketAddr, Hello),
     key: Key,
     events: LinkEvents,
     stats: Arc<LinkStats>,
@@ -101,7 +102,7 @@ pub async fn link(
                 stats.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer, "replication channel established");
                 logged = None;
-                if let Err(err) = serve_link(channel, &events).await {
+                if let Err(err) = serve_link(channel, &hello, &events).await {
                     tracing::warn!("{err}");
                 }
                 events.send(LinkEvent::Disconnected);
@@ -157,13 +158,18 @@ pub async fn fetch_state(peer: SocketAddr, key: &Key) -> Result<Recovered, Chann
 }
 
 /// Moves batches out and acknowledgments in until either side fails.
-async fn serve_link(channel: Channel, events: &LinkEvents) -> Result<(), ChannelError> {
+async fn serve_link(
+    channel: Channel,
+    hello: &Hello,
+    events: &LinkEvents,
+) -> Result<(), ChannelError> {
     let Channel {
         mut writer,
         mut reader,
     } = channel;
     let peer = writer.peer();
     let needs = needs(&mut reader, peer).await?;
+    writer.send(&hello.encode()).await?;
     let (batches, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
     if !events.send(LinkEvent::Connected(batches, needs)) {
         return Ok(());

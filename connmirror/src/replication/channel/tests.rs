@@ -483,3 +483,35 @@ fn the_first_standby_gets_the_kept_checkpoint_and_every_record_since() {
     assert_eq!(outbox.connected(tx, &later, 0, BTreeSet::new()), 2);
     assert_eq!(received(&mut rx), later);
 }
+
+/// A sender's hello round-trips; a cut-short one, a role that is no short
+/// name and a zero interval are refused by name; other messages are not
+/// hellos.
+#[test]
+fn hellos_round_trip_and_bad_ones_are_named() {
+    let hello = Hello {
+        role: "mirror".into(),
+        interval_ms: 50,
+        missed: 4,
+    };
+    let body = hello.encode();
+    assert_eq!(Hello::decode(&body), Ok(Some(hello.clone())));
+    assert_eq!(hello.silence(), std::time::Duration::from_millis(200));
+    assert_eq!(Hello::decode(&encode_ack(7)), Ok(None));
+    assert_eq!(
+        Hello::decode(&body[..6]),
+        Err("a hello cut short".to_owned())
+    );
+    assert_eq!(
+        Hello::decode(&body[..9]),
+        Err("a hello whose role is not a short name".to_owned())
+    );
+    let zero = Hello {
+        interval_ms: 0,
+        ..hello
+    };
+    assert_eq!(
+        Hello::decode(&zero.encode()),
+        Err("a hello with a health interval of 0 ms".to_owned())
+    );
+}
