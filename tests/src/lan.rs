@@ -21,6 +21,10 @@
 //!  client 198.18.3.2 ── cl0 router .2 ── br0 ── primary .10, standbys .11, ...
 //! ```
 //!
+//! [`Lan::tapped`] adds a tap's box instead: every frame a host sends into the
+//! switch is copied out of a switch link that is no bridge port (`m0`) to the
+//! box's [`TAP_IF`]; the box's own `eth0` (.20) is an ordinary port.
+//!
 //! Dropping it deletes every namespace (and with them every link), then
 //! lets the next topology run ([`crate::topology`]'s host lock).
 
@@ -35,9 +39,14 @@ const PRIMARY: u8 = 10;
 /// Standby `i` is `STANDBY + i`.
 const STANDBY: u8 = 11;
 const SERVICE: u8 = 100;
+/// The tap's box ([`Lan::tapped`]).
+const TAP: u8 = 20;
 
 /// Every host's interface on the LAN.
 pub const LAN_IF: &str = "eth0";
+
+/// The tap's box's interface that receives the copies ([`Lan::tapped`]).
+pub const TAP_IF: &str = "tap0";
 
 /// The router's interface towards the clients ([`Lan::behind_router`]).
 pub const ROUTER_CLIENT_IF: &str = "cl0";
@@ -48,6 +57,8 @@ pub struct Lan {
     pub client: Netns,
     /// The router between the clients and the LAN ([`Lan::behind_router`]).
     pub router: Option<Netns>,
+    /// The tap's box ([`Lan::tapped`]).
+    pub tap: Option<Netns>,
     /// The primary's.
     pub primary: Netns,
     /// The standbys', in order.
@@ -64,15 +75,7 @@ impl Lan {
         let switch = Netns::new("lan-sw");
         switch.ip(["link", "add", "br0", "type", "bridge"]);
         switch.ip(["link", "set", "br0", "up"]);
-        let host = |role: &str, number: u8, port: usize| {
-            let ns = quiet_ipv6(Netns::new(role));
-            let end = format!("h{port}");
-            veth(&switch, &end, &ns);
-            switch.ip(["link", "set", &end, "master", "br0", "up"]);
-            add_addrs(&ns, LAN_IF, lan_addrs(number));
-            ns.ip(["link", "set", LAN_IF, "up"]);
-            ns
-        };
+        let host = |role: &str, number: u8, port: usize| attach(&switch, role, number, port);
         let client = host("client", CLIENT, 0);
         let primary = host("primary", PRIMARY, 1);
         add_addrs(&primary, LAN_IF, lan_addrs(SERVICE));
@@ -82,6 +85,7 @@ impl Lan {
         Lan {
             client,
             router: None,
+            tap: None,
             primary,
             standbys,
             switch,
@@ -97,7 +101,7 @@ impl Lan {
         let router = std::mem::replace(&mut lan.client, clients);
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv6.conf.all.forwarding", "1");
-        veth(&router, ROUTER_CLIENT_IF, &lan.client);
+        veth(&router, ROUTER_CLIENT_IF, (&lan.client, LAN_IF));
         add_addrs(
             &router,
             ROUTER_CLIENT_IF,
@@ -122,6 +126,39 @@ impl Lan {
         }
         lan.router = Some(router);
         lan
+    }
+
+    /// [`Lan::new`] with a tap: every frame a host (client, primary,
+    /// standby) sends into the switch is also copied (tc `u32 match u32 0 0
+    /// action mirred egress mirror`, on its port's ingress) out of the
+    /// switch's `m0`, which is no bridge port, to the tap's box. There
+    /// [`TAP_IF`] receives the copies and nothing else; the box's own
+    /// [`LAN_IF`] (198.18.2.20, fd00:0:0:12::14) is an ordinary, unmirrored
+    /// port, for its replication channels.
+    pub fn tapped(standbys: usize) -> Lan {
+        let mut lan = Lan::new(standbys);
+        let tap = attach(&lan.switch, "tap", TAP, 9);
+        veth(&lan.switch, "m0", (&tap, TAP_IF));
+        lan.switch.ip(["link", "set", "m0", "up"]);
+        tap.ip(["link", "set", TAP_IF, "up"]);
+        for port in 0..2 + lan.standbys.len() {
+            let dev = format!("h{port}");
+            tc(&lan.switch, &["qdisc", "add", "dev", &dev, "clsact"]);
+            tc(
+                &lan.switch,
+                &[
+                    "filter", "add", "dev", &dev, "ingress", "u32", "match", "u32", "0", "0",
+                    "action", "mirred", "egress", "mirror", "dev", "m0",
+                ],
+            );
+        }
+        lan.tap = Some(tap);
+        lan
+    }
+
+    /// The tap's box's own address ([`Lan::tapped`]).
+    pub fn tap_addr(family: Family) -> IpAddr {
+        lan_addr(family, TAP)
     }
 
     /// The clients' address behind the router ([`Lan::behind_router`]).
@@ -183,8 +220,8 @@ impl Lan {
     }
 }
 
-/// A veth pair: `end` in `from`, its peer [`LAN_IF`] in `to`.
-fn veth(from: &Netns, end: &str, to: &Netns) {
+/// A veth pair: `end` in `from`, its peer named `peer` in `to`.
+fn veth(from: &Netns, end: &str, (to, peer): (&Netns, &str)) {
     from.ip([
         "link",
         "add",
@@ -193,10 +230,27 @@ fn veth(from: &Netns, end: &str, to: &Netns) {
         "veth",
         "peer",
         "name",
-        LAN_IF,
+        peer,
         "netns",
         to.name(),
     ]);
+}
+
+/// A new host `role`, number `number` on the LAN, on the switch's port
+/// `h{port}`.
+fn attach(switch: &Netns, role: &str, number: u8, port: usize) -> Netns {
+    let ns = quiet_ipv6(Netns::new(role));
+    let end = format!("h{port}");
+    veth(switch, &end, (&ns, LAN_IF));
+    switch.ip(["link", "set", &end, "master", "br0", "up"]);
+    add_addrs(&ns, LAN_IF, lan_addrs(number));
+    ns.ip(["link", "set", LAN_IF, "up"]);
+    ns
+}
+
+/// Runs `tc ARGS` in `ns`; panics with its output when it fails.
+fn tc(ns: &Netns, args: &[&str]) {
+    crate::process::run_checked(ns.command("tc").args(args));
 }
 
 /// Host `number`'s address on the LAN in `family`.

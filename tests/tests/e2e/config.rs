@@ -229,5 +229,5 @@ fn help_explains_config_and_shows_defaults() {
         standby.contains("[default: /run/connmirror/control.sock]"),
         "{standby}"
     );
-    assert!(agent.contains("[default: 50]"), "{agent}");
+    assert!(agent.contains("[default: 25]"), "{agent}");
 }

@@ -1,6 +1,8 @@
-//! The mirror as a box of its own: a router on the clients' path runs
-//! `connmirror mirror --replicate-to`, and the standby, on the LAN beside
-//! the primary, takes over from the router's stream ([`Lan::behind_router`]).
+//! The mirror as a box of its own, neither the primary nor the standby:
+//! `connmirror mirror --replicate-to` on a router on the clients' path
+//! ([`Lan::behind_router`]), or on a box that only receives a switch's
+//! mirrored frames ([`Lan::tapped`]); the standby, on the LAN beside the
+//! primary, takes over from the box's stream.
 //!
 //! - The primary's agent only heartbeats to the standby (pair mode); the
 //!   router captures both directions at ingress on its two links and
@@ -12,6 +14,10 @@
 //!   reaches a client. The router survives the primary, so the records it
 //!   captured before the death reach the standby before the standby
 //!   declares it. IPv4 and IPv6.
+//! - The same from a tap: every frame the hosts send into the switch is
+//!   copied to the tap's interface, where the mirror captures with the
+//!   `pass` policy (a tap cannot hold anything back) and forwards nothing.
+//!   IPv4 and IPv6.
 //! - The mirror dies, silently (stopped, then killed): the standby declares
 //!   it lost after its health interval × missed (50 ms × 4), says
 //!   `unprotected: mirror lost` in its status and 0 in
@@ -26,7 +32,7 @@ use connmirror_tests::failover::{
     HEARTBEAT_PORT, Program, echo_server_in, handoff_app_in, status_in,
 };
 use connmirror_tests::kills::{full, wait_until};
-use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF};
+use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF, TAP_IF};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
 use connmirror_tests::onhost::REPLICATION_PORT;
@@ -35,10 +41,12 @@ use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
 
 const PORT: u16 = 7700;
+/// A tap's mirror: it cannot hold segments back, so a full ring passes them.
+const TAP_FLAGS: [&str; 2] = ["--on-ring-full", "pass"];
 
-/// The LAN behind a router, and what runs on it. Fields drop in order: the
-/// programs before the LAN.
-struct Router {
+/// The LAN with its mirror box, and what runs on it. Fields drop in order:
+/// the programs before the LAN.
+struct Setup {
     standby: Mirror,
     _app: Program,
     mirror: Mirror,
@@ -49,12 +57,23 @@ struct Router {
     _dir: WorkDir,
 }
 
-impl Router {
-    /// The echo server and the agent on the primary, the standby (fed only
-    /// by replication) with its echo application, and the router's mirror
-    /// (with `mirror_flags`), the standby armed and replicating.
-    fn start(family: Family, mirror_flags: &[&str]) -> Router {
-        let lan = Lan::behind_router(1);
+/// Where the mirror runs: the LAN's router, or its tap.
+#[derive(Clone, Copy)]
+enum Placement {
+    Router,
+    Tap,
+}
+
+impl Setup {
+    /// The LAN for `placement`, the echo server and the agent on the
+    /// primary, the standby (fed only by replication) with its echo
+    /// application, and the mirror box's mirror (with `mirror_flags`), the
+    /// standby armed and replicating.
+    fn start(placement: Placement, family: Family, mirror_flags: &[&str]) -> Setup {
+        let lan = match placement {
+            Placement::Router => Lan::behind_router(1),
+            Placement::Tap => Lan::tapped(1),
+        };
         let dir = WorkDir::new("router");
         let key = connmirror_tests::failover::key_file(&dir)
             .display()
@@ -83,8 +102,12 @@ impl Router {
                 .arg(LAN_IF),
         );
         let app = handoff_app_in(&lan.standbys[0], &standby, service);
+        let (host, ifaces) = match placement {
+            Placement::Router => (&lan.router, vec![ROUTER_CLIENT_IF, LAN_IF]),
+            Placement::Tap => (&lan.tap, vec![TAP_IF]),
+        };
         let mut command = MirrorCommand::new()
-            .ifaces([ROUTER_CLIENT_IF, LAN_IF])
+            .ifaces(ifaces)
             .arg("--service")
             .arg(&full(service))
             .without_dumps()
@@ -95,7 +118,7 @@ impl Router {
         for flag in mirror_flags {
             command = command.arg(flag);
         }
-        let mirror = Mirror::start(lan.router.as_ref().expect("a router"), &command);
+        let mirror = Mirror::start(host.as_ref().expect("the mirror's box"), &command);
         let primary = Lan::primary_addr(family).to_string();
         let agent_args = [
             "agent",
@@ -118,7 +141,7 @@ impl Router {
         );
         standby.wait_log("replication channel established");
         standby.wait_log("armed: primary heard");
-        Router {
+        Setup {
             standby,
             _app: app,
             mirror,
@@ -137,8 +160,8 @@ impl Router {
     }
 }
 
-fn router_mirror(family: Family) {
-    let mut r = Router::start(family, &[]);
+fn takeover(placement: Placement, family: Family, mirror_flags: &[&str]) {
+    let mut r = Setup::start(placement, family, mirror_flags);
     let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
@@ -152,7 +175,7 @@ fn router_mirror(family: Family) {
     let progressed = clients.wait_progress(32 << 10, Duration::from_secs(60));
     let results = clients.finish(Duration::from_secs(60));
     let seen = watch.stop();
-    let Router { standby, .. } = r;
+    let Setup { standby, .. } = r;
     let (report, _dir) = standby.stop();
 
     progressed.expect("the streams go on from the standby");
@@ -170,16 +193,27 @@ fn router_mirror(family: Family) {
 
 #[test]
 fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v4() {
-    router_mirror(Family::V4);
+    takeover(Placement::Router, Family::V4, &[]);
 }
 
 #[test]
 fn a_standby_takes_over_from_a_routers_mirror_with_the_same_client_sockets_v6() {
-    router_mirror(Family::V6);
+    takeover(Placement::Router, Family::V6, &[]);
+}
+
+#[test]
+fn a_standby_takes_over_from_a_taps_mirror_with_the_same_client_sockets_v4() {
+    takeover(Placement::Tap, Family::V4, &TAP_FLAGS);
+}
+
+#[test]
+fn a_standby_takes_over_from_a_taps_mirror_with_the_same_client_sockets_v6() {
+    takeover(Placement::Tap, Family::V6, &TAP_FLAGS);
 }
 
 fn mirror_death(family: Family) {
-    let r = Router::start(family, &["--health-interval", "50", "--health-missed", "4"]);
+    let flags = ["--health-interval", "50", "--health-missed", "4"];
+    let r = Setup::start(Placement::Router, family, &flags);
     let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
