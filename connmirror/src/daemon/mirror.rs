@@ -109,7 +109,7 @@ async fn replicate(
                 (replication.links).follow(mirror, None, (index, event))?
             }
             Event::Message(ReplicationEvent::Keepalive) => {
-                replication.links.keepalive(mirror);
+                replication.links.keepalive(mirror, None)?;
             }
         }
     }

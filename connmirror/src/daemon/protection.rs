@@ -148,15 +148,21 @@ impl Links {
     }
 
     /// Sends every outbox's keepalive (its lag, when nothing else goes
-    /// out); the worst exposure per service and each standby's state.
+    /// out), and releases what `--sync`'s `commit` held past its timeout;
+    /// the worst exposure per service and each standby's state.
     pub(crate) fn keepalive(
         &self,
         mirror: &mut Engine,
-    ) -> (BTreeMap<SocketAddr, u64>, Vec<StandbyState>) {
+        commit: Option<&mut OutputCommit>,
+    ) -> anyhow::Result<(BTreeMap<SocketAddr, u64>, Vec<StandbyState>)> {
         let backlog = mirror.ring_backlog();
         let outboxes = &mut mirror.reader.outboxes;
         for outbox in outboxes.iter_mut() {
             outbox.keepalive(backlog);
+        }
+        if let Some(commit) = commit {
+            let positions: Vec<u64> = outboxes.iter().map(Outbox::position).collect();
+            commit.expire(&positions)?;
         }
         let states = (self.links.iter().zip(outboxes.iter()))
             .map(|(link, outbox)| StandbyState {
@@ -165,7 +171,7 @@ impl Links {
                 lag_bytes: outbox.lag(backlog).bytes,
             })
             .collect();
-        (worst_exposure(outboxes), states)
+        Ok((worst_exposure(outboxes), states))
     }
 
     /// The replication families, one series per standby (`standby` label).

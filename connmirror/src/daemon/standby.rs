@@ -148,13 +148,13 @@ fn start_engine(
     config: &TakeoverConfig,
     protects: bool,
 ) -> anyhow::Result<Engine> {
-    mirror_args.client_payload = (config.resume.iter())
-        .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
-        .map(|(service, _)| *service)
-        .collect();
-    if protects {
-        mirror_args.client_payload = mirror_args.services.iter().map(|s| s.0).collect();
-    }
+    mirror_args.client_payload = match protects {
+        true => mirror_args.services.iter().map(|s| s.0).collect(),
+        false => (config.resume.iter())
+            .filter(|(_, resume)| matches!(resume, Resume::Live(_) | Resume::Replay(_)))
+            .map(|(service, _)| *service)
+            .collect(),
+    };
     let mut mirror = Engine::start(mirror_args)?;
     if protects {
         let services = mirror.services.clone();
@@ -269,13 +269,8 @@ fn protecting(
     match event {
         StandbyEvent::Link(index, event) => links.follow(mirror, commit.as_mut(), (index, event)),
         StandbyEvent::Keepalive => {
-            standby.protecting = links.keepalive(mirror).1;
-            let outboxes = mirror.reader.outboxes.iter();
-            let positions: Vec<u64> = outboxes.map(|o| o.position()).collect();
-            match commit {
-                Some(commit) => Ok(commit.expire(&positions)?),
-                None => Ok(()),
-            }
+            standby.protecting = links.keepalive(mirror, commit.as_mut())?.1;
+            Ok(())
         }
         StandbyEvent::Held => hold(mirror, commit.as_mut().expect("only --sync queues")),
         _ => Ok(()),

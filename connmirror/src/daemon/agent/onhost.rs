@@ -39,7 +39,7 @@ use crate::{
     hold::OutputCommit,
     key::Key,
     metrics::Family,
-    replication::channel::{self, LinkEvent, Outbox},
+    replication::channel::{self, LinkEvent},
 };
 
 /// On-host flags of `connmirror agent`.
@@ -409,14 +409,9 @@ async fn replicate(mut mirror: Engine, mut source: Source, sync: bool) -> anyhow
                 (source.links).follow(&mut mirror, commit.as_mut(), (index, event))?
             }
             OnHostEvent::Keepalive => {
-                let (exposure, standbys) = source.links.keepalive(&mut mirror);
+                let (exposure, standbys) = source.links.keepalive(&mut mirror, commit.as_mut())?;
                 *source.published.lock().expect("published lock") =
                     Published { exposure, standbys };
-                let outboxes = &mirror.reader.outboxes;
-                let positions: Vec<u64> = outboxes.iter().map(Outbox::position).collect();
-                if let Some(commit) = commit {
-                    commit.expire(&positions)?;
-                }
             }
             OnHostEvent::Held => {
                 hold(&mut mirror, commit.as_mut().expect("only --sync queues"))?;
