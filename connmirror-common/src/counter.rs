@@ -43,11 +43,16 @@ pub enum Counter {
     /// Payload bytes of tracked segments not copied into the ring because
     /// their service does not need them ([`crate::PayloadSkip`]).
     PayloadSkipped = 14,
+    /// Segments passed uncaptured under the `drop` policy because no daemon
+    /// had read the ring within its reader timeout (it died, or is stopped):
+    /// a pinned capture left behind never stops the traffic it sits on.
+    /// Their flows are gapped.
+    UnreadPasses = 15,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -63,6 +68,7 @@ impl Counter {
         Counter::FenceDrops,
         Counter::SyncHeld,
         Counter::PayloadSkipped,
+        Counter::UnreadPasses,
     ];
 
     /// The slot index in the counter array.
@@ -167,6 +173,12 @@ impl Counter {
                 metric: "ebpf_payload_skipped",
                 unit: Unit::Bytes,
                 help: "Payload bytes not copied into the ring because their service does not need them (client to server, retention unacked).",
+            },
+            Counter::UnreadPasses => CounterInfo {
+                name: "unread_passes",
+                metric: "ebpf_unread_passes",
+                unit: Unit::None,
+                help: "Segments passed uncaptured under --on-ring-full drop because no daemon had read the ring for --reader-timeout (it died or is stopped); their flows are gapped.",
             },
         }
     }

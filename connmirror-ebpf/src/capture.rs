@@ -45,6 +45,13 @@ static SCRATCH: PerCpuArray<RecordHeader> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static LAYOUT: Array<u8> = Array::with_max_entries(RECORD_LAYOUT, 0);
 
+/// Until when (`bpf_ktime_get_ns`) the ring's reader counts as alive: the
+/// daemon moves it forward while it reads; 0 means for ever. Past it, a
+/// segment the `drop` policy would drop passes instead ([`uncaptured`]), so
+/// capture that outlived its daemon (`--pin`) never stops the traffic.
+#[map]
+static READER: Array<u64> = Array::with_max_entries(1, 0);
+
 /// [`RingFullPolicy`] as a byte; set by userspace at load time.
 #[unsafe(no_mangle)]
 static RING_FULL_POLICY: u8 = RingFullPolicy::Drop as u8;
@@ -222,22 +229,36 @@ fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
 
 /// A tracked segment could not be captured whole (`reason`: the ring was full,
 /// the payload is oversize, or a copy failed). Under `drop` it is dropped so TCP retransmits
-/// it; under `pass` it is forwarded and its flow marked as gapped.
+/// it (while a daemon reads the ring: see [`READER`]); under `pass` it is
+/// forwarded and its flow marked as gapped.
 #[inline(always)]
 fn uncaptured(reason: Counter, flow: Option<*mut FlowValue>) -> Verdict {
     count(reason.index(), 1);
     // SAFETY: a global written only by the loader.
     let policy = unsafe { core::ptr::read_volatile(&RING_FULL_POLICY) };
-    if policy == RingFullPolicy::Pass as u8 {
-        count(Counter::GapsMarked.index(), 1);
-        if let Some(flow) = flow {
-            // SAFETY: `flow` points into a map value that stays valid for this run.
-            unsafe { (*flow).gaps = (*flow).gaps.saturating_add(1) };
-        }
-        Verdict::Pass
+    let passed = if policy == RingFullPolicy::Pass as u8 {
+        Counter::GapsMarked
+    } else if reader_gone() {
+        Counter::UnreadPasses
     } else {
         count(Counter::BackpressureDrops.index(), 1);
-        Verdict::Drop
+        return Verdict::Drop;
+    };
+    count(passed.index(), 1);
+    if let Some(flow) = flow {
+        // SAFETY: `flow` points into a map value that stays valid for this run.
+        unsafe { (*flow).gaps = (*flow).gaps.saturating_add(1) };
+    }
+    Verdict::Pass
+}
+
+/// Whether the ring's reader is past its deadline ([`READER`]).
+#[inline(always)]
+fn reader_gone() -> bool {
+    match READER.get(0) {
+        // SAFETY: no preconditions.
+        Some(&deadline) => deadline != 0 && unsafe { bpf_ktime_get_ns() } > deadline,
+        None => false,
     }
 }
 

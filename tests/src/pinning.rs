@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use aya::maps::{Map, MapData, PerCpuArray};
 use connmirror::capture::pinning::PIN_ROOT;
+use connmirror_common::Counter;
 
 use crate::process::output_with_timeout;
 
@@ -70,6 +72,19 @@ impl PinnedInstance {
                     .id()
             })
             .collect()
+    }
+
+    /// The pinned kernel counter `counter`, summed over CPUs: what the
+    /// programs counted across every daemon of the instance, and while none ran.
+    pub fn counter(&self, counter: Counter) -> u64 {
+        let path = self.dir().join("map_COUNTERS");
+        let data = MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let map = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(data))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let values = map
+            .get(&counter.index(), 0)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        values.iter().sum()
     }
 
     /// Runs `connmirror mirror --detach-all --pin NAME` (bpffs is global, so no

@@ -1,10 +1,12 @@
 //! Reading and writing the maps the capture programs share with the daemon:
 //! the services tracked (and their modes), the ring buffer, the kernel
-//! counters, the sync limits and the kernel's flow state.
+//! counters, the reader's deadline and the kernel's flow state.
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use connmirror_common::{
     Counter, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue, counter::COUNTER_SLOTS,
 };
@@ -12,6 +14,7 @@ use connmirror_common::{
 use crate::{
     capture::{Capture, CaptureError, error::map_error},
     service::Service,
+    sys::process::monotonic_ns,
 };
 
 impl Capture {
@@ -72,6 +75,27 @@ impl Capture {
             .take_map("RECORDS")
             .ok_or(CaptureError::MissingMap("RECORDS"))?;
         RingBuf::try_from(map).map_err(map_error("RECORDS"))
+    }
+
+    /// Takes the reader's deadline out of the object and sets it `timeout`
+    /// from now (`None`: no deadline, the `drop` policy drops for ever). Set
+    /// it before attaching; then [`ReaderDeadline::renew`] keeps it ahead.
+    pub fn take_reader_deadline(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<ReaderDeadline, CaptureError> {
+        let map = self
+            .ebpf
+            .take_map("READER")
+            .ok_or(CaptureError::MissingMap("READER"))?;
+        let map = Array::try_from(map).map_err(map_error("READER"))?;
+        let mut deadline = ReaderDeadline {
+            map,
+            timeout_ns: timeout.map(|t| t.as_nanos() as u64),
+            renewed_ns: 0,
+        };
+        deadline.set(monotonic_ns())?;
+        Ok(deadline)
     }
 
     /// The kernel counters, summed over CPUs.
@@ -137,5 +161,37 @@ impl Counters {
             .get(reason.index() as usize)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// How long the ring's reader may go without reading before the programs
+/// count it gone: past its deadline a full ring passes segments under the
+/// `drop` policy too (counted as [`Counter::UnreadPasses`], the flows
+/// gapped), so a pinned capture whose daemon died or stopped does not hold
+/// the traffic back for ever. The daemon renews it as it reads.
+pub struct ReaderDeadline {
+    map: Array<MapData, u64>,
+    /// `None`: no deadline.
+    timeout_ns: Option<u64>,
+    /// When it was last set (`CLOCK_MONOTONIC` ns).
+    renewed_ns: u64,
+}
+
+impl ReaderDeadline {
+    /// Moves the deadline to the timeout from now, if a tenth of the timeout
+    /// has gone by since it was last moved (one map write per tenth).
+    pub fn renew(&mut self) -> Result<(), CaptureError> {
+        let now = monotonic_ns();
+        match self.timeout_ns {
+            Some(timeout) if now.saturating_sub(self.renewed_ns) >= timeout / 10 => self.set(now),
+            _ => Ok(()),
+        }
+    }
+
+    fn set(&mut self, now: u64) -> Result<(), CaptureError> {
+        let deadline = self.timeout_ns.map_or(0, |timeout| now + timeout);
+        self.map.set(0, deadline, 0).map_err(map_error("READER"))?;
+        self.renewed_ns = now;
+        Ok(())
     }
 }

@@ -23,7 +23,7 @@
 //! | `plan.rs` | [`AttachPoint`]: choosing the attach points (`auto`) and saying why |
 //! | `trace.rs` | [`TraceLog`]: `--trace-ebpf`, the traced programs and their log lines |
 //! | `attach.rs` | attaching, taking over pinned links, detaching, test runs |
-//! | `maps.rs` | the maps: services, ring, [`Counters`], sync limits, flows |
+//! | `maps.rs` | the maps: services, ring, [`Counters`], [`ReaderDeadline`], flows |
 //! | `pin_checks.rs` | whether a pinned instance fits (maps, services, links) |
 //! | `error.rs` | [`CaptureError`] |
 //! | [`pinning`], [`backlog`] | the pinned instance's files; the ring's backlog |
@@ -44,7 +44,7 @@ mod plan;
 mod trace;
 
 pub use error::CaptureError;
-pub use maps::Counters;
+pub use maps::{Counters, ReaderDeadline};
 pub use options::{
     CaptureConfig, EgressHook, IngressHook, MIN_RING_SIZE, parse_ring_size, parse_size,
 };

@@ -44,6 +44,13 @@ pub struct MirrorArgs {
     /// for path deployments), or `pass` it and mark its flow as gapped.
     #[arg(long, value_enum, default_value = "drop")]
     pub on_ring_full: RingFull,
+    /// Under `--on-ring-full drop`: once no daemon has read the ring for this
+    /// many milliseconds (it died, or is stopped), a full ring passes segments
+    /// instead of dropping them, and marks their flows gapped, so capture
+    /// left attached (`--pin`) never stops the traffic it sits on. Longer
+    /// than a hot restart takes; 0: drop for ever.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub reader_timeout: u64,
     /// Write each direction of each flow to a file here (for verification; it
     /// costs a copy of every byte), and report.json on exit [default: none].
     #[arg(long, value_name = "DIR")]

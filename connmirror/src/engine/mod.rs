@@ -45,8 +45,8 @@ use crate::{
     capture::backlog::Backlog,
     capture::pinning::{self, Instance},
     capture::{
-        AttachPoint, Capture, CaptureConfig, Counters, EgressHook, IngressHook, parse_ring_size,
-        parse_size,
+        AttachPoint, Capture, CaptureConfig, Counters, EgressHook, IngressHook, ReaderDeadline,
+        parse_ring_size, parse_size,
     },
     flow::recovery::Journal,
     flow::stream::{Retention, StreamLimits},
@@ -79,6 +79,8 @@ pub(crate) struct Engine {
     pub(crate) reader: Reader,
     ring: AsyncFd<RingBuf<MapData>>,
     backlog: Backlog,
+    /// Renewed as the ring is read ([`ReaderDeadline`]).
+    deadline: ReaderDeadline,
     exporter: Exporter,
     report_path: Option<PathBuf>,
     /// Where capture attached, and why, for the report.
@@ -126,6 +128,7 @@ impl Engine {
             egress,
             ring_size,
             on_ring_full,
+            reader_timeout,
             dump_dir,
             report: report_path,
             retention,
@@ -164,6 +167,8 @@ impl Engine {
         let tracked = tracked_services(&services);
         let mut attach = check_pins(&capture, &tracked, &ifaces, ingress, egress)?;
         let table = track_services(&mut capture, &tracked, &services, table, history, &needs)?;
+        let timeout = (reader_timeout != 0).then(|| Duration::from_millis(reader_timeout));
+        let deadline = capture.take_reader_deadline(timeout)?;
         attach_all(&mut capture, &mut attach)?;
         let (ring, backlog, exporter) = take_ring(&mut capture, &metrics)?;
         let (table, journal) = open_journal(&journal_args, table)?;
@@ -180,6 +185,7 @@ impl Engine {
             },
             ring,
             backlog,
+            deadline,
             exporter,
             report_path,
             attach,
@@ -200,6 +206,7 @@ impl Engine {
             ring,
             exporter,
             backlog,
+            deadline,
             ..
         } = self;
         let Signals { sigint, sigterm } = signals;
@@ -228,6 +235,7 @@ impl Engine {
                 }
                 _ = tick.tick() => {
                     reader.read_up_to(ring.get_mut(), READ_SLICE)?;
+                    deadline.renew()?;
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,

@@ -23,10 +23,17 @@
 //!   `unprotected: mirror lost` in its status and 0 in
 //!   `connmirror_replication_connected`, and the traffic goes on undisturbed,
 //!   byte-exact.
+//! - A router's mirror pinned (`--pin`) under the `drop` policy dies
+//!   (SIGKILL): its programs stay attached, the ring fills with no reader
+//!   and segments are dropped, until `--reader-timeout` (5 s) after its last
+//!   read; then a full ring passes them, counted in the pinned counters. The
+//!   streams stall for the timeout, then go on byte-exact; the standby says
+//!   `unprotected: mirror lost`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use connmirror_common::Counter;
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{
     HEARTBEAT_PORT, Program, echo_server_in, handoff_app_in, status_in,
@@ -36,6 +43,7 @@ use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF, TAP_IF};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
 use connmirror_tests::onhost::REPLICATION_PORT;
+use connmirror_tests::pinning::PinnedInstance;
 use connmirror_tests::topology::Family;
 use connmirror_tests::wire::WireWatch;
 use connmirror_tests::workdir::WorkDir;
@@ -67,9 +75,14 @@ enum Placement {
 impl Setup {
     /// The LAN for `placement`, the echo server and the agent on the
     /// primary, the standby (fed only by replication) with its echo
-    /// application, and the mirror box's mirror (with `mirror_flags`), the
-    /// standby armed and replicating.
-    fn start(placement: Placement, family: Family, mirror_flags: &[&str]) -> Setup {
+    /// application, and the mirror box's mirror (with `mirror_flags`, pinned
+    /// as `pin` if given), the standby armed and replicating.
+    fn start(
+        placement: Placement,
+        family: Family,
+        mirror_flags: &[&str],
+        pin: Option<&PinnedInstance>,
+    ) -> Setup {
         let lan = match placement {
             Placement::Router => Lan::behind_router(1),
             Placement::Tap => Lan::tapped(1),
@@ -118,6 +131,9 @@ impl Setup {
         for flag in mirror_flags {
             command = command.arg(flag);
         }
+        if let Some(pin) = pin {
+            command = command.pin(pin.name());
+        }
         let mirror = Mirror::start(host.as_ref().expect("the mirror's box"), &command);
         let primary = Lan::primary_addr(family).to_string();
         let agent_args = [
@@ -161,7 +177,7 @@ impl Setup {
 }
 
 fn takeover(placement: Placement, family: Family, mirror_flags: &[&str]) {
-    let mut r = Setup::start(placement, family, mirror_flags);
+    let mut r = Setup::start(placement, family, mirror_flags, None);
     let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
@@ -213,7 +229,7 @@ fn a_standby_takes_over_from_a_taps_mirror_with_the_same_client_sockets_v6() {
 
 fn mirror_death(family: Family) {
     let flags = ["--health-interval", "50", "--health-missed", "4"];
-    let r = Setup::start(Placement::Router, family, &flags);
+    let r = Setup::start(Placement::Router, family, &flags, None);
     let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
     clients
         .wait_progress(32 << 10, Duration::from_secs(60))
@@ -264,4 +280,56 @@ fn a_mirror_that_dies_leaves_the_standby_unprotected_and_the_traffic_undisturbed
 #[test]
 fn a_mirror_that_dies_leaves_the_standby_unprotected_and_the_traffic_undisturbed_v6() {
     mirror_death(Family::V6);
+}
+
+fn pinned_mirror_death(family: Family) {
+    let pin = PinnedInstance::new("router");
+    let r = Setup::start(
+        Placement::Router,
+        family,
+        &["--ring-size", "64K"],
+        Some(&pin),
+    );
+    let clients = EchoClients::start(&r.lan.client, r.service, 4, EchoOptions::default());
+    clients
+        .wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("streams flow");
+    let watch = WireWatch::start(&r.lan.client, LAN_IF);
+
+    // SAFETY: kill has no memory-safety preconditions; the pid is the mirror's.
+    unsafe { libc::kill(r.mirror.pid() as i32, libc::SIGKILL) };
+    wait_until(
+        || r.state() == "unprotected: mirror lost",
+        "the standby declares the mirror lost",
+    );
+    // The ring (64 KiB) fills at once; the streams stall until the reader
+    // timeout passes, then go on through the pinned programs.
+    let progressed = clients.wait_progress(256 << 10, Duration::from_secs(60));
+    let results = clients.finish(Duration::from_secs(60));
+    let seen = watch.stop();
+    let links = pin.files().into_iter().filter(|f| f.starts_with("link_"));
+
+    progressed.expect("the traffic goes on past the dead mirror's pinned capture");
+    assert_exact(&results);
+    assert_eq!(seen.rsts_received, vec![], "no RST may reach a client");
+    assert_eq!(
+        links.collect::<Vec<_>>(),
+        [
+            format!("link_tc-ingress_{ROUTER_CLIENT_IF}"),
+            format!("link_tc-ingress_{LAN_IF}")
+        ],
+        "the capture stays attached"
+    );
+    assert!(pin.counter(Counter::BackpressureDrops) > 0);
+    assert!(pin.counter(Counter::UnreadPasses) > 0);
+}
+
+#[test]
+fn a_pinned_routers_mirror_that_dies_lets_the_traffic_pass_after_its_reader_timeout_v4() {
+    pinned_mirror_death(Family::V4);
+}
+
+#[test]
+fn a_pinned_routers_mirror_that_dies_lets_the_traffic_pass_after_its_reader_timeout_v6() {
+    pinned_mirror_death(Family::V6);
 }
