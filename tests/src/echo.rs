@@ -179,6 +179,11 @@ impl EchoClients {
         }
     }
 
+    /// Each connection's local address, in connection order.
+    pub fn locals(&self) -> Vec<SocketAddr> {
+        self.conns.iter().map(|c| c.local).collect()
+    }
+
     /// Total echoed bytes verified so far, over all connections.
     pub fn verified(&self) -> u64 {
         self.conns

@@ -48,6 +48,10 @@ pub const LAN_IF: &str = "eth0";
 /// The tap's box's interface that receives the copies ([`Lan::tapped`]).
 pub const TAP_IF: &str = "tap0";
 
+/// The switch's link that stays down: copies redirected to it are lost
+/// ([`Lan::lose_copies`]).
+const BLACKHOLE: &str = "bh0";
+
 /// The router's interface towards the clients ([`Lan::behind_router`]).
 pub const ROUTER_CLIENT_IF: &str = "cl0";
 
@@ -140,6 +144,9 @@ impl Lan {
         let tap = attach(&lan.switch, "tap", TAP, 9);
         veth(&lan.switch, "m0", (&tap, TAP_IF));
         lan.switch.ip(["link", "set", "m0", "up"]);
+        tc(&lan.switch, &["qdisc", "add", "dev", "m0", "clsact"]);
+        // Left down: what is redirected to it is dropped ([`Lan::lose_copies`]).
+        veth(&lan.switch, BLACKHOLE, (&lan.switch, "bh1"));
         tap.ip(["link", "set", TAP_IF, "up"]);
         for port in 0..2 + lan.standbys.len() {
             let dev = format!("h{port}");
@@ -154,6 +161,36 @@ impl Lan {
         }
         lan.tap = Some(tap);
         lan
+    }
+
+    /// The tap loses the copies of every segment from or to `port` (a
+    /// client's port) in `family` until [`Lan::keep_copies`]: filters on
+    /// `m0`'s egress redirect them to a link that is down, which drops them
+    /// (this kernel has no `gact`). The segments themselves are delivered.
+    pub fn lose_copies(&self, family: Family, port: u16) {
+        let (protocol, header) = match family {
+            Family::V4 => ("ip", "ip"),
+            Family::V6 => ("ipv6", "ip6"),
+        };
+        let port = port.to_string();
+        for field in ["sport", "dport"] {
+            tc(
+                &self.switch,
+                &[
+                    "filter", "add", "dev", "m0", "egress", "protocol", protocol, "prio", "1",
+                    "u32", "match", header, field, &port, "0xffff", "action", "mirred", "egress",
+                    "redirect", "dev", BLACKHOLE,
+                ],
+            );
+        }
+    }
+
+    /// Ends [`Lan::lose_copies`]: the tap gets every copy again.
+    pub fn keep_copies(&self) {
+        tc(
+            &self.switch,
+            &["filter", "del", "dev", "m0", "egress", "prio", "1"],
+        );
     }
 
     /// The tap's box's own address ([`Lan::tapped`]).

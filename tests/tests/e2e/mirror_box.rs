@@ -18,6 +18,11 @@
 //!   copied to the tap's interface, where the mirror captures with the
 //!   `pass` policy (a tap cannot hold anything back) and forwards nothing.
 //!   IPv4 and IPv6.
+//! - The tap loses the copies of one connection's segments for a while (the
+//!   switch's mirror port drops them; the segments are delivered): the
+//!   standby finds that connection gapped by ACK analysis, and at the
+//!   takeover resets it (the one RST a client sees), counts it under
+//!   `gapped`, and restores the other three, byte-exact. IPv4 and IPv6.
 //! - The mirror dies, silently (stopped, then killed): the standby declares
 //!   it lost after its health interval × missed (50 ms × 4), says
 //!   `unprotected: mirror lost` in its status and 0 in
@@ -332,4 +337,65 @@ fn a_pinned_routers_mirror_that_dies_lets_the_traffic_pass_after_its_reader_time
 #[test]
 fn a_pinned_routers_mirror_that_dies_lets_the_traffic_pass_after_its_reader_timeout_v6() {
     pinned_mirror_death(Family::V6);
+}
+
+fn tap_losing_copies(family: Family) {
+    let r = Setup::start(Placement::Tap, family, &TAP_FLAGS, None);
+    let kept = EchoClients::start(&r.lan.client, r.service, 3, EchoOptions::default());
+    let lost = EchoClients::start(&r.lan.client, r.service, 1, EchoOptions::default());
+    for clients in [&kept, &lost] {
+        clients
+            .wait_progress(32 << 10, Duration::from_secs(60))
+            .expect("streams flow");
+    }
+    let lost_client = lost.locals()[0];
+    r.lan.lose_copies(family, lost_client.port());
+    let during = lost.wait_progress(64 << 10, Duration::from_secs(60));
+    r.lan.keep_copies();
+    during.expect("the stream flows while the tap loses its copies");
+    kept.wait_progress(32 << 10, Duration::from_secs(60))
+        .expect("the other streams flow");
+    let watch = WireWatch::start(&r.lan.client, LAN_IF);
+
+    Lan::cut(&r.lan.primary);
+    let Setup {
+        standby,
+        mut echo,
+        mut agent,
+        ..
+    } = r;
+    echo.kill();
+    agent.kill();
+    standby.wait_log("step=\"resume\"");
+    let progressed = kept.wait_progress(32 << 10, Duration::from_secs(60));
+    let kept = kept.finish(Duration::from_secs(60));
+    let lost = lost.finish(Duration::from_secs(10));
+    let seen = watch.stop();
+    let (report, _dir) = standby.stop();
+
+    progressed.expect("the other streams go on from the standby");
+    assert_exact(&kept);
+    let error = lost[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("Connection reset by peer"), "{lost:#?}");
+    assert_eq!(seen.rsts_received, vec![(r.service, lost_client)]);
+    let takeover = &report.takeovers[0];
+    assert_eq!(
+        (takeover.restored, takeover.handed_off, takeover.reset),
+        (3, 3, 1),
+        "{takeover:#?}"
+    );
+    let reasons: Vec<(&str, u64)> = (takeover.unrecoverable.iter())
+        .map(|(reason, n)| (reason.as_str(), *n))
+        .collect();
+    assert_eq!(reasons, [("gapped", 1)], "{takeover:#?}");
+}
+
+#[test]
+fn a_tap_that_loses_copies_of_one_connection_resets_it_alone_at_takeover_v4() {
+    tap_losing_copies(Family::V4);
+}
+
+#[test]
+fn a_tap_that_loses_copies_of_one_connection_resets_it_alone_at_takeover_v6() {
+    tap_losing_copies(Family::V6);
 }
