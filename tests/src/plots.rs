@@ -399,6 +399,7 @@ mod tests {
             onhost: None,
             resume: None,
             heartbeats: None,
+            mirror: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

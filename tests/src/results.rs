@@ -14,6 +14,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+mod mirror_box;
+pub use mirror_box::{MirrorBoxResults, TapStep};
+
 /// Where and how one area was run: what every table states.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
@@ -653,6 +656,8 @@ pub struct Results {
     pub resume: Option<ResumeResults>,
     /// `bench/data/heartbeats.json`.
     pub heartbeats: Option<HeartbeatResults>,
+    /// `bench/data/mirror.json`.
+    pub mirror: Option<MirrorBoxResults>,
 }
 
 impl Results {
@@ -666,6 +671,7 @@ impl Results {
             onhost: load(&dir.join("onhost.json"))?,
             resume: load(&dir.join("resume.json"))?,
             heartbeats: load(&dir.join("heartbeats.json"))?,
+            mirror: load(&dir.join("mirror.json"))?,
         })
     }
 
@@ -680,6 +686,7 @@ impl Results {
             onhost,
             resume,
             heartbeats,
+            mirror,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
@@ -687,7 +694,8 @@ impl Results {
         save(&dir.join("ownership.json"), ownership)?;
         save(&dir.join("onhost.json"), onhost)?;
         save(&dir.join("resume.json"), resume)?;
-        save(&dir.join("heartbeats.json"), heartbeats)
+        save(&dir.join("heartbeats.json"), heartbeats)?;
+        save(&dir.join("mirror.json"), mirror)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -702,6 +710,7 @@ impl Results {
             onhost: newer.onhost.or(older.onhost),
             resume: newer.resume.or(older.resume),
             heartbeats: newer.heartbeats.or(older.heartbeats),
+            mirror: newer.mirror.or(older.mirror),
         };
     }
 
@@ -721,6 +730,7 @@ impl Results {
             self.ownership.as_ref().map(render_ownership),
             self.onhost.as_ref().map(render_onhost),
             self.heartbeats.as_ref().map(render_heartbeats),
+            self.mirror.as_ref().map(mirror_box::render),
             self.resume.as_ref().map(render_resume),
         ];
         for section in sections.into_iter().flatten() {

@@ -187,6 +187,10 @@ pub enum Area {
     /// CONNMIRROR_BENCH_HEARTBEAT_SECONDS changes it), and which detection
     /// settings they allow.
     Heartbeats,
+    /// The mirror as a box of its own: a router's throughput with its mirror
+    /// as a ratio to without, and the highest rate a tap's mirror keeps with
+    /// no gapped flow, as a fraction of the link's rate.
+    Mirror,
 }
 
 impl Area {
@@ -201,6 +205,7 @@ impl Area {
             Area::Onhost => "onhost",
             Area::Resume => "resume",
             Area::Heartbeats => "heartbeats",
+            Area::Mirror => "mirror",
         }
     }
 }

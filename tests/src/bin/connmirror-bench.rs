@@ -88,6 +88,15 @@
 //! `stall`, `takeover`, `splice`, `memory`, or a comma-separated list) runs
 //! those parts alone and keeps the others' stored results.
 //!
+//! # mirror
+//! The mirror as a box of its own ([`mirror_box`]): one iperf3 stream, then
+//! [`PARALLEL`], through a router with and without `connmirror mirror --replicate-to` on
+//! it ([`REPEATS`] rounds, interleaved, a fresh LAN per run), as a ratio of
+//! the medians; the rate of a tapped LAN (the switch mirroring every port to
+//! the tap's box, nothing capturing there); then the tap's mirror (`--on-ring-full
+//! pass`, replicating to a standby) at each of [`TAP_FRACTIONS`] of that rate,
+//! and the highest rate at which its report has no gapped flow.
+//!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
 //! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
@@ -109,6 +118,7 @@ use connmirror_tests::failover::{
     Program, configure_primary, detecting_standby_command, echo_primary, handoff_app, key_file,
     kill_primary, kill_primary_host, standby_command, start_agent, start_agent_with, takeover,
 };
+use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF, TAP_IF};
 use connmirror_tests::live;
 use connmirror_tests::metrics::{self, Scrape};
 use connmirror_tests::mirror::FlowStatus;
@@ -117,10 +127,10 @@ use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
     CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, HeartbeatResults,
-    JournalResults, LiveRound, MemoryRuns, MirrorSample, OnHostKills, OnHostResults, OnHostRuns,
-    OwnershipResults, RestoreSample, Results, ResumeCost, ResumeMemory, ResumeResults, ResumeRuns,
-    ResumeTakeover, RunInfo, Sample, TakeoverRuns, TcpdumpSample, median, output,
-    parse_redis_benchmark_csv, quantile, write_atomically,
+    JournalResults, LiveRound, MemoryRuns, MirrorBoxResults, MirrorSample, OnHostKills,
+    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, ResumeCost, ResumeMemory,
+    ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample, TakeoverRuns, TapStep,
+    TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile, write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -136,6 +146,7 @@ const AREAS: &[&str] = &[
     "ownership",
     "resume",
     "heartbeats",
+    "mirror",
 ];
 /// Length of each iperf3 run.
 const IPERF_SECONDS: u64 = 10;
@@ -213,6 +224,7 @@ fn run() -> Result<()> {
             "onhost" => onhost(&command)?,
             "resume" => resume(&command)?,
             "heartbeats" => heartbeats(&command)?,
+            "mirror" => mirror_box(&command)?,
             other => unreachable!("area {other} is listed but not implemented"),
         }
     }
@@ -635,8 +647,12 @@ fn attach_modes(stderr: &str) -> String {
 
 /// A one-shot iperf3 server on `service` in the topology's server namespace.
 fn iperf3_server(topo: &Topology, service: std::net::SocketAddr) -> Result<std::process::Child> {
-    topo.server
-        .command("iperf3")
+    iperf3_server_in(&topo.server, service)
+}
+
+/// A one-shot iperf3 server on `service` in `ns`.
+fn iperf3_server_in(ns: &Netns, service: std::net::SocketAddr) -> Result<std::process::Child> {
+    ns.command("iperf3")
         .args(["-s", "-1", "-B"])
         .arg(service.ip().to_string())
         .args(["-p", &IPERF_PORT.to_string()])
@@ -758,17 +774,25 @@ fn host_cpu() -> Result<HostCpu> {
 /// Runs the iperf3 client in `ns` with `streams` parallel streams and
 /// returns its JSON output.
 fn iperf3_client(ns: &Netns, server: String, streams: u32) -> Result<String> {
+    iperf3_client_at(ns, server, streams, None)
+}
+
+/// [`iperf3_client`], offering at most `gbps` Gbit/s (`-b`) when given.
+fn iperf3_client_at(ns: &Netns, server: String, streams: u32, gbps: Option<f64>) -> Result<String> {
     let mut client = ns.command("iperf3");
     client
         .args(["-c", &server, "-p", &IPERF_PORT.to_string()])
-        .args(["-P", &streams.to_string()])
-        .args([
-            "-t",
-            &IPERF_SECONDS.to_string(),
-            "-J",
-            "--connect-timeout",
-            "5000",
-        ]);
+        .args(["-P", &streams.to_string()]);
+    if let Some(gbps) = gbps {
+        client.args(["-b", &format!("{:.0}", gbps * 1e9)]);
+    }
+    client.args([
+        "-t",
+        &IPERF_SECONDS.to_string(),
+        "-J",
+        "--connect-timeout",
+        "5000",
+    ]);
     let limit = Duration::from_secs(IPERF_SECONDS) + IPERF_GRACE;
     run_with_limit(&mut client, limit, "iperf3 client")
 }
@@ -2414,4 +2438,198 @@ fn takeover_sample(
         resume: step(&["resume"]),
         ready,
     })
+}
+
+/// Offered rates of the tap benchmark, as fractions of the link's rate (1:
+/// unlimited).
+const TAP_FRACTIONS: [f64; 6] = [0.1, 0.25, 0.5, 0.75, 0.9, 1.0];
+
+/// Where the mirror box of a [`box_run`] sits.
+#[derive(Clone, Copy, Debug)]
+enum BoxPlacement {
+    /// On the router between the clients and the LAN ([`Lan::behind_router`]).
+    Router,
+    /// On the tap's box of a mirroring switch ([`Lan::tapped`]).
+    Tap,
+}
+
+/// `cargo xtask bench mirror`: a router's throughput with and without its
+/// mirror, one stream and [`PARALLEL`] ([`REPEATS`] rounds, interleaved),
+/// the tapped link's rate, then the
+/// tap's mirror at each of [`TAP_FRACTIONS`] of that rate.
+fn mirror_box(command: &str) -> Result<()> {
+    ensure_iperf3()?;
+    let info = RunInfo::collect(command, &workspace_root())?;
+    let started = Instant::now();
+    println!("mirror box benchmark: a router's mirror, then a tap's\n");
+    // One stream, then PARALLEL: (without, with) the mirror.
+    let mut router = [(vec![], vec![]), (vec![], vec![])];
+    let mut tap_link = vec![];
+    for round in 1..=REPEATS {
+        for ((without, with), streams) in router.iter_mut().zip([1, PARALLEL]) {
+            for mirrored in [false, true] {
+                let what = if mirrored { "mirrored" } else { "no mirror" };
+                bench::progress(&format!("router, round {round}, -P {streams}, {what} ... "));
+                let sample = box_run(BoxPlacement::Router, mirrored, streams, None)?;
+                println!("{:.2} Gbit/s", sample.gbps);
+                match mirrored {
+                    true => with.push(sample),
+                    false => without.push(sample),
+                }
+            }
+        }
+        bench::progress(&format!("tapped link, round {round} ... "));
+        let sample = box_run(BoxPlacement::Tap, false, 1, None)?;
+        println!("{:.2} Gbit/s", sample.gbps);
+        tap_link.push(sample);
+    }
+    let [
+        (router_baseline, router_mirrored),
+        (router_baseline_p8, router_mirrored_p8),
+    ] = router;
+    let link = median(&tap_link.iter().map(|s| s.gbps).collect::<Vec<_>>());
+    let mut tap_steps = Vec::new();
+    for fraction in TAP_FRACTIONS {
+        let offered = (fraction < 1.0).then_some(fraction * link);
+        bench::progress(&format!("tap's mirror at {:.0} % ... ", fraction * 100.0));
+        let sample = box_run(BoxPlacement::Tap, true, 1, offered)?;
+        let gapped = sample.mirror.as_ref().map_or(0, |m| m.gapped_flows);
+        println!("{:.2} Gbit/s, {gapped} gapped flows", sample.gbps);
+        tap_steps.push(TapStep {
+            fraction,
+            offered_gbps: offered.unwrap_or(0.0),
+            sample,
+        });
+    }
+    record(Results {
+        mirror: Some(MirrorBoxResults {
+            info: RunInfo {
+                seconds: started.elapsed().as_secs_f64(),
+                ..info
+            },
+            seconds: IPERF_SECONDS,
+            router_baseline,
+            router_mirrored,
+            router_baseline_p8,
+            router_mirrored_p8,
+            tap_link,
+            tap_steps,
+        }),
+        ..Results::default()
+    })
+}
+
+/// One iperf3 run of `streams` streams, client → primary, on a fresh LAN
+/// for `placement`, with the box's mirror (and a standby it replicates to)
+/// when `mirrored`, offering at most `gbps` when given.
+fn box_run(
+    placement: BoxPlacement,
+    mirrored: bool,
+    streams: u32,
+    gbps: Option<f64>,
+) -> Result<Sample> {
+    live::wait_for_host(HOST_BUSY)?;
+    let lan = match placement {
+        BoxPlacement::Router => Lan::behind_router(1),
+        BoxPlacement::Tap => Lan::tapped(1),
+    };
+    let service = Lan::service_in(Family::V4, IPERF_PORT);
+    let dir = connmirror_tests::workdir::WorkDir::new("bench-mirror");
+    let key = key_file(&dir);
+    let running = match mirrored {
+        true => Some(start_box_mirror(&lan, placement, service, &key)?),
+        false => None,
+    };
+    live::interrupt_point()?;
+    let mut server = iperf3_server_in(&lan.primary, service)?;
+    let result = (|| {
+        wait_listening(&lan.primary, IPERF_PORT)?;
+        let cpu = |r: &Option<(Mirror, Mirror, i32)>| match r {
+            Some((_, _, pid)) => live::process_cpu_seconds(*pid),
+            None => Ok(0.0),
+        };
+        let cpu_before = cpu(&running)?;
+        let host_before = host_cpu()?;
+        let t0 = Instant::now();
+        let json = iperf3_client_at(&lan.client, service.ip().to_string(), streams, gbps)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let host_busy = host_before.busy_percent(&host_cpu()?);
+        let cpu_percent = (cpu(&running)? - cpu_before) / wall * 100.0;
+        let (gbps, retransmits) = parse_iperf3(&json)?;
+        Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
+    })();
+    // Every segment up to the last FIN crosses the mirror before it stops,
+    // as in the capture benchmark.
+    let _ = result.is_ok()
+        && wait_child(&mut server, Duration::from_secs(5), "iperf3 server").is_ok()
+        && wait_closed(
+            &[&lan.client, &lan.primary],
+            IPERF_PORT,
+            Duration::from_secs(10),
+        )?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let (gbps, retransmits, cpu_percent, host_busy) = result?;
+    Ok(Sample {
+        gbps,
+        retransmits,
+        host_busy,
+        mirror: running.map(|(mirror, _standby, _)| mirror_sample(mirror, cpu_percent)),
+        ..Sample::default()
+    })
+}
+
+/// The standby (capturing nothing, receiving the box's stream) and the
+/// box's mirror replicating to it, connected; with the mirror's pid.
+fn start_box_mirror(
+    lan: &Lan,
+    placement: BoxPlacement,
+    service: std::net::SocketAddr,
+    key: &Path,
+) -> Result<(Mirror, Mirror, i32)> {
+    let key = key.display().to_string();
+    let standby_ip = Lan::standby_addr(Family::V4, 0);
+    let heartbeats = std::net::SocketAddr::new(standby_ip, 7400).to_string();
+    let replication = std::net::SocketAddr::new(standby_ip, 7402).to_string();
+    let standby = Mirror::start(
+        &lan.standbys[0],
+        &MirrorCommand::standby()
+            .iface(LAN_IF)
+            .service(service)
+            .ingress("none")
+            .egress("none")
+            .without_dumps()
+            .arg("--heartbeat-listen")
+            .arg(&heartbeats)
+            .arg("--replication-listen")
+            .arg(&replication)
+            .arg("--key")
+            .arg(&key),
+    );
+    let (host, command) = match placement {
+        BoxPlacement::Router => (
+            &lan.router,
+            MirrorCommand::new().ifaces([ROUTER_CLIENT_IF, LAN_IF]),
+        ),
+        BoxPlacement::Tap => (
+            &lan.tap,
+            MirrorCommand::new().ifaces([TAP_IF]).on_ring_full("pass"),
+        ),
+    };
+    let host = host.as_ref().expect("the LAN has the mirror's box");
+    let mirror = Mirror::start(
+        host,
+        &command
+            .service(service)
+            .without_dumps()
+            .arg("--replicate-to")
+            .arg(&replication)
+            .arg("--key")
+            .arg(&key),
+    );
+    let text = "replication channel established";
+    connmirror_tests::process::wait_for_text(|| standby.stderr(), text, Duration::from_secs(20))
+        .map_err(|stderr| anyhow::anyhow!("the standby never logged {text:?}:\n{stderr}"))?;
+    let pid = mirror_pid(host)?;
+    Ok((mirror, standby, pid))
 }
