@@ -43,7 +43,12 @@ pub fn onhost_standby_command(family: Family, service: &str, key: &Path) -> Mirr
 
 /// A standby capturing nothing on `iface`, heartbeats and replication
 /// arriving at `listen` (in that order).
-fn standby_listening(iface: &str, service: &str, key: &Path, listen: [String; 2]) -> MirrorCommand {
+pub fn standby_listening(
+    iface: &str,
+    service: &str,
+    key: &Path,
+    listen: [String; 2],
+) -> MirrorCommand {
     let [heartbeats, replication] = listen;
     MirrorCommand::standby()
         .iface(iface)

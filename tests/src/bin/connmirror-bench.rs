@@ -122,7 +122,9 @@ use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF, TAP_IF};
 use connmirror_tests::live;
 use connmirror_tests::metrics::{self, Scrape};
 use connmirror_tests::mirror::FlowStatus;
-use connmirror_tests::onhost::{onhost_standby, onhost_standby_command, start_onhost_agent};
+use connmirror_tests::onhost::{
+    onhost_standby, onhost_standby_command, standby_listening, start_onhost_agent,
+};
 use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
@@ -438,6 +440,57 @@ fn capture(command: &str) -> Result<()> {
     })
 }
 
+/// One measured iperf3 run: the client in `client` against the one-shot
+/// server (and its namespace) on `service`, `streams` streams, offering at
+/// most `gbps` when given.
+struct IperfRun<'a> {
+    client: &'a Netns,
+    server: (Child, &'a Netns),
+    service: std::net::SocketAddr,
+    streams: u32,
+    gbps: Option<f64>,
+}
+
+/// (Gbit/s, retransmits, capturer CPU in % of a core, host busy in %).
+type Measured = (f64, u64, f64, f64);
+
+impl IperfRun<'_> {
+    /// Runs it, with the capturer's CPU from `cpu_seconds` (utime+stime so
+    /// far) and the host's, then lets the server end on its own (`-1`) and
+    /// both ends of every connection close, so a capturer sees every segment
+    /// up to the last FIN or RST: the client's kernel still sends and
+    /// retransmits after iperf3 exits, and a segment dropped for backpressure
+    /// but not yet retransmitted would look like a hole. Also says whether
+    /// the connections closed within 10 s.
+    fn measure(self, cpu_seconds: impl Fn() -> Result<f64>) -> Result<(Measured, bool)> {
+        let Self {
+            client,
+            server: (mut server, server_ns),
+            service,
+            streams,
+            gbps,
+        } = self;
+        let result = (|| {
+            wait_listening(server_ns, IPERF_PORT)?;
+            let cpu_before = cpu_seconds()?;
+            let host_before = host_cpu()?;
+            let t0 = Instant::now();
+            let json = iperf3_client_at(client, service.ip().to_string(), streams, gbps)?;
+            let wall = t0.elapsed().as_secs_f64();
+            let host_busy = host_before.busy_percent(&host_cpu()?);
+            let cpu_percent = (cpu_seconds()? - cpu_before) / wall * 100.0;
+            let (gbps, retransmits) = parse_iperf3(&json)?;
+            Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
+        })();
+        let quiet = result.is_ok()
+            && wait_child(&mut server, Duration::from_secs(5), "iperf3 server").is_ok()
+            && wait_closed(&[client, server_ns], IPERF_PORT, Duration::from_secs(10))?;
+        let _ = server.kill();
+        let _ = server.wait();
+        Ok((result?, quiet))
+    }
+}
+
 /// One run of one configuration on a fresh topology.
 fn capture_run(config: &Config) -> Result<Sample> {
     live::wait_for_host(HOST_BUSY)?;
@@ -446,34 +499,16 @@ fn capture_run(config: &Config) -> Result<Sample> {
     let capturer = Running::start(config, &topo, service)?;
     live::interrupt_point()?;
 
-    let mut server = iperf3_server(&topo, service)?;
-    let result = (|| {
-        wait_listening(&topo.server, IPERF_PORT)?;
-        let cpu_before = capturer.cpu_seconds()?;
-        let host_before = host_cpu()?;
-        let t0 = Instant::now();
-        let json = iperf3_client(&topo.client, service.ip().to_string(), config.streams)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let host_busy = host_before.busy_percent(&host_cpu()?);
-        let cpu_after = capturer.cpu_seconds()?;
-        let (gbps, retransmits) = parse_iperf3(&json)?;
-        let cpu_percent = (cpu_after - cpu_before) / wall * 100.0;
-        Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
-    })();
-    // Let the server end on its own (`-1`) and both ends of both connections close,
-    // so the mirror sees every segment up to the last FIN or RST: the client's kernel
-    // still sends and retransmits after iperf3 exits, and a segment dropped for
-    // backpressure but not yet retransmitted would look like a hole.
-    let quiet = result.is_ok()
-        && wait_child(&mut server, Duration::from_secs(5), "iperf3 server").is_ok()
-        && wait_closed(
-            &[&topo.client, &topo.server],
-            IPERF_PORT,
-            Duration::from_secs(10),
-        )?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let (gbps, retransmits, cpu_percent, host_busy) = result?;
+    let server = iperf3_server(&topo, service)?;
+    let run = IperfRun {
+        client: &topo.client,
+        server: (server, &topo.server),
+        service,
+        streams: config.streams,
+        gbps: None,
+    };
+    let ((gbps, retransmits, cpu_percent, host_busy), quiet) =
+        run.measure(|| capturer.cpu_seconds())?;
     if !quiet {
         eprintln!("\n  note: the iperf3 connections did not close within 10 s of the test's end");
     }
@@ -2541,35 +2576,18 @@ fn box_run(
         false => None,
     };
     live::interrupt_point()?;
-    let mut server = iperf3_server_in(&lan.primary, service)?;
-    let result = (|| {
-        wait_listening(&lan.primary, IPERF_PORT)?;
-        let cpu = |r: &Option<(Mirror, Mirror, i32)>| match r {
-            Some((_, _, pid)) => live::process_cpu_seconds(*pid),
-            None => Ok(0.0),
-        };
-        let cpu_before = cpu(&running)?;
-        let host_before = host_cpu()?;
-        let t0 = Instant::now();
-        let json = iperf3_client_at(&lan.client, service.ip().to_string(), streams, gbps)?;
-        let wall = t0.elapsed().as_secs_f64();
-        let host_busy = host_before.busy_percent(&host_cpu()?);
-        let cpu_percent = (cpu(&running)? - cpu_before) / wall * 100.0;
-        let (gbps, retransmits) = parse_iperf3(&json)?;
-        Ok::<_, anyhow::Error>((gbps, retransmits, cpu_percent, host_busy))
-    })();
-    // Every segment up to the last FIN crosses the mirror before it stops,
-    // as in the capture benchmark.
-    let _ = result.is_ok()
-        && wait_child(&mut server, Duration::from_secs(5), "iperf3 server").is_ok()
-        && wait_closed(
-            &[&lan.client, &lan.primary],
-            IPERF_PORT,
-            Duration::from_secs(10),
-        )?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let (gbps, retransmits, cpu_percent, host_busy) = result?;
+    let server = iperf3_server_in(&lan.primary, service)?;
+    let run = IperfRun {
+        client: &lan.client,
+        server: (server, &lan.primary),
+        service,
+        streams,
+        gbps,
+    };
+    let ((gbps, retransmits, cpu_percent, host_busy), _) = run.measure(|| match &running {
+        Some((_, _, pid)) => live::process_cpu_seconds(*pid),
+        None => Ok(0.0),
+    })?;
     Ok(Sample {
         gbps,
         retransmits,
@@ -2587,25 +2605,15 @@ fn start_box_mirror(
     service: std::net::SocketAddr,
     key: &Path,
 ) -> Result<(Mirror, Mirror, i32)> {
-    let key = key.display().to_string();
     let standby_ip = Lan::standby_addr(Family::V4, 0);
     let heartbeats = std::net::SocketAddr::new(standby_ip, 7400).to_string();
     let replication = std::net::SocketAddr::new(standby_ip, 7402).to_string();
+    let listen = [heartbeats, replication.clone()];
     let standby = Mirror::start(
         &lan.standbys[0],
-        &MirrorCommand::standby()
-            .iface(LAN_IF)
-            .service(service)
-            .ingress("none")
-            .egress("none")
-            .without_dumps()
-            .arg("--heartbeat-listen")
-            .arg(&heartbeats)
-            .arg("--replication-listen")
-            .arg(&replication)
-            .arg("--key")
-            .arg(&key),
+        &standby_listening(LAN_IF, &service.to_string(), key, listen),
     );
+    let key = key.display().to_string();
     let (host, command) = match placement {
         BoxPlacement::Router => (
             &lan.router,

@@ -36,6 +36,7 @@
 //!   `unprotected: mirror lost`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use connmirror_common::Counter;
@@ -47,7 +48,7 @@ use connmirror_tests::kills::{full, wait_until};
 use connmirror_tests::lan::{LAN_IF, Lan, ROUTER_CLIENT_IF, TAP_IF};
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::{Mirror, MirrorCommand};
-use connmirror_tests::onhost::REPLICATION_PORT;
+use connmirror_tests::onhost::{REPLICATION_PORT, standby_listening};
 use connmirror_tests::pinning::PinnedInstance;
 use connmirror_tests::topology::Family;
 use connmirror_tests::wire::WireWatch;
@@ -101,21 +102,10 @@ impl Setup {
         let heartbeats = SocketAddr::new(standby_ip, HEARTBEAT_PORT).to_string();
         let replication = SocketAddr::new(standby_ip, REPLICATION_PORT).to_string();
         let echo = echo_server_in(&lan.primary, service);
+        let listen = [heartbeats.clone(), replication.clone()];
         let standby = Mirror::start(
             &lan.standbys[0],
-            &MirrorCommand::standby()
-                .iface(LAN_IF)
-                .arg("--service")
-                .arg(&full(service))
-                .ingress("none")
-                .egress("none")
-                .without_dumps()
-                .arg("--heartbeat-listen")
-                .arg(&heartbeats)
-                .arg("--replication-listen")
-                .arg(&replication)
-                .arg("--key")
-                .arg(&key)
+            &standby_listening(LAN_IF, &full(service), Path::new(&key), listen)
                 .arg("--announce")
                 .arg(LAN_IF),
         );
