@@ -85,7 +85,7 @@ enum Task {
     ///
     /// Runs setup, builds the release daemon, mounts bpffs at /sys/fs/bpf when it
     /// is not mounted, runs every check of `lint`, then runs
-    /// `cargo test --release -p connmirror-common --features connmirror-common/std -p connmirror -p connmirror-handoff -p xtask`
+    /// `cargo test --release -p connmirror-common --features connmirror-common/std -p connmirror -p connmirror-handoff -p connmirror-fuzz -p xtask`
     /// and `cargo test --release -p connmirror-tests -- --test-threads=1` with
     /// CONNMIRROR_BIN set to the daemon (and CONNMIRROR_ECHO_EXAMPLE to the echo
     /// example). Needs root: the end-to-end tests create

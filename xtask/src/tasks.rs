@@ -61,6 +61,8 @@ pub fn test(extra: &[String]) -> Result<()> {
         "-p",
         "connmirror-handoff",
         "-p",
+        "connmirror-fuzz",
+        "-p",
         "xtask",
     ])
     .args(cargo_args);
