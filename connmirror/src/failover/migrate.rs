@@ -40,7 +40,7 @@
 //! does). Settling relies on the application answering what it read within
 //! [`SETTLE`]; bytes an application holds in its own memory are not moved.
 
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
@@ -147,7 +147,7 @@ pub struct MigrateReport {
 }
 
 /// Writes `value` as one authenticated frame.
-pub fn write_frame(stream: &mut TcpStream, key: &Key, value: &impl Serialize) -> io::Result<()> {
+pub fn write_frame(stream: &mut impl Write, key: &Key, value: &impl Serialize) -> io::Result<()> {
     let json = serde_json::to_vec(value).map_err(io::Error::other)?;
     let len = u32::try_from(json.len()).map_err(|_| io::Error::other("frame too long"))?;
     let mut frame = Vec::with_capacity(4 + json.len() + MAC_LEN);
@@ -159,7 +159,7 @@ pub fn write_frame(stream: &mut TcpStream, key: &Key, value: &impl Serialize) ->
 }
 
 /// Reads one authenticated frame; refuses a bad MAC or an oversize frame.
-pub fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream, key: &Key) -> io::Result<T> {
+pub fn read_frame<T: DeserializeOwned>(stream: &mut impl Read, key: &Key) -> io::Result<T> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let n = u32::from_be_bytes(len) as usize;
@@ -168,8 +168,19 @@ pub fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream, key: &Key) -> io:
             "frame of {n} bytes, over {MAX_FRAME}"
         )));
     }
-    let mut rest = vec![0u8; n + MAC_LEN];
-    stream.read_exact(&mut rest)?;
+    // Grown as the bytes come, not allocated up front: before the MAC is
+    // checked, a length field alone must not make this allocate 256 MiB.
+    let mut rest = Vec::new();
+    stream
+        .by_ref()
+        .take((n + MAC_LEN) as u64)
+        .read_to_end(&mut rest)?;
+    if rest.len() != n + MAC_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the connection closed inside a frame",
+        ));
+    }
     let (json, tag) = rest.split_at(n);
     let mut signed = len.to_vec();
     signed.extend(json);
