@@ -3,7 +3,6 @@
 //! counters, the reader's deadline and the kernel's flow state.
 
 use std::collections::HashMap as StdHashMap;
-
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
