@@ -18,13 +18,22 @@
 //! | [`replication`] | the replication channel's plaintext messages | the peer, once the channel is open |
 //! | [`control`] | `daemon::control::Request` | the control socket |
 //! | [`handoff`] | the handoff hello and flow headers | the application, and the daemon |
+//! | [`journal_dir`] | reading and recovering a journal directory | the disk, after a crash or worse |
+//! | [`migration`] | `failover::migrate::read_frame` | the migration peer |
+//! | [`config`] | `daemon::config::Config::parse` against the real command line | a configuration file |
 
+mod files;
 pub mod seeds;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
+use connmirror::daemon::cli::{LAYOUT, cli_command};
+use connmirror::daemon::config::Config;
 use connmirror::daemon::control::Request;
+use connmirror::failover::migrate;
 use connmirror::flow::record::Record;
+use connmirror::journal::{self, FsyncPolicy, JournalConfig, JournalWriter, ReadMode};
 use connmirror::key::Key;
 use connmirror::ownership::heartbeat;
 use connmirror::replication::channel::{self, Batch, Hello as ChannelHello};
@@ -33,12 +42,13 @@ use connmirror_common::parse::{self, Parsed};
 use connmirror_handoff::wire::{
     self, COUNT_PREFIX, FlowMeta, HEADER_PREFIX, HELLO_HEAD, Hello as HandoffHello,
 };
+use serde::{Serialize, de::DeserializeOwned};
 
 /// A fuzz target: any bytes in, a panic when a check fails.
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its binary and corpus directory.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("packet", packet),
     ("ring_record", ring_record),
     ("journal_record", journal_record),
@@ -46,6 +56,9 @@ pub const TARGETS: [(&str, Target); 7] = [
     ("replication", replication),
     ("control", control),
     ("handoff", handoff),
+    ("journal_dir", journal_dir),
+    ("migration", migration),
+    ("config", config),
 ];
 
 /// The key the [`heartbeat`] target signs and verifies with.
@@ -181,4 +194,80 @@ fn hello_round_trip(version: u16, body: &[u8]) {
     assert_eq!((again, len), (version, encoded.len() - HELLO_HEAD));
     let back = HandoffHello::decode_body(&encoded[HELLO_HEAD..]).expect("re-encoded decodes");
     assert_eq!(back, hello);
+}
+
+/// A journal directory of arbitrary files ([`files::write`] lays them out):
+/// read strictly and with salvage, every record decoded; then the writer's
+/// recovery opens it, and what it leaves must read back strictly.
+pub fn journal_dir(data: &[u8]) {
+    let dir = files::Scratch::new();
+    files::write(dir.path(), data);
+    for mode in [ReadMode::Strict, ReadMode::Salvage] {
+        if let Ok(scan) = journal::read_journal(dir.path(), mode) {
+            for record in &scan.records {
+                let _ = Record::decode(record.kind, &record.payload);
+            }
+        }
+    }
+    let mut config = JournalConfig::new(dir.path());
+    config.fsync = FsyncPolicy::Never;
+    if let Ok((writer, _)) = JournalWriter::open(config) {
+        writer.close().expect("closing a recovered journal");
+        let again = journal::read_journal(dir.path(), ReadMode::Strict);
+        assert!(
+            again.is_ok(),
+            "a recovered journal must read back: {again:?}"
+        );
+    }
+}
+
+/// A migration frame as each message it can be, as it arrives and with a
+/// valid MAC over it (so the JSON past the MAC is fuzzed too). What reads
+/// re-writes to a frame that reads the same.
+pub fn migration(data: &[u8]) {
+    let key = Key::from_bytes(HEARTBEAT_KEY);
+    frame::<migrate::Prepare>(&key, data);
+    frame::<migrate::Prepared>(&key, data);
+    frame::<migrate::Transfer>(&key, data);
+    frame::<migrate::Receipt>(&key, data);
+}
+
+fn frame<T: DeserializeOwned + Serialize>(key: &Key, data: &[u8]) {
+    let _ = migrate::read_frame::<T>(&mut &data[..], key);
+    let mut signed = (data.len() as u32).to_be_bytes().to_vec();
+    signed.extend(data);
+    let tag = key.sign(&signed);
+    signed.extend(tag);
+    let Ok(value) = migrate::read_frame::<T>(&mut &signed[..], key) else {
+        return;
+    };
+    let mut again = Vec::new();
+    migrate::write_frame(&mut again, key, &value).expect("a frame writes into memory");
+    let back: T = migrate::read_frame(&mut &again[..], key).expect("a re-written frame reads");
+    let json = |v: &T| serde_json::to_value(v).expect("a frame's value serializes");
+    assert_eq!(json(&back), json(&value));
+}
+
+/// A configuration file, checked against the real command line as
+/// `connmirror config check` does. What it accepts prints (as the
+/// effective settings) a file that is accepted too and prints the same
+/// settings (every one of them now set in the file, none marked default).
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let cmd = cli_command();
+    let Ok(effective) = Config::parse(Path::new("fuzz.toml"), text, &cmd, &LAYOUT)
+        .and_then(|config| config.effective(&cmd))
+    else {
+        return;
+    };
+    let again = Config::parse(Path::new("effective.toml"), &effective, &cmd, &LAYOUT)
+        .and_then(|config| config.effective(&cmd));
+    // Every value is explicit the second time: only the marks differ.
+    let unmarked = |text: &str| text.replace("  # default", "");
+    match again {
+        Ok(again) => assert_eq!(unmarked(&again), unmarked(&effective)),
+        Err(e) => panic!("the effective settings are refused: {e}\n{effective}"),
+    }
 }

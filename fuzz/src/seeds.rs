@@ -4,8 +4,11 @@
 //! begins past the framing and the corpus test always has something to run.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
+use connmirror::failover::migrate::{Prepare, Prepared, Receipt};
 use connmirror::flow::record::Record;
+use connmirror::journal::{FsyncPolicy, JournalConfig, JournalWriter, parse_segment_file_name};
 use connmirror::key::Key;
 use connmirror::ownership::heartbeat::{self, Kind, Ownership};
 use connmirror::replication::channel::{self, Batch, Hello as ChannelHello, ReplicationLag};
@@ -13,7 +16,7 @@ use connmirror_common::frame::TcpFrame;
 use connmirror_common::{Direction, RecordHeader};
 use connmirror_handoff::wire::{FlowMeta, Hello as HandoffHello, Recorded};
 
-use crate::HEARTBEAT_KEY;
+use crate::{HEARTBEAT_KEY, files};
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().expect("a socket address")
@@ -29,6 +32,9 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         "replication" => replication(),
         "control" => control(),
         "handoff" => handoff(),
+        "journal_dir" => journal_dirs(),
+        "migration" => migration(),
+        "config" => configs(),
         _ => panic!("no target named {name}"),
     }
 }
@@ -150,6 +156,79 @@ fn handoff() -> Vec<Vec<u8>> {
     ]
 }
 
+/// A journal the writer wrote (three records), as [`crate::files`] lays
+/// it out; the same with its last record torn; and with a leftover
+/// temporary segment beside it.
+fn journal_dirs() -> Vec<Vec<u8>> {
+    let dir = files::Scratch::new();
+    let mut config = JournalConfig::new(dir.path());
+    config.fsync = FsyncPolicy::Never;
+    let (mut writer, _) = JournalWriter::open(config).expect("a journal in a scratch directory");
+    for record in journal_records().iter().cycle().take(3) {
+        writer.append(record[0], &record[1..]).expect("an append");
+    }
+    writer.close().expect("closing the journal");
+    let mut segments: Vec<(u8, Vec<u8>)> = std::fs::read_dir(dir.path())
+        .expect("the scratch directory")
+        .map(|entry| entry.expect("an entry").path())
+        .filter_map(|path| {
+            let name = path.file_name()?.to_str()?;
+            let seq = u8::try_from(parse_segment_file_name(name)?).ok()?;
+            Some((seq, std::fs::read(&path).expect("a segment")))
+        })
+        .collect();
+    segments.sort();
+    let whole = files::encode(&segments);
+    if let Some((_, last)) = segments.last_mut() {
+        last.truncate(last.len() - 3);
+    }
+    let torn = files::encode(&segments);
+    segments.push((4, b"half a segment".to_vec()));
+    vec![whole, torn, files::encode(&segments)]
+}
+
+/// The JSON of each migration message (the target frames and signs it).
+fn migration() -> Vec<Vec<u8>> {
+    let prepare = Prepare {
+        node_id: "primary".into(),
+        to: "standby".into(),
+        counter: 5,
+        epoch: 2,
+        services: vec![addr("198.18.0.100:7000")],
+    };
+    let prepared = Prepared {
+        counter: 5,
+        refused: None,
+    };
+    let receipt = Receipt {
+        counter: 5,
+        restored: 4,
+        errors: vec!["one reset".into()],
+        refused: None,
+    };
+    vec![json(&prepare), json(&prepared), json(&receipt)]
+}
+
+/// `value` as JSON.
+fn json(value: &impl serde::Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a migration message serializes")
+}
+
+/// The example configuration files (examples/*.toml).
+fn configs() -> Vec<Vec<u8>> {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .unwrap_or_else(|e| panic!("{}: {e}", examples.display()))
+        .map(|entry| entry.expect("an entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| std::fs::read(path).expect("an example"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use connmirror::daemon::control::Request;
@@ -191,5 +270,30 @@ mod tests {
         };
         FlowMeta::decode_header(&header[4..]).expect("a flow header");
         HandoffHello::decode_body(&hello[10..]).expect("a hello body");
+        let cmd = connmirror::daemon::cli::cli_command();
+        let layout = &connmirror::daemon::cli::LAYOUT;
+        let configs = configs();
+        assert!(configs.len() >= 5);
+        for text in configs {
+            let text = String::from_utf8(text).expect("UTF-8");
+            connmirror::daemon::config::Config::parse(Path::new("x.toml"), &text, &cmd, layout)
+                .expect("an example configuration");
+        }
+        let [whole, _, _] = &journal_dirs()[..] else {
+            panic!("three journals")
+        };
+        let dir = files::Scratch::new();
+        files::write(dir.path(), whole);
+        let scan = connmirror::journal::read_journal(dir.path(), Default::default());
+        assert_eq!(scan.expect("the journal reads").records.len(), 3);
+        let key = Key::from_bytes(HEARTBEAT_KEY);
+        for json in migration() {
+            let mut frame = (json.len() as u32).to_be_bytes().to_vec();
+            frame.extend(&json);
+            frame.extend(key.sign(&frame));
+            let value: serde_json::Value =
+                connmirror::failover::migrate::read_frame(&mut &frame[..], &key).expect("a frame");
+            assert!(value.is_object());
+        }
     }
 }

@@ -24,3 +24,20 @@ fn every_corpus_file_runs_through_its_target_without_a_panic() {
         println!("{name}: {files} corpus files");
     }
 }
+
+/// Every target has its libFuzzer binary, declared in the manifest, and a
+/// corpus directory: `cargo xtask fuzz` runs what the manifest declares.
+#[test]
+fn every_target_has_a_binary_declared_in_the_manifest() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("the manifest");
+    let declared = manifest.matches("[[bin]]").count();
+    assert_eq!(declared, connmirror_fuzz::TARGETS.len());
+    for (name, _) in connmirror_fuzz::TARGETS {
+        assert!(manifest.contains(&format!("name = \"{name}\"")), "{name}");
+        assert!(
+            root.join(format!("fuzz_targets/{name}.rs")).is_file(),
+            "{name}"
+        );
+    }
+}

@@ -37,6 +37,7 @@ pub mod digest;
 pub mod echo;
 pub mod etcd;
 pub mod failover;
+pub mod fuzzing;
 pub mod inject;
 pub mod journal;
 pub mod kills;

@@ -400,6 +400,7 @@ mod tests {
             resume: None,
             heartbeats: None,
             mirror: None,
+            fuzz: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, ensure};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+mod fuzz;
 mod mirror_box;
+pub use fuzz::{FuzzResults, FuzzRun};
 pub use mirror_box::{MirrorBoxResults, TapStep};
 
 /// Where and how one area was run: what every table states.
@@ -658,6 +660,8 @@ pub struct Results {
     pub heartbeats: Option<HeartbeatResults>,
     /// `bench/data/mirror.json`.
     pub mirror: Option<MirrorBoxResults>,
+    /// `bench/data/fuzz.json`.
+    pub fuzz: Option<FuzzResults>,
 }
 
 impl Results {
@@ -672,6 +676,7 @@ impl Results {
             resume: load(&dir.join("resume.json"))?,
             heartbeats: load(&dir.join("heartbeats.json"))?,
             mirror: load(&dir.join("mirror.json"))?,
+            fuzz: load(&dir.join("fuzz.json"))?,
         })
     }
 
@@ -687,6 +692,7 @@ impl Results {
             resume,
             heartbeats,
             mirror,
+            fuzz,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
@@ -695,7 +701,8 @@ impl Results {
         save(&dir.join("onhost.json"), onhost)?;
         save(&dir.join("resume.json"), resume)?;
         save(&dir.join("heartbeats.json"), heartbeats)?;
-        save(&dir.join("mirror.json"), mirror)
+        save(&dir.join("mirror.json"), mirror)?;
+        save(&dir.join("fuzz.json"), fuzz)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -711,6 +718,7 @@ impl Results {
             resume: newer.resume.or(older.resume),
             heartbeats: newer.heartbeats.or(older.heartbeats),
             mirror: newer.mirror.or(older.mirror),
+            fuzz: newer.fuzz.or(older.fuzz),
         };
     }
 
@@ -731,6 +739,7 @@ impl Results {
             self.onhost.as_ref().map(render_onhost),
             self.heartbeats.as_ref().map(render_heartbeats),
             self.mirror.as_ref().map(mirror_box::render),
+            self.fuzz.as_ref().map(fuzz::render),
             self.resume.as_ref().map(render_resume),
         ];
         for section in sections.into_iter().flatten() {

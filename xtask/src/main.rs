@@ -12,6 +12,7 @@
 mod apt;
 mod bpf_linker;
 mod build_env;
+mod cargo_fuzz;
 mod deps;
 mod host;
 mod lint;
@@ -116,6 +117,28 @@ enum Task {
         /// Which benchmarks to run.
         #[arg(value_enum, default_value_t = Area::All)]
         area: Area,
+    },
+    /// Fuzz the decoders of outside bytes and record what each target did.
+    ///
+    /// Runs setup, installs cargo-fuzz if it is missing, then `cargo run
+    /// --release -p connmirror-tests --bin connmirror-bench -- fuzz [TARGET]
+    /// --time S --runs N`: each target of fuzz/ (fuzz/README.md) runs with
+    /// `cargo fuzz run` on nightly from its corpus in fuzz/corpus/, until S
+    /// seconds or N executions, whichever comes first. The corpus keeps what
+    /// the fuzzer found; bench/data/fuzz.json and the "Fuzzing" section of
+    /// bench/RESULTS.md get each target's run. Fails if a target crashed,
+    /// hung or ran out of memory (libFuzzer saved the input under
+    /// fuzz/artifacts/TARGET/; the output is in target/fuzz-logs/TARGET.log).
+    /// Needs no root.
+    Fuzz {
+        /// One target (default: every target, one after the other).
+        target: Option<String>,
+        /// Seconds per target at most.
+        #[arg(long, value_name = "S", default_value_t = 600)]
+        time: u64,
+        /// Executions per target at most.
+        #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+        runs: u64,
     },
     /// Check formatting, clippy lints, module dependencies and file sizes.
     ///
@@ -233,6 +256,7 @@ fn run(Cli { task }: Cli) -> anyhow::Result<()> {
         Task::Test { args } => tasks::test(&args),
         Task::Demo => tasks::demo(),
         Task::Bench { area } => tasks::bench(area),
+        Task::Fuzz { target, time, runs } => tasks::fuzz(target.as_deref(), time, runs),
         Task::Lint => lint::lint(),
         Task::Deps { src, markdown } => deps::run(&src, markdown),
     }

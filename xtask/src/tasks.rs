@@ -1,4 +1,4 @@
-//! The tasks behind `build`, `run`, `test`, `demo` and `bench`.
+//! The tasks behind `build`, `run`, `test`, `demo`, `bench` and `fuzz`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -111,6 +111,28 @@ pub fn bench(area: Area) -> Result<()> {
         &[area.as_arg()],
     )
     .context("the benchmark failed; see its output above")
+}
+
+/// `cargo xtask fuzz`: installs cargo-fuzz when missing, then runs
+/// `connmirror-bench fuzz` for `target` (every one when `None`), each for at
+/// most `time` seconds and `runs` executions.
+pub fn fuzz(target: Option<&str>, time: u64, runs: u64) -> Result<()> {
+    let env = setup::ensure(Scope::Build)?;
+    crate::cargo_fuzz::ensure(&env)?;
+    env.announce();
+    let mut cmd = workspace::cargo();
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "connmirror-tests",
+        "--bin",
+        "connmirror-bench",
+    ])
+    .args(["--", "fuzz"])
+    .args(target)
+    .args(["--time", &time.to_string(), "--runs", &runs.to_string()]);
+    step(env.apply(&mut cmd)?).context("fuzzing failed; see the output above")
 }
 
 /// Runs the `connmirror-tests` binary `bin` with `args` against the release

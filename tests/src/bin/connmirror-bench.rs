@@ -97,6 +97,14 @@
 //! pass`, replicating to a standby) at each of [`TAP_FRACTIONS`] of that rate,
 //! and the highest rate at which its report has no gapped flow.
 //!
+//! # fuzz
+//! Not a benchmark, but recorded the same way: `connmirror-bench fuzz
+//! [TARGET] [--time S] [--runs N]` (what `cargo xtask fuzz` runs, needing no
+//! root) runs each fuzz target of `fuzz/` with cargo-fuzz from its corpus
+//! until S seconds (600) or N executions (10 million), whichever comes
+//! first ([`connmirror_tests::fuzzing`]), and records each target's run in
+//! `bench/data/fuzz.json`, replacing that target's previous run only.
+//!
 //! # Results
 //! Each area prints its table, stores its result as JSON in
 //! `bench/data/AREA.json` (replacing that area's previous result), then rewrites
@@ -128,11 +136,12 @@ use connmirror_tests::onhost::{
 use connmirror_tests::plots;
 use connmirror_tests::redis::{self, CounterResult};
 use connmirror_tests::results::{
-    CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, HeartbeatResults,
-    JournalResults, LiveRound, MemoryRuns, MirrorBoxResults, MirrorSample, OnHostKills,
-    OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results, ResumeCost, ResumeMemory,
-    ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample, TakeoverRuns, TapStep,
-    TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile, write_atomically,
+    CaptureResults, Capturer, ConfigRuns, CostTest, FailoverResults, FirstByte, FuzzResults,
+    FuzzRun, HeartbeatResults, JournalResults, LiveRound, MemoryRuns, MirrorBoxResults,
+    MirrorSample, OnHostKills, OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results,
+    ResumeCost, ResumeMemory, ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample,
+    TakeoverRuns, TapStep, TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile,
+    write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -174,6 +183,9 @@ fn main() -> ExitCode {
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "fuzz") {
+        return fuzz(&args[1..]);
+    }
     if args.first().is_some_and(|a| a == "report") {
         ensure!(
             args.len() == 1,
@@ -2640,4 +2652,105 @@ fn start_box_mirror(
         .map_err(|stderr| anyhow::anyhow!("the standby never logged {text:?}:\n{stderr}"))?;
     let pid = mirror_pid(host)?;
     Ok((mirror, standby, pid))
+}
+
+/// Usage of the `fuzz` mode, for its errors.
+const FUZZ_USAGE: &str = "usage: connmirror-bench fuzz [TARGET] [--time SECONDS] [--runs N]";
+
+/// `connmirror-bench fuzz`: see the module docs. Fails when a target
+/// stopped on a crash, a hang or out-of-memory (after recording it).
+fn fuzz(args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    let all = connmirror_tests::fuzzing::targets(&root)?;
+    let (target, limits) = fuzz_args(args)?;
+    let names = match target {
+        Some(name) if all.contains(&name) => vec![name],
+        Some(name) => bail!("no fuzz target {name:?}; the targets: {}", all.join(", ")),
+        None => all,
+    };
+    let typed: Vec<&str> = std::iter::once("cargo xtask fuzz")
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let command = format!("`{}`", typed.join(" "));
+    let info = RunInfo::collect(&command, &root)?;
+    let commit = match info.dirty {
+        true => format!("{}+dirty", info.commit),
+        false => info.commit.clone(),
+    };
+    bench::progress("building the fuzz targets (cargo fuzz build) ...\n");
+    connmirror_tests::fuzzing::build(&root)?;
+    let mut runs = Vec::new();
+    for name in &names {
+        bench::progress(&format!(
+            "fuzzing {name} ({} s or {} runs) ... ",
+            limits.seconds, limits.runs
+        ));
+        let out = connmirror_tests::fuzzing::run(&root, name, limits)?;
+        println!(
+            "{} runs in {} s: {}",
+            out.executions, out.seconds, out.outcome
+        );
+        let corpus = root.join("fuzz/corpus").join(name);
+        runs.push(FuzzRun {
+            name: name.clone(),
+            command: command.clone(),
+            date: info.date.clone(),
+            commit: commit.clone(),
+            executions: out.executions,
+            seconds: out.seconds,
+            outcome: out.outcome,
+            artifact: out.artifact,
+            corpus_files: std::fs::read_dir(&corpus).map_or(0, |d| d.count()),
+        });
+    }
+    let failed: Vec<String> = (runs.iter())
+        .filter(|run| run.outcome != "clean")
+        .map(|run| {
+            format!(
+                "{}: {} ({})",
+                run.name,
+                run.outcome,
+                root.join("target/fuzz-logs")
+                    .join(format!("{}.log", run.name))
+                    .display()
+            )
+        })
+        .collect();
+    let mut fuzz = Results::load(&data_dir())?.fuzz.unwrap_or_default();
+    fuzz.update(FuzzResults { targets: runs });
+    record(Results {
+        fuzz: Some(fuzz),
+        ..Results::default()
+    })?;
+    ensure!(failed.is_empty(), "fuzzing stopped: {}", failed.join("; "));
+    Ok(())
+}
+
+/// `[TARGET] [--time S] [--runs N]`.
+fn fuzz_args(args: &[String]) -> Result<(Option<String>, connmirror_tests::fuzzing::Limits)> {
+    let mut limits = connmirror_tests::fuzzing::Limits {
+        seconds: 600,
+        runs: 10_000_000,
+    };
+    let mut target = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| -> Result<u64> {
+            let text = args
+                .next()
+                .with_context(|| format!("{flag} needs a value; {FUZZ_USAGE}"))?;
+            text.parse()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("{flag} {text:?}: not a positive integer; {FUZZ_USAGE}"))
+        };
+        match arg.as_str() {
+            "--time" => limits.seconds = value("--time")?,
+            "--runs" => limits.runs = value("--runs")?,
+            flag if flag.starts_with('-') => bail!("unknown flag {flag:?}; {FUZZ_USAGE}"),
+            name if target.is_none() => target = Some(name.to_owned()),
+            extra => bail!("one target at most, got {extra:?} too; {FUZZ_USAGE}"),
+        }
+    }
+    Ok((target, limits))
 }
