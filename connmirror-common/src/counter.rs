@@ -48,11 +48,15 @@ pub enum Counter {
     /// a pinned capture left behind never stops the traffic it sits on.
     /// Their flows are gapped.
     UnreadPasses = 15,
+    /// Segments of a flow the kernel's flow map had no room for (it holds
+    /// `--max-flows`), passed uncaptured: the flow is not protected. A full
+    /// map refuses new flows; it never evicts one it tracks.
+    FlowsUntracked = 16,
 }
 
 impl Counter {
     /// All non-malformed counters, in slot order.
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::PacketsSeen,
         Counter::PacketsTracked,
         Counter::BytesCaptured,
@@ -69,6 +73,7 @@ impl Counter {
         Counter::SyncHeld,
         Counter::PayloadSkipped,
         Counter::UnreadPasses,
+        Counter::FlowsUntracked,
     ];
 
     /// The slot index in the counter array.
@@ -180,6 +185,12 @@ impl Counter {
                 unit: Unit::None,
                 help: "Segments passed uncaptured under --on-ring-full drop because no daemon had read the ring for --reader-timeout (it died or is stopped); their flows are gapped.",
             },
+            Counter::FlowsUntracked => CounterInfo {
+                name: "flows_untracked",
+                metric: "ebpf_flows_untracked",
+                unit: Unit::None,
+                help: "Segments passed uncaptured because the kernel's flow map was full (--max-flows): their flows are not protected.",
+            },
         }
     }
 }
@@ -211,7 +222,7 @@ pub struct CounterInfo {
 }
 
 /// First slot of the malformed-packet counters; slot = `MALFORMED_BASE + reason`.
-pub const MALFORMED_BASE: u32 = 16;
+pub const MALFORMED_BASE: u32 = 20;
 
 /// Why a frame could not be parsed. Such frames are counted and passed untouched.
 #[repr(u32)]

@@ -19,5 +19,5 @@ pub mod parse;
 pub mod record;
 
 pub use counter::{Counter, CounterInfo, Malformed};
-pub use map::{FlowKey, FlowValue, PayloadSkip, ServiceKey, ServiceMode, ServiceValue};
+pub use map::{FlowFlags, FlowKey, FlowValue, PayloadSkip, ServiceKey, ServiceMode, ServiceValue};
 pub use record::{Direction, Hook, RecordHeader, RingFullPolicy};

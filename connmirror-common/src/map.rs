@@ -73,7 +73,7 @@ impl ServiceMode {
     pub const SYNC: u32 = 8;
 }
 
-/// Key of the `FLOWS` LRU map: one TCP connection of a service.
+/// Key of the `FLOWS` map: one TCP connection of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -91,7 +91,7 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
-/// Value of the `FLOWS` LRU map.
+/// Value of the `FLOWS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -103,6 +103,23 @@ pub struct FlowValue {
     pub gaps: u32,
     /// Service id from the `SERVICES` map.
     pub service_id: u32,
+    /// [`FlowFlags`] bits, set by userspace.
+    pub flags: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+/// Bits of [`FlowValue::flags`].
+pub struct FlowFlags;
+
+impl FlowFlags {
+    /// Userspace refused to protect the flow (its memory cap was reached
+    /// with every flow it holds ready): the programs pass the flow's
+    /// segments uncaptured.
+    pub const REFUSED: u32 = 1;
+    /// A refused flow saw a FIN or a RST: userspace removes the entry once
+    /// the close is over (its sweep).
+    pub const CLOSING: u32 = 2;
 }
 
 #[cfg(feature = "user")]

@@ -6,11 +6,11 @@ use aya_ebpf::{
     },
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use connmirror_common::{
-    Counter, Direction, FlowKey, FlowValue, Hook, PayloadSkip, RecordHeader, RingFullPolicy,
-    ServiceKey, ServiceMode, ServiceValue,
+    Counter, Direction, FlowFlags, FlowKey, FlowValue, Hook, PayloadSkip, RecordHeader,
+    RingFullPolicy, ServiceKey, ServiceMode, ServiceValue,
     counter::COUNTER_SLOTS,
     parse::{self, Parsed, Segment, copy_options},
     record::{CHUNK_SIZE, MAX_CHUNKS, RECORD_LAYOUT, record_flags, tcp_flags},
@@ -26,9 +26,12 @@ static RECORDS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 #[map]
 static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(1024, 0);
 
-/// Tracked connections, least recently used evicted first.
+/// Tracked connections. Userspace sizes it at load time (`--max-flows`) and
+/// removes each flow it has forgotten (closed, or evicted); a full map
+/// refuses new flows ([`Counter::FlowsUntracked`]) and never evicts one, so
+/// a ready flow never loses its gap count behind userspace's back.
 #[map]
-static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(65536, 0);
+static FLOWS: HashMap<FlowKey, FlowValue> = HashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by [`Counter`] and [`connmirror_common::Malformed`].
 #[map]
@@ -102,7 +105,10 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
         return Verdict::Pass;
     }
     count(Counter::PacketsTracked.index(), 1);
-    let flow = track(&flow_key(&seg, direction), service.id);
+    let key = flow_key(&seg, direction);
+    let Some(flow) = protected(&key, &seg, service.id) else {
+        return Verdict::Pass;
+    };
     if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, &service, flow) {
         return uncaptured(reason, flow);
     }
@@ -114,7 +120,8 @@ pub fn capture<S: LoadInto>(pkt: &Kernel<S>, hook: Hook, ifindex: u32) -> Verdic
 /// until the standby acknowledged the journal up to its data and its ACK.
 /// Every segment of such a flow but a RST is held, captured or not: the agent
 /// drops one whose bytes the journal lacks (the ring was full), so TCP sends
-/// it again. Anything else passes uncaptured.
+/// it again. Anything else, a flow not protected ([`protected`]) included,
+/// passes uncaptured.
 #[inline(always)]
 pub fn hold<S: LoadInto>(pkt: &Kernel<S>, ifindex: u32) -> bool {
     let Ok(Parsed::Tcp(seg)) = parse::parse_ip(pkt) else {
@@ -128,7 +135,10 @@ pub fn hold<S: LoadInto>(pkt: &Kernel<S>, ifindex: u32) -> bool {
     }
     count(Counter::PacketsTracked.index(), 1);
     let direction = Direction::ServerToClient;
-    let flow = track(&flow_key(&seg, direction), service.id);
+    let key = flow_key(&seg, direction);
+    let Some(flow) = protected(&key, &seg, service.id) else {
+        return false;
+    };
     let hook = Hook::Netfilter;
     if let Err(reason) = copy(pkt, &seg, hook, ifindex, direction, &service, flow) {
         count(reason.index(), 1);
@@ -210,7 +220,29 @@ fn flow_key(seg: &Segment, direction: Direction) -> FlowKey {
     }
 }
 
-/// Looks the flow up in the LRU map, inserting it on first sight.
+/// The flow's entry when its segments are to be captured: `None` when the
+/// map had no room for it (counted) or userspace refused it ([`FlowFlags`];
+/// its first FIN or RST marks it closing, for userspace to remove).
+#[inline(always)]
+fn protected(key: &FlowKey, seg: &Segment, service_id: u32) -> Option<*mut FlowValue> {
+    let Some(flow) = track(key, service_id) else {
+        count(Counter::FlowsUntracked.index(), 1);
+        return None;
+    };
+    // SAFETY: `flow` points into a map value that stays valid for this run.
+    let flags = unsafe { (*flow).flags };
+    if flags & FlowFlags::REFUSED == 0 {
+        return Some(flow);
+    }
+    if seg.flags & (tcp_flags::FIN | tcp_flags::RST) != 0 && flags & FlowFlags::CLOSING == 0 {
+        // SAFETY: as above.
+        unsafe { (*flow).flags = flags | FlowFlags::CLOSING };
+    }
+    None
+}
+
+/// Looks the flow up in the map, inserting it on first sight; `None` when
+/// the map is full.
 #[inline(always)]
 fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
     FLOWS.get_ptr_mut(key).or_else(|| {
@@ -219,6 +251,8 @@ fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
             first_seen_ns: unsafe { bpf_ktime_get_ns() },
             gaps: 0,
             service_id,
+            flags: 0,
+            _pad: 0,
         };
         // Another CPU may insert first: BPF_NOEXIST keeps its entry, and the second
         // lookup finds whichever won.
@@ -232,7 +266,7 @@ fn track(key: &FlowKey, service_id: u32) -> Option<*mut FlowValue> {
 /// it (while a daemon reads the ring: see [`READER`]); under `pass` it is
 /// forwarded and its flow marked as gapped.
 #[inline(always)]
-fn uncaptured(reason: Counter, flow: Option<*mut FlowValue>) -> Verdict {
+fn uncaptured(reason: Counter, flow: *mut FlowValue) -> Verdict {
     count(reason.index(), 1);
     // SAFETY: a global written only by the loader.
     let policy = unsafe { core::ptr::read_volatile(&RING_FULL_POLICY) };
@@ -245,10 +279,8 @@ fn uncaptured(reason: Counter, flow: Option<*mut FlowValue>) -> Verdict {
         return Verdict::Drop;
     };
     count(passed.index(), 1);
-    if let Some(flow) = flow {
-        // SAFETY: `flow` points into a map value that stays valid for this run.
-        unsafe { (*flow).gaps = (*flow).gaps.saturating_add(1) };
-    }
+    // SAFETY: `flow` points into a map value that stays valid for this run.
+    unsafe { (*flow).gaps = (*flow).gaps.saturating_add(1) };
     Verdict::Pass
 }
 
@@ -275,7 +307,7 @@ fn copy<S: LoadInto>(
     ifindex: u32,
     direction: Direction,
     service: &ServiceValue,
-    flow: Option<*mut FlowValue>,
+    flow: *mut FlowValue,
 ) -> Result<(), Counter> {
     let header = SCRATCH.get_ptr_mut(0).ok_or(Counter::CopyFailed)?;
     // SAFETY: the per-CPU scratch value is ours for the whole run.
@@ -289,7 +321,7 @@ fn copy<S: LoadInto>(
     header.ack = seg.ack;
     header.payload_len = seg.payload_len as u32;
     // SAFETY: as in `uncaptured`.
-    header.flow_gaps = flow.map_or(0, |f| unsafe { (*f).gaps });
+    header.flow_gaps = unsafe { (*flow).gaps };
     header.src_port = seg.src_port;
     header.dst_port = seg.dst_port;
     header.window = seg.window;

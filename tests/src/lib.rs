@@ -16,6 +16,9 @@
 //! - [`vlan`]: 802.1Q tagging of a link by TC programs (the test kernel has no
 //!   VLAN driver).
 //! - [`digest`]: [`Digest`], a SHA-256 with a readable `Debug`.
+//! - [`churn`]: short connections at a paced rate and many idle ones, from
+//!   several client addresses, against a real Redis.
+//! - [`disk`]: [`disk::SmallDisk`], a small tmpfs to fill, for the disk-full tests.
 //! - [`cache`]: a primary serving a real cache server (Redis, memcached) and the
 //!   standby's own instance of it, resumed by live replay or by replay; shared
 //!   by the `live` tests and `connmirror-bench resume`.
@@ -33,7 +36,9 @@
 
 pub mod bench;
 pub mod cache;
+pub mod churn;
 pub mod digest;
+pub mod disk;
 pub mod echo;
 pub mod etcd;
 pub mod failover;

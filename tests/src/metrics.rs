@@ -156,6 +156,28 @@ pub fn scrape(ns: &Netns, endpoint: &str) -> Scrape {
     Scrape::parse(text)
 }
 
+/// Scrapes the default endpoint in `ns` until the reader has applied every
+/// record the kernel wrote and `done` holds, then returns that scrape.
+/// Panics with the last scrape after `timeout`.
+pub fn scrape_settled(ns: &Netns, timeout: Duration, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let now = scrape(ns, DEFAULT_ENDPOINT);
+        let caught_up = now.count("connmirror_ring_records_total")
+            == now.count("connmirror_ebpf_records_total")
+            && now.get("connmirror_replication_lag_bytes") == 0.0;
+        if caught_up && done(&now) {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the metrics never settled:\n{}",
+            now.text
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs `promtool check metrics` over `text`; panics with its complaints.
 pub fn promtool_check(text: &str) {
     let mut child = Command::new("promtool")

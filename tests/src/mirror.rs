@@ -44,6 +44,9 @@ pub struct MirrorCommand {
     args: Vec<String>,
     /// Pass `--report` only, so the mirror writes no stream files.
     no_dumps: bool,
+    /// Pass neither `--report` nor `--dump-dir`: the mirror keeps no flow
+    /// past its close (a report would list every flow seen).
+    no_report: bool,
     /// `--dump-dir` chosen by the test (kept across mirrors), instead of one in
     /// the mirror's own scratch directory.
     dump_dir: Option<PathBuf>,
@@ -108,6 +111,13 @@ impl MirrorCommand {
         self
     }
 
+    /// Neither `--report` nor `--dump-dir`, as a daemon runs in production:
+    /// closed flows are pruned. Stop it with [`Mirror::stop_unreported`].
+    pub fn without_report(mut self) -> MirrorCommand {
+        self.no_report = true;
+        self
+    }
+
     /// `--dump-dir DIR` with a directory the test owns, so consecutive mirrors
     /// (a restart) write the same dump files. The report lands there too.
     pub fn dump_dir(mut self, dir: &Path) -> MirrorCommand {
@@ -156,6 +166,9 @@ impl MirrorCommand {
                 argv.push(flag.to_owned());
                 argv.push(dir.join(name).display().to_string());
             }
+        }
+        if self.no_report {
+            return argv;
         }
         if self.no_dumps {
             argv.push("--report".to_owned());
@@ -266,6 +279,33 @@ impl Mirror {
     /// `report.json`. Returns the report and the mirror's scratch directory, which
     /// holds the dump files the report names (they are deleted when it drops).
     pub fn stop(mut self) -> (Report, WorkDir) {
+        self.interrupt();
+        let path = self.dump_dir().join("report.json");
+        let report = Report::read(&path)
+            .unwrap_or_else(|e| panic!("{e}; mirror stderr:\n{}", self.stderr()));
+        (report, self.dir.take().expect("scratch dir"))
+    }
+}
+
+impl Mirror {
+    /// Sends SIGINT and waits (at most [`STOP_TIMEOUT`]) for exit status 0,
+    /// for a mirror started [`without_report`](MirrorCommand::without_report).
+    /// Returns its log.
+    pub fn stop_unreported(mut self) -> String {
+        self.interrupt();
+        self.stderr()
+    }
+
+    /// Waits (at most `timeout`) for the mirror to exit on its own, as on a
+    /// fatal error; returns its exit status and its log.
+    pub fn wait_exit(mut self, timeout: Duration) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let status = wait_with_timeout(&mut child, timeout, &self.what);
+        (status, self.stderr())
+    }
+
+    /// SIGINT, then exit status 0 within [`STOP_TIMEOUT`].
+    fn interrupt(&mut self) {
         let mut child = self.child.take().expect("running");
         // SAFETY: kill has no memory-safety preconditions; the pid is our child,
         // not yet reaped.
@@ -277,10 +317,6 @@ impl Mirror {
             self.what,
             self.stderr()
         );
-        let path = self.dump_dir().join("report.json");
-        let report = Report::read(&path)
-            .unwrap_or_else(|e| panic!("{e}; mirror stderr:\n{}", self.stderr()));
-        (report, self.dir.take().expect("scratch dir"))
     }
 }
 

@@ -2,12 +2,13 @@
 //! the services tracked (and their modes), the ring buffer, the kernel
 //! counters, the reader's deadline and the kernel's flow state.
 
-use std::collections::HashMap as StdHashMap;
+use std::collections::{HashMap as StdHashMap, HashSet};
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use connmirror_common::{
-    Counter, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue, counter::COUNTER_SLOTS,
+    Counter, FlowFlags, FlowKey, FlowValue, Malformed, ServiceKey, ServiceValue,
+    counter::COUNTER_SLOTS,
 };
 
 use crate::{
@@ -61,7 +62,8 @@ impl Capture {
     }
 
     /// Removes `service` from the services map: its segments pass uncaptured from
-    /// the next packet on. Flows already in the kernel's flow map age out (LRU).
+    /// the next packet on. Flows already in the kernel's flow map stay there
+    /// until the daemon forgets them ([`forget_flows`](Self::forget_flows)).
     pub fn untrack(&mut self, service: &Service) -> Result<(), CaptureError> {
         let mut map: HashMap<_, ServiceKey, ServiceValue> = self.map_mut("SERVICES")?;
         map.remove(&service.key()).map_err(map_error("SERVICES"))
@@ -108,13 +110,100 @@ impl Capture {
         Ok(Counters { slots })
     }
 
-    /// Gap counts of every flow still in the kernel's LRU flow map.
+    /// Gap counts of every flow still in the kernel's flow map.
     pub fn flow_gaps(&self) -> Result<StdHashMap<FlowKey, u32>, CaptureError> {
         let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
         map.iter()
             .map(|entry| entry.map(|(key, value)| (key, value.gaps)))
             .collect::<Result<_, _>>()
             .map_err(map_error("FLOWS"))
+    }
+
+    /// Removes `keys` from the kernel's flow map: flows the daemon no longer
+    /// holds (closed and pruned, or evicted). Returns how many were there.
+    pub fn forget_flows(&mut self, keys: &[FlowKey]) -> Result<usize, CaptureError> {
+        let mut map: HashMap<_, FlowKey, FlowValue> = self.map_mut("FLOWS")?;
+        let mut removed = 0;
+        for key in keys {
+            match map.remove(key) {
+                Ok(()) => removed += 1,
+                Err(err) if is_missing(&err) => {}
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Marks `keys` refused in the kernel's flow map
+    /// ([`FlowFlags::REFUSED`]): the programs pass their segments
+    /// uncaptured from the next one on. A key the map no longer holds is
+    /// left out. Returns how many were marked.
+    pub fn refuse_flows(&mut self, keys: &[FlowKey]) -> Result<usize, CaptureError> {
+        const BPF_EXIST: u64 = 2;
+        let mut map: HashMap<_, FlowKey, FlowValue> = self.map_mut("FLOWS")?;
+        let mut marked = 0;
+        for key in keys {
+            let mut value = match map.get(key, 0) {
+                Ok(value) => value,
+                Err(err) if is_missing(&err) => continue,
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            };
+            value.flags |= FlowFlags::REFUSED;
+            match map.insert(key, value, BPF_EXIST) {
+                Ok(()) => marked += 1,
+                Err(err) if is_missing(&err) => {}
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            }
+        }
+        Ok(marked)
+    }
+
+    /// Removes the entries of the kernel's flow map that the daemon does not
+    /// hold (`holds` says no) and that were already `suspects` at the
+    /// previous sweep: refused flows that began to close
+    /// ([`FlowFlags::CLOSING`]), and flows whose records the daemon ignored.
+    /// Refused flows still open stay. `suspects` becomes this sweep's.
+    /// Returns how many were removed.
+    pub fn sweep_flows(
+        &mut self,
+        holds: impl Fn(&FlowKey) -> bool,
+        suspects: &mut HashSet<FlowKey>,
+    ) -> Result<usize, CaptureError> {
+        let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
+        let mut found = HashSet::new();
+        for entry in map.iter() {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                Err(err) if is_missing(&err) => continue,
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            };
+            let refused = value.flags & FlowFlags::REFUSED != 0;
+            if !holds(&key) && (!refused || value.flags & FlowFlags::CLOSING != 0) {
+                found.insert(key);
+            }
+        }
+        let gone: Vec<FlowKey> = found.intersection(suspects).copied().collect();
+        *suspects = found
+            .into_iter()
+            .filter(|key| !gone.contains(key))
+            .collect();
+        self.forget_flows(&gone)
+    }
+
+    /// How many flows the kernel's flow map holds now (one system call per
+    /// flow: for scrapes and tests, not for every packet).
+    pub fn flow_count(&self) -> Result<usize, CaptureError> {
+        let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
+        let mut count = 0;
+        for key in map.keys() {
+            match key {
+                Ok(_) => count += 1,
+                // Removed while the walk passed it.
+                Err(err) if is_missing(&err) => {}
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            }
+        }
+        Ok(count)
     }
 
     /// The map `name`, read-only, as `M`.
@@ -192,5 +281,14 @@ impl ReaderDeadline {
         self.map.set(0, deadline, 0).map_err(map_error("READER"))?;
         self.renewed_ns = now;
         Ok(())
+    }
+}
+
+/// Whether a map call failed because the key is not there (`ENOENT`).
+fn is_missing(err: &aya::maps::MapError) -> bool {
+    match err {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(err) => err.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }

@@ -46,7 +46,8 @@ mod trace;
 pub use error::CaptureError;
 pub use maps::{Counters, ReaderDeadline};
 pub use options::{
-    CaptureConfig, EgressHook, IngressHook, MIN_RING_SIZE, parse_ring_size, parse_size,
+    CaptureConfig, DEFAULT_MAX_FLOWS, EgressHook, IngressHook, MIN_RING_SIZE, parse_ring_size,
+    parse_size,
 };
 pub use plan::AttachPoint;
 pub use trace::TraceLog;
@@ -111,13 +112,14 @@ impl Capture {
         let CaptureConfig {
             ring_size,
             on_ring_full,
+            max_flows,
         } = config;
         check_ring_size(*ring_size)?;
         let lock = match &instance {
             Some(instance) => {
                 instance.prepare()?;
                 let lock = instance.lock()?;
-                check_pinned_maps(instance, *ring_size)?;
+                check_pinned_maps(instance, *ring_size, *max_flows)?;
                 Some(lock)
             }
             None => None,
@@ -128,6 +130,7 @@ impl Capture {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("RECORDS", *ring_size)
+            .map_max_entries("FLOWS", *max_flows)
             .override_global("RING_FULL_POLICY", &policy, true)
             .override_global("WAKEUP_BYTES", &wakeup, true);
         if let Some(instance) = &instance {

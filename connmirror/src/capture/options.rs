@@ -55,7 +55,13 @@ pub struct CaptureConfig {
     pub ring_size: u32,
     /// What to do with a tracked segment when the ring is full.
     pub on_ring_full: RingFullPolicy,
+    /// Most flows the kernel's flow map holds ([`DEFAULT_MAX_FLOWS`]).
+    pub max_flows: u32,
 }
+
+/// Flows the kernel tracks at most by default. Each costs about 112 bytes
+/// of kernel memory, allocated at load (14 MiB for the default).
+pub const DEFAULT_MAX_FLOWS: u32 = 131_072;
 
 /// A ring size the kernel accepts (a power of two) and that holds a burst
 /// (at least [`MIN_RING_SIZE`]).

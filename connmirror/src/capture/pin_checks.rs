@@ -135,8 +135,13 @@ fn describe_hooks(hooks: &BTreeMap<&str, Vec<&str>>) -> String {
 
 /// Fails when a map pinned under `instance` does not fit this binary's
 /// programs: records of another layout, other key or value sizes (another
-/// connmirror version pinned it), or a ring of another size than `ring_size`.
-pub(super) fn check_pinned_maps(instance: &Instance, ring_size: u32) -> Result<(), CaptureError> {
+/// connmirror version pinned it), a ring of another size than `ring_size`,
+/// or a flow map of another size than `max_flows`.
+pub(super) fn check_pinned_maps(
+    instance: &Instance,
+    ring_size: u32,
+    max_flows: u32,
+) -> Result<(), CaptureError> {
     check_record_layout(instance)?;
     let size = |n: usize| n as u32;
     // (map, key size, value size, max entries); 0: not checked.
@@ -178,11 +183,22 @@ pub(super) fn check_pinned_maps(instance: &Instance, ring_size: u32) -> Result<(
         layout("key size", info.key_size(), key)?;
         layout("value size", info.value_size(), value)?;
         layout("max entries", info.max_entries(), entries)?;
-        if map == "RECORDS" && info.max_entries() != ring_size {
+        let (pinned, name) = (info.max_entries(), instance.name().to_owned());
+        if map == "RECORDS" && pinned != ring_size {
+            let asked = ring_size;
             return Err(PinningError::RingSize {
-                name: instance.name().to_owned(),
-                pinned: info.max_entries(),
-                asked: ring_size,
+                name,
+                pinned,
+                asked,
+            }
+            .into());
+        }
+        if map == "FLOWS" && pinned != max_flows {
+            let asked = max_flows;
+            return Err(PinningError::MaxFlows {
+                name,
+                pinned,
+                asked,
             }
             .into());
         }

@@ -149,6 +149,20 @@ pub enum PinningError {
         /// `--ring-size`.
         asked: u32,
     },
+    /// The pinned flow map holds another number of flows than asked.
+    #[error(
+        "pinned instance {name} tracks at most {pinned} flows but this daemon asks for \
+         {asked} (--max-flows); start it with --max-flows {pinned}, or remove the \
+         instance first with `connmirror mirror --detach-all --pin {name}`"
+    )]
+    MaxFlows {
+        /// Instance name.
+        name: String,
+        /// Entries of the pinned flow map.
+        pinned: u32,
+        /// `--max-flows`.
+        asked: u32,
+    },
     /// The pinned links attach other interfaces or hooks than asked.
     #[error(
         "pinned instance {name} captures on {pinned} but this daemon asks for {asked}; \

@@ -33,6 +33,10 @@ pub struct StatusReport {
     pub services: Vec<ServiceStatus>,
     /// Flows by readiness (`ready`, `missing-bytes`, `no-handshake`, `closed`).
     pub flows: BTreeMap<String, u64>,
+    /// New flows refused protection so far: the memory cap was reached with
+    /// only ready flows left (`--memory-cap`).
+    #[serde(default)]
+    pub refused_flows: u64,
     /// Bytes and seconds the standby's copy lags the primary: `None` in inline
     /// mode, where every segment is captured before it is forwarded.
     pub replication_lag: Option<ReplicationLag>,
@@ -96,6 +100,13 @@ impl StatusReport {
             .map(|(readiness, n)| format!("{readiness} {n}"))
             .collect();
         writeln!(out, "flows     {}", flows.join(", "))?;
+        if self.refused_flows > 0 {
+            let n = self.refused_flows;
+            writeln!(
+                out,
+                "refused   {n} new flows refused protection at the memory cap"
+            )?;
+        }
         match self.replication_lag {
             Some(lag) => writeln!(out, "lag       {} bytes, {:.3} s", lag.bytes, lag.seconds)?,
             None if self.role == "standby" || self.role == "owner" => {

@@ -70,13 +70,24 @@ pub struct MirrorArgs {
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "64M")]
     pub history_cap: u32,
     /// Most bytes all flows may hold together; past it the flows idle longest
-    /// are evicted (counted and logged) rather than the process growing.
+    /// that are not ready are evicted (counted and logged), and when only
+    /// ready flows are left, new flows are refused protection (counted and
+    /// logged) rather than the process growing or a ready flow lost.
     #[arg(long, value_name = "BYTES", value_parser = parse_size, default_value = "1G")]
     pub memory_cap: u32,
+    /// Most flows the kernel tracks at once (about 112 bytes of kernel
+    /// memory each, allocated at load). Past it, new flows pass unprotected
+    /// (counted as flows_untracked); a tracked flow is never evicted. A
+    /// closed flow leaves the map within two seconds of its last segment
+    /// (with --report or --dump-dir, which list every flow seen, once the
+    /// memory cap evicts it).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..),
+          default_value_t = DEFAULT_MAX_FLOWS)]
+    pub max_flows: u32,
     /// Pin programs, links and maps under /sys/fs/bpf/connmirror/NAME so capture
     /// outlives the daemon: SIGINT/SIGTERM leave it attached, and a daemon started
-    /// again with the same NAME (and the same --iface, --service and --ring-size)
-    /// takes it over without missing a segment. Use a name per instance: bpffs is
+    /// again with the same NAME (and the same --iface, --service, --ring-size and
+    /// --max-flows) takes it over without missing a segment. Use a name per instance: bpffs is
     /// shared by every network namespace.
     #[arg(long, value_name = "NAME")]
     pub pin: Option<String>,

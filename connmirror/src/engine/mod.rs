@@ -21,7 +21,7 @@
 //! use: failover or the roles; its report takes a role's keys as a map.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fs,
     io::{self, Write as _},
     net::SocketAddr,
@@ -33,7 +33,9 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use clap::ValueEnum as _;
-use connmirror_common::{Counter, Hook, Malformed, PayloadSkip, RecordHeader, RingFullPolicy};
+use connmirror_common::{
+    Counter, FlowKey, Hook, Malformed, PayloadSkip, RecordHeader, RingFullPolicy,
+};
 use prometheus_client::registry::Unit;
 use serde::Serialize;
 use tokio::{
@@ -45,8 +47,8 @@ use crate::{
     capture::backlog::Backlog,
     capture::pinning::{self, Instance},
     capture::{
-        AttachPoint, Capture, CaptureConfig, Counters, EgressHook, IngressHook, ReaderDeadline,
-        parse_ring_size, parse_size,
+        AttachPoint, Capture, CaptureConfig, Counters, DEFAULT_MAX_FLOWS, EgressHook, IngressHook,
+        ReaderDeadline, parse_ring_size, parse_size,
     },
     flow::recovery::Journal,
     flow::stream::{Retention, StreamLimits},
@@ -66,11 +68,21 @@ use report::{log_summary, report, write_report};
 mod families;
 use families::{iface_name, journal_families, kernel_families};
 mod reader;
+use reader::KernelFlows;
 pub(crate) use reader::Reader;
 mod trace;
 
 /// Most records the event loop applies before it looks at its other events.
 const READ_SLICE: usize = 4096;
+
+/// How often the flow table prunes its quiet closed flows, and the kernel's
+/// flow map follows the table ([`Reader::bound_flows`]).
+const BOUND_EVERY: Duration = Duration::from_secs(1);
+
+/// Every how many [`BOUND_EVERY`] rounds the kernel's flow map is swept of
+/// what the table does not hold: an entry goes at the second sweep that
+/// finds it, 10 to 20 seconds on.
+const SWEEP_ROUNDS: u64 = 10;
 
 /// A running capture: the programs attached, the ring registered with the
 /// reactor, the table (and journal) fed by the [`Reader`].
@@ -134,6 +146,7 @@ impl Engine {
             retention,
             history_cap,
             memory_cap,
+            max_flows,
             pin,
             trace_ebpf,
             detach_all: _,
@@ -149,6 +162,7 @@ impl Engine {
         let config = CaptureConfig {
             ring_size,
             on_ring_full: on_ring_full.into(),
+            max_flows,
         };
         let recovers = recovers_flows || journal_args.dir.is_some();
         let (mut capture, took_over) = load_capture(&config, pin.as_deref(), recovers)?;
@@ -182,6 +196,7 @@ impl Engine {
                 newest_ns: 0,
                 outboxes: Vec::new(),
                 live: None,
+                kernel_flows: KernelFlows::default(),
             },
             ring,
             backlog,
@@ -202,15 +217,21 @@ impl Engine {
         mut source: Option<&mut S>,
     ) -> anyhow::Result<Event<T>> {
         let Self {
+            capture,
             reader,
             ring,
             exporter,
             backlog,
             deadline,
+            report_path,
             ..
         } = self;
         let Signals { sigint, sigterm } = signals;
         let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut bound = tokio::time::interval(BOUND_EVERY);
+        // A report lists every flow seen: closed flows then stay (the
+        // memory cap still evicts them first).
+        let prune = report_path.is_none();
         let message = async {
             match source.as_mut() {
                 Some(source) => source.next().await,
@@ -237,6 +258,7 @@ impl Engine {
                     reader.read_up_to(ring.get_mut(), READ_SLICE)?;
                     deadline.renew()?;
                 }
+                _ = bound.tick() => reader.bound_flows(capture, prune)?,
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
                 message = &mut message => return Ok(Event::Message(message)),
@@ -305,6 +327,8 @@ impl Engine {
             reader::mark_divergent(&mut table, live);
         }
         stats.evicted = table.evicted();
+        stats.pruned = table.pruned();
+        stats.refused = table.refused();
         let journal = match journal {
             Some(journal) => Some(journal.close(&mut table).context("closing the journal")?),
             None => None,
@@ -589,6 +613,17 @@ impl Engine {
         match capture.counters() {
             Ok(counters) => families.extend(kernel_families(&counters)),
             Err(err) => tracing::warn!("reading the kernel counters for metrics: {err}"),
+        }
+        match capture.flow_count() {
+            Ok(n) => families.push(
+                Family::gauge(
+                    "kernel_flows",
+                    "Flows in the kernel's flow map (at most --max-flows).",
+                    None,
+                )
+                .set(Vec::new(), n as f64),
+            ),
+            Err(err) => tracing::warn!("counting the kernel's flows for metrics: {err}"),
         }
         families
     }

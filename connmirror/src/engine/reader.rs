@@ -22,6 +22,19 @@ pub(crate) struct Reader {
     pub(crate) outboxes: Vec<Outbox>,
     /// Live replay: the records also feed the standby's instances.
     pub(crate) live: Option<Live>,
+    /// The kernel's flow map as the table follows it ([`Reader::bound_flows`]).
+    pub(super) kernel_flows: KernelFlows,
+}
+
+/// What the reader keeps to have the kernel's flow map follow the table.
+#[derive(Debug, Default)]
+pub(super) struct KernelFlows {
+    /// Calls of [`Reader::bound_flows`] so far.
+    rounds: u64,
+    /// Entries the last sweep found the table does not hold.
+    suspects: HashSet<FlowKey>,
+    /// Entries sweeps removed.
+    pub(super) swept: u64,
 }
 /// Segments and payload bytes captured on one interface in one direction.
 #[derive(Clone, Copy, Debug, Default)]
@@ -54,6 +67,7 @@ impl Reader {
             newest_ns,
             outboxes,
             live,
+            ..
         } = self;
         let mut left = limit;
         while left > 0 {
@@ -93,6 +107,39 @@ impl Reader {
             (journal.write(&records, table)).context("writing the journal")?;
         }
         Ok(left == 0)
+    }
+}
+impl Reader {
+    /// Prunes the table's quiet closed flows (unless `prune` is off: a
+    /// report lists them), then has the kernel's flow map forget the flows
+    /// the table let go and stop capturing those it refused; every
+    /// [`SWEEP_ROUNDS`] calls, sweeps the map of what the table does not
+    /// hold ([`Capture::sweep_flows`]).
+    pub(super) fn bound_flows(&mut self, capture: &mut Capture, prune: bool) -> anyhow::Result<()> {
+        if prune {
+            self.table.prune_closed();
+        }
+        let changes = self.table.take_kernel_changes();
+        if !changes.forget.is_empty() {
+            capture
+                .forget_flows(&changes.forget)
+                .context("forgetting closed flows in the kernel")?;
+        }
+        if !changes.refuse.is_empty() {
+            capture
+                .refuse_flows(&changes.refuse)
+                .context("refusing flows in the kernel")?;
+        }
+        let kernel = &mut self.kernel_flows;
+        kernel.rounds += 1;
+        if kernel.rounds.is_multiple_of(SWEEP_ROUNDS) {
+            let table = &self.table;
+            let swept = capture
+                .sweep_flows(|key| table.holds(key), &mut kernel.suspects)
+                .context("sweeping the kernel's flow map")?;
+            kernel.swept += swept as u64;
+        }
+        Ok(())
     }
 }
 /// Hands live replay's new divergences to the table, which journals each
@@ -158,8 +205,26 @@ impl Reader {
                 .count(Vec::new(), stats.records),
             Family::counter("ring_decode_errors", "Ring records that did not decode.", None)
                 .count(Vec::new(), stats.decode_errors),
-            Family::counter("flows_evicted", "Flows evicted under the memory cap.", None)
-                .count(Vec::new(), table.evicted()),
+            Family::counter(
+                "flows_evicted",
+                "Flows that were not ready evicted under the memory cap.",
+                None,
+            )
+            .count(Vec::new(), table.evicted()),
+            Family::counter(
+                "flows_refused",
+                "New flows refused protection: the memory cap was reached with only ready flows left.",
+                None,
+            )
+            .count(Vec::new(), table.refused()),
+            Family::counter("flows_pruned", "Closed flows forgotten once quiet.", None)
+                .count(Vec::new(), table.pruned()),
+            Family::counter(
+                "kernel_flows_swept",
+                "Entries removed from the kernel's flow map that the daemon did not hold: refused flows once closed, and flows whose segments it ignored.",
+                None,
+            )
+            .count(Vec::new(), self.kernel_flows.swept),
             Family::gauge(
                 "replication_lag",
                 "Bytes the kernel wrote into the ring that the daemon has not applied (and journaled) yet.",

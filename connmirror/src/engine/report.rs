@@ -11,6 +11,10 @@ pub struct ReaderStats {
     pub decode_errors: u64,
     /// Flows evicted under the memory cap.
     pub evicted: u64,
+    /// Closed flows pruned once quiet.
+    pub pruned: u64,
+    /// Flows refused protection at the memory cap.
+    pub refused: u64,
 }
 /// Everything `report.json` holds.
 #[derive(Debug, Serialize)]

@@ -3,9 +3,11 @@
 //! stream is written to. With a journal, every change also becomes a journal
 //! [`Record`], collected for the writer by [`FlowTable::take_records`].
 //!
-//! Memory is bounded by a global cap: past it, the flows idle longest are
-//! evicted (counted, logged, and journaled as closed by eviction) — never an
-//! out-of-memory kill.
+//! Memory is bounded by a global cap: past it, the flows idle longest that
+//! are not ready are evicted (counted, logged, and journaled as closed by
+//! eviction), and when only ready flows are left new flows are refused
+//! protection — never an out-of-memory kill, and never a ready flow lost.
+//! Closed flows are pruned once quiet ([`bounds`]).
 
 pub mod inspect;
 pub mod record;
@@ -53,6 +55,9 @@ mod journaling;
 use journaling::Journaling;
 mod side;
 use side::Side;
+mod bounds;
+use bounds::Bounds;
+pub use bounds::KernelChanges;
 
 /// One TCP connection of a service.
 struct Flow {
@@ -201,10 +206,9 @@ pub struct FlowTable {
     /// Records applied so far (the clock for idleness; every
     /// [`IDLE_RECORDS`] of them, idle flows give back spare buffer space).
     applied: u64,
-    memory_cap: Option<usize>,
     /// Sum of [`Flow::held`].
     held: usize,
-    evicted: u64,
+    bounds: Bounds,
 }
 
 impl FlowTable {
@@ -219,9 +223,8 @@ impl FlowTable {
             arena: BytesMut::new(),
             next_id: 1,
             applied: 0,
-            memory_cap: None,
             held: 0,
-            evicted: 0,
+            bounds: Bounds::default(),
         }
     }
 
@@ -255,12 +258,6 @@ impl FlowTable {
         self.records.get_or_insert_with(Vec::new);
     }
 
-    /// Bounds the memory the flows hold; past it, the flows idle longest are evicted.
-    pub fn memory_cap(mut self, bytes: usize) -> Self {
-        self.memory_cap = Some(bytes);
-        self
-    }
-
     /// Number of flows tracked.
     pub fn len(&self) -> usize {
         self.flows.len()
@@ -276,11 +273,6 @@ impl FlowTable {
         self.held
     }
 
-    /// Flows evicted under the memory cap so far.
-    pub fn evicted(&self) -> u64 {
-        self.evicted
-    }
-
     /// Applies one decoded record. Fails only when a dump file cannot be written.
     pub fn record(&mut self, header: &RecordHeader, chunk: &[u8]) -> io::Result<()> {
         let direction = Direction::from_u8(header.direction).unwrap_or(Direction::ClientToServer);
@@ -289,7 +281,12 @@ impl FlowTable {
         if self.applied.is_multiple_of(IDLE_RECORDS) {
             self.shrink_idle();
         }
-        self.open_if_new(key, header.service_id)?;
+        if direction == Direction::ClientToServer && header.tcp_flags & (SYN | ACK) == SYN {
+            self.retire_closed(&key);
+        }
+        if !self.open_if_new(key, header.service_id)? {
+            return Ok(());
+        }
         let Self {
             flows,
             records,
@@ -350,9 +347,13 @@ impl FlowTable {
         }
     }
 
-    /// Opens (and journals) the flow for `key` on first sight.
-    fn open_if_new(&mut self, key: FlowKey, service_id: u32) -> io::Result<()> {
+    /// Opens (and journals) the flow for `key` on first sight; `false` when
+    /// the table refuses it ([`bounds`]).
+    fn open_if_new(&mut self, key: FlowKey, service_id: u32) -> io::Result<bool> {
         if !self.flows.contains_key(&key) {
+            if self.refuses(&key) {
+                return Ok(false);
+            }
             let id = self.next_id;
             self.next_id += 1;
             let limits = self.limits_for(service_id);
@@ -368,50 +369,7 @@ impl FlowTable {
             self.held += flow.held();
             self.flows.insert(key, Box::new(flow));
         }
-        Ok(())
-    }
-
-    /// Evicts the flows idle longest (never `current`) until the held bytes are
-    /// under 90 % of the cap, so eviction runs in batches rather than per record.
-    fn enforce_memory_cap(&mut self, current: &FlowKey) {
-        let Some(cap) = self.memory_cap else {
-            return;
-        };
-        if self.held <= cap {
-            return;
-        }
-        let mut idle: Vec<(u64, FlowKey)> = self
-            .flows
-            .iter()
-            .filter(|(key, _)| *key != current)
-            .map(|(key, flow)| (flow.last_seen, *key))
-            .collect();
-        idle.sort_unstable();
-        let target = cap / 10 * 9;
-        let mut evicted = 0u64;
-        for (_, key) in idle {
-            if self.held <= target {
-                break;
-            }
-            if let Some(flow) = self.flows.remove(&key) {
-                self.held -= flow.held();
-                if let Some(records) = self.records.as_mut() {
-                    records.push(Record::Close {
-                        id: flow.id,
-                        reason: CloseReason::Evicted,
-                    });
-                }
-                evicted += 1;
-            }
-        }
-        self.evicted += evicted;
-        tracing::warn!(
-            evicted,
-            total = self.evicted,
-            held = self.held,
-            cap,
-            "memory cap reached: evicted the flows idle longest"
-        );
+        Ok(true)
     }
 
     /// Moves a flow this host served uncaptured (it took the connection over,

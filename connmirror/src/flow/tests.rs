@@ -8,11 +8,22 @@ use connmirror_common::{
 use super::*;
 
 fn header(direction: Direction, seq: u32, flags: u8, payload: &[u8]) -> RecordHeader {
+    header_from(40000, direction, seq, flags, payload)
+}
+
+/// A segment of the flow between 198.18.0.2:`port` and 198.18.1.2:7000.
+pub(in crate::flow) fn header_from(
+    port: u16,
+    direction: Direction,
+    seq: u32,
+    flags: u8,
+    payload: &[u8],
+) -> RecordHeader {
     let mut h = RecordHeader::zeroed();
     let (server, client) = ([198, 18, 1, 2], [198, 18, 0, 2]);
     let ((src, sport), (dst, dport)) = match direction {
-        Direction::ClientToServer => ((client, 40000), (server, 7000)),
-        Direction::ServerToClient => ((server, 7000), (client, 40000)),
+        Direction::ClientToServer => ((client, port), (server, 7000)),
+        Direction::ServerToClient => ((server, 7000), (client, port)),
     };
     h.src_addr[..4].copy_from_slice(&src);
     h.dst_addr[..4].copy_from_slice(&dst);

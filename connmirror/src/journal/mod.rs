@@ -195,14 +195,15 @@ pub use writer::{
 pub enum JournalError {
     /// A system call failed. `op` names it (`fdatasync`, `write`, `rename`, …)
     /// and `path` is the file or directory it was called on.
-    #[error("{op} {}: {source}", .path.display())]
+    #[error("{op} {}: {cause}", .path.display())]
     Io {
         /// The system call or file operation, e.g. `fdatasync`.
         op: &'static str,
         /// The file or directory it was called on.
         path: PathBuf,
-        /// What the kernel said.
-        source: io::Error,
+        /// What the kernel said: part of the message, not a separate
+        /// source, so an error chain names it once.
+        cause: io::Error,
     },
     /// A record or segment header failed its checks where no torn tail can
     /// explain it (see the module docs).
@@ -246,5 +247,5 @@ pub enum JournalError {
 /// Wraps an [`io::Error`] with the operation and path it came from.
 fn io_error(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> JournalError {
     let path = path.into();
-    move |source| JournalError::Io { op, path, source }
+    move |cause| JournalError::Io { op, path, cause }
 }

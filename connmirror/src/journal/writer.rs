@@ -461,10 +461,10 @@ impl JournalWriter {
     }
 
     /// Stops the writer after a failed write on the active segment.
-    fn fail(&mut self, op: &'static str, source: std::io::Error) -> JournalError {
+    fn fail(&mut self, op: &'static str, cause: std::io::Error) -> JournalError {
         let path = self.active.path.clone();
         self.failed = Some((op, path.clone()));
-        JournalError::Io { op, path, source }
+        JournalError::Io { op, path, cause }
     }
 
     /// Adds `part` of a record to the direct-I/O window or the buffer, or
@@ -559,11 +559,11 @@ impl Released {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => {
+                Err(cause) => {
                     return Err(JournalError::Io {
                         op: "remove",
                         path,
-                        source,
+                        cause,
                     });
                 }
             }
@@ -636,10 +636,10 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         Err(fs::TryLockError::WouldBlock) => Err(JournalError::Busy {
             dir: dir.to_path_buf(),
         }),
-        Err(fs::TryLockError::Error(source)) => Err(JournalError::Io {
+        Err(fs::TryLockError::Error(cause)) => Err(JournalError::Io {
             op: "flock",
             path,
-            source,
+            cause,
         }),
     }
 }
@@ -715,7 +715,7 @@ fn publish_segment(tmp: &Path, path: &Path) -> Result<(), JournalError> {
         return Err(JournalError::Io {
             op: "create",
             path: path.to_path_buf(),
-            source: std::io::ErrorKind::AlreadyExists.into(),
+            cause: std::io::ErrorKind::AlreadyExists.into(),
         });
     }
     fs::rename(tmp, path).map_err(io_error("rename", tmp))

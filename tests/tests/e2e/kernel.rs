@@ -37,6 +37,7 @@ fn load(ring_size: u32, on_ring_full: RingFullPolicy, service: SocketAddr) -> Ca
     let mut capture = Capture::load(&CaptureConfig {
         ring_size,
         on_ring_full,
+        max_flows: connmirror::capture::DEFAULT_MAX_FLOWS,
     })
     .expect("loading the capture programs");
     capture

@@ -22,11 +22,13 @@
 mod address;
 mod attach;
 mod capture;
+mod churn;
 mod cli_errors;
 mod cluster;
 mod config;
 mod control;
 mod demo;
+mod disk;
 mod failback;
 mod failover;
 mod fixtures;

@@ -4,22 +4,22 @@
 //! ran and the connections it restored.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use connmirror_common::Malformed;
 use connmirror_common::frame::{self, TcpFrame};
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{echo_primary, handoff_app, manual_failover, standby_command};
 use connmirror_tests::inject::{FrameInjector, link_mac};
-use connmirror_tests::metrics::{DEFAULT_ENDPOINT, Scrape, get, scrape};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, get, scrape, scrape_settled};
 use connmirror_tests::mirror::MirrorExit;
-use connmirror_tests::netns::Netns;
 use connmirror_tests::topology::{CLIENT_IF, GATEWAY_CLIENT_IF, GATEWAY_SERVER_IF};
 use connmirror_tests::workdir::WorkDir;
 use connmirror_tests::{Family, Mirror, MirrorCommand, Topology, require_root};
 
 const PORT: u16 = 7000;
+/// How long the metrics may take to settle.
+const SETTLE: Duration = Duration::from_secs(20);
 /// Client → server payload bytes.
 const C2S: usize = 300_000;
 /// Server → client payload bytes.
@@ -31,27 +31,6 @@ const INJECT_PORT: u16 = 4999;
 
 fn captured(iface: &str, direction: &str) -> String {
     format!("connmirror_captured_bytes_total{{iface=\"{iface}\",direction=\"{direction}\"}}")
-}
-
-/// Scrapes until the reader has applied every record the kernel wrote and
-/// `done` holds, then returns that scrape.
-fn scrape_settled(ns: &Netns, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = scrape(ns, DEFAULT_ENDPOINT);
-        let caught_up = now.count("connmirror_ring_records_total")
-            == now.count("connmirror_ebpf_records_total")
-            && now.get("connmirror_replication_lag_bytes") == 0.0;
-        if caught_up && done(&now) {
-            return now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the metrics never settled:\n{}",
-            now.text
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn inject_malformed(topo: &Topology, family: Family) {
@@ -96,7 +75,7 @@ fn capture_counters_move_by_exactly_the_bytes_and_frames_sent() {
     let (client, server) = connmirror_tests::traffic::exchange_once(&topo, service, C2S, S2C);
     inject_malformed(&topo, Family::V4);
     let truncated = "connmirror_malformed_packets_total{reason=\"truncated_l4\"}";
-    let after = scrape_settled(&topo.gateway, |now| {
+    let after = scrape_settled(&topo.gateway, SETTLE, |now| {
         now.delta(&before, &captured(GATEWAY_CLIENT_IF, "egress")) == S2C as u64
             && now.delta(&before, &captured(GATEWAY_SERVER_IF, "egress")) == C2S as u64
             && now.delta(&before, truncated) == INJECTED

@@ -5,12 +5,11 @@
 //! byte-exact (each echoed byte checked against what was sent).
 
 use std::net::SocketAddr;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use connmirror_tests::echo::{EchoClients, EchoOptions, assert_exact};
 use connmirror_tests::failover::{echo_primary, handoff_app, manual_failover, standby_command};
-use connmirror_tests::metrics::{DEFAULT_ENDPOINT, Scrape, scrape};
+use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape, scrape_settled};
 use connmirror_tests::topology::{GATEWAY_CLIENT_IF, GATEWAY_SERVER_IF};
 use connmirror_tests::{Family, Mirror, MirrorCommand, Topology, require_root};
 
@@ -33,22 +32,6 @@ fn restore_service(service: SocketAddr) -> String {
     format!("{service}=restore")
 }
 
-/// Scrapes until the reader has applied every record the kernel wrote and
-/// `done` holds.
-fn scrape_settled(topo: &Topology, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = scrape(&topo.gateway, DEFAULT_ENDPOINT);
-        let caught_up = now.count("connmirror_ring_records_total")
-            == now.count("connmirror_ebpf_records_total");
-        if caught_up && done(&now) {
-            return now;
-        }
-        assert!(Instant::now() < deadline, "never settled:\n{}", now.text);
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The mirror with XDP in and TC out on both links, asked for (the default
 /// on veths is TC in and no egress): each segment is seen entering and
 /// leaving the gateway, so every count below is exactly twice the bytes.
@@ -68,7 +51,7 @@ fn client_payload_is_skipped_exactly_and_never_copied(family: Family) {
     );
 
     let (client, server) = connmirror_tests::traffic::exchange_once(&topo, service, C2S, S2C);
-    let after = scrape_settled(&topo, |now| {
+    let after = scrape_settled(&topo.gateway, Duration::from_secs(20), |now| {
         now.count(&captured(GATEWAY_CLIENT_IF, "egress")) == S2C as u64
     });
     drop((client, server));

@@ -315,6 +315,20 @@ fn a_restart_with_other_settings_than_the_pinned_ones_is_refused_with_the_reason
         base()
             .ifaces(topo.gateway_ifaces())
             .ingress("tc")
+            .service(service)
+            .ring_size(RING)
+            .arg("--max-flows")
+            .arg("1000"),
+        &format!(
+            "error: pinned instance {name} tracks at most 131072 flows but this daemon asks \
+             for 1000 (--max-flows); start it with --max-flows 131072, {hint}"
+        ),
+    );
+    refused(
+        &topo,
+        base()
+            .ifaces(topo.gateway_ifaces())
+            .ingress("tc")
             .service(topo.service(Family::V4, PORT + 1))
             .ring_size(RING),
         &format!(

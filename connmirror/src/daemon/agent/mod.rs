@@ -391,6 +391,7 @@ impl Node<'_> {
                 })
                 .collect(),
             flows: Default::default(),
+            refused_flows: 0,
             replication_lag: None,
             takeovers: 0,
         }

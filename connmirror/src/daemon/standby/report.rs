@@ -100,6 +100,7 @@ impl Standby {
             heartbeats: detector.map(Detector::stats),
             services,
             flows,
+            refused_flows: mirror.reader.table.refused(),
             replication_lag: self.replica.as_ref().and_then(Replica::lag),
             takeovers: self.reports.len(),
         }

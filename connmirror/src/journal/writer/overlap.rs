@@ -99,12 +99,12 @@ impl JournalWriter {
             latency,
             result,
         } = synced;
-        if let Err(source) = result {
+        if let Err(cause) = result {
             self.failed = Some(("fdatasync", sync.path.clone()));
             return Err(JournalError::Io {
                 op: "fdatasync",
                 path: sync.path,
-                source,
+                cause,
             });
         }
         self.stats.observe_fsync(latency);

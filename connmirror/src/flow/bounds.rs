@@ -1,0 +1,262 @@
+//! What keeps the flow table, and the kernel's flow map behind it, bounded:
+//! closed flows are pruned once they fall quiet; past the memory cap the
+//! flows idle longest that are not ready are evicted; and when only ready
+//! flows are left, new flows are refused protection (counted, logged) rather
+//! than a ready flow evicted. Each change the kernel's map must follow (a
+//! flow forgotten, a flow refused) is queued for the engine, which owns the
+//! map ([`FlowTable::take_kernel_changes`]).
+
+use std::collections::{BTreeSet, HashSet, VecDeque};
+
+use connmirror_common::FlowKey;
+
+use super::{CloseReason, Flow, FlowTable, Readiness, Record};
+
+/// Prunes ([`FlowTable::prune_closed`], once a second) a flow first seen
+/// mid-stream must stay quiet for before it goes: two minutes.
+pub const STALE_ROUNDS: usize = 120;
+
+/// The table's bounds and what enforcing them did.
+#[derive(Debug, Default)]
+pub(super) struct Bounds {
+    /// Most bytes the flows may hold together.
+    pub(super) memory_cap: Option<usize>,
+    /// Flows evicted under the memory cap so far.
+    pub(super) evicted: u64,
+    /// Closed flows pruned so far.
+    pub(super) pruned: u64,
+    /// Flows refused protection at the memory cap so far.
+    pub(super) refused: u64,
+    /// Whether new flows are refused: the cap was reached with only ready
+    /// flows left to evict. Ends once the flows hold 90 % of the cap again.
+    refusing: bool,
+    /// The flows refused in the current refusing spell: their records that
+    /// were already in the ring count once. At most the kernel map's size.
+    refused_keys: HashSet<FlowKey>,
+    /// `applied` at each of the last [`STALE_ROUNDS`] prunes, newest last:
+    /// a flow not seen since the newest is quiet, since the oldest stale.
+    prune_marks: VecDeque<u64>,
+    /// Flows the kernel's map is to forget (pruned or evicted).
+    forget: Vec<FlowKey>,
+    /// Flows the kernel's map is to mark refused.
+    refuse: BTreeSet<FlowKey>,
+}
+
+/// What the kernel's flow map is to follow: the flows to remove, and those
+/// to mark refused ([`connmirror_common::FlowFlags::REFUSED`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelChanges {
+    /// Flows the table no longer holds.
+    pub forget: Vec<FlowKey>,
+    /// Flows refused protection.
+    pub refuse: Vec<FlowKey>,
+}
+
+impl FlowTable {
+    /// Bounds the memory the flows hold; see the module docs for what
+    /// happens past it.
+    pub fn memory_cap(mut self, bytes: usize) -> Self {
+        self.bounds.memory_cap = Some(bytes);
+        self
+    }
+
+    /// Flows evicted under the memory cap so far.
+    pub fn evicted(&self) -> u64 {
+        self.bounds.evicted
+    }
+
+    /// Closed flows pruned so far ([`prune_closed`](Self::prune_closed)).
+    pub fn pruned(&self) -> u64 {
+        self.bounds.pruned
+    }
+
+    /// Flows refused protection at the memory cap so far.
+    pub fn refused(&self) -> u64 {
+        self.bounds.refused
+    }
+
+    /// Removes every flow that is done and saw no segment since the
+    /// previous call: closed (both FINs, or a RST), or closing (a FIN) and
+    /// not ready (first seen at its close: it could never be restored), and
+    /// journals its close. The engine calls it once a second, so such a
+    /// flow goes within one to two seconds of its last segment: late
+    /// retransmissions of its FIN still find it. A flow first seen
+    /// mid-stream (no handshake) goes too once it saw no segment for
+    /// [`STALE_ROUNDS`] calls: a connection's last ACK after its FINs went
+    /// by unseen looks like one, and nothing else would end it. Should the
+    /// connection live on, its next segment opens it again, as first seen
+    /// mid-stream, which it was.
+    pub fn prune_closed(&mut self) {
+        let marks = &mut self.bounds.prune_marks;
+        let quiet = marks.back().copied().unwrap_or(0);
+        let stale = (marks.len() == STALE_ROUNDS).then(|| marks[0]);
+        let gone: Vec<FlowKey> = (self.flows.iter())
+            .filter(|(_, flow)| {
+                flow.last_seen <= quiet && done(flow)
+                    || stale.is_some_and(|mark| flow.last_seen <= mark && unknown(flow))
+            })
+            .map(|(key, _)| *key)
+            .collect();
+        for key in gone {
+            if let Some(flow) = self.flows.remove(&key) {
+                self.held -= flow.held();
+                self.bounds.pruned += 1;
+                self.bounds.forget.push(key);
+                self.journal_close(&flow);
+            }
+        }
+        let marks = &mut self.bounds.prune_marks;
+        if marks.len() == STALE_ROUNDS {
+            marks.pop_front();
+        }
+        marks.push_back(self.applied);
+    }
+
+    /// Journals `flow`'s close, unless the journal was told already.
+    fn journal_close(&mut self, flow: &Flow) {
+        if let Some(records) = self.records.as_mut()
+            && !flow.closed
+        {
+            records.push(Record::Close {
+                id: flow.id,
+                reason: CloseReason::Closed,
+            });
+        }
+    }
+
+    /// Retires `key`'s flow if it is closed: a client SYN on its 4-tuple
+    /// opens a new connection (the client reused the port), which must not
+    /// mix with the old one. Counted as pruned. The kernel's entry stays:
+    /// the new connection's segments already use it.
+    pub(super) fn retire_closed(&mut self, key: &FlowKey) {
+        if !self.flows.get(key).is_some_and(|flow| flow.is_closed()) {
+            return;
+        }
+        let Some(flow) = self.flows.remove(key) else {
+            return;
+        };
+        self.held -= flow.held();
+        self.bounds.pruned += 1;
+        self.journal_close(&flow);
+    }
+
+    /// The changes the kernel's flow map is to follow since the last call.
+    pub fn take_kernel_changes(&mut self) -> KernelChanges {
+        KernelChanges {
+            forget: std::mem::take(&mut self.bounds.forget),
+            refuse: std::mem::take(&mut self.bounds.refuse)
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Whether the table holds `key`'s flow.
+    pub fn holds(&self, key: &FlowKey) -> bool {
+        self.flows.contains_key(key)
+    }
+
+    /// Whether a flow first seen now is refused protection (and its records
+    /// ignored): the table is refusing and still above 90 % of its cap.
+    /// Counts each refused flow once, and queues it for the kernel to mark
+    /// again whenever its records come (its entry lost the mark: the kernel
+    /// had not marked it yet, or it was swept and made anew).
+    pub(super) fn refuses(&mut self, key: &FlowKey) -> bool {
+        let bounds = &mut self.bounds;
+        if !bounds.refusing {
+            return false;
+        }
+        let cap = bounds.memory_cap.unwrap_or(usize::MAX);
+        if self.held <= cap / 10 * 9 {
+            bounds.refusing = false;
+            bounds.refused_keys.clear();
+            tracing::info!(
+                held = self.held,
+                cap,
+                "back under the memory cap: new flows are protected again"
+            );
+            return false;
+        }
+        if bounds.refused_keys.insert(*key) {
+            bounds.refused += 1;
+        }
+        bounds.refuse.insert(*key);
+        true
+    }
+
+    /// Evicts the flows idle longest that are not ready (never `current`)
+    /// until the held bytes are under 90 % of the cap, so eviction runs in
+    /// batches rather than per record. When that is not enough, refuses new
+    /// flows from now on ([`refuses`](Self::refuses)): a ready flow is never
+    /// evicted.
+    pub(super) fn enforce_memory_cap(&mut self, current: &FlowKey) {
+        let Some(cap) = self.bounds.memory_cap else {
+            return;
+        };
+        if self.held <= cap || self.bounds.refusing {
+            return;
+        }
+        let mut idle: Vec<(u64, FlowKey)> = (self.flows.iter())
+            .filter(|(key, flow)| *key != current && flow.readiness() != Readiness::Ready)
+            .map(|(key, flow)| (flow.last_seen, *key))
+            .collect();
+        idle.sort_unstable();
+        let target = cap / 10 * 9;
+        let mut evicted = 0u64;
+        for (_, key) in idle {
+            if self.held <= target {
+                break;
+            }
+            self.evict(key);
+            evicted += 1;
+        }
+        self.bounds.evicted += evicted;
+        if evicted > 0 {
+            tracing::warn!(
+                evicted,
+                total = self.bounds.evicted,
+                held = self.held,
+                cap,
+                "memory cap reached: evicted the flows idle longest that were not ready"
+            );
+        }
+        if self.held > target {
+            self.bounds.refusing = true;
+            tracing::warn!(
+                held = self.held,
+                cap,
+                flows = self.flows.len(),
+                "memory cap reached with only ready flows left: new flows are refused \
+                 protection (counted as flows_refused) until the flows hold 90 % of it"
+            );
+        }
+    }
+
+    /// Removes `key`'s flow, journals it as closed by eviction, and queues
+    /// it for the kernel to forget.
+    fn evict(&mut self, key: FlowKey) {
+        if let Some(flow) = self.flows.remove(&key) {
+            self.held -= flow.held();
+            if let Some(records) = self.records.as_mut() {
+                records.push(Record::Close {
+                    id: flow.id,
+                    reason: CloseReason::Evicted,
+                });
+            }
+            self.bounds.forget.push(key);
+        }
+    }
+}
+
+/// Whether `flow` was first seen mid-stream (no handshake, nothing missing).
+fn unknown(flow: &Flow) -> bool {
+    flow.readiness() == Readiness::NoHandshake
+}
+
+/// Whether `flow` is done: closed, or closing and not ready.
+fn done(flow: &Flow) -> bool {
+    let closing = flow.c2s.state.fin || flow.s2c.state.fin;
+    flow.is_closed() || closing && flow.readiness() != Readiness::Ready
+}
+
+#[cfg(test)]
+mod tests;
