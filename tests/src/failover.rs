@@ -102,6 +102,11 @@ impl Program {
         }
     }
 
+    /// The process id (`ip netns exec` runs the program in its place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Waits for a stdout line that contains `text`; returns it.
     pub fn wait_line(&self, text: &str, timeout: Duration) -> String {
         wait_for_line(&self.lines, timeout, |line| line.contains(text)).unwrap_or_else(|e| {
@@ -215,6 +220,29 @@ pub fn standby_command(topo: &Topology, service: &str) -> MirrorCommand {
 pub fn kill_primary(topo: &Topology, server: &mut Program) {
     topo.server.ip(["link", "set", "dev", SERVER_IF, "down"]);
     server.kill();
+}
+
+/// The old primary's link and addresses come back, with its echo server.
+pub fn primary_returns(topo: &Topology, family: Family, service: SocketAddr) -> Program {
+    topo.server.ip(["link", "set", "dev", SERVER_IF, "up"]);
+    configure_primary(topo, family, service);
+    echo_primary(topo, service)
+}
+
+/// Destroys every TCP socket of the primary's namespace (`ss -K`), as the
+/// reboot of a crashed host would, while its link is still down.
+pub fn forget_tcp_state(topo: &Topology) {
+    let out = topo
+        .server
+        .command("ss")
+        .args(["-K", "-tan"])
+        .output()
+        .expect("run ss -K");
+    assert!(
+        out.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The primary host dies with everything on it: [`kill_primary`], then its

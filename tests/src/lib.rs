@@ -18,6 +18,7 @@
 //! - [`digest`]: [`Digest`], a SHA-256 with a readable `Debug`.
 //! - [`churn`]: short connections at a paced rate and many idle ones, from
 //!   several client addresses, against a real Redis.
+//! - [`soak`]: the chaos soak, failover after failover with faults between.
 //! - [`disk`]: [`disk::SmallDisk`], a small tmpfs to fill, for the disk-full tests.
 //! - [`cache`]: a primary serving a real cache server (Redis, memcached) and the
 //!   standby's own instance of it, resumed by live replay or by replay; shared
@@ -58,6 +59,7 @@ pub mod process;
 pub mod redis;
 pub mod repair;
 pub mod results;
+pub mod soak;
 pub mod splice;
 pub mod tcpdump;
 pub mod topology;

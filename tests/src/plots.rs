@@ -401,6 +401,7 @@ mod tests {
             heartbeats: None,
             mirror: None,
             fuzz: None,
+            soak: None,
         };
         let written = draw_all(&results, &dir).unwrap();
         assert_eq!(

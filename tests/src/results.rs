@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 mod fuzz;
 mod mirror_box;
+mod soak;
 pub use fuzz::{FuzzResults, FuzzRun};
 pub use mirror_box::{MirrorBoxResults, TapStep};
+pub use soak::SoakResults;
 
 /// Where and how one area was run: what every table states.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -662,6 +664,8 @@ pub struct Results {
     pub mirror: Option<MirrorBoxResults>,
     /// `bench/data/fuzz.json`.
     pub fuzz: Option<FuzzResults>,
+    /// `bench/data/soak.json`.
+    pub soak: Option<SoakResults>,
 }
 
 impl Results {
@@ -677,6 +681,7 @@ impl Results {
             heartbeats: load(&dir.join("heartbeats.json"))?,
             mirror: load(&dir.join("mirror.json"))?,
             fuzz: load(&dir.join("fuzz.json"))?,
+            soak: load(&dir.join("soak.json"))?,
         })
     }
 
@@ -693,6 +698,7 @@ impl Results {
             heartbeats,
             mirror,
             fuzz,
+            soak,
         } = self;
         save(&dir.join("capture.json"), capture)?;
         save(&dir.join("journal.json"), journal)?;
@@ -702,7 +708,8 @@ impl Results {
         save(&dir.join("resume.json"), resume)?;
         save(&dir.join("heartbeats.json"), heartbeats)?;
         save(&dir.join("mirror.json"), mirror)?;
-        save(&dir.join("fuzz.json"), fuzz)
+        save(&dir.join("fuzz.json"), fuzz)?;
+        save(&dir.join("soak.json"), soak)
     }
 
     /// Takes the areas `newer` holds, keeping the others.
@@ -719,6 +726,7 @@ impl Results {
             heartbeats: newer.heartbeats.or(older.heartbeats),
             mirror: newer.mirror.or(older.mirror),
             fuzz: newer.fuzz.or(older.fuzz),
+            soak: newer.soak.or(older.soak),
         };
     }
 
@@ -740,6 +748,7 @@ impl Results {
             self.heartbeats.as_ref().map(render_heartbeats),
             self.mirror.as_ref().map(mirror_box::render),
             self.fuzz.as_ref().map(fuzz::render),
+            self.soak.as_ref().map(soak::render),
             self.resume.as_ref().map(render_resume),
         ];
         for section in sections.into_iter().flatten() {

@@ -118,6 +118,22 @@ enum Task {
         #[arg(value_enum, default_value_t = Area::All)]
         area: Area,
     },
+    /// Run the chaos soak for N minutes and record its summary (needs root).
+    ///
+    /// Runs setup, builds the release daemon, mounts bpffs when needed, then
+    /// runs `connmirror-bench soak --minutes N`: four echo streams and a run
+    /// of short connections through cycles of forged and delayed heartbeats,
+    /// the primary host killed, an automatic takeover and a failback by
+    /// migration, checked after every cycle (tests/src/soak.rs). The summary
+    /// goes to bench/data/soak.json and the "Chaos soak" section of
+    /// bench/RESULTS.md. Fails if a stream lost a byte, a RST reached one,
+    /// or the standby's memory or open files grew.
+    Soak {
+        /// How long to soak.
+        #[arg(long, value_name = "N", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+    },
     /// Fuzz the decoders of outside bytes and record what each target did.
     ///
     /// Runs setup, installs cargo-fuzz if it is missing, then `cargo run
@@ -257,6 +273,7 @@ fn run(Cli { task }: Cli) -> anyhow::Result<()> {
         Task::Demo => tasks::demo(),
         Task::Bench { area } => tasks::bench(area),
         Task::Fuzz { target, time, runs } => tasks::fuzz(target.as_deref(), time, runs),
+        Task::Soak { minutes } => tasks::soak(minutes),
         Task::Lint => lint::lint(),
         Task::Deps { src, markdown } => deps::run(&src, markdown),
     }

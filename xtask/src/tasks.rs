@@ -1,4 +1,4 @@
-//! The tasks behind `build`, `run`, `test`, `demo`, `bench` and `fuzz`.
+//! The tasks behind `build`, `run`, `test`, `demo`, `bench`, `soak` and `fuzz`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -111,6 +111,18 @@ pub fn bench(area: Area) -> Result<()> {
         &[area.as_arg()],
     )
     .context("the benchmark failed; see its output above")
+}
+
+/// `cargo xtask soak`: runs `connmirror-bench soak` for `minutes` against
+/// the release daemon.
+pub fn soak(minutes: u64) -> Result<()> {
+    run_tests_binary(
+        "soak",
+        "the soak creates network namespaces and loads eBPF programs",
+        "connmirror-bench",
+        &["soak", "--minutes", &minutes.to_string()],
+    )
+    .context("the soak failed; see its output above")
 }
 
 /// `cargo xtask fuzz`: installs cargo-fuzz when missing, then runs

@@ -140,8 +140,8 @@ use connmirror_tests::results::{
     FuzzRun, HeartbeatResults, JournalResults, LiveRound, MemoryRuns, MirrorBoxResults,
     MirrorSample, OnHostKills, OnHostResults, OnHostRuns, OwnershipResults, RestoreSample, Results,
     ResumeCost, ResumeMemory, ResumeResults, ResumeRuns, ResumeTakeover, RunInfo, Sample,
-    TakeoverRuns, TapStep, TcpdumpSample, median, output, parse_redis_benchmark_csv, quantile,
-    write_atomically,
+    SoakResults, TakeoverRuns, TapStep, TcpdumpSample, median, output, parse_redis_benchmark_csv,
+    quantile, write_atomically,
 };
 use connmirror_tests::splice;
 use connmirror_tests::tcpdump::Tcpdump;
@@ -185,6 +185,11 @@ fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().is_some_and(|a| a == "fuzz") {
         return fuzz(&args[1..]);
+    }
+    if args.first().is_some_and(|a| a == "soak") {
+        live::require_root("connmirror-bench", SOAK_VIA)?;
+        live::require_connmirror_bin(SOAK_VIA)?;
+        return soak(&args[1..]);
     }
     if args.first().is_some_and(|a| a == "report") {
         ensure!(
@@ -2652,6 +2657,41 @@ fn start_box_mirror(
         .map_err(|stderr| anyhow::anyhow!("the standby never logged {text:?}:\n{stderr}"))?;
     let pid = mirror_pid(host)?;
     Ok((mirror, standby, pid))
+}
+
+/// How `soak` is meant to be run.
+const SOAK_VIA: &str = "cargo xtask soak";
+/// Usage of the `soak` mode, for its errors.
+const SOAK_USAGE: &str = "usage: connmirror-bench soak --minutes N";
+
+/// `connmirror-bench soak --minutes N`: the chaos soak
+/// ([`connmirror_tests::soak`]) for N minutes; records its summary, then
+/// fails if it broke a promise.
+fn soak(args: &[String]) -> Result<()> {
+    let minutes: u64 = match args {
+        [flag, n] if flag == "--minutes" => (n.parse().ok())
+            .filter(|&n| n > 0)
+            .with_context(|| format!("--minutes {n:?}: not a positive integer; {SOAK_USAGE}"))?,
+        _ => bail!("{SOAK_USAGE}; got {args:?}"),
+    };
+    let command = format!("`{SOAK_VIA} --minutes {minutes}`");
+    let mut info = RunInfo::collect(&command, &workspace_root())?;
+    bench::progress(&format!("soaking for {minutes} minutes ...\n"));
+    let summary = connmirror_tests::soak::run(connmirror_tests::soak::SoakOptions {
+        cycles: u32::MAX,
+        duration: Duration::from_secs(minutes * 60),
+    });
+    info.seconds = summary.seconds;
+    record(Results {
+        soak: Some(SoakResults {
+            info,
+            minutes,
+            summary: summary.clone(),
+        }),
+        ..Results::default()
+    })?;
+    summary.assert_held();
+    Ok(())
 }
 
 /// Usage of the `fuzz` mode, for its errors.

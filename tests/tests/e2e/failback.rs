@@ -26,14 +26,14 @@ use std::time::{Duration, Instant};
 use connmirror::daemon::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
-    Program, agent_addr, assert_migrated, assert_moved, configure_primary, control_cli,
-    detecting_standby_command, echo_primary, four_streams_once_armed, handoff_app,
-    kill_primary_host, migrate, primary_handoff_app, primary_setup, recovering_agent,
-    recovering_agent_with, resumed_lines, start_agent, start_agent_with, status_of,
+    Program, agent_addr, assert_migrated, assert_moved, control_cli, detecting_standby_command,
+    forget_tcp_state, four_streams_once_armed, handoff_app, kill_primary_host, migrate,
+    primary_handoff_app, primary_returns, primary_setup, recovering_agent, recovering_agent_with,
+    resumed_lines, start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
-use connmirror_tests::topology::{CLIENT_IF, Family, SERVER_IF, Topology};
+use connmirror_tests::topology::{CLIENT_IF, Family, Topology};
 use connmirror_tests::wire::{WireSeen, WireWatch};
 use connmirror_tests::workdir::WorkDir;
 
@@ -88,29 +88,6 @@ fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
         key: setup.key,
         dir: setup.dir,
     }
-}
-
-/// The old primary's link and addresses come back, with its echo server.
-fn primary_returns(topo: &Topology, family: Family, service: SocketAddr) -> Program {
-    topo.server.ip(["link", "set", "dev", SERVER_IF, "up"]);
-    configure_primary(topo, family, service);
-    echo_primary(topo, service)
-}
-
-/// Destroys every TCP socket of the primary's namespace (`ss -K`), as the
-/// reboot of a crashed host would, while its link is still down.
-fn forget_tcp_state(topo: &Topology) {
-    let out = topo
-        .server
-        .command("ss")
-        .args(["-K", "-tan"])
-        .output()
-        .expect("run ss -K");
-    assert!(
-        out.status.success(),
-        "ss -K: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One new echo connection, run until it moved 64 KiB both ways.

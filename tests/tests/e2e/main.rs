@@ -46,5 +46,6 @@ mod payload;
 mod replay;
 mod restart;
 mod restore;
+mod soak;
 mod unrecoverable;
 mod wraparound;
