@@ -12,13 +12,17 @@
 //! - four long echo streams, resumed by handoff at every takeover and moved
 //!   back at every failback, verified byte for byte all along;
 //! - short echo connections, one after the other (connect, 8 KiB each way,
-//!   close), each verified.
+//!   the client's FIN, the server's), each verified.
 //!
 //! Each cycle:
-//! 1. waits until the standby protects again (its peer alive at the epoch);
-//! 2. a burst of forged heartbeats, which the standby must reject, every one;
+//! 1. waits until the standby protects (its peer alive at the epoch), then
+//!    restarts it on its pinned capture and journal (`--pin`, a hot
+//!    restart in the middle of the traffic) and waits again;
+//! 2. bursts of forged heartbeats and forged control requests, which the
+//!    standby must reject, every one;
 //! 3. heartbeats delayed (the agent stopped with SIGSTOP for less than the
-//!    detection window, then SIGCONT): no takeover may follow;
+//!    detection window, then SIGCONT), then dropped for as long (an iptables
+//!    rule at the standby): no takeover may follow;
 //! 4. the primary host dies (its link down, the echo server and the agent
 //!    killed); the standby takes over on its own;
 //! 5. the primary returns rebooted (no TCP state), recovering; the standby
@@ -51,6 +55,7 @@ use crate::metrics::{DEFAULT_ENDPOINT, Scrape, scrape};
 use crate::mirror::{Mirror, MirrorCommand};
 use crate::netns::Netns;
 use crate::pinning::PinnedInstance;
+use crate::process::run_checked;
 use crate::topology::{CLIENT_IF, Family, Topology};
 use crate::traffic::SplitMix64;
 use crate::wire::WireWatch;
@@ -67,6 +72,9 @@ const DELAY: Duration = Duration::from_millis(200);
 const FORGED: u64 = 50;
 /// Bytes each short connection sends (and reads back).
 const SHORT_BYTES: usize = 8 << 10;
+/// The pause before each short connection: a few hundred a second, which
+/// the server's TIME_WAIT buckets and the two cores keep up with.
+const SHORT_PAUSE: Duration = Duration::from_millis(2);
 /// How long each step may take before the soak fails.
 const STEP: Duration = Duration::from_secs(60);
 
@@ -96,6 +104,9 @@ pub struct Cycle {
     pub verified_bytes: u64,
     /// Short connections verified by the end of the cycle.
     pub short_connections: u64,
+    /// Short connections failed by the end of the cycle (must stay 0).
+    #[serde(default)]
+    pub short_failures: u64,
     /// The standby's resident memory and open files after the cycle.
     pub standby_rss: u64,
     /// Open files of the standby.
@@ -136,7 +147,22 @@ pub struct SoakSummary {
     /// Namespaces and pins still there after it (must be none).
     #[serde(default)]
     pub leftovers: Vec<String>,
+    /// The faults of each cycle, in order ([`FAULTS`]); empty in a summary
+    /// recorded before they were listed.
+    #[serde(default)]
+    pub faults: Vec<String>,
 }
+
+/// The faults of each cycle, in order, as a summary records them.
+pub const FAULTS: [&str; 7] = [
+    "a standby hot restart (--pin, --journal)",
+    "50 forged heartbeats",
+    "50 forged control requests",
+    "heartbeats delayed 200 ms (SIGSTOP of the agent)",
+    "heartbeats dropped 200 ms (iptables at the standby)",
+    "the primary host killed (link down, SIGKILL), an automatic takeover",
+    "the primary back, recovering: a failback by migration",
+];
 
 impl SoakSummary {
     /// The standby's highest resident memory after a cycle.
@@ -160,7 +186,7 @@ impl SoakSummary {
         assert_eq!(self.leftovers, Vec::<String>::new(), "{self:#?}");
         assert_eq!(self.failovers, self.cycles.len() as u64, "{self:#?}");
         for cycle in &self.cycles {
-            check_takeover(cycle);
+            check_cycle(cycle);
         }
         let first = self.cycles.first().expect("at least one cycle");
         let last = self.cycles.last().expect("at least one cycle");
@@ -218,11 +244,12 @@ pub fn run(options: SoakOptions) -> SoakSummary {
         soak.wait_protected(epoch - 1);
         forged.0 += 2 * FORGED;
         forged.1 += soak.forge_heartbeats() + soak.forge_control_requests();
-        false_takeovers += soak.delay_heartbeats();
+        false_takeovers += soak.delay_heartbeats() + soak.drop_heartbeats();
         let takeover = soak.fail_over(epoch);
         soak.fail_back(epoch + 1);
         let cycle = soak.record(n, epoch, takeover, began);
         eprintln!("soak: {cycle:?}");
+        check_cycle(&cycle);
         cycles.push(cycle);
     }
     let (names, pin) = (soak.topo().namespace_names(), soak.pin.dir());
@@ -396,6 +423,22 @@ impl Soak {
         failovers(&self.scrape()) - before
     }
 
+    /// Drops the heartbeats at the standby (an iptables rule in its `INPUT`
+    /// chain) for [`DELAY`]; returns the takeovers that followed (0 expected).
+    fn drop_heartbeats(&self) -> u64 {
+        let before = failovers(&self.scrape());
+        let rule = |op: &str| {
+            let port = HEARTBEAT_PORT.to_string();
+            let args = [op, "INPUT", "-p", "udp", "--dport", &port, "-j", "DROP"];
+            run_checked(self.topo().gateway.command("iptables").args(args));
+        };
+        rule("-I");
+        thread::sleep(DELAY);
+        rule("-D");
+        thread::sleep(Duration::from_secs(1));
+        failovers(&self.scrape()) - before
+    }
+
     /// The primary host dies; waits until the standby owns the service at
     /// `epoch` and the streams moved on. Returns what the takeover did.
     fn fail_over(&mut self, epoch: u64) -> Takeover {
@@ -466,6 +509,7 @@ impl Soak {
             unrecoverable: takeover.unrecoverable,
             verified_bytes: self.clients.verified(),
             short_connections: self.short.completed(),
+            short_failures: self.short.failed(),
             standby_rss: resident_bytes(pid).expect("the standby's RSS"),
             standby_fds: open_files(pid),
             seconds: began.elapsed().as_secs_f64(),
@@ -508,15 +552,21 @@ impl Soak {
             false_takeovers,
             seconds: start.elapsed().as_secs_f64(),
             leftovers: Vec::new(),
+            faults: FAULTS.map(String::from).to_vec(),
         }
     }
 }
 
-/// Panics unless a cycle's takeover restored the four streams and left
+/// Panics unless no short connection failed, and the cycle's takeover
+/// restored the four streams and left
 /// out only short connections caught at their ends: closing, or seen only
 /// after their handshake (a last ACK). Each of those is reset when its
 /// sequence numbers are known, so the resets are at most the flows left out.
-fn check_takeover(cycle: &Cycle) {
+fn check_cycle(cycle: &Cycle) {
+    assert_eq!(
+        cycle.short_failures, 0,
+        "no short connection lost: {cycle:?}"
+    );
     assert!(cycle.restored >= 4, "the four streams restored: {cycle:?}");
     let left_out: u64 = cycle.unrecoverable.values().sum();
     assert!(cycle.reset <= left_out, "the resets add up: {cycle:?}");
@@ -564,38 +614,43 @@ fn open_files(pid: u32) -> u64 {
 struct ShortConnections {
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicU64>,
-    thread: JoinHandle<u64>,
+    failed: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
 }
 
 impl ShortConnections {
     fn start(ns: &Netns, service: SocketAddr) -> ShortConnections {
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
         let file = std::fs::File::open(ns.path()).expect("open the client's namespace");
-        let (flag, done) = (Arc::clone(&stop), Arc::clone(&completed));
+        let (flag, done, lost) = (
+            Arc::clone(&stop),
+            Arc::clone(&completed),
+            Arc::clone(&failed),
+        );
         let thread = thread::spawn(move || {
             // SAFETY: `file` is an open namespace file; setns changes only
             // this thread's network namespace.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
             assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let mut failures = 0;
             let mut seed = 1;
             while !flag.load(Ordering::Relaxed) {
+                thread::sleep(SHORT_PAUSE);
                 match short_connection(service, seed) {
                     Ok(()) => done.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         eprintln!("soak: short connection {seed}: {e}");
-                        failures += 1;
-                        0
+                        lost.fetch_add(1, Ordering::Relaxed)
                     }
                 };
                 seed += 1;
             }
-            failures
         });
         ShortConnections {
             stop,
             completed,
+            failed,
             thread,
         }
     }
@@ -604,11 +659,19 @@ impl ShortConnections {
         self.completed.load(Ordering::Relaxed)
     }
 
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
     /// Stops after the connection under way; returns (verified, failed).
     fn stop(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        let failures = self.thread.join().expect("short connections");
-        (self.completed.load(Ordering::Relaxed), failures)
+        let (completed, failed) = (self.completed, self.failed);
+        self.thread.join().expect("short connections");
+        (
+            completed.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -623,6 +686,14 @@ fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<()> {
     stream.read_exact(&mut back)?;
     if back != sent {
         return Err(std::io::Error::other("the echo differs from what was sent"));
+    }
+    // The server closes first: its side waits in TIME_WAIT, so the client's
+    // port is free again at once (28,000 of them would run out in seconds).
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(std::io::Error::other("bytes after the echo"));
     }
     Ok(())
 }

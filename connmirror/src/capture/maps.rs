@@ -158,52 +158,20 @@ impl Capture {
         Ok(marked)
     }
 
-    /// Removes the entries of the kernel's flow map that the daemon does not
-    /// hold (`holds` says no) and that were already `suspects` at the
-    /// previous sweep: refused flows that began to close
-    /// ([`FlowFlags::CLOSING`]), and flows whose records the daemon ignored.
-    /// Refused flows still open stay. `suspects` becomes this sweep's.
-    /// Returns how many were removed.
-    pub fn sweep_flows(
-        &mut self,
-        holds: impl Fn(&FlowKey) -> bool,
-        suspects: &mut HashSet<FlowKey>,
-    ) -> Result<usize, CaptureError> {
-        let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
-        let mut found = HashSet::new();
-        for entry in map.iter() {
-            let (key, value) = match entry {
-                Ok(entry) => entry,
-                Err(err) if is_missing(&err) => continue,
-                Err(err) => return Err(map_error("FLOWS")(err)),
-            };
-            let refused = value.flags & FlowFlags::REFUSED != 0;
-            if !holds(&key) && (!refused || value.flags & FlowFlags::CLOSING != 0) {
-                found.insert(key);
-            }
-        }
-        let gone: Vec<FlowKey> = found.intersection(suspects).copied().collect();
-        *suspects = found
-            .into_iter()
-            .filter(|key| !gone.contains(key))
-            .collect();
-        self.forget_flows(&gone)
-    }
-
-    /// How many flows the kernel's flow map holds now (one system call per
-    /// flow: for scrapes and tests, not for every packet).
-    pub fn flow_count(&self) -> Result<usize, CaptureError> {
-        let map: HashMap<_, FlowKey, FlowValue> = self.map("FLOWS")?;
-        let mut count = 0;
-        for key in map.keys() {
-            match key {
-                Ok(_) => count += 1,
-                // Removed while the walk passed it.
-                Err(err) if is_missing(&err) => {}
-                Err(err) => return Err(map_error("FLOWS")(err)),
-            }
-        }
-        Ok(count)
+    /// A handle of its own on the kernel's flow map, for a thread that walks
+    /// it off the event loop ([`FlowWalker::walk`]).
+    pub fn flow_walker(&self) -> Result<FlowWalker, CaptureError> {
+        let map = self
+            .ebpf
+            .map("FLOWS")
+            .ok_or(CaptureError::MissingMap("FLOWS"))?;
+        let aya::maps::Map::HashMap(data) = map else {
+            return Err(CaptureError::MissingMap("FLOWS"));
+        };
+        let id = data.info().map_err(map_error("FLOWS"))?.id();
+        let data = MapData::from_id(id).map_err(map_error("FLOWS"))?;
+        let map = HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_error("FLOWS"))?;
+        Ok(FlowWalker { map })
     }
 
     /// The map `name`, read-only, as `M`.
@@ -281,6 +249,52 @@ impl ReaderDeadline {
         self.map.set(0, deadline, 0).map_err(map_error("READER"))?;
         self.renewed_ns = now;
         Ok(())
+    }
+}
+
+/// The kernel's flow map, walked whole (one or two system calls per entry:
+/// about 130 ms for 131,072 entries, so not on the event loop).
+pub struct FlowWalker {
+    map: HashMap<MapData, FlowKey, FlowValue>,
+}
+
+impl FlowWalker {
+    /// Counts the entries, and removes those the daemon does not hold
+    /// (`holds` says no) that were already `suspects` at the previous walk:
+    /// refused flows that began to close ([`FlowFlags::CLOSING`]), and flows
+    /// whose records the daemon ignored. Refused flows still open stay.
+    /// `suspects` becomes this walk's. Returns (entries found, removed).
+    pub fn walk(
+        &mut self,
+        holds: impl Fn(&FlowKey) -> bool,
+        suspects: &mut HashSet<FlowKey>,
+    ) -> Result<(usize, usize), CaptureError> {
+        let mut found = HashSet::new();
+        let mut entries = 0;
+        for entry in self.map.iter() {
+            let (key, value) = match entry {
+                Ok(entry) => entry,
+                // Removed while the walk passed it.
+                Err(err) if is_missing(&err) => continue,
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            };
+            entries += 1;
+            let refused = value.flags & FlowFlags::REFUSED != 0;
+            if !holds(&key) && (!refused || value.flags & FlowFlags::CLOSING != 0) {
+                found.insert(key);
+            }
+        }
+        let gone: HashSet<FlowKey> = found.intersection(suspects).copied().collect();
+        *suspects = found.difference(&gone).copied().collect();
+        let mut removed = 0;
+        for key in &gone {
+            match self.map.remove(key) {
+                Ok(()) => removed += 1,
+                Err(err) if is_missing(&err) => {}
+                Err(err) => return Err(map_error("FLOWS")(err)),
+            }
+        }
+        Ok((entries - removed, removed))
     }
 }
 

@@ -44,7 +44,7 @@ mod plan;
 mod trace;
 
 pub use error::CaptureError;
-pub use maps::{Counters, ReaderDeadline};
+pub use maps::{Counters, FlowWalker, ReaderDeadline};
 pub use options::{
     CaptureConfig, DEFAULT_MAX_FLOWS, EgressHook, IngressHook, MIN_RING_SIZE, parse_ring_size,
     parse_size,

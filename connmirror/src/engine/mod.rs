@@ -21,7 +21,7 @@
 //! use: failover or the roles; its report takes a role's keys as a map.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Write as _},
     net::SocketAddr,
@@ -33,9 +33,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use clap::ValueEnum as _;
-use connmirror_common::{
-    Counter, FlowKey, Hook, Malformed, PayloadSkip, RecordHeader, RingFullPolicy,
-};
+use connmirror_common::{Counter, Hook, Malformed, PayloadSkip, RecordHeader, RingFullPolicy};
 use prometheus_client::registry::Unit;
 use serde::Serialize;
 use tokio::{
@@ -68,8 +66,9 @@ use report::{log_summary, report, write_report};
 mod families;
 use families::{iface_name, journal_families, kernel_families};
 mod reader;
-use reader::KernelFlows;
 pub(crate) use reader::Reader;
+mod kernel_flows;
+use kernel_flows::KernelFlows;
 mod trace;
 
 /// Most records the event loop applies before it looks at its other events.
@@ -79,8 +78,8 @@ const READ_SLICE: usize = 4096;
 /// flow map follows the table ([`Reader::bound_flows`]).
 const BOUND_EVERY: Duration = Duration::from_secs(1);
 
-/// Every how many [`BOUND_EVERY`] rounds the kernel's flow map is swept of
-/// what the table does not hold: an entry goes at the second sweep that
+/// Every how many [`BOUND_EVERY`] rounds the kernel's flow map is walked
+/// for what the table does not hold: an entry goes at the second walk that
 /// finds it, 10 to 20 seconds on.
 const SWEEP_ROUNDS: u64 = 10;
 
@@ -186,6 +185,7 @@ impl Engine {
         attach_all(&mut capture, &mut attach)?;
         let (ring, backlog, exporter) = take_ring(&mut capture, &metrics)?;
         let (table, journal) = open_journal(&journal_args, table)?;
+        let kernel_flows = KernelFlows::start(&capture)?;
         Ok(Self {
             capture,
             reader: Reader {
@@ -196,7 +196,7 @@ impl Engine {
                 newest_ns: 0,
                 outboxes: Vec::new(),
                 live: None,
-                kernel_flows: KernelFlows::default(),
+                kernel_flows,
             },
             ring,
             backlog,
@@ -613,17 +613,6 @@ impl Engine {
         match capture.counters() {
             Ok(counters) => families.extend(kernel_families(&counters)),
             Err(err) => tracing::warn!("reading the kernel counters for metrics: {err}"),
-        }
-        match capture.flow_count() {
-            Ok(n) => families.push(
-                Family::gauge(
-                    "kernel_flows",
-                    "Flows in the kernel's flow map (at most --max-flows).",
-                    None,
-                )
-                .set(Vec::new(), n as f64),
-            ),
-            Err(err) => tracing::warn!("counting the kernel's flows for metrics: {err}"),
         }
         families
     }

@@ -25,17 +25,6 @@ pub(crate) struct Reader {
     /// The kernel's flow map as the table follows it ([`Reader::bound_flows`]).
     pub(super) kernel_flows: KernelFlows,
 }
-
-/// What the reader keeps to have the kernel's flow map follow the table.
-#[derive(Debug, Default)]
-pub(super) struct KernelFlows {
-    /// Calls of [`Reader::bound_flows`] so far.
-    rounds: u64,
-    /// Entries the last sweep found the table does not hold.
-    suspects: HashSet<FlowKey>,
-    /// Entries sweeps removed.
-    pub(super) swept: u64,
-}
 /// Segments and payload bytes captured on one interface in one direction.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Captured {
@@ -113,8 +102,8 @@ impl Reader {
     /// Prunes the table's quiet closed flows (unless `prune` is off: a
     /// report lists them), then has the kernel's flow map forget the flows
     /// the table let go and stop capturing those it refused; every
-    /// [`SWEEP_ROUNDS`] calls, sweeps the map of what the table does not
-    /// hold ([`Capture::sweep_flows`]).
+    /// [`SWEEP_ROUNDS`] calls, has the map walked for what the table does
+    /// not hold ([`KernelFlows`]). Called once every [`BOUND_EVERY`].
     pub(super) fn bound_flows(&mut self, capture: &mut Capture, prune: bool) -> anyhow::Result<()> {
         if prune {
             self.table.prune_closed();
@@ -130,15 +119,7 @@ impl Reader {
                 .refuse_flows(&changes.refuse)
                 .context("refusing flows in the kernel")?;
         }
-        let kernel = &mut self.kernel_flows;
-        kernel.rounds += 1;
-        if kernel.rounds.is_multiple_of(SWEEP_ROUNDS) {
-            let table = &self.table;
-            let swept = capture
-                .sweep_flows(|key| table.holds(key), &mut kernel.suspects)
-                .context("sweeping the kernel's flow map")?;
-            kernel.swept += swept as u64;
-        }
+        self.kernel_flows.round(&self.table);
         Ok(())
     }
 }
@@ -205,6 +186,31 @@ impl Reader {
                 .count(Vec::new(), stats.records),
             Family::counter("ring_decode_errors", "Ring records that did not decode.", None)
                 .count(Vec::new(), stats.decode_errors),
+            Family::gauge(
+                "replication_lag",
+                "Bytes the kernel wrote into the ring that the daemon has not applied (and journaled) yet.",
+                Some(Unit::Bytes),
+            )
+            .set(Vec::new(), lag as f64),
+            Family::gauge(
+                "replication_lag",
+                "Age of the newest applied record while records wait in the ring; 0 when caught up.",
+                Some(Unit::Seconds),
+            )
+            .set(Vec::new(), lag_seconds),
+        ];
+        families.extend(self.bound_families());
+        if let Some(journal) = &self.journal {
+            families.extend(journal_families(&journal.stats()));
+        }
+        families
+    }
+
+    /// What keeps the flows bounded: evictions, refusals, pruning, and the
+    /// kernel's flow map.
+    fn bound_families(&self) -> [Family; 5] {
+        let table = &self.table;
+        [
             Family::counter(
                 "flows_evicted",
                 "Flows that were not ready evicted under the memory cap.",
@@ -224,24 +230,14 @@ impl Reader {
                 "Entries removed from the kernel's flow map that the daemon did not hold: refused flows once closed, and flows whose segments it ignored.",
                 None,
             )
-            .count(Vec::new(), self.kernel_flows.swept),
+            .count(Vec::new(), self.kernel_flows.swept()),
             Family::gauge(
-                "replication_lag",
-                "Bytes the kernel wrote into the ring that the daemon has not applied (and journaled) yet.",
-                Some(Unit::Bytes),
+                "kernel_flows",
+                "Flows in the kernel's flow map (at most --max-flows), at its last walk (every ten seconds).",
+                None,
             )
-            .set(Vec::new(), lag as f64),
-            Family::gauge(
-                "replication_lag",
-                "Age of the newest applied record while records wait in the ring; 0 when caught up.",
-                Some(Unit::Seconds),
-            )
-            .set(Vec::new(), lag_seconds),
-        ];
-        if let Some(journal) = &self.journal {
-            families.extend(journal_families(&journal.stats()));
-        }
-        families
+            .set(Vec::new(), self.kernel_flows.count() as f64),
+        ]
     }
 }
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.

@@ -155,6 +155,11 @@ impl FlowTable {
         self.flows.contains_key(key)
     }
 
+    /// The keys of every flow the table holds.
+    pub fn held_keys(&self) -> HashSet<FlowKey> {
+        self.flows.keys().copied().collect()
+    }
+
     /// Whether a flow first seen now is refused protection (and its records
     /// ignored): the table is refusing and still above 90 % of its cap.
     /// Counts each refused flow once, and queues it for the kernel to mark

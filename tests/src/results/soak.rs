@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 use super::RunInfo;
 use crate::soak::SoakSummary;
 
+/// The faults of a summary recorded before summaries listed them.
+const LEGACY_FAULTS: &str = "a standby hot restart (--pin, --journal); 50 forged heartbeats; \
+     50 forged control requests; heartbeats delayed 200 ms (SIGSTOP of the agent); the \
+     primary host killed (link down, SIGKILL), an automatic takeover; the primary back, \
+     recovering: a failback by migration";
+
 /// Minutes that meet the bar.
 pub const BAR_MINUTES: u64 = 30;
 
@@ -27,13 +33,16 @@ pub struct SoakResults {
 pub fn render(r: &SoakResults) -> String {
     let s = &r.summary;
     let mut out = String::from("## Chaos soak: failover after failover\n\n");
+    let faults = match s.faults.is_empty() {
+        true => LEGACY_FAULTS.to_owned(),
+        false => s.faults.join("; "),
+    };
     let method = format!(
         "`connmirror_tests::soak` (tests/src/soak.rs) for {} minutes: four echo streams \
-         resumed by handoff and a run of short echo connections, through cycles of forged \
-         heartbeats, heartbeats delayed 200 ms by SIGSTOP, the primary host killed, an \
-         automatic takeover and a failback by migration. The bar: {BAR_MINUTES} minutes, \
-         every stream byte-exact, no RST to them, every forged heartbeat rejected, no false \
-         takeover, the standby's RSS and open files flat.",
+         resumed by handoff and a run of short echo connections, through cycles of: \
+         {faults}. The bar: {BAR_MINUTES} minutes, every stream byte-exact, no RST to \
+         them, every forgery rejected, no false takeover, the standby's RSS and open \
+         files flat, nothing left behind.",
         r.minutes
     );
     out.push_str(&r.info.render(&method));
@@ -86,4 +95,83 @@ pub fn render(r: &SoakResults) -> String {
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soak::Cycle;
+
+    fn cycle(n: u32, rss: u64, fds: u64) -> Cycle {
+        Cycle {
+            cycle: n,
+            takeover_epoch: 2 * u64::from(n),
+            restored: 4,
+            reset: 0,
+            unrecoverable: Default::default(),
+            verified_bytes: 1 << 20,
+            short_connections: 100,
+            short_failures: 0,
+            standby_rss: rss,
+            standby_fds: fds,
+            seconds: 4.0,
+        }
+    }
+
+    fn results(minutes: u64, faults: Vec<String>) -> SoakResults {
+        SoakResults {
+            info: RunInfo {
+                command: "`cargo xtask soak --minutes 30`".into(),
+                date: "2026-12-05 13:31 UTC".into(),
+                commit: "abc1234".into(),
+                dirty: false,
+                kernel: "6.18".into(),
+                cpu: "cpu".into(),
+                cores: 2,
+                seconds: 1800.0,
+            },
+            minutes,
+            summary: SoakSummary {
+                cycles: vec![
+                    cycle(1, 100 << 20, 36),
+                    cycle(2, 120 << 20, 37),
+                    cycle(3, 110 << 20, 36),
+                ],
+                failovers: 3,
+                failbacks: 3,
+                streams: 4,
+                short_connections: 300,
+                short_failures: 0,
+                verified_bytes: 12345,
+                rsts_to_streams: 0,
+                rsts_to_others: 2,
+                forged_sent: 300,
+                forged_rejected: 300,
+                false_takeovers: 0,
+                seconds: 1800.0,
+                leftovers: Vec::new(),
+                faults,
+            },
+        }
+    }
+
+    /// The row gives first, peak and last of the standby's RSS and open
+    /// files; the method lists the faults the summary recorded, or the
+    /// faults of its time; the bar needs 30 minutes.
+    #[test]
+    fn the_row_has_first_peak_and_last_and_the_method_the_recorded_faults() {
+        let text = render(&results(30, vec!["fault one".into(), "fault two".into()]));
+        assert!(
+            text.contains("through cycles of: fault one; fault two."),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 3 | 3 | 3 | 4 | 300 | 0 | 12345 | 0 | 2 | 300 of 300 | 0 | 100.0 / 120.0 / 110.0 MiB | 36 / 37 / 36 | nothing |"),
+            "{text}"
+        );
+        assert!(text.contains("Bar: met."), "{text}");
+        let old = render(&results(2, Vec::new()));
+        assert!(old.contains(LEGACY_FAULTS), "{old}");
+        assert!(old.contains("Bar: not met"), "{old}");
+    }
 }
