@@ -107,6 +107,10 @@ pub struct Cycle {
     /// Short connections failed by the end of the cycle (must stay 0).
     #[serde(default)]
     pub short_failures: u64,
+    /// Short connections reset while closing, by the end of the cycle: at
+    /// most the takeovers' `closing` flows so far.
+    #[serde(default)]
+    pub short_reset_closing: u64,
     /// The standby's resident memory and open files after the cycle.
     pub standby_rss: u64,
     /// Open files of the standby.
@@ -185,8 +189,10 @@ impl SoakSummary {
         assert_eq!(self.short_failures, 0, "{self:#?}");
         assert_eq!(self.leftovers, Vec::<String>::new(), "{self:#?}");
         assert_eq!(self.failovers, self.cycles.len() as u64, "{self:#?}");
+        let mut closing = 0;
         for cycle in &self.cycles {
-            check_cycle(cycle);
+            closing += cycle.unrecoverable.get("closing").copied().unwrap_or(0);
+            check_cycle(cycle, closing);
         }
         let first = self.cycles.first().expect("at least one cycle");
         let last = self.cycles.last().expect("at least one cycle");
@@ -233,6 +239,7 @@ pub fn run(options: SoakOptions) -> SoakSummary {
     let mut cycles = Vec::new();
     let mut forged = (0, 0);
     let mut false_takeovers = 0;
+    let mut closing = 0;
     while cycles.is_empty()
         || cycles.len() < options.cycles as usize && start.elapsed() < options.duration
     {
@@ -249,7 +256,8 @@ pub fn run(options: SoakOptions) -> SoakSummary {
         soak.fail_back(epoch + 1);
         let cycle = soak.record(n, epoch, takeover, began);
         eprintln!("soak: {cycle:?}");
-        check_cycle(&cycle);
+        closing += cycle.unrecoverable.get("closing").copied().unwrap_or(0);
+        check_cycle(&cycle, closing);
         cycles.push(cycle);
     }
     let (names, pin) = (soak.topo().namespace_names(), soak.pin.dir());
@@ -510,6 +518,7 @@ impl Soak {
             verified_bytes: self.clients.verified(),
             short_connections: self.short.completed(),
             short_failures: self.short.failed(),
+            short_reset_closing: self.short.reset_closing(),
             standby_rss: resident_bytes(pid).expect("the standby's RSS"),
             standby_fds: open_files(pid),
             seconds: began.elapsed().as_secs_f64(),
@@ -557,15 +566,20 @@ impl Soak {
     }
 }
 
-/// Panics unless no short connection failed, and the cycle's takeover
-/// restored the four streams and left
+/// Panics unless no short connection failed (one reset while it closed
+/// counts among the `closing` flows the takeovers so far left out: `closing`
+/// of them), and the cycle's takeover restored the four streams and left
 /// out only short connections caught at their ends: closing, or seen only
 /// after their handshake (a last ACK). Each of those is reset when its
 /// sequence numbers are known, so the resets are at most the flows left out.
-fn check_cycle(cycle: &Cycle) {
+fn check_cycle(cycle: &Cycle, closing: u64) {
     assert_eq!(
         cycle.short_failures, 0,
         "no short connection lost: {cycle:?}"
+    );
+    assert!(
+        cycle.short_reset_closing <= closing,
+        "short connections reset while closing, {closing} closing flows so far: {cycle:?}"
     );
     assert!(cycle.restored >= 4, "the four streams restored: {cycle:?}");
     let left_out: u64 = cycle.unrecoverable.values().sum();
@@ -613,22 +627,27 @@ fn open_files(pid: u32) -> u64 {
 /// retransmitted), so none should fail.
 struct ShortConnections {
     stop: Arc<AtomicBool>,
-    completed: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    counts: Arc<ShortCounts>,
     thread: JoinHandle<()>,
+}
+
+/// What the short connections did so far.
+#[derive(Default)]
+struct ShortCounts {
+    /// Verified whole (their echo back), however they closed.
+    completed: AtomicU64,
+    /// Failed before their echo was back whole.
+    failed: AtomicU64,
+    /// Of the completed, those reset while closing ([`Ended::ResetClosing`]).
+    reset_closing: AtomicU64,
 }
 
 impl ShortConnections {
     fn start(ns: &Netns, service: SocketAddr) -> ShortConnections {
         let stop = Arc::new(AtomicBool::new(false));
-        let completed = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(ShortCounts::default());
         let file = std::fs::File::open(ns.path()).expect("open the client's namespace");
-        let (flag, done, lost) = (
-            Arc::clone(&stop),
-            Arc::clone(&completed),
-            Arc::clone(&failed),
-        );
+        let (flag, counted) = (Arc::clone(&stop), Arc::clone(&counts));
         let thread = thread::spawn(move || {
             // SAFETY: `file` is an open namespace file; setns changes only
             // this thread's network namespace.
@@ -637,46 +656,69 @@ impl ShortConnections {
             let mut seed = 1;
             while !flag.load(Ordering::Relaxed) {
                 thread::sleep(SHORT_PAUSE);
-                match short_connection(service, seed) {
-                    Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("soak: short connection {seed}: {e}");
-                        lost.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
+                counted.count(seed, short_connection(service, seed));
                 seed += 1;
             }
         });
         ShortConnections {
             stop,
-            completed,
-            failed,
+            counts,
             thread,
         }
     }
 
     fn completed(&self) -> u64 {
-        self.completed.load(Ordering::Relaxed)
+        self.counts.completed.load(Ordering::Relaxed)
     }
 
     fn failed(&self) -> u64 {
-        self.failed.load(Ordering::Relaxed)
+        self.counts.failed.load(Ordering::Relaxed)
+    }
+
+    fn reset_closing(&self) -> u64 {
+        self.counts.reset_closing.load(Ordering::Relaxed)
     }
 
     /// Stops after the connection under way; returns (verified, failed).
     fn stop(self) -> (u64, u64) {
         self.stop.store(true, Ordering::Relaxed);
-        let (completed, failed) = (self.completed, self.failed);
+        let counts = Arc::clone(&self.counts);
         self.thread.join().expect("short connections");
-        (
-            completed.load(Ordering::Relaxed),
-            failed.load(Ordering::Relaxed),
-        )
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        (load(&counts.completed), load(&counts.failed))
     }
 }
 
+impl ShortCounts {
+    /// Counts how connection `seed` went.
+    fn count(&self, seed: u64, outcome: std::io::Result<Ended>) {
+        match outcome {
+            Ok(ended) => {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+                if ended == Ended::ResetClosing {
+                    self.reset_closing.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                eprintln!("soak: short connection {seed}: {e}");
+                self.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// How a short connection that got its whole echo back ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ended {
+    /// The server's FIN, as asked.
+    Closed,
+    /// A RST while it closed: a takeover came between the two FINs, and a
+    /// flow that is closing is reset, not restored (`closing`).
+    ResetClosing,
+}
+
 /// One short connection with bytes from `seed`.
-fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<()> {
+fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<Ended> {
     let mut stream = TcpStream::connect_timeout(&service, STEP)?;
     stream.set_read_timeout(Some(STEP))?;
     let mut rng = SplitMix64::new(seed);
@@ -691,9 +733,10 @@ fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<()> {
     // port is free again at once (28,000 of them would run out in seconds).
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut rest = Vec::new();
-    stream.read_to_end(&mut rest)?;
-    if !rest.is_empty() {
-        return Err(std::io::Error::other("bytes after the echo"));
+    match stream.read_to_end(&mut rest) {
+        Ok(_) if rest.is_empty() => Ok(Ended::Closed),
+        Ok(_) => Err(std::io::Error::other("bytes after the echo")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(Ended::ResetClosing),
+        Err(e) => Err(e),
     }
-    Ok(())
 }

@@ -112,6 +112,7 @@ mod tests {
             verified_bytes: 1 << 20,
             short_connections: 100,
             short_failures: 0,
+            short_reset_closing: 0,
             standby_rss: rss,
             standby_fds: fds,
             seconds: 4.0,
