@@ -66,6 +66,8 @@ const PORT: u16 = 7000;
 /// missed (500 ms), so a 200 ms stall of the agent is no death.
 const INTERVAL_MS: &str = "25";
 const MISSED: &str = "20";
+/// The standby's `--reader-timeout`.
+const READER_TIMEOUT_MS: &str = "30000";
 /// How long the agent is stopped to delay its heartbeats.
 const DELAY: Duration = Duration::from_millis(200);
 /// Forged heartbeats sent per cycle.
@@ -117,6 +119,9 @@ pub struct Cycle {
     pub standby_fds: u64,
     /// How long the cycle took.
     pub seconds: f64,
+    /// How long the standby's hot restart left the ring unread.
+    #[serde(default)]
+    pub restart_seconds: f64,
 }
 
 /// What a soak did, as `cargo xtask soak` records it.
@@ -247,14 +252,15 @@ pub fn run(options: SoakOptions) -> SoakSummary {
         let began = Instant::now();
         let epoch = 2 * u64::from(n);
         soak.wait_protected(epoch - 1);
-        soak.restart_standby();
+        let restart = soak.restart_standby();
         soak.wait_protected(epoch - 1);
         forged.0 += 2 * FORGED;
         forged.1 += soak.forge_heartbeats() + soak.forge_control_requests();
         false_takeovers += soak.delay_heartbeats() + soak.drop_heartbeats();
         let takeover = soak.fail_over(epoch);
         soak.fail_back(epoch + 1);
-        let cycle = soak.record(n, epoch, takeover, began);
+        let mut cycle = soak.record(n, epoch, takeover, began);
+        cycle.restart_seconds = restart;
         eprintln!("soak: {cycle:?}");
         closing += cycle.unrecoverable.get("closing").copied().unwrap_or(0);
         check_cycle(&cycle, closing);
@@ -306,6 +312,10 @@ impl Soak {
             .arg(&journal.path().display().to_string())
             .arg("--failback")
             .arg("migrate")
+            // Above what a restart takes, its journal's recovery included
+            // (docs/configuration.md, "Hot restart"): no gap while it runs.
+            .arg("--reader-timeout")
+            .arg(READER_TIMEOUT_MS)
             .arg("--heartbeat-interval")
             .arg(INTERVAL_MS)
             .arg("--missed")
@@ -343,15 +353,19 @@ impl Soak {
     }
 
     /// Stops the standby (SIGTERM: its pinned capture stays) and starts it
-    /// again on the same pins and journal, with its handoff application.
-    fn restart_standby(&mut self) {
+    /// again on the same pins and journal, with its handoff application;
+    /// returns how long no daemon read the ring, in seconds.
+    fn restart_standby(&mut self) -> f64 {
+        let began = Instant::now();
         self.standby_app = None;
         let old = self.standby.take().expect("the standby runs");
         old.stop_unreported();
         let standby = Mirror::start(&self.topo().gateway, &self.command);
         standby.wait_log("journal recovered");
+        let down = began.elapsed().as_secs_f64();
         self.standby_app = Some(handoff_app(self.topo(), &standby, self.setup.service));
         self.standby = Some(standby);
+        down
     }
 
     /// Sends [`FORGED`] malformed requests to the standby's control socket;
@@ -522,6 +536,7 @@ impl Soak {
             standby_rss: resident_bytes(pid).expect("the standby's RSS"),
             standby_fds: open_files(pid),
             seconds: began.elapsed().as_secs_f64(),
+            restart_seconds: 0.0,
         }
     }
 

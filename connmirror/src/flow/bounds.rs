@@ -124,12 +124,16 @@ impl FlowTable {
         }
     }
 
-    /// Retires `key`'s flow if it is closed: a client SYN on its 4-tuple
-    /// opens a new connection (the client reused the port), which must not
-    /// mix with the old one. Counted as pruned. The kernel's entry stays:
-    /// the new connection's segments already use it.
-    pub(super) fn retire_closed(&mut self, key: &FlowKey) {
-        if !self.flows.get(key).is_some_and(|flow| flow.is_closed()) {
+    /// Retires `key`'s flow when a client SYN with sequence number `isn`
+    /// starts another connection on its 4-tuple (the client reused the
+    /// port): the flow is closed, or never saw its client's SYN (first seen
+    /// mid-stream, or only its last ACK), or saw another one. The two must
+    /// not mix. Counted as pruned. The kernel's entry stays: the new
+    /// connection's segments already use it.
+    pub(super) fn retire_replaced(&mut self, key: &FlowKey, isn: u32) {
+        let replaced =
+            |flow: &Flow| flow.is_closed() || flow.c2s.state.syn.is_none_or(|syn| syn.isn != isn);
+        if !self.flows.get(key).is_some_and(|flow| replaced(flow)) {
             return;
         }
         let Some(flow) = self.flows.remove(key) else {

@@ -282,7 +282,7 @@ impl FlowTable {
             self.shrink_idle();
         }
         if direction == Direction::ClientToServer && header.tcp_flags & (SYN | ACK) == SYN {
-            self.retire_closed(&key);
+            self.retire_replaced(&key, header.seq);
         }
         if !self.open_if_new(key, header.service_id)? {
             return Ok(());

@@ -116,6 +116,7 @@ mod tests {
             standby_rss: rss,
             standby_fds: fds,
             seconds: 4.0,
+            restart_seconds: 0.5,
         }
     }
 

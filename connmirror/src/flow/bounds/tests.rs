@@ -212,3 +212,20 @@ fn a_flow_first_seen_mid_stream_goes_once_stale_and_one_with_a_gap_stays() {
     assert_eq!((table.len(), table.pruned()), (1, 1));
     assert!(table.holds(&key(40_001)));
 }
+
+#[test]
+fn a_client_syn_replaces_a_flow_seen_mid_stream_but_not_its_own_retransmission() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    let last_ack = segment(Direction::ClientToServer, 40_000, 7, ACK);
+    table.record(&last_ack, b"").unwrap();
+    handshake(&mut table, 40_000);
+    assert_eq!((table.len(), table.pruned()), (1, 1));
+    assert_eq!(table.readiness_counts()["ready"], 1);
+
+    // The same SYN again (a retransmission) keeps the flow.
+    table
+        .record(&segment(Direction::ClientToServer, 40_000, 1000, SYN), b"")
+        .unwrap();
+    assert_eq!((table.len(), table.pruned()), (1, 1));
+    assert_eq!(table.readiness_counts()["ready"], 1);
+}
