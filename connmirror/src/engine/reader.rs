@@ -223,7 +223,11 @@ impl Reader {
                 None,
             )
             .count(Vec::new(), table.refused()),
-            Family::counter("flows_pruned", "Closed flows forgotten once quiet.", None)
+            Family::counter(
+                "flows_pruned",
+                "Flows forgotten: closed once quiet, first seen at their close or mid-stream and quiet for two minutes, or replaced by a new connection on their ports.",
+                None,
+            )
                 .count(Vec::new(), table.pruned()),
             Family::counter(
                 "kernel_flows_swept",

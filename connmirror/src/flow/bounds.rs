@@ -23,7 +23,7 @@ pub(super) struct Bounds {
     pub(super) memory_cap: Option<usize>,
     /// Flows evicted under the memory cap so far.
     pub(super) evicted: u64,
-    /// Closed flows pruned so far.
+    /// Flows pruned so far ([`FlowTable::pruned`]).
     pub(super) pruned: u64,
     /// Flows refused protection at the memory cap so far.
     pub(super) refused: u64,
@@ -65,7 +65,8 @@ impl FlowTable {
         self.bounds.evicted
     }
 
-    /// Closed flows pruned so far ([`prune_closed`](Self::prune_closed)).
+    /// Flows pruned so far: done or stale ([`prune_closed`](Self::prune_closed)),
+    /// or replaced by a new connection on their ports.
     pub fn pruned(&self) -> u64 {
         self.bounds.pruned
     }
@@ -240,12 +241,14 @@ impl FlowTable {
         }
     }
 
-    /// Removes `key`'s flow, journals it as closed by eviction, and queues
-    /// it for the kernel to forget.
+    /// Removes `key`'s flow, journals it as closed by eviction (unless the
+    /// journal has its close already), and queues it for the kernel to forget.
     fn evict(&mut self, key: FlowKey) {
         if let Some(flow) = self.flows.remove(&key) {
             self.held -= flow.held();
-            if let Some(records) = self.records.as_mut() {
+            if let Some(records) = self.records.as_mut()
+                && !flow.closed
+            {
                 records.push(Record::Close {
                     id: flow.id,
                     reason: CloseReason::Evicted,
