@@ -308,7 +308,7 @@ fn the_dump_stops_at_an_abandoned_hole_and_stays_an_exact_prefix() {
 }
 
 /// A client SYN from port `port` (one idle flow per port).
-fn syn_from(table: &mut FlowTable, port: u16) {
+pub(in crate::flow) fn syn_from(table: &mut FlowTable, port: u16) {
     let mut h = header(Direction::ClientToServer, 1000, SYN, b"");
     h.src_port = port;
     table.record(&h, b"").unwrap();

@@ -4,6 +4,7 @@
 use connmirror_common::record::tcp_flags::{ACK, FIN, SYN};
 
 use super::super::*;
+use crate::flow::tests::syn_from;
 
 /// A segment of the flow from client port `port`.
 fn segment(direction: Direction, port: u16, seq: u32, flags: u8) -> RecordHeader {
@@ -18,13 +19,6 @@ fn handshake(table: &mut FlowTable, port: u16) {
     let mut synack = segment(Direction::ServerToClient, port, 5000, SYN | ACK);
     synack.ack = 1001;
     table.record(&synack, b"").unwrap();
-}
-
-/// A client SYN alone from port `port`: a flow that is not ready.
-fn syn(table: &mut FlowTable, port: u16) {
-    table
-        .record(&segment(Direction::ClientToServer, port, 1000, SYN), b"")
-        .unwrap();
 }
 
 /// Both FINs of the flow from client port `port`.
@@ -122,7 +116,7 @@ fn at_the_cap_flows_not_ready_are_evicted_and_ready_ones_kept() {
         handshake(&mut table, 40_000 + port);
     }
     for port in 0..20 {
-        syn(&mut table, 50_000 + port);
+        syn_from(&mut table, 50_000 + port);
     }
 
     assert!(table.held_bytes() <= cap);
@@ -151,7 +145,7 @@ fn at_the_cap_with_only_ready_flows_new_flows_are_refused_once_each() {
         handshake(&mut table, 50_000 + port);
     }
     // Records of a refused flow that were already in the ring count once.
-    syn(&mut table, 50_000);
+    syn_from(&mut table, 50_000);
 
     assert_eq!((table.len(), table.evicted(), table.refused()), (11, 0, 3));
     let changes = table.take_kernel_changes();
