@@ -179,6 +179,16 @@ impl EchoClients {
         }
     }
 
+    /// How many connections there are.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     /// Each connection's local address, in connection order.
     pub fn locals(&self) -> Vec<SocketAddr> {
         self.conns.iter().map(|c| c.local).collect()

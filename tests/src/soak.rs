@@ -79,6 +79,11 @@ const SHORT_BYTES: usize = 8 << 10;
 const SHORT_PAUSE: Duration = Duration::from_millis(2);
 /// How long each step may take before the soak fails.
 const STEP: Duration = Duration::from_secs(60);
+/// Longest a short connection may take: a takeover or a migration holds a
+/// client's segments for well under a second, and TCP's retransmissions
+/// after two losses in a row still come within 4 s. A client left waiting
+/// this long was stranded (a failback left its connection behind).
+pub const STALLED: Duration = Duration::from_secs(20);
 
 /// How long the soak runs.
 #[derive(Clone, Copy, Debug)]
@@ -139,6 +144,9 @@ pub struct SoakSummary {
     pub short_connections: u64,
     /// Short connections that failed (refused, reset, or wrong bytes).
     pub short_failures: u64,
+    /// The longest a short connection took, in seconds (below [`STALLED`]).
+    #[serde(default)]
+    pub slowest_short_seconds: f64,
     /// Bytes verified: the streams' echoes and the short connections'.
     pub verified_bytes: u64,
     /// RSTs the clients' link carried to the long streams (must be 0).
@@ -192,6 +200,10 @@ impl SoakSummary {
         assert_eq!(self.forged_rejected, self.forged_sent, "{self:#?}");
         assert_eq!(self.false_takeovers, 0, "{self:#?}");
         assert_eq!(self.short_failures, 0, "{self:#?}");
+        assert!(
+            self.slowest_short_seconds < STALLED.as_secs_f64(),
+            "a short connection stalled: {self:#?}"
+        );
         assert_eq!(self.leftovers, Vec::<String>::new(), "{self:#?}");
         assert_eq!(self.failovers, self.cycles.len() as u64, "{self:#?}");
         let mut closing = 0;
@@ -555,7 +567,7 @@ impl Soak {
         let streams: Vec<SocketAddr> = self.clients.locals();
         let results: Vec<EchoResult> = self.clients.finish(STEP);
         assert_exact(&results);
-        let (short, short_failures) = self.short.stop();
+        let (short, short_failures, slowest) = self.short.stop();
         let seen = self.watch.stop();
         let to_streams = (seen.rsts_received.iter())
             .filter(|(_, dst)| streams.contains(dst))
@@ -568,6 +580,7 @@ impl Soak {
             streams: results.len() as u64,
             short_connections: short,
             short_failures,
+            slowest_short_seconds: slowest.as_secs_f64(),
             verified_bytes: 2 * verified + short * 2 * SHORT_BYTES as u64,
             rsts_to_streams: to_streams as u64,
             rsts_to_others: (seen.rsts_received.len() - to_streams) as u64,
@@ -655,6 +668,8 @@ struct ShortCounts {
     failed: AtomicU64,
     /// Of the completed, those reset while closing ([`Ended::ResetClosing`]).
     reset_closing: AtomicU64,
+    /// The longest one took, in microseconds, however it ended.
+    slowest_us: AtomicU64,
 }
 
 impl ShortConnections {
@@ -671,7 +686,10 @@ impl ShortConnections {
             let mut seed = 1;
             while !flag.load(Ordering::Relaxed) {
                 thread::sleep(SHORT_PAUSE);
-                counted.count(seed, short_connection(service, seed));
+                let began = Instant::now();
+                let outcome = short_connection(service, seed);
+                counted.took(began.elapsed());
+                counted.count(seed, outcome);
                 seed += 1;
             }
         });
@@ -694,17 +712,25 @@ impl ShortConnections {
         self.counts.reset_closing.load(Ordering::Relaxed)
     }
 
-    /// Stops after the connection under way; returns (verified, failed).
-    fn stop(self) -> (u64, u64) {
+    /// Stops after the connection under way; returns (verified, failed,
+    /// the longest one took).
+    fn stop(self) -> (u64, u64, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         let counts = Arc::clone(&self.counts);
         self.thread.join().expect("short connections");
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        (load(&counts.completed), load(&counts.failed))
+        let slowest = Duration::from_micros(load(&counts.slowest_us));
+        (load(&counts.completed), load(&counts.failed), slowest)
     }
 }
 
 impl ShortCounts {
+    /// Notes that a connection took `elapsed`.
+    fn took(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.slowest_us.fetch_max(us, Ordering::Relaxed);
+    }
+
     /// Counts how connection `seed` went.
     fn count(&self, seed: u64, outcome: std::io::Result<Ended>) {
         match outcome {
@@ -732,17 +758,23 @@ enum Ended {
     ResetClosing,
 }
 
-/// One short connection with bytes from `seed`.
+/// One short connection with bytes from `seed`; an error says where it
+/// failed and from which port, to find the connection in a capture.
 fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<Ended> {
-    let mut stream = TcpStream::connect_timeout(&service, STEP)?;
+    let mut stream = TcpStream::connect_timeout(&service, STEP).map_err(at("connect", None))?;
+    let local = stream.local_addr().ok();
     stream.set_read_timeout(Some(STEP))?;
     let mut rng = SplitMix64::new(seed);
     let sent: Vec<u8> = (0..SHORT_BYTES).map(|_| rng.next_u64() as u8).collect();
-    stream.write_all(&sent)?;
+    stream.write_all(&sent).map_err(at("write", local))?;
     let mut back = vec![0u8; SHORT_BYTES];
-    stream.read_exact(&mut back)?;
+    stream
+        .read_exact(&mut back)
+        .map_err(at("read the echo", local))?;
     if back != sent {
-        return Err(std::io::Error::other("the echo differs from what was sent"));
+        return Err(at("check", local)(std::io::Error::other(
+            "the echo differs from what was sent",
+        )));
     }
     // The server closes first: its side waits in TIME_WAIT, so the client's
     // port is free again at once (28,000 of them would run out in seconds).
@@ -750,8 +782,18 @@ fn short_connection(service: SocketAddr, seed: u64) -> std::io::Result<Ended> {
     let mut rest = Vec::new();
     match stream.read_to_end(&mut rest) {
         Ok(_) if rest.is_empty() => Ok(Ended::Closed),
-        Ok(_) => Err(std::io::Error::other("bytes after the echo")),
+        Ok(_) => Err(at("close", local)(std::io::Error::other(
+            "bytes after the echo",
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(Ended::ResetClosing),
-        Err(e) => Err(e),
+        Err(e) => Err(at("wait for the server's FIN", local)(e)),
+    }
+}
+
+/// Adds to an error the step `what` of the connection from `local`.
+fn at(what: &'static str, local: Option<SocketAddr>) -> impl Fn(std::io::Error) -> std::io::Error {
+    move |e| {
+        let from = local.map_or_else(String::new, |a| format!(" from {a}"));
+        std::io::Error::new(e.kind(), format!("{what}{from}: {e}"))
     }
 }

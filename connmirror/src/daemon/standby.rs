@@ -52,7 +52,7 @@ use crate::{
     ownership::detector::{Detected, Detector, DetectorConfig, Policy},
     ownership::heartbeat::{self, Kind, Message, Ownership},
     repair::restore::QueueMode,
-    repair::save,
+    repair::{save, sockets},
     replication::channel::LinkEvent,
     replication::replica::{self, Replica},
     resume::handoff::{self, HandoffServer},
@@ -610,6 +610,30 @@ fn take_kept(kept: &Kept, services: &[SocketAddr]) -> Vec<TcpStream> {
     *all = others;
     ours.into_iter()
         .filter(|s| save::tcp_info(s).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED))
+        .collect()
+}
+
+/// Duplicates of the established connections of `services` that this host's
+/// applications accepted themselves while it owned them (new connections,
+/// not among the restored sockets in `kept`), found in the namespace and
+/// taken from their processes ([`sockets::take_established`], as a planned
+/// migration does on the primary). Left here, they would break once the
+/// addresses go. A connection that cannot be taken is logged.
+fn take_accepted(services: &[SocketAddr], kept: &[TcpStream]) -> Vec<TcpStream> {
+    let ends = |s: &TcpStream| Some((s.local_addr().ok()?, s.peer_addr().ok()?));
+    let restored: BTreeSet<(SocketAddr, SocketAddr)> = kept.iter().filter_map(ends).collect();
+    let taken = match sockets::take_established(services) {
+        Ok(taken) => taken,
+        Err(err) => {
+            tracing::warn!(%err, "listing the connections accepted here: only restored ones migrate");
+            return Vec::new();
+        }
+    };
+    for error in &taken.errors {
+        tracing::warn!(error, "a connection accepted here cannot migrate");
+    }
+    (taken.sockets.into_iter())
+        .filter(|s| ends(s).is_some_and(|e| !restored.contains(&e)))
         .collect()
 }
 

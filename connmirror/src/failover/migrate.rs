@@ -1,14 +1,17 @@
-//! Failback by migration: the standby moves the live connections it restored
-//! back to the returning primary, with `TCP_REPAIR` on both ends.
+//! Failback by migration: the standby moves the live connections it restored,
+//! and those opened to it while it owned the services, back to the returning
+//! primary, with `TCP_REPAIR` on both ends.
 //!
 //! On the standby (`--failback migrate`), for the services the primary
 //! announced itself `Recovering` for:
 //!
 //! 1. the services are quiesced (client segments dropped at ingress, as during
 //!    a takeover), so nothing new reaches the sockets;
-//! 2. [`settle`]: the handoff application gets a moment to read what is
-//!    queued and write its answers (each receive queue empty, each send queue
-//!    no longer growing);
+//! 2. [`settle`]: the applications get a moment to read what is queued and
+//!    write their answers (each receive queue empty, each send queue no
+//!    longer growing). The sockets are those the standby restored and those
+//!    its applications accepted while it owned the services, taken from them
+//!    with [`sockets::take_established`];
 //! 3. each socket is saved ([`crate::repair::save`]) and stays in repair mode;
 //! 4. the plans go to the primary's agent over TCP ([`send`]): one [`Transfer`]
 //!    frame, answered by one [`Receipt`] frame;

@@ -1,6 +1,7 @@
 //! `cargo xtask soak --minutes N`: the chaos soak's summary
 //! ([`crate::soak`]), against issue 19's bar: 30 minutes with every stream
-//! byte-exact, no RST to them, and the standby's memory and open files flat.
+//! byte-exact, no RST to them, no short connection lost or stalled, and the
+//! standby's memory and open files flat.
 
 use std::fmt::Write as _;
 
@@ -41,32 +42,35 @@ pub fn render(r: &SoakResults) -> String {
         "`connmirror_tests::soak` (tests/src/soak.rs) for {} minutes: four echo streams \
          resumed by handoff and a run of short echo connections, through cycles of: \
          {faults}. The bar: {BAR_MINUTES} minutes, every stream byte-exact, no RST to \
-         them, every forgery rejected, no false takeover, the standby's RSS and open \
+         them, no short connection lost or stalled ({stalled} s), every forgery rejected, no \
+         false takeover, the standby's RSS and open \
          files flat, nothing left behind.",
-        r.minutes
+        r.minutes,
+        stalled = crate::soak::STALLED.as_secs(),
     );
     out.push_str(&r.info.render(&method));
     out.push('\n');
     let _ = writeln!(
         out,
-        "| cycles | failovers | failbacks | streams verified | short connections verified | short failures | bytes verified | RSTs to streams | RSTs to others | forged rejected | false takeovers | standby RSS first / peak / last | open files first / peak / last | left behind |"
+        "| cycles | failovers | failbacks | streams verified | short connections verified | short failures | slowest short connection | bytes verified | RSTs to streams | RSTs to others | forged rejected | false takeovers | standby RSS first / peak / last | open files first / peak / last | left behind |"
     );
     let _ = writeln!(
         out,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | --- |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | --- |"
     );
     let first = s.cycles.first();
     let last = s.cycles.last();
     let mib = |b: u64| format!("{:.1}", b as f64 / f64::from(1 << 20));
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} of {} | {} | {} / {} / {} MiB | {} / {} / {} | {} |\n",
+        "| {} | {} | {} | {} | {} | {} | {:.2} s | {} | {} | {} | {} of {} | {} | {} / {} / {} MiB | {} / {} / {} | {} |\n",
         s.cycles.len(),
         s.failovers,
         s.failbacks,
         s.streams,
         s.short_connections,
         s.short_failures,
+        s.slowest_short_seconds,
         s.verified_bytes,
         s.rsts_to_streams,
         s.rsts_to_others,
@@ -144,6 +148,7 @@ mod tests {
                 streams: 4,
                 short_connections: 300,
                 short_failures: 0,
+                slowest_short_seconds: 1.5,
                 verified_bytes: 12345,
                 rsts_to_streams: 0,
                 rsts_to_others: 2,
@@ -168,7 +173,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| 3 | 3 | 3 | 4 | 300 | 0 | 12345 | 0 | 2 | 300 of 300 | 0 | 100.0 / 120.0 / 110.0 MiB | 36 / 37 / 36 | nothing |"),
+            text.contains("| 3 | 3 | 3 | 4 | 300 | 0 | 1.50 s | 12345 | 0 | 2 | 300 of 300 | 0 | 100.0 / 120.0 / 110.0 MiB | 36 / 37 / 36 | nothing |"),
             "{text}"
         );
         assert!(text.contains("Bar: met."), "{text}");

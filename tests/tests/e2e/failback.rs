@@ -27,9 +27,9 @@ use connmirror::daemon::status::StatusReport;
 use connmirror_tests::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use connmirror_tests::failover::{
     Program, agent_addr, assert_migrated, assert_moved, control_cli, detecting_standby_command,
-    forget_tcp_state, four_streams_once_armed, handoff_app, kill_primary_host, migrate,
-    primary_handoff_app, primary_returns, primary_setup, recovering_agent, recovering_agent_with,
-    resumed_lines, start_agent, start_agent_with, status_of,
+    echo_server_in, forget_tcp_state, four_streams_once_armed, handoff_app, kill_primary_host,
+    migrate, primary_handoff_app, primary_returns, primary_setup, recovering_agent,
+    recovering_agent_with, resumed_lines, start_agent, start_agent_with, status_of,
 };
 use connmirror_tests::metrics::{DEFAULT_ENDPOINT, scrape};
 use connmirror_tests::mirror::Mirror;
@@ -48,6 +48,9 @@ struct Failed {
     watch: WireWatch,
     clients: EchoClients,
     _app: Program,
+    /// The echo example listening on the service in the standby's namespace
+    /// ([`failed_over_listening`]).
+    _listener: Option<Program>,
     standby: Mirror,
     service: SocketAddr,
     topo: Topology,
@@ -57,11 +60,20 @@ struct Failed {
 }
 
 fn failed_over(family: Family, failback: &str) -> Failed {
-    failed_over_with(family, &["--failback", failback])
+    failed_over_with(family, &["--failback", failback], false)
 }
 
-/// [`failed_over`] with these standby flags.
-fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
+/// [`failed_over`], with the echo example also listening on the service in
+/// the standby's namespace (`ip_nonlocal_bind`, before the restored sockets
+/// take the port): once the standby owns the address it serves new
+/// connections there.
+fn failed_over_listening(family: Family, failback: &str) -> Failed {
+    failed_over_with(family, &["--failback", failback], true)
+}
+
+/// [`failed_over`] with these standby flags, and a listener at the standby
+/// when `listen`.
+fn failed_over_with(family: Family, flags: &[&str], listen: bool) -> Failed {
     let mut setup = primary_setup(family, PORT, "failback");
     let (topo, key, service) = (&setup.topo, &setup.key, setup.service);
     let command = (flags.iter()).fold(
@@ -70,6 +82,14 @@ fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
     );
     let standby = Mirror::start(&topo.gateway, &command);
     let app = handoff_app(topo, &standby, service);
+    let listener = listen.then(|| {
+        let sysctl = match family {
+            Family::V4 => "net.ipv4.ip_nonlocal_bind",
+            Family::V6 => "net.ipv6.ip_nonlocal_bind",
+        };
+        topo.gateway.sysctl(sysctl, "1");
+        echo_server_in(&topo.gateway, service)
+    });
     let mut agent = start_agent(topo, family, service, key);
     let clients =
         four_streams_once_armed(topo, &standby, service, "streams flow before the failure");
@@ -82,6 +102,7 @@ fn failed_over_with(family: Family, flags: &[&str]) -> Failed {
         watch,
         clients,
         _app: app,
+        _listener: listener,
         standby,
         service,
         topo: setup.topo,
@@ -199,21 +220,25 @@ struct Back {
 }
 
 /// Once the connections are moving back to the primary: waits for `agent` to
-/// own the services again and for `app` to resume the four connections, then
-/// for the streams to verify 256 KiB more at the primary; finishes them.
+/// own the services again and for `app` to resume the connections of every
+/// group of `clients`, then for the streams to verify 256 KiB more at the
+/// primary; finishes them.
 #[track_caller]
 fn back_at_the_primary(
     agent: &Program,
     app: &Program,
-    clients: EchoClients,
+    clients: Vec<EchoClients>,
     watch: WireWatch,
 ) -> Back {
     let owner = agent.wait_line("owner again", Duration::from_secs(30));
-    let resumed = resumed_lines(app, 4);
-    clients
-        .wait_progress(256 << 10, Duration::from_secs(60))
-        .expect("the streams go on at the primary");
-    let results = clients.finish(Duration::from_secs(60));
+    let resumed = resumed_lines(app, clients.iter().map(EchoClients::len).sum());
+    let mut results = Vec::new();
+    for group in clients {
+        group
+            .wait_progress(256 << 10, Duration::from_secs(60))
+            .expect("the streams go on at the primary");
+        results.extend(group.finish(Duration::from_secs(60)));
+    }
     let seen = watch.stop();
     Back {
         owner,
@@ -223,12 +248,19 @@ fn back_at_the_primary(
     }
 }
 
+/// Failback by migration moves the connections the standby restored and one
+/// its own listener accepted while it owned the service.
 fn migrate_failback(family: Family) {
-    let failed = failed_over(family, "migrate");
-    let before = failed.clients.verified();
-    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let failed = failed_over_listening(family, "migrate");
     let (topo, service) = (&failed.topo, failed.service);
-    let back = back_at_the_primary(&agent, &app, failed.clients, failed.watch);
+    let accepted = EchoClients::start(&topo.client, service, 1, EchoOptions::default());
+    (accepted.wait_progress(64 << 10, Duration::from_secs(30)))
+        .expect("a new connection flows at the standby");
+    let before = failed.clients.verified() + accepted.verified();
+    let (agent, app, _listener) = recovering_primary(&failed, family);
+    let groups = vec![failed.clients, accepted];
+    let back = back_at_the_primary(&agent, &app, groups, failed.watch);
+    assert_eq!(back.results.len(), 5);
     let after = status_of(topo, &failed.standby);
     let lo = topo.gateway.ip(["addr", "show", "dev", "lo"]);
     let metrics = scrape(&topo.gateway, DEFAULT_ENDPOINT);
@@ -264,7 +296,7 @@ fn migrate_moves_live_connections_back_to_the_primary_byte_exact_v6() {
 /// application registered, is refused by the agent before it rebuilds
 /// anything, and the standby keeps serving every connection.
 fn migrate_to(family: Family) {
-    let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"]);
+    let failed = failed_over_with(family, &["--failback", "manual", "--keep-sockets"], false);
     let before = failed.clients.verified();
     let (topo, key, service) = (&failed.topo, &failed.key, failed.service);
     forget_tcp_state(topo);
@@ -281,7 +313,7 @@ fn migrate_to(family: Family) {
     let refused = status_of(topo, &failed.standby);
     let app = primary_handoff_app(topo, failed.dir.path(), service);
     let report = migrate(&topo.gateway, &control, &["--to", "primary"]);
-    let back = back_at_the_primary(&agent, &app, failed.clients, failed.watch);
+    let back = back_at_the_primary(&agent, &app, vec![failed.clients], failed.watch);
     let (unknown_ok, _, unknown_err) =
         control_cli(&topo.gateway, "migrate", &control, &["--to", "nobody"]);
     let (_report, _dir2) = failed.standby.stop();

@@ -67,9 +67,10 @@ impl Standby {
             );
         };
         let addrs: Vec<SocketAddr> = services.iter().map(|s| s.addr).collect();
-        let sockets = take_kept(&kept, &addrs);
         let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
         mirror.set_modes(services, quiesced)?;
+        // Quiesced first: no handshake completes while the namespace is read.
+        let (sockets, own_count) = to_migrate(&kept, &addrs).await?;
         let transfer = Transfer {
             node_id: self.node_id.clone(),
             to: to.to_owned(),
@@ -87,7 +88,9 @@ impl Standby {
         let (receipt, plans) = match sent {
             Ok(sent) => sent,
             Err(err) => {
-                kept.lock().expect("kept sockets").extend(sockets);
+                // The accepted ones' duplicates go: their applications hold them.
+                let own = sockets.into_iter().take(own_count);
+                kept.lock().expect("kept sockets").extend(own);
                 mirror.set_modes(services, ServiceMode::FENCED | ServiceMode::OWNED)?;
                 return Err(err);
             }
@@ -339,4 +342,27 @@ async fn send_receipt(stream: TcpStream, key: Key, counter: u64, report: &Takeov
             "sending the migration receipt (the primary's copies stay behind the fence): {err:#}"
         );
     }
+}
+
+/// The sockets of `services` to migrate, with how many of them (the first)
+/// are restored ones from `kept`; the others are duplicates of those this
+/// host's applications accepted ([`take_accepted`]).
+async fn to_migrate(
+    kept: &Kept,
+    services: &[SocketAddr],
+) -> anyhow::Result<(Vec<TcpStream>, usize)> {
+    let (own, addrs) = (take_kept(kept, services), services.to_vec());
+    let (own, accepted) = tokio::task::spawn_blocking(move || {
+        let accepted = take_accepted(&addrs, &own);
+        (own, accepted)
+    })
+    .await
+    .context("listing the services' connections")?;
+    tracing::info!(
+        restored = own.len(),
+        accepted = accepted.len(),
+        "migrating the connections restored and accepted here"
+    );
+    let own_count = own.len();
+    Ok((own.into_iter().chain(accepted).collect(), own_count))
 }
