@@ -153,6 +153,15 @@ impl MirrorCommand {
         self
     }
 
+    /// `flag value`, replacing the value `flag` was given before, if any.
+    pub fn flag(mut self, flag: &str, value: &str) -> MirrorCommand {
+        match self.args.iter().position(|a| a == flag) {
+            Some(at) if at + 1 < self.args.len() => self.args[at + 1] = value.to_owned(),
+            _ => self.args.extend([flag.to_owned(), value.to_owned()]),
+        }
+        self
+    }
+
     /// `mirror <args> --dump-dir DIR`, or `--report DIR/report.json` without dumps:
     /// the report lands in the same place either way. [`dump_dir`](Self::dump_dir)
     /// replaces `dump_dir`.

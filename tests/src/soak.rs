@@ -330,8 +330,7 @@ impl Soak {
             .arg(READER_TIMEOUT_MS)
             .arg("--heartbeat-interval")
             .arg(INTERVAL_MS)
-            .arg("--missed")
-            .arg(MISSED);
+            .flag("--missed", MISSED);
         let standby = Mirror::start(&topo.gateway, &command);
         let standby_app = handoff_app(topo, &standby, service);
         topo.gateway.sysctl("net.ipv4.ip_nonlocal_bind", "1");

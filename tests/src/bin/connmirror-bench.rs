@@ -1310,7 +1310,8 @@ fn ownership_run(etcd: Option<(&EtcdCluster, usize)>) -> Result<f64> {
         standby_flags.extend(cluster.clone());
         agent_flags.extend(cluster);
     }
-    let mut command = detecting_standby_command(&topo, family, service, &key);
+    let mut command =
+        detecting_standby_command(&topo, family, service, &key).flag("--missed", &default_missed());
     for flag in &standby_flags {
         command = command.arg(flag);
     }
@@ -2057,10 +2058,16 @@ fn live_round(scrape: &Scrape) -> LiveRound {
     }
 }
 
+/// The product's `--missed`, which the benchmarks measure with (the tests'
+/// fixtures detect more slowly: [`connmirror_tests::failover::TEST_MISSED`]).
+fn default_missed() -> String {
+    connmirror::ownership::DEFAULT_MISSED.to_string()
+}
+
 /// The detecting standby resuming the service by `mode`; replay with the
 /// whole history kept and time to replay it.
 fn resume_standby(s: &CacheSetup, mode: Resume) -> Mirror {
-    let command = s.detecting_standby_command(mode);
+    let command = (s.detecting_standby_command(mode)).flag("--missed", &default_missed());
     let command = match mode {
         Resume::Live => command,
         Resume::Replay => (command.arg("--history-cap").arg(REPLAY_HISTORY_CAP))
