@@ -34,7 +34,8 @@ pub(super) struct Bounds {
     /// were already in the ring count once. At most the kernel map's size.
     refused_keys: HashSet<FlowKey>,
     /// `applied` at each of the last [`STALE_ROUNDS`] prunes, newest last:
-    /// a flow not seen since the newest is quiet, since the oldest stale.
+    /// a flow not seen since the newest is quiet; how many it was not seen
+    /// since is how many rounds it has been quiet here.
     prune_marks: VecDeque<u64>,
     /// Flows the kernel's map is to forget (pruned or evicted).
     forget: Vec<FlowKey>,
@@ -83,34 +84,86 @@ impl FlowTable {
     /// flow goes within one to two seconds of its last segment: late
     /// retransmissions of its FIN still find it. A flow first seen
     /// mid-stream (no handshake) goes too once it saw no segment for
-    /// [`STALE_ROUNDS`] calls: a connection's last ACK after its FINs went
+    /// [`STALE_ROUNDS`] calls (with a journal, counting those before a
+    /// restart: [`Record::Quiet`]): a connection's last ACK after its FINs went
     /// by unseen looks like one, and nothing else would end it. Should the
     /// connection live on, its next segment opens it again, as first seen
     /// mid-stream, which it was.
     pub fn prune_closed(&mut self) {
-        let marks = &mut self.bounds.prune_marks;
-        let quiet = marks.back().copied().unwrap_or(0);
-        let stale = (marks.len() == STALE_ROUNDS).then(|| marks[0]);
+        let quiet = self.bounds.prune_marks.back().copied().unwrap_or(0);
         let gone: Vec<FlowKey> = (self.flows.iter())
             .filter(|(_, flow)| {
                 flow.last_seen <= quiet && done(flow)
-                    || stale.is_some_and(|mark| flow.last_seen <= mark && unknown(flow))
+                    || unknown(flow) && self.quiet_rounds(flow) >= STALE_ROUNDS
             })
             .map(|(key, _)| *key)
             .collect();
         for key in gone {
-            if let Some(flow) = self.flows.remove(&key) {
-                self.held -= flow.held();
-                self.bounds.pruned += 1;
-                self.bounds.forget.push(key);
-                self.journal_close(&flow);
-            }
+            self.drop_flow(key);
         }
         let marks = &mut self.bounds.prune_marks;
         if marks.len() == STALE_ROUNDS {
             marks.pop_front();
         }
         marks.push_back(self.applied);
+    }
+
+    /// Forgets every flow of the services `service_ids` but those in
+    /// `followed`; returns how many went. Once this host served those
+    /// services, their segments passed uncaptured
+    /// ([`connmirror_common::ServiceMode::OWNED`]), so what the table holds
+    /// of their connections is stale: a connection restored at the takeover
+    /// that closed since would look open, and be rebuilt as a ghost (or reset
+    /// as gapped) at the next one. A failback calls it with the flows it
+    /// moved and rebased ([`rebase`](Self::rebase)). Each is journaled
+    /// closed, counted as pruned, and forgotten by the kernel's map.
+    pub fn forget_served(&mut self, service_ids: &[u32], followed: &HashSet<FlowKey>) -> usize {
+        let gone: Vec<FlowKey> = (self.flows.iter())
+            .filter(|(key, flow)| service_ids.contains(&flow.service_id) && !followed.contains(key))
+            .map(|(key, _)| *key)
+            .collect();
+        let n = gone.len();
+        gone.into_iter().for_each(|key| self.drop_flow(key));
+        n
+    }
+
+    /// Removes the flow of `key`: journals its close, counts it pruned, and
+    /// queues it for the kernel's map to forget.
+    fn drop_flow(&mut self, key: FlowKey) {
+        if let Some(flow) = self.flows.remove(&key) {
+            self.held -= flow.held();
+            self.bounds.pruned += 1;
+            self.bounds.forget.push(key);
+            self.journal_close(&flow);
+        }
+    }
+
+    /// Prune rounds `flow` saw no segment in: before this daemon (its
+    /// journal said) and here (at most [`STALE_ROUNDS`] of those).
+    fn quiet_rounds(&self, flow: &Flow) -> usize {
+        let marks = &self.bounds.prune_marks;
+        let here = marks.len() - marks.partition_point(|&mark| mark < flow.last_seen);
+        flow.quiet_before as usize + here
+    }
+
+    /// [`Record::Quiet`] for `flow` when it was first seen mid-stream and
+    /// has been quiet for a round or more, so a restarted daemon goes on
+    /// counting ([`prune_closed`](Self::prune_closed)).
+    pub(super) fn quiet_record(&self, flow: &Flow) -> Option<Record> {
+        let rounds = self.quiet_rounds(flow);
+        (unknown(flow) && rounds > 0).then(|| Record::Quiet {
+            id: flow.id,
+            rounds: u32::try_from(rounds).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Emits [`Record::Quiet`] for every open flow that needs one (the
+    /// journal writes them when it closes).
+    pub fn quiet<E>(&self, mut emit: impl FnMut(Record) -> Result<(), E>) -> Result<(), E> {
+        (self.flows.values())
+            .filter(|flow| !flow.closed)
+            .filter_map(|flow| self.quiet_record(flow))
+            .try_for_each(&mut emit)
     }
 
     /// Journals `flow`'s close, unless the journal was told already.

@@ -70,6 +70,9 @@ struct Flow {
     rst: bool,
     /// Record count when the flow last saw a segment: the idle order for eviction.
     last_seen: u64,
+    /// Prune rounds it had been quiet for before this daemon (its journal's
+    /// [`Record::Quiet`]); 0 once it saw a segment here.
+    quiet_before: u32,
     /// The journal has been told the flow is closed.
     closed: bool,
     /// State changed since the last [`Record::Update`].
@@ -298,6 +301,7 @@ impl FlowTable {
         let flow = flows.get_mut(&key).expect("open_if_new inserted it");
         let before = flow.held();
         flow.last_seen = *applied;
+        flow.quiet_before = 0;
         flow.dirty = true;
         flow.kernel_gaps = flow.kernel_gaps.max(header.flow_gaps);
         flow.rst |= header.tcp_flags & RST != 0;
@@ -470,6 +474,7 @@ impl FlowTable {
                 c2s,
                 s2c,
                 divergence,
+                quiet_rounds,
                 ..
             } = flow;
             let limits = self.limits_for(service_id);
@@ -493,6 +498,7 @@ impl FlowTable {
                 kernel_gaps,
                 rst: false,
                 last_seen: 0,
+                quiet_before: quiet_rounds,
                 closed: false,
                 dirty: false,
                 journaled_syns: None,
@@ -558,6 +564,9 @@ impl FlowTable {
                         offset += bytes.len() as u64;
                     }
                 }
+            }
+            if let Some(record) = self.quiet_record(flow) {
+                emit(record)?;
             }
         }
         emit(Record::CheckpointEnd)
@@ -692,6 +701,7 @@ fn open_flow(
         kernel_gaps: 0,
         rst: false,
         last_seen: 0,
+        quiet_before: 0,
         closed: false,
         dirty: true,
         journaled_syns: None,

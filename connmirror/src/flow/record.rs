@@ -39,6 +39,9 @@ pub enum Kind {
     /// [`Record::Divergent`]. A build older than this kind stops at it with
     /// `unknown record kind 9` (docs/configuration.md, "Journal").
     Divergent = 9,
+    /// [`Record::Quiet`]. A build older than this kind stops at it with
+    /// `unknown record kind 10`.
+    Quiet = 10,
 }
 
 /// Why a flow left the table.
@@ -137,6 +140,17 @@ pub enum Record {
         /// Where, and both bytes.
         divergence: Divergence,
     },
+    /// A flow first seen mid-stream had been quiet for `rounds` prune rounds
+    /// (about seconds) when the journal wrote this, at a checkpoint or a clean
+    /// stop: a restarted daemon goes on counting (docs/configuration.md, "How
+    /// many flows, and for how long"). A later record of the flow means it was
+    /// seen since.
+    Quiet {
+        /// Flow id.
+        id: u64,
+        /// Prune rounds without a segment.
+        rounds: u32,
+    },
     /// The flow left the table.
     Close {
         /// Flow id.
@@ -189,6 +203,7 @@ impl Record {
             Record::OutOfOrder { .. } => Kind::OutOfOrder,
             Record::Update { .. } => Kind::Update,
             Record::Divergent { .. } => Kind::Divergent,
+            Record::Quiet { .. } => Kind::Quiet,
             Record::Close { .. } => Kind::Close,
             Record::CheckpointBegin { .. } => Kind::CheckpointBegin,
             Record::CheckpointFlow(_) => Kind::CheckpointFlow,
@@ -258,6 +273,10 @@ impl Record {
                 w.u64(*id);
                 w.u8(*reason as u8);
             }
+            Record::Quiet { id, rounds } => {
+                w.u64(*id);
+                w.u32(*rounds);
+            }
             Record::CheckpointBegin { next_id } => w.u64(*next_id),
             Record::CheckpointFlow(flow) => w.flow_snapshot(flow),
             Record::CheckpointEnd => {}
@@ -313,6 +332,10 @@ impl Record {
                     primary: r.u8()?,
                     instance: r.u8()?,
                 },
+            },
+            10 => Record::Quiet {
+                id: r.u64()?,
+                rounds: r.u32()?,
             },
             other => return Err(RecordError::Kind(other)),
         };
@@ -683,6 +706,7 @@ mod tests {
                 prop_oneof![Just(CloseReason::Closed), Just(CloseReason::Evicted)]
             )
                 .prop_map(|(id, reason)| Record::Close { id, reason }),
+            (any::<u64>(), any::<u32>()).prop_map(|(id, rounds)| Record::Quiet { id, rounds }),
             any::<u64>().prop_map(|next_id| Record::CheckpointBegin { next_id }),
             flow.prop_map(Record::CheckpointFlow),
             Just(Record::CheckpointEnd),
@@ -698,7 +722,7 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_payloads_never_panic(kind in 0u8..12, payload in vec(any::<u8>(), 0..512)) {
+        fn arbitrary_payloads_never_panic(kind in 0u8..13, payload in vec(any::<u8>(), 0..512)) {
             let _ = Record::decode(kind, &payload);
         }
 
@@ -739,8 +763,8 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_names_itself() {
-        assert_eq!(Record::decode(10, &[]), Err(RecordError::Kind(10)));
-        assert_eq!(RecordError::Kind(10).to_string(), "unknown record kind 10");
+        assert_eq!(Record::decode(11, &[]), Err(RecordError::Kind(11)));
+        assert_eq!(RecordError::Kind(11).to_string(), "unknown record kind 11");
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct RecoveredFlow {
     pub closed: Option<CloseReason>,
     /// Live replay's first divergence on the flow, once journaled.
     pub divergence: Option<Divergence>,
+    /// Prune rounds the flow (first seen mid-stream) had been quiet for at
+    /// its last [`Record::Quiet`], unless a record of it came after.
+    pub quiet_rounds: u32,
 }
 
 impl RecoveredFlow {
@@ -112,6 +115,7 @@ impl RecoveredFlow {
             s2c: side(s2c),
             closed: None,
             divergence: None,
+            quiet_rounds: 0,
         }
     }
 }
@@ -206,6 +210,10 @@ impl RecoveredFlow {
                 offset += chunk.len() as u64;
             }
         }
+        if self.quiet_rounds > 0 {
+            let rounds = self.quiet_rounds;
+            emit(Record::Quiet { id, rounds });
+        }
     }
 }
 
@@ -284,6 +292,11 @@ fn apply_to(recovered: &mut Recovered, record: Record) {
         orphans,
         ..
     } = recovered;
+    let mut on_flow = |id: u64, change: &mut dyn FnMut(&mut RecoveredFlow)| match flows.get_mut(&id)
+    {
+        Some(flow) => change(flow),
+        None => *orphans += 1,
+    };
     match record {
         Record::CheckpointBegin { .. } | Record::CheckpointEnd => {}
         Record::CheckpointFlow(flow) => {
@@ -296,59 +309,50 @@ fn apply_to(recovered: &mut Recovered, record: Record) {
             service_id,
         } => {
             *next_id = (*next_id).max(id + 1);
-            flows.insert(
+            let snapshot = FlowSnapshot {
                 id,
-                RecoveredFlow::from_snapshot(FlowSnapshot {
-                    id,
-                    key,
-                    service_id,
-                    kernel_gaps: 0,
-                    c2s: SideSnapshot::default(),
-                    s2c: SideSnapshot::default(),
-                }),
-            );
+                key,
+                service_id,
+                kernel_gaps: 0,
+                c2s: SideSnapshot::default(),
+                s2c: SideSnapshot::default(),
+            };
+            flows.insert(id, RecoveredFlow::from_snapshot(snapshot));
         }
         Record::Data {
             id,
             dir,
             offset,
             bytes,
-        } => match flows.get_mut(&id) {
-            Some(flow) => flow.side(dir).data(offset, &bytes),
-            None => *orphans += 1,
-        },
+        } => on_flow(id, &mut |flow| {
+            flow.quiet_rounds = 0;
+            flow.side(dir).data(offset, &bytes);
+        }),
         Record::OutOfOrder {
             id,
             dir,
             offset,
             bytes,
-        } => match flows.get_mut(&id) {
-            Some(flow) => flow.side(dir).out_of_order.push((offset, bytes)),
-            None => *orphans += 1,
-        },
+        } => on_flow(id, &mut |flow| {
+            flow.quiet_rounds = 0;
+            flow.side(dir).out_of_order.push((offset, bytes.clone()));
+        }),
         Record::Update {
             id,
             dir,
             kernel_gaps,
             snapshot,
-        } => match flows.get_mut(&id) {
-            Some(flow) => {
-                flow.kernel_gaps = kernel_gaps;
-                flow.side(dir).snapshot = snapshot;
-            }
-            None => *orphans += 1,
-        },
-        Record::Divergent { id, divergence } => match flows.get_mut(&id) {
-            // Only the first divergence counts, as live replay reports it.
-            Some(flow) => {
-                flow.divergence.get_or_insert(divergence);
-            }
-            None => *orphans += 1,
-        },
-        Record::Close { id, reason } => match flows.get_mut(&id) {
-            Some(flow) => flow.closed = Some(reason),
-            None => *orphans += 1,
-        },
+        } => on_flow(id, &mut |flow| {
+            flow.quiet_rounds = 0;
+            flow.kernel_gaps = kernel_gaps;
+            flow.side(dir).snapshot = snapshot.clone();
+        }),
+        // Only the first divergence counts, as live replay reports it.
+        Record::Divergent { id, divergence } => on_flow(id, &mut |flow| {
+            flow.divergence.get_or_insert(divergence);
+        }),
+        Record::Close { id, reason } => on_flow(id, &mut |flow| flow.closed = Some(reason)),
+        Record::Quiet { id, rounds } => on_flow(id, &mut |flow| flow.quiet_rounds = rounds),
     }
 }
 
@@ -456,6 +460,7 @@ impl Journal {
             self.append(&record)?;
         }
         table.out_of_order(|record| self.append(&record))?;
+        table.quiet(|record| self.append(&record))?;
         self.appender.close()
     }
 
@@ -548,6 +553,26 @@ pub(crate) mod tests {
         assert_eq!((c2s.start, c2s.bytes.as_slice()), (10, &b"kept+new"[..]));
     }
 
+    #[test]
+    fn quiet_rounds_hold_until_a_later_record_of_the_flow_and_go_round_a_checkpoint() {
+        let quiet = |id, rounds| Record::Quiet { id, rounds };
+        let records = [
+            open(1),
+            open(2),
+            quiet(1, 30),
+            quiet(2, 40),
+            data(2, 0, b"x"),
+        ];
+
+        let recovered = recover(stored(&records)).unwrap();
+
+        let rounds = |r: &Recovered, id| r.flows[&id].quiet_rounds;
+        assert_eq!((rounds(&recovered, 1), rounds(&recovered, 2)), (30, 0));
+        let mut again = Recovered::new();
+        recovered.checkpoint(|record| again.apply(record));
+        assert_eq!((rounds(&again, 1), rounds(&again, 2)), (30, 0));
+    }
+
     fn divergent(id: u64, offset: u64) -> Record {
         Record::Divergent {
             id,
@@ -576,14 +601,14 @@ pub(crate) mod tests {
     fn an_unknown_record_kind_stops_recovery_naming_where_and_which() {
         let mut records = stored(&[open(1), divergent(1, 5)]);
         if let Some(Ok(record)) = records.get_mut(1) {
-            record.kind = 10;
+            record.kind = 11;
         }
 
         let error = recover(records).unwrap_err();
 
         assert_eq!(
             error.to_string(),
-            "journal record in segment 1 at byte offset 1: unknown record kind 10"
+            "journal record in segment 1 at byte offset 1: unknown record kind 11"
         );
     }
 

@@ -1,6 +1,11 @@
 //! Moving connections between the standby and the primary: failback by migration, planned migrations in, and failback by drain.
 
+use std::collections::HashSet;
+
+use connmirror_common::FlowKey;
+
 use super::*;
+use crate::flow::key_of;
 
 impl Standby {
     /// `connmirror migrate --to NODE`: moves the connections of `asked` (every
@@ -99,7 +104,7 @@ impl Standby {
         for error in &receipt.errors {
             tracing::warn!(error, "the primary could not take a connection");
         }
-        let followed = (plans.iter())
+        let followed: HashSet<FlowKey> = (plans.iter())
             .filter(|plan| {
                 let (received, acked) = progress
                     .get(&(plan.server, plan.client))
@@ -107,11 +112,16 @@ impl Standby {
                     .unwrap_or_default();
                 mirror.reader.table.rebase(plan, received, acked)
             })
-            .count();
+            .map(|plan| key_of(plan.server, plan.client))
+            .collect();
+        let ids: Vec<u32> = services.iter().map(|s| s.id).collect();
+        let stale = mirror.reader.table.forget_served(&ids, &followed);
         tracing::info!(
-            followed,
+            followed = followed.len(),
             of = plans.len(),
-            "migrated connections rebased in the flow table: capture follows them again"
+            stale,
+            "migrated connections rebased in the flow table: capture follows them again; \
+             the services' other flows, stale since the takeover, forgotten"
         );
         self.release(mirror, services)?;
         self.migrations += 1;

@@ -323,6 +323,15 @@ fn restore_flows(
             }
             Err(None) => report.closed += 1,
             Err(Some(reason)) => {
+                tracing::info!(
+                    client = %flow.endpoints().1,
+                    id = flow.id,
+                    reason = reason.name(),
+                    readiness = ?flow.readiness,
+                    c2s = ?flow.c2s.marks,
+                    s2c = ?flow.s2c.marks,
+                    "flow not restored: its client is reset"
+                );
                 report.unrecoverable(reason);
                 resets.extend(reset_plan(&flow));
             }

@@ -1,6 +1,8 @@
 //! Unit tests of `flow/bounds.rs`: pruning, eviction of flows not ready,
 //! and refusal when only ready flows are left.
 
+use std::collections::HashSet;
+
 use connmirror_common::record::tcp_flags::{ACK, FIN, SYN};
 
 use super::super::*;
@@ -222,4 +224,82 @@ fn a_client_syn_replaces_a_flow_seen_mid_stream_but_not_its_own_retransmission()
         .unwrap();
     assert_eq!((table.len(), table.pruned()), (1, 1));
     assert_eq!(table.readiness_counts()["ready"], 1);
+}
+
+#[test]
+fn a_flow_first_seen_mid_stream_goes_on_aging_across_a_restart_until_it_is_seen() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    for port in [40_000, 40_001] {
+        let ack = segment(Direction::ClientToServer, port, 7, ACK);
+        table.record(&ack, b"").unwrap();
+    }
+    for _ in 0..100 {
+        table.prune_closed();
+    }
+    // What a clean stop journals: the pending records, then how long each
+    // flow first seen mid-stream has been quiet.
+    let mut journal = table.take_records();
+    table.quiet(collect(&mut journal)).unwrap();
+    assert_eq!(
+        quiet(&journal),
+        [
+            &Record::Quiet { id: 1, rounds: 100 },
+            &Record::Quiet { id: 2, rounds: 100 }
+        ]
+    );
+    let mut recovered = Recovered::new();
+    journal.into_iter().for_each(|r| recovered.apply(r));
+
+    let mut restarted = FlowTable::new(StreamLimits::default(), None).journal();
+    restarted.restore(recovered);
+    let ack = segment(Direction::ClientToServer, 40_001, 7, ACK);
+    restarted.record(&ack, b"").unwrap();
+    let mut checkpoint = Vec::new();
+    restarted.checkpoint(collect(&mut checkpoint)).unwrap();
+    assert_eq!(quiet(&checkpoint), [&Record::Quiet { id: 1, rounds: 100 }]);
+    for _ in 0..20 {
+        restarted.prune_closed();
+    }
+    assert_eq!(restarted.len(), 2);
+
+    // 100 rounds before the restart and 20 after: stale. The flow seen
+    // after the restart starts again from 0.
+    restarted.prune_closed();
+    assert_eq!((restarted.len(), restarted.pruned()), (1, 1));
+    assert!(restarted.holds(&key(40_001)));
+}
+
+/// An emitter that pushes each record onto `records`.
+fn collect(records: &mut Vec<Record>) -> impl FnMut(Record) -> Result<(), ()> + '_ {
+    |record| {
+        records.push(record);
+        Ok(())
+    }
+}
+
+/// The `Quiet` records among `records`.
+fn quiet(records: &[Record]) -> Vec<&Record> {
+    (records.iter())
+        .filter(|r| matches!(r, Record::Quiet { .. }))
+        .collect()
+}
+
+#[test]
+fn a_failback_forgets_the_served_services_flows_but_the_followed_ones() {
+    let mut table = FlowTable::new(StreamLimits::default(), None).journal();
+    for port in [40_000, 40_001] {
+        handshake(&mut table, port);
+    }
+    let mut other = segment(Direction::ClientToServer, 40_002, 1000, SYN);
+    other.service_id = 1;
+    table.record(&other, b"").unwrap();
+    table.take_records();
+
+    let followed: HashSet<FlowKey> = [key(40_001)].into();
+    assert_eq!(table.forget_served(&[0], &followed), 1);
+
+    assert_eq!((table.len(), table.pruned()), (2, 1));
+    assert!(table.holds(&key(40_001)));
+    assert_eq!(closes(&table.take_records()), [1]);
+    assert_eq!(table.take_kernel_changes().forget, [key(40_000)]);
 }

@@ -413,6 +413,7 @@ impl Inner {
             Record::CheckpointFlow(snapshot) => self.checkpointed(snapshot.id, snapshot.key),
             Record::OutOfOrder { .. }
             | Record::Divergent { .. }
+            | Record::Quiet { .. }
             | Record::CheckpointBegin { .. }
             | Record::CheckpointEnd => {}
         }
