@@ -45,10 +45,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::resident_bytes;
-use crate::echo::{EchoClients, EchoResult, assert_exact};
+use crate::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use crate::failover::{
     HEARTBEAT_PORT, PrimarySetup, Program, detecting_standby_command, echo_server_in,
-    forget_tcp_state, four_streams_once_armed, handoff_app, kill_primary_host, primary_returns,
+    forget_tcp_state, handoff_app, kill_primary_host, primary_returns,
     primary_setup, recovering_agent, resumed_lines, start_agent, status_of,
 };
 use crate::metrics::{DEFAULT_ENDPOINT, Scrape, scrape};
@@ -84,6 +84,21 @@ const STEP: Duration = Duration::from_secs(60);
 /// after two losses in a row still come within 4 s. A client left waiting
 /// this long was stranded (a failback left its connection behind).
 pub const STALLED: Duration = Duration::from_secs(20);
+
+/// Most bytes each long stream sends in a soak: three quarters of the
+/// standby's default `--history-cap` (64 MiB). Past the cap a flow keeps only
+/// what its receiver has not acknowledged (`handoff_only`), so a primary
+/// that dies holding client bytes it acknowledged but did not answer yet can
+/// no longer be resumed byte-exact: the echo application closes such a
+/// connection, as documented. A stream's whole history must stay under it.
+const STREAM_BYTES: u64 = 48 << 20;
+
+/// Each long stream's rate for a soak of `duration`: the default 64 KiB/s,
+/// or less so that it sends at most [`STREAM_BYTES`].
+fn stream_rate(duration: Duration) -> u64 {
+    let default = EchoOptions::default().rate;
+    default.min(STREAM_BYTES / duration.as_secs().max(1))
+}
 
 /// How long the soak runs.
 #[derive(Clone, Copy, Debug)]
@@ -252,7 +267,7 @@ struct Soak {
 /// Runs the soak; panics at the first broken promise.
 pub fn run(options: SoakOptions) -> SoakSummary {
     let start = Instant::now();
-    let mut soak = Soak::start();
+    let mut soak = Soak::start(options.duration);
     let mut cycles = Vec::new();
     let mut forged = (0, 0);
     let mut false_takeovers = 0;
@@ -310,7 +325,7 @@ fn leftovers(names: &[String], pin: &std::path::Path) -> Vec<String> {
 impl Soak {
     /// The pair, the standby armed, four streams and the short connections
     /// flowing, the clients' link watched.
-    fn start() -> Soak {
+    fn start(duration: Duration) -> Soak {
         let setup = primary_setup(Family::V4, PORT, "soak");
         let (topo, service) = (&setup.topo, setup.service);
         // No report: the standby prunes closed flows, as in production.
@@ -336,7 +351,13 @@ impl Soak {
         topo.gateway.sysctl("net.ipv4.ip_nonlocal_bind", "1");
         let standby_listener = echo_server_in(&topo.gateway, service);
         let agent = start_agent(topo, Family::V4, service, &setup.key);
-        let clients = four_streams_once_armed(topo, &standby, service, "streams before the soak");
+        standby.wait_log("armed: primary heard");
+        let options = EchoOptions {
+            rate: stream_rate(duration),
+            ..EchoOptions::default()
+        };
+        let clients = EchoClients::start(&topo.client, service, 4, options);
+        (clients.wait_progress(64 << 10, STEP)).expect("streams before the soak");
         let short = ShortConnections::start(&topo.client, service);
         let watch = WireWatch::start(&topo.client, CLIENT_IF);
         Soak {
