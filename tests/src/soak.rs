@@ -48,8 +48,8 @@ use crate::cache::resident_bytes;
 use crate::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use crate::failover::{
     HEARTBEAT_PORT, PrimarySetup, Program, detecting_standby_command, echo_server_in,
-    forget_tcp_state, handoff_app, kill_primary_host, primary_returns,
-    primary_setup, recovering_agent, resumed_lines, start_agent, status_of,
+    forget_tcp_state, handoff_app, kill_primary_host, primary_returns, primary_setup,
+    recovering_agent, resumed_lines, start_agent, status_of,
 };
 use crate::metrics::{DEFAULT_ENDPOINT, Scrape, scrape};
 use crate::mirror::{Mirror, MirrorCommand};
