@@ -225,7 +225,7 @@ impl Reader {
             .count(Vec::new(), table.refused()),
             Family::counter(
                 "flows_pruned",
-                "Flows forgotten: closed once quiet, first seen at their close or mid-stream and quiet for two minutes, or replaced by a new connection on their ports.",
+                "Flows forgotten: closed once quiet, first seen at their close or mid-stream and quiet for two minutes, replaced by a new connection on their ports, or stale after a failback (not among the connections it moved).",
                 None,
             )
                 .count(Vec::new(), table.pruned()),

@@ -67,7 +67,8 @@ impl FlowTable {
     }
 
     /// Flows pruned so far: done or stale ([`prune_closed`](Self::prune_closed)),
-    /// or replaced by a new connection on their ports.
+    /// replaced by a new connection on their ports, or left behind by a
+    /// failback ([`forget_served`](Self::forget_served)).
     pub fn pruned(&self) -> u64 {
         self.bounds.pruned
     }

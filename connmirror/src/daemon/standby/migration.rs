@@ -75,7 +75,13 @@ impl Standby {
         let quiesced = ServiceMode::QUIESCED | ServiceMode::FENCED;
         mirror.set_modes(services, quiesced)?;
         // Quiesced first: no handshake completes while the namespace is read.
-        let (sockets, own_count) = to_migrate(&kept, &addrs).await?;
+        let (sockets, own_count) = match to_migrate(&kept, &addrs).await {
+            Ok(found) => found,
+            Err(err) => {
+                mirror.set_modes(services, ServiceMode::FENCED | ServiceMode::OWNED)?;
+                return Err(err);
+            }
+        };
         let transfer = Transfer {
             node_id: self.node_id.clone(),
             to: to.to_owned(),
