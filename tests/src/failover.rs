@@ -262,8 +262,19 @@ pub fn four_streams_once_armed(
     service: SocketAddr,
     what: &str,
 ) -> EchoClients {
+    four_streams_once_armed_with(topo, standby, service, EchoOptions::default(), what)
+}
+
+/// [`four_streams_once_armed`] with these stream options.
+pub fn four_streams_once_armed_with(
+    topo: &Topology,
+    standby: &Mirror,
+    service: SocketAddr,
+    options: EchoOptions,
+    what: &str,
+) -> EchoClients {
     standby.wait_log("armed: primary heard");
-    let clients = EchoClients::start(&topo.client, service, 4, EchoOptions::default());
+    let clients = EchoClients::start(&topo.client, service, 4, options);
     clients
         .wait_progress(64 << 10, Duration::from_secs(30))
         .expect(what);

@@ -48,8 +48,8 @@ use crate::cache::resident_bytes;
 use crate::echo::{EchoClients, EchoOptions, EchoResult, assert_exact};
 use crate::failover::{
     HEARTBEAT_PORT, PrimarySetup, Program, detecting_standby_command, echo_server_in,
-    forget_tcp_state, handoff_app, kill_primary_host, primary_returns, primary_setup,
-    recovering_agent, resumed_lines, start_agent, status_of,
+    forget_tcp_state, four_streams_once_armed_with, handoff_app, kill_primary_host,
+    primary_returns, primary_setup, recovering_agent, resumed_lines, start_agent, status_of,
 };
 use crate::metrics::{DEFAULT_ENDPOINT, Scrape, scrape};
 use crate::mirror::{Mirror, MirrorCommand};
@@ -363,13 +363,12 @@ impl Soak {
         topo.gateway.sysctl("net.ipv4.ip_nonlocal_bind", "1");
         let standby_listener = echo_server_in(&topo.gateway, service);
         let agent = start_agent(topo, Family::V4, service, &setup.key);
-        standby.wait_log("armed: primary heard");
         let options = EchoOptions {
             rate: stream_rate(duration),
             ..EchoOptions::default()
         };
-        let clients = EchoClients::start(&topo.client, service, 4, options);
-        (clients.wait_progress(64 << 10, STEP)).expect("streams before the soak");
+        let what = "streams before the soak";
+        let clients = four_streams_once_armed_with(topo, &standby, service, options, what);
         let short = ShortConnections::start(&topo.client, service);
         let watch = WireWatch::start(&topo.client, CLIENT_IF);
         Soak {
